@@ -1,0 +1,1 @@
+//! Binding: which local interface carries which policy interface. (in progress)

@@ -1,0 +1,1 @@
+//! The compiler: Policy -> MapImage, pure and deterministic. (in progress)

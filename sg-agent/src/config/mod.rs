@@ -1,0 +1,2 @@
+//! Input formats -> validated Policy (native YAML, CloudFormation, describe-security-groups
+//! JSON), with located diagnostics. The only code that knows file formats. (in progress)

@@ -1,0 +1,36 @@
+//! sg-agent as a library: the pipeline from a policy file to enforcement, one layer a module.
+//!
+//! ```text
+//! config    the only code that knows file formats (native YAML, CloudFormation, describe JSON)
+//! policy    the validated model
+//! image     MapImage: the contents of the kernel's policy maps for one generation
+//! bind      which local interface carries which policy interface (by name or by address)
+//! compile   pure: Policy -> MapImage (the contents of the kernel maps)
+//! lookup    the kernel's lookup, in userspace, over a MapImage (for tests and `explain`)
+//! model     the reference model of SEMANTICS.md: slow, plain, shares only `policy` with compile
+//! packet    abstract packets and the Ethernet frames built from them (tests, explain)
+//! lab       network namespaces acting as EC2 instances (tests, `cargo xtask lab`)
+//! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
+//! ```
+pub mod bind;
+pub mod compile;
+pub mod config;
+pub mod dataplane;
+pub mod image;
+pub mod lab;
+pub mod lookup;
+pub mod model;
+pub mod packet;
+pub mod policy;
+
+/// The eBPF object (sg-ebpf for bpfel-unknown-none), embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf.o"));
+
+/// `sg-agent --version`: the crate version and the kernel ABI version it speaks.
+pub fn version_string() -> String {
+    format!(
+        "{} (ABI {})",
+        env!("CARGO_PKG_VERSION"),
+        sg_common::ABI_VERSION
+    )
+}

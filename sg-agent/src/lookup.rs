@@ -1,0 +1,1 @@
+//! The kernel lookup, in userspace, over a MapImage. (in progress)

@@ -1,0 +1,1 @@
+//! The stateless policy decision of the reference model. (in progress)

@@ -1,0 +1,2 @@
+//! The reference model of SEMANTICS.md. (in progress)
+pub mod decide;

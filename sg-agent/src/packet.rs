@@ -1,0 +1,1 @@
+//! Abstract packets and the frames built from them. (in progress)

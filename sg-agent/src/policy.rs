@@ -1,0 +1,295 @@
+//! The validated policy model: groups, rules, prefix lists, interfaces (group membership),
+//! conntrack timeouts and quotas, exactly as SEMANTICS.md talks about them.
+//!
+//! Everything here has already passed validation (`config`): ids are well formed, references
+//! resolve, CIDRs are canonical, quotas hold. This module owns plain data and tiny accessors
+//! only. It must not resolve peers into prefixes or decide verdicts: the compiler and the
+//! reference model each do that on their own, so that comparing them proves something.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+pub use sg_common::Timeouts;
+
+/// `sg-...`: a security group id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub String);
+
+/// `sgr-` followed by 17 hex digits: a security group rule id (F6).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleId(pub String);
+
+/// `pl-...`: a managed prefix list id (R4).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PrefixListId(pub String);
+
+macro_rules! display_id {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    )*};
+}
+display_id!(GroupId, RuleId, PrefixListId);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub fn opposite(self) -> Direction {
+        match self {
+            Direction::Ingress => Direction::Egress,
+            Direction::Egress => Direction::Ingress,
+        }
+    }
+
+    /// The `sg_common::DIR_*` value.
+    pub fn abi(self) -> u8 {
+        match self {
+            Direction::Ingress => sg_common::DIR_INGRESS,
+            Direction::Egress => sg_common::DIR_EGRESS,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+    pub fn of_addr(a: &IpAddr) -> Family {
+        match a {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// Inclusive destination port range (F3, E6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+impl PortRange {
+    pub const ALL: PortRange = PortRange { from: 0, to: 65535 };
+    pub fn contains(&self, port: u16) -> bool {
+        self.from <= port && port <= self.to
+    }
+    pub fn width(&self) -> u32 {
+        u32::from(self.to) - u32::from(self.from) + 1
+    }
+}
+
+/// ICMP/ICMPv6 match (F4): from = type, to = code; -1 means all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IcmpMatch {
+    /// Type -1: every type and code.
+    All,
+    /// A type, every code (code -1).
+    Type(u8),
+    /// One type and code.
+    TypeCode(u8, u8),
+}
+
+/// A rule's protocol (F1, F2). Numbers 1, 6, 17 and 58 are always normalised to their named
+/// variants; `Number` holds every other protocol and matches all of its traffic (F2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// -1 / all: every protocol and port.
+    All,
+    Tcp(PortRange),
+    Udp(PortRange),
+    Icmp(IcmpMatch),
+    Icmpv6(IcmpMatch),
+    Number(u8),
+}
+
+impl Protocol {
+    /// The IANA number, or None for `All`.
+    pub fn number(&self) -> Option<u8> {
+        match self {
+            Protocol::All => None,
+            Protocol::Tcp(_) => Some(6),
+            Protocol::Udp(_) => Some(17),
+            Protocol::Icmp(_) => Some(1),
+            Protocol::Icmpv6(_) => Some(58),
+            Protocol::Number(n) => Some(*n),
+        }
+    }
+}
+
+/// The peer of a rule (F5): source for ingress, destination for egress.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    /// A canonical CIDR (host bits cleared).
+    Cidr(IpNet),
+    /// Every entry of a prefix list (R4).
+    PrefixList(PrefixListId),
+    /// The addresses of every interface carrying the group (R1); may be the rule's own group
+    /// (R3, self-reference).
+    Group(GroupId),
+}
+
+/// Where something was written, for messages ("rules.yaml:12:7 (groups[1].ingress[0])").
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    /// The YAML/JSON path, e.g. `security_groups[0].ingress[2]`.
+    pub path: String,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, " ({})", self.path)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Given (F6) or derived deterministically from the rule's content.
+    pub id: RuleId,
+    pub group: GroupId,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub peer: Peer,
+    /// At most 255 characters of AWS's allowed set (F6).
+    pub description: Option<String>,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub id: GroupId,
+    pub name: String,
+    pub description: String,
+    /// D1: empty unless rules are given.
+    pub ingress: Vec<Rule>,
+    /// D2: one allow-all rule per family when the input omits the list; empty when the input
+    /// says so explicitly.
+    pub egress: Vec<Rule>,
+    pub origin: Origin,
+}
+
+impl Group {
+    pub fn rules(&self, dir: Direction) -> &[Rule] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixList {
+    pub id: PrefixListId,
+    pub name: String,
+    pub family: Family,
+    /// Counts against rule quotas instead of the number of entries (R4).
+    pub max_entries: u32,
+    pub version: u64,
+    pub entries: Vec<IpNet>,
+    pub origin: Origin,
+}
+
+/// One network interface of an instance: its private addresses are what rules referencing
+/// its groups allow (R1); its groups are what is enforced on it (E5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Unique in the policy: e.g. `web-1` or `web-1/eth1` or an ENI id.
+    pub name: String,
+    /// The instance it belongs to (for display).
+    pub instance: String,
+    /// The local Linux device to bind to, when the input names one. Otherwise the agent binds
+    /// by matching local addresses against `addresses`.
+    pub device: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    /// E3: at most `quotas.groups_per_interface`; order never matters.
+    pub groups: Vec<GroupId>,
+    /// C5: validated against AWS's bounds.
+    pub timeouts: Timeouts,
+    pub origin: Origin,
+}
+
+/// Q1/Q2 limits (AWS defaults; configurable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Q1: per group and direction, counted separately for IPv4 and IPv6.
+    pub rules_per_group: u32,
+    /// Q2: 5 by default, at most 16.
+    pub groups_per_interface: u32,
+    /// Q2: rules per group x groups per interface.
+    pub rules_per_interface: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            rules_per_group: 60,
+            groups_per_interface: 5,
+            rules_per_interface: 1000,
+        }
+    }
+}
+
+/// A whole validated policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub groups: BTreeMap<GroupId, Group>,
+    pub prefix_lists: BTreeMap<PrefixListId, PrefixList>,
+    pub interfaces: Vec<Interface>,
+    pub quotas: Quotas,
+}
+
+impl Policy {
+    pub fn interface(&self, name: &str) -> Option<&Interface> {
+        self.interfaces.iter().find(|i| i.name == name)
+    }
+
+    /// Every rule of every group, in a stable order (group id, direction, position).
+    pub fn all_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.groups
+            .values()
+            .flat_map(|g| g.ingress.iter().chain(g.egress.iter()))
+    }
+
+    pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
+        self.all_rules().find(|r| &r.id == id)
+    }
+}

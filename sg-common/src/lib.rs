@@ -1,0 +1,600 @@
+//! Every byte that crosses the kernel boundary, defined once: map names, map keys and values,
+//! pass/drop reasons, counter indexes, event records and the ABI version.
+//!
+//! `no_std`, no allocation, no logic beyond tiny constructors and name tables: the eBPF program
+//! and the agent both compile this crate, so anything here runs in the verifier's world too.
+//!
+//! Conventions (they matter: these structs are hash and LPM keys):
+//! - `#[repr(C)]`, `Copy`, explicit `_pad` fields (implicit padding would put uninitialised
+//!   bytes into hash keys), no `bool`, and a size assertion next to each struct.
+//! - Addresses are always 16 bytes in network order. IPv4 is stored IPv4-mapped
+//!   (`::ffff:a.b.c.d`), so one key layout and one code path serve both families.
+//! - Ports are host order in conntrack keys (they are compared, never prefix-matched) and
+//!   network order inside LPM keys (prefix bits are read most-significant first).
+#![no_std]
+
+use core::mem::size_of;
+
+/// Bumped whenever a layout below or the meaning of a map changes. The agent refuses to adopt
+/// pinned state whose ABI version differs from its own.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names: at most 15 bytes (the kernel truncates object names).
+pub mod maps {
+    /// `Array<u32>[1]`: the active policy generation (0 or 1). Flipping it is the atomic swap.
+    pub const ACTIVE: &str = "SG_ACTIVE";
+    /// `HashMap<IfaceKey, IfaceConf>`: per (generation, ifindex) configuration.
+    pub const IFACES: &str = "SG_IFACES";
+    /// `LpmTrie<PeerData, u32>`: (scope, remote address) -> peer class.
+    pub const PEERS: &str = "SG_PEERS";
+    /// `LpmTrie<PortData, RuleVal>`: (peer class, protocol, port) -> allowing rule.
+    pub const PORTS: &str = "SG_PORTS";
+    /// `HashMap<FlowKey, FlowVal>`: confirmed (established) flows.
+    pub const CT: &str = "SG_CT";
+    /// `HashMap<FlowKey, FlowVal>`: unconfirmed flows (embryonic TCP, UDP single exchanges,
+    /// ICMP echo). Kept apart so a flood of half-open flows cannot evict established ones.
+    pub const CT_NEW: &str = "SG_CT_NEW";
+    /// `LruHashMap<FragKey, FragVal>`: verdicts of first fragments, applied to the rest (G1).
+    pub const FRAGS: &str = "SG_FRAGS";
+    /// `PerCpuArray<RuleCounter>`: per rule slot packets/bytes.
+    pub const RULE_COUNTERS: &str = "SG_RULE_CNT";
+    /// `PerCpuArray<u64>`: one counter per [`Reason`].
+    pub const REASON_COUNTERS: &str = "SG_REASON_CNT";
+    /// `PerCpuArray<u64>`: conntrack table statistics, indexed by [`ct_stat`].
+    pub const CT_STATS: &str = "SG_CT_STATS";
+    /// `Array<Config>[1]`: global knobs written by the agent.
+    pub const CONFIG: &str = "SG_CONFIG";
+    /// `PerCpuArray<RateState>[1]`: token bucket for events.
+    pub const RATE: &str = "SG_RATE";
+    /// `RingBuf`: [`Event`] records (drops and new flows), rate limited.
+    pub const EVENTS: &str = "SG_EVENTS";
+}
+
+/// Program names: at most 15 bytes.
+pub mod progs {
+    pub const XDP_INGRESS: &str = "sg_xdp_in";
+    pub const TC_INGRESS: &str = "sg_tc_in";
+    pub const TC_EGRESS: &str = "sg_tc_out";
+}
+
+/// Default capacities (the agent may override `max_entries` at load time).
+pub mod capacity {
+    pub const IFACES: u32 = 1024;
+    /// Both generations together: a swap writes the new one before deleting the old.
+    pub const PEERS: u32 = 1 << 20;
+    pub const PORTS: u32 = 1 << 20;
+    pub const CT: u32 = 1 << 18;
+    pub const CT_NEW: u32 = 1 << 16;
+    pub const FRAGS: u32 = 8192;
+    pub const RULE_SLOTS: u32 = 1 << 16;
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+/// Packet direction as seen from the protected interface.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// IP protocol numbers the dataplane treats specially.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// A 16-byte address in network order; IPv4 is IPv4-mapped (`::ffff:a.b.c.d`).
+pub type Addr = [u8; 16];
+
+/// The IPv4-mapped prefix `::ffff:0:0/96`.
+pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// Maps an IPv4 address (network order) into the 16-byte form.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// True when a 16-byte address is IPv4-mapped.
+#[inline(always)]
+pub fn is_v4_mapped(a: &Addr) -> bool {
+    a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy maps
+// ---------------------------------------------------------------------------------------------
+
+/// Key of [`maps::IFACES`]. The generation is part of the key so the next policy can be written
+/// beside the live one and made visible by one write to [`maps::ACTIVE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfaceKey {
+    pub generation: u32,
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<IfaceKey>() == 8);
+
+/// Conntrack idle timeouts in seconds (SEMANTICS C5). TCP embryonic (SYN seen, handshake not
+/// complete) and closing (FIN or RST seen) are sg's choice: see README "Connection tracking".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timeouts {
+    pub tcp_established: u32,
+    pub tcp_embryonic: u32,
+    pub tcp_closing: u32,
+    pub udp_single: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+    pub other: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Timeouts>() == 32);
+
+impl Timeouts {
+    /// AWS's defaults (C5) and sg's choices for the states AWS does not document.
+    pub const AWS_DEFAULT: Timeouts = Timeouts {
+        tcp_established: 432_000,
+        tcp_embryonic: 30,
+        tcp_closing: 30,
+        udp_single: 30,
+        udp_stream: 180,
+        icmp: 30,
+        other: 600,
+        _pad: 0,
+    };
+}
+
+/// Value of [`maps::IFACES`]: which rule sets apply to this interface.
+///
+/// `scope_in`/`scope_out` select the interface's merged ingress/egress rule sets in
+/// [`maps::PEERS`]. Interfaces carrying the same groups share scopes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfaceConf {
+    pub scope_in: u32,
+    pub scope_out: u32,
+    /// [`iface_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+    pub timeouts: Timeouts,
+}
+const _: () = assert!(size_of::<IfaceConf>() == 48);
+
+pub mod iface_flags {
+    /// Emit [`crate::Event`]s for dropped packets on this interface.
+    pub const LOG_DROPS: u32 = 1 << 0;
+    /// Emit [`crate::Event`]s for new allowed flows on this interface.
+    pub const LOG_FLOWS: u32 = 1 << 1;
+}
+
+/// Data part of a [`maps::PEERS`] LPM key.
+///
+/// ```text
+///  bits 0..32    scope (big endian): one (generation, rule set, direction); always fully
+///                matched, so scopes never see each other's prefixes
+///  bits 32..160  remote address, IPv4 mapped into ::ffff:0:0/96
+/// ```
+/// prefix length = 32 + 96 + cidr_len for IPv4, 32 + cidr_len for IPv6. The value is a peer
+/// class: the set of (rule, how specifically it matches) for every address the prefix covers
+/// that no longer prefix in this scope covers. LPM returns one entry, so the compiler gives
+/// each prefix the union of what its covering prefixes allow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerData {
+    pub scope: [u8; 4],
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<PeerData>() == 20);
+
+/// Prefix length of the scope part of a [`PeerData`] key.
+pub const PEER_SCOPE_BITS: u32 = 32;
+
+/// Data part of a [`maps::PORTS`] LPM key.
+///
+/// ```text
+///  bits 0..32   peer class (big endian)                 prefix 32: every protocol (rule -1)
+///  bits 32..40  IP protocol                              prefix 40: every port of it
+///  bits 40..56  port (big endian) or ICMP type<<8|code   prefix 40+n: a port block
+///  bits 56..64  padding, never part of a prefix
+/// ```
+/// The port is the destination port (E6: ingress the local port, egress the remote port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortData {
+    pub class: [u8; 4],
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PortData>() == 8);
+
+pub const PORT_CLASS_BITS: u32 = 32;
+pub const PORT_PROTO_BITS: u32 = 40;
+pub const PORT_FULL_BITS: u32 = 56;
+
+/// Value of [`maps::PORTS`]: the rule charged for the packet (E4: see README) and flags that
+/// hold for every packet the entry covers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleVal {
+    /// Counter slot of the charged rule (index into [`maps::RULE_COUNTERS`]); never 0.
+    pub slot: u32,
+    /// [`rule_flags`] bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<RuleVal>() == 8);
+
+pub mod rule_flags {
+    /// C4: the flow is not tracked; every packet is judged by the rules.
+    pub const UNTRACKED: u32 = 1 << 0;
+}
+
+/// Rule slot 0 means "no rule" (exemptions, conntrack hits of flows opened before counters).
+pub const NO_RULE_SLOT: u32 = 0;
+
+// ---------------------------------------------------------------------------------------------
+// Conntrack
+// ---------------------------------------------------------------------------------------------
+
+/// Key of [`maps::CT`] and [`maps::CT_NEW`]: one flow on one interface, normalised to
+/// (local, remote) so that both directions find the same entry.
+///
+/// The ifindex is part of the key: a packet on one interface can never use or refresh state
+/// of another. Ports: TCP/UDP ports; ICMP echo: `lport = id`, `rport = 0`; other protocols
+/// (C3): both 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub lport: u16,
+    pub rport: u16,
+    pub local: Addr,
+    pub remote: Addr,
+}
+const _: () = assert!(size_of::<FlowKey>() == 44);
+
+/// Value of the conntrack maps.
+///
+/// Concurrency: two CPUs may update one entry at once (both directions of a flow). Counters
+/// and timestamps are plain stores; a lost increment or a slightly older `seen_ns` is harmless
+/// (it only shortens an idle timeout by the gap between two packets).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowVal {
+    pub created_ns: u64,
+    pub seen_ns: u64,
+    /// [original direction, reply direction]
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Rule that opened the flow; its counter is charged for the whole flow.
+    pub rule_slot: u32,
+    /// Timeouts (seconds) captured from the interface at creation: TCP [established,
+    /// embryonic, closing]; UDP [stream, single, single]; ICMP and others [t, t, t].
+    pub timeouts: [u32; 3],
+    /// Direction of the packet that opened the flow (`DIR_*`).
+    pub origin: u8,
+    /// [`ct_state`] value.
+    pub state: u8,
+    /// [`ct_flags`] bits.
+    pub flags: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<FlowVal>() == 72);
+
+pub mod ct_state {
+    /// TCP: SYN seen from the opener, no reply yet. Others: packets one way only.
+    pub const NEW: u8 = 1;
+    /// TCP: SYN-ACK (any reply) seen, handshake not complete. Others: one reply seen.
+    pub const REPLIED: u8 = 2;
+    /// TCP: handshake complete. UDP/other: more than one exchange each way (stream).
+    pub const ESTABLISHED: u8 = 3;
+    /// TCP: FIN seen in either direction.
+    pub const CLOSING: u8 = 4;
+    /// TCP: RST seen.
+    pub const RESET: u8 = 5;
+}
+
+pub mod ct_flags {
+    /// The flow lives in [`crate::maps::CT`] (confirmed) rather than CT_NEW.
+    pub const CONFIRMED: u8 = 1 << 0;
+}
+
+/// Indexes into [`maps::CT_STATS`].
+pub mod ct_stat {
+    /// Entries inserted into CT (confirmed) by the datapath.
+    pub const CT_INSERTS: u32 = 0;
+    /// Entries deleted from CT by the datapath (expired on lookup, promotion races).
+    pub const CT_DELETES: u32 = 1;
+    pub const NEW_INSERTS: u32 = 2;
+    pub const NEW_DELETES: u32 = 3;
+    /// EC2's conntrack_allowance_exceeded: a flow could not be stored, its packet dropped.
+    pub const EXCEEDED: u32 = 4;
+    /// Deletions done by the agent (GC, flush): written by userspace only, into CPU 0.
+    pub const USER_CT_DELETES: u32 = 5;
+    pub const USER_NEW_DELETES: u32 = 6;
+    pub const COUNT: u32 = 8;
+}
+
+/// Key of [`maps::FRAGS`] (G1): the first fragment's verdict, applied to later fragments of
+/// the same datagram on the same interface and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    pub ifindex: u32,
+    pub dir: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    pub _pad2: u32,
+    pub src: Addr,
+    pub dst: Addr,
+}
+const _: () = assert!(size_of::<FragKey>() == 48);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragVal {
+    pub first_ns: u64,
+    pub rule_slot: u32,
+    /// 1 pass, 0 drop.
+    pub pass: u8,
+    /// The first fragment's [`Reason`].
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragVal>() == 16);
+
+/// Later fragments older than this (after the first) are no longer matched.
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// Counters, config and events
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<RuleCounter>() == 16);
+
+/// Value of [`maps::CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Events per second per CPU; 0 disables events.
+    pub events_per_sec: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateState {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<RateState>() == 16);
+
+pub mod event_kind {
+    pub const DROP: u8 = 1;
+    pub const NEW_FLOW: u8 = 2;
+}
+
+/// One record in [`maps::EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub rule_slot: u32,
+    pub len: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: Addr,
+    pub dst: Addr,
+    pub dir: u8,
+    pub proto: u8,
+    /// [`Reason`] as u8.
+    pub reason: u8,
+    /// [`event_kind`].
+    pub kind: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Event>() == 64);
+
+/// Why a packet passed or was dropped. One counter each in [`maps::REASON_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    // --- pass ---
+    /// A rule allowed a new flow; conntrack entry created.
+    PassRuleNew = 0,
+    /// A rule allowed the packet of an untracked flow (C4).
+    PassRuleUntracked = 1,
+    /// Conntrack hit in the direction that opened the flow.
+    PassCtOriginal = 2,
+    /// Conntrack hit in the reply direction (C1).
+    PassCtReply = 3,
+    /// ICMP error whose inner header matches a tracked flow (I2).
+    PassRelated = 4,
+    /// Later fragment of a datagram whose first fragment passed (G1).
+    PassFragment = 5,
+    /// Non-IP frame (ARP, LLDP, ...) (N1).
+    PassNonIp = 6,
+    /// ICMPv6 router/neighbour discovery 133-137 (N1).
+    PassNdp = 7,
+    /// DHCPv4/DHCPv6 client exchange (N2).
+    PassDhcp = 8,
+    // --- drop ---
+    /// No rule allows the packet (E1).
+    DropNoRule = 16,
+    /// The interface has no policy in the active generation (fail closed).
+    DropNoPolicy = 17,
+    /// Conntrack table full (C6, conntrack_allowance_exceeded).
+    DropCtFull = 18,
+    /// Later fragment with no first fragment seen (G1).
+    DropFragOrphan = 19,
+    /// Later fragment of a datagram whose first fragment was dropped (G1).
+    DropFragDenied = 20,
+    /// Ethernet header or VLAN tag truncated.
+    DropBadEth = 21,
+    /// More VLAN tags than sg parses (2).
+    DropVlanDepth = 22,
+    /// IP header truncated, bad version, IHL < 5, total length inconsistent.
+    DropBadIp = 23,
+    /// IPv6 extension header chain too long, truncated or malformed.
+    DropBadExtHdr = 24,
+    /// TCP/UDP/ICMP header truncated or malformed (e.g. TCP data offset < 5).
+    DropBadL4 = 25,
+    /// First fragment too short to hold the transport header, or a fragment with an offset
+    /// that overlaps the transport header.
+    DropBadFragment = 26,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 20] = [
+        Reason::PassRuleNew,
+        Reason::PassRuleUntracked,
+        Reason::PassCtOriginal,
+        Reason::PassCtReply,
+        Reason::PassRelated,
+        Reason::PassFragment,
+        Reason::PassNonIp,
+        Reason::PassNdp,
+        Reason::PassDhcp,
+        Reason::DropNoRule,
+        Reason::DropNoPolicy,
+        Reason::DropCtFull,
+        Reason::DropFragOrphan,
+        Reason::DropFragDenied,
+        Reason::DropBadEth,
+        Reason::DropVlanDepth,
+        Reason::DropBadIp,
+        Reason::DropBadExtHdr,
+        Reason::DropBadL4,
+        Reason::DropBadFragment,
+    ];
+    /// Size of [`maps::REASON_COUNTERS`].
+    pub const COUNT: u32 = 32;
+
+    #[inline(always)]
+    pub const fn is_pass(self) -> bool {
+        (self as u32) < 16
+    }
+
+    pub fn from_u32(v: u32) -> Option<Reason> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == v {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Stable snake_case name used by the CLI, metrics and tests.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassRuleNew => "pass_rule_new_flow",
+            Reason::PassRuleUntracked => "pass_rule_untracked",
+            Reason::PassCtOriginal => "pass_ct_original",
+            Reason::PassCtReply => "pass_ct_reply",
+            Reason::PassRelated => "pass_related_icmp",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNonIp => "pass_non_ip",
+            Reason::PassNdp => "pass_ndp",
+            Reason::PassDhcp => "pass_dhcp",
+            Reason::DropNoRule => "drop_no_rule",
+            Reason::DropNoPolicy => "drop_no_policy",
+            Reason::DropCtFull => "drop_conntrack_full",
+            Reason::DropFragOrphan => "drop_fragment_orphan",
+            Reason::DropFragDenied => "drop_fragment_denied",
+            Reason::DropBadEth => "drop_malformed_ethernet",
+            Reason::DropVlanDepth => "drop_vlan_depth",
+            Reason::DropBadIp => "drop_malformed_ip",
+            Reason::DropBadExtHdr => "drop_malformed_ipv6_ext",
+            Reason::DropBadL4 => "drop_malformed_l4",
+            Reason::DropBadFragment => "drop_malformed_fragment",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is repr(C), Copy, has no implicit padding (asserted by size) and is
+    // valid for any bit pattern.
+    unsafe impl aya::Pod for IfaceKey {}
+    unsafe impl aya::Pod for IfaceConf {}
+    unsafe impl aya::Pod for Timeouts {}
+    unsafe impl aya::Pod for PeerData {}
+    unsafe impl aya::Pod for PortData {}
+    unsafe impl aya::Pod for RuleVal {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowVal {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragVal {}
+    unsafe impl aya::Pod for RuleCounter {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_and_program_names_fit_the_kernel() {
+        for n in [
+            maps::ACTIVE,
+            maps::IFACES,
+            maps::PEERS,
+            maps::PORTS,
+            maps::CT,
+            maps::CT_NEW,
+            maps::FRAGS,
+            maps::RULE_COUNTERS,
+            maps::REASON_COUNTERS,
+            maps::CT_STATS,
+            maps::CONFIG,
+            maps::RATE,
+            maps::EVENTS,
+            progs::XDP_INGRESS,
+            progs::TC_INGRESS,
+            progs::TC_EGRESS,
+        ] {
+            assert!(n.len() <= 15, "{n} is longer than 15 bytes");
+        }
+    }
+
+    #[test]
+    fn reasons_round_trip_and_fit_their_counter_array() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u32(r as u32), Some(r));
+            assert!((r as u32) < Reason::COUNT);
+        }
+        assert!(Reason::PassDhcp.is_pass() && !Reason::DropNoRule.is_pass());
+    }
+
+    #[test]
+    fn v4_mapping() {
+        let a = v4_mapped([192, 0, 2, 1]);
+        assert!(is_v4_mapped(&a));
+        assert_eq!(&a[12..], &[192, 0, 2, 1]);
+        assert!(!is_v4_mapped(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+        ]));
+    }
+}

@@ -1,0 +1,83 @@
+//! `cargo xtask`: sg's orchestration. Every command bootstraps the toolchain first (installing
+//! only what is missing, and saying what it installs), then does plainly what a developer
+//! would type by hand: build the eBPF object with Debian's rustc, build the agent, run tests.
+//!
+//! It does not hide how things work: each command it runs is echoed with `+`.
+
+mod bootstrap;
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, test, lab and bench orchestration for sg"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian's rustc-web + prebuilt BPF core, LLVM, bpf-linker, and
+    /// the tools the tests use (iproute2, ping, nftables, curl, ssh, socat, ...).
+    Bootstrap,
+    /// Build the eBPF object (target/bpf) and the agent.
+    Build {
+        /// Build the agent in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the whole test suite, privileged tests included (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Bootstrap => {
+            bootstrap::ensure()?;
+        }
+        Cmd::Build { release } => {
+            let tc = bootstrap::ensure()?;
+            cmd::build_ebpf(&tc)?;
+            cmd::build_agent(&tc, release)?;
+        }
+        Cmd::Test { args } => {
+            let tc = bootstrap::ensure()?;
+            cmd::build_ebpf(&tc)?;
+            cmd::test(&tc, &args)?;
+        }
+    }
+    Ok(())
+}
+
+/// The workspace root: xtask lives in `<root>/xtask`.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
