@@ -22,6 +22,7 @@ pub mod lookup;
 pub mod model;
 pub mod packet;
 pub mod policy;
+pub mod testgen;
 
 /// The eBPF object (sg-ebpf for bpfel-unknown-none), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf.o"));

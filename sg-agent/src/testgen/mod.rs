@@ -1,0 +1,2 @@
+//! Random policies and queries for property tests and the differential runs. (in progress)
+pub mod packets;

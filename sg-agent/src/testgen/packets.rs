@@ -1,0 +1,1 @@
+//! Random packets and packet sequences for the differential runs. (in progress)
