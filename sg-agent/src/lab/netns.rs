@@ -60,9 +60,16 @@ impl Netns {
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let out = self.cmd("sh").args(["-c", &format!("echo {value} > {path}")]).output()?;
+        let out = self
+            .cmd("sh")
+            .args(["-c", &format!("echo {value} > {path}")])
+            .output()?;
         if !out.status.success() {
-            bail!("sysctl {key}={value} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "sysctl {key}={value} in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -81,7 +88,8 @@ impl Netns {
         let mut c = self.cmd("timeout");
         c.args(["--foreground", "-s", "KILL", &secs]).args(args);
         c.stdin(Stdio::null());
-        c.output().with_context(|| format!("run {args:?} in {}", self.name))
+        c.output()
+            .with_context(|| format!("run {args:?} in {}", self.name))
     }
 
     /// Like [`Netns::run`] but fails unless the command exits 0.
@@ -103,9 +111,17 @@ impl Netns {
     /// drops (and, at the latest, when the namespace is deleted).
     pub fn spawn(&self, args: &[&str]) -> Result<Proc> {
         let mut c = self.cmd(args[0]);
-        c.args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let child = c.spawn().with_context(|| format!("spawn {args:?} in {}", self.name))?;
-        Ok(Proc { child, what: format!("{args:?} in {}", self.name) })
+        c.args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = c
+            .spawn()
+            .with_context(|| format!("spawn {args:?} in {}", self.name))?;
+        Ok(Proc {
+            child,
+            what: format!("{args:?} in {}", self.name),
+        })
     }
 
     /// Runs `f` on a thread that has entered this namespace (setns affects only the calling
@@ -135,7 +151,9 @@ impl Netns {
     /// The ifindex of a device inside this namespace.
     pub fn ifindex(&self, dev: &str) -> Result<u32> {
         let out = self.run_ok(&["cat", &format!("/sys/class/net/{dev}/ifindex")], SHORT)?;
-        out.trim().parse().with_context(|| format!("ifindex of {dev} in {}", self.name))
+        out.trim()
+            .parse()
+            .with_context(|| format!("ifindex of {dev} in {}", self.name))
     }
 }
 
@@ -161,12 +179,18 @@ fn delete_namespace(name: &str) {
 /// Deletes namespaces named by this module whose creating process is gone (a test run that
 /// was killed cannot clean up after itself).
 pub fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             delete_namespace(&name);
         }
@@ -203,7 +227,18 @@ impl Drop for Proc {
 
 /// A veth link between two namespaces: `a_dev` in `a`, `b_dev` in `b`, both up.
 pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
-    a.ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", b.name()])?;
+    a.ip(&[
+        "link",
+        "add",
+        a_dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_dev,
+        "netns",
+        b.name(),
+    ])?;
     a.ip(&["link", "set", a_dev, "up"])?;
     b.ip(&["link", "set", b_dev, "up"])?;
     Ok(())
@@ -224,9 +259,16 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) ->
 pub const SHORT: Duration = Duration::from_secs(5);
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("run ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("run ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
