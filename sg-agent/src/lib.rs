@@ -22,6 +22,8 @@ pub mod lookup;
 pub mod model;
 pub mod packet;
 pub mod policy;
+pub mod report;
+pub mod state;
 pub mod testgen;
 
 /// The eBPF object (sg-ebpf for bpfel-unknown-none), embedded at build time.

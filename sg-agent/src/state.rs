@@ -1,0 +1,252 @@
+//! Where the agent keeps what must outlive one process: BPF pins (maps and links, in bpffs) and
+//! a small JSON state file (generation, rule counter slots, what was applied), both distinct
+//! per network namespace by default so several lab instances on one kernel never share state.
+//! Also the apply lock that serialises agents of one namespace.
+//!
+//! Owns paths, the state file format and locking; must not know about maps' contents.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::image::SlotTable;
+use crate::policy::RuleId;
+
+/// The two directories of one agent instance.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    /// bpffs directory holding pinned maps and links.
+    pub pins: PathBuf,
+    /// Regular directory holding `state.json` and the lock.
+    pub run: PathBuf,
+}
+
+/// The inode of the calling thread's network namespace: unique per namespace on this kernel.
+pub fn netns_id() -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata("/proc/thread-self/ns/net")
+        .or_else(|_| std::fs::metadata("/proc/self/ns/net"))
+        .context("stat /proc/self/ns/net")?;
+    Ok(md.ino())
+}
+
+impl StateDir {
+    /// `/sys/fs/bpf/sg/netns-<inode>` and `/run/sg/netns-<inode>`, or both under `root` when
+    /// overridden (`--state-dir`: pins go to `<root>/pins`, which must be on bpffs).
+    pub fn for_current_netns(root: Option<&Path>) -> Result<StateDir> {
+        match root {
+            Some(r) => Ok(StateDir {
+                pins: r.join("pins"),
+                run: r.join("run"),
+            }),
+            None => {
+                let id = format!("netns-{}", netns_id()?);
+                Ok(StateDir {
+                    pins: Path::new("/sys/fs/bpf/sg").join(&id),
+                    run: Path::new("/run/sg").join(&id),
+                })
+            }
+        }
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.run.join("state.json")
+    }
+
+    /// Creates both directories, root-only (pins and state are control surfaces).
+    pub fn create(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        for d in [&self.pins, &self.run] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .with_context(|| format!("create {}", d.display()))?;
+        }
+        check_bpffs(&self.pins)?;
+        Ok(())
+    }
+
+    /// Takes the apply lock (blocking): one agent of a namespace changes it at a time.
+    pub fn lock(&self) -> Result<Lock> {
+        std::fs::create_dir_all(&self.run)?;
+        let path = self.run.join("lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Lock { _file: f })
+    }
+
+    pub fn load(&self) -> Result<Option<AgentState>> {
+        let p = self.state_file();
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b).with_context(|| format!("parse {}", p.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+        }
+    }
+
+    /// Writes the state atomically (temp file + rename): a crash leaves the old or the new.
+    pub fn save(&self, st: &AgentState) -> Result<()> {
+        std::fs::create_dir_all(&self.run)?;
+        let p = self.state_file();
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("rename to {}", p.display()))?;
+        Ok(())
+    }
+
+    /// Removes the state file and the directories (after the pins are gone).
+    pub fn remove(&self) -> Result<()> {
+        let _ = std::fs::remove_file(self.state_file());
+        let _ = std::fs::remove_file(self.run.join("lock"));
+        let _ = std::fs::remove_dir(&self.run);
+        let _ = std::fs::remove_dir(&self.pins);
+        Ok(())
+    }
+}
+
+/// Held while changing the namespace's enforcement.
+pub struct Lock {
+    _file: File,
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn check_bpffs(p: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs fills the struct; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "statfs {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a BPF filesystem; hint: mount -t bpf bpf /sys/fs/bpf, or point \
+             --state-dir at a directory whose `pins` subdirectory is on bpffs",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// What one agent instance remembers between runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// sg_common::ABI_VERSION of the agent that wrote the pins.
+    pub abi: u32,
+    /// The live generation (0/1).
+    pub generation: u32,
+    /// Rule id -> counter slot, and the allocation cursor.
+    pub slots: BTreeMap<String, u32>,
+    pub slot_cursor: u32,
+    /// The file last applied and when (seconds since the epoch).
+    pub source: String,
+    pub applied_at: u64,
+    /// What the last apply enforced, for `apply` diffs, `status` and `counters`.
+    pub applied: Applied,
+    /// Ingress hook per device ("xdp", "xdp-skb", "tc").
+    pub hooks: BTreeMap<String, String>,
+}
+
+/// A summary of an applied policy: enough to print diffs and label counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// group id -> name
+    pub groups: BTreeMap<String, String>,
+    /// rule id -> (group, direction, text, description)
+    pub rules: BTreeMap<String, RuleSummary>,
+    /// group id -> member addresses
+    pub members: BTreeMap<String, Vec<String>>,
+    /// device -> (policy interface, ifindex, groups)
+    pub interfaces: BTreeMap<String, InterfaceSummary>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSummary {
+    pub group: String,
+    pub direction: String,
+    pub text: String,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceSummary {
+    pub interface: String,
+    pub ifindex: u32,
+    pub groups: Vec<String>,
+}
+
+impl AgentState {
+    pub fn slot_table(&self) -> SlotTable {
+        SlotTable {
+            by_rule: self
+                .slots
+                .iter()
+                .map(|(k, v)| (RuleId(k.clone()), *v))
+                .collect(),
+            cursor: self.slot_cursor,
+        }
+    }
+
+    pub fn set_slots(&mut self, t: &SlotTable) {
+        self.slots = t.by_rule.iter().map(|(k, v)| (k.0.clone(), *v)).collect();
+        self.slot_cursor = t.cursor;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_saves_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir {
+            pins: dir.path().join("pins"),
+            run: dir.path().join("run"),
+        };
+        assert_eq!(sd.load().unwrap(), None);
+        let mut st = AgentState {
+            abi: 1,
+            generation: 1,
+            ..Default::default()
+        };
+        st.slots.insert("sgr-0123456789abcdef0".into(), 7);
+        sd.save(&st).unwrap();
+        assert_eq!(sd.load().unwrap(), Some(st.clone()));
+        assert_eq!(sd.load().unwrap().unwrap().slot_table().by_rule.len(), 1);
+        assert!(!sd.state_file().with_extension("json.tmp").exists());
+        let _l = sd.lock().unwrap();
+    }
+
+    #[test]
+    fn default_dirs_are_per_network_namespace() {
+        let sd = StateDir::for_current_netns(None).unwrap();
+        let id = netns_id().unwrap();
+        assert!(sd.pins.ends_with(format!("netns-{id}")));
+        assert!(sd.run.ends_with(format!("netns-{id}")));
+    }
+}
