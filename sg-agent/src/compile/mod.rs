@@ -86,7 +86,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sg_common::{IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PortData, RuleVal};
+use sg_common::{IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PortData};
 
 use crate::image::{LpmKey, MapImage, SlotTable, SlotsExhausted};
 use crate::policy::{Direction, Family, GroupId, IcmpMatch, Peer, Policy, PortRange, Protocol};
@@ -543,17 +543,5 @@ fn untracked(
     Untracked {
         tcp: ports_for(sg_common::proto::TCP),
         udp: ports_for(sg_common::proto::UDP),
-    }
-}
-
-/// Convenience for tests and tools: the slot's [`RuleVal`] as the kernel would store it.
-pub fn rule_val(slot: u32, untracked: bool) -> RuleVal {
-    RuleVal {
-        slot,
-        flags: if untracked {
-            sg_common::rule_flags::UNTRACKED
-        } else {
-            0
-        },
     }
 }

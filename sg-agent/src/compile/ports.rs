@@ -13,6 +13,9 @@ use sg_common::{PORT_CLASS_BITS, PORT_FULL_BITS, PORT_PROTO_BITS, RuleVal, rule_
 /// A rule, by its index in the policy's rules sorted by id: a smaller index is a smaller id.
 pub(super) type Winner = u32;
 
+/// E4 steps 2 and 3 among rules of one prefix: (points covered, rule index); smaller wins.
+type Preference = (u32, Winner);
+
 /// The (protocol, port) points one rule covers (F1-F4). ICMP is the "port" `type << 8 | code`
 /// and a protocol without ports covers 0..=65535, so every rule but -1 is one range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +88,7 @@ pub(super) fn level(rules: &[(Points, Winner)]) -> PortMap {
         .filter(|(p, _)| *p == Points::All)
         .map(|(_, w)| *w)
         .min();
-    let mut by_proto: BTreeMap<u8, Vec<(u16, u16, (u32, Winner))>> = BTreeMap::new();
+    let mut by_proto: BTreeMap<u8, Vec<(u16, u16, Preference)>> = BTreeMap::new();
     for (p, w) in rules {
         if let Points::Range { proto, from, to } = *p {
             by_proto
@@ -101,13 +104,13 @@ pub(super) fn level(rules: &[(Points, Winner)]) -> PortMap {
     for (proto, ranges) in by_proto {
         // Sweep: +rule at `from`, -rule after `to`; the best active rule holds until the next
         // boundary. Any -1 rule of the same level covers more points, so it only fills gaps.
-        let mut events: Vec<(u32, bool, (u32, Winner))> = Vec::with_capacity(ranges.len() * 2);
+        let mut events: Vec<(u32, bool, Preference)> = Vec::with_capacity(ranges.len() * 2);
         for (from, to, key) in ranges {
             events.push((u32::from(from), true, key));
             events.push((u32::from(to) + 1, false, key));
         }
         events.sort_unstable();
-        let mut active: BTreeMap<(u32, Winner), u32> = BTreeMap::new();
+        let mut active: BTreeMap<Preference, u32> = BTreeMap::new();
         let mut segs: Vec<Seg<Option<Winner>>> = Vec::new();
         let mut i = 0;
         let mut pos = 0u32;

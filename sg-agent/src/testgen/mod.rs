@@ -69,7 +69,7 @@ pub fn group_id(seed: u64, n: u64) -> GroupId {
 /// `sgr-` + 17 hex digits (F6); distinct `n` give distinct ids, in an order unrelated to `n`
 /// (E4 step 3 breaks ties by id).
 pub fn rule_id(seed: u64, n: u64) -> RuleId {
-    RuleId(format!("sgr-{:017x}", mix(seed ^ 0x5347_52, n)))
+    RuleId(format!("sgr-{:017x}", mix(seed ^ 0x0053_4752, n)))
 }
 
 /// `pl-` + 17 hex digits.
