@@ -16,7 +16,7 @@ use sg_agent::image::{MapImage, SlotTable};
 use sg_agent::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
 use sg_agent::policy::Policy;
-use sg_agent::testgen::{PolicyShape, Query, describe, minimize, policy_and_queries};
+use sg_agent::testgen::{PolicyShape, Query, describe, minimize, policy, policy_and_queries};
 use sg_common::rule_flags::UNTRACKED;
 
 const QUERIES_PER_POLICY: usize = 100;
@@ -169,6 +169,27 @@ proptest! {
         if let Err(e) = run_case(&policy, mask, generation, &queries, |_| {}) {
             return Err(TestCaseError::fail(e));
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(Config {
+        cases: cases() / 5,
+        failure_persistence: None,
+        ..Config::default()
+    })]
+
+    /// Same input, same image; and recompiling with the image's own slot table keeps every
+    /// slot (the dataplane then writes no counter changes).
+    #[test]
+    fn compile_is_deterministic_and_keeps_its_own_slots(policy in policy(), generation in 0u32..=1) {
+        let all = bindings(&policy, u32::MAX);
+        let first = compile_for(&policy, &all, generation).map_err(TestCaseError::fail)?;
+        let again = compile_for(&policy, &all, generation).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(&first, &again);
+        let opts = CompileOptions { generation, slot_capacity: 1 << 16 };
+        let next = compile(&policy, &all, &first.slots, &opts).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&first.slots.by_rule, &next.slots.by_rule);
     }
 }
 

@@ -642,6 +642,34 @@ fn ipv4_remotes_never_match_ipv6_rules_and_ipv4_mapped_remotes_are_ipv4() {
     ));
 }
 
+#[test]
+fn ipv6_cidrs_inside_the_ipv4_mapped_block_match_nothing_and_mapped_members_are_ipv4() {
+    let mut b = Builder::default();
+    let g = b.group("g");
+    let peers = b.group("peers");
+    b.rule(&g, Ingress, Protocol::All, cidr("::ffff:192.0.2.0/120"));
+    let members = b.rule(&g, Ingress, tcp(80, 80), Peer::Group(peers.clone()));
+    b.iface("web", &["198.51.100.1"], &[&g]);
+    b.iface("peer", &["::ffff:203.0.113.9"], &[&peers]);
+    let p = &b.policy;
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", TCP, 22),
+        Decision::Deny
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "::ffff:192.0.2.1", TCP, 22),
+        Decision::Deny
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "203.0.113.9", TCP, 80),
+        allow(&members)
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "::ffff:203.0.113.9", TCP, 80),
+        allow(&members)
+    );
+}
+
 // ----------------------------------------------------------------------------------------
 // C4: untracked flows
 // ----------------------------------------------------------------------------------------
