@@ -2,8 +2,8 @@
 //! [`MapImage`] (the contents of `SG_IFACES`, `SG_PEERS`, `SG_PORTS`, plus the rule counter
 //! slots). Pure and deterministic: the same input gives the same image, byte for byte.
 //!
-//! It owns overlap resolution (the union of covering prefixes, E3), the E4 choice of the
-//! charged rule, the C4 untracked flag, the port/ICMP encoding and the scope/class numbering.
+//! It owns the union of the interface's groups (E3), overlap resolution (a more specific
+//! prefix carries what its covering prefixes allow), the E4 choice of the charged rule, the C4 untracked flag, the port/ICMP encoding and the scope/class numbering.
 //! It must not touch the kernel, read files, or share code with the reference model
 //! (`model::decide`), which the property tests compare it against.
 //!
@@ -36,12 +36,14 @@
 //!    CIDR rule of that family allows, when the opposite direction allows all of the
 //!    protocol to the same /0. Every class of the family inherits those /0 rules, so the flag
 //!    at a point is "point in that set".
-//! 7. **Port entries.** See [`ports::encode`]: a -1 winner at prefix 32; TCP/UDP made
+//! 7. **Port entries** (`ports::encode`): a -1 winner at prefix 32; TCP/UDP made
 //!    explicit where C4 applies (prefix 32 cannot say "untracked for TCP only"); per protocol
 //!    adjacent equal values merged, the cheapest default at prefix 40, the other intervals as
 //!    maximal aligned blocks at 40 + n (ICMP type = 48, type+code = 56).
-//! 8. **Dedupe.** Classes are numbered (`gen << 31 | n`) by their sorted entry lists: two
-//!    prefixes whose lookups answer alike share one class, across scopes too. A prefix whose
+//! 8. **Dedupe.** Classes are keyed by their sorted port entry lists and numbered
+//!    `gen << 31 | n` in order of first appearance: prefixes whose port lookups answer alike
+//!    share one class, across scopes too (this also merges classes whose rule sets differ
+//!    only by rules that never win). A prefix whose
 //!    class equals its nearest covering prefix's class gets no peer entry (the lookup falls
 //!    back to the parent and reaches the same class).
 //!
