@@ -1,1 +1,0 @@
-//! The compiler: Policy -> MapImage, pure and deterministic. (in progress)

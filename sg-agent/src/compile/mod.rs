@@ -1,0 +1,549 @@
+//! The compiler: a validated [`Policy`] and the interface bindings -> one generation's
+//! [`MapImage`] (the contents of `SG_IFACES`, `SG_PEERS`, `SG_PORTS`, plus the rule counter
+//! slots). Pure and deterministic: the same input gives the same image, byte for byte.
+//!
+//! It owns the union of the interface's groups (E3), overlap resolution (a more specific
+//! prefix carries what its covering prefixes allow), the E4 choice of the charged rule, the C4 untracked flag, the port/ICMP encoding and the scope/class numbering.
+//! It must not touch the kernel, read files, or share code with the reference model
+//! (`model::decide`), which the property tests compare it against.
+//!
+//! # Algorithm
+//!
+//! 1. **Rules and slots.** Every rule of the policy gets an index in id order (so comparing
+//!    indexes is E4 step 3) and a counter slot from [`SlotTable::assign`] (stable per id).
+//! 2. **Membership (R1).** Every interface of the policy, bound here or not, adds its
+//!    addresses as host prefixes (/32, /128) to each group it carries.
+//! 3. **Scopes.** Bound interfaces with the same set of groups (order and repeats ignored,
+//!    E3) share one scope per direction: ids `gen << 31 | n`, n = 1, 2, ... in the order of
+//!    the sorted group sets (ingress odd, egress even). Each gets an `IfaceConf`.
+//! 4. **Peer prefixes.** In a scope, each rule contributes its prefixes: its CIDR, its prefix
+//!    list's entries (R4), or its referenced group's member host prefixes (R1, R3 when the
+//!    group is its own). Addresses live in one 128-bit space with IPv4 at `::ffff:0:0/96`.
+//!    IPv6 prefixes inside that block are dropped (nothing IPv6 can match them: an
+//!    IPv4-mapped remote is judged as IPv4). When an IPv6 prefix contains it (e.g. `::/0`),
+//!    the IPv4 root `0.0.0.0/0` is added, possibly with no rule, as a barrier so that IPv4
+//!    remotes never fall through to an IPv6 class.
+//! 5. **Classes, one walk per (scope, family).** Prefixes sorted by (address, length) come
+//!    parents first; a stack gives each prefix its nearest covering prefix. A rule matching
+//!    through prefix P matches through a longer prefix than every rule inherited from P's
+//!    ancestors, so by E4 step 1 P's own rules win wherever they match and the parent decides
+//!    elsewhere: P's winner function is `overlay(parent's, level(P's own rules))`, where
+//!    `level` picks per point the rule with the fewest points, then the smallest id. This is
+//!    exactly "the union of the covering prefixes' rules, each at its longest covering
+//!    prefix" without rescanning any ancestor's rules: the cost is the size of the parent's
+//!    map plus P's own rules.
+//! 6. **C4.** The untracked TCP/UDP ports depend only on (scope, family): the ports some /0
+//!    CIDR rule of that family allows, when the opposite direction allows all of the
+//!    protocol to the same /0. Every class of the family inherits those /0 rules, so the flag
+//!    at a point is "point in that set".
+//! 7. **Port entries** (`ports::encode`): a -1 winner at prefix 32; TCP/UDP made
+//!    explicit where C4 applies (prefix 32 cannot say "untracked for TCP only"); per protocol
+//!    adjacent equal values merged, the cheapest default at prefix 40, the other intervals as
+//!    maximal aligned blocks at 40 + n (ICMP type = 48, type+code = 56).
+//! 8. **Dedupe.** Classes are keyed by their sorted port entry lists and numbered
+//!    `gen << 31 | n` in order of first appearance: prefixes whose port lookups answer alike
+//!    share one class, across scopes too (this also merges classes whose rule sets differ
+//!    only by rules that never win). A prefix whose
+//!    class equals its nearest covering prefix's class gets no peer entry (the lookup falls
+//!    back to the parent and reaches the same class).
+//!
+//! # Worked example
+//!
+//! A scope's ingress rules (its egress has `-1 to 0.0.0.0/0`, so C4 holds for TCP from /0):
+//!
+//! ```text
+//! r1  tcp 22       from 0.0.0.0/0
+//! r2  tcp 0-1023   from 192.0.2.0/24
+//! r3  all (-1)     from sg-b, whose only member is 192.0.2.7
+//! r4  icmp 8/-1    from 192.0.2.0/24
+//! ```
+//!
+//! Peer trie (IPv4 mapped, prefix length 32 + 96 + len) and classes:
+//!
+//! ```text
+//! 0.0.0.0/0     A = {r1@0}                 tcp 22 -> r1
+//! 192.0.2.0/24  B = {r1@0, r2@24, r4@24}   tcp 0-1023 -> r2 (longer prefix than r1 at 22)
+//!                                          icmp 8/* -> r4
+//! 192.0.2.7/32  C = {r1@0, r2@24, r4@24, r3@32}   everything -> r3
+//! ```
+//!
+//! Port entries (prefix length: key):
+//!
+//! ```text
+//! A: 56: tcp 22 -> r1 UNTRACKED
+//! B: 52: tcp 0-15, 54: tcp 16-19, 55: tcp 20-21 -> r2; 56: tcp 22 -> r2 UNTRACKED
+//!    (r1 still allows it: C4 looks at every allowing rule); 56: tcp 23, 53: 24-31, ...,
+//!    47: 512-1023 -> r2; 48: icmp 8/* -> r4. No prefix-40 default for tcp: ports above
+//!    1023 must miss.
+//! C: 32: * -> r3; 56: tcp 22 -> r3 UNTRACKED (the -1 entry cannot carry a TCP-only flag)
+//! ```
+//!
+//! A packet from 192.0.2.7 to tcp 22 finds C, then `tcp 22 -> r3 UNTRACKED`; from
+//! 192.0.2.9 to tcp 80 it finds B and the block 64-127 -> r2 (tracked).
+
+mod ports;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sg_common::{IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PortData};
+
+use crate::image::{LpmKey, MapImage, SlotTable, SlotsExhausted};
+use crate::policy::{Direction, Family, GroupId, IcmpMatch, Peer, Policy, PortRange, Protocol};
+use ports::{Points, PortMap, Untracked, Winner};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// 0 or 1: carried in bit 31 of every scope and class id and in the `IfaceKey`s.
+    pub generation: u32,
+    /// Number of rule counter slots in the dataplane (slot 0 is never used).
+    pub slot_capacity: u32,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            generation: 0,
+            slot_capacity: sg_common::capacity::RULE_SLOTS,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CompileError {
+    /// The generation is neither 0 nor 1.
+    BadGeneration(u32),
+    /// A binding names an interface the policy does not have.
+    UnknownInterface(String),
+    /// Two bindings name the same ifindex.
+    DuplicateIfindex {
+        ifindex: u32,
+        first: String,
+        second: String,
+    },
+    /// A reference the validator should have rejected (the policy was not validated).
+    Unresolved {
+        what: &'static str,
+        id: String,
+        by: String,
+    },
+    /// Two rules share an id: their counters could not be told apart.
+    DuplicateRuleId(String),
+    /// More scopes or classes than ids fit in 31 bits.
+    TooManyIds(&'static str),
+    Slots(SlotsExhausted),
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompileError::BadGeneration(g) => write!(f, "generation {g} is neither 0 nor 1"),
+            CompileError::UnknownInterface(n) => {
+                write!(f, "interface {n:?} is bound but not in the policy")
+            }
+            CompileError::DuplicateIfindex {
+                ifindex,
+                first,
+                second,
+            } => write!(
+                f,
+                "interfaces {first:?} and {second:?} are both bound to ifindex {ifindex}"
+            ),
+            CompileError::Unresolved { what, id, by } => {
+                write!(f, "{what} {id} referenced by {by} is not in the policy")
+            }
+            CompileError::DuplicateRuleId(id) => write!(f, "rule id {id} is used twice"),
+            CompileError::TooManyIds(what) => write!(f, "too many {what} for 31-bit ids"),
+            CompileError::Slots(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Compiles `policy` for the interfaces in `bindings` (policy interface name -> ifindex) into
+/// generation `opts.generation`. `previous_slots` keeps counter slots stable across applies.
+pub fn compile(
+    policy: &Policy,
+    bindings: &BTreeMap<String, u32>,
+    previous_slots: &SlotTable,
+    opts: &CompileOptions,
+) -> Result<MapImage, CompileError> {
+    if opts.generation > 1 {
+        return Err(CompileError::BadGeneration(opts.generation));
+    }
+    let gen_bit = opts.generation << 31;
+
+    // 1. Rules in id order, and their slots.
+    let mut rules: Vec<&crate::policy::Rule> = policy.all_rules().collect();
+    rules.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(w) = rules.windows(2).find(|w| w[0].id == w[1].id) {
+        return Err(CompileError::DuplicateRuleId(w[0].id.to_string()));
+    }
+    let slots = SlotTable::assign(
+        previous_slots,
+        rules.iter().map(|r| &r.id),
+        opts.slot_capacity,
+    )
+    .map_err(CompileError::Slots)?;
+    let slot_of: Vec<u32> = rules
+        .iter()
+        .map(|r| slots.slot(&r.id).expect("assign gives every id a slot"))
+        .collect();
+    let index: HashMap<&str, Winner> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i as Winner))
+        .collect();
+    let points: Vec<Points> = rules.iter().map(|r| points(&r.protocol)).collect();
+
+    // 2. Membership (R1): all interfaces, bound or not.
+    let mut members: BTreeMap<&GroupId, BTreeSet<Prefix>> = BTreeMap::new();
+    for i in &policy.interfaces {
+        for g in &i.groups {
+            if !policy.groups.contains_key(g) {
+                return Err(unresolved("group", g.as_str(), &i.name));
+            }
+            let set = members.entry(g).or_default();
+            set.extend(i.addresses.iter().map(|a| Prefix::host(*a)));
+        }
+    }
+
+    // 3. Scopes of the bound interfaces.
+    let mut bound: Vec<(&crate::policy::Interface, u32)> = Vec::new();
+    let mut by_ifindex: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, &ifindex) in bindings {
+        let iface = policy
+            .interface(name)
+            .ok_or_else(|| CompileError::UnknownInterface(name.clone()))?;
+        if let Some(first) = by_ifindex.insert(ifindex, name) {
+            return Err(CompileError::DuplicateIfindex {
+                ifindex,
+                first: first.to_string(),
+                second: name.clone(),
+            });
+        }
+        bound.push((iface, ifindex));
+    }
+    let group_set = |i: &crate::policy::Interface| -> Vec<GroupId> {
+        let set: BTreeSet<GroupId> = i.groups.iter().cloned().collect();
+        set.into_iter().collect()
+    };
+    let sets: BTreeSet<Vec<GroupId>> = bound.iter().map(|(i, _)| group_set(i)).collect();
+    if sets.len() >= (1 << 30) {
+        return Err(CompileError::TooManyIds("scopes"));
+    }
+    let scope_ids: BTreeMap<&Vec<GroupId>, (u32, u32)> = sets
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let n = n as u32;
+            (s, (gen_bit | (2 * n + 1), gen_bit | (2 * n + 2)))
+        })
+        .collect();
+
+    let mut image = MapImage {
+        generation: opts.generation,
+        ..MapImage::default()
+    };
+    for (iface, ifindex) in &bound {
+        let (scope_in, scope_out) = scope_ids[&group_set(iface)];
+        image.ifaces.insert(
+            IfaceKey {
+                generation: opts.generation,
+                ifindex: *ifindex,
+            },
+            IfaceConf {
+                scope_in,
+                scope_out,
+                flags: 0,
+                _pad: 0,
+                timeouts: iface.timeouts,
+            },
+        );
+    }
+
+    // 4-8. Per scope: prefixes, classes, entries.
+    let mut classes = Classes {
+        gen_bit,
+        ids: HashMap::new(),
+        image: &mut image,
+    };
+    for (set, &(scope_in, scope_out)) in &scope_ids {
+        for (dir, scope) in [
+            (Direction::Ingress, scope_in),
+            (Direction::Egress, scope_out),
+        ] {
+            let scope_rules = |d: Direction| -> Vec<&crate::policy::Rule> {
+                set.iter()
+                    .filter_map(|g| policy.groups.get(g))
+                    .flat_map(|g| g.rules(d))
+                    .collect()
+            };
+            let here = scope_rules(dir);
+            let opposite = scope_rules(dir.opposite());
+            let mut prefixes: BTreeMap<Prefix, Vec<Winner>> = BTreeMap::new();
+            for r in &here {
+                let w = index[r.id.as_str()];
+                let mut add = |p: Prefix| prefixes.entry(p).or_default().push(w);
+                match &r.peer {
+                    Peer::Cidr(net) => add(Prefix::net(net)),
+                    Peer::PrefixList(id) => {
+                        let pl = policy
+                            .prefix_lists
+                            .get(id)
+                            .ok_or_else(|| unresolved("prefix list", id.as_str(), r.id.as_str()))?;
+                        pl.entries.iter().for_each(|e| add(Prefix::net(e)));
+                    }
+                    Peer::Group(g) => {
+                        if !policy.groups.contains_key(g) {
+                            return Err(unresolved("group", g.as_str(), r.id.as_str()));
+                        }
+                        members.get(g).into_iter().flatten().for_each(|p| add(*p));
+                    }
+                }
+            }
+            // IPv6 prefixes inside ::ffff:0:0/96 can match nothing; one containing it needs
+            // the IPv4 barrier (step 4).
+            let mapped = Prefix::V4_ROOT;
+            prefixes.retain(|p, _| p.family == Family::V4 || !mapped.covers(p));
+            if prefixes
+                .keys()
+                .any(|p| p.family == Family::V6 && p.covers(&mapped))
+            {
+                prefixes.entry(mapped).or_default();
+            }
+            for fam in [Family::V4, Family::V6] {
+                let c4 = untracked(&here, &opposite, fam);
+                let fam_prefixes = prefixes.iter().filter(|(p, _)| p.family == fam);
+                walk(scope, fam_prefixes, &points, &slot_of, &c4, &mut classes)?;
+            }
+        }
+    }
+    image.slots = slots;
+    Ok(image)
+}
+
+fn unresolved(what: &'static str, id: &str, by: &str) -> CompileError {
+    CompileError::Unresolved {
+        what,
+        id: id.to_string(),
+        by: by.to_string(),
+    }
+}
+
+/// A prefix in the 128-bit key space (IPv4 mapped into `::ffff:0:0/96`). Ordered by family,
+/// then address, then length: a walk in this order meets every prefix after the prefixes
+/// covering it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Prefix {
+    family: Family,
+    addr: u128,
+    /// In the 128-bit space: 96 + len for IPv4.
+    len: u32,
+}
+
+impl Prefix {
+    const MAPPED: u128 = 0xffff << 32;
+    /// IPv4 0.0.0.0/0, i.e. `::ffff:0:0/96`.
+    const V4_ROOT: Prefix = Prefix {
+        family: Family::V4,
+        addr: Self::MAPPED,
+        len: 96,
+    };
+
+    fn net(net: &IpNet) -> Prefix {
+        // Canonicalise even though validation did: two spellings of one prefix must land on
+        // one trie key, not overwrite each other.
+        match net.trunc() {
+            IpNet::V4(n) => Prefix {
+                family: Family::V4,
+                addr: Self::MAPPED | u128::from(u32::from(n.network())),
+                len: 96 + u32::from(n.prefix_len()),
+            },
+            IpNet::V6(n) => Prefix {
+                family: Family::V6,
+                addr: u128::from(n.network()),
+                len: u32::from(n.prefix_len()),
+            },
+        }
+    }
+
+    /// A member address as a host prefix; an IPv4-mapped IPv6 address is its IPv4 address.
+    fn host(a: IpAddr) -> Prefix {
+        let a = match a {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+            IpAddr::V4(_) => a,
+        };
+        match a {
+            IpAddr::V4(v4) => Prefix {
+                family: Family::V4,
+                addr: Self::MAPPED | u128::from(u32::from(v4)),
+                len: 128,
+            },
+            IpAddr::V6(v6) => Prefix {
+                family: Family::V6,
+                addr: u128::from(v6),
+                len: 128,
+            },
+        }
+    }
+
+    /// `self` contains `other` in the key space (families ignored).
+    fn covers(&self, other: &Prefix) -> bool {
+        self.len <= other.len
+            && (self.len == 0 || (self.addr ^ other.addr) >> (128 - self.len) == 0)
+    }
+
+    fn key(&self, scope: u32) -> LpmKey<PeerData> {
+        LpmKey {
+            prefix_len: PEER_SCOPE_BITS + self.len,
+            data: PeerData {
+                scope: scope.to_be_bytes(),
+                addr: self.addr.to_be_bytes(),
+            },
+        }
+    }
+}
+
+/// The class numbering and the image being filled.
+struct Classes<'a> {
+    gen_bit: u32,
+    ids: HashMap<Vec<ports::PortEntry>, u32>,
+    image: &'a mut MapImage,
+}
+
+impl Classes<'_> {
+    fn intern(&mut self, entries: Vec<ports::PortEntry>) -> Result<u32, CompileError> {
+        if let Some(&id) = self.ids.get(&entries) {
+            return Ok(id);
+        }
+        let n = self.ids.len() as u32 + 1;
+        if n >= 1 << 31 {
+            return Err(CompileError::TooManyIds("classes"));
+        }
+        let id = self.gen_bit | n;
+        for &(prefix_len, proto, port, val) in &entries {
+            self.image.ports.insert(
+                LpmKey {
+                    prefix_len,
+                    data: PortData {
+                        class: id.to_be_bytes(),
+                        proto,
+                        port: port.to_be_bytes(),
+                        _pad: 0,
+                    },
+                },
+                val,
+            );
+        }
+        self.ids.insert(entries, id);
+        Ok(id)
+    }
+}
+
+/// Step 5 for one (scope, family): the peer entries and their classes.
+fn walk<'p>(
+    scope: u32,
+    prefixes: impl Iterator<Item = (&'p Prefix, &'p Vec<Winner>)>,
+    points: &[Points],
+    slot_of: &[u32],
+    c4: &Untracked,
+    classes: &mut Classes,
+) -> Result<(), CompileError> {
+    // (prefix, its winner map, its class): the chain of prefixes covering the current one.
+    let mut stack: Vec<(Prefix, PortMap, u32)> = Vec::new();
+    let empty = PortMap::default();
+    for (p, own) in prefixes {
+        while stack.last().is_some_and(|(q, ..)| !q.covers(p)) {
+            stack.pop();
+        }
+        let mut own: Vec<(Points, Winner)> = own.iter().map(|&w| (points[w as usize], w)).collect();
+        own.sort_unstable_by_key(|&(_, w)| w);
+        own.dedup();
+        let parent = stack.last();
+        let map = ports::overlay(parent.map_or(&empty, |(_, m, _)| m), &ports::level(&own));
+        let class = classes.intern(ports::encode(&map, c4, slot_of))?;
+        if parent.is_none_or(|&(_, _, c)| c != class) {
+            classes.image.peers.insert(p.key(scope), class);
+        }
+        stack.push((*p, map, class));
+    }
+    Ok(())
+}
+
+/// A rule's points (F1-F4): ICMP as `type << 8 | code`, other numbers all ports (F2).
+fn points(p: &Protocol) -> Points {
+    let icmp = |proto: u8, m: &IcmpMatch| {
+        let (from, to) = match *m {
+            IcmpMatch::All => (0, 65535),
+            IcmpMatch::Type(t) => (u16::from(t) << 8, u16::from(t) << 8 | 0xff),
+            IcmpMatch::TypeCode(t, c) => {
+                let v = u16::from(t) << 8 | u16::from(c);
+                (v, v)
+            }
+        };
+        Points::Range { proto, from, to }
+    };
+    match p {
+        Protocol::All => Points::All,
+        Protocol::Tcp(r) => Points::Range {
+            proto: sg_common::proto::TCP,
+            from: r.from,
+            to: r.to,
+        },
+        Protocol::Udp(r) => Points::Range {
+            proto: sg_common::proto::UDP,
+            from: r.from,
+            to: r.to,
+        },
+        Protocol::Icmp(m) => icmp(sg_common::proto::ICMP, m),
+        Protocol::Icmpv6(m) => icmp(sg_common::proto::ICMPV6, m),
+        Protocol::Number(n) => Points::Range {
+            proto: *n,
+            from: 0,
+            to: 65535,
+        },
+    }
+}
+
+/// Step 6 (C4) for one (scope, direction, family).
+fn untracked(
+    here: &[&crate::policy::Rule],
+    opposite: &[&crate::policy::Rule],
+    fam: Family,
+) -> Untracked {
+    let world = |r: &&&crate::policy::Rule| matches!(&r.peer, Peer::Cidr(n) if n.prefix_len() == 0 && Family::of_net(n) == fam);
+    let ports_for = |proto: u8| -> Vec<(u16, u16)> {
+        let opposite_all = opposite.iter().filter(world).any(|r| match r.protocol {
+            Protocol::All => true,
+            Protocol::Tcp(range) | Protocol::Udp(range) => {
+                r.protocol.number() == Some(proto) && range == PortRange::ALL
+            }
+            _ => false,
+        });
+        if !opposite_all {
+            return Vec::new();
+        }
+        let ranges = here
+            .iter()
+            .filter(world)
+            .filter_map(|r| match r.protocol {
+                Protocol::All => Some((0, 65535)),
+                Protocol::Tcp(range) | Protocol::Udp(range)
+                    if r.protocol.number() == Some(proto) =>
+                {
+                    Some((range.from, range.to))
+                }
+                _ => None,
+            })
+            .collect();
+        ports::merge_ranges(ranges)
+    };
+    Untracked {
+        tcp: ports_for(sg_common::proto::TCP),
+        udp: ports_for(sg_common::proto::UDP),
+    }
+}
