@@ -12,6 +12,7 @@
 //! lab       network namespaces acting as EC2 instances (tests, `cargo xtask lab`)
 //! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
 //! ```
+pub mod bench;
 pub mod bind;
 pub mod compile;
 pub mod config;

@@ -4,6 +4,7 @@
 //!
 //! It does not hide how things work: each command it runs is echoed with `+`.
 
+mod bench;
 mod bootstrap;
 mod cmd;
 
@@ -40,6 +41,16 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure sg: in-kernel cost per packet, veth throughput against no filter and
+    /// nftables, control-plane timings. Writes target/bench/.
+    Bench {
+        /// A short run (fewer repeats and sizes).
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments passed to sg-bench.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +80,11 @@ fn run(cli: Cli) -> Result<()> {
             let tc = bootstrap::ensure()?;
             cmd::build_ebpf(&tc)?;
             cmd::test(&tc, &args)?;
+        }
+        Cmd::Bench { quick, args } => {
+            let tc = bootstrap::ensure()?;
+            cmd::build_ebpf(&tc)?;
+            bench::run(&tc, quick, &args)?;
         }
     }
     Ok(())

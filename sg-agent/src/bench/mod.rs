@@ -1,0 +1,1 @@
+//! `cargo xtask bench`: in-kernel cost, veth throughput vs no filter and nftables, control plane. (in progress)

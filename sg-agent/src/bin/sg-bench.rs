@@ -1,0 +1,2 @@
+//! `sg-bench`: run by `cargo xtask bench` (in progress).
+fn main() {}
