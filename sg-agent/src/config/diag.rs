@@ -5,6 +5,7 @@
 //! `  hint: ...`) and the "did you mean" suggestion. It must not know any file format: callers
 //! hand it an [`Origin`] already built.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use crate::policy::Origin;
@@ -102,6 +103,9 @@ impl std::error::Error for Diagnostics {}
 pub(crate) struct Sink {
     pub file: String,
     pub diags: Vec<Diagnostic>,
+    /// A rule written once with several peers expands into several rules; a problem with the
+    /// shared part (its ports, say) must still be reported once.
+    seen: HashSet<(u32, u32, String)>,
 }
 
 impl Sink {
@@ -109,10 +113,14 @@ impl Sink {
         Sink {
             file: file.to_string(),
             diags: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 
     pub fn push(&mut self, severity: Severity, origin: &Origin, message: String, hint: Option<String>) {
+        if !self.seen.insert((origin.line, origin.column, message.clone())) {
+            return;
+        }
         self.diags.push(Diagnostic {
             severity,
             origin: origin.clone(),
