@@ -30,7 +30,11 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
     let Some(top) = fields(sink, root, "the policy") else {
         return d;
     };
-    top.check_keys(sink, "the policy", TOP_KEYS);
+    // `x-...` keys are free for the user (e.g. to hold YAML anchors), as in docker-compose.
+    let extensions: Vec<String> = top.entries().into_iter().map(|(k, ..)| k).filter(|k| k.starts_with("x-")).collect();
+    let mut known: Vec<&str> = TOP_KEYS.to_vec();
+    known.extend(extensions.iter().map(String::as_str));
+    top.check_keys(sink, "the policy", &known);
     if let Some(v) = top.get("version")
         && let Some(n) = int(sink, &v, "version")
         && n.v != 1
