@@ -78,7 +78,11 @@ enum Strength {
 }
 
 fn list(addrs: &[IpAddr]) -> String {
-    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Decides which policy interface each local device carries (see the module's rules).
@@ -91,7 +95,12 @@ pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindE
         // Local devices holding one of p's addresses, and which addresses.
         let mut holders: Vec<(usize, Vec<IpAddr>)> = Vec::new();
         for (li, l) in local.iter().enumerate() {
-            let shared: Vec<IpAddr> = p.addresses.iter().filter(|a| l.addresses.contains(a)).copied().collect();
+            let shared: Vec<IpAddr> = p
+                .addresses
+                .iter()
+                .filter(|a| l.addresses.contains(a))
+                .copied()
+                .collect();
             if !shared.is_empty() {
                 holders.push((li, shared));
             }
@@ -99,7 +108,8 @@ pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindE
         match &p.device {
             Some(d) => match local.iter().position(|l| &l.name == d) {
                 Some(li) => {
-                    let elsewhere: Vec<&(usize, Vec<IpAddr>)> = holders.iter().filter(|(h, _)| *h != li).collect();
+                    let elsewhere: Vec<&(usize, Vec<IpAddr>)> =
+                        holders.iter().filter(|(h, _)| *h != li).collect();
                     if let Some((other, addrs)) = elsewhere.first() {
                         problems.push(BindProblem {
                             message: format!(
@@ -112,7 +122,10 @@ pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindE
                         });
                         continue;
                     }
-                    let strength = if holders.is_empty() && !p.addresses.is_empty() && !local[li].addresses.is_empty() {
+                    let strength = if holders.is_empty()
+                        && !p.addresses.is_empty()
+                        && !local[li].addresses.is_empty()
+                    {
                         Strength::Weak
                     } else {
                         Strength::Strong
@@ -135,7 +148,10 @@ pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindE
             },
             None => match holders.len() {
                 0 => {}
-                1 => claims.entry(holders[0].0).or_default().push((pi, Strength::Strong)),
+                1 => claims
+                    .entry(holders[0].0)
+                    .or_default()
+                    .push((pi, Strength::Strong)),
                 _ => {
                     let spread: Vec<String> = holders
                         .iter()
@@ -147,7 +163,9 @@ pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindE
                             p.name,
                             spread.join("; ")
                         ),
-                        hint: Some("add `device:` to say which device carries the interface".into()),
+                        hint: Some(
+                            "add `device:` to say which device carries the interface".into(),
+                        ),
                     });
                 }
             },
@@ -196,7 +214,11 @@ pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindE
                 continue;
             }
         };
-        let pi = policy.interfaces.iter().position(|i| std::ptr::eq(i, chosen)).unwrap_or(usize::MAX);
+        let pi = policy
+            .interfaces
+            .iter()
+            .position(|i| std::ptr::eq(i, chosen))
+            .unwrap_or(usize::MAX);
         out.push((
             pi,
             Binding {
@@ -244,7 +266,9 @@ pub fn local_interfaces() -> std::io::Result<Vec<LocalIface>> {
             continue;
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let raw = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        let raw = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         // IPv4 address labels ("eth0:1") belong to their device.
         let name = raw.split(':').next().unwrap_or_default().to_string();
         let addrs = by_name.entry(name).or_default();
@@ -257,7 +281,9 @@ pub fn local_interfaces() -> std::io::Result<Vec<LocalIface>> {
             libc::AF_INET => {
                 // SAFETY: AF_INET means sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                Some(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ))
             }
             libc::AF_INET6 => {
                 // SAFETY: AF_INET6 means sockaddr_in6.
@@ -274,7 +300,9 @@ pub fn local_interfaces() -> std::io::Result<Vec<LocalIface>> {
     }
     let mut out = Vec::new();
     for (name, addresses) in by_name {
-        let Ok(c) = std::ffi::CString::new(name.clone()) else { continue };
+        let Ok(c) = std::ffi::CString::new(name.clone()) else {
+            continue;
+        };
         // SAFETY: a valid NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
         if ifindex == 0 {
@@ -323,7 +351,9 @@ mod tests {
     }
 
     fn names(b: &[Binding]) -> Vec<(String, String, u32)> {
-        b.iter().map(|b| (b.interface.clone(), b.device.clone(), b.ifindex)).collect()
+        b.iter()
+            .map(|b| (b.interface.clone(), b.device.clone(), b.ifindex))
+            .collect()
     }
 
     #[test]
@@ -332,15 +362,24 @@ mod tests {
             iface("web-1", None, &["192.0.2.11", "2001:db8:10::11"]),
             iface("db-1", None, &["192.0.2.21"]),
         ]);
-        let host = [local("lo", 1, &["127.0.0.1"]), local("eth0", 2, &["192.0.2.11", "fe80::1"])];
-        assert_eq!(names(&bind(&p, &host).unwrap()), [("web-1".into(), "eth0".into(), 2)]);
+        let host = [
+            local("lo", 1, &["127.0.0.1"]),
+            local("eth0", 2, &["192.0.2.11", "fe80::1"]),
+        ];
+        assert_eq!(
+            names(&bind(&p, &host).unwrap()),
+            [("web-1".into(), "eth0".into(), 2)]
+        );
     }
 
     #[test]
     fn binds_by_device_name_even_without_addresses() {
         let p = policy(vec![iface("web-1", Some("veth1"), &[])]);
         let host = [local("veth1", 7, &["192.0.2.99"])];
-        assert_eq!(names(&bind(&p, &host).unwrap()), [("web-1".into(), "veth1".into(), 7)]);
+        assert_eq!(
+            names(&bind(&p, &host).unwrap()),
+            [("web-1".into(), "veth1".into(), 7)]
+        );
     }
 
     #[test]
@@ -351,21 +390,38 @@ mod tests {
             iface("db-1", Some("eth0"), &["192.0.2.21"]),
         ]);
         let host = [local("eth0", 2, &["192.0.2.21"])];
-        assert_eq!(names(&bind(&p, &host).unwrap()), [("db-1".into(), "eth0".into(), 2)]);
+        assert_eq!(
+            names(&bind(&p, &host).unwrap()),
+            [("db-1".into(), "eth0".into(), 2)]
+        );
     }
 
     #[test]
     fn device_whose_addresses_are_elsewhere_is_a_conflict() {
         let p = policy(vec![iface("web-1", Some("eth0"), &["192.0.2.11"])]);
-        let host = [local("eth0", 2, &["192.0.2.50"]), local("eth1", 3, &["192.0.2.11"])];
+        let host = [
+            local("eth0", 2, &["192.0.2.50"]),
+            local("eth1", 3, &["192.0.2.11"]),
+        ];
         let e = bind(&p, &host).unwrap_err();
-        assert!(e.to_string().contains("names device eth0, but its address 192.0.2.11 is on eth1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("names device eth0, but its address 192.0.2.11 is on eth1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn addresses_on_two_devices_are_ambiguous() {
-        let p = policy(vec![iface("web-1", None, &["192.0.2.11", "2001:db8:10::11"])]);
-        let host = [local("eth0", 2, &["192.0.2.11"]), local("eth1", 3, &["2001:db8:10::11"])];
+        let p = policy(vec![iface(
+            "web-1",
+            None,
+            &["192.0.2.11", "2001:db8:10::11"],
+        )]);
+        let host = [
+            local("eth0", 2, &["192.0.2.11"]),
+            local("eth1", 3, &["2001:db8:10::11"]),
+        ];
         let e = bind(&p, &host).unwrap_err();
         assert!(e.to_string().contains("several devices"), "{e}");
         assert!(e.to_string().contains("hint: add `device:`"), "{e}");
@@ -373,10 +429,17 @@ mod tests {
 
     #[test]
     fn one_device_matching_two_interfaces_is_a_conflict() {
-        let p = policy(vec![iface("a", None, &["192.0.2.11"]), iface("b", None, &["192.0.2.12"])]);
+        let p = policy(vec![
+            iface("a", None, &["192.0.2.11"]),
+            iface("b", None, &["192.0.2.12"]),
+        ]);
         let host = [local("eth0", 2, &["192.0.2.11", "192.0.2.12"])];
         let e = bind(&p, &host).unwrap_err();
-        assert!(e.to_string().contains("device eth0 matches several policy interfaces: a, b"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("device eth0 matches several policy interfaces: a, b"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -398,7 +461,10 @@ mod tests {
     #[test]
     fn local_interfaces_lists_loopback() {
         let l = local_interfaces().unwrap();
-        let lo = l.iter().find(|i| i.name == "lo").expect("lo exists in every namespace");
+        let lo = l
+            .iter()
+            .find(|i| i.name == "lo")
+            .expect("lo exists in every namespace");
         assert!(lo.ifindex > 0);
         if !lo.addresses.is_empty() {
             assert!(lo.addresses.iter().any(|a| a.is_loopback()), "{lo:?}");

@@ -26,7 +26,9 @@ fn load(text: &str) -> Loaded {
 }
 
 fn group<'a>(p: &'a Policy, id: &str) -> &'a Group {
-    p.groups.get(&GroupId(id.into())).unwrap_or_else(|| panic!("group {id} missing"))
+    p.groups
+        .get(&GroupId(id.into()))
+        .unwrap_or_else(|| panic!("group {id} missing"))
 }
 
 fn cidr(s: &str) -> Peer {
@@ -43,11 +45,17 @@ fn tcp(from: u16, to: u16) -> Protocol {
 
 /// (protocol, peer, description) of a rule list, the part of a rule that decides verdicts.
 fn shape(rules: &[Rule]) -> Vec<(Protocol, Peer, Option<String>)> {
-    rules.iter().map(|r| (r.protocol, r.peer.clone(), r.description.clone())).collect()
+    rules
+        .iter()
+        .map(|r| (r.protocol, r.peer.clone(), r.description.clone()))
+        .collect()
 }
 
 fn d2() -> Vec<(Protocol, Peer, Option<String>)> {
-    vec![(Protocol::All, cidr("0.0.0.0/0"), None), (Protocol::All, cidr("::/0"), None)]
+    vec![
+        (Protocol::All, cidr("0.0.0.0/0"), None),
+        (Protocol::All, cidr("::/0"), None),
+    ]
 }
 
 #[test]
@@ -101,9 +109,16 @@ fn seed_web_db_allows_mysql_from_the_web_group_only() {
     let db = group(p, "sg-db");
     assert_eq!(
         shape(&db.ingress),
-        [(tcp(3306, 3306), gid("sg-web"), Some("Allow web tier to DB".to_string()))]
+        [(
+            tcp(3306, 3306),
+            gid("sg-web"),
+            Some("Allow web tier to DB".to_string())
+        )]
     );
-    assert!(group(p, "sg-web").ingress.is_empty(), "D1: no ingress unless given");
+    assert!(
+        group(p, "sg-web").ingress.is_empty(),
+        "D1: no ingress unless given"
+    );
     let web1 = p.interface("web-1").unwrap();
     assert_eq!(web1.groups, [GroupId("sg-web".into())]);
 }
@@ -118,7 +133,11 @@ fn seed_cloudformation_snippet_loads_as_is_and_warns_about_the_literal_sg_web() 
     assert_eq!(db.description, "Database tier");
     assert_eq!(
         shape(&db.ingress),
-        [(tcp(3306, 3306), gid("sg-web"), Some("Allow web tier to DB".to_string()))]
+        [(
+            tcp(3306, 3306),
+            gid("sg-web"),
+            Some("Allow web tier to DB".to_string())
+        )]
     );
     assert_eq!(shape(&db.egress), d2(), "D2: SecurityGroupEgress omitted");
     // sg-web is defined elsewhere: an empty placeholder and one warning, located.
@@ -127,7 +146,12 @@ fn seed_cloudformation_snippet_loads_as_is_and_warns_about_the_literal_sg_web() 
     assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
     let w = l.warnings[0].to_string();
     assert!(w.contains("seed-web-db.cfn.yaml:11:34: warning: security group sg-web is not defined in this template"), "{w}");
-    assert!(w.contains("at: Resources.DbSecurityGroup.Properties.SecurityGroupIngress[0].SourceSecurityGroupId"), "{w}");
+    assert!(
+        w.contains(
+            "at: Resources.DbSecurityGroup.Properties.SecurityGroupIngress[0].SourceSecurityGroupId"
+        ),
+        "{w}"
+    );
 }
 
 /// Everything but where it was written.
@@ -169,7 +193,11 @@ fn lab_cloudformation_twin_equals_the_native_lab() {
     assert!(native.warnings.is_empty(), "{:?}", native.warnings);
     // The VPC and the subnet are ignored, with a warning each; nothing else is worth one.
     assert_eq!(cfn.warnings.len(), 2, "{:?}", cfn.warnings);
-    assert!(cfn.warnings.iter().all(|w| w.message.contains("is ignored")));
+    assert!(
+        cfn.warnings
+            .iter()
+            .all(|w| w.message.contains("is ignored"))
+    );
     let (ng, ni) = strip(&native.policy);
     let (cg, ci) = strip(&cfn.policy);
     assert_eq!(ng, cg);
@@ -183,7 +211,11 @@ fn lab_has_the_specified_rules_and_members() {
     let web = group(&p, "sg-web");
     let my4 = cidr("198.51.100.10/32");
     let my6 = cidr("2001:db8:20::10/128");
-    let ingress: Vec<(Protocol, Peer)> = web.ingress.iter().map(|r| (r.protocol, r.peer.clone())).collect();
+    let ingress: Vec<(Protocol, Peer)> = web
+        .ingress
+        .iter()
+        .map(|r| (r.protocol, r.peer.clone()))
+        .collect();
     assert_eq!(
         ingress,
         [
@@ -196,7 +228,11 @@ fn lab_has_the_specified_rules_and_members() {
         ]
     );
     let db = group(&p, "sg-db");
-    let ingress: Vec<(Protocol, Peer)> = db.ingress.iter().map(|r| (r.protocol, r.peer.clone())).collect();
+    let ingress: Vec<(Protocol, Peer)> = db
+        .ingress
+        .iter()
+        .map(|r| (r.protocol, r.peer.clone()))
+        .collect();
     assert_eq!(
         ingress,
         [
@@ -217,8 +253,16 @@ fn lab_has_the_specified_rules_and_members() {
     assert_eq!(
         members,
         [
-            ("web-1", vec![a("192.0.2.11"), a("2001:db8:10::11")], "sg-web"),
-            ("web-2", vec![a("192.0.2.12"), a("2001:db8:10::12")], "sg-web"),
+            (
+                "web-1",
+                vec![a("192.0.2.11"), a("2001:db8:10::11")],
+                "sg-web"
+            ),
+            (
+                "web-2",
+                vec![a("192.0.2.12"), a("2001:db8:10::12")],
+                "sg-web"
+            ),
             ("db-1", vec![a("192.0.2.21"), a("2001:db8:10::21")], "sg-db"),
         ]
     );
@@ -229,7 +273,10 @@ fn describe_json_expands_permissions_into_one_rule_per_peer() {
     let l = load_example("describe-security-groups.json");
     assert_eq!(l.format, Format::DescribeJson);
     let p = &l.policy;
-    assert!(p.interfaces.is_empty(), "describe output carries no membership");
+    assert!(
+        p.interfaces.is_empty(),
+        "describe output carries no membership"
+    );
     let web = group(p, "sg-0123456789abcdef0");
     assert_eq!(web.name, "web");
     assert_eq!(web.description, "Web tier");
@@ -237,11 +284,31 @@ fn describe_json_expands_permissions_into_one_rule_per_peer() {
     assert_eq!(
         shape(&web.ingress),
         [
-            (tcp(443, 443), cidr("0.0.0.0/0"), Some("Public HTTPS".to_string())),
-            (tcp(443, 443), cidr("::/0"), Some("Public HTTPS".to_string())),
-            (tcp(22, 22), cidr("198.51.100.10/32"), Some("SSH from my IP only".to_string())),
-            (tcp(22, 22), Peer::PrefixList(pl.clone()), Some("Office networks".to_string())),
-            (Protocol::Icmp(IcmpMatch::Type(8)), cidr("198.51.100.10/32"), Some("Ping from my IP".to_string())),
+            (
+                tcp(443, 443),
+                cidr("0.0.0.0/0"),
+                Some("Public HTTPS".to_string())
+            ),
+            (
+                tcp(443, 443),
+                cidr("::/0"),
+                Some("Public HTTPS".to_string())
+            ),
+            (
+                tcp(22, 22),
+                cidr("198.51.100.10/32"),
+                Some("SSH from my IP only".to_string())
+            ),
+            (
+                tcp(22, 22),
+                Peer::PrefixList(pl.clone()),
+                Some("Office networks".to_string())
+            ),
+            (
+                Protocol::Icmp(IcmpMatch::Type(8)),
+                cidr("198.51.100.10/32"),
+                Some("Ping from my IP".to_string())
+            ),
         ]
     );
     assert_eq!(shape(&web.egress), d2());
@@ -251,9 +318,15 @@ fn describe_json_expands_permissions_into_one_rule_per_peer() {
     assert_eq!(db.ingress[0].peer, gid("sg-0123456789abcdef0"));
     // The default group's self reference (D3 as AWS shows it).
     let def = group(p, "sg-0aaaabbbbccccdddd");
-    assert_eq!(shape(&def.ingress), [(Protocol::All, gid("sg-0aaaabbbbccccdddd"), None)]);
+    assert_eq!(
+        shape(&def.ingress),
+        [(Protocol::All, gid("sg-0aaaabbbbccccdddd"), None)]
+    );
     let office = &p.prefix_lists[&pl];
-    assert_eq!((office.family, office.max_entries, office.version), (Family::V4, 10, 3));
+    assert_eq!(
+        (office.family, office.max_entries, office.version),
+        (Family::V4, 10, 3)
+    );
     assert_eq!(office.entries.len(), 2);
 }
 
@@ -288,13 +361,23 @@ fn cloudformation_instance_without_groups_gets_the_vpc_default_group() {
     let p = &l.policy;
     let i = p.interface("Box").unwrap();
     assert_eq!(i.groups, [GroupId("default".into())]);
-    assert_eq!(shape(&group(p, "default").ingress), [(Protocol::All, gid("default"), None)]);
-    assert!(l.warnings.iter().any(|w| w.message.contains("VPC default group")), "{:?}", l.warnings);
+    assert_eq!(
+        shape(&group(p, "default").ingress),
+        [(Protocol::All, gid("default"), None)]
+    );
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.message.contains("VPC default group")),
+        "{:?}",
+        l.warnings
+    );
 }
 
 #[test]
 fn derived_rule_ids_are_deterministic_content_hashes() {
-    let text = format!("{WEB}    ingress:\n      - {{protocol: tcp, ports: 443, source: 0.0.0.0/0}}\n");
+    let text =
+        format!("{WEB}    ingress:\n      - {{protocol: tcp, ports: 443, source: 0.0.0.0/0}}\n");
     let a = load(&text).policy;
     let b = load(&format!("# a comment moves every line\n{text}")).policy;
     let ra = &group(&a, "sg-web").ingress[0];
@@ -305,7 +388,10 @@ fn derived_rule_ids_are_deterministic_content_hashes() {
     assert_eq!(ra.id.as_str(), "sgr-6ffedcc6e325157a8");
     // The D2 rule of the seed group: sha256("sg-0a1b2c3d|egress|all|cidr:0.0.0.0/0").
     let seed = load_example("seed-https.yaml").policy;
-    assert_eq!(group(&seed, "sg-0a1b2c3d").egress[0].id.as_str(), "sgr-4c57ce48fd333fd10");
+    assert_eq!(
+        group(&seed, "sg-0a1b2c3d").egress[0].id.as_str(),
+        "sgr-4c57ce48fd333fd10"
+    );
     // Descriptions are not part of the identity; protocol spelling is normalised first.
     let c = load(&format!(
         "{WEB}    ingress:\n      - {{protocol: \"6\", ports: 443-443, source: 0.0.0.0/0, description: x}}\n"
@@ -320,7 +406,12 @@ fn every_rule_id_is_unique_and_well_formed() {
     let mut ids: Vec<&str> = p.all_rules().map(|r| r.id.as_str()).collect();
     for id in &ids {
         assert!(id.len() == 21 && id.starts_with("sgr-"), "{id}");
-        assert!(id[4..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+        assert!(
+            id[4..]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{id}"
+        );
     }
     let n = ids.len();
     ids.sort();
@@ -334,7 +425,11 @@ fn f1_f2_protocol_spellings_normalise() {
         "{WEB}    ingress:\n      - {{protocol: \"17\", ports: 53, source: 192.0.2.0/24}}\n      - {{protocol: ICMPv6, source: \"::/0\"}}\n      - {{protocol: gre, source: 192.0.2.0/24}}\n      - {{protocol: \"-1\", source: self}}\n      - {{protocol: \"1\", type: -1, source: 192.0.2.0/24}}\n"
     ))
     .policy;
-    let protos: Vec<Protocol> = group(&p, "sg-web").ingress.iter().map(|r| r.protocol).collect();
+    let protos: Vec<Protocol> = group(&p, "sg-web")
+        .ingress
+        .iter()
+        .map(|r| r.protocol)
+        .collect();
     assert_eq!(
         protos,
         [
@@ -349,8 +444,13 @@ fn f1_f2_protocol_spellings_normalise() {
 
 #[test]
 fn f2_ports_on_an_all_ports_protocol_are_ignored_with_a_warning() {
-    let l = load(&format!("{WEB}    ingress:\n      - {{protocol: esp, ports: 500, source: 192.0.2.0/24}}\n"));
-    assert_eq!(group(&l.policy, "sg-web").ingress[0].protocol, Protocol::Number(50));
+    let l = load(&format!(
+        "{WEB}    ingress:\n      - {{protocol: esp, ports: 500, source: 192.0.2.0/24}}\n"
+    ));
+    assert_eq!(
+        group(&l.policy, "sg-web").ingress[0].protocol,
+        Protocol::Number(50)
+    );
     assert!(l.warnings[0].message.contains("F2"), "{:?}", l.warnings);
 }
 
@@ -360,17 +460,35 @@ fn f4_icmp_type_and_code() {
         "{WEB}    ingress:\n      - {{protocol: icmp, type: 3, code: 4, source: 0.0.0.0/0}}\n      - {{protocol: icmp, type: 8, code: -1, source: 10.0.0.0/8}}\n"
     ))
     .policy;
-    let protos: Vec<Protocol> = group(&p, "sg-web").ingress.iter().map(|r| r.protocol).collect();
-    assert_eq!(protos, [Protocol::Icmp(IcmpMatch::TypeCode(3, 4)), Protocol::Icmp(IcmpMatch::Type(8))]);
+    let protos: Vec<Protocol> = group(&p, "sg-web")
+        .ingress
+        .iter()
+        .map(|r| r.protocol)
+        .collect();
+    assert_eq!(
+        protos,
+        [
+            Protocol::Icmp(IcmpMatch::TypeCode(3, 4)),
+            Protocol::Icmp(IcmpMatch::Type(8))
+        ]
+    );
 }
 
 #[test]
 fn f5_cidr_with_host_bits_is_canonicalised_with_a_located_warning() {
-    let l = load(&format!("{WEB}    ingress:\n      - {{protocol: tcp, ports: 22, source: 10.1.2.3/8}}\n"));
-    assert_eq!(group(&l.policy, "sg-web").ingress[0].peer, cidr("10.0.0.0/8"));
+    let l = load(&format!(
+        "{WEB}    ingress:\n      - {{protocol: tcp, ports: 22, source: 10.1.2.3/8}}\n"
+    ));
+    assert_eq!(
+        group(&l.policy, "sg-web").ingress[0].peer,
+        cidr("10.0.0.0/8")
+    );
     assert_eq!(l.warnings.len(), 1);
     let w = l.warnings[0].to_string();
-    assert!(w.starts_with("t.yaml:4:44: warning: `10.1.2.3/8` has host bits set; using 10.0.0.0/8"), "{w}");
+    assert!(
+        w.starts_with("t.yaml:4:44: warning: `10.1.2.3/8` has host bits set; using 10.0.0.0/8"),
+        "{w}"
+    );
 }
 
 #[test]
@@ -379,8 +497,20 @@ fn ports_forms_all_read_the_same() {
         "{WEB}    ingress:\n      - {{protocol: tcp, ports: 1024-65535, source: 10.0.0.0/8}}\n      - {{protocol: tcp, ports: {{from: 1024, to: 65535}}, source: 10.0.0.1/32}}\n      - {{protocol: tcp, ports: all, source: 10.0.0.2/32}}\n      - {{protocol: udp, ports: \"53\", source: 10.0.0.3/32}}\n"
     ))
     .policy;
-    let protos: Vec<Protocol> = group(&p, "sg-web").ingress.iter().map(|r| r.protocol).collect();
-    assert_eq!(protos, [tcp(1024, 65535), tcp(1024, 65535), tcp(0, 65535), Protocol::Udp(PortRange { from: 53, to: 53 })]);
+    let protos: Vec<Protocol> = group(&p, "sg-web")
+        .ingress
+        .iter()
+        .map(|r| r.protocol)
+        .collect();
+    assert_eq!(
+        protos,
+        [
+            tcp(1024, 65535),
+            tcp(1024, 65535),
+            tcp(0, 65535),
+            Protocol::Udp(PortRange { from: 53, to: 53 })
+        ]
+    );
 }
 
 #[test]
@@ -389,7 +519,10 @@ fn q1_counts_ipv4_and_ipv6_rules_apart() {
     let mut text = String::from(WEB);
     text.push_str("    ingress:\n");
     for i in 0..60 {
-        text.push_str(&format!("      - {{protocol: tcp, ports: {}, source: [10.0.0.0/8, \"2001:db8::/32\"]}}\n", 1000 + i));
+        text.push_str(&format!(
+            "      - {{protocol: tcp, ports: {}, source: [10.0.0.0/8, \"2001:db8::/32\"]}}\n",
+            1000 + i
+        ));
     }
     let p = load(&text).policy;
     assert_eq!(group(&p, "sg-web").ingress.len(), 120);
@@ -399,20 +532,46 @@ fn q1_counts_ipv4_and_ipv6_rules_apart() {
 fn quotas_and_timeouts_apply_with_interface_overrides() {
     let l = load_example("policy.yaml");
     let p = &l.policy;
-    assert_eq!((p.quotas.rules_per_group, p.quotas.groups_per_interface, p.quotas.rules_per_interface), (100, 10, 1000));
+    assert_eq!(
+        (
+            p.quotas.rules_per_group,
+            p.quotas.groups_per_interface,
+            p.quotas.rules_per_interface
+        ),
+        (100, 10, 1000)
+    );
     let web1 = p.interface("web-1").unwrap();
     assert_eq!(web1.device.as_deref(), Some("eth0"));
-    assert_eq!((web1.timeouts.tcp_established, web1.timeouts.udp_stream, web1.timeouts.udp_single), (86400, 120, 30));
+    assert_eq!(
+        (
+            web1.timeouts.tcp_established,
+            web1.timeouts.udp_stream,
+            web1.timeouts.udp_single
+        ),
+        (86400, 120, 30)
+    );
     let db0 = p.interface("db-1/eth0").unwrap();
-    assert_eq!((db0.timeouts.tcp_established, db0.timeouts.udp_stream), (3600, 120));
+    assert_eq!(
+        (db0.timeouts.tcp_established, db0.timeouts.udp_stream),
+        (3600, 120)
+    );
     let db1 = p.interface("db-1/eth1").unwrap();
-    assert_eq!((db1.timeouts.udp_single, db1.timeouts.udp_stream, db1.timeouts.tcp_established), (60, 180, 86400));
+    assert_eq!(
+        (
+            db1.timeouts.udp_single,
+            db1.timeouts.udp_stream,
+            db1.timeouts.tcp_established
+        ),
+        (60, 180, 86400)
+    );
     assert_eq!(db1.device.as_deref(), Some("ens6"));
 }
 
 #[test]
 fn native_policy_written_as_json_loads() {
-    let l = load(r#"{"security_groups": [{"id": "sg-a", "ingress": [{"protocol": "tcp", "ports": 22, "source": ["192.0.2.0/24"]}]}]}"#);
+    let l = load(
+        r#"{"security_groups": [{"id": "sg-a", "ingress": [{"protocol": "tcp", "ports": 22, "source": ["192.0.2.0/24"]}]}]}"#,
+    );
     assert_eq!(l.format, Format::Native);
     assert_eq!(group(&l.policy, "sg-a").ingress[0].protocol, tcp(22, 22));
 }
@@ -423,7 +582,11 @@ fn yaml_anchors_and_merge_keys_are_expanded() {
     let l = load(
         "x-ssh: &ssh {protocol: tcp, ports: 22}\nsecurity_groups:\n  - id: sg-a\n    ingress:\n      - <<: *ssh\n        source: 192.0.2.0/24\n      - <<: *ssh\n        ports: 2222\n        source: 192.0.2.0/24\n",
     );
-    let protos: Vec<Protocol> = group(&l.policy, "sg-a").ingress.iter().map(|r| r.protocol).collect();
+    let protos: Vec<Protocol> = group(&l.policy, "sg-a")
+        .ingress
+        .iter()
+        .map(|r| r.protocol)
+        .collect();
     assert_eq!(protos, [tcp(22, 22), tcp(2222, 2222)]);
 }
 
@@ -498,19 +661,30 @@ Resources:
     let app = group(p, "App");
     assert_eq!(
         shape(&app.ingress),
-        [(tcp(8080, 8080), Peer::PrefixList(office.clone()), None), (Protocol::All, gid("App"), None)]
+        [
+            (tcp(8080, 8080), Peer::PrefixList(office.clone()), None),
+            (Protocol::All, gid("App"), None)
+        ]
     );
     // A stand-alone egress resource adds to the D2 default, as AuthorizeSecurityGroupEgress does.
     let mut want = d2();
     want.push((tcp(5432, 5432), Peer::PrefixList(office), None));
     assert_eq!(shape(&app.egress), want);
     assert!(group(p, "sg-admins").egress.is_empty());
-    let eni = p.interface("app-1/eth1").expect("the attached ENI is named after its instance");
+    let eni = p
+        .interface("app-1/eth1")
+        .expect("the attached ENI is named after its instance");
     assert_eq!(eni.groups, [GroupId("sg-admins".into())]);
     assert_eq!(eni.device.as_deref(), Some("veth-app"));
     assert_eq!(eni.addresses.len(), 2);
-    assert_eq!((eni.timeouts.tcp_established, eni.timeouts.udp_single), (3600, 60));
-    assert_eq!(p.interface("app-1").unwrap().groups, [GroupId("App".into())]);
+    assert_eq!(
+        (eni.timeouts.tcp_established, eni.timeouts.udp_single),
+        (3600, 60)
+    );
+    assert_eq!(
+        p.interface("app-1").unwrap().groups,
+        [GroupId("App".into())]
+    );
 }
 
 #[test]
@@ -519,14 +693,18 @@ fn summary_names_format_groups_and_interfaces() {
     assert!(s.contains("format: native"), "{s}");
     assert!(s.contains("sg-web: 6 ingress, 2 egress rules"), "{s}");
     assert!(s.contains("sg-db: 3 ingress, 2 egress rules"), "{s}");
-    assert!(s.contains("web-2 [192.0.2.12, 2001:db8:10::12]: sg-web"), "{s}");
+    assert!(
+        s.contains("web-2 [192.0.2.12, 2001:db8:10::12]: sg-web"),
+        "{s}"
+    );
 }
 
 #[test]
 fn ten_thousand_rules_in_sixteen_groups_load_fast() {
     // 16 groups x 625 rules (313 IPv4 + 312 IPv6 per group): quotas raised accordingly,
     // keeping rules_per_group x groups_per_interface <= 1000 (Q2).
-    let mut text = String::from("quotas: {rules_per_group: 320, groups_per_interface: 3}\nsecurity_groups:\n");
+    let mut text =
+        String::from("quotas: {rules_per_group: 320, groups_per_interface: 3}\nsecurity_groups:\n");
     for g in 0..16 {
         text.push_str(&format!("  - id: sg-g{g}\n    ingress:\n"));
         for r in 0..625u32 {
@@ -535,15 +713,29 @@ fn ten_thousand_rules_in_sixteen_groups_load_fast() {
             } else {
                 format!("\"2001:db8:{g:x}:{r:x}::/64\"")
             };
-            text.push_str(&format!("      - {{protocol: tcp, ports: {}, source: {peer}}}\n", 1 + r));
+            text.push_str(&format!(
+                "      - {{protocol: tcp, ports: {}, source: {peer}}}\n",
+                1 + r
+            ));
         }
     }
-    text.push_str("instances:\n  - {name: i, addresses: [192.0.2.1], groups: [sg-g0, sg-g1, sg-g2]}\n");
+    text.push_str(
+        "instances:\n  - {name: i, addresses: [192.0.2.1], groups: [sg-g0, sg-g1, sg-g2]}\n",
+    );
     let t = Instant::now();
     let l = load(&text);
     let elapsed = t.elapsed();
-    println!("10000 rules in 16 groups loaded in {elapsed:?} ({} bytes)", text.len());
-    assert_eq!(l.policy.all_rules().filter(|r| r.direction == Direction::Ingress).count(), 10_000);
+    println!(
+        "10000 rules in 16 groups loaded in {elapsed:?} ({} bytes)",
+        text.len()
+    );
+    assert_eq!(
+        l.policy
+            .all_rules()
+            .filter(|r| r.direction == Direction::Ingress)
+            .count(),
+        10_000
+    );
     // Generous: a debug build on a loaded 2-core machine. Release is far below a second.
     assert!(elapsed.as_secs() < 10, "{elapsed:?}");
 }

@@ -218,7 +218,9 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
         && let Some(pf) = fields(c.sink, &p, "Parameters")
     {
         for (name, _, v) in pf.entries() {
-            let Some(f) = fields(c.sink, &v, "a parameter") else { continue };
+            let Some(f) = fields(c.sink, &v, "a parameter") else {
+                continue;
+            };
             let is_list = f
                 .get("Type")
                 .and_then(|t| plain_literal(&t))
@@ -244,10 +246,15 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
         return d;
     };
     for (logical, _, v) in rf.entries() {
-        let Some(f) = fields(c.sink, &v, "a resource") else { continue };
+        let Some(f) = fields(c.sink, &v, "a resource") else {
+            continue;
+        };
         f.check_keys(c.sink, "a resource", RESOURCE_KEYS);
         let Some(ty) = f.get("Type").and_then(|t| plain_literal(&t)) else {
-            c.sink.error(&f.origin(c.sink), format!("resource {logical} has no `Type`"));
+            c.sink.error(
+                &f.origin(c.sink),
+                format!("resource {logical} has no `Type`"),
+            );
             continue;
         };
         if let Some(cond) = f.get("Condition") {
@@ -279,7 +286,12 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
 impl<'n> Cfn<'n, '_> {
     fn index(&mut self) {
         for r in &self.res {
-            let name = |key: &str| r.props.as_ref().and_then(|p| p.get(key)).and_then(|v| plain_literal(&v));
+            let name = |key: &str| {
+                r.props
+                    .as_ref()
+                    .and_then(|p| p.get(key))
+                    .and_then(|v| plain_literal(&v))
+            };
             match r.ty.as_str() {
                 SG => {
                     let gname = name("GroupName");
@@ -302,7 +314,10 @@ impl<'n> Cfn<'n, '_> {
                     let at = r.at.origin(self.sink);
                     self.sink.warn(
                         &at,
-                        format!("resource {} ({other}) is ignored: it does not affect security groups", r.logical),
+                        format!(
+                            "resource {} ({other}) is ignored: it does not affect security groups",
+                            r.logical
+                        ),
                     );
                 }
             }
@@ -347,7 +362,8 @@ impl<'n> Cfn<'n, '_> {
         }
         let origin = node_at.origin(self.sink);
         let parsed = if let Some(s) = node_at.node.scalar() {
-            s.split_once('.').map(|(a, b)| (a.to_string(), b.to_string()))
+            s.split_once('.')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
         } else if let Some(items) = node_at.node.as_seq() {
             match items {
                 [a, b] => match (a.scalar(), b.scalar()) {
@@ -382,7 +398,10 @@ impl<'n> Cfn<'n, '_> {
     fn eval(&mut self, at: &At<'n>) -> Option<Val> {
         if let Some(r) = self.ref_name(at) {
             let Some(name) = r else {
-                self.sink.error(&at.origin(self.sink), "Ref takes the logical id of a resource or parameter");
+                self.sink.error(
+                    &at.origin(self.sink),
+                    "Ref takes the logical id of a resource or parameter",
+                );
                 return None;
             };
             return self.eval_ref(name);
@@ -412,10 +431,8 @@ impl<'n> Cfn<'n, '_> {
                 self.unsupported(at, k);
                 return None;
             }
-            self.sink.error(
-                &at.origin(self.sink),
-                "expected a value, found a mapping",
-            );
+            self.sink
+                .error(&at.origin(self.sink), "expected a value, found a mapping");
             return None;
         }
         if let Some(items) = at.node.as_seq() {
@@ -427,7 +444,10 @@ impl<'n> Cfn<'n, '_> {
             return Some(Val::List(vals));
         }
         if at.is_null() {
-            self.sink.error(&at.origin(self.sink), "expected a value, found nothing (null)");
+            self.sink.error(
+                &at.origin(self.sink),
+                "expected a value, found nothing (null)",
+            );
             return None;
         }
         Some(Val::Str(L::new(
@@ -447,7 +467,10 @@ impl<'n> Cfn<'n, '_> {
             let ty = self.res[i].ty.clone();
             self.sink.error(
                 &name.at,
-                format!("Ref to {} ({ty}) gives a physical id sg cannot use here", name.v),
+                format!(
+                    "Ref to {} ({ty}) gives a physical id sg cannot use here",
+                    name.v
+                ),
             );
             return None;
         }
@@ -456,7 +479,10 @@ impl<'n> Cfn<'n, '_> {
             let Some(default) = default else {
                 self.sink.error_hint(
                     &name.at,
-                    format!("parameter {} has no Default, so its value is unknown", name.v),
+                    format!(
+                        "parameter {} has no Default, so its value is unknown",
+                        name.v
+                    ),
                     "give the parameter a Default, or write the value literally",
                 );
                 return None;
@@ -476,7 +502,10 @@ impl<'n> Cfn<'n, '_> {
         if name.v.starts_with("AWS::") {
             self.sink.error_hint(
                 &name.at,
-                format!("the pseudo parameter {} is only known when deploying", name.v),
+                format!(
+                    "the pseudo parameter {} is only known when deploying",
+                    name.v
+                ),
                 "write the value literally",
             );
             return None;
@@ -512,7 +541,10 @@ impl<'n> Cfn<'n, '_> {
             let ty = self.res[i].ty.clone();
             self.sink.error(
                 &name.at,
-                format!("Fn::GetAtt {}.{attr} ({ty}) cannot be evaluated without deploying", name.v),
+                format!(
+                    "Fn::GetAtt {}.{attr} ({ty}) cannot be evaluated without deploying",
+                    name.v
+                ),
             );
             return None;
         }
@@ -524,11 +556,17 @@ impl<'n> Cfn<'n, '_> {
         match self.eval(at)? {
             Val::Str(s) => Some(s),
             Val::Group(g) | Val::PrefixList(g) => {
-                self.sink.error(&g.at, format!("{what} must be a string, not the id {}", g.v));
+                self.sink.error(
+                    &g.at,
+                    format!("{what} must be a string, not the id {}", g.v),
+                );
                 None
             }
             Val::List(_) => {
-                self.sink.error(&at.origin(self.sink), format!("{what} must be a string, found a list"));
+                self.sink.error(
+                    &at.origin(self.sink),
+                    format!("{what} must be a string, found a list"),
+                );
                 None
             }
         }
@@ -545,7 +583,10 @@ impl<'n> Cfn<'n, '_> {
         match plain_literal(at) {
             Some(s) => Some(L::new(s, at.origin(self.sink))),
             None => {
-                self.sink.warn(&at.origin(self.sink), "this text is not a literal; it is left out");
+                self.sink.warn(
+                    &at.origin(self.sink),
+                    "this text is not a literal; it is left out",
+                );
                 None
             }
         }
@@ -557,11 +598,9 @@ impl<'n> Cfn<'n, '_> {
             Val::Group(g) => Some(g),
             Val::Str(s) => {
                 let t = s.v.trim();
-                if let Some((_, (id, _))) = self
-                    .groups
-                    .iter()
-                    .find(|(logical, (id, name))| *logical == t || id == t || name.as_deref() == Some(t))
-                {
+                if let Some((_, (id, _))) = self.groups.iter().find(|(logical, (id, name))| {
+                    *logical == t || id == t || name.as_deref() == Some(t)
+                }) {
                     return Some(L::new(id.clone(), s.at));
                 }
                 if looks_like_group_id(t) {
@@ -578,7 +617,9 @@ impl<'n> Cfn<'n, '_> {
                 let known: Vec<&str> = self.groups.keys().map(String::as_str).collect();
                 let hint = match did_you_mean(t, &known) {
                     Some(k) => format!("did you mean {k}?"),
-                    None => "use !Ref to a security group of this template or an id sg-...".to_string(),
+                    None => {
+                        "use !Ref to a security group of this template or an id sg-...".to_string()
+                    }
                 };
                 self.sink.error_hint(
                     &s.at,
@@ -588,7 +629,10 @@ impl<'n> Cfn<'n, '_> {
                 None
             }
             Val::PrefixList(p) => {
-                self.sink.error(&p.at, format!("{} is a prefix list, not a security group", p.v));
+                self.sink.error(
+                    &p.at,
+                    format!("{} is a prefix list, not a security group", p.v),
+                );
                 None
             }
             Val::List(_) => None,
@@ -600,11 +644,9 @@ impl<'n> Cfn<'n, '_> {
             Val::PrefixList(p) => Some(p),
             Val::Str(s) => {
                 let t = s.v.trim();
-                if let Some((_, (id, _))) = self
-                    .pls
-                    .iter()
-                    .find(|(logical, (id, name))| *logical == t || id == t || name.as_deref() == Some(t))
-                {
+                if let Some((_, (id, _))) = self.pls.iter().find(|(logical, (id, name))| {
+                    *logical == t || id == t || name.as_deref() == Some(t)
+                }) {
                     return Some(L::new(id.clone(), s.at));
                 }
                 if looks_like_prefix_list_id(t) {
@@ -625,7 +667,10 @@ impl<'n> Cfn<'n, '_> {
                 None
             }
             Val::Group(g) => {
-                self.sink.error(&g.at, format!("{} is a security group, not a prefix list", g.v));
+                self.sink.error(
+                    &g.at,
+                    format!("{} is a security group, not a prefix list", g.v),
+                );
                 None
             }
             Val::List(_) => None,
@@ -641,7 +686,9 @@ impl<'n> Cfn<'n, '_> {
 
     /// A list of group references (SecurityGroupIds, GroupSet, SecurityGroups).
     fn group_list(&mut self, at: &At<'n>) -> Vec<L<String>> {
-        let Some(v) = self.eval(at) else { return Vec::new() };
+        let Some(v) = self.eval(at) else {
+            return Vec::new();
+        };
         let mut items = Vec::new();
         Self::flatten(v, &mut items);
         items.into_iter().filter_map(|v| self.group_of(v)).collect()
@@ -654,39 +701,68 @@ impl<'n> Cfn<'n, '_> {
             }
             let logical = self.res[i].logical.clone();
             let at = self.res[i].at.clone();
-            let Some(p) = self.res[i].props.as_ref().map(|p| Fields { at: p.at.clone() }) else {
-                self.sink.error(&at.origin(self.sink), format!("prefix list {logical} has no Properties"));
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
+                self.sink.error(
+                    &at.origin(self.sink),
+                    format!("prefix list {logical} has no Properties"),
+                );
                 continue;
             };
             p.check_keys(
                 self.sink,
                 "AWS::EC2::PrefixList Properties",
-                &["AddressFamily", "Entries", "MaxEntries", "PrefixListName", "Tags"],
+                &[
+                    "AddressFamily",
+                    "Entries",
+                    "MaxEntries",
+                    "PrefixListName",
+                    "Tags",
+                ],
             );
             let family = match p.get("AddressFamily") {
-                Some(v) => self.string(&v, "AddressFamily").and_then(|s| match values::family(&s.v) {
-                    Ok(f) => Some(L::new(f, s.at)),
-                    Err(_) => {
-                        self.sink.error_hint(&s.at, format!("AddressFamily `{}` is not IPv4 or IPv6", s.v), "use IPv4 or IPv6");
-                        None
-                    }
-                }),
+                Some(v) => {
+                    self.string(&v, "AddressFamily")
+                        .and_then(|s| match values::family(&s.v) {
+                            Ok(f) => Some(L::new(f, s.at)),
+                            Err(_) => {
+                                self.sink.error_hint(
+                                    &s.at,
+                                    format!("AddressFamily `{}` is not IPv4 or IPv6", s.v),
+                                    "use IPv4 or IPv6",
+                                );
+                                None
+                            }
+                        })
+                }
                 None => {
-                    self.sink.error(&p.origin(self.sink), format!("prefix list {logical} needs AddressFamily"));
+                    self.sink.error(
+                        &p.origin(self.sink),
+                        format!("prefix list {logical} needs AddressFamily"),
+                    );
                     None
                 }
             };
             let max_entries = match p.get("MaxEntries") {
                 Some(v) => self.int(&v, "MaxEntries"),
                 None => {
-                    self.sink.error(&p.origin(self.sink), format!("prefix list {logical} needs MaxEntries"));
+                    self.sink.error(
+                        &p.origin(self.sink),
+                        format!("prefix list {logical} needs MaxEntries"),
+                    );
                     None
                 }
             };
             let name = match p.get("PrefixListName") {
                 Some(v) => self.cosmetic(&v),
                 None => {
-                    self.sink.error(&p.origin(self.sink), format!("prefix list {logical} needs PrefixListName"));
+                    self.sink.error(
+                        &p.origin(self.sink),
+                        format!("prefix list {logical} needs PrefixListName"),
+                    );
                     None
                 }
             };
@@ -695,13 +771,18 @@ impl<'n> Cfn<'n, '_> {
                 && let Some(items) = list(self.sink, &es, "Entries")
             {
                 for e in items {
-                    let Some(ef) = fields(self.sink, &e, "an entry") else { continue };
-                    ef.check_keys(self.sink, "a prefix list entry", &["Cidr", "Description"]);
-                    let Some(c) = ef.get("Cidr") else {
-                        self.sink.error(&ef.origin(self.sink), "an entry needs a Cidr");
+                    let Some(ef) = fields(self.sink, &e, "an entry") else {
                         continue;
                     };
-                    let Some(cidr) = self.string(&c, "Cidr") else { continue };
+                    ef.check_keys(self.sink, "a prefix list entry", &["Cidr", "Description"]);
+                    let Some(c) = ef.get("Cidr") else {
+                        self.sink
+                            .error(&ef.origin(self.sink), "an entry needs a Cidr");
+                        continue;
+                    };
+                    let Some(cidr) = self.string(&c, "Cidr") else {
+                        continue;
+                    };
                     let description = ef.get("Description").and_then(|v| self.cosmetic(&v));
                     entries.push(DEntry { cidr, description });
                 }
@@ -721,17 +802,41 @@ impl<'n> Cfn<'n, '_> {
         }
     }
 
-    fn rule(&mut self, at: &At<'n>, dir: Direction, standalone: bool) -> Option<(Option<Val>, DRule)> {
+    fn rule(
+        &mut self,
+        at: &At<'n>,
+        dir: Direction,
+        standalone: bool,
+    ) -> Option<(Option<Val>, DRule)> {
         let what = if standalone {
-            format!("an {} resource's Properties", if dir == Direction::Ingress { SG_INGRESS } else { SG_EGRESS })
+            format!(
+                "an {} resource's Properties",
+                if dir == Direction::Ingress {
+                    SG_INGRESS
+                } else {
+                    SG_EGRESS
+                }
+            )
         } else {
             format!("an {} rule", dir.name())
         };
         let f = fields(self.sink, at, &what)?;
-        let mut known: Vec<&str> = vec!["IpProtocol", "FromPort", "ToPort", "CidrIp", "CidrIpv6", "Description"];
+        let mut known: Vec<&str> = vec![
+            "IpProtocol",
+            "FromPort",
+            "ToPort",
+            "CidrIp",
+            "CidrIpv6",
+            "Description",
+        ];
         let (group_key, pl_key) = match dir {
             Direction::Ingress => {
-                known.extend(["SourceSecurityGroupId", "SourceSecurityGroupName", "SourceSecurityGroupOwnerId", "SourcePrefixListId"]);
+                known.extend([
+                    "SourceSecurityGroupId",
+                    "SourceSecurityGroupName",
+                    "SourceSecurityGroupOwnerId",
+                    "SourcePrefixListId",
+                ]);
                 ("SourceSecurityGroupId", "SourcePrefixListId")
             }
             Direction::Egress => {
@@ -759,7 +864,11 @@ impl<'n> Cfn<'n, '_> {
             match (f.get("GroupId"), f.get("GroupName")) {
                 (Some(g), _) | (None, Some(g)) => self.eval(&g),
                 (None, None) => {
-                    self.sink.error_hint(&rule_at, "the rule does not say which group it belongs to", "give GroupId (e.g. !Ref WebSecurityGroup)");
+                    self.sink.error_hint(
+                        &rule_at,
+                        "the rule does not say which group it belongs to",
+                        "give GroupId (e.g. !Ref WebSecurityGroup)",
+                    );
                     return None;
                 }
             }
@@ -767,32 +876,62 @@ impl<'n> Cfn<'n, '_> {
             None
         };
         if let Some(o) = f.get("SourceSecurityGroupOwnerId") {
-            self.sink.warn(&o.origin(self.sink), "SourceSecurityGroupOwnerId is ignored (the group is looked up by id)");
+            self.sink.warn(
+                &o.origin(self.sink),
+                "SourceSecurityGroupOwnerId is ignored (the group is looked up by id)",
+            );
         }
         let Some(proto_at) = f.get("IpProtocol") else {
-            self.sink.error_hint(&rule_at, "the rule needs IpProtocol", "tcp, udp, icmp, icmpv6, -1 or an IANA number");
+            self.sink.error_hint(
+                &rule_at,
+                "the rule needs IpProtocol",
+                "tcp, udp, icmp, icmpv6, -1 or an IANA number",
+            );
             return None;
         };
         let protocol = self.string(&proto_at, "IpProtocol")?;
-        let from = f.get("FromPort").and_then(|v| self.int(&v, "FromPort"));
-        let to = f.get("ToPort").and_then(|v| self.int(&v, "ToPort"));
+        // A port that does not read drops the rule (reported already): judging it without
+        // the port would only add a misleading F3 error.
+        let mut port = |key: &str, this: &mut Self| match f.get(key) {
+            None => Ok(None),
+            Some(v) => this.int(&v, key).map(Some).ok_or(()),
+        };
+        let (Ok(from), Ok(to)) = (port("FromPort", self), port("ToPort", self)) else {
+            return None;
+        };
         let description = f.get("Description").and_then(|v| self.cosmetic(&v));
-        let peers: Vec<(&str, At)> = ["CidrIp", "CidrIpv6", group_key, "SourceSecurityGroupName", pl_key]
-            .iter()
-            .filter_map(|k| f.get(k).map(|v| (*k, v)))
-            .collect();
+        let peers: Vec<(&str, At)> = [
+            "CidrIp",
+            "CidrIpv6",
+            group_key,
+            "SourceSecurityGroupName",
+            pl_key,
+        ]
+        .iter()
+        .filter_map(|k| f.get(k).map(|v| (*k, v)))
+        .collect();
         if peers.len() != 1 {
             let names = match dir {
                 Direction::Ingress => "CidrIp, CidrIpv6, SourceSecurityGroupId, SourcePrefixListId",
-                Direction::Egress => "CidrIp, CidrIpv6, DestinationSecurityGroupId, DestinationPrefixListId",
+                Direction::Egress => {
+                    "CidrIp, CidrIpv6, DestinationSecurityGroupId, DestinationPrefixListId"
+                }
             };
             let msg = if peers.is_empty() {
                 "the rule names no peer (F5)".to_string()
             } else {
                 let found: Vec<&str> = peers.iter().map(|(k, _)| *k).collect();
-                format!("the rule names {} peers ({}); a rule has exactly one (F5)", peers.len(), found.join(", "))
+                format!(
+                    "the rule names {} peers ({}); a rule has exactly one (F5)",
+                    peers.len(),
+                    found.join(", ")
+                )
             };
-            self.sink.error_hint(&rule_at, msg, format!("give exactly one of {names}; write one rule per peer"));
+            self.sink.error_hint(
+                &rule_at,
+                msg,
+                format!("give exactly one of {names}; write one rule per peer"),
+            );
             return None;
         }
         let (key, v) = &peers[0];
@@ -802,7 +941,10 @@ impl<'n> Cfn<'n, '_> {
                 L::new(
                     DPeer::Cidr {
                         text: s.v,
-                        expect: Some((Family::V4, "CidrIp holds IPv4 CIDRs; put IPv6 ones in CidrIpv6".into())),
+                        expect: Some((
+                            Family::V4,
+                            "CidrIp holds IPv4 CIDRs; put IPv6 ones in CidrIpv6".into(),
+                        )),
                     },
                     s.at,
                 )
@@ -812,7 +954,10 @@ impl<'n> Cfn<'n, '_> {
                 L::new(
                     DPeer::Cidr {
                         text: s.v,
-                        expect: Some((Family::V6, "CidrIpv6 holds IPv6 CIDRs; put IPv4 ones in CidrIp".into())),
+                        expect: Some((
+                            Family::V6,
+                            "CidrIpv6 holds IPv6 CIDRs; put IPv4 ones in CidrIp".into(),
+                        )),
                     },
                     s.at,
                 )
@@ -851,14 +996,29 @@ impl<'n> Cfn<'n, '_> {
             let logical = self.res[i].logical.clone();
             let at = self.res[i].at.clone();
             let origin = at.origin(self.sink);
-            let Some(p) = self.res[i].props.as_ref().map(|p| Fields { at: p.at.clone() }) else {
-                self.sink.error_hint(&origin, format!("security group {logical} has no Properties"), "GroupDescription is required");
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
+                self.sink.error_hint(
+                    &origin,
+                    format!("security group {logical} has no Properties"),
+                    "GroupDescription is required",
+                );
                 continue;
             };
             p.check_keys(
                 self.sink,
                 "AWS::EC2::SecurityGroup Properties",
-                &["GroupDescription", "GroupName", "SecurityGroupEgress", "SecurityGroupIngress", "Tags", "VpcId"],
+                &[
+                    "GroupDescription",
+                    "GroupName",
+                    "SecurityGroupEgress",
+                    "SecurityGroupIngress",
+                    "Tags",
+                    "VpcId",
+                ],
             );
             let (id, _) = self.groups[&logical].clone();
             let name = match p.get("GroupName") {
@@ -868,27 +1028,32 @@ impl<'n> Cfn<'n, '_> {
             let description = match p.get("GroupDescription") {
                 Some(v) => self.cosmetic(&v),
                 None => {
-                    self.sink.error_hint(&p.origin(self.sink), format!("security group {logical} has no GroupDescription"), "CloudFormation requires GroupDescription");
+                    self.sink.error_hint(
+                        &p.origin(self.sink),
+                        format!("security group {logical} has no GroupDescription"),
+                        "CloudFormation requires GroupDescription",
+                    );
                     None
                 }
             };
-            let lists = |key: &str, dir: Direction, this: &mut Self| -> (Option<Vec<DRule>>, Origin) {
-                match p.get(key) {
-                    None => (None, p.at.with_suffix(&format!(".{key}")).origin(this.sink)),
-                    Some(v) => {
-                        let o = v.origin(this.sink);
-                        let mut out = Vec::new();
-                        if let Some(items) = list(this.sink, &v, key) {
-                            for item in items {
-                                if let Some((_, r)) = this.rule(&item, dir, false) {
-                                    out.push(r);
+            let lists =
+                |key: &str, dir: Direction, this: &mut Self| -> (Option<Vec<DRule>>, Origin) {
+                    match p.get(key) {
+                        None => (None, p.at.with_suffix(&format!(".{key}")).origin(this.sink)),
+                        Some(v) => {
+                            let o = v.origin(this.sink);
+                            let mut out = Vec::new();
+                            if let Some(items) = list(this.sink, &v, key) {
+                                for item in items {
+                                    if let Some((_, r)) = this.rule(&item, dir, false) {
+                                        out.push(r);
+                                    }
                                 }
                             }
+                            (Some(out), o)
                         }
-                        (Some(out), o)
                     }
-                }
-            };
+                };
             let (ingress, ingress_at) = lists("SecurityGroupIngress", Direction::Ingress, self);
             let (egress, egress_at) = lists("SecurityGroupEgress", Direction::Egress, self);
             d.groups.push(DGroup {
@@ -919,8 +1084,12 @@ impl<'n> Cfn<'n, '_> {
                 self.sink.error(&o, format!("{logical} has no Properties"));
                 continue;
             };
-            let Some((Some(target), rule)) = self.rule(&p, dir, true) else { continue };
-            let Some(gid) = self.group_of(target) else { continue };
+            let Some((Some(target), rule)) = self.rule(&p, dir, true) else {
+                continue;
+            };
+            let Some(gid) = self.group_of(target) else {
+                continue;
+            };
             match d.groups.iter_mut().find(|g| g.id.v == gid.v) {
                 Some(g) => g.extra.push(rule),
                 None => {
@@ -935,12 +1104,22 @@ impl<'n> Cfn<'n, '_> {
 
     fn tags(&mut self, p: &Fields<'n>) -> (Option<String>, Option<L<String>>) {
         let (mut name, mut device) = (None, None);
-        let Some(t) = p.get("Tags") else { return (name, device) };
-        let Some(items) = t.node.as_seq() else { return (name, device) };
+        let Some(t) = p.get("Tags") else {
+            return (name, device);
+        };
+        let Some(items) = t.node.as_seq() else {
+            return (name, device);
+        };
         for (i, n) in items.iter().enumerate() {
             let item = t.item(i, n);
-            let key = item.node.get("Key").and_then(|k| k.scalar()).unwrap_or_default();
-            let Some(v) = item.node.get("Value") else { continue };
+            let key = item
+                .node
+                .get("Key")
+                .and_then(|k| k.scalar())
+                .unwrap_or_default();
+            let Some(v) = item.node.get("Value") else {
+                continue;
+            };
             let value = item.child("Value", v);
             match key {
                 "Name" => name = plain_literal(&value),
@@ -953,8 +1132,12 @@ impl<'n> Cfn<'n, '_> {
 
     fn conntrack(&mut self, p: &Fields<'n>) -> DTimeouts {
         let mut t = DTimeouts::default();
-        let Some(c) = p.get("ConnectionTrackingSpecification") else { return t };
-        let Some(f) = fields(self.sink, &c, "ConnectionTrackingSpecification") else { return t };
+        let Some(c) = p.get("ConnectionTrackingSpecification") else {
+            return t;
+        };
+        let Some(f) = fields(self.sink, &c, "ConnectionTrackingSpecification") else {
+            return t;
+        };
         let map = [
             ("TcpEstablishedTimeout", TimeoutField::TcpEstablished),
             ("UdpStreamTimeout", TimeoutField::UdpStream),
@@ -983,8 +1166,14 @@ impl<'n> Cfn<'n, '_> {
             && let Some(items) = list(self.sink, &v, "PrivateIpAddresses")
         {
             for item in items {
-                let Some(f) = fields(self.sink, &item, "a private address") else { continue };
-                f.check_keys(self.sink, "a private address", &["PrivateIpAddress", "Primary"]);
+                let Some(f) = fields(self.sink, &item, "a private address") else {
+                    continue;
+                };
+                f.check_keys(
+                    self.sink,
+                    "a private address",
+                    &["PrivateIpAddress", "Primary"],
+                );
                 if let Some(a) = f.get("PrivateIpAddress")
                     && let Some(s) = self.string(&a, "PrivateIpAddress")
                     && !out.iter().any(|o| o.v == s.v)
@@ -997,7 +1186,9 @@ impl<'n> Cfn<'n, '_> {
             && let Some(items) = list(self.sink, &v, "Ipv6Addresses")
         {
             for item in items {
-                let Some(f) = fields(self.sink, &item, "an IPv6 address") else { continue };
+                let Some(f) = fields(self.sink, &item, "an IPv6 address") else {
+                    continue;
+                };
                 f.check_keys(self.sink, "an IPv6 address", &["Ipv6Address"]);
                 if let Some(a) = f.get("Ipv6Address")
                     && let Some(s) = self.string(&a, "Ipv6Address")
@@ -1006,7 +1197,14 @@ impl<'n> Cfn<'n, '_> {
                 }
             }
         }
-        for k in ["Ipv6AddressCount", "SecondaryPrivateIpAddressCount", "Ipv4Prefixes", "Ipv6Prefixes", "Ipv4PrefixCount", "Ipv6PrefixCount"] {
+        for k in [
+            "Ipv6AddressCount",
+            "SecondaryPrivateIpAddressCount",
+            "Ipv4Prefixes",
+            "Ipv6Prefixes",
+            "Ipv4PrefixCount",
+            "Ipv6PrefixCount",
+        ] {
             if let Some(v) = p.get(k) {
                 self.sink.warn_hint(
                     &v.origin(self.sink),
@@ -1038,9 +1236,16 @@ impl<'n> Cfn<'n, '_> {
             }
             let logical = self.res[i].logical.clone();
             let origin = self.res[i].at.origin(self.sink);
-            let Some(p) = self.res[i].props.as_ref().map(|p| Fields { at: p.at.clone() }) else {
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
                 let groups = self.no_groups(&origin, &format!("instance {logical}"));
-                self.sink.warn(&origin, format!("instance {logical} has no Properties, hence no known address"));
+                self.sink.warn(
+                    &origin,
+                    format!("instance {logical} has no Properties, hence no known address"),
+                );
                 d.interfaces.push(DInterface {
                     name: L::new(logical.clone(), origin.clone()),
                     instance: logical,
@@ -1055,7 +1260,10 @@ impl<'n> Cfn<'n, '_> {
             };
             self.warn_unknown(&p, "AWS::EC2::Instance", INSTANCE_PROPS);
             if let Some(lt) = p.get("LaunchTemplate") {
-                self.sink.warn(&lt.origin(self.sink), "launch templates are not read: groups and addresses must be on the instance");
+                self.sink.warn(
+                    &lt.origin(self.sink),
+                    "launch templates are not read: groups and addresses must be on the instance",
+                );
             }
             let (tag_name, device) = self.tags(&p);
             let name = tag_name.unwrap_or_else(|| logical.clone());
@@ -1085,7 +1293,13 @@ impl<'n> Cfn<'n, '_> {
                 });
                 continue;
             };
-            for k in ["SecurityGroupIds", "SecurityGroups", "PrivateIpAddress", "Ipv6Addresses", "Ipv6AddressCount"] {
+            for k in [
+                "SecurityGroupIds",
+                "SecurityGroups",
+                "PrivateIpAddress",
+                "Ipv6Addresses",
+                "Ipv6AddressCount",
+            ] {
                 if let Some(v) = p.get(k) {
                     self.sink.error_hint(
                         &v.origin(self.sink),
@@ -1097,15 +1311,22 @@ impl<'n> Cfn<'n, '_> {
             if device.is_some() {
                 self.sink.warn(&origin, format!("the {DEVICE_TAG} tag of an instance with NetworkInterfaces is ignored; tag the interfaces' ENIs"));
             }
-            let Some(items) = list(self.sink, &nics, "NetworkInterfaces") else { continue };
+            let Some(items) = list(self.sink, &nics, "NetworkInterfaces") else {
+                continue;
+            };
             let only_one = items.len() == 1;
             for (n, item) in items.iter().enumerate() {
-                let Some(nf) = fields(self.sink, item, "a network interface") else { continue };
+                let Some(nf) = fields(self.sink, item, "a network interface") else {
+                    continue;
+                };
                 self.warn_unknown(&nf, "a network interface", INSTANCE_NIC_PROPS);
                 let index = match nf.get("DeviceIndex") {
                     Some(v) => self.int(&v, "DeviceIndex").map_or(n as i64, |i| i.v),
                     None => {
-                        self.sink.error(&nf.origin(self.sink), "a network interface needs a DeviceIndex");
+                        self.sink.error(
+                            &nf.origin(self.sink),
+                            "a network interface needs a DeviceIndex",
+                        );
                         n as i64
                     }
                 };
@@ -1125,14 +1346,24 @@ impl<'n> Cfn<'n, '_> {
                 let nic_origin = nf.origin(self.sink);
                 let (groups, groups_at) = match nf.get("GroupSet") {
                     Some(g) => (self.group_list(&g), g.origin(self.sink)),
-                    None => (self.no_groups(&nic_origin, &format!("network interface {n} of instance {logical}")), nic_origin.clone()),
+                    None => (
+                        self.no_groups(
+                            &nic_origin,
+                            &format!("network interface {n} of instance {logical}"),
+                        ),
+                        nic_origin.clone(),
+                    ),
                 };
                 let mut addresses = Vec::new();
                 self.addresses(&nf, &mut addresses);
                 let timeouts = self.conntrack(&nf);
                 // An instance's only interface is named after the instance (as in the native
                 // format); with several, `instance/ethN` after their device index.
-                let iface_name = if only_one { name.clone() } else { format!("{name}/eth{index}") };
+                let iface_name = if only_one {
+                    name.clone()
+                } else {
+                    format!("{name}/eth{index}")
+                };
                 d.interfaces.push(DInterface {
                     name: L::new(iface_name, nic_origin.clone()),
                     instance: name.clone(),
@@ -1149,11 +1380,23 @@ impl<'n> Cfn<'n, '_> {
             if self.res[i].ty != ENI_ATTACHMENT {
                 continue;
             }
-            let Some(p) = self.res[i].props.as_ref().map(|p| Fields { at: p.at.clone() }) else { continue };
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
+                continue;
+            };
             p.check_keys(
                 self.sink,
                 "AWS::EC2::NetworkInterfaceAttachment Properties",
-                &["DeleteOnTermination", "DeviceIndex", "EnaSrdSpecification", "InstanceId", "NetworkInterfaceId"],
+                &[
+                    "DeleteOnTermination",
+                    "DeviceIndex",
+                    "EnaSrdSpecification",
+                    "InstanceId",
+                    "NetworkInterfaceId",
+                ],
             );
             let target = |this: &mut Self, key: &str, ty: &str| -> Option<String> {
                 let v = p.get(key)?;
@@ -1169,12 +1412,18 @@ impl<'n> Cfn<'n, '_> {
                     _ => None,
                 }
             };
-            let (Some(inst), Some(eni)) = (target(self, "InstanceId", INSTANCE), target(self, "NetworkInterfaceId", ENI)) else {
+            let (Some(inst), Some(eni)) = (
+                target(self, "InstanceId", INSTANCE),
+                target(self, "NetworkInterfaceId", ENI),
+            ) else {
                 let o = p.origin(self.sink);
                 self.sink.warn(&o, "this attachment does not join an instance and an interface of this template; it is ignored");
                 continue;
             };
-            let index = p.get("DeviceIndex").and_then(|v| self.int(&v, "DeviceIndex")).map_or(1, |i| i.v);
+            let index = p
+                .get("DeviceIndex")
+                .and_then(|v| self.int(&v, "DeviceIndex"))
+                .map_or(1, |i| i.v);
             let j = self.by_logical[&inst];
             let inst_name = self.res[j]
                 .props
@@ -1190,22 +1439,42 @@ impl<'n> Cfn<'n, '_> {
             }
             let logical = self.res[i].logical.clone();
             let origin = self.res[i].at.origin(self.sink);
-            let p = self.res[i].props.as_ref().map(|p| Fields { at: p.at.clone() });
+            let p = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() });
             let (tag_name, device, groups, groups_at, addresses, timeouts) = match &p {
                 Some(p) => {
                     self.warn_unknown(p, "AWS::EC2::NetworkInterface", ENI_PROPS);
                     let (tag_name, device) = self.tags(p);
                     let (groups, groups_at) = match p.get("GroupSet") {
                         Some(g) => (self.group_list(&g), g.origin(self.sink)),
-                        None => (self.no_groups(&origin, &format!("network interface {logical}")), origin.clone()),
+                        None => (
+                            self.no_groups(&origin, &format!("network interface {logical}")),
+                            origin.clone(),
+                        ),
                     };
                     let mut addresses = Vec::new();
                     self.addresses(p, &mut addresses);
-                    (tag_name, device, groups, groups_at, addresses, self.conntrack(p))
+                    (
+                        tag_name,
+                        device,
+                        groups,
+                        groups_at,
+                        addresses,
+                        self.conntrack(p),
+                    )
                 }
                 None => {
                     let groups = self.no_groups(&origin, &format!("network interface {logical}"));
-                    (None, None, groups, origin.clone(), Vec::new(), DTimeouts::default())
+                    (
+                        None,
+                        None,
+                        groups,
+                        origin.clone(),
+                        Vec::new(),
+                        DTimeouts::default(),
+                    )
                 }
             };
             let (name, instance) = match attached.get(&logical) {
@@ -1237,7 +1506,11 @@ impl<'n> Cfn<'n, '_> {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => "sg ignores it".to_string(),
             };
-            self.sink.warn_hint(&k.origin(self.sink), format!("unknown property `{key}` in {what}"), hint);
+            self.sink.warn_hint(
+                &k.origin(self.sink),
+                format!("unknown property `{key}` in {what}"),
+                hint,
+            );
         }
     }
 
@@ -1294,5 +1567,8 @@ impl<'n> Cfn<'n, '_> {
 
 /// The text of a plain scalar (no tag check: used under Ref/GetAtt).
 fn plain_text(at: &At) -> Option<String> {
-    at.node.scalar().filter(|_| !at.is_null()).map(str::to_string)
+    at.node
+        .scalar()
+        .filter(|_| !at.is_null())
+        .map(str::to_string)
 }

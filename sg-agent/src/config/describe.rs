@@ -16,7 +16,12 @@ use super::read::{At, fields, int, list, string};
 use super::values;
 use crate::policy::{Direction, Family, Origin};
 
-const TOP_KEYS: &[&str] = &["SecurityGroups", "PrefixLists", "NextToken", "ResponseMetadata"];
+const TOP_KEYS: &[&str] = &[
+    "SecurityGroups",
+    "PrefixLists",
+    "NextToken",
+    "ResponseMetadata",
+];
 const GROUP_KEYS: &[&str] = &[
     "Description",
     "GroupName",
@@ -74,7 +79,10 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
     if let Some(gs) = top.get("SecurityGroups")
         && let Some(items) = list(sink, &gs, "SecurityGroups")
     {
-        d.groups = items.iter().filter_map(|i| group(sink, i, &mut refs)).collect();
+        d.groups = items
+            .iter()
+            .filter_map(|i| group(sink, i, &mut refs))
+            .collect();
     }
     sink.warn_hint(
         &top.origin(sink),
@@ -141,7 +149,11 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
         match values::family(&s.v) {
             Ok(fam) => Some(L::new(fam, s.at)),
             Err(_) => {
-                sink.error_hint(&s.at, format!("AddressFamily `{}` is not IPv4 or IPv6", s.v), "use IPv4 or IPv6");
+                sink.error_hint(
+                    &s.at,
+                    format!("AddressFamily `{}` is not IPv4 or IPv6", s.v),
+                    "use IPv4 or IPv6",
+                );
                 None
             }
         }
@@ -151,23 +163,33 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
         && let Some(items) = list(sink, &es, "Entries")
     {
         for e in items {
-            let Some(ef) = fields(sink, &e, "an entry") else { continue };
+            let Some(ef) = fields(sink, &e, "an entry") else {
+                continue;
+            };
             ef.check_keys(sink, "a prefix list entry", &["Cidr", "Description"]);
             let Some(c) = ef.get("Cidr") else {
                 sink.error(&ef.origin(sink), "an entry needs a Cidr");
                 continue;
             };
-            let Some(cidr) = string(sink, &c, "Cidr") else { continue };
-            let description = ef.get("Description").and_then(|v| string(sink, &v, "Description"));
+            let Some(cidr) = string(sink, &c, "Cidr") else {
+                continue;
+            };
+            let description = ef
+                .get("Description")
+                .and_then(|v| string(sink, &v, "Description"));
             entries.push(DEntry { cidr, description });
         }
     }
     Some(DPrefixList {
         id,
         check_id: true,
-        name: f.get("PrefixListName").and_then(|v| string(sink, &v, "PrefixListName")),
+        name: f
+            .get("PrefixListName")
+            .and_then(|v| string(sink, &v, "PrefixListName")),
         family,
-        max_entries: f.get("MaxEntries").and_then(|v| int(sink, &v, "MaxEntries")),
+        max_entries: f
+            .get("MaxEntries")
+            .and_then(|v| int(sink, &v, "MaxEntries")),
         version: f.get("Version").and_then(|v| int(sink, &v, "Version")),
         entries,
         external: false,
@@ -187,7 +209,10 @@ fn group(sink: &mut Sink, at: &At, refs: &mut Refs) -> Option<DGroup> {
         let Some(v) = f.get(key) else {
             let o = f.at.with_suffix(&format!(".{key}")).origin(sink);
             if dir == Direction::Egress {
-                sink.warn(&f.origin(sink), format!("{key} is missing: the group has no egress rules"));
+                sink.warn(
+                    &f.origin(sink),
+                    format!("{key} is missing: the group has no egress rules"),
+                );
             }
             return (Some(Vec::new()), o);
         };
@@ -204,8 +229,12 @@ fn group(sink: &mut Sink, at: &At, refs: &mut Refs) -> Option<DGroup> {
     Some(DGroup {
         id,
         check_id: true,
-        name: f.get("GroupName").and_then(|v| string(sink, &v, "GroupName")),
-        description: f.get("Description").and_then(|v| string(sink, &v, "Description")),
+        name: f
+            .get("GroupName")
+            .and_then(|v| string(sink, &v, "GroupName")),
+        description: f
+            .get("Description")
+            .and_then(|v| string(sink, &v, "Description")),
         ingress,
         ingress_at,
         egress,
@@ -219,53 +248,94 @@ fn group(sink: &mut Sink, at: &At, refs: &mut Refs) -> Option<DGroup> {
 
 /// One IpPermission: one rule per CIDR, IPv6 CIDR, prefix list and group pair.
 fn permission(sink: &mut Sink, at: &At, dir: Direction, refs: &mut Refs, out: &mut Vec<DRule>) {
-    let Some(f) = fields(sink, at, "a permission") else { return };
+    let Some(f) = fields(sink, at, "a permission") else {
+        return;
+    };
     f.check_keys(sink, "a permission", PERMISSION_KEYS);
     let rule_at = f.origin(sink);
     let Some(p) = f.get("IpProtocol") else {
         sink.error(&rule_at, "a permission needs an IpProtocol");
         return;
     };
-    let Some(protocol) = string(sink, &p, "IpProtocol") else { return };
-    let from = f.get("FromPort").and_then(|v| int(sink, &v, "FromPort"));
-    let to = f.get("ToPort").and_then(|v| int(sink, &v, "ToPort"));
+    let Some(protocol) = string(sink, &p, "IpProtocol") else {
+        return;
+    };
+    // A port that does not read drops the permission (reported already).
+    let port = |key: &str, sink: &mut Sink| match f.get(key) {
+        None => Ok(None),
+        Some(v) => int(sink, &v, key).map(Some).ok_or(()),
+    };
+    let (Ok(from), Ok(to)) = (port("FromPort", sink), port("ToPort", sink)) else {
+        return;
+    };
     let before = out.len();
     let kinds: [(&str, &str, &[&str]); 4] = [
         ("IpRanges", "CidrIp", &["CidrIp", "Description"]),
         ("Ipv6Ranges", "CidrIpv6", &["CidrIpv6", "Description"]),
-        ("PrefixListIds", "PrefixListId", &["PrefixListId", "Description"]),
+        (
+            "PrefixListIds",
+            "PrefixListId",
+            &["PrefixListId", "Description"],
+        ),
         (
             "UserIdGroupPairs",
             "GroupId",
-            &["Description", "GroupId", "GroupName", "PeeringStatus", "UserId", "VpcId", "VpcPeeringConnectionId"],
+            &[
+                "Description",
+                "GroupId",
+                "GroupName",
+                "PeeringStatus",
+                "UserId",
+                "VpcId",
+                "VpcPeeringConnectionId",
+            ],
         ),
     ];
     for (list_key, value_key, known) in kinds {
         let Some(l) = f.get(list_key) else { continue };
-        let Some(items) = list(sink, &l, list_key) else { continue };
+        let Some(items) = list(sink, &l, list_key) else {
+            continue;
+        };
         for item in items {
-            let Some(itf) = fields(sink, &item, list_key) else { continue };
-            itf.check_keys(sink, &format!("an entry of {list_key}"), known);
-            let Some(v) = itf.get(value_key) else {
-                sink.error(&itf.origin(sink), format!("an entry of {list_key} needs {value_key}"));
+            let Some(itf) = fields(sink, &item, list_key) else {
                 continue;
             };
-            let Some(text) = string(sink, &v, value_key) else { continue };
+            itf.check_keys(sink, &format!("an entry of {list_key}"), known);
+            let Some(v) = itf.get(value_key) else {
+                sink.error(
+                    &itf.origin(sink),
+                    format!("an entry of {list_key} needs {value_key}"),
+                );
+                continue;
+            };
+            let Some(text) = string(sink, &v, value_key) else {
+                continue;
+            };
             let peer = match value_key {
                 "CidrIp" => DPeer::Cidr {
                     text: text.v,
-                    expect: Some((Family::V4, "IpRanges hold IPv4 CIDRs; put IPv6 ones in Ipv6Ranges".into())),
+                    expect: Some((
+                        Family::V4,
+                        "IpRanges hold IPv4 CIDRs; put IPv6 ones in Ipv6Ranges".into(),
+                    )),
                 },
                 "CidrIpv6" => DPeer::Cidr {
                     text: text.v,
-                    expect: Some((Family::V6, "Ipv6Ranges hold IPv6 CIDRs; put IPv4 ones in IpRanges".into())),
+                    expect: Some((
+                        Family::V6,
+                        "Ipv6Ranges hold IPv6 CIDRs; put IPv4 ones in IpRanges".into(),
+                    )),
                 },
                 "PrefixListId" => {
-                    refs.prefix_lists.entry(text.v.clone()).or_insert_with(|| text.at.clone());
+                    refs.prefix_lists
+                        .entry(text.v.clone())
+                        .or_insert_with(|| text.at.clone());
                     DPeer::PrefixList(text.v)
                 }
                 _ => {
-                    refs.groups.entry(text.v.clone()).or_insert_with(|| text.at.clone());
+                    refs.groups
+                        .entry(text.v.clone())
+                        .or_insert_with(|| text.at.clone());
                     DPeer::Group(text.v)
                 }
             };
@@ -276,12 +346,17 @@ fn permission(sink: &mut Sink, at: &At, dir: Direction, refs: &mut Refs, out: &m
                 to: to.clone(),
                 peer: L::new(peer, text.at),
                 id: None,
-                description: itf.get("Description").and_then(|v| string(sink, &v, "Description")),
+                description: itf
+                    .get("Description")
+                    .and_then(|v| string(sink, &v, "Description")),
                 at: itf.origin(sink),
             });
         }
     }
     if out.len() == before {
-        sink.warn(&rule_at, "this permission names no peer (no ranges, prefix lists or groups); it allows nothing");
+        sink.warn(
+            &rule_at,
+            "this permission names no peer (no ranges, prefix lists or groups); it allows nothing",
+        );
     }
 }

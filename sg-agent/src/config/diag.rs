@@ -117,8 +117,17 @@ impl Sink {
         }
     }
 
-    pub fn push(&mut self, severity: Severity, origin: &Origin, message: String, hint: Option<String>) {
-        if !self.seen.insert((origin.line, origin.column, message.clone())) {
+    pub fn push(
+        &mut self,
+        severity: Severity,
+        origin: &Origin,
+        message: String,
+        hint: Option<String>,
+    ) {
+        if !self
+            .seen
+            .insert((origin.line, origin.column, message.clone()))
+        {
             return;
         }
         self.diags.push(Diagnostic {
@@ -133,7 +142,12 @@ impl Sink {
         self.push(Severity::Error, origin, message.into(), None);
     }
 
-    pub fn error_hint(&mut self, origin: &Origin, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn error_hint(
+        &mut self,
+        origin: &Origin,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.push(Severity::Error, origin, message.into(), Some(hint.into()));
     }
 
@@ -141,7 +155,12 @@ impl Sink {
         self.push(Severity::Warning, origin, message.into(), None);
     }
 
-    pub fn warn_hint(&mut self, origin: &Origin, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn warn_hint(
+        &mut self,
+        origin: &Origin,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.push(Severity::Warning, origin, message.into(), Some(hint.into()));
     }
 
@@ -151,8 +170,9 @@ impl Sink {
 
     /// Sorted by position (stable, so messages about one spot keep their order).
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.diags
-            .sort_by(|a, b| (a.origin.line, a.origin.column).cmp(&(b.origin.line, b.origin.column)));
+        self.diags.sort_by(|a, b| {
+            (a.origin.line, a.origin.column).cmp(&(b.origin.line, b.origin.column))
+        });
         self.diags
     }
 }
@@ -214,7 +234,10 @@ mod tests {
     #[test]
     fn suggestion_ignores_case_and_separators_and_catches_typos() {
         let known = ["security_groups", "instances", "prefix_lists"];
-        assert_eq!(did_you_mean("SecurityGroups", &known), Some("security_groups"));
+        assert_eq!(
+            did_you_mean("SecurityGroups", &known),
+            Some("security_groups")
+        );
         assert_eq!(did_you_mean("instnces", &known), Some("instances"));
         assert_eq!(did_you_mean("zebra", &known), None);
     }

@@ -89,10 +89,14 @@ pub fn load_file(path: &Path) -> Result<Loaded, Diagnostics> {
         Ok(_) => {}
         Err(e) => return Err(fail(format!("cannot read the file: {e}"), None)),
     }
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the file: {e}"), None))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| fail(format!("cannot read the file: {e}"), None))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         fail(
-            format!("the file is not UTF-8 (byte {} is invalid)", e.utf8_error().valid_up_to()),
+            format!(
+                "the file is not UTF-8 (byte {} is invalid)",
+                e.utf8_error().valid_up_to()
+            ),
             None,
         )
     })?;
@@ -106,13 +110,19 @@ fn detect(sink: &mut Sink, root: &At) -> Option<Format> {
     let Some(entries) = root.node.as_map() else {
         sink.error_hint(
             &root.origin(sink),
-            format!("expected a mapping at the top of the file, found {}", root.node.describe()),
+            format!(
+                "expected a mapping at the top of the file, found {}",
+                root.node.describe()
+            ),
             FORMAT_HINT,
         );
         return None;
     };
     let keys: Vec<&str> = entries.iter().filter_map(|(k, _)| k.scalar()).collect();
-    if keys.iter().any(|k| *k == "Resources" || *k == "AWSTemplateFormatVersion") {
+    if keys
+        .iter()
+        .any(|k| *k == "Resources" || *k == "AWSTemplateFormatVersion")
+    {
         return Some(Format::CloudFormation);
     }
     if keys.iter().any(|k| *k == "SecurityGroups") {
@@ -220,7 +230,11 @@ impl Loaded {
         for i in &p.interfaces {
             let addrs: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
             let groups: Vec<&str> = i.groups.iter().map(|g| g.as_str()).collect();
-            let dev = i.device.as_ref().map(|d| format!(" device {d}")).unwrap_or_default();
+            let dev = i
+                .device
+                .as_ref()
+                .map(|d| format!(" device {d}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
                 "  {}{dev} [{}]: {}",

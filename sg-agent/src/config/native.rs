@@ -31,7 +31,12 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
         return d;
     };
     // `x-...` keys are free for the user (e.g. to hold YAML anchors), as in docker-compose.
-    let extensions: Vec<String> = top.entries().into_iter().map(|(k, ..)| k).filter(|k| k.starts_with("x-")).collect();
+    let extensions: Vec<String> = top
+        .entries()
+        .into_iter()
+        .map(|(k, ..)| k)
+        .filter(|k| k.starts_with("x-"))
+        .collect();
     let mut known: Vec<&str> = TOP_KEYS.to_vec();
     known.extend(extensions.iter().map(String::as_str));
     top.check_keys(sink, "the policy", &known);
@@ -39,7 +44,11 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
         && let Some(n) = int(sink, &v, "version")
         && n.v != 1
     {
-        sink.error_hint(&n.at, format!("unknown format version {}", n.v), "this sg reads version 1");
+        sink.error_hint(
+            &n.at,
+            format!("unknown format version {}", n.v),
+            "this sg reads version 1",
+        );
     }
     if let Some(q) = top.get("quotas") {
         d.quotas = quotas(sink, &q);
@@ -65,10 +74,7 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
         }
     }
     if !top.has("security_groups") {
-        sink.warn(
-            &top.origin(sink),
-            "the policy defines no security groups",
-        );
+        sink.warn(&top.origin(sink), "the policy defines no security groups");
     }
     d
 }
@@ -77,7 +83,9 @@ fn quotas(sink: &mut Sink, at: &At) -> Option<DQuotas> {
     let f = fields(sink, at, "quotas")?;
     f.check_keys(sink, "quotas", &["rules_per_group", "groups_per_interface"]);
     Some(DQuotas {
-        rules_per_group: f.get("rules_per_group").and_then(|v| int(sink, &v, "rules_per_group")),
+        rules_per_group: f
+            .get("rules_per_group")
+            .and_then(|v| int(sink, &v, "rules_per_group")),
         groups_per_interface: f
             .get("groups_per_interface")
             .and_then(|v| int(sink, &v, "groups_per_interface")),
@@ -110,7 +118,11 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
         &["id", "name", "family", "max_entries", "version", "entries"],
     );
     let Some(id) = f.get("id") else {
-        sink.error_hint(&f.origin(sink), "a prefix list needs an `id`", "e.g. id: pl-0123456789abcdef0");
+        sink.error_hint(
+            &f.origin(sink),
+            "a prefix list needs an `id`",
+            "e.g. id: pl-0123456789abcdef0",
+        );
         return None;
     };
     let id = string(sink, &id, "id")?;
@@ -130,14 +142,20 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
     {
         for e in items {
             if e.node.as_map().is_some() {
-                let Some(ef) = fields(sink, &e, "a prefix list entry") else { continue };
+                let Some(ef) = fields(sink, &e, "a prefix list entry") else {
+                    continue;
+                };
                 ef.check_keys(sink, "a prefix list entry", &["cidr", "description"]);
                 let Some(c) = ef.get("cidr") else {
                     sink.error(&ef.origin(sink), "a prefix list entry needs a `cidr`");
                     continue;
                 };
-                let Some(cidr) = string(sink, &c, "cidr") else { continue };
-                let description = ef.get("description").and_then(|v| string(sink, &v, "description"));
+                let Some(cidr) = string(sink, &c, "cidr") else {
+                    continue;
+                };
+                let description = ef
+                    .get("description")
+                    .and_then(|v| string(sink, &v, "description"));
                 entries.push(DEntry { cidr, description });
             } else if let Some(cidr) = string(sink, &e, "a prefix list entry") {
                 entries.push(DEntry {
@@ -152,7 +170,9 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
         check_id: true,
         name: f.get("name").and_then(|v| string(sink, &v, "name")),
         family,
-        max_entries: f.get("max_entries").and_then(|v| int(sink, &v, "max_entries")),
+        max_entries: f
+            .get("max_entries")
+            .and_then(|v| int(sink, &v, "max_entries")),
         version: f.get("version").and_then(|v| int(sink, &v, "version")),
         entries,
         external: false,
@@ -174,7 +194,11 @@ fn group(sink: &mut Sink, at: &At) -> Option<DGroup> {
         },
     );
     let Some(id_at) = f.get("id") else {
-        sink.error_hint(&f.origin(sink), "a security group needs an `id`", "e.g. id: sg-web");
+        sink.error_hint(
+            &f.origin(sink),
+            "a security group needs an `id`",
+            "e.g. id: sg-web",
+        );
         return None;
     };
     let id = string(sink, &id_at, "id")?;
@@ -188,8 +212,12 @@ fn group(sink: &mut Sink, at: &At) -> Option<DGroup> {
             None => (None, f.at.with_suffix(&format!(".{key}")).origin(sink)),
             Some(v) if v.is_null() => {
                 let hint = match dir {
-                    Direction::Egress => "write `egress: []` for no egress rules, or remove the key for the default (D2: all traffic to 0.0.0.0/0 and ::/0)",
-                    Direction::Ingress => "write `ingress: []` for no ingress rules, or remove the key",
+                    Direction::Egress => {
+                        "write `egress: []` for no egress rules, or remove the key for the default (D2: all traffic to 0.0.0.0/0 and ::/0)"
+                    }
+                    Direction::Ingress => {
+                        "write `ingress: []` for no ingress rules, or remove the key"
+                    }
                 };
                 sink.error_hint(&v.origin(sink), format!("`{key}` is empty (null)"), hint);
                 (Some(Vec::new()), v.origin(sink))
@@ -212,7 +240,9 @@ fn group(sink: &mut Sink, at: &At) -> Option<DGroup> {
         id,
         check_id: true,
         name: f.get("name").and_then(|v| string(sink, &v, "name")),
-        description: f.get("description").and_then(|v| string(sink, &v, "description")),
+        description: f
+            .get("description")
+            .and_then(|v| string(sink, &v, "description")),
         ingress,
         ingress_at,
         egress,
@@ -230,7 +260,11 @@ fn ports(sink: &mut Sink, at: &At) -> Option<(L<i64>, L<i64>)> {
         let f = fields(sink, at, "ports")?;
         f.check_keys(sink, "ports", &["from", "to"]);
         let (Some(a), Some(b)) = (f.get("from"), f.get("to")) else {
-            sink.error_hint(&f.origin(sink), "ports needs both `from` and `to`", "or write ports: 443 for one port");
+            sink.error_hint(
+                &f.origin(sink),
+                "ports needs both `from` and `to`",
+                "or write ports: 443 for one port",
+            );
             return None;
         };
         return Some((int(sink, &a, "from")?, int(sink, &b, "to")?));
@@ -286,12 +320,30 @@ fn peer_of(sink: &mut Sink, text: &L<String>, own: &str) -> Option<DPeer> {
     })
 }
 
-const RULE_KEYS_IN: &[&str] = &["id", "protocol", "ports", "type", "code", "source", "description"];
-const RULE_KEYS_OUT: &[&str] = &["id", "protocol", "ports", "type", "code", "destination", "description"];
+const RULE_KEYS_IN: &[&str] = &[
+    "id",
+    "protocol",
+    "ports",
+    "type",
+    "code",
+    "source",
+    "description",
+];
+const RULE_KEYS_OUT: &[&str] = &[
+    "id",
+    "protocol",
+    "ports",
+    "type",
+    "code",
+    "destination",
+    "description",
+];
 
 fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule>) {
     let what = format!("an {} rule", dir.name());
-    let Some(f) = fields(sink, at, &what) else { return };
+    let Some(f) = fields(sink, at, &what) else {
+        return;
+    };
     let (known, peer_key) = match dir {
         Direction::Ingress => (RULE_KEYS_IN, "source"),
         Direction::Egress => (RULE_KEYS_OUT, "destination"),
@@ -309,10 +361,16 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
     });
     let rule_at = f.origin(sink);
     let Some(protocol) = f.get("protocol") else {
-        sink.error_hint(&rule_at, "a rule needs a `protocol`", "tcp, udp, icmp, icmpv6, all (-1) or an IANA number");
+        sink.error_hint(
+            &rule_at,
+            "a rule needs a `protocol`",
+            "tcp, udp, icmp, icmpv6, all (-1) or an IANA number",
+        );
         return;
     };
-    let Some(protocol) = string(sink, &protocol, "protocol") else { return };
+    let Some(protocol) = string(sink, &protocol, "protocol") else {
+        return;
+    };
     let name = values::protocol(&protocol.v).ok();
     let is_icmp = matches!(name, Some(ProtoName::Icmp | ProtoName::Icmpv6));
     let mut range = None;
@@ -335,7 +393,10 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
         if let Some(x) = ty.as_ref().or(code.as_ref()) {
             sink.error_hint(
                 &x.origin(sink),
-                format!("`type` and `code` are for icmp and icmpv6 rules, not {}", protocol.v),
+                format!(
+                    "`type` and `code` are for icmp and icmpv6 rules, not {}",
+                    protocol.v
+                ),
                 "use `ports:` for tcp and udp",
             );
             return;
@@ -343,11 +404,17 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
     }
     if is_icmp {
         if code.is_some() && ty.is_none() {
-            sink.error_hint(&rule_at, "an ICMP `code` needs a `type`", "e.g. type: 3, code: 4");
+            sink.error_hint(
+                &rule_at,
+                "an ICMP `code` needs a `type`",
+                "e.g. type: 3, code: 4",
+            );
             return;
         }
         if let Some(t) = &ty {
-            let Some(t) = int(sink, t, "type") else { return };
+            let Some(t) = int(sink, t, "type") else {
+                return;
+            };
             let c = match &code {
                 Some(c) => match int(sink, c, "code") {
                     Some(c) => c,
@@ -358,7 +425,9 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
             range = Some((t, c));
         }
     }
-    let description = f.get("description").and_then(|v| string(sink, &v, "description"));
+    let description = f
+        .get("description")
+        .and_then(|v| string(sink, &v, "description"));
     let id = f.get("id").and_then(|v| string(sink, &v, "id"));
     let Some(peers_at) = f.get(peer_key) else {
         sink.error_hint(
@@ -368,7 +437,9 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
         );
         return;
     };
-    let Some(items) = one_or_list(sink, &peers_at, peer_key) else { return };
+    let Some(items) = one_or_list(sink, &peers_at, peer_key) else {
+        return;
+    };
     if items.is_empty() {
         sink.error_hint(
             &peers_at.origin(sink),
@@ -389,8 +460,14 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
     }
     for item in items {
         let (p, p_id, p_desc) = if item.node.as_map().is_some() {
-            let Some(pf) = fields(sink, &item, "a peer") else { continue };
-            pf.check_keys(sink, "a peer", &["cidr", "group", "prefix_list", "id", "description"]);
+            let Some(pf) = fields(sink, &item, "a peer") else {
+                continue;
+            };
+            pf.check_keys(
+                sink,
+                "a peer",
+                &["cidr", "group", "prefix_list", "id", "description"],
+            );
             let kinds: Vec<(&str, At)> = ["cidr", "group", "prefix_list"]
                 .iter()
                 .filter_map(|k| pf.get(k).map(|v| (*k, v)))
@@ -398,13 +475,18 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
             if kinds.len() != 1 {
                 sink.error_hint(
                     &pf.origin(sink),
-                    format!("a peer is exactly one of cidr, group, prefix_list; found {}", kinds.len()),
+                    format!(
+                        "a peer is exactly one of cidr, group, prefix_list; found {}",
+                        kinds.len()
+                    ),
                     "F5: one peer per entry; list several entries instead",
                 );
                 continue;
             }
             let (kind, v) = &kinds[0];
-            let Some(text) = string(sink, v, kind) else { continue };
+            let Some(text) = string(sink, v, kind) else {
+                continue;
+            };
             let peer = match *kind {
                 "cidr" => DPeer::Cidr {
                     text: text.v.clone(),
@@ -415,11 +497,17 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
                 _ => DPeer::PrefixList(text.v.trim().to_string()),
             };
             let pid = pf.get("id").and_then(|v| string(sink, &v, "id"));
-            let pdesc = pf.get("description").and_then(|v| string(sink, &v, "description"));
+            let pdesc = pf
+                .get("description")
+                .and_then(|v| string(sink, &v, "description"));
             (L::new(peer, text.at), pid, pdesc)
         } else {
-            let Some(text) = string(sink, &item, peer_key) else { continue };
-            let Some(peer) = peer_of(sink, &text, own) else { continue };
+            let Some(text) = string(sink, &item, peer_key) else {
+                continue;
+            };
+            let Some(peer) = peer_of(sink, &text, own) else {
+                continue;
+            };
             (L::new(peer, text.at), None, None)
         };
         out.push(DRule {
@@ -438,15 +526,23 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
 const IFACE_KEYS: &[&str] = &["device", "addresses", "groups", "timeouts"];
 
 fn instance(sink: &mut Sink, at: &At, out: &mut Vec<DInterface>) {
-    let Some(f) = fields(sink, at, "an instance") else { return };
+    let Some(f) = fields(sink, at, "an instance") else {
+        return;
+    };
     let mut known = vec!["name", "interfaces"];
     known.extend_from_slice(IFACE_KEYS);
     f.check_keys(sink, "an instance", &known);
     let Some(name_at) = f.get("name") else {
-        sink.error_hint(&f.origin(sink), "an instance needs a `name`", "e.g. name: web-1");
+        sink.error_hint(
+            &f.origin(sink),
+            "an instance needs a `name`",
+            "e.g. name: web-1",
+        );
         return;
     };
-    let Some(name) = string(sink, &name_at, "name") else { return };
+    let Some(name) = string(sink, &name_at, "name") else {
+        return;
+    };
     match f.get("interfaces") {
         None => out.push(interface(sink, &f, name.clone(), &name.v)),
         Some(ifs) => {
@@ -454,15 +550,21 @@ fn instance(sink: &mut Sink, at: &At, out: &mut Vec<DInterface>) {
                 if let Some(v) = f.get(k) {
                     sink.error_hint(
                         &v.origin(sink),
-                        format!("`{k}` belongs to an interface when the instance lists `interfaces`"),
+                        format!(
+                            "`{k}` belongs to an interface when the instance lists `interfaces`"
+                        ),
                         format!("move `{k}` into the interface it describes"),
                     );
                 }
             }
-            let Some(items) = list(sink, &ifs, "interfaces") else { return };
+            let Some(items) = list(sink, &ifs, "interfaces") else {
+                return;
+            };
             let only_one = items.len() == 1;
             for (i, item) in items.iter().enumerate() {
-                let Some(iff) = fields(sink, item, "an interface") else { continue };
+                let Some(iff) = fields(sink, item, "an interface") else {
+                    continue;
+                };
                 let mut known = vec!["name"];
                 known.extend_from_slice(IFACE_KEYS);
                 iff.check_keys(sink, "an interface", &known);
@@ -487,13 +589,19 @@ fn interface(sink: &mut Sink, f: &Fields, name: L<String>, instance: &str) -> DI
     if let Some(a) = f.get("addresses")
         && let Some(items) = one_or_list(sink, &a, "addresses")
     {
-        addresses = items.iter().filter_map(|i| string(sink, i, "an address")).collect();
+        addresses = items
+            .iter()
+            .filter_map(|i| string(sink, i, "an address"))
+            .collect();
     }
     let mut groups = Vec::new();
     let groups_at = match f.get("groups") {
         Some(g) => {
             if let Some(items) = one_or_list(sink, &g, "groups") {
-                groups = items.iter().filter_map(|i| string(sink, i, "a group id")).collect();
+                groups = items
+                    .iter()
+                    .filter_map(|i| string(sink, i, "a group id"))
+                    .collect();
             }
             g.origin(sink)
         }
@@ -506,7 +614,10 @@ fn interface(sink: &mut Sink, f: &Fields, name: L<String>, instance: &str) -> DI
         addresses,
         groups,
         groups_at,
-        timeouts: f.get("timeouts").map(|t| timeouts(sink, &t)).unwrap_or_default(),
+        timeouts: f
+            .get("timeouts")
+            .map(|t| timeouts(sink, &t))
+            .unwrap_or_default(),
         at: f.origin(sink),
     }
 }

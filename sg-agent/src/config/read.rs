@@ -124,7 +124,11 @@ impl<'n> Fields<'n> {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("known fields: {}", known.join(", ")),
             });
-            sink.error_hint(&k.origin(sink), format!("unknown field `{key}` in {what}"), hint);
+            sink.error_hint(
+                &k.origin(sink),
+                format!("unknown field `{key}` in {what}"),
+                hint,
+            );
         }
         ok
     }
@@ -148,7 +152,13 @@ pub(crate) fn list<'n>(sink: &mut Sink, at: &At<'n>, what: &str) -> Option<Vec<A
     match at.node.as_seq() {
         Some(items) => {
             no_tag(sink, at);
-            Some(items.iter().enumerate().map(|(i, n)| at.item(i, n)).collect())
+            Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| at.item(i, n))
+                    .collect(),
+            )
         }
         None => {
             let hint = if at.is_null() {
@@ -217,7 +227,10 @@ pub(crate) fn parse_int(sink: &mut Sink, s: L<String>, what: &str) -> Option<L<i
     match s.v.trim().parse::<i64>() {
         Ok(v) => Some(L::new(v, s.at)),
         Err(_) => {
-            sink.error(&s.at, format!("{what} must be a whole number, found `{}`", s.v));
+            sink.error(
+                &s.at,
+                format!("{what} must be a whole number, found `{}`", s.v),
+            );
             None
         }
     }
@@ -230,7 +243,10 @@ pub(crate) fn boolean(sink: &mut Sink, at: &At, what: &str) -> Option<bool> {
         "true" => Some(true),
         "false" => Some(false),
         _ => {
-            sink.error(&s.at, format!("{what} must be true or false, found `{}`", s.v));
+            sink.error(
+                &s.at,
+                format!("{what} must be true or false, found `{}`", s.v),
+            );
             None
         }
     }

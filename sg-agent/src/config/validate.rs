@@ -124,7 +124,10 @@ fn quotas(sink: &mut Sink, d: &Draft) -> Quotas {
             ok = false;
             sink.error_hint(
                 &r.at,
-                format!("rules_per_group {} is outside 1..{MAX_RULES_PER_INTERFACE}", r.v),
+                format!(
+                    "rules_per_group {} is outside 1..{MAX_RULES_PER_INTERFACE}",
+                    r.v
+                ),
                 "AWS's default is 60 (Q1)",
             );
         }
@@ -380,7 +383,11 @@ fn protocol(sink: &mut Sink, r: &DRule) -> Option<Protocol> {
                     at,
                     format!(
                         "the port range is ignored: protocol {} allows every port (F2)",
-                        if name == ProtoName::All { "all (-1)".to_string() } else { name.name() }
+                        if name == ProtoName::All {
+                            "all (-1)".to_string()
+                        } else {
+                            name.name()
+                        }
                     ),
                     "remove the ports, or use tcp/udp to filter by port",
                 );
@@ -477,13 +484,20 @@ fn peer(ctx: &mut Ctx, r: &DRule, proto: Option<&Protocol>) -> Option<Peer> {
             {
                 ctx.sink.error_hint(
                     at,
-                    format!("{net} is an {} CIDR where an {} CIDR is expected", family_name(f), family_name(*want)),
+                    format!(
+                        "{net} is an {} CIDR where an {} CIDR is expected",
+                        family_name(f),
+                        family_name(*want)
+                    ),
                     hint.clone(),
                 );
                 return None;
             }
             if host_bits {
-                ctx.sink.warn(at, format!("`{}` has host bits set; using {net} (F5)", text.trim()));
+                ctx.sink.warn(
+                    at,
+                    format!("`{}` has host bits set; using {net} (F5)", text.trim()),
+                );
             }
             (Peer::Cidr(net), Some(f))
         }
@@ -494,7 +508,8 @@ fn peer(ctx: &mut Ctx, r: &DRule, proto: Option<&Protocol>) -> Option<Peer> {
                     Some(k) => format!("did you mean {k}?"),
                     None => "define the group, or check the id".to_string(),
                 };
-                ctx.sink.error_hint(at, format!("security group {g} is not defined"), hint);
+                ctx.sink
+                    .error_hint(at, format!("security group {g} is not defined"), hint);
                 return None;
             }
             (Peer::Group(GroupId(g.clone())), None)
@@ -507,7 +522,8 @@ fn peer(ctx: &mut Ctx, r: &DRule, proto: Option<&Protocol>) -> Option<Peer> {
                     Some(k) => format!("did you mean {k}?"),
                     None => "define the prefix list, or check the id".to_string(),
                 };
-                ctx.sink.error_hint(at, format!("prefix list {p} is not defined"), hint);
+                ctx.sink
+                    .error_hint(at, format!("prefix list {p} is not defined"), hint);
                 return None;
             };
             let fam = (!ctx.external_lists.contains(&id)).then_some(pl.family);
@@ -644,10 +660,20 @@ fn groups(ctx: &mut Ctx, d: &Draft, q: &Quotas) -> BTreeMap<GroupId, Group> {
         let mut group = Group {
             id: gid.clone(),
             name: g.name.as_ref().map_or_else(
-                || if g.default_group { "default".to_string() } else { g.id.v.clone() },
+                || {
+                    if g.default_group {
+                        "default".to_string()
+                    } else {
+                        g.id.v.clone()
+                    }
+                },
                 |n| n.v.clone(),
             ),
-            description: g.description.as_ref().map(|d| d.v.clone()).unwrap_or_default(),
+            description: g
+                .description
+                .as_ref()
+                .map(|d| d.v.clone())
+                .unwrap_or_default(),
             ingress: Vec::new(),
             egress: Vec::new(),
             origin: g.at.clone(),
@@ -750,12 +776,7 @@ fn rule_quota(ctx: &mut Ctx, g: &DGroup, group: &Group, q: &Quotas) {
     }
 }
 
-fn interfaces(
-    ctx: &mut Ctx,
-    d: &Draft,
-    q: &Quotas,
-    defaults: Timeouts,
-) -> Vec<Interface> {
+fn interfaces(ctx: &mut Ctx, d: &Draft, q: &Quotas, defaults: Timeouts) -> Vec<Interface> {
     let mut out = Vec::new();
     let mut names: HashMap<&str, &Origin> = HashMap::new();
     let mut owners: HashMap<IpAddr, (&str, &Origin)> = HashMap::new();
@@ -776,7 +797,12 @@ fn interfaces(
         }
         if let Some(dev) = &i.device {
             let v = &dev.v;
-            if v.is_empty() || v.len() > 15 || v.contains(['/', ' ', '\t', ':']) || v == "." || v == ".." {
+            if v.is_empty()
+                || v.len() > 15
+                || v.contains(['/', ' ', '\t', ':'])
+                || v == "."
+                || v == ".."
+            {
                 sink.error_hint(
                     &dev.at,
                     format!("`{v}` is not a Linux interface name"),
@@ -818,13 +844,20 @@ fn interfaces(
                     Some(k) => format!("did you mean {k}?"),
                     None => "define the group, or check the id".to_string(),
                 };
-                ctx.sink.error_hint(&g.at, format!("security group {} is not defined", g.v), hint);
+                ctx.sink.error_hint(
+                    &g.at,
+                    format!("security group {} is not defined", g.v),
+                    hint,
+                );
                 ok = false;
                 continue;
             }
             let gid = GroupId(g.v.clone());
             if groups.contains(&gid) {
-                ctx.sink.error(&g.at, format!("group {} is listed twice on interface {}", g.v, i.name.v));
+                ctx.sink.error(
+                    &g.at,
+                    format!("group {} is listed twice on interface {}", g.v, i.name.v),
+                );
                 ok = false;
                 continue;
             }

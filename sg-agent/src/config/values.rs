@@ -125,7 +125,9 @@ pub(crate) fn protocol(text: &str) -> Result<ProtoName, Bad> {
     if let Ok(n) = t.parse::<i64>() {
         return match u8::try_from(n) {
             Ok(n) => Ok(by_number(n)),
-            Err(_) => Err(Bad::new(format!("protocol number {n} is outside 0-255")).hint(PROTOCOL_HINT)),
+            Err(_) => {
+                Err(Bad::new(format!("protocol number {n} is outside 0-255")).hint(PROTOCOL_HINT))
+            }
         };
     }
     if let Some((_, n)) = PROTOCOL_NAMES.iter().find(|(name, _)| *name == t) {
@@ -162,8 +164,9 @@ pub(crate) fn cidr(text: &str) -> Result<(IpNet, bool), Bad> {
             return Err(Bad::new(format!("`{t}` is an address, not a CIDR"))
                 .hint(format!("write `{a}/{len}` for this one address")));
         }
-        return Err(Bad::new(format!("`{t}` is not a CIDR"))
-            .hint("write an IPv4 CIDR such as 203.0.113.0/24 or an IPv6 CIDR such as 2001:db8::/32"));
+        return Err(Bad::new(format!("`{t}` is not a CIDR")).hint(
+            "write an IPv4 CIDR such as 203.0.113.0/24 or an IPv6 CIDR such as 2001:db8::/32",
+        ));
     }
     let net: IpNet = t.parse().map_err(|_| {
         Bad::new(format!("`{t}` is not a valid CIDR"))
@@ -179,8 +182,10 @@ pub(crate) fn address(text: &str) -> Result<IpAddr, Bad> {
     if let Some((a, _)) = t.split_once('/')
         && a.parse::<IpAddr>().is_ok()
     {
-        return Err(Bad::new(format!("`{t}` has a prefix length; an interface address is one address"))
-            .hint(format!("write `{a}`")));
+        return Err(Bad::new(format!(
+            "`{t}` has a prefix length; an interface address is one address"
+        ))
+        .hint(format!("write `{a}`")));
     }
     let a: IpAddr = t
         .parse()
@@ -197,7 +202,9 @@ fn id_body_ok(body: &str) -> bool {
     let mut chars = body.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && body.len() <= 64
-        && body.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Whether `text` has the shape of a security group id (`sg-` and a readable tail).
@@ -231,9 +238,11 @@ pub(crate) fn prefix_list_id(text: &str) -> Result<(), Bad> {
 
 /// F6: `sgr-` and exactly 17 lowercase hex digits.
 pub(crate) fn rule_id(text: &str) -> Result<(), Bad> {
-    let ok = text
-        .strip_prefix("sgr-")
-        .is_some_and(|h| h.len() == 17 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    let ok = text.strip_prefix("sgr-").is_some_and(|h| {
+        h.len() == 17
+            && h.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    });
     if ok {
         return Ok(());
     }
@@ -249,13 +258,13 @@ pub(crate) const DESCRIPTION_PUNCTUATION: &str = "._-:/()#,@[]+=&;{}!$*";
 pub(crate) fn description(text: &str) -> Result<(), Bad> {
     let n = text.chars().count();
     if n > 255 {
-        return Err(Bad::new(format!("the text is {n} characters long; AWS allows at most 255")));
+        return Err(Bad::new(format!(
+            "the text is {n} characters long; AWS allows at most 255"
+        )));
     }
-    if let Some((i, c)) = text
-        .chars()
-        .enumerate()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == ' ' || DESCRIPTION_PUNCTUATION.contains(*c)))
-    {
+    if let Some((i, c)) = text.chars().enumerate().find(|(_, c)| {
+        !(c.is_ascii_alphanumeric() || *c == ' ' || DESCRIPTION_PUNCTUATION.contains(*c))
+    }) {
         return Err(Bad::new(format!(
             "character {:?} (position {}) is not allowed by AWS",
             c,
@@ -308,7 +317,10 @@ mod tests {
         assert_eq!(n.to_string(), "10.0.0.0/8");
         assert!(host_bits);
         assert!(!cidr("::/0").unwrap().1);
-        assert_eq!(cidr("198.51.100.10").unwrap_err().hint.unwrap(), "write `198.51.100.10/32` for this one address");
+        assert_eq!(
+            cidr("198.51.100.10").unwrap_err().hint.unwrap(),
+            "write `198.51.100.10/32` for this one address"
+        );
         assert!(cidr("10.0.0.0/33").is_err());
     }
 

@@ -48,7 +48,10 @@ pub struct Node {
 
 #[derive(Debug)]
 pub enum Kind {
-    Scalar { value: String, style: Style },
+    Scalar {
+        value: String,
+        style: Style,
+    },
     Seq(Vec<Rc<Node>>),
     /// Entries in document order; keys are scalars, unique; merge keys already applied.
     Map(Vec<(Rc<Node>, Rc<Node>)>),
@@ -69,7 +72,9 @@ impl Node {
             Kind::Scalar {
                 value,
                 style: Style::Plain,
-            } => self.tag.is_none() && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL"),
+            } => {
+                self.tag.is_none() && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL")
+            }
             _ => false,
         }
     }
@@ -138,7 +143,10 @@ fn err_at(line: u32, column: u32, message: impl Into<String>, hint: Option<&str>
 
 fn position(span: &Span) -> (u32, u32) {
     let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-    (clamp(span.start.line()), clamp(span.start.col()).saturating_add(1))
+    (
+        clamp(span.start.line()),
+        clamp(span.start.col()).saturating_add(1),
+    )
 }
 
 fn tag_text(tag: &Tag) -> String {
@@ -207,7 +215,9 @@ impl Builder {
                     "the document expands to more than {MAX_NODES} nodes (aliases counted at \
                      their expanded size)"
                 ),
-                Some("each alias (*name) stands for a full copy of its anchor; nested aliases multiply (an alias bomb)"),
+                Some(
+                    "each alias (*name) stands for a full copy of its anchor; nested aliases multiply (an alias bomb)",
+                ),
             ));
         }
         Ok(())
@@ -268,7 +278,9 @@ impl Builder {
                         return Err(err_at(
                             node.line,
                             node.column,
-                            format!("duplicate key `{text}` (first written at line {l}, column {c})"),
+                            format!(
+                                "duplicate key `{text}` (first written at line {l}, column {c})"
+                            ),
                             Some("YAML mappings need unique keys; remove or merge one of them"),
                         ));
                     }
@@ -416,7 +428,9 @@ impl Builder {
                     return Err(err_at(
                         at.0,
                         at.1,
-                        format!("nesting is deeper than {MAX_DEPTH} levels once this alias is expanded"),
+                        format!(
+                            "nesting is deeper than {MAX_DEPTH} levels once this alias is expanded"
+                        ),
                         None,
                     ));
                 }
@@ -464,12 +478,7 @@ pub fn parse(text: &str) -> Result<Rc<Node>, YamlError> {
     }
     match b.root {
         Some(root) if !root.is_null() => Ok(root),
-        _ => Err(err_at(
-            1,
-            1,
-            "the file holds no policy (it is empty)",
-            None,
-        )),
+        _ => Err(err_at(1, 1, "the file holds no policy (it is empty)", None)),
     }
 }
 
@@ -516,7 +525,8 @@ mod tests {
 
     #[test]
     fn aliases_and_merge_keys_expand() {
-        let root = parse("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\nlist: [*b, *b]\n").unwrap();
+        let root =
+            parse("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\nlist: [*b, *b]\n").unwrap();
         let u = root.get("use").unwrap();
         assert_eq!(u.get("x").unwrap().scalar(), Some("1"));
         assert_eq!(u.get("y").unwrap().scalar(), Some("3"));
@@ -535,7 +545,11 @@ mod tests {
         let t = std::time::Instant::now();
         let e = err(&doc);
         assert!(t.elapsed().as_millis() < 1000);
-        assert!(e.message.contains("more than 1000000 nodes"), "{}", e.message);
+        assert!(
+            e.message.contains("more than 1000000 nodes"),
+            "{}",
+            e.message
+        );
         // a5 (line 6) is the first anchor whose expansion passes the budget.
         assert_eq!(e.line, 6);
     }
