@@ -892,7 +892,7 @@ impl<'n> Cfn<'n, '_> {
         let protocol = self.string(&proto_at, "IpProtocol")?;
         // A port that does not read drops the rule (reported already): judging it without
         // the port would only add a misleading F3 error.
-        let mut port = |key: &str, this: &mut Self| match f.get(key) {
+        let port = |key: &str, this: &mut Self| match f.get(key) {
             None => Ok(None),
             Some(v) => this.int(&v, key).map(Some).ok_or(()),
         };

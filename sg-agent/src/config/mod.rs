@@ -125,7 +125,7 @@ fn detect(sink: &mut Sink, root: &At) -> Option<Format> {
     {
         return Some(Format::CloudFormation);
     }
-    if keys.iter().any(|k| *k == "SecurityGroups") {
+    if keys.contains(&"SecurityGroups") {
         return Some(Format::DescribeJson);
     }
     if keys.iter().any(|k| native::TOP_KEYS.contains(k)) {

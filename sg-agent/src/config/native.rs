@@ -389,18 +389,19 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
         }
     }
     let (ty, code) = (f.get("type"), f.get("code"));
-    if !is_icmp && name.is_some() {
-        if let Some(x) = ty.as_ref().or(code.as_ref()) {
-            sink.error_hint(
-                &x.origin(sink),
-                format!(
-                    "`type` and `code` are for icmp and icmpv6 rules, not {}",
-                    protocol.v
-                ),
-                "use `ports:` for tcp and udp",
-            );
-            return;
-        }
+    if !is_icmp
+        && name.is_some()
+        && let Some(x) = ty.as_ref().or(code.as_ref())
+    {
+        sink.error_hint(
+            &x.origin(sink),
+            format!(
+                "`type` and `code` are for icmp and icmpv6 rules, not {}",
+                protocol.v
+            ),
+            "use `ports:` for tcp and udp",
+        );
+        return;
     }
     if is_icmp {
         if code.is_some() && ty.is_none() {
