@@ -739,3 +739,17 @@ fn ten_thousand_rules_in_sixteen_groups_load_fast() {
     // Generous: a debug build on a loaded 2-core machine. Release is far below a second.
     assert!(elapsed.as_secs() < 10, "{elapsed:?}");
 }
+
+#[test]
+fn interface_without_addresses_or_device_is_loaded_with_a_warning() {
+    let l = load("security_groups: [{id: sg-a}]\ninstances:\n  - {name: lonely, groups: [sg-a]}\n");
+    assert_eq!(l.policy.interfaces.len(), 1);
+    let w: Vec<String> = l.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            "t.yaml:3:5: warning: interface lonely has neither addresses nor a device"
+        ),
+        "{w:?}"
+    );
+}

@@ -71,8 +71,15 @@ pub fn canonical_rule_text(group: &GroupId, dir: Direction, p: &Protocol, peer: 
 /// `sgr-` + the first 17 hex digits of SHA-256 over [`canonical_rule_text`].
 pub fn derive_rule_id(group: &GroupId, dir: Direction, p: &Protocol, peer: &Peer) -> RuleId {
     let digest = Sha256::digest(canonical_rule_text(group, dir, p, peer).as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    RuleId(format!("sgr-{}", &hex[..17]))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(21);
+    id.push_str("sgr-");
+    for b in digest.iter().take(9) {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    id.truncate(21); // sgr- and 17 hex digits
+    RuleId(id)
 }
 
 fn timeouts(sink: &mut Sink, base: Timeouts, given: &DTimeouts) -> Timeouts {
@@ -884,6 +891,13 @@ fn interfaces(ctx: &mut Ctx, d: &Draft, q: &Quotas, defaults: Timeouts) -> Vec<I
                 "remove groups, or raise quotas.groups_per_interface (at most 16)",
             );
             ok = false;
+        }
+        if i.addresses.is_empty() && i.device.is_none() {
+            sink.warn_hint(
+                &i.at,
+                format!("interface {} has neither addresses nor a device", i.name.v),
+                "the agent cannot find it on a host, and rules referencing its groups allow no address of it (R1)",
+            );
         }
         let t = timeouts(sink, defaults, &i.timeouts);
         if ok {
