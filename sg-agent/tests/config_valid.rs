@@ -753,3 +753,27 @@ fn interface_without_addresses_or_device_is_loaded_with_a_warning() {
         "{w:?}"
     );
 }
+
+#[test]
+fn lab_policy_binds_the_host_of_web_2_by_address() {
+    use sg_agent::bind::{LocalIface, bind};
+    let p = load_example("ec2-lab.cfn.yaml").policy;
+    let host = [
+        LocalIface {
+            name: "lo".into(),
+            ifindex: 1,
+            addresses: vec!["127.0.0.1".parse().unwrap()],
+        },
+        LocalIface {
+            name: "eth0".into(),
+            ifindex: 4,
+            addresses: vec!["192.0.2.12".parse().unwrap(), "fe80::12".parse().unwrap()],
+        },
+    ];
+    let b = bind(&p, &host).unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(
+        (b[0].interface.as_str(), b[0].device.as_str(), b[0].ifindex),
+        ("web-2", "eth0", 4)
+    );
+}
