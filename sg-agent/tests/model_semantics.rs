@@ -481,3 +481,51 @@ fn vlan_depth_and_ipv6_extension_chain_limits() {
         None,
     );
 }
+
+#[test]
+fn c2_echo_request_against_a_peer_opened_flow_of_the_same_id_is_allowed_stateless() {
+    let mut m = Model::new(with_rules(|b| {
+        b.ingress("sg-a", icmp_all(), cidr("0.0.0.0/0")).egress(
+            "sg-a",
+            icmp_all(),
+            cidr("0.0.0.0/0"),
+        )
+    }));
+    let ping_in = Packet::echo_request(addr(PEER), addr(HOST), 7, 1);
+    expect(&m.process("eth0", Ingress, &ping_in), PassRuleNew, Some(1));
+    let ping_out = Packet::echo_request(addr(HOST), addr(PEER), 7, 1);
+    expect(
+        &m.process("eth0", Egress, &ping_out),
+        PassRuleUntracked,
+        Some(2),
+    );
+    assert_eq!(m.flows().len(), 1);
+    assert_eq!(m.flows().values().next().unwrap().origin, Ingress);
+    // Two exchanges each way make a stream: confirmed, like UDP.
+    expect(
+        &m.process("eth0", Egress, &ping_in.reply()),
+        PassCtReply,
+        Some(1),
+    );
+    expect(
+        &m.process("eth0", Ingress, &ping_in),
+        PassCtOriginal,
+        Some(1),
+    );
+    expect(
+        &m.process("eth0", Egress, &ping_in.reply()),
+        PassCtReply,
+        Some(1),
+    );
+    let f = m.flows().values().next().unwrap();
+    assert_eq!((f.state, f.confirmed), (FlowState::Established, true));
+}
+
+#[test]
+fn g1_exempt_first_fragment_lets_its_datagram_through() {
+    let mut m = Model::new(with_rules(|b| b));
+    let first = Packet::udp(addr(PEER), addr(HOST), 67, 68).with_frag(Frag::first(9));
+    expect(&m.process("eth0", Ingress, &first), PassDhcp, None);
+    let later = Packet::udp(addr(PEER), addr(HOST), 67, 68).with_frag(Frag::later(9, 1480, false));
+    expect(&m.process("eth0", Ingress, &later), PassFragment, None);
+}

@@ -213,12 +213,14 @@ impl Model {
             return Outcome::new(Reason::DropBadExtHdr, None);
         }
 
-        // Exemptions (N1, N2): need the transport header, so never for later fragments.
-        if !pkt.is_later_fragment()
-            && let Some(r) = exemption(dir, pkt)
-        {
-            return Outcome::new(r, None);
-        }
+        // Exemptions (N1, N2) need the transport header, so never apply to later fragments.
+        // An exempt first fragment is recorded like any other (below), so the rest of its
+        // datagram passes too.
+        let exempt = if pkt.is_later_fragment() {
+            None
+        } else {
+            exemption(dir, pkt)
+        };
 
         // Fragments (G1).
         if let Some(f) = pkt.frag {
@@ -247,7 +249,10 @@ impl Model {
                 };
             }
             if f.more {
-                let out = self.judge(iface, dir, pkt);
+                let out = match exempt {
+                    Some(r) => Outcome::new(r, None),
+                    None => self.judge(iface, dir, pkt),
+                };
                 self.frags.insert(
                     fid,
                     FragRecord {
@@ -260,7 +265,10 @@ impl Model {
             }
             // Offset 0 and no more fragments (IPv6 atomic fragment): a normal packet.
         }
-        self.judge(iface, dir, pkt)
+        match exempt {
+            Some(r) => Outcome::new(r, None),
+            None => self.judge(iface, dir, pkt),
+        }
     }
 
     /// Conntrack, related ICMP, policy, state: everything after parsing.
@@ -273,11 +281,13 @@ impl Model {
         }
 
         // Related ICMP errors (I2): the quoted packet travelled the other way.
+        // Any live flow of that key counts (no echo roles: the quote is evidence of the
+        // flow, not a packet of it).
         if let L4::IcmpError { ty, inner, .. } = &pkt.l4
             && carries_packet(pkt.is_v6(), *ty)
-            && let Some((id, role)) = flow_id(iface, dir.opposite(), inner)
+            && quote_is_readable(pkt, inner)
+            && let Some((id, _)) = flow_id(iface, dir.opposite(), inner)
             && let Some(flow) = self.live_flow(&id)
-            && role_matches(flow, role, dir.opposite())
         {
             return Outcome::new(Reason::PassRelated, Some(flow.rule.clone()));
         }
@@ -313,9 +323,13 @@ impl Model {
             return Outcome::new(Reason::PassRuleUntracked, Some(rule));
         }
         let (id, _) = flow_id(iface, dir, pkt).expect("a trackable packet has a flow id");
+        if self.flows.contains_key(&id) {
+            // The key is taken by a live flow this packet could not use (an echo request
+            // against a flow the peer opened with the same id): allowed, but stateless.
+            return Outcome::new(Reason::PassRuleUntracked, Some(rule));
+        }
         if let Some((_, unconfirmed)) = self.capacity {
-            let replacing = self.flows.get(&id).is_some_and(|f| !f.confirmed);
-            if !replacing && self.count(false) >= unconfirmed {
+            if self.count(false) >= unconfirmed {
                 self.exceeded += 1;
                 return Outcome::new(Reason::DropCtFull, None);
             }
@@ -330,8 +344,6 @@ impl Model {
             L4::Tcp { flags, .. } if flags & tcp_flags::FIN != 0 => FlowState::Closing,
             _ => FlowState::New,
         };
-        // A flow opened while an old one of the same key exists (an echo request in the
-        // direction that did not open it) replaces it.
         self.flows.insert(
             id,
             Flow {
@@ -387,7 +399,9 @@ impl Model {
         next.state = match &pkt.l4 {
             L4::Tcp { flags, .. } => tcp_next(next.state, original, *flags),
             _ => {
-                if next.packets[0] >= 2 && next.packets[1] >= 2 && id.proto != 1 && id.proto != 58 {
+                // UDP, ICMP echo and other protocols: two or more packets each way is a
+                // stream, confirmed like an established TCP connection.
+                if next.packets[0] >= 2 && next.packets[1] >= 2 {
                     FlowState::Established
                 } else if !original && next.state == FlowState::New {
                     FlowState::Replied
@@ -424,6 +438,16 @@ fn role_matches(flow: &Flow, role: Option<EchoRole>, dir: Direction) -> bool {
         Some(EchoRole::Request) => flow.origin == dir,
         Some(EchoRole::Reply) => flow.origin != dir,
     }
+}
+
+/// Whether the firewall can read the flow out of an ICMP error's quote: same family as the
+/// error, not a later fragment, and (IPv6) no extension headers between the quoted header
+/// and its transport (they are not walked inside a quote).
+fn quote_is_readable(err: &Packet, inner: &Packet) -> bool {
+    if inner.is_v6() != err.is_v6() || inner.is_later_fragment() {
+        return false;
+    }
+    !(inner.is_v6() && (!inner.ext.is_empty() || inner.frag.is_some()))
 }
 
 /// TCP state after a packet (design's table): a reply moves NEW to REPLIED, a non-SYN packet
