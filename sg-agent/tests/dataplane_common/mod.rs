@@ -18,9 +18,7 @@ use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions, ifindex};
 use sg_agent::image::{LpmKey, MapImage, SlotTable};
 use sg_agent::model::build::rule_id;
 use sg_agent::policy::{Direction, IcmpMatch, Peer, Policy, Protocol, Rule, RuleId};
-use sg_common::{
-    IfaceConf, IfaceKey, PeerData, PortData, Reason, RuleVal, rule_flags,
-};
+use sg_common::{IfaceConf, IfaceKey, PeerData, PortData, Reason, RuleVal, rule_flags};
 
 // ---------------------------------------------------------------------------------------------
 // Network namespace
@@ -53,7 +51,18 @@ pub fn in_netns<T: Send + 'static>(f: impl FnOnce(Net) -> T + Send + 'static) ->
         let tid = unsafe { libc::gettid() };
         let ns = format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id());
         let out = Command::new("nsenter")
-            .args([ns.as_str(), "ip", "link", "add", "sgt0", "type", "veth", "peer", "name", "sgt1"])
+            .args([
+                ns.as_str(),
+                "ip",
+                "link",
+                "add",
+                "sgt0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "sgt1",
+            ])
             .output()
             .expect("running nsenter ip link add");
         assert!(
@@ -182,7 +191,9 @@ pub fn mini_compile(
     };
     let mut next_class = 1u32;
     for (n, (name, &ifindex)) in bindings.iter().enumerate() {
-        let iface = policy.interface(name).expect("bound interface in the policy");
+        let iface = policy
+            .interface(name)
+            .expect("bound interface in the policy");
         let n = n as u32;
         let (scope_in, scope_out) = (gbit | (2 * n + 1), gbit | (2 * n + 2));
         img.ifaces.insert(
@@ -206,7 +217,10 @@ pub fn mini_compile(
                 .flat_map(|g| g.rules(d))
                 .collect()
         };
-        for (dir, scope) in [(Direction::Ingress, scope_in), (Direction::Egress, scope_out)] {
+        for (dir, scope) in [
+            (Direction::Ingress, scope_in),
+            (Direction::Egress, scope_out),
+        ] {
             let here = rules(dir);
             let opposite = rules(dir.opposite());
             // Each rule's prefixes.
@@ -229,9 +243,8 @@ pub fn mini_compile(
                         let len = ps.iter().filter(|q| q.covers(&p)).map(|q| q.len).max()?;
                         let (boxes, width) = boxes(&r.protocol);
                         let world = matches!(&r.peer, Peer::Cidr(n) if n.prefix_len() == 0);
-                        let untracked = [6u8, 17].map(|proto| {
-                            world && opposite_allows_all(&opposite, proto, p.v4)
-                        });
+                        let untracked = [6u8, 17]
+                            .map(|proto| world && opposite_allows_all(&opposite, proto, p.v4));
                         Some(ClassRule {
                             id: r.id.clone(),
                             len,
@@ -281,7 +294,11 @@ pub fn mini_compile(
 fn prefixes(policy: &Policy, peer: &Peer) -> Vec<P128> {
     match peer {
         Peer::Cidr(n) => vec![P128::of(n)],
-        Peer::PrefixList(id) => policy.prefix_lists[id].entries.iter().map(P128::of).collect(),
+        Peer::PrefixList(id) => policy.prefix_lists[id]
+            .entries
+            .iter()
+            .map(P128::of)
+            .collect(),
         Peer::Group(g) => policy
             .interfaces
             .iter()
@@ -294,7 +311,8 @@ fn prefixes(policy: &Policy, peer: &Peer) -> Vec<P128> {
 /// C4's opposite-direction condition: a /0 CIDR rule of the family allowing all of `proto`.
 fn opposite_allows_all(opposite: &[&Rule], proto: u8, v4: bool) -> bool {
     opposite.iter().any(|r| {
-        let world = matches!(&r.peer, Peer::Cidr(n) if n.prefix_len() == 0 && n.addr().is_ipv4() == v4);
+        let world =
+            matches!(&r.peer, Peer::Cidr(n) if n.prefix_len() == 0 && n.addr().is_ipv4() == v4);
         world
             && match r.protocol {
                 Protocol::All => true,
@@ -453,23 +471,35 @@ impl Table {
     ) {
         self.rows += 1;
         let want_slot = rule.map(|n| {
-            *self
-                .slot_of
-                .get(&rule_id(n))
-                .unwrap_or_else(|| panic!("{}: row {intent:?} names rule {n}, not in any image", self.name))
+            *self.slot_of.get(&rule_id(n)).unwrap_or_else(|| {
+                panic!(
+                    "{}: row {intent:?} names rule {n}, not in any image",
+                    self.name
+                )
+            })
         });
         match self.dp.run_frame(hook, frame, ifindex) {
-            Err(e) => self.failures.push(format!("{intent} [{hook:?}]: run failed: {e:#}")),
+            Err(e) => self
+                .failures
+                .push(format!("{intent} [{hook:?}]: run failed: {e:#}")),
             Ok(r) => {
                 let mut bad = Vec::new();
                 if r.reason != reason {
                     bad.push(format!("reason {:?}, want {reason:?}", r.reason));
                 }
                 if r.pass != reason.is_pass() {
-                    bad.push(format!("action {} (pass={}), want pass={}", r.action, r.pass, reason.is_pass()));
+                    bad.push(format!(
+                        "action {} (pass={}), want pass={}",
+                        r.action,
+                        r.pass,
+                        reason.is_pass()
+                    ));
                 }
                 if r.slot != want_slot {
-                    bad.push(format!("charged slot {:?}, want {want_slot:?} (rule {rule:?})", r.slot));
+                    bad.push(format!(
+                        "charged slot {:?}, want {want_slot:?} (rule {rule:?})",
+                        r.slot
+                    ));
                 }
                 if !bad.is_empty() {
                     self.failures
@@ -480,14 +510,24 @@ impl Table {
     }
 
     /// The same stateless row on both ingress hooks (XDP and TC).
-    pub fn row_in(&mut self, intent: &str, ifindex: u32, frame: &[u8], reason: Reason, rule: Option<u64>) {
+    pub fn row_in(
+        &mut self,
+        intent: &str,
+        ifindex: u32,
+        frame: &[u8],
+        reason: Reason,
+        rule: Option<u64>,
+    ) {
         self.row(intent, Hook::XdpIn, ifindex, frame, reason, rule);
         self.row(intent, Hook::TcIn, ifindex, frame, reason, rule);
     }
 
     pub fn finish(self) {
         let passed = self.rows - self.failures.len();
-        eprintln!("fixture table {}: {passed}/{} rows pass", self.name, self.rows);
+        eprintln!(
+            "fixture table {}: {passed}/{} rows pass",
+            self.name, self.rows
+        );
         if !self.failures.is_empty() {
             panic!(
                 "fixture table {}: {} of {} rows failed:\n  {}",
