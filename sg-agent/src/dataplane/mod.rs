@@ -154,7 +154,8 @@ impl Dataplane {
             "loading the sg eBPF object (maps and programs); run as root (CAP_BPF, CAP_NET_ADMIN)",
         )?;
 
-        for name in [progs::XDP_INGRESS] {
+        {
+            let name = progs::XDP_INGRESS;
             let p: &mut Xdp = program(&mut ebpf, name)?;
             p.load()
                 .with_context(|| format!("loading program {name} (the verifier log follows)"))?;

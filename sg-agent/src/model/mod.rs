@@ -274,10 +274,10 @@ impl Model {
     /// Conntrack, related ICMP, policy, state: everything after parsing.
     fn judge(&mut self, iface: &str, dir: Direction, pkt: &Packet) -> Outcome {
         // Conntrack (C1-C3): hits never consult the rules (X1).
-        if let Some((id, role)) = flow_id(iface, dir, pkt) {
-            if let Some(out) = self.hit(&id, role, dir, pkt) {
-                return out;
-            }
+        if let Some((id, role)) = flow_id(iface, dir, pkt)
+            && let Some(out) = self.hit(&id, role, dir, pkt)
+        {
+            return out;
         }
 
         // Related ICMP errors (I2): the quoted packet travelled the other way.
@@ -328,11 +328,11 @@ impl Model {
             // against a flow the peer opened with the same id): allowed, but stateless.
             return Outcome::new(Reason::PassRuleUntracked, Some(rule));
         }
-        if let Some((_, unconfirmed)) = self.capacity {
-            if self.count(false) >= unconfirmed {
-                self.exceeded += 1;
-                return Outcome::new(Reason::DropCtFull, None);
-            }
+        if let Some((_, unconfirmed)) = self.capacity
+            && self.count(false) >= unconfirmed
+        {
+            self.exceeded += 1;
+            return Outcome::new(Reason::DropCtFull, None);
         }
         let timeouts = self
             .policy
