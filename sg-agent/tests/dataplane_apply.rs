@@ -365,7 +365,9 @@ fn attach_and_detach_on_a_veth() {
             .attach(&net.b.to_string(), IngressHook::Tc)
             .unwrap_or_else(|e| panic!("attach TC by ifindex: {e:#}"));
         assert_eq!(r.ingress, "tcx ingress");
-        assert_eq!(dp.attached(), vec![net.a, net.b]);
+        let mut both = vec![net.a, net.b];
+        both.sort();
+        assert_eq!(dp.attached(), both);
         let links = std::process::Command::new("ip")
             .args(["-d", "link", "show", "sgt0"])
             .output()
