@@ -613,6 +613,12 @@ impl Packet {
         b
     }
 
+    /// Bytes after the IP header (and extension headers): the transport header and payload,
+    /// or a later fragment's data.
+    pub fn transport_len(&self) -> usize {
+        self.l4_bytes().len()
+    }
+
     /// What an ICMP error quotes of this packet: its IP header (options and extension headers
     /// included) and the first 8 bytes after it (RFC 792; enough for ports and echo ids). The
     /// quoted total/payload length still describes the whole original packet, as real routers

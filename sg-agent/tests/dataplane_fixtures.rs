@@ -56,9 +56,9 @@ fn main_policy() -> Policy {
         .build()
 }
 
-fn main_table(net: Net) -> Table {
+fn main_table(name: &'static str, net: Net) -> Table {
     Table::new(
-        "main",
+        name,
         net,
         main_policy(),
         &[("web", net.lo), ("db", net.a)],
@@ -81,7 +81,7 @@ fn udp_pkt(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
 #[rustfmt::skip]
 fn fixtures_rules_and_conntrack() {
     in_netns(|net| {
-        let mut t = main_table(net);
+        let mut t = main_table("rules+conntrack", net);
         let web = net.lo;
 
         // E6 / C1: an allowed SYN opens a flow; its reply and the rest of the handshake pass
@@ -165,7 +165,7 @@ fn fixtures_rules_and_conntrack() {
 #[rustfmt::skip]
 fn fixtures_exemptions_and_parsing() {
     in_netns(|net| {
-        let mut t = main_table(net);
+        let mut t = main_table("exemptions+parsing", net);
         let web = net.lo;
         let all_hooks = |t: &mut Table, intent: &str, f: &[u8], r: sg_common::Reason| {
             for h in Hook::ALL {
@@ -246,7 +246,7 @@ fn fixtures_exemptions_and_parsing() {
 #[rustfmt::skip]
 fn fixtures_fragments() {
     in_netns(|net| {
-        let mut t = main_table(net);
+        let mut t = main_table("fragments", net);
         let web = net.lo;
         // IPv6: the fragment header.
         let first6 = udp_pkt(PEER6, HOST6, 2000, 53).with_payload(1200).with_frag(Frag::first(0xabcdef));

@@ -303,3 +303,20 @@ impl Dataplane {
         Ok(out)
     }
 }
+
+impl Dataplane {
+    /// Forgets every first-fragment verdict (tests; a policy change does not need it: later
+    /// fragments follow the verdict their first fragment got, like a tracked flow).
+    pub fn flush_fragments(&mut self) -> Result<usize> {
+        let keys: Vec<sg_common::FragKey> = self.maps.frags.keys().filter_map(|k| k.ok()).collect();
+        let mut n = 0;
+        for k in keys {
+            match self.maps.frags.remove(&k) {
+                Ok(()) => n += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting from {}", maps::FRAGS)),
+            }
+        }
+        Ok(n)
+    }
+}

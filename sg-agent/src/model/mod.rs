@@ -441,10 +441,11 @@ fn role_matches(flow: &Flow, role: Option<EchoRole>, dir: Direction) -> bool {
 }
 
 /// Whether the firewall can read the flow out of an ICMP error's quote: same family as the
-/// error, not a later fragment, and (IPv6) no extension headers between the quoted header
-/// and its transport (they are not walked inside a quote).
+/// error, not a later fragment, at least 8 bytes quoted after the IP header (I2: "the inner
+/// IP header plus 8 bytes must be present"; `Packet::quoted` quotes up to 8), and (IPv6) no
+/// extension headers between the quoted header and its transport (not walked in a quote).
 fn quote_is_readable(err: &Packet, inner: &Packet) -> bool {
-    if inner.is_v6() != err.is_v6() || inner.is_later_fragment() {
+    if inner.is_v6() != err.is_v6() || inner.is_later_fragment() || inner.transport_len() < 8 {
         return false;
     }
     !(inner.is_v6() && (!inner.ext.is_empty() || inner.frag.is_some()))
