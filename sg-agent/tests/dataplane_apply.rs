@@ -429,3 +429,114 @@ fn test_run_cost_per_packet() {
         );
     });
 }
+
+/// A private bpffs mount; unmounted and its (empty) mount point removed on drop.
+struct Bpffs(std::path::PathBuf);
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: plain syscall on a path we mounted.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Mounts a private bpffs for this thread (its own mount namespace, propagation cut off from
+/// the host), so pins vanish with the thread and nothing touches the host's /sys/fs/bpf.
+fn private_bpffs() -> Bpffs {
+    use std::ffi::CString;
+    // SAFETY: plain syscalls on this thread; CLONE_NEWNS with CLONE_FS affects only it.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_FS) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNS): {}",
+        std::io::Error::last_os_error()
+    );
+    let root = CString::new("/").unwrap();
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "making mounts private: {}",
+        std::io::Error::last_os_error()
+    );
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let target = CString::new(dir.to_str().unwrap()).unwrap();
+    let fs = CString::new("bpf").unwrap();
+    let rc = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "mounting bpffs: {}", std::io::Error::last_os_error());
+    Bpffs(dir)
+}
+
+#[test]
+fn pinned_maps_survive_a_reload_and_refuse_another_abi() {
+    in_netns(|net| {
+        let bpffs = private_bpffs();
+        let pin = bpffs.0.join("sg");
+        let opts = || LoadOptions {
+            capacities: Capacities::small(),
+            pin_dir: Some(pin.clone()),
+            ..LoadOptions::default()
+        };
+        let mut dp = Dataplane::load(opts()).unwrap_or_else(|e| panic!("load pinned: {e:#}"));
+        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
+        dp.apply(&a).unwrap_or_else(|e| panic!("apply: {e:#}"));
+        assert_eq!(verdict(&mut dp, net.lo, 22, 1), Reason::PassRuleNew);
+        drop(dp);
+        let abi = format!("abi-{}", sg_common::ABI_VERSION);
+        assert!(
+            pin.join(abi).join("SG_CT_NEW").exists(),
+            "maps pinned by name"
+        );
+
+        // A new agent adopts the maps: the policy, the flows and the counters are still there.
+        let mut dp = Dataplane::load(opts()).unwrap_or_else(|e| panic!("reload pinned: {e:#}"));
+        assert_eq!(dp.active_generation(), a.generation);
+        assert_eq!(
+            dp.generation_entries(a.generation),
+            (a.ifaces.len(), a.peers.len(), a.ports.len()),
+            "the mirror is rebuilt from the kernel"
+        );
+        dp.verify_mirror().unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            verdict(&mut dp, net.lo, 22, 1),
+            Reason::PassCtOriginal,
+            "flows survive"
+        );
+        assert_eq!(
+            dp.rule_counter(a.slots.slot(&rule_id(1)).unwrap())
+                .unwrap()
+                .packets,
+            2
+        );
+        let b = image(&dp, &http_policy(), net.lo, &a.slots);
+        dp.apply(&b)
+            .unwrap_or_else(|e| panic!("apply after reload: {e:#}"));
+        assert_eq!(dp.generation_entries(a.generation), (0, 0, 0));
+        drop(dp);
+
+        std::fs::create_dir(pin.join("abi-999")).unwrap();
+        let err = Dataplane::load(opts())
+            .err()
+            .expect("another ABI must be refused");
+        assert!(format!("{err:#}").contains("abi-999"), "{err:#}");
+    });
+}

@@ -57,12 +57,7 @@ fn main_policy() -> Policy {
 }
 
 fn main_table(name: &'static str, net: Net) -> Table {
-    Table::new(
-        name,
-        net,
-        main_policy(),
-        &[("web", net.lo), ("db", net.a)],
-    )
+    Table::new(name, net, main_policy(), &[("web", net.lo), ("db", net.a)])
 }
 
 fn syn(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {

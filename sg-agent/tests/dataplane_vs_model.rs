@@ -63,8 +63,10 @@ struct Bench {
 }
 
 fn run_sequence(b: &mut Bench, policy: &Policy, steps: &[Step]) -> Result<(), TestCaseError> {
-    b.dp.flush_conntrack().map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
-    b.dp.flush_fragments().map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+    b.dp.flush_conntrack()
+        .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+    b.dp.flush_fragments()
+        .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
     let mut model = Model::new(policy.clone());
     for (i, s) in steps.iter().enumerate() {
         let want = model.process(&s.iface, s.dir, &s.pkt);
@@ -73,10 +75,9 @@ fn run_sequence(b: &mut Bench, policy: &Policy, steps: &[Step]) -> Result<(), Te
             (Direction::Ingress, 0) => Hook::XdpIn,
             (Direction::Ingress, _) => Hook::TcIn,
         };
-        let got = b
-            .dp
-            .run_frame(hook, &s.pkt.to_frame(), b.ifindex[&s.iface])
-            .map_err(|e| TestCaseError::fail(format!("step {i}: {e:#}")))?;
+        let got =
+            b.dp.run_frame(hook, &s.pkt.to_frame(), b.ifindex[&s.iface])
+                .map_err(|e| TestCaseError::fail(format!("step {i}: {e:#}")))?;
         let got_rule = got.slot.and_then(|slot| b.image.slots.rule(slot).cloned());
         if got.reason != want.reason || got_rule != want.rule || got.pass != want.pass {
             return Err(TestCaseError::fail(format!(
@@ -103,10 +104,21 @@ fn kernel_agrees_with_the_model_on_random_sequences() {
                 .zip(devices)
                 .map(|(i, d)| (i.name.clone(), d))
                 .collect();
-            assert_eq!(ifindex.len(), policy.interfaces.len(), "{name}: more interfaces than devices");
+            assert_eq!(
+                ifindex.len(),
+                policy.interfaces.len(),
+                "{name}: more interfaces than devices"
+            );
             let mut dp = load();
-            let image = mini_compile(&policy, &ifindex, &SlotTable::default(), dp.next_generation(), 1024);
-            dp.apply(&image).unwrap_or_else(|e| panic!("{name}: apply: {e:#}"));
+            let image = mini_compile(
+                &policy,
+                &ifindex,
+                &SlotTable::default(),
+                dp.next_generation(),
+                1024,
+            );
+            dp.apply(&image)
+                .unwrap_or_else(|e| panic!("{name}: apply: {e:#}"));
             let bench = std::cell::RefCell::new(Bench { dp, image, ifindex });
             let mut runner = TestRunner::new(Config {
                 cases,

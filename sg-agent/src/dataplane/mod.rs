@@ -122,8 +122,8 @@ pub struct Dataplane {
     attached: BTreeMap<u32, attach::Attachment>,
 }
 
-/// The file in a pin directory naming the ABI its maps were created with.
-const ABI_FILE: &str = "ABI_VERSION";
+/// Maps are pinned in `<pin_dir>/abi-<ABI_VERSION>/`.
+const ABI_DIR_PREFIX: &str = "abi-";
 
 impl Dataplane {
     /// Loads the object, creating (or, with `pin_dir`, adopting) its maps, and loads the three
@@ -143,8 +143,8 @@ impl Dataplane {
             .map_max_entries(maps::EVENTS, c.events_bytes);
         let pin_paths: Vec<(&'static str, PathBuf)>;
         if let Some(dir) = &opts.pin_dir {
-            prepare_pin_dir(dir)?;
-            pin_paths = ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
+            let maps_dir = prepare_pin_dir(dir)?;
+            pin_paths = ALL_MAPS.iter().map(|n| (*n, maps_dir.join(n))).collect();
             for (name, path) in &pin_paths {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -238,33 +238,32 @@ const ALL_MAPS: [&str; 13] = [
     maps::EVENTS,
 ];
 
-/// Creates the pin directory and refuses maps pinned by an agent speaking another ABI.
-fn prepare_pin_dir(dir: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating pin directory {}", dir.display()))?;
-    let abi = dir.join(ABI_FILE);
-    match std::fs::read_to_string(&abi) {
-        Ok(s) => {
-            let v: u32 = s
-                .trim()
-                .parse()
-                .with_context(|| format!("{} is not a number", abi.display()))?;
-            if v != sg_common::ABI_VERSION {
-                bail!(
-                    "maps pinned in {} use ABI {v}, this agent speaks ABI {}; hint: stop the \
-                     old agent and remove the directory (conntrack state is lost)",
-                    dir.display(),
-                    sg_common::ABI_VERSION
-                );
-            }
+/// Creates the pin directory and returns where this ABI's maps live: `<dir>/abi-<N>`. bpffs
+/// holds only BPF objects (no plain files), so the ABI is in the directory name. Maps pinned
+/// under another ABI's directory are refused, never adopted: their layouts differ.
+fn prepare_pin_dir(dir: &std::path::Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "creating pin directory {}; hint: it must be on a bpffs (mount -t bpf bpf /sys/fs/bpf)",
+            dir.display()
+        )
+    })?;
+    let ours = format!("{ABI_DIR_PREFIX}{}", sg_common::ABI_VERSION);
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(ABI_DIR_PREFIX) && name != ours {
+            bail!(
+                "{} holds maps pinned under {name}, this agent speaks ABI {}; hint: stop the \
+                 old agent and remove {} (conntrack state is lost)",
+                dir.display(),
+                sg_common::ABI_VERSION,
+                dir.join(&name).display()
+            );
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&abi, format!("{}\n", sg_common::ABI_VERSION))
-                .with_context(|| format!("writing {}", abi.display()))?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", abi.display())),
     }
-    Ok(())
+    let maps = dir.join(ours);
+    std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
+    Ok(maps)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
