@@ -53,6 +53,21 @@ fn policies() -> Vec<(&'static str, Policy)> {
                 .iface("web", &["192.0.2.10", "2001:db8::10"], &["sg-w"])
                 .build(),
         ),
+        (
+            "prefix-lists",
+            PolicyBuilder::new()
+                .prefix_list("pl-1", &["198.51.100.0/25", "198.51.100.192/26", "203.0.113.7/32"])
+                .prefix_list("pl-6", &["2001:db8:1::/64", "2001:db8:1:0:8000::/65"])
+                .ingress("sg-p", tcp_range(1000, 1999), pl("pl-1"))
+                .ingress("sg-p", tcp(1500), cidr("198.51.100.0/24"))
+                .ingress("sg-p", udp(53), pl("pl-6"))
+                .ingress("sg-p", icmpv6_type(128), pl("pl-6"))
+                .egress("sg-p", tcp_range(0, 65535), pl("pl-1"))
+                .egress("sg-p", all(), sg("sg-p"))
+                .iface("a", &["192.0.2.10", "2001:db8::10"], &["sg-p"])
+                .iface("b", &["192.0.2.20", "2001:db8::20"], &["sg-p"])
+                .build(),
+        ),
     ]
 }
 
