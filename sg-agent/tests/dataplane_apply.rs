@@ -223,6 +223,16 @@ fn apply_into_full_maps_fails_cleanly_with_a_hint() {
 fn apply_refuses_the_live_generation_and_foreign_generation_bits() {
     in_netns(|net| {
         let mut dp = load();
+        // Nothing is live after a load: an image of the active generation (0) is accepted,
+        // written beside an empty generation 1 made active first, and then flipped to.
+        assert_eq!(dp.active_generation(), 0);
+        let b: BTreeMap<String, u32> = [("web".to_string(), net.lo)].into();
+        let zero = mini_compile(&ssh_policy(), &b, &SlotTable::default(), 0, 1024);
+        dp.apply(&zero)
+            .unwrap_or_else(|e| panic!("apply generation 0 first: {e:#}"));
+        assert_eq!(dp.active_generation(), 0);
+        assert_eq!(verdict(&mut dp, net.lo, 22, 9), Reason::PassRuleNew);
+        let mut dp = load();
         let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
         dp.apply(&a).unwrap_or_else(|e| panic!("apply A: {e:#}"));
         let err = dp.apply(&a).expect_err("A's generation is live now");

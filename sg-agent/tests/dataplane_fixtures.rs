@@ -341,3 +341,31 @@ fn fixtures_icmp_type_code_f4() {
         t.finish();
     });
 }
+
+/// The contract's per-packet C4 versus X2 (see model_semantics::c4_x2_contract_gap_...): the
+/// server's reply to an untracked world ssh flow opens a tracked egress flow, which then
+/// outlives the removal of the ingress rule. Pinned so a contract change shows up here.
+#[test]
+#[rustfmt::skip]
+fn fixtures_c4_x2_contract_gap() {
+    in_netns(|net| {
+        let web = net.lo;
+        let p = PolicyBuilder::new()
+            .ingress("sg-a", tcp(22), cidr("0.0.0.0/0")) // 1
+            .egress("sg-a", all(), cidr("0.0.0.0/0")) // 2
+            .iface("web", &[HOST], &["sg-a"])
+            .build();
+        let mut t = Table::new("c4-x2-gap", net, p, &[("web", web)]);
+        let s = syn(PEER, HOST, 40000, 22);
+        t.row("C4: world ssh, egress all: untracked", XdpIn, web, &s.to_frame(), PassRuleUntracked, Some(1));
+        t.row("C4 (contract): the reply is judged alone and opens an egress flow", TcOut, web, &s.reply().to_frame(), PassRuleNew, Some(2));
+        t.set_policy(
+            PolicyBuilder::new()
+                .rule_with_id(&rule_id(2).0, "sg-a", sg_agent::policy::Direction::Egress, all(), cidr("0.0.0.0/0"))
+                .iface("web", &[HOST], &["sg-a"])
+                .build(),
+        );
+        t.row("X2 gap: the session survives the ingress rule's removal", TcIn, web, &ack(PEER, HOST, 40000, 22).to_frame(), PassCtReply, Some(2));
+        t.finish();
+    });
+}

@@ -56,7 +56,10 @@ fn policies() -> Vec<(&'static str, Policy)> {
         (
             "prefix-lists",
             PolicyBuilder::new()
-                .prefix_list("pl-1", &["198.51.100.0/25", "198.51.100.192/26", "203.0.113.7/32"])
+                .prefix_list(
+                    "pl-1",
+                    &["198.51.100.0/25", "198.51.100.192/26", "203.0.113.7/32"],
+                )
                 .prefix_list("pl-6", &["2001:db8:1::/64", "2001:db8:1:0:8000::/65"])
                 .ingress("sg-p", tcp_range(1000, 1999), pl("pl-1"))
                 .ingress("sg-p", tcp(1500), cidr("198.51.100.0/24"))

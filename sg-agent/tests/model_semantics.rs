@@ -529,3 +529,33 @@ fn g1_exempt_first_fragment_lets_its_datagram_through() {
     let later = Packet::udp(addr(PEER), addr(HOST), 67, 68).with_frag(Frag::later(9, 1480, false));
     expect(&m.process("eth0", Ingress, &later), PassFragment, None);
 }
+
+/// Pins the contract as written (docs/design.md "C4: untracked flows", judged per packet) and
+/// shows where it departs from X2: the server's first reply to an untracked world ssh flow is
+/// judged by the egress allow-all rule, whose opposite direction has no allow-all, so the
+/// reply OPENS a tracked egress flow; once it exists, removing the ingress rule no longer
+/// cuts the session. AWS's own example ("removing ingress 22 from 0.0.0.0/0 cuts live SSH")
+/// says the reply is part of the untracked flow. Reported as an open contract issue; if the
+/// contract changes, this test flips.
+#[test]
+fn c4_x2_contract_gap_reply_of_an_untracked_flow_opens_tracked_state() {
+    let p = with_rules(|b| {
+        b.ingress("sg-a", tcp(22), cidr("0.0.0.0/0"))
+            .egress("sg-a", all(), cidr("0.0.0.0/0"))
+    });
+    let mut m = Model::new(p);
+    let syn = Packet::syn(addr(PEER), addr(HOST), 40000, 22);
+    expect(
+        &m.process("eth0", Ingress, &syn),
+        PassRuleUntracked,
+        Some(1),
+    );
+    expect(
+        &m.process("eth0", Egress, &syn.reply()),
+        PassRuleNew,
+        Some(2),
+    );
+    m.set_policy(with_rules(|b| b.egress("sg-a", all(), cidr("0.0.0.0/0"))));
+    let ack = Packet::tcp(addr(PEER), addr(HOST), 40000, 22, tcp_flags::ACK);
+    expect(&m.process("eth0", Ingress, &ack), PassCtReply, Some(2));
+}
