@@ -12,9 +12,11 @@
 //! read.rs     rule/reason counters, conntrack statistics and entries, flush, sweep
 //! testrun.rs  BPF_PROG_TEST_RUN of one frame, with the reason and rule it was charged to
 //! ```
-//! Pinning (maps and links under a bpffs directory, to survive agent restarts) hangs off
-//! [`LoadOptions::pin_dir`]: maps are pinned by name there and re-adopted on the next load,
-//! and the mirror is rebuilt from the kernel so the next apply diffs against the truth.
+//! Pinning hangs off [`LoadOptions::pin_dir`] (a bpffs directory): maps are pinned by name
+//! under `<pin_dir>/abi-<ABI_VERSION>/` and adopted by the next load (policy, conntrack and
+//! counters survive a restart), and the mirror is rebuilt from the kernel so the next apply
+//! works against the truth. Pinning the links (so enforcement survives the process too, and
+//! an upgrade replaces the program with `attach_to_link`) is the next step; it fits here.
 
 mod apply;
 mod attach;
