@@ -260,17 +260,26 @@ fn hit(key: &FlowKey, p: *mut FlowVal, confirmed: bool, pkt: &Pkt) -> Option<Ver
 pub fn create(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
     match unpack(create_call(key, pkt, t, slot)) {
         Some(v) => v,
-        None => Verdict::of(Reason::DropCtFull),
+        // Another CPU created this flow between our lookup and our insert: it is a hit now.
+        // (Looked up again from here, not from inside `create_call`, so the two frames are
+        // siblings on the stack rather than nested.)
+        None => match lookup(key, pkt) {
+            Some(v) => v,
+            // The key is taken by an entry this packet cannot use (an ICMP echo request
+            // against a flow the peer opened with the same id): allowed, but stateless.
+            None => Verdict::rule(Reason::PassRuleUntracked, slot),
+        },
     }
 }
 
+/// A BPF-to-BPF call of its own. `None`: the insert lost a race (-EEXIST).
 #[inline(never)]
 fn create_call(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Packed {
-    pack(Some(create_inline(key, pkt, t, slot)))
+    pack(create_inline(key, pkt, t, slot))
 }
 
 #[inline(always)]
-fn create_inline(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
+fn create_inline(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Option<Verdict> {
     let now = pkt.now;
     let (timeouts, state) = match pkt.l4 {
         L4_TCP => {
@@ -304,18 +313,12 @@ fn create_inline(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
     match SG_CT_NEW.insert(key, val, BPF_NOEXIST as u64) {
         Ok(()) => {
             ct_stat(ct_stat::NEW_INSERTS);
-            Verdict::rule(Reason::PassRuleNew, slot)
+            Some(Verdict::rule(Reason::PassRuleNew, slot))
         }
-        // Another CPU created this flow since our lookup: it is a hit now.
-        Err(e) if e == -EEXIST => match lookup(key, pkt) {
-            Some(v) => v,
-            // The key is taken by an entry this packet cannot use (an ICMP echo request
-            // against a flow the peer opened with the same id): allowed, but stateless.
-            None => Verdict::rule(Reason::PassRuleUntracked, slot),
-        },
+        Err(e) if e == -EEXIST => None,
         Err(_) => {
             ct_stat(ct_stat::EXCEEDED);
-            Verdict::of(Reason::DropCtFull)
+            Some(Verdict::of(Reason::DropCtFull))
         }
     }
 }

@@ -10,13 +10,15 @@ use crate::{
     verdict::{Packed, Verdict, pack, unpack},
 };
 
-/// The datagram a fragment belongs to, on this interface and direction.
+/// The datagram a fragment belongs to, on this interface and direction: (ifindex, direction,
+/// protocol, IP id, source, destination); for IPv6 the protocol is the fragment header's next
+/// header (see `Pkt::frag_proto`).
 #[inline(always)]
 fn key(pkt: &Pkt) -> FragKey {
     FragKey {
         ifindex: pkt.ifindex,
         dir: pkt.dir,
-        proto: pkt.proto,
+        proto: pkt.frag_proto,
         _pad: [0; 2],
         id: pkt.frag_id,
         _pad2: 0,
