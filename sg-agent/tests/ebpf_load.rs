@@ -380,7 +380,7 @@ fn ipv4_full(
     options: &[u8],
     payload: &[u8],
 ) -> Vec<u8> {
-    assert!(options.len() % 4 == 0);
+    assert!(options.len().is_multiple_of(4));
     let hl = 20 + options.len();
     let mut h = vec![0x40 | (hl / 4) as u8, 0];
     h.extend_from_slice(&((hl + payload.len()) as u16).to_be_bytes());
@@ -813,6 +813,15 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
         ),
         Reason::PassCtReply,
     );
+
+    // A long hop-by-hop header (328 bytes of options) is walked like a short one.
+    let mut hbh = vec![proto::TCP, 40];
+    hbh.extend_from_slice(&[1, 4, 0, 0, 0, 0]);
+    hbh.extend_from_slice(&[0; 320]);
+    hbh.extend_from_slice(&tcp(40006, 22, SYN));
+    let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &hbh));
+    dp.expect(Prog::XdpIn, &f, Reason::PassRuleNew);
+    dp.expect(Prog::TcIn, &f, Reason::PassCtOriginal);
 
     // Nine extension headers: more than sg walks.
     let mut chain = tcp(40004, 22, SYN);
