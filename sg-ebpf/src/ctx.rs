@@ -4,10 +4,11 @@
 //! bounds-checked packet accessor, [`ptr_at`]. It must not interpret packet bytes: parsing
 //! lives in `parse.rs`.
 //!
-//! Every read of packet bytes goes through [`Hook::load`], which copies a fixed-size value out
-//! of the packet. Callers never hold packet pointers, so nothing breaks when a TC read has to
-//! fall back to `bpf_skb_load_bytes` (a non-linear skb) and the verifier never has to track a
-//! packet pointer across a helper call.
+//! Every read of packet bytes goes through [`Hook::load`] (direct access, the hot path) or
+//! [`Hook::load_cold`] (a helper), which copy a fixed-size value out of the packet. Callers
+//! never hold packet pointers, so nothing breaks when a TC read has to fall back to
+//! `bpf_skb_load_bytes` (a non-linear skb) and the verifier never has to track a packet
+//! pointer across a helper call.
 use core::{
     mem::{MaybeUninit, size_of},
     ptr::read_volatile,
@@ -19,8 +20,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-/// The largest packet offset sg ever reads at. Every header sg parses starts below it; a
-/// header that would start further out is treated as truncated (see `parse.rs`).
+/// The largest offset a direct read may start at. Direct reads happen at small offsets only
+/// (at most 22 + 60 for a TCP header behind two VLAN tags and IPv4 options); headers that
+/// can sit further out are read with `load_cold`, which has no such bound.
 pub const MAX_OFF: usize = 1024;
 
 /// What the pipeline needs from a hook. Implemented for XDP and TC; the pipeline is generic

@@ -30,6 +30,10 @@ const NH_AH: u8 = 51;
 const NH_DSTOPTS: u8 = 60;
 pub const MAX_EXT_HDRS: usize = 8;
 
+/// The largest datagram an IP length field can describe. Longer ones exist only as GSO
+/// super-packets inside the host (BIG TCP), which carry a length of 0.
+const BIG_GSO: u32 = 65535;
+
 /// TCP flag bits (the 14th byte of the header).
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
@@ -293,7 +297,12 @@ fn parse_inline<C: Hook>(ctx: &C, pkt: &mut Pkt) -> Result<(), Reason> {
 fn parse_v4<C: Hook>(ctx: &C, pkt: &mut Pkt, l3: u32, frame: u32) -> Result<(), Reason> {
     let ip: Ipv4Hdr = ctx.load(l3 as usize).ok_or(Reason::DropBadIp)?;
     let ihl = (ip.vihl & 0x0f) as u32 * 4;
-    let tot_len = u16::from_be(ip.tot_len) as u32;
+    let mut tot_len = u16::from_be(ip.tot_len) as u32;
+    if tot_len == 0 && frame - l3 > BIG_GSO {
+        // IPv4 BIG TCP: a GSO super-packet over 64 KiB (only TC sees those, never the wire)
+        // says 0; its length is the skb's.
+        tot_len = frame - l3;
+    }
     if ip.vihl >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > frame - l3 {
         return Err(Reason::DropBadIp);
     }
@@ -338,9 +347,9 @@ fn parse_v6<C: Hook>(ctx: &C, pkt: &mut Pkt, l3: u32, frame: u32) -> Result<bool
     pkt.v6 = 1;
     pkt.src = ip.src;
     pkt.dst = ip.dst;
-    // A jumbogram (RFC 2675; what BIG TCP hands to TC) says 0 and carries the real length in
-    // a hop-by-hop option: the frame is the bound then.
-    pkt.ip_end = if plen == 0 && ip.next == NH_HOP {
+    // IPv6 BIG TCP: a GSO super-packet over 64 KiB (TC only) says 0 (with or without a
+    // jumbo hop-by-hop option, depending on the kernel); its length is the skb's.
+    pkt.ip_end = if plen == 0 && frame - l3 - 40 > BIG_GSO {
         frame
     } else {
         l3 + 40 + plen
