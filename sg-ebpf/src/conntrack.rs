@@ -167,6 +167,7 @@ pub fn lookup(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
 }
 
 /// A BPF-to-BPF call of its own: its stack frame is not the entry point's.
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 fn lookup_call(key: &FlowKey, pkt: &Pkt) -> Packed {
     pack(lookup_inline(key, pkt))
@@ -273,6 +274,7 @@ pub fn create(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
 }
 
 /// A BPF-to-BPF call of its own. `None`: the insert lost a race (-EEXIST).
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 fn create_call(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Packed {
     pack(create_inline(key, pkt, t, slot))

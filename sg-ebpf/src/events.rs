@@ -17,6 +17,7 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Emits the event for a drop or a new flow, if events are on, the interface wants this kind
 /// and the bucket has a token. Interfaces without a policy have no flags: no events.
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 pub fn emit(pkt: &Pkt, v: &Verdict) {
     let Some(cfg) = SG_CONFIG.get(0) else {

@@ -41,6 +41,7 @@ pub fn later(pkt: &Pkt) -> Verdict {
     }
 }
 
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 fn later_call(pkt: &Pkt) -> Packed {
     pack(Some(later_inline(pkt)))
@@ -73,6 +74,7 @@ fn later_inline(pkt: &Pkt) -> Verdict {
 /// Records a first fragment's verdict. A retransmitted first fragment overwrites the record
 /// (its verdict is as current as it gets). A failed write only orphans the later fragments,
 /// which fails closed.
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 pub fn record(pkt: &Pkt, v: &Verdict) {
     let k = key(pkt);

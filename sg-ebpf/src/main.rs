@@ -14,6 +14,15 @@
 //! maps.rs       every map
 //! ```
 //!
+//! Frames. Everything is `#[inline(always)]` except the steps marked `#[inline(never)]`
+//! (parse, conntrack lookup, flow creation, related ICMP, later fragments, fragment record,
+//! events): each is a BPF-to-BPF call with its own stack frame, all called from the entry
+//! point, never from each other, so the deepest chain is the entry frame plus one step. As one
+//! function the program needed ~900 bytes of stack (the limit is 512). Those steps return a
+//! packed scalar (`verdict::Packed`), never an `Option`/`Result`.
+//!
+//! Verifier workarounds are labelled `// verifier: <the message it avoids>` where they are.
+//!
 //! On the host (clippy, `cargo check --workspace`) the modules are type-checked; only the
 //! entry points, the panic handler and the license are BPF-only.
 #![cfg_attr(target_arch = "bpf", no_std)]

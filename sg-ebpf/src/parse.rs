@@ -57,7 +57,7 @@ pub const L4_ICMP: u8 = 3;
 
 /// A 16-byte address held as four words in memory order (network order bytes).
 ///
-/// verifier/stack: kept as words, not `[u8; 16]`. Byte arrays (alignment 1) get split by
+/// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- kept as words, not `[u8; 16]`. Byte arrays (alignment 1) get split by
 /// LLVM into 16 scalars each whenever two addresses are selected between (IPv4 or IPv6),
 /// and every byte then takes an 8-byte stack slot: the stack limit (512) was exceeded.
 pub type Words = [u32; 4];
@@ -253,6 +253,7 @@ const PARSED_IP: u32 = u32::MAX;
 
 /// A BPF-to-BPF call of its own (its header temporaries stay out of the entry point's
 /// frame); returns a plain u32 (see `verdict::Packed` for why not a `Result`).
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 fn parse_call<C: Hook>(ctx: &C, pkt: &mut Pkt) -> u32 {
     match parse_inline(ctx, pkt) {

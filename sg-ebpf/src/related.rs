@@ -37,6 +37,7 @@ pub fn lookup<C: Hook>(ctx: &C, pkt: &Pkt) -> Option<Verdict> {
 }
 
 /// A BPF-to-BPF call of its own: its stack frame is not the entry point's.
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 fn lookup_call<C: Hook>(ctx: &C, pkt: &Pkt) -> Packed {
     pack(lookup_inline(ctx, pkt))
