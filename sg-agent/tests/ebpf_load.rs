@@ -160,12 +160,8 @@ impl Dp {
 
     /// Runs one frame on loopback and returns (action, the one reason whose counter moved).
     fn judge(&self, prog: Prog, frame: &[u8]) -> (u32, Reason) {
-        self.judge_on(prog, LO, frame)
-    }
-
-    fn judge_on(&self, prog: Prog, ifindex: u32, frame: &[u8]) -> (u32, Reason) {
         let before = self.reasons();
-        let (action, _) = self.run_on(prog, ifindex, frame, 1);
+        let (action, _) = self.run_on(prog, LO, frame, 1);
         let after = self.reasons();
         let moved: Vec<(Reason, u64)> = Reason::ALL
             .iter()
@@ -686,6 +682,58 @@ fn interface_without_policy_fails_closed_with_drop_no_policy() {
         &udp4(LOCAL, 5353, REMOTE, 53),
         Reason::DropNoPolicy,
     );
+}
+
+#[test]
+fn e7_the_active_generation_selects_the_interface_policy() {
+    let mut dp = Dp::new();
+    dp.standard(); // generation 0
+    let syn = tcp4(REMOTE, 40060, LOCAL, 22, SYN);
+    let set_active = |dp: &mut Dp, g: u32| {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(dp.map_mut(maps::ACTIVE)).unwrap();
+        m.set(0, g, 0).unwrap();
+    };
+    set_active(&mut dp, 1);
+    dp.expect(Prog::XdpIn, &syn, Reason::DropNoPolicy);
+    // Generation 1: the same interface, its own scopes (the generation is their top bit),
+    // allowing TCP 23 only.
+    const G1: u32 = 1 << 31;
+    {
+        let mut m: HashMap<&mut MapData, IfaceKey, IfaceConf> =
+            HashMap::try_from(dp.map_mut(maps::IFACES)).unwrap();
+        let conf = IfaceConf {
+            scope_in: G1 | SCOPE_IN,
+            scope_out: G1 | SCOPE_OUT,
+            flags: 0,
+            _pad: 0,
+            timeouts: Timeouts::AWS_DEFAULT,
+        };
+        m.insert(
+            IfaceKey {
+                generation: 1,
+                ifindex: LO,
+            },
+            conf,
+            0,
+        )
+        .unwrap();
+    }
+    dp.peer(
+        G1 | SCOPE_IN,
+        v4m(Ipv4Addr::new(192, 0, 2, 0)),
+        96 + 24,
+        G1 | CLASS_WEB,
+    );
+    dp.port(G1 | CLASS_WEB, Some(proto::TCP), Some(23), 30, 0);
+    dp.expect(Prog::XdpIn, &syn, Reason::DropNoRule);
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(REMOTE, 40060, LOCAL, 23, SYN),
+        Reason::PassRuleNew,
+    );
+    // Back to generation 0: port 22 again.
+    set_active(&mut dp, 0);
+    dp.expect(Prog::XdpIn, &syn, Reason::PassRuleNew);
 }
 
 #[test]
