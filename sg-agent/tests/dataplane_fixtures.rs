@@ -342,12 +342,12 @@ fn fixtures_icmp_type_code_f4() {
     });
 }
 
-/// The contract's per-packet C4 versus X2 (see model_semantics::c4_x2_contract_gap_...): the
-/// server's reply to an untracked world ssh flow opens a tracked egress flow, which then
-/// outlives the removal of the ingress rule. Pinned so a contract change shows up here.
+/// C4 + X2 (design.md "C4"): the server's reply to an untracked world ssh flow is part of that
+/// untracked flow (the reverse packet is allowed untracked), so it opens no state, and
+/// removing the ingress rule cuts the live session at once.
 #[test]
 #[rustfmt::skip]
-fn fixtures_c4_x2_contract_gap() {
+fn fixtures_c4_reply_of_untracked_flow_stays_untracked_so_x2_cuts_it() {
     in_netns(|net| {
         let web = net.lo;
         let p = PolicyBuilder::new()
@@ -355,17 +355,19 @@ fn fixtures_c4_x2_contract_gap() {
             .egress("sg-a", all(), cidr("0.0.0.0/0")) // 2
             .iface("web", &[HOST], &["sg-a"])
             .build();
-        let mut t = Table::new("c4-x2-gap", net, p, &[("web", web)]);
+        let mut t = Table::new("c4-x2", net, p, &[("web", web)]);
         let s = syn(PEER, HOST, 40000, 22);
         t.row("C4: world ssh, egress all: untracked", XdpIn, web, &s.to_frame(), PassRuleUntracked, Some(1));
-        t.row("C4 (contract): the reply is judged alone and opens an egress flow", TcOut, web, &s.reply().to_frame(), PassRuleNew, Some(2));
+        t.row("C4: the reply belongs to the untracked flow: no state", TcOut, web, &s.reply().to_frame(), PassRuleUntracked, Some(2));
+        t.row("C4: the client's ACK is judged by the rules again", XdpIn, web, &ack(PEER, HOST, 40000, 22).to_frame(), PassRuleUntracked, Some(1));
+        t.row("C4: an outbound flow to another port stays tracked", TcOut, web, &syn(HOST, PEER, 40001, 443).to_frame(), PassRuleNew, Some(2));
         t.set_policy(
             PolicyBuilder::new()
                 .rule_with_id(&rule_id(2).0, "sg-a", sg_agent::policy::Direction::Egress, all(), cidr("0.0.0.0/0"))
                 .iface("web", &[HOST], &["sg-a"])
                 .build(),
         );
-        t.row("X2 gap: the session survives the ingress rule's removal", TcIn, web, &ack(PEER, HOST, 40000, 22).to_frame(), PassCtReply, Some(2));
+        t.row("X2: removing ingress 22 from 0.0.0.0/0 cuts the live session", XdpIn, web, &ack(PEER, HOST, 40000, 22).to_frame(), DropNoRule, None);
         t.finish();
     });
 }

@@ -195,11 +195,24 @@ fn c4_world_rule_with_opposite_allow_all_is_untracked() {
         Some(1),
     );
     assert!(m.flows().is_empty(), "untracked flows create no state");
-    // The reply is judged by the egress allow-all rule. It is a new egress flow of its own,
-    // and a tracked one: ingress has no allow-all rule for it (C4 looks at the opposite
-    // direction of each packet).
+    // The reply is allowed by the egress allow-all rule and belongs to the untracked flow
+    // (the reverse packet, the SYN, is allowed untracked): still no state.
     expect(
         &m.process("eth0", Egress, &syn.reply()),
+        PassRuleUntracked,
+        Some(2),
+    );
+    assert!(
+        m.flows().is_empty(),
+        "the reply of an untracked flow created state"
+    );
+    // An outbound flow to a port the ingress rule does not mirror is tracked as usual.
+    expect(
+        &m.process(
+            "eth0",
+            Egress,
+            &Packet::syn(addr(HOST), addr(PEER), 40001, 443),
+        ),
         PassRuleNew,
         Some(2),
     );
@@ -530,15 +543,11 @@ fn g1_exempt_first_fragment_lets_its_datagram_through() {
     expect(&m.process("eth0", Ingress, &later), PassFragment, None);
 }
 
-/// Pins the contract as written (docs/design.md "C4: untracked flows", judged per packet) and
-/// shows where it departs from X2: the server's first reply to an untracked world ssh flow is
-/// judged by the egress allow-all rule, whose opposite direction has no allow-all, so the
-/// reply OPENS a tracked egress flow; once it exists, removing the ingress rule no longer
-/// cuts the session. AWS's own example ("removing ingress 22 from 0.0.0.0/0 cuts live SSH")
-/// says the reply is part of the untracked flow. Reported as an open contract issue; if the
-/// contract changes, this test flips.
+/// C4 + X2 (design.md "C4"): the server's reply to an untracked world ssh flow belongs to that
+/// flow (the reverse packet is allowed untracked), so it opens no state, and removing the
+/// ingress rule cuts the live session (AWS: "removing ingress 22 from 0.0.0.0/0 cuts live SSH").
 #[test]
-fn c4_x2_contract_gap_reply_of_an_untracked_flow_opens_tracked_state() {
+fn c4_x2_reply_of_an_untracked_flow_stays_untracked_and_rule_removal_cuts_it() {
     let p = with_rules(|b| {
         b.ingress("sg-a", tcp(22), cidr("0.0.0.0/0"))
             .egress("sg-a", all(), cidr("0.0.0.0/0"))
@@ -552,10 +561,11 @@ fn c4_x2_contract_gap_reply_of_an_untracked_flow_opens_tracked_state() {
     );
     expect(
         &m.process("eth0", Egress, &syn.reply()),
-        PassRuleNew,
+        PassRuleUntracked,
         Some(2),
     );
+    assert!(m.flows().is_empty(), "an untracked flow left state behind");
     m.set_policy(with_rules(|b| b.egress("sg-a", all(), cidr("0.0.0.0/0"))));
     let ack = Packet::tcp(addr(PEER), addr(HOST), 40000, 22, tcp_flags::ACK);
-    expect(&m.process("eth0", Ingress, &ack), PassCtReply, Some(2));
+    expect(&m.process("eth0", Ingress, &ack), DropNoRule, None);
 }

@@ -90,10 +90,15 @@ fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
         return Verdict::of(Reason::DropNoRule);
     };
     match key {
-        Some(k) if rule.flags & rule_flags::UNTRACKED == 0 && conntrack::opens_flow(pkt) => {
+        Some(k)
+            if rule.flags & rule_flags::UNTRACKED == 0
+                && conntrack::opens_flow(pkt)
+                && !policy::answers_untracked(conf, pkt) =>
+        {
             conntrack::create(&k, pkt, &conf.timeouts, rule.slot)
         }
-        // C4 untracked flows, ICMP errors, echo replies and other ICMP types.
+        // C4 untracked flows (and answers within them), ICMP errors, echo replies and other
+        // ICMP types.
         _ => Verdict::rule(Reason::PassRuleUntracked, rule.slot),
     }
 }

@@ -14,7 +14,9 @@
 //! 3. no (protocol, port) entry of that class covers the packet: `DropNoRule`;
 //! 4. otherwise the entry's rule allows it (its slot is the E4 choice the compiler made).
 use aya_ebpf::maps::lpm_trie::Key;
-use sg_common::{DIR_INGRESS, IfaceConf, IfaceKey, PORT_FULL_BITS, PeerData, PortData, RuleVal};
+use sg_common::{
+    DIR_INGRESS, IfaceConf, IfaceKey, PORT_FULL_BITS, PeerData, PortData, RuleVal, rule_flags,
+};
 
 use crate::{
     maps::{SG_ACTIVE, SG_IFACES, SG_PEERS, SG_PORTS},
@@ -45,25 +47,50 @@ pub fn rule(conf: &IfaceConf, pkt: &Pkt) -> Option<RuleVal> {
     } else {
         (conf.scope_out, pkt.dst)
     };
-    let class = *SG_PEERS.get(Key::new(
-        PEER_FULL_BITS,
-        PeerData {
-            scope: scope.to_be_bytes(),
-            addr: addr(&remote),
-        },
-    ))?;
     // E6: the destination port (ingress: local, egress: remote); ICMP: type<<8|code.
     let port = match pkt.l4 {
         L4_TCP | L4_UDP => pkt.dport,
         L4_ICMP => (pkt.icmp_type as u16) << 8 | pkt.icmp_code as u16,
         _ => 0,
     };
+    lookup(scope, &remote, pkt.proto, port)
+}
+
+/// C4 for answers: true when the packet travelling back (the other direction, the same
+/// remote, its destination port = this packet's source port) would be allowed as an
+/// untracked flow. Then this TCP/UDP packet belongs to that untracked flow (e.g. the server's
+/// SYN-ACK of an untracked SSH session) and must not create state, or X2 would not hold.
+#[inline(always)]
+pub fn answers_untracked(conf: &IfaceConf, pkt: &Pkt) -> bool {
+    if pkt.l4 != L4_TCP && pkt.l4 != L4_UDP {
+        return false;
+    }
+    let (scope, remote) = if pkt.dir == DIR_INGRESS {
+        (conf.scope_out, pkt.src)
+    } else {
+        (conf.scope_in, pkt.dst)
+    };
+    match lookup(scope, &remote, pkt.proto, pkt.sport) {
+        Some(r) => r.flags & rule_flags::UNTRACKED != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn lookup(scope: u32, remote: &[u32; 4], proto: u8, port: u16) -> Option<RuleVal> {
+    let class = *SG_PEERS.get(Key::new(
+        PEER_FULL_BITS,
+        PeerData {
+            scope: scope.to_be_bytes(),
+            addr: addr(remote),
+        },
+    ))?;
     SG_PORTS
         .get(Key::new(
             PORT_FULL_BITS,
             PortData {
                 class: class.to_be_bytes(),
-                proto: pkt.proto,
+                proto,
                 port: port.to_be_bytes(),
                 _pad: 0,
             },

@@ -313,8 +313,23 @@ impl Model {
 
         // State, only after allow (C2, C3, C4).
         let opens_flow = match &pkt.l4 {
-            // C4: TCP and UDP may be untracked; ICMP and others are always tracked.
-            L4::Tcp { .. } | L4::Udp { .. } => tracked,
+            // C4: TCP and UDP may be untracked; ICMP and others are always tracked. A packet
+            // that answers an untracked flow (the reverse packet would be allowed untracked)
+            // is part of that flow and creates no state either, or X2 would not hold.
+            L4::Tcp { sport, .. } | L4::Udp { sport, .. } => {
+                tracked
+                    && !matches!(
+                        decide(
+                            &self.policy,
+                            iface,
+                            dir.opposite(),
+                            remote,
+                            pkt.proto(),
+                            *sport
+                        ),
+                        Decision::Allow { tracked: false, .. }
+                    )
+            }
             L4::IcmpEcho { request, .. } => *request,
             L4::Other { .. } => true,
             L4::IcmpOther { .. } | L4::IcmpError { .. } => false,
