@@ -36,8 +36,10 @@ use sg_common::{
 };
 
 pub use apply::ApplyReport;
-pub use attach::{AttachReport, IngressHook, XdpMode, ifindex};
-pub use read::{CtEntry, CtStats, CtTable};
+pub use attach::{
+    AttachReport, IngressHook, PinnedIface, XdpMode, ifindex, pinned_ifaces, unpin_iface,
+};
+pub use read::{CtEntry, CtStats, CtTable, ip_of, monotonic_ns};
 pub use testrun::{Hook, RunResult};
 
 /// Map capacities (`max_entries`), set before the maps are created.
@@ -122,6 +124,8 @@ pub struct Dataplane {
     caps: Capacities,
     mirror: apply::Mirror,
     attached: BTreeMap<u32, attach::Attachment>,
+    /// The event ring, taken from the object on first use.
+    events: Option<aya::maps::RingBuf<MapData>>,
 }
 
 /// Maps are pinned in `<pin_dir>/abi-<ABI_VERSION>/`.
@@ -187,6 +191,7 @@ impl Dataplane {
             caps: c,
             mirror: apply::Mirror::default(),
             attached: BTreeMap::new(),
+            events: None,
         };
         // Adopted (pinned) maps may hold a live policy: start from what the kernel has.
         dp.mirror = apply::Mirror::read(&dp.maps).context("reading the policy maps")?;

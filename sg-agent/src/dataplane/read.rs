@@ -320,3 +320,30 @@ impl Dataplane {
         Ok(n)
     }
 }
+
+impl Dataplane {
+    /// Takes up to `max` records from the event ring (drops and new flows, rate limited by
+    /// the datapath; see [`Dataplane::set_events_per_sec`]). Never blocks.
+    pub fn drain_events(&mut self, max: usize) -> Result<Vec<sg_common::Event>> {
+        if self.events.is_none() {
+            let m = self
+                .ebpf
+                .take_map(maps::EVENTS)
+                .context("the eBPF object has no event ring")?;
+            self.events =
+                Some(aya::maps::RingBuf::try_from(m).context("SG_EVENTS is not a ring buffer")?);
+        }
+        let rb = self.events.as_mut().expect("just set");
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = rb.next() else { break };
+            if item.len() >= std::mem::size_of::<sg_common::Event>() {
+                // SAFETY: Event is repr(C), Pod, and the record holds at least its size.
+                out.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr() as *const sg_common::Event)
+                });
+            }
+        }
+        Ok(out)
+    }
+}
