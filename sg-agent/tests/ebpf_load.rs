@@ -517,21 +517,7 @@ fn all_three_programs_pass_the_verifier_and_every_map_is_declared() {
         );
         assert!(xlated / 8 > 100, "{}: suspiciously small", prog.name());
     }
-    for name in [
-        maps::ACTIVE,
-        maps::IFACES,
-        maps::PEERS,
-        maps::PORTS,
-        maps::CT,
-        maps::CT_NEW,
-        maps::FRAGS,
-        maps::RULE_COUNTERS,
-        maps::REASON_COUNTERS,
-        maps::CT_STATS,
-        maps::CONFIG,
-        maps::RATE,
-        maps::EVENTS,
-    ] {
+    for name in maps::ALL {
         dp.map(name);
     }
 }

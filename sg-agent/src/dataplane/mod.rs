@@ -150,7 +150,7 @@ impl Dataplane {
         let pin_paths: Vec<(&'static str, PathBuf)>;
         if let Some(dir) = &opts.pin_dir {
             let maps_dir = prepare_pin_dir(dir)?;
-            pin_paths = ALL_MAPS.iter().map(|n| (*n, maps_dir.join(n))).collect();
+            pin_paths = maps::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect();
             for (name, path) in &pin_paths {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -227,23 +227,6 @@ impl Dataplane {
             .context("writing SG_CONFIG")
     }
 }
-
-/// Every map of the object, for pinning.
-const ALL_MAPS: [&str; 13] = [
-    maps::ACTIVE,
-    maps::IFACES,
-    maps::PEERS,
-    maps::PORTS,
-    maps::CT,
-    maps::CT_NEW,
-    maps::FRAGS,
-    maps::RULE_COUNTERS,
-    maps::REASON_COUNTERS,
-    maps::CT_STATS,
-    maps::CONFIG,
-    maps::RATE,
-    maps::EVENTS,
-];
 
 /// Creates the pin directory and returns where this ABI's maps live: `<dir>/abi-<N>`. bpffs
 /// holds only BPF objects (no plain files), so the ABI is in the directory name. Maps pinned
