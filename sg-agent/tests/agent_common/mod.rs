@@ -101,13 +101,15 @@ elif mode == "until-tcp":
         except OSError: s.close()
     print(json.dumps({"ok": False, "tries": tries}), flush=True); sys.exit(1)
 elif mode == "stream":
-    # Send 1 KiB every 2 ms for SECONDS; report what happened.
+    # Send 1 KiB every 2 ms for SECONDS or until the file STOP exists; report what happened.
     host, port, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     s = socket.socket(fam(host)); s.settimeout(5.0); s.connect((host, port))
     print("connected", flush=True)
+    stop = sys.argv[5] if len(sys.argv) > 5 else None
+    import os
     chunk = b"x" * 1024; sent = 0; err = None; end = time.monotonic() + secs
     try:
-        while time.monotonic() < end:
+        while time.monotonic() < end and not (stop and os.path.exists(stop)):
             s.sendall(chunk); sent += len(chunk); time.sleep(0.002)
         s.shutdown(socket.SHUT_WR); s.settimeout(10.0); s.recv(1)
     except OSError as e: err = str(e)
