@@ -376,7 +376,7 @@ impl Agent {
         let cookie = crate::state::netns_cookie().unwrap_or(0);
         let dp = self.dataplane()?;
         let tc = Instant::now();
-        let image = compile::compile(
+        let mut image = compile::compile(
             policy,
             &by_name,
             &prev_slots,
@@ -386,6 +386,12 @@ impl Agent {
             },
         )
         .map_err(|e| anyhow!("compiling the policy: {e}"))?;
+        // Drop events (flow log REJECT lines) are wanted on every interface; whether any are
+        // produced is one global switch (SG_CONFIG.events_per_sec), on while a daemon with a
+        // flow log runs. So a CLI apply beside such a daemon does not silence it.
+        for conf in image.ifaces.values_mut() {
+            conf.flags |= sg_common::iface_flags::LOG_DROPS;
+        }
         let compile_ms = ms(tc.elapsed());
         let entries = image.ifaces.len() + image.peers.len() + image.ports.len();
         test_stop_point("compiled");

@@ -127,6 +127,10 @@ pub async fn run(
         guard = Some(agent.hold_pins()?);
     }
     let mut flows = FlowLog::open(opts.flow_log.as_deref())?;
+    if agent.is_applied() {
+        // Flows a previous daemon already reported: only traffic from now on is logged.
+        flows.baseline(&mut agent)?;
+    }
 
     let listener = TcpListener::bind(&opts.metrics)
         .await
@@ -148,7 +152,12 @@ pub async fn run(
     loop {
         let next = tokio::select! {
             _ = &mut shutdown => break,
-            _ = hup.recv() => reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, "SIGHUP"),
+            _ = hup.recv() => {
+                // This read of the file counts for the poll too: a broken file is reported
+                // once, not again at the next tick.
+                fingerprint = src.fingerprint();
+                reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, "SIGHUP")
+            }
             _ = poll.tick() => {
                 let fp = src.fingerprint();
                 if fp != fingerprint || stats.waiting {
@@ -298,8 +307,10 @@ fn reload(
     if let Next::Detached = check_pins(agent, guard, stats) {
         return Next::Detached;
     }
-    let _ = report::sd_notify("RELOADING=1");
     let was_waiting = stats.waiting;
+    if !was_waiting {
+        let _ = report::sd_notify("RELOADING=1");
+    }
     match agent.apply(
         src,
         ApplyOptions {
@@ -343,10 +354,12 @@ fn reload(
             log::error!("reload on {why} failed, the enforced policy stays:\n{e:#}");
         }
     }
-    let _ = report::sd_notify(&format!(
-        "READY=1\nSTATUS={}",
-        status_line(agent, stats, opts)
-    ));
+    if !(was_waiting && stats.waiting) {
+        let _ = report::sd_notify(&format!(
+            "READY=1\nSTATUS={}",
+            status_line(agent, stats, opts)
+        ));
+    }
     Next::Continue
 }
 
@@ -556,6 +569,20 @@ impl FlowLog {
             rejects: BTreeMap::new(),
             last_flush: now_unix(),
         })
+    }
+
+    /// Counts what tracked flows carried so far without reporting it.
+    fn baseline(&mut self, agent: &mut Agent) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
+        for e in agent.conntrack()? {
+            self.seen
+                .insert((e.key, e.val.created_ns), (e.val.packets, e.val.bytes));
+        }
+        // Drop events queued while no daemon was reading are old news.
+        agent.dataplane()?.drain_events(usize::MAX)?;
+        Ok(())
     }
 
     fn take_events(&mut self, agent: &mut Agent) -> Result<()> {

@@ -317,14 +317,21 @@ pub fn join_host_mount_namespace() -> Result<()> {
     if !in_netns_exec_mounts(std::process::id()) {
         return Ok(());
     }
+    // The nearest ancestor; init (pid 1) when the parents are gone (`ip netns exec NS
+    // sg-agent daemon &` from a shell that has exited reparents the agent to init).
     let mut pid = parent_of(std::process::id());
     while let Some(p) = pid {
-        if p <= 1 {
+        if p == 0 {
             break;
         }
         if !in_netns_exec_mounts(p) {
             let path = format!("/proc/{p}/ns/mnt");
-            let f = File::open(&path).with_context(|| format!("open {path}"))?;
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                // init may be out of reach (a container): say what to do instead.
+                Err(_) if p == 1 => break,
+                Err(e) => return Err(e).with_context(|| format!("open {path}")),
+            };
             let cwd = std::env::current_dir().ok();
             // SAFETY: plain syscall on a valid fd; the process is still single-threaded.
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
@@ -338,6 +345,9 @@ pub fn join_host_mount_namespace() -> Result<()> {
                 let _ = std::env::set_current_dir(cwd);
             }
             return Ok(());
+        }
+        if p == 1 {
+            break;
         }
         pid = parent_of(p);
     }
