@@ -253,12 +253,16 @@ impl Agent {
         if self.dp.is_none() {
             self.sd.create()?;
             let maps_dir = self.sd.pins.join("maps");
-            self.capacities = dataplane::pinned_capacities(&maps_dir, self.capacities)?;
+            let hint = "loading the sg dataplane; hint: run as root (CAP_BPF, CAP_NET_ADMIN, \
+                        CAP_PERFMON)";
+            self.capacities =
+                dataplane::pinned_capacities(&maps_dir, self.capacities).context(hint)?;
             let mut dp = Dataplane::load(LoadOptions {
                 capacities: self.capacities,
                 pin_dir: Some(maps_dir),
                 object: None,
-            })?;
+            })
+            .context(hint)?;
             if self.is_applied() {
                 dp.adopt_slots(&self.state.slot_table());
             }
@@ -536,8 +540,31 @@ impl Agent {
             .map_err(|d| anyhow!("the applied policy no longer loads: {d}"))
     }
 
+    /// Read-only commands adopt the pinned maps; when they are gone they must not create
+    /// empty ones in their place.
+    fn require_pins(&self) -> Result<()> {
+        if self.dp.is_some() {
+            // A loaded dataplane holds its maps (a daemon; pins can be put back).
+            return Ok(());
+        }
+        let abi = self
+            .maps_dir()
+            .join(format!("abi-{ABI_VERSION}"))
+            .join(sg_common::maps::ACTIVE);
+        if !abi.exists() {
+            bail!(
+                "a policy is recorded in {} but its pinned maps are gone from {} (removed \
+                 by hand?): nothing is enforced; hint: sg-agent apply FILE, or sg-agent detach",
+                self.sd.run.display(),
+                self.sd.pins.display()
+            );
+        }
+        Ok(())
+    }
+
     pub fn status(&mut self) -> Result<Status> {
         self.require_applied()?;
+        self.require_pins()?;
         let links = self.links_dir();
         let pinned = dataplane::pinned_ifaces(&links);
         let dp = self.dataplane()?;
@@ -632,6 +659,7 @@ impl Agent {
     /// Per-rule counters (every applied rule, zero traffic included) and reason counters.
     pub fn counters(&mut self) -> Result<Counters> {
         self.require_applied()?;
+        self.require_pins()?;
         let slots = self.state.slots.clone();
         let rules_meta = self.state.applied.rules.clone();
         let dp = self.dataplane()?;
@@ -665,11 +693,13 @@ impl Agent {
 
     pub fn conntrack(&mut self) -> Result<Vec<CtEntry>> {
         self.require_applied()?;
+        self.require_pins()?;
         self.dataplane()?.conntrack()
     }
 
     pub fn flush_conntrack(&mut self) -> Result<usize> {
         self.require_applied()?;
+        self.require_pins()?;
         self.dataplane()?.flush_conntrack()
     }
 

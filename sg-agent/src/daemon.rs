@@ -79,6 +79,7 @@ pub async fn run(
     let src = FileSource(opts.config.clone());
     let mut stats = Stats::default();
     let mut fingerprint = src.fingerprint();
+    let mut host = host_fingerprint();
     let mut guard: Option<PinGuard> = None;
 
     // The first apply. A bad file with a policy already enforced (a restart) keeps that one;
@@ -160,10 +161,17 @@ pub async fn run(
             }
             _ = poll.tick() => {
                 let fp = src.fingerprint();
-                if fp != fingerprint || stats.waiting {
+                let hp = host_fingerprint();
+                if fp != fingerprint {
                     fingerprint = fp;
-                    let why = if stats.waiting { "interfaces check" } else { "file change" };
-                    reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, why)
+                    host = hp;
+                    reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, "file change")
+                } else if hp != host {
+                    // A device or an address came or went: the binding may differ (an
+                    // interface recreated under a new ifindex, the addresses of a waiting
+                    // policy configured at last).
+                    host = hp;
+                    reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, "interface change")
                 } else {
                     check_pins(&agent, &mut guard, &mut stats)
                 }
@@ -234,6 +242,11 @@ pub async fn run(
     }
     log::info!("stopping; enforcement stays (pinned). `sg-agent detach` removes it");
     Ok(())
+}
+
+/// The local devices (names, ifindexes, addresses): what binding depends on.
+fn host_fingerprint() -> Option<Vec<crate::bind::LocalIface>> {
+    crate::bind::local_interfaces().ok()
 }
 
 fn status_line(agent: &Agent, stats: &Stats, opts: &DaemonOptions) -> String {
