@@ -420,6 +420,11 @@ impl Site {
         self.probe("udp", SRV, port, None)
     }
 
+    /// One TCP connect + echo from cli to any address.
+    pub fn tcp_to(&self, host: &str, port: u16) -> bool {
+        self.probe("tcp", host, port, None)
+    }
+
     fn probe(&self, mode: &str, host: &str, port: u16, src: Option<&str>) -> bool {
         let mut c = self.cli.cmd("python3");
         c.arg(self.dir.join("probe.py"))
