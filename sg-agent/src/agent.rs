@@ -181,7 +181,23 @@ pub struct Agent {
     pub capacities: Capacities,
     /// Things worth telling the user that did not stop the command.
     pub warnings: Vec<String>,
+    /// A daemon's agent: once it has applied, finding the namespace detached under it (by
+    /// `sg-agent detach`) stops an apply with [`DetachedUnderUs`] instead of starting over.
+    pub stop_if_detached: bool,
 }
+
+/// The namespace was detached while this agent was running (see
+/// [`Agent::stop_if_detached`]).
+#[derive(Debug)]
+pub struct DetachedUnderUs;
+
+impl std::fmt::Display for DetachedUnderUs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the namespace was detached (`sg-agent detach`)")
+    }
+}
+
+impl std::error::Error for DetachedUnderUs {}
 
 impl Agent {
     /// Opens the namespace's state (without loading anything into the kernel yet). Refuses a
@@ -196,6 +212,7 @@ impl Agent {
             dp: None,
             capacities: Capacities::default(),
             warnings,
+            stop_if_detached: false,
         })
     }
 
@@ -217,6 +234,7 @@ impl Agent {
             dp: None,
             capacities: Capacities::default(),
             warnings,
+            stop_if_detached: false,
         })
     }
 
@@ -369,8 +387,12 @@ impl Agent {
             });
         }
 
+        let was_applied = self.is_applied();
         let _lock = self.sd.lock()?;
         self.refresh()?;
+        if self.stop_if_detached && was_applied && !self.is_applied() {
+            return Err(DetachedUnderUs.into());
+        }
         let diff = diff(&self.state.applied, &new_applied);
         let text = src.text()?;
         let links = self.links_dir();
@@ -713,9 +735,11 @@ impl Agent {
         PinGuard::hold(&self.links_dir(), &self.maps_dir())
     }
 
-    /// Removes links, maps, pins and state: enforcement stops.
-    pub fn detach(self) -> Result<Vec<String>> {
-        let _lock = self.sd.lock()?;
+    /// Removes links, maps, pins and state: enforcement stops. A daemon of this namespace
+    /// (it holds the links open) is stopped too, and waited for.
+    pub fn detach(self) -> Result<Detached> {
+        let lock = self.sd.lock()?;
+        let daemon = self.sd.daemon();
         let links = self.links_dir();
         let mut gone = Vec::new();
         for p in dataplane::pinned_ifaces(&links) {
@@ -736,7 +760,24 @@ impl Agent {
                 .with_context(|| format!("removing {}", self.sd.pins.display()))?;
         }
         self.sd.remove()?;
-        Ok(gone)
+        drop(lock);
+        let mut out = Detached {
+            interfaces: gone,
+            daemon: None,
+        };
+        if let Some((pid, claim)) = daemon {
+            // SAFETY: plain syscall; the pid holds this namespace's daemon claim.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let stopped = crate::state::wait_released(&claim, Duration::from_secs(10));
+            if !stopped {
+                bail!(
+                    "pins and state are removed but the daemon (pid {pid}) did not stop within \
+                     10 s; it holds the programs attached until it exits; hint: kill {pid}"
+                );
+            }
+            out.daemon = Some(pid);
+        }
+        Ok(out)
     }
 
     /// `explain`: the reference model's verdict and the real program's, for a new packet.
@@ -971,6 +1012,15 @@ fn describe_attach(dev: &str, r: &AttachReport) -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// What `detach` removed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Detached {
+    /// Devices whose programs were detached.
+    pub interfaces: Vec<String>,
+    /// The daemon that was stopped.
+    pub daemon: Option<i32>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

@@ -466,10 +466,19 @@ pub fn detach(g: &Globals) -> Result<()> {
     for w in &a.warnings {
         eprintln!("warning: {w} (removed anyway)");
     }
-    let gone = a.detach()?;
+    let d = a.detach()?;
+    let gone = d.interfaces;
     if g.json {
-        println!("{}", serde_json::json!({ "detached": gone }));
-    } else if gone.is_empty() {
+        println!(
+            "{}",
+            serde_json::json!({ "detached": gone, "daemon_stopped": d.daemon })
+        );
+        return Ok(());
+    }
+    if let Some(pid) = d.daemon {
+        println!("stopped the daemon (pid {pid})");
+    }
+    if gone.is_empty() {
         println!("nothing was attached; pins and state removed");
     } else {
         println!(

@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::{self, Agent, ApplyOptions, FileSource, NotOnThisHost, PolicySource};
+use crate::agent::{
+    self, Agent, ApplyOptions, DetachedUnderUs, FileSource, NotOnThisHost, PolicySource,
+};
 use crate::cli::InvalidInput;
 use crate::dataplane::{Capacities, PinGuard, ip_of};
 use crate::report::{self, FlowRecord, Sample};
@@ -72,6 +74,7 @@ pub async fn run(
     let hook = agent::parse_hook(&opts.ingress_hook)?;
     let mut agent = Agent::open(state_dir.as_deref())?;
     agent.capacities = capacities;
+    agent.stop_if_detached = true;
     for w in &agent.warnings {
         log::warn!("{w}");
     }
@@ -357,6 +360,10 @@ fn reload(
                 Ok(g) => *guard = Some(g),
                 Err(e) => log::warn!("holding the pins: {e:#}"),
             }
+        }
+        Err(e) if e.downcast_ref::<DetachedUnderUs>().is_some() => {
+            *guard = None;
+            return Next::Detached;
         }
         Err(e) if was_waiting && e.downcast_ref::<NotOnThisHost>().is_some() => {
             log::debug!("still waiting: {e}");

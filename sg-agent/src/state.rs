@@ -145,6 +145,19 @@ impl StateDir {
         Ok(Some(Lock { _file: f }))
     }
 
+    /// The running daemon of this namespace, if any: its pid and an open handle on its
+    /// claim, to wait for it to let go ([`wait_released`]).
+    pub fn daemon(&self) -> Option<(i32, File)> {
+        let path = self.run.join("daemon.pid");
+        let f = File::options().read(true).write(true).open(&path).ok()?;
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return None;
+        }
+        let pid = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+        Some((pid, f))
+    }
+
     /// Claims the namespace for one daemon (non-blocking); the claim ends with the process.
     pub fn claim_daemon(&self) -> Result<Lock> {
         create_private_dir(&self.run)?;
@@ -220,6 +233,19 @@ impl StateDir {
         }
         Ok(())
     }
+}
+
+/// Waits (bounded) until the holder of a daemon claim has exited. True when it has.
+pub fn wait_released(f: &File, timeout: std::time::Duration) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < timeout {
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
 }
 
 /// Held while changing the namespace's enforcement.

@@ -339,3 +339,35 @@ fn daemon_started_before_the_addresses_waits_for_them() {
         log_of(&log)
     );
 }
+
+#[test]
+fn detach_stops_the_daemon_and_enforcement() {
+    // The daemon holds the links open (so removed pins can be put back): detach must make it
+    // let go, or enforcement would outlive the detach.
+    let mut site = Site::new("ddet");
+    site.serve(SERVER);
+    let cfg = site.policy("policy.yaml", POLICY_A);
+    let notify = Notify::new(&site);
+    let log = site.dir.join("daemon.log");
+    let mut d = site.agent_bg(
+        &["daemon", "--config", cfg.to_str().unwrap(), "--poll", "1"],
+        &[("NOTIFY_SOCKET", &notify.path)],
+        &log,
+    );
+    notify.expect("READY=1");
+    assert_enforces_a(&site, "daemon running");
+    let out = site.agent_ok(&["detach"]);
+    assert!(
+        out.contains(&format!("stopped the daemon (pid {})", d.pid())),
+        "{out}"
+    );
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        log_of(&log)
+    );
+    site.assert_clean();
+    assert_eq!(site.xdp_prog_id("eth0"), 0, "XDP program left after detach");
+    assert!(site.tcp(5003, None), "still filtering after detach");
+}

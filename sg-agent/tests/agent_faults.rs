@@ -55,22 +55,36 @@ fn sigkill_at_any_stage_of_an_apply_leaves_one_whole_policy_and_a_new_agent_adop
         let w = warnings(&site);
         if b_in_force {
             assert!(
-                w.iter().any(|w| w.contains("interrupted after it took effect")),
+                w.iter()
+                    .any(|w| w.contains("interrupted after it took effect")),
                 "{when}: status does not report the interrupted apply: {w:?}"
             );
         } else {
             assert!(w.is_empty(), "{when}: unexpected warnings {w:?}");
         }
-        assert!(site.rule_packets(&app) >= packets, "{when}: counters went back");
+        assert!(
+            site.rule_packets(&app) >= packets,
+            "{when}: counters went back"
+        );
 
         // The next apply replaces the programs in the pinned links and enforces cleanly.
         let prog = site.xdp_prog_id("eth0");
         assert_ne!(prog, 0);
         site.apply(&a);
-        assert_ne!(site.xdp_prog_id("eth0"), prog, "{when}: program not replaced");
+        assert_ne!(
+            site.xdp_prog_id("eth0"),
+            prog,
+            "{when}: program not replaced"
+        );
         assert_enforces_a(&site, &format!("{when}, then applied A"));
-        assert!(warnings(&site).is_empty(), "{when}: warnings after a clean apply");
-        assert!(site.rule_packets(&app) >= packets + 3, "{when}: counters restarted");
+        assert!(
+            warnings(&site).is_empty(),
+            "{when}: warnings after a clean apply"
+        );
+        assert!(
+            site.rule_packets(&app) >= packets + 3,
+            "{when}: counters restarted"
+        );
     }
 }
 
@@ -89,7 +103,9 @@ fn daemon_killed_during_a_reload_leaves_one_whole_policy_and_a_new_daemon_takes_
             &log,
         );
         site.wait("the daemon's first apply", Duration::from_secs(60), || {
-            std::fs::read_to_string(&log).unwrap_or_default().contains("metrics on")
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("metrics on")
         });
         assert_enforces_a(&site, &format!("daemon ({stage}) started"));
         let app = rule_id(&site, "app");
@@ -116,8 +132,14 @@ fn daemon_killed_during_a_reload_leaves_one_whole_policy_and_a_new_daemon_takes_
                 .contains("metrics on")
         });
         assert_enforces_b(&site, &format!("{when}, new daemon"));
-        assert!(warnings(&site).is_empty(), "{when}: warnings after the new daemon");
-        assert!(site.rule_packets(&app) >= packets, "{when}: counters went back");
+        assert!(
+            warnings(&site).is_empty(),
+            "{when}: warnings after the new daemon"
+        );
+        assert!(
+            site.rule_packets(&app) >= packets,
+            "{when}: counters went back"
+        );
         d2.signal(libc::SIGTERM);
         assert_eq!(d2.wait_exit(Duration::from_secs(20)), Some(0));
     }
@@ -143,7 +165,9 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
         &log,
     );
     site.wait("the daemon's apply", Duration::from_secs(60), || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("metrics on")
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("metrics on")
     });
     assert_enforces_a(&site, "daemon running");
     let links = site.link_pins();
@@ -153,26 +177,42 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
 
     std::fs::remove_dir_all(&site.pins).unwrap();
     // The daemon holds the links: still enforcing, right away.
-    assert!(!site.tcp(5003, None), "tcp 5003 passed once the pins were removed");
-    assert_eq!(site.xdp_prog_id("eth0"), prog, "the XDP program went with the pins");
+    assert!(
+        !site.tcp(5003, None),
+        "tcp 5003 passed once the pins were removed"
+    );
+    assert_eq!(
+        site.xdp_prog_id("eth0"),
+        prog,
+        "the XDP program went with the pins"
+    );
     site.wait("the pins to be put back", Duration::from_secs(10), || {
         site.link_pins() == links && site.pins.join("maps/abi-1/SG_PORTS").exists()
     });
     assert!(
-        std::fs::read_to_string(&log).unwrap().contains("were pinned again"),
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("were pinned again"),
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
     let metrics = site
         .srv
         .run_ok(
-            &["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9617/metrics"],
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9617/metrics",
+            ],
             Duration::from_secs(10),
         )
         .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("sg_pins_restored_total ")
-            && l != "sg_pins_restored_total 0"),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sg_pins_restored_total ") && l != "sg_pins_restored_total 0"),
         "{metrics}"
     );
     assert_enforces_a(&site, "after the pins were put back");
@@ -194,7 +234,10 @@ fn pins_removed_without_a_daemon_stop_enforcement_until_the_next_apply() {
     site.wait("the links to go", Duration::from_secs(5), || {
         site.xdp_prog_id("eth0") == 0
     });
-    assert!(site.tcp(5003, None), "nothing enforces any more, 5003 must pass");
+    assert!(
+        site.tcp(5003, None),
+        "nothing enforces any more, 5003 must pass"
+    );
     // Read-only commands say so and create nothing.
     let o = site.agent(&["status"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -245,7 +288,10 @@ fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
     assert!(e.contains("SG_PORTS") && e.contains("full"), "{e}");
     assert!(e.contains("rolled back"), "{e}");
     assert_enforces_a(&site, "after the failed apply");
-    assert!(!site.tcp_to(SRV, 6001), "a port of the failed policy passed");
+    assert!(
+        !site.tcp_to(SRV, 6001),
+        "a port of the failed policy passed"
+    );
     assert_eq!(
         std::fs::read(site.run.join("state.json")).unwrap(),
         state,
@@ -275,13 +321,20 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
     // Deleted: the pins stay (their links detached), status says so.
     site.srv.ip(&["link", "del", "eth0"]).unwrap();
     let w = warnings(&site);
-    assert!(w.iter().any(|w| w.contains(&format!("ifindex {old} is gone"))), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|w| w.contains(&format!("ifindex {old} is gone"))),
+        "{w:?}"
+    );
 
     // Recreated under a new ifindex: not enforced until the next apply (fail open).
     site.plug("eth0", None);
     let new = site.srv.ifindex("eth0").unwrap();
     assert_ne!(new, old);
-    assert!(site.tcp(5003, None), "the new device is not enforced before an apply");
+    assert!(
+        site.tcp(5003, None),
+        "the new device is not enforced before an apply"
+    );
     let out = site.apply(&a);
     let detached = out["detached"].to_string();
     assert!(detached.contains("stale pins removed"), "{out}");
@@ -313,16 +366,22 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
         &log,
     );
     site.wait("the daemon's apply", Duration::from_secs(60), || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("metrics on")
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("metrics on")
     });
     site.srv.ip(&["link", "del", "eth0"]).unwrap();
     site.plug("eth0", None);
     let third = site.srv.ifindex("eth0").unwrap();
-    site.wait("the daemon to attach the new device", Duration::from_secs(20), || {
-        site.link_pins() == vec![format!("{third}-in-xdp"), format!("{third}-out-tc")]
-    });
+    site.wait(
+        "the daemon to attach the new device",
+        Duration::from_secs(20),
+        || site.link_pins() == vec![format!("{third}-in-xdp"), format!("{third}-out-tc")],
+    );
     assert!(
-        std::fs::read_to_string(&log).unwrap().contains("interface change"),
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("interface change"),
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
@@ -407,12 +466,18 @@ fn a_full_conntrack_table_drops_new_flows_counts_them_and_keeps_established_ones
     );
     let c = site.counters();
     assert!(c["conntrack"]["exceeded"].as_u64().unwrap() > 0, "{c}");
-    assert!(c["reasons"]["drop_conntrack_full"].as_u64().unwrap() > 0, "{c}");
+    assert!(
+        c["reasons"]["drop_conntrack_full"].as_u64().unwrap() > 0,
+        "{c}"
+    );
     let st = site.agent_json(&["status"]);
     assert_eq!(st["conntrack"]["confirmed_available"], 0, "{st}");
     // Untracked traffic and ICMP errors are not the point here; a new flow stays refused
     // until entries expire or are flushed.
-    assert!(!site.tcp(5001, None), "a new flow passed with the table full");
+    assert!(
+        !site.tcp(5001, None),
+        "a new flow passed with the table full"
+    );
     site.agent_ok(&["conntrack", "flush"]);
     assert!(site.tcp(5001, None), "after a flush new flows pass again");
 }
@@ -469,7 +534,10 @@ fn without_native_xdp_the_agent_falls_back_to_generic_mode_and_enforces() {
         "gen.yaml",
         "security_groups:\n  - id: sg-web\n    ingress:\n      - {protocol: tcp, ports: 5001, source: 192.0.2.0/24}\ninstances:\n  - {name: web-1, addresses: [192.0.2.21], groups: [sg-web]}\n",
     );
-    assert!(site.tcp_to("192.0.2.21", 5003), "control: 5003 open without sg");
+    assert!(
+        site.tcp_to("192.0.2.21", 5003),
+        "control: 5003 open without sg"
+    );
     let out = site.agent_ok(&["apply", p.to_str().unwrap()]);
     assert!(
         out.contains("native XDP on macv0 failed") && out.contains("generic"),
