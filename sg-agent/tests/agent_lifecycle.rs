@@ -552,8 +552,19 @@ fn systemd_unit_verifies() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("sg-agent.service");
     std::fs::write(&p, unit.replace("/usr/local/bin/sg-agent", BIN)).unwrap();
+    // Documentation=man:sg-agent(1) must resolve: install `sg-agent man` in a private MANPATH.
+    std::fs::create_dir_all(dir.join("man/man1")).unwrap();
+    let o = run_bounded(
+        {
+            let mut c = Command::new(BIN);
+            c.arg("man");
+            c
+        },
+        Duration::from_secs(20),
+    );
+    std::fs::write(dir.join("man/man1/sg-agent.1"), &o.stdout).unwrap();
     let mut c = Command::new("systemd-analyze");
-    c.args(["verify", "--man=no"]).arg(&p);
+    c.arg("verify").arg(&p).env("MANPATH", dir.join("man"));
     let o = run_bounded(c, Duration::from_secs(60));
     let _ = std::fs::remove_dir_all(&dir);
     let all = format!(
