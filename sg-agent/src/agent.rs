@@ -976,7 +976,8 @@ fn load_state(sd: &StateDir, check_netns: bool, warnings: &mut Vec<String>) -> R
         );
     }
     if check_netns && state.netns_cookie != 0 {
-        let here = crate::state::netns_cookie()?;
+        // Kernels without SO_NETNS_COOKIE (< 5.14) record 0 and skip the check.
+        let here = crate::state::netns_cookie().unwrap_or(state.netns_cookie);
         if here != state.netns_cookie {
             let links = sd.pins.join("links");
             for p in dataplane::pinned_ifaces(&links) {

@@ -551,3 +551,34 @@ fn without_native_xdp_the_agent_falls_back_to_generic_mode_and_enforces() {
     assert_eq!(xdp_mode(&site.srv, "macv0"), "generic");
     assert!(!site.tcp_to("192.0.2.21", 5003));
 }
+
+#[test]
+fn state_left_by_a_deleted_namespace_whose_inode_is_reused_is_not_adopted() {
+    // Default directories are named after the namespace's inode, which the kernel reuses
+    // once a namespace is gone. The state records the namespace's cookie (never reused):
+    // state written under another cookie is a dead namespace's, removed rather than adopted.
+    // Simulated here by rewriting the cookie of this namespace's own state.
+    let mut site = Site::new("cook");
+    site.serve(SERVER);
+    let a = site.policy("a.yaml", POLICY_A);
+    site.apply(&a);
+    let path = site.run.join("state.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let cookie = st["netns_cookie"].as_u64().unwrap();
+    assert_ne!(cookie, 0, "the state records the namespace cookie");
+    st["netns_cookie"] = (cookie + 1).into();
+    std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
+    let o = site.agent(&["apply", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("left by a deleted network namespace"),
+        "{}",
+        text(&o)
+    );
+    // Started afresh: new maps and links, no trace of the "dead" namespace's counters.
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("+ group sg-web"), "{out}");
+    assert_enforces_a(&site, "after the fresh start");
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(st["netns_cookie"], cookie, "{st}");
+}
