@@ -308,7 +308,7 @@ impl Agent {
             self.state = disk;
             self.dp = None;
         } else if let Some(dp) = &self.dp
-            && dp.verify_mirror().is_err()
+            && !dp.still_current().unwrap_or(false)
         {
             self.dp = None;
         }

@@ -371,3 +371,84 @@ fn detach_stops_the_daemon_and_enforcement() {
     assert_eq!(site.xdp_prog_id("eth0"), 0, "XDP program left after detach");
     assert!(site.tcp(5003, None), "still filtering after detach");
 }
+
+#[test]
+fn cli_applies_beside_a_daemon_never_make_its_reloads_write_the_live_generation() {
+    // A CLI apply flips the generation under the daemon. Its next reload must notice (state
+    // file, SG_ACTIVE) and reload its picture of the kernel; otherwise it writes its policy
+    // into the live generation on top of the CLI's entries, which it does not know about and
+    // never deletes: the CLI's rules stay in force (found by this test: tcp 5002 leaked). An
+    // untracked stream allowed by both policies with different encodings (a port, a range)
+    // would also see any gap.
+    let mut site = Site::new("dcli");
+    let result = site.dir.join("sink.json");
+    let stop = site.dir.join("stop");
+    site.serve(&[&format!("sink:5009:{}", result.display()), "tcp:5002"]);
+    let one = "security_groups:\n  - id: sg-web\n    ingress:\n      - {protocol: tcp, ports: 5009, source: 0.0.0.0/0}\ninstances:\n  - {name: web-1, addresses: [192.0.2.11], groups: [sg-web]}\n";
+    let two = "security_groups:\n  - id: sg-web\n    ingress:\n      - {protocol: tcp, ports: 5000-5010, source: 0.0.0.0/0}\ninstances:\n  - {name: web-1, addresses: [192.0.2.11], groups: [sg-web]}\n";
+    let cfg = site.policy("daemon.yaml", one);
+    let other = site.policy("cli.yaml", two);
+    let notify = Notify::new(&site);
+    let log = site.dir.join("daemon.log");
+    let d = site.agent_bg(
+        &[
+            "daemon",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--poll",
+            "3600",
+        ],
+        &[("NOTIFY_SOCKET", &notify.path)],
+        &log,
+    );
+    notify.expect("READY=1");
+    let client = site.probe_bg(&["stream", SRV, "5009", "300", stop.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..10 {
+        site.apply(&other);
+        d.signal(libc::SIGHUP);
+        notify.expect("STATUS=enforcing");
+        let st = site.agent_json(&["status"]);
+        assert_eq!(st["generation"], st["kernel_generation"], "round {i}: {st}");
+        assert!(
+            st["warnings"].as_array().unwrap().is_empty(),
+            "round {i}: {st}"
+        );
+        assert!(
+            !site.tcp(5002, None),
+            "round {i}: the CLI's policy (5000-5010) is still in force after the daemon \
+             applied its own (5009 only)"
+        );
+    }
+    // The stream socket's own retransmissions (the dropped 5002 probes retransmit too, so
+    // the namespace-wide counter would not do).
+    let ss = site
+        .cli
+        .run_ok(&["ss", "-tinH", "dport = :5009"], Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        ss.contains("192.0.2.11:5009"),
+        "stream socket not found: {ss}"
+    );
+    assert!(
+        !ss.contains("retrans:"),
+        "the stream lost packets while the CLI and the daemon took turns: {ss}"
+    );
+    std::fs::write(&stop, b"").unwrap();
+    let res = probe_result(client, Duration::from_secs(30));
+    site.wait("the sink's report", Duration::from_secs(10), || {
+        result.exists()
+    });
+    let sink: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    assert!(
+        res["error"].is_null() && sink["error"].is_null(),
+        "{res} {sink}"
+    );
+    assert_eq!(res["sent"], sink["bytes"]);
+    assert_eq!(
+        log_of(&log).matches("reloaded on SIGHUP").count(),
+        10,
+        "{}",
+        log_of(&log)
+    );
+}

@@ -595,6 +595,15 @@ pub fn pinned_capacities(maps_dir: &Path, requested: Capacities) -> Result<Capac
 }
 
 impl Dataplane {
+    /// True when SG_ACTIVE in the kernel still names the generation this dataplane thinks is
+    /// live. A long-lived agent (the daemon) checks it before an apply: another agent that
+    /// flipped in between (a CLI apply, or one killed after its flip) makes its picture of
+    /// the kernel stale, and writing the "next" generation would then write the live one.
+    pub fn still_current(&self) -> Result<bool> {
+        let k = self.maps.active.get(&0, 0).context("reading SG_ACTIVE")?;
+        Ok(k & 1 == self.mirror.active)
+    }
+
     /// Tells a dataplane that adopted pinned maps which counter slot belongs to which rule
     /// (the agent's state file remembers it): the next apply then zeroes only the slots it
     /// gives to new rules, and counters continue across agent restarts. Without it every
