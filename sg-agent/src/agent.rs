@@ -5,8 +5,12 @@
 //!
 //! Owns the ordering that keeps enforcement safe: new devices are attached before the flip
 //! (their packets are dropped as "no policy" for the few milliseconds until it), a failed step
-//! undoes what this apply attached, devices no longer in the policy are released only after
-//! the flip, and the state file is written last. It prints nothing: the CLI does.
+//! undoes what this apply attached, the counter slots are saved before the flip (so a process
+//! killed on either side of it leaves a state that names the live slots), devices no longer
+//! in the policy are released only after the flip, and the state file is completed last. A
+//! long-lived agent (the daemon) re-reads the state and SG_ACTIVE under the lock before each
+//! apply, so another agent's apply never leaves it writing into the live generation.
+//! It prints nothing: the CLI does. docs/agent.md "Failure behaviour" lists the outcomes.
 //!
 //! Where policy comes from is one seam, [`PolicySource`]: a file today; a distributed store
 //! (etcd) can implement it later without touching anything below.

@@ -373,17 +373,19 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
     site.srv.ip(&["link", "del", "eth0"]).unwrap();
     site.plug("eth0", None);
     let third = site.srv.ifindex("eth0").unwrap();
+    // Pins first, then the log line: wait for the reload to be complete.
     site.wait(
         "the daemon to attach the new device",
         Duration::from_secs(20),
-        || site.link_pins() == vec![format!("{third}-in-xdp"), format!("{third}-out-tc")],
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("reloaded on interface change")
+        },
     );
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("interface change"),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
+    assert_eq!(
+        site.link_pins(),
+        vec![format!("{third}-in-xdp"), format!("{third}-out-tc")]
     );
     assert_enforces_a(&site, "after the daemon re-attached");
 }

@@ -667,3 +667,18 @@ pub fn rule_id(site: &Site, desc: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Kernel TCP extension counters (/proc/net/netstat "TcpExt:") in a namespace.
+pub fn tcp_ext(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
+    let out = ns
+        .run_ok(&["cat", "/proc/net/netstat"], Duration::from_secs(5))
+        .unwrap();
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let names: Vec<&str> = rows[0].split_whitespace().skip(1).collect();
+    let vals: Vec<i64> = rows[1]
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    names.into_iter().map(String::from).zip(vals).collect()
+}
