@@ -135,6 +135,16 @@ fn down(agent: &Path) -> Result<()> {
         delete_namespace(n);
         println!("removed {n}");
     }
+    // The kept servers' stderr logs (see Netns::spawn).
+    let logs = format!("sg-lab-{LAB_PREFIX}");
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&logs) && n.ends_with(".log") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     if let Ok(dir) = std::fs::read_to_string(KEPT_FILES) {
         let dir = dir.trim();
         if dir.contains("sg-lab-files") {
@@ -215,12 +225,30 @@ fn run(args: Args) -> Result<bool> {
     print!("{}", lab.counters_report(&["web-1", "web-2", "db-1"])?);
 
     println!("==> scale out: launch web-3 into sg-web; it reaches the database at once (R1)");
+    let before = lab.agents.counters(&lab.lan.host("db-1").ns)?;
     let (more, report) = lab.scale_out()?;
     check_interrupt()?;
     print!("{}", render(&more));
     println!("{report}");
     println!();
     print!("{}", lab.counters_report(&["db-1", "web-3"])?);
+    // Say so when a re-apply lost counts (a known agent bug, pinned by the ignored test
+    // e4_rule_counters_survive_a_reapply_of_the_same_policy): the numbers above would
+    // otherwise read as if web-1 and web-2 had never used the database.
+    let after = lab.agents.counters(&lab.lan.host("db-1").ns)?;
+    let lost: Vec<&str> = before
+        .rules
+        .iter()
+        .filter(|r| after.rule(&r.id) < r.packets)
+        .map(|r| r.id.as_str())
+        .collect();
+    if !lost.is_empty() {
+        println!(
+            "note: the re-apply on db-1 reset rule counters ({}): sg-agent zeroes counters on \
+             every apply by a new process (known bug); they count since the scale-out",
+            lost.join(", ")
+        );
+    }
 
     let all: Vec<&Row> = rows.iter().chain(&more).collect();
     let bad = all.iter().filter(|r| !r.ok()).count();

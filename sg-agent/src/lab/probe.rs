@@ -220,29 +220,33 @@ pub fn run_probe(hosts: &dyn Hosts, files: &LabFiles, p: &Probe) -> Result<Row> 
     })
 }
 
-/// Runs probes, up to `PARALLEL` at a time, and returns the rows in the probes' order.
+/// Runs probes, up to `PARALLEL` at a time (a pool of workers taking the next probe), and
+/// returns the rows in the probes' order.
 pub fn run_probes(hosts: &dyn Hosts, files: &LabFiles, probes: &[Probe]) -> Result<Vec<Row>> {
-    const PARALLEL: usize = 8;
-    let mut rows = Vec::with_capacity(probes.len());
-    for chunk in probes.chunks(PARALLEL) {
-        let results: Vec<Result<Row>> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|p| s.spawn(move || run_probe(hosts, files, p)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("probe thread panicked")))
-                })
-                .collect()
-        });
-        for r in results {
-            rows.push(r?);
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const PARALLEL: usize = 12;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Row>>>> =
+        Mutex::new((0..probes.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(probes.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(p) = probes.get(i) else { return };
+                    let r = run_probe(hosts, files, p);
+                    results.lock().expect("not poisoned")[i] = Some(r);
+                }
+            });
         }
-    }
-    Ok(rows)
+    });
+    results
+        .into_inner()
+        .expect("not poisoned")
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("probe thread panicked"))))
+        .collect()
 }
 
 /// The table: path, service, expected (with ids), observed, OK/MISMATCH.

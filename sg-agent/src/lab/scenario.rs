@@ -284,8 +284,8 @@ impl Ec2Lab {
         Ok((
             rows,
             format!(
-                "{report}\n    (web-3, web-1, web-2, db-1 applied the edited file in {:.0} ms; the \n     \
-                 first probe afterwards, without retry, got through)",
+                "{report}\n    web-3, web-1, web-2 and db-1 applied the edited file in {:.0} ms; \
+                 the probes above ran right after,\n    without retries",
                 all.as_secs_f64() * 1000.0
             ),
         ))
