@@ -2,6 +2,8 @@
 //! policies written for them and the real sg-agent applied in them, torn down in the safe
 //! order on drop (agents detach while their namespaces exist, then servers, namespaces,
 //! files). Helpers panic with context instead of returning errors: they are for tests.
+//! Owns only that ordering and bookkeeping; hosts, servers, the agent and probes are the
+//! other lab modules'.
 
 use std::path::PathBuf;
 

@@ -4,6 +4,9 @@
 //!
 //! Probes of one table run concurrently (a dropped packet costs the client's whole timeout);
 //! each is an independent client process with its own 5-tuple.
+//!
+//! Owns the fixture shape, running and rendering; knows nothing of policies: what a path
+//! should do is written by the caller, next to the policy it applies.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

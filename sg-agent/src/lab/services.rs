@@ -8,6 +8,9 @@
 //! asserting: the lab prints a table, tests assert. "No answer" is what a packet dropped by sg
 //! looks like from the client (sg never answers); "refused" means the packet got through and
 //! nothing listened, so a lab probes only ports where a server runs.
+//!
+//! Owns the servers' and clients' command lines and the small Python helpers they need; runs
+//! everything inside a host's namespace (`ip netns exec`), never in the caller's.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
