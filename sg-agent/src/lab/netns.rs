@@ -279,7 +279,25 @@ pub fn sweep_stale() {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_agent_state(&name);
             delete_namespace(&name);
+        }
+    }
+}
+
+/// A killed run could not `sg-agent detach`: remove the agent's default pins and state of a
+/// namespace about to be swept, so a later namespace that reuses its inode number does not
+/// adopt them (the agent's state directory is named after the inode).
+fn remove_agent_state(name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(format!("/run/netns/{name}")) else {
+        return;
+    };
+    for dir in ["/sys/fs/bpf/sg", "/run/sg"] {
+        let p = Path::new(dir).join(format!("netns-{}", md.ino()));
+        if p.exists() {
+            eprintln!("sweeping {} of the dead test namespace {name}", p.display());
+            let _ = std::fs::remove_dir_all(&p);
         }
     }
 }
