@@ -265,12 +265,9 @@ instances:
     bed.detach_all();
 }
 
-/// Pins a bug (see the attribute): `sg-agent apply` run again (a new process) zeroes every
-/// rule counter, though the rules keep their counter slots. The agent's state file keeps
-/// rule -> slot, but the dataplane mirror rebuilt from pinned maps has no slot table, so
-/// every slot looks "newly given" and is zeroed (dataplane/apply.rs, `zero` list).
+/// `sg-agent apply` run again (a new process) keeps every unchanged rule's counter: the
+/// rules keep their slots and the agent adopts the slot table from its state (E4 counters).
 #[test]
-#[ignore = "bug: a re-apply by a new sg-agent process zeroes every rule counter (mirror.slots empty after adopting pins)"]
 fn e4_rule_counters_survive_a_reapply_of_the_same_policy() {
     let mut bed = Bed::new(
         AGENT,
