@@ -155,7 +155,10 @@ mod tests {
 
     #[test]
     fn parses_macs() {
-        assert_eq!(parse_mac("02:0a:ff:00:01:02\n"), Some([2, 10, 255, 0, 1, 2]));
+        assert_eq!(
+            parse_mac("02:0a:ff:00:01:02\n"),
+            Some([2, 10, 255, 0, 1, 2])
+        );
         assert_eq!(parse_mac("02:0a"), None);
     }
 }

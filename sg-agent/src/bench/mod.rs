@@ -1,5 +1,404 @@
-//! `cargo xtask bench`: in-kernel cost, veth throughput vs no filter and nftables, control plane.
+//! `cargo xtask bench` (the `sg-bench` binary): sg measured side by side with no filter and
+//! with nftables, every figure a ratio taken in one run on one machine.
+//!
+//! ```text
+//! generators  which 64-byte UDP generator is fastest and stable here (each measured)
+//! kernel      in-kernel cost per packet (BPF_PROG_TEST_RUN): XDP_PASS, XDP_PASS + one hash
+//!             lookup, sg established / new allowed / new dropped at 10..100k rules
+//! throughput  veth between two bench namespaces: UDP pps and TCP Gbit/s with no filter,
+//!             nftables (sets, one rule per SG rule) and sg (XDP or TC ingress)
+//! control     compile + apply 10k rules, membership change -> packet allowed, map memory,
+//!             conntrack capacity
+//! report      results.json, results.md, cost.svg
+//! ```
+//! It owns measuring and reporting. It must not decide verdicts or write maps itself: the
+//! policy goes through `compile` and `dataplane` like the agent's would. It never asserts on
+//! timings (figures are reported, goals are compared in the report, never enforced).
+//!
+//! Safety: traffic flows only between the two namespaces the bench creates (documentation
+//! addresses), every generator is bounded by a deadline and a packet budget.
+
 pub mod frames;
 pub mod nft;
 pub mod rawbpf;
+pub mod report;
+pub mod veth;
 pub mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use veth::{Generator, Pair};
+
+/// What to run and how long.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quick: bool,
+    pub out: PathBuf,
+    /// Rule counts for the in-kernel cost.
+    pub kernel_rules: Vec<usize>,
+    /// Rule counts for the throughput figures.
+    pub veth_rules: Vec<usize>,
+    /// Counting window of one UDP flood.
+    pub window: Duration,
+    pub warmup: Duration,
+    /// Alternating (reference, configuration) rounds per figure.
+    pub rounds: usize,
+    /// iperf3 seconds per TCP figure.
+    pub tcp_secs: u32,
+    /// BPF_PROG_TEST_RUN repeat per figure, and figures per median.
+    pub repeat: u32,
+    pub medians_of: usize,
+    /// Sections to run (all when empty): generators, kernel, throughput, control.
+    pub only: Vec<String>,
+    /// The command line, recorded in the results.
+    pub command: String,
+    pub seed: u64,
+}
+
+impl Options {
+    pub fn full() -> Options {
+        Options {
+            quick: false,
+            out: PathBuf::from("target/bench"),
+            kernel_rules: vec![10, 1_000, 10_000, 100_000],
+            veth_rules: vec![10, 1_000, 10_000],
+            window: Duration::from_secs(2),
+            warmup: Duration::from_millis(400),
+            rounds: 3,
+            tcp_secs: 3,
+            repeat: 1_000_000,
+            medians_of: 5,
+            only: Vec::new(),
+            command: "cargo xtask bench".into(),
+            seed: 0x5eed,
+        }
+    }
+
+    /// A short run for smoke tests: fewer sizes, short windows, fewer repeats.
+    pub fn quick() -> Options {
+        Options {
+            quick: true,
+            kernel_rules: vec![10, 1_000],
+            veth_rules: vec![10, 1_000],
+            window: Duration::from_millis(500),
+            warmup: Duration::from_millis(200),
+            rounds: 1,
+            tcp_secs: 1,
+            repeat: 100_000,
+            medians_of: 3,
+            command: "cargo xtask bench --quick".into(),
+            ..Options::full()
+        }
+    }
+
+    pub fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub memory_mb: u64,
+    /// /proc/loadavg at start and end: other work on the machine shifts absolute figures
+    /// (ratios taken in one run much less).
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu_model = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let memory_mb = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024);
+        Machine {
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            cpu_model,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_mb,
+            loadavg_start: read("/proc/loadavg").trim().to_string(),
+            loadavg_end: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GeneratorFigure {
+    pub generator: Generator,
+    pub name: &'static str,
+    /// Delivered packets per second, one per round (no filter).
+    pub pps: Vec<f64>,
+    pub pps_median: f64,
+    /// (max - min) / median over the rounds.
+    pub spread: f64,
+    /// Whether the receiver's NAPI work ran on its own CPU (threaded NAPI, pinned).
+    pub receiver_pinned: bool,
+    pub error: Option<String>,
+}
+
+/// Everything one run measured (target/bench/results.json).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Results {
+    pub command: String,
+    pub quick: bool,
+    pub machine: Machine,
+    pub started_unix_s: u64,
+    pub duration_s: f64,
+    pub generators: Vec<GeneratorFigure>,
+    /// The generator the throughput figures use.
+    pub generator: Option<String>,
+    pub receiver_pinned: bool,
+    pub udp: Vec<UdpFigure>,
+    pub tcp: Vec<TcpFigure>,
+    /// Things that could not be measured, and why.
+    pub notes: Vec<String>,
+}
+
+/// One configuration's UDP flood figure at one rule count, paired with the unfiltered
+/// reference measured in alternation with it.
+#[derive(Clone, Debug, Serialize)]
+pub struct UdpFigure {
+    pub config: String,
+    pub rules: usize,
+    pub pps: f64,
+    pub reference_pps: f64,
+    /// Median over rounds of (configuration pps / reference pps of the same round).
+    pub ratio_vs_no_filter: f64,
+    /// Time to install the filter (nft -f, or compile + apply for sg), ms.
+    pub install_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpFigure {
+    pub config: String,
+    pub rules: usize,
+    pub gbps: f64,
+    pub reference_gbps: f64,
+    pub ratio_vs_no_filter: f64,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> f64 {
+    let m = median(v);
+    let max = v.iter().copied().fold(f64::MIN, f64::max);
+    let min = v.iter().copied().fold(f64::MAX, f64::min);
+    if m > 0.0 { (max - min) / m } else { f64::NAN }
+}
+
+/// Runs the selected sections and writes the reports. Needs root.
+pub fn run(opts: &Options) -> Result<Results> {
+    crate::lab::netns::require_root();
+    let t0 = Instant::now();
+    let mut r = Results {
+        command: opts.command.clone(),
+        quick: opts.quick,
+        machine: Machine::probe(),
+        started_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..Results::default()
+    };
+    let needs_rig = opts.runs("generators") || opts.runs("throughput");
+    if needs_rig {
+        let mut pair = Pair::new()?;
+        if std::env::var_os("SG_BENCH_SHARED_CPU").is_some() {
+            r.notes
+                .push("SG_BENCH_SHARED_CPU: receiver left on the generator's CPU".into());
+        } else if let Err(e) = pair.pin_receiver() {
+            r.notes.push(format!(
+                "receiver not moved to its own CPU ({e:#}); generator and receiver share one"
+            ));
+        }
+        r.receiver_pinned = pair.receiver_pinned();
+        let chosen = if opts.runs("generators") {
+            generators(opts, &pair, &mut r)
+        } else {
+            Some(Generator::LiveFrames)
+        };
+        r.generator = chosen.map(|g| g.name().to_string());
+        if opts.runs("throughput") {
+            match chosen {
+                Some(g) => throughput(opts, &mut pair, g, &mut r)?,
+                None => r
+                    .notes
+                    .push("no working UDP generator: no throughput figures".into()),
+            }
+        }
+    }
+    r.machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    r.duration_s = t0.elapsed().as_secs_f64();
+    report::write(&opts.out, &r)?;
+    Ok(r)
+}
+
+/// Measures every generator without a filter; returns the fastest whose rounds agree within
+/// 25 % (stable), else the fastest.
+fn generators(opts: &Options, pair: &Pair, r: &mut Results) -> Option<Generator> {
+    let rounds = opts.rounds.max(2);
+    for g in Generator::ALL {
+        let mut pps = Vec::new();
+        let mut error = None;
+        for _ in 0..rounds {
+            match pair.flood(g, opts.warmup, opts.window) {
+                Ok(x) => pps.push(x),
+                Err(e) => {
+                    error = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        eprintln!("generator {}: {pps:?} {error:?}", g.name());
+        r.generators.push(GeneratorFigure {
+            generator: g,
+            name: g.name(),
+            pps_median: median(&pps),
+            spread: spread(&pps),
+            pps,
+            receiver_pinned: pair.receiver_pinned(),
+            error,
+        });
+    }
+    let ok: Vec<&GeneratorFigure> = r
+        .generators
+        .iter()
+        .filter(|f| f.error.is_none() && f.pps_median > 0.0)
+        .collect();
+    let best = |v: &[&GeneratorFigure]| {
+        v.iter()
+            .max_by(|a, b| a.pps_median.total_cmp(&b.pps_median))
+            .map(|f| f.generator)
+    };
+    let stable: Vec<&GeneratorFigure> = ok.iter().copied().filter(|f| f.spread < 0.25).collect();
+    best(&stable).or_else(|| best(&ok))
+}
+
+/// One filter configuration on the receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    Nft(nft::Style),
+}
+
+impl Config {
+    fn name(self) -> String {
+        match self {
+            Config::Nft(s) => s.name().to_string(),
+        }
+    }
+}
+
+/// UDP and TCP figures for every configuration and rule count, each paired with the
+/// unfiltered reference in alternation.
+fn throughput(opts: &Options, pair: &mut Pair, g: Generator, r: &mut Results) -> Result<()> {
+    pair.check_filter("no filter", false)?;
+    for &n in &opts.veth_rules {
+        let policy = workload::policy(n, opts.seed);
+        for cfg in [
+            Config::Nft(nft::Style::Sets),
+            Config::Nft(nft::Style::PerRule),
+        ] {
+            let install = match cfg {
+                Config::Nft(style) => {
+                    let text =
+                        nft::ruleset(&policy, workload::RECEIVER_IFACE, &pair.receiver_dev, style)?;
+                    let took = pair.nft_apply(&text)?;
+                    pair.check_filter(&format!("{} at {n} rules", cfg.name()), true)?;
+                    took
+                }
+            };
+            let remove = |pair: &Pair| -> Result<()> {
+                match cfg {
+                    Config::Nft(_) => pair.nft_flush(),
+                }
+            };
+            let reinstall = |pair: &Pair| -> Result<()> {
+                match cfg {
+                    Config::Nft(style) => {
+                        let text = nft::ruleset(
+                            &policy,
+                            workload::RECEIVER_IFACE,
+                            &pair.receiver_dev,
+                            style,
+                        )?;
+                        pair.nft_apply(&text).map(|_| ())
+                    }
+                }
+            };
+            // Alternate: reference, configuration, reference, ... (filter removed and put
+            // back between them), so slow drifts of the machine hit both alike.
+            let mut refs = Vec::new();
+            let mut vals = Vec::new();
+            let mut ratios = Vec::new();
+            let mut trefs = Vec::new();
+            let mut tvals = Vec::new();
+            let mut tratios = Vec::new();
+            for round in 0..opts.rounds {
+                if round > 0 {
+                    reinstall(pair)?;
+                }
+                let v = pair.flood(g, opts.warmup, opts.window)?;
+                let tv = pair.tcp_stream(opts.tcp_secs)?;
+                remove(pair)?;
+                let rf = pair.flood(g, opts.warmup, opts.window)?;
+                let trf = pair.tcp_stream(opts.tcp_secs)?;
+                ratios.push(v / rf);
+                tratios.push(tv / trf);
+                vals.push(v);
+                refs.push(rf);
+                tvals.push(tv);
+                trefs.push(trf);
+            }
+            eprintln!(
+                "{} at {n} rules: udp {vals:?} vs {refs:?}; tcp {tvals:?} vs {trefs:?}",
+                cfg.name()
+            );
+            r.udp.push(UdpFigure {
+                config: cfg.name(),
+                rules: n,
+                pps: median(&vals),
+                reference_pps: median(&refs),
+                ratio_vs_no_filter: median(&ratios),
+                install_ms: install.as_secs_f64() * 1e3,
+            });
+            r.tcp.push(TcpFigure {
+                config: cfg.name(),
+                rules: n,
+                gbps: median(&tvals),
+                reference_gbps: median(&trefs),
+                ratio_vs_no_filter: median(&tratios),
+            });
+        }
+    }
+    Ok(())
+}

@@ -169,10 +169,7 @@ fn kind_of(p: &Protocol, family: Family, rule: &Rule) -> Result<(Kind, Span<u32>
                  translation does not support that",
                 rule.id
             ),
-            IcmpMatch::Type(t) => Ok((
-                Kind::Icmp,
-                (u32::from(*t) << 8, u32::from(*t) << 8 | 0xff),
-            )),
+            IcmpMatch::Type(t) => Ok((Kind::Icmp, (u32::from(*t) << 8, u32::from(*t) << 8 | 0xff))),
             IcmpMatch::TypeCode(t, c) => {
                 let v = u32::from(*t) << 8 | u32::from(*c);
                 Ok((Kind::Icmp, (v, v)))
@@ -189,7 +186,12 @@ fn kind_of(p: &Protocol, family: Family, rule: &Rule) -> Result<(Kind, Span<u32>
     }
 }
 
-fn sets_body(policy: &Policy, rules: &[&Rule], dir: Direction, sets: &mut String) -> Result<String> {
+fn sets_body(
+    policy: &Policy,
+    rules: &[&Rule],
+    dir: Direction,
+    sets: &mut String,
+) -> Result<String> {
     use std::collections::BTreeMap;
     let mut boxes: BTreeMap<(Family, Kind), Vec<Box2>> = BTreeMap::new();
     for r in rules {
@@ -412,7 +414,13 @@ fn fmt_span(f: Family, (lo, hi): Span<u128>) -> String {
     }
     let bits = if f == Family::V4 { 32 } else { 128 };
     let size = hi.wrapping_sub(lo).wrapping_add(1);
-    let whole = lo == 0 && hi == if bits == 32 { u128::from(u32::MAX) } else { u128::MAX };
+    let whole = lo == 0
+        && hi
+            == if bits == 32 {
+                u128::from(u32::MAX)
+            } else {
+                u128::MAX
+            };
     if whole {
         return format!("{}/0", addr(f, 0));
     }
@@ -455,16 +463,58 @@ mod tests {
         let a = "sg-00000000000000001";
         let b = "sg-00000000000000002";
         let ing_a = vec![
-            rule(a, 1, Direction::Ingress, tcp(22, 22), cidr("198.51.100.0/24")),
-            rule(a, 2, Direction::Ingress, tcp(20, 25), cidr("198.51.100.0/25")),
-            rule(a, 3, Direction::Ingress, tcp(80, 80), Peer::Group(GroupId(b.into()))),
+            rule(
+                a,
+                1,
+                Direction::Ingress,
+                tcp(22, 22),
+                cidr("198.51.100.0/24"),
+            ),
+            rule(
+                a,
+                2,
+                Direction::Ingress,
+                tcp(20, 25),
+                cidr("198.51.100.0/25"),
+            ),
+            rule(
+                a,
+                3,
+                Direction::Ingress,
+                tcp(80, 80),
+                Peer::Group(GroupId(b.into())),
+            ),
         ];
         let ing_b = vec![
-            rule(b, 4, Direction::Ingress, Protocol::Icmp(IcmpMatch::Type(8)), cidr("0.0.0.0/0")),
-            rule(b, 5, Direction::Ingress, Protocol::Number(47), cidr("203.0.113.0/24")),
-            rule(b, 6, Direction::Ingress, Protocol::All, cidr("2001:db8::/32")),
+            rule(
+                b,
+                4,
+                Direction::Ingress,
+                Protocol::Icmp(IcmpMatch::Type(8)),
+                cidr("0.0.0.0/0"),
+            ),
+            rule(
+                b,
+                5,
+                Direction::Ingress,
+                Protocol::Number(47),
+                cidr("203.0.113.0/24"),
+            ),
+            rule(
+                b,
+                6,
+                Direction::Ingress,
+                Protocol::All,
+                cidr("2001:db8::/32"),
+            ),
         ];
-        let egr = vec![rule(a, 7, Direction::Egress, Protocol::All, cidr("0.0.0.0/0"))];
+        let egr = vec![rule(
+            a,
+            7,
+            Direction::Egress,
+            Protocol::All,
+            cidr("0.0.0.0/0"),
+        )];
         for (id, ingress, egress) in [(a, ing_a, egr), (b, ing_b, vec![])] {
             p.groups.insert(
                 GroupId(id.into()),
@@ -632,7 +682,10 @@ table inet sgbench {
                 .collect();
             let cover = disjoint(&boxes);
             for w in cover.windows(2) {
-                assert!(w[0].0.1 < w[1].0.0, "address spans overlap or are unordered");
+                assert!(
+                    w[0].0.1 < w[1].0.0,
+                    "address spans overlap or are unordered"
+                );
             }
             for (_, vals) in &cover {
                 for w in vals.windows(2) {

@@ -135,7 +135,11 @@ pub struct Prog {
 impl Prog {
     /// `return XDP_PASS;`: what an empty filter costs.
     pub fn xdp_pass() -> Result<Prog> {
-        load("sgb_pass", &[Insn::mov_imm(0, XDP_PASS as i32), Insn::exit()], None)
+        load(
+            "sgb_pass",
+            &[Insn::mov_imm(0, XDP_PASS as i32), Insn::exit()],
+            None,
+        )
     }
 
     /// One lookup of a conntrack-sized key that hits, then `XDP_PASS`: the issue's
@@ -218,10 +222,7 @@ impl Prog {
         put32(&mut a, 72, batch);
         sys_bpf(BPF_PROG_TEST_RUN, &mut a)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {} (flags {flags:#x})", self.name))?;
-        Ok((
-            get32(&a, 4),
-            Duration::from_nanos(u64::from(get32(&a, 36))),
-        ))
+        Ok((get32(&a, 4), Duration::from_nanos(u64::from(get32(&a, 36)))))
     }
 }
 

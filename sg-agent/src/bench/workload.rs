@@ -259,7 +259,16 @@ pub fn policy(n: usize, seed: u64) -> Policy {
             device: None,
             addresses: vec![
                 IpAddr::V4(Ipv4Addr::new(203, 0, 113, 100 + i as u8)),
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, i as u16 + 1)),
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0xffff,
+                    0,
+                    0,
+                    0,
+                    0,
+                    i as u16 + 1,
+                )),
             ],
             groups: set.into_iter().map(group_id).collect(),
             timeouts: Timeouts::AWS_DEFAULT,
