@@ -1,1 +1,473 @@
-//! Binding: which local interface carries which policy interface. (in progress)
+//! Binding: which local Linux device carries which policy interface, and what the local
+//! devices are.
+//!
+//! [`bind`] is pure: it takes the policy and a list of local devices and decides, following
+//! the rules below, or explains every conflict it finds. [`local_interfaces`] reads the
+//! current network namespace (getifaddrs). Nothing here attaches programs or writes maps.
+//!
+//! Rules, in order:
+//! 1. A policy interface with `device: D` claims the local device named D.
+//!    - If D does not exist here but the interface's addresses are on another local device,
+//!      the policy contradicts the host: error.
+//!    - If D exists and has addresses, but the interface's addresses are on another device:
+//!      error. If D has none of them (and they are nowhere here), the claim is *weak*.
+//! 2. A policy interface without `device:` claims the one local device holding any of its
+//!    addresses. Addresses spread over several devices: error (add `device:`).
+//! 3. Per local device: two strong claims are an error; one strong claim binds (weak claims on
+//!    the same device are other hosts' interfaces that reuse the device name, and are dropped);
+//!    only weak claims is an error (the addresses do not match the device).
+//! 4. Policy interfaces that claim nothing belong to other hosts and are left out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::policy::{Interface, Policy};
+
+/// A device of the local network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalIface {
+    pub name: String,
+    pub ifindex: u32,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A policy interface enforced on a local device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The policy interface's name.
+    pub interface: String,
+    pub device: String,
+    pub ifindex: u32,
+}
+
+/// One reason the policy cannot be bound to this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindProblem {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Every reason the policy cannot be bound to this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindError {
+    pub problems: Vec<BindProblem>,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {}", p.message)?;
+            if let Some(h) = &p.hint {
+                write!(f, "\n  hint: {h}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BindError {}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strength {
+    Strong,
+    Weak,
+}
+
+fn list(addrs: &[IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decides which policy interface each local device carries (see the module's rules).
+pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindError> {
+    let mut problems = Vec::new();
+    // local index -> claims (policy interface index, strength)
+    let mut claims: BTreeMap<usize, Vec<(usize, Strength)>> = BTreeMap::new();
+    let names: Vec<&str> = local.iter().map(|l| l.name.as_str()).collect();
+    for (pi, p) in policy.interfaces.iter().enumerate() {
+        // Local devices holding one of p's addresses, and which addresses.
+        let mut holders: Vec<(usize, Vec<IpAddr>)> = Vec::new();
+        for (li, l) in local.iter().enumerate() {
+            let shared: Vec<IpAddr> = p
+                .addresses
+                .iter()
+                .filter(|a| l.addresses.contains(a))
+                .copied()
+                .collect();
+            if !shared.is_empty() {
+                holders.push((li, shared));
+            }
+        }
+        match &p.device {
+            Some(d) => match local.iter().position(|l| &l.name == d) {
+                Some(li) => {
+                    let elsewhere: Vec<&(usize, Vec<IpAddr>)> =
+                        holders.iter().filter(|(h, _)| *h != li).collect();
+                    if let Some((other, addrs)) = elsewhere.first() {
+                        problems.push(BindProblem {
+                            message: format!(
+                                "interface {} names device {d}, but its address {} is on {}",
+                                p.name,
+                                list(addrs),
+                                local[*other].name
+                            ),
+                            hint: Some("fix `device:` or the interface's addresses".into()),
+                        });
+                        continue;
+                    }
+                    let strength = if holders.is_empty()
+                        && !p.addresses.is_empty()
+                        && !local[li].addresses.is_empty()
+                    {
+                        Strength::Weak
+                    } else {
+                        Strength::Strong
+                    };
+                    claims.entry(li).or_default().push((pi, strength));
+                }
+                None => {
+                    if let Some((h, addrs)) = holders.first() {
+                        problems.push(BindProblem {
+                            message: format!(
+                                "interface {} names device {d}, which does not exist here, but its address {} is on {}",
+                                p.name,
+                                list(addrs),
+                                local[*h].name
+                            ),
+                            hint: Some(format!("fix `device:` (local devices: {})", names.join(", "))),
+                        });
+                    }
+                }
+            },
+            None => match holders.len() {
+                0 => {}
+                1 => claims
+                    .entry(holders[0].0)
+                    .or_default()
+                    .push((pi, Strength::Strong)),
+                _ => {
+                    let spread: Vec<String> = holders
+                        .iter()
+                        .map(|(h, a)| format!("{} on {}", list(a), local[*h].name))
+                        .collect();
+                    problems.push(BindProblem {
+                        message: format!(
+                            "interface {}'s addresses are on several devices ({})",
+                            p.name,
+                            spread.join("; ")
+                        ),
+                        hint: Some(
+                            "add `device:` to say which device carries the interface".into(),
+                        ),
+                    });
+                }
+            },
+        }
+    }
+    let mut out: Vec<(usize, Binding)> = Vec::new();
+    for (li, cs) in claims {
+        let l = &local[li];
+        let strong: Vec<&Interface> = cs
+            .iter()
+            .filter(|(_, s)| *s == Strength::Strong)
+            .map(|(pi, _)| &policy.interfaces[*pi])
+            .collect();
+        let weak: Vec<&Interface> = cs
+            .iter()
+            .filter(|(_, s)| *s == Strength::Weak)
+            .map(|(pi, _)| &policy.interfaces[*pi])
+            .collect();
+        let chosen = match (strong.as_slice(), weak.as_slice()) {
+            ([one], _) => *one,
+            ([], [one]) => {
+                problems.push(BindProblem {
+                    message: format!(
+                        "interface {} names device {}, but {} has none of its addresses ({}; the device has {})",
+                        one.name,
+                        l.name,
+                        l.name,
+                        list(&one.addresses),
+                        list(&l.addresses)
+                    ),
+                    hint: Some("fix the addresses, or remove them to bind by device name alone".into()),
+                });
+                continue;
+            }
+            _ => {
+                let many = if strong.is_empty() { &weak } else { &strong };
+                let who: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
+                problems.push(BindProblem {
+                    message: format!(
+                        "device {} matches several policy interfaces: {}",
+                        l.name,
+                        who.join(", ")
+                    ),
+                    hint: Some("a device carries one policy interface: give them distinct addresses or `device:` names".into()),
+                });
+                continue;
+            }
+        };
+        let pi = policy
+            .interfaces
+            .iter()
+            .position(|i| std::ptr::eq(i, chosen))
+            .unwrap_or(usize::MAX);
+        out.push((
+            pi,
+            Binding {
+                interface: chosen.name.clone(),
+                device: l.name.clone(),
+                ifindex: l.ifindex,
+            },
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(BindError { problems });
+    }
+    out.sort_by_key(|(pi, _)| *pi);
+    Ok(out.into_iter().map(|(_, b)| b).collect())
+}
+
+/// Frees getifaddrs' list however the walk ends.
+struct IfAddrs(*mut libc::ifaddrs);
+
+impl Drop for IfAddrs {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the pointer came from a successful getifaddrs and is freed once.
+            unsafe { libc::freeifaddrs(self.0) };
+        }
+    }
+}
+
+/// The devices of the current network namespace: name, ifindex and IPv4/IPv6 addresses
+/// (devices without addresses included).
+pub fn local_interfaces() -> std::io::Result<Vec<LocalIface>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head` or fails.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let list = IfAddrs(head);
+    let mut by_name: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut cur = list.0;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list owned by `list`, alive until it is dropped.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let raw = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        // IPv4 address labels ("eth0:1") belong to their device.
+        let name = raw.split(':').next().unwrap_or_default().to_string();
+        let addrs = by_name.entry(name).or_default();
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        let addr = match family {
+            libc::AF_INET => {
+                // SAFETY: AF_INET means sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                Some(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: AF_INET6 means sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        };
+        if let Some(a) = addr
+            && !addrs.contains(&a)
+        {
+            addrs.push(a);
+        }
+    }
+    let mut out = Vec::new();
+    for (name, addresses) in by_name {
+        let Ok(c) = std::ffi::CString::new(name.clone()) else {
+            continue;
+        };
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if ifindex == 0 {
+            continue; // vanished meanwhile
+        }
+        out.push(LocalIface {
+            name,
+            ifindex,
+            addresses,
+        });
+    }
+    out.sort_by_key(|l| l.ifindex);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{GroupId, Origin, Timeouts};
+
+    fn iface(name: &str, device: Option<&str>, addrs: &[&str]) -> Interface {
+        Interface {
+            name: name.into(),
+            instance: name.into(),
+            device: device.map(Into::into),
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            groups: vec![GroupId("sg-web".into())],
+            timeouts: Timeouts::AWS_DEFAULT,
+            origin: Origin::default(),
+        }
+    }
+
+    fn local(name: &str, ifindex: u32, addrs: &[&str]) -> LocalIface {
+        LocalIface {
+            name: name.into(),
+            ifindex,
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    fn policy(ifaces: Vec<Interface>) -> Policy {
+        Policy {
+            interfaces: ifaces,
+            ..Policy::default()
+        }
+    }
+
+    fn names(b: &[Binding]) -> Vec<(String, String, u32)> {
+        b.iter()
+            .map(|b| (b.interface.clone(), b.device.clone(), b.ifindex))
+            .collect()
+    }
+
+    #[test]
+    fn binds_by_address_and_leaves_other_hosts_interfaces_out() {
+        let p = policy(vec![
+            iface("web-1", None, &["192.0.2.11", "2001:db8:10::11"]),
+            iface("db-1", None, &["192.0.2.21"]),
+        ]);
+        let host = [
+            local("lo", 1, &["127.0.0.1"]),
+            local("eth0", 2, &["192.0.2.11", "fe80::1"]),
+        ];
+        assert_eq!(
+            names(&bind(&p, &host).unwrap()),
+            [("web-1".into(), "eth0".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn binds_by_device_name_even_without_addresses() {
+        let p = policy(vec![iface("web-1", Some("veth1"), &[])]);
+        let host = [local("veth1", 7, &["192.0.2.99"])];
+        assert_eq!(
+            names(&bind(&p, &host).unwrap()),
+            [("web-1".into(), "veth1".into(), 7)]
+        );
+    }
+
+    #[test]
+    fn device_name_reused_by_other_hosts_is_settled_by_address() {
+        // A policy for the whole VPC: every instance's device is eth0.
+        let p = policy(vec![
+            iface("web-1", Some("eth0"), &["192.0.2.11"]),
+            iface("db-1", Some("eth0"), &["192.0.2.21"]),
+        ]);
+        let host = [local("eth0", 2, &["192.0.2.21"])];
+        assert_eq!(
+            names(&bind(&p, &host).unwrap()),
+            [("db-1".into(), "eth0".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn device_whose_addresses_are_elsewhere_is_a_conflict() {
+        let p = policy(vec![iface("web-1", Some("eth0"), &["192.0.2.11"])]);
+        let host = [
+            local("eth0", 2, &["192.0.2.50"]),
+            local("eth1", 3, &["192.0.2.11"]),
+        ];
+        let e = bind(&p, &host).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("names device eth0, but its address 192.0.2.11 is on eth1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn addresses_on_two_devices_are_ambiguous() {
+        let p = policy(vec![iface(
+            "web-1",
+            None,
+            &["192.0.2.11", "2001:db8:10::11"],
+        )]);
+        let host = [
+            local("eth0", 2, &["192.0.2.11"]),
+            local("eth1", 3, &["2001:db8:10::11"]),
+        ];
+        let e = bind(&p, &host).unwrap_err();
+        assert!(e.to_string().contains("several devices"), "{e}");
+        assert!(e.to_string().contains("hint: add `device:`"), "{e}");
+    }
+
+    #[test]
+    fn one_device_matching_two_interfaces_is_a_conflict() {
+        let p = policy(vec![
+            iface("a", None, &["192.0.2.11"]),
+            iface("b", None, &["192.0.2.12"]),
+        ]);
+        let host = [local("eth0", 2, &["192.0.2.11", "192.0.2.12"])];
+        let e = bind(&p, &host).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("device eth0 matches several policy interfaces: a, b"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn named_device_with_foreign_addresses_is_reported() {
+        let p = policy(vec![iface("web-1", Some("eth0"), &["192.0.2.11"])]);
+        let host = [local("eth0", 2, &["10.1.2.3"])];
+        let e = bind(&p, &host).unwrap_err();
+        assert!(e.to_string().contains("has none of its addresses"), "{e}");
+    }
+
+    #[test]
+    fn missing_named_device_with_addresses_here_is_reported() {
+        let p = policy(vec![iface("web-1", Some("ens5"), &["192.0.2.11"])]);
+        let host = [local("eth0", 2, &["192.0.2.11"])];
+        let e = bind(&p, &host).unwrap_err();
+        assert!(e.to_string().contains("does not exist here"), "{e}");
+    }
+
+    #[test]
+    fn local_interfaces_lists_loopback() {
+        let l = local_interfaces().unwrap();
+        let lo = l
+            .iter()
+            .find(|i| i.name == "lo")
+            .expect("lo exists in every namespace");
+        assert!(lo.ifindex > 0);
+        if !lo.addresses.is_empty() {
+            assert!(lo.addresses.iter().any(|a| a.is_loopback()), "{lo:?}");
+        }
+    }
+}

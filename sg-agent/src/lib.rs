@@ -12,10 +12,13 @@
 //! lab       network namespaces acting as EC2 instances (tests, `cargo xtask lab`)
 //! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
 //! ```
+pub mod agent;
 pub mod bench;
 pub mod bind;
+pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod image;
 pub mod lab;

@@ -57,8 +57,13 @@ impl StateDir {
         self.run.join("state.json")
     }
 
-    /// Creates both directories, root-only (pins and state are control surfaces).
+    /// Creates both directories, root-only (pins and state are control surfaces). Mounts the
+    /// BPF filesystem at /sys/fs/bpf first when nothing is mounted there (what systemd does
+    /// at boot), for the default location.
     pub fn create(&self) -> Result<()> {
+        if self.pins.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
+            mount_bpffs(Path::new(BPFFS))?;
+        }
         use std::os::unix::fs::DirBuilderExt;
         for d in [&self.pins, &self.run] {
             std::fs::DirBuilder::new()
@@ -114,12 +119,21 @@ impl StateDir {
         Ok(())
     }
 
-    /// Removes the state file and the directories (after the pins are gone).
+    /// Removes the state file and the directories (after the pins are gone), and the shared
+    /// parents when they became empty.
     pub fn remove(&self) -> Result<()> {
         let _ = std::fs::remove_file(self.state_file());
         let _ = std::fs::remove_file(self.run.join("lock"));
         let _ = std::fs::remove_dir(&self.run);
         let _ = std::fs::remove_dir(&self.pins);
+        for d in [self.run.parent(), self.pins.parent()]
+            .into_iter()
+            .flatten()
+        {
+            if d != Path::new(BPFFS) && d != Path::new("/run") {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
         Ok(())
     }
 }
@@ -130,6 +144,103 @@ pub struct Lock {
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// Where the BPF filesystem lives on the host.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the struct; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn mount_bpffs(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).ok();
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C strings; mounting needs CAP_SYS_ADMIN, the error says so.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr() as *const libc::c_void,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mounting the BPF filesystem at {}: {}; hint: mount -t bpf bpf {}",
+            p.display(),
+            std::io::Error::last_os_error(),
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// `ip netns exec` runs its command in a private mount namespace with its own /sys, where the
+/// host's BPF filesystem is not visible and anything mounted vanishes with the command: pins
+/// made there would die with the agent. When started that way (its /sys is mounted with a
+/// network namespace's name as the source), the agent joins the mount namespace of the
+/// nearest ancestor that has the host's /sys, keeping its network namespace. Must run before
+/// any thread starts (setns of a mount namespace needs a single-threaded process).
+pub fn join_host_mount_namespace() -> Result<()> {
+    if !in_netns_exec_mounts(std::process::id()) {
+        return Ok(());
+    }
+    let mut pid = parent_of(std::process::id());
+    while let Some(p) = pid {
+        if p <= 1 {
+            break;
+        }
+        if !in_netns_exec_mounts(p) {
+            let path = format!("/proc/{p}/ns/mnt");
+            let f = File::open(&path).with_context(|| format!("open {path}"))?;
+            let cwd = std::env::current_dir().ok();
+            // SAFETY: plain syscall on a valid fd; the process is still single-threaded.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+                bail!(
+                    "joining the host mount namespace ({path}): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // setns moved the working directory to the namespace's root: put it back.
+            if let Some(cwd) = cwd {
+                let _ = std::env::set_current_dir(cwd);
+            }
+            return Ok(());
+        }
+        pid = parent_of(p);
+    }
+    bail!(
+        "sg-agent runs under `ip netns exec` and no ancestor has the host's /sys: its BPF pins \
+         would vanish when it exits; hint: use `nsenter --net=/run/netns/NAME sg-agent ...`"
+    )
+}
+
+fn in_netns_exec_mounts(pid: u32) -> bool {
+    let Ok(mi) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return false;
+    };
+    mi.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            return false;
+        };
+        f.get(4) == Some(&"/sys")
+            && f.get(sep + 1) == Some(&"sysfs")
+            && f.get(sep + 2)
+                .is_some_and(|src| *src != "sysfs" && Path::new("/run/netns").join(src).exists())
+    })
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = st.rsplit_once(')')?.1;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
 
 fn check_bpffs(p: &Path) -> Result<()> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;

@@ -48,6 +48,23 @@ pub mod maps {
     pub const RATE: &str = "SG_RATE";
     /// `RingBuf`: [`Event`] records (drops and new flows), rate limited.
     pub const EVENTS: &str = "SG_EVENTS";
+
+    /// Every map of the object (pinning, adoption, tests).
+    pub const ALL: [&str; 13] = [
+        ACTIVE,
+        IFACES,
+        PEERS,
+        PORTS,
+        CT,
+        CT_NEW,
+        FRAGS,
+        RULE_COUNTERS,
+        REASON_COUNTERS,
+        CT_STATS,
+        CONFIG,
+        RATE,
+        EVENTS,
+    ];
 }
 
 /// Program names: at most 15 bytes.
@@ -557,24 +574,8 @@ mod tests {
 
     #[test]
     fn map_and_program_names_fit_the_kernel() {
-        for n in [
-            maps::ACTIVE,
-            maps::IFACES,
-            maps::PEERS,
-            maps::PORTS,
-            maps::CT,
-            maps::CT_NEW,
-            maps::FRAGS,
-            maps::RULE_COUNTERS,
-            maps::REASON_COUNTERS,
-            maps::CT_STATS,
-            maps::CONFIG,
-            maps::RATE,
-            maps::EVENTS,
-            progs::XDP_INGRESS,
-            progs::TC_INGRESS,
-            progs::TC_EGRESS,
-        ] {
+        let progs = [progs::XDP_INGRESS, progs::TC_INGRESS, progs::TC_EGRESS];
+        for n in maps::ALL.iter().chain(progs.iter()) {
             assert!(n.len() <= 15, "{n} is longer than 15 bytes");
         }
     }

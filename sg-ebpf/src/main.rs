@@ -1,14 +1,71 @@
-//! sg's dataplane entry points (placeholder until the pipeline lands).
+//! sg's dataplane: the entry points, and nothing else. Each hands its context to the one
+//! generic pipeline (`pipeline.rs`) with its direction.
+//!
+//! ```text
+//! ctx.rs        the Hook trait over XDP/TC and the one bounds-checked packet accessor
+//! parse.rs      Ethernet/VLAN/IPv4/IPv6/L4 -> Pkt (family-agnostic), malformed reasons
+//! pipeline.rs   the order of the steps; exemptions (N1, N2)
+//! frag.rs       G1: first-fragment verdicts, later fragments
+//! conntrack.rs  keys, lookup/expiry, state machine, creation and promotion (C1-C6)
+//! related.rs    ICMP errors quoting a tracked flow (I2)
+//! policy.rs     SG_ACTIVE -> SG_IFACES -> SG_PEERS -> SG_PORTS (E1-E6)
+//! verdict.rs    the funnel: counters, events, the action value
+//! events.rs     ring-buffer events with a per-CPU token bucket
+//! maps.rs       every map
+//! ```
+//!
+//! Frames. Everything is `#[inline(always)]` except the steps marked `#[inline(never)]`
+//! (parse, conntrack lookup, flow creation, related ICMP, later fragments, fragment record,
+//! events): each is a BPF-to-BPF call with its own stack frame, all called from the entry
+//! point, never from each other, so the deepest chain is the entry frame plus one step. As one
+//! function the program needed ~900 bytes of stack (the limit is 512). Those steps return a
+//! packed scalar (`verdict::Packed`), never an `Option`/`Result`.
+//!
+//! Verifier workarounds are labelled `// verifier: <the message it avoids>` where they are.
+//!
+//! On the host (clippy, `cargo check --workspace`) the modules are type-checked; only the
+//! entry points, the panic handler and the license are BPF-only.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
+
+mod conntrack;
+mod ctx;
+mod events;
+mod frag;
+mod maps;
+mod parse;
+mod pipeline;
+mod policy;
+mod related;
+mod verdict;
 
 #[cfg(target_arch = "bpf")]
 mod bpf {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
+    use sg_common::{DIR_EGRESS, DIR_INGRESS};
 
+    use crate::pipeline;
+
+    /// Ingress at XDP (the default on NIC-like devices).
     #[xdp]
-    pub fn sg_xdp_in(_ctx: XdpContext) -> u32 {
-        xdp_action::XDP_PASS
+    pub fn sg_xdp_in(ctx: XdpContext) -> u32 {
+        pipeline::run(&ctx, DIR_INGRESS)
+    }
+
+    /// Ingress at TC (keeps GRO/TSO batching; the default on veth).
+    #[classifier]
+    pub fn sg_tc_in(ctx: TcContext) -> i32 {
+        pipeline::run(&ctx, DIR_INGRESS) as i32
+    }
+
+    /// Egress at TC.
+    #[classifier]
+    pub fn sg_tc_out(ctx: TcContext) -> i32 {
+        pipeline::run(&ctx, DIR_EGRESS) as i32
     }
 
     #[panic_handler]

@@ -7,6 +7,7 @@
 mod bench;
 mod bootstrap;
 mod cmd;
+mod fuzz;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,13 @@ enum Cmd {
     /// Run the whole test suite, privileged tests included (needs root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Long fuzz runs: packets through the real programs vs the reference model, and the
+    /// policy parsers (cargo-fuzz). The test suite runs a short version of each.
+    Fuzz {
+        /// Extra arguments (see `cargo xtask fuzz -- --help`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -80,6 +88,11 @@ fn run(cli: Cli) -> Result<()> {
             let tc = bootstrap::ensure()?;
             cmd::build_ebpf(&tc)?;
             cmd::test(&tc, &args)?;
+        }
+        Cmd::Fuzz { args } => {
+            let tc = bootstrap::ensure()?;
+            cmd::build_ebpf(&tc)?;
+            fuzz::run(&tc, &args)?;
         }
         Cmd::Bench { quick, args } => {
             let tc = bootstrap::ensure()?;

@@ -1,1 +1,278 @@
-//! The only code that imports aya. (in progress)
+//! The dataplane: the only code that imports aya. It loads the embedded eBPF object (map
+//! capacities set before load), attaches the programs to interfaces, swaps policy
+//! generations atomically ([`Dataplane::apply`]), reads counters and conntrack, and runs frames
+//! through the programs with BPF_PROG_TEST_RUN for the fixture and differential tests.
+//!
+//! It must not decide anything about policy: it writes what the compiler produced
+//! ([`MapImage`]) and reports what the kernel counted. One file per concern:
+//! ```text
+//! mod.rs      load, capacities, the typed map handles
+//! apply.rs    generation swap with an in-memory mirror of the kernel's policy maps
+//! attach.rs   XDP / TC ingress and TC egress hooks, fallbacks and their hints
+//! read.rs     rule/reason counters, conntrack statistics and entries, flush, sweep
+//! testrun.rs  BPF_PROG_TEST_RUN of one frame, with the reason and rule it was charged to
+//! ```
+//! Pinning hangs off [`LoadOptions::pin_dir`] (a bpffs directory): maps are pinned by name
+//! under `<pin_dir>/abi-<ABI_VERSION>/` and adopted by the next load (policy, conntrack and
+//! counters survive a restart), and the mirror is rebuilt from the kernel so the next apply
+//! works against the truth. Pinning the links (so enforcement survives the process too, and
+//! an upgrade replaces the program with `attach_to_link`) is the next step; it fits here.
+
+mod apply;
+mod attach;
+mod read;
+mod testrun;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use sg_common::{
+    Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PortData,
+    RuleCounter, RuleVal, capacity, maps, progs,
+};
+
+pub use apply::ApplyReport;
+pub use attach::{
+    AttachReport, IngressHook, PinnedIface, XdpMode, ifindex, pinned_ifaces, unpin_iface,
+};
+pub use read::{CtEntry, CtStats, CtTable, ip_of, monotonic_ns};
+pub use testrun::{Hook, RunResult};
+
+/// Map capacities (`max_entries`), set before the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    pub ifaces: u32,
+    /// Both generations together: an apply writes the next beside the live one.
+    pub peers: u32,
+    pub ports: u32,
+    /// Confirmed flows (C6's "allowance" for established flows).
+    pub ct: u32,
+    /// Unconfirmed flows.
+    pub ct_new: u32,
+    pub frags: u32,
+    /// Rule counter slots; slot 0 means "no rule".
+    pub rule_slots: u32,
+    /// Ring buffer bytes (a power of two, a multiple of the page size).
+    pub events_bytes: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Capacities {
+            ifaces: capacity::IFACES,
+            peers: capacity::PEERS,
+            ports: capacity::PORTS,
+            ct: capacity::CT,
+            ct_new: capacity::CT_NEW,
+            frags: capacity::FRAGS,
+            rule_slots: capacity::RULE_SLOTS,
+            events_bytes: capacity::EVENTS_BYTES,
+        }
+    }
+}
+
+impl Capacities {
+    /// Small tables for tests: fast to create, fast to scan, easy to fill.
+    pub fn small() -> Capacities {
+        Capacities {
+            ifaces: 64,
+            peers: 4096,
+            ports: 4096,
+            ct: 1024,
+            ct_new: 1024,
+            frags: 256,
+            rule_slots: 1024,
+            events_bytes: 1 << 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub capacities: Capacities,
+    /// A directory on a bpffs (e.g. /sys/fs/bpf/sg): maps are pinned there by name and
+    /// adopted by the next load. None: everything lives as long as this process.
+    pub pin_dir: Option<PathBuf>,
+    /// The eBPF object to load; None: the one embedded at build time
+    /// ([`crate::EBPF_OBJECT`]).
+    pub object: Option<Vec<u8>>,
+}
+
+/// Typed handles of the maps the agent reads and writes.
+pub(crate) struct Maps {
+    pub active: Array<MapData, u32>,
+    pub ifaces: HashMap<MapData, IfaceKey, IfaceConf>,
+    pub peers: LpmTrie<MapData, PeerData, u32>,
+    pub ports: LpmTrie<MapData, PortData, RuleVal>,
+    pub ct: HashMap<MapData, FlowKey, FlowVal>,
+    pub ct_new: HashMap<MapData, FlowKey, FlowVal>,
+    pub frags: HashMap<MapData, FragKey, FragVal>,
+    pub rule_cnt: PerCpuArray<MapData, RuleCounter>,
+    pub reason_cnt: PerCpuArray<MapData, u64>,
+    pub ct_stats: PerCpuArray<MapData, u64>,
+    pub config: Array<MapData, Config>,
+}
+
+/// A loaded sg program set with its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maps: Maps,
+    caps: Capacities,
+    mirror: apply::Mirror,
+    attached: BTreeMap<u32, attach::Attachment>,
+    /// The event ring, taken from the object on first use.
+    events: Option<aya::maps::RingBuf<MapData>>,
+}
+
+/// Maps are pinned in `<pin_dir>/abi-<ABI_VERSION>/`.
+const ABI_DIR_PREFIX: &str = "abi-";
+
+impl Dataplane {
+    /// Loads the object, creating (or, with `pin_dir`, adopting) its maps, and loads the three
+    /// programs into the kernel. Nothing is attached yet; every packet of an interface without
+    /// policy is dropped once it is (`DropNoPolicy`).
+    pub fn load(opts: LoadOptions) -> Result<Dataplane> {
+        let c = opts.capacities;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::IFACES, c.ifaces)
+            .map_max_entries(maps::PEERS, c.peers)
+            .map_max_entries(maps::PORTS, c.ports)
+            .map_max_entries(maps::CT, c.ct)
+            .map_max_entries(maps::CT_NEW, c.ct_new)
+            .map_max_entries(maps::FRAGS, c.frags)
+            .map_max_entries(maps::RULE_COUNTERS, c.rule_slots)
+            .map_max_entries(maps::EVENTS, c.events_bytes);
+        let pin_paths: Vec<(&'static str, PathBuf)>;
+        if let Some(dir) = &opts.pin_dir {
+            let maps_dir = prepare_pin_dir(dir)?;
+            pin_paths = maps::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect();
+            for (name, path) in &pin_paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+        }
+        let object: &[u8] = opts.object.as_deref().unwrap_or(crate::EBPF_OBJECT);
+        let mut ebpf = loader.load(object).context(
+            "loading the sg eBPF object (maps and programs); run as root (CAP_BPF, CAP_NET_ADMIN)",
+        )?;
+
+        {
+            let name = progs::XDP_INGRESS;
+            let p: &mut Xdp = program(&mut ebpf, name)?;
+            p.load()
+                .with_context(|| format!("loading program {name} (the verifier log follows)"))?;
+        }
+        for name in [progs::TC_INGRESS, progs::TC_EGRESS] {
+            let p: &mut SchedClassifier = program(&mut ebpf, name)?;
+            p.load()
+                .with_context(|| format!("loading program {name} (the verifier log follows)"))?;
+        }
+
+        let maps = Maps {
+            active: typed(&mut ebpf, maps::ACTIVE)?,
+            ifaces: typed(&mut ebpf, maps::IFACES)?,
+            peers: typed(&mut ebpf, maps::PEERS)?,
+            ports: typed(&mut ebpf, maps::PORTS)?,
+            ct: typed(&mut ebpf, maps::CT)?,
+            ct_new: typed(&mut ebpf, maps::CT_NEW)?,
+            frags: typed(&mut ebpf, maps::FRAGS)?,
+            rule_cnt: typed(&mut ebpf, maps::RULE_COUNTERS)?,
+            reason_cnt: typed(&mut ebpf, maps::REASON_COUNTERS)?,
+            ct_stats: typed(&mut ebpf, maps::CT_STATS)?,
+            config: typed(&mut ebpf, maps::CONFIG)?,
+        };
+        let mut dp = Dataplane {
+            ebpf,
+            maps,
+            caps: c,
+            mirror: apply::Mirror::default(),
+            attached: BTreeMap::new(),
+            events: None,
+        };
+        // Adopted (pinned) maps may hold a live policy: start from what the kernel has.
+        dp.mirror = apply::Mirror::read(&dp.maps).context("reading the policy maps")?;
+        Ok(dp)
+    }
+
+    pub fn capacities(&self) -> Capacities {
+        self.caps
+    }
+
+    /// The generation SG_ACTIVE names (0 or 1).
+    pub fn active_generation(&self) -> u32 {
+        self.mirror.active
+    }
+
+    /// The generation the next image must carry (the one not live).
+    pub fn next_generation(&self) -> u32 {
+        1 - self.mirror.active
+    }
+
+    /// Events per second per CPU (0: none).
+    pub fn set_events_per_sec(&mut self, n: u32) -> Result<()> {
+        self.maps
+            .config
+            .set(
+                0,
+                Config {
+                    events_per_sec: n,
+                    _pad: 0,
+                },
+                0,
+            )
+            .context("writing SG_CONFIG")
+    }
+}
+
+/// Creates the pin directory and returns where this ABI's maps live: `<dir>/abi-<N>`. bpffs
+/// holds only BPF objects (no plain files), so the ABI is in the directory name. Maps pinned
+/// under another ABI's directory are refused, never adopted: their layouts differ.
+fn prepare_pin_dir(dir: &std::path::Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "creating pin directory {}; hint: it must be on a bpffs (mount -t bpf bpf /sys/fs/bpf)",
+            dir.display()
+        )
+    })?;
+    let ours = format!("{ABI_DIR_PREFIX}{}", sg_common::ABI_VERSION);
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(ABI_DIR_PREFIX) && name != ours {
+            bail!(
+                "{} holds maps pinned under {name}, this agent speaks ABI {}; hint: stop the \
+                 old agent and remove {} (conntrack state is lost)",
+                dir.display(),
+                sg_common::ABI_VERSION,
+                dir.join(&name).display()
+            );
+        }
+    }
+    let maps = dir.join(ours);
+    std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
+    Ok(maps)
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| {
+        anyhow!("the eBPF object has no program {name}: was it built from an older sg-ebpf?")
+    })?;
+    p.try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+fn typed<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf.take_map(name).ok_or_else(|| {
+        anyhow!("the eBPF object has no map {name}: was it built from an older sg-ebpf?")
+    })?;
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected type or layout"))
+}

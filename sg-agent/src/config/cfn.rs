@@ -1,0 +1,1574 @@
+//! CloudFormation templates, read as they are: `AWS::EC2::SecurityGroup` (inline rules),
+//! `SecurityGroupIngress`/`SecurityGroupEgress` resources, `Instance`, `NetworkInterface`,
+//! `NetworkInterfaceAttachment` and `PrefixList`, into a [`Draft`].
+//!
+//! Owns CloudFormation's names and its evaluation subset: `Ref` and `Fn::GetAtt` (long form and
+//! `!Ref`/`!GetAtt` tags) to resources of the template and to parameters with a `Default`.
+//! Anything else (`!Sub`, `!If`, ...) cannot be known without deploying and is an error where
+//! the value matters. Other resource types are ignored with a warning.
+//!
+//! Group ids: a group's `GroupName` when it has the shape of an id (`sg-web`), else its
+//! logical id. A literal id (`SourceSecurityGroupId: sg-web`) resolves to the group whose
+//! GroupName or logical id matches; when none does it names a group defined elsewhere, which
+//! has no members here (warning; an empty placeholder group). `Ref`/`GetAtt` to an undefined
+//! logical id is an error.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::diag::{Sink, did_you_mean};
+use super::draft::{
+    DEntry, DGroup, DInterface, DPeer, DPrefixList, DRule, DTimeouts, Draft, L, TimeoutField,
+};
+use super::read::{At, Fields, fields, list, parse_int};
+use super::values::{self, looks_like_group_id, looks_like_prefix_list_id};
+use crate::policy::{Direction, Family, Origin};
+
+const TOP_KEYS: &[&str] = &[
+    "AWSTemplateFormatVersion",
+    "Description",
+    "Metadata",
+    "Parameters",
+    "Rules",
+    "Mappings",
+    "Conditions",
+    "Transform",
+    "Resources",
+    "Outputs",
+];
+
+const RESOURCE_KEYS: &[&str] = &[
+    "Type",
+    "Properties",
+    "DependsOn",
+    "Condition",
+    "Metadata",
+    "DeletionPolicy",
+    "UpdateReplacePolicy",
+    "CreationPolicy",
+    "UpdatePolicy",
+];
+
+const SG: &str = "AWS::EC2::SecurityGroup";
+const SG_INGRESS: &str = "AWS::EC2::SecurityGroupIngress";
+const SG_EGRESS: &str = "AWS::EC2::SecurityGroupEgress";
+const INSTANCE: &str = "AWS::EC2::Instance";
+const ENI: &str = "AWS::EC2::NetworkInterface";
+const ENI_ATTACHMENT: &str = "AWS::EC2::NetworkInterfaceAttachment";
+const PREFIX_LIST: &str = "AWS::EC2::PrefixList";
+
+/// Properties of AWS::EC2::Instance (those sg reads and those it ignores). An unknown one is
+/// a warning, not an error: this list may lag behind AWS.
+const INSTANCE_PROPS: &[&str] = &[
+    "AdditionalInfo",
+    "Affinity",
+    "AvailabilityZone",
+    "BlockDeviceMappings",
+    "CpuOptions",
+    "CreditSpecification",
+    "DisableApiTermination",
+    "EbsOptimized",
+    "ElasticGpuSpecifications",
+    "ElasticInferenceAccelerators",
+    "EnclaveOptions",
+    "HibernationOptions",
+    "HostId",
+    "HostResourceGroupArn",
+    "IamInstanceProfile",
+    "ImageId",
+    "InstanceInitiatedShutdownBehavior",
+    "InstanceType",
+    "Ipv6AddressCount",
+    "Ipv6Addresses",
+    "KernelId",
+    "KeyName",
+    "LaunchTemplate",
+    "LicenseSpecifications",
+    "MetadataOptions",
+    "Monitoring",
+    "NetworkInterfaces",
+    "PlacementGroupName",
+    "PrivateDnsNameOptions",
+    "PrivateIpAddress",
+    "PropagateTagsToVolumeOnCreation",
+    "RamdiskId",
+    "SecurityGroupIds",
+    "SecurityGroups",
+    "SourceDestCheck",
+    "SsmAssociations",
+    "SubnetId",
+    "Tags",
+    "Tenancy",
+    "UserData",
+    "Volumes",
+];
+
+const INSTANCE_NIC_PROPS: &[&str] = &[
+    "AssociateCarrierIpAddress",
+    "AssociatePublicIpAddress",
+    "ConnectionTrackingSpecification",
+    "DeleteOnTermination",
+    "Description",
+    "DeviceIndex",
+    "EnaSrdSpecification",
+    "GroupSet",
+    "Ipv6AddressCount",
+    "Ipv6Addresses",
+    "NetworkInterfaceId",
+    "PrivateIpAddress",
+    "PrivateIpAddresses",
+    "SecondaryPrivateIpAddressCount",
+    "SubnetId",
+];
+
+const ENI_PROPS: &[&str] = &[
+    "ConnectionTrackingSpecification",
+    "Description",
+    "EnablePrimaryIpv6",
+    "GroupSet",
+    "InterfaceType",
+    "Ipv4PrefixCount",
+    "Ipv4Prefixes",
+    "Ipv6AddressCount",
+    "Ipv6Addresses",
+    "Ipv6PrefixCount",
+    "Ipv6Prefixes",
+    "PrivateIpAddress",
+    "PrivateIpAddresses",
+    "SecondaryPrivateIpAddressCount",
+    "SourceDestCheck",
+    "SubnetId",
+    "Tags",
+];
+
+/// The tag naming the local Linux device of an instance or ENI (sg's own convention).
+pub(crate) const DEVICE_TAG: &str = "sg:device";
+/// The id of the VPC default group, modelled when an instance names no group (D3).
+pub(crate) const DEFAULT_GROUP_ID: &str = "default";
+
+/// What a CloudFormation value evaluated to.
+#[derive(Clone, Debug)]
+enum Val {
+    Str(L<String>),
+    /// A group id (from Ref/GetAtt of a SecurityGroup resource).
+    Group(L<String>),
+    /// A prefix list id (from Ref/GetAtt of a PrefixList resource).
+    PrefixList(L<String>),
+    List(Vec<Val>),
+}
+
+struct Param<'n> {
+    default: Option<At<'n>>,
+    is_list: bool,
+}
+
+struct Res<'n> {
+    logical: String,
+    ty: String,
+    props: Option<Fields<'n>>,
+    at: At<'n>,
+}
+
+struct Cfn<'n, 's> {
+    sink: &'s mut Sink,
+    params: HashMap<String, Param<'n>>,
+    res: Vec<Res<'n>>,
+    by_logical: HashMap<String, usize>,
+    /// Group logical id -> (group id, literal GroupName).
+    groups: BTreeMap<String, (String, Option<String>)>,
+    /// Prefix list logical id -> (id, literal PrefixListName).
+    pls: BTreeMap<String, (String, Option<String>)>,
+    external_groups: BTreeMap<String, Origin>,
+    external_pls: BTreeMap<String, Origin>,
+    /// Where an interface without groups was found (the VPC default group is then modelled).
+    default_needed: Option<Origin>,
+}
+
+fn plain_literal(at: &At) -> Option<String> {
+    if at.node.tag.as_deref().is_some_and(|t| !t.starts_with("!!")) || at.is_null() {
+        return None;
+    }
+    at.node.scalar().map(str::to_string)
+}
+
+pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
+    let mut d = Draft::default();
+    let Some(top) = fields(sink, root, "the template") else {
+        return d;
+    };
+    top.check_keys(sink, "a CloudFormation template", TOP_KEYS);
+    if let Some(t) = top.get("Transform") {
+        sink.warn_hint(
+            &t.origin(sink),
+            "transforms (SAM, macros) are not expanded",
+            "run `aws cloudformation package`/deploy --dry-run tools first if the transform adds security groups",
+        );
+    }
+    let mut c = Cfn {
+        sink,
+        params: HashMap::new(),
+        res: Vec::new(),
+        by_logical: HashMap::new(),
+        groups: BTreeMap::new(),
+        pls: BTreeMap::new(),
+        external_groups: BTreeMap::new(),
+        external_pls: BTreeMap::new(),
+        default_needed: None,
+    };
+    if let Some(p) = top.get("Parameters")
+        && let Some(pf) = fields(c.sink, &p, "Parameters")
+    {
+        for (name, _, v) in pf.entries() {
+            let Some(f) = fields(c.sink, &v, "a parameter") else {
+                continue;
+            };
+            let is_list = f
+                .get("Type")
+                .and_then(|t| plain_literal(&t))
+                .is_some_and(|t| t.starts_with("List<") || t == "CommaDelimitedList");
+            c.params.insert(
+                name,
+                Param {
+                    default: f.get("Default"),
+                    is_list,
+                },
+            );
+        }
+    }
+    let Some(resources) = top.get("Resources") else {
+        c.sink.error_hint(
+            &top.origin(c.sink),
+            "the template has no `Resources`",
+            "a CloudFormation template lists its security groups under Resources",
+        );
+        return d;
+    };
+    let Some(rf) = fields(c.sink, &resources, "Resources") else {
+        return d;
+    };
+    for (logical, _, v) in rf.entries() {
+        let Some(f) = fields(c.sink, &v, "a resource") else {
+            continue;
+        };
+        f.check_keys(c.sink, "a resource", RESOURCE_KEYS);
+        let Some(ty) = f.get("Type").and_then(|t| plain_literal(&t)) else {
+            c.sink.error(
+                &f.origin(c.sink),
+                format!("resource {logical} has no `Type`"),
+            );
+            continue;
+        };
+        if let Some(cond) = f.get("Condition") {
+            c.sink.warn(
+                &cond.origin(c.sink),
+                format!("conditions are not evaluated: resource {logical} is included"),
+            );
+        }
+        let props = match f.get("Properties") {
+            Some(p) => fields(c.sink, &p, "Properties"),
+            None => None,
+        };
+        c.by_logical.insert(logical.clone(), c.res.len());
+        c.res.push(Res {
+            logical,
+            ty,
+            props,
+            at: v,
+        });
+    }
+    c.index();
+    c.prefix_lists(&mut d);
+    c.groups(&mut d);
+    c.interfaces(&mut d);
+    c.finish(&mut d);
+    d
+}
+
+impl<'n> Cfn<'n, '_> {
+    fn index(&mut self) {
+        for r in &self.res {
+            let name = |key: &str| {
+                r.props
+                    .as_ref()
+                    .and_then(|p| p.get(key))
+                    .and_then(|v| plain_literal(&v))
+            };
+            match r.ty.as_str() {
+                SG => {
+                    let gname = name("GroupName");
+                    let id = match &gname {
+                        Some(n) if looks_like_group_id(n) => n.clone(),
+                        _ => r.logical.clone(),
+                    };
+                    self.groups.insert(r.logical.clone(), (id, gname));
+                }
+                PREFIX_LIST => {
+                    let pname = name("PrefixListName");
+                    let id = match &pname {
+                        Some(n) if looks_like_prefix_list_id(n) => n.clone(),
+                        _ => r.logical.clone(),
+                    };
+                    self.pls.insert(r.logical.clone(), (id, pname));
+                }
+                SG_INGRESS | SG_EGRESS | INSTANCE | ENI | ENI_ATTACHMENT => {}
+                other => {
+                    let at = r.at.origin(self.sink);
+                    self.sink.warn(
+                        &at,
+                        format!(
+                            "resource {} ({other}) is ignored: it does not affect security groups",
+                            r.logical
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn unsupported(&mut self, at: &At, what: &str) {
+        self.sink.error_hint(
+            &at.origin(self.sink),
+            format!("{what} cannot be evaluated without deploying the template"),
+            "sg evaluates Ref and Fn::GetAtt (to resources of this template, or parameters with a Default); write the value literally",
+        );
+    }
+
+    /// The logical id named by a `Ref` (tag or long form), if the node is one.
+    fn ref_name(&mut self, at: &At<'n>) -> Option<Option<L<String>>> {
+        if at.node.tag.as_deref() == Some("!Ref") {
+            return Some(plain_text(at).map(|s| L::new(s, at.origin(self.sink))));
+        }
+        let entries = at.node.as_map()?;
+        if entries.len() == 1 && entries[0].0.scalar() == Some("Ref") {
+            let v = at.child("Ref", &entries[0].1);
+            return Some(plain_text(&v).map(|s| L::new(s, v.origin(self.sink))));
+        }
+        None
+    }
+
+    /// `(logical id, attribute)` of a GetAtt (tag or long form), if the node is one.
+    fn getatt(&mut self, at: &At<'n>) -> Option<Option<(L<String>, String)>> {
+        let (node_at, is) = if at.node.tag.as_deref() == Some("!GetAtt") {
+            (at.clone(), true)
+        } else if let Some(entries) = at.node.as_map()
+            && entries.len() == 1
+            && entries[0].0.scalar() == Some("Fn::GetAtt")
+        {
+            (at.child("Fn::GetAtt", &entries[0].1), true)
+        } else {
+            (at.clone(), false)
+        };
+        if !is {
+            return None;
+        }
+        let origin = node_at.origin(self.sink);
+        let parsed = if let Some(s) = node_at.node.scalar() {
+            s.split_once('.')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        } else if let Some(items) = node_at.node.as_seq() {
+            match items {
+                [a, b] => match (a.scalar(), b.scalar()) {
+                    (Some(a), Some(b)) => Some((a.to_string(), b.to_string())),
+                    _ => None,
+                },
+                _ => None,
+            }
+        } else {
+            None
+        };
+        Some(parsed.map(|(a, b)| (L::new(a, origin), b)))
+    }
+
+    fn undefined(&mut self, name: &L<String>, how: &str) {
+        let mut known: Vec<&str> = self.by_logical.keys().map(String::as_str).collect();
+        if how == "Ref" {
+            known.extend(self.params.keys().map(String::as_str));
+        }
+        let hint = match did_you_mean(&name.v, &known) {
+            Some(k) => format!("did you mean {k}?"),
+            None => "define the resource in this template, or write the id literally".to_string(),
+        };
+        self.sink.error_hint(
+            &name.at,
+            format!("{how} to {}, which is not defined in this template", name.v),
+            hint,
+        );
+    }
+
+    /// Evaluates a value node: literal scalars, lists, Ref, GetAtt.
+    fn eval(&mut self, at: &At<'n>) -> Option<Val> {
+        if let Some(r) = self.ref_name(at) {
+            let Some(name) = r else {
+                self.sink.error(
+                    &at.origin(self.sink),
+                    "Ref takes the logical id of a resource or parameter",
+                );
+                return None;
+            };
+            return self.eval_ref(name);
+        }
+        if let Some(g) = self.getatt(at) {
+            let Some((name, attr)) = g else {
+                self.sink.error_hint(
+                    &at.origin(self.sink),
+                    "Fn::GetAtt takes `Resource.Attribute` or [Resource, Attribute]",
+                    "e.g. !GetAtt WebSecurityGroup.GroupId",
+                );
+                return None;
+            };
+            return self.eval_getatt(name, &attr);
+        }
+        if let Some(t) = at.node.tag.as_deref()
+            && !t.starts_with("!!")
+        {
+            self.unsupported(at, t);
+            return None;
+        }
+        if let Some(entries) = at.node.as_map() {
+            if entries.len() == 1
+                && let Some(k) = entries[0].0.scalar()
+                && (k.starts_with("Fn::") || k == "Condition")
+            {
+                self.unsupported(at, k);
+                return None;
+            }
+            self.sink
+                .error(&at.origin(self.sink), "expected a value, found a mapping");
+            return None;
+        }
+        if let Some(items) = at.node.as_seq() {
+            let vals = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| self.eval(&at.item(i, n)))
+                .collect();
+            return Some(Val::List(vals));
+        }
+        if at.is_null() {
+            self.sink.error(
+                &at.origin(self.sink),
+                "expected a value, found nothing (null)",
+            );
+            return None;
+        }
+        Some(Val::Str(L::new(
+            at.node.scalar().unwrap_or_default().to_string(),
+            at.origin(self.sink),
+        )))
+    }
+
+    fn eval_ref(&mut self, name: L<String>) -> Option<Val> {
+        if let Some((id, _)) = self.groups.get(&name.v) {
+            return Some(Val::Group(L::new(id.clone(), name.at)));
+        }
+        if let Some((id, _)) = self.pls.get(&name.v) {
+            return Some(Val::PrefixList(L::new(id.clone(), name.at)));
+        }
+        if let Some(&i) = self.by_logical.get(&name.v) {
+            let ty = self.res[i].ty.clone();
+            self.sink.error(
+                &name.at,
+                format!(
+                    "Ref to {} ({ty}) gives a physical id sg cannot use here",
+                    name.v
+                ),
+            );
+            return None;
+        }
+        if let Some(p) = self.params.get(&name.v) {
+            let (default, is_list) = (p.default.clone(), p.is_list);
+            let Some(default) = default else {
+                self.sink.error_hint(
+                    &name.at,
+                    format!(
+                        "parameter {} has no Default, so its value is unknown",
+                        name.v
+                    ),
+                    "give the parameter a Default, or write the value literally",
+                );
+                return None;
+            };
+            let v = self.eval(&default)?;
+            return Some(match v {
+                Val::Str(s) if is_list => Val::List(
+                    s.v.split(',')
+                        .map(|x| Val::Str(L::new(x.trim().to_string(), name.at.clone())))
+                        .collect(),
+                ),
+                // The value is used at the Ref, so errors point there.
+                Val::Str(s) => Val::Str(L::new(s.v, name.at)),
+                other => other,
+            });
+        }
+        if name.v.starts_with("AWS::") {
+            self.sink.error_hint(
+                &name.at,
+                format!(
+                    "the pseudo parameter {} is only known when deploying",
+                    name.v
+                ),
+                "write the value literally",
+            );
+            return None;
+        }
+        self.undefined(&name, "Ref");
+        None
+    }
+
+    fn eval_getatt(&mut self, name: L<String>, attr: &str) -> Option<Val> {
+        if let Some((id, _)) = self.groups.get(&name.v) {
+            if attr == "GroupId" {
+                return Some(Val::Group(L::new(id.clone(), name.at)));
+            }
+            self.sink.error_hint(
+                &name.at,
+                format!("{}.{attr} is not a security group id", name.v),
+                format!("use !GetAtt {}.GroupId", name.v),
+            );
+            return None;
+        }
+        if let Some((id, _)) = self.pls.get(&name.v) {
+            if attr == "PrefixListId" {
+                return Some(Val::PrefixList(L::new(id.clone(), name.at)));
+            }
+            self.sink.error_hint(
+                &name.at,
+                format!("{}.{attr} is not a prefix list id", name.v),
+                format!("use !GetAtt {}.PrefixListId", name.v),
+            );
+            return None;
+        }
+        if let Some(&i) = self.by_logical.get(&name.v) {
+            let ty = self.res[i].ty.clone();
+            self.sink.error(
+                &name.at,
+                format!(
+                    "Fn::GetAtt {}.{attr} ({ty}) cannot be evaluated without deploying",
+                    name.v
+                ),
+            );
+            return None;
+        }
+        self.undefined(&name, "Fn::GetAtt");
+        None
+    }
+
+    fn string(&mut self, at: &At<'n>, what: &str) -> Option<L<String>> {
+        match self.eval(at)? {
+            Val::Str(s) => Some(s),
+            Val::Group(g) | Val::PrefixList(g) => {
+                self.sink.error(
+                    &g.at,
+                    format!("{what} must be a string, not the id {}", g.v),
+                );
+                None
+            }
+            Val::List(_) => {
+                self.sink.error(
+                    &at.origin(self.sink),
+                    format!("{what} must be a string, found a list"),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, at: &At<'n>, what: &str) -> Option<L<i64>> {
+        let s = self.string(at, what)?;
+        parse_int(self.sink, s, what)
+    }
+
+    /// A descriptive text: a literal, or dropped with a warning (it cannot change what is
+    /// allowed, so it is not worth refusing the template).
+    fn cosmetic(&mut self, at: &At<'n>) -> Option<L<String>> {
+        match plain_literal(at) {
+            Some(s) => Some(L::new(s, at.origin(self.sink))),
+            None => {
+                self.sink.warn(
+                    &at.origin(self.sink),
+                    "this text is not a literal; it is left out",
+                );
+                None
+            }
+        }
+    }
+
+    /// A value naming a security group: Ref/GetAtt, or a literal id, GroupName or logical id.
+    fn group_of(&mut self, v: Val) -> Option<L<String>> {
+        match v {
+            Val::Group(g) => Some(g),
+            Val::Str(s) => {
+                let t = s.v.trim();
+                if let Some((_, (id, _))) = self.groups.iter().find(|(logical, (id, name))| {
+                    *logical == t || id == t || name.as_deref() == Some(t)
+                }) {
+                    return Some(L::new(id.clone(), s.at));
+                }
+                if looks_like_group_id(t) {
+                    if !self.external_groups.contains_key(t) {
+                        self.sink.warn_hint(
+                            &s.at,
+                            format!("security group {t} is not defined in this template; it has no members here, so rules referencing it allow nothing"),
+                            "define it in the template (GroupName or logical id) if its members should be reachable",
+                        );
+                        self.external_groups.insert(t.to_string(), s.at.clone());
+                    }
+                    return Some(L::new(t.to_string(), s.at));
+                }
+                let known: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+                let hint = match did_you_mean(t, &known) {
+                    Some(k) => format!("did you mean {k}?"),
+                    None => {
+                        "use !Ref to a security group of this template or an id sg-...".to_string()
+                    }
+                };
+                self.sink.error_hint(
+                    &s.at,
+                    format!("`{t}` is not a security group of this template nor a group id"),
+                    hint,
+                );
+                None
+            }
+            Val::PrefixList(p) => {
+                self.sink.error(
+                    &p.at,
+                    format!("{} is a prefix list, not a security group", p.v),
+                );
+                None
+            }
+            Val::List(_) => None,
+        }
+    }
+
+    fn prefix_list_of(&mut self, v: Val) -> Option<L<String>> {
+        match v {
+            Val::PrefixList(p) => Some(p),
+            Val::Str(s) => {
+                let t = s.v.trim();
+                if let Some((_, (id, _))) = self.pls.iter().find(|(logical, (id, name))| {
+                    *logical == t || id == t || name.as_deref() == Some(t)
+                }) {
+                    return Some(L::new(id.clone(), s.at));
+                }
+                if looks_like_prefix_list_id(t) {
+                    if !self.external_pls.contains_key(t) {
+                        self.sink.warn(
+                            &s.at,
+                            format!("prefix list {t} is not defined in this template; its entries are unknown, so rules using it allow nothing"),
+                        );
+                        self.external_pls.insert(t.to_string(), s.at.clone());
+                    }
+                    return Some(L::new(t.to_string(), s.at));
+                }
+                self.sink.error_hint(
+                    &s.at,
+                    format!("`{t}` is not a prefix list of this template nor a prefix list id"),
+                    "use !Ref to an AWS::EC2::PrefixList of this template or an id pl-...",
+                );
+                None
+            }
+            Val::Group(g) => {
+                self.sink.error(
+                    &g.at,
+                    format!("{} is a security group, not a prefix list", g.v),
+                );
+                None
+            }
+            Val::List(_) => None,
+        }
+    }
+
+    fn flatten(v: Val, out: &mut Vec<Val>) {
+        match v {
+            Val::List(items) => items.into_iter().for_each(|i| Self::flatten(i, out)),
+            other => out.push(other),
+        }
+    }
+
+    /// A list of group references (SecurityGroupIds, GroupSet, SecurityGroups).
+    fn group_list(&mut self, at: &At<'n>) -> Vec<L<String>> {
+        let Some(v) = self.eval(at) else {
+            return Vec::new();
+        };
+        let mut items = Vec::new();
+        Self::flatten(v, &mut items);
+        items.into_iter().filter_map(|v| self.group_of(v)).collect()
+    }
+
+    fn prefix_lists(&mut self, d: &mut Draft) {
+        for i in 0..self.res.len() {
+            if self.res[i].ty != PREFIX_LIST {
+                continue;
+            }
+            let logical = self.res[i].logical.clone();
+            let at = self.res[i].at.clone();
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
+                self.sink.error(
+                    &at.origin(self.sink),
+                    format!("prefix list {logical} has no Properties"),
+                );
+                continue;
+            };
+            p.check_keys(
+                self.sink,
+                "AWS::EC2::PrefixList Properties",
+                &[
+                    "AddressFamily",
+                    "Entries",
+                    "MaxEntries",
+                    "PrefixListName",
+                    "Tags",
+                ],
+            );
+            let family = match p.get("AddressFamily") {
+                Some(v) => {
+                    self.string(&v, "AddressFamily")
+                        .and_then(|s| match values::family(&s.v) {
+                            Ok(f) => Some(L::new(f, s.at)),
+                            Err(_) => {
+                                self.sink.error_hint(
+                                    &s.at,
+                                    format!("AddressFamily `{}` is not IPv4 or IPv6", s.v),
+                                    "use IPv4 or IPv6",
+                                );
+                                None
+                            }
+                        })
+                }
+                None => {
+                    self.sink.error(
+                        &p.origin(self.sink),
+                        format!("prefix list {logical} needs AddressFamily"),
+                    );
+                    None
+                }
+            };
+            let max_entries = match p.get("MaxEntries") {
+                Some(v) => self.int(&v, "MaxEntries"),
+                None => {
+                    self.sink.error(
+                        &p.origin(self.sink),
+                        format!("prefix list {logical} needs MaxEntries"),
+                    );
+                    None
+                }
+            };
+            let name = match p.get("PrefixListName") {
+                Some(v) => self.cosmetic(&v),
+                None => {
+                    self.sink.error(
+                        &p.origin(self.sink),
+                        format!("prefix list {logical} needs PrefixListName"),
+                    );
+                    None
+                }
+            };
+            let mut entries = Vec::new();
+            if let Some(es) = p.get("Entries")
+                && let Some(items) = list(self.sink, &es, "Entries")
+            {
+                for e in items {
+                    let Some(ef) = fields(self.sink, &e, "an entry") else {
+                        continue;
+                    };
+                    ef.check_keys(self.sink, "a prefix list entry", &["Cidr", "Description"]);
+                    let Some(c) = ef.get("Cidr") else {
+                        self.sink
+                            .error(&ef.origin(self.sink), "an entry needs a Cidr");
+                        continue;
+                    };
+                    let Some(cidr) = self.string(&c, "Cidr") else {
+                        continue;
+                    };
+                    let description = ef.get("Description").and_then(|v| self.cosmetic(&v));
+                    entries.push(DEntry { cidr, description });
+                }
+            }
+            let id = self.pls[&logical].0.clone();
+            d.prefix_lists.push(DPrefixList {
+                id: L::new(id, at.origin(self.sink)),
+                check_id: false,
+                name,
+                family,
+                max_entries,
+                version: None,
+                entries,
+                external: false,
+                at: at.origin(self.sink),
+            });
+        }
+    }
+
+    fn rule(
+        &mut self,
+        at: &At<'n>,
+        dir: Direction,
+        standalone: bool,
+    ) -> Option<(Option<Val>, DRule)> {
+        let what = if standalone {
+            format!(
+                "an {} resource's Properties",
+                if dir == Direction::Ingress {
+                    SG_INGRESS
+                } else {
+                    SG_EGRESS
+                }
+            )
+        } else {
+            format!("an {} rule", dir.name())
+        };
+        let f = fields(self.sink, at, &what)?;
+        let mut known: Vec<&str> = vec![
+            "IpProtocol",
+            "FromPort",
+            "ToPort",
+            "CidrIp",
+            "CidrIpv6",
+            "Description",
+        ];
+        let (group_key, pl_key) = match dir {
+            Direction::Ingress => {
+                known.extend([
+                    "SourceSecurityGroupId",
+                    "SourceSecurityGroupName",
+                    "SourceSecurityGroupOwnerId",
+                    "SourcePrefixListId",
+                ]);
+                ("SourceSecurityGroupId", "SourcePrefixListId")
+            }
+            Direction::Egress => {
+                known.extend(["DestinationSecurityGroupId", "DestinationPrefixListId"]);
+                ("DestinationSecurityGroupId", "DestinationPrefixListId")
+            }
+        };
+        if standalone {
+            known.push("GroupId");
+            if dir == Direction::Ingress {
+                known.push("GroupName");
+            }
+        }
+        f.check_keys_with(self.sink, &what, &known, |k| match (k, dir) {
+            ("SourceSecurityGroupId" | "SourcePrefixListId", Direction::Egress) => {
+                Some("egress rules use DestinationSecurityGroupId / DestinationPrefixListId".into())
+            }
+            ("DestinationSecurityGroupId" | "DestinationPrefixListId", Direction::Ingress) => {
+                Some("ingress rules use SourceSecurityGroupId / SourcePrefixListId".into())
+            }
+            _ => None,
+        });
+        let rule_at = f.origin(self.sink);
+        let target = if standalone {
+            match (f.get("GroupId"), f.get("GroupName")) {
+                (Some(g), _) | (None, Some(g)) => self.eval(&g),
+                (None, None) => {
+                    self.sink.error_hint(
+                        &rule_at,
+                        "the rule does not say which group it belongs to",
+                        "give GroupId (e.g. !Ref WebSecurityGroup)",
+                    );
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(o) = f.get("SourceSecurityGroupOwnerId") {
+            self.sink.warn(
+                &o.origin(self.sink),
+                "SourceSecurityGroupOwnerId is ignored (the group is looked up by id)",
+            );
+        }
+        let Some(proto_at) = f.get("IpProtocol") else {
+            self.sink.error_hint(
+                &rule_at,
+                "the rule needs IpProtocol",
+                "tcp, udp, icmp, icmpv6, -1 or an IANA number",
+            );
+            return None;
+        };
+        let protocol = self.string(&proto_at, "IpProtocol")?;
+        // A port that does not read drops the rule (reported already): judging it without
+        // the port would only add a misleading F3 error.
+        let port = |key: &str, this: &mut Self| match f.get(key) {
+            None => Ok(None),
+            Some(v) => this.int(&v, key).map(Some).ok_or(()),
+        };
+        let (Ok(from), Ok(to)) = (port("FromPort", self), port("ToPort", self)) else {
+            return None;
+        };
+        let description = f.get("Description").and_then(|v| self.cosmetic(&v));
+        let peers: Vec<(&str, At)> = [
+            "CidrIp",
+            "CidrIpv6",
+            group_key,
+            "SourceSecurityGroupName",
+            pl_key,
+        ]
+        .iter()
+        .filter_map(|k| f.get(k).map(|v| (*k, v)))
+        .collect();
+        if peers.len() != 1 {
+            let names = match dir {
+                Direction::Ingress => "CidrIp, CidrIpv6, SourceSecurityGroupId, SourcePrefixListId",
+                Direction::Egress => {
+                    "CidrIp, CidrIpv6, DestinationSecurityGroupId, DestinationPrefixListId"
+                }
+            };
+            let msg = if peers.is_empty() {
+                "the rule names no peer (F5)".to_string()
+            } else {
+                let found: Vec<&str> = peers.iter().map(|(k, _)| *k).collect();
+                format!(
+                    "the rule names {} peers ({}); a rule has exactly one (F5)",
+                    peers.len(),
+                    found.join(", ")
+                )
+            };
+            self.sink.error_hint(
+                &rule_at,
+                msg,
+                format!("give exactly one of {names}; write one rule per peer"),
+            );
+            return None;
+        }
+        let (key, v) = &peers[0];
+        let peer = match *key {
+            "CidrIp" => {
+                let s = self.string(v, key)?;
+                L::new(
+                    DPeer::Cidr {
+                        text: s.v,
+                        expect: Some((
+                            Family::V4,
+                            "CidrIp holds IPv4 CIDRs; put IPv6 ones in CidrIpv6".into(),
+                        )),
+                    },
+                    s.at,
+                )
+            }
+            "CidrIpv6" => {
+                let s = self.string(v, key)?;
+                L::new(
+                    DPeer::Cidr {
+                        text: s.v,
+                        expect: Some((
+                            Family::V6,
+                            "CidrIpv6 holds IPv6 CIDRs; put IPv4 ones in CidrIp".into(),
+                        )),
+                    },
+                    s.at,
+                )
+            }
+            k if k == pl_key => {
+                let val = self.eval(v)?;
+                let p = self.prefix_list_of(val)?;
+                L::new(DPeer::PrefixList(p.v), p.at)
+            }
+            _ => {
+                let val = self.eval(v)?;
+                let g = self.group_of(val)?;
+                L::new(DPeer::Group(g.v), g.at)
+            }
+        };
+        Some((
+            target,
+            DRule {
+                direction: dir,
+                protocol,
+                from,
+                to,
+                peer,
+                id: None,
+                description,
+                at: rule_at,
+            },
+        ))
+    }
+
+    fn groups(&mut self, d: &mut Draft) {
+        for i in 0..self.res.len() {
+            if self.res[i].ty != SG {
+                continue;
+            }
+            let logical = self.res[i].logical.clone();
+            let at = self.res[i].at.clone();
+            let origin = at.origin(self.sink);
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
+                self.sink.error_hint(
+                    &origin,
+                    format!("security group {logical} has no Properties"),
+                    "GroupDescription is required",
+                );
+                continue;
+            };
+            p.check_keys(
+                self.sink,
+                "AWS::EC2::SecurityGroup Properties",
+                &[
+                    "GroupDescription",
+                    "GroupName",
+                    "SecurityGroupEgress",
+                    "SecurityGroupIngress",
+                    "Tags",
+                    "VpcId",
+                ],
+            );
+            let (id, _) = self.groups[&logical].clone();
+            let name = match p.get("GroupName") {
+                Some(v) => plain_literal(&v).map(|s| L::new(s, v.origin(self.sink))),
+                None => Some(L::new(logical.clone(), origin.clone())),
+            };
+            let description = match p.get("GroupDescription") {
+                Some(v) => self.cosmetic(&v),
+                None => {
+                    self.sink.error_hint(
+                        &p.origin(self.sink),
+                        format!("security group {logical} has no GroupDescription"),
+                        "CloudFormation requires GroupDescription",
+                    );
+                    None
+                }
+            };
+            let lists =
+                |key: &str, dir: Direction, this: &mut Self| -> (Option<Vec<DRule>>, Origin) {
+                    match p.get(key) {
+                        None => (None, p.at.with_suffix(&format!(".{key}")).origin(this.sink)),
+                        Some(v) => {
+                            let o = v.origin(this.sink);
+                            let mut out = Vec::new();
+                            if let Some(items) = list(this.sink, &v, key) {
+                                for item in items {
+                                    if let Some((_, r)) = this.rule(&item, dir, false) {
+                                        out.push(r);
+                                    }
+                                }
+                            }
+                            (Some(out), o)
+                        }
+                    }
+                };
+            let (ingress, ingress_at) = lists("SecurityGroupIngress", Direction::Ingress, self);
+            let (egress, egress_at) = lists("SecurityGroupEgress", Direction::Egress, self);
+            d.groups.push(DGroup {
+                id: L::new(id, origin.clone()),
+                check_id: false,
+                name,
+                description,
+                ingress,
+                ingress_at,
+                egress,
+                egress_at,
+                extra: Vec::new(),
+                default_group: false,
+                external: false,
+                at: origin,
+            });
+        }
+        // Stand-alone rule resources add to their group, after its own lists and defaults.
+        for i in 0..self.res.len() {
+            let dir = match self.res[i].ty.as_str() {
+                SG_INGRESS => Direction::Ingress,
+                SG_EGRESS => Direction::Egress,
+                _ => continue,
+            };
+            let logical = self.res[i].logical.clone();
+            let Some(p) = self.res[i].props.as_ref().map(|p| p.at.clone()) else {
+                let o = self.res[i].at.origin(self.sink);
+                self.sink.error(&o, format!("{logical} has no Properties"));
+                continue;
+            };
+            let Some((Some(target), rule)) = self.rule(&p, dir, true) else {
+                continue;
+            };
+            let Some(gid) = self.group_of(target) else {
+                continue;
+            };
+            match d.groups.iter_mut().find(|g| g.id.v == gid.v) {
+                Some(g) => g.extra.push(rule),
+                None => {
+                    self.sink.warn(
+                        &gid.at,
+                        format!("{logical} adds a rule to {}, which is defined elsewhere; the rule is ignored here", gid.v),
+                    );
+                }
+            }
+        }
+    }
+
+    fn tags(&mut self, p: &Fields<'n>) -> (Option<String>, Option<L<String>>) {
+        let (mut name, mut device) = (None, None);
+        let Some(t) = p.get("Tags") else {
+            return (name, device);
+        };
+        let Some(items) = t.node.as_seq() else {
+            return (name, device);
+        };
+        for (i, n) in items.iter().enumerate() {
+            let item = t.item(i, n);
+            let key = item
+                .node
+                .get("Key")
+                .and_then(|k| k.scalar())
+                .unwrap_or_default();
+            let Some(v) = item.node.get("Value") else {
+                continue;
+            };
+            let value = item.child("Value", v);
+            match key {
+                "Name" => name = plain_literal(&value),
+                DEVICE_TAG => device = self.string(&value, DEVICE_TAG),
+                _ => {}
+            }
+        }
+        (name, device)
+    }
+
+    fn conntrack(&mut self, p: &Fields<'n>) -> DTimeouts {
+        let mut t = DTimeouts::default();
+        let Some(c) = p.get("ConnectionTrackingSpecification") else {
+            return t;
+        };
+        let Some(f) = fields(self.sink, &c, "ConnectionTrackingSpecification") else {
+            return t;
+        };
+        let map = [
+            ("TcpEstablishedTimeout", TimeoutField::TcpEstablished),
+            ("UdpStreamTimeout", TimeoutField::UdpStream),
+            ("UdpTimeout", TimeoutField::UdpSingle),
+        ];
+        let known: Vec<&str> = map.iter().map(|(k, _)| *k).collect();
+        f.check_keys(self.sink, "ConnectionTrackingSpecification", &known);
+        for (k, field) in map {
+            if let Some(v) = f.get(k)
+                && let Some(n) = self.int(&v, k)
+            {
+                t.values.push((field, n));
+            }
+        }
+        t
+    }
+
+    /// PrivateIpAddress, PrivateIpAddresses and Ipv6Addresses of an instance, NIC or ENI.
+    fn addresses(&mut self, p: &Fields<'n>, out: &mut Vec<L<String>>) {
+        if let Some(v) = p.get("PrivateIpAddress")
+            && let Some(s) = self.string(&v, "PrivateIpAddress")
+        {
+            out.push(s);
+        }
+        if let Some(v) = p.get("PrivateIpAddresses")
+            && let Some(items) = list(self.sink, &v, "PrivateIpAddresses")
+        {
+            for item in items {
+                let Some(f) = fields(self.sink, &item, "a private address") else {
+                    continue;
+                };
+                f.check_keys(
+                    self.sink,
+                    "a private address",
+                    &["PrivateIpAddress", "Primary"],
+                );
+                if let Some(a) = f.get("PrivateIpAddress")
+                    && let Some(s) = self.string(&a, "PrivateIpAddress")
+                    && !out.iter().any(|o| o.v == s.v)
+                {
+                    out.push(s);
+                }
+            }
+        }
+        if let Some(v) = p.get("Ipv6Addresses")
+            && let Some(items) = list(self.sink, &v, "Ipv6Addresses")
+        {
+            for item in items {
+                let Some(f) = fields(self.sink, &item, "an IPv6 address") else {
+                    continue;
+                };
+                f.check_keys(self.sink, "an IPv6 address", &["Ipv6Address"]);
+                if let Some(a) = f.get("Ipv6Address")
+                    && let Some(s) = self.string(&a, "Ipv6Address")
+                {
+                    out.push(s);
+                }
+            }
+        }
+        for k in [
+            "Ipv6AddressCount",
+            "SecondaryPrivateIpAddressCount",
+            "Ipv4Prefixes",
+            "Ipv6Prefixes",
+            "Ipv4PrefixCount",
+            "Ipv6PrefixCount",
+        ] {
+            if let Some(v) = p.get(k) {
+                self.sink.warn_hint(
+                    &v.origin(self.sink),
+                    format!("{k}: addresses AWS picks at launch are unknown here, so rules referencing this interface's groups cannot include them"),
+                    "list the addresses explicitly",
+                );
+            }
+        }
+    }
+
+    fn no_groups(&mut self, at: &Origin, what: &str) -> Vec<L<String>> {
+        self.sink.warn_hint(
+            at,
+            format!("{what} names no security group: EC2 attaches the VPC default group, modelled as group `{DEFAULT_GROUP_ID}` (D3: all traffic from its own members, all egress)"),
+            "list SecurityGroupIds to choose the groups",
+        );
+        if self.default_needed.is_none() {
+            self.default_needed = Some(at.clone());
+        }
+        vec![L::new(DEFAULT_GROUP_ID.to_string(), at.clone())]
+    }
+
+    fn interfaces(&mut self, d: &mut Draft) {
+        // ENI logical id -> (instance name, device index), from instances and attachments.
+        let mut attached: HashMap<String, (String, i64)> = HashMap::new();
+        for i in 0..self.res.len() {
+            if self.res[i].ty != INSTANCE {
+                continue;
+            }
+            let logical = self.res[i].logical.clone();
+            let origin = self.res[i].at.origin(self.sink);
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
+                let groups = self.no_groups(&origin, &format!("instance {logical}"));
+                self.sink.warn(
+                    &origin,
+                    format!("instance {logical} has no Properties, hence no known address"),
+                );
+                d.interfaces.push(DInterface {
+                    name: L::new(logical.clone(), origin.clone()),
+                    instance: logical,
+                    device: None,
+                    addresses: Vec::new(),
+                    groups,
+                    groups_at: origin.clone(),
+                    timeouts: DTimeouts::default(),
+                    at: origin,
+                });
+                continue;
+            };
+            self.warn_unknown(&p, "AWS::EC2::Instance", INSTANCE_PROPS);
+            if let Some(lt) = p.get("LaunchTemplate") {
+                self.sink.warn(
+                    &lt.origin(self.sink),
+                    "launch templates are not read: groups and addresses must be on the instance",
+                );
+            }
+            let (tag_name, device) = self.tags(&p);
+            let name = tag_name.unwrap_or_else(|| logical.clone());
+            let Some(nics) = p.get("NetworkInterfaces") else {
+                let mut groups = Vec::new();
+                let mut groups_at = p.origin(self.sink);
+                for k in ["SecurityGroupIds", "SecurityGroups"] {
+                    if let Some(v) = p.get(k) {
+                        groups_at = v.origin(self.sink);
+                        groups.extend(self.group_list(&v));
+                    }
+                }
+                if groups.is_empty() && !(p.has("SecurityGroupIds") || p.has("SecurityGroups")) {
+                    groups = self.no_groups(&origin, &format!("instance {logical}"));
+                }
+                let mut addresses = Vec::new();
+                self.addresses(&p, &mut addresses);
+                d.interfaces.push(DInterface {
+                    name: L::new(name.clone(), origin.clone()),
+                    instance: name,
+                    device,
+                    addresses,
+                    groups,
+                    groups_at,
+                    timeouts: DTimeouts::default(),
+                    at: origin,
+                });
+                continue;
+            };
+            for k in [
+                "SecurityGroupIds",
+                "SecurityGroups",
+                "PrivateIpAddress",
+                "Ipv6Addresses",
+                "Ipv6AddressCount",
+            ] {
+                if let Some(v) = p.get(k) {
+                    self.sink.error_hint(
+                        &v.origin(self.sink),
+                        format!("{k} cannot be combined with NetworkInterfaces (EC2 rejects it)"),
+                        "put groups (GroupSet) and addresses on the network interface",
+                    );
+                }
+            }
+            if device.is_some() {
+                self.sink.warn(&origin, format!("the {DEVICE_TAG} tag of an instance with NetworkInterfaces is ignored; tag the interfaces' ENIs"));
+            }
+            let Some(items) = list(self.sink, &nics, "NetworkInterfaces") else {
+                continue;
+            };
+            let only_one = items.len() == 1;
+            for (n, item) in items.iter().enumerate() {
+                let Some(nf) = fields(self.sink, item, "a network interface") else {
+                    continue;
+                };
+                self.warn_unknown(&nf, "a network interface", INSTANCE_NIC_PROPS);
+                let index = match nf.get("DeviceIndex") {
+                    Some(v) => self.int(&v, "DeviceIndex").map_or(n as i64, |i| i.v),
+                    None => {
+                        self.sink.error(
+                            &nf.origin(self.sink),
+                            "a network interface needs a DeviceIndex",
+                        );
+                        n as i64
+                    }
+                };
+                if let Some(eni) = nf.get("NetworkInterfaceId") {
+                    match self.ref_name(&eni) {
+                        Some(Some(r)) if self.by_logical.get(&r.v).is_some_and(|&j| self.res[j].ty == ENI) => {
+                            attached.insert(r.v, (name.clone(), index));
+                        }
+                        Some(Some(r)) if !self.by_logical.contains_key(&r.v) => self.undefined(&r, "Ref"),
+                        _ => self.sink.warn(
+                            &eni.origin(self.sink),
+                            "this network interface is not an AWS::EC2::NetworkInterface of this template; it is ignored",
+                        ),
+                    }
+                    continue;
+                }
+                let nic_origin = nf.origin(self.sink);
+                let (groups, groups_at) = match nf.get("GroupSet") {
+                    Some(g) => (self.group_list(&g), g.origin(self.sink)),
+                    None => (
+                        self.no_groups(
+                            &nic_origin,
+                            &format!("network interface {n} of instance {logical}"),
+                        ),
+                        nic_origin.clone(),
+                    ),
+                };
+                let mut addresses = Vec::new();
+                self.addresses(&nf, &mut addresses);
+                let timeouts = self.conntrack(&nf);
+                // An instance's only interface is named after the instance (as in the native
+                // format); with several, `instance/ethN` after their device index.
+                let iface_name = if only_one {
+                    name.clone()
+                } else {
+                    format!("{name}/eth{index}")
+                };
+                d.interfaces.push(DInterface {
+                    name: L::new(iface_name, nic_origin.clone()),
+                    instance: name.clone(),
+                    device: None,
+                    addresses,
+                    groups,
+                    groups_at,
+                    timeouts,
+                    at: nic_origin,
+                });
+            }
+        }
+        for i in 0..self.res.len() {
+            if self.res[i].ty != ENI_ATTACHMENT {
+                continue;
+            }
+            let Some(p) = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() })
+            else {
+                continue;
+            };
+            p.check_keys(
+                self.sink,
+                "AWS::EC2::NetworkInterfaceAttachment Properties",
+                &[
+                    "DeleteOnTermination",
+                    "DeviceIndex",
+                    "EnaSrdSpecification",
+                    "InstanceId",
+                    "NetworkInterfaceId",
+                ],
+            );
+            let target = |this: &mut Self, key: &str, ty: &str| -> Option<String> {
+                let v = p.get(key)?;
+                match this.ref_name(&v) {
+                    Some(Some(r)) => match this.by_logical.get(&r.v) {
+                        Some(&j) if this.res[j].ty == ty => Some(r.v),
+                        Some(_) => None,
+                        None => {
+                            this.undefined(&r, "Ref");
+                            None
+                        }
+                    },
+                    _ => None,
+                }
+            };
+            let (Some(inst), Some(eni)) = (
+                target(self, "InstanceId", INSTANCE),
+                target(self, "NetworkInterfaceId", ENI),
+            ) else {
+                let o = p.origin(self.sink);
+                self.sink.warn(&o, "this attachment does not join an instance and an interface of this template; it is ignored");
+                continue;
+            };
+            let index = p
+                .get("DeviceIndex")
+                .and_then(|v| self.int(&v, "DeviceIndex"))
+                .map_or(1, |i| i.v);
+            let j = self.by_logical[&inst];
+            let inst_name = self.res[j]
+                .props
+                .as_ref()
+                .map(|pp| Fields { at: pp.at.clone() })
+                .and_then(|pp| self.tags(&pp).0)
+                .unwrap_or(inst);
+            attached.insert(eni, (inst_name, index));
+        }
+        for i in 0..self.res.len() {
+            if self.res[i].ty != ENI {
+                continue;
+            }
+            let logical = self.res[i].logical.clone();
+            let origin = self.res[i].at.origin(self.sink);
+            let p = self.res[i]
+                .props
+                .as_ref()
+                .map(|p| Fields { at: p.at.clone() });
+            let (tag_name, device, groups, groups_at, addresses, timeouts) = match &p {
+                Some(p) => {
+                    self.warn_unknown(p, "AWS::EC2::NetworkInterface", ENI_PROPS);
+                    let (tag_name, device) = self.tags(p);
+                    let (groups, groups_at) = match p.get("GroupSet") {
+                        Some(g) => (self.group_list(&g), g.origin(self.sink)),
+                        None => (
+                            self.no_groups(&origin, &format!("network interface {logical}")),
+                            origin.clone(),
+                        ),
+                    };
+                    let mut addresses = Vec::new();
+                    self.addresses(p, &mut addresses);
+                    (
+                        tag_name,
+                        device,
+                        groups,
+                        groups_at,
+                        addresses,
+                        self.conntrack(p),
+                    )
+                }
+                None => {
+                    let groups = self.no_groups(&origin, &format!("network interface {logical}"));
+                    (
+                        None,
+                        None,
+                        groups,
+                        origin.clone(),
+                        Vec::new(),
+                        DTimeouts::default(),
+                    )
+                }
+            };
+            let (name, instance) = match attached.get(&logical) {
+                Some((inst, idx)) => (format!("{inst}/eth{idx}"), inst.clone()),
+                None => {
+                    let n = tag_name.unwrap_or_else(|| logical.clone());
+                    (n.clone(), n)
+                }
+            };
+            d.interfaces.push(DInterface {
+                name: L::new(name, origin.clone()),
+                instance,
+                device,
+                addresses,
+                groups,
+                groups_at,
+                timeouts,
+                at: origin,
+            });
+        }
+    }
+
+    fn warn_unknown(&mut self, f: &Fields<'n>, what: &str, known: &[&str]) {
+        for (key, k, _) in f.entries() {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let hint = match did_you_mean(&key, known) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "sg ignores it".to_string(),
+            };
+            self.sink.warn_hint(
+                &k.origin(self.sink),
+                format!("unknown property `{key}` in {what}"),
+                hint,
+            );
+        }
+    }
+
+    fn finish(&mut self, d: &mut Draft) {
+        for (id, at) in std::mem::take(&mut self.external_groups) {
+            d.groups.push(DGroup {
+                id: L::new(id, at.clone()),
+                check_id: true,
+                name: None,
+                description: None,
+                ingress: Some(Vec::new()),
+                ingress_at: at.clone(),
+                egress: Some(Vec::new()),
+                egress_at: at.clone(),
+                extra: Vec::new(),
+                default_group: false,
+                external: true,
+                at,
+            });
+        }
+        for (id, at) in std::mem::take(&mut self.external_pls) {
+            d.prefix_lists.push(DPrefixList {
+                id: L::new(id, at.clone()),
+                check_id: true,
+                name: None,
+                family: None,
+                max_entries: None,
+                version: None,
+                entries: Vec::new(),
+                external: true,
+                at,
+            });
+        }
+        if let Some(at) = self.default_needed.take()
+            && !d.groups.iter().any(|g| g.id.v == DEFAULT_GROUP_ID)
+        {
+            d.groups.push(DGroup {
+                id: L::new(DEFAULT_GROUP_ID.to_string(), at.clone()),
+                check_id: false,
+                name: Some(L::new("default".to_string(), at.clone())),
+                description: Some(L::new("default VPC security group".to_string(), at.clone())),
+                ingress: None,
+                ingress_at: at.clone(),
+                egress: None,
+                egress_at: at.clone(),
+                extra: Vec::new(),
+                default_group: true,
+                external: false,
+                at,
+            });
+        }
+    }
+}
+
+/// The text of a plain scalar (no tag check: used under Ref/GetAtt).
+fn plain_text(at: &At) -> Option<String> {
+    at.node
+        .scalar()
+        .filter(|_| !at.is_null())
+        .map(str::to_string)
+}

@@ -1,0 +1,442 @@
+//! Atomic policy change (docs/design.md "Atomic policy change", E7, X1).
+//!
+//! The policy maps hold two generations side by side: every interface key carries its
+//! generation, every scope and class id carries it in its top bit. An apply
+//! 1. checks the image (generation bits, counter slots in range),
+//! 2. clears leftovers of the target generation (it is not live, so nothing sees them),
+//! 3. writes the image's interfaces, peers and ports for the target generation,
+//! 4. flips SG_ACTIVE: one 4-byte write, so every packet sees the old policy or the new one,
+//!    never a mix,
+//! 5. waits [`QUIESCE`] for packets in flight,
+//! 6. deletes the old generation's entries.
+//!
+//! A failure before the flip deletes whatever of the target generation was written, so the
+//! old policy stays in force and nothing is half applied. A failure after the flip (deleting
+//! old entries) leaves the new policy in force and the leftovers in the mirror; the next apply
+//! clears them in step 2.
+//!
+//! The mirror is what we know the kernel holds. It is updated entry by entry, only after the
+//! kernel accepted the write or the delete, so it never claims more than the truth.
+//! Conntrack is never touched (X1).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::lpm_trie::Key;
+use aya::maps::{MapError, PerCpuValues};
+use sg_common::{IfaceConf, IfaceKey, PeerData, PortData, RuleCounter, RuleVal, maps};
+
+use super::{Dataplane, Maps};
+use crate::image::{LpmKey, MapImage, SlotTable};
+
+/// How long the old generation stays after the flip. A program reads SG_ACTIVE once per packet
+/// and then looks up entries of that generation; XDP and TC programs run inside an RCU
+/// read-side section per packet (microseconds), so after the flip no reader can still be
+/// using the old generation once this has passed. Userspace has no direct way to wait for an
+/// RCU grace period, hence a generous sleep; it only delays the cleanup, never enforcement.
+pub const QUIESCE: Duration = Duration::from_millis(10);
+
+/// The policy entries of one generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GenEntries {
+    pub ifaces: BTreeMap<IfaceKey, IfaceConf>,
+    pub peers: BTreeMap<LpmKey<PeerData>, u32>,
+    pub ports: BTreeMap<LpmKey<PortData>, RuleVal>,
+}
+
+impl GenEntries {
+    pub fn len(&self) -> usize {
+        self.ifaces.len() + self.peers.len() + self.ports.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What we know the kernel's policy maps hold.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Mirror {
+    pub active: u32,
+    pub gens: [GenEntries; 2],
+    /// The slot table of the last applied image (for counters by rule id).
+    pub slots: SlotTable,
+    /// Every slot an applied image ever referenced (where a test run's charge can land).
+    pub known_slots: BTreeSet<u32>,
+}
+
+impl Mirror {
+    /// Reads the kernel's policy maps (used at load: pinned maps may hold a live policy).
+    pub fn read(m: &Maps) -> Result<Mirror> {
+        let mut mirror = Mirror {
+            active: m.active.get(&0, 0).context("reading SG_ACTIVE")? & 1,
+            ..Mirror::default()
+        };
+        for kv in m.ifaces.iter() {
+            let (k, v) = kv.context("reading SG_IFACES")?;
+            mirror.gens[(k.generation & 1) as usize].ifaces.insert(k, v);
+        }
+        for kv in m.peers.iter() {
+            let (k, v) = kv.context("reading SG_PEERS")?;
+            let g = peer_generation(&k.data());
+            mirror.gens[g as usize].peers.insert(lpm(&k), v);
+        }
+        for kv in m.ports.iter() {
+            let (k, v) = kv.context("reading SG_PORTS")?;
+            let g = port_generation(&k.data());
+            mirror.gens[g as usize].ports.insert(lpm(&k), v);
+            mirror.known_slots.insert(v.slot);
+        }
+        Ok(mirror)
+    }
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The generation now active.
+    pub generation: u32,
+    /// Entries written for the new generation (interfaces, peers, ports).
+    pub written: usize,
+    /// Leftovers of the target generation removed before writing.
+    pub stale_removed: usize,
+    /// Entries of the old generation deleted after the flip.
+    pub old_removed: usize,
+    /// Entries of the old generation the kernel refused to delete (retried next apply).
+    pub old_left: usize,
+    /// Counter slots newly given to a rule, zeroed before the flip.
+    pub counters_zeroed: usize,
+    /// From start to flip: how long the change took to take effect.
+    pub to_flip: Duration,
+}
+
+fn lpm<T: aya::Pod>(k: &Key<T>) -> LpmKey<T> {
+    LpmKey {
+        prefix_len: k.prefix_len(),
+        data: k.data(),
+    }
+}
+
+fn key<T: aya::Pod>(k: &LpmKey<T>) -> Key<T> {
+    Key::new(k.prefix_len, k.data)
+}
+
+fn peer_generation(d: &PeerData) -> u32 {
+    u32::from(d.scope[0] >> 7)
+}
+
+fn port_generation(d: &PortData) -> u32 {
+    u32::from(d.class[0] >> 7)
+}
+
+/// Checks that every key and id of the image carries its generation.
+fn check_generation(image: &MapImage) -> Result<()> {
+    let g = image.generation;
+    if g > 1 {
+        bail!("image generation {g} is not 0 or 1");
+    }
+    for (k, v) in &image.ifaces {
+        if k.generation != g || v.scope_in >> 31 != g || v.scope_out >> 31 != g {
+            bail!(
+                "image for generation {g} has an interface entry of another generation: {k:?} \
+                 -> {v:?} (a compiler bug)"
+            );
+        }
+    }
+    for (k, v) in &image.peers {
+        if peer_generation(&k.data) != g || v >> 31 != g {
+            bail!("image for generation {g} has a peer entry of another generation: {k:?} -> {v}");
+        }
+    }
+    for k in image.ports.keys() {
+        if port_generation(&k.data) != g {
+            bail!("image for generation {g} has a port entry of another generation: {k:?}");
+        }
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Makes `image` the enforced policy, atomically (see the module comment). On error the
+    /// previous policy is still enforced and the kernel holds nothing of the new one (unless
+    /// even the rollback failed: the error then says how much is left).
+    pub fn apply(&mut self, image: &MapImage) -> Result<ApplyReport> {
+        let start = Instant::now();
+        check_generation(image)?;
+        let g = image.generation;
+        let cap = self.caps.rule_slots;
+        let slot_values = image
+            .slots
+            .by_rule
+            .values()
+            .copied()
+            .chain(image.ports.values().map(|v| v.slot));
+        for s in slot_values {
+            if s == sg_common::NO_RULE_SLOT || s >= cap {
+                bail!(
+                    "the image uses counter slot {s}, outside 1..{cap}; hint: raise the rule slot \
+                     capacity or recompile with it"
+                );
+            }
+        }
+
+        let mut report = ApplyReport {
+            generation: g,
+            ..ApplyReport::default()
+        };
+
+        if g == self.mirror.active {
+            if !self.mirror.gens[g as usize].is_empty() {
+                bail!(
+                    "the image targets generation {g}, which is live; hint: compile for \
+                     generation {} (Dataplane::next_generation)",
+                    1 - g
+                );
+            }
+            // Nothing is enforced by the active generation (a fresh load, or an empty
+            // policy): make the other generation active first, after clearing it, so the
+            // writes below are invisible until the flip.
+            let other = 1 - g;
+            report.stale_removed += self.clear_generation(other)?;
+            self.flip(other)?;
+        }
+
+        // 2. Leftovers of the target generation: not live, delete the ones the image lacks.
+        report.stale_removed += self.remove_missing(g, image)?;
+
+        // Counters of slots newly given to a rule start at zero (E4: a slot is a rule).
+        let mut zero = Vec::new();
+        for (rule, &slot) in &image.slots.by_rule {
+            if self.mirror.slots.slot(rule) != Some(slot) {
+                zero.push(slot);
+            }
+        }
+
+        // 3. Write the new generation, then 4. flip. Roll back on any error.
+        let written = self
+            .zero_counters(&zero)
+            .and_then(|()| self.write_generation(image));
+        let flipped = written.and_then(|n| self.flip(g).map(|()| n));
+        let n = match flipped {
+            Ok(n) => n,
+            Err(e) => {
+                let left = self.clear_generation(g);
+                let live = self.mirror.active;
+                return Err(match left {
+                    Ok(_) => e.context(format!(
+                        "apply of generation {g} failed and was rolled back; generation {live} \
+                         is still enforced"
+                    )),
+                    Err(e2) => e.context(format!(
+                        "apply of generation {g} failed and the rollback failed too ({e2:#}); \
+                         generation {live} is still enforced, {} entries of generation {g} \
+                         remain and will be cleared by the next apply",
+                        self.mirror.gens[g as usize].len()
+                    )),
+                });
+            }
+        };
+        report.written = n;
+        report.counters_zeroed = zero.len();
+        report.to_flip = start.elapsed();
+        self.mirror.slots = image.slots.clone();
+        self.mirror.known_slots.extend(image.slots.by_rule.values());
+        self.mirror
+            .known_slots
+            .extend(image.ports.values().map(|v| v.slot));
+
+        // 5. Packets that read the old SG_ACTIVE may still be looking up old entries.
+        std::thread::sleep(QUIESCE);
+
+        // 6. Delete the old generation; what the kernel refuses stays in the mirror.
+        let old = 1 - g;
+        let before = self.mirror.gens[old as usize].len();
+        if let Err(e) = self.clear_generation(old) {
+            log::warn!("deleting old policy generation {old}: {e:#} (retried at next apply)");
+        }
+        report.old_left = self.mirror.gens[old as usize].len();
+        report.old_removed = before - report.old_left;
+        Ok(report)
+    }
+
+    /// The entries of one generation as the mirror knows them (for tests and `status`).
+    pub fn generation_entries(&self, g: u32) -> (usize, usize, usize) {
+        let e = &self.mirror.gens[(g & 1) as usize];
+        (e.ifaces.len(), e.peers.len(), e.ports.len())
+    }
+
+    /// Reads the policy maps back from the kernel and compares with the mirror: Ok when they
+    /// agree (tests; `sg-agent status --check`).
+    pub fn verify_mirror(&self) -> Result<()> {
+        let kernel = Mirror::read(&self.maps)?;
+        if kernel.active != self.mirror.active {
+            bail!(
+                "SG_ACTIVE is {} in the kernel, {} in the mirror",
+                kernel.active,
+                self.mirror.active
+            );
+        }
+        for g in 0..2 {
+            if kernel.gens[g] != self.mirror.gens[g] {
+                bail!(
+                    "generation {g} differs: kernel has {} entries, mirror {}",
+                    kernel.gens[g].len(),
+                    self.mirror.gens[g].len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn flip(&mut self, g: u32) -> Result<()> {
+        self.maps
+            .active
+            .set(0, g, 0)
+            .with_context(|| format!("writing {} = {g}", maps::ACTIVE))?;
+        self.mirror.active = g;
+        Ok(())
+    }
+
+    fn zero_counters(&mut self, slots: &[u32]) -> Result<()> {
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for &s in slots {
+            let zeros = PerCpuValues::try_from(vec![RuleCounter::default(); ncpu])?;
+            self.maps
+                .rule_cnt
+                .set(s, zeros, 0)
+                .with_context(|| format!("zeroing {} slot {s}", maps::RULE_COUNTERS))?;
+        }
+        Ok(())
+    }
+
+    /// Writes every entry of `image` (its generation is not live). Returns how many.
+    fn write_generation(&mut self, image: &MapImage) -> Result<usize> {
+        let g = image.generation as usize;
+        let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[g]);
+        // Bottom-up (ports, peers, interfaces) for tidiness only: none of it is visible before
+        // the flip.
+        for (k, v) in &image.ports {
+            if mirror.ports.get(k) == Some(v) {
+                continue;
+            }
+            maps.ports
+                .insert(&key(k), *v, 0)
+                .map_err(|e| map_error(maps::PORTS, "insert", k, e))?;
+            mirror.ports.insert(*k, *v);
+        }
+        for (k, v) in &image.peers {
+            if mirror.peers.get(k) == Some(v) {
+                continue;
+            }
+            maps.peers
+                .insert(&key(k), *v, 0)
+                .map_err(|e| map_error(maps::PEERS, "insert", k, e))?;
+            mirror.peers.insert(*k, *v);
+        }
+        for (k, v) in &image.ifaces {
+            if mirror.ifaces.get(k) == Some(v) {
+                continue;
+            }
+            maps.ifaces
+                .insert(k, *v, 0)
+                .map_err(|e| map_error(maps::IFACES, "insert", k, e))?;
+            mirror.ifaces.insert(*k, *v);
+        }
+        Ok(image.ifaces.len() + image.peers.len() + image.ports.len())
+    }
+
+    /// Deletes the entries of generation `g` that `image` does not have. Returns how many.
+    fn remove_missing(&mut self, g: u32, image: &MapImage) -> Result<usize> {
+        let want = GenEntries {
+            ifaces: image.ifaces.clone(),
+            peers: image.peers.clone(),
+            ports: image.ports.clone(),
+        };
+        self.remove_entries(g, Some(&want))
+    }
+
+    /// Deletes every entry of generation `g`. Returns how many.
+    fn clear_generation(&mut self, g: u32) -> Result<usize> {
+        self.remove_entries(g, None)
+    }
+
+    /// Deletes the entries of generation `g` not in `keep` (all when None), interfaces first
+    /// (so a reader never finds an interface whose rules are half gone).
+    fn remove_entries(&mut self, g: u32, keep: Option<&GenEntries>) -> Result<usize> {
+        let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[(g & 1) as usize]);
+        let mut n = 0;
+        let mut first_err: Option<anyhow::Error> = None;
+        let ifaces: Vec<IfaceKey> = mirror
+            .ifaces
+            .keys()
+            .filter(|k| keep.is_none_or(|w| !w.ifaces.contains_key(k)))
+            .copied()
+            .collect();
+        for k in ifaces {
+            match maps.ifaces.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {
+                    mirror.ifaces.remove(&k);
+                    n += 1;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(map_error(maps::IFACES, "delete", &k, e));
+                }
+            }
+        }
+        let peers: Vec<LpmKey<PeerData>> = mirror
+            .peers
+            .keys()
+            .filter(|k| keep.is_none_or(|w| !w.peers.contains_key(k)))
+            .copied()
+            .collect();
+        for k in peers {
+            match maps.peers.remove(&key(&k)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {
+                    mirror.peers.remove(&k);
+                    n += 1;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(map_error(maps::PEERS, "delete", &k, e));
+                }
+            }
+        }
+        let ports: Vec<LpmKey<PortData>> = mirror
+            .ports
+            .keys()
+            .filter(|k| keep.is_none_or(|w| !w.ports.contains_key(k)))
+            .copied()
+            .collect();
+        for k in ports {
+            match maps.ports.remove(&key(&k)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {
+                    mirror.ports.remove(&k);
+                    n += 1;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(map_error(maps::PORTS, "delete", &k, e));
+                }
+            }
+        }
+        match first_err {
+            None => Ok(n),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// A map error with the map, the operation, the key, and a hint for the common causes.
+fn map_error(map: &str, op: &str, k: &impl std::fmt::Debug, e: MapError) -> anyhow::Error {
+    let errno = match &e {
+        MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    };
+    let hint = match errno {
+        Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM) => {
+            "; hint: the map is full: both generations must fit during an apply, raise its \
+             capacity"
+        }
+        Some(libc::EINVAL) => "; hint: the kernel rejected the key (prefix length too long?)",
+        _ => "",
+    };
+    anyhow!(e).context(format!("{op} in {map} failed for {k:?}{hint}"))
+}

@@ -1,0 +1,541 @@
+//! Shared by the privileged dataplane tests: a private network namespace per test, a tiny
+//! independent policy -> MapImage builder, and a fixture-table runner.
+//!
+//! The image builder (`mini_compile`) is deliberately naive and separate from `compile`: it
+//! writes the map layout straight from sg-common's comments and docs/design.md (one scope per
+//! interface and direction, one class per distinct peer prefix, port entries from a plain
+//! recursive split of the (protocol, port) space), so the fixtures test the kernel program
+//! against the contract rather than against the production compiler. It is exact for the
+//! small policies the fixtures use; it is not fast and not minimal.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::process::Command;
+
+use ipnet::IpNet;
+use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions, ifindex};
+use sg_agent::image::{LpmKey, MapImage, SlotTable};
+use sg_agent::model::build::rule_id;
+use sg_agent::policy::{Direction, IcmpMatch, Peer, Policy, Protocol, Rule, RuleId};
+use sg_common::{IfaceConf, IfaceKey, PeerData, PortData, Reason, RuleVal, rule_flags};
+
+// ---------------------------------------------------------------------------------------------
+// Network namespace
+// ---------------------------------------------------------------------------------------------
+
+/// The devices of a test's private network namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Net {
+    /// lo: ifindex 1.
+    pub lo: u32,
+    /// One end of a veth pair created for the test.
+    pub a: u32,
+    /// The other end.
+    pub b: u32,
+}
+
+/// Runs `f` on a thread of its own inside a fresh network namespace holding lo and a veth
+/// pair (sgt0/sgt1). The namespace belongs to that thread alone, so it disappears with the
+/// thread, whatever happens: nothing is left on the host. Panics propagate.
+pub fn in_netns<T: Send + 'static>(f: impl FnOnce(Net) -> T + Send + 'static) -> T {
+    let h = std::thread::spawn(move || {
+        // SAFETY: plain syscalls; CLONE_NEWNET only affects the calling thread.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET) failed: {} (these tests need root)",
+            std::io::Error::last_os_error()
+        );
+        let tid = unsafe { libc::gettid() };
+        let ns = format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id());
+        let out = Command::new("nsenter")
+            .args([
+                ns.as_str(),
+                "ip",
+                "link",
+                "add",
+                "sgt0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "sgt1",
+            ])
+            .output()
+            .expect("running nsenter ip link add");
+        assert!(
+            out.status.success(),
+            "creating the test veth pair failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let net = Net {
+            lo: ifindex("lo").expect("lo in the test netns"),
+            a: ifindex("sgt0").expect("sgt0 in the test netns"),
+            b: ifindex("sgt1").expect("sgt1 in the test netns"),
+        };
+        f(net)
+    });
+    match h.join() {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
+pub fn load() -> Dataplane {
+    Dataplane::load(LoadOptions {
+        capacities: Capacities::small(),
+        ..LoadOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// mini_compile
+// ---------------------------------------------------------------------------------------------
+
+/// A prefix in the 128-bit address space the maps use (IPv4 at ::ffff:0:0/96).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct P128 {
+    addr: u128,
+    len: u8,
+    v4: bool,
+}
+
+impl P128 {
+    fn of(net: &IpNet) -> P128 {
+        match net {
+            IpNet::V4(n) => P128 {
+                addr: (0xffffu128 << 32) | u128::from(u32::from(n.network())),
+                len: 96 + n.prefix_len(),
+                v4: true,
+            },
+            IpNet::V6(n) => P128 {
+                addr: u128::from(n.network()),
+                len: n.prefix_len(),
+                v4: false,
+            },
+        }
+    }
+    fn host(a: &IpAddr) -> P128 {
+        P128::of(&IpNet::from(*a))
+    }
+    fn covers(&self, o: &P128) -> bool {
+        if self.v4 != o.v4 || self.len > o.len {
+            return false;
+        }
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.len))
+        };
+        (self.addr & mask) == (o.addr & mask)
+    }
+    /// The rule-visible prefix length (IPv4: 0..32).
+    fn rule_len(&self) -> u8 {
+        if self.v4 { self.len - 96 } else { self.len }
+    }
+}
+
+/// (protocol range, port range) boxes a rule allows, and its E4 width.
+fn boxes(p: &Protocol) -> (Vec<(u8, u8, u16, u16)>, u64) {
+    let icmp = |proto: u8, m: &IcmpMatch| match *m {
+        IcmpMatch::All => (vec![(proto, proto, 0, 65535)], 65536),
+        IcmpMatch::Type(t) => {
+            let lo = u16::from(t) << 8;
+            (vec![(proto, proto, lo, lo | 255)], 256)
+        }
+        IcmpMatch::TypeCode(t, c) => {
+            let v = (u16::from(t) << 8) | u16::from(c);
+            (vec![(proto, proto, v, v)], 1)
+        }
+    };
+    match p {
+        Protocol::All => (vec![(0, 255, 0, 65535)], 256 * 65536),
+        Protocol::Tcp(r) => (vec![(6, 6, r.from, r.to)], u64::from(r.width())),
+        Protocol::Udp(r) => (vec![(17, 17, r.from, r.to)], u64::from(r.width())),
+        Protocol::Icmp(m) => icmp(1, m),
+        Protocol::Icmpv6(m) => icmp(58, m),
+        Protocol::Number(n) => (vec![(*n, *n, 0, 65535)], 65536),
+    }
+}
+
+struct ClassRule {
+    id: RuleId,
+    /// Longest of the rule's prefixes covering the class prefix.
+    len: u8,
+    width: u64,
+    boxes: Vec<(u8, u8, u16, u16)>,
+    /// Per protocol (6, 17): C4 holds for packets this rule allows.
+    untracked: [bool; 2],
+}
+
+/// Builds generation `generation`'s image of `policy` for the bound interfaces (policy interface name
+/// -> ifindex), keeping counter slots of `prev`.
+pub fn mini_compile(
+    policy: &Policy,
+    bindings: &BTreeMap<String, u32>,
+    prev: &SlotTable,
+    generation: u32,
+    slot_capacity: u32,
+) -> MapImage {
+    let gbit = generation << 31;
+    let mut ids: Vec<&RuleId> = policy.all_rules().map(|r| &r.id).collect();
+    ids.sort();
+    let slots = SlotTable::assign(prev, ids, slot_capacity).expect("slots");
+    let mut img = MapImage {
+        generation,
+        slots,
+        ..MapImage::default()
+    };
+    let mut next_class = 1u32;
+    for (n, (name, &ifindex)) in bindings.iter().enumerate() {
+        let iface = policy
+            .interface(name)
+            .expect("bound interface in the policy");
+        let n = n as u32;
+        let (scope_in, scope_out) = (gbit | (2 * n + 1), gbit | (2 * n + 2));
+        img.ifaces.insert(
+            IfaceKey {
+                generation,
+                ifindex,
+            },
+            IfaceConf {
+                scope_in,
+                scope_out,
+                flags: 0,
+                _pad: 0,
+                timeouts: iface.timeouts,
+            },
+        );
+        let groups: BTreeSet<_> = iface.groups.iter().collect();
+        let rules = |d: Direction| -> Vec<&Rule> {
+            groups
+                .iter()
+                .filter_map(|g| policy.groups.get(*g))
+                .flat_map(|g| g.rules(d))
+                .collect()
+        };
+        for (dir, scope) in [
+            (Direction::Ingress, scope_in),
+            (Direction::Egress, scope_out),
+        ] {
+            let here = rules(dir);
+            let opposite = rules(dir.opposite());
+            // Each rule's prefixes.
+            let rule_prefixes: Vec<(&Rule, Vec<P128>)> = here
+                .iter()
+                .map(|r| (*r, prefixes(policy, &r.peer)))
+                .collect();
+            let mut all: BTreeSet<P128> = rule_prefixes
+                .iter()
+                .flat_map(|(_, ps)| ps.iter().copied())
+                .collect();
+            // The IPv4 root, so IPv4 remotes never fall into an IPv6 prefix like ::/0.
+            all.insert(P128::of(&"0.0.0.0/0".parse().unwrap()));
+            for p in all {
+                let class = gbit | next_class;
+                next_class += 1;
+                let members: Vec<ClassRule> = rule_prefixes
+                    .iter()
+                    .filter_map(|(r, ps)| {
+                        let len = ps.iter().filter(|q| q.covers(&p)).map(|q| q.len).max()?;
+                        let (boxes, width) = boxes(&r.protocol);
+                        let world = matches!(&r.peer, Peer::Cidr(n) if n.prefix_len() == 0);
+                        let untracked = [6u8, 17]
+                            .map(|proto| world && opposite_allows_all(&opposite, proto, p.v4));
+                        Some(ClassRule {
+                            id: r.id.clone(),
+                            len,
+                            width,
+                            boxes,
+                            untracked,
+                        })
+                    })
+                    .collect();
+                img.peers.insert(
+                    LpmKey {
+                        prefix_len: 32 + u32::from(p.len),
+                        data: PeerData {
+                            scope: scope.to_be_bytes(),
+                            addr: p.addr.to_be_bytes(),
+                        },
+                    },
+                    class,
+                );
+                let mut out = Vec::new();
+                split(&members, 32, 0, None, &mut out);
+                for (bits, v24, id, untracked) in out {
+                    let proto = (v24 >> 16) as u8;
+                    let port = (v24 & 0xffff) as u16;
+                    img.ports.insert(
+                        LpmKey {
+                            prefix_len: bits,
+                            data: PortData {
+                                class: class.to_be_bytes(),
+                                proto,
+                                port: port.to_be_bytes(),
+                                _pad: 0,
+                            },
+                        },
+                        RuleVal {
+                            slot: img.slots.slot(&id).expect("slot"),
+                            flags: if untracked { rule_flags::UNTRACKED } else { 0 },
+                        },
+                    );
+                }
+            }
+        }
+    }
+    img
+}
+
+fn prefixes(policy: &Policy, peer: &Peer) -> Vec<P128> {
+    match peer {
+        Peer::Cidr(n) => vec![P128::of(n)],
+        Peer::PrefixList(id) => policy.prefix_lists[id]
+            .entries
+            .iter()
+            .map(P128::of)
+            .collect(),
+        Peer::Group(g) => policy
+            .interfaces
+            .iter()
+            .filter(|i| i.groups.contains(g))
+            .flat_map(|i| i.addresses.iter().map(P128::host))
+            .collect(),
+    }
+}
+
+/// C4's opposite-direction condition: a /0 CIDR rule of the family allowing all of `proto`.
+fn opposite_allows_all(opposite: &[&Rule], proto: u8, v4: bool) -> bool {
+    opposite.iter().any(|r| {
+        let world =
+            matches!(&r.peer, Peer::Cidr(n) if n.prefix_len() == 0 && n.addr().is_ipv4() == v4);
+        world
+            && match r.protocol {
+                Protocol::All => true,
+                Protocol::Tcp(pr) => proto == 6 && pr.from == 0 && pr.to == 65535,
+                Protocol::Udp(pr) => proto == 17 && pr.from == 0 && pr.to == 65535,
+                _ => false,
+            }
+    })
+}
+
+/// The (protocol, port) block of `bits` prefix bits (32..=56) starting at `v24`.
+fn block(bits: u32, v24: u32) -> (u8, u8, u16, u16) {
+    let free = 56 - bits; // low bits of the 24-bit (proto, port) value left open
+    let hi = v24 | ((1u32 << free) - 1);
+    if free >= 16 {
+        ((v24 >> 16) as u8, (hi >> 16) as u8, 0, 65535)
+    } else {
+        let p = (v24 >> 16) as u8;
+        (p, p, (v24 & 0xffff) as u16, (hi & 0xffff) as u16)
+    }
+}
+
+/// How a rule relates to a block: 2 covers it, 1 overlaps part of it, 0 misses it.
+fn relation(r: &ClassRule, b: (u8, u8, u16, u16)) -> u8 {
+    let mut partial = false;
+    for &(plo, phi, qlo, qhi) in &r.boxes {
+        let p_in = plo <= b.0 && b.1 <= phi;
+        let q_in = qlo <= b.2 && b.3 <= qhi;
+        if p_in && q_in {
+            return 2;
+        }
+        let p_ov = plo <= b.1 && b.0 <= phi;
+        let q_ov = qlo <= b.3 && b.2 <= qhi;
+        partial |= p_ov && q_ov;
+    }
+    u8::from(partial)
+}
+
+/// Emits LPM entries so that every point gets its E4 winner (longest prefix, then fewest
+/// points, then smallest id) and its C4 flag, splitting blocks until they are uniform.
+fn split(
+    rules: &[ClassRule],
+    bits: u32,
+    v24: u32,
+    inherited: Option<(RuleId, bool)>,
+    out: &mut Vec<(u32, u32, RuleId, bool)>,
+) {
+    let b = block(bits, v24);
+    let rel: Vec<u8> = rules.iter().map(|r| relation(r, b)).collect();
+    let uniform_rules = rel.iter().all(|&x| x != 1);
+    // The flag differs between protocols: a block spanning 6 or 17 and others must split
+    // if any covering rule makes TCP or UDP untracked.
+    let covering: Vec<&ClassRule> = rules
+        .iter()
+        .zip(&rel)
+        .filter(|(_, x)| **x == 2)
+        .map(|(r, _)| r)
+        .collect();
+    let flag_for = |proto: u8| match proto {
+        6 => covering.iter().any(|r| r.untracked[0]),
+        17 => covering.iter().any(|r| r.untracked[1]),
+        _ => false,
+    };
+    let uniform_flag = b.0 == b.1 || {
+        let f6 = b.0 <= 6 && 6 <= b.1 && flag_for(6);
+        let f17 = b.0 <= 17 && 17 <= b.1 && flag_for(17);
+        !f6 && !f17
+    };
+    if uniform_rules && uniform_flag {
+        let winner = covering
+            .iter()
+            .min_by(|x, y| {
+                y.len
+                    .cmp(&x.len)
+                    .then(x.width.cmp(&y.width))
+                    .then(x.id.cmp(&y.id))
+            })
+            .map(|r| (r.id.clone(), flag_for(b.0)));
+        if let Some(w) = winner
+            && Some(&w) != inherited.as_ref()
+        {
+            out.push((bits, v24, w.0, w.1));
+        }
+        return;
+    }
+    let half = 1u32 << (56 - bits - 1);
+    split(rules, bits + 1, v24, inherited.clone(), out);
+    split(rules, bits + 1, v24 | half, inherited, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixture tables
+// ---------------------------------------------------------------------------------------------
+
+/// Runs fixture rows against a loaded dataplane, collecting every failure (so one run shows
+/// the whole table's state) and panicking at the end if any row failed.
+pub struct Table {
+    pub dp: Dataplane,
+    pub net: Net,
+    pub policy: Policy,
+    pub bindings: BTreeMap<String, u32>,
+    pub image: MapImage,
+    /// rule id -> slot over every image applied (flows outlive their rules: X1).
+    pub slot_of: BTreeMap<RuleId, u32>,
+    pub name: &'static str,
+    rows: usize,
+    failures: Vec<String>,
+}
+
+impl Table {
+    pub fn new(name: &'static str, net: Net, policy: Policy, bindings: &[(&str, u32)]) -> Table {
+        let mut dp = load();
+        let bindings: BTreeMap<String, u32> =
+            bindings.iter().map(|(n, i)| (n.to_string(), *i)).collect();
+        let g = dp.next_generation();
+        let image = mini_compile(&policy, &bindings, &SlotTable::default(), g, 1024);
+        dp.apply(&image)
+            .unwrap_or_else(|e| panic!("{name}: applying the first image: {e:#}"));
+        let slot_of = image.slots.by_rule.clone();
+        Table {
+            dp,
+            net,
+            policy,
+            bindings,
+            image,
+            slot_of,
+            name,
+            rows: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Compiles and applies a new policy (the next generation).
+    pub fn set_policy(&mut self, policy: Policy) {
+        let g = self.dp.next_generation();
+        let image = mini_compile(&policy, &self.bindings, &self.image.slots, g, 1024);
+        self.dp
+            .apply(&image)
+            .unwrap_or_else(|e| panic!("{}: applying a new image: {e:#}", self.name));
+        self.slot_of
+            .extend(image.slots.by_rule.iter().map(|(r, s)| (r.clone(), *s)));
+        self.policy = policy;
+        self.image = image;
+    }
+
+    /// One fixture row: `intent` (cite the SEMANTICS id), the hook and interface, the frame,
+    /// the expected reason and the rule (builder number) expected to be charged.
+    pub fn row(
+        &mut self,
+        intent: &str,
+        hook: Hook,
+        ifindex: u32,
+        frame: &[u8],
+        reason: Reason,
+        rule: Option<u64>,
+    ) {
+        self.rows += 1;
+        let want_slot = rule.map(|n| {
+            *self.slot_of.get(&rule_id(n)).unwrap_or_else(|| {
+                panic!(
+                    "{}: row {intent:?} names rule {n}, not in any image",
+                    self.name
+                )
+            })
+        });
+        match self.dp.run_frame(hook, frame, ifindex) {
+            Err(e) => self
+                .failures
+                .push(format!("{intent} [{hook:?}]: run failed: {e:#}")),
+            Ok(r) => {
+                let mut bad = Vec::new();
+                if r.reason != reason {
+                    bad.push(format!("reason {:?}, want {reason:?}", r.reason));
+                }
+                if r.pass != reason.is_pass() {
+                    bad.push(format!(
+                        "action {} (pass={}), want pass={}",
+                        r.action,
+                        r.pass,
+                        reason.is_pass()
+                    ));
+                }
+                if r.slot != want_slot {
+                    bad.push(format!(
+                        "charged slot {:?}, want {want_slot:?} (rule {rule:?})",
+                        r.slot
+                    ));
+                }
+                if !bad.is_empty() {
+                    self.failures
+                        .push(format!("{intent} [{hook:?}]: {}", bad.join("; ")));
+                }
+            }
+        }
+    }
+
+    /// The same stateless row on both ingress hooks (XDP and TC).
+    pub fn row_in(
+        &mut self,
+        intent: &str,
+        ifindex: u32,
+        frame: &[u8],
+        reason: Reason,
+        rule: Option<u64>,
+    ) {
+        self.row(intent, Hook::XdpIn, ifindex, frame, reason, rule);
+        self.row(intent, Hook::TcIn, ifindex, frame, reason, rule);
+    }
+
+    pub fn finish(self) {
+        let passed = self.rows - self.failures.len();
+        eprintln!(
+            "fixture table {}: {passed}/{} rows pass",
+            self.name, self.rows
+        );
+        if !self.failures.is_empty() {
+            panic!(
+                "fixture table {}: {} of {} rows failed:\n  {}",
+                self.name,
+                self.failures.len(),
+                self.rows,
+                self.failures.join("\n  ")
+            );
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Connection tracking (C1-C6, X1): flow keys, lookups with idle expiry, the per-protocol
+//! state machine, creation of new flows and their promotion from `SG_CT_NEW` to `SG_CT`.
+//!
+//! Owns every write to `SG_CT` and `SG_CT_NEW` and the `ct_stat` counters. It must not
+//! consult the rules: a hit passes whatever the policy says now (X1), and creation is asked
+//! for by the pipeline only after a rule allowed the packet.
+//!
+//! Concurrency. Both directions of a flow may be handled on two CPUs at once, and the agent's
+//! sweeper deletes expired entries concurrently.
+//! - Counters, `seen_ns` and `state` are plain stores through the value pointer: a lost
+//!   increment or a slightly older `seen_ns` only shortens an idle timeout by the gap between
+//!   two packets; a lost state step is redone by the next packet of the flow.
+//! - The maps are BPF_F_NO_PREALLOC (maps.rs): a store into an entry another CPU just deleted
+//!   lands in a dead element, never in another flow.
+//! - New flows are inserted with BPF_NOEXIST. Losing that race (another CPU inserted the same
+//!   key between our lookup and insert) is a hit, not a failure: we look up again.
+//! - Promotion inserts a copy into `SG_CT` with BPF_NOEXIST, then deletes the `SG_CT_NEW`
+//!   entry, and never writes through the old pointer after the delete. Two CPUs promoting the
+//!   same flow: one insert wins, the other gets -EEXIST and only deletes (counts from one
+//!   packet are lost, harmless). A packet that looks the flow up between the insert and the
+//!   delete finds it in `SG_CT` first.
+use aya_ebpf::bindings::BPF_NOEXIST;
+use sg_common::{FlowKey, FlowVal, Reason, Timeouts, ct_flags, ct_stat, ct_state};
+
+use crate::{
+    maps::{SG_CT, SG_CT_NEW, ct_stat},
+    parse::{L4_ICMP, L4_TCP, L4_UDP, Pkt, Words, addr, tcp_flags},
+    verdict::{Packed, Verdict, pack, unpack},
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+const EEXIST: i32 = 17;
+
+/// ICMP echo types: request/reply for IPv4 (8/0) and IPv6 (128/129).
+#[inline(always)]
+pub fn is_echo_request(pkt: &Pkt) -> bool {
+    pkt.l4 == L4_ICMP && pkt.icmp_type == if pkt.v6 != 0 { 128 } else { 8 }
+}
+
+#[inline(always)]
+fn is_echo_reply(pkt: &Pkt) -> bool {
+    pkt.l4 == L4_ICMP && pkt.icmp_type == if pkt.v6 != 0 { 129 } else { 0 }
+}
+
+/// The flow key of a packet seen in direction `dir`: (local, remote) = (destination, source)
+/// on ingress and (source, destination) on egress, so both directions of a flow meet in one
+/// entry. Ports: TCP/UDP ports; ICMP echo: (id, 0); other protocols (C3): (0, 0). ICMP other
+/// than echo belongs to no flow: `None`.
+#[inline(always)]
+pub fn flow_key(
+    ifindex: u32,
+    dir: u8,
+    proto: u8,
+    src: &Words,
+    dst: &Words,
+    ports: Option<(u16, u16)>,
+) -> FlowKey {
+    let (sport, dport) = ports.unwrap_or((0, 0));
+    let (local, remote, lport, rport) = if dir == sg_common::DIR_INGRESS {
+        (dst, src, dport, sport)
+    } else {
+        (src, dst, sport, dport)
+    };
+    // Zeroed first: the padding is part of the hash key. (A `[0; 3]` literal for `_pad`
+    // compiled to a call to memset, an extra BPF-to-BPF call per key.)
+    let mut k: FlowKey = unsafe { core::mem::zeroed() };
+    k.ifindex = ifindex;
+    k.proto = proto;
+    k.lport = lport;
+    k.rport = rport;
+    k.local = addr(local);
+    k.remote = addr(remote);
+    k
+}
+
+/// The key of `pkt` itself (see [`flow_key`]).
+#[inline(always)]
+pub fn key_of(pkt: &Pkt) -> Option<FlowKey> {
+    let dir = pkt.dir;
+    let ports = match pkt.l4 {
+        L4_TCP | L4_UDP => (pkt.sport, pkt.dport),
+        // The echo id is the local port whichever way the packet goes: (id, 0) as seen from
+        // the local side, i.e. sport on egress and dport on ingress.
+        L4_ICMP if is_echo_request(pkt) || is_echo_reply(pkt) => {
+            if dir == sg_common::DIR_INGRESS {
+                (0, pkt.icmp_id)
+            } else {
+                (pkt.icmp_id, 0)
+            }
+        }
+        L4_ICMP => return None,
+        _ => (0, 0),
+    };
+    Some(flow_key(
+        pkt.ifindex,
+        dir,
+        pkt.proto,
+        &pkt.src,
+        &pkt.dst,
+        Some(ports),
+    ))
+}
+
+/// Whether an allowed packet opens a flow (design.md "Pipeline" 7): TCP, UDP, ICMP echo
+/// request and any non-ICMP protocol. ICMP errors, echo replies and other ICMP types do not.
+#[inline(always)]
+pub fn opens_flow(pkt: &Pkt) -> bool {
+    pkt.l4 != L4_ICMP || is_echo_request(pkt)
+}
+
+/// Idle timeout of an entry in its current state, in ns. `timeouts` was captured at creation:
+/// TCP [established, embryonic, closing]; UDP [stream, single, single]; others [t, t, t].
+#[inline(always)]
+fn timeout_ns(v: &FlowVal) -> u64 {
+    let secs = match v.state {
+        ct_state::ESTABLISHED => v.timeouts[0],
+        ct_state::CLOSING | ct_state::RESET => v.timeouts[2],
+        _ => v.timeouts[1],
+    };
+    secs as u64 * NS_PER_SEC
+}
+
+#[inline(always)]
+pub fn expired(v: &FlowVal, now: u64) -> bool {
+    now.saturating_sub(v.seen_ns) > timeout_ns(v)
+}
+
+/// The state after a packet (C5 table in design.md).
+///
+/// TCP: RST -> RESET; FIN -> CLOSING (unless reset); NEW + any packet from the other side ->
+/// REPLIED; REPLIED + a non-SYN packet from the opener -> ESTABLISHED. Others (UDP, ICMP echo,
+/// other protocols), from the per-direction packet counts including this packet: at least two
+/// each way -> ESTABLISHED (a stream); a reply seen -> REPLIED; else NEW.
+#[inline(always)]
+fn next_state(pkt: &Pkt, state: u8, from_origin: bool, packets: &[u64; 2]) -> u8 {
+    if pkt.l4 == L4_TCP {
+        let f = pkt.tcp_flags;
+        if f & tcp_flags::RST != 0 {
+            return ct_state::RESET;
+        }
+        if f & tcp_flags::FIN != 0 {
+            return if state == ct_state::RESET {
+                ct_state::RESET
+            } else {
+                ct_state::CLOSING
+            };
+        }
+        match state {
+            ct_state::NEW if !from_origin => ct_state::REPLIED,
+            ct_state::REPLIED if from_origin && f & tcp_flags::SYN == 0 => ct_state::ESTABLISHED,
+            s => s,
+        }
+    } else if packets[0] >= 2 && packets[1] >= 2 {
+        ct_state::ESTABLISHED
+    } else if packets[1] >= 1 {
+        ct_state::REPLIED
+    } else {
+        ct_state::NEW
+    }
+}
+
+/// Looks the packet's flow up, `SG_CT` first, then `SG_CT_NEW`, and applies a hit.
+/// `None`: a miss (absent, expired -- then deleted -- or an ICMP echo in the wrong role).
+#[inline(always)]
+pub fn lookup(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
+    unpack(lookup_call(key, pkt))
+}
+
+/// A BPF-to-BPF call of its own: its stack frame is not the entry point's.
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
+#[inline(never)]
+fn lookup_call(key: &FlowKey, pkt: &Pkt) -> Packed {
+    pack(lookup_inline(key, pkt))
+}
+
+#[inline(always)]
+fn lookup_inline(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
+    if let Some(p) = SG_CT.get_ptr_mut(key)
+        && let Some(v) = hit(key, p, true, pkt)
+    {
+        return Some(v);
+    }
+    if let Some(p) = SG_CT_NEW.get_ptr_mut(key)
+        && let Some(v) = hit(key, p, false, pkt)
+    {
+        return Some(v);
+    }
+    None
+}
+
+/// Applies a hit on the entry at `p` (in `SG_CT` when `confirmed`).
+#[inline(always)]
+fn hit(key: &FlowKey, p: *mut FlowVal, confirmed: bool, pkt: &Pkt) -> Option<Verdict> {
+    let now = pkt.now;
+    let v = unsafe { &mut *p };
+    if expired(v, now) {
+        // Whoever deletes counts: a concurrent delete by the sweeper or another CPU fails
+        // here with -ENOENT and is not counted twice.
+        let (map, stat) = if confirmed {
+            (&SG_CT, ct_stat::CT_DELETES)
+        } else {
+            (&SG_CT_NEW, ct_stat::NEW_DELETES)
+        };
+        if map.remove(key).is_ok() {
+            ct_stat(stat);
+        }
+        return None;
+    }
+    let from_origin = v.origin == pkt.dir;
+    // C2 echo roles: a request matches only in the direction that opened the flow, a reply
+    // only in the other.
+    if pkt.l4 == L4_ICMP && (is_echo_request(pkt) != from_origin) {
+        return None;
+    }
+    let d = if from_origin { 0 } else { 1 };
+    let mut packets = v.packets;
+    packets[d] += 1;
+    let state = next_state(pkt, v.state, from_origin, &packets);
+    let slot = v.rule_slot;
+    let reason = if from_origin {
+        Reason::PassCtOriginal
+    } else {
+        Reason::PassCtReply
+    };
+    if !confirmed && state == ct_state::ESTABLISHED {
+        // Promotion: copy into SG_CT, then delete from SG_CT_NEW; no write through `p` after.
+        let mut nv = *v;
+        nv.packets = packets;
+        nv.bytes[d] += pkt.len as u64;
+        nv.seen_ns = now;
+        nv.state = state;
+        nv.flags |= ct_flags::CONFIRMED;
+        match SG_CT.insert(key, nv, BPF_NOEXIST as u64) {
+            Ok(()) => ct_stat(ct_stat::CT_INSERTS),
+            // Another CPU promoted it first: it is in SG_CT, carry on.
+            Err(e) if e == -EEXIST => {}
+            // SG_CT full (C6): the promotion and its packet are dropped; the flow stays in
+            // SG_CT_NEW unchanged and the next packet tries again.
+            Err(_) => {
+                ct_stat(ct_stat::EXCEEDED);
+                return Some(Verdict::of(Reason::DropCtFull));
+            }
+        }
+        if SG_CT_NEW.remove(key).is_ok() {
+            ct_stat(ct_stat::NEW_DELETES);
+        }
+    } else {
+        v.packets[d] = packets[d];
+        v.bytes[d] += pkt.len as u64;
+        v.seen_ns = now;
+        if state != v.state {
+            v.state = state;
+        }
+    }
+    Some(Verdict::rule(reason, slot))
+}
+
+/// Creates the flow `pkt` opens, charged to rule `slot`, with the interface's timeouts.
+/// `PassRuleNew`, or `DropCtFull` when `SG_CT_NEW` is full (C6).
+#[inline(always)]
+pub fn create(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
+    match unpack(create_call(key, pkt, t, slot)) {
+        Some(v) => v,
+        // Another CPU created this flow between our lookup and our insert: it is a hit now.
+        // (Looked up again from here, not from inside `create_call`, so the two frames are
+        // siblings on the stack rather than nested.)
+        None => match lookup(key, pkt) {
+            Some(v) => v,
+            // The key is taken by an entry this packet cannot use (an ICMP echo request
+            // against a flow the peer opened with the same id): allowed, but stateless.
+            None => Verdict::rule(Reason::PassRuleUntracked, slot),
+        },
+    }
+}
+
+/// A BPF-to-BPF call of its own. `None`: the insert lost a race (-EEXIST).
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
+#[inline(never)]
+fn create_call(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Packed {
+    pack(create_inline(key, pkt, t, slot))
+}
+
+#[inline(always)]
+fn create_inline(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Option<Verdict> {
+    let now = pkt.now;
+    let (timeouts, state) = match pkt.l4 {
+        L4_TCP => {
+            let f = pkt.tcp_flags;
+            let state = if f & tcp_flags::RST != 0 {
+                ct_state::RESET
+            } else if f & tcp_flags::FIN != 0 {
+                ct_state::CLOSING
+            } else {
+                ct_state::NEW
+            };
+            ([t.tcp_established, t.tcp_embryonic, t.tcp_closing], state)
+        }
+        L4_UDP => ([t.udp_stream, t.udp_single, t.udp_single], ct_state::NEW),
+        L4_ICMP => ([t.icmp; 3], ct_state::NEW),
+        _ => ([t.other; 3], ct_state::NEW),
+    };
+    let val = FlowVal {
+        created_ns: now,
+        seen_ns: now,
+        packets: [1, 0],
+        bytes: [pkt.len as u64, 0],
+        rule_slot: slot,
+        timeouts,
+        origin: pkt.dir,
+        state,
+        flags: 0,
+        _pad: 0,
+        _pad2: 0,
+    };
+    match SG_CT_NEW.insert(key, val, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            ct_stat(ct_stat::NEW_INSERTS);
+            Some(Verdict::rule(Reason::PassRuleNew, slot))
+        }
+        Err(e) if e == -EEXIST => None,
+        Err(_) => {
+            ct_stat(ct_stat::EXCEEDED);
+            Some(Verdict::of(Reason::DropCtFull))
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The pipeline, one for both families, both directions and every hook (design.md):
+//!
+//! ```text
+//! parse -> exemptions -> later-fragment check -> conntrack -> related ICMP -> policy
+//!       -> create state (only after allow) -> verdict funnel (count, event, return)
+//! ```
+//!
+//! Owns the order of the steps and the exemptions (N1, N2); each step lives in its own file.
+//! Every path ends in `verdict::finish`: no early return bypasses the counters.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use sg_common::{DIR_INGRESS, Reason, rule_flags};
+
+use crate::{
+    conntrack,
+    ctx::Hook,
+    frag,
+    parse::{self, FRAG_FIRST, FRAG_LATER, L4_ICMP, L4_UDP, Pkt},
+    policy, related,
+    verdict::{self, Verdict},
+};
+
+/// Judges the packet in `ctx`, seen in direction `dir`, and returns the hook's action.
+#[inline(always)]
+pub fn run<C: Hook>(ctx: &C, dir: u8) -> u32 {
+    let mut pkt = Pkt::new(ctx.ifindex(), dir, ctx.len());
+    let v = judge(ctx, &mut pkt);
+    verdict::finish::<C>(&pkt, v)
+}
+
+#[inline(always)]
+fn judge<C: Hook>(ctx: &C, pkt: &mut Pkt) -> Verdict {
+    if let Some(reason) = parse::parse(ctx, pkt) {
+        return Verdict::of(reason);
+    }
+    pkt.now = unsafe { bpf_ktime_get_ns() };
+    let pkt = &*pkt;
+    let v = if let Some(reason) = exemption(pkt) {
+        Verdict::of(reason)
+    } else if pkt.frag == FRAG_LATER {
+        return frag::later(pkt);
+    } else {
+        judge_flow(ctx, pkt)
+    };
+    if pkt.frag == FRAG_FIRST {
+        frag::record(pkt, &v);
+    }
+    v
+}
+
+/// Traffic security groups never filter (N1, N2), both directions, no rule charged:
+/// - ICMPv6 133-137 (router solicitation/advertisement, neighbour solicitation/advertisement,
+///   redirect): `PassNdp`;
+/// - the DHCP client's exchange: IPv4 UDP 67 -> 68 in, 68 -> 67 out; IPv6 UDP 547 -> 546 in,
+///   546 -> 547 out: `PassDhcp`.
+#[inline(always)]
+fn exemption(pkt: &Pkt) -> Option<Reason> {
+    if pkt.l4 == L4_ICMP && pkt.v6 != 0 && matches!(pkt.icmp_type, 133..=137) {
+        return Some(Reason::PassNdp);
+    }
+    if pkt.l4 == L4_UDP && pkt.frag != FRAG_LATER {
+        let (server, client) = if pkt.v6 != 0 { (547, 546) } else { (67, 68) };
+        let dhcp = if pkt.dir == DIR_INGRESS {
+            pkt.sport == server && pkt.dport == client
+        } else {
+            pkt.sport == client && pkt.dport == server
+        };
+        if dhcp {
+            return Some(Reason::PassDhcp);
+        }
+    }
+    None
+}
+
+/// Conntrack, related ICMP, policy, state: for a whole packet or a first fragment.
+#[inline(always)]
+fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
+    let key = conntrack::key_of(pkt);
+    if let Some(k) = &key
+        && let Some(v) = conntrack::lookup(k, pkt)
+    {
+        return v;
+    }
+    if let Some(v) = related::lookup(ctx, pkt) {
+        return v;
+    }
+    let Some(conf) = policy::iface(pkt.ifindex) else {
+        return Verdict::of(Reason::DropNoPolicy);
+    };
+    let Some(rule) = policy::rule(conf, pkt) else {
+        return Verdict::of(Reason::DropNoRule);
+    };
+    match key {
+        Some(k)
+            if rule.flags & rule_flags::UNTRACKED == 0
+                && conntrack::opens_flow(pkt)
+                && !policy::answers_untracked(conf, pkt) =>
+        {
+            conntrack::create(&k, pkt, &conf.timeouts, rule.slot)
+        }
+        // C4 untracked flows (and answers within them), ICMP errors, echo replies and other
+        // ICMP types.
+        _ => Verdict::rule(Reason::PassRuleUntracked, rule.slot),
+    }
+}
