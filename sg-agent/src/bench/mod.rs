@@ -19,6 +19,7 @@
 //! addresses), every generator is bounded by a deadline and a packet budget.
 
 pub mod frames;
+pub mod kernel;
 pub mod nft;
 pub mod rawbpf;
 pub mod report;
@@ -166,6 +167,7 @@ pub struct Results {
     pub receiver_pinned: bool,
     pub udp: Vec<UdpFigure>,
     pub tcp: Vec<TcpFigure>,
+    pub kernel: Option<kernel::KernelCost>,
     /// Things that could not be measured, and why.
     pub notes: Vec<String>,
 }
@@ -227,6 +229,12 @@ pub fn run(opts: &Options) -> Result<Results> {
             .map_or(0, |d| d.as_secs()),
         ..Results::default()
     };
+    if opts.runs("kernel") {
+        match kernel::run(opts) {
+            Ok(k) => r.kernel = Some(k),
+            Err(e) => r.notes.push(format!("in-kernel cost not measured: {e:#}")),
+        }
+    }
     let needs_rig = opts.runs("generators") || opts.runs("throughput");
     if needs_rig {
         let mut pair = Pair::new()?;

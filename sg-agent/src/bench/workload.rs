@@ -33,8 +33,14 @@ pub const SENDER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
 /// Allowed from the sender: UDP to this port (the flood).
 pub const UDP_ALLOWED: u16 = 9000;
-/// Allowed from the sender: TCP to this port (iperf3, test_run flows).
+/// Allowed from [`TCP_SENDERS`]: TCP to this port (iperf3, test_run flows).
 pub const TCP_ALLOWED: u16 = 5201;
+/// TCP to [`TCP_ALLOWED`] is allowed from this /28 (the sender's), so the in-kernel bench
+/// has enough distinct new flows: 14 sources x 64k source ports.
+pub const TCP_SENDERS: &str = "198.51.100.0/28";
+/// Not a member of anything until [`with_newcomer`] makes it one: UDP [`UDP_ALLOWED`] from a
+/// member of group 0 is allowed.
+pub const NEWCOMER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
 /// Never allowed from the sender (UDP and TCP): the "dropped" flow.
 pub const DENIED_PORT: u16 = 9001;
 /// Random rules stay out of these ports.
@@ -128,9 +134,10 @@ fn list_id(i: usize) -> PrefixListId {
     PrefixListId(format!("pl-{:017x}", i + 1))
 }
 
-/// The bench's own rules (ingress, in the last group, last): UDP [`UDP_ALLOWED`] and TCP
-/// [`TCP_ALLOWED`] from the sender's /32.
-pub const OWN_RULES: usize = 2;
+/// The bench's own rules (ingress, in the last group, last): UDP [`UDP_ALLOWED`] from the
+/// sender's /32, TCP [`TCP_ALLOWED`] from [`TCP_SENDERS`], UDP [`UDP_ALLOWED`] from members
+/// of group 0.
+pub const OWN_RULES: usize = 3;
 
 /// A policy of exactly `n` rules (at least [`OWN_RULES`]).
 pub fn policy(n: usize, seed: u64) -> Policy {
@@ -221,24 +228,20 @@ pub fn policy(n: usize, seed: u64) -> Policy {
     let sender = Peer::Cidr(IpNet::V4(
         Ipv4Net::new(SENDER_V4, 32).expect("/32 is valid"),
     ));
-    for proto in [
-        Protocol::Udp(PortRange {
-            from: UDP_ALLOWED,
-            to: UDP_ALLOWED,
-        }),
-        Protocol::Tcp(PortRange {
-            from: TCP_ALLOWED,
-            to: TCP_ALLOWED,
-        }),
+    let udp = Protocol::Udp(PortRange {
+        from: UDP_ALLOWED,
+        to: UDP_ALLOWED,
+    });
+    let tcp = Protocol::Tcp(PortRange {
+        from: TCP_ALLOWED,
+        to: TCP_ALLOWED,
+    });
+    for (proto, peer) in [
+        (udp, sender),
+        (tcp, world(TCP_SENDERS)),
+        (udp, Peer::Group(group_id(0))),
     ] {
-        push(
-            &mut p,
-            &mut rng,
-            GROUPS - 1,
-            Direction::Ingress,
-            proto,
-            sender.clone(),
-        );
+        push(&mut p, &mut rng, GROUPS - 1, Direction::Ingress, proto, peer);
     }
     // The receiver carries every group; the others three each (members for group peers),
     // addressed inside 203.0.113.0/24 and 2001:db8:ffff::/48.
@@ -278,13 +281,29 @@ pub fn policy(n: usize, seed: u64) -> Policy {
     p
 }
 
+/// `policy` plus one more interface, [`NEWCOMER_V4`], carrying group 0: the membership
+/// change whose effect the control-plane bench times.
+pub fn with_newcomer(policy: &Policy) -> Policy {
+    let mut p = policy.clone();
+    p.interfaces.push(Interface {
+        name: "newcomer".into(),
+        instance: "i-newcomer".into(),
+        device: None,
+        addresses: vec![IpAddr::V4(NEWCOMER_V4)],
+        groups: vec![group_id(0)],
+        timeouts: Timeouts::AWS_DEFAULT,
+        origin: Origin::default(),
+    });
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn has_exactly_n_rules_and_is_deterministic() {
-        for n in [2, 10, 1000] {
+        for n in [3, 10, 1000] {
             let p = policy(n, 7);
             assert_eq!(p.all_rules().count(), n);
             assert_eq!(p, policy(n, 7));
@@ -298,9 +317,8 @@ mod tests {
         let ids: BTreeSet<&str> = p.all_rules().map(|r| r.id.as_str()).collect();
         assert_eq!(ids.len(), 5000, "rule ids are unique");
         for r in p.all_rules() {
-            let own = matches!(&r.peer, Peer::Cidr(IpNet::V4(n)) if n.prefix_len() == 32
-                && n.addr() == SENDER_V4);
-            if own {
+            let last = &p.groups[&group_id(GROUPS - 1)].ingress;
+            if last[last.len() - OWN_RULES..].contains(r) {
                 continue;
             }
             match r.protocol {
