@@ -18,6 +18,7 @@
 //! Safety: traffic flows only between the two namespaces the bench creates (documentation
 //! addresses), every generator is bounded by a deadline and a packet budget.
 
+pub mod control;
 pub mod frames;
 pub mod kernel;
 pub mod nft;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::policy;
 use veth::{Generator, Pair};
 
 /// What to run and how long.
@@ -168,6 +170,7 @@ pub struct Results {
     pub udp: Vec<UdpFigure>,
     pub tcp: Vec<TcpFigure>,
     pub kernel: Option<kernel::KernelCost>,
+    pub control: Option<control::ControlPlane>,
     /// Things that could not be measured, and why.
     pub notes: Vec<String>,
 }
@@ -235,30 +238,32 @@ pub fn run(opts: &Options) -> Result<Results> {
             Err(e) => r.notes.push(format!("in-kernel cost not measured: {e:#}")),
         }
     }
-    let needs_rig = opts.runs("generators") || opts.runs("throughput");
+    let needs_rig = opts.runs("generators") || opts.runs("throughput") || opts.runs("control");
     if needs_rig {
         let mut pair = Pair::new()?;
-        if std::env::var_os("SG_BENCH_SHARED_CPU").is_some() {
-            r.notes
-                .push("SG_BENCH_SHARED_CPU: receiver left on the generator's CPU".into());
-        } else if let Err(e) = pair.pin_receiver() {
-            r.notes.push(format!(
-                "receiver not moved to its own CPU ({e:#}); generator and receiver share one"
-            ));
-        }
-        r.receiver_pinned = pair.receiver_pinned();
         let chosen = if opts.runs("generators") {
-            generators(opts, &pair, &mut r)
+            generators(opts, &mut pair, &mut r)
         } else {
-            Some(Generator::LiveFrames)
+            Some((Generator::LiveFrames, false))
         };
-        r.generator = chosen.map(|g| g.name().to_string());
+        if let Some((g, pinned)) = chosen {
+            pair.set_receiver_pinned(pinned)?;
+            r.generator = Some(g.name().to_string());
+            r.receiver_pinned = pinned;
+        }
+        let chosen = chosen.map(|c| c.0);
         if opts.runs("throughput") {
             match chosen {
                 Some(g) => throughput(opts, &mut pair, g, &mut r)?,
                 None => r
                     .notes
                     .push("no working UDP generator: no throughput figures".into()),
+            }
+        }
+        if opts.runs("control") {
+            match control::run(opts, &pair, crate::dataplane::IngressHook::Tc) {
+                Ok(c) => r.control = Some(c),
+                Err(e) => r.notes.push(format!("control plane not measured: {e:#}")),
             }
         }
     }
@@ -271,32 +276,43 @@ pub fn run(opts: &Options) -> Result<Results> {
     Ok(r)
 }
 
-/// Measures every generator without a filter; returns the fastest whose rounds agree within
-/// 25 % (stable), else the fastest.
-fn generators(opts: &Options, pair: &Pair, r: &mut Results) -> Option<Generator> {
+/// Measures every generator without a filter, with the receiver's work on the generator's
+/// CPU and on its own; returns the fastest (generator, receiver pinned) whose rounds agree
+/// within 25 % (stable), else the fastest.
+fn generators(opts: &Options, pair: &mut Pair, r: &mut Results) -> Option<(Generator, bool)> {
     let rounds = opts.rounds.max(2);
-    for g in Generator::ALL {
-        let mut pps = Vec::new();
-        let mut error = None;
-        for _ in 0..rounds {
-            match pair.flood(g, opts.warmup, opts.window) {
-                Ok(x) => pps.push(x),
-                Err(e) => {
-                    error = Some(format!("{e:#}"));
-                    break;
+    for pinned in [false, true] {
+        if let Err(e) = pair.set_receiver_pinned(pinned) {
+            r.notes.push(format!("receiver pinned={pinned}: {e:#}"));
+            continue;
+        }
+        for g in Generator::ALL {
+            let mut pps = Vec::new();
+            let mut error = None;
+            for _ in 0..rounds {
+                match pair.flood(g, opts.warmup, opts.window) {
+                    Ok(x) => pps.push(x),
+                    Err(e) => {
+                        error = Some(format!("{e:#}"));
+                        break;
+                    }
                 }
             }
+            eprintln!(
+                "generator {} (receiver pinned: {pinned}): {pps:.0?} {}",
+                g.name(),
+                error.as_deref().unwrap_or("")
+            );
+            r.generators.push(GeneratorFigure {
+                generator: g,
+                name: g.name(),
+                pps_median: median(&pps),
+                spread: spread(&pps),
+                pps,
+                receiver_pinned: pinned,
+                error,
+            });
         }
-        eprintln!("generator {}: {pps:?} {error:?}", g.name());
-        r.generators.push(GeneratorFigure {
-            generator: g,
-            name: g.name(),
-            pps_median: median(&pps),
-            spread: spread(&pps),
-            pps,
-            receiver_pinned: pair.receiver_pinned(),
-            error,
-        });
     }
     let ok: Vec<&GeneratorFigure> = r
         .generators
@@ -306,24 +322,10 @@ fn generators(opts: &Options, pair: &Pair, r: &mut Results) -> Option<Generator>
     let best = |v: &[&GeneratorFigure]| {
         v.iter()
             .max_by(|a, b| a.pps_median.total_cmp(&b.pps_median))
-            .map(|f| f.generator)
+            .map(|f| (f.generator, f.receiver_pinned))
     };
     let stable: Vec<&GeneratorFigure> = ok.iter().copied().filter(|f| f.spread < 0.25).collect();
     best(&stable).or_else(|| best(&ok))
-}
-
-/// One filter configuration on the receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Config {
-    Nft(nft::Style),
-}
-
-impl Config {
-    fn name(self) -> String {
-        match self {
-            Config::Nft(s) => s.name().to_string(),
-        }
-    }
 }
 
 /// UDP and TCP figures for every configuration and rule count, each paired with the
@@ -332,81 +334,124 @@ fn throughput(opts: &Options, pair: &mut Pair, g: Generator, r: &mut Results) ->
     pair.check_filter("no filter", false)?;
     for &n in &opts.veth_rules {
         let policy = workload::policy(n, opts.seed);
-        for cfg in [
-            Config::Nft(nft::Style::Sets),
-            Config::Nft(nft::Style::PerRule),
-        ] {
-            let install = match cfg {
-                Config::Nft(style) => {
-                    let text =
-                        nft::ruleset(&policy, workload::RECEIVER_IFACE, &pair.receiver_dev, style)?;
-                    let took = pair.nft_apply(&text)?;
-                    pair.check_filter(&format!("{} at {n} rules", cfg.name()), true)?;
-                    took
+        for style in [nft::Style::Sets, nft::Style::PerRule] {
+            let text = nft::ruleset(&policy, workload::RECEIVER_IFACE, &pair.receiver_dev, style)?;
+            let took = pair.nft_apply(&text)?;
+            pair.check_filter(&format!("{} at {n} rules", style.name()), true)?;
+            pair.nft_flush()?;
+            let mut toggle = |pair: &mut Pair, on: bool| -> Result<()> {
+                if on {
+                    pair.nft_apply(&text).map(|_| ())
+                } else {
+                    pair.nft_flush()
                 }
             };
-            let remove = |pair: &Pair| -> Result<()> {
-                match cfg {
-                    Config::Nft(_) => pair.nft_flush(),
-                }
-            };
-            let reinstall = |pair: &Pair| -> Result<()> {
-                match cfg {
-                    Config::Nft(style) => {
-                        let text = nft::ruleset(
-                            &policy,
-                            workload::RECEIVER_IFACE,
-                            &pair.receiver_dev,
-                            style,
-                        )?;
-                        pair.nft_apply(&text).map(|_| ())
-                    }
-                }
-            };
-            // Alternate: reference, configuration, reference, ... (filter removed and put
-            // back between them), so slow drifts of the machine hit both alike.
-            let mut refs = Vec::new();
-            let mut vals = Vec::new();
-            let mut ratios = Vec::new();
-            let mut trefs = Vec::new();
-            let mut tvals = Vec::new();
-            let mut tratios = Vec::new();
-            for round in 0..opts.rounds {
-                if round > 0 {
-                    reinstall(pair)?;
-                }
-                let v = pair.flood(g, opts.warmup, opts.window)?;
-                let tv = pair.tcp_stream(opts.tcp_secs)?;
-                remove(pair)?;
-                let rf = pair.flood(g, opts.warmup, opts.window)?;
-                let trf = pair.tcp_stream(opts.tcp_secs)?;
-                ratios.push(v / rf);
-                tratios.push(tv / trf);
-                vals.push(v);
-                refs.push(rf);
-                tvals.push(tv);
-                trefs.push(trf);
-            }
-            eprintln!(
-                "{} at {n} rules: udp {vals:?} vs {refs:?}; tcp {tvals:?} vs {trefs:?}",
-                cfg.name()
-            );
-            r.udp.push(UdpFigure {
-                config: cfg.name(),
-                rules: n,
-                pps: median(&vals),
-                reference_pps: median(&refs),
-                ratio_vs_no_filter: median(&ratios),
-                install_ms: install.as_secs_f64() * 1e3,
-            });
-            r.tcp.push(TcpFigure {
-                config: cfg.name(),
-                rules: n,
-                gbps: median(&tvals),
-                reference_gbps: median(&trefs),
-                ratio_vs_no_filter: median(&tratios),
-            });
+            paired(opts, pair, g, style.name(), n, ms(took), &mut toggle, r)?;
+        }
+        match sg_figures(opts, pair, g, &policy, n, r) {
+            Ok(()) => {}
+            Err(e) => r.notes.push(format!("sg at {n} rules not measured: {e:#}")),
         }
     }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The sg figures at one rule count: the policy compiled and applied once, then attached with
+/// XDP (native) or TC ingress (TC egress in both) in alternation with no filter.
+fn sg_figures(
+    opts: &Options,
+    pair: &mut Pair,
+    g: Generator,
+    policy: &policy::Policy,
+    n: usize,
+    r: &mut Results,
+) -> Result<()> {
+    use crate::dataplane::{Dataplane, IngressHook, LoadOptions, XdpMode};
+    let t0 = Instant::now();
+    let image = kernel::compile_for(policy, pair.receiver_ifindex, 1, &Default::default(), 1 << 30)?;
+    let compile = t0.elapsed();
+    let mut dp = Dataplane::load(LoadOptions {
+        capacities: kernel::capacities_for(&image, n, 0),
+        ..LoadOptions::default()
+    })?;
+    let t1 = Instant::now();
+    dp.apply(&image)?;
+    let install = compile + t1.elapsed();
+    for (name, hook) in [
+        ("sg_xdp", IngressHook::Xdp(XdpMode::Native)),
+        ("sg_tc", IngressHook::Tc),
+    ] {
+        let dev = pair.receiver_dev.clone();
+        let mut toggle = |pair: &mut Pair, on: bool| -> Result<()> {
+            let ns = &pair.receiver;
+            if on {
+                let rep = ns.enter(|| dp.attach(&dev, hook))??;
+                if !rep.notes.is_empty() {
+                    anyhow::bail!("{name}: attach fell back: {:?}", rep.notes);
+                }
+                Ok(())
+            } else {
+                ns.enter(|| dp.detach(&dev))?
+            }
+        };
+        toggle(pair, true)?;
+        pair.check_filter(&format!("{name} at {n} rules"), true)?;
+        toggle(pair, false)?;
+        paired(opts, pair, g, name, n, ms(install), &mut toggle, r)?;
+    }
+    Ok(())
+}
+
+/// Alternates (configuration, reference) rounds: the filter on, UDP flood and TCP stream, the
+/// filter off, the same again; slow drifts of the machine hit both alike.
+#[allow(clippy::too_many_arguments)]
+fn paired(
+    opts: &Options,
+    pair: &mut Pair,
+    g: Generator,
+    name: &str,
+    n: usize,
+    install_ms: f64,
+    toggle: &mut dyn FnMut(&mut Pair, bool) -> Result<()>,
+    r: &mut Results,
+) -> Result<()> {
+    let (mut vals, mut refs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tvals, mut trefs, mut tratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.rounds {
+        toggle(pair, true)?;
+        let on = pair
+            .flood(g, opts.warmup, opts.window)
+            .and_then(|v| Ok((v, pair.tcp_stream(opts.tcp_secs)?)));
+        toggle(pair, false)?;
+        let (v, tv) = on?;
+        let rf = pair.flood(g, opts.warmup, opts.window)?;
+        let trf = pair.tcp_stream(opts.tcp_secs)?;
+        ratios.push(v / rf);
+        tratios.push(tv / trf);
+        vals.push(v);
+        refs.push(rf);
+        tvals.push(tv);
+        trefs.push(trf);
+    }
+    eprintln!("{name} at {n} rules: udp {vals:.0?} vs {refs:.0?}; tcp {tvals:.2?} vs {trefs:.2?}");
+    r.udp.push(UdpFigure {
+        config: name.to_string(),
+        rules: n,
+        pps: median(&vals),
+        reference_pps: median(&refs),
+        ratio_vs_no_filter: median(&ratios),
+        install_ms,
+    });
+    r.tcp.push(TcpFigure {
+        config: name.to_string(),
+        rules: n,
+        gbps: median(&tvals),
+        reference_gbps: median(&trefs),
+        ratio_vs_no_filter: median(&tratios),
+    });
     Ok(())
 }

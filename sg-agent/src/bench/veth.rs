@@ -14,7 +14,7 @@
 //! Bounds: every generator stops at a deadline and after a packet budget; external tools run
 //! under `timeout --foreground -s KILL`.
 
-use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use super::workload::{DENIED_PORT, RECEIVER_V4, SENDER_V4, TCP_ALLOWED, UDP_ALLO
 use crate::lab::netns::{Netns, veth};
 
 /// The CPU the generator runs on; the receiver's softirq work follows it unless
-/// [`Pair::pin_receiver`] moved it to its own kernel thread on [`RECEIVER_CPU`].
+/// [`Pair::set_receiver_pinned`] moved it to its own kernel thread on [`RECEIVER_CPU`].
 pub const GENERATOR_CPU: usize = 0;
 pub const RECEIVER_CPU: usize = 1;
 
@@ -173,18 +173,27 @@ impl Pair {
         })
     }
 
-    /// Moves the receiver's veth NAPI processing to its own kernel thread on
-    /// [`RECEIVER_CPU`], so that generator and receiver do not share a CPU.
-    pub fn pin_receiver(&mut self) -> Result<()> {
+    /// `true`: moves the receiver's veth NAPI processing to its own kernel thread on
+    /// [`RECEIVER_CPU`], so that generator and receiver do not share a CPU. `false`: back to
+    /// softirq processing on the CPU that queued the packet (the generator's).
+    pub fn set_receiver_pinned(&mut self, on: bool) -> Result<()> {
         // `ip netns exec` mounts the namespace's own /sys.
         self.receiver.run_ok(
             &[
                 "sh",
                 "-c",
-                &format!("echo 1 > /sys/class/net/{}/threaded", self.receiver_dev),
+                &format!(
+                    "echo {} > /sys/class/net/{}/threaded",
+                    u8::from(on),
+                    self.receiver_dev
+                ),
             ],
             Duration::from_secs(5),
         )?;
+        self.receiver_pinned = false;
+        if !on {
+            return Ok(());
+        }
         let prefix = format!("napi/{}-", self.receiver_dev);
         let mut pids = Vec::new();
         for e in std::fs::read_dir("/proc")?.flatten() {
@@ -367,10 +376,13 @@ impl Pair {
             if out.status.success() {
                 let v: serde_json::Value =
                     serde_json::from_str(&text).context("iperf3 -J output")?;
-                let bps = v["end"]["sum_received"]["bits_per_second"]
-                    .as_f64()
-                    .context("iperf3 result without end.sum_received.bits_per_second")?;
-                return Ok(bps / 1e9);
+                if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                    return Ok(bps / 1e9);
+                }
+                last = format!("no end.sum_received in: {}", v["error"]);
+                // A server that was not listening yet: try again.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
             last = text;
             if !last.contains("Connection refused") {
@@ -432,6 +444,51 @@ impl Pair {
             None
         };
         Ok((got, tcp_ok))
+    }
+
+    /// Reads and discards everything queued on the sink.
+    pub fn drain_sink(&self) -> Result<()> {
+        let sink = self.sink.as_ref().context("sink in use")?;
+        sink.set_nonblocking(true)?;
+        let mut buf = [0u8; 64];
+        while sink.recv(&mut buf).is_ok() {}
+        sink.set_nonblocking(false)?;
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`) for a datagram from `src` on the sink; returns when it was
+    /// read.
+    pub fn wait_from(&self, src: Ipv4Addr, timeout: Duration) -> Result<Instant> {
+        let sink = self.sink.as_ref().context("sink in use")?;
+        let t0 = Instant::now();
+        let mut buf = [0u8; 64];
+        sink.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let r = loop {
+            if t0.elapsed() > timeout {
+                break Err(anyhow!("no datagram from {src} within {timeout:?}"));
+            }
+            if let Ok((_, from)) = sink.recv_from(&mut buf)
+                && from.ip() == std::net::IpAddr::V4(src)
+            {
+                break Ok(Instant::now());
+            }
+        };
+        sink.set_read_timeout(None)?;
+        r
+    }
+
+    /// Sends a few datagrams from `src` (an address of the sender) to the sink; true if one
+    /// arrived within `wait`.
+    pub fn udp_from_reaches(&self, src: Ipv4Addr, wait: Duration) -> Result<bool> {
+        self.drain_sink()?;
+        self.sender.enter(|| -> Result<()> {
+            let s = UdpSocket::bind(SocketAddrV4::new(src, 0))?;
+            for _ in 0..5 {
+                s.send_to(b"probe", SocketAddrV4::new(RECEIVER_V4, UDP_ALLOWED))?;
+            }
+            Ok(())
+        })??;
+        Ok(self.wait_from(src, wait).is_ok())
     }
 
     /// Checks a filter installed on the receiver: the allowed UDP and TCP ports pass, the

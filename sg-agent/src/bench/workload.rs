@@ -101,7 +101,9 @@ fn ports(rng: &mut Rng, max_width: u64) -> PortRange {
     }
 }
 
-fn protocol(rng: &mut Rng, peer: &Peer) -> Protocol {
+/// `v6`: the peer's addresses are IPv6 (ICMP rules then use ICMPv6); `mixed`: both families
+/// (a group): ICMP type matches would apply to the other family too, so only "all ICMP".
+fn protocol(rng: &mut Rng, peer: &Peer, v6: bool, mixed: bool) -> Protocol {
     let v6_cidr = matches!(peer, Peer::Cidr(IpNet::V6(_)));
     match rng.below(100) {
         0..55 => Protocol::Tcp(ports(rng, 0)),
@@ -109,11 +111,12 @@ fn protocol(rng: &mut Rng, peer: &Peer) -> Protocol {
         70..80 => Protocol::Udp(ports(rng, 100)),
         80..90 => {
             let m = match rng.below(3) {
+                _ if mixed => IcmpMatch::All,
                 0 => IcmpMatch::TypeCode(rng.below(256) as u8, rng.below(16) as u8),
                 1 => IcmpMatch::Type(rng.below(256) as u8),
                 _ => IcmpMatch::All,
             };
-            if v6_cidr {
+            if v6 {
                 Protocol::Icmpv6(m)
             } else {
                 Protocol::Icmp(m)
@@ -219,7 +222,12 @@ pub fn policy(n: usize, seed: u64) -> Policy {
                     90..95 => Peer::PrefixList(list_id(rng.below(PREFIX_LISTS as u64) as usize)),
                     _ => Peer::Group(group_id(rng.below(GROUPS as u64) as usize)),
                 };
-                let proto = protocol(&mut rng, &peer);
+                let (v6, mixed) = match &peer {
+                    Peer::Cidr(n) => (matches!(n, IpNet::V6(_)), false),
+                    Peer::PrefixList(id) => (p.prefix_lists[id].family == Family::V6, false),
+                    Peer::Group(_) => (false, true),
+                };
+                let proto = protocol(&mut rng, &peer, v6, mixed);
                 (dir, proto, peer)
             }
         };
@@ -309,6 +317,17 @@ mod tests {
             assert_eq!(p, policy(n, 7));
         }
         assert_ne!(policy(1000, 7), policy(1000, 8));
+    }
+
+    #[test]
+    fn every_policy_translates_to_nftables() {
+        for seed in 1..20 {
+            let p = policy(400, seed);
+            for style in [super::super::nft::Style::Sets, super::super::nft::Style::PerRule] {
+                super::super::nft::ruleset(&p, RECEIVER_IFACE, "veth0", style)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+            }
+        }
     }
 
     #[test]
