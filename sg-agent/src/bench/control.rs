@@ -70,6 +70,18 @@ pub struct CtCapacity {
     pub refused: u64,
     /// Established flows that still passed after the flood.
     pub established_kept: usize,
+    /// Growth of the kernel's accounting of SG_CT / SG_CT_NEW per entry stored (the maps
+    /// allocate entries as they fill, so capacity / memory says nothing).
+    pub ct_bytes_per_entry: Option<f64>,
+    pub ct_new_bytes_per_entry: Option<f64>,
+}
+
+fn map_bytes(name: &str) -> Result<u64> {
+    map_memory()?
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.bytes)
+        .ok_or_else(|| anyhow::anyhow!("no map {name} in this process"))
 }
 
 pub fn run(opts: &Options, pair: &Pair, hook: IngressHook) -> Result<ControlPlane> {
@@ -140,16 +152,11 @@ pub fn run(opts: &Options, pair: &Pair, hook: IngressHook) -> Result<ControlPlan
     );
     c.maps = map_memory()?;
     c.maps_total_bytes = c.maps.iter().map(|m| m.bytes).sum();
-    let per = |name: &str| {
-        c.maps
-            .iter()
-            .find(|m| m.name == name && m.max_entries > 0)
-            .map(|m| m.bytes as f64 / m.max_entries as f64)
-    };
-    c.ct_bytes_per_entry = per(sg_common::maps::CT);
-    c.ct_new_bytes_per_entry = per(sg_common::maps::CT_NEW);
     drop(dp);
-    c.conntrack = Some(ct_capacity(opts)?);
+    let ct = ct_capacity(opts)?;
+    c.ct_bytes_per_entry = ct.ct_bytes_per_entry;
+    c.ct_new_bytes_per_entry = ct.ct_new_bytes_per_entry;
+    c.conntrack = Some(ct);
     Ok(c)
 }
 
@@ -287,6 +294,8 @@ fn ct_capacity(opts: &Options) -> Result<CtCapacity> {
             ..LoadOptions::default()
         })?;
         dp.apply(&image)?;
+        let ct0 = map_bytes(sg_common::maps::CT)?;
+        let new0 = map_bytes(sg_common::maps::CT_NEW)?;
         let end = |src: std::net::Ipv4Addr| Ends {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
@@ -317,6 +326,7 @@ fn ct_capacity(opts: &Options) -> Result<CtCapacity> {
         if confirmed != established as u64 {
             bail!("{established} handshakes confirmed {confirmed} flows");
         }
+        let ct1 = map_bytes(sg_common::maps::CT)?;
         // Flood: SYNs from other sources until the unconfirmed table refuses 1000 of them.
         let before = dp.reason_counters()?;
         let mut sent = 0u64;
@@ -338,6 +348,8 @@ fn ct_capacity(opts: &Options) -> Result<CtCapacity> {
         }
         let after = dp.reason_counters()?;
         let stats = dp.ct_stats()?;
+        let new1 = map_bytes(sg_common::maps::CT_NEW)?;
+        let per = |a: u64, b: u64, n: u64| (n > 0).then(|| b.saturating_sub(a) as f64 / n as f64);
         let mut kept = 0;
         for ack in &acks {
             if dp.run_frame(Hook::XdpIn, ack, lo)?.reason == Reason::PassCtOriginal {
@@ -351,6 +363,8 @@ fn ct_capacity(opts: &Options) -> Result<CtCapacity> {
             new_flows_stored: stats.new_count,
             refused: after[&Reason::DropCtFull] - before[&Reason::DropCtFull],
             established_kept: kept,
+            ct_bytes_per_entry: per(ct0, ct1, confirmed),
+            ct_new_bytes_per_entry: per(new0, new1, stats.new_count),
         })
     })?
 }

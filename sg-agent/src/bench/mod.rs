@@ -160,7 +160,14 @@ pub struct GeneratorFigure {
 pub struct Results {
     pub command: String,
     pub quick: bool,
+    /// The headline ratios (see [`report::Summary`]), at the top level.
+    #[serde(flatten)]
+    pub summary: report::Summary,
+    /// The goals next to the figures.
+    pub goals: Vec<report::Goal>,
     pub machine: Machine,
+    /// Alternating rounds per throughput figure.
+    pub rounds: usize,
     pub started_unix_s: u64,
     pub duration_s: f64,
     pub generators: Vec<GeneratorFigure>,
@@ -226,6 +233,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     let mut r = Results {
         command: opts.command.clone(),
         quick: opts.quick,
+        rounds: opts.rounds,
         machine: Machine::probe(),
         started_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -272,6 +280,8 @@ pub fn run(opts: &Options) -> Result<Results> {
         .trim()
         .to_string();
     r.duration_s = t0.elapsed().as_secs_f64();
+    r.summary = report::summarize(&r);
+    r.goals = report::goals(&r);
     report::write(&opts.out, &r)?;
     Ok(r)
 }
