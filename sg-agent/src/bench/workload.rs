@@ -4,8 +4,9 @@
 //! every rule of the policy is enforced on it (the worst case for a rule count).
 //!
 //! Addresses come from the documentation ranges only. IPv4 CIDRs are packed into the three
-//! /24s at lengths /24../32, so the generator's address sits under many nested prefixes (a
-//! lookup walks a deep trie path, not an empty one). Random rules never use the bench's ports
+//! /24s (mostly hosts and small blocks, some /24-/25), so the generator's address sits under
+//! several nested prefixes (a lookup walks a deep trie path, not an empty one); IPv6 CIDRs
+//! (/48-/128 in 2001:db8::/32) supply most of the distinct prefixes. Random rules never use the bench's ports
 //! ([`RESERVED_PORTS`]) and never allow every protocol from an IPv4 CIDR, so the bench's
 //! "denied" flow is denied whatever the seed.
 //!
@@ -69,17 +70,25 @@ impl Rng {
 
 const DOC_V4: [[u8; 3]; 3] = [[192, 0, 2], [198, 51, 100], [203, 0, 113]];
 
+/// Mostly hosts and small blocks, some wider ones: every address ends up under a few nested
+/// prefixes, as in real policies, without every prefix inheriting hundreds of rules.
 fn v4_net(rng: &mut Rng) -> IpNet {
     let [a, b, c] = DOC_V4[rng.below(3) as usize];
     let addr = Ipv4Addr::new(a, b, c, rng.below(256) as u8);
-    let len = 24 + rng.below(9) as u8;
+    let len = match rng.below(100) {
+        0..60 => 32,
+        60..75 => 29 + rng.below(3) as u8,
+        75..90 => 26 + rng.below(3) as u8,
+        _ => 24 + rng.below(2) as u8,
+    };
     IpNet::V4(Ipv4Net::new(addr, len).expect("len <= 32").trunc())
 }
 
 fn v6_net(rng: &mut Rng) -> IpNet {
     let low = (u128::from(rng.next()) << 32) | u128::from(rng.next() as u32);
     let addr = Ipv6Addr::from((0x2001_0db8u128 << 96) | (low & ((1u128 << 96) - 1)));
-    let len = 33 + rng.below(96) as u8;
+    // /48 (a site) to /128 (a host): random prefixes this long rarely nest.
+    let len = 48 + rng.below(81) as u8;
     IpNet::V6(Ipv6Net::new(addr, len).expect("len <= 128").trunc())
 }
 
@@ -216,9 +225,11 @@ pub fn policy(n: usize, seed: u64) -> Policy {
                 } else {
                     Direction::Egress
                 };
+                // IPv6 carries most of the distinct CIDRs: the documentation ranges hold
+                // only 768 IPv4 addresses.
                 let peer = match rng.below(100) {
-                    0..60 => Peer::Cidr(v4_net(&mut rng)),
-                    60..90 => Peer::Cidr(v6_net(&mut rng)),
+                    0..35 => Peer::Cidr(v4_net(&mut rng)),
+                    35..90 => Peer::Cidr(v6_net(&mut rng)),
                     90..95 => Peer::PrefixList(list_id(rng.below(PREFIX_LISTS as u64) as usize)),
                     _ => Peer::Group(group_id(rng.below(GROUPS as u64) as usize)),
                 };
