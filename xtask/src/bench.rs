@@ -87,3 +87,27 @@ unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_doc_replaces_only_the_marked_block_and_appends_it_when_missing() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("perf.md");
+        std::fs::write(&p, "# Perf\n\nintro\n").unwrap();
+        update_doc(&p, "| a |\n").unwrap();
+        let once = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(once, format!("# Perf\n\nintro\n{BEGIN}\n| a |\n{END}\n"));
+        std::fs::write(&p, format!("{once}\n## After\n")).unwrap();
+        update_doc(&p, "| b |").unwrap();
+        let twice = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            twice,
+            format!("# Perf\n\nintro\n{BEGIN}\n| b |\n{END}\n\n## After\n")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

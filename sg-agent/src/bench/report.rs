@@ -637,6 +637,8 @@ mod tests {
             reference_pps: 1e5,
             ratio_vs_no_filter: ratio,
             install_ms: 1.0,
+            generator: "sendmmsg",
+            receiver_pinned: false,
         };
         let mut r = Results {
             kernel: Some(KernelCost {

@@ -38,6 +38,13 @@ struct Cli {
     /// BPF_PROG_TEST_RUN repeat per figure.
     #[arg(long)]
     repeat: Option<u32>,
+    /// Use this UDP generator instead of the fastest measured: xdp_live_frames, trafgen,
+    /// sendmmsg, iperf3_udp.
+    #[arg(long)]
+    generator: Option<String>,
+    /// With --generator: give the receiver's veth processing its own CPU.
+    #[arg(long)]
+    receiver_own_cpu: bool,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,16 @@ fn main() -> ExitCode {
     }
     if let Some(n) = cli.repeat {
         o.repeat = n;
+    }
+    if let Some(name) = &cli.generator {
+        let Some(g) = bench::veth::Generator::ALL
+            .into_iter()
+            .find(|g| g.name() == name)
+        else {
+            eprintln!("sg-bench: unknown generator {name}");
+            return ExitCode::FAILURE;
+        };
+        o.generator = Some((g, cli.receiver_own_cpu));
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     o.command = if args.is_empty() {
