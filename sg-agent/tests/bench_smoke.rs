@@ -42,7 +42,11 @@ fn quick_bench_writes_every_section_with_positive_figures() {
         ..Options::quick()
     };
     let r = run(&opts).unwrap_or_else(|e| panic!("bench run failed: {e:#}"));
-    assert!(r.notes.iter().all(|n| !n.contains("not measured")), "{:?}", r.notes);
+    assert!(
+        r.notes.iter().all(|n| !n.contains("not measured")),
+        "{:?}",
+        r.notes
+    );
 
     let text = std::fs::read_to_string(dir.path().join("results.json")).expect("results.json");
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
@@ -57,11 +61,20 @@ fn quick_bench_writes_every_section_with_positive_figures() {
         positive(&v, key);
     }
     assert_eq!(v["new_flow_ratio_rules"], 100);
-    for key in ["kernel.pass_ns", "kernel.pass_lookup_ns", "kernel.pass_once_ns"] {
+    for key in [
+        "kernel.pass_ns",
+        "kernel.pass_lookup_ns",
+        "kernel.pass_once_ns",
+    ] {
         positive(&v, key);
     }
     for i in 0..2 {
-        for f in ["established_ns", "new_allowed_ns", "new_dropped_ns", "port_entries"] {
+        for f in [
+            "established_ns",
+            "new_allowed_ns",
+            "new_dropped_ns",
+            "port_entries",
+        ] {
             positive(&v, &format!("kernel.sizes.{i}.{f}"));
         }
     }
@@ -100,7 +113,9 @@ fn quick_bench_writes_every_section_with_positive_figures() {
     assert_eq!(v["goals"].as_array().map(Vec::len), Some(7));
     for kernel_key in ["kernel", "cpu_model"] {
         assert!(
-            v["machine"][kernel_key].as_str().is_some_and(|s| !s.is_empty()),
+            v["machine"][kernel_key]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
             "machine.{kernel_key}"
         );
     }

@@ -63,7 +63,13 @@ fn ensure_trafgen() {
     }
     eprintln!("==> installing netsniff-ng (trafgen) for the bench");
     let ok = Command::new("apt-get")
-        .args(["-o", "DPkg::Lock::Timeout=900", "install", "-y", "netsniff-ng"])
+        .args([
+            "-o",
+            "DPkg::Lock::Timeout=900",
+            "install",
+            "-y",
+            "netsniff-ng",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .is_ok_and(|s| s.success());

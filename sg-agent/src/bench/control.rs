@@ -204,7 +204,7 @@ fn membership(
                 caps.rule_slots,
             )
             .and_then(|image| dp.apply(&image));
-            let arrived = applied.and_then(|_| pair.wait_from(newcomer, Duration::from_secs(5)));
+            let arrived = applied.and_then(|_| pair.wait_from(newcomer, Duration::from_secs(30)));
             stop.store(true, Ordering::SeqCst);
             prober
                 .join()
@@ -216,7 +216,8 @@ fn membership(
     r
 }
 
-/// Sends from the newcomer every ~20 us until told to stop (at most 5 s).
+/// Sends from the newcomer every ~20 us until told to stop (at most 30 s: an apply of a
+/// large policy takes seconds on a loaded machine).
 fn probe(pair: &Pair, stop: &AtomicBool) -> Result<()> {
     pair.sender.enter(|| -> Result<()> {
         let s = UdpSocket::bind(SocketAddrV4::new(workload::NEWCOMER_V4, 0))?;
@@ -225,7 +226,7 @@ fn probe(pair: &Pair, stop: &AtomicBool) -> Result<()> {
             workload::UDP_ALLOWED,
         ));
         let t0 = Instant::now();
-        while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(5) {
+        while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(30) {
             let _ = s.send_to(b"newcomer", to);
             std::thread::sleep(Duration::from_micros(20));
         }
@@ -337,7 +338,7 @@ fn ct_capacity(opts: &Options) -> Result<CtCapacity> {
                 let syn = frames::tcp(&src, sport, port, tcp_flags::SYN, 1, 0);
                 dp.bench_frame(Hook::XdpIn, &syn, lo, 1)?;
                 sent += 1;
-                if sent % 1024 == 0 {
+                if sent.is_multiple_of(1024) {
                     let r = dp.reason_counters()?;
                     let refused = r[&Reason::DropCtFull] - before[&Reason::DropCtFull];
                     if refused >= 1000 || sent >= limit {

@@ -73,13 +73,15 @@ fn ends(src: Ipv4Addr) -> Ends {
 }
 
 /// Capacities for an image: both generations of policy entries (an apply writes the next
-/// beside the live one), rule slots for every rule, conntrack for `new_flows`.
+/// beside the live one) with room for a next policy somewhat larger than this one, rule slots
+/// for every rule, conntrack for `new_flows`. The policy tries are allocated as they fill, so
+/// room costs nothing until used.
 pub fn capacities_for(image: &MapImage, rules: usize, new_flows: u32) -> Capacities {
     let d = Capacities::default();
-    let twice = |n: usize, min: u32| (2 * n as u64 + 4096).max(u64::from(min)) as u32;
+    let room = |n: usize, min: u32| (3 * n as u64 + 65_536).max(u64::from(min)) as u32;
     Capacities {
-        peers: twice(image.peers.len(), d.peers),
-        ports: twice(image.ports.len(), d.ports),
+        peers: room(image.peers.len(), d.peers),
+        ports: room(image.ports.len(), d.ports),
         rule_slots: ((rules as u32 + 16).next_power_of_two()).max(d.rule_slots),
         ct_new: new_flows.max(d.ct_new),
         ..d
@@ -94,8 +96,7 @@ pub fn compile_for(
     previous: &SlotTable,
     slot_capacity: u32,
 ) -> Result<MapImage> {
-    let bindings: BTreeMap<String, u32> =
-        [(workload::RECEIVER_IFACE.to_string(), ifindex)].into();
+    let bindings: BTreeMap<String, u32> = [(workload::RECEIVER_IFACE.to_string(), ifindex)].into();
     compile(
         policy,
         &bindings,
@@ -188,7 +189,13 @@ fn size(opts: &Options, n: usize, per_round: usize) -> Result<SizeCost> {
     let image = if dp.next_generation() == 1 {
         image
     } else {
-        compile_for(&policy, LO, dp.next_generation(), &SlotTable::default(), caps.rule_slots)?
+        compile_for(
+            &policy,
+            LO,
+            dp.next_generation(),
+            &SlotTable::default(),
+            caps.rule_slots,
+        )?
     };
     let t1 = Instant::now();
     dp.apply(&image).context("applying the bench policy")?;
@@ -201,8 +208,20 @@ fn size(opts: &Options, n: usize, per_round: usize) -> Result<SizeCost> {
     let syn = frames::tcp(&sender, 40000, port, tcp_flags::SYN, 1, 0);
     let synack = frames::tcp(&back, port, 40000, tcp_flags::SYN | tcp_flags::ACK, 7, 2);
     let ack = frames::tcp(&sender, 40000, port, tcp_flags::ACK, 2, 8);
-    expect(&mut dp, Hook::XdpIn, &syn, Reason::PassRuleNew, "SYN of the allowed flow")?;
-    expect(&mut dp, Hook::TcOut, &synack, Reason::PassCtReply, "SYN-ACK")?;
+    expect(
+        &mut dp,
+        Hook::XdpIn,
+        &syn,
+        Reason::PassRuleNew,
+        "SYN of the allowed flow",
+    )?;
+    expect(
+        &mut dp,
+        Hook::TcOut,
+        &synack,
+        Reason::PassCtReply,
+        "SYN-ACK",
+    )?;
     expect(&mut dp, Hook::XdpIn, &ack, Reason::PassCtOriginal, "ACK")?;
     let m = opts.medians_of;
     s.established_ns = Some(median_of(m, || {
@@ -210,7 +229,13 @@ fn size(opts: &Options, n: usize, per_round: usize) -> Result<SizeCost> {
     })?);
 
     let denied = frames::tcp(&sender, 40001, workload::DENIED_PORT, tcp_flags::SYN, 1, 0);
-    expect(&mut dp, Hook::XdpIn, &denied, Reason::DropNoRule, "SYN of the denied flow")?;
+    expect(
+        &mut dp,
+        Hook::XdpIn,
+        &denied,
+        Reason::DropNoRule,
+        "SYN of the denied flow",
+    )?;
     s.new_dropped_ns = Some(median_of(m, || {
         Ok(ns(dp.bench_frame(Hook::XdpIn, &denied, LO, opts.repeat)?))
     })?);

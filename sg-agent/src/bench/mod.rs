@@ -338,7 +338,9 @@ fn generators(opts: &Options, pair: &mut Pair, r: &mut Results) -> Vec<(Generato
             .cmp(&(a.spread < 0.25))
             .then(b.pps_median.total_cmp(&a.pps_median))
     });
-    ok.iter().map(|f| (f.generator, f.receiver_pinned)).collect()
+    ok.iter()
+        .map(|f| (f.generator, f.receiver_pinned))
+        .collect()
 }
 
 /// UDP and TCP figures for every configuration and rule count, each paired with the
@@ -390,7 +392,13 @@ fn sg_figures(
 ) -> Result<()> {
     use crate::dataplane::{Dataplane, IngressHook, LoadOptions, XdpMode};
     let t0 = Instant::now();
-    let image = kernel::compile_for(policy, pair.receiver_ifindex, 1, &Default::default(), 1 << 30)?;
+    let image = kernel::compile_for(
+        policy,
+        pair.receiver_ifindex,
+        1,
+        &Default::default(),
+        1 << 30,
+    )?;
     let compile = t0.elapsed();
     let mut dp = Dataplane::load(LoadOptions {
         capacities: kernel::capacities_for(&image, n, 0),

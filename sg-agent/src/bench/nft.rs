@@ -567,8 +567,9 @@ table inet sgbench {
     #[test]
     fn per_rule_style_is_one_nft_rule_per_sg_rule_and_family_in_policy_order() {
         let got = ruleset(&small(), "web", "veth0", Style::PerRule).unwrap();
+        let output = chain_head("output", "oifname", [(68, 67), (546, 547)]);
         let want = format!(
-            "{HEAD}{}{}{}",
+            "{HEAD}{}{}{output}\t\tip daddr 0.0.0.0/0 accept\n\t\tdrop\n\t}}\n}}\n",
             chain_head("input", "iifname", [(67, 68), (547, 546)]),
             "\t\tip saddr 198.51.100.0/24 tcp dport 22 accept
 \t\tip saddr 198.51.100.0/25 tcp dport 20-25 accept
@@ -580,10 +581,6 @@ table inet sgbench {
 \t\tdrop
 \t}
 ",
-            format!(
-                "{}\t\tip daddr 0.0.0.0/0 accept\n\t\tdrop\n\t}}\n}}\n",
-                chain_head("output", "oifname", [(68, 67), (546, 547)])
-            )
         );
         assert_eq!(got, want);
     }

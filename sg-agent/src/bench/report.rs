@@ -65,11 +65,16 @@ pub fn summarize(r: &Results) -> Summary {
         let large = ok.iter().filter(|z| z.rules > 10).max_by_key(|z| z.rules);
         if let (Some(a), Some(b)) = (small, large) {
             s.new_flow_ratio_rules = Some(b.rules);
-            s.new_flow_ns_ratio_100k_vs_10 = b.new_allowed_ns.zip(a.new_allowed_ns).map(|(x, y)| x / y);
+            s.new_flow_ns_ratio_100k_vs_10 =
+                b.new_allowed_ns.zip(a.new_allowed_ns).map(|(x, y)| x / y);
             s.new_dropped_ns_ratio_100k_vs_10 =
                 b.new_dropped_ns.zip(a.new_dropped_ns).map(|(x, y)| x / y);
         }
-        if let Some(e) = ok.iter().max_by_key(|z| z.rules).and_then(|z| z.established_ns) {
+        if let Some(e) = ok
+            .iter()
+            .max_by_key(|z| z.rules)
+            .and_then(|z| z.established_ns)
+        {
             s.established_ns_ratio_vs_pass = Some(e / k.pass_ns);
             s.established_ns_ratio_vs_pass_lookup = Some(e / k.pass_lookup_ns);
         }
@@ -113,9 +118,7 @@ pub fn goals(r: &Results) -> Vec<Goal> {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    let both = |tc: Option<f64>, xdp: Option<f64>| {
-        format!("TC {}x, XDP {}x", x(tc, 2), x(xdp, 2))
-    };
+    let both = |tc: Option<f64>, xdp: Option<f64>| format!("TC {}x, XDP {}x", x(tc, 2), x(xdp, 2));
     let mut g = vec![
         Goal {
             goal: format!(
@@ -191,7 +194,10 @@ pub fn goals(r: &Results) -> Vec<Goal> {
     if let Some(c) = &r.control
         && c.rules < 10_000
     {
-        g[5].measured = format!("{:.0} ms at {} rules (10k not run)", c.compile_apply_ms, c.rules);
+        g[5].measured = format!(
+            "{:.0} ms at {} rules (10k not run)",
+            c.compile_apply_ms, c.rules
+        );
     }
     g
 }
@@ -222,7 +228,7 @@ fn opt_ns(v: Option<f64>) -> String {
 }
 
 fn rules_label(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
@@ -247,7 +253,10 @@ pub fn markdown(r: &Results) -> String {
         if r.quick { ", quick run" } else { "" }
     );
 
-    let _ = writeln!(w, "### Goals\n\n| goal | measured | met |\n| --- | --- | --- |");
+    let _ = writeln!(
+        w,
+        "### Goals\n\n| goal | measured | met |\n| --- | --- | --- |"
+    );
     for g in &r.goals {
         let met = match g.met {
             Some(true) => "yes",
@@ -402,7 +411,12 @@ pub fn markdown(r: &Results) -> String {
             (
                 "membership change -> first packet of the new member allowed",
                 c.membership_visible_ms.map_or_else(
-                    || format!("not measured: {}", c.membership_error.clone().unwrap_or_default()),
+                    || {
+                        format!(
+                            "not measured: {}",
+                            c.membership_error.clone().unwrap_or_default()
+                        )
+                    },
                     |v| format!("{v:.1} ms"),
                 ),
             ),
@@ -412,11 +426,13 @@ pub fn markdown(r: &Results) -> String {
             ),
             (
                 "bytes per confirmed conntrack entry",
-                c.ct_bytes_per_entry.map_or("-".into(), |v| format!("{v:.0}")),
+                c.ct_bytes_per_entry
+                    .map_or("-".into(), |v| format!("{v:.0}")),
             ),
             (
                 "bytes per unconfirmed conntrack entry",
-                c.ct_new_bytes_per_entry.map_or("-".into(), |v| format!("{v:.0}")),
+                c.ct_new_bytes_per_entry
+                    .map_or("-".into(), |v| format!("{v:.0}")),
             ),
         ];
         for (a, b) in rows {
@@ -436,8 +452,12 @@ pub fn markdown(r: &Results) -> String {
                 ct.established
             );
         }
-        let mut maps: Vec<_> = c.maps.iter().filter(|m| m.name.starts_with("SG_")).collect();
-        maps.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        let mut maps: Vec<_> = c
+            .maps
+            .iter()
+            .filter(|m| m.name.starts_with("SG_"))
+            .collect();
+        maps.sort_by_key(|m| std::cmp::Reverse(m.bytes));
         let list: Vec<String> = maps
             .iter()
             .map(|m| format!("{} {:.2} MB", m.name, m.bytes as f64 / 1e6))
@@ -452,8 +472,12 @@ pub fn markdown(r: &Results) -> String {
              | generator | receiver on the generator's CPU | receiver on its own CPU |\n\
              | --- | ---: | ---: |"
         );
-        let mut names: Vec<&str> = r.generators.iter().map(|g| g.name).collect();
-        names.dedup();
+        let mut names: Vec<&str> = Vec::new();
+        for g in &r.generators {
+            if !names.contains(&g.name) {
+                names.push(g.name);
+            }
+        }
         for n in names {
             let cell = |pinned: bool| {
                 r.generators
@@ -496,7 +520,8 @@ pub fn svg(r: &Results) -> String {
             .filter_map(|s| f(s).map(|v| (s.rules as f64, v)))
             .collect()
     };
-    let series: [(&str, &str, Vec<(f64, f64)>); 3] = [
+    type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+    let series: [Series; 3] = [
         ("new allowed", "#d62728", pts(|s| s.new_allowed_ns)),
         ("new dropped", "#1f77b4", pts(|s| s.new_dropped_ns)),
         ("established", "#2ca02c", pts(|s| s.established_ns)),
@@ -556,7 +581,11 @@ pub fn svg(r: &Results) -> String {
     }
     let mut legend_y = t + 10.0;
     let mut legend = |o: &mut String, name: &str, color: &str, dash: bool| {
-        let d = if dash { " stroke-dasharray=\"5,4\"" } else { "" };
+        let d = if dash {
+            " stroke-dasharray=\"5,4\""
+        } else {
+            ""
+        };
         let _ = writeln!(
             o,
             "<line x1=\"{}\" y1=\"{legend_y}\" x2=\"{}\" y2=\"{legend_y}\" stroke=\"{color}\" \
@@ -680,7 +709,15 @@ mod tests {
         let met: Vec<Option<bool>> = r.goals.iter().map(|g| g.met).collect();
         assert_eq!(
             met,
-            vec![Some(true), Some(false), Some(true), Some(true), Some(true), None, None]
+            vec![
+                Some(true),
+                Some(false),
+                Some(true),
+                Some(true),
+                Some(true),
+                None,
+                None
+            ]
         );
     }
 
@@ -689,7 +726,10 @@ mod tests {
         let r = sample();
         let md = markdown(&r);
         assert!(md.contains("| 100k | 100 | 550 | 300 |"), "{md}");
-        assert!(md.contains("| new-flow cost at 100k rules <= 1.25x at 10 | 1.10x"), "{md}");
+        assert!(
+            md.contains("| new-flow cost at 100k rules <= 1.25x at 10 | 1.10x"),
+            "{md}"
+        );
         let svg = svg(&r);
         assert_eq!(svg.matches("<circle").count(), 9);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));

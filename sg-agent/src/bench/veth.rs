@@ -511,7 +511,7 @@ impl Pair {
                  {DENIED_PORT}: {tcp_denied})"
             );
         }
-        if !filtered && !(udp_denied && tcp_denied) {
+        if !filtered && (!udp_denied || !tcp_denied) {
             bail!("{what}: without a filter, port {DENIED_PORT} must be reachable");
         }
         Ok(())
@@ -703,7 +703,7 @@ fn sendmmsg_flood(
     while sent < budget {
         // Checking the clock every 64 batches keeps it off the hot path.
         i = i.wrapping_add(1);
-        if i % 64 == 0 && (t0.elapsed() >= total || stop.try_recv().is_ok()) {
+        if i.is_multiple_of(64) && (t0.elapsed() >= total || stop.try_recv().is_ok()) {
             break;
         }
         // SAFETY: msgs points at BATCH valid headers whose iovecs point at `payload`.

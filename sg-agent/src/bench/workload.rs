@@ -260,7 +260,14 @@ pub fn policy(n: usize, seed: u64) -> Policy {
         (tcp, world(TCP_SENDERS)),
         (udp, Peer::Group(group_id(0))),
     ] {
-        push(&mut p, &mut rng, GROUPS - 1, Direction::Ingress, proto, peer);
+        push(
+            &mut p,
+            &mut rng,
+            GROUPS - 1,
+            Direction::Ingress,
+            proto,
+            peer,
+        );
     }
     // The receiver carries every group; the others three each (members for group peers),
     // addressed inside 203.0.113.0/24 and 2001:db8:ffff::/48.
@@ -334,7 +341,10 @@ mod tests {
     fn every_policy_translates_to_nftables() {
         for seed in 1..20 {
             let p = policy(400, seed);
-            for style in [super::super::nft::Style::Sets, super::super::nft::Style::PerRule] {
+            for style in [
+                super::super::nft::Style::Sets,
+                super::super::nft::Style::PerRule,
+            ] {
                 super::super::nft::ruleset(&p, RECEIVER_IFACE, "veth0", style)
                     .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
             }
