@@ -5,8 +5,12 @@
 //!
 //! Owns the ordering that keeps enforcement safe: new devices are attached before the flip
 //! (their packets are dropped as "no policy" for the few milliseconds until it), a failed step
-//! undoes what this apply attached, devices no longer in the policy are released only after
-//! the flip, and the state file is written last. It prints nothing: the CLI does.
+//! undoes what this apply attached, the counter slots are saved before the flip (so a process
+//! killed on either side of it leaves a state that names the live slots), devices no longer
+//! in the policy are released only after the flip, and the state file is completed last. A
+//! long-lived agent (the daemon) re-reads the state and SG_ACTIVE under the lock before each
+//! apply, so another agent's apply never leaves it writing into the live generation.
+//! It prints nothing: the CLI does. docs/agent.md "Failure behaviour" lists the outcomes.
 //!
 //! Where policy comes from is one seam, [`PolicySource`]: a file today; a distributed store
 //! (etcd) can implement it later without touching anything below.
@@ -25,7 +29,7 @@ use crate::compile::{self, CompileOptions};
 use crate::config::{self, Loaded};
 use crate::dataplane::{
     self, ApplyReport, AttachReport, Capacities, CtEntry, CtStats, Dataplane, Hook, IngressHook,
-    LoadOptions, XdpMode,
+    LoadOptions, PinGuard, XdpMode,
 };
 use crate::model::{Model, decide};
 use crate::packet::{L4, Packet};
@@ -120,10 +124,55 @@ pub struct ApplyOutcome {
     pub attached: Vec<String>,
     pub detached: Vec<String>,
     pub notes: Vec<String>,
-    /// Start of apply to the generation flip (the moment packets see the new policy).
+    /// From the start of the apply (reading the file) to the generation flip: how long until
+    /// packets see the new policy. Includes loading the programs (the verifier) when this
+    /// process had not loaded them yet.
     pub to_effect_ms: f64,
+    /// Writing the new generation and flipping (the part that touches the policy maps).
+    pub swap_ms: f64,
     pub compile_ms: f64,
     pub total_ms: f64,
+}
+
+/// The policy binds to no device of this namespace (exit code 2, nothing changed). A daemon
+/// started before the network is configured waits for the addresses instead of failing.
+#[derive(Debug)]
+pub struct NotOnThisHost(pub String);
+
+impl std::fmt::Display for NotOnThisHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotOnThisHost {}
+
+/// A named point inside an apply where a test can freeze the agent (`SG_AGENT_TEST_STOP_AT`
+/// = `STAGE` or `STAGE:N` for the Nth time it is reached): the process stops itself with
+/// SIGSTOP so that the test can SIGKILL it at exactly that point. Stages: `compiled`
+/// (nothing touched yet), `attached` (programs replaced, old policy still enforced),
+/// `swapped` (new policy enforced, state not yet saved).
+pub fn test_stop_point(stage: &str) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: [AtomicU32; 3] = [const { AtomicU32::new(0) }; 3];
+    let Ok(want) = std::env::var("SG_AGENT_TEST_STOP_AT") else {
+        return;
+    };
+    let (name, nth) = match want.split_once(':') {
+        Some((n, k)) => (n.to_string(), k.parse::<u32>().unwrap_or(1)),
+        None => (want.clone(), 1),
+    };
+    let idx = match stage {
+        "compiled" => 0,
+        "attached" => 1,
+        _ => 2,
+    };
+    let count = SEEN[idx].fetch_add(1, Ordering::SeqCst) + 1;
+    if name == stage && count == nth {
+        eprintln!("sg-agent: stopped at {stage} (SG_AGENT_TEST_STOP_AT={want})");
+        // SAFETY: plain syscall; the process continues (or dies) as its parent decides.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
 }
 
 /// One namespace's agent: its state directory, remembered state and loaded dataplane.
@@ -131,30 +180,65 @@ pub struct Agent {
     pub sd: StateDir,
     pub state: AgentState,
     dp: Option<Dataplane>,
+    /// Map sizes for maps created by this agent; adopted (pinned) maps keep theirs, and
+    /// this is updated to the real sizes when the dataplane is loaded.
     pub capacities: Capacities,
+    /// Things worth telling the user that did not stop the command.
+    pub warnings: Vec<String>,
+    /// A daemon's agent: once it has applied, finding the namespace detached under it (by
+    /// `sg-agent detach`) stops an apply with [`DetachedUnderUs`] instead of starting over.
+    pub stop_if_detached: bool,
 }
 
+/// The namespace was detached while this agent was running (see
+/// [`Agent::stop_if_detached`]).
+#[derive(Debug)]
+pub struct DetachedUnderUs;
+
+impl std::fmt::Display for DetachedUnderUs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the namespace was detached (`sg-agent detach`)")
+    }
+}
+
+impl std::error::Error for DetachedUnderUs {}
+
 impl Agent {
-    /// Opens the namespace's state (without loading anything into the kernel yet).
+    /// Opens the namespace's state (without loading anything into the kernel yet). Refuses a
+    /// corrupted state file or one written by an agent of another ABI, touching nothing.
     pub fn open(state_dir: Option<&Path>) -> Result<Agent> {
         let sd = StateDir::for_current_netns(state_dir)?;
-        let state = sd.load()?.unwrap_or_default();
-        if state.abi != 0 && state.abi != ABI_VERSION {
-            bail!(
-                "the state in {} was written by an agent speaking ABI {}, this one speaks ABI \
-                 {ABI_VERSION}; enforcement is left as it is. hint: run `sg-agent detach` with \
-                 the old binary, or remove {} and {} (conntrack state is lost)",
-                sd.run.display(),
-                state.abi,
-                sd.pins.display(),
-                sd.run.display()
-            );
-        }
+        let mut warnings = Vec::new();
+        let state = load_state(&sd, state_dir.is_none(), &mut warnings)?;
         Ok(Agent {
             sd,
             state,
             dp: None,
             capacities: Capacities::default(),
+            warnings,
+            stop_if_detached: false,
+        })
+    }
+
+    /// Like [`Agent::open`] but for `detach`, the way out: an unreadable or foreign state
+    /// does not stop it (it is removed with everything else).
+    pub fn open_for_detach(state_dir: Option<&Path>) -> Result<Agent> {
+        let sd = StateDir::for_current_netns(state_dir)?;
+        let mut warnings = Vec::new();
+        let state = match sd.load() {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                warnings.push(format!("{e:#}"));
+                AgentState::default()
+            }
+        };
+        Ok(Agent {
+            sd,
+            state,
+            dp: None,
+            capacities: Capacities::default(),
+            warnings,
+            stop_if_detached: false,
         })
     }
 
@@ -165,6 +249,17 @@ impl Agent {
 
     fn require_applied(&self) -> Result<()> {
         if !self.is_applied() {
+            let pinned = dataplane::pinned_ifaces(&self.links_dir());
+            if !pinned.is_empty() {
+                bail!(
+                    "nothing is recorded as applied in this network namespace (no state in {}), \
+                     but {} interface(s) have pinned sg programs in {}: an apply was \
+                     interrupted; hint: sg-agent apply FILE, or sg-agent detach",
+                    self.sd.run.display(),
+                    pinned.len(),
+                    self.links_dir().display()
+                );
+            }
             bail!(
                 "nothing is applied in this network namespace (no state in {}); hint: \
                  sg-agent apply FILE",
@@ -174,25 +269,58 @@ impl Agent {
         Ok(())
     }
 
-    /// The loaded dataplane, adopting pinned maps.
+    /// The loaded dataplane, adopting pinned maps (at their real sizes) and the counter slots
+    /// the state remembers.
     pub fn dataplane(&mut self) -> Result<&mut Dataplane> {
         if self.dp.is_none() {
             self.sd.create()?;
-            let dp = Dataplane::load(LoadOptions {
+            let maps_dir = self.sd.pins.join("maps");
+            let hint = "loading the sg dataplane; hint: run as root (CAP_BPF, CAP_NET_ADMIN, \
+                        CAP_PERFMON)";
+            self.capacities =
+                dataplane::pinned_capacities(&maps_dir, self.capacities).context(hint)?;
+            let mut dp = Dataplane::load(LoadOptions {
                 capacities: self.capacities,
-                pin_dir: Some(self.sd.pins.join("maps")),
+                pin_dir: Some(maps_dir),
                 object: None,
-            })?;
+            })
+            .context(hint)?;
+            if self.is_applied() {
+                dp.adopt_slots(&self.state.slot_table());
+            }
             self.dp = Some(dp);
         }
         Ok(self.dp.as_mut().expect("just loaded"))
     }
 
-    fn links_dir(&self) -> PathBuf {
+    pub fn links_dir(&self) -> PathBuf {
         self.sd.pins.join("links")
     }
 
-    /// Validate -> bind -> compile -> attach -> swap -> save. On error nothing changed.
+    pub fn maps_dir(&self) -> PathBuf {
+        self.sd.pins.join("maps")
+    }
+
+    /// Another agent (a CLI `apply` beside a daemon, or one killed half-way) may have changed
+    /// the namespace since this one loaded it: re-read the state, and drop the loaded
+    /// dataplane when its picture of the kernel is stale, so the next apply never writes
+    /// into the live generation. Call with the lock held.
+    fn refresh(&mut self) -> Result<()> {
+        let mut warnings = Vec::new();
+        let disk = load_state(&self.sd, false, &mut warnings)?;
+        if disk != self.state {
+            self.state = disk;
+            self.dp = None;
+        } else if let Some(dp) = &self.dp
+            && !dp.still_current().unwrap_or(false)
+        {
+            self.dp = None;
+        }
+        Ok(())
+    }
+
+    /// Validate -> bind -> compile -> attach -> swap -> save. On error the enforced policy
+    /// is the one before (see docs/agent.md "Failure behaviour").
     pub fn apply(&mut self, src: &dyn PolicySource, opts: ApplyOptions) -> Result<ApplyOutcome> {
         let t0 = Instant::now();
         let loaded = src.load()?;
@@ -210,7 +338,7 @@ impl Agent {
                 .filter(|l| l.name != "lo")
                 .map(|l| format!("{} {:?}", l.name, l.addresses))
                 .collect();
-            return Err(InvalidInput(format!(
+            return Err(NotOnThisHost(format!(
                 "{}: no interface of the policy is on this host (local devices: {}); hint: \
                  give the instance's addresses in the policy, or name the device with \
                  `device:`",
@@ -224,21 +352,25 @@ impl Agent {
             .into());
         }
         let new_applied = summarize(policy, &bindings);
-        let diff = diff(&self.state.applied, &new_applied);
         let by_name: BTreeMap<String, u32> = bindings
             .iter()
             .map(|b| (b.interface.clone(), b.ifindex))
             .collect();
 
         if opts.dry_run {
+            // Read-only: what is recorded now, the real sizes of pinned maps; nothing is
+            // created, loaded or locked.
+            let current = self.sd.load()?.unwrap_or_default();
+            let caps = dataplane::pinned_capacities(&self.maps_dir(), self.capacities)?;
+            let diff = diff(&current.applied, &new_applied);
             let tc = Instant::now();
             compile::compile(
                 policy,
                 &by_name,
-                &self.state.slot_table(),
+                &current.slot_table(),
                 &CompileOptions {
-                    generation: 1 - self.state.generation.min(1),
-                    slot_capacity: self.capacities.rule_slots,
+                    generation: 1 - current.generation.min(1),
+                    slot_capacity: caps.rule_slots,
                 },
             )
             .map_err(|e| anyhow!("compiling the policy: {e}"))?;
@@ -247,25 +379,34 @@ impl Agent {
                 source: src.describe(),
                 dry_run: true,
                 diff,
-                generation: self.state.generation,
+                generation: current.generation,
                 entries: 0,
                 attached: Vec::new(),
                 detached: Vec::new(),
                 notes: Vec::new(),
                 to_effect_ms: 0.0,
+                swap_ms: 0.0,
                 compile_ms,
                 total_ms: ms(t0.elapsed()),
             });
         }
 
+        let was_applied = self.is_applied();
         let _lock = self.sd.lock()?;
+        self.refresh()?;
+        if self.stop_if_detached && was_applied && !self.is_applied() {
+            return Err(DetachedUnderUs.into());
+        }
+        let diff = diff(&self.state.applied, &new_applied);
         let text = src.text()?;
         let links = self.links_dir();
         let prev_slots = self.state.slot_table();
         let prev_hooks = self.state.hooks.clone();
+        let had_state = self.sd.state_file().exists();
+        let cookie = crate::state::netns_cookie().unwrap_or(0);
         let dp = self.dataplane()?;
         let tc = Instant::now();
-        let image = compile::compile(
+        let mut image = compile::compile(
             policy,
             &by_name,
             &prev_slots,
@@ -275,13 +416,21 @@ impl Agent {
             },
         )
         .map_err(|e| anyhow!("compiling the policy: {e}"))?;
+        // Drop events (flow log REJECT lines) are wanted on every interface; whether any are
+        // produced is one global switch (SG_CONFIG.events_per_sec), on while a daemon with a
+        // flow log runs. So a CLI apply beside such a daemon does not silence it.
+        for conf in image.ifaces.values_mut() {
+            conf.flags |= sg_common::iface_flags::LOG_DROPS;
+        }
         let compile_ms = ms(tc.elapsed());
         let entries = image.ifaces.len() + image.peers.len() + image.ports.len();
+        test_stop_point("compiled");
 
         // 1. Attach (or re-attach with this binary's programs) every bound device. New ones
         //    judge with "no policy" until the flip: fail closed, for milliseconds.
         let before: BTreeSet<u32> = dataplane::pinned_ifaces(&links)
             .iter()
+            .filter(|p| p.live)
             .map(|p| p.ifindex)
             .collect();
         let mut attached = Vec::new();
@@ -306,15 +455,44 @@ impl Agent {
                 }
             }
         }
-        // 2. The atomic swap.
+        test_stop_point("attached");
+
+        // 2. Remember the new counter slots before the flip, beside the old ones: whichever
+        //    generation is live when this process dies, the state names its slots.
+        let mut pre = self.state.clone();
+        pre.abi = ABI_VERSION;
+        pre.netns_cookie = cookie;
+        for (rule, slot) in &image.slots.by_rule {
+            pre.slots.insert(rule.0.clone(), *slot);
+        }
+        pre.slot_cursor = image.slots.cursor;
+        if let Err(e) = self.sd.save(&pre) {
+            undo_new_attachments(&links, &bindings, &before);
+            return Err(e.context("saving the state before the swap (nothing was swapped)"));
+        }
+
+        // 3. The atomic swap.
+        let dp = self.dp.as_mut().expect("loaded above");
+        let t_swap = Instant::now();
         let report: ApplyReport = match dp.apply(&image) {
             Ok(r) => r,
             Err(e) => {
                 undo_new_attachments(&links, &bindings, &before);
+                let restored = if had_state {
+                    self.sd.save(&self.state)
+                } else {
+                    std::fs::remove_file(self.sd.state_file()).map_err(Into::into)
+                };
+                if let Err(e2) = restored {
+                    log::warn!("restoring the state file after a failed swap: {e2:#}");
+                }
                 return Err(e.context("swapping the policy in (the previous one stays)"));
             }
         };
-        // 3. Release devices the policy no longer covers.
+        let to_effect_ms = ms(t_swap.duration_since(t0)) + ms(report.to_flip);
+        test_stop_point("swapped");
+
+        // 4. Release devices the policy no longer covers, and pins whose device is gone.
         let bound: BTreeSet<u32> = bindings.iter().map(|b| b.ifindex).collect();
         let mut detached = Vec::new();
         for p in dataplane::pinned_ifaces(&links) {
@@ -327,13 +505,19 @@ impl Agent {
                     .iter()
                     .find(|(_, i)| i.ifindex == p.ifindex)
                     .map(|(d, _)| d.clone())
-                    .unwrap_or_else(|| format!("ifindex {}", p.ifindex));
-                detached.push(name);
+                    .unwrap_or_else(|| "device".into());
+                detached.push(if p.live {
+                    format!("{name} (ifindex {})", p.ifindex)
+                } else {
+                    format!(
+                        "{name} (ifindex {}, deleted: stale pins removed)",
+                        p.ifindex
+                    )
+                });
             }
         }
-        // 4. Remember.
-        let mut st = self.state.clone();
-        st.abi = ABI_VERSION;
+        // 5. Remember.
+        let mut st = pre;
         st.generation = report.generation;
         st.set_slots(&image.slots);
         st.source = src.describe();
@@ -343,11 +527,15 @@ impl Agent {
             .unwrap_or(0);
         st.applied = new_applied;
         st.hooks = hooks;
-        std::fs::write(self.sd.run.join("policy.applied"), &text)
+        crate::state::write_private(&self.sd.run.join("policy.applied"), text.as_bytes())
             .context("saving the applied policy text")?;
-        std::fs::write(
-            self.sd.run.join("policy.applied.name"),
-            src.describe().rsplit('/').next().unwrap_or("policy"),
+        crate::state::write_private(
+            &self.sd.run.join("policy.applied.name"),
+            src.describe()
+                .rsplit('/')
+                .next()
+                .unwrap_or("policy")
+                .as_bytes(),
         )?;
         self.sd.save(&st)?;
         self.state = st;
@@ -360,7 +548,8 @@ impl Agent {
             attached,
             detached,
             notes,
-            to_effect_ms: ms(report.to_flip),
+            to_effect_ms,
+            swap_ms: ms(report.to_flip),
             compile_ms,
             total_ms: ms(t0.elapsed()),
         })
@@ -377,20 +566,88 @@ impl Agent {
             .map_err(|d| anyhow!("the applied policy no longer loads: {d}"))
     }
 
+    /// Read-only commands adopt the pinned maps; when they are gone they must not create
+    /// empty ones in their place.
+    fn require_pins(&self) -> Result<()> {
+        if self.dp.is_some() {
+            // A loaded dataplane holds its maps (a daemon; pins can be put back).
+            return Ok(());
+        }
+        let abi = self
+            .maps_dir()
+            .join(format!("abi-{ABI_VERSION}"))
+            .join(sg_common::maps::ACTIVE);
+        if !abi.exists() {
+            bail!(
+                "a policy is recorded in {} but its pinned maps are gone from {} (removed \
+                 by hand?): nothing is enforced; hint: sg-agent apply FILE, or sg-agent detach",
+                self.sd.run.display(),
+                self.sd.pins.display()
+            );
+        }
+        Ok(())
+    }
+
     pub fn status(&mut self) -> Result<Status> {
         self.require_applied()?;
+        self.require_pins()?;
         let links = self.links_dir();
         let pinned = dataplane::pinned_ifaces(&links);
         let dp = self.dataplane()?;
         let ct = dp.ct_stats()?;
         let caps = dp.capacities();
+        let kernel_generation = dp.active_generation();
+        let (ki, kp, kq) = dp.generation_entries(kernel_generation);
         let st = &self.state;
+        let mut warnings = self.warnings.clone();
+        if kernel_generation != st.generation {
+            warnings.push(format!(
+                "the kernel enforces generation {kernel_generation} but the state records \
+                 generation {}: an apply was interrupted after it took effect, so what is \
+                 listed here may be older than what is enforced; hint: sg-agent apply FILE",
+                st.generation
+            ));
+        }
+        if ki + kp + kq == 0 {
+            warnings.push(
+                "the policy maps are empty (the pins were removed or replaced?): every packet \
+                 of an attached interface is dropped as \"no policy\"; hint: sg-agent apply FILE"
+                    .into(),
+            );
+        }
+        for p in &pinned {
+            let known = st
+                .applied
+                .interfaces
+                .values()
+                .any(|i| i.ifindex == p.ifindex);
+            if !p.live {
+                warnings.push(format!(
+                    "ifindex {} is gone but its pins remain (the device was deleted); the next \
+                     apply removes them",
+                    p.ifindex
+                ));
+            } else if !known {
+                warnings.push(format!(
+                    "ifindex {} has sg programs attached but is not in the recorded policy (an \
+                     apply was interrupted); hint: sg-agent apply FILE, or sg-agent detach",
+                    p.ifindex
+                ));
+            }
+        }
         let interfaces = st
             .applied
             .interfaces
             .iter()
             .map(|(dev, i)| {
-                let p = pinned.iter().find(|p| p.ifindex == i.ifindex);
+                let p = pinned.iter().find(|p| p.ifindex == i.ifindex && p.live);
+                if p.is_none() {
+                    warnings.push(format!(
+                        "{dev} (ifindex {}) has no live pinned programs: it is NOT enforced \
+                         (pins removed, or the device was deleted); hint: sg-agent apply FILE",
+                        i.ifindex
+                    ));
+                }
                 IfaceStatus {
                     device: dev.clone(),
                     ifindex: i.ifindex,
@@ -413,18 +670,22 @@ impl Agent {
             source: st.source.clone(),
             applied_at: st.applied_at,
             generation: st.generation,
+            kernel_generation,
             interfaces,
             rules: st.applied.rules.len(),
             conntrack: ct,
             ct_capacity: caps.ct,
             ct_new_capacity: caps.ct_new,
             pins: self.sd.pins.display().to_string(),
+            state: self.sd.run.display().to_string(),
+            warnings,
         })
     }
 
     /// Per-rule counters (every applied rule, zero traffic included) and reason counters.
     pub fn counters(&mut self) -> Result<Counters> {
         self.require_applied()?;
+        self.require_pins()?;
         let slots = self.state.slots.clone();
         let rules_meta = self.state.applied.rules.clone();
         let dp = self.dataplane()?;
@@ -458,11 +719,13 @@ impl Agent {
 
     pub fn conntrack(&mut self) -> Result<Vec<CtEntry>> {
         self.require_applied()?;
+        self.require_pins()?;
         self.dataplane()?.conntrack()
     }
 
     pub fn flush_conntrack(&mut self) -> Result<usize> {
         self.require_applied()?;
+        self.require_pins()?;
         self.dataplane()?.flush_conntrack()
     }
 
@@ -471,9 +734,16 @@ impl Agent {
         self.dataplane()?.sweep_conntrack()
     }
 
-    /// Removes links, maps, pins and state: enforcement stops.
-    pub fn detach(self) -> Result<Vec<String>> {
-        let _lock = self.sd.lock()?;
+    /// Holds every pinned object open (a daemon does, so removed pins can be put back).
+    pub fn hold_pins(&self) -> Result<PinGuard> {
+        PinGuard::hold(&self.links_dir(), &self.maps_dir())
+    }
+
+    /// Removes links, maps, pins and state: enforcement stops. A daemon of this namespace
+    /// (it holds the links open) is stopped too, and waited for.
+    pub fn detach(self) -> Result<Detached> {
+        let lock = self.sd.lock()?;
+        let daemon = self.sd.daemon();
         let links = self.links_dir();
         let mut gone = Vec::new();
         for p in dataplane::pinned_ifaces(&links) {
@@ -493,10 +763,25 @@ impl Agent {
             std::fs::remove_dir_all(&self.sd.pins)
                 .with_context(|| format!("removing {}", self.sd.pins.display()))?;
         }
-        let _ = std::fs::remove_file(self.sd.run.join("policy.applied"));
-        let _ = std::fs::remove_file(self.sd.run.join("policy.applied.name"));
         self.sd.remove()?;
-        Ok(gone)
+        drop(lock);
+        let mut out = Detached {
+            interfaces: gone,
+            daemon: None,
+        };
+        if let Some((pid, claim)) = daemon {
+            // SAFETY: plain syscall; the pid holds this namespace's daemon claim.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let stopped = crate::state::wait_released(&claim, Duration::from_secs(10));
+            if !stopped {
+                bail!(
+                    "pins and state are removed but the daemon (pid {pid}) did not stop within \
+                     10 s; it holds the programs attached until it exits; hint: kill {pid}"
+                );
+            }
+            out.daemon = Some(pid);
+        }
+        Ok(out)
     }
 
     /// `explain`: the reference model's verdict and the real program's, for a new packet.
@@ -680,6 +965,44 @@ impl Capacities {
     }
 }
 
+/// Reads the state file and checks that this agent may adopt it: same ABI, same network
+/// namespace (by cookie: an inode can be reused after its namespace is deleted; the pins of
+/// a dead namespace are then removed rather than adopted).
+fn load_state(sd: &StateDir, check_netns: bool, warnings: &mut Vec<String>) -> Result<AgentState> {
+    let state = sd.load()?.unwrap_or_default();
+    if state.abi != 0 && state.abi != ABI_VERSION {
+        bail!(
+            "the state in {} was written by an agent speaking ABI {}, this one speaks ABI \
+             {ABI_VERSION}; enforcement is left as it is. hint: `sg-agent detach` (with either \
+             binary) removes it, then apply again (conntrack state is lost)",
+            sd.run.display(),
+            state.abi,
+        );
+    }
+    if check_netns && state.netns_cookie != 0 {
+        // Kernels without SO_NETNS_COOKIE (< 5.14) record 0 and skip the check.
+        let here = crate::state::netns_cookie().unwrap_or(state.netns_cookie);
+        if here != state.netns_cookie {
+            let links = sd.pins.join("links");
+            for p in dataplane::pinned_ifaces(&links) {
+                let _ = dataplane::unpin_iface(&links, p.ifindex);
+            }
+            let _ = std::fs::remove_dir_all(&sd.pins);
+            let _ = std::fs::remove_dir_all(&sd.run);
+            let msg = format!(
+                "removed pins and state left by a deleted network namespace whose inode this \
+                 one reuses ({}, {})",
+                sd.pins.display(),
+                sd.run.display()
+            );
+            log::warn!("{msg}");
+            warnings.push(msg);
+            return Ok(AgentState::default());
+        }
+    }
+    Ok(state)
+}
+
 fn undo_new_attachments(links: &Path, bindings: &[Binding], before: &BTreeSet<u32>) {
     for b in bindings {
         if !before.contains(&b.ifindex) {
@@ -694,6 +1017,15 @@ fn describe_attach(dev: &str, r: &AttachReport) -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// What `detach` removed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Detached {
+    /// Devices whose programs were detached.
+    pub interfaces: Vec<String>,
+    /// The daemon that was stopped.
+    pub daemon: Option<i32>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -713,6 +1045,8 @@ pub struct Status {
     pub source: String,
     pub applied_at: u64,
     pub generation: u32,
+    /// The generation SG_ACTIVE names (differs from `generation` after an interrupted apply).
+    pub kernel_generation: u32,
     pub interfaces: Vec<IfaceStatus>,
     pub rules: usize,
     #[serde(serialize_with = "ser_ct")]
@@ -720,6 +1054,9 @@ pub struct Status {
     pub ct_capacity: u32,
     pub ct_new_capacity: u32,
     pub pins: String,
+    pub state: String,
+    /// Inconsistencies found (interrupted apply, pins removed, device deleted).
+    pub warnings: Vec<String>,
 }
 
 pub fn ser_ct<S: serde::Serializer>(c: &CtStats, s: S) -> Result<S::Ok, S::Error> {

@@ -9,11 +9,55 @@ use anyhow::Result;
 
 use crate::agent::{self, Agent, ApplyOptions, ApplyOutcome, FileSource};
 use crate::config;
+use crate::dataplane::Capacities;
 
 /// Options every command shares.
 pub struct Globals {
     pub json: bool,
     pub state_dir: Option<PathBuf>,
+    /// `--capacity NAME=N`: sizes of maps this agent creates (pinned maps keep theirs).
+    pub capacities: Vec<String>,
+}
+
+/// Parses `--capacity NAME=N` values over the defaults.
+pub fn parse_capacities(specs: &[String]) -> Result<Capacities> {
+    let mut c = Capacities::default();
+    for spec in specs {
+        let bad = || {
+            InvalidInput(format!(
+                "--capacity {spec}: expected NAME=N with NAME one of ifaces, peers, ports, ct, \
+                 ct_new, frags, rule_slots, events_bytes"
+            ))
+        };
+        let (name, n) = spec.split_once('=').ok_or_else(bad)?;
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        if n == 0 {
+            return Err(bad().into());
+        }
+        let field = match name.trim() {
+            "ifaces" => &mut c.ifaces,
+            "peers" => &mut c.peers,
+            "ports" => &mut c.ports,
+            "ct" => &mut c.ct,
+            "ct_new" => &mut c.ct_new,
+            "frags" => &mut c.frags,
+            "rule_slots" => &mut c.rule_slots,
+            "events_bytes" => &mut c.events_bytes,
+            _ => return Err(bad().into()),
+        };
+        *field = n;
+    }
+    Ok(c)
+}
+
+/// Opens the namespace's agent with the global options.
+pub fn open_agent(g: &Globals) -> Result<Agent> {
+    let mut a = Agent::open(g.state_dir.as_deref())?;
+    a.capacities = parse_capacities(&g.capacities)?;
+    for w in &a.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(a)
 }
 
 /// Bad input (file, command line): exit code 2, and nothing was applied.
@@ -75,7 +119,7 @@ pub fn check(g: &Globals, file: &Path) -> Result<()> {
 /// `sg-agent apply FILE [--dry-run]`
 pub fn apply(g: &Globals, file: &Path, dry_run: bool, hook: &str) -> Result<()> {
     let ingress = agent::parse_hook(hook)?;
-    let mut a = Agent::open(g.state_dir.as_deref())?;
+    let mut a = open_agent(g)?;
     let src = FileSource(file.to_path_buf());
     let out = a.apply(&src, ApplyOptions { dry_run, ingress })?;
     if g.json {
@@ -178,7 +222,7 @@ fn desc(d: &Option<String>) -> String {
 
 /// `sg-agent status`
 pub fn status(g: &Globals) -> Result<()> {
-    let mut a = Agent::open(g.state_dir.as_deref())?;
+    let mut a = open_agent(g)?;
     let s = a.status()?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -190,7 +234,11 @@ pub fn status(g: &Globals) -> Result<()> {
         s.source, s.applied_at
     );
     println!("generation:  {} ({} rules)", s.generation, s.rules);
+    if s.kernel_generation != s.generation {
+        println!("kernel:      generation {} is active", s.kernel_generation);
+    }
     println!("pins:        {}", s.pins);
+    println!("state:       {}", s.state);
     println!(
         "conntrack:   {} confirmed ({} free of {}), {} unconfirmed ({} free of {}), exceeded {}",
         s.conntrack.ct_count,
@@ -213,12 +261,15 @@ pub fn status(g: &Globals) -> Result<()> {
             i.groups.join(", ")
         );
     }
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
     Ok(())
 }
 
 /// `sg-agent counters [--watch N]`
 pub fn counters(g: &Globals, watch: Option<u64>) -> Result<()> {
-    let mut a = Agent::open(g.state_dir.as_deref())?;
+    let mut a = open_agent(g)?;
     loop {
         let c = a.counters()?;
         if g.json {
@@ -268,7 +319,7 @@ pub fn print_counters(c: &agent::Counters) {
 
 /// `sg-agent conntrack [list]`
 pub fn conntrack_list(g: &Globals) -> Result<()> {
-    let mut a = Agent::open(g.state_dir.as_deref())?;
+    let mut a = open_agent(g)?;
     let entries = a.conntrack()?;
     if g.json {
         let v: Vec<_> = entries
@@ -321,7 +372,7 @@ pub fn conntrack_list(g: &Globals) -> Result<()> {
 
 /// `sg-agent conntrack flush`
 pub fn conntrack_flush(g: &Globals) -> Result<()> {
-    let mut a = Agent::open(g.state_dir.as_deref())?;
+    let mut a = open_agent(g)?;
     let n = a.flush_conntrack()?;
     if g.json {
         println!("{}", serde_json::json!({ "flushed": n }));
@@ -335,7 +386,7 @@ pub use agent::ExplainQuery;
 
 /// `sg-agent explain ...`
 pub fn explain(g: &Globals, q: &ExplainQuery) -> Result<()> {
-    let mut a = Agent::open(g.state_dir.as_deref())?;
+    let mut a = open_agent(g)?;
     let e = a.explain(q)?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
@@ -411,11 +462,23 @@ pub fn explain(g: &Globals, q: &ExplainQuery) -> Result<()> {
 
 /// `sg-agent detach`
 pub fn detach(g: &Globals) -> Result<()> {
-    let a = Agent::open(g.state_dir.as_deref())?;
-    let gone = a.detach()?;
+    let a = Agent::open_for_detach(g.state_dir.as_deref())?;
+    for w in &a.warnings {
+        eprintln!("warning: {w} (removed anyway)");
+    }
+    let d = a.detach()?;
+    let gone = d.interfaces;
     if g.json {
-        println!("{}", serde_json::json!({ "detached": gone }));
-    } else if gone.is_empty() {
+        println!(
+            "{}",
+            serde_json::json!({ "detached": gone, "daemon_stopped": d.daemon })
+        );
+        return Ok(());
+    }
+    if let Some(pid) = d.daemon {
+        println!("stopped the daemon (pid {pid})");
+    }
+    if gone.is_empty() {
         println!("nothing was attached; pins and state removed");
     } else {
         println!(
@@ -433,8 +496,10 @@ pub fn daemon(g: &Globals, opts: DaemonOptions) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let caps = parse_capacities(&g.capacities)?;
     rt.block_on(daemon_run(
         g.state_dir.clone(),
+        caps,
         opts,
         crate::daemon::shutdown_signal(),
     ))

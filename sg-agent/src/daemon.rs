@@ -18,9 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::{self, Agent, ApplyOptions, FileSource, PolicySource};
+use crate::agent::{
+    self, Agent, ApplyOptions, DetachedUnderUs, FileSource, NotOnThisHost, PolicySource,
+};
 use crate::cli::InvalidInput;
-use crate::dataplane::ip_of;
+use crate::dataplane::{Capacities, PinGuard, ip_of};
 use crate::report::{self, FlowRecord, Sample};
 
 pub struct DaemonOptions {
@@ -29,6 +31,8 @@ pub struct DaemonOptions {
     pub flow_log: Option<String>,
     pub ingress_hook: String,
     pub poll: u64,
+    /// Seconds between flow log flushes.
+    pub flow_log_interval: u64,
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -48,21 +52,42 @@ struct Stats {
     last_error: Option<String>,
     last_apply_unix: u64,
     last_to_effect_ms: f64,
+    pins_restored: u64,
+    /// Waiting for the policy's interfaces to appear (nothing enforced yet).
+    waiting: bool,
 }
 
-/// Runs until `shutdown` completes.
+/// What the daemon does after an apply attempt.
+enum Next {
+    Continue,
+    /// The namespace was detached (`sg-agent detach`): stop holding anything and exit.
+    Detached,
+}
+
+/// Runs until `shutdown` completes (or the namespace is detached under it).
 pub async fn run(
     state_dir: Option<PathBuf>,
+    capacities: Capacities,
     opts: DaemonOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let hook = agent::parse_hook(&opts.ingress_hook)?;
     let mut agent = Agent::open(state_dir.as_deref())?;
+    agent.capacities = capacities;
+    agent.stop_if_detached = true;
+    for w in &agent.warnings {
+        log::warn!("{w}");
+    }
+    let _claim = agent.sd.claim_daemon()?;
     let src = FileSource(opts.config.clone());
     let mut stats = Stats::default();
     let mut fingerprint = src.fingerprint();
+    let mut host = host_fingerprint();
+    let mut guard: Option<PinGuard> = None;
 
-    // The first apply. A bad file with a policy already enforced (a restart) keeps that one.
+    // The first apply. A bad file with a policy already enforced (a restart) keeps that one;
+    // a policy whose interfaces are not here yet (boot, before the network is configured)
+    // is retried at every poll.
     match agent.apply(
         &src,
         ApplyOptions {
@@ -82,6 +107,15 @@ pub async fn run(
                 out.to_effect_ms
             );
         }
+        Err(e) if e.downcast_ref::<NotOnThisHost>().is_some() => {
+            stats.apply_errors += 1;
+            stats.last_error = Some(e.to_string());
+            stats.waiting = !agent.is_applied();
+            log::warn!(
+                "{e}\nwaiting for the interfaces (checked every {} s)",
+                opts.poll
+            );
+        }
         Err(e) if e.downcast_ref::<InvalidInput>().is_some() && agent.is_applied() => {
             stats.apply_errors += 1;
             stats.last_error = Some(e.to_string());
@@ -90,51 +124,86 @@ pub async fn run(
         Err(e) => return Err(e),
     }
     let flow_log = opts.flow_log.is_some();
-    agent
-        .dataplane()?
-        .set_events_per_sec(if flow_log { 1000 } else { 0 })?;
+    if agent.is_applied() {
+        agent
+            .dataplane()?
+            .set_events_per_sec(if flow_log { 1000 } else { 0 })?;
+        guard = Some(agent.hold_pins()?);
+    }
     let mut flows = FlowLog::open(opts.flow_log.as_deref())?;
+    if agent.is_applied() {
+        // Flows a previous daemon already reported: only traffic from now on is logged.
+        flows.baseline(&mut agent)?;
+    }
 
     let listener = TcpListener::bind(&opts.metrics)
         .await
         .with_context(|| format!("binding the metrics endpoint {}", opts.metrics))?;
     log::info!("metrics on http://{}/metrics", listener.local_addr()?);
     let _ = report::sd_notify(&format!(
-        "READY=1\nSTATUS=enforcing {} (generation {})",
-        opts.config.display(),
-        agent.state.generation
+        "READY=1\nSTATUS={}\nMAINPID={}",
+        status_line(&agent, &stats, &opts),
+        std::process::id()
     ));
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut poll = tokio::time::interval(Duration::from_secs(opts.poll.max(1)));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    let mut flush = tokio::time::interval(Duration::from_secs(opts.flow_log_interval.max(1)));
     let mut events = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
+    let mut detached = false;
     loop {
-        tokio::select! {
+        let next = tokio::select! {
             _ = &mut shutdown => break,
-            _ = hup.recv() => reload(&mut agent, &src, hook, &mut stats, "SIGHUP"),
+            _ = hup.recv() => {
+                // This read of the file counts for the poll too: a broken file is reported
+                // once, not again at the next tick.
+                fingerprint = src.fingerprint();
+                reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, "SIGHUP")
+            }
             _ = poll.tick() => {
                 let fp = src.fingerprint();
+                let hp = host_fingerprint();
                 if fp != fingerprint {
                     fingerprint = fp;
-                    reload(&mut agent, &src, hook, &mut stats, "file change");
+                    host = hp;
+                    reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, "file change")
+                } else if hp != host {
+                    // A device or an address came or went: the binding may differ (an
+                    // interface recreated under a new ifindex, the addresses of a waiting
+                    // policy configured at last).
+                    host = hp;
+                    reload(&mut agent, &src, hook, &mut stats, &mut guard, flow_log, &opts, "interface change")
+                } else {
+                    check_pins(&agent, &mut guard, &mut stats)
                 }
             }
             _ = housekeeping.tick() => {
-                match agent.sweep_conntrack() {
-                    Ok(n) if n > 0 => log::debug!("swept {n} expired flows"),
-                    Ok(_) => {}
-                    Err(e) => log::warn!("conntrack sweep: {e:#}"),
+                if agent.is_applied() {
+                    match agent.sweep_conntrack() {
+                        Ok(n) if n > 0 => log::debug!("swept {n} expired flows"),
+                        Ok(_) => {}
+                        Err(e) => log::warn!("conntrack sweep: {e:#}"),
+                    }
                 }
-                if let Err(e) = flows.flush_accepts(&mut agent) {
+                Next::Continue
+            }
+            _ = flush.tick(), if flow_log => {
+                if agent.is_applied()
+                    && let Err(e) = flows.flush_accepts(&mut agent)
+                {
                     log::warn!("flow log: {e:#}");
                 }
+                Next::Continue
             }
             _ = events.tick(), if flow_log => {
-                if let Err(e) = flows.take_events(&mut agent) {
+                if agent.is_applied()
+                    && let Err(e) = flows.take_events(&mut agent)
+                {
                     log::warn!("flow log events: {e:#}");
                 }
+                Next::Continue
             }
             conn = listener.accept() => {
                 if let Ok((mut sock, _)) = conn {
@@ -152,23 +221,112 @@ pub async fn run(
                     );
                     let _ = tokio::time::timeout(Duration::from_secs(2), sock.write_all(resp.as_bytes())).await;
                 }
+                Next::Continue
             }
+        };
+        if let Next::Detached = next {
+            detached = true;
+            break;
         }
     }
     let _ = report::sd_notify("STOPPING=1");
-    let _ = flows.flush_accepts(&mut agent);
+    if detached {
+        drop(guard);
+        log::info!("the namespace was detached (`sg-agent detach`); stopping");
+        return Ok(());
+    }
+    if agent.is_applied() {
+        let _ = flows.take_events(&mut agent);
+        let _ = flows.flush_accepts(&mut agent);
+        // Nobody reads the event ring once the daemon is gone.
+        if let Ok(dp) = agent.dataplane() {
+            let _ = dp.set_events_per_sec(0);
+        }
+    }
     log::info!("stopping; enforcement stays (pinned). `sg-agent detach` removes it");
     Ok(())
 }
 
+/// The local devices (names, ifindexes, addresses): what binding depends on.
+fn host_fingerprint() -> Option<Vec<crate::bind::LocalIface>> {
+    crate::bind::local_interfaces().ok()
+}
+
+fn status_line(agent: &Agent, stats: &Stats, opts: &DaemonOptions) -> String {
+    if stats.waiting {
+        format!(
+            "waiting for the interfaces of {} (nothing enforced yet)",
+            opts.config.display()
+        )
+    } else {
+        format!(
+            "enforcing {} (generation {})",
+            agent.state.source, agent.state.generation
+        )
+    }
+}
+
+/// Puts back pins that disappeared under the daemon (it holds the objects, so enforcement
+/// never stopped), unless the namespace was detached on purpose.
+fn check_pins(agent: &Agent, guard: &mut Option<PinGuard>, stats: &mut Stats) -> Next {
+    let Some(g) = guard.as_ref() else {
+        return Next::Continue;
+    };
+    let missing = g.missing();
+    if missing.is_empty() {
+        return Next::Continue;
+    }
+    // `detach` removes pins and state under the lock: take it, then look at the state.
+    let lock = match agent.sd.lock_existing() {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("checking pins: {e:#}");
+            return Next::Continue;
+        }
+    };
+    if lock.is_none() || !agent.sd.state_file().exists() {
+        *guard = None;
+        return Next::Detached;
+    }
+    match g.restore() {
+        Ok(n) => {
+            stats.pins_restored += n as u64;
+            log::warn!(
+                "{} pins under {} had been removed; enforcement never stopped (the daemon \
+                 holds the links and maps) and {n} were pinned again",
+                missing.len(),
+                agent.sd.pins.display()
+            );
+        }
+        Err(e) => log::error!(
+            "pins under {} were removed and could not be restored: {e:#}; enforcement \
+             continues while the daemon runs",
+            agent.sd.pins.display()
+        ),
+    }
+    Next::Continue
+}
+
+#[allow(clippy::too_many_arguments)]
 fn reload(
     agent: &mut Agent,
     src: &FileSource,
     hook: crate::dataplane::IngressHook,
     stats: &mut Stats,
+    guard: &mut Option<PinGuard>,
+    flow_log: bool,
+    opts: &DaemonOptions,
     why: &str,
-) {
-    let _ = report::sd_notify("RELOADING=1");
+) -> Next {
+    // Removed pins first: an apply must adopt the maps that are enforcing, not create new
+    // ones beside them. A detached namespace stays detached.
+    if let Next::Detached = check_pins(agent, guard, stats) {
+        return Next::Detached;
+    }
+    let was_waiting = stats.waiting;
+    if !was_waiting {
+        let _ = report::sd_notify("RELOADING=1");
+    }
     match agent.apply(
         src,
         ApplyOptions {
@@ -181,6 +339,7 @@ fn reload(
             stats.last_apply_unix = now_unix();
             stats.last_to_effect_ms = out.to_effect_ms;
             stats.last_error = None;
+            stats.waiting = false;
             log::info!(
                 "reloaded on {why}: generation {} in effect after {:.1} ms ({} rules added, {} removed)",
                 out.generation,
@@ -188,6 +347,26 @@ fn reload(
                 out.diff.rules_added.len(),
                 out.diff.rules_removed.len()
             );
+            if was_waiting
+                && let Err(e) = agent
+                    .dataplane()
+                    .and_then(|d| d.set_events_per_sec(if flow_log { 1000 } else { 0 }))
+            {
+                log::warn!("enabling flow log events: {e:#}");
+            }
+            // The links may have changed (interfaces added or released): hold the new set
+            // before letting go of the old.
+            match agent.hold_pins() {
+                Ok(g) => *guard = Some(g),
+                Err(e) => log::warn!("holding the pins: {e:#}"),
+            }
+        }
+        Err(e) if e.downcast_ref::<DetachedUnderUs>().is_some() => {
+            *guard = None;
+            return Next::Detached;
+        }
+        Err(e) if was_waiting && e.downcast_ref::<NotOnThisHost>().is_some() => {
+            log::debug!("still waiting: {e}");
         }
         Err(e) => {
             stats.apply_errors += 1;
@@ -195,7 +374,13 @@ fn reload(
             log::error!("reload on {why} failed, the enforced policy stays:\n{e:#}");
         }
     }
-    let _ = report::sd_notify("READY=1");
+    if !(was_waiting && stats.waiting) {
+        let _ = report::sd_notify(&format!(
+            "READY=1\nSTATUS={}",
+            status_line(agent, stats, opts)
+        ));
+    }
+    Next::Continue
 }
 
 fn now_unix() -> u64 {
@@ -209,7 +394,12 @@ fn now_unix() -> u64 {
 fn metrics(agent: &mut Agent, stats: &Stats) -> String {
     let mut out = String::new();
     let gen_ = agent.state.generation;
-    match agent.counters() {
+    let counters = if agent.is_applied() {
+        agent.counters()
+    } else {
+        Err(anyhow::anyhow!("nothing applied yet"))
+    };
+    match counters {
         Ok(c) => {
             let rule = |f: fn(&agent::RuleCount) -> u64| -> Vec<Sample> {
                 c.rules
@@ -302,7 +492,8 @@ fn metrics(agent: &mut Agent, stats: &Stats) -> String {
                 &g(ct.exceeded),
             );
         }
-        Err(e) => log::warn!("metrics: {e:#}"),
+        Err(e) if agent.is_applied() => log::warn!("metrics: {e:#}"),
+        Err(_) => {}
     }
     let g = |v: f64| {
         vec![Sample {
@@ -345,6 +536,20 @@ fn metrics(agent: &mut Agent, stats: &Stats) -> String {
         "Time from the start of the last apply to the generation flip.",
         &g(stats.last_to_effect_ms / 1000.0),
     );
+    report::prometheus_family(
+        &mut out,
+        "sg_pins_restored_total",
+        "counter",
+        "Pins that disappeared under the daemon and were pinned again.",
+        &g(stats.pins_restored as f64),
+    );
+    report::prometheus_family(
+        &mut out,
+        "sg_enforcing",
+        "gauge",
+        "1 when a policy is applied in this namespace, 0 while waiting for its interfaces.",
+        &g(if agent.is_applied() { 1.0 } else { 0.0 }),
+    );
     out
 }
 
@@ -384,6 +589,20 @@ impl FlowLog {
             rejects: BTreeMap::new(),
             last_flush: now_unix(),
         })
+    }
+
+    /// Counts what tracked flows carried so far without reporting it.
+    fn baseline(&mut self, agent: &mut Agent) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
+        for e in agent.conntrack()? {
+            self.seen
+                .insert((e.key, e.val.created_ns), (e.val.packets, e.val.bytes));
+        }
+        // Drop events queued while no daemon was reading are old news.
+        agent.dataplane()?.drain_events(usize::MAX)?;
+        Ok(())
     }
 
     fn take_events(&mut self, agent: &mut Agent) -> Result<()> {

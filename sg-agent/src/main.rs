@@ -1,6 +1,7 @@
 //! The `sg-agent` binary: parses the command line, runs the command from the library, prints
 //! the whole error chain and maps errors to the documented exit codes:
 //! 0 success, 1 runtime error, 2 invalid input or usage (nothing was changed).
+//! docs/agent.md is the reference of every command.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +23,11 @@ struct Cli {
     /// network namespace, /sys/fs/bpf/sg/netns-<inode> and /run/sg/netns-<inode>.
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Size of a map this agent creates, e.g. `ct=1048576` (conntrack entries, C6). Maps
+    /// already pinned keep their size until `sg-agent detach`. Names: ifaces, peers, ports,
+    /// ct, ct_new, frags, rule_slots, events_bytes. Repeatable.
+    #[arg(long = "capacity", global = true, value_name = "NAME=N")]
+    capacities: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -107,9 +113,12 @@ enum Cmd {
         flow_log: Option<String>,
         #[arg(long, value_name = "HOOK", default_value = "xdp")]
         ingress_hook: String,
-        /// Seconds between checks of the policy file for changes.
+        /// Seconds between checks of the policy file for changes (and of the pins).
         #[arg(long, default_value = "1")]
         poll: u64,
+        /// Seconds between flow log flushes (ACCEPT lines cover this interval).
+        #[arg(long, value_name = "SECONDS", default_value = "10")]
+        flow_log_interval: u64,
     },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
@@ -126,6 +135,9 @@ enum ConntrackCmd {
 }
 
 fn main() -> ExitCode {
+    // Pins, state and flow logs are root-only whatever the caller's umask.
+    // SAFETY: plain syscall.
+    unsafe { libc::umask(0o077) };
     let version: &'static str = Box::leak(sg_agent::version_string().into_boxed_str());
     let matches = Cli::command().version(version).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -137,9 +149,16 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if !matches!(cli.cmd, Cmd::Daemon { .. }) {
+        // `sg-agent counters | head` ends quietly; the daemon keeps ignoring SIGPIPE (a closed
+        // flow log pipe is an error it reports, not a reason to die).
+        // SAFETY: plain syscall, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let g = Globals {
         json: cli.json,
         state_dir: cli.state_dir,
+        capacities: cli.capacities,
     };
     let result = match cli.cmd {
         Cmd::Check { file } => cli::check(&g, &file),
@@ -186,6 +205,7 @@ fn main() -> ExitCode {
             flow_log,
             ingress_hook,
             poll,
+            flow_log_interval,
         } => {
             let opts = cli::DaemonOptions {
                 config,
@@ -193,6 +213,7 @@ fn main() -> ExitCode {
                 flow_log,
                 ingress_hook,
                 poll,
+                flow_log_interval,
             };
             cli::daemon(&g, opts)
         }
@@ -213,6 +234,10 @@ fn main() -> ExitCode {
         Err(e) => {
             if let Some(inv) = e.downcast_ref::<cli::InvalidInput>() {
                 eprintln!("{inv}");
+                eprintln!("nothing was changed");
+                ExitCode::from(2)
+            } else if let Some(n) = e.downcast_ref::<sg_agent::agent::NotOnThisHost>() {
+                eprintln!("{n}");
                 eprintln!("nothing was changed");
                 ExitCode::from(2)
             } else {

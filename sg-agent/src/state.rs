@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::SlotTable;
 use crate::policy::RuleId;
+
+/// Where the per-namespace directories live by default.
+pub const DEFAULT_PINS_ROOT: &str = "/sys/fs/bpf/sg";
+pub const DEFAULT_RUN_ROOT: &str = "/run/sg";
 
 /// The two directories of one agent instance.
 #[derive(Clone, Debug)]
@@ -34,6 +39,36 @@ pub fn netns_id() -> Result<u64> {
     Ok(md.ino())
 }
 
+/// The network namespace's cookie (SO_NETNS_COOKIE, kernel >= 5.14): unlike its inode, never
+/// reused by a later namespace. Recorded in the state so that pins left behind by a deleted
+/// namespace are not adopted by a new one that happens to get the same inode.
+pub fn netns_cookie() -> Result<u64> {
+    // SAFETY: plain syscalls; the socket is closed below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid for the kernel to write.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        bail!("getsockopt(SO_NETNS_COOKIE): {err}");
+    }
+    Ok(cookie)
+}
+
 impl StateDir {
     /// `/sys/fs/bpf/sg/netns-<inode>` and `/run/sg/netns-<inode>`, or both under `root` when
     /// overridden (`--state-dir`: pins go to `<root>/pins`, which must be on bpffs).
@@ -46,8 +81,8 @@ impl StateDir {
             None => {
                 let id = format!("netns-{}", netns_id()?);
                 Ok(StateDir {
-                    pins: Path::new("/sys/fs/bpf/sg").join(&id),
-                    run: Path::new("/run/sg").join(&id),
+                    pins: Path::new(DEFAULT_PINS_ROOT).join(&id),
+                    run: Path::new(DEFAULT_RUN_ROOT).join(&id),
                 })
             }
         }
@@ -57,52 +92,112 @@ impl StateDir {
         self.run.join("state.json")
     }
 
-    /// Creates both directories, root-only (pins and state are control surfaces). Mounts the
-    /// BPF filesystem at /sys/fs/bpf first when nothing is mounted there (what systemd does
-    /// at boot), for the default location.
+    /// Creates both directories, root-only (pins and state are control surfaces: whoever can
+    /// write them can change or stop enforcement). Mounts the BPF filesystem at /sys/fs/bpf
+    /// first when nothing is mounted there (what systemd does at boot), for the default
+    /// location.
     pub fn create(&self) -> Result<()> {
         if self.pins.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
             mount_bpffs(Path::new(BPFFS))?;
         }
-        use std::os::unix::fs::DirBuilderExt;
-        for d in [&self.pins, &self.run] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)
-                .with_context(|| format!("create {}", d.display()))?;
+        for root in [DEFAULT_PINS_ROOT, DEFAULT_RUN_ROOT] {
+            let root = Path::new(root);
+            if self.pins.parent() == Some(root) || self.run.parent() == Some(root) {
+                create_private_dir(root)?;
+            }
         }
+        create_private_dir(&self.pins)?;
+        create_private_dir(&self.run)?;
         check_bpffs(&self.pins)?;
         Ok(())
     }
 
     /// Takes the apply lock (blocking): one agent of a namespace changes it at a time.
     pub fn lock(&self) -> Result<Lock> {
-        std::fs::create_dir_all(&self.run)?;
+        create_private_dir(&self.run)?;
         let path = self.run.join("lock");
         let f = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("open {}", path.display()))?;
-        // SAFETY: plain syscall on a valid fd.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!(
-                "lock {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+        flock(&f, &path, libc::LOCK_EX)?;
         Ok(Lock { _file: f })
     }
 
+    /// Takes the apply lock only if the state directory still exists (it does not create
+    /// it): None means the namespace was detached. For a daemon checking its pins.
+    pub fn lock_existing(&self) -> Result<Option<Lock>> {
+        let path = self.run.join("lock");
+        let f = match File::options().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+        };
+        flock(&f, &path, libc::LOCK_EX)?;
+        // `detach` removes the lock file while holding it: a lock on a removed file locks
+        // nothing.
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Lock { _file: f }))
+    }
+
+    /// The running daemon of this namespace, if any: its pid and an open handle on its
+    /// claim, to wait for it to let go ([`wait_released`]).
+    pub fn daemon(&self) -> Option<(i32, File)> {
+        let path = self.run.join("daemon.pid");
+        let f = File::options().read(true).write(true).open(&path).ok()?;
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return None;
+        }
+        let pid = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+        Some((pid, f))
+    }
+
+    /// Claims the namespace for one daemon (non-blocking); the claim ends with the process.
+    pub fn claim_daemon(&self) -> Result<Lock> {
+        create_private_dir(&self.run)?;
+        let path = self.run.join("daemon.pid");
+        let mut f = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another sg-agent daemon (pid {}) already runs for this network namespace; \
+                 hint: systemctl status sg-agent, or stop it first",
+                pid.trim()
+            );
+        }
+        use std::io::Write as _;
+        f.set_len(0)?;
+        write!(f, "{}", std::process::id())?;
+        Ok(Lock { _file: f })
+    }
+
+    /// The remembered state. A file that does not parse (corrupted, or written by an
+    /// unrelated program) is an error that says what to do; nothing is changed.
     pub fn load(&self) -> Result<Option<AgentState>> {
         let p = self.state_file();
         match std::fs::read(&p) {
-            Ok(b) => Ok(Some(
-                serde_json::from_slice(&b).with_context(|| format!("parse {}", p.display()))?,
-            )),
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                anyhow::anyhow!(
+                    "the state file {} is corrupted ({e}); enforcement is left as it is. hint: \
+                     `sg-agent detach` removes everything; or move the file away and apply \
+                     again: the pinned maps and links are adopted (rule counters restart at 0)",
+                    p.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
         }
@@ -110,11 +205,10 @@ impl StateDir {
 
     /// Writes the state atomically (temp file + rename): a crash leaves the old or the new.
     pub fn save(&self, st: &AgentState) -> Result<()> {
-        std::fs::create_dir_all(&self.run)?;
+        create_private_dir(&self.run)?;
         let p = self.state_file();
         let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)
-            .with_context(|| format!("write {}", tmp.display()))?;
+        write_private(&tmp, &serde_json::to_vec_pretty(st)?)?;
         std::fs::rename(&tmp, &p).with_context(|| format!("rename to {}", p.display()))?;
         Ok(())
     }
@@ -122,9 +216,12 @@ impl StateDir {
     /// Removes the state file and the directories (after the pins are gone), and the shared
     /// parents when they became empty.
     pub fn remove(&self) -> Result<()> {
-        let _ = std::fs::remove_file(self.state_file());
-        let _ = std::fs::remove_file(self.run.join("lock"));
-        let _ = std::fs::remove_dir(&self.run);
+        // Everything in the run directory is the agent's: state, lock, the applied policy's
+        // text, the daemon's pid file.
+        if self.run.exists() {
+            std::fs::remove_dir_all(&self.run)
+                .with_context(|| format!("removing {}", self.run.display()))?;
+        }
         let _ = std::fs::remove_dir(&self.pins);
         for d in [self.run.parent(), self.pins.parent()]
             .into_iter()
@@ -138,9 +235,65 @@ impl StateDir {
     }
 }
 
+/// Waits (bounded) until the holder of a daemon claim has exited. True when it has.
+pub fn wait_released(f: &File, timeout: std::time::Duration) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < timeout {
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
 /// Held while changing the namespace's enforcement.
 pub struct Lock {
     _file: File,
+}
+
+fn flock(f: &File, path: &Path, op: libc::c_int) -> Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        bail!(
+            "lock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Creates `dir` and missing parents with mode 0700, and tightens `dir` to 0700 when it
+/// already existed with a wider mode.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    let md = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a file readable by root only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = File::options()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -190,14 +343,21 @@ pub fn join_host_mount_namespace() -> Result<()> {
     if !in_netns_exec_mounts(std::process::id()) {
         return Ok(());
     }
+    // The nearest ancestor; init (pid 1) when the parents are gone (`ip netns exec NS
+    // sg-agent daemon &` from a shell that has exited reparents the agent to init).
     let mut pid = parent_of(std::process::id());
     while let Some(p) = pid {
-        if p <= 1 {
+        if p == 0 {
             break;
         }
         if !in_netns_exec_mounts(p) {
             let path = format!("/proc/{p}/ns/mnt");
-            let f = File::open(&path).with_context(|| format!("open {path}"))?;
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                // init may be out of reach (a container): say what to do instead.
+                Err(_) if p == 1 => break,
+                Err(e) => return Err(e).with_context(|| format!("open {path}")),
+            };
             let cwd = std::env::current_dir().ok();
             // SAFETY: plain syscall on a valid fd; the process is still single-threaded.
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
@@ -211,6 +371,9 @@ pub fn join_host_mount_namespace() -> Result<()> {
                 let _ = std::env::set_current_dir(cwd);
             }
             return Ok(());
+        }
+        if p == 1 {
+            break;
         }
         pid = parent_of(p);
     }
@@ -263,8 +426,10 @@ fn check_bpffs(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What one agent instance remembers between runs.
+/// What one agent instance remembers between runs. Fields added later default when an older
+/// file lacks them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AgentState {
     /// sg_common::ABI_VERSION of the agent that wrote the pins.
     pub abi: u32,
@@ -280,6 +445,8 @@ pub struct AgentState {
     pub applied: Applied,
     /// Ingress hook per device ("xdp", "xdp-skb", "tc").
     pub hooks: BTreeMap<String, String>,
+    /// The namespace's cookie ([`netns_cookie`]); 0 in files written before it was recorded.
+    pub netns_cookie: u64,
 }
 
 /// A summary of an applied policy: enough to print diffs and label counters.

@@ -1074,7 +1074,8 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
 }
 
 #[test]
-fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header() {
+fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_headers_behind_it_fail_closed()
+ {
     let mut dp = Dp::new();
     dp.standard();
     let body = udp(40023, 5000, &[7; 40]);
@@ -1101,7 +1102,9 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header() {
     dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
     dp.expect(Prog::XdpIn, &later, Reason::PassFragment);
     // Destination options inside the fragmentable part: the first fragment's transport is
-    // UDP, the later fragment only says "destination options"; both key on the latter.
+    // UDP, the later fragment only says "destination options"; both key on the latter, and
+    // since where the transport header ends is not recorded for such datagrams, their later
+    // fragments are refused (G1, fail closed: they could overlap it).
     let mut part = ext8(proto::UDP, &[]);
     part.extend_from_slice(&udp(40024, 5000, &[7; 40]));
     let first = eth(
@@ -1123,7 +1126,7 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header() {
         ),
     );
     dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
-    dp.expect(Prog::TcIn, &later, Reason::PassFragment);
+    dp.expect(Prog::TcIn, &later, Reason::DropBadFragment);
     // An atomic fragment (offset 0, no more fragments) is a normal packet.
     let atomic = eth(
         0x86dd,

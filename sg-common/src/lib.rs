@@ -365,7 +365,11 @@ pub struct FragVal {
     pub pass: u8,
     /// The first fragment's [`Reason`].
     pub reason: u8,
-    pub _pad: [u8; 2],
+    /// Where the first fragment's transport header (its minimum length) ends, in bytes from
+    /// the start of the fragmentable part; u16::MAX when unknown (IPv6 extension headers in
+    /// the fragmentable part). A later fragment starting before it would overlap (rewrite)
+    /// the header the first fragment was judged on (G1).
+    pub l4_end: u16,
 }
 const _: () = assert!(size_of::<FragVal>() == 16);
 

@@ -348,6 +348,11 @@ fn parse_v6<C: Hook>(ctx: &C, pkt: &mut Pkt, l3: u32, frame: u32) -> Result<bool
     pkt.v6 = 1;
     pkt.src = ip.src;
     pkt.dst = ip.dst;
+    // IPv4-mapped addresses must not appear on the wire (RFC 4291 2.5.5.2; Linux drops
+    // them): they would share the IPv4 key space and could hit an IPv4 flow's state.
+    if is_v4_mapped_words(&ip.src) || is_v4_mapped_words(&ip.dst) {
+        return Err(Reason::DropBadIp);
+    }
     // IPv6 BIG TCP: a GSO super-packet over 64 KiB (TC only) says 0 (with or without a
     // jumbo hop-by-hop option, depending on the kernel); its length is the skb's.
     pkt.ip_end = if plen == 0 && frame - l3 - 40 > BIG_GSO {
@@ -401,6 +406,12 @@ fn parse_v6<C: Hook>(ctx: &C, pkt: &mut Pkt, l3: u32, frame: u32) -> Result<bool
         _ => L4_OTHER,
     };
     Ok(walked > 0)
+}
+
+/// `::ffff:0:0/96` in the in-memory word form of a network-order address.
+#[inline(always)]
+fn is_v4_mapped_words(a: &Words) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
 #[inline(always)]

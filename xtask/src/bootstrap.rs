@@ -34,6 +34,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "ethtool",
     "python3",
     "tcpdump",
+    "openssl",
 ];
 
 /// What the other commands need to know about the installed toolchain.

@@ -8,6 +8,7 @@ mod bench;
 mod bootstrap;
 mod cmd;
 mod fuzz;
+mod lab;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,19 @@ enum Cmd {
     /// policy parsers (cargo-fuzz). The test suite runs a short version of each.
     Fuzz {
         /// Extra arguments (see `cargo xtask fuzz -- --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The main job: an EC2 lab in network namespaces (instances running sg-agent on the same
+    /// policy, real servers and clients), a table of every path, counters. Needs root.
+    Lab {
+        /// Leave the lab up to explore (it prints how); `cargo xtask lab -- --down` removes it.
+        #[arg(long)]
+        keep: bool,
+        /// Use the CloudFormation twin of the policy (examples/ec2-lab.cfn.yaml).
+        #[arg(long)]
+        cfn: bool,
+        /// Extra arguments passed to sg-lab (see `cargo xtask lab -- --help`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -93,6 +107,10 @@ fn run(cli: Cli) -> Result<()> {
             let tc = bootstrap::ensure()?;
             cmd::build_ebpf(&tc)?;
             fuzz::run(&tc, &args)?;
+        }
+        Cmd::Lab { keep, cfn, args } => {
+            let tc = bootstrap::ensure()?;
+            lab::run_lab(&tc, keep, cfn, &args)?;
         }
         Cmd::Bench { quick, args } => {
             let tc = bootstrap::ensure()?;

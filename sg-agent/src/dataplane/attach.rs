@@ -6,22 +6,27 @@
 //! costs TCP throughput, TC keeps GRO), so the caller chooses; this module only makes the
 //! choice work or says clearly why it did not.
 //!
-//! Links live as long as this process unless pinned ([`Dataplane::attach_pinned`]: the agent
-//! pins them so enforcement outlives it, and replaces the programs inside them atomically on
-//! the next run). A netlink TC filter outlives the process by itself, so detaching removes
-//! what was added.
-
+//! Also the pin lifecycle of a running agent: links live as long as this process unless
+//! pinned ([`Dataplane::attach_pinned`]: the agent pins them so enforcement outlives it, and
+//! replaces the programs inside them atomically on the next run); pins whose link lost its
+//! device are found and cleaned ([`PinnedIface::live`]); a daemon holds every pinned object
+//! open ([`PinGuard`]) so removing the pins does not stop enforcement and they can be put
+//! back; adopted maps are measured ([`pinned_capacities`]) and their counter slots adopted
+//! ([`Dataplane::adopt_slots`]). A netlink TC filter outlives the process by itself, so
+//! detaching removes what was added.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
+use aya::maps::MapInfo;
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 use sg_common::progs;
 
-use super::Dataplane;
+use super::{ABI_DIR_PREFIX, Capacities, Dataplane};
+use crate::image::SlotTable;
 
 /// XDP attach mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +258,9 @@ pub struct PinnedIface {
     /// "xdp" or "tc".
     pub ingress_hook: String,
     pub has_egress: bool,
+    /// Every pinned link of it is still attached to this ifindex. False when the device was
+    /// deleted (the kernel keeps the pinned link but it judges nothing any more).
+    pub live: bool,
 }
 
 /// Lists the interfaces with pinned links under `links_dir`.
@@ -274,7 +282,11 @@ pub fn pinned_ifaces(links_dir: &Path) -> Vec<PinnedIface> {
             ifindex,
             ingress_hook: String::new(),
             has_egress: false,
+            live: true,
         });
+        if pinned_link_ifindex(&e.path()).ok() != Some(ifindex) {
+            entry.live = false;
+        }
         match dir {
             "in" => entry.ingress_hook = hook.to_string(),
             "out" => entry.has_egress = true,
@@ -327,8 +339,12 @@ impl Dataplane {
         links_dir: &Path,
     ) -> Result<AttachReport> {
         let (name, ifindex) = resolve(iface)?;
-        std::fs::create_dir_all(links_dir)
-            .with_context(|| format!("creating {}", links_dir.display()))?;
+        create_private_dir(links_dir)?;
+        // Pins of this ifindex whose link lost its device (deleted, then a new device got the
+        // same ifindex) cannot be updated (ENOLINK): remove them and attach afresh.
+        for stale in stale_link_pins(links_dir, ifindex) {
+            let _ = std::fs::remove_file(&stale);
+        }
         let hook = match ingress {
             IngressHook::Xdp(_) => "xdp",
             IngressHook::Tc => "tc",
@@ -491,4 +507,214 @@ where
         }
         Err(_) => Ok(false),
     }
+}
+
+/// Creates a directory (and its parents) readable by root only: pins are a control surface.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// The pins under `links_dir` named for `ifindex` whose link is not attached to it any more.
+fn stale_link_pins(links_dir: &Path, ifindex: u32) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(links_dir) else {
+        return Vec::new();
+    };
+    let prefix = format!("{ifindex}-");
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .filter(|p| pinned_link_ifindex(p).ok() != Some(ifindex))
+        .collect()
+}
+
+/// The ifindex a pinned XDP or TCX link is attached to; 0 once its device is gone (the
+/// kernel detaches the link but the pin keeps it alive). aya 0.14's `LinkInfo` does not
+/// expose it, so this asks the kernel directly (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD).
+pub(crate) fn pinned_link_ifindex(path: &Path) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let fd = bpf_obj_get(path)?;
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose xdp and tcx
+    // members both start with the ifindex (offset 16).
+    let mut info = [0u8; 64];
+    // union bpf_attr, BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info pointer.
+    let mut attr = [0u64; 2];
+    attr[0] = u64::from(fd.as_raw_fd() as u32) | (info.len() as u64) << 32;
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: the kernel writes at most info_len bytes into `info`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u32::from_ne_bytes(
+        info[16..20].try_into().expect("4 bytes"),
+    ))
+}
+
+/// The capacities of the maps pinned under `<maps_dir>/abi-<N>`, over `requested` for the
+/// maps not pinned yet. Adopting a pinned map keeps its size whatever the loader asks for, so
+/// the agent must plan with the real sizes (counter slots, "available" conntrack entries).
+pub fn pinned_capacities(maps_dir: &Path, requested: Capacities) -> Result<Capacities> {
+    use sg_common::maps;
+    let dir = maps_dir.join(format!("{ABI_DIR_PREFIX}{}", sg_common::ABI_VERSION));
+    let mut c = requested;
+    for (name, field) in [
+        (maps::IFACES, &mut c.ifaces),
+        (maps::PEERS, &mut c.peers),
+        (maps::PORTS, &mut c.ports),
+        (maps::CT, &mut c.ct),
+        (maps::CT_NEW, &mut c.ct_new),
+        (maps::FRAGS, &mut c.frags),
+        (maps::RULE_COUNTERS, &mut c.rule_slots),
+        (maps::EVENTS, &mut c.events_bytes),
+    ] {
+        let p = dir.join(name);
+        if !p.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&p)
+            .with_context(|| format!("reading the pinned map {}", p.display()))?;
+        *field = info.max_entries();
+    }
+    Ok(c)
+}
+
+impl Dataplane {
+    /// True when SG_ACTIVE in the kernel still names the generation this dataplane thinks is
+    /// live. A long-lived agent (the daemon) checks it before an apply: another agent that
+    /// flipped in between (a CLI apply, or one killed after its flip) makes its picture of
+    /// the kernel stale, and writing the "next" generation would then write the live one.
+    pub fn still_current(&self) -> Result<bool> {
+        let k = self.maps.active.get(&0, 0).context("reading SG_ACTIVE")?;
+        Ok(k & 1 == self.mirror.active)
+    }
+
+    /// Tells a dataplane that adopted pinned maps which counter slot belongs to which rule
+    /// (the agent's state file remembers it): the next apply then zeroes only the slots it
+    /// gives to new rules, and counters continue across agent restarts. Without it every
+    /// slot looks new to a fresh process and every counter restarts at 0.
+    pub fn adopt_slots(&mut self, slots: &SlotTable) {
+        self.mirror.known_slots.extend(slots.by_rule.values());
+        self.mirror.slots = slots.clone();
+    }
+}
+
+/// Every pinned link and map of one agent, held open by a running daemon.
+///
+/// A pinned link lives as long as something references it: the pin, or an open fd. Holding
+/// the fds means removing the pins (by mistake, or a tool cleaning bpffs) does not detach
+/// anything, and the daemon can pin the very same objects again ([`PinGuard::restore`]):
+/// policy, conntrack and counters are kept. Rebuild it after every apply (links come and go
+/// with interfaces) and drop it when the namespace is detached on purpose, or the links
+/// would stay attached until the daemon exits.
+///
+/// Raw fds rather than aya's handles: `FdLink::pin` consumes the link, so a failed re-pin
+/// would close the last reference and detach it.
+pub struct PinGuard {
+    held: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl PinGuard {
+    /// Opens every link pinned in `links_dir` and every map pinned under `maps_dir`.
+    pub fn hold(links_dir: &Path, maps_dir: &Path) -> Result<PinGuard> {
+        let abi = maps_dir.join(format!("{ABI_DIR_PREFIX}{}", sg_common::ABI_VERSION));
+        let mut held = Vec::new();
+        for dir in [links_dir, abi.as_path()] {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                let fd = bpf_obj_get(&p)
+                    .with_context(|| format!("opening pinned object {}", p.display()))?;
+                held.push((p, fd));
+            }
+        }
+        Ok(PinGuard { held })
+    }
+
+    /// How many objects are held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The pins that have disappeared.
+    pub fn missing(&self) -> Vec<PathBuf> {
+        self.held
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| !p.exists())
+            .cloned()
+            .collect()
+    }
+
+    /// Pins the held objects again where their pins disappeared. Returns how many.
+    pub fn restore(&self) -> Result<usize> {
+        let mut n = 0;
+        for (p, fd) in &self.held {
+            if p.exists() {
+                continue;
+            }
+            create_private_dir(p.parent().expect("a pin has a directory"))?;
+            bpf_obj_pin(fd, p).with_context(|| format!("pinning {} again", p.display()))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// BPF_OBJ_GET / BPF_OBJ_PIN share one attribute layout: pathname, bpf_fd, file_flags.
+fn bpf_obj(cmd: libc::c_long, path: &Path, fd: u32) -> std::io::Result<libc::c_long> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 3];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u64::from(fd);
+    // SAFETY: bpf(2) reads `attr` (size given) and the NUL-terminated path it points to.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn bpf_obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = bpf_obj(BPF_OBJ_GET, path, 0)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn bpf_obj_pin(fd: &std::os::fd::OwnedFd, path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    bpf_obj(BPF_OBJ_PIN, path, fd.as_raw_fd() as u32).map(|_| ())
 }

@@ -37,7 +37,8 @@ use sg_common::{
 
 pub use apply::ApplyReport;
 pub use attach::{
-    AttachReport, IngressHook, PinnedIface, XdpMode, ifindex, pinned_ifaces, unpin_iface,
+    AttachReport, IngressHook, PinGuard, PinnedIface, XdpMode, ifindex, pinned_capacities,
+    pinned_ifaces, unpin_iface,
 };
 pub use read::{CtEntry, CtStats, CtTable, ip_of, monotonic_ns};
 pub use testrun::{Hook, RunResult};

@@ -1,7 +1,14 @@
 //! Network namespaces acting as EC2 instances, for the privileged tests and `cargo xtask lab`:
 //! creation and guaranteed cleanup of namespaces, links and processes (netns), a LAN of hosts
-//! (topology), and the real servers and clients run on them (services). Knows nothing about
-//! policies or BPF.
+//! and a routed path (topology), the real servers and clients run on them (services), the real
+//! sg-agent binary driven inside them (agents), paths as fixture rows and the lab's table
+//! (probe), the seed article's EC2 lab (scenario) and a test bed for the end-to-end tests (bed).
+//!
+//! Knows policies only as files handed to the agent binary: it never loads BPF itself.
+pub mod agents;
+pub mod bed;
 pub mod netns;
+pub mod probe;
+pub mod scenario;
 pub mod services;
 pub mod topology;

@@ -212,6 +212,13 @@ impl Model {
         if pkt.is_v6() && pkt.ext.len() + usize::from(pkt.frag.is_some()) > 8 {
             return Outcome::new(Reason::DropBadExtHdr, None);
         }
+        // IPv4-mapped addresses never appear on the wire (RFC 4291 2.5.5.2).
+        if [pkt.src, pkt.dst]
+            .iter()
+            .any(|a| matches!(a, IpAddr::V6(v) if v.to_ipv4_mapped().is_some()))
+        {
+            return Outcome::new(Reason::DropBadIp, None);
+        }
 
         // Exemptions (N1, N2) need the transport header, so never apply to later fragments.
         // An exempt first fragment is recorded like any other (below), so the rest of its
