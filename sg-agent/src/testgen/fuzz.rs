@@ -1674,3 +1674,195 @@ pub fn hex(b: &[u8]) -> String {
     }
     s
 }
+
+// =============================================================================================
+// 5. The config oracle (cargo-fuzz targets and the CI test)
+// =============================================================================================
+
+/// What a policy file fuzz input must satisfy, whatever its bytes: loading returns (no
+/// panic, no hang: the callers time it), a refusal carries at least one located error, and
+/// an accepted policy compiles (or is refused for its size by the slot capacity) into a
+/// canonical image whose kernel lookup agrees with the reference model's decision for
+/// queries aimed at every rule.
+pub mod config {
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+
+    use crate::compile::{CompileError, CompileOptions, compile};
+    use crate::config::{Format, load_str};
+    use crate::image::SlotTable;
+    use crate::lookup::{LookupResult, check_canonical, lookup};
+    use crate::model::decide::{Decision, decide};
+    use crate::policy::{Direction, IcmpMatch, Peer, Policy, Protocol};
+
+    /// How a fuzz target's bytes become a policy file, so each target stays inside its format
+    /// instead of spending its time on "cannot tell the format".
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Shape {
+        /// The bytes as they are (any format).
+        Raw,
+        /// A CloudFormation template: the bytes follow an `AWSTemplateFormatVersion` line.
+        CloudFormation,
+        /// describe-security-groups output: the bytes are the `SecurityGroups` array.
+        Describe,
+    }
+
+    /// The policy text of a fuzz input, or None when the bytes are not UTF-8 (the loader
+    /// takes text; `load_file` refuses non-UTF-8 before parsing).
+    pub fn text_of(data: &[u8], shape: Shape) -> Option<String> {
+        let s = std::str::from_utf8(data).ok()?;
+        Some(match shape {
+            Shape::Raw => s.to_string(),
+            Shape::CloudFormation => format!("AWSTemplateFormatVersion: \"2010-09-09\"\n{s}"),
+            Shape::Describe => format!("{{\"SecurityGroups\": {s}\n}}"),
+        })
+    }
+
+    /// What one input did.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Checked {
+        pub accepted: bool,
+        pub format: Option<Format>,
+        pub errors: usize,
+        pub rules: usize,
+        /// The compiler refused the policy for its size (more rules than counter slots).
+        pub too_big: bool,
+        /// Lookup-vs-model queries compared.
+        pub queries: usize,
+    }
+
+    /// Most queries per input (keeps huge accepted policies from dominating a run).
+    const MAX_QUERIES: usize = 256;
+
+    /// Loads `text`; when accepted and `compile_too`, compiles it and compares the kernel
+    /// lookup with the model. `Err`: a property broke (a panic is the caller's to catch).
+    pub fn check(text: &str, compile_too: bool) -> Result<Checked, String> {
+        let loaded = match load_str(text, "fuzz.yaml") {
+            Err(d) => {
+                let errors = d.errors().count();
+                if errors == 0 {
+                    return Err(format!("refused without an error: {:?}", d.0));
+                }
+                return Ok(Checked {
+                    errors,
+                    ..Checked::default()
+                });
+            }
+            Ok(l) => l,
+        };
+        let policy = &loaded.policy;
+        let mut out = Checked {
+            accepted: true,
+            format: Some(loaded.format),
+            rules: policy.all_rules().count(),
+            ..Checked::default()
+        };
+        if !compile_too {
+            return Ok(out);
+        }
+        let bindings: BTreeMap<String, u32> = policy
+            .interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
+            .collect();
+        let image = match compile(
+            policy,
+            &bindings,
+            &SlotTable::default(),
+            &CompileOptions::default(),
+        ) {
+            Ok(img) => img,
+            Err(CompileError::Slots(_)) => {
+                out.too_big = true;
+                return Ok(out);
+            }
+            Err(e) => return Err(format!("a validated policy did not compile: {e}")),
+        };
+        check_canonical(&image).map_err(|e| format!("non-canonical image: {e}"))?;
+        for (name, &ifindex) in &bindings {
+            for dir in Direction::BOTH {
+                for (remote, proto, port) in queries(policy, name, dir) {
+                    if out.queries >= MAX_QUERIES {
+                        return Ok(out);
+                    }
+                    out.queries += 1;
+                    let want = decide(policy, name, dir, remote, proto, port);
+                    let got = lookup(&image, ifindex, dir, remote, proto, port);
+                    let agree = match (&want, got) {
+                        (Decision::Deny, LookupResult::Deny) => true,
+                        (Decision::Allow { rule, tracked }, LookupResult::Allow(v)) => {
+                            image.slots.slot(rule) == Some(v.slot)
+                                && (v.flags & sg_common::rule_flags::UNTRACKED == 0) == *tracked
+                        }
+                        _ => false,
+                    };
+                    if !agree {
+                        return Err(format!(
+                            "compiler and model disagree on {name} {dir:?} {remote} proto {proto} \
+                             port {port}: model {want:?}, lookup {got:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queries aimed at every rule of the interface's groups in `dir`: an address its peer
+    /// covers (first and last of a CIDR, a prefix-list entry, a group member) and the ends of
+    /// its protocol match; plus one address and port no rule names.
+    fn queries(policy: &Policy, iface: &str, dir: Direction) -> Vec<(IpAddr, u8, u16)> {
+        let Some(i) = policy.interface(iface) else {
+            return Vec::new();
+        };
+        let mut out = vec![("203.0.113.77".parse().expect("valid"), 6, 1)];
+        for g in &i.groups {
+            let Some(group) = policy.groups.get(g) else {
+                continue;
+            };
+            for r in group.rules(dir) {
+                let mut remotes: Vec<IpAddr> = Vec::new();
+                let ends = |n: &IpNet| [n.network(), n.broadcast()];
+                match &r.peer {
+                    Peer::Cidr(n) => remotes.extend(ends(n)),
+                    Peer::PrefixList(id) => {
+                        if let Some(pl) = policy.prefix_lists.get(id) {
+                            remotes.extend(pl.entries.iter().take(2).flat_map(ends));
+                        }
+                    }
+                    Peer::Group(g) => remotes.extend(
+                        policy
+                            .interfaces
+                            .iter()
+                            .filter(|m| m.groups.contains(g))
+                            .flat_map(|m| m.addresses.iter().copied())
+                            .take(2),
+                    ),
+                }
+                let tc = |t: u8, c: u8| (u16::from(t) << 8) | u16::from(c);
+                let icmp = |proto: u8, m: &IcmpMatch| match *m {
+                    IcmpMatch::All => vec![(proto, tc(8, 0))],
+                    IcmpMatch::Type(t) => vec![(proto, tc(t, 0)), (proto, tc(t, 255))],
+                    IcmpMatch::TypeCode(t, c) => vec![(proto, tc(t, c))],
+                };
+                let points: Vec<(u8, u16)> = match &r.protocol {
+                    Protocol::All => vec![(6, 80), (17, 53), (47, 0)],
+                    Protocol::Tcp(p) => vec![(6, p.from), (6, p.to)],
+                    Protocol::Udp(p) => vec![(17, p.from), (17, p.to)],
+                    Protocol::Icmp(m) => icmp(1, m),
+                    Protocol::Icmpv6(m) => icmp(58, m),
+                    Protocol::Number(n) => vec![(*n, 0)],
+                };
+                for remote in &remotes {
+                    for &(proto, port) in &points {
+                        out.push((*remote, proto, port));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
