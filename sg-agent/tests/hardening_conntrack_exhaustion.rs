@@ -159,7 +159,7 @@ impl Rig {
 
 /// The `i`th client: IPv4 from 198.51.100.0/24 for even i, IPv6 from 2001:db8:1::/64 else.
 fn client(i: u16) -> IpAddr {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         a(&format!("198.51.100.{}", 1 + (i / 2) % 250))
     } else {
         a(&format!("2001:db8:1::{:x}", 1 + i))
@@ -198,7 +198,13 @@ fn handshake(r: &mut Rig, c: IpAddr, sport: u16, ingress: Hook) -> [Reason; 3] {
 fn c6_flood_fills_ct_new_established_flows_all_survive_and_exceeded_counts() {
     in_netns(|net| {
         let mut r = Rig::new(net.lo, policy(30));
-        let ingress = |i: u16| if i % 2 == 0 { Hook::XdpIn } else { Hook::TcIn };
+        let ingress = |i: u16| {
+            if i.is_multiple_of(2) {
+                Hook::XdpIn
+            } else {
+                Hook::TcIn
+            }
+        };
 
         // 1. Established flows: TCP handshakes and UDP streams (two exchanges each way).
         for i in 0..ESTABLISHED_TCP {

@@ -137,13 +137,18 @@ const MUST_SEE: [Reason; 16] = [
     Reason::DropBadFragment,
 ];
 
-fn check(rep: &PacketFuzzReport, min_frames: u64) {
+/// The report must hold no failure; a full run (not a one-episode replay) must also have
+/// tried `min_frames` frames, reached every reason in [`MUST_SEE`] and compared most runs.
+fn check(rep: &PacketFuzzReport, min_frames: u64, replay: bool) {
     eprintln!("{rep}");
     assert!(
         rep.failures.is_empty(),
         "the kernel and the oracle disagree ({} failures):\n{rep}",
         rep.failures.len()
     );
+    if replay {
+        return;
+    }
     assert!(
         rep.frames >= min_frames,
         "only {} frames tried, wanted {min_frames}",
@@ -173,13 +178,8 @@ fn packet_fuzz_ci_nothing_passes_that_the_model_drops() {
     }
     .from_env()
     .expect("SG_FUZZ_* environment");
-    let min = if cfg.only_episode.is_some() {
-        1
-    } else {
-        cfg.frames
-    };
-    let rep = run(cfg);
-    check(&rep, min);
+    let rep = run(cfg.clone());
+    check(&rep, cfg.frames, cfg.only_episode.is_some());
 }
 
 /// The long run behind `cargo xtask fuzz packets` (budget from the environment).
@@ -195,10 +195,91 @@ fn packet_fuzz_long() {
     .from_env()
     .expect("SG_FUZZ_* environment");
     let rep = run(cfg.clone());
-    let min = if cfg.only_episode.is_some() || cfg.time.is_some() {
-        1
-    } else {
-        cfg.frames
-    };
-    check(&rep, min);
+    // A time budget may end the run before the frame budget.
+    let min = if cfg.time.is_some() { 1 } else { cfg.frames };
+    check(&rep, min, cfg.only_episode.is_some());
+}
+
+/// Found by the long packet fuzz run (every one of its 20 failures in 1,072,662 frames): two
+/// ICMP echo flows with one id, one opened from each side, share one conntrack key (local,
+/// remote, id, 0). When the first is already confirmed (in SG_CT) the kernel stores the
+/// second in SG_CT_NEW beside it (`PassRuleNew`, and its replies pass by conntrack, C2);
+/// when the first is still unconfirmed, the second is stateless (`PassRuleUntracked`, its
+/// replies need a rule). The model always makes the second stateless. Reproducer: pings
+/// both ways between 192.0.2.10 and 203.0.113.9 with id 7, egress allowing only requests.
+#[test]
+#[ignore = "bug: echo flows opened from both sides with one id collide in one key; the kernel adds a second entry in SG_CT_NEW only when the first flow is confirmed (kernel PassRuleNew, model PassRuleUntracked); see docs/hardening.md"]
+fn c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model() {
+    use sg_agent::compile::{CompileOptions, compile};
+    use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions};
+    use sg_agent::image::SlotTable;
+    use sg_agent::model::Model;
+    use sg_agent::packet::{Packet, icmp};
+    use sg_agent::policy::Direction;
+    in_netns(|net| {
+        let policy = PolicyBuilder::new()
+            .egress("sg-a", icmp_type(icmp::V4_ECHO_REQUEST), cidr("0.0.0.0/0"))
+            .ingress("sg-a", icmp_type(icmp::V4_ECHO_REQUEST), cidr("0.0.0.0/0"))
+            .iface("web", &["192.0.2.10"], &["sg-a"])
+            .build();
+        let mut dp = Dataplane::load(LoadOptions {
+            capacities: Capacities::small(),
+            ..LoadOptions::default()
+        })
+        .expect("load");
+        let bindings = std::collections::BTreeMap::from([("web".to_string(), net.lo)]);
+        let image = compile(
+            &policy,
+            &bindings,
+            &SlotTable::default(),
+            &CompileOptions {
+                generation: dp.next_generation(),
+                slot_capacity: 1024,
+            },
+        )
+        .expect("compile");
+        dp.apply(&image).expect("apply");
+        let mut model = Model::new(policy);
+        let (l, r) = (addr("192.0.2.10"), addr("203.0.113.9"));
+        let out = Packet::echo_request(l, r, 7, 1);
+        let inc = Packet::echo_request(r, l, 7, 1);
+        let steps = [
+            ("host pings the peer", Hook::TcOut, out.clone()),
+            ("its reply", Hook::XdpIn, out.reply()),
+            ("second ping", Hook::TcOut, out.clone()),
+            (
+                "second reply: two each way, confirmed",
+                Hook::XdpIn,
+                out.reply(),
+            ),
+            (
+                "the peer pings the host with the same id",
+                Hook::XdpIn,
+                inc.clone(),
+            ),
+            ("the host's reply to it", Hook::TcOut, inc.reply()),
+        ];
+        let mut bad = Vec::new();
+        for (what, hook, p) in steps {
+            let got = dp.run_frame(hook, &p.to_frame(), net.lo).expect("run");
+            let dir = if hook.is_ingress() {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            let want = model.process("web", dir, &p);
+            eprintln!("{what}: kernel {:?}, model {:?}", got.reason, want.reason);
+            if got.reason != want.reason {
+                bad.push(format!(
+                    "{what}: kernel {:?}, model {:?}",
+                    got.reason, want.reason
+                ));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "kernel and model disagree:\n  {}",
+            bad.join("\n  ")
+        );
+    });
 }
