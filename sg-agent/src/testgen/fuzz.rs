@@ -1,7 +1,7 @@
 //! Hardening fuzzers: hostile frames through the real programs judged against the reference
 //! model, and hostile policy files through the parsers and the compiler.
 //!
-//! Owns four things, one section each:
+//! Owns five things, one section each:
 //! 1. [`Rng`]: a tiny seeded generator, so every episode and every input can be replayed
 //!    from `(seed, index)` alone.
 //! 2. Frame mutators ([`mutate_packet`], [`mutate_frame`]): structure-aware damage to valid
@@ -12,14 +12,17 @@
 //!    to real flows (replies from another peer or interface, errors quoting a flow with
 //!    another peer, ...).
 //! 3. The oracle's reading of a frame ([`read_frame`]): an independent strict parser written
-//!    from docs/design.md "Pipeline" 1 and 5 (not from sg-ebpf's code). A frame is either
+//!    from docs/design.md "Pipeline" 1 and 5; it shares no code with sg-ebpf, and where the
+//!    contract is silent (which bounds an ICMP quote must respect) its doc says the choice
+//!    it makes. A frame is either
 //!    non-IP (`PassNonIp`), malformed (the contract's drop reason), an abstract [`Packet`] the
 //!    reference model judges, or well formed but not expressible as a `Packet` (judged by
 //!    nobody; such frames only desynchronise the episode if they changed kernel state).
 //! 4. The runner ([`PacketFuzz`]): episodes of steps on real programs via BPF_PROG_TEST_RUN,
 //!    every frame through XDP ingress, TC ingress and TC egress, each run compared with the
-//!    model; and the config oracle ([`config`]) shared by the cargo-fuzz targets and the CI
-//!    test.
+//!    model.
+//! 5. The config oracle ([`config`]) shared by the cargo-fuzz targets in fuzz/ and the CI
+//!    test `hardening_config_fuzz`.
 //!
 //! It must not decide verdicts itself: the model (or, for malformed frames, the contract's
 //! parse rules) does. It shares no parsing code with sg-ebpf or `packet.rs`'s tests.
@@ -1595,8 +1598,8 @@ fn ext_after_fragment_header(f: &Frame) -> Frame {
     let mut out = f.clone();
     let transport = out.bytes[fh];
     out.bytes[fh] = 60;
-    let mut dopt = vec![transport, 0, 1, 4, 0, 0, 0, 0];
-    dopt.truncate(8);
+    // next header, length 0 (8 bytes), one PadN option filling the rest.
+    let dopt = vec![transport, 0, 1, 4, 0, 0, 0, 0];
     let at = fh + 8;
     out.bytes.splice(at..at, dopt);
     shift(&mut out, at, 8);
