@@ -12,6 +12,7 @@
 //! validator guarantees (well-formed ids, canonical CIDRs, resolving references, protocol
 //! numbers 1/6/17/58 only as their named variants, quotas).
 
+pub mod fuzz;
 pub mod packets;
 
 use std::fmt::Write as _;
