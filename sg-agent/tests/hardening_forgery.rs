@@ -395,9 +395,8 @@ fn mapped(s: &str) -> std::net::IpAddr {
 /// IPv4 flows: Linux drops such packets on receive (a v4-mapped source, since 4.13), so the
 /// host never sees them, yet a firewall that matched them against IPv4 state would let an
 /// off-path sender keep an IPv4 flow alive (or advance its TCP state) with packets nobody
-/// answers. The reference model keeps the families apart and drops them (no rule).
+/// answers. sg drops them as malformed (RFC 4291 2.5.5.2), kernel and model alike.
 #[test]
-#[ignore = "bug: sg-ebpf keys IPv6 addresses in the IPv4-mapped space, so an IPv6 packet from ::ffff:<peer> hits and refreshes the IPv4 flow with <peer> (kernel PassCtReply, model DropNoRule); see docs/hardening.md"]
 #[rustfmt::skip]
 fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
     in_netns(|net| {
@@ -406,12 +405,12 @@ fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
         let web = net.lo;
         let mut g = Forger { t, rows: 0, changed: Vec::new() };
         let ack = Packet::tcp(mapped(SERVER), mapped(WEB), 443, 40000, tcp_flags::ACK);
-        g.forged_in("IPv6 ACK from ::ffff:<https server> to the https flow's ports", web, &ack, DropNoRule);
+        g.forged_in("IPv6 ACK from ::ffff:<https server> to the https flow's ports", web, &ack, DropBadIp);
         let dns = Packet::udp(mapped(DNS), mapped(WEB), 53, 33000);
-        g.forged_in("IPv6 UDP from ::ffff:<resolver> to the dns flow's ports", web, &dns, DropNoRule);
+        g.forged_in("IPv6 UDP from ::ffff:<resolver> to the dns flow's ports", web, &dns, DropBadIp);
         let err = Packet::tcp(mapped(WEB), mapped(SERVER), 40000, 443, tcp_flags::ACK)
             .error_reply(a(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0);
-        g.forged_in("ICMPv6 too big quoting the https flow with mapped addresses", web, &err, DropNoRule);
+        g.forged_in("ICMPv6 too big quoting the https flow with mapped addresses", web, &err, DropBadIp);
         let _ = f;
         let Forger { t, changed, .. } = g;
         eprintln!("memory changes: {changed:#?}");
@@ -429,7 +428,6 @@ fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
 /// judged on. (Linux discards overlapping IPv6 fragments, RFC 5722, so a Linux receiver is
 /// safe; the firewall's own G1 guarantee is not.)
 #[test]
-#[ignore = "bug: an IPv6 later fragment overlapping a TCP header that sits behind a destination options header in the fragmentable part passes as PassFragment (the overlap minimum is taken from the fragment header's next header, 60: no minimum); see docs/hardening.md"]
 #[rustfmt::skip]
 fn g1_later_fragment_overlapping_a_transport_behind_an_extension_header_is_dropped() {
     in_netns(|net| {
@@ -441,8 +439,10 @@ fn g1_later_fragment_overlapping_a_transport_behind_an_extension_header_is_dropp
         // offset 8 of the fragmentable part: the TCP header's bytes 0..20 sit at 8..28.
         let overlap = g1_later_fragment(a(src), a(dst), 0x77, 8);
         t.row_in("G1: a later fragment at offset 8 rewrites the TCP header", web, &overlap, DropBadFragment, None);
+        // Where the transport ends behind extension headers is not recorded: every later
+        // fragment of such a datagram is refused (fail closed, design.md G1).
         let beyond = g1_later_fragment(a(src), a(dst), 0x77, 32);
-        t.row("G1: a later fragment past the TCP header follows the first", XdpIn, web, &beyond, PassFragment, Some(7));
+        t.row_in("G1: ... and so is one past it (fail closed)", web, &beyond, DropBadFragment, None);
         t.finish();
     });
 }

@@ -687,7 +687,7 @@ impl Bytes<'_> {
 ///    IPv4/IPv6 is `NonIp`.
 /// 2. IPv4: 20 bytes in the frame, version 4, IHL >= 5, IHL*4 <= total length <= the bytes
 ///    after the tags (`DropBadIp`). IPv6: 40 bytes, version 6, 40 + payload length <= the
-///    bytes after the tags (`DropBadIp`); then at most eight extension headers (0, 43, 44,
+///    bytes after the tags, no IPv4-mapped source or destination (`DropBadIp`); then at most eight extension headers (0, 43, 44,
 ///    51, 60), each complete inside the datagram (`DropBadExtHdr`); a ninth is
 ///    `DropBadExtHdr`; a later fragment ends the walk (what follows is data).
 /// 3. Offset > 0: a later fragment (no transport header). Otherwise the transport must be
@@ -794,6 +794,10 @@ fn read_v6(b: &Bytes, l3: usize) -> Reading {
     }
     let ip_end = l3 + 40 + plen;
     let (src, dst) = (b.v6(l3 + 8), b.v6(l3 + 24));
+    // IPv4-mapped addresses never appear on the wire (RFC 4291 2.5.5.2): malformed.
+    if is_v4_mapped(src) || is_v4_mapped(dst) {
+        return Reading::Malformed(Reason::DropBadIp);
+    }
     let mut nh = b.u8(l3 + 6);
     let mut off = l3 + 40;
     let mut ext = Vec::new();
@@ -863,11 +867,6 @@ fn read_v6(b: &Bytes, l3: usize) -> Reading {
             Err(r) => return r,
         }
     };
-    if is_v4_mapped(src) || is_v4_mapped(dst) {
-        // The kernel keys addresses in one 16-byte space (IPv4 mapped), the model's flows by
-        // family: see docs/hardening.md.
-        return Reading::Unmodelled("IPv4-mapped IPv6 address");
-    }
     let mut p = Packet::new(src, dst, l4v);
     p.ext = ext;
     p.frag = frag;
