@@ -173,7 +173,7 @@ fn check(rep: &PacketFuzzReport, min_frames: u64, replay: bool) {
 #[test]
 fn packet_fuzz_ci_nothing_passes_that_the_model_drops() {
     let cfg = PacketFuzzConfig {
-        frames: 20_000,
+        frames: 40_000,
         ..PacketFuzzConfig::default()
     }
     .from_env()
