@@ -10,9 +10,9 @@ use sg_agent::lab::bed::{Bed, Server};
 use sg_agent::lab::probe::{Expect::*, Svc, V4, V6, both};
 use sg_agent::lab::services::{self as svc, tcp_session};
 
+use sg_agent::lab::scenario::{INTERNET, MY_IP};
+
 const AGENT: &str = env!("CARGO_BIN_EXE_sg-agent");
-const MY_IP: (&str, &str, &str) = ("my-ip", "198.51.100.10", "2001:db8:20::10");
-const INTERNET: (&str, &str, &str) = ("internet", "203.0.113.50", "2001:db8:30::50");
 const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
 
 /// C1: replies to an allowed flow pass the other direction whatever its rules say: inbound

@@ -7,11 +7,11 @@ use sg_agent::lab::bed::{Bed, Server};
 use sg_agent::lab::probe::{Expect::*, Svc, V4, V6, both, probe};
 use sg_agent::lab::topology::HostSpec;
 
+use sg_agent::lab::scenario::{INTERNET, MY_IP};
+
 const AGENT: &str = env!("CARGO_BIN_EXE_sg-agent");
 
-const MY_IP: (&str, &str, &str) = ("my-ip", "198.51.100.10", "2001:db8:20::10");
 const OFFICE: (&str, &str, &str) = ("office", "198.51.100.20", "2001:db8:20::20");
-const INTERNET: (&str, &str, &str) = ("internet", "203.0.113.50", "2001:db8:30::50");
 
 /// E1 (only what a rule allows passes) and E2 (ingress and egress are separate sets): an
 /// ingress rule for 8080 does not open outbound 8080, an egress rule for 9090 does not open

@@ -28,11 +28,13 @@ pub const INSTANCES: &[(&str, &str, &str)] = &[
     ("db-1", "192.0.2.21", "2001:db8:10::21"),
 ];
 
-/// The hosts outside the VPC: "my IP" (the SSH rule's /32 and /128) and anybody else.
-pub const CLIENTS: &[(&str, &str, &str)] = &[
-    ("my-ip", "198.51.100.10", "2001:db8:20::10"),
-    ("internet", "203.0.113.50", "2001:db8:30::50"),
-];
+/// "My IP": the administrator's workstation (the SSH rule's /32 and /128).
+pub const MY_IP: (&str, &str, &str) = ("my-ip", "198.51.100.10", "2001:db8:20::10");
+/// Anybody else on the internet.
+pub const INTERNET: (&str, &str, &str) = ("internet", "203.0.113.50", "2001:db8:30::50");
+
+/// The hosts outside the VPC.
+pub const CLIENTS: &[(&str, &str, &str)] = &[MY_IP, INTERNET];
 
 /// The web server launched during the run (R1).
 pub const NEW_WEB: (&str, &str, &str) = ("web-3", "192.0.2.13", "2001:db8:10::13");
