@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use sg_common::{IfaceConf, IfaceKey, PeerData, PortData, RuleVal};
+use sg_common::{IfaceConf, IfaceKey, PeerData, PeerVal, PortData, RuleVal};
 
 use crate::policy::RuleId;
 
@@ -25,7 +25,7 @@ pub struct MapImage {
     /// written beside the live one.
     pub generation: u32,
     pub ifaces: BTreeMap<IfaceKey, IfaceConf>,
-    pub peers: BTreeMap<LpmKey<PeerData>, u32>,
+    pub peers: BTreeMap<LpmKey<PeerData>, PeerVal>,
     pub ports: BTreeMap<LpmKey<PortData>, RuleVal>,
     pub slots: SlotTable,
 }

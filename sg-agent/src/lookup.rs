@@ -1,6 +1,7 @@
 //! The kernel's policy lookup (docs/design.md pipeline step 6), in userspace, over a
 //! [`MapImage`]: `SG_IFACES` with the image's generation, then the `SG_PEERS` LPM lookup with
-//! the direction's scope, then the `SG_PORTS` LPM lookup with the class. Used by the property
+//! the direction's scope, then the `SG_PORTS` LPM lookup with each class of the chain until
+//! one hits. Used by the property
 //! tests against the reference model and by `explain`.
 //!
 //! It mirrors sg-ebpf, not the compiler: it reads nothing but the image, and its LPM is the
@@ -56,19 +57,22 @@ pub fn lookup(
         scope: scope.to_be_bytes(),
         addr,
     };
-    let Some(class) = lpm(&image.peers, &peer, PEER_SCOPE_BITS + 128) else {
+    let Some(chain) = lpm(&image.peers, &peer, PEER_SCOPE_BITS + 128) else {
         return LookupResult::Deny;
     };
-    let port_key = PortData {
-        class: class.to_be_bytes(),
-        proto,
-        port: port.to_be_bytes(),
-        _pad: 0,
-    };
-    match lpm(&image.ports, &port_key, PORT_FULL_BITS) {
-        Some(val) => LookupResult::Allow(val),
-        None => LookupResult::Deny,
+    // The first class of the chain with an entry answers; 0 ends the chain.
+    for class in chain.classes.into_iter().take_while(|&c| c != 0) {
+        let port_key = PortData {
+            class: class.to_be_bytes(),
+            proto,
+            port: port.to_be_bytes(),
+            _pad: 0,
+        };
+        if let Some(val) = lpm(&image.ports, &port_key, PORT_FULL_BITS) {
+            return LookupResult::Allow(val);
+        }
     }
+    LookupResult::Deny
 }
 
 /// Byte views of LPM key data, most significant bit first (the kernel's order).
@@ -205,9 +209,13 @@ mod tests {
     #[test]
     fn canonical_check_finds_bits_past_the_prefix() {
         let mut image = MapImage::default();
-        image.peers.insert(peer(1, [192, 0, 2, 0], 24), 1);
+        image
+            .peers
+            .insert(peer(1, [192, 0, 2, 0], 24), sg_common::PeerVal::default());
         assert_eq!(check_canonical(&image), Ok(()));
-        image.peers.insert(peer(1, [192, 0, 2, 1], 24), 1);
+        image
+            .peers
+            .insert(peer(1, [192, 0, 2, 1], 24), sg_common::PeerVal::default());
         assert!(check_canonical(&image).is_err());
     }
 }

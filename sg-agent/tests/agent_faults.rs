@@ -187,7 +187,11 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
         "the XDP program went with the pins"
     );
     site.wait("the pins to be put back", Duration::from_secs(10), || {
-        site.link_pins() == links && site.pins.join("maps/abi-1/SG_PORTS").exists()
+        site.link_pins() == links
+            && site
+                .pins
+                .join(format!("maps/abi-{}/SG_PORTS", sg_common::ABI_VERSION))
+                .exists()
     });
     assert!(
         std::fs::read_to_string(&log)
@@ -270,8 +274,10 @@ fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
     let o = run_bounded(
         {
             let mut c = Command::new("bpftool");
-            c.args(["-j", "map", "show", "pinned"])
-                .arg(site.pins.join("maps/abi-1/SG_PORTS"));
+            c.args(["-j", "map", "show", "pinned"]).arg(
+                site.pins
+                    .join(format!("maps/abi-{}/SG_PORTS", sg_common::ABI_VERSION)),
+            );
             c
         },
         Duration::from_secs(10),
@@ -401,7 +407,8 @@ fn a_corrupted_or_foreign_state_file_is_refused_and_enforcement_is_untouched() {
     let prog = site.xdp_prog_id("eth0");
     let pins = site.link_pins();
 
-    let bad_abi = good.replacen("\"abi\": 1,", "\"abi\": 999,", 1);
+    let abi = format!("\"abi\": {},", sg_common::ABI_VERSION);
+    let bad_abi = good.replacen(&abi, "\"abi\": 999,", 1);
     assert_ne!(bad_abi, good);
     for (content, expect) in [
         ("{\"abi\": 1, \"generation\": ", "corrupted"),

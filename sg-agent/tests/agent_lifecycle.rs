@@ -33,7 +33,10 @@ fn tree(dir: &Path) -> BTreeMap<String, u64> {
 fn policy_maps(site: &Site) -> String {
     let mut all = String::new();
     for m in ["SG_ACTIVE", "SG_IFACES", "SG_PEERS", "SG_PORTS"] {
-        let p = site.pins.join("maps/abi-1").join(m);
+        let p = site
+            .pins
+            .join(&format!("maps/abi-{}", sg_common::ABI_VERSION))
+            .join(m);
         let o = run_bounded(
             {
                 let mut c = Command::new("bpftool");
@@ -53,7 +56,11 @@ fn pinned_ids(site: &Site) -> Vec<(String, u64)> {
     let mut ids = Vec::new();
     for (kind, dir) in [
         ("link", site.pins.join("links")),
-        ("map", site.pins.join("maps/abi-1")),
+        (
+            "map",
+            site.pins
+                .join(&format!("maps/abi-{}", sg_common::ABI_VERSION)),
+        ),
     ] {
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let o = run_bounded(

@@ -875,9 +875,11 @@ fn the_generation_is_in_bit_31_of_every_scope_and_class_id_and_ids_are_never_zer
             assert_eq!(bit(conf.scope_in), generation);
             assert_eq!(bit(conf.scope_out), generation);
         }
-        for (k, class) in &image.peers {
+        for (k, chain) in &image.peers {
             assert_eq!(bit(u32::from_be_bytes(k.data.scope)), generation);
-            assert_eq!(bit(*class), generation);
+            for class in chain.classes.iter().take_while(|&&c| c != 0) {
+                assert_eq!(bit(*class), generation);
+            }
         }
         for k in image.ports.keys() {
             assert_eq!(bit(u32::from_be_bytes(k.data.class)), generation);
@@ -993,22 +995,215 @@ fn the_module_doc_worked_example_compiles_as_documented() {
         allow_untracked(&r3)
     );
     assert_eq!(judge(p, "web", Ingress, "192.0.2.7", UDP, 9), allow(&r3));
-    // Entry counts per class, as the module doc lists them.
+    // Chains and entry counts of each prefix's own class, as the module doc lists them.
     let image = build(p, 0);
     let scope_in = image.ifaces.values().next().unwrap().scope_in;
-    let mut per_class: Vec<(u32, usize)> = image
+    let mut per_class: Vec<(u32, usize, usize)> = image
         .peers
         .iter()
         .filter(|(k, _)| u32::from_be_bytes(k.data.scope) == scope_in)
-        .map(|(k, class)| {
+        .map(|(k, chain)| {
             let n = image
                 .ports
                 .keys()
-                .filter(|e| u32::from_be_bytes(e.data.class) == *class)
+                .filter(|e| u32::from_be_bytes(e.data.class) == chain.classes[0])
                 .count();
-            (k.prefix_len - 128, n)
+            let len = chain.classes.iter().take_while(|&&c| c != 0).count();
+            (k.prefix_len - 128, len, n)
         })
         .collect();
     per_class.sort();
-    assert_eq!(per_class, vec![(0, 1), (24, 12), (32, 2)]);
+    assert_eq!(per_class, vec![(0, 1, 1), (24, 2, 12), (32, 1, 2)]);
+    // B's chain continues with A.
+    let chain_of = |len: u32| {
+        image
+            .peers
+            .iter()
+            .find(|(k, _)| {
+                u32::from_be_bytes(k.data.scope) == scope_in && k.prefix_len - 128 == len
+            })
+            .unwrap()
+            .1
+            .classes
+    };
+    assert_eq!(chain_of(24)[1], chain_of(0)[0]);
+}
+
+/// E4 step 1 through nesting deeper than a peer value's class chain (`CLASS_CHAIN`): seven
+/// nested prefixes, each allowing its own port range, overlapping the others. The first
+/// levels become a chain, the deeper ones are merged into the chain's first class; every
+/// (address, port) must still be charged to the longest prefix that allows it.
+#[test]
+fn nesting_deeper_than_the_class_chain_keeps_the_longest_prefix_winning() {
+    let mut b = Builder::default();
+    let g = b.group("web");
+    let nets = [
+        "0.0.0.0/0",
+        "192.0.2.0/24",
+        "192.0.2.0/25",
+        "192.0.2.0/26",
+        "192.0.2.0/28",
+        "192.0.2.0/31",
+        "192.0.2.1/32",
+    ];
+    let mut rules = Vec::new();
+    for (i, net) in nets.iter().enumerate() {
+        // Ranges shift with depth: 100i..100i+150 overlaps the next level's.
+        let from = 100 * i as u16;
+        rules.push(b.rule(&g, Ingress, tcp(from, from + 150), cidr(net)));
+    }
+    // An ICMP rule halfway down and a UDP rule at the bottom: other protocols fall through.
+    let icmp_rule = b.rule(
+        &g,
+        Ingress,
+        Protocol::Icmp(IcmpMatch::Type(8)),
+        cidr(nets[3]),
+    );
+    let udp_rule = b.rule(&g, Ingress, udp(53, 53), cidr(nets[6]));
+    b.iface("web", &["203.0.113.1"], &[&g]);
+    let p = &b.policy;
+    let image = build(p, 0);
+    assert!(
+        image
+            .peers
+            .values()
+            .any(|v| v.classes[sg_common::CLASS_CHAIN - 1] != 0),
+        "some chain is full"
+    );
+    for remote in [
+        "192.0.2.1",
+        "192.0.2.0",
+        "192.0.2.2",
+        "192.0.2.20",
+        "192.0.2.40",
+        "192.0.2.100",
+        "192.0.2.200",
+        "198.51.100.1",
+    ] {
+        for port in (0..800)
+            .step_by(7)
+            .chain([149, 150, 151, 249, 250, 251, 650, 651])
+        {
+            judge(p, "web", Ingress, remote, TCP, port);
+        }
+        judge(p, "web", Ingress, remote, UDP, 53);
+        judge(p, "web", Ingress, remote, ICMP, icmp(8, 0));
+    }
+    // Spot checks against the spec by hand.
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", TCP, 650),
+        allow(&rules[6])
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", TCP, 560),
+        allow(&rules[5])
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", TCP, 120),
+        allow(&rules[1])
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", TCP, 50),
+        allow(&rules[0])
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", TCP, 700),
+        allow(&rules[6])
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", TCP, 751),
+        Decision::Deny
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", UDP, 53),
+        allow(&udp_rule)
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.0", UDP, 53),
+        Decision::Deny
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.1", ICMP, icmp(8, 0)),
+        allow(&icmp_rule)
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.100", TCP, 350),
+        allow(&rules[2])
+    );
+    assert_eq!(
+        judge(p, "web", Ingress, "192.0.2.100", TCP, 351),
+        Decision::Deny
+    );
+}
+
+/// A change of membership only changes the new member's host entries: every scope and class
+/// id of the rest of the image stays the same, so an apply writes a handful of entries.
+#[test]
+fn a_membership_change_leaves_the_rest_of_the_image_alone() {
+    let mut b = Builder::default();
+    let web = b.group("web");
+    let db = b.group("db");
+    for i in 0..40u16 {
+        b.rule(
+            &db,
+            Ingress,
+            tcp(1000 + i, 1000 + 2 * i),
+            cidr(&format!("192.0.2.{}/32", i + 10)),
+        );
+    }
+    b.rule(&db, Ingress, tcp(3306, 3306), Peer::Group(web.clone()));
+    b.rule(&db, Ingress, tcp(22, 22), cidr("192.0.2.0/24"));
+    b.iface("db-1", &["203.0.113.10"], &[&db]);
+    b.iface("web-1", &["192.0.2.11"], &[&web]);
+    let bind = BTreeMap::from([("db-1".to_string(), 10)]);
+    let opts = CompileOptions {
+        generation: 1,
+        slot_capacity: 1 << 16,
+    };
+    let before = compile(&b.policy, &bind, &SlotTable::default(), &opts).unwrap();
+    b.iface("web-2", &["192.0.2.77"], &[&web]);
+    let after = compile(&b.policy, &bind, &before.slots, &opts).unwrap();
+    assert_eq!(before.ifaces, after.ifaces, "scope ids are stable");
+    let changed_peers = after
+        .peers
+        .iter()
+        .filter(|(k, v)| before.peers.get(k) != Some(v))
+        .count()
+        + before
+            .peers
+            .keys()
+            .filter(|k| !after.peers.contains_key(k))
+            .count();
+    let changed_ports = after
+        .ports
+        .iter()
+        .filter(|(k, v)| before.ports.get(k) != Some(v))
+        .count()
+        + before
+            .ports
+            .keys()
+            .filter(|k| !after.ports.contains_key(k))
+            .count();
+    assert_eq!(changed_peers, 1, "only web-2's host entry is new");
+    assert!(
+        changed_ports <= 2,
+        "at most web-2's own class: {changed_ports}"
+    );
+    assert_eq!(
+        judge(&b.policy, "db-1", Ingress, "192.0.2.77", TCP, 3306),
+        Decision::Allow {
+            rule: before
+                .slots
+                .by_rule
+                .keys()
+                .find(|r| {
+                    b.policy
+                        .all_rules()
+                        .any(|x| &x.id == *r && matches!(x.peer, Peer::Group(_)))
+                })
+                .unwrap()
+                .clone(),
+            tracked: true,
+        }
+    );
 }

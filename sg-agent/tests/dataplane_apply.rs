@@ -60,7 +60,7 @@ fn verdict(dp: &mut Dataplane, ifindex: u32, dport: u16, sport: u16) -> Reason {
 }
 
 #[test]
-fn apply_swaps_generations_and_removes_the_old_one() {
+fn apply_swaps_generations_and_the_next_apply_writes_only_the_difference() {
     in_netns(|net| {
         let mut dp = load();
         assert_eq!(
@@ -84,14 +84,19 @@ fn apply_swaps_generations_and_removes_the_old_one() {
         let r = dp.apply(&b).unwrap_or_else(|e| panic!("apply B: {e:#}"));
         assert_eq!(dp.active_generation(), b.generation);
         assert_eq!(
-            r.old_removed,
-            a.ifaces.len() + a.peers.len() + a.ports.len()
+            r.written, r.entries,
+            "generation {} was empty",
+            b.generation
         );
-        assert_eq!(r.old_left, 0);
-        // The kernel holds only B's entries (read back from the maps, not the mirror).
+        // The kernel holds B, and A's entries are kept, not live, as the base of the next
+        // apply (read back from the maps, not the mirror).
         dp.verify_mirror()
             .unwrap_or_else(|e| panic!("mirror after B: {e:#}"));
-        assert_eq!(dp.generation_entries(ga), (0, 0, 0), "old generation gone");
+        assert_eq!(
+            dp.generation_entries(ga),
+            (a.ifaces.len(), a.peers.len(), a.ports.len()),
+            "the old generation stays as the base of the next apply"
+        );
         let (i, p, q) = dp.generation_entries(b.generation);
         assert_eq!((i, p, q), (b.ifaces.len(), b.peers.len(), b.ports.len()));
         assert_eq!(
@@ -122,13 +127,32 @@ fn apply_swaps_generations_and_removes_the_old_one() {
         assert_eq!(reasons[&Reason::DropNoPolicy], 1);
         assert_eq!(reasons[&Reason::PassCtOriginal], 1);
 
-        // And back again: generations alternate.
+        // And back again: generations alternate. Generation A still holds A, so going back
+        // to the same policy writes nothing and only flips.
         let c2 = image(&dp, &ssh_policy(), net.lo, &b.slots);
         assert_eq!(c2.generation, ga);
-        dp.apply(&c2).unwrap_or_else(|e| panic!("apply C: {e:#}"));
+        let r = dp.apply(&c2).unwrap_or_else(|e| panic!("apply C: {e:#}"));
+        assert_eq!(dp.active_generation(), ga);
+        // Exactly the entries in which C differs from A were written or deleted (the ssh
+        // rule has a new counter slot: its slot was given up when B dropped it).
+        let differ = |x: &MapImage, y: &MapImage| {
+            fn d<K: Ord, V: PartialEq>(x: &BTreeMap<K, V>, y: &BTreeMap<K, V>) -> usize {
+                x.iter().filter(|(k, v)| y.get(*k) != Some(*v)).count()
+            }
+            fn gone<K: Ord, V>(x: &BTreeMap<K, V>, y: &BTreeMap<K, V>) -> usize {
+                y.keys().filter(|k| !x.contains_key(*k)).count()
+            }
+            (
+                d(&x.ifaces, &y.ifaces) + d(&x.peers, &y.peers) + d(&x.ports, &y.ports),
+                gone(&x.ifaces, &y.ifaces) + gone(&x.peers, &y.peers) + gone(&x.ports, &y.ports),
+            )
+        };
+        assert_eq!((r.written, r.stale_removed), differ(&c2, &a), "{r:?}");
+        assert!(r.written < r.entries, "{r:?}");
         dp.verify_mirror()
             .unwrap_or_else(|e| panic!("mirror after C: {e:#}"));
-        assert_eq!(dp.generation_entries(b.generation), (0, 0, 0));
+        assert_eq!(verdict(&mut dp, net.lo, 22, 6), Reason::PassRuleNew);
+        assert_eq!(verdict(&mut dp, net.lo, 80, 7), Reason::DropNoRule);
     });
 }
 
@@ -150,7 +174,9 @@ fn failed_apply_leaves_the_old_policy_in_force() {
                     addr: [0xff; 16],
                 },
             },
-            (b.generation << 31) | 999,
+            sg_common::PeerVal {
+                classes: [(b.generation << 31) | 999, 0, 0, 0],
+            },
         );
         let err = dp
             .apply(&b)
@@ -239,8 +265,9 @@ fn apply_refuses_the_live_generation_and_foreign_generation_bits() {
         assert!(format!("{err:#}").contains("live"), "{err:#}");
         let mut bad = image(&dp, &http_policy(), net.lo, &a.slots);
         let k = *bad.peers.keys().next().unwrap();
-        let v = bad.peers.remove(&k).unwrap();
-        bad.peers.insert(k, v ^ (1 << 31));
+        let mut v = bad.peers.remove(&k).unwrap();
+        v.classes[0] ^= 1 << 31;
+        bad.peers.insert(k, v);
         let err = dp
             .apply(&bad)
             .expect_err("a class id of the other generation");
@@ -540,7 +567,9 @@ fn pinned_maps_survive_a_reload_and_refuse_another_abi() {
         let b = image(&dp, &http_policy(), net.lo, &a.slots);
         dp.apply(&b)
             .unwrap_or_else(|e| panic!("apply after reload: {e:#}"));
-        assert_eq!(dp.generation_entries(a.generation), (0, 0, 0));
+        assert_eq!(dp.active_generation(), b.generation);
+        assert_eq!(verdict(&mut dp, net.lo, 80, 2), Reason::PassRuleNew);
+        dp.verify_mirror().unwrap_or_else(|e| panic!("{e:#}"));
         drop(dp);
 
         std::fs::create_dir(pin.join("abi-999")).unwrap();

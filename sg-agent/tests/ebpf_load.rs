@@ -17,9 +17,9 @@ use aya::{
     programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use sg_common::{
-    Config, DIR_INGRESS, Event, FlowKey, FlowVal, IfaceConf, IfaceKey, PeerData, PortData, Reason,
-    RuleCounter, RuleVal, Timeouts, ct_flags, ct_stat, ct_state, event_kind, iface_flags, maps,
-    progs, proto, rule_flags,
+    Config, DIR_INGRESS, Event, FlowKey, FlowVal, IfaceConf, IfaceKey, PeerData, PeerVal, PortData,
+    Reason, RuleCounter, RuleVal, Timeouts, ct_flags, ct_stat, ct_state, event_kind, iface_flags,
+    maps, progs, proto, rule_flags,
 };
 
 // Action values (linux/bpf.h, linux/pkt_cls.h).
@@ -263,7 +263,12 @@ impl Dp {
     /// A peer prefix in `scope`: `addr` is 16 bytes (IPv4 mapped), `bits` the CIDR length in
     /// the 128-bit space.
     fn peer(&mut self, scope: u32, addr: [u8; 16], bits: u32, class: u32) {
-        let mut m: LpmTrie<&mut MapData, PeerData, u32> =
+        self.peer_chain(scope, addr, bits, [class, 0, 0, 0]);
+    }
+
+    /// A peer prefix whose value is a chain of classes (asked in order, 0 ends it).
+    fn peer_chain(&mut self, scope: u32, addr: [u8; 16], bits: u32, classes: [u32; 4]) {
+        let mut m: LpmTrie<&mut MapData, PeerData, PeerVal> =
             LpmTrie::try_from(self.map_mut(maps::PEERS)).unwrap();
         let key = Key::new(
             32 + bits,
@@ -272,7 +277,8 @@ impl Dp {
                 addr,
             },
         );
-        m.insert(&key, class, 0).expect("write SG_PEERS");
+        m.insert(&key, PeerVal { classes }, 0)
+            .expect("write SG_PEERS");
     }
 
     /// A port entry: `proto` None = every protocol; `port` None = every port of it.
@@ -653,6 +659,95 @@ fn e1_packet_no_rule_allows_is_dropped_with_drop_no_rule() {
         Reason::DropNoRule,
     );
     assert_eq!(dp.rule_counter(SLOT_SSH).packets, 0, "drops charge no rule");
+}
+
+/// E4 step 1 in the kernel: a peer value is a chain of classes, the first class with an entry
+/// for the (protocol, port) decides, a 0 ends the chain, a miss in every class denies.
+#[test]
+fn e4_the_first_class_of_the_chain_with_an_entry_decides() {
+    let mut dp = Dp::new();
+    dp.iface(LO, 0);
+    let (a, b, c, d) = (21, 22, 23, 24);
+    // 192.0.2.0/24 -> [b, a]; 192.0.2.10/32 -> [d, c, b, a] (the longest chain);
+    // 192.0.2.11/32 -> [c, 0, b, a]: nothing after the 0 is asked.
+    let net = v4m(Ipv4Addr::new(192, 0, 2, 0));
+    dp.peer_chain(SCOPE_IN, net, 96 + 24, [b, a, 0, 0]);
+    dp.peer_chain(SCOPE_IN, v4m(REMOTE), 128, [d, c, b, a]);
+    dp.peer_chain(
+        SCOPE_IN,
+        v4m(Ipv4Addr::new(192, 0, 2, 11)),
+        128,
+        [c, 0, b, a],
+    );
+    dp.port(a, Some(proto::TCP), Some(22), SLOT_SSH, 0);
+    dp.port(a, Some(proto::TCP), Some(80), SLOT_UDP, 0);
+    dp.port(b, Some(proto::TCP), Some(80), SLOT_PING, 0);
+    dp.port(c, Some(proto::UDP), None, SLOT_OUT_DNS, 0);
+    let other = Ipv4Addr::new(192, 0, 2, 12);
+    let eleven = Ipv4Addr::new(192, 0, 2, 11);
+    // The /24 chain: b answers 80 (over a's 80), a answers 22, nobody 23.
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(other, 40001, LOCAL, 80, SYN),
+        Reason::PassRuleNew,
+    );
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(other, 40002, LOCAL, 22, SYN),
+        Reason::PassRuleNew,
+    );
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(other, 40003, LOCAL, 23, SYN),
+        Reason::DropNoRule,
+    );
+    assert_eq!(
+        dp.rule_counter(SLOT_PING).packets,
+        1,
+        "b's rule charged for 80"
+    );
+    assert_eq!(
+        dp.rule_counter(SLOT_UDP).packets,
+        0,
+        "a's 80 is shadowed by b's"
+    );
+    assert_eq!(dp.rule_counter(SLOT_SSH).packets, 1);
+    // The four-class chain reaches a at its last place.
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(REMOTE, 40004, LOCAL, 22, SYN),
+        Reason::PassRuleNew,
+    );
+    assert_eq!(dp.rule_counter(SLOT_SSH).packets, 2);
+    dp.expect(
+        Prog::XdpIn,
+        &udp4(REMOTE, 40005, LOCAL, 9),
+        Reason::PassRuleNew,
+    );
+    assert_eq!(dp.rule_counter(SLOT_OUT_DNS).packets, 1);
+    // After a 0 nothing is asked: b and a would allow 80 and 22, but the chain ended.
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(eleven, 40006, LOCAL, 80, SYN),
+        Reason::DropNoRule,
+    );
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(eleven, 40007, LOCAL, 22, SYN),
+        Reason::DropNoRule,
+    );
+    dp.expect(
+        Prog::XdpIn,
+        &udp4(eleven, 40008, LOCAL, 9),
+        Reason::PassRuleNew,
+    );
+    // An empty chain (the IPv4 barrier the compiler writes) denies.
+    dp.peer_chain(SCOPE_IN, v4m(Ipv4Addr::new(0, 0, 0, 0)), 96, [0; 4]);
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(STRANGER, 40009, LOCAL, 22, SYN),
+        Reason::DropNoRule,
+    );
 }
 
 #[test]

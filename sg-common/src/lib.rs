@@ -17,7 +17,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below or the meaning of a map changes. The agent refuses to adopt
 /// pinned state whose ABI version differs from its own.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map names: at most 15 bytes (the kernel truncates object names).
 pub mod maps {
@@ -25,7 +25,7 @@ pub mod maps {
     pub const ACTIVE: &str = "SG_ACTIVE";
     /// `HashMap<IfaceKey, IfaceConf>`: per (generation, ifindex) configuration.
     pub const IFACES: &str = "SG_IFACES";
-    /// `LpmTrie<PeerData, u32>`: (scope, remote address) -> peer class.
+    /// `LpmTrie<PeerData, PeerVal>`: (scope, remote address) -> chain of peer classes.
     pub const PEERS: &str = "SG_PEERS";
     /// `LpmTrie<PortData, RuleVal>`: (peer class, protocol, port) -> allowing rule.
     pub const PORTS: &str = "SG_PORTS";
@@ -195,10 +195,9 @@ pub mod iface_flags {
 ///                matched, so scopes never see each other's prefixes
 ///  bits 32..160  remote address, IPv4 mapped into ::ffff:0:0/96
 /// ```
-/// prefix length = 32 + 96 + cidr_len for IPv4, 32 + cidr_len for IPv6. The value is a peer
-/// class: the set of (rule, how specifically it matches) for every address the prefix covers
-/// that no longer prefix in this scope covers. LPM returns one entry, so the compiler gives
-/// each prefix the union of what its covering prefixes allow.
+/// prefix length = 32 + 96 + cidr_len for IPv4, 32 + cidr_len for IPv6. The value is a
+/// [`PeerVal`]: the chain of peer classes that decide for the addresses the prefix covers and
+/// no longer prefix in this scope covers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerData {
@@ -209,6 +208,24 @@ const _: () = assert!(size_of::<PeerData>() == 20);
 
 /// Prefix length of the scope part of a [`PeerData`] key.
 pub const PEER_SCOPE_BITS: u32 = 32;
+
+/// Longest chain of peer classes in a [`PeerVal`].
+pub const CLASS_CHAIN: usize = 4;
+
+/// Value of [`maps::PEERS`]: the peer classes to ask, in order, for the (protocol, port) of a
+/// packet; the first [`maps::PORTS`] hit decides, a miss in all of them denies. `classes[0]`
+/// holds the rules of the longest prefix, each next one those of shorter covering prefixes
+/// (the compiler's "overlay": a longer prefix's rules win wherever they match, E4 step 1).
+/// Unused places are 0 (no class id is 0) and only follow used ones.
+///
+/// A chain instead of one merged class keeps `SG_PORTS` linear in the rules: a merged class
+/// would repeat its ancestors' entries under every nested prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerVal {
+    pub classes: [u32; CLASS_CHAIN],
+}
+const _: () = assert!(size_of::<PeerVal>() == 16);
 
 /// Data part of a [`maps::PORTS`] LPM key.
 ///
@@ -560,6 +577,7 @@ mod pod {
     unsafe impl aya::Pod for IfaceConf {}
     unsafe impl aya::Pod for Timeouts {}
     unsafe impl aya::Pod for PeerData {}
+    unsafe impl aya::Pod for PeerVal {}
     unsafe impl aya::Pod for PortData {}
     unsafe impl aya::Pod for RuleVal {}
     unsafe impl aya::Pod for FlowKey {}

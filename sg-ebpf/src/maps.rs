@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sg_common::{
-    Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PortData, RateState,
-    Reason, RuleCounter, RuleVal, capacity, ct_stat,
+    Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PeerVal, PortData,
+    RateState, Reason, RuleCounter, RuleVal, capacity, ct_stat,
 };
 
 /// 0 -> the active policy generation (0 or 1).
@@ -22,7 +22,7 @@ pub static SG_IFACES: HashMap<IfaceKey, IfaceConf> = HashMap::with_max_entries(c
 
 /// (scope, remote address) -> peer class. Prefix lengths: see `PeerData`.
 #[map(name = "SG_PEERS")]
-pub static SG_PEERS: LpmTrie<PeerData, u32> = LpmTrie::with_max_entries(capacity::PEERS, 0);
+pub static SG_PEERS: LpmTrie<PeerData, PeerVal> = LpmTrie::with_max_entries(capacity::PEERS, 0);
 
 /// (peer class, protocol, port) -> allowing rule. Prefix lengths: see `PortData`.
 #[map(name = "SG_PORTS")]

@@ -3,19 +3,21 @@
 //! Owns the reads of `SG_ACTIVE`, `SG_IFACES`, `SG_PEERS` and `SG_PORTS`. It must not create
 //! state or count: it answers "which rule", the pipeline acts on it.
 //!
-//! Two LPM lookups whatever the size of the policy (the compiler did the merging):
+//! One peer lookup, then one port lookup per class of the chain until one hits (at most
+//! `CLASS_CHAIN`; the compiler merges deeper nesting into the chain's first class):
 //! ```text
-//!  SG_PEERS  /160  scope (BE, 32 bits) | remote address (128 bits, IPv4 mapped)  -> class
+//!  SG_PEERS  /160  scope (BE, 32 bits) | remote address (128 bits, IPv4 mapped)  -> PeerVal
 //!  SG_PORTS  /56   class (BE, 32 bits) | protocol (8) | port (BE, 16)           -> RuleVal
 //! ```
 //! Precedence (design.md "Pipeline" 6):
 //! 1. the interface unknown in the active generation: `DropNoPolicy` (fail closed);
 //! 2. no peer prefix of the direction's scope covers the remote address: `DropNoRule`;
-//! 3. no (protocol, port) entry of that class covers the packet: `DropNoRule`;
+//! 3. no (protocol, port) entry of any class of the chain covers the packet: `DropNoRule`;
 //! 4. otherwise the entry's rule allows it (its slot is the E4 choice the compiler made).
 use aya_ebpf::maps::lpm_trie::Key;
 use sg_common::{
-    DIR_INGRESS, IfaceConf, IfaceKey, PORT_FULL_BITS, PeerData, PortData, RuleVal, rule_flags,
+    CLASS_CHAIN, DIR_INGRESS, IfaceConf, IfaceKey, PORT_FULL_BITS, PeerData, PortData, RuleVal,
+    rule_flags,
 };
 
 use crate::{
@@ -78,22 +80,31 @@ pub fn answers_untracked(conf: &IfaceConf, pkt: &Pkt) -> bool {
 
 #[inline(always)]
 fn lookup(scope: u32, remote: &[u32; 4], proto: u8, port: u16) -> Option<RuleVal> {
-    let class = *SG_PEERS.get(Key::new(
+    let chain = SG_PEERS.get(Key::new(
         PEER_FULL_BITS,
         PeerData {
             scope: scope.to_be_bytes(),
             addr: addr(remote),
         },
     ))?;
-    SG_PORTS
-        .get(Key::new(
-            PORT_FULL_BITS,
-            PortData {
-                class: class.to_be_bytes(),
-                proto,
-                port: port.to_be_bytes(),
-                _pad: 0,
-            },
-        ))
-        .copied()
+    let mut key = Key::new(
+        PORT_FULL_BITS,
+        PortData {
+            class: [0; 4],
+            proto,
+            port: port.to_be_bytes(),
+            _pad: 0,
+        },
+    );
+    for i in 0..CLASS_CHAIN {
+        let class = chain.classes[i];
+        if class == 0 {
+            return None;
+        }
+        key.data.class = class.to_be_bytes();
+        if let Some(r) = SG_PORTS.get(&key) {
+            return Some(*r);
+        }
+    }
+    None
 }

@@ -14,8 +14,9 @@
 //! 2. **Membership (R1).** Every interface of the policy, bound here or not, adds its
 //!    addresses as host prefixes (/32, /128) to each group it carries.
 //! 3. **Scopes.** Bound interfaces with the same set of groups (order and repeats ignored,
-//!    E3) share one scope per direction: ids `gen << 31 | n`, n = 1, 2, ... in the order of
-//!    the sorted group sets (ingress odd, egress even). Each gets an `IfaceConf`.
+//!    E3) share one scope per direction: ids `gen << 31 | h`, h a hash of the sorted group
+//!    set and the direction (see [`Ids`]), so a scope keeps its id when other interfaces
+//!    come and go. Each interface gets an `IfaceConf`.
 //! 4. **Peer prefixes.** In a scope, each rule contributes its prefixes: its CIDR, its prefix
 //!    list's entries (R4), or its referenced group's member host prefixes (R1, R3 when the
 //!    group is its own). Addresses live in one 128-bit space with IPv4 at `::ffff:0:0/96`.
@@ -23,15 +24,20 @@
 //!    IPv4-mapped remote is judged as IPv4). When an IPv6 prefix contains it (e.g. `::/0`),
 //!    the IPv4 root `0.0.0.0/0` is added, possibly with no rule, as a barrier so that IPv4
 //!    remotes never fall through to an IPv6 class.
-//! 5. **Classes, one walk per (scope, family).** Prefixes sorted by (address, length) come
-//!    parents first; a stack gives each prefix its nearest covering prefix. A rule matching
-//!    through prefix P matches through a longer prefix than every rule inherited from P's
-//!    ancestors, so by E4 step 1 P's own rules win wherever they match and the parent decides
-//!    elsewhere: P's winner function is `overlay(parent's, level(P's own rules))`, where
-//!    `level` picks per point the rule with the fewest points, then the smallest id. This is
-//!    exactly "the union of the covering prefixes' rules, each at its longest covering
-//!    prefix" without rescanning any ancestor's rules: the cost is the size of the parent's
-//!    map plus P's own rules.
+//! 5. **Class chains, one walk per (scope, family).** Prefixes sorted by (address, length)
+//!    come parents first; a stack gives each prefix its nearest covering prefix. A rule
+//!    matching through prefix P matches through a longer prefix than every rule inherited
+//!    from P's ancestors, so by E4 step 1 P's own rules win wherever they match and the
+//!    parent decides elsewhere: P's winner function is `overlay(parent's, level(P's own
+//!    rules))`, where `level` picks per point the rule with the fewest points, then the
+//!    smallest id. This is exactly "the union of the covering prefixes' rules, each at its
+//!    longest covering prefix". The kernel evaluates the overlay itself: P's peer value is a
+//!    chain of classes, `[level(P's own), ...parent's chain]`, and the first class with an
+//!    entry for the packet's (protocol, port) decides. So every prefix stores only its own
+//!    rules' entries and `SG_PORTS` stays linear in the rules, instead of repeating every
+//!    ancestor's entries under each nested prefix. The chain holds at most `CLASS_CHAIN`
+//!    classes: one level deeper, P's own rules are merged (overlay) into its parent's first
+//!    class instead; a prefix with a -1 rule ends the chain (nothing shows through it).
 //! 6. **C4.** The untracked TCP/UDP ports depend only on (scope, family): the ports some /0
 //!    CIDR rule of that family allows, when the opposite direction allows all of the
 //!    protocol to the same /0. Every class of the family inherits those /0 rules, so the flag
@@ -41,11 +47,11 @@
 //!    adjacent equal values merged, the cheapest default at prefix 40, the other intervals as
 //!    maximal aligned blocks at 40 + n (ICMP type = 48, type+code = 56).
 //! 8. **Dedupe.** Classes are keyed by their sorted port entry lists and numbered
-//!    `gen << 31 | n` in order of first appearance: prefixes whose port lookups answer alike
-//!    share one class, across scopes too (this also merges classes whose rule sets differ
-//!    only by rules that never win). A prefix whose
-//!    class equals its nearest covering prefix's class gets no peer entry (the lookup falls
-//!    back to the parent and reaches the same class).
+//!    `gen << 31 | h`, h a hash of the entries ([`Ids`]): prefixes whose levels answer alike
+//!    share one class, across scopes too, and a class keeps its id from one compile to the
+//!    next, so an apply only writes what changed. A prefix whose chain equals its nearest
+//!    covering prefix's gets no peer entry (the lookup falls back to the parent and reaches
+//!    the same chain).
 //!
 //! # Worked example
 //!
@@ -58,13 +64,12 @@
 //! r4  icmp 8/-1    from 192.0.2.0/24
 //! ```
 //!
-//! Peer trie (IPv4 mapped, prefix length 32 + 96 + len) and classes:
+//! Peer trie (IPv4 mapped, prefix length 32 + 96 + len) and class chains:
 //!
 //! ```text
-//! 0.0.0.0/0     A = {r1@0}                 tcp 22 -> r1
-//! 192.0.2.0/24  B = {r1@0, r2@24, r4@24}   tcp 0-1023 -> r2 (longer prefix than r1 at 22)
-//!                                          icmp 8/* -> r4
-//! 192.0.2.7/32  C = {r1@0, r2@24, r4@24, r3@32}   everything -> r3
+//! 0.0.0.0/0     [A]      A = level{r1}
+//! 192.0.2.0/24  [B, A]   B = level{r2, r4}
+//! 192.0.2.7/32  [C]      C = level{r3}: a -1 rule, nothing of A or B shows through
 //! ```
 //!
 //! Port entries (prefix length: key):
@@ -72,14 +77,15 @@
 //! ```text
 //! A: 56: tcp 22 -> r1 UNTRACKED
 //! B: 52: tcp 0-15, 54: tcp 16-19, 55: tcp 20-21 -> r2; 56: tcp 22 -> r2 UNTRACKED
-//!    (r1 still allows it: C4 looks at every allowing rule); 56: tcp 23, 53: 24-31, ...,
-//!    47: 512-1023 -> r2; 48: icmp 8/* -> r4. No prefix-40 default for tcp: ports above
-//!    1023 must miss.
+//!    (r2 wins at 22: longer prefix than r1; C4 looks at the point, not the rule);
+//!    56: tcp 23, 53: 24-31, ..., 47: 512-1023 -> r2; 48: icmp 8/* -> r4. No prefix-40
+//!    default for tcp: ports above 1023 must miss, so that A answers them.
 //! C: 32: * -> r3; 56: tcp 22 -> r3 UNTRACKED (the -1 entry cannot carry a TCP-only flag)
 //! ```
 //!
-//! A packet from 192.0.2.7 to tcp 22 finds C, then `tcp 22 -> r3 UNTRACKED`; from
-//! 192.0.2.9 to tcp 80 it finds B and the block 64-127 -> r2 (tracked).
+//! A packet from 192.0.2.7 to tcp 22 finds [C], then `tcp 22 -> r3 UNTRACKED`; from
+//! 192.0.2.9 to tcp 80 it finds [B, A] and B's block 64-127 -> r2 (tracked); to tcp 2000
+//! B misses and A misses: denied.
 
 mod ports;
 
@@ -88,7 +94,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sg_common::{IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PortData};
+use sg_common::{CLASS_CHAIN, IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortData};
 
 use crate::image::{LpmKey, MapImage, SlotTable, SlotsExhausted};
 use crate::policy::{Direction, Family, GroupId, IcmpMatch, Peer, Policy, PortRange, Protocol};
@@ -232,17 +238,18 @@ pub fn compile(
         set.into_iter().collect()
     };
     let sets: BTreeSet<Vec<GroupId>> = bound.iter().map(|(i, _)| group_set(i)).collect();
-    if sets.len() >= (1 << 30) {
-        return Err(CompileError::TooManyIds("scopes"));
+    let mut ids = Ids::new(gen_bit);
+    let mut scope_ids: BTreeMap<&Vec<GroupId>, (u32, u32)> = BTreeMap::new();
+    for set in &sets {
+        let mut h = Fnv::new();
+        for g in set {
+            h.bytes(g.as_str().as_bytes());
+            h.bytes(&[0]);
+        }
+        let scope_in = ids.take(h.clone().bytes(b"in").finish())?;
+        let scope_out = ids.take(h.bytes(b"out").finish())?;
+        scope_ids.insert(set, (scope_in, scope_out));
     }
-    let scope_ids: BTreeMap<&Vec<GroupId>, (u32, u32)> = sets
-        .iter()
-        .enumerate()
-        .map(|(n, s)| {
-            let n = n as u32;
-            (s, (gen_bit | (2 * n + 1), gen_bit | (2 * n + 2)))
-        })
-        .collect();
 
     let mut image = MapImage {
         generation: opts.generation,
@@ -267,8 +274,8 @@ pub fn compile(
 
     // 4-8. Per scope: prefixes, classes, entries.
     let mut classes = Classes {
-        gen_bit,
-        ids: HashMap::new(),
+        ids,
+        by_entries: HashMap::new(),
         image: &mut image,
     };
     for (set, &(scope_in, scope_out)) in &scope_ids {
@@ -408,23 +415,76 @@ impl Prefix {
     }
 }
 
+/// Stable 31-bit ids for scopes and classes: `gen << 31 | h`, h from a 64-bit FNV-1a hash
+/// of what the id names (never 0). Two names that land on one h are told apart by probing
+/// upward, in the compiler's deterministic order, so the same input always gives the same
+/// ids; an id only changes when what it names does (or, rarely, on such a collision).
+struct Ids {
+    gen_bit: u32,
+    taken: BTreeSet<u32>,
+}
+
+impl Ids {
+    fn new(gen_bit: u32) -> Ids {
+        Ids {
+            gen_bit,
+            taken: BTreeSet::new(),
+        }
+    }
+
+    fn take(&mut self, hash: u64) -> Result<u32, CompileError> {
+        if self.taken.len() >= (1 << 31) - 2 {
+            return Err(CompileError::TooManyIds("scopes and classes"));
+        }
+        let mut h = ((hash ^ (hash >> 31) ^ (hash >> 62)) as u32) & 0x7fff_ffff;
+        while h == 0 || self.taken.contains(&h) {
+            h = (h + 1) & 0x7fff_ffff;
+        }
+        self.taken.insert(h);
+        Ok(self.gen_bit | h)
+    }
+}
+
+/// FNV-1a, 64 bits: small, deterministic across builds and platforms.
+#[derive(Clone)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) -> &mut Fnv {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The class numbering and the image being filled.
 struct Classes<'a> {
-    gen_bit: u32,
-    ids: HashMap<Vec<ports::PortEntry>, u32>,
+    ids: Ids,
+    by_entries: HashMap<Vec<ports::PortEntry>, u32>,
     image: &'a mut MapImage,
 }
 
 impl Classes<'_> {
     fn intern(&mut self, entries: Vec<ports::PortEntry>) -> Result<u32, CompileError> {
-        if let Some(&id) = self.ids.get(&entries) {
+        if let Some(&id) = self.by_entries.get(&entries) {
             return Ok(id);
         }
-        let n = self.ids.len() as u32 + 1;
-        if n >= 1 << 31 {
-            return Err(CompileError::TooManyIds("classes"));
+        let mut h = Fnv::new();
+        for (len, proto, port, val) in &entries {
+            h.bytes(&len.to_le_bytes())
+                .bytes(&[*proto])
+                .bytes(&port.to_le_bytes())
+                .bytes(&val.slot.to_le_bytes())
+                .bytes(&val.flags.to_le_bytes());
         }
-        let id = self.gen_bit | n;
+        let id = self.ids.take(h.finish())?;
         for &(prefix_len, proto, port, val) in &entries {
             self.image.ports.insert(
                 LpmKey {
@@ -439,12 +499,20 @@ impl Classes<'_> {
                 val,
             );
         }
-        self.ids.insert(entries, id);
+        self.by_entries.insert(entries, id);
         Ok(id)
     }
 }
 
-/// Step 5 for one (scope, family): the peer entries and their classes.
+/// A prefix on the walk's stack: its chain, and the winner map of the chain's first class
+/// (what deeper prefixes merge into when the chain is full).
+struct Level {
+    prefix: Prefix,
+    first: PortMap,
+    chain: Vec<u32>,
+}
+
+/// Step 5 for one (scope, family): the peer entries and their class chains.
 fn walk<'p>(
     scope: u32,
     prefixes: impl Iterator<Item = (&'p Prefix, &'p Vec<Winner>)>,
@@ -453,23 +521,54 @@ fn walk<'p>(
     c4: &Untracked,
     classes: &mut Classes,
 ) -> Result<(), CompileError> {
-    // (prefix, its winner map, its class): the chain of prefixes covering the current one.
-    let mut stack: Vec<(Prefix, PortMap, u32)> = Vec::new();
-    let empty = PortMap::default();
+    let mut stack: Vec<Level> = Vec::new();
     for (p, own) in prefixes {
-        while stack.last().is_some_and(|(q, ..)| !q.covers(p)) {
+        while stack.last().is_some_and(|l| !l.prefix.covers(p)) {
             stack.pop();
         }
         let mut own: Vec<(Points, Winner)> = own.iter().map(|&w| (points[w as usize], w)).collect();
         own.sort_unstable_by_key(|&(_, w)| w);
         own.dedup();
+        let own = ports::level(&own);
         let parent = stack.last();
-        let map = ports::overlay(parent.map_or(&empty, |(_, m, _)| m), &ports::level(&own));
-        let class = classes.intern(ports::encode(&map, c4, slot_of))?;
-        if parent.is_none_or(|&(_, _, c)| c != class) {
-            classes.image.peers.insert(p.key(scope), class);
+        let (first, chain) = match parent {
+            // A prefix without rules (the IPv4 barrier) denies everything it covers.
+            None if own.is_empty() => (own, Vec::new()),
+            Some(q) if own.is_empty() => (q.first.clone(), q.chain.clone()),
+            // Nothing of the parent shows through a -1 rule.
+            None => {
+                let c = classes.intern(ports::encode(&own, c4, slot_of))?;
+                (own, vec![c])
+            }
+            Some(_) if own.all.is_some() => {
+                let c = classes.intern(ports::encode(&own, c4, slot_of))?;
+                (own, vec![c])
+            }
+            Some(q) if q.chain.len() < CLASS_CHAIN => {
+                let c = classes.intern(ports::encode(&own, c4, slot_of))?;
+                let mut chain = Vec::with_capacity(q.chain.len() + 1);
+                chain.push(c);
+                chain.extend_from_slice(&q.chain);
+                (own, chain)
+            }
+            Some(q) => {
+                let merged = ports::overlay(&q.first, &own);
+                let c = classes.intern(ports::encode(&merged, c4, slot_of))?;
+                let mut chain = q.chain.clone();
+                chain[0] = c;
+                (merged, chain)
+            }
+        };
+        if parent.is_none_or(|q| q.chain != chain) {
+            let mut val = PeerVal::default();
+            val.classes[..chain.len()].copy_from_slice(&chain);
+            classes.image.peers.insert(p.key(scope), val);
         }
-        stack.push((*p, map, class));
+        stack.push(Level {
+            prefix: *p,
+            first,
+            chain,
+        });
     }
     Ok(())
 }

@@ -59,6 +59,11 @@ pub(super) struct PortMap {
 }
 
 impl PortMap {
+    /// No winner anywhere.
+    pub(super) fn is_empty(&self) -> bool {
+        self.all.is_none() && self.protos.is_empty()
+    }
+
     fn segs(&self, proto: u8) -> Vec<Seg<Option<Winner>>> {
         self.protos.get(&proto).cloned().unwrap_or_else(|| {
             vec![Seg {
@@ -251,8 +256,9 @@ pub(super) type PortEntry = (u32, u8, u16, RuleVal);
 ///   (its default) is chosen as the value that saves the most block entries, and every
 ///   interval with another value is split into maximal aligned power-of-two blocks
 ///   (prefix 40 + 16 - log2(size)).
-/// - Points with no winner get no entry: a miss is a deny. Such points only exist when there
-///   is no -1 winner, so nothing shorter can answer for them.
+/// - Points with no winner get no entry: a miss, so the next class of the chain answers (or
+///   the packet is denied). Such points only exist when there is no -1 winner, so nothing
+///   shorter in the class can answer for them.
 pub(super) fn encode(map: &PortMap, untracked: &Untracked, slot_of: &[u32]) -> Vec<PortEntry> {
     let val = |w: Winner, untracked: bool| RuleVal {
         slot: slot_of[w as usize],

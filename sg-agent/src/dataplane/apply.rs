@@ -6,14 +6,17 @@
 //! 2. clears leftovers of the target generation (it is not live, so nothing sees them),
 //! 3. writes the image's interfaces, peers and ports for the target generation,
 //! 4. flips SG_ACTIVE: one 4-byte write, so every packet sees the old policy or the new one,
-//!    never a mix,
-//! 5. waits [`QUIESCE`] for packets in flight,
-//! 6. deletes the old generation's entries.
+//!    never a mix.
+//!
+//! The old generation is left in place: it is not live, and the next apply targets it, so
+//! steps 2 and 3 only delete and write what differs between it and the new image (scope and
+//! class ids are stable hashes, so an unchanged rule set is unchanged entries). A membership
+//! change is then a handful of map writes and one flip, whatever the size of the policy.
+//! Before touching the non-live generation an apply makes sure [`QUIESCE`] has passed since
+//! the flip that retired it, so no packet still reads it.
 //!
 //! A failure before the flip deletes whatever of the target generation was written, so the
-//! old policy stays in force and nothing is half applied. A failure after the flip (deleting
-//! old entries) leaves the new policy in force and the leftovers in the mirror; the next apply
-//! clears them in step 2.
+//! old policy stays in force and nothing is half applied.
 //!
 //! The mirror is what we know the kernel holds. It is updated entry by entry, only after the
 //! kernel accepted the write or the delete, so it never claims more than the truth.
@@ -25,23 +28,23 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{MapError, PerCpuValues};
-use sg_common::{IfaceConf, IfaceKey, PeerData, PortData, RuleCounter, RuleVal, maps};
+use sg_common::{IfaceConf, IfaceKey, PeerData, PeerVal, PortData, RuleCounter, RuleVal, maps};
 
 use super::{Dataplane, Maps};
 use crate::image::{LpmKey, MapImage, SlotTable};
 
-/// How long the old generation stays after the flip. A program reads SG_ACTIVE once per packet
-/// and then looks up entries of that generation; XDP and TC programs run inside an RCU
-/// read-side section per packet (microseconds), so after the flip no reader can still be
+/// How long the old generation stays untouched after the flip. A program reads SG_ACTIVE once
+/// per packet and then looks up entries of that generation; XDP and TC programs run inside an
+/// RCU read-side section per packet (microseconds), so after the flip no reader can still be
 /// using the old generation once this has passed. Userspace has no direct way to wait for an
-/// RCU grace period, hence a generous sleep; it only delays the cleanup, never enforcement.
+/// RCU grace period, hence a generous margin; only back-to-back applies ever wait for it.
 pub const QUIESCE: Duration = Duration::from_millis(10);
 
 /// The policy entries of one generation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GenEntries {
     pub ifaces: BTreeMap<IfaceKey, IfaceConf>,
-    pub peers: BTreeMap<LpmKey<PeerData>, u32>,
+    pub peers: BTreeMap<LpmKey<PeerData>, PeerVal>,
     pub ports: BTreeMap<LpmKey<PortData>, RuleVal>,
 }
 
@@ -63,6 +66,8 @@ pub(crate) struct Mirror {
     pub slots: SlotTable,
     /// Every slot an applied image ever referenced (where a test run's charge can land).
     pub known_slots: BTreeSet<u32>,
+    /// When SG_ACTIVE last changed (None: not by this process).
+    pub flipped_at: Option<Instant>,
 }
 
 impl Mirror {
@@ -96,14 +101,12 @@ impl Mirror {
 pub struct ApplyReport {
     /// The generation now active.
     pub generation: u32,
-    /// Entries written for the new generation (interfaces, peers, ports).
+    /// Entries of the new image (interfaces, peers, ports).
+    pub entries: usize,
+    /// Entries written: the ones the target generation did not already hold.
     pub written: usize,
-    /// Leftovers of the target generation removed before writing.
+    /// Entries of the target generation the image does not have, deleted before writing.
     pub stale_removed: usize,
-    /// Entries of the old generation deleted after the flip.
-    pub old_removed: usize,
-    /// Entries of the old generation the kernel refused to delete (retried next apply).
-    pub old_left: usize,
     /// Counter slots newly given to a rule, zeroed before the flip.
     pub counters_zeroed: usize,
     /// From start to flip: how long the change took to take effect.
@@ -144,8 +147,15 @@ fn check_generation(image: &MapImage) -> Result<()> {
         }
     }
     for (k, v) in &image.peers {
-        if peer_generation(&k.data) != g || v >> 31 != g {
-            bail!("image for generation {g} has a peer entry of another generation: {k:?} -> {v}");
+        let chain = v.classes.iter().take_while(|&&c| c != 0);
+        if peer_generation(&k.data) != g
+            || chain.clone().any(|c| c >> 31 != g)
+            || v.classes.iter().skip(chain.count()).any(|&c| c != 0)
+        {
+            bail!(
+                "image for generation {g} has a peer entry of another generation or a broken \
+                 chain: {k:?} -> {v:?}"
+            );
         }
     }
     for k in image.ports.keys() {
@@ -201,7 +211,11 @@ impl Dataplane {
             self.flip(other)?;
         }
 
-        // 2. Leftovers of the target generation: not live, delete the ones the image lacks.
+        // 2. The target generation is not live (any more): once packets that read it before
+        // the last flip are gone, delete what the image lacks.
+        if let Some(at) = self.mirror.flipped_at {
+            std::thread::sleep(QUIESCE.saturating_sub(at.elapsed()));
+        }
         report.stale_removed += self.remove_missing(g, image)?;
 
         // Counters of slots newly given to a rule start at zero (E4: a slot is a rule).
@@ -237,6 +251,7 @@ impl Dataplane {
             }
         };
         report.written = n;
+        report.entries = image.ifaces.len() + image.peers.len() + image.ports.len();
         report.counters_zeroed = zero.len();
         report.to_flip = start.elapsed();
         self.mirror.slots = image.slots.clone();
@@ -244,18 +259,6 @@ impl Dataplane {
         self.mirror
             .known_slots
             .extend(image.ports.values().map(|v| v.slot));
-
-        // 5. Packets that read the old SG_ACTIVE may still be looking up old entries.
-        std::thread::sleep(QUIESCE);
-
-        // 6. Delete the old generation; what the kernel refuses stays in the mirror.
-        let old = 1 - g;
-        let before = self.mirror.gens[old as usize].len();
-        if let Err(e) = self.clear_generation(old) {
-            log::warn!("deleting old policy generation {old}: {e:#} (retried at next apply)");
-        }
-        report.old_left = self.mirror.gens[old as usize].len();
-        report.old_removed = before - report.old_left;
         Ok(report)
     }
 
@@ -294,6 +297,7 @@ impl Dataplane {
             .set(0, g, 0)
             .with_context(|| format!("writing {} = {g}", maps::ACTIVE))?;
         self.mirror.active = g;
+        self.mirror.flipped_at = Some(Instant::now());
         Ok(())
     }
 
@@ -309,10 +313,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Writes every entry of `image` (its generation is not live). Returns how many.
+    /// Writes the entries of `image` its generation (not live) does not hold yet. Returns how
+    /// many it wrote.
     fn write_generation(&mut self, image: &MapImage) -> Result<usize> {
         let g = image.generation as usize;
         let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[g]);
+        let mut n = 0;
         // Bottom-up (ports, peers, interfaces) for tidiness only: none of it is visible before
         // the flip.
         for (k, v) in &image.ports {
@@ -323,6 +329,7 @@ impl Dataplane {
                 .insert(&key(k), *v, 0)
                 .map_err(|e| map_error(maps::PORTS, "insert", k, e))?;
             mirror.ports.insert(*k, *v);
+            n += 1;
         }
         for (k, v) in &image.peers {
             if mirror.peers.get(k) == Some(v) {
@@ -332,6 +339,7 @@ impl Dataplane {
                 .insert(&key(k), *v, 0)
                 .map_err(|e| map_error(maps::PEERS, "insert", k, e))?;
             mirror.peers.insert(*k, *v);
+            n += 1;
         }
         for (k, v) in &image.ifaces {
             if mirror.ifaces.get(k) == Some(v) {
@@ -341,18 +349,14 @@ impl Dataplane {
                 .insert(k, *v, 0)
                 .map_err(|e| map_error(maps::IFACES, "insert", k, e))?;
             mirror.ifaces.insert(*k, *v);
+            n += 1;
         }
-        Ok(image.ifaces.len() + image.peers.len() + image.ports.len())
+        Ok(n)
     }
 
     /// Deletes the entries of generation `g` that `image` does not have. Returns how many.
     fn remove_missing(&mut self, g: u32, image: &MapImage) -> Result<usize> {
-        let want = GenEntries {
-            ifaces: image.ifaces.clone(),
-            peers: image.peers.clone(),
-            ports: image.ports.clone(),
-        };
-        self.remove_entries(g, Some(&want))
+        self.remove_entries(g, Some(image))
     }
 
     /// Deletes every entry of generation `g`. Returns how many.
@@ -362,7 +366,7 @@ impl Dataplane {
 
     /// Deletes the entries of generation `g` not in `keep` (all when None), interfaces first
     /// (so a reader never finds an interface whose rules are half gone).
-    fn remove_entries(&mut self, g: u32, keep: Option<&GenEntries>) -> Result<usize> {
+    fn remove_entries(&mut self, g: u32, keep: Option<&MapImage>) -> Result<usize> {
         let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[(g & 1) as usize]);
         let mut n = 0;
         let mut first_err: Option<anyhow::Error> = None;

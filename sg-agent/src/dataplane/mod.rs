@@ -107,7 +107,7 @@ pub struct LoadOptions {
 pub(crate) struct Maps {
     pub active: Array<MapData, u32>,
     pub ifaces: HashMap<MapData, IfaceKey, IfaceConf>,
-    pub peers: LpmTrie<MapData, PeerData, u32>,
+    pub peers: LpmTrie<MapData, PeerData, sg_common::PeerVal>,
     pub ports: LpmTrie<MapData, PortData, RuleVal>,
     pub ct: HashMap<MapData, FlowKey, FlowVal>,
     pub ct_new: HashMap<MapData, FlowKey, FlowVal>,

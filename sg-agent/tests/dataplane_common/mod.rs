@@ -262,7 +262,9 @@ pub fn mini_compile(
                             addr: p.addr.to_be_bytes(),
                         },
                     },
-                    class,
+                    sg_common::PeerVal {
+                        classes: [class, 0, 0, 0],
+                    },
                 );
                 let mut out = Vec::new();
                 split(&members, 32, 0, None, &mut out);
