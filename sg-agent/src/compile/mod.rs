@@ -35,9 +35,12 @@
 //!    chain of classes, `[level(P's own), ...parent's chain]`, and the first class with an
 //!    entry for the packet's (protocol, port) decides. So every prefix stores only its own
 //!    rules' entries and `SG_PORTS` stays linear in the rules, instead of repeating every
-//!    ancestor's entries under each nested prefix. The chain holds at most `CLASS_CHAIN`
-//!    classes: one level deeper, P's own rules are merged (overlay) into its parent's first
-//!    class instead; a prefix with a -1 rule ends the chain (nothing shows through it).
+//!    ancestor's entries under each nested prefix. Each extra class costs the kernel one
+//!    lookup, so a parent whose first class is small (at most `MERGE_ENTRIES` entries) is
+//!    merged instead: P's class is `overlay(parent's first, level(P's own))`, a few copied
+//!    entries for one lookup less. The chain holds at most `CLASS_CHAIN` classes; past that
+//!    P merges into its parent's first class whatever its size. A prefix with a -1 rule ends
+//!    the chain (nothing shows through it).
 //! 6. **C4.** The untracked TCP/UDP ports depend only on (scope, family): the ports some /0
 //!    CIDR rule of that family allows, when the opposite direction allows all of the
 //!    protocol to the same /0. Every class of the family inherits those /0 rules, so the flag
@@ -68,7 +71,9 @@
 //!
 //! ```text
 //! 0.0.0.0/0     [A]      A = level{r1}
-//! 192.0.2.0/24  [B, A]   B = level{r2, r4}
+//! 192.0.2.0/24  [B]      B = overlay(A, level{r2, r4}): A is small, so it is copied in;
+//!                        with more than MERGE_ENTRIES entries in A this would be [B', A]
+//!                        with B' = level{r2, r4}
 //! 192.0.2.7/32  [C]      C = level{r3}: a -1 rule, nothing of A or B shows through
 //! ```
 //!
@@ -77,15 +82,15 @@
 //! ```text
 //! A: 56: tcp 22 -> r1 UNTRACKED
 //! B: 52: tcp 0-15, 54: tcp 16-19, 55: tcp 20-21 -> r2; 56: tcp 22 -> r2 UNTRACKED
-//!    (r2 wins at 22: longer prefix than r1; C4 looks at the point, not the rule);
+//!    (r2 wins at 22 over A's r1: longer prefix; C4 looks at the point, not the rule);
 //!    56: tcp 23, 53: 24-31, ..., 47: 512-1023 -> r2; 48: icmp 8/* -> r4. No prefix-40
-//!    default for tcp: ports above 1023 must miss, so that A answers them.
+//!    default for tcp: ports above 1023 must miss.
 //! C: 32: * -> r3; 56: tcp 22 -> r3 UNTRACKED (the -1 entry cannot carry a TCP-only flag)
 //! ```
 //!
 //! A packet from 192.0.2.7 to tcp 22 finds [C], then `tcp 22 -> r3 UNTRACKED`; from
-//! 192.0.2.9 to tcp 80 it finds [B, A] and B's block 64-127 -> r2 (tracked); to tcp 2000
-//! B misses and A misses: denied.
+//! 192.0.2.9 to tcp 80 it finds [B] and the block 64-127 -> r2 (tracked); to tcp 2000 B
+//! misses: denied.
 
 mod ports;
 
@@ -472,9 +477,11 @@ struct Classes<'a> {
 }
 
 impl Classes<'_> {
-    fn intern(&mut self, entries: Vec<ports::PortEntry>) -> Result<u32, CompileError> {
+    /// The class id of `entries` and how many entries it has.
+    fn intern(&mut self, entries: Vec<ports::PortEntry>) -> Result<(u32, usize), CompileError> {
+        let n = entries.len();
         if let Some(&id) = self.by_entries.get(&entries) {
-            return Ok(id);
+            return Ok((id, n));
         }
         let mut h = Fnv::new();
         for (len, proto, port, val) in &entries {
@@ -500,7 +507,7 @@ impl Classes<'_> {
             );
         }
         self.by_entries.insert(entries, id);
-        Ok(id)
+        Ok((id, n))
     }
 }
 
@@ -509,8 +516,14 @@ impl Classes<'_> {
 struct Level {
     prefix: Prefix,
     first: PortMap,
+    /// Entries of the chain's first class.
+    first_len: usize,
     chain: Vec<u32>,
 }
+
+/// A covering prefix's first class with at most this many entries is merged into a nested
+/// prefix's class rather than asked after it: a few copied entries buy one lookup less.
+const MERGE_ENTRIES: usize = 64;
 
 /// Step 5 for one (scope, family): the peer entries and their class chains.
 fn walk<'p>(
@@ -531,32 +544,37 @@ fn walk<'p>(
         own.dedup();
         let own = ports::level(&own);
         let parent = stack.last();
-        let (first, chain) = match parent {
+        let (first, first_len, chain) = match parent {
             // A prefix without rules (the IPv4 barrier) denies everything it covers.
-            None if own.is_empty() => (own, Vec::new()),
-            Some(q) if own.is_empty() => (q.first.clone(), q.chain.clone()),
+            None if own.is_empty() => (own, 0, Vec::new()),
+            Some(q) if own.is_empty() => (q.first.clone(), q.first_len, q.chain.clone()),
             // Nothing of the parent shows through a -1 rule.
             None => {
-                let c = classes.intern(ports::encode(&own, c4, slot_of))?;
-                (own, vec![c])
+                let (c, n) = classes.intern(ports::encode(&own, c4, slot_of))?;
+                (own, n, vec![c])
             }
             Some(_) if own.all.is_some() => {
-                let c = classes.intern(ports::encode(&own, c4, slot_of))?;
-                (own, vec![c])
+                let (c, n) = classes.intern(ports::encode(&own, c4, slot_of))?;
+                (own, n, vec![c])
             }
-            Some(q) if q.chain.len() < CLASS_CHAIN => {
-                let c = classes.intern(ports::encode(&own, c4, slot_of))?;
+            // A small first class is copied into this prefix's class (one lookup fewer for
+            // what it covers); a big one is asked after it, while the chain has room.
+            Some(q) if q.first_len > MERGE_ENTRIES && q.chain.len() < CLASS_CHAIN => {
+                let (c, n) = classes.intern(ports::encode(&own, c4, slot_of))?;
                 let mut chain = Vec::with_capacity(q.chain.len() + 1);
                 chain.push(c);
                 chain.extend_from_slice(&q.chain);
-                (own, chain)
+                (own, n, chain)
             }
             Some(q) => {
                 let merged = ports::overlay(&q.first, &own);
-                let c = classes.intern(ports::encode(&merged, c4, slot_of))?;
+                let (c, n) = classes.intern(ports::encode(&merged, c4, slot_of))?;
                 let mut chain = q.chain.clone();
-                chain[0] = c;
-                (merged, chain)
+                match chain.first_mut() {
+                    Some(first) => *first = c,
+                    None => chain.push(c),
+                }
+                (merged, n, chain)
             }
         };
         if parent.is_none_or(|q| q.chain != chain) {
@@ -567,6 +585,7 @@ fn walk<'p>(
         stack.push(Level {
             prefix: *p,
             first,
+            first_len,
             chain,
         });
     }
