@@ -239,7 +239,12 @@ fn main() {
             .values()
             .flat_map(|c| [c.scope_in, c.scope_out])
             .collect();
-        let classes: BTreeSet<u32> = image.peers.values().copied().collect();
+        let classes: BTreeSet<u32> = image
+            .peers
+            .values()
+            .flat_map(|v| v.classes)
+            .filter(|&c| c != 0)
+            .collect();
         println!(
             "{:>8} {:>6} {:>10.2} {:>10} {:>10} {:>8}",
             rules,

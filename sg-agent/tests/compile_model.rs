@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use sg_agent::compile::{CompileOptions, compile};
+use sg_agent::compile::{CompileOptions, compile, compile_indexed, membership_delta};
 use sg_agent::image::{MapImage, SlotTable};
 use sg_agent::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
@@ -343,4 +343,124 @@ fn mutation_widening_port_blocks_is_caught() {
             .collect();
         image.ports = widened;
     });
+}
+
+/// One membership change of `p` that keeps the bound interfaces' groups (R1): an address of
+/// an interface replaced, an unbound interface's groups changed, a new unbound interface, or
+/// an unbound interface removed. `pick` drives the choices.
+fn change_membership(
+    p: &Policy,
+    bound: &BTreeMap<String, u32>,
+    pick: &[u64; 4],
+    addr: std::net::IpAddr,
+) -> Policy {
+    let mut p = p.clone();
+    let groups: Vec<_> = p.groups.keys().cloned().collect();
+    let unbound: Vec<usize> = (0..p.interfaces.len())
+        .filter(|&i| !bound.contains_key(&p.interfaces[i].name))
+        .collect();
+    match pick[0] % 4 {
+        0 if !p.interfaces.is_empty() => {
+            let n = p.interfaces.len();
+            let i = &mut p.interfaces[pick[1] as usize % n];
+            let n = i.addresses.len().max(1);
+            let at = pick[2] as usize % n;
+            if at < i.addresses.len() {
+                i.addresses[at] = addr;
+            } else {
+                i.addresses.push(addr);
+            }
+        }
+        1 if !unbound.is_empty() && !groups.is_empty() => {
+            let i = &mut p.interfaces[unbound[pick[1] as usize % unbound.len()]];
+            i.groups = groups
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| pick[2] >> k & 1 == 1)
+                .map(|(_, g)| g.clone())
+                .take(5)
+                .collect();
+        }
+        3 if !unbound.is_empty() => {
+            p.interfaces
+                .remove(unbound[pick[1] as usize % unbound.len()]);
+        }
+        _ if !groups.is_empty() => {
+            let mut i =
+                p.interfaces
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| sg_agent::policy::Interface {
+                        name: String::new(),
+                        instance: "i-new".into(),
+                        device: None,
+                        addresses: vec![],
+                        groups: vec![],
+                        timeouts: sg_agent::policy::Timeouts::AWS_DEFAULT,
+                        origin: Default::default(),
+                    });
+            i.name = format!("newcomer-{}", pick[3] % 1000);
+            i.addresses = vec![addr];
+            i.groups = vec![groups[pick[1] as usize % groups.len()].clone()];
+            if p.interface(&i.name).is_none() {
+                p.interfaces.push(i);
+            }
+        }
+        _ => {}
+    }
+    p
+}
+
+proptest! {
+    #![proptest_config(Config {
+        cases: cases() / 5,
+        failure_persistence: None,
+        max_shrink_iters: 16,
+        ..Config::default()
+    })]
+
+    /// A membership change applied as a delta (`membership_delta` patched into the live
+    /// image) gives the peer entries of a full compile of the new policy, and its lookups
+    /// agree with the model of the new policy.
+    #[test]
+    fn membership_delta_matches_a_full_compile(
+        ((policy, queries), mask, generation) in cases_strategy(),
+        changes in proptest::collection::vec(
+            (any::<[u64; 4]>(), sg_agent::testgen::member_address()),
+            1..4,
+        ),
+    ) {
+        let bound = bindings(&policy, mask);
+        let opts = CompileOptions { generation, slot_capacity: 1 << 16 };
+        let (mut image, mut index) = compile_indexed(&policy, &bound, &SlotTable::default(), &opts)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut before = policy.clone();
+        for (pick, addr) in &changes {
+            let after = change_membership(&before, &bound, pick, *addr);
+            let delta = membership_delta(&before, &after, &bound, &image, &index)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?
+                .ok_or_else(|| TestCaseError::fail("a membership change was not recognised"))?;
+            delta.patch(&mut image);
+            index.absorb(delta);
+            let full = compile(&after, &bound, &image.slots, &opts)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&image.peers, &full.peers, "policy after:\n{}", describe(&after));
+            prop_assert_eq!(&image.ifaces, &full.ifaces);
+            prop_assert!(full.ports.iter().all(|(k, v)| image.ports.get(k) == Some(v)));
+            for q in &queries {
+                check(&after, &bound, &image, q).map_err(TestCaseError::fail)?;
+            }
+            before = after;
+        }
+        // A rule change is not a membership change.
+        if let Some(g) = before.groups.keys().next().cloned() {
+            let mut other = before.clone();
+            other.groups.get_mut(&g).unwrap().ingress.clear();
+            other.groups.get_mut(&g).unwrap().egress.clear();
+            let has_rules = before.groups[&g].ingress.len() + before.groups[&g].egress.len() > 0;
+            let d = membership_delta(&before, &other, &bound, &image, &index)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(d.is_none(), has_rules);
+        }
+    }
 }

@@ -579,3 +579,73 @@ fn pinned_maps_survive_a_reload_and_refuse_another_abi() {
         assert!(format!("{err:#}").contains("abi-999"), "{err:#}");
     });
 }
+
+/// R1 through a delta: an instance joins a referenced group and the live generation is
+/// patched in place (no flip); its traffic passes at once, the mirror matches the kernel, and
+/// a delta for a generation that is not live is refused.
+#[test]
+fn a_membership_delta_is_applied_in_place_and_only_to_the_live_generation() {
+    use sg_agent::compile::{CompileOptions, compile_indexed, membership_delta};
+    in_netns(|net| {
+        let mut dp = load();
+        let base = || {
+            PolicyBuilder::new()
+                .ingress("sg-db", tcp(3306), sg("sg-web"))
+                .group("sg-web")
+                .iface("web", &[HOST], &["sg-db"])
+        };
+        let before = base().build();
+        let after = base().iface("app-1", &[PEER], &["sg-web"]).build();
+        let b: BTreeMap<String, u32> = [("web".to_string(), net.lo)].into();
+        let opts = CompileOptions {
+            generation: dp.next_generation(),
+            slot_capacity: dp.capacities().rule_slots,
+        };
+        let (live, index) =
+            compile_indexed(&before, &b, &SlotTable::default(), &opts).expect("compile");
+        dp.apply(&live).unwrap_or_else(|e| panic!("apply: {e:#}"));
+        assert_eq!(verdict(&mut dp, net.lo, 3306, 1), Reason::DropNoRule);
+        let g = dp.active_generation();
+
+        let delta = membership_delta(&before, &after, &b, &live, &index)
+            .expect("delta")
+            .expect("a membership change");
+        assert_eq!(delta.peers.len(), 1, "{delta:?}");
+        // Not for the other generation.
+        let mut stale = delta.clone();
+        stale.generation = 1 - g;
+        let err = dp.apply_delta(&stale).expect_err("not live");
+        assert!(format!("{err:#}").contains("live"), "{err:#}");
+
+        let r = dp
+            .apply_delta(&delta)
+            .unwrap_or_else(|e| panic!("apply delta: {e:#}"));
+        assert_eq!(r.generation, g);
+        assert_eq!(dp.active_generation(), g, "no flip");
+        assert_eq!(verdict(&mut dp, net.lo, 3306, 2), Reason::PassRuleNew);
+        assert_eq!(verdict(&mut dp, net.lo, 3307, 3), Reason::DropNoRule);
+        dp.verify_mirror().unwrap_or_else(|e| panic!("{e:#}"));
+        let mut patched = live.clone();
+        delta.patch(&mut patched);
+        assert_eq!(
+            dp.generation_entries(g),
+            (
+                patched.ifaces.len(),
+                patched.peers.len(),
+                patched.ports.len()
+            )
+        );
+
+        // And back: the member leaves, the host entry goes.
+        let mut index = index;
+        index.absorb(delta);
+        let back = membership_delta(&after, &before, &b, &patched, &index)
+            .expect("delta")
+            .expect("a membership change");
+        assert_eq!(back.peers.values().filter(|v| v.is_none()).count(), 1);
+        dp.apply_delta(&back)
+            .unwrap_or_else(|e| panic!("apply delta back: {e:#}"));
+        assert_eq!(verdict(&mut dp, net.lo, 3306, 4), Reason::DropNoRule);
+        dp.verify_mirror().unwrap_or_else(|e| panic!("{e:#}"));
+    });
+}

@@ -4,6 +4,9 @@
 //! bytes per conntrack entry, and conntrack filled to capacity with established flows kept
 //! (C6).
 
+use std::collections::BTreeMap;
+
+use crate::image::MapImage;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -134,15 +137,19 @@ pub fn run(opts: &Options, pair: &Pair, hook: IngressHook) -> Result<ControlPlan
     );
 
     // Back to the bench policy, attached, then the membership change.
-    let image3 = compile_for(
+    let bindings: BTreeMap<String, u32> = [(workload::RECEIVER_IFACE.to_string(), ifindex)].into();
+    let (image3, index3) = crate::compile::compile_indexed(
         &policy,
-        ifindex,
-        dp.next_generation(),
+        &bindings,
         &image2.slots,
-        caps.rule_slots,
-    )?;
+        &crate::compile::CompileOptions {
+            generation: dp.next_generation(),
+            slot_capacity: caps.rule_slots,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     dp.apply(&image3)?;
-    match membership(pair, &mut dp, &policy, &image3.slots, caps, hook) {
+    match membership(pair, &mut dp, &policy, &bindings, &image3, &index3, hook) {
         Ok(d) => c.membership_visible_ms = Some(ms(d)),
         Err(e) => c.membership_error = Some(format!("{e:#}")),
     }
@@ -170,8 +177,9 @@ fn membership(
     pair: &Pair,
     dp: &mut Dataplane,
     policy: &crate::policy::Policy,
-    slots: &SlotTable,
-    caps: Capacities,
+    bindings: &BTreeMap<String, u32>,
+    live: &MapImage,
+    index: &crate::compile::Index,
     hook: IngressHook,
 ) -> Result<Duration> {
     let dev = pair.receiver_dev.clone();
@@ -195,15 +203,13 @@ fn membership(
         std::thread::scope(|s| -> Result<Duration> {
             let prober = s.spawn(|| probe(pair, &stop));
             std::thread::sleep(Duration::from_millis(50));
+            // What the daemon does on a reload that only changes memberships: the delta of
+            // the live image, written in place.
             let t0 = Instant::now();
-            let applied = compile_for(
-                &changed,
-                pair.receiver_ifindex,
-                dp.next_generation(),
-                slots,
-                caps.rule_slots,
-            )
-            .and_then(|image| dp.apply(&image));
+            let applied = crate::compile::membership_delta(policy, &changed, bindings, live, index)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|d| d.ok_or_else(|| anyhow::anyhow!("not a membership change")))
+                .and_then(|delta| dp.apply_delta(&delta));
             let arrived = applied.and_then(|_| pair.wait_from(newcomer, Duration::from_secs(30)));
             stop.store(true, Ordering::SeqCst);
             prober

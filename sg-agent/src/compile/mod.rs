@@ -99,7 +99,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sg_common::{CLASS_CHAIN, IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortData};
+use sg_common::{
+    CLASS_CHAIN, IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortData, RuleVal,
+};
 
 use crate::image::{LpmKey, MapImage, SlotTable, SlotsExhausted};
 use crate::policy::{Direction, Family, GroupId, IcmpMatch, Peer, Policy, PortRange, Protocol};
@@ -182,6 +184,17 @@ pub fn compile(
     previous_slots: &SlotTable,
     opts: &CompileOptions,
 ) -> Result<MapImage, CompileError> {
+    compile_indexed(policy, bindings, previous_slots, opts).map(|(image, _)| image)
+}
+
+/// [`compile`], plus the class index that [`membership_delta`] needs to change the image
+/// later without compiling it again.
+pub fn compile_indexed(
+    policy: &Policy,
+    bindings: &BTreeMap<String, u32>,
+    previous_slots: &SlotTable,
+    opts: &CompileOptions,
+) -> Result<(MapImage, Index), CompileError> {
     if opts.generation > 1 {
         return Err(CompileError::BadGeneration(opts.generation));
     }
@@ -211,16 +224,7 @@ pub fn compile(
     let points: Vec<Points> = rules.iter().map(|r| points(&r.protocol)).collect();
 
     // 2. Membership (R1): all interfaces, bound or not.
-    let mut members: BTreeMap<&GroupId, BTreeSet<Prefix>> = BTreeMap::new();
-    for i in &policy.interfaces {
-        for g in &i.groups {
-            if !policy.groups.contains_key(g) {
-                return Err(unresolved("group", g.as_str(), &i.name));
-            }
-            let set = members.entry(g).or_default();
-            set.extend(i.addresses.iter().map(|a| Prefix::host(*a)));
-        }
-    }
+    let members = memberships(policy)?;
 
     // 3. Scopes of the bound interfaces.
     let mut bound: Vec<(&crate::policy::Interface, u32)> = Vec::new();
@@ -246,14 +250,7 @@ pub fn compile(
     let mut ids = Ids::new(gen_bit);
     let mut scope_ids: BTreeMap<&Vec<GroupId>, (u32, u32)> = BTreeMap::new();
     for set in &sets {
-        let mut h = Fnv::new();
-        for g in set {
-            h.bytes(g.as_str().as_bytes());
-            h.bytes(&[0]);
-        }
-        let scope_in = ids.take(h.clone().bytes(b"in").finish())?;
-        let scope_out = ids.take(h.bytes(b"out").finish())?;
-        scope_ids.insert(set, (scope_in, scope_out));
+        scope_ids.insert(set, ids.scopes(set)?);
     }
 
     let mut image = MapImage {
@@ -281,6 +278,7 @@ pub fn compile(
     let mut classes = Classes {
         ids,
         by_entries: HashMap::new(),
+        base: None,
         image: &mut image,
     };
     for (set, &(scope_in, scope_out)) in &scope_ids {
@@ -296,37 +294,7 @@ pub fn compile(
             };
             let here = scope_rules(dir);
             let opposite = scope_rules(dir.opposite());
-            let mut prefixes: BTreeMap<Prefix, Vec<Winner>> = BTreeMap::new();
-            for r in &here {
-                let w = index[r.id.as_str()];
-                let mut add = |p: Prefix| prefixes.entry(p).or_default().push(w);
-                match &r.peer {
-                    Peer::Cidr(net) => add(Prefix::net(net)),
-                    Peer::PrefixList(id) => {
-                        let pl = policy
-                            .prefix_lists
-                            .get(id)
-                            .ok_or_else(|| unresolved("prefix list", id.as_str(), r.id.as_str()))?;
-                        pl.entries.iter().for_each(|e| add(Prefix::net(e)));
-                    }
-                    Peer::Group(g) => {
-                        if !policy.groups.contains_key(g) {
-                            return Err(unresolved("group", g.as_str(), r.id.as_str()));
-                        }
-                        members.get(g).into_iter().flatten().for_each(|p| add(*p));
-                    }
-                }
-            }
-            // IPv6 prefixes inside ::ffff:0:0/96 can match nothing; one containing it needs
-            // the IPv4 barrier (step 4).
-            let mapped = Prefix::V4_ROOT;
-            prefixes.retain(|p, _| p.family == Family::V4 || !mapped.covers(p));
-            if prefixes
-                .keys()
-                .any(|p| p.family == Family::V6 && p.covers(&mapped))
-            {
-                prefixes.entry(mapped).or_default();
-            }
+            let prefixes = scope_prefixes(policy, &members, &here, &index, |_| true)?;
             for fam in [Family::V4, Family::V6] {
                 let c4 = untracked(&here, &opposite, fam);
                 let fam_prefixes = prefixes.iter().filter(|(p, _)| p.family == fam);
@@ -334,8 +302,253 @@ pub fn compile(
             }
         }
     }
+    let index = Index {
+        taken: classes.ids.taken,
+        by_entries: classes.by_entries,
+    };
     image.slots = slots;
-    Ok(image)
+    Ok((image, index))
+}
+
+/// Group -> the host prefixes of its members (R1), over every interface, bound or not.
+fn memberships(policy: &Policy) -> Result<BTreeMap<&GroupId, BTreeSet<Prefix>>, CompileError> {
+    let mut members: BTreeMap<&GroupId, BTreeSet<Prefix>> = BTreeMap::new();
+    for i in &policy.interfaces {
+        for g in &i.groups {
+            if !policy.groups.contains_key(g) {
+                return Err(unresolved("group", g.as_str(), &i.name));
+            }
+            let set = members.entry(g).or_default();
+            set.extend(i.addresses.iter().map(|a| Prefix::host(*a)));
+        }
+    }
+    Ok(members)
+}
+
+/// Step 4 for one (scope, direction): each peer prefix with the rules matching through it,
+/// only the prefixes `keep` accepts. IPv6 prefixes inside ::ffff:0:0/96 can match nothing
+/// and are left out; an IPv6 prefix containing that block adds the IPv4 barrier.
+fn scope_prefixes(
+    policy: &Policy,
+    members: &BTreeMap<&GroupId, BTreeSet<Prefix>>,
+    here: &[&crate::policy::Rule],
+    index: &HashMap<&str, Winner>,
+    keep: impl Fn(&Prefix) -> bool,
+) -> Result<BTreeMap<Prefix, Vec<Winner>>, CompileError> {
+    let mapped = Prefix::V4_ROOT;
+    let mut prefixes: BTreeMap<Prefix, Vec<Winner>> = BTreeMap::new();
+    let mut barrier = false;
+    for r in here {
+        let w = index[r.id.as_str()];
+        let mut add = |p: Prefix| {
+            if p.family == Family::V6 && mapped.covers(&p) {
+                return;
+            }
+            barrier |= p.family == Family::V6 && p.covers(&mapped);
+            if keep(&p) {
+                prefixes.entry(p).or_default().push(w);
+            }
+        };
+        match &r.peer {
+            Peer::Cidr(net) => add(Prefix::net(net)),
+            Peer::PrefixList(id) => {
+                let pl = policy
+                    .prefix_lists
+                    .get(id)
+                    .ok_or_else(|| unresolved("prefix list", id.as_str(), r.id.as_str()))?;
+                pl.entries.iter().for_each(|e| add(Prefix::net(e)));
+            }
+            Peer::Group(g) => {
+                if !policy.groups.contains_key(g) {
+                    return Err(unresolved("group", g.as_str(), r.id.as_str()));
+                }
+                members.get(g).into_iter().flatten().for_each(|p| add(*p));
+            }
+        }
+    }
+    if barrier && keep(&mapped) {
+        prefixes.entry(mapped).or_default();
+    }
+    Ok(prefixes)
+}
+
+/// What a membership change does to a compiled image: new values (None: delete) for the peer
+/// entries of the hosts whose groups changed, and the entries of the classes they need that
+/// the image lacks. Every other entry of the image is unchanged (see [`membership_delta`]).
+#[derive(Clone, Debug, Default)]
+pub struct Delta {
+    pub generation: u32,
+    pub peers: BTreeMap<LpmKey<PeerData>, Option<PeerVal>>,
+    pub ports: BTreeMap<LpmKey<PortData>, RuleVal>,
+    new_ids: BTreeSet<u32>,
+    new_classes: HashMap<Vec<ports::PortEntry>, u32>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty() && self.ports.is_empty()
+    }
+
+    /// Makes `image` what compiling the new policy would give (plus the classes nothing
+    /// references any more: they stay until the next full compile).
+    pub fn patch(&self, image: &mut MapImage) {
+        for (k, v) in &self.peers {
+            match v {
+                Some(v) => image.peers.insert(*k, *v),
+                None => image.peers.remove(k),
+            };
+        }
+        image.ports.extend(self.ports.iter().map(|(k, v)| (*k, *v)));
+    }
+}
+
+/// The rules, prefix lists and bound interfaces' groups of two policies are the same: only
+/// memberships (interfaces, their addresses and groups, bound or not) may differ.
+fn same_but_members(a: &Policy, b: &Policy, bindings: &BTreeMap<String, u32>) -> bool {
+    fn rules(p: &Policy) -> Vec<(RuleKey<'_>, &GroupId)> {
+        p.groups
+            .values()
+            .flat_map(|g| {
+                [Direction::Ingress, Direction::Egress]
+                    .into_iter()
+                    .flat_map(|d| g.rules(d))
+                    .map(move |r| ((&r.id, r.direction, &r.protocol, &r.peer), &g.id))
+            })
+            .collect()
+    }
+    fn lists(p: &Policy) -> Vec<(&crate::policy::PrefixListId, &Vec<IpNet>)> {
+        p.prefix_lists
+            .values()
+            .map(|l| (&l.id, &l.entries))
+            .collect()
+    }
+    fn bound<'p>(
+        p: &'p Policy,
+        bindings: &BTreeMap<String, u32>,
+    ) -> Option<Vec<(BTreeSet<&'p GroupId>, crate::policy::Timeouts)>> {
+        bindings
+            .keys()
+            .map(|n| {
+                p.interface(n)
+                    .map(|i| (i.groups.iter().collect(), i.timeouts))
+            })
+            .collect()
+    }
+    let before = bound(a, bindings);
+    a.groups.keys().eq(b.groups.keys())
+        && rules(a) == rules(b)
+        && lists(a) == lists(b)
+        && before.is_some()
+        && before == bound(b, bindings)
+}
+
+type RuleKey<'a> = (&'a crate::policy::RuleId, Direction, &'a Protocol, &'a Peer);
+
+/// When `after` differs from `before` (compiled into `image`, with `index`, for `bindings`)
+/// only by memberships, the change as a [`Delta`] of `image`; None when anything else
+/// changed (then compile it whole).
+///
+/// A host prefix's chain depends only on the prefixes covering it, so only the peer entries
+/// of hosts that joined or left a group can change: each is recomputed by walking its
+/// covering prefixes alone, with the classes interned against `index` (same content, same
+/// id). The property tests check that the patched image answers like a full compile.
+pub fn membership_delta(
+    before: &Policy,
+    after: &Policy,
+    bindings: &BTreeMap<String, u32>,
+    image: &MapImage,
+    index: &Index,
+) -> Result<Option<Delta>, CompileError> {
+    if !same_but_members(before, after, bindings) {
+        return Ok(None);
+    }
+    let (m0, m1) = (memberships(before)?, memberships(after)?);
+    let mut hosts: BTreeSet<Prefix> = BTreeSet::new();
+    for g in m0.keys().chain(m1.keys()) {
+        let (a, b) = (m0.get(g), m1.get(g));
+        let (a, b) = (
+            a.cloned().unwrap_or_default(),
+            b.cloned().unwrap_or_default(),
+        );
+        hosts.extend(a.symmetric_difference(&b));
+    }
+    let gen_bit = image.generation << 31;
+    let mut delta = Delta {
+        generation: image.generation,
+        ..Delta::default()
+    };
+    if hosts.is_empty() {
+        return Ok(Some(delta));
+    }
+    let mut rules: Vec<&crate::policy::Rule> = after.all_rules().collect();
+    rules.sort_by(|a, b| a.id.cmp(&b.id));
+    let index_of: HashMap<&str, Winner> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i as Winner))
+        .collect();
+    let points: Vec<Points> = rules.iter().map(|r| points(&r.protocol)).collect();
+    let slot_of: Vec<u32> = rules
+        .iter()
+        .map(|r| image.slots.slot(&r.id))
+        .collect::<Option<_>>()
+        .ok_or(CompileError::TooManyIds(
+            "slots (a rule without a slot: recompile)",
+        ))?;
+    let sets: BTreeSet<Vec<GroupId>> = bindings
+        .keys()
+        .filter_map(|n| after.interface(n))
+        .map(|i| {
+            i.groups
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        })
+        .collect();
+    let mut scope_ids = Ids::new(gen_bit);
+    let mut scratch = MapImage::default();
+    let mut classes = Classes {
+        ids: Ids::new(gen_bit),
+        by_entries: HashMap::new(),
+        base: Some(index),
+        image: &mut scratch,
+    };
+    for set in &sets {
+        let (scope_in, scope_out) = scope_ids.scopes(set)?;
+        for (dir, scope) in [
+            (Direction::Ingress, scope_in),
+            (Direction::Egress, scope_out),
+        ] {
+            let scope_rules = |d: Direction| -> Vec<&crate::policy::Rule> {
+                set.iter()
+                    .filter_map(|g| after.groups.get(g))
+                    .flat_map(|g| g.rules(d))
+                    .collect()
+            };
+            let here = scope_rules(dir);
+            let opposite = scope_rules(dir.opposite());
+            let c4 = [Family::V4, Family::V6].map(|fam| untracked(&here, &opposite, fam));
+            for h in &hosts {
+                let covering = scope_prefixes(after, &m1, &here, &index_of, |p| {
+                    p.family == h.family && p.covers(h)
+                })?;
+                classes.image.peers.clear();
+                let c4 = &c4[usize::from(h.family == Family::V6)];
+                walk(scope, covering.iter(), &points, &slot_of, c4, &mut classes)?;
+                let key = h.key(scope);
+                let new = classes.image.peers.get(&key).copied();
+                if image.peers.get(&key).copied() != new {
+                    delta.peers.insert(key, new);
+                }
+            }
+        }
+    }
+    delta.new_ids = classes.ids.taken;
+    delta.new_classes = classes.by_entries;
+    delta.ports = std::mem::take(&mut scratch.ports);
+    Ok(Some(delta))
 }
 
 fn unresolved(what: &'static str, id: &str, by: &str) -> CompileError {
@@ -437,12 +650,29 @@ impl Ids {
         }
     }
 
+    /// The ids `scope_in`/`scope_out` of the interfaces carrying `set`.
+    fn scopes(&mut self, set: &[GroupId]) -> Result<(u32, u32), CompileError> {
+        let mut h = Fnv::new();
+        for g in set {
+            h.bytes(g.as_str().as_bytes());
+            h.bytes(&[0]);
+        }
+        let scope_in = self.take(h.clone().bytes(b"in").finish())?;
+        let scope_out = self.take(h.bytes(b"out").finish())?;
+        Ok((scope_in, scope_out))
+    }
+
     fn take(&mut self, hash: u64) -> Result<u32, CompileError> {
+        self.take_beside(hash, None)
+    }
+
+    /// [`Ids::take`], also avoiding the ids of `base`.
+    fn take_beside(&mut self, hash: u64, base: Option<&Index>) -> Result<u32, CompileError> {
         if self.taken.len() >= (1 << 31) - 2 {
             return Err(CompileError::TooManyIds("scopes and classes"));
         }
         let mut h = ((hash ^ (hash >> 31) ^ (hash >> 62)) as u32) & 0x7fff_ffff;
-        while h == 0 || self.taken.contains(&h) {
+        while h == 0 || self.taken.contains(&h) || base.is_some_and(|b| b.taken.contains(&h)) {
             h = (h + 1) & 0x7fff_ffff;
         }
         self.taken.insert(h);
@@ -473,7 +703,25 @@ impl Fnv {
 struct Classes<'a> {
     ids: Ids,
     by_entries: HashMap<Vec<ports::PortEntry>, u32>,
+    /// Classes an earlier compile already has (a delta only writes the ones it lacks).
+    base: Option<&'a Index>,
     image: &'a mut MapImage,
+}
+
+/// The scope and class ids of a compiled image, and each class's entries: what a
+/// [`membership_delta`] needs to reuse the image's classes and pick fresh ids.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    taken: BTreeSet<u32>,
+    by_entries: HashMap<Vec<ports::PortEntry>, u32>,
+}
+
+impl Index {
+    /// Takes in the classes a delta added (after it was applied).
+    pub fn absorb(&mut self, delta: Delta) {
+        self.taken.extend(delta.new_ids);
+        self.by_entries.extend(delta.new_classes);
+    }
 }
 
 impl Classes<'_> {
@@ -481,6 +729,9 @@ impl Classes<'_> {
     fn intern(&mut self, entries: Vec<ports::PortEntry>) -> Result<(u32, usize), CompileError> {
         let n = entries.len();
         if let Some(&id) = self.by_entries.get(&entries) {
+            return Ok((id, n));
+        }
+        if let Some(&id) = self.base.and_then(|b| b.by_entries.get(&entries)) {
             return Ok((id, n));
         }
         let mut h = Fnv::new();
@@ -491,7 +742,7 @@ impl Classes<'_> {
                 .bytes(&val.slot.to_le_bytes())
                 .bytes(&val.flags.to_le_bytes());
         }
-        let id = self.ids.take(h.finish())?;
+        let id = self.ids.take_beside(h.finish(), self.base)?;
         for &(prefix_len, proto, port, val) in &entries {
             self.image.ports.insert(
                 LpmKey {

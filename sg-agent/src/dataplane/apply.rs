@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{MapError, PerCpuValues};
-use sg_common::{IfaceConf, IfaceKey, PeerData, PeerVal, PortData, RuleCounter, RuleVal, maps};
+use sg_common::{
+    IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortData, RuleCounter, RuleVal, maps,
+};
 
 use super::{Dataplane, Maps};
 use crate::image::{LpmKey, MapImage, SlotTable};
@@ -260,6 +262,105 @@ impl Dataplane {
             .known_slots
             .extend(image.ports.values().map(|v| v.slot));
         Ok(report)
+    }
+
+    /// Applies a membership change ([`crate::compile::membership_delta`]) to the live
+    /// generation in place, without a flip: first the classes it adds (nothing references
+    /// them yet), then its peer entries. Only host entries (/32, /128) change and no two of
+    /// them nest, so each packet's one peer lookup finds either its host's old entry or its
+    /// new one, each whole: one policy or the other, never a mix. Classes nothing references
+    /// any more stay until the next whole apply. On error the peer entries already written
+    /// are put back.
+    pub fn apply_delta(&mut self, delta: &crate::compile::Delta) -> Result<ApplyReport> {
+        let start = Instant::now();
+        let g = self.mirror.active;
+        if delta.generation != g || self.mirror.gens[g as usize].ifaces.is_empty() {
+            bail!(
+                "the delta is for generation {}, but generation {g} is live{}; hint: compile \
+                 the policy whole",
+                delta.generation,
+                if self.mirror.gens[g as usize].ifaces.is_empty() {
+                    " and empty"
+                } else {
+                    ""
+                }
+            );
+        }
+        let host = PEER_SCOPE_BITS + 128;
+        for (k, v) in &delta.peers {
+            let chain_ok = v.is_none_or(|v| v.classes.iter().all(|&c| c == 0 || c >> 31 == g));
+            if k.prefix_len != host || peer_generation(&k.data) != g || !chain_ok {
+                bail!("the delta changes {k:?} -> {v:?}: not a host entry of generation {g}");
+            }
+        }
+        for (k, v) in &delta.ports {
+            if port_generation(&k.data) != g
+                || v.slot == sg_common::NO_RULE_SLOT
+                || v.slot >= self.caps.rule_slots
+            {
+                bail!("the delta adds {k:?} -> {v:?}: not an entry of generation {g}");
+            }
+        }
+        let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[g as usize]);
+        let mut written = 0;
+        for (k, v) in &delta.ports {
+            if mirror.ports.get(k) == Some(v) {
+                continue;
+            }
+            maps.ports
+                .insert(&key(k), *v, 0)
+                .map_err(|e| map_error(maps::PORTS, "insert", k, e))?;
+            mirror.ports.insert(*k, *v);
+            written += 1;
+        }
+        let mut done: Vec<(LpmKey<PeerData>, Option<PeerVal>)> = Vec::new();
+        let mut failed = None;
+        for (k, v) in &delta.peers {
+            let old = mirror.peers.get(k).copied();
+            let r = match v {
+                Some(v) => maps
+                    .peers
+                    .insert(&key(k), *v, 0)
+                    .map_err(|e| map_error(maps::PEERS, "insert", k, e)),
+                None => match maps.peers.remove(&key(k)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(map_error(maps::PEERS, "delete", k, e)),
+                },
+            };
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+            match v {
+                Some(v) => mirror.peers.insert(*k, *v),
+                None => mirror.peers.remove(k),
+            };
+            done.push((*k, old));
+            written += 1;
+        }
+        if let Some(e) = failed {
+            for (k, old) in done.into_iter().rev() {
+                let r = match old {
+                    Some(v) => maps.peers.insert(&key(&k), v, 0).map(|()| {
+                        mirror.peers.insert(k, v);
+                    }),
+                    None => maps.peers.remove(&key(&k)).map(|()| {
+                        mirror.peers.remove(&k);
+                    }),
+                };
+                if let Err(e2) = r {
+                    log::warn!("putting back {k:?} after a failed membership change: {e2}");
+                }
+            }
+            return Err(e.context("membership change failed; the entries it wrote were put back"));
+        }
+        Ok(ApplyReport {
+            generation: g,
+            entries: delta.peers.len() + delta.ports.len(),
+            written,
+            to_flip: start.elapsed(),
+            ..ApplyReport::default()
+        })
     }
 
     /// The entries of one generation as the mirror knows them (for tests and `status`).
