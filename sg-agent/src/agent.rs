@@ -188,6 +188,17 @@ pub struct Agent {
     /// A daemon's agent: once it has applied, finding the namespace detached under it (by
     /// `sg-agent detach`) stops an apply with [`DetachedUnderUs`] instead of starting over.
     pub stop_if_detached: bool,
+    /// What this agent last applied whole, kept so that a reload that only changes
+    /// memberships is a delta of the live image (a daemon's common case).
+    live: Option<Live>,
+}
+
+/// The live generation as this agent wrote it.
+struct Live {
+    policy: Policy,
+    bindings: BTreeMap<String, u32>,
+    image: crate::image::MapImage,
+    index: compile::Index,
 }
 
 /// The namespace was detached while this agent was running (see
@@ -217,6 +228,7 @@ impl Agent {
             capacities: Capacities::default(),
             warnings,
             stop_if_detached: false,
+            live: None,
         })
     }
 
@@ -239,6 +251,7 @@ impl Agent {
             capacities: Capacities::default(),
             warnings,
             stop_if_detached: false,
+            live: None,
         })
     }
 
@@ -315,6 +328,9 @@ impl Agent {
             && !dp.still_current().unwrap_or(false)
         {
             self.dp = None;
+        }
+        if self.dp.is_none() {
+            self.live = None;
         }
         Ok(())
     }
@@ -399,6 +415,11 @@ impl Agent {
         }
         let diff = diff(&self.state.applied, &new_applied);
         let text = src.text()?;
+        if let Some(done) =
+            self.apply_membership(src, policy, &by_name, &new_applied, &text, &diff, t0)?
+        {
+            return Ok(done);
+        }
         let links = self.links_dir();
         let prev_slots = self.state.slot_table();
         let prev_hooks = self.state.hooks.clone();
@@ -406,7 +427,7 @@ impl Agent {
         let cookie = crate::state::netns_cookie().unwrap_or(0);
         let dp = self.dataplane()?;
         let tc = Instant::now();
-        let mut image = compile::compile(
+        let (mut image, index) = compile::compile_indexed(
             policy,
             &by_name,
             &prev_slots,
@@ -539,6 +560,12 @@ impl Agent {
         )?;
         self.sd.save(&st)?;
         self.state = st;
+        self.live = Some(Live {
+            policy: policy.clone(),
+            bindings: by_name,
+            image,
+            index,
+        });
         Ok(ApplyOutcome {
             source: src.describe(),
             dry_run: false,
@@ -553,6 +580,89 @@ impl Agent {
             compile_ms,
             total_ms: ms(t0.elapsed()),
         })
+    }
+
+    /// A reload that only changes memberships (instances joining or leaving groups, their
+    /// addresses), on the interfaces this agent bound and attached last time: the delta of
+    /// the live image, written in place (`Dataplane::apply_delta`), no compile of the whole
+    /// policy, no attach, no flip. None when that does not apply: the caller applies whole.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_membership(
+        &mut self,
+        src: &dyn PolicySource,
+        policy: &Policy,
+        by_name: &BTreeMap<String, u32>,
+        new_applied: &Applied,
+        text: &str,
+        diff: &Diff,
+        t0: Instant,
+    ) -> Result<Option<ApplyOutcome>> {
+        let (Some(live), Some(dp)) = (self.live.as_mut(), self.dp.as_mut()) else {
+            return Ok(None);
+        };
+        if live.bindings != *by_name || dp.active_generation() != live.image.generation {
+            return Ok(None);
+        }
+        let links = self.sd.pins.join("links");
+        let pinned: BTreeSet<u32> = dataplane::pinned_ifaces(&links)
+            .iter()
+            .filter(|p| p.live)
+            .map(|p| p.ifindex)
+            .collect();
+        if !by_name.values().all(|i| pinned.contains(i)) {
+            return Ok(None);
+        }
+        let tc = Instant::now();
+        let delta = match compile::membership_delta(
+            &live.policy,
+            policy,
+            by_name,
+            &live.image,
+            &live.index,
+        ) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                log::debug!("membership delta: {e}; applying whole");
+                return Ok(None);
+            }
+        };
+        let compile_ms = ms(tc.elapsed());
+        let report = dp
+            .apply_delta(&delta)
+            .context("changing memberships in place (the previous policy stays)")?;
+        let to_effect_ms = ms(t0.elapsed());
+        delta.patch(&mut live.image);
+        live.policy = policy.clone();
+        live.index.absorb(delta);
+        let mut st = self.state.clone();
+        st.source = src.describe();
+        st.applied_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        st.applied = new_applied.clone();
+        crate::state::write_private(&self.sd.run.join("policy.applied"), text.as_bytes())
+            .context("saving the applied policy text")?;
+        self.sd.save(&st)?;
+        self.state = st;
+        Ok(Some(ApplyOutcome {
+            source: src.describe(),
+            dry_run: false,
+            diff: diff.clone(),
+            generation: report.generation,
+            entries: report.entries,
+            attached: Vec::new(),
+            detached: Vec::new(),
+            notes: vec![format!(
+                "membership change: {} entries written in place, no flip",
+                report.written
+            )],
+            to_effect_ms,
+            swap_ms: ms(report.to_flip),
+            compile_ms,
+            total_ms: ms(t0.elapsed()),
+        }))
     }
 
     /// The policy as last applied (its saved text, re-validated).
