@@ -286,14 +286,8 @@ pub fn compile_indexed(
             (Direction::Ingress, scope_in),
             (Direction::Egress, scope_out),
         ] {
-            let scope_rules = |d: Direction| -> Vec<&crate::policy::Rule> {
-                set.iter()
-                    .filter_map(|g| policy.groups.get(g))
-                    .flat_map(|g| g.rules(d))
-                    .collect()
-            };
-            let here = scope_rules(dir);
-            let opposite = scope_rules(dir.opposite());
+            let here = scope_rules(policy, set, dir);
+            let opposite = scope_rules(policy, set, dir.opposite());
             let prefixes = scope_prefixes(policy, &members, &here, &index, |_| true)?;
             for fam in [Family::V4, Family::V6] {
                 let c4 = untracked(&here, &opposite, fam);
@@ -308,6 +302,18 @@ pub fn compile_indexed(
     };
     image.slots = slots;
     Ok((image, index))
+}
+
+/// The rules of one direction of the groups in `set`: a scope's rule set (E3).
+fn scope_rules<'p>(
+    policy: &'p Policy,
+    set: &[GroupId],
+    dir: Direction,
+) -> Vec<&'p crate::policy::Rule> {
+    set.iter()
+        .filter_map(|g| policy.groups.get(g))
+        .flat_map(|g| g.rules(dir))
+        .collect()
 }
 
 /// Group -> the host prefixes of its members (R1), over every interface, bound or not.
@@ -521,14 +527,8 @@ pub fn membership_delta(
             (Direction::Ingress, scope_in),
             (Direction::Egress, scope_out),
         ] {
-            let scope_rules = |d: Direction| -> Vec<&crate::policy::Rule> {
-                set.iter()
-                    .filter_map(|g| after.groups.get(g))
-                    .flat_map(|g| g.rules(d))
-                    .collect()
-            };
-            let here = scope_rules(dir);
-            let opposite = scope_rules(dir.opposite());
+            let here = scope_rules(after, set, dir);
+            let opposite = scope_rules(after, set, dir.opposite());
             let c4 = [Family::V4, Family::V6].map(|fam| untracked(&here, &opposite, fam));
             for h in &hosts {
                 let covering = scope_prefixes(after, &m1, &here, &index_of, |p| {

@@ -314,45 +314,20 @@ impl Dataplane {
             written += 1;
         }
         let mut done: Vec<(LpmKey<PeerData>, Option<PeerVal>)> = Vec::new();
-        let mut failed = None;
         for (k, v) in &delta.peers {
             let old = mirror.peers.get(k).copied();
-            let r = match v {
-                Some(v) => maps
-                    .peers
-                    .insert(&key(k), *v, 0)
-                    .map_err(|e| map_error(maps::PEERS, "insert", k, e)),
-                None => match maps.peers.remove(&key(k)) {
-                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                    Err(e) => Err(map_error(maps::PEERS, "delete", k, e)),
-                },
-            };
-            if let Err(e) = r {
-                failed = Some(e);
-                break;
+            if let Err(e) = set_peer(maps, mirror, k, *v) {
+                for (k, old) in done.into_iter().rev() {
+                    if let Err(e2) = set_peer(maps, mirror, &k, old) {
+                        log::warn!("putting back {k:?} after a failed membership change: {e2:#}");
+                    }
+                }
+                return Err(
+                    e.context("membership change failed; the entries it wrote were put back")
+                );
             }
-            match v {
-                Some(v) => mirror.peers.insert(*k, *v),
-                None => mirror.peers.remove(k),
-            };
             done.push((*k, old));
             written += 1;
-        }
-        if let Some(e) = failed {
-            for (k, old) in done.into_iter().rev() {
-                let r = match old {
-                    Some(v) => maps.peers.insert(&key(&k), v, 0).map(|()| {
-                        mirror.peers.insert(k, v);
-                    }),
-                    None => maps.peers.remove(&key(&k)).map(|()| {
-                        mirror.peers.remove(&k);
-                    }),
-                };
-                if let Err(e2) = r {
-                    log::warn!("putting back {k:?} after a failed membership change: {e2}");
-                }
-            }
-            return Err(e.context("membership change failed; the entries it wrote were put back"));
         }
         Ok(ApplyReport {
             generation: g,
@@ -527,6 +502,31 @@ impl Dataplane {
             Some(e) => Err(e),
         }
     }
+}
+
+/// Writes (Some) or deletes (None) one peer entry, then records it in the mirror.
+fn set_peer(
+    maps: &mut Maps,
+    mirror: &mut GenEntries,
+    k: &LpmKey<PeerData>,
+    v: Option<PeerVal>,
+) -> Result<()> {
+    match v {
+        Some(v) => {
+            maps.peers
+                .insert(&key(k), v, 0)
+                .map_err(|e| map_error(maps::PEERS, "insert", k, e))?;
+            mirror.peers.insert(*k, v);
+        }
+        None => {
+            match maps.peers.remove(&key(k)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(maps::PEERS, "delete", k, e)),
+            }
+            mirror.peers.remove(k);
+        }
+    }
+    Ok(())
 }
 
 /// A map error with the map, the operation, the key, and a hint for the common causes.
