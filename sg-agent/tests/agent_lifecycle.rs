@@ -35,7 +35,7 @@ fn policy_maps(site: &Site) -> String {
     for m in ["SG_ACTIVE", "SG_IFACES", "SG_PEERS", "SG_PORTS"] {
         let p = site
             .pins
-            .join(&format!("maps/abi-{}", sg_common::ABI_VERSION))
+            .join(format!("maps/abi-{}", sg_common::ABI_VERSION))
             .join(m);
         let o = run_bounded(
             {
@@ -59,7 +59,7 @@ fn pinned_ids(site: &Site) -> Vec<(String, u64)> {
         (
             "map",
             site.pins
-                .join(&format!("maps/abi-{}", sg_common::ABI_VERSION)),
+                .join(format!("maps/abi-{}", sg_common::ABI_VERSION)),
         ),
     ] {
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
