@@ -284,7 +284,9 @@ const _: () = assert!(size_of::<FlowKey>() == 44);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowVal {
+    /// CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`, tick precision) at creation.
     pub created_ns: u64,
+    /// CLOCK_MONOTONIC_COARSE at the last packet that refreshed the flow.
     pub seen_ns: u64,
     /// [original direction, reply direction]
     pub packets: [u64; 2],
@@ -359,6 +361,7 @@ const _: () = assert!(size_of::<FragKey>() == 48);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FragVal {
+    /// CLOCK_MONOTONIC_COARSE when the first fragment was judged.
     pub first_ns: u64,
     pub rule_slot: u32,
     /// 1 pass, 0 drop.

@@ -86,7 +86,7 @@ pub const fn addr(w: &Words) -> Addr {
 /// step takes one argument for "the packet".
 #[derive(Clone, Copy)]
 pub struct Pkt {
-    /// `bpf_ktime_get_ns` when judging started (0 until parsing succeeded).
+    /// `bpf_ktime_get_coarse_ns` when judging started (0 until parsing succeeded).
     pub now: u64,
     pub src: Words,
     pub dst: Words,
