@@ -81,7 +81,7 @@ fn exemption(pkt: &Pkt) -> Option<Reason> {
 fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
     let key = conntrack::key_of(pkt);
     if let Some(k) = &key
-        && let Some(v) = conntrack::lookup(k, pkt)
+        && let Some(v) = conntrack::lookup(k.key(), pkt)
     {
         return v;
     }
@@ -100,7 +100,7 @@ fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
                 && conntrack::opens_flow(pkt)
                 && !policy::answers_untracked(conf, pkt) =>
         {
-            conntrack::create(&k, pkt, &conf.timeouts, rule.slot)
+            conntrack::create(k.key(), pkt, &conf.timeouts, rule.slot)
         }
         // C4 untracked flows (and answers within them), ICMP errors, echo replies and other
         // ICMP types.

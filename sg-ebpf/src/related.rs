@@ -104,7 +104,8 @@ fn lookup_inline<C: Hook>(ctx: &C, pkt: &Pkt) -> Option<Verdict> {
     } else {
         DIR_INGRESS
     };
-    let key = flow_key(pkt.ifindex, odir, iproto, &src, &dst, Some(ports));
+    let key = flow_key(pkt.ifindex, odir, iproto, &src, &dst, ports);
+    let key = key.key();
     // Reads only; a value freed under us is still readable memory (NO_PREALLOC, RCU).
     let flow = match unsafe { SG_CT.get(key) } {
         Some(f) => Some(f),
