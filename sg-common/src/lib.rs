@@ -261,8 +261,9 @@ pub const NO_RULE_SLOT: u32 = 0;
 /// (local, remote) so that both directions find the same entry.
 ///
 /// The ifindex is part of the key: a packet on one interface can never use or refresh state
-/// of another. Ports: TCP/UDP ports; ICMP echo: `lport = id`, `rport = 0`; other protocols
-/// (C3): both 0.
+/// of another. Ports: TCP/UDP ports; ICMP echo: `lport = id`, `rport` = which side opened
+/// the flow ([`ECHO_OPENED_BY_PEER`] or 0), so pings with one id from both sides are two
+/// flows; other protocols (C3): both 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -275,6 +276,10 @@ pub struct FlowKey {
     pub remote: Addr,
 }
 const _: () = assert!(size_of::<FlowKey>() == 44);
+
+/// `FlowKey::rport` of an ICMP echo flow opened by the remote side (an echo request came
+/// in); 0 when this host opened it (an echo request went out).
+pub const ECHO_OPENED_BY_PEER: u16 = 1;
 
 /// Value of the conntrack maps.
 ///

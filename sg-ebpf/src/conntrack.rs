@@ -20,7 +20,10 @@
 //!   packet are lost, harmless). A packet that looks the flow up between the insert and the
 //!   delete finds it in `SG_CT` first.
 use aya_ebpf::bindings::BPF_NOEXIST;
-use sg_common::{FlowKey, FlowVal, Reason, Timeouts, ct_flags, ct_stat, ct_state};
+use sg_common::{
+    DIR_INGRESS, ECHO_OPENED_BY_PEER, FlowKey, FlowVal, Reason, Timeouts, ct_flags, ct_stat,
+    ct_state,
+};
 
 use crate::{
     maps::{SG_CT, SG_CT_NEW, ct_stat},
@@ -94,7 +97,7 @@ pub fn flow_key(
     ports: (u16, u16),
 ) -> KeyBuf {
     let (sport, dport) = ports;
-    let (local, remote, lport, rport) = if dir == sg_common::DIR_INGRESS {
+    let (local, remote, lport, rport) = if dir == DIR_INGRESS {
         (dst, src, dport, sport)
     } else {
         (src, dst, sport, dport)
@@ -113,21 +116,16 @@ pub fn flow_key(
     }
 }
 
-/// The key of `pkt` itself (see [`flow_key`]). Ports: TCP/UDP ports; ICMP echo: (id, 0);
-/// other protocols (C3): (0, 0). ICMP other than echo belongs to no flow: `None`.
+/// The key of `pkt` itself (see [`flow_key`]). Ports: TCP/UDP ports; ICMP echo: (id,
+/// opener) as seen from the local side, see [`echo_ports`]; other protocols (C3): (0, 0).
+/// ICMP other than echo belongs to no flow: `None`.
 #[inline(always)]
 pub fn key_of(pkt: &Pkt) -> Option<KeyBuf> {
     let dir = pkt.dir;
     let ports = match pkt.l4 {
         L4_TCP | L4_UDP => (pkt.sport, pkt.dport),
-        // The echo id is the local port whichever way the packet goes: (id, 0) as seen from
-        // the local side, i.e. sport on egress and dport on ingress.
         L4_ICMP if is_echo_request(pkt) || is_echo_reply(pkt) => {
-            if dir == sg_common::DIR_INGRESS {
-                (0, pkt.icmp_id)
-            } else {
-                (pkt.icmp_id, 0)
-            }
+            echo_ports(dir, pkt.icmp_id, is_echo_request(pkt))
         }
         L4_ICMP => return None,
         _ => (0, 0),
@@ -140,6 +138,24 @@ pub fn key_of(pkt: &Pkt) -> Option<KeyBuf> {
         &pkt.dst,
         ports,
     ))
+}
+
+/// The (source, destination) "ports" of an ICMP echo request or reply with identifier `id`
+/// seen in direction `dir`, for [`flow_key`]: as seen from the local side, the local port is
+/// the id and the remote port says which side opened the flow (`ECHO_OPENED_BY_PEER` when
+/// an echo request came in, 0 when this host sent one). A request opens its flow in its own
+/// direction, a reply answers a flow opened in the other, so a request and its reply meet
+/// in one entry, and pings with one id from both sides are two flows (C2).
+#[inline(always)]
+pub fn echo_ports(dir: u8, id: u16, request: bool) -> (u16, u16) {
+    let opened_inbound = (dir == DIR_INGRESS) == request;
+    let opener = if opened_inbound { ECHO_OPENED_BY_PEER } else { 0 };
+    // flow_key swaps on ingress: (remote, local) there, (local, remote) on egress.
+    if dir == DIR_INGRESS {
+        (opener, id)
+    } else {
+        (id, opener)
+    }
 }
 
 /// Whether an allowed packet opens a flow (design.md "Pipeline" 7): TCP, UDP, ICMP echo
@@ -249,7 +265,8 @@ fn hit(key: &FlowKey, p: *mut FlowVal, confirmed: bool, pkt: &Pkt) -> Option<Ver
     }
     let from_origin = v.origin == pkt.dir;
     // C2 echo roles: a request matches only in the direction that opened the flow, a reply
-    // only in the other.
+    // only in the other. The echo key already says which side opened the flow (echo_ports),
+    // so this only refuses entries keyed before it did (state adopted across an upgrade).
     if pkt.l4 == L4_ICMP && (is_echo_request(pkt) != from_origin) {
         return None;
     }
@@ -307,8 +324,8 @@ pub fn create(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
         // siblings on the stack rather than nested.)
         None => match lookup(key, pkt) {
             Some(v) => v,
-            // The key is taken by an entry this packet cannot use (an ICMP echo request
-            // against a flow the peer opened with the same id): allowed, but stateless.
+            // The key is taken by an entry this packet cannot use (expired meanwhile, or an
+            // echo entry keyed before echo keys carried their opener): allowed, stateless.
             None => Verdict::rule(Reason::PassRuleUntracked, slot),
         },
     }

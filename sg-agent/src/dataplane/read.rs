@@ -62,6 +62,22 @@ pub struct CtEntry {
 }
 
 impl CtEntry {
+    /// (local, remote) ports as a user reads them: TCP/UDP ports; ICMP echo: (id, 0) (the
+    /// key's remote port only records which side opened the flow, `ECHO_OPENED_BY_PEER`);
+    /// other protocols: (0, 0).
+    pub fn ports(&self) -> (u16, u16) {
+        let icmp = if self.local.is_ipv4() {
+            sg_common::proto::ICMP
+        } else {
+            sg_common::proto::ICMPV6
+        };
+        if self.key.proto == icmp {
+            (self.key.lport, 0)
+        } else {
+            (self.key.lport, self.key.rport)
+        }
+    }
+
     pub fn state_name(&self) -> &'static str {
         match self.val.state {
             ct_state::NEW => "new",
