@@ -218,31 +218,48 @@ fn next_state(pkt: &Pkt, state: u8, from_origin: bool, packets: &[u64; 2]) -> u8
 
 /// Looks the packet's flow up, `SG_CT` first, then `SG_CT_NEW`, and applies a hit.
 /// `None`: a miss (absent, expired -- then deleted -- or an ICMP echo in the wrong role).
+///
+/// The `SG_CT` half is inlined into the entry point: an established flow's packet is a hit
+/// there, so its whole judgement runs without a BPF-to-BPF call, and a confirmed hit never
+/// promotes (no `FlowVal` copy on the entry's stack). `SG_CT_NEW`, where hits may promote,
+/// is a call of its own.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
-    unpack(lookup_call(key, pkt))
-}
-
-/// A BPF-to-BPF call of its own: its stack frame is not the entry point's.
-// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
-#[inline(never)]
-fn lookup_call(key: &FlowKey, pkt: &Pkt) -> Packed {
-    pack(lookup_inline(key, pkt))
-}
-
-#[inline(always)]
-fn lookup_inline(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
     if let Some(p) = SG_CT.get_ptr_mut(key)
         && let Some(v) = hit(key, p, true, pkt)
     {
         return Some(v);
     }
-    if let Some(p) = SG_CT_NEW.get_ptr_mut(key)
-        && let Some(v) = hit(key, p, false, pkt)
+    unpack(lookup_new_call(key, pkt))
+}
+
+/// [`lookup`] as one BPF-to-BPF call (both tables), for callers off the hot path.
+#[inline(always)]
+pub fn lookup_cold(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
+    unpack(lookup_call(key, pkt))
+}
+
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
+#[inline(never)]
+fn lookup_call(key: &FlowKey, pkt: &Pkt) -> Packed {
+    if let Some(p) = SG_CT.get_ptr_mut(key)
+        && let Some(v) = hit(key, p, true, pkt)
     {
-        return Some(v);
+        return pack(Some(v));
     }
-    None
+    pack(lookup_new(key, pkt))
+}
+
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
+#[inline(never)]
+fn lookup_new_call(key: &FlowKey, pkt: &Pkt) -> Packed {
+    pack(lookup_new(key, pkt))
+}
+
+#[inline(always)]
+fn lookup_new(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
+    let p = SG_CT_NEW.get_ptr_mut(key)?;
+    hit(key, p, false, pkt)
 }
 
 /// Applies a hit on the entry at `p` (in `SG_CT` when `confirmed`).
@@ -322,7 +339,7 @@ pub fn create(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
         // Another CPU created this flow between our lookup and our insert: it is a hit now.
         // (Looked up again from here, not from inside `create_call`, so the two frames are
         // siblings on the stack rather than nested.)
-        None => match lookup(key, pkt) {
+        None => match lookup_cold(key, pkt) {
             Some(v) => v,
             // The key is taken by an entry this packet cannot use (expired meanwhile, or an
             // echo entry keyed before echo keys carried their opener): allowed, stateless.
