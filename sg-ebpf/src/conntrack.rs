@@ -149,7 +149,11 @@ pub fn key_of(pkt: &Pkt) -> Option<KeyBuf> {
 #[inline(always)]
 pub fn echo_ports(dir: u8, id: u16, request: bool) -> (u16, u16) {
     let opened_inbound = (dir == DIR_INGRESS) == request;
-    let opener = if opened_inbound { ECHO_OPENED_BY_PEER } else { 0 };
+    let opener = if opened_inbound {
+        ECHO_OPENED_BY_PEER
+    } else {
+        0
+    };
     // flow_key swaps on ingress: (remote, local) there, (local, remote) on egress.
     if dir == DIR_INGRESS {
         (opener, id)
