@@ -1001,9 +1001,9 @@ impl Agent {
                             "{} {}:{} <-> {}:{} {} (idle {}s of {}s)",
                             proto_name(e.key.proto),
                             e.local,
-                            e.key.lport,
+                            e.ports().0,
                             e.remote,
-                            e.key.rport,
+                            e.ports().1,
                             e.state_name(),
                             e.idle.as_secs(),
                             e.timeout.as_secs()

@@ -329,8 +329,8 @@ pub fn conntrack_list(g: &Globals) -> Result<()> {
                     "table": format!("{:?}", e.table).to_lowercase(),
                     "ifindex": e.key.ifindex,
                     "proto": agent::proto_name(e.key.proto),
-                    "local": e.local, "local_port": e.key.lport,
-                    "remote": e.remote, "remote_port": e.key.rport,
+                    "local": e.local, "local_port": e.ports().0,
+                    "remote": e.remote, "remote_port": e.ports().1,
                     "state": e.state_name(),
                     "opened": if e.val.origin == sg_common::DIR_INGRESS { "inbound" } else { "outbound" },
                     "tracked": true,
@@ -351,8 +351,8 @@ pub fn conntrack_list(g: &Globals) -> Result<()> {
         println!(
             "{:<7} {:<28} {:<28} {:<8} {:<11} {:>7} {:>9}",
             agent::proto_name(e.key.proto),
-            format!("{}:{}", e.local, e.key.lport),
-            format!("{}:{}", e.remote, e.key.rport),
+            format!("{}:{}", e.local, e.ports().0),
+            format!("{}:{}", e.remote, e.ports().1),
             if e.val.origin == sg_common::DIR_INGRESS {
                 "in"
             } else {

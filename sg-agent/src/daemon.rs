@@ -658,10 +658,11 @@ impl FlowLog {
                 }
                 // The direction of travel: d = 0 is the opener's direction.
                 let outbound = (e.val.origin == sg_common::DIR_EGRESS) == (d == 0);
+                let (lport, rport) = e.ports();
                 let (src, dst, sp, dp) = if outbound {
-                    (e.local, e.remote, e.key.lport, e.key.rport)
+                    (e.local, e.remote, lport, rport)
                 } else {
-                    (e.remote, e.local, e.key.rport, e.key.lport)
+                    (e.remote, e.local, rport, lport)
                 };
                 let rec = FlowRecord {
                     interface: name(e.key.ifindex),

@@ -17,9 +17,9 @@ use aya::{
     programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use sg_common::{
-    Config, DIR_INGRESS, Event, FlowKey, FlowVal, IfaceConf, IfaceKey, PeerData, PeerVal, PortData,
-    Reason, RuleCounter, RuleVal, Timeouts, ct_flags, ct_stat, ct_state, event_kind, iface_flags,
-    maps, progs, proto, rule_flags,
+    Config, DIR_INGRESS, ECHO_OPENED_BY_PEER, Event, FlowKey, FlowVal, IfaceConf, IfaceKey,
+    PeerData, PeerVal, PortData, Reason, RuleCounter, RuleVal, Timeouts, ct_flags, ct_stat,
+    ct_state, event_kind, iface_flags, maps, progs, proto, rule_flags,
 };
 
 // Action values (linux/bpf.h, linux/pkt_cls.h).
@@ -983,9 +983,17 @@ fn c2_echo_request_opens_a_flow_its_reply_passes_only_the_other_way() {
         &icmp4(REMOTE, LOCAL, 8, 0, 77, b"ping"),
         Reason::PassRuleNew,
     );
-    let key = key4(proto::ICMP, LOCAL, 77, REMOTE, 0);
-    let f = dp.flow(maps::CT_NEW, &key).expect("echo flow keyed by id");
+    // Keyed by the id (local port) and the side that opened it (remote port).
+    let key = key4(proto::ICMP, LOCAL, 77, REMOTE, ECHO_OPENED_BY_PEER);
+    let f = dp
+        .flow(maps::CT_NEW, &key)
+        .expect("echo flow keyed by id and opener");
     assert_eq!(f.timeouts, [30, 30, 30]);
+    assert!(
+        dp.flow(maps::CT_NEW, &key4(proto::ICMP, LOCAL, 77, REMOTE, 0))
+            .is_none(),
+        "the key of a flow this host opens stays free"
+    );
     // The reply leaves although no egress rule allows ICMP (C2).
     dp.expect(
         Prog::TcOut,

@@ -200,15 +200,15 @@ fn packet_fuzz_long() {
     check(&rep, min, cfg.only_episode.is_some());
 }
 
-/// Found by the long packet fuzz run (every one of its 20 failures in 1,072,662 frames): two
-/// ICMP echo flows with one id, one opened from each side, share one conntrack key (local,
-/// remote, id, 0). When the first is already confirmed (in SG_CT) the kernel stores the
-/// second in SG_CT_NEW beside it (`PassRuleNew`, and its replies pass by conntrack, C2);
-/// when the first is still unconfirmed, the second is stateless (`PassRuleUntracked`, its
-/// replies need a rule). The model always makes the second stateless. Reproducer: pings
-/// both ways between 192.0.2.10 and 203.0.113.9 with id 7, egress allowing only requests.
+/// C2: pings with one echo id from both sides are two flows, in the kernel and the model.
+/// Found by the long packet fuzz run (all 20 of its failures in 1,072,662 frames) when the
+/// echo key was (local, remote, id): the two flows collided in one key and the kernel said
+/// `PassRuleNew` for the second ping where the model said `PassRuleUntracked`
+/// (docs/hardening.md, finding 3). The key now carries the side that opened the flow.
+/// Pings both ways between 192.0.2.10 and 203.0.113.9 with id 7, the first flow confirmed
+/// before the second opens; egress allows only requests, so the host's reply to the
+/// peer's ping passes only by the second flow's state.
 #[test]
-#[ignore = "bug: echo flows opened from both sides with one id collide in one key; the kernel adds a second entry in SG_CT_NEW only when the first flow is confirmed (kernel PassRuleNew, model PassRuleUntracked); see docs/hardening.md"]
 fn c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model() {
     use sg_agent::compile::{CompileOptions, compile};
     use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions};
@@ -239,46 +239,85 @@ fn c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model() {
         )
         .expect("compile");
         dp.apply(&image).expect("apply");
-        let mut model = Model::new(policy);
         let (l, r) = (addr("192.0.2.10"), addr("203.0.113.9"));
         let out = Packet::echo_request(l, r, 7, 1);
         let inc = Packet::echo_request(r, l, 7, 1);
-        let steps = [
-            ("host pings the peer", Hook::TcOut, out.clone()),
-            ("its reply", Hook::XdpIn, out.reply()),
-            ("second ping", Hook::TcOut, out.clone()),
-            (
-                "second reply: two each way, confirmed",
-                Hook::XdpIn,
-                out.reply(),
-            ),
-            (
-                "the peer pings the host with the same id",
-                Hook::XdpIn,
-                inc.clone(),
-            ),
-            ("the host's reply to it", Hook::TcOut, inc.reply()),
-        ];
+        use Reason::*;
         let mut bad = Vec::new();
-        for (what, hook, p) in steps {
-            let got = dp.run_frame(hook, &p.to_frame(), net.lo).expect("run");
-            let dir = if hook.is_ingress() {
-                Direction::Ingress
-            } else {
-                Direction::Egress
-            };
-            let want = model.process("web", dir, &p);
-            eprintln!("{what}: kernel {:?}, model {:?}", got.reason, want.reason);
-            if got.reason != want.reason {
-                bad.push(format!(
-                    "{what}: kernel {:?}, model {:?}",
-                    got.reason, want.reason
+        // The host's flow confirmed (two exchanges, SG_CT) or still unconfirmed (SG_CT_NEW)
+        // when the peer's ping arrives: the collision used to behave differently in each.
+        for confirmed_first in [true, false] {
+            dp.flush_conntrack().expect("flush");
+            let mut model = Model::new(policy.clone());
+            let mut steps = vec![
+                ("host pings the peer", Hook::TcOut, out.clone(), PassRuleNew),
+                ("its reply", Hook::XdpIn, out.reply(), PassCtReply),
+            ];
+            if confirmed_first {
+                steps.push(("second ping", Hook::TcOut, out.clone(), PassCtOriginal));
+                steps.push((
+                    "second reply: confirmed",
+                    Hook::XdpIn,
+                    out.reply(),
+                    PassCtReply,
                 ));
+            }
+            steps.extend([
+                (
+                    "the peer pings the host with the same id",
+                    Hook::XdpIn,
+                    inc.clone(),
+                    PassRuleNew,
+                ),
+                // Egress allows only echo requests: only the peer's flow lets this out.
+                (
+                    "the host's reply to it",
+                    Hook::TcOut,
+                    inc.reply(),
+                    PassCtReply,
+                ),
+                (
+                    "the peer's second ping",
+                    Hook::XdpIn,
+                    inc.clone(),
+                    PassCtOriginal,
+                ),
+                (
+                    "the host pings again: its own flow",
+                    Hook::TcOut,
+                    out.clone(),
+                    PassCtOriginal,
+                ),
+                (
+                    "the peer's reply to that",
+                    Hook::XdpIn,
+                    out.reply(),
+                    PassCtReply,
+                ),
+            ]);
+            for (what, hook, p, expected) in steps {
+                let got = dp.run_frame(hook, &p.to_frame(), net.lo).expect("run");
+                let dir = if hook.is_ingress() {
+                    Direction::Ingress
+                } else {
+                    Direction::Egress
+                };
+                let want = model.process("web", dir, &p);
+                eprintln!(
+                    "(host's flow confirmed first: {confirmed_first}) {what}: kernel {:?}, model {:?}",
+                    got.reason, want.reason
+                );
+                if got.reason != expected || want.reason != expected {
+                    bad.push(format!(
+                        "(host's flow confirmed first: {confirmed_first}) {what}: kernel {:?}, model {:?}, expected {expected:?}",
+                        got.reason, want.reason
+                    ));
+                }
             }
         }
         assert!(
             bad.is_empty(),
-            "kernel and model disagree:\n  {}",
+            "kernel or model not as expected:\n  {}",
             bad.join("\n  ")
         );
     });

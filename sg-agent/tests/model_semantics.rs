@@ -496,7 +496,7 @@ fn vlan_depth_and_ipv6_extension_chain_limits() {
 }
 
 #[test]
-fn c2_echo_request_against_a_peer_opened_flow_of_the_same_id_is_allowed_stateless() {
+fn c2_echo_flows_with_one_id_opened_from_both_sides_are_two_flows() {
     let mut m = Model::new(with_rules(|b| {
         b.ingress("sg-a", icmp_all(), cidr("0.0.0.0/0")).egress(
             "sg-a",
@@ -506,14 +506,18 @@ fn c2_echo_request_against_a_peer_opened_flow_of_the_same_id_is_allowed_stateles
     }));
     let ping_in = Packet::echo_request(addr(PEER), addr(HOST), 7, 1);
     expect(&m.process("eth0", Ingress, &ping_in), PassRuleNew, Some(1));
+    // The host pings the peer with the same id: its own flow, not the peer's.
     let ping_out = Packet::echo_request(addr(HOST), addr(PEER), 7, 1);
+    expect(&m.process("eth0", Egress, &ping_out), PassRuleNew, Some(2));
+    let mut origins: Vec<_> = m.flows().values().map(|f| f.origin).collect();
+    origins.sort();
+    assert_eq!(origins, vec![Ingress, Egress]);
+    // Each reply finds its own flow (charging that flow's rule).
     expect(
-        &m.process("eth0", Egress, &ping_out),
-        PassRuleUntracked,
+        &m.process("eth0", Ingress, &ping_out.reply()),
+        PassCtReply,
         Some(2),
     );
-    assert_eq!(m.flows().len(), 1);
-    assert_eq!(m.flows().values().next().unwrap().origin, Ingress);
     // Two exchanges each way make a stream: confirmed, like UDP.
     expect(
         &m.process("eth0", Egress, &ping_in.reply()),
@@ -530,8 +534,16 @@ fn c2_echo_request_against_a_peer_opened_flow_of_the_same_id_is_allowed_stateles
         PassCtReply,
         Some(1),
     );
-    let f = m.flows().values().next().unwrap();
-    assert_eq!((f.state, f.confirmed), (FlowState::Established, true));
+    let peers = m.flows().values().find(|f| f.origin == Ingress).unwrap();
+    assert_eq!(
+        (peers.state, peers.confirmed),
+        (FlowState::Established, true)
+    );
+    let hosts = m.flows().values().find(|f| f.origin == Egress).unwrap();
+    assert_eq!(
+        (hosts.state, hosts.confirmed, hosts.packets),
+        (FlowState::Replied, false, [1, 1])
+    );
 }
 
 #[test]

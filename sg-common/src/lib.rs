@@ -17,7 +17,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below or the meaning of a map changes. The agent refuses to adopt
 /// pinned state whose ABI version differs from its own.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map names: at most 15 bytes (the kernel truncates object names).
 pub mod maps {
@@ -278,8 +278,9 @@ pub const NO_RULE_SLOT: u32 = 0;
 /// (local, remote) so that both directions find the same entry.
 ///
 /// The ifindex is part of the key: a packet on one interface can never use or refresh state
-/// of another. Ports: TCP/UDP ports; ICMP echo: `lport = id`, `rport = 0`; other protocols
-/// (C3): both 0.
+/// of another. Ports: TCP/UDP ports; ICMP echo: `lport = id`, `rport` = which side opened
+/// the flow ([`ECHO_OPENED_BY_PEER`] or 0), so pings with one id from both sides are two
+/// flows; other protocols (C3): both 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -293,6 +294,10 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 44);
 
+/// `FlowKey::rport` of an ICMP echo flow opened by the remote side (an echo request came
+/// in); 0 when this host opened it (an echo request went out).
+pub const ECHO_OPENED_BY_PEER: u16 = 1;
+
 /// Value of the conntrack maps.
 ///
 /// Concurrency: two CPUs may update one entry at once (both directions of a flow). Counters
@@ -301,7 +306,9 @@ const _: () = assert!(size_of::<FlowKey>() == 44);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowVal {
+    /// CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`, tick precision) at creation.
     pub created_ns: u64,
+    /// CLOCK_MONOTONIC_COARSE at the last packet that refreshed the flow.
     pub seen_ns: u64,
     /// [original direction, reply direction]
     pub packets: [u64; 2],
@@ -376,6 +383,7 @@ const _: () = assert!(size_of::<FragKey>() == 48);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FragVal {
+    /// CLOCK_MONOTONIC_COARSE when the first fragment was judged.
     pub first_ns: u64,
     pub rule_slot: u32,
     /// 1 pass, 0 drop.

@@ -84,7 +84,8 @@ fn later_inline(pkt: &Pkt) -> Verdict {
     let Some(rec) = (unsafe { SG_FRAGS.get(k) }) else {
         return Verdict::of(Reason::DropFragOrphan);
     };
-    if pkt.now.wrapping_sub(rec.first_ns) > FRAG_TIMEOUT_NS {
+    // Saturating: another CPU's record may carry a coarse timestamp one tick newer than ours.
+    if pkt.now.saturating_sub(rec.first_ns) > FRAG_TIMEOUT_NS {
         return Verdict::of(Reason::DropFragOrphan);
     }
     // The first fragment knows where its transport header really ends (after any extension

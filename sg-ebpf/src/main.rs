@@ -15,11 +15,13 @@
 //! ```
 //!
 //! Frames. Everything is `#[inline(always)]` except the steps marked `#[inline(never)]`
-//! (parse, conntrack lookup, flow creation, related ICMP, later fragments, fragment record,
-//! events): each is a BPF-to-BPF call with its own stack frame, all called from the entry
-//! point, never from each other, so the deepest chain is the entry frame plus one step. As one
-//! function the program needed ~900 bytes of stack (the limit is 512). Those steps return a
-//! packed scalar (`verdict::Packed`), never an `Option`/`Result`.
+//! (the `SG_CT_NEW` half of the conntrack lookup, flow creation, related ICMP, later
+//! fragments, fragment record, events): each is a BPF-to-BPF call with its own stack frame,
+//! all called from the entry point, never from each other, so the deepest chain is the entry
+//! frame plus one step. As one function the program needed ~900 bytes of stack (the limit is
+//! 512). Those steps return a packed scalar (`verdict::Packed`), never an `Option`/`Result`.
+//! What an established flow's packet needs (parse, the `SG_CT` hit, the verdict funnel) is
+//! inline: that path makes no BPF-to-BPF call.
 //!
 //! Verifier workarounds are labelled `// verifier: <the message it avoids>` where they are.
 //!

@@ -11,7 +11,7 @@
 use sg_common::{DIR_EGRESS, DIR_INGRESS, proto};
 
 use crate::{
-    conntrack::{expired, flow_key},
+    conntrack::{echo_ports, expired, flow_key},
     ctx::Hook,
     maps::{SG_CT, SG_CT_NEW},
     parse::{FRAG_LATER, Ipv4Hdr, Ipv6Hdr, L4_ICMP, L4Head, Pkt, v4_words},
@@ -76,35 +76,31 @@ fn lookup_inline<C: Hook>(ctx: &C, pkt: &Pkt) -> Option<Verdict> {
     } else {
         proto::ICMP
     };
-    let ports = if iproto == proto::TCP || iproto == proto::UDP {
-        (u16::from_be_bytes([h.b0, h.b1]), u16::from_be(h.w1))
-    } else if iproto == icmp {
-        // Only echo belongs to a flow; its id is the local port (see conntrack::key_of).
-        let t = h.b0;
-        let echo = if pkt.v6 != 0 {
-            t == 128 || t == 129
-        } else {
-            t == 8 || t == 0
-        };
-        if !echo {
-            return None;
-        }
-        let id = u16::from_be(h.w2);
-        if dir == DIR_INGRESS {
-            // The quoted packet went out: (local = its source), local port = id.
-            (id, 0)
-        } else {
-            (0, id)
-        }
-    } else {
-        (0, 0)
-    };
     let odir = if dir == DIR_INGRESS {
         DIR_EGRESS
     } else {
         DIR_INGRESS
     };
-    let key = flow_key(pkt.ifindex, odir, iproto, &src, &dst, Some(ports));
+    let ports = if iproto == proto::TCP || iproto == proto::UDP {
+        (u16::from_be_bytes([h.b0, h.b1]), u16::from_be(h.w1))
+    } else if iproto == icmp {
+        // Only echo belongs to a flow. The quoted packet travelled the opposite way: key it
+        // as seen in that direction, with its own role (see conntrack::echo_ports).
+        let t = h.b0;
+        let (request, reply) = if pkt.v6 != 0 {
+            (t == 128, t == 129)
+        } else {
+            (t == 8, t == 0)
+        };
+        if !request && !reply {
+            return None;
+        }
+        echo_ports(odir, u16::from_be(h.w2), request)
+    } else {
+        (0, 0)
+    };
+    let key = flow_key(pkt.ifindex, odir, iproto, &src, &dst, ports);
+    let key = key.key();
     // Reads only; a value freed under us is still readable memory (NO_PREALLOC, RCU).
     let flow = match unsafe { SG_CT.get(key) } {
         Some(f) => Some(f),

@@ -67,7 +67,7 @@ pub fn unpack(p: Packed) -> Option<Verdict> {
 /// The `Reason` whose value `v` is; only ever called on values made from a `Reason`.
 #[inline(always)]
 pub fn reason_from(v: u32) -> Reason {
-    // SAFETY: every caller passes `some_reason as u32` back (pack/unpack, parse's result).
+    // SAFETY: every caller passes `some_reason as u32` back (pack/unpack).
     unsafe { core::mem::transmute::<u32, Reason>(v) }
 }
 

@@ -62,6 +62,22 @@ pub struct CtEntry {
 }
 
 impl CtEntry {
+    /// (local, remote) ports as a user reads them: TCP/UDP ports; ICMP echo: (id, 0) (the
+    /// key's remote port only records which side opened the flow, `ECHO_OPENED_BY_PEER`);
+    /// other protocols: (0, 0).
+    pub fn ports(&self) -> (u16, u16) {
+        let icmp = if self.local.is_ipv4() {
+            sg_common::proto::ICMP
+        } else {
+            sg_common::proto::ICMPV6
+        };
+        if self.key.proto == icmp {
+            (self.key.lport, 0)
+        } else {
+            (self.key.lport, self.key.rport)
+        }
+    }
+
     pub fn state_name(&self) -> &'static str {
         match self.val.state {
             ct_state::NEW => "new",
@@ -93,14 +109,15 @@ pub fn ip_of(a: &Addr) -> IpAddr {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the datapath's clock (`bpf_ktime_get_coarse_ns`,
+/// the same timekeeper value), so idle times and the sweeper agree with the kernel to the tick.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

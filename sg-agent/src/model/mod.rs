@@ -55,7 +55,9 @@ const NS: u64 = 1_000_000_000;
 
 /// A flow, normalised so both directions find it: local is the protected interface's side
 /// (destination on ingress, source on egress). Ports: TCP/UDP ports; ICMP echo: the echo id
-/// as the local port, 0 remote; other protocols: both 0 (C3).
+/// as the local port, and as the remote port which side opened the flow
+/// (`sg_common::ECHO_OPENED_BY_PEER` when the peer's request came in, 0 when the host's went
+/// out); other protocols: both 0 (C3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowId {
     pub iface: String,
@@ -346,8 +348,9 @@ impl Model {
         }
         let (id, _) = flow_id(iface, dir, pkt).expect("a trackable packet has a flow id");
         if self.flows.contains_key(&id) {
-            // The key is taken by a live flow this packet could not use (an echo request
-            // against a flow the peer opened with the same id): allowed, but stateless.
+            // The key is taken by a live flow this packet could not use: allowed, but
+            // stateless, as in the kernel (an insert losing to an entry it cannot use). Echo
+            // keys carry their opener, so no echo request meets its peer's flow here.
             return Outcome::new(Reason::PassRuleUntracked, Some(rule));
         }
         if let Some((_, unconfirmed)) = self.capacity
@@ -504,15 +507,25 @@ fn flow_id(iface: &str, dir: Direction, pkt: &Packet) -> Option<(FlowId, Option<
             Direction::Ingress => (*dport, *sport, None),
             Direction::Egress => (*sport, *dport, None),
         },
-        L4::IcmpEcho { request, id, .. } => (
-            *id,
-            0,
-            Some(if *request {
-                EchoRole::Request
-            } else {
-                EchoRole::Reply
-            }),
-        ),
+        // The id is the local port; the remote port says which side opened the flow: a
+        // request opens it in its own direction, a reply answers one opened in the other. So
+        // a ping and its reply meet, and pings with one id from both sides are two flows.
+        L4::IcmpEcho { request, id, .. } => {
+            let opened_inbound = (dir == Direction::Ingress) == *request;
+            (
+                *id,
+                if opened_inbound {
+                    sg_common::ECHO_OPENED_BY_PEER
+                } else {
+                    0
+                },
+                Some(if *request {
+                    EchoRole::Request
+                } else {
+                    EchoRole::Reply
+                }),
+            )
+        }
         L4::Other { .. } => (0, 0, None),
         L4::IcmpOther { .. } | L4::IcmpError { .. } => return None,
     };

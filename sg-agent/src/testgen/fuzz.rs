@@ -1145,9 +1145,6 @@ pub struct PacketFuzzReport {
     /// TC runs the kernel's test harness refused (an IP header shorter than its minimum:
     /// `bpf_prog_test_run_skb` checks that before the program runs).
     pub refused: u64,
-    /// Disagreements of a known, reported class ([`known_issue`]); each desynchronises the
-    /// rest of its episode.
-    pub known: BTreeMap<&'static str, u64>,
     pub failures: Vec<Failure>,
 }
 
@@ -1180,9 +1177,6 @@ impl fmt::Display for PacketFuzzReport {
         writeln!(f, "  mutations and forgeries (frames):")?;
         for (k, v) in &self.mutations {
             writeln!(f, "    {k:<60} {v}")?;
-        }
-        for (k, v) in &self.known {
-            writeln!(f, "  known disagreement ({v} runs): {k}")?;
         }
         writeln!(f, "  failures: {}", self.failures.len())?;
         for x in &self.failures {
@@ -1446,15 +1440,6 @@ impl PacketFuzz {
                     continue;
                 };
                 rep.compared += 1;
-                if (got.reason != want_reason || rule != want_rule)
-                    && let Some(known) =
-                        known_issue(&reading, got.reason, want_reason, &model, &iface, dir)
-                {
-                    // Reported and reproduced elsewhere; the states differ from here on.
-                    *rep.known.entry(known).or_default() += 1;
-                    synced = false;
-                    continue;
-                }
                 if got.reason != want_reason || rule != want_rule {
                     let kind = if got.pass && !want_reason.is_pass() {
                         "bypass"
@@ -1633,46 +1618,6 @@ fn v4_mapped_v6(p: &Packet) -> Frame {
         q.l4 = L4::Other { proto: 59 };
     }
     q.build()
-}
-
-/// The one known kernel-vs-model disagreement class, recognised by its exact signature
-/// (docs/hardening.md "Findings", reproduced by hardening_packet_fuzz's ignored test
-/// `c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model`): an echo
-/// request whose key (local, remote, id) is held by a confirmed echo flow opened from the
-/// other side. The kernel adds a second entry in SG_CT_NEW (`PassRuleNew`), the model keeps
-/// the packet stateless (`PassRuleUntracked`).
-fn known_issue(
-    reading: &Reading,
-    kernel: Reason,
-    model_reason: Reason,
-    model: &Model,
-    iface: &str,
-    dir: Direction,
-) -> Option<&'static str> {
-    let Reading::Packet(p) = reading else {
-        return None;
-    };
-    let L4::IcmpEcho {
-        request: true, id, ..
-    } = p.l4
-    else {
-        return None;
-    };
-    if (kernel, model_reason) != (Reason::PassRuleNew, Reason::PassRuleUntracked) {
-        return None;
-    }
-    let (local, remote) = match dir {
-        Direction::Ingress => (p.dst, p.src),
-        Direction::Egress => (p.src, p.dst),
-    };
-    let held = model.flows().iter().any(|(k, f)| {
-        k.iface == iface
-            && k.proto == p.proto()
-            && (k.local, k.remote, k.lport, k.rport) == (local, remote, id, 0)
-            && f.confirmed
-            && f.origin != dir
-    });
-    held.then_some("echo flows opened from both sides with one id (kernel PassRuleNew, model PassRuleUntracked)")
 }
 
 /// Conntrack and fragment memory, to see whether an unmodelled frame changed anything.
