@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use sg_common::{IfaceConf, IfaceKey, PeerData, PeerVal, PortData, RuleVal};
+use sg_common::{IfaceConf, IfaceKey, PeerData, PeerVal, PortKey, PortPage};
 
 use crate::policy::RuleId;
 
@@ -26,7 +26,7 @@ pub struct MapImage {
     pub generation: u32,
     pub ifaces: BTreeMap<IfaceKey, IfaceConf>,
     pub peers: BTreeMap<LpmKey<PeerData>, PeerVal>,
-    pub ports: BTreeMap<LpmKey<PortData>, RuleVal>,
+    pub ports: BTreeMap<PortKey, PortPage>,
     pub slots: SlotTable,
 }
 

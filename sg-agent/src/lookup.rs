@@ -1,18 +1,22 @@
 //! The kernel's policy lookup (docs/design.md pipeline step 6), in userspace, over a
 //! [`MapImage`]: `SG_IFACES` with the image's generation, then the `SG_PEERS` LPM lookup with
-//! the direction's scope, then the `SG_PORTS` LPM lookup with each class of the chain until
-//! one hits. Used by the property
-//! tests against the reference model and by `explain`.
+//! the direction's scope, then each class of the chain in `SG_PORTS` until one answers. Used by
+//! the property tests against the reference model and by `explain`.
 //!
-//! It mirrors sg-ebpf, not the compiler: it reads nothing but the image, and its LPM is the
+//! It mirrors sg-ebpf, not the compiler: it reads nothing but the image. Its LPM is the
 //! kernel's rule (among the entries whose first `prefix_len` bits equal the key's, the longest
-//! wins), done by brute force per prefix length. It must stay slow and literal rather than
-//! share the compiler's structures. It does not know conntrack, exemptions or fragments.
+//! wins), done by brute force per prefix length; a page's segment is the last start at or
+//! below the point, by a linear scan (the kernel's binary search agrees when the starts are
+//! sorted, which [`check_canonical`] checks). It must stay slow and literal rather than share
+//! the compiler's structures. It does not know conntrack, exemptions or fragments.
 
 use std::net::IpAddr;
 use std::ops::Bound;
 
-use sg_common::{PEER_SCOPE_BITS, PORT_FULL_BITS, PeerData, PortData, RuleVal};
+use sg_common::{
+    NO_RULE_SLOT, PAGE_LEVELS, PAGE_SEGS, PEER_SCOPE_BITS, PeerData, PortKey, PortPage, RuleVal,
+    rule_flags,
+};
 
 use crate::image::{LpmKey, MapImage};
 use crate::policy::Direction;
@@ -60,19 +64,49 @@ pub fn lookup(
     let Some(chain) = lpm(&image.peers, &peer, PEER_SCOPE_BITS + 128) else {
         return LookupResult::Deny;
     };
-    // The first class of the chain with an entry answers; 0 ends the chain.
+    // The first class of the chain with a rule at the point answers; 0 ends the chain.
     for class in chain.classes.into_iter().take_while(|&c| c != 0) {
-        let port_key = PortData {
-            class: class.to_be_bytes(),
-            proto,
-            port: port.to_be_bytes(),
-            _pad: 0,
-        };
-        if let Some(val) = lpm(&image.ports, &port_key, PORT_FULL_BITS) {
+        if let Some(val) = class_rule(image, class, proto, port) {
             return LookupResult::Allow(val);
         }
     }
     LookupResult::Deny
+}
+
+/// A class's rule at (proto, port): its tree for the protocol, else its every-protocol page;
+/// at most `PAGE_LEVELS` pages deep, a missing page is no rule.
+fn class_rule(image: &MapImage, class: u32, proto: u8, port: u16) -> Option<RuleVal> {
+    let mut key = PortKey {
+        class,
+        proto,
+        any: 0,
+        page: 0,
+    };
+    if !image.ports.contains_key(&key) {
+        key = PortKey {
+            class,
+            proto: 0,
+            any: 1,
+            page: 0,
+        };
+    }
+    for _ in 0..PAGE_LEVELS {
+        let val = segment(image.ports.get(&key)?, port);
+        if val.flags & rule_flags::PAGE == 0 {
+            return (val.slot != NO_RULE_SLOT).then_some(val);
+        }
+        key.page = val.slot as u16;
+    }
+    None
+}
+
+/// The value of the last segment of `page` starting at or below `point`.
+fn segment(page: &PortPage, point: u16) -> RuleVal {
+    let i = (0..PAGE_SEGS)
+        .rev()
+        .find(|&i| page.starts[i] <= point)
+        .unwrap_or(0);
+    page.vals[i]
 }
 
 /// Byte views of LPM key data, most significant bit first (the kernel's order).
@@ -91,24 +125,6 @@ impl LpmData for PeerData {
         PeerData {
             scope: b[0..4].try_into().expect("4 bytes"),
             addr: b[4..20].try_into().expect("16 bytes"),
-        }
-    }
-}
-
-impl LpmData for PortData {
-    fn bytes(&self) -> Vec<u8> {
-        let mut v = self.class.to_vec();
-        v.push(self.proto);
-        v.extend_from_slice(&self.port);
-        v.push(self._pad);
-        v
-    }
-    fn from_bytes(b: &[u8]) -> Self {
-        PortData {
-            class: b[0..4].try_into().expect("4 bytes"),
-            proto: b[4],
-            port: b[5..7].try_into().expect("2 bytes"),
-            _pad: b[7],
         }
     }
 }
@@ -156,19 +172,65 @@ pub fn lpm<T: LpmData, V: Copy>(
     })
 }
 
-/// Every LPM key in the image has no bit set past its prefix length: the kernel ignores those
-/// bits, so two keys differing only there would be one entry (the later overwriting the
-/// earlier). Returns the first offending key, formatted.
+/// The image is what the kernel's lookup assumes, and what this module's literal one does not
+/// need: every LPM key has no bit set past its prefix length (the kernel ignores those bits,
+/// so two keys differing only there would be one entry, the later overwriting the earlier);
+/// every page's starts are sorted (the kernel searches them by halves) and a root's begin at
+/// 0, and every page is reachable from a root within `PAGE_LEVELS` pages with its first start
+/// equal to the start of the segment pointing to it. Returns the first offence, formatted.
 pub fn check_canonical(image: &MapImage) -> Result<(), String> {
     for k in image.peers.keys() {
         if with_tail(&k.data, k.prefix_len, false) != k.data {
             return Err(format!("peer key {k:?} has bits past its prefix"));
         }
     }
-    for k in image.ports.keys() {
-        if with_tail(&k.data, k.prefix_len, false) != k.data {
-            return Err(format!("port key {k:?} has bits past its prefix"));
+    let mut reached = std::collections::BTreeSet::new();
+    for (k, page) in &image.ports {
+        if !page.starts.windows(2).all(|w| w[0] <= w[1]) {
+            return Err(format!("page {k:?} has unsorted starts {:?}", page.starts));
         }
+        if k.any > 1 || (k.any == 1 && (k.proto != 0 || k.page != 0)) {
+            return Err(format!(
+                "port key {k:?} is not a protocol's or the any page"
+            ));
+        }
+        if k.page != 0 {
+            continue;
+        }
+        if page.starts[0] != 0 {
+            return Err(format!("root page {k:?} starts at {}", page.starts[0]));
+        }
+        // Walk the tree: (key, depth); children must exist and begin where they are entered.
+        let mut todo = vec![(*k, 1)];
+        while let Some((key, depth)) = todo.pop() {
+            reached.insert(key);
+            let page = &image.ports[&key];
+            for (start, val) in page.starts.iter().zip(&page.vals) {
+                if val.flags & rule_flags::PAGE == 0 {
+                    continue;
+                }
+                let child = PortKey {
+                    page: val.slot as u16,
+                    ..key
+                };
+                let Some(c) = image.ports.get(&child) else {
+                    return Err(format!("page {key:?} points to missing page {child:?}"));
+                };
+                if depth >= PAGE_LEVELS || val.slot > u32::from(u16::MAX) {
+                    return Err(format!("page {child:?} is deeper than {PAGE_LEVELS} pages"));
+                }
+                if c.starts[0] != *start {
+                    return Err(format!(
+                        "page {child:?} starts at {} not {start}",
+                        c.starts[0]
+                    ));
+                }
+                todo.push((child, depth + 1));
+            }
+        }
+    }
+    if let Some(k) = image.ports.keys().find(|k| !reached.contains(k)) {
+        return Err(format!("page {k:?} is not reachable from its root"));
     }
     Ok(())
 }

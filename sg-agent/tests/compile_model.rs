@@ -17,7 +17,8 @@ use sg_agent::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
 use sg_agent::policy::Policy;
 use sg_agent::testgen::{PolicyShape, Query, describe, minimize, policy, policy_and_queries};
-use sg_common::rule_flags::UNTRACKED;
+use sg_common::iface_flags;
+use sg_common::rule_flags::{self, UNTRACKED};
 
 const QUERIES_PER_POLICY: usize = 100;
 
@@ -63,6 +64,30 @@ fn check(
         }
         _ => false,
     };
+    // C4 points exist in a scope the compiler marked tracked-only: the kernel would skip the
+    // answer check (design.md, pipeline) where it matters.
+    if let (Decision::Allow { tracked: false, .. }, true) = (&want, agree) {
+        let key = sg_common::IfaceKey {
+            generation: image.generation,
+            ifindex,
+        };
+        let bit = match q.dir {
+            sg_agent::policy::Direction::Ingress => iface_flags::TRACKED_ONLY_IN,
+            sg_agent::policy::Direction::Egress => iface_flags::TRACKED_ONLY_OUT,
+        };
+        if image.ifaces[&key].flags & bit != 0 {
+            return Err(format!(
+                "{} {} remote {} proto {} port {} is untracked but the scope is flagged \
+                 tracked-only\npolicy:\n{}",
+                q.iface,
+                q.dir.name(),
+                q.remote,
+                q.proto,
+                q.port,
+                describe(policy)
+            ));
+        }
+    }
     if agree {
         return Ok(());
     }
@@ -272,8 +297,19 @@ fn generated_cases_cover_allow_deny_e4_contention_and_c4() {
 #[test]
 fn mutation_dropping_untracked_flags_is_caught() {
     assert_caught("C4 flag cleared", |image| {
-        for v in image.ports.values_mut() {
-            v.flags &= !UNTRACKED;
+        for page in image.ports.values_mut() {
+            for v in page.vals.iter_mut() {
+                v.flags &= !UNTRACKED;
+            }
+        }
+    });
+}
+
+#[test]
+fn mutation_flagging_every_scope_tracked_only_is_caught() {
+    assert_caught("TRACKED_ONLY everywhere", |image| {
+        for conf in image.ifaces.values_mut() {
+            conf.flags |= iface_flags::TRACKED_ONLY_IN | iface_flags::TRACKED_ONLY_OUT;
         }
     });
 }
@@ -287,20 +323,24 @@ fn mutation_dropping_host_prefixes_is_caught() {
 
 #[test]
 fn mutation_charging_one_rule_per_class_is_caught() {
-    // Every entry of a class charges the class's first entry's rule: the E4 choice is lost.
+    // Every segment of a class charges the class's first rule: the E4 choice is lost.
     assert_caught("one charged rule per class", |image| {
-        let mut first: BTreeMap<[u8; 4], u32> = BTreeMap::new();
-        for (k, v) in image.ports.iter_mut() {
-            v.slot = *first.entry(k.data.class).or_insert(v.slot);
+        let mut first: BTreeMap<u32, u32> = BTreeMap::new();
+        for (k, page) in image.ports.iter_mut() {
+            for v in page.vals.iter_mut() {
+                if v.flags & rule_flags::PAGE == 0 && v.slot != 0 {
+                    v.slot = *first.entry(k.class).or_insert(v.slot);
+                }
+            }
         }
     });
 }
 
 #[test]
 fn mutation_dropping_all_protocol_entries_is_caught() {
-    // Protocol -1 rules lose their prefix-32 entries.
-    assert_caught("no all-protocol entries", |image| {
-        image.ports.retain(|k, _| k.prefix_len != 32);
+    // Protocol -1 rules lose their every-protocol pages.
+    assert_caught("no every-protocol pages", |image| {
+        image.ports.retain(|k, _| k.any == 0);
     });
 }
 
@@ -326,22 +366,18 @@ fn covers(net: &[u8; 16], len: u32, addr: &[u8; 16]) -> bool {
 }
 
 #[test]
-fn mutation_widening_port_blocks_is_caught() {
-    // Off by one bit: every port block covers twice its ports.
-    assert_caught("port blocks one bit too short", |image| {
-        let widened: BTreeMap<_, _> = std::mem::take(&mut image.ports)
-            .into_iter()
-            .map(|(mut k, v)| {
-                if k.prefix_len > 41 {
-                    k.prefix_len -= 1;
-                    let port = u16::from_be_bytes(k.data.port);
-                    let keep = k.prefix_len - 40;
-                    k.data.port = (port & !(u16::MAX >> keep)).to_be_bytes();
+fn mutation_shifting_segment_starts_is_caught() {
+    // Off by one: every segment after a leaf page's first starts one port later (the lookup
+    // still sees a well-formed tree: only the answers move).
+    assert_caught("segment starts one port late", |image| {
+        let leaf = |p: &sg_common::PortPage| p.vals.iter().all(|v| v.flags & rule_flags::PAGE == 0);
+        for page in image.ports.values_mut().filter(|p| leaf(p)) {
+            for i in 1..page.starts.len() {
+                if page.starts[i] > page.starts[0] && page.starts[i] < u16::MAX {
+                    page.starts[i] += 1;
                 }
-                (k, v)
-            })
-            .collect();
-        image.ports = widened;
+            }
+        }
     });
 }
 

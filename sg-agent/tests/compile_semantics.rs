@@ -693,6 +693,40 @@ fn c4_untracked_when_a_world_rule_allows_and_the_opposite_direction_allows_all_t
     );
 }
 
+/// C4 in the interface flags: a scope with no untracked point is marked TRACKED_ONLY, so the
+/// kernel skips the "does this answer an untracked flow" lookup for the other direction.
+#[test]
+fn c4_a_scope_without_untracked_points_is_flagged_tracked_only() {
+    let flags = |p: &Policy| build(p, 0).ifaces.values().next().unwrap().flags;
+    let (in_only, out_only) = (
+        sg_common::iface_flags::TRACKED_ONLY_IN,
+        sg_common::iface_flags::TRACKED_ONLY_OUT,
+    );
+    // The seed article's web server: HTTPS from the world, all out to the world. Ingress 443
+    // is untracked; egress is not (ingress does not allow all TCP from the world).
+    let mut b = Builder::default();
+    let g = b.group("web");
+    b.rule(&g, Ingress, tcp(443, 443), cidr("0.0.0.0/0"));
+    b.rule(&g, Egress, Protocol::All, cidr("0.0.0.0/0"));
+    b.iface("web", &["198.51.100.1"], &[&g]);
+    assert_eq!(flags(&b.policy), out_only);
+    // Only a /24 in: nothing untracked either way.
+    let mut b = Builder::default();
+    let g = b.group("db");
+    b.rule(&g, Ingress, tcp(3306, 3306), cidr("192.0.2.0/24"));
+    b.rule(&g, Egress, Protocol::All, cidr("0.0.0.0/0"));
+    b.iface("db", &["198.51.100.2"], &[&g]);
+    assert_eq!(flags(&b.policy), in_only | out_only);
+    // All in from the IPv6 world and all out to it: both directions untracked (C4 is per
+    // family; the IPv6 rules decide).
+    let mut b = Builder::default();
+    let g = b.group("open");
+    b.rule(&g, Ingress, Protocol::All, cidr("::/0"));
+    b.rule(&g, Egress, Protocol::All, cidr("::/0"));
+    b.iface("open", &["2001:db8::1"], &[&g]);
+    assert_eq!(flags(&b.policy), 0);
+}
+
 #[test]
 fn c4_any_allowing_world_rule_counts_even_when_another_rule_is_charged() {
     let mut b = Builder::default();
@@ -882,7 +916,7 @@ fn the_generation_is_in_bit_31_of_every_scope_and_class_id_and_ids_are_never_zer
             }
         }
         for k in image.ports.keys() {
-            assert_eq!(bit(u32::from_be_bytes(k.data.class)), generation);
+            assert_eq!(bit(k.class), generation);
         }
     }
     // Both generations answer alike.
@@ -995,7 +1029,7 @@ fn the_module_doc_worked_example_compiles_as_documented() {
         allow_untracked(&r3)
     );
     assert_eq!(judge(p, "web", Ingress, "192.0.2.7", UDP, 9), allow(&r3));
-    // Chains and entry counts of each prefix's own class, as the module doc lists them.
+    // Chains and page counts of each prefix's own class, as the module doc lists them.
     let image = build(p, 0);
     let scope_in = image.ifaces.values().next().unwrap().scope_in;
     let mut per_class: Vec<(u32, usize, usize)> = image
@@ -1006,15 +1040,16 @@ fn the_module_doc_worked_example_compiles_as_documented() {
             let n = image
                 .ports
                 .keys()
-                .filter(|e| u32::from_be_bytes(e.data.class) == chain.classes[0])
+                .filter(|e| e.class == chain.classes[0])
                 .count();
             let len = chain.classes.iter().take_while(|&&c| c != 0).count();
             (k.prefix_len - 128, len, n)
         })
         .collect();
     per_class.sort();
-    // A is small, so B's class holds A's entry too (r2 overrides it at tcp 22): one class.
-    assert_eq!(per_class, vec![(0, 1, 1), (24, 1, 12), (32, 1, 2)]);
+    // A is small, so B's class holds A's segment too (r2 overrides it at tcp 22): one class
+    // of a tcp and an icmp page; C has its every-protocol page and the tcp page C4 needs.
+    assert_eq!(per_class, vec![(0, 1, 1), (24, 1, 2), (32, 1, 2)]);
 }
 
 /// E4 step 1 through nesting deeper than a peer value's class chain (`CLASS_CHAIN`): seven
@@ -1040,7 +1075,7 @@ fn nesting_deeper_than_the_class_chain_keeps_the_longest_prefix_winning() {
         let from = 100 * i as u16;
         rules.push(b.rule(&g, Ingress, tcp(from, from + 150), cidr(net)));
         // Enough single ports that every level's class is too big to be merged into the
-        // next one (compile::MERGE_ENTRIES): the chain fills up.
+        // next one (compile::MERGE_PAGES): the chain fills up.
         for j in 0..70u16 {
             let port = 20_000 + 100 * i as u16 + 2 * j;
             b.rule(&g, Ingress, tcp(port, port), cidr(net));

@@ -9,6 +9,7 @@
 //! that moved (exactly one must move, by one), and where relevant the maps it left behind.
 //! The full fixture table and the differential tests against the reference model live
 //! elsewhere; these pin the program's plumbing.
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
@@ -18,8 +19,8 @@ use aya::{
 };
 use sg_common::{
     Config, DIR_INGRESS, ECHO_OPENED_BY_PEER, Event, FlowKey, FlowVal, IfaceConf, IfaceKey,
-    PeerData, PeerVal, PortData, Reason, RuleCounter, RuleVal, Timeouts, ct_flags, ct_stat,
-    ct_state, event_kind, iface_flags, maps, progs, proto, rule_flags,
+    PAGE_SEGS, PeerData, PeerVal, PortKey, PortPage, Reason, RuleCounter, RuleVal, Timeouts,
+    ct_flags, ct_stat, ct_state, event_kind, iface_flags, maps, progs, proto, rule_flags,
 };
 
 // Action values (linux/bpf.h, linux/pkt_cls.h).
@@ -79,6 +80,8 @@ impl Prog {
 /// One loaded copy of the object.
 struct Dp {
     bpf: Ebpf,
+    /// Port rules written so far: (class, protocol) -> port (None: every port) -> value.
+    ports: BTreeMap<(u32, u8), BTreeMap<Option<u16>, RuleVal>>,
 }
 
 impl Dp {
@@ -109,7 +112,10 @@ impl Dp {
             tc.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
         }
-        Dp { bpf }
+        Dp {
+            bpf,
+            ports: BTreeMap::new(),
+        }
     }
 
     fn info(&self, prog: Prog) -> ProgramInfo {
@@ -281,26 +287,52 @@ impl Dp {
             .expect("write SG_PEERS");
     }
 
-    /// A port entry: `proto` None = every protocol; `port` None = every port of it.
+    /// A port rule of a class: `proto` None = every protocol (the class's every-protocol
+    /// page); `port` None = every port of it. Rewrites the protocol's page (one page: the
+    /// single ports of a protocol over its every-port value).
     fn port(&mut self, class: u32, proto: Option<u8>, port: Option<u16>, slot: u32, flags: u32) {
-        let mut m: LpmTrie<&mut MapData, PortData, RuleVal> =
-            LpmTrie::try_from(self.map_mut(maps::PORTS)).unwrap();
-        let prefix = match (proto, port) {
-            (None, _) => 32,
-            (Some(_), None) => 40,
-            (Some(_), Some(_)) => 56,
+        let val = RuleVal { slot, flags };
+        let Some(proto) = proto else {
+            let key = PortKey {
+                class,
+                proto: 0,
+                any: 1,
+                page: 0,
+            };
+            self.page(key, PortPage::uniform(val));
+            return;
         };
-        let key = Key::new(
-            prefix,
-            PortData {
-                class: class.to_be_bytes(),
-                proto: proto.unwrap_or(0),
-                port: port.unwrap_or(0).to_be_bytes(),
-                _pad: 0,
-            },
+        let rules = self.ports.entry((class, proto)).or_default();
+        rules.insert(port, val);
+        let base = rules
+            .get(&None)
+            .copied()
+            .unwrap_or(RuleVal { slot: 0, flags: 0 });
+        let mut segs: Vec<(u16, RuleVal)> = vec![(0, base)];
+        for (&p, &v) in rules.iter().filter_map(|(p, v)| Some((p.as_ref()?, v))) {
+            segs.retain(|s| s.0 != p);
+            segs.push((p, v));
+            if p < u16::MAX && !rules.contains_key(&Some(p + 1)) {
+                segs.push((p + 1, base));
+            }
+        }
+        assert!(
+            segs.len() <= PAGE_SEGS,
+            "one page holds {PAGE_SEGS} segments"
         );
-        m.insert(&key, RuleVal { slot, flags }, 0)
-            .expect("write SG_PORTS");
+        let key = PortKey {
+            class,
+            proto,
+            any: 0,
+            page: 0,
+        };
+        self.page(key, page_of(&segs));
+    }
+
+    fn page(&mut self, key: PortKey, page: PortPage) {
+        let mut m: HashMap<&mut MapData, PortKey, PortPage> =
+            HashMap::try_from(self.map_mut(maps::PORTS)).unwrap();
+        m.insert(key, page, 0).expect("write SG_PORTS");
     }
 
     /// The policy most tests use, on loopback. Ingress from 192.0.2.0/24 and 2001:db8:1::/48:
@@ -348,6 +380,46 @@ fn sk_buff(ifindex: u32) -> Vec<u8> {
     let mut v = vec![0u8; 192];
     v[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     v
+}
+
+/// A page of up to `PAGE_SEGS` (start, value) segments, the last repeated into unused slots.
+fn page_of(segs: &[(u16, RuleVal)]) -> PortPage {
+    let last = *segs.last().expect("a segment");
+    let mut p = PortPage {
+        starts: [last.0; PAGE_SEGS],
+        vals: [last.1; PAGE_SEGS],
+    };
+    for (i, &(start, val)) in segs.iter().enumerate() {
+        p.starts[i] = start;
+        p.vals[i] = val;
+    }
+    p
+}
+
+/// The page tree of `segs` (page 0 the root): runs of 16, 256, ... segments per child.
+fn page_tree(segs: &[(u16, RuleVal)], pages: &mut Vec<PortPage>) -> u16 {
+    let n = pages.len();
+    pages.push(PortPage::uniform(RuleVal { slot: 0, flags: 0 }));
+    let items: Vec<(u16, RuleVal)> = if segs.len() <= PAGE_SEGS {
+        segs.to_vec()
+    } else {
+        let mut per = PAGE_SEGS;
+        while per * PAGE_SEGS < segs.len() {
+            per *= PAGE_SEGS;
+        }
+        segs.chunks(per)
+            .map(|run| {
+                let child = page_tree(run, pages);
+                let v = RuleVal {
+                    slot: u32::from(child),
+                    flags: rule_flags::PAGE,
+                };
+                (run[0].0, v)
+            })
+            .collect()
+    };
+    pages[n] = page_of(&items);
+    n as u16
 }
 
 fn v4m(a: Ipv4Addr) -> [u8; 16] {
@@ -659,6 +731,135 @@ fn e1_packet_no_rule_allows_is_dropped_with_drop_no_rule() {
         Reason::DropNoRule,
     );
     assert_eq!(dp.rule_counter(SLOT_SSH).packets, 0, "drops charge no rule");
+}
+
+/// The kernel walks a class's page tree to the segment of the port: three levels for 301
+/// segments (a root, two pages of 256 and of 45 segments, their leaves), segment i from port
+/// 100 i, every even one a rule of its own, every odd one no rule of the class (denied: the
+/// chain has no next class). A protocol without a tree falls to the class's
+/// every-protocol page, or to the next class. A tree pointing to a missing page, or deeper
+/// than `PAGE_LEVELS` (a page pointing to itself), denies instead of looping.
+#[test]
+fn e4_a_class_answers_from_the_segment_of_its_page_tree_that_holds_the_port() {
+    let mut dp = Dp::new();
+    dp.iface(LO, 0);
+    let (a, b, broken, looping) = (31, 32, 33, 34);
+    let net = |last: u8| v4m(Ipv4Addr::new(192, 0, 2, last));
+    dp.peer_chain(SCOPE_IN, net(0), 96 + 24, [a, 0, 0, 0]);
+    dp.peer_chain(SCOPE_IN, net(22), 128, [a, b, 0, 0]);
+    dp.peer_chain(SCOPE_IN, net(20), 128, [broken, 0, 0, 0]);
+    dp.peer_chain(SCOPE_IN, net(21), 128, [looping, b, 0, 0]);
+    let segs: Vec<(u16, RuleVal)> = (0..301u32)
+        .map(|i| {
+            let slot = if i % 2 == 0 { 1000 + i } else { 0 };
+            (100 * i as u16, RuleVal { slot, flags: 0 })
+        })
+        .collect();
+    let mut pages = Vec::new();
+    page_tree(&segs, &mut pages);
+    assert_eq!(
+        pages.len(),
+        1 + (1 + 16) + (1 + 3),
+        "the tree this test means"
+    );
+    for (n, page) in pages.iter().enumerate() {
+        let key = PortKey {
+            class: a,
+            proto: proto::TCP,
+            any: 0,
+            page: n as u16,
+        };
+        dp.page(key, *page);
+    }
+    // b: every protocol, slot 77.
+    dp.port(b, None, None, 77, 0);
+    let src = Ipv4Addr::new(192, 0, 2, 9);
+    let mut sport = 41000;
+    let mut charged = BTreeMap::new();
+    for i in [
+        0u32, 1, 2, 15, 16, 17, 254, 255, 256, 257, 271, 298, 299, 300,
+    ] {
+        for port in [100 * i, 100 * i + 99, 100 * i + 37] {
+            let port = port.min(65535) as u16;
+            sport += 1;
+            let (want, slot) = if i % 2 == 0 {
+                (Reason::PassRuleNew, 1000 + i)
+            } else {
+                (Reason::DropNoRule, 0)
+            };
+            dp.expect(Prog::XdpIn, &tcp4(src, sport, LOCAL, port, SYN), want);
+            *charged.entry(slot).or_insert(0u64) += 1;
+        }
+    }
+    // The last segment reaches 65535.
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(src, 40999, LOCAL, 65535, SYN),
+        Reason::PassRuleNew,
+    );
+    *charged.entry(1300).or_insert(0) += 1;
+    for (&slot, &n) in charged.iter().filter(|(s, _)| **s != 0) {
+        assert_eq!(dp.rule_counter(slot).packets, n, "slot {slot}");
+    }
+    // a has no UDP tree and no every-protocol page: alone it denies, with b after it b
+    // answers, also where a has no rule for a TCP port.
+    dp.expect(
+        Prog::XdpIn,
+        &udp4(src, 40998, LOCAL, 53),
+        Reason::DropNoRule,
+    );
+    let with_b = Ipv4Addr::new(192, 0, 2, 22);
+    dp.expect(
+        Prog::XdpIn,
+        &udp4(with_b, 40998, LOCAL, 53),
+        Reason::PassRuleNew,
+    );
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(with_b, 40995, LOCAL, 150, SYN),
+        Reason::PassRuleNew,
+    );
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(with_b, 40994, LOCAL, 250, SYN),
+        Reason::PassRuleNew,
+    );
+    assert_eq!(
+        dp.rule_counter(77).packets,
+        2,
+        "b: the UDP packet and TCP 150"
+    );
+    assert_eq!(dp.rule_counter(1002).packets, 4, "a's segment 2 (200-299)");
+    // A root whose segment points to a page that is not there: no answer, denied.
+    let to_missing = RuleVal {
+        slot: 9,
+        flags: rule_flags::PAGE,
+    };
+    let root = |class| PortKey {
+        class,
+        proto: proto::TCP,
+        any: 0,
+        page: 0,
+    };
+    dp.page(root(broken), PortPage::uniform(to_missing));
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(Ipv4Addr::new(192, 0, 2, 20), 40997, LOCAL, 80, SYN),
+        Reason::DropNoRule,
+    );
+    // A page pointing to itself: the walk stops after PAGE_LEVELS pages; the class does not
+    // answer, so the next class (b) does.
+    let to_self = RuleVal {
+        slot: 0,
+        flags: rule_flags::PAGE,
+    };
+    dp.page(root(looping), PortPage::uniform(to_self));
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(Ipv4Addr::new(192, 0, 2, 21), 40996, LOCAL, 80, SYN),
+        Reason::PassRuleNew,
+    );
+    assert_eq!(dp.rule_counter(77).packets, 3);
 }
 
 /// E4 step 1 in the kernel: a peer value is a chain of classes, the first class with an entry

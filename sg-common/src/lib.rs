@@ -27,7 +27,7 @@ pub mod maps {
     pub const IFACES: &str = "SG_IFACES";
     /// `LpmTrie<PeerData, PeerVal>`: (scope, remote address) -> chain of peer classes.
     pub const PEERS: &str = "SG_PEERS";
-    /// `LpmTrie<PortData, RuleVal>`: (peer class, protocol, port) -> allowing rule.
+    /// `HashMap<PortKey, PortPage>`: (peer class, protocol, page) -> segments of the port line.
     pub const PORTS: &str = "SG_PORTS";
     /// `HashMap<FlowKey, FlowVal>`: confirmed (established) flows.
     pub const CT: &str = "SG_CT";
@@ -79,6 +79,7 @@ pub mod capacity {
     pub const IFACES: u32 = 1024;
     /// Both generations together: a swap writes the new one before deleting the old.
     pub const PEERS: u32 = 1 << 20;
+    /// Pages (160 bytes each, allocated as written).
     pub const PORTS: u32 = 1 << 20;
     pub const CT: u32 = 1 << 18;
     pub const CT_NEW: u32 = 1 << 16;
@@ -186,6 +187,11 @@ pub mod iface_flags {
     pub const LOG_DROPS: u32 = 1 << 0;
     /// Emit [`crate::Event`]s for new allowed flows on this interface.
     pub const LOG_FLOWS: u32 = 1 << 1;
+    /// The ingress scope has no untracked (C4) point: no egress packet can answer an
+    /// untracked flow, so the datapath skips that lookup. Unset is always correct, only slower.
+    pub const TRACKED_ONLY_IN: u32 = 1 << 2;
+    /// The egress scope has no untracked (C4) point (see [`TRACKED_ONLY_IN`]).
+    pub const TRACKED_ONLY_OUT: u32 = 1 << 3;
 }
 
 /// Data part of a [`maps::PEERS`] LPM key.
@@ -227,35 +233,64 @@ pub struct PeerVal {
 }
 const _: () = assert!(size_of::<PeerVal>() == 16);
 
-/// Data part of a [`maps::PORTS`] LPM key.
+/// Key of [`maps::PORTS`]: one page of a peer class's port table for one protocol.
 ///
-/// ```text
-///  bits 0..32   peer class (big endian)                 prefix 32: every protocol (rule -1)
-///  bits 32..40  IP protocol                              prefix 40: every port of it
-///  bits 40..56  port (big endian) or ICMP type<<8|code   prefix 40+n: a port block
-///  bits 56..64  padding, never part of a prefix
-/// ```
-/// The port is the destination port (E6: ingress the local port, egress the remote port).
+/// A class answers a (protocol, port) point from the page tree of `(class, proto, any 0)`;
+/// when it has none, from the one page of `(class, proto 0, any 1)`, its winner for every
+/// protocol (rule -1); when it has neither, it does not answer (the next class of the chain
+/// does). Page 0 is a tree's root; other pages are reached only through a
+/// [`rule_flags::PAGE`] segment of their parent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortData {
-    pub class: [u8; 4],
+pub struct PortKey {
+    pub class: u32,
+    /// IP protocol; 0 when `any` is 1.
     pub proto: u8,
-    pub port: [u8; 2],
-    pub _pad: u8,
+    /// 1: the class's every-protocol page.
+    pub any: u8,
+    pub page: u16,
 }
-const _: () = assert!(size_of::<PortData>() == 8);
+const _: () = assert!(size_of::<PortKey>() == 8);
 
-pub const PORT_CLASS_BITS: u32 = 32;
-pub const PORT_PROTO_BITS: u32 = 40;
-pub const PORT_FULL_BITS: u32 = 56;
+/// Segments per [`PortPage`].
+pub const PAGE_SEGS: usize = 16;
+/// Deepest page tree: `PAGE_SEGS^PAGE_LEVELS` = 65536 segments, one per port at most.
+pub const PAGE_LEVELS: usize = 4;
 
-/// Value of [`maps::PORTS`]: the rule charged for the packet (E4: see README) and flags that
-/// hold for every packet the entry covers.
+/// Value of [`maps::PORTS`]: up to [`PAGE_SEGS`] segments of a class's port line. Segment `i`
+/// holds `vals[i]` from point `starts[i]` up to the next larger start (or the end of the range
+/// the page covers); a point's segment is the last `i` with `starts[i] <= point`.
+///
+/// Invariants (the compiler keeps them; `lookup::check_canonical` checks them): `starts` is
+/// non-decreasing; `starts[0]` is the first point the page covers (0 for a root); unused slots
+/// repeat the last segment, so a binary search over all `PAGE_SEGS` needs no count. A value is
+/// a rule (slot and flags), no rule (slot 0: the class does not answer there) or, with
+/// [`rule_flags::PAGE`], the number of the child page that splits the segment further.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortPage {
+    pub starts: [u16; PAGE_SEGS],
+    pub vals: [RuleVal; PAGE_SEGS],
+}
+const _: () = assert!(size_of::<PortPage>() == 160);
+
+impl PortPage {
+    /// A page whose every point has `val`.
+    pub const fn uniform(val: RuleVal) -> PortPage {
+        PortPage {
+            starts: [0; PAGE_SEGS],
+            vals: [val; PAGE_SEGS],
+        }
+    }
+}
+
+/// A segment's value in a [`PortPage`], and the policy lookup's answer: the rule charged for
+/// the packet (E4: see README) and flags that hold for every packet the segment covers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleVal {
-    /// Counter slot of the charged rule (index into [`maps::RULE_COUNTERS`]); never 0.
+    /// Counter slot of the charged rule (index into [`maps::RULE_COUNTERS`]); 0 in a page
+    /// segment no rule of the class covers.
     pub slot: u32,
     /// [`rule_flags`] bits.
     pub flags: u32,
@@ -265,6 +300,9 @@ const _: () = assert!(size_of::<RuleVal>() == 8);
 pub mod rule_flags {
     /// C4: the flow is not tracked; every packet is judged by the rules.
     pub const UNTRACKED: u32 = 1 << 0;
+    /// In a [`super::PortPage`] only: `slot` is the number of the child page (same class and
+    /// protocol) that splits this segment; not a rule.
+    pub const PAGE: u32 = 1 << 31;
 }
 
 /// Rule slot 0 means "no rule" (exemptions, conntrack hits of flows opened before counters).
@@ -586,7 +624,8 @@ mod pod {
     unsafe impl aya::Pod for Timeouts {}
     unsafe impl aya::Pod for PeerData {}
     unsafe impl aya::Pod for PeerVal {}
-    unsafe impl aya::Pod for PortData {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortPage {}
     unsafe impl aya::Pod for RuleVal {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowVal {}

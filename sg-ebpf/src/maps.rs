@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sg_common::{
-    Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PeerVal, PortData,
-    RateState, Reason, RuleCounter, RuleVal, capacity, ct_stat,
+    Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PeerVal, PortKey,
+    PortPage, RateState, Reason, RuleCounter, capacity, ct_stat,
 };
 
 /// 0 -> the active policy generation (0 or 1).
@@ -24,9 +24,13 @@ pub static SG_IFACES: HashMap<IfaceKey, IfaceConf> = HashMap::with_max_entries(c
 #[map(name = "SG_PEERS")]
 pub static SG_PEERS: LpmTrie<PeerData, PeerVal> = LpmTrie::with_max_entries(capacity::PEERS, 0);
 
-/// (peer class, protocol, port) -> allowing rule. Prefix lengths: see `PortData`.
+/// (peer class, protocol, page) -> segments of the class's port line: see `PortKey`.
+/// BPF_F_NO_PREALLOC: pages are allocated as the agent writes them (most classes need one or
+/// two), and a page the agent deletes stays readable until the packets reading it are done
+/// (RCU), where a preallocated element could be reused for another page at once.
 #[map(name = "SG_PORTS")]
-pub static SG_PORTS: LpmTrie<PortData, RuleVal> = LpmTrie::with_max_entries(capacity::PORTS, 0);
+pub static SG_PORTS: HashMap<PortKey, PortPage> =
+    HashMap::with_max_entries(capacity::PORTS, BPF_F_NO_PREALLOC);
 
 // Conntrack: plain hash maps with a fixed capacity, so "insert failed" means "table full"
 // (C6) instead of an LRU silently evicting a live flow.

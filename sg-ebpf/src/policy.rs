@@ -3,12 +3,16 @@
 //! Owns the reads of `SG_ACTIVE`, `SG_IFACES`, `SG_PEERS` and `SG_PORTS`. It must not create
 //! state or count: it answers "which rule", the pipeline acts on it.
 //!
-//! One peer lookup, then one port lookup per class of the chain until one hits (at most
+//! One peer lookup, then the classes of the chain in order until one answers (at most
 //! `CLASS_CHAIN`; the compiler merges deeper nesting into the chain's first class):
 //! ```text
-//!  SG_PEERS  /160  scope (BE, 32 bits) | remote address (128 bits, IPv4 mapped)  -> PeerVal
-//!  SG_PORTS  /56   class (BE, 32 bits) | protocol (8) | port (BE, 16)           -> RuleVal
+//!  SG_PEERS  LPM /160  scope (BE, 32 bits) | remote address (128 bits, IPv4 mapped) -> PeerVal
+//!  SG_PORTS  hash      (class, protocol, page)                                      -> PortPage
 //! ```
+//! A class answers from its page tree for the protocol (a hash hit and a 4-step binary search
+//! per level; most classes have one level), or from its every-protocol page when it has no
+//! tree for the protocol. The cost of a class does not grow with the policy: a hash lookup,
+//! where an LPM trie over every class's ports walks ~log2(entries) nodes.
 //! Precedence (design.md "Pipeline" 6):
 //! 1. the interface unknown in the active generation: `DropNoPolicy` (fail closed);
 //! 2. no peer prefix of the direction's scope covers the remote address: `DropNoRule`;
@@ -16,8 +20,8 @@
 //! 4. otherwise the entry's rule allows it (its slot is the E4 choice the compiler made).
 use aya_ebpf::maps::lpm_trie::Key;
 use sg_common::{
-    CLASS_CHAIN, DIR_INGRESS, IfaceConf, IfaceKey, PORT_FULL_BITS, PeerData, PortData, RuleVal,
-    rule_flags,
+    CLASS_CHAIN, DIR_INGRESS, IfaceConf, IfaceKey, NO_RULE_SLOT, PAGE_LEVELS, PAGE_SEGS, PeerData,
+    PortKey, PortPage, RuleVal, iface_flags, rule_flags,
 };
 
 use crate::{
@@ -62,16 +66,21 @@ pub fn rule(conf: &IfaceConf, pkt: &Pkt) -> Option<RuleVal> {
 /// remote, its destination port = this packet's source port) would be allowed as an
 /// untracked flow. Then this TCP/UDP packet belongs to that untracked flow (e.g. the server's
 /// SYN-ACK of an untracked SSH session) and must not create state, or X2 would not hold.
+/// Skipped (false) when the compiler marked the other direction's scope as having no
+/// untracked point.
 #[inline(always)]
 pub fn answers_untracked(conf: &IfaceConf, pkt: &Pkt) -> bool {
     if pkt.l4 != L4_TCP && pkt.l4 != L4_UDP {
         return false;
     }
-    let (scope, remote) = if pkt.dir == DIR_INGRESS {
-        (conf.scope_out, pkt.src)
+    let (scope, remote, tracked_only) = if pkt.dir == DIR_INGRESS {
+        (conf.scope_out, pkt.src, iface_flags::TRACKED_ONLY_OUT)
     } else {
-        (conf.scope_in, pkt.dst)
+        (conf.scope_in, pkt.dst, iface_flags::TRACKED_ONLY_IN)
     };
+    if conf.flags & tracked_only != 0 {
+        return false;
+    }
     match lookup(scope, &remote, pkt.proto, pkt.sport) {
         Some(r) => r.flags & rule_flags::UNTRACKED != 0,
         None => false,
@@ -87,24 +96,63 @@ fn lookup(scope: u32, remote: &[u32; 4], proto: u8, port: u16) -> Option<RuleVal
             addr: addr(remote),
         },
     ))?;
-    let mut key = Key::new(
-        PORT_FULL_BITS,
-        PortData {
-            class: [0; 4],
-            proto,
-            port: port.to_be_bytes(),
-            _pad: 0,
-        },
-    );
     for i in 0..CLASS_CHAIN {
         let class = chain.classes[i];
         if class == 0 {
             return None;
         }
-        key.data.class = class.to_be_bytes();
-        if let Some(r) = SG_PORTS.get(&key) {
-            return Some(*r);
+        if let Some(r) = class_rule(class, proto, port) {
+            return Some(r);
         }
     }
     None
+}
+
+/// The rule class `class` answers for (proto, port) with, or None (no rule of it covers the
+/// point; a missing or too deep page, which the compiler never writes, is None too).
+#[inline(always)]
+fn class_rule(class: u32, proto: u8, port: u16) -> Option<RuleVal> {
+    let mut key = PortKey {
+        class,
+        proto,
+        any: 0,
+        page: 0,
+    };
+    let mut page = match unsafe { SG_PORTS.get(&key) } {
+        Some(p) => p,
+        None => {
+            key.proto = 0;
+            key.any = 1;
+            unsafe { SG_PORTS.get(&key) }?
+        }
+    };
+    for _ in 0..PAGE_LEVELS {
+        let v = search(page, port);
+        if v.flags & rule_flags::PAGE == 0 {
+            return if v.slot == NO_RULE_SLOT {
+                None
+            } else {
+                Some(v)
+            };
+        }
+        key.page = v.slot as u16;
+        page = unsafe { SG_PORTS.get(&key) }?;
+    }
+    None
+}
+
+/// The segment of `point` in `page`: the last `i` with `starts[i] <= point` (`starts[0]` is at
+/// most every point that reaches the page), by a branch per bit of the index.
+#[inline(always)]
+fn search(page: &PortPage, point: u16) -> RuleVal {
+    let mut i = 0usize;
+    let mut step = PAGE_SEGS / 2;
+    while step > 0 {
+        let j = (i + step) & (PAGE_SEGS - 1);
+        if page.starts[j] <= point {
+            i = j;
+        }
+        step /= 2;
+    }
+    page.vals[i & (PAGE_SEGS - 1)]
 }

@@ -32,24 +32,24 @@
 //!    rules))`, where `level` picks per point the rule with the fewest points, then the
 //!    smallest id. This is exactly "the union of the covering prefixes' rules, each at its
 //!    longest covering prefix". The kernel evaluates the overlay itself: P's peer value is a
-//!    chain of classes, `[level(P's own), ...parent's chain]`, and the first class with an
-//!    entry for the packet's (protocol, port) decides. So every prefix stores only its own
-//!    rules' entries and `SG_PORTS` stays linear in the rules, instead of repeating every
-//!    ancestor's entries under each nested prefix. Each extra class costs the kernel one
-//!    lookup, so a parent whose first class is small (at most `MERGE_ENTRIES` entries) is
+//!    chain of classes, `[level(P's own), ...parent's chain]`, and the first class with a
+//!    rule at the packet's (protocol, port) decides. So every prefix stores only its own
+//!    rules' segments and `SG_PORTS` stays linear in the rules, instead of repeating every
+//!    ancestor's segments under each nested prefix. Each extra class costs the kernel one
+//!    hash lookup, so a parent whose first class is small (at most `MERGE_PAGES` pages) is
 //!    merged instead: P's class is `overlay(parent's first, level(P's own))`, a few copied
-//!    entries for one lookup less. The chain holds at most `CLASS_CHAIN` classes; past that
+//!    segments for one lookup less. The chain holds at most `CLASS_CHAIN` classes; past that
 //!    P merges into its parent's first class whatever its size. A prefix with a -1 rule ends
 //!    the chain (nothing shows through it).
 //! 6. **C4.** The untracked TCP/UDP ports depend only on (scope, family): the ports some /0
 //!    CIDR rule of that family allows, when the opposite direction allows all of the
 //!    protocol to the same /0. Every class of the family inherits those /0 rules, so the flag
 //!    at a point is "point in that set".
-//! 7. **Port entries** (`ports::encode`): a -1 winner at prefix 32; TCP/UDP made
-//!    explicit where C4 applies (prefix 32 cannot say "untracked for TCP only"); per protocol
-//!    adjacent equal values merged, the cheapest default at prefix 40, the other intervals as
-//!    maximal aligned blocks at 40 + n (ICMP type = 48, type+code = 56).
-//! 8. **Dedupe.** Classes are keyed by their sorted port entry lists and numbered
+//! 7. **Port pages** (`ports::encode`): a -1 winner is the class's every-protocol page;
+//!    TCP/UDP made explicit where C4 applies (that page cannot say "untracked for TCP
+//!    only"); every other protocol of the map is a tree of pages of up to `PAGE_SEGS`
+//!    segments (adjacent equal values merged), one page for most classes.
+//! 8. **Dedupe.** Classes are keyed by their sorted page lists and numbered
 //!    `gen << 31 | h`, h a hash of the entries ([`Ids`]): prefixes whose levels answer alike
 //!    share one class, across scopes too, and a class keeps its id from one compile to the
 //!    next, so an apply only writes what changed. A prefix whose chain equals its nearest
@@ -72,25 +72,26 @@
 //! ```text
 //! 0.0.0.0/0     [A]      A = level{r1}
 //! 192.0.2.0/24  [B]      B = overlay(A, level{r2, r4}): A is small, so it is copied in;
-//!                        with more than MERGE_ENTRIES entries in A this would be [B', A]
+//!                        with more than MERGE_PAGES pages in A this would be [B', A]
 //!                        with B' = level{r2, r4}
 //! 192.0.2.7/32  [C]      C = level{r3}: a -1 rule, nothing of A or B shows through
 //! ```
 //!
-//! Port entries (prefix length: key):
+//! Port pages (key: segments as `start value`, `-` = slot 0, no rule):
 //!
 //! ```text
-//! A: 56: tcp 22 -> r1 UNTRACKED
-//! B: 52: tcp 0-15, 54: tcp 16-19, 55: tcp 20-21 -> r2; 56: tcp 22 -> r2 UNTRACKED
-//!    (r2 wins at 22 over A's r1: longer prefix; C4 looks at the point, not the rule);
-//!    56: tcp 23, 53: 24-31, ..., 47: 512-1023 -> r2; 48: icmp 8/* -> r4. No prefix-40
-//!    default for tcp: ports above 1023 must miss.
-//! C: 32: * -> r3; 56: tcp 22 -> r3 UNTRACKED (the -1 entry cannot carry a TCP-only flag)
+//! A: tcp:  0 -, 22 r1 UNTRACKED, 23 -
+//! B: tcp:  0 r2, 22 r2 UNTRACKED, 23 r2, 1024 -
+//!          (r2 wins at 22 over A's r1: longer prefix; C4 looks at the point, not the rule)
+//!    icmp: 0 -, 0x0800 r4, 0x0900 -
+//! C: any:  0 r3
+//!    tcp:  0 r3, 22 r3 UNTRACKED, 23 r3 (the every-protocol page cannot carry a TCP-only
+//!          flag)
 //! ```
 //!
 //! A packet from 192.0.2.7 to tcp 22 finds [C], then `tcp 22 -> r3 UNTRACKED`; from
-//! 192.0.2.9 to tcp 80 it finds [B] and the block 64-127 -> r2 (tracked); to tcp 2000 B
-//! misses: denied.
+//! 192.0.2.9 to tcp 80 it finds [B] and the segment 23 -> r2 (tracked); to tcp 2000 B has no
+//! rule: denied; to udp 53 B has no udp page and no every-protocol page: denied.
 
 mod ports;
 
@@ -100,7 +101,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use sg_common::{
-    CLASS_CHAIN, IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortData, RuleVal,
+    CLASS_CHAIN, IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortKey, PortPage,
+    iface_flags,
 };
 
 use crate::image::{LpmKey, MapImage, SlotTable, SlotsExhausted};
@@ -257,8 +259,24 @@ pub fn compile_indexed(
         generation: opts.generation,
         ..MapImage::default()
     };
+    // C4 per scope (step 6), for the interfaces' TRACKED_ONLY flags.
+    let tracked_only = |set: &[GroupId], dir: Direction| {
+        let here = scope_rules(policy, set, dir);
+        let opposite = scope_rules(policy, set, dir.opposite());
+        [Family::V4, Family::V6]
+            .into_iter()
+            .all(|fam| untracked(&here, &opposite, fam).is_empty())
+    };
     for (iface, ifindex) in &bound {
-        let (scope_in, scope_out) = scope_ids[&group_set(iface)];
+        let set = group_set(iface);
+        let (scope_in, scope_out) = scope_ids[&set];
+        let mut flags = 0;
+        if tracked_only(&set, Direction::Ingress) {
+            flags |= iface_flags::TRACKED_ONLY_IN;
+        }
+        if tracked_only(&set, Direction::Egress) {
+            flags |= iface_flags::TRACKED_ONLY_OUT;
+        }
         image.ifaces.insert(
             IfaceKey {
                 generation: opts.generation,
@@ -267,7 +285,7 @@ pub fn compile_indexed(
             IfaceConf {
                 scope_in,
                 scope_out,
-                flags: 0,
+                flags,
                 _pad: 0,
                 timeouts: iface.timeouts,
             },
@@ -385,7 +403,7 @@ fn scope_prefixes(
 pub struct Delta {
     pub generation: u32,
     pub peers: BTreeMap<LpmKey<PeerData>, Option<PeerVal>>,
-    pub ports: BTreeMap<LpmKey<PortData>, RuleVal>,
+    pub ports: BTreeMap<PortKey, PortPage>,
     new_ids: BTreeSet<u32>,
     new_classes: HashMap<Vec<ports::PortEntry>, u32>,
 }
@@ -735,26 +753,24 @@ impl Classes<'_> {
             return Ok((id, n));
         }
         let mut h = Fnv::new();
-        for (len, proto, port, val) in &entries {
-            h.bytes(&len.to_le_bytes())
-                .bytes(&[*proto])
-                .bytes(&port.to_le_bytes())
-                .bytes(&val.slot.to_le_bytes())
-                .bytes(&val.flags.to_le_bytes());
+        for (proto, any, page, p) in &entries {
+            h.bytes(&[*proto, *any]).bytes(&page.to_le_bytes());
+            for (start, val) in p.starts.iter().zip(&p.vals) {
+                h.bytes(&start.to_le_bytes())
+                    .bytes(&val.slot.to_le_bytes())
+                    .bytes(&val.flags.to_le_bytes());
+            }
         }
         let id = self.ids.take_beside(h.finish(), self.base)?;
-        for &(prefix_len, proto, port, val) in &entries {
+        for &(proto, any, page, p) in &entries {
             self.image.ports.insert(
-                LpmKey {
-                    prefix_len,
-                    data: PortData {
-                        class: id.to_be_bytes(),
-                        proto,
-                        port: port.to_be_bytes(),
-                        _pad: 0,
-                    },
+                PortKey {
+                    class: id,
+                    proto,
+                    any,
+                    page,
                 },
-                val,
+                p,
             );
         }
         self.by_entries.insert(entries, id);
@@ -767,14 +783,14 @@ impl Classes<'_> {
 struct Level {
     prefix: Prefix,
     first: PortMap,
-    /// Entries of the chain's first class.
+    /// Pages of the chain's first class.
     first_len: usize,
     chain: Vec<u32>,
 }
 
-/// A covering prefix's first class with at most this many entries is merged into a nested
-/// prefix's class rather than asked after it: a few copied entries buy one lookup less.
-const MERGE_ENTRIES: usize = 64;
+/// A covering prefix's first class with at most this many pages is merged into a nested
+/// prefix's class rather than asked after it: a few copied segments buy one lookup less.
+const MERGE_PAGES: usize = 8;
 
 /// Step 5 for one (scope, family): the peer entries and their class chains.
 fn walk<'p>(
@@ -810,7 +826,7 @@ fn walk<'p>(
             }
             // A small first class is copied into this prefix's class (one lookup fewer for
             // what it covers); a big one is asked after it, while the chain has room.
-            Some(q) if q.first_len > MERGE_ENTRIES && q.chain.len() < CLASS_CHAIN => {
+            Some(q) if q.first_len > MERGE_PAGES && q.chain.len() < CLASS_CHAIN => {
                 let (c, n) = classes.intern(ports::encode(&own, c4, slot_of))?;
                 let mut chain = Vec::with_capacity(q.chain.len() + 1);
                 chain.push(c);

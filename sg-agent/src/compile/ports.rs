@@ -1,14 +1,14 @@
 //! The port half of the compiler: for one peer class, which rule wins every (protocol, port)
-//! point (E4), and how that function becomes `SG_PORTS` LPM entries.
+//! point (E4), and how that function becomes `SG_PORTS` pages.
 //!
 //! A [`PortMap`] is the winner function as segments; [`level`] builds it for rules that share
 //! one peer prefix, [`overlay`] puts a longer prefix's rules over its parent's map, and
-//! [`encode`] turns a map plus the scope's C4 set into entries. Nothing here knows addresses,
+//! [`encode`] turns a map plus the scope's C4 set into page trees. Nothing here knows addresses,
 //! groups or the policy types.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sg_common::{PORT_CLASS_BITS, PORT_FULL_BITS, PORT_PROTO_BITS, RuleVal, rule_flags};
+use sg_common::{NO_RULE_SLOT, PAGE_SEGS, PortPage, RuleVal, rule_flags};
 
 /// A rule, by its index in the policy's rules sorted by id: a smaller index is a smaller id.
 pub(super) type Winner = u32;
@@ -204,6 +204,11 @@ pub(super) struct Untracked {
 }
 
 impl Untracked {
+    /// No point is untracked.
+    pub(super) fn is_empty(&self) -> bool {
+        self.tcp.is_empty() && self.udp.is_empty()
+    }
+
     fn ports(&self, proto: u8) -> &[(u16, u16)] {
         match proto {
             sg_common::proto::TCP => &self.tcp,
@@ -243,31 +248,35 @@ pub(super) fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     out
 }
 
-/// One `SG_PORTS` entry of a class, without the class id: (prefix length, protocol, first
-/// port of the block, value). Sorted lists of these are what classes are deduplicated on.
-pub(super) type PortEntry = (u32, u8, u16, RuleVal);
+/// One `SG_PORTS` entry of a class, without the class id: (protocol, any, page number, page)
+/// as in [`sg_common::PortKey`]. Sorted lists of these are what classes are deduplicated on.
+pub(super) type PortEntry = (u8, u8, u16, PortPage);
 
-/// The entries a class needs so that the longest-prefix lookup of (protocol, port) returns the
-/// winner of `map` with the UNTRACKED flag of `untracked`.
+/// A segment no rule of the class covers: the class does not answer there.
+const NO_RULE: RuleVal = RuleVal {
+    slot: NO_RULE_SLOT,
+    flags: 0,
+};
+
+/// The pages a class needs so that the kernel's walk of (protocol, port) returns the winner
+/// of `map` with the UNTRACKED flag of `untracked`.
 ///
-/// - A winner for every protocol (`map.all`) is the entry at prefix 32. It cannot carry a
-///   flag that differs by protocol, so TCP/UDP get their own entries where C4 applies.
-/// - Per protocol, adjacent equal values are merged, then the protocol's entry at prefix 40
-///   (its default) is chosen as the value that saves the most block entries, and every
-///   interval with another value is split into maximal aligned power-of-two blocks
-///   (prefix 40 + 16 - log2(size)).
-/// - Points with no winner get no entry: a miss, so the next class of the chain answers (or
-///   the packet is denied). Such points only exist when there is no -1 winner, so nothing
-///   shorter in the class can answer for them.
+/// - A winner for every protocol (`map.all`) is the class's every-protocol page (one
+///   segment). It cannot carry a flag that differs by protocol, so TCP/UDP get their own
+///   trees where C4 applies.
+/// - Every other protocol of the map gets a page tree of its segments (adjacent equal values
+///   merged): one page up to `PAGE_SEGS` segments, else a root whose segments point to
+///   child pages of consecutive segments, as deep as needed (at most `PAGE_LEVELS`).
+/// - Points with no winner hold slot 0: the next class of the chain answers (or the packet
+///   is denied). Such points only exist when there is no -1 winner.
 pub(super) fn encode(map: &PortMap, untracked: &Untracked, slot_of: &[u32]) -> Vec<PortEntry> {
     let val = |w: Winner, untracked: bool| RuleVal {
         slot: slot_of[w as usize],
         flags: if untracked { rule_flags::UNTRACKED } else { 0 },
     };
-    let fallback: Option<RuleVal> = map.all.map(|w| val(w, false));
     let mut entries = Vec::new();
-    if let Some(v) = fallback {
-        entries.push((PORT_CLASS_BITS, 0, 0, v));
+    if let Some(w) = map.all {
+        entries.push((0, 1, 0, PortPage::uniform(val(w, false))));
     }
     let mut protos: BTreeSet<u8> = map.protos.keys().copied().collect();
     for p in [sg_common::proto::TCP, sg_common::proto::UDP] {
@@ -277,94 +286,60 @@ pub(super) fn encode(map: &PortMap, untracked: &Untracked, slot_of: &[u32]) -> V
     }
     for proto in protos {
         let flags = range_segs(untracked.ports(proto));
-        let segs = combine(&map.segs(proto), &flags, |w, u| w.map(|w| val(w, u)));
-        encode_proto(proto, &segs, fallback, &mut entries);
+        let segs = combine(&map.segs(proto), &flags, |w, u| {
+            w.map_or(NO_RULE, |w| val(w, u))
+        });
+        let mut pages = Vec::new();
+        paginate(&segs, &mut pages);
+        entries.extend(
+            pages
+                .into_iter()
+                .enumerate()
+                .map(|(n, page)| (proto, 0, n as u16, page)),
+        );
     }
     entries.sort_unstable();
     entries
 }
 
-fn encode_proto(
-    proto: u8,
-    segs: &[Seg<Option<RuleVal>>],
-    fallback: Option<RuleVal>,
-    entries: &mut Vec<PortEntry>,
-) {
-    let interval = |i: usize| {
-        let to = segs.get(i + 1).map_or(65535, |s| s.start - 1);
-        (segs[i].start, to)
-    };
-    // Blocks each value would need if it were not the default.
-    let mut blocks: BTreeMap<RuleVal, usize> = BTreeMap::new();
-    let mut has_gap = false;
-    for (i, s) in segs.iter().enumerate() {
-        match s.val {
-            Some(v) => {
-                let (from, to) = interval(i);
-                *blocks.entry(v).or_default() += block_count(from, to);
-            }
-            None => has_gap = true,
-        }
-    }
-    // The default is what the protocol's prefix-40 entry says, or the fallback (prefix 32, or
-    // a miss) when there is none. A gap can only be expressed by the fallback being a miss.
-    let default = if has_gap {
-        debug_assert!(fallback.is_none(), "a -1 winner leaves no gap");
-        None
+/// Writes the page of `segs` (and its children) into `pages`; returns its number. The first
+/// call's page is number 0, the root.
+fn paginate(segs: &[Seg<RuleVal>], pages: &mut Vec<PortPage>) -> u16 {
+    let n = pages.len();
+    pages.push(PortPage::uniform(NO_RULE));
+    let items: Vec<(u16, RuleVal)> = if segs.len() <= PAGE_SEGS {
+        segs.iter().map(|s| (s.start, s.val)).collect()
     } else {
-        let total: usize = blocks.values().sum();
-        let fallback_cost = total - fallback.and_then(|f| blocks.get(&f)).copied().unwrap_or(0);
-        let mut best = (fallback_cost, fallback);
-        for (&v, &n) in &blocks {
-            let cost = total - n + 1;
-            if cost < best.0 {
-                best = (cost, Some(v));
-            }
+        // At most PAGE_SEGS runs of consecutive segments, one child page each; full runs of
+        // a power of PAGE_SEGS segments, so every child but the last is a full tree.
+        let mut per = PAGE_SEGS;
+        while per * PAGE_SEGS < segs.len() {
+            per *= PAGE_SEGS;
         }
-        best.1
+        segs.chunks(per)
+            .map(|run| {
+                let child = paginate(run, pages);
+                (
+                    run[0].start,
+                    RuleVal {
+                        slot: u32::from(child),
+                        flags: rule_flags::PAGE,
+                    },
+                )
+            })
+            .collect()
     };
-    if default != fallback
-        && let Some(v) = default
-    {
-        entries.push((PORT_PROTO_BITS, proto, 0, v));
+    let (last_start, last_val) = *items.last().expect("a segment list is never empty");
+    let mut page = PortPage {
+        starts: [last_start; PAGE_SEGS],
+        vals: [last_val; PAGE_SEGS],
+    };
+    for (i, (start, val)) in items.into_iter().enumerate() {
+        page.starts[i] = start;
+        page.vals[i] = val;
     }
-    for (i, s) in segs.iter().enumerate() {
-        if let Some(v) = s.val
-            && s.val != default
-        {
-            let (from, to) = interval(i);
-            for (start, len) in blocks_of(from, to) {
-                entries.push((len, proto, start, v));
-            }
-        }
-    }
-}
-
-/// Maximal aligned power-of-two blocks covering `from..=to`: (first port, prefix length).
-pub(super) fn blocks_of(from: u16, to: u16) -> impl Iterator<Item = (u16, u32)> {
-    let mut pos = u32::from(from);
-    let end = u32::from(to) + 1;
-    std::iter::from_fn(move || {
-        if pos >= end {
-            return None;
-        }
-        // The largest block aligned at `pos` that still fits before `end`.
-        let mut size = if pos == 0 {
-            65536
-        } else {
-            1 << pos.trailing_zeros()
-        };
-        while pos + size > end {
-            size >>= 1;
-        }
-        let start = pos as u16;
-        pos += size;
-        Some((start, PORT_FULL_BITS - size.trailing_zeros()))
-    })
-}
-
-fn block_count(from: u16, to: u16) -> usize {
-    blocks_of(from, to).count()
+    pages[n] = page;
+    u16::try_from(n).expect("65536 segments need fewer than 65536 pages")
 }
 
 #[cfg(test)]
@@ -375,23 +350,67 @@ mod tests {
         Points::Range { proto, from, to }
     }
 
+    /// The segment of `point` under `pages[n]`, literally: the last start at or below it.
+    fn find(pages: &[PortPage], n: u16, point: u16) -> RuleVal {
+        let p = &pages[n as usize];
+        let i = (0..PAGE_SEGS).rfind(|&i| p.starts[i] <= point).unwrap();
+        let v = p.vals[i];
+        if v.flags & rule_flags::PAGE != 0 {
+            find(pages, v.slot as u16, point)
+        } else {
+            v
+        }
+    }
+
+    fn depth(pages: &[PortPage], n: u16) -> usize {
+        let p = &pages[n as usize];
+        1 + p
+            .vals
+            .iter()
+            .filter(|v| v.flags & rule_flags::PAGE != 0)
+            .map(|v| depth(pages, v.slot as u16))
+            .max()
+            .unwrap_or(0)
+    }
+
     #[test]
-    fn blocks_are_maximal_and_aligned() {
-        assert_eq!(blocks_of(0, 65535).collect::<Vec<_>>(), vec![(0, 40)]);
-        assert_eq!(blocks_of(22, 22).collect::<Vec<_>>(), vec![(22, 56)]);
-        assert_eq!(
-            blocks_of(0, 21).collect::<Vec<_>>(),
-            vec![(0, 52), (16, 54), (20, 55)]
-        );
-        assert_eq!(
-            blocks_of(1, 65535).count(),
-            16,
-            "1, 2-3, 4-7, ..., 32768-65535"
-        );
-        assert_eq!(
-            blocks_of(0x0800, 0x08ff).collect::<Vec<_>>(),
-            vec![(0x0800, 48)]
-        );
+    fn pages_split_long_segment_lists_into_a_shallow_tree() {
+        let v = |slot| RuleVal { slot, flags: 0 };
+        for (n, pages_want, depth_want) in [
+            (1, 1, 1),
+            (16, 1, 1),
+            (17, 1 + 2, 2),
+            (256, 1 + 16, 2),
+            (257, 1 + (1 + 16) + 1, 3),
+            (65536, 1 + 16 + 256 + 4096, 4),
+        ] {
+            // Segment i starts at i * (65536 / n) with value i + 1.
+            let width = 65536 / n as u32;
+            let segs: Vec<Seg<RuleVal>> = (0..n as u32)
+                .map(|i| Seg {
+                    start: (i * width) as u16,
+                    val: v(i + 1),
+                })
+                .collect();
+            let mut pages = Vec::new();
+            assert_eq!(paginate(&segs, &mut pages), 0, "the root is page 0");
+            assert_eq!(pages.len(), pages_want, "{n} segments");
+            assert_eq!(depth(&pages, 0), depth_want, "{n} segments");
+            assert!(depth_want <= sg_common::PAGE_LEVELS);
+            for p in &pages {
+                assert!(p.starts.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
+            }
+            for (i, seg) in segs.iter().enumerate() {
+                let last = seg.start as u32 + width - 1;
+                for point in [
+                    seg.start,
+                    last as u16,
+                    (seg.start as u32 + width / 2) as u16,
+                ] {
+                    assert_eq!(find(&pages, 0, point), v(i as u32 + 1), "{n}: {point}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -451,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn encode_picks_the_cheapest_default() {
+    fn encode_gives_every_protocol_page_and_c4_trees() {
         let slots: Vec<u32> = (0..10).map(|i| i + 100).collect();
         let v = |slot, flags| RuleVal { slot, flags };
         let u = rule_flags::UNTRACKED;
@@ -459,20 +478,27 @@ mod tests {
             tcp: vec![(22, 22)],
             udp: vec![],
         };
-        // tcp 0-1023 -> rule 2 over a -1 rule 3, port 22 untracked: 0-21, 23-1023 need 10
-        // blocks, 1024-65535 six; the /40 default is rule 2 and only rule 3's blocks remain.
+        // tcp 0-1023 -> rule 2 over a -1 rule 3, port 22 untracked: the -1 page, and one TCP
+        // page 0-21 r2, 22 r2 untracked, 23-1023 r2, 1024- r3.
         let e = encode(&level(&[(r(6, 0, 1023), 2), (Points::All, 3)]), &c4, &slots);
-        let mut want = vec![
-            (32, 0, 0, v(103, 0)),
-            (40, 6, 0, v(102, 0)),
-            (56, 6, 22, v(102, u)),
-        ];
-        want.extend(blocks_of(1024, 65535).map(|(s, l)| (l, 6, s, v(103, 0))));
-        want.sort();
-        assert_eq!(e, want);
-        // Without a -1 rule the ports above 1023 must miss, so no /40 default is possible.
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0], (0, 1, 0, PortPage::uniform(v(103, 0))));
+        let (proto, any, page, tcp) = e[1];
+        assert_eq!((proto, any, page), (6, 0, 0));
+        assert_eq!(tcp.starts[..5], [0, 22, 23, 1024, 1024]);
+        assert_eq!(
+            tcp.vals[..5],
+            [v(102, 0), v(102, u), v(102, 0), v(103, 0), v(103, 0)]
+        );
+        // Without a -1 rule the ports above 1023 have no rule: slot 0, the class is silent.
         let e = encode(&level(&[(r(6, 0, 1023), 2)]), &c4, &slots);
-        assert_eq!(e.len(), 11);
-        assert!(e.iter().all(|&(len, ..)| len > 40));
+        assert_eq!(e.len(), 1);
+        let tcp = e[0].3;
+        assert_eq!(find(&[tcp], 0, 1024), NO_RULE);
+        assert_eq!(find(&[tcp], 0, 65535), NO_RULE);
+        assert_eq!(find(&[tcp], 0, 22), v(102, u));
+        // A protocol with only the -1 winner and no C4 has no tree: the -1 page answers.
+        let e = encode(&level(&[(Points::All, 3)]), &Untracked::default(), &slots);
+        assert_eq!(e, vec![(0, 1, 0, PortPage::uniform(v(103, 0)))]);
     }
 }

@@ -29,7 +29,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{MapError, PerCpuValues};
 use sg_common::{
-    IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortData, RuleCounter, RuleVal, maps,
+    IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortKey, PortPage, RuleCounter, maps,
+    rule_flags,
 };
 
 use super::{Dataplane, Maps};
@@ -47,7 +48,7 @@ pub const QUIESCE: Duration = Duration::from_millis(10);
 pub(crate) struct GenEntries {
     pub ifaces: BTreeMap<IfaceKey, IfaceConf>,
     pub peers: BTreeMap<LpmKey<PeerData>, PeerVal>,
-    pub ports: BTreeMap<LpmKey<PortData>, RuleVal>,
+    pub ports: BTreeMap<PortKey, PortPage>,
 }
 
 impl GenEntries {
@@ -90,9 +91,8 @@ impl Mirror {
         }
         for kv in m.ports.iter() {
             let (k, v) = kv.context("reading SG_PORTS")?;
-            let g = port_generation(&k.data());
-            mirror.gens[g as usize].ports.insert(lpm(&k), v);
-            mirror.known_slots.insert(v.slot);
+            mirror.known_slots.extend(rule_slots(&v));
+            mirror.gens[port_generation(&k) as usize].ports.insert(k, v);
         }
         Ok(mirror)
     }
@@ -130,8 +130,16 @@ fn peer_generation(d: &PeerData) -> u32 {
     u32::from(d.scope[0] >> 7)
 }
 
-fn port_generation(d: &PortData) -> u32 {
-    u32::from(d.class[0] >> 7)
+fn port_generation(k: &PortKey) -> u32 {
+    k.class >> 31
+}
+
+/// The counter slots of the rules a page names (not its child page numbers, not slot 0).
+fn rule_slots(page: &PortPage) -> impl Iterator<Item = u32> + '_ {
+    page.vals
+        .iter()
+        .filter(|v| v.flags & rule_flags::PAGE == 0 && v.slot != sg_common::NO_RULE_SLOT)
+        .map(|v| v.slot)
 }
 
 /// Checks that every key and id of the image carries its generation.
@@ -161,7 +169,7 @@ fn check_generation(image: &MapImage) -> Result<()> {
         }
     }
     for k in image.ports.keys() {
-        if port_generation(&k.data) != g {
+        if port_generation(k) != g {
             bail!("image for generation {g} has a port entry of another generation: {k:?}");
         }
     }
@@ -182,7 +190,7 @@ impl Dataplane {
             .by_rule
             .values()
             .copied()
-            .chain(image.ports.values().map(|v| v.slot));
+            .chain(image.ports.values().flat_map(rule_slots));
         for s in slot_values {
             if s == sg_common::NO_RULE_SLOT || s >= cap {
                 bail!(
@@ -260,7 +268,7 @@ impl Dataplane {
         self.mirror.known_slots.extend(image.slots.by_rule.values());
         self.mirror
             .known_slots
-            .extend(image.ports.values().map(|v| v.slot));
+            .extend(image.ports.values().flat_map(rule_slots));
         Ok(report)
     }
 
@@ -294,10 +302,7 @@ impl Dataplane {
             }
         }
         for (k, v) in &delta.ports {
-            if port_generation(&k.data) != g
-                || v.slot == sg_common::NO_RULE_SLOT
-                || v.slot >= self.caps.rule_slots
-            {
+            if port_generation(k) != g || rule_slots(v).any(|s| s >= self.caps.rule_slots) {
                 bail!("the delta adds {k:?} -> {v:?}: not an entry of generation {g}");
             }
         }
@@ -308,7 +313,7 @@ impl Dataplane {
                 continue;
             }
             maps.ports
-                .insert(&key(k), *v, 0)
+                .insert(k, *v, 0)
                 .map_err(|e| map_error(maps::PORTS, "insert", k, e))?;
             mirror.ports.insert(*k, *v);
             written += 1;
@@ -402,7 +407,7 @@ impl Dataplane {
                 continue;
             }
             maps.ports
-                .insert(&key(k), *v, 0)
+                .insert(k, *v, 0)
                 .map_err(|e| map_error(maps::PORTS, "insert", k, e))?;
             mirror.ports.insert(*k, *v);
             n += 1;
@@ -480,14 +485,14 @@ impl Dataplane {
                 }
             }
         }
-        let ports: Vec<LpmKey<PortData>> = mirror
+        let ports: Vec<PortKey> = mirror
             .ports
             .keys()
             .filter(|k| keep.is_none_or(|w| !w.ports.contains_key(k)))
             .copied()
             .collect();
         for k in ports {
-            match maps.ports.remove(&key(&k)) {
+            match maps.ports.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {
                     mirror.ports.remove(&k);
                     n += 1;

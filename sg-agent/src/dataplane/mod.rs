@@ -31,8 +31,8 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use sg_common::{
-    Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PortData,
-    RuleCounter, RuleVal, capacity, maps, progs,
+    Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PortKey, PortPage,
+    RuleCounter, capacity, maps, progs,
 };
 
 pub use apply::ApplyReport;
@@ -108,7 +108,7 @@ pub(crate) struct Maps {
     pub active: Array<MapData, u32>,
     pub ifaces: HashMap<MapData, IfaceKey, IfaceConf>,
     pub peers: LpmTrie<MapData, PeerData, sg_common::PeerVal>,
-    pub ports: LpmTrie<MapData, PortData, RuleVal>,
+    pub ports: HashMap<MapData, PortKey, PortPage>,
     pub ct: HashMap<MapData, FlowKey, FlowVal>,
     pub ct_new: HashMap<MapData, FlowKey, FlowVal>,
     pub frags: HashMap<MapData, FragKey, FragVal>,

@@ -3,8 +3,8 @@
 //!
 //! The image builder (`mini_compile`) is deliberately naive and separate from `compile`: it
 //! writes the map layout straight from sg-common's comments and docs/design.md (one scope per
-//! interface and direction, one class per distinct peer prefix, port entries from a plain
-//! recursive split of the (protocol, port) space), so the fixtures test the kernel program
+//! interface and direction, one class per distinct peer prefix, port pages from a plain sweep
+//! of each protocol's ports, at most two levels of pages), so the fixtures test the kernel program
 //! against the contract rather than against the production compiler. It is exact for the
 //! small policies the fixtures use; it is not fast and not minimal.
 #![allow(dead_code)]
@@ -18,7 +18,9 @@ use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions, ifindex};
 use sg_agent::image::{LpmKey, MapImage, SlotTable};
 use sg_agent::model::build::rule_id;
 use sg_agent::policy::{Direction, IcmpMatch, Peer, Policy, Protocol, Rule, RuleId};
-use sg_common::{IfaceConf, IfaceKey, PeerData, PortData, Reason, RuleVal, rule_flags};
+use sg_common::{
+    IfaceConf, IfaceKey, PAGE_SEGS, PeerData, PortKey, PortPage, Reason, RuleVal, rule_flags,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Network namespace
@@ -266,26 +268,17 @@ pub fn mini_compile(
                         classes: [class, 0, 0, 0],
                     },
                 );
-                let mut out = Vec::new();
-                split(&members, 32, 0, None, &mut out);
-                for (bits, v24, id, untracked) in out {
-                    let proto = (v24 >> 16) as u8;
-                    let port = (v24 & 0xffff) as u16;
-                    img.ports.insert(
-                        LpmKey {
-                            prefix_len: bits,
-                            data: PortData {
-                                class: class.to_be_bytes(),
-                                proto,
-                                port: port.to_be_bytes(),
-                                _pad: 0,
-                            },
-                        },
-                        RuleVal {
-                            slot: img.slots.slot(&id).expect("slot"),
-                            flags: if untracked { rule_flags::UNTRACKED } else { 0 },
-                        },
-                    );
+                let slot = |id: &RuleId| img.slots.slot(id).expect("slot");
+                for (proto, any, pages) in class_pages(&members, slot) {
+                    for (n, page) in pages.into_iter().enumerate() {
+                        let key = PortKey {
+                            class,
+                            proto,
+                            any,
+                            page: n as u16,
+                        };
+                        img.ports.insert(key, page);
+                    }
                 }
             }
         }
@@ -325,84 +318,128 @@ fn opposite_allows_all(opposite: &[&Rule], proto: u8, v4: bool) -> bool {
     })
 }
 
-/// The (protocol, port) block of `bits` prefix bits (32..=56) starting at `v24`.
-fn block(bits: u32, v24: u32) -> (u8, u8, u16, u16) {
-    let free = 56 - bits; // low bits of the 24-bit (proto, port) value left open
-    let hi = v24 | ((1u32 << free) - 1);
-    if free >= 16 {
-        ((v24 >> 16) as u8, (hi >> 16) as u8, 0, 65535)
-    } else {
-        let p = (v24 >> 16) as u8;
-        (p, p, (v24 & 0xffff) as u16, (hi & 0xffff) as u16)
-    }
+/// The E4 winner among `rules` (longest prefix, then fewest points, then smallest id).
+fn best<'a>(rules: impl Iterator<Item = &'a ClassRule>) -> Option<&'a ClassRule> {
+    rules.min_by(|x, y| {
+        y.len
+            .cmp(&x.len)
+            .then(x.width.cmp(&y.width))
+            .then(x.id.cmp(&y.id))
+    })
 }
 
-/// How a rule relates to a block: 2 covers it, 1 overlaps part of it, 0 misses it.
-fn relation(r: &ClassRule, b: (u8, u8, u16, u16)) -> u8 {
-    let mut partial = false;
-    for &(plo, phi, qlo, qhi) in &r.boxes {
-        let p_in = plo <= b.0 && b.1 <= phi;
-        let q_in = qlo <= b.2 && b.3 <= qhi;
-        if p_in && q_in {
-            return 2;
-        }
-        let p_ov = plo <= b.1 && b.0 <= phi;
-        let q_ov = qlo <= b.3 && b.2 <= qhi;
-        partial |= p_ov && q_ov;
+/// A class's pages, as `(protocol, any, pages by number)`: the every-protocol page when some
+/// rule covers every protocol, and a tree for each protocol some narrower rule names (and for
+/// TCP/UDP when C4 may flag them), its segments found by a sweep over the rules' port bounds.
+fn class_pages(rules: &[ClassRule], slot: impl Fn(&RuleId) -> u32) -> Vec<(u8, u8, Vec<PortPage>)> {
+    let no_rule = RuleVal { slot: 0, flags: 0 };
+    let every = |r: &ClassRule| r.boxes.iter().any(|b| *b == (0, 255, 0, 65535));
+    let mut out = Vec::new();
+    if let Some(r) = best(rules.iter().filter(|r| every(r))) {
+        let v = RuleVal {
+            slot: slot(&r.id),
+            flags: 0,
+        };
+        out.push((0, 1, vec![PortPage::uniform(v)]));
     }
-    u8::from(partial)
-}
-
-/// Emits LPM entries so that every point gets its E4 winner (longest prefix, then fewest
-/// points, then smallest id) and its C4 flag, splitting blocks until they are uniform.
-fn split(
-    rules: &[ClassRule],
-    bits: u32,
-    v24: u32,
-    inherited: Option<(RuleId, bool)>,
-    out: &mut Vec<(u32, u32, RuleId, bool)>,
-) {
-    let b = block(bits, v24);
-    let rel: Vec<u8> = rules.iter().map(|r| relation(r, b)).collect();
-    let uniform_rules = rel.iter().all(|&x| x != 1);
-    // The flag differs between protocols: a block spanning 6 or 17 and others must split
-    // if any covering rule makes TCP or UDP untracked.
-    let covering: Vec<&ClassRule> = rules
+    let mut protos: BTreeSet<u8> = rules
         .iter()
-        .zip(&rel)
-        .filter(|(_, x)| **x == 2)
-        .map(|(r, _)| r)
+        .flat_map(|r| r.boxes.iter())
+        .filter(|b| b.0 == b.1)
+        .map(|b| b.0)
         .collect();
-    let flag_for = |proto: u8| match proto {
-        6 => covering.iter().any(|r| r.untracked[0]),
-        17 => covering.iter().any(|r| r.untracked[1]),
-        _ => false,
-    };
-    let uniform_flag = b.0 == b.1 || {
-        let f6 = b.0 <= 6 && 6 <= b.1 && flag_for(6);
-        let f17 = b.0 <= 17 && 17 <= b.1 && flag_for(17);
-        !f6 && !f17
-    };
-    if uniform_rules && uniform_flag {
-        let winner = covering
-            .iter()
-            .min_by(|x, y| {
-                y.len
-                    .cmp(&x.len)
-                    .then(x.width.cmp(&y.width))
-                    .then(x.id.cmp(&y.id))
-            })
-            .map(|r| (r.id.clone(), flag_for(b.0)));
-        if let Some(w) = winner
-            && Some(&w) != inherited.as_ref()
-        {
-            out.push((bits, v24, w.0, w.1));
-        }
-        return;
+    if rules.iter().any(|r| r.untracked[0]) {
+        protos.insert(6);
     }
-    let half = 1u32 << (56 - bits - 1);
-    split(rules, bits + 1, v24, inherited.clone(), out);
-    split(rules, bits + 1, v24 | half, inherited, out);
+    if rules.iter().any(|r| r.untracked[1]) {
+        protos.insert(17);
+    }
+    for proto in protos {
+        let boxes = |r: &ClassRule| -> Vec<(u16, u16)> {
+            r.boxes
+                .iter()
+                .filter(|b| b.0 <= proto && proto <= b.1)
+                .map(|b| (b.2, b.3))
+                .collect()
+        };
+        let mut bounds: BTreeSet<u32> = BTreeSet::from([0]);
+        for r in rules {
+            for (lo, hi) in boxes(r) {
+                bounds.insert(u32::from(lo));
+                bounds.insert(u32::from(hi) + 1);
+            }
+        }
+        let mut segs: Vec<(u16, RuleVal)> = Vec::new();
+        for &start in bounds.iter().filter(|&&b| b <= 65535) {
+            let port = start as u16;
+            let covering = rules
+                .iter()
+                .filter(|r| boxes(r).iter().any(|&(lo, hi)| lo <= port && port <= hi));
+            let v = match best(covering) {
+                None => no_rule,
+                Some(r) => {
+                    let untracked = match proto {
+                        6 => rules.iter().any(|x| {
+                            x.untracked[0]
+                                && boxes(x).iter().any(|&(lo, hi)| lo <= port && port <= hi)
+                        }),
+                        17 => rules.iter().any(|x| {
+                            x.untracked[1]
+                                && boxes(x).iter().any(|&(lo, hi)| lo <= port && port <= hi)
+                        }),
+                        _ => false,
+                    };
+                    RuleVal {
+                        slot: slot(&r.id),
+                        flags: if untracked { rule_flags::UNTRACKED } else { 0 },
+                    }
+                }
+            };
+            if segs.last().is_none_or(|s| s.1 != v) {
+                segs.push((port, v));
+            }
+        }
+        out.push((proto, 0, pages(&segs)));
+    }
+    out
+}
+
+/// One page, or a root over pages of `PAGE_SEGS` segments each (page i + 1 holds run i).
+fn pages(segs: &[(u16, RuleVal)]) -> Vec<PortPage> {
+    let page = |items: &[(u16, RuleVal)]| {
+        let last = *items.last().unwrap();
+        let mut p = PortPage {
+            starts: [last.0; PAGE_SEGS],
+            vals: [last.1; PAGE_SEGS],
+        };
+        for (i, (start, v)) in items.iter().enumerate() {
+            p.starts[i] = *start;
+            p.vals[i] = *v;
+        }
+        p
+    };
+    if segs.len() <= PAGE_SEGS {
+        return vec![page(segs)];
+    }
+    assert!(
+        segs.len() <= PAGE_SEGS * PAGE_SEGS,
+        "mini_compile: too many segments for two levels"
+    );
+    let runs: Vec<&[(u16, RuleVal)]> = segs.chunks(PAGE_SEGS).collect();
+    let root: Vec<(u16, RuleVal)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, run)| {
+            let child = RuleVal {
+                slot: i as u32 + 1,
+                flags: rule_flags::PAGE,
+            };
+            (run[0].0, child)
+        })
+        .collect();
+    std::iter::once(page(&root))
+        .chain(runs.iter().map(|run| page(run)))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
