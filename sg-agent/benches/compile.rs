@@ -2,7 +2,7 @@
 //! with many distinct CIDRs (both families, nested at random) and port ranges.
 //!
 //! `cargo bench -p sg-agent --bench compile` (release). Prints one line per size: best wall
-//! time of a few runs, and the number of peer entries, port entries and peer classes.
+//! time of a few runs, and the number of peer entries, port pages and peer classes.
 //! Addresses are synthetic (10.0.0.0/8, 2001:db8::/32): nothing here touches a network.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -260,9 +260,11 @@ fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
     let a = site.policy("a.yaml", POLICY_A);
     let b = site.policy("b.yaml", POLICY_B);
     let mut big = String::from("security_groups:\n  - id: sg-web\n    ingress:\n");
+    // 40 sources with a port each: 40 peer classes, a page or more each.
     for p in 6000..6040 {
         big.push_str(&format!(
-            "      - {{protocol: tcp, ports: {p}, source: 192.0.2.0/24}}\n"
+            "      - {{protocol: tcp, ports: {p}, source: 192.0.2.{}/32}}\n",
+            p - 6000 + 100
         ));
     }
     big.push_str("instances:\n  - {name: web-1, addresses: [192.0.2.11], groups: [sg-web]}\n");

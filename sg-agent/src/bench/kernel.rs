@@ -54,6 +54,7 @@ pub struct SizeCost {
     pub compile_ms: f64,
     pub apply_ms: f64,
     pub peer_entries: usize,
+    /// `SG_PORTS` entries: pages.
     pub port_entries: usize,
     pub established_ns: Option<f64>,
     pub new_allowed_ns: Option<f64>,

@@ -277,7 +277,7 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             w,
-            "| rules | established | new allowed (one run each) | new dropped | peer entries | port entries | compile ms | apply ms |\n\
+            "| rules | established | new allowed (one run each) | new dropped | peer entries | port pages | compile ms | apply ms |\n\
              | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for s in &kc.sizes {
