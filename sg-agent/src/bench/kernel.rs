@@ -17,6 +17,12 @@
 //!
 //! The dataplane is loaded fresh for every rule count with map capacities sized to the image
 //! (both generations, as an apply needs), so large policies fit when memory allows.
+//!
+//! Ratios are paired: on a shared machine the speed of a CPU moves for seconds at a time, so a
+//! ratio of two figures measured minutes apart measures that too. Each `established`
+//! measurement is taken right after one of the yardstick `pass_lookup` (the ratio is the
+//! median of the per-pair ratios), and each `new_allowed` measurement of a rule count right
+//! after one of the smallest rule count, whose dataplane stays loaded for that.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -59,6 +65,12 @@ pub struct SizeCost {
     pub established_ns: Option<f64>,
     pub new_allowed_ns: Option<f64>,
     pub new_dropped_ns: Option<f64>,
+    /// Median of `established / pass_lookup`, each pair measured back to back.
+    pub established_ratio_vs_pass_lookup: Option<f64>,
+    /// Median of `established / pass`, each pair measured back to back.
+    pub established_ratio_vs_pass: Option<f64>,
+    /// Median of `new_allowed / new_allowed of the smallest rule count`, back to back.
+    pub new_allowed_ratio_vs_smallest: Option<f64>,
     /// Why this size has no figures (e.g. the image does not fit).
     pub error: Option<String>,
 }
@@ -152,8 +164,15 @@ pub fn run(opts: &Options) -> Result<KernelCost> {
             "kernel: pass {:.1} ns, pass+lookup {:.1} ns, pass once {:.1} ns",
             k.pass_ns, k.pass_lookup_ns, k.pass_once_ns
         );
+        let yard = Yardsticks {
+            pass: &pass,
+            lookup: &lookup,
+            frame: &frame,
+        };
+        // The smallest rule count's dataplane, kept for the paired new-flow ratio.
+        let mut smallest: Option<Loaded> = None;
         for &n in &opts.kernel_rules {
-            let s = match size(&opts, n, per_round) {
+            let s = match size(&opts, n, per_round, &yard, &mut smallest) {
                 Ok(s) => s,
                 Err(e) => SizeCost {
                     rules: n,
@@ -168,7 +187,46 @@ pub fn run(opts: &Options) -> Result<KernelCost> {
     })?
 }
 
-fn size(opts: &Options, n: usize, per_round: usize) -> Result<SizeCost> {
+struct Yardsticks<'a> {
+    pass: &'a Prog,
+    lookup: &'a Prog,
+    frame: &'a [u8],
+}
+
+/// A loaded dataplane with the bench policy of one size and the new flows to time on it.
+struct Loaded {
+    dp: Dataplane,
+    flows: Vec<Vec<u8>>,
+}
+
+impl Loaded {
+    /// One `new_allowed` measurement: conntrack flushed, every flow run once; the mean ns.
+    /// Checks that every run created its flow.
+    fn new_allowed(&mut self) -> Result<f64> {
+        self.dp.flush_conntrack()?;
+        let before = self.dp.reason_counters()?[&Reason::PassRuleNew];
+        let mut total = 0.0;
+        for f in &self.flows {
+            total += ns(self.dp.bench_frame(Hook::XdpIn, f, LO, 1)?);
+        }
+        let created = self.dp.reason_counters()?[&Reason::PassRuleNew] - before;
+        if created != self.flows.len() as u64 {
+            bail!(
+                "new-flow runs created {created} flows, expected {}",
+                self.flows.len()
+            );
+        }
+        Ok(total / self.flows.len() as f64)
+    }
+}
+
+fn size(
+    opts: &Options,
+    n: usize,
+    per_round: usize,
+    yard: &Yardsticks,
+    smallest: &mut Option<Loaded>,
+) -> Result<SizeCost> {
     let policy = workload::policy(n, opts.seed);
     let t0 = Instant::now();
     // The dataplane starts with generation 0 active and empty, so the first image is
@@ -225,9 +283,19 @@ fn size(opts: &Options, n: usize, per_round: usize) -> Result<SizeCost> {
     )?;
     expect(&mut dp, Hook::XdpIn, &ack, Reason::PassCtOriginal, "ACK")?;
     let m = opts.medians_of;
-    s.established_ns = Some(median_of(m, || {
-        Ok(ns(dp.bench_frame(Hook::XdpIn, &ack, LO, opts.repeat)?))
-    })?);
+    // Established, each measurement between the two yardsticks'.
+    let (mut est, mut vs_lookup, mut vs_pass) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..m {
+        let p = ns(yard.pass.test_run(yard.frame, LO, opts.repeat)?.1);
+        let y = ns(yard.lookup.test_run(yard.frame, LO, opts.repeat)?.1);
+        let e = ns(dp.bench_frame(Hook::XdpIn, &ack, LO, opts.repeat)?);
+        est.push(e);
+        vs_lookup.push(e / y);
+        vs_pass.push(e / p);
+    }
+    s.established_ns = Some(median(&est));
+    s.established_ratio_vs_pass_lookup = Some(median(&vs_lookup));
+    s.established_ratio_vs_pass = Some(median(&vs_pass));
 
     let denied = frames::tcp(&sender, 40001, workload::DENIED_PORT, tcp_flags::SYN, 1, 0);
     expect(
@@ -256,24 +324,21 @@ fn size(opts: &Options, n: usize, per_round: usize) -> Result<SizeCost> {
     if per_round / sources.len() > 64_000 {
         bail!("{per_round} new flows per measurement exceed the distinct flows available");
     }
-    let before = dp.reason_counters()?;
-    let new_allowed = median_of(m, || {
-        dp.flush_conntrack()?;
-        let mut total = 0.0;
-        for f in &flows {
-            total += ns(dp.bench_frame(Hook::XdpIn, f, LO, 1)?);
+    let mut here = Loaded { dp, flows };
+    let (mut allowed, mut vs_smallest) = (Vec::new(), Vec::new());
+    for _ in 0..m {
+        let a = here.new_allowed()?;
+        allowed.push(a);
+        if let Some(first) = smallest.as_mut() {
+            vs_smallest.push(a / first.new_allowed()?);
         }
-        Ok(total / flows.len() as f64)
-    })?;
-    let after = dp.reason_counters()?;
-    let created = after[&Reason::PassRuleNew] - before[&Reason::PassRuleNew];
-    if created != (m * per_round) as u64 {
-        bail!(
-            "new-flow runs created {created} flows, expected {} (reason counters: {after:?})",
-            m * per_round
-        );
     }
-    s.new_allowed_ns = Some(new_allowed);
+    s.new_allowed_ns = Some(median(&allowed));
+    if smallest.is_none() {
+        vs_smallest = vec![1.0];
+        *smallest = Some(here);
+    }
+    s.new_allowed_ratio_vs_smallest = Some(median(&vs_smallest));
     Ok(s)
 }
 

@@ -20,9 +20,9 @@ pub struct Summary {
     /// The rule count the ratio above used as "100k" (smaller when 100k was not measured).
     pub new_flow_ratio_rules: Option<usize>,
     pub new_dropped_ns_ratio_100k_vs_10: Option<f64>,
-    /// sg established flow (largest rule count) / XDP_PASS.
+    /// sg established flow (largest rule count) / XDP_PASS, median of back-to-back pairs.
     pub established_ns_ratio_vs_pass: Option<f64>,
-    /// sg established flow / (XDP_PASS + one hash lookup).
+    /// sg established flow / (XDP_PASS + one hash lookup), median of back-to-back pairs.
     pub established_ns_ratio_vs_pass_lookup: Option<f64>,
     /// UDP pps with sg / with no filter at 10k rules (paired rounds), per ingress hook.
     pub sg_tc_udp_ratio_vs_no_filter_10k: Option<f64>,
@@ -65,18 +65,21 @@ pub fn summarize(r: &Results) -> Summary {
         let large = ok.iter().filter(|z| z.rules > 10).max_by_key(|z| z.rules);
         if let (Some(a), Some(b)) = (small, large) {
             s.new_flow_ratio_rules = Some(b.rules);
-            s.new_flow_ns_ratio_100k_vs_10 =
-                b.new_allowed_ns.zip(a.new_allowed_ns).map(|(x, y)| x / y);
+            // Paired (each measurement next to one of the first rule count) when the first
+            // rule count measured is 10; else the quotient of the medians.
+            let paired = k.sizes.first().is_some_and(|f| f.rules == 10);
+            s.new_flow_ns_ratio_100k_vs_10 = if paired {
+                b.new_allowed_ratio_vs_smallest
+            } else {
+                b.new_allowed_ns.zip(a.new_allowed_ns).map(|(x, y)| x / y)
+            };
             s.new_dropped_ns_ratio_100k_vs_10 =
                 b.new_dropped_ns.zip(a.new_dropped_ns).map(|(x, y)| x / y);
         }
-        if let Some(e) = ok
-            .iter()
-            .max_by_key(|z| z.rules)
-            .and_then(|z| z.established_ns)
-        {
-            s.established_ns_ratio_vs_pass = Some(e / k.pass_ns);
-            s.established_ns_ratio_vs_pass_lookup = Some(e / k.pass_lookup_ns);
+        if let Some(z) = ok.iter().max_by_key(|z| z.rules) {
+            // Paired with the yardsticks measured next to it.
+            s.established_ns_ratio_vs_pass = z.established_ratio_vs_pass;
+            s.established_ns_ratio_vs_pass_lookup = z.established_ratio_vs_pass_lookup;
         }
     }
     let q = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(x, y)| x / y);
@@ -272,19 +275,22 @@ pub fn markdown(r: &Results) -> String {
             "\n### In-kernel cost per packet (BPF_PROG_TEST_RUN, XDP ingress, 64-byte frames, ns)\n\n\
              Median of {} measurements of {} runs each. Baselines: XDP_PASS {:.1} ns; XDP_PASS + \
              one hash lookup (conntrack-sized key) {:.1} ns; XDP_PASS timed one run at a time \
-             (the way new flows are timed) {:.1} ns.\n",
+             (the way new flows are timed) {:.1} ns. The two ratio columns pair every \
+             measurement with the yardstick's measured just before it (established: XDP_PASS + \
+             one hash lookup; new allowed: the same measurement at the first rule count) and \
+             give the median of the pairs.\n",
             kc.medians_of, kc.repeat, kc.pass_ns, kc.pass_lookup_ns, kc.pass_once_ns
         );
         let _ = writeln!(
             w,
-            "| rules | established | new allowed (one run each) | new dropped | peer entries | port pages | compile ms | apply ms |\n\
-             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| rules | established | established / (pass + lookup) | new allowed (one run each) | new allowed / at first count | new dropped | peer entries | port pages | compile ms | apply ms |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for s in &kc.sizes {
             if let Some(e) = &s.error {
                 let _ = writeln!(
                     w,
-                    "| {} | not measured: {} | | | {} | {} | {:.0} | |",
+                    "| {} | not measured: {} | | | | | {} | {} | {:.0} | |",
                     rules_label(s.rules),
                     e.replace('|', "/"),
                     s.peer_entries,
@@ -295,10 +301,14 @@ pub fn markdown(r: &Results) -> String {
             }
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
                 rules_label(s.rules),
                 opt_ns(s.established_ns),
+                s.established_ratio_vs_pass_lookup
+                    .map_or(String::new(), |v| format!("{v:.2}x")),
                 opt_ns(s.new_allowed_ns),
+                s.new_allowed_ratio_vs_smallest
+                    .map_or(String::new(), |v| format!("{v:.2}x")),
                 opt_ns(s.new_dropped_ns),
                 s.peer_entries,
                 s.port_entries,
