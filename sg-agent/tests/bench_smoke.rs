@@ -74,6 +74,9 @@ fn quick_bench_writes_every_section_with_positive_figures() {
             "new_allowed_ns",
             "new_dropped_ns",
             "port_entries",
+            "established_ratio_vs_pass_lookup",
+            "established_ratio_vs_pass",
+            "new_allowed_ratio_vs_smallest",
         ] {
             positive(&v, &format!("kernel.sizes.{i}.{f}"));
         }
