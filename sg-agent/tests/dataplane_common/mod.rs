@@ -333,7 +333,7 @@ fn best<'a>(rules: impl Iterator<Item = &'a ClassRule>) -> Option<&'a ClassRule>
 /// TCP/UDP when C4 may flag them), its segments found by a sweep over the rules' port bounds.
 fn class_pages(rules: &[ClassRule], slot: impl Fn(&RuleId) -> u32) -> Vec<(u8, u8, Vec<PortPage>)> {
     let no_rule = RuleVal { slot: 0, flags: 0 };
-    let every = |r: &ClassRule| r.boxes.iter().any(|b| *b == (0, 255, 0, 65535));
+    let every = |r: &ClassRule| r.boxes.contains(&(0, 255, 0, 65535));
     let mut out = Vec::new();
     if let Some(r) = best(rules.iter().filter(|r| every(r))) {
         let v = RuleVal {
