@@ -259,22 +259,24 @@ pub fn compile_indexed(
         generation: opts.generation,
         ..MapImage::default()
     };
-    // C4 per scope (step 6), for the interfaces' TRACKED_ONLY flags.
-    let tracked_only = |set: &[GroupId], dir: Direction| {
-        let here = scope_rules(policy, set, dir);
-        let opposite = scope_rules(policy, set, dir.opposite());
-        [Family::V4, Family::V6]
-            .into_iter()
-            .all(|fam| untracked(&here, &opposite, fam).is_empty())
-    };
+    // 6. C4 per scope, direction (ingress, egress) and family (V4, V6): for the port pages
+    // and for the interfaces' TRACKED_ONLY flags.
+    let c4: BTreeMap<&Vec<GroupId>, [[Untracked; 2]; 2]> = scope_ids
+        .keys()
+        .map(|set| {
+            let per_dir = [Direction::Ingress, Direction::Egress].map(|d| scope_c4(policy, set, d));
+            (*set, per_dir)
+        })
+        .collect();
     for (iface, ifindex) in &bound {
         let set = group_set(iface);
         let (scope_in, scope_out) = scope_ids[&set];
+        let [c4_in, c4_out] = &c4[&set];
         let mut flags = 0;
-        if tracked_only(&set, Direction::Ingress) {
+        if c4_in.iter().all(Untracked::is_empty) {
             flags |= iface_flags::TRACKED_ONLY_IN;
         }
-        if tracked_only(&set, Direction::Egress) {
+        if c4_out.iter().all(Untracked::is_empty) {
             flags |= iface_flags::TRACKED_ONLY_OUT;
         }
         image.ifaces.insert(
@@ -300,17 +302,18 @@ pub fn compile_indexed(
         image: &mut image,
     };
     for (set, &(scope_in, scope_out)) in &scope_ids {
-        for (dir, scope) in [
+        for (d, (dir, scope)) in [
             (Direction::Ingress, scope_in),
             (Direction::Egress, scope_out),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let here = scope_rules(policy, set, dir);
-            let opposite = scope_rules(policy, set, dir.opposite());
             let prefixes = scope_prefixes(policy, &members, &here, &index, |_| true)?;
-            for fam in [Family::V4, Family::V6] {
-                let c4 = untracked(&here, &opposite, fam);
+            for (c4, fam) in c4[set][d].iter().zip([Family::V4, Family::V6]) {
                 let fam_prefixes = prefixes.iter().filter(|(p, _)| p.family == fam);
-                walk(scope, fam_prefixes, &points, &slot_of, &c4, &mut classes)?;
+                walk(scope, fam_prefixes, &points, &slot_of, c4, &mut classes)?;
             }
         }
     }
@@ -320,6 +323,13 @@ pub fn compile_indexed(
     };
     image.slots = slots;
     Ok((image, index))
+}
+
+/// Step 6 for one scope: the untracked ports per family (V4, V6).
+fn scope_c4(policy: &Policy, set: &[GroupId], dir: Direction) -> [Untracked; 2] {
+    let here = scope_rules(policy, set, dir);
+    let opposite = scope_rules(policy, set, dir.opposite());
+    [Family::V4, Family::V6].map(|fam| untracked(&here, &opposite, fam))
 }
 
 /// The rules of one direction of the groups in `set`: a scope's rule set (E3).
@@ -546,8 +556,7 @@ pub fn membership_delta(
             (Direction::Egress, scope_out),
         ] {
             let here = scope_rules(after, set, dir);
-            let opposite = scope_rules(after, set, dir.opposite());
-            let c4 = [Family::V4, Family::V6].map(|fam| untracked(&here, &opposite, fam));
+            let c4 = scope_c4(after, set, dir);
             for h in &hosts {
                 let covering = scope_prefixes(after, &m1, &here, &index_of, |p| {
                     p.family == h.family && p.covers(h)
