@@ -326,7 +326,7 @@ impl Dp {
             any: 0,
             page: 0,
         };
-        self.page(key, page_of(&segs));
+        self.page(key, PortPage::of(&segs));
     }
 
     fn page(&mut self, key: PortKey, page: PortPage) {
@@ -382,20 +382,6 @@ fn sk_buff(ifindex: u32) -> Vec<u8> {
     v
 }
 
-/// A page of up to `PAGE_SEGS` (start, value) segments, the last repeated into unused slots.
-fn page_of(segs: &[(u16, RuleVal)]) -> PortPage {
-    let last = *segs.last().expect("a segment");
-    let mut p = PortPage {
-        starts: [last.0; PAGE_SEGS],
-        vals: [last.1; PAGE_SEGS],
-    };
-    for (i, &(start, val)) in segs.iter().enumerate() {
-        p.starts[i] = start;
-        p.vals[i] = val;
-    }
-    p
-}
-
 /// The page tree of `segs` (page 0 the root): runs of 16, 256, ... segments per child.
 fn page_tree(segs: &[(u16, RuleVal)], pages: &mut Vec<PortPage>) -> u16 {
     let n = pages.len();
@@ -418,7 +404,7 @@ fn page_tree(segs: &[(u16, RuleVal)], pages: &mut Vec<PortPage>) -> u16 {
             })
             .collect()
     };
-    pages[n] = page_of(&items);
+    pages[n] = PortPage::of(&items);
     n as u16
 }
 

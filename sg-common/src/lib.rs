@@ -282,6 +282,21 @@ impl PortPage {
             vals: [val; PAGE_SEGS],
         }
     }
+
+    /// The page of `segs` (at most [`PAGE_SEGS`] `(start, value)` pairs, sorted, not empty),
+    /// the last one repeated into the unused slots.
+    pub fn of(segs: &[(u16, RuleVal)]) -> PortPage {
+        let (last_start, last_val) = segs[segs.len() - 1];
+        let mut page = PortPage {
+            starts: [last_start; PAGE_SEGS],
+            vals: [last_val; PAGE_SEGS],
+        };
+        for (i, &(start, val)) in segs.iter().enumerate() {
+            page.starts[i] = start;
+            page.vals[i] = val;
+        }
+        page
+    }
 }
 
 /// A segment's value in a [`PortPage`], and the policy lookup's answer: the rule charged for

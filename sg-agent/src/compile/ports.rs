@@ -329,16 +329,7 @@ fn paginate(segs: &[Seg<RuleVal>], pages: &mut Vec<PortPage>) -> u16 {
             })
             .collect()
     };
-    let (last_start, last_val) = *items.last().expect("a segment list is never empty");
-    let mut page = PortPage {
-        starts: [last_start; PAGE_SEGS],
-        vals: [last_val; PAGE_SEGS],
-    };
-    for (i, (start, val)) in items.into_iter().enumerate() {
-        page.starts[i] = start;
-        page.vals[i] = val;
-    }
-    pages[n] = page;
+    pages[n] = PortPage::of(&items);
     u16::try_from(n).expect("65536 segments need fewer than 65536 pages")
 }
 

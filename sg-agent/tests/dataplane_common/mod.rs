@@ -406,20 +406,8 @@ fn class_pages(rules: &[ClassRule], slot: impl Fn(&RuleId) -> u32) -> Vec<(u8, u
 
 /// One page, or a root over pages of `PAGE_SEGS` segments each (page i + 1 holds run i).
 fn pages(segs: &[(u16, RuleVal)]) -> Vec<PortPage> {
-    let page = |items: &[(u16, RuleVal)]| {
-        let last = *items.last().unwrap();
-        let mut p = PortPage {
-            starts: [last.0; PAGE_SEGS],
-            vals: [last.1; PAGE_SEGS],
-        };
-        for (i, (start, v)) in items.iter().enumerate() {
-            p.starts[i] = *start;
-            p.vals[i] = *v;
-        }
-        p
-    };
     if segs.len() <= PAGE_SEGS {
-        return vec![page(segs)];
+        return vec![PortPage::of(segs)];
     }
     assert!(
         segs.len() <= PAGE_SEGS * PAGE_SEGS,
@@ -437,8 +425,8 @@ fn pages(segs: &[(u16, RuleVal)]) -> Vec<PortPage> {
             (run[0].0, child)
         })
         .collect();
-    std::iter::once(page(&root))
-        .chain(runs.iter().map(|run| page(run)))
+    std::iter::once(PortPage::of(&root))
+        .chain(runs.iter().map(|run| PortPage::of(run)))
         .collect()
 }
 
