@@ -66,20 +66,23 @@ pub fn summarize(r: &Results) -> Summary {
         if let (Some(a), Some(b)) = (small, large) {
             s.new_flow_ratio_rules = Some(b.rules);
             // Paired (each measurement next to one of the first rule count) when the first
-            // rule count measured is 10; else the quotient of the medians.
+            // rule count measured is 10 and pairs were taken; else the quotient of the medians.
             let paired = k.sizes.first().is_some_and(|f| f.rules == 10);
-            s.new_flow_ns_ratio_100k_vs_10 = if paired {
-                b.new_allowed_ratio_vs_smallest
-            } else {
-                b.new_allowed_ns.zip(a.new_allowed_ns).map(|(x, y)| x / y)
-            };
+            s.new_flow_ns_ratio_100k_vs_10 = b
+                .new_allowed_ratio_vs_smallest
+                .filter(|_| paired)
+                .or_else(|| b.new_allowed_ns.zip(a.new_allowed_ns).map(|(x, y)| x / y));
             s.new_dropped_ns_ratio_100k_vs_10 =
                 b.new_dropped_ns.zip(a.new_dropped_ns).map(|(x, y)| x / y);
         }
         if let Some(z) = ok.iter().max_by_key(|z| z.rules) {
-            // Paired with the yardsticks measured next to it.
-            s.established_ns_ratio_vs_pass = z.established_ratio_vs_pass;
-            s.established_ns_ratio_vs_pass_lookup = z.established_ratio_vs_pass_lookup;
+            // Paired with the yardsticks measured next to it; else the quotient of medians.
+            let quotient = |y: f64| z.established_ns.map(|e| e / y);
+            s.established_ns_ratio_vs_pass =
+                z.established_ratio_vs_pass.or_else(|| quotient(k.pass_ns));
+            s.established_ns_ratio_vs_pass_lookup = z
+                .established_ratio_vs_pass_lookup
+                .or_else(|| quotient(k.pass_lookup_ns));
         }
     }
     let q = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(x, y)| x / y);
@@ -732,10 +735,31 @@ mod tests {
     }
 
     #[test]
+    fn paired_ratios_win_over_quotients_of_medians() {
+        let mut r = sample();
+        let k = r.kernel.as_mut().unwrap();
+        let large = &mut k.sizes[2];
+        large.new_allowed_ratio_vs_smallest = Some(1.2);
+        large.established_ratio_vs_pass = Some(4.0);
+        large.established_ratio_vs_pass_lookup = Some(1.4);
+        let s = summarize(&r);
+        assert_eq!(s.new_flow_ns_ratio_100k_vs_10, Some(1.2));
+        assert_eq!(s.established_ns_ratio_vs_pass, Some(4.0));
+        assert_eq!(s.established_ns_ratio_vs_pass_lookup, Some(1.4));
+        // Pairs against a first size other than 10 are not the 100k/10 ratio: the quotient.
+        let first = SizeCost {
+            rules: 5,
+            ..SizeCost::default()
+        };
+        r.kernel.as_mut().unwrap().sizes.insert(0, first);
+        assert_eq!(summarize(&r).new_flow_ns_ratio_100k_vs_10, Some(1.1));
+    }
+
+    #[test]
     fn markdown_and_svg_show_every_size() {
         let r = sample();
         let md = markdown(&r);
-        assert!(md.contains("| 100k | 100 | 550 | 300 |"), "{md}");
+        assert!(md.contains("| 100k | 100 |  | 550 |  | 300 |"), "{md}");
         assert!(
             md.contains("| new-flow cost at 100k rules <= 1.25x at 10 | 1.10x"),
             "{md}"
