@@ -25,6 +25,11 @@ use aya_ebpf::{
 /// can sit further out are read with `load_cold`, which has no such bound.
 pub const MAX_OFF: usize = 1024;
 
+/// How much of a non-linear skb TC pulls into its linear part when a header is not there:
+/// every direct read (`Hook::load`) ends within it (two VLAN tags, IPv4 with 40 bytes of
+/// options and a TCP header: 22 + 60 + 20 = 102 bytes).
+const PULL_LEN: u32 = 128;
+
 /// What the pipeline needs from a hook. Implemented for XDP and TC; the pipeline is generic
 /// over it and monomorphised per program.
 pub trait Hook {
@@ -148,10 +153,24 @@ impl Hook for TcContext {
             return Some(unsafe { p.read() });
         }
         // The header lies beyond the linear part of a non-linear skb (or beyond the frame).
-        // bpf_skb_load_bytes copies from the paged part without touching the skb; the usual
-        // alternative, bpf_skb_pull_data, also makes the skb writable, which unclones every
-        // egress TCP segment (a head copy per packet). It fails with -EFAULT past skb->len,
-        // which is exactly "truncated".
+        // Pull the headers into the linear part once, as Cilium's revalidate_data_pull does,
+        // and read them directly from then on: one helper call per packet instead of a
+        // `bpf_skb_load_bytes` copy per header (skbs built from page fragments, e.g. by
+        // AF_PACKET senders, arrive with only the Ethernet header linear). The stack pulls
+        // the same headers right after us anyway (ip_rcv's pskb_may_pull), so the copy is
+        // moved, not added. Only when a read failed: a pull also makes the skb writable,
+        // which copies the head of a cloned skb (egress TCP segments are clones, but their
+        // headers are always linear, so they never get here).
+        let end = (off + size_of::<T>()) as u32;
+        let len = Hook::len(self);
+        if end <= len
+            && self.pull_data(len.min(PULL_LEN.max(end))).is_ok()
+            && let Some(p) = ptr_at::<_, T>(self, off)
+        {
+            return Some(unsafe { p.read() });
+        }
+        // Truncated (past skb->len), or the pull failed: the helper copies from the paged
+        // part, and fails with -EFAULT past skb->len, which is exactly "truncated".
         self.load_cold(off)
     }
     #[inline(always)]
