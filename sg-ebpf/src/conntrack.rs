@@ -223,21 +223,21 @@ fn next_state(pkt: &Pkt, state: u8, from_origin: bool, packets: &[u64; 2]) -> u8
 /// Looks the packet's flow up, `SG_CT` first, then `SG_CT_NEW`, and applies a hit.
 /// `None`: a miss (absent, expired -- then deleted -- or an ICMP echo in the wrong role).
 ///
-/// The `SG_CT` half is inlined into the entry point: an established flow's packet is a hit
-/// there, so its whole judgement runs without a BPF-to-BPF call, and a confirmed hit never
-/// promotes (no `FlowVal` copy on the entry's stack). `SG_CT_NEW`, where hits may promote,
-/// is a call of its own.
+/// Inlined into the entry point, both tables: an established flow's packet is a hit in
+/// `SG_CT`, a flow that has not been answered yet (a one-way UDP stream, a handshake in
+/// progress) a hit in `SG_CT_NEW`, and neither makes a BPF-to-BPF call. Only the promotion
+/// of a flow from `SG_CT_NEW` to `SG_CT` is a call of its own ([`promote_call`]): it copies
+/// the `FlowVal`, which must not land on the entry's stack.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
-    if let Some(p) = SG_CT.get_ptr_mut(key)
-        && let Some(v) = hit(key, p, true, pkt)
-    {
-        return Some(v);
-    }
-    unpack(lookup_new_call(key, pkt))
+    // `promote_call` always returns a verdict; the fallback is never taken.
+    lookup_with(key, pkt, |p| {
+        unpack(promote_call(key, p, pkt)).unwrap_or(Verdict::of(Reason::DropCtFull))
+    })
 }
 
-/// [`lookup`] as one BPF-to-BPF call (both tables), for callers off the hot path.
+/// [`lookup`] as one BPF-to-BPF call (both tables, the promotion inline), for callers off
+/// the hot path.
 #[inline(always)]
 pub fn lookup_cold(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
     unpack(lookup_call(key, pkt))
@@ -246,29 +246,62 @@ pub fn lookup_cold(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
 // verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
 fn lookup_call(key: &FlowKey, pkt: &Pkt) -> Packed {
-    if let Some(p) = SG_CT.get_ptr_mut(key)
-        && let Some(v) = hit(key, p, true, pkt)
-    {
-        return pack(Some(v));
-    }
-    pack(lookup_new(key, pkt))
+    pack(lookup_with(key, pkt, |p| promote(key, p, pkt)))
 }
 
-// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
-#[inline(never)]
-fn lookup_new_call(key: &FlowKey, pkt: &Pkt) -> Packed {
-    pack(lookup_new(key, pkt))
-}
-
+/// The lookup; `promote` moves an `SG_CT_NEW` entry that became established to `SG_CT`
+/// (inline, or as a call of its own where the caller's frame has no room for the copy).
 #[inline(always)]
-fn lookup_new(key: &FlowKey, pkt: &Pkt) -> Option<Verdict> {
+fn lookup_with(
+    key: &FlowKey,
+    pkt: &Pkt,
+    promote: impl FnOnce(*mut FlowVal) -> Verdict,
+) -> Option<Verdict> {
+    if let Some(p) = SG_CT.get_ptr_mut(key)
+        && let Hit::Pass(v) = hit(key, p, true, pkt)
+    {
+        return Some(v);
+    }
     let p = SG_CT_NEW.get_ptr_mut(key)?;
-    hit(key, p, false, pkt)
+    match hit(key, p, false, pkt) {
+        Hit::Pass(v) => Some(v),
+        Hit::Promote => Some(promote(p)),
+        Hit::Miss => None,
+    }
+}
+
+/// What a hit on an entry comes to.
+enum Hit {
+    /// Absent for this packet: expired (and deleted), or an ICMP echo in the wrong role.
+    Miss,
+    /// Counted in the entry; the packet passes with this verdict.
+    Pass(Verdict),
+    /// An `SG_CT_NEW` entry this packet makes established, left untouched: the caller
+    /// promotes it ([`promote`]).
+    Promote,
+}
+
+/// Which way `pkt` goes in the flow whose entry is `v`: (from the opener, its index in the
+/// per-direction counters).
+#[inline(always)]
+fn side(v: &FlowVal, pkt: &Pkt) -> (bool, usize) {
+    let from_origin = v.origin == pkt.dir;
+    (from_origin, if from_origin { 0 } else { 1 })
+}
+
+/// The pass reason of a packet of a tracked flow.
+#[inline(always)]
+fn ct_reason(from_origin: bool) -> Reason {
+    if from_origin {
+        Reason::PassCtOriginal
+    } else {
+        Reason::PassCtReply
+    }
 }
 
 /// Applies a hit on the entry at `p` (in `SG_CT` when `confirmed`).
 #[inline(always)]
-fn hit(key: &FlowKey, p: *mut FlowVal, confirmed: bool, pkt: &Pkt) -> Option<Verdict> {
+fn hit(key: &FlowKey, p: *mut FlowVal, confirmed: bool, pkt: &Pkt) -> Hit {
     let now = pkt.now;
     let v = unsafe { &mut *p };
     if expired(v, now) {
@@ -282,56 +315,65 @@ fn hit(key: &FlowKey, p: *mut FlowVal, confirmed: bool, pkt: &Pkt) -> Option<Ver
         if map.remove(key).is_ok() {
             ct_stat(stat);
         }
-        return None;
+        return Hit::Miss;
     }
-    let from_origin = v.origin == pkt.dir;
+    let (from_origin, d) = side(v, pkt);
     // C2 echo roles: a request matches only in the direction that opened the flow, a reply
     // only in the other. The echo key already says which side opened the flow (echo_ports),
     // so this only refuses entries keyed before it did (state adopted across an upgrade).
     if pkt.l4 == L4_ICMP && (is_echo_request(pkt) != from_origin) {
-        return None;
+        return Hit::Miss;
     }
-    let d = if from_origin { 0 } else { 1 };
     let mut packets = v.packets;
     packets[d] += 1;
     let state = next_state(pkt, v.state, from_origin, &packets);
-    let slot = v.rule_slot;
-    let reason = if from_origin {
-        Reason::PassCtOriginal
-    } else {
-        Reason::PassCtReply
-    };
     if !confirmed && state == ct_state::ESTABLISHED {
-        // Promotion: copy into SG_CT, then delete from SG_CT_NEW; no write through `p` after.
-        let mut nv = *v;
-        nv.packets = packets;
-        nv.bytes[d] += pkt.len as u64;
-        nv.seen_ns = now;
-        nv.state = state;
-        nv.flags |= ct_flags::CONFIRMED;
-        match SG_CT.insert(key, nv, BPF_NOEXIST as u64) {
-            Ok(()) => ct_stat(ct_stat::CT_INSERTS),
-            // Another CPU promoted it first: it is in SG_CT, carry on.
-            Err(e) if e == -EEXIST => {}
-            // SG_CT full (C6): the promotion and its packet are dropped; the flow stays in
-            // SG_CT_NEW unchanged and the next packet tries again.
-            Err(_) => {
-                ct_stat(ct_stat::EXCEEDED);
-                return Some(Verdict::of(Reason::DropCtFull));
-            }
-        }
-        if SG_CT_NEW.remove(key).is_ok() {
-            ct_stat(ct_stat::NEW_DELETES);
-        }
-    } else {
-        v.packets[d] = packets[d];
-        v.bytes[d] += pkt.len as u64;
-        v.seen_ns = now;
-        if state != v.state {
-            v.state = state;
+        return Hit::Promote;
+    }
+    v.packets[d] = packets[d];
+    v.bytes[d] += pkt.len as u64;
+    v.seen_ns = now;
+    if state != v.state {
+        v.state = state;
+    }
+    Hit::Pass(Verdict::rule(ct_reason(from_origin), v.rule_slot))
+}
+
+/// [`promote`] as a BPF-to-BPF call of its own; `PACKED_NONE` never comes back.
+// verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
+#[inline(never)]
+fn promote_call(key: &FlowKey, p: *mut FlowVal, pkt: &Pkt) -> Packed {
+    pack(Some(promote(key, p, pkt)))
+}
+
+/// Moves the `SG_CT_NEW` entry at `p`, which `pkt` makes established, to `SG_CT`: a copy
+/// with this packet counted is inserted there, then the `SG_CT_NEW` entry is deleted; no
+/// write through `p` after the delete.
+#[inline(always)]
+fn promote(key: &FlowKey, p: *mut FlowVal, pkt: &Pkt) -> Verdict {
+    let v = unsafe { &*p };
+    let (from_origin, d) = side(v, pkt);
+    let mut nv = *v;
+    nv.packets[d] += 1;
+    nv.bytes[d] += pkt.len as u64;
+    nv.seen_ns = pkt.now;
+    nv.state = ct_state::ESTABLISHED;
+    nv.flags |= ct_flags::CONFIRMED;
+    match SG_CT.insert(key, nv, BPF_NOEXIST as u64) {
+        Ok(()) => ct_stat(ct_stat::CT_INSERTS),
+        // Another CPU promoted it first: it is in SG_CT, carry on.
+        Err(e) if e == -EEXIST => {}
+        // SG_CT full (C6): the promotion and its packet are dropped; the flow stays in
+        // SG_CT_NEW unchanged and the next packet tries again.
+        Err(_) => {
+            ct_stat(ct_stat::EXCEEDED);
+            return Verdict::of(Reason::DropCtFull);
         }
     }
-    Some(Verdict::rule(reason, slot))
+    if SG_CT_NEW.remove(key).is_ok() {
+        ct_stat(ct_stat::NEW_DELETES);
+    }
+    Verdict::rule(ct_reason(from_origin), nv.rule_slot)
 }
 
 /// Creates the flow `pkt` opens, charged to rule `slot`, with the interface's timeouts.

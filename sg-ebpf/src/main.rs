@@ -15,13 +15,14 @@
 //! ```
 //!
 //! Frames. Everything is `#[inline(always)]` except the steps marked `#[inline(never)]`
-//! (the `SG_CT_NEW` half of the conntrack lookup, flow creation, related ICMP, later
-//! fragments, fragment record, events): each is a BPF-to-BPF call with its own stack frame,
-//! all called from the entry point, never from each other, so the deepest chain is the entry
-//! frame plus one step. As one function the program needed ~900 bytes of stack (the limit is
-//! 512). Those steps return a packed scalar (`verdict::Packed`), never an `Option`/`Result`.
-//! What an established flow's packet needs (parse, the `SG_CT` hit, the verdict funnel) is
-//! inline: that path makes no BPF-to-BPF call.
+//! (the promotion of a flow from `SG_CT_NEW` to `SG_CT`, flow creation and the lookup that
+//! follows a lost creation race, related ICMP, later fragments, fragment record, events):
+//! each is a BPF-to-BPF call with its own stack frame, all called from the entry point, never
+//! from each other, so the deepest chain is the entry frame plus one step. As one function
+//! the program needed ~900 bytes of stack (the limit is 512). Those steps return a packed
+//! scalar (`verdict::Packed`), never an `Option`/`Result`. What a packet of a known flow
+//! needs (parse, the hit in `SG_CT` or `SG_CT_NEW`, the verdict funnel) is inline: that path
+//! makes no BPF-to-BPF call.
 //!
 //! Verifier workarounds are labelled `// verifier: <the message it avoids>` where they are.
 //!
