@@ -1,6 +1,7 @@
 //! End to end, frames whose headers are not in the linear part of their skb: an AF_PACKET
-//! sender (packet_snd) puts only the link-layer header into the linear part and the rest into
-//! page fragments, and so does every AF_PACKET traffic generator. At TC the program then finds
+//! sender (packet_snd) puts only the link-layer header of a frame larger than a page into the
+//! linear part and the rest into page fragments (a TX_RING sender such as trafgen does so for
+//! every frame). At TC the program then finds
 //! the IP and transport headers beyond `data_end`: it pulls them into the linear part once
 //! and reads on directly, and where that cannot work (a frame shorter than what it reads) it
 //! falls back to copying, which fails exactly for a truncated frame (docs/design.md
@@ -33,6 +34,11 @@ const ALLOWED: u16 = 5353;
 const DENIED: u16 = 6000;
 /// Datagrams of each kind sent per family.
 const N: u64 = 20;
+/// Payload of every datagram: its frame is larger than a page, so AF_PACKET builds it from
+/// page fragments (packet_alloc_skb keeps frames under a page linear).
+const PAYLOAD: u16 = 5000;
+/// An MTU the frames fit in.
+const MTU: &str = "9000";
 
 fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
     let s = ns
@@ -120,6 +126,9 @@ fn reason(c: &serde_json::Value, name: &str) -> u64 {
 #[test]
 fn headers_outside_the_linear_part_are_judged_like_linear_ones_on_both_hooks() {
     let mut site = Site::new("skbl");
+    for ns in [&site.cli, &site.srv] {
+        ns.ip(&["link", "set", "eth0", "mtu", MTU]).unwrap();
+    }
     site.serve(&["udp:5353"]);
     let policy = site.policy("dns.yaml", POLICY);
     let (cli_mac, srv_mac) = (mac(&site.cli, "eth0"), mac(&site.srv, "eth0"));
@@ -145,24 +154,27 @@ fn headers_outside_the_linear_part_are_judged_like_linear_ones_on_both_hooks() {
             for i in 0..N {
                 // One flow of plain datagrams, and (IPv6) one behind a destination options
                 // header, whose transport header is read through the copying fallback.
-                let mut p = Packet::udp(src, dst, 40000, ALLOWED).with_payload(200);
+                let mut p = Packet::udp(src, dst, 40000, ALLOWED).with_payload(PAYLOAD);
                 if v6 && i % 2 == 1 {
                     p = Packet::udp(src, dst, 40001, ALLOWED)
-                        .with_payload(200)
+                        .with_payload(PAYLOAD)
                         .with_ext(vec![Ext::DestOpts { len8: 0 }]);
                 }
                 frames.push(frame(p));
                 frames.push(frame(
-                    Packet::udp(src, dst, 40002, DENIED).with_payload(200),
+                    Packet::udp(src, dst, 40002, DENIED).with_payload(PAYLOAD),
                 ));
             }
             // Malformed: the IP header says more than the frame holds (DropBadIp), and a
             // TCP header cut to 10 bytes (DropBadL4).
             let long = Packet::udp(src, dst, 40003, ALLOWED)
-                .with_payload(200)
+                .with_payload(PAYLOAD)
                 .build();
-            frames.push(addressed(long.set_ip_len(400).into_bytes()));
-            let cut = Packet::syn(src, dst, 40004, 22).build().cut_l4(10);
+            frames.push(addressed(long.set_ip_len(PAYLOAD + 100).into_bytes()));
+            let cut = Packet::syn(src, dst, 40004, 22)
+                .build()
+                .cut_l4(10)
+                .pad(PAYLOAD as usize);
             frames.push(addressed(cut.into_bytes()));
             send_raw(&site.cli, "eth0", frames);
 
