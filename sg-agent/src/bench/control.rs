@@ -42,6 +42,10 @@ pub struct ControlPlane {
     /// From the membership change (policy edited in memory) until the first packet from the
     /// new member reached the receiver through sg: compile + apply + the packet.
     pub membership_visible_ms: Option<f64>,
+    /// Of that: computing the delta (`compile::membership_delta`) and writing it
+    /// (`Dataplane::apply_delta`); the rest is the packet's way to the receiver.
+    pub membership_delta_ms: Option<f64>,
+    pub membership_write_ms: Option<f64>,
     pub membership_error: Option<String>,
     pub maps: Vec<MapMemory>,
     pub maps_total_bytes: u64,
@@ -150,12 +154,16 @@ pub fn run(opts: &Options, pair: &Pair, hook: IngressHook) -> Result<ControlPlan
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     dp.apply(&image3)?;
     match membership(pair, &mut dp, &policy, &bindings, &image3, &index3, hook) {
-        Ok(d) => c.membership_visible_ms = Some(ms(d)),
+        Ok(m) => {
+            c.membership_visible_ms = Some(ms(m.visible));
+            c.membership_delta_ms = Some(ms(m.delta));
+            c.membership_write_ms = Some(ms(m.write));
+        }
         Err(e) => c.membership_error = Some(format!("{e:#}")),
     }
     eprintln!(
-        "control: membership change visible after {:?} ms {:?}",
-        c.membership_visible_ms, c.membership_error
+        "control: membership change visible after {:?} ms (delta {:?} ms, writes {:?} ms) {:?}",
+        c.membership_visible_ms, c.membership_delta_ms, c.membership_write_ms, c.membership_error
     );
     c.maps = map_memory()?;
     c.maps_total_bytes = c.maps.iter().map(|m| m.bytes).sum();
@@ -173,6 +181,16 @@ fn ms(d: Duration) -> f64 {
 
 /// The newcomer (198.51.100.3 on the sender) probes UDP to the receiver's sink while the
 /// policy changes; the receiver notes when its first datagram arrives.
+/// The times of one membership change, each from the change.
+struct Membership {
+    /// The delta computed.
+    delta: Duration,
+    /// The delta written (in effect for the next packet).
+    write: Duration,
+    /// The first packet of the new member arrived.
+    visible: Duration,
+}
+
 fn membership(
     pair: &Pair,
     dp: &mut Dataplane,
@@ -181,10 +199,10 @@ fn membership(
     live: &MapImage,
     index: &crate::compile::Index,
     hook: IngressHook,
-) -> Result<Duration> {
+) -> Result<Membership> {
     let dev = pair.receiver_dev.clone();
     pair.receiver.enter(|| dp.attach(&dev, hook))??;
-    let r = (|| -> Result<Duration> {
+    let r = (|| -> Result<Membership> {
         let newcomer = workload::NEWCOMER_V4;
         pair.sender.ip(&[
             "addr",
@@ -200,22 +218,34 @@ fn membership(
         let changed = workload::with_newcomer(policy);
         let stop = AtomicBool::new(false);
         pair.drain_sink()?;
-        std::thread::scope(|s| -> Result<Duration> {
+        std::thread::scope(|s| -> Result<Membership> {
             let prober = s.spawn(|| probe(pair, &stop));
             std::thread::sleep(Duration::from_millis(50));
             // What the daemon does on a reload that only changes memberships: the delta of
             // the live image, written in place.
             let t0 = Instant::now();
-            let applied = crate::compile::membership_delta(policy, &changed, bindings, live, index)
+            let mut delta_at = t0;
+            let mut write_at = t0;
+            let arrived = crate::compile::membership_delta(policy, &changed, bindings, live, index)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .and_then(|d| d.ok_or_else(|| anyhow::anyhow!("not a membership change")))
-                .and_then(|delta| dp.apply_delta(&delta));
-            let arrived = applied.and_then(|_| pair.wait_from(newcomer, Duration::from_secs(30)));
+                .and_then(|delta| {
+                    delta_at = Instant::now();
+                    dp.apply_delta(&delta)
+                })
+                .and_then(|_| {
+                    write_at = Instant::now();
+                    pair.wait_from(newcomer, Duration::from_secs(30))
+                });
             stop.store(true, Ordering::SeqCst);
             prober
                 .join()
                 .map_err(|_| anyhow::anyhow!("prober panicked"))??;
-            Ok(arrived?.duration_since(t0))
+            Ok(Membership {
+                delta: delta_at - t0,
+                write: write_at - delta_at,
+                visible: arrived?.duration_since(t0),
+            })
         })
     })();
     pair.receiver.enter(|| dp.detach(&dev))??;

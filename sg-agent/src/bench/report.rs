@@ -430,7 +430,13 @@ pub fn markdown(r: &Results) -> String {
                             c.membership_error.clone().unwrap_or_default()
                         )
                     },
-                    |v| format!("{v:.1} ms"),
+                    |v| {
+                        format!(
+                            "{v:.1} ms (delta computed in {:.1} ms, written in {:.1} ms)",
+                            c.membership_delta_ms.unwrap_or(f64::NAN),
+                            c.membership_write_ms.unwrap_or(f64::NAN)
+                        )
+                    },
                 ),
             ),
             (
