@@ -61,6 +61,16 @@ fn quick_bench_writes_every_section_with_positive_figures() {
         positive(&v, key);
     }
     assert_eq!(v["new_flow_ratio_rules"], 100);
+    // The membership figure's parts come before the packet that ends it.
+    for key in ["control.membership_delta_ms", "control.membership_write_ms"] {
+        positive(&v, key);
+    }
+    let c = &v["control"];
+    assert!(
+        c["membership_delta_ms"].as_f64().unwrap() + c["membership_write_ms"].as_f64().unwrap()
+            <= c["membership_visible_ms"].as_f64().unwrap(),
+        "{c}"
+    );
     for key in [
         "kernel.pass_ns",
         "kernel.pass_lookup_ns",
