@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sg_agent::compile::{CompileError, CompileOptions, compile};
+use sg_agent::compile::{CompileError, CompileOptions, compile, compile_indexed, membership_delta};
 use sg_agent::image::{MapImage, SlotTable};
 use sg_agent::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
@@ -1234,5 +1234,46 @@ fn a_membership_change_leaves_the_rest_of_the_image_alone() {
                 .clone(),
             tracked: true,
         }
+    );
+}
+
+/// R1: a membership delta reuses the live compile's rule table (rule ranks, points, slots);
+/// asked of the index of another policy's compile, it is refused with the rule it lacks
+/// instead of charging a wrong rule.
+#[test]
+fn r1_a_delta_of_an_index_from_another_policy_is_refused() {
+    let mut b = Builder::default();
+    let web = b.group("web");
+    let db = b.group("db");
+    b.rule(&db, Ingress, tcp(3306, 3306), Peer::Group(web.clone()));
+    b.iface("db-1", &["203.0.113.10"], &[&db]);
+    b.iface("web-1", &["192.0.2.11"], &[&web]);
+    let bind = BTreeMap::from([("db-1".to_string(), 10)]);
+    let opts = CompileOptions {
+        generation: 0,
+        slot_capacity: 1 << 16,
+    };
+    let (image, index) = compile_indexed(&b.policy, &bind, &SlotTable::default(), &opts).unwrap();
+    // The right index: a delta that gives web-2 the rule.
+    let before = b.policy.clone();
+    b.iface("web-2", &["192.0.2.77"], &[&web]);
+    let delta = membership_delta(&before, &b.policy, &bind, &image, &index)
+        .unwrap()
+        .expect("a membership change");
+    assert_eq!(delta.peers.len(), 1, "web-2's host entry");
+    // Another policy with one more rule, changed the same way, against the first index.
+    let mut other = before.clone();
+    let extra = other.groups[&db].ingress[0].clone();
+    let extra = Rule {
+        id: RuleId("sgr-00000000000000fff".into()),
+        ..extra
+    };
+    other.groups.get_mut(&db).unwrap().ingress.push(extra);
+    let mut other_after = other.clone();
+    other_after.interfaces = b.policy.interfaces.clone();
+    let err = membership_delta(&other, &other_after, &bind, &image, &index).unwrap_err();
+    assert!(
+        matches!(&err, CompileError::StaleIndex(id) if id == "sgr-00000000000000fff"),
+        "{err}"
     );
 }

@@ -106,7 +106,9 @@ use sg_common::{
 };
 
 use crate::image::{LpmKey, MapImage, SlotTable, SlotsExhausted};
-use crate::policy::{Direction, Family, GroupId, IcmpMatch, Peer, Policy, PortRange, Protocol};
+use crate::policy::{
+    Direction, Family, GroupId, IcmpMatch, Peer, Policy, PortRange, Protocol, RuleId,
+};
 use ports::{Points, PortMap, Untracked, Winner};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +151,9 @@ pub enum CompileError {
     /// More scopes or classes than ids fit in 31 bits.
     TooManyIds(&'static str),
     Slots(SlotsExhausted),
+    /// A delta was asked of an `Index` that is not of the live policy's compile: it lacks
+    /// this rule.
+    StaleIndex(String),
 }
 
 impl fmt::Display for CompileError {
@@ -172,6 +177,10 @@ impl fmt::Display for CompileError {
             CompileError::DuplicateRuleId(id) => write!(f, "rule id {id} is used twice"),
             CompileError::TooManyIds(what) => write!(f, "too many {what} for 31-bit ids"),
             CompileError::Slots(e) => e.fmt(f),
+            CompileError::StaleIndex(id) => write!(
+                f,
+                "rule {id} is not in the compile index of the live policy (recompile it whole)"
+            ),
         }
     }
 }
@@ -214,16 +223,18 @@ pub fn compile_indexed(
         opts.slot_capacity,
     )
     .map_err(CompileError::Slots)?;
-    let slot_of: Vec<u32> = rules
-        .iter()
-        .map(|r| slots.slot(&r.id).expect("assign gives every id a slot"))
-        .collect();
-    let index: HashMap<&str, Winner> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.id.as_str(), i as Winner))
-        .collect();
-    let points: Vec<Points> = rules.iter().map(|r| points(&r.protocol)).collect();
+    let table = RuleTable {
+        winner: rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i as Winner))
+            .collect(),
+        points: rules.iter().map(|r| points(&r.protocol)).collect(),
+        slot_of: rules
+            .iter()
+            .map(|r| slots.slot(&r.id).expect("assign gives every id a slot"))
+            .collect(),
+    };
 
     // 2. Membership (R1): all interfaces, bound or not.
     let members = memberships(policy)?;
@@ -310,16 +321,17 @@ pub fn compile_indexed(
         .enumerate()
         {
             let here = scope_rules(policy, set, dir);
-            let prefixes = scope_prefixes(policy, &members, &here, &index, |_| true)?;
+            let prefixes = scope_prefixes(policy, &members, &here, &table.winner, |_| true)?;
             for (c4, fam) in c4[set][d].iter().zip([Family::V4, Family::V6]) {
                 let fam_prefixes = prefixes.iter().filter(|(p, _)| p.family == fam);
-                walk(scope, fam_prefixes, &points, &slot_of, c4, &mut classes)?;
+                walk(scope, fam_prefixes, &table, c4, &mut classes)?;
             }
         }
     }
     let index = Index {
         taken: classes.ids.taken,
         by_entries: classes.by_entries,
+        rules: table,
     };
     image.slots = slots;
     Ok((image, index))
@@ -366,14 +378,16 @@ fn scope_prefixes(
     policy: &Policy,
     members: &BTreeMap<&GroupId, BTreeSet<Prefix>>,
     here: &[&crate::policy::Rule],
-    index: &HashMap<&str, Winner>,
+    winner: &HashMap<RuleId, Winner>,
     keep: impl Fn(&Prefix) -> bool,
 ) -> Result<BTreeMap<Prefix, Vec<Winner>>, CompileError> {
     let mapped = Prefix::V4_ROOT;
     let mut prefixes: BTreeMap<Prefix, Vec<Winner>> = BTreeMap::new();
     let mut barrier = false;
     for r in here {
-        let w = index[r.id.as_str()];
+        let w = *winner
+            .get(&r.id)
+            .ok_or_else(|| CompileError::StaleIndex(r.id.to_string()))?;
         let mut add = |p: Prefix| {
             if p.family == Family::V6 && mapped.covers(&p) {
                 return;
@@ -514,21 +528,9 @@ pub fn membership_delta(
     if hosts.is_empty() {
         return Ok(Some(delta));
     }
-    let mut rules: Vec<&crate::policy::Rule> = after.all_rules().collect();
-    rules.sort_by(|a, b| a.id.cmp(&b.id));
-    let index_of: HashMap<&str, Winner> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.id.as_str(), i as Winner))
-        .collect();
-    let points: Vec<Points> = rules.iter().map(|r| points(&r.protocol)).collect();
-    let slot_of: Vec<u32> = rules
-        .iter()
-        .map(|r| image.slots.slot(&r.id))
-        .collect::<Option<_>>()
-        .ok_or(CompileError::TooManyIds(
-            "slots (a rule without a slot: recompile)",
-        ))?;
+    // The rules are the live compile's (same_but_members): its rule table stands, and the
+    // delta costs no sort or index of every rule.
+    let table = &index.rules;
     let sets: BTreeSet<Vec<GroupId>> = bindings
         .keys()
         .filter_map(|n| after.interface(n))
@@ -558,12 +560,12 @@ pub fn membership_delta(
             let here = scope_rules(after, set, dir);
             let c4 = scope_c4(after, set, dir);
             for h in &hosts {
-                let covering = scope_prefixes(after, &m1, &here, &index_of, |p| {
+                let covering = scope_prefixes(after, &m1, &here, &table.winner, |p| {
                     p.family == h.family && p.covers(h)
                 })?;
                 classes.image.peers.clear();
                 let c4 = &c4[usize::from(h.family == Family::V6)];
-                walk(scope, covering.iter(), &points, &slot_of, c4, &mut classes)?;
+                walk(scope, covering.iter(), table, c4, &mut classes)?;
                 let key = h.key(scope);
                 let new = classes.image.peers.get(&key).copied();
                 if image.peers.get(&key).copied() != new {
@@ -735,12 +737,26 @@ struct Classes<'a> {
     image: &'a mut MapImage,
 }
 
-/// The scope and class ids of a compiled image, and each class's entries: what a
-/// [`membership_delta`] needs to reuse the image's classes and pick fresh ids.
+/// The scope and class ids of a compiled image, each class's entries and the compile's rule
+/// table: what a [`membership_delta`] needs to reuse the image's classes, pick fresh ids and
+/// skip step 1.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     taken: BTreeSet<u32>,
     by_entries: HashMap<Vec<ports::PortEntry>, u32>,
+    rules: RuleTable,
+}
+
+/// Step 1: every rule's rank in id order (its `Winner`; E4 step 3, the smaller id wins), its
+/// (protocol, port) points and its counter slot. Only memberships may differ between a
+/// policy and the next one a delta compiles, so the full compile's table serves the deltas.
+#[derive(Clone, Debug, Default)]
+struct RuleTable {
+    winner: HashMap<RuleId, Winner>,
+    /// By winner.
+    points: Vec<Points>,
+    /// By winner.
+    slot_of: Vec<u32>,
 }
 
 impl Index {
@@ -805,11 +821,11 @@ const MERGE_PAGES: usize = 8;
 fn walk<'p>(
     scope: u32,
     prefixes: impl Iterator<Item = (&'p Prefix, &'p Vec<Winner>)>,
-    points: &[Points],
-    slot_of: &[u32],
+    table: &RuleTable,
     c4: &Untracked,
     classes: &mut Classes,
 ) -> Result<(), CompileError> {
+    let (points, slot_of) = (&table.points, &table.slot_of);
     let mut stack: Vec<Level> = Vec::new();
     for (p, own) in prefixes {
         while stack.last().is_some_and(|l| !l.prefix.covers(p)) {
