@@ -453,16 +453,15 @@ impl Delta {
 /// The rules, prefix lists and bound interfaces' groups of two policies are the same: only
 /// memberships (interfaces, their addresses and groups, bound or not) may differ.
 fn same_but_members(a: &Policy, b: &Policy, bindings: &BTreeMap<String, u32>) -> bool {
-    fn rules(p: &Policy) -> Vec<(RuleKey<'_>, &GroupId)> {
-        p.groups
-            .values()
-            .flat_map(|g| {
-                [Direction::Ingress, Direction::Egress]
-                    .into_iter()
-                    .flat_map(|d| g.rules(d))
-                    .map(move |r| ((&r.id, r.direction, &r.protocol, &r.peer), &g.id))
-            })
-            .collect()
+    // Compared as iterators: a membership change of a 10k-rule policy compares them all, and
+    // collecting both sides first cost more than the comparison.
+    fn rules(p: &Policy) -> impl Iterator<Item = (RuleKey<'_>, &GroupId)> {
+        p.groups.values().flat_map(|g| {
+            [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .flat_map(|d| g.rules(d))
+                .map(move |r| ((&r.id, r.direction, &r.protocol, &r.peer), &g.id))
+        })
     }
     fn lists(p: &Policy) -> Vec<(&crate::policy::PrefixListId, &Vec<IpNet>)> {
         p.prefix_lists
@@ -484,7 +483,7 @@ fn same_but_members(a: &Policy, b: &Policy, bindings: &BTreeMap<String, u32>) ->
     }
     let before = bound(a, bindings);
     a.groups.keys().eq(b.groups.keys())
-        && rules(a) == rules(b)
+        && rules(a).eq(rules(b))
         && lists(a) == lists(b)
         && before.is_some()
         && before == bound(b, bindings)
