@@ -541,6 +541,14 @@ fn without_native_xdp_the_agent_falls_back_to_generic_mode_and_enforces() {
         .ip(&["addr", "add", "192.0.2.21/24", "dev", "macv0"])
         .unwrap();
     site.srv.ip(&["link", "set", "macv0", "up"]).unwrap();
+    // Only macv0 may answer ARP for its address: by default Linux answers on every interface
+    // (eth0 too), and a client that cached eth0's MAC sends straight to eth0, past macv0 and
+    // its program (the test passed or failed by which reply came first).
+    for dev in ["all", "eth0"] {
+        site.srv
+            .sysctl(&format!("net.ipv4.conf.{dev}.arp_ignore"), "1")
+            .unwrap();
+    }
     let p = site.policy(
         "gen.yaml",
         "security_groups:\n  - id: sg-web\n    ingress:\n      - {protocol: tcp, ports: 5001, source: 192.0.2.0/24}\ninstances:\n  - {name: web-1, addresses: [192.0.2.21], groups: [sg-web]}\n",
