@@ -384,17 +384,16 @@ fn scope_prefixes(
     let mapped = Prefix::V4_ROOT;
     let mut prefixes: BTreeMap<Prefix, Vec<Winner>> = BTreeMap::new();
     let mut barrier = false;
+    let mut kept: Vec<Prefix> = Vec::new();
     for r in here {
-        let w = *winner
-            .get(&r.id)
-            .ok_or_else(|| CompileError::StaleIndex(r.id.to_string()))?;
+        kept.clear();
         let mut add = |p: Prefix| {
             if p.family == Family::V6 && mapped.covers(&p) {
                 return;
             }
             barrier |= p.family == Family::V6 && p.covers(&mapped);
             if keep(&p) {
-                prefixes.entry(p).or_default().push(w);
+                kept.push(p);
             }
         };
         match &r.peer {
@@ -412,6 +411,17 @@ fn scope_prefixes(
                 }
                 members.get(g).into_iter().flatten().for_each(|p| add(*p));
             }
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        // Looked up only for a rule with a prefix `keep` accepts: a membership delta keeps the
+        // few prefixes covering one host, out of every rule of the scope.
+        let w = *winner
+            .get(&r.id)
+            .ok_or_else(|| CompileError::StaleIndex(r.id.to_string()))?;
+        for p in &kept {
+            prefixes.entry(*p).or_default().push(w);
         }
     }
     if barrier && keep(&mapped) {
