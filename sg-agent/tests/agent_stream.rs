@@ -35,12 +35,6 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[i]
 }
 
-fn reason(c: &serde_json::Value, name: &str) -> u64 {
-    c["reasons"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no reason {name}: {c}"))
-}
-
 #[test]
 fn an_untracked_tcp_stream_survives_100_applies_without_a_reset_or_a_drop() {
     let mut site = Site::new("strm");

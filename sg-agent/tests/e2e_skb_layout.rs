@@ -117,12 +117,6 @@ fn udp_snmp(ns: &Netns, v6: bool) -> (u64, u64) {
     (get(names[0]), get(names[1]))
 }
 
-fn reason(c: &serde_json::Value, name: &str) -> u64 {
-    c["reasons"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no reason {name}: {c}"))
-}
-
 #[test]
 fn headers_outside_the_linear_part_are_judged_like_linear_ones_on_both_hooks() {
     let mut site = Site::new("skbl");

@@ -110,7 +110,12 @@ fn lookup(scope: u32, remote: &[u32; 4], proto: u8, port: u16) -> Option<RuleVal
 
 /// The rule class `class` answers for (proto, port) with, or None (no rule of it covers the
 /// point; a missing or too deep page, which the compiler never writes, is None too).
+///
+/// The key is lent to every lookup, not passed by value as clippy suggests: by value, each
+/// lookup copies it into a stack slot of its own (measured: +72 instructions in sg_xdp_in,
+/// +29k instructions processed by the verifier in sg_tc_in).
 #[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
 fn class_rule(class: u32, proto: u8, port: u16) -> Option<RuleVal> {
     let mut key = PortKey {
         class,

@@ -682,3 +682,10 @@ pub fn tcp_ext(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
         .collect();
     names.into_iter().map(String::from).zip(vals).collect()
 }
+
+/// The count of one pass/drop reason in `sg-agent --json counters` output.
+pub fn reason(c: &serde_json::Value, name: &str) -> u64 {
+    c["reasons"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no reason {name}: {c}"))
+}
