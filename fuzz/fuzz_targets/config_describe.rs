@@ -1,10 +1,10 @@
 //! cargo-fuzz target: describe-security-groups output: the input is the SecurityGroups array.
-//! The properties live in `sg_agent::testgen::fuzz::config::check` (shared with the CI test
+//! The properties live in `sg_testkit::random::fuzz::config::check` (shared with the CI test
 //! `hardening_config_fuzz`); a broken property panics, which libFuzzer reports as a crash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sg_agent::testgen::fuzz::config::{Shape, check, text_of};
+use sg_testkit::random::fuzz::config::{Shape, check, text_of};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(text) = text_of(data, Shape::Describe) {

@@ -13,7 +13,6 @@
 //! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
 //! ```
 pub mod agent;
-pub mod bench;
 pub mod bind;
 pub mod cli;
 pub mod compile;
@@ -21,14 +20,11 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod image;
-pub mod lab;
-pub mod lookup;
 pub mod model;
 pub mod packet;
 pub mod policy;
 pub mod report;
 pub mod state;
-pub mod testgen;
 
 /// The eBPF object (sg-ebpf for bpfel-unknown-none), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf.o"));

@@ -13,10 +13,10 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use sg_agent::compile::{CompileOptions, compile, compile_indexed, membership_delta};
 use sg_agent::image::{MapImage, SlotTable};
-use sg_agent::lookup::{LookupResult, check_canonical, lookup};
+use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
 use sg_agent::policy::Policy;
-use sg_agent::testgen::{PolicyShape, Query, describe, minimize, policy, policy_and_queries};
+use sg_testkit::random::{PolicyShape, Query, describe, minimize, policy, policy_and_queries};
 use sg_common::iface_flags;
 use sg_common::rule_flags::{self, UNTRACKED};
 
@@ -462,7 +462,7 @@ proptest! {
     fn membership_delta_matches_a_full_compile(
         ((policy, queries), mask, generation) in cases_strategy(),
         changes in proptest::collection::vec(
-            (any::<[u64; 4]>(), sg_agent::testgen::member_address()),
+            (any::<[u64; 4]>(), sg_testkit::random::member_address()),
             1..4,
         ),
     ) {

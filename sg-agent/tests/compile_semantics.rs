@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use sg_agent::compile::{CompileError, CompileOptions, compile, compile_indexed, membership_delta};
 use sg_agent::image::{MapImage, SlotTable};
-use sg_agent::lookup::{LookupResult, check_canonical, lookup};
+use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
 use sg_agent::policy::{
     Direction, Family, Group, GroupId, IcmpMatch, Interface, Origin, Peer, Policy, PortRange,

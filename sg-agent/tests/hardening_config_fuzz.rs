@@ -20,8 +20,8 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sg_agent::testgen::fuzz::Rng;
-use sg_agent::testgen::fuzz::config::{Checked, Shape, check, text_of};
+use sg_testkit::random::fuzz::Rng;
+use sg_testkit::random::fuzz::config::{Checked, Shape, check, text_of};
 
 /// Per-input time bound (debug build; the slowest mutated example takes a few ms).
 const INPUT_BOUND: Duration = Duration::from_secs(5);
@@ -268,7 +268,7 @@ fn mutated_examples_never_panic_hang_or_miscompile() {
         }
     }
     for i in 0..inputs {
-        let mut rng = Rng::new(sg_agent::testgen::fuzz::mix(seed, i));
+        let mut rng = Rng::new(sg_testkit::random::fuzz::mix(seed, i));
         let (name, text) = &seeds[rng.below(seeds.len())];
         let mut t = text.clone();
         for _ in 0..1 + rng.below(3) {
@@ -393,7 +393,7 @@ fn random_structured_documents_never_panic_or_hang() {
     let mut failures = Vec::new();
     let mut refused = 0;
     for i in 0..inputs {
-        let mut rng = Rng::new(sg_agent::testgen::fuzz::mix(seed ^ 0xd0c, i));
+        let mut rng = Rng::new(sg_testkit::random::fuzz::mix(seed ^ 0xd0c, i));
         let json = rng.chance(1, 2);
         let top = rng.pick(&[Shape::Raw, Shape::CloudFormation, Shape::Describe]);
         let body = random_value(&mut rng, 0, json);

@@ -7,7 +7,7 @@ use sg_agent::model::Model;
 use sg_agent::model::build::*;
 use sg_agent::packet::L4;
 use sg_agent::policy::{Policy, Protocol};
-use sg_agent::testgen::packets::arb_sequence;
+use sg_testkit::random::packets::arb_sequence;
 use sg_common::Reason::*;
 
 fn policies() -> Vec<Policy> {

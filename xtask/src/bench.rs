@@ -31,8 +31,6 @@ pub fn run(tc: &Toolchain, quick: bool, args: &[String]) -> Result<()> {
         "build",
         "--release",
         "--package",
-        "sg-agent",
-        "--bin",
         "sg-bench",
     ]);
     run_cmd(&mut c)?;

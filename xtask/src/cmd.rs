@@ -89,8 +89,11 @@ pub fn build_agent(tc: &Toolchain, release: bool) -> Result<()> {
     run(&mut c)
 }
 
-/// The whole suite. Privileged tests (netns, BPF) need root and fail, never skip, without it.
+/// The whole suite: every package's tests, the privileged ones (sg-systest: netns, BPF)
+/// included, which need root and fail, never skip, without it. The agent binary they drive is
+/// built first (`sg_testkit::agent_bin`).
 pub fn test(tc: &Toolchain, extra: &[String]) -> Result<()> {
+    build_agent(tc, false)?;
     let mut c = host_cargo(tc);
     c.args(["test", "--workspace"]);
     if !extra.is_empty() {

@@ -1,7 +1,7 @@
 //! `cargo xtask lab`: the main job. Bootstraps the toolchain, tries to install MariaDB (only
 //! the lab uses it; when it cannot be installed the lab says so and uses a TCP echo server),
 //! builds the eBPF object, builds sg-agent and sg-lab in release, then runs sg-lab as root.
-//! Everything sg-lab does is in sg-agent/src/lab (the end-to-end tests run the same code).
+//! Everything sg-lab does is in xtask/lab (package sg-lab) (the end-to-end tests run the same code).
 
 use std::process::Command;
 
@@ -29,9 +29,7 @@ pub fn run_lab(tc: &Toolchain, keep: bool, cfn: bool, extra: &[String]) -> Resul
         "--release",
         "--package",
         "sg-agent",
-        "--bin",
-        "sg-agent",
-        "--bin",
+        "--package",
         "sg-lab",
     ]);
     run(&mut c)?;

@@ -1,0 +1,777 @@
+//! The bench's outputs: results.json (every figure, plus the key ratios at the top level),
+//! results.md (the tables, the goals of the issue next to the figures) and cost.svg
+//! (in-kernel cost against the number of rules, log scale). Formatting only: it measures
+//! nothing and enforces nothing (a goal missed is reported, never an error).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::Results;
+
+/// The headline ratios, flattened into the top level of results.json. `None`: not measured
+/// in this run (see `notes`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// sg new allowed flow: cost at the largest rule count / at 10 (100k in a full run).
+    pub new_flow_ns_ratio_100k_vs_10: Option<f64>,
+    /// The rule count the ratio above used as "100k" (smaller when 100k was not measured).
+    pub new_flow_ratio_rules: Option<usize>,
+    pub new_dropped_ns_ratio_100k_vs_10: Option<f64>,
+    /// sg established flow (largest rule count) / XDP_PASS, median of back-to-back pairs.
+    pub established_ns_ratio_vs_pass: Option<f64>,
+    /// sg established flow / (XDP_PASS + one hash lookup), median of back-to-back pairs.
+    pub established_ns_ratio_vs_pass_lookup: Option<f64>,
+    /// UDP pps with sg / with no filter at 10k rules (paired rounds), per ingress hook.
+    pub sg_tc_udp_ratio_vs_no_filter_10k: Option<f64>,
+    pub sg_xdp_udp_ratio_vs_no_filter_10k: Option<f64>,
+    /// UDP pps with sg / with nftables sets at 10k rules (quotient of the paired ratios).
+    pub sg_tc_udp_ratio_vs_nft_sets_10k: Option<f64>,
+    pub sg_xdp_udp_ratio_vs_nft_sets_10k: Option<f64>,
+    /// UDP pps with sg / with one nftables rule per SG rule at 1k rules.
+    pub sg_tc_udp_ratio_vs_nft_per_rule_1k: Option<f64>,
+    pub sg_xdp_udp_ratio_vs_nft_per_rule_1k: Option<f64>,
+    /// TCP stream Gbit/s with sg / with no filter at the largest rule count.
+    pub sg_tc_tcp_ratio_vs_no_filter: Option<f64>,
+    pub sg_xdp_tcp_ratio_vs_no_filter: Option<f64>,
+    pub compile_apply_10k_ms: Option<f64>,
+    pub membership_visible_ms: Option<f64>,
+    pub maps_total_bytes: Option<u64>,
+    pub ct_bytes_per_entry: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: String,
+    /// None: not measured.
+    pub met: Option<bool>,
+}
+
+fn udp_ratio(r: &Results, config: &str, rules: usize) -> Option<f64> {
+    r.udp
+        .iter()
+        .find(|f| f.config == config && f.rules == rules)
+        .map(|f| f.ratio_vs_no_filter)
+}
+
+pub fn summarize(r: &Results) -> Summary {
+    let mut s = Summary::default();
+    if let Some(k) = &r.kernel {
+        let ok: Vec<_> = k.sizes.iter().filter(|z| z.error.is_none()).collect();
+        let small = ok.iter().find(|z| z.rules == 10);
+        let large = ok.iter().filter(|z| z.rules > 10).max_by_key(|z| z.rules);
+        if let (Some(a), Some(b)) = (small, large) {
+            s.new_flow_ratio_rules = Some(b.rules);
+            // Paired (each measurement next to one of the first rule count) when the first
+            // rule count measured is 10 and pairs were taken; else the quotient of the medians.
+            let paired = k.sizes.first().is_some_and(|f| f.rules == 10);
+            s.new_flow_ns_ratio_100k_vs_10 = b
+                .new_allowed_ratio_vs_smallest
+                .filter(|_| paired)
+                .or_else(|| b.new_allowed_ns.zip(a.new_allowed_ns).map(|(x, y)| x / y));
+            s.new_dropped_ns_ratio_100k_vs_10 =
+                b.new_dropped_ns.zip(a.new_dropped_ns).map(|(x, y)| x / y);
+        }
+        if let Some(z) = ok.iter().max_by_key(|z| z.rules) {
+            // Paired with the yardsticks measured next to it; else the quotient of medians.
+            let quotient = |y: f64| z.established_ns.map(|e| e / y);
+            s.established_ns_ratio_vs_pass =
+                z.established_ratio_vs_pass.or_else(|| quotient(k.pass_ns));
+            s.established_ns_ratio_vs_pass_lookup = z
+                .established_ratio_vs_pass_lookup
+                .or_else(|| quotient(k.pass_lookup_ns));
+        }
+    }
+    let q = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(x, y)| x / y);
+    s.sg_tc_udp_ratio_vs_no_filter_10k = udp_ratio(r, "sg_tc", 10_000);
+    s.sg_xdp_udp_ratio_vs_no_filter_10k = udp_ratio(r, "sg_xdp", 10_000);
+    let sets = udp_ratio(r, "nft_sets", 10_000);
+    s.sg_tc_udp_ratio_vs_nft_sets_10k = q(s.sg_tc_udp_ratio_vs_no_filter_10k, sets);
+    s.sg_xdp_udp_ratio_vs_nft_sets_10k = q(s.sg_xdp_udp_ratio_vs_no_filter_10k, sets);
+    let per = udp_ratio(r, "nft_per_rule", 1_000);
+    s.sg_tc_udp_ratio_vs_nft_per_rule_1k = q(udp_ratio(r, "sg_tc", 1_000), per);
+    s.sg_xdp_udp_ratio_vs_nft_per_rule_1k = q(udp_ratio(r, "sg_xdp", 1_000), per);
+    let tcp = |c: &str| {
+        r.tcp
+            .iter()
+            .filter(|f| f.config == c)
+            .max_by_key(|f| f.rules)
+            .map(|f| f.ratio_vs_no_filter)
+    };
+    s.sg_tc_tcp_ratio_vs_no_filter = tcp("sg_tc");
+    s.sg_xdp_tcp_ratio_vs_no_filter = tcp("sg_xdp");
+    if let Some(c) = &r.control {
+        if c.rules >= 10_000 {
+            s.compile_apply_10k_ms = Some(c.compile_apply_ms);
+        }
+        s.membership_visible_ms = c.membership_visible_ms;
+        s.maps_total_bytes = Some(c.maps_total_bytes);
+        s.ct_bytes_per_entry = c.ct_bytes_per_entry;
+    }
+    s
+}
+
+fn x(v: Option<f64>, digits: usize) -> String {
+    v.map_or("not measured".into(), |v| format!("{v:.digits$}"))
+}
+
+pub fn goals(r: &Results) -> Vec<Goal> {
+    let s = &r.summary;
+    let best = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let both = |tc: Option<f64>, xdp: Option<f64>| format!("TC {}x, XDP {}x", x(tc, 2), x(xdp, 2));
+    let mut g = vec![
+        Goal {
+            goal: format!(
+                "new-flow cost at 100k rules <= 1.25x at 10{}",
+                match s.new_flow_ratio_rules {
+                    Some(n) if n != 100_000 => format!(" (largest measured: {n})"),
+                    _ => String::new(),
+                }
+            ),
+            measured: format!(
+                "{}x (new dropped: {}x)",
+                x(s.new_flow_ns_ratio_100k_vs_10, 2),
+                x(s.new_dropped_ns_ratio_100k_vs_10, 2)
+            ),
+            met: s.new_flow_ns_ratio_100k_vs_10.map(|v| v <= 1.25),
+        },
+        Goal {
+            goal: "established <= 1.5x (bare XDP_PASS + one hash lookup)".into(),
+            measured: format!(
+                "{}x (vs XDP_PASS alone: {}x)",
+                x(s.established_ns_ratio_vs_pass_lookup, 2),
+                x(s.established_ns_ratio_vs_pass, 2)
+            ),
+            met: s.established_ns_ratio_vs_pass_lookup.map(|v| v <= 1.5),
+        },
+        Goal {
+            goal: "sg veth pps >= 0.9x no filter (10k rules)".into(),
+            measured: both(
+                s.sg_tc_udp_ratio_vs_no_filter_10k,
+                s.sg_xdp_udp_ratio_vs_no_filter_10k,
+            ),
+            met: best(
+                s.sg_tc_udp_ratio_vs_no_filter_10k,
+                s.sg_xdp_udp_ratio_vs_no_filter_10k,
+            )
+            .map(|v| v >= 0.9),
+        },
+        Goal {
+            goal: "sg veth pps >= 1.2x nftables sets (10k rules)".into(),
+            measured: both(
+                s.sg_tc_udp_ratio_vs_nft_sets_10k,
+                s.sg_xdp_udp_ratio_vs_nft_sets_10k,
+            ),
+            met: best(
+                s.sg_tc_udp_ratio_vs_nft_sets_10k,
+                s.sg_xdp_udp_ratio_vs_nft_sets_10k,
+            )
+            .map(|v| v >= 1.2),
+        },
+        Goal {
+            goal: "sg veth pps >= 5x nftables one rule per SG rule (1k rules)".into(),
+            measured: both(
+                s.sg_tc_udp_ratio_vs_nft_per_rule_1k,
+                s.sg_xdp_udp_ratio_vs_nft_per_rule_1k,
+            ),
+            met: best(
+                s.sg_tc_udp_ratio_vs_nft_per_rule_1k,
+                s.sg_xdp_udp_ratio_vs_nft_per_rule_1k,
+            )
+            .map(|v| v >= 5.0),
+        },
+        Goal {
+            goal: "compile + apply 10k rules < 250 ms".into(),
+            measured: format!("{} ms", x(s.compile_apply_10k_ms, 0)),
+            met: s.compile_apply_10k_ms.map(|v| v < 250.0),
+        },
+        Goal {
+            goal: "membership change visible < 10 ms".into(),
+            measured: format!("{} ms", x(s.membership_visible_ms, 1)),
+            met: s.membership_visible_ms.map(|v| v < 10.0),
+        },
+    ];
+    if let Some(c) = &r.control
+        && c.rules < 10_000
+    {
+        g[5].measured = format!(
+            "{:.0} ms at {} rules (10k not run)",
+            c.compile_apply_ms, c.rules
+        );
+    }
+    g
+}
+
+pub fn write(dir: &Path, r: &Results) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(r)?;
+    std::fs::write(dir.join("results.json"), json + "\n")?;
+    std::fs::write(dir.join("results.md"), markdown(r))?;
+    std::fs::write(dir.join("cost.svg"), svg(r))?;
+    Ok(())
+}
+
+fn k(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn opt_ns(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
+fn rules_label(n: usize) -> String {
+    if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// The tables (also pasted into docs/performance.md by `cargo xtask bench`).
+pub fn markdown(r: &Results) -> String {
+    let mut o = String::new();
+    let m = &r.machine;
+    let w = &mut o;
+    let _ = writeln!(
+        w,
+        "Machine: {} ({} cores), {} MB RAM, Linux {}; load average {} at start, {} at end.",
+        m.cpu_model, m.cores, m.memory_mb, m.kernel, m.loadavg_start, m.loadavg_end
+    );
+    let _ = writeln!(
+        w,
+        "Command: `{}` ({:.0} s{}).\n",
+        r.command,
+        r.duration_s,
+        if r.quick { ", quick run" } else { "" }
+    );
+
+    let _ = writeln!(
+        w,
+        "### Goals\n\n| goal | measured | met |\n| --- | --- | --- |"
+    );
+    for g in &r.goals {
+        let met = match g.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let _ = writeln!(w, "| {} | {} | {met} |", g.goal, g.measured);
+    }
+
+    if let Some(kc) = &r.kernel {
+        let _ = writeln!(
+            w,
+            "\n### In-kernel cost per packet (BPF_PROG_TEST_RUN, XDP ingress, 64-byte frames, ns)\n\n\
+             Median of {} measurements of {} runs each. Baselines: XDP_PASS {:.1} ns; XDP_PASS + \
+             one hash lookup (conntrack-sized key) {:.1} ns; XDP_PASS timed one run at a time \
+             (the way new flows are timed) {:.1} ns. The two ratio columns pair every \
+             measurement with the yardstick's measured just before it (established: XDP_PASS + \
+             one hash lookup; new allowed: the same measurement at the first rule count) and \
+             give the median of the pairs.\n",
+            kc.medians_of, kc.repeat, kc.pass_ns, kc.pass_lookup_ns, kc.pass_once_ns
+        );
+        let _ = writeln!(
+            w,
+            "| rules | established | established / (pass + lookup) | new allowed (one run each) | new allowed / at first count | new dropped | peer entries | port pages | compile ms | apply ms |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for s in &kc.sizes {
+            if let Some(e) = &s.error {
+                let _ = writeln!(
+                    w,
+                    "| {} | not measured: {} | | | | | {} | {} | {:.0} | |",
+                    rules_label(s.rules),
+                    e.replace('|', "/"),
+                    s.peer_entries,
+                    s.port_entries,
+                    s.compile_ms
+                );
+                continue;
+            }
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
+                rules_label(s.rules),
+                opt_ns(s.established_ns),
+                s.established_ratio_vs_pass_lookup
+                    .map_or(String::new(), |v| format!("{v:.2}x")),
+                opt_ns(s.new_allowed_ns),
+                s.new_allowed_ratio_vs_smallest
+                    .map_or(String::new(), |v| format!("{v:.2}x")),
+                opt_ns(s.new_dropped_ns),
+                s.peer_entries,
+                s.port_entries,
+                s.compile_ms,
+                s.apply_ms
+            );
+        }
+    }
+
+    let configs = ["nft_sets", "nft_per_rule", "sg_xdp", "sg_tc"];
+    let mut rules: Vec<usize> = r.udp.iter().map(|f| f.rules).collect();
+    rules.sort();
+    rules.dedup();
+    if !rules.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n### veth throughput, 64-byte UDP, one flow (delivered pps; ratio to no filter in \
+             the same rounds)\n\nGenerator: {} (receiver's NAPI work {}). Each cell: median of {} \
+             rounds, each round the configuration then no filter.\n",
+            r.generator.as_deref().unwrap_or("-"),
+            if r.receiver_pinned {
+                "on its own CPU"
+            } else {
+                "on the generator's CPU"
+            },
+            r.rounds
+        );
+        let _ = writeln!(
+            w,
+            "| rules | no filter | nftables sets | nftables rule per SG rule | sg XDP | sg TC |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for n in &rules {
+            let figs: Vec<_> = r.udp.iter().filter(|f| f.rules == *n).collect();
+            let reference: Vec<f64> = figs.iter().map(|f| f.reference_pps).collect();
+            let mut row = format!("| {} | {}", rules_label(*n), k(super::median(&reference)));
+            for c in configs {
+                match figs.iter().find(|f| f.config == c) {
+                    Some(f) => {
+                        let _ = write!(row, " | {} ({:.2}x)", k(f.pps), f.ratio_vs_no_filter);
+                    }
+                    None => row.push_str(" | -"),
+                }
+            }
+            let _ = writeln!(w, "{row} |");
+        }
+        let _ = writeln!(
+            w,
+            "\n### veth throughput, one iperf3 TCP stream (Gbit/s; ratio to no filter)\n\n\
+             | rules | no filter | nftables sets | nftables rule per SG rule | sg XDP | sg TC |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for n in &rules {
+            let figs: Vec<_> = r.tcp.iter().filter(|f| f.rules == *n).collect();
+            let reference: Vec<f64> = figs.iter().map(|f| f.reference_gbps).collect();
+            let mut row = format!("| {} | {:.1}", rules_label(*n), super::median(&reference));
+            for c in configs {
+                match figs.iter().find(|f| f.config == c) {
+                    Some(f) => {
+                        let _ = write!(row, " | {:.1} ({:.2}x)", f.gbps, f.ratio_vs_no_filter);
+                    }
+                    None => row.push_str(" | -"),
+                }
+            }
+            let _ = writeln!(w, "{row} |");
+        }
+        let _ = writeln!(w, "\nInstall time (ms: `nft -f`, or sg compile + apply):\n");
+        let _ = writeln!(
+            w,
+            "| rules | nftables sets | nftables rule per SG rule | sg |\n| ---: | ---: | ---: | ---: |"
+        );
+        for n in &rules {
+            let get = |c: &str| {
+                r.udp
+                    .iter()
+                    .find(|f| f.rules == *n && f.config == c)
+                    .map_or("-".into(), |f| format!("{:.0}", f.install_ms))
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} |",
+                rules_label(*n),
+                get("nft_sets"),
+                get("nft_per_rule"),
+                get("sg_tc")
+            );
+        }
+    }
+
+    if let Some(c) = &r.control {
+        let _ = writeln!(
+            w,
+            "\n### Control plane ({} rules)\n\n| figure | value |\n| --- | ---: |",
+            rules_label(c.rules)
+        );
+        let rows = [
+            ("compile (first policy)", format!("{:.1} ms", c.compile_ms)),
+            (
+                "apply (first policy; until the flip)",
+                format!("{:.1} ms ({:.1} ms)", c.apply_ms, c.apply_to_flip_ms),
+            ),
+            (
+                "compile + apply of a replacement, until the flip",
+                format!("{:.1} ms", c.compile_apply_ms),
+            ),
+            (
+                "replacement apply including old-generation cleanup",
+                format!("{:.1} ms", c.replace_apply_ms),
+            ),
+            (
+                "membership change -> first packet of the new member allowed",
+                c.membership_visible_ms.map_or_else(
+                    || {
+                        format!(
+                            "not measured: {}",
+                            c.membership_error.clone().unwrap_or_default()
+                        )
+                    },
+                    |v| {
+                        format!(
+                            "{v:.1} ms (delta computed in {:.1} ms, written in {:.1} ms)",
+                            c.membership_delta_ms.unwrap_or(f64::NAN),
+                            c.membership_write_ms.unwrap_or(f64::NAN)
+                        )
+                    },
+                ),
+            ),
+            (
+                "memory of all maps (kernel accounting)",
+                format!("{:.1} MB", c.maps_total_bytes as f64 / 1e6),
+            ),
+            (
+                "bytes per confirmed conntrack entry",
+                c.ct_bytes_per_entry
+                    .map_or("-".into(), |v| format!("{v:.0}")),
+            ),
+            (
+                "bytes per unconfirmed conntrack entry",
+                c.ct_new_bytes_per_entry
+                    .map_or("-".into(), |v| format!("{v:.0}")),
+            ),
+        ];
+        for (a, b) in rows {
+            let _ = writeln!(w, "| {a} | {b} |");
+        }
+        if let Some(ct) = &c.conntrack {
+            let _ = writeln!(
+                w,
+                "| conntrack: {} established flows, then new flows until the table refused \
+                 (capacity {} unconfirmed) | {} new flows stored, {} refused, {}/{} established \
+                 flows still passing |",
+                ct.established,
+                ct.ct_new_capacity,
+                ct.new_flows_stored,
+                ct.refused,
+                ct.established_kept,
+                ct.established
+            );
+        }
+        let mut maps: Vec<_> = c
+            .maps
+            .iter()
+            .filter(|m| m.name.starts_with("SG_"))
+            .collect();
+        maps.sort_by_key(|m| std::cmp::Reverse(m.bytes));
+        let list: Vec<String> = maps
+            .iter()
+            .map(|m| format!("{} {:.2} MB", m.name, m.bytes as f64 / 1e6))
+            .collect();
+        let _ = writeln!(w, "\nMaps: {}.", list.join(", "));
+    }
+
+    if !r.generators.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n### UDP generators (no filter, delivered pps, median of rounds)\n\n\
+             | generator | receiver on the generator's CPU | receiver on its own CPU |\n\
+             | --- | ---: | ---: |"
+        );
+        let mut names: Vec<&str> = Vec::new();
+        for g in &r.generators {
+            if !names.contains(&g.name) {
+                names.push(g.name);
+            }
+        }
+        for n in names {
+            let cell = |pinned: bool| {
+                r.generators
+                    .iter()
+                    .find(|g| g.name == n && g.receiver_pinned == pinned)
+                    .map_or("-".into(), |g| match &g.error {
+                        Some(e) => format!("failed: {}", e.chars().take(60).collect::<String>()),
+                        None => format!("{} (spread {:.0}%)", k(g.pps_median), g.spread * 100.0),
+                    })
+            };
+            let _ = writeln!(w, "| {n} | {} | {} |", cell(false), cell(true));
+        }
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(w, "\nNotes:\n");
+        for n in &r.notes {
+            let _ = writeln!(w, "- {n}");
+        }
+    }
+    o
+}
+
+/// In-kernel cost against rules (log x), with the two baselines as horizontal lines.
+pub fn svg(r: &Results) -> String {
+    let (wd, ht) = (720.0, 420.0);
+    let (l, rt, t, b) = (70.0, 180.0, 40.0, 50.0);
+    let mut o = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{wd}\" height=\"{ht}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" \
+         fill=\"white\"/>\n<text x=\"{l}\" y=\"22\" font-size=\"14\">sg in-kernel cost per \
+         packet (BPF_PROG_TEST_RUN, XDP, ns) vs rules</text>\n"
+    );
+    let Some(kc) = &r.kernel else {
+        o.push_str("<text x=\"70\" y=\"80\">not measured in this run</text>\n</svg>\n");
+        return o;
+    };
+    let pts = |f: fn(&super::kernel::SizeCost) -> Option<f64>| -> Vec<(f64, f64)> {
+        kc.sizes
+            .iter()
+            .filter_map(|s| f(s).map(|v| (s.rules as f64, v)))
+            .collect()
+    };
+    type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+    let series: [Series; 3] = [
+        ("new allowed", "#d62728", pts(|s| s.new_allowed_ns)),
+        ("new dropped", "#1f77b4", pts(|s| s.new_dropped_ns)),
+        ("established", "#2ca02c", pts(|s| s.established_ns)),
+    ];
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .chain([kc.pass_lookup_ns, kc.pass_once_ns])
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let (x0, x1) = (1.0f64, 5.0f64); // log10 of 10 .. 100k
+    let px = |n: f64| l + (n.log10().clamp(x0, x1) - x0) / (x1 - x0) * (wd - l - rt);
+    let py = |v: f64| ht - b - v / ymax * (ht - t - b);
+    let _ = writeln!(
+        o,
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{l}\" \
+         y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>",
+        ht - b,
+        wd - rt,
+        ht - b,
+        ht - b
+    );
+    for e in 1..=5 {
+        let xv = px(10f64.powi(e));
+        let _ = writeln!(
+            o,
+            "<line x1=\"{xv:.1}\" y1=\"{}\" x2=\"{xv:.1}\" y2=\"{}\" stroke=\"black\"/><text \
+             x=\"{xv:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            ht - b,
+            ht - b + 5.0,
+            ht - b + 20.0,
+            rules_label(10usize.pow(e as u32))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">rules (16 groups, one interface \
+         carrying all)</text>",
+        (l + wd - rt) / 2.0,
+        ht - 12.0
+    );
+    let step = nice_step(ymax / 5.0);
+    let mut yv = 0.0;
+    while yv <= ymax {
+        let y = py(yv);
+        let _ = writeln!(
+            o,
+            "<line x1=\"{}\" y1=\"{y:.1}\" x2=\"{l}\" y2=\"{y:.1}\" stroke=\"black\"/><line \
+             x1=\"{l}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" \
+             y=\"{:.1}\" text-anchor=\"end\">{yv:.0}</text>",
+            l - 5.0,
+            wd - rt,
+            l - 8.0,
+            y + 4.0
+        );
+        yv += step;
+    }
+    let mut legend_y = t + 10.0;
+    let mut legend = |o: &mut String, name: &str, color: &str, dash: bool| {
+        let d = if dash {
+            " stroke-dasharray=\"5,4\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "<line x1=\"{}\" y1=\"{legend_y}\" x2=\"{}\" y2=\"{legend_y}\" stroke=\"{color}\" \
+             stroke-width=\"2\"{d}/><text x=\"{}\" y=\"{}\">{name}</text>",
+            wd - rt + 10.0,
+            wd - rt + 35.0,
+            wd - rt + 40.0,
+            legend_y + 4.0
+        );
+        legend_y += 20.0;
+    };
+    for (name, color, p) in &series {
+        let path: Vec<String> = p
+            .iter()
+            .map(|(n, v)| format!("{:.1},{:.1}", px(*n), py(*v)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+            path.join(" ")
+        );
+        for (n, v) in p {
+            let _ = writeln!(
+                o,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                px(*n),
+                py(*v)
+            );
+        }
+        legend(&mut o, name, color, false);
+    }
+    for (name, color, v) in [
+        ("XDP_PASS + 1 lookup", "#555", kc.pass_lookup_ns),
+        ("XDP_PASS, one run", "#999", kc.pass_once_ns),
+        ("XDP_PASS", "#bbb", kc.pass_ns),
+    ] {
+        let y = py(v);
+        let _ = writeln!(
+            o,
+            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"{color}\" \
+             stroke-dasharray=\"5,4\"/>",
+            wd - rt
+        );
+        legend(&mut o, name, color, true);
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+fn nice_step(raw: f64) -> f64 {
+    let p = 10f64.powf(raw.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if m * p >= raw {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UdpFigure;
+    use crate::kernel::{KernelCost, SizeCost};
+
+    fn sample() -> Results {
+        let size = |rules, e: f64, a: f64, d: f64| SizeCost {
+            rules,
+            established_ns: Some(e),
+            new_allowed_ns: Some(a),
+            new_dropped_ns: Some(d),
+            ..SizeCost::default()
+        };
+        let udp = |config: &str, rules, ratio| UdpFigure {
+            config: config.into(),
+            rules,
+            pps: 1e5 * ratio,
+            reference_pps: 1e5,
+            ratio_vs_no_filter: ratio,
+            install_ms: 1.0,
+            generator: "sendmmsg",
+            receiver_pinned: false,
+        };
+        let mut r = Results {
+            kernel: Some(KernelCost {
+                pass_ns: 20.0,
+                pass_lookup_ns: 60.0,
+                pass_once_ns: 50.0,
+                sizes: vec![
+                    size(10, 80.0, 500.0, 200.0),
+                    size(1000, 90.0, 600.0, 250.0),
+                    size(100_000, 100.0, 550.0, 300.0),
+                ],
+                ..KernelCost::default()
+            }),
+            udp: vec![
+                udp("sg_tc", 10_000, 0.95),
+                udp("nft_sets", 10_000, 0.5),
+                udp("sg_tc", 1_000, 0.9),
+                udp("nft_per_rule", 1_000, 0.1),
+            ],
+            ..Results::default()
+        };
+        r.summary = summarize(&r);
+        r.goals = goals(&r);
+        r
+    }
+
+    #[test]
+    fn summary_ratios_use_the_smallest_and_largest_sizes_and_paired_quotients() {
+        let r = sample();
+        let s = &r.summary;
+        assert_eq!(s.new_flow_ns_ratio_100k_vs_10, Some(1.1));
+        assert_eq!(s.new_flow_ratio_rules, Some(100_000));
+        assert_eq!(s.new_dropped_ns_ratio_100k_vs_10, Some(1.5));
+        assert_eq!(s.established_ns_ratio_vs_pass, Some(5.0));
+        assert!((s.established_ns_ratio_vs_pass_lookup.unwrap() - 100.0 / 60.0).abs() < 1e-9);
+        assert!((s.sg_tc_udp_ratio_vs_nft_sets_10k.unwrap() - 1.9).abs() < 1e-9);
+        assert!((s.sg_tc_udp_ratio_vs_nft_per_rule_1k.unwrap() - 9.0).abs() < 1e-9);
+        assert_eq!(s.sg_xdp_udp_ratio_vs_no_filter_10k, None);
+        let met: Vec<Option<bool>> = r.goals.iter().map(|g| g.met).collect();
+        assert_eq!(
+            met,
+            vec![
+                Some(true),
+                Some(false),
+                Some(true),
+                Some(true),
+                Some(true),
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn paired_ratios_win_over_quotients_of_medians() {
+        let mut r = sample();
+        let k = r.kernel.as_mut().unwrap();
+        let large = &mut k.sizes[2];
+        large.new_allowed_ratio_vs_smallest = Some(1.2);
+        large.established_ratio_vs_pass = Some(4.0);
+        large.established_ratio_vs_pass_lookup = Some(1.4);
+        let s = summarize(&r);
+        assert_eq!(s.new_flow_ns_ratio_100k_vs_10, Some(1.2));
+        assert_eq!(s.established_ns_ratio_vs_pass, Some(4.0));
+        assert_eq!(s.established_ns_ratio_vs_pass_lookup, Some(1.4));
+        // Pairs against a first size other than 10 are not the 100k/10 ratio: the quotient.
+        let first = SizeCost {
+            rules: 5,
+            ..SizeCost::default()
+        };
+        r.kernel.as_mut().unwrap().sizes.insert(0, first);
+        assert_eq!(summarize(&r).new_flow_ns_ratio_100k_vs_10, Some(1.1));
+    }
+
+    #[test]
+    fn markdown_and_svg_show_every_size() {
+        let r = sample();
+        let md = markdown(&r);
+        assert!(md.contains("| 100k | 100 |  | 550 |  | 300 |"), "{md}");
+        assert!(
+            md.contains("| new-flow cost at 100k rules <= 1.25x at 10 | 1.10x"),
+            "{md}"
+        );
+        let svg = svg(&r);
+        assert_eq!(svg.matches("<circle").count(), 9);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+    }
+}

@@ -1,0 +1,147 @@
+//! A test bed for the end-to-end tests: a LAN of hosts, the servers started on them, the
+//! policies written for them and the real sg-agent applied in them, torn down in the safe
+//! order on drop (agents detach while their namespaces exist, then servers, namespaces,
+//! files). Helpers panic with context instead of returning errors: they are for tests.
+//! Owns only that ordering and bookkeeping; hosts, servers, the agent and probes are the
+//! other lab modules'.
+
+use std::path::PathBuf;
+
+use crate::agents::{Agents, Counters, Flow};
+use sg_testkit::netns::Proc;
+use crate::probe::{self, Probe, Row};
+use crate::services::{self as svc, LabFiles};
+use crate::topology::{Host, HostSpec, Lan};
+
+/// A server to start on a host.
+#[derive(Clone, Copy, Debug)]
+pub enum Server {
+    Https(u16),
+    Http(u16),
+    Ssh(u16),
+    TcpEcho(u16),
+    UdpEcho(u16),
+    /// Raw-IP echo of a protocol, optionally also answering with another protocol.
+    Raw(u8, Option<u8>),
+}
+
+/// Field order is drop order.
+pub struct Bed {
+    pub agents: Agents,
+    servers: Vec<Proc>,
+    pub lan: Lan,
+    pub files: LabFiles,
+    written: std::sync::atomic::AtomicU32,
+}
+
+impl Bed {
+    /// Hosts on one bridge: (name, IPv4, IPv6).
+    pub fn new(agent: &str, hosts: &[(&str, &str, &str)]) -> Bed {
+        sg_testkit::netns::require_root();
+        let files = LabFiles::new().expect("lab files (openssl, ssh-keygen)");
+        let specs: Vec<HostSpec> = hosts
+            .iter()
+            .map(|(n, a, b)| HostSpec::new(n, a, b))
+            .collect();
+        let lan = Lan::new(&specs).expect("lab LAN");
+        Bed {
+            agents: Agents::new(agent),
+            servers: Vec::new(),
+            lan,
+            files,
+            written: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.lan.host(name)
+    }
+
+    /// Starts servers on a host (each checked to be listening).
+    pub fn serve(&mut self, host: &str, servers: &[Server]) {
+        for s in servers {
+            let h = self.lan.host(host);
+            let f = &self.files;
+            let p = match *s {
+                Server::Https(p) => svc::https_server(h, f, p),
+                Server::Http(p) => svc::http_server(h, f, p),
+                Server::Ssh(p) => svc::sshd(h, f, p),
+                Server::TcpEcho(p) => svc::tcp_echo(h, p),
+                Server::UdpEcho(p) => svc::udp_echo(h, f, p),
+                Server::Raw(p, o) => svc::raw_echo(h, f, p, o),
+            }
+            .unwrap_or_else(|e| panic!("start {s:?} on {host}: {e:#}"));
+            self.servers.push(p);
+        }
+    }
+
+    /// Keeps a process started elsewhere alive as long as the bed.
+    pub fn hold(&mut self, p: Proc) {
+        self.servers.push(p);
+    }
+
+    /// Writes a policy file (any format sg reads) and returns its path.
+    pub fn policy(&self, text: &str) -> PathBuf {
+        let n = self
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = self.files.dir().join(format!("policy-{n}.yaml"));
+        std::fs::write(&p, text).expect("write policy");
+        p
+    }
+
+    /// Writes `text` and runs `sg-agent apply` on each host; returns the last output.
+    pub fn apply(&self, hosts: &[&str], text: &str) -> String {
+        let p = self.policy(text);
+        let mut out = String::new();
+        for h in hosts {
+            out = self
+                .agents
+                .apply(&self.host(h).ns, &p)
+                .unwrap_or_else(|e| panic!("apply on {h}: {e:#}\npolicy:\n{text}"));
+        }
+        out
+    }
+
+    /// Like [`Bed::apply`] with `--ingress-hook HOOK`.
+    pub fn apply_hook(&self, hosts: &[&str], hook: &str, text: &str) -> String {
+        let p = self.policy(text);
+        let mut out = String::new();
+        for h in hosts {
+            out = self
+                .agents
+                .apply_with(&self.host(h).ns, &p, &["--ingress-hook", hook])
+                .unwrap_or_else(|e| panic!("apply on {h}: {e:#}\npolicy:\n{text}"));
+        }
+        out
+    }
+
+    pub fn counters(&self, host: &str) -> Counters {
+        self.agents
+            .counters(&self.host(host).ns)
+            .unwrap_or_else(|e| panic!("counters on {host}: {e:#}"))
+    }
+
+    pub fn conntrack(&self, host: &str) -> Vec<Flow> {
+        self.agents
+            .conntrack(&self.host(host).ns)
+            .unwrap_or_else(|e| panic!("conntrack on {host}: {e:#}"))
+    }
+
+    /// Runs the probes and asserts every row, printing the table on failure.
+    pub fn expect(&self, probes: &[Probe]) -> Vec<Row> {
+        probe::expect_all(&self.lan, &self.files, probes)
+    }
+
+    /// Runs the probes without asserting.
+    pub fn run(&self, probes: &[Probe]) -> Vec<Row> {
+        probe::run_probes(&self.lan, &self.files, probes).expect("probes ran")
+    }
+
+    /// Detaches every agent now and checks no pins remain (the drop does the same, but a
+    /// test that calls this fails loudly instead of printing).
+    pub fn detach_all(&self) {
+        let errors = self.agents.detach_all();
+        assert!(errors.is_empty(), "cleanup: {errors:#?}");
+    }
+}

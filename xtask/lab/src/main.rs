@@ -1,0 +1,295 @@
+//! `sg-lab`: the EC2 lab (`cargo xtask lab`). Network namespaces act as EC2 instances on one
+//! subnet plus outside clients; each instance runs the real sg-agent on the same policy file;
+//! real servers and clients probe every path; a table shows what EC2 does and what happened,
+//! then the counters per rule. Exits non-zero when any path is not as expected.
+//!
+//! The scenario lives in `sg_lab::scenario` (the end-to-end tests run the same one);
+//! this file only sequences it and prints.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use sg_testkit::netns::{delete_namespace, require_root};
+use sg_lab::probe::{Row, render};
+use sg_lab::scenario::{Db, Ec2Lab, LAB_PREFIX, LabOptions};
+use sg_lab::topology::Naming;
+
+#[derive(Parser)]
+#[command(
+    name = "sg-lab",
+    about = "The EC2 lab: sg-agent in network namespaces, real servers and clients, a table of \
+             every path",
+    after_help = "Run it through `cargo xtask lab` (builds everything first). Needs root."
+)]
+struct Args {
+    /// Leave the lab up afterwards to explore (prints how); remove it with --down.
+    #[arg(long)]
+    keep: bool,
+    /// Use the CloudFormation twin (examples/ec2-lab.cfn.yaml): the table must not change.
+    #[arg(long, conflicts_with = "policy")]
+    cfn: bool,
+    /// The policy every instance applies (default examples/ec2-lab.yaml).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// The sg-agent binary (default: the one next to sg-lab).
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// Use the TCP echo server for the database even when MariaDB is installed.
+    #[arg(long)]
+    no_mariadb: bool,
+    /// The agents' ingress hook: xdp (default), xdp-skb or tc.
+    #[arg(long, value_name = "HOOK")]
+    ingress_hook: Option<String>,
+    /// Tear down a lab left up by --keep (or by a killed run), then exit.
+    #[arg(long)]
+    down: bool,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; tearing the lab down");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    require_root();
+    // Ctrl-C must still tear down (detach every agent, delete every namespace): the handler
+    // only records it; the run stops at the next step and the normal cleanup runs.
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("sg-lab: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn agent_path(args: &Args) -> Result<PathBuf> {
+    let p = match &args.agent {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("sg-lab has no directory")?
+            .join("sg-agent"),
+    };
+    if !p.exists() {
+        bail!(
+            "sg-agent not found at {}; hint: cargo xtask lab (builds both), or --agent PATH",
+            p.display()
+        );
+    }
+    Ok(std::fs::canonicalize(p)?)
+}
+
+/// Where a kept lab's files (keys, policy copy) are recorded for --down.
+const KEPT_FILES: &str = "/run/sg-lab/files";
+
+fn lab_namespaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(LAB_PREFIX))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Detaches the agent in every lab namespace, then deletes them and the kept files.
+fn down(agent: &Path) -> Result<()> {
+    let names = lab_namespaces();
+    if names.is_empty() {
+        println!("no lab is up");
+    }
+    for n in &names {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", n, "timeout", "-s", "KILL", "60"])
+            .arg(agent)
+            .arg("detach")
+            .output()?;
+        if !out.status.success() {
+            eprintln!(
+                "sg-agent detach in {n}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        delete_namespace(n);
+        println!("removed {n}");
+    }
+    // The kept servers' stderr logs (see Netns::spawn).
+    let logs = format!("sg-lab-{LAB_PREFIX}");
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&logs) && n.ends_with(".log") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_to_string(KEPT_FILES) {
+        let dir = dir.trim();
+        if dir.contains("sg-lab-files") {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let _ = std::fs::remove_file(KEPT_FILES);
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<bool> {
+    let agent = agent_path(&args)?;
+    if args.down {
+        down(&agent)?;
+        return Ok(true);
+    }
+    if !lab_namespaces().is_empty() {
+        println!("==> a previous lab is still up (--keep or a killed run): removing it first");
+        down(&agent)?;
+    }
+    let policy = match (&args.policy, args.cfn) {
+        (Some(p), _) => p.clone(),
+        (None, true) => PathBuf::from("examples/ec2-lab.cfn.yaml"),
+        (None, false) => PathBuf::from("examples/ec2-lab.yaml"),
+    };
+    let t0 = std::time::Instant::now();
+    println!("==> sg EC2 lab: {}", policy.display());
+    println!("    (the seed article: sg-web serves HTTPS to anyone and SSH to my IP only;");
+    println!("     sg-db serves MySQL to sg-web only; default egress everywhere)");
+    let mut lab = Ec2Lab::up(LabOptions {
+        agent: agent.clone(),
+        policy,
+        naming: Naming::Fixed(LAB_PREFIX.into()),
+        want_mariadb: !args.no_mariadb,
+        ingress_hook: args.ingress_hook.clone(),
+    })?;
+    println!(
+        "    policy format: {}; every instance applies the same file: {}",
+        lab.format.name(),
+        lab.policy.display()
+    );
+    println!("    database on db-1:3306: {}", lab.db.describe());
+    if lab.db == Db::Echo && !args.no_mariadb {
+        println!("    (install mariadb-server for the real one: cargo xtask lab does)");
+    }
+    println!();
+    println!("==> hosts (network namespaces on one bridge, addresses from documentation ranges)");
+    for h in &lab.lan.hosts {
+        println!(
+            "    {:<9} {:<15} {:<18} {}",
+            h.name(),
+            h.spec.v4.to_string(),
+            h.spec.v6.to_string(),
+            h.ns.name()
+        );
+    }
+    println!();
+    for (inst, out) in &lab.applied {
+        let summary: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("attached") || l.starts_with("applied"))
+            .collect();
+        println!("==> {inst}: sg-agent apply {}", lab.policy.display());
+        for l in summary {
+            println!("    {}", l.trim());
+        }
+    }
+    println!();
+    check_interrupt()?;
+
+    let rows = lab.run(&lab.paths())?;
+    check_interrupt()?;
+    println!("==> every path, probed with real clients (curl, ssh, mariadb/nc, ping, ping -6)");
+    print!("{}", render(&rows));
+    println!();
+
+    println!("==> counters per rule of every instance (sg-agent counters)");
+    print!("{}", lab.counters_report(&["web-1", "web-2", "db-1"])?);
+
+    println!("==> scale out: launch web-3 into sg-web; it reaches the database at once (R1)");
+    let before = lab.agents.counters(&lab.lan.host("db-1").ns)?;
+    let (more, report) = lab.scale_out()?;
+    check_interrupt()?;
+    print!("{}", render(&more));
+    println!("{report}");
+    println!();
+    print!("{}", lab.counters_report(&["db-1", "web-3"])?);
+    // Say so when a re-apply lost counts (a known agent bug, pinned by the ignored test
+    // e4_rule_counters_survive_a_reapply_of_the_same_policy): the numbers above would
+    // otherwise read as if web-1 and web-2 had never used the database.
+    let after = lab.agents.counters(&lab.lan.host("db-1").ns)?;
+    let lost: Vec<&str> = before
+        .rules
+        .iter()
+        .filter(|r| after.rule(&r.id) < r.packets)
+        .map(|r| r.id.as_str())
+        .collect();
+    if !lost.is_empty() {
+        println!(
+            "note: the re-apply on db-1 reset rule counters ({}): sg-agent zeroes counters on \
+             every apply by a new process (known bug); they count since the scale-out",
+            lost.join(", ")
+        );
+    }
+
+    let all: Vec<&Row> = rows.iter().chain(&more).collect();
+    let bad = all.iter().filter(|r| !r.ok()).count();
+    println!(
+        "==> {} paths, {} as expected, {} MISMATCH [{:.0} s]",
+        all.len(),
+        all.len() - bad,
+        bad,
+        t0.elapsed().as_secs_f64()
+    );
+
+    if args.keep {
+        lab.keep();
+        std::fs::create_dir_all("/run/sg-lab")?;
+        std::fs::write(KEPT_FILES, lab.files.dir().display().to_string())?;
+        let key = lab.files.path("id");
+        let ag = agent.display();
+        println!();
+        println!("==> the lab stays up. Explore it:");
+        println!(
+            "    ip netns exec {LAB_PREFIX}my-ip ssh -i {} root@192.0.2.11",
+            key.display()
+        );
+        println!("    ip netns exec {LAB_PREFIX}internet curl -k https://[2001:db8:10::12]/");
+        println!("    ip netns exec {LAB_PREFIX}web-1 {ag} counters --watch 2");
+        println!("    ip netns exec {LAB_PREFIX}db-1 {ag} conntrack");
+        println!(
+            "    ip netns exec {LAB_PREFIX}db-1 {ag} explain --in --proto tcp --peer 203.0.113.50 --port 3306"
+        );
+        println!("    ip netns exec {LAB_PREFIX}web-2 bash        # a shell on web-2");
+        println!(
+            "    edit {} and run `ip netns exec {LAB_PREFIX}<instance> {ag} apply {}` on each instance",
+            lab.policy.display(),
+            lab.policy.display()
+        );
+        println!(
+            "    tear down: cargo xtask lab -- --down   (or {} --down)",
+            std::env::current_exe()?.display()
+        );
+    } else {
+        println!("==> tearing down (sg-agent detach in every instance, namespaces deleted)");
+    }
+    Ok(bad == 0)
+}

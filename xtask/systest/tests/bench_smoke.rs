@@ -1,0 +1,139 @@
+//! The bench's quick path on a tiny configuration, end to end (privileged: namespaces, BPF,
+//! nftables; it panics without root, never skips). It checks that every section produced its
+//! figures and that results.json carries the fields the issue names, with positive numbers.
+//! It never asserts on how fast anything is.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sg_bench::{Options, run};
+use sg_testkit::netns::require_root;
+
+fn positive(v: &Value, path: &str) -> f64 {
+    let mut cur = v;
+    for part in path.split('.') {
+        cur = match part.parse::<usize>() {
+            Ok(i) => &cur[i],
+            Err(_) => &cur[part],
+        };
+    }
+    let x = cur
+        .as_f64()
+        .unwrap_or_else(|| panic!("results.json: {path} is not a number: {cur}"));
+    assert!(x > 0.0 && x.is_finite(), "results.json: {path} = {x}");
+    x
+}
+
+#[test]
+fn quick_bench_writes_every_section_with_positive_figures() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = Options {
+        out: dir.path().to_path_buf(),
+        kernel_rules: vec![10, 100],
+        veth_rules: vec![10],
+        window: Duration::from_millis(200),
+        warmup: Duration::from_millis(100),
+        rounds: 1,
+        tcp_secs: 1,
+        repeat: 20_000,
+        medians_of: 3,
+        command: "bench_smoke".into(),
+        ..Options::quick()
+    };
+    let r = run(&opts).unwrap_or_else(|e| panic!("bench run failed: {e:#}"));
+    assert!(
+        r.notes.iter().all(|n| !n.contains("not measured")),
+        "{:?}",
+        r.notes
+    );
+
+    let text = std::fs::read_to_string(dir.path().join("results.json")).expect("results.json");
+    let v: Value = serde_json::from_str(&text).expect("valid JSON");
+    for key in [
+        "new_flow_ns_ratio_100k_vs_10",
+        "established_ns_ratio_vs_pass",
+        "established_ns_ratio_vs_pass_lookup",
+        "membership_visible_ms",
+        "maps_total_bytes",
+        "ct_bytes_per_entry",
+    ] {
+        positive(&v, key);
+    }
+    assert_eq!(v["new_flow_ratio_rules"], 100);
+    // The membership figure's parts come before the packet that ends it.
+    for key in ["control.membership_delta_ms", "control.membership_write_ms"] {
+        positive(&v, key);
+    }
+    let c = &v["control"];
+    assert!(
+        c["membership_delta_ms"].as_f64().unwrap() + c["membership_write_ms"].as_f64().unwrap()
+            <= c["membership_visible_ms"].as_f64().unwrap(),
+        "{c}"
+    );
+    for key in [
+        "kernel.pass_ns",
+        "kernel.pass_lookup_ns",
+        "kernel.pass_once_ns",
+    ] {
+        positive(&v, key);
+    }
+    for i in 0..2 {
+        for f in [
+            "established_ns",
+            "new_allowed_ns",
+            "new_dropped_ns",
+            "port_entries",
+            "established_ratio_vs_pass_lookup",
+            "established_ratio_vs_pass",
+            "new_allowed_ratio_vs_smallest",
+        ] {
+            positive(&v, &format!("kernel.sizes.{i}.{f}"));
+        }
+    }
+    let configs: Vec<&str> = v["udp"]
+        .as_array()
+        .expect("udp figures")
+        .iter()
+        .map(|f| f["config"].as_str().expect("config name"))
+        .collect();
+    assert_eq!(configs, ["nft_sets", "nft_per_rule", "sg_xdp", "sg_tc"]);
+    for i in 0..4 {
+        positive(&v, &format!("udp.{i}.pps"));
+        positive(&v, &format!("udp.{i}.reference_pps"));
+        positive(&v, &format!("udp.{i}.ratio_vs_no_filter"));
+        positive(&v, &format!("tcp.{i}.gbps"));
+    }
+    for key in [
+        "control.compile_ms",
+        "control.apply_ms",
+        "control.compile_apply_ms",
+        "control.conntrack.new_flows_stored",
+        "control.conntrack.refused",
+    ] {
+        positive(&v, key);
+    }
+    // C6: filling the table keeps every established flow.
+    assert_eq!(
+        v["control"]["conntrack"]["established_kept"],
+        v["control"]["conntrack"]["established"]
+    );
+    assert!(
+        v["generators"].as_array().is_some_and(|g| !g.is_empty()),
+        "generators measured"
+    );
+    assert!(v["generator"].is_string(), "a generator was chosen");
+    assert_eq!(v["goals"].as_array().map(Vec::len), Some(7));
+    for kernel_key in ["kernel", "cpu_model"] {
+        assert!(
+            v["machine"][kernel_key]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "machine.{kernel_key}"
+        );
+    }
+    let md = std::fs::read_to_string(dir.path().join("results.md")).expect("results.md");
+    assert!(md.contains("### In-kernel cost") && md.contains("### veth throughput"));
+    let svg = std::fs::read_to_string(dir.path().join("cost.svg")).expect("cost.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+}

@@ -1,0 +1,46 @@
+//! sg's test kit: everything the tests, the lab and the bench share that is not the product.
+//! Never shipped: `cargo tree -p sg-agent -e normal` does not contain it.
+//!
+//! ```text
+//! random             random valid policies, packet sequences and fuzz drivers (proptest)
+//! lookup             the kernel's policy lookup, in userspace, over a MapImage (the oracle)
+//! netns              network namespaces, veth links and processes, deleted on drop
+//! dataplane_harness  the privileged dataplane tests' namespace, image builder and fixture runner
+//! agent_harness      the agent tests' two-namespace site driving the real sg-agent binary
+//! ```
+pub mod agent_harness;
+pub mod dataplane_harness;
+pub mod lookup;
+pub mod netns;
+pub mod random;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The `sg-agent` binary the privileged tests drive: `SG_AGENT_BIN` when set, else the one
+/// cargo built beside the running test (`target/<profile>/sg-agent`; `cargo xtask test`
+/// builds it first). Panics with the remedy when it is missing: a test never skips.
+pub fn agent_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = match std::env::var_os("SG_AGENT_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let exe = std::env::current_exe().expect("the test's own path");
+                // target/<profile>/deps/<test> -> target/<profile>/sg-agent
+                let profile = exe
+                    .parent()
+                    .and_then(|deps| deps.parent())
+                    .expect("a test binary lives in target/<profile>/deps");
+                profile.join("sg-agent")
+            }
+        };
+        assert!(
+            path.exists(),
+            "the sg-agent binary is missing at {}; hint: `cargo build -p sg-agent` (cargo xtask \
+             test builds it), or set SG_AGENT_BIN",
+            path.display()
+        );
+        path.to_string_lossy().into_owned()
+    })
+}
