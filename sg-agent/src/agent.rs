@@ -24,13 +24,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use sg_common::{ABI_VERSION, Reason, RuleCounter};
 
 use crate::bind::{self, Binding};
-use crate::cli::InvalidInput;
 use crate::compile::{self, CompileOptions};
 use crate::config::{self, Loaded};
 use crate::dataplane::{
     self, ApplyReport, AttachReport, Capacities, CtEntry, CtStats, Dataplane, Hook, IngressHook,
     LoadOptions, PinGuard, XdpMode,
 };
+use crate::error::Error;
 use crate::model::{Model, decide};
 use crate::packet::{L4, Packet};
 use crate::policy::{Direction, Group, IcmpMatch, Peer, Policy, PortRange, Protocol, Rule};
@@ -40,7 +40,7 @@ use crate::state::{AgentState, Applied, InterfaceSummary, RuleSummary, StateDir}
 pub trait PolicySource {
     /// A human name for messages (a path, a store key).
     fn describe(&self) -> String;
-    /// The current policy, validated. Invalid input is an [`InvalidInput`] error.
+    /// The current policy, validated. Invalid input is an [`Error::InvalidInput`] error.
     fn load(&self) -> Result<Loaded>;
     /// The raw text, kept beside the state so `explain` judges what is enforced.
     fn text(&self) -> Result<String>;
@@ -56,7 +56,7 @@ impl PolicySource for FileSource {
         self.0.display().to_string()
     }
     fn load(&self) -> Result<Loaded> {
-        config::load_file(&self.0).map_err(|d| InvalidInput(d.to_string()).into())
+        config::load_file(&self.0).map_err(|d| Error::InvalidInput(d.to_string()).into())
     }
     fn text(&self) -> Result<String> {
         std::fs::read_to_string(&self.0).with_context(|| format!("read {}", self.0.display()))
@@ -79,7 +79,7 @@ pub fn parse_hook(s: &str) -> Result<IngressHook> {
         "xdp" => Ok(IngressHook::Xdp(XdpMode::Native)),
         "xdp-skb" => Ok(IngressHook::Xdp(XdpMode::Skb)),
         "tc" => Ok(IngressHook::Tc),
-        other => Err(InvalidInput(format!(
+        other => Err(Error::InvalidInput(format!(
             "unknown ingress hook {other:?}; hint: use xdp, xdp-skb or tc"
         ))
         .into()),
@@ -134,19 +134,6 @@ pub struct ApplyOutcome {
     pub total_ms: f64,
 }
 
-/// The policy binds to no device of this namespace (exit code 2, nothing changed). A daemon
-/// started before the network is configured waits for the addresses instead of failing.
-#[derive(Debug)]
-pub struct NotOnThisHost(pub String);
-
-impl std::fmt::Display for NotOnThisHost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotOnThisHost {}
-
 /// A named point inside an apply where a test can freeze the agent (`SG_AGENT_TEST_STOP_AT`
 /// = `STAGE` or `STAGE:N` for the Nth time it is reached): the process stops itself with
 /// SIGSTOP so that the test can SIGKILL it at exactly that point. Stages: `compiled`
@@ -186,7 +173,7 @@ pub struct Agent {
     /// Things worth telling the user that did not stop the command.
     pub warnings: Vec<String>,
     /// A daemon's agent: once it has applied, finding the namespace detached under it (by
-    /// `sg-agent detach`) stops an apply with [`DetachedUnderUs`] instead of starting over.
+    /// `sg-agent detach`) stops an apply with [`Error::DetachedUnderUs`] instead of starting over.
     pub stop_if_detached: bool,
     /// What this agent last applied whole, kept so that a reload that only changes
     /// memberships is a delta of the live image (a daemon's common case).
@@ -200,19 +187,6 @@ struct Live {
     image: crate::image::MapImage,
     index: compile::Index,
 }
-
-/// The namespace was detached while this agent was running (see
-/// [`Agent::stop_if_detached`]).
-#[derive(Debug)]
-pub struct DetachedUnderUs;
-
-impl std::fmt::Display for DetachedUnderUs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the namespace was detached (`sg-agent detach`)")
-    }
-}
-
-impl std::error::Error for DetachedUnderUs {}
 
 impl Agent {
     /// Opens the namespace's state (without loading anything into the kernel yet). Refuses a
@@ -343,7 +317,7 @@ impl Agent {
         let policy = &loaded.policy;
         let local = bind::local_interfaces().context("reading this namespace's interfaces")?;
         let bindings = bind::bind(policy, &local).map_err(|e| {
-            InvalidInput(format!(
+            Error::InvalidInput(format!(
                 "{}: cannot bind the policy to this host:\n{e}",
                 src.describe()
             ))
@@ -354,7 +328,7 @@ impl Agent {
                 .filter(|l| l.name != "lo")
                 .map(|l| format!("{} {:?}", l.name, l.addresses))
                 .collect();
-            return Err(NotOnThisHost(format!(
+            return Err(Error::NotOnThisHost(format!(
                 "{}: no interface of the policy is on this host (local devices: {}); hint: \
                  give the instance's addresses in the policy, or name the device with \
                  `device:`",
@@ -389,7 +363,7 @@ impl Agent {
                     slot_capacity: caps.rule_slots,
                 },
             )
-            .map_err(|e| anyhow!("compiling the policy: {e}"))?;
+            .map_err(Error::from)?;
             let compile_ms = ms(tc.elapsed());
             return Ok(ApplyOutcome {
                 source: src.describe(),
@@ -411,7 +385,7 @@ impl Agent {
         let _lock = self.sd.lock()?;
         self.refresh()?;
         if self.stop_if_detached && was_applied && !self.is_applied() {
-            return Err(DetachedUnderUs.into());
+            return Err(Error::DetachedUnderUs.into());
         }
         let diff = diff(&self.state.applied, &new_applied);
         let text = src.text()?;
@@ -436,7 +410,7 @@ impl Agent {
                 slot_capacity: dp.capacities().rule_slots,
             },
         )
-        .map_err(|e| anyhow!("compiling the policy: {e}"))?;
+        .map_err(Error::from)?;
         // Drop events (flow log REJECT lines) are wanted on every interface; whether any are
         // produced is one global switch (SG_CONFIG.events_per_sec), on while a daemon with a
         // flow log runs. So a CLI apply beside such a daemon does not silence it.
@@ -911,7 +885,7 @@ impl Agent {
                 .iter()
                 .find(|a| a.is_ipv6() == q.peer.is_ipv6())
                 .ok_or_else(|| {
-                    InvalidInput(format!(
+                    Error::InvalidInput(format!(
                         "{} has no {} address; hint: --local ADDR",
                         iface.interface,
                         if q.peer.is_ipv6() { "IPv6" } else { "IPv4" }
@@ -1041,7 +1015,7 @@ impl Agent {
                 .find(|(d, i)| d.as_str() == w || i.interface == w)
                 .map(|(d, i)| (d.clone(), i.clone()))
                 .ok_or_else(|| {
-                    InvalidInput(format!(
+                    Error::InvalidInput(format!(
                         "--iface {w}: not an enforced interface (enforced: {})",
                         ifs.keys().cloned().collect::<Vec<_>>().join(", ")
                     ))
@@ -1051,7 +1025,7 @@ impl Agent {
                 let (d, i) = ifs.iter().next().expect("one");
                 Ok((d.clone(), i.clone()))
             }
-            None => Err(InvalidInput(format!(
+            None => Err(Error::InvalidInput(format!(
                 "several interfaces are enforced ({}); hint: --iface DEVICE",
                 ifs.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
@@ -1220,7 +1194,7 @@ pub struct ExplainQuery {
 
 impl ExplainQuery {
     fn packet(&self, src: IpAddr, dst: IpAddr) -> Result<Packet> {
-        let bad = |m: String| -> anyhow::Error { InvalidInput(m).into() };
+        let bad = |m: String| -> anyhow::Error { Error::InvalidInput(m).into() };
         let v6 = self.peer.is_ipv6();
         let icmp = |s: &str| -> Result<(u8, u8)> {
             let (t, c) = s.split_once('/').unwrap_or((s, "0"));

@@ -1,8 +1,7 @@
 //! The commands behind `sg-agent`: each takes parsed arguments, does its work through the
 //! library's layers, and prints text or JSON. Errors that mean "your input is wrong" are
-//! [`InvalidInput`] (exit code 2, nothing changed); everything else is a runtime error.
+//! [`Error::InvalidInput`] (exit code 2, nothing changed); everything else is a runtime error.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -10,6 +9,7 @@ use anyhow::Result;
 use crate::agent::{self, Agent, ApplyOptions, ApplyOutcome, FileSource};
 use crate::config;
 use crate::dataplane::Capacities;
+use crate::error::Error;
 
 /// Options every command shares.
 pub struct Globals {
@@ -24,7 +24,7 @@ pub fn parse_capacities(specs: &[String]) -> Result<Capacities> {
     let mut c = Capacities::default();
     for spec in specs {
         let bad = || {
-            InvalidInput(format!(
+            Error::InvalidInput(format!(
                 "--capacity {spec}: expected NAME=N with NAME one of ifaces, peers, ports, ct, \
                  ct_new, frags, rule_slots, events_bytes"
             ))
@@ -60,21 +60,7 @@ pub fn open_agent(g: &Globals) -> Result<Agent> {
     Ok(a)
 }
 
-/// Bad input (file, command line): exit code 2, and nothing was applied.
-#[derive(Debug)]
-pub struct InvalidInput(pub String);
-
-impl fmt::Display for InvalidInput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidInput {}
-
-pub fn usage(msg: &str) -> anyhow::Error {
-    InvalidInput(format!("usage error: {msg}; see sg-agent --help")).into()
-}
+pub use crate::error::usage;
 
 /// Loads and validates a policy file; warnings go to stderr.
 pub fn load_policy(file: &Path) -> Result<config::Loaded> {
@@ -85,7 +71,7 @@ pub fn load_policy(file: &Path) -> Result<config::Loaded> {
             }
             Ok(l)
         }
-        Err(d) => Err(InvalidInput(d.to_string()).into()),
+        Err(d) => Err(Error::InvalidInput(d.to_string()).into()),
     }
 }
 

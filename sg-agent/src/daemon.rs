@@ -18,11 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::{
-    self, Agent, ApplyOptions, DetachedUnderUs, FileSource, NotOnThisHost, PolicySource,
-};
-use crate::cli::InvalidInput;
+use crate::agent::{self, Agent, ApplyOptions, FileSource, PolicySource};
 use crate::dataplane::{Capacities, PinGuard, ip_of};
+use crate::error::{self, Error};
 use crate::report::{self, FlowRecord, Sample};
 
 pub struct DaemonOptions {
@@ -107,7 +105,7 @@ pub async fn run(
                 out.to_effect_ms
             );
         }
-        Err(e) if e.downcast_ref::<NotOnThisHost>().is_some() => {
+        Err(e) if error::is(&e, |k| matches!(k, Error::NotOnThisHost(_))) => {
             stats.apply_errors += 1;
             stats.last_error = Some(e.to_string());
             stats.waiting = !agent.is_applied();
@@ -116,7 +114,7 @@ pub async fn run(
                 opts.poll
             );
         }
-        Err(e) if e.downcast_ref::<InvalidInput>().is_some() && agent.is_applied() => {
+        Err(e) if error::is(&e, |k| matches!(k, Error::InvalidInput(_))) && agent.is_applied() => {
             stats.apply_errors += 1;
             stats.last_error = Some(e.to_string());
             log::error!("{e}\nthe policy already enforced stays");
@@ -361,11 +359,11 @@ fn reload(
                 Err(e) => log::warn!("holding the pins: {e:#}"),
             }
         }
-        Err(e) if e.downcast_ref::<DetachedUnderUs>().is_some() => {
+        Err(e) if error::is(&e, |k| matches!(k, Error::DetachedUnderUs)) => {
             *guard = None;
             return Next::Detached;
         }
-        Err(e) if was_waiting && e.downcast_ref::<NotOnThisHost>().is_some() => {
+        Err(e) if was_waiting && error::is(&e, |k| matches!(k, Error::NotOnThisHost(_))) => {
             log::debug!("still waiting: {e}");
         }
         Err(e) => {

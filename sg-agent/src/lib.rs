@@ -19,6 +19,7 @@ pub mod compile;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod error;
 pub mod image;
 pub mod model;
 pub mod packet;

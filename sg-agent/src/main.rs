@@ -232,18 +232,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(inv) = e.downcast_ref::<cli::InvalidInput>() {
-                eprintln!("{inv}");
+            let kind = sg_agent::error::kind(&e);
+            if kind == sg_agent::error::Kind::Invalid {
+                // Located input errors read best as they are, without the context chain.
+                eprintln!(
+                    "{}",
+                    sg_agent::error::find(&e).map_or_else(|| format!("{e:#}"), ToString::to_string)
+                );
                 eprintln!("nothing was changed");
-                ExitCode::from(2)
-            } else if let Some(n) = e.downcast_ref::<sg_agent::agent::NotOnThisHost>() {
-                eprintln!("{n}");
-                eprintln!("nothing was changed");
-                ExitCode::from(2)
             } else {
                 eprintln!("error: {e:#}");
-                ExitCode::from(1)
             }
+            ExitCode::from(kind.exit_code())
         }
     }
 }

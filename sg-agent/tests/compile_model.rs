@@ -13,12 +13,12 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use sg_agent::compile::{CompileOptions, compile, compile_indexed, membership_delta};
 use sg_agent::image::{MapImage, SlotTable};
-use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
 use sg_agent::policy::Policy;
-use sg_testkit::random::{PolicyShape, Query, describe, minimize, policy, policy_and_queries};
 use sg_common::iface_flags;
 use sg_common::rule_flags::{self, UNTRACKED};
+use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
+use sg_testkit::random::{PolicyShape, Query, describe, minimize, policy, policy_and_queries};
 
 const QUERIES_PER_POLICY: usize = 100;
 

@@ -9,13 +9,13 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use sg_agent::compile::{CompileError, CompileOptions, compile, compile_indexed, membership_delta};
 use sg_agent::image::{MapImage, SlotTable};
-use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
 use sg_agent::model::decide::{Decision, allowing_rules, decide};
 use sg_agent::policy::{
     Direction, Family, Group, GroupId, IcmpMatch, Interface, Origin, Peer, Policy, PortRange,
     PrefixList, PrefixListId, Protocol, Rule, RuleId, Timeouts,
 };
 use sg_common::rule_flags::UNTRACKED;
+use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
 
 use Direction::{Egress, Ingress};
 

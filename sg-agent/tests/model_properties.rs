@@ -7,8 +7,8 @@ use sg_agent::model::Model;
 use sg_agent::model::build::*;
 use sg_agent::packet::L4;
 use sg_agent::policy::{Policy, Protocol};
-use sg_testkit::random::packets::arb_sequence;
 use sg_common::Reason::*;
+use sg_testkit::random::packets::arb_sequence;
 
 fn policies() -> Vec<Policy> {
     vec![

@@ -27,12 +27,7 @@ pub fn run(tc: &Toolchain, quick: bool, args: &[String]) -> Result<()> {
     }
     ensure_trafgen();
     let mut c = host_cargo(tc);
-    c.args([
-        "build",
-        "--release",
-        "--package",
-        "sg-bench",
-    ]);
+    c.args(["build", "--release", "--package", "sg-bench"]);
     run_cmd(&mut c)?;
     let mut b = Command::new("target/release/sg-bench");
     if quick {

@@ -226,17 +226,18 @@ fn membership(
             let t0 = Instant::now();
             let mut delta_at = t0;
             let mut write_at = t0;
-            let arrived = sg_agent::compile::membership_delta(policy, &changed, bindings, live, index)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .and_then(|d| d.ok_or_else(|| anyhow::anyhow!("not a membership change")))
-                .and_then(|delta| {
-                    delta_at = Instant::now();
-                    dp.apply_delta(&delta)
-                })
-                .and_then(|_| {
-                    write_at = Instant::now();
-                    pair.wait_from(newcomer, Duration::from_secs(30))
-                });
+            let arrived =
+                sg_agent::compile::membership_delta(policy, &changed, bindings, live, index)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .and_then(|d| d.ok_or_else(|| anyhow::anyhow!("not a membership change")))
+                    .and_then(|delta| {
+                        delta_at = Instant::now();
+                        dp.apply_delta(&delta)
+                    })
+                    .and_then(|_| {
+                        write_at = Instant::now();
+                        pair.wait_from(newcomer, Duration::from_secs(30))
+                    });
             stop.store(true, Ordering::SeqCst);
             prober
                 .join()

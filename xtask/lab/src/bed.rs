@@ -8,10 +8,10 @@
 use std::path::PathBuf;
 
 use crate::agents::{Agents, Counters, Flow};
-use sg_testkit::netns::Proc;
 use crate::probe::{self, Probe, Row};
 use crate::services::{self as svc, LabFiles};
 use crate::topology::{Host, HostSpec, Lan};
+use sg_testkit::netns::Proc;
 
 /// A server to start on a host.
 #[derive(Clone, Copy, Debug)]

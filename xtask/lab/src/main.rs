@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use sg_testkit::netns::{delete_namespace, require_root};
 use sg_lab::probe::{Row, render};
 use sg_lab::scenario::{Db, Ec2Lab, LAB_PREFIX, LabOptions};
 use sg_lab::topology::Naming;
+use sg_testkit::netns::{delete_namespace, require_root};
 
 #[derive(Parser)]
 #[command(

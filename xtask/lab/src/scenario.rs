@@ -15,11 +15,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::agents::Agents;
-use sg_testkit::netns::Proc;
 use crate::probe::{self, Expect, Probe, Row, Svc, V4, V6, both};
 use crate::services::{self as svc, LabFiles};
 use crate::topology::{HostSpec, Lan, Naming};
 use sg_agent::config::{self, Format};
+use sg_testkit::netns::Proc;
 
 /// The instances of examples/ec2-lab.yaml and their addresses (the policy binds by address).
 pub const INSTANCES: &[(&str, &str, &str)] = &[

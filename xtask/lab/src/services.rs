@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use sg_testkit::netns::{Proc, wait_until};
 use crate::topology::Host;
+use sg_testkit::netns::{Proc, wait_until};
 
 /// What a client saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

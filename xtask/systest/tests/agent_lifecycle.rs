@@ -239,7 +239,11 @@ fn pins_and_state_are_root_only() {
     let mut c = site.srv.cmd("sh");
     c.args([
         "-c",
-        &format!("umask 000; exec {} apply {}", sg_testkit::agent_bin(), a.display()),
+        &format!(
+            "umask 000; exec {} apply {}",
+            sg_testkit::agent_bin(),
+            a.display()
+        ),
     ]);
     let o = run_bounded(c, Duration::from_secs(60));
     assert!(o.status.success(), "{}", text(&o));
@@ -557,7 +561,11 @@ fn systemd_unit_verifies() {
     let dir = std::env::temp_dir().join(format!("sg-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("sg-agent.service");
-    std::fs::write(&p, unit.replace("/usr/local/bin/sg-agent", sg_testkit::agent_bin())).unwrap();
+    std::fs::write(
+        &p,
+        unit.replace("/usr/local/bin/sg-agent", sg_testkit::agent_bin()),
+    )
+    .unwrap();
     // Documentation=man:sg-agent(1) must resolve: install `sg-agent man` in a private MANPATH.
     std::fs::create_dir_all(dir.join("man/man1")).unwrap();
     let o = run_bounded(

@@ -6,16 +6,15 @@
 //!
 //! Privileged (root: BPF, network namespaces). Never skipped: without root they fail.
 
-
 use std::collections::BTreeMap;
 
-use sg_testkit::dataplane_harness::{in_netns, load, mini_compile};
 use sg_agent::dataplane::{Capacities, Dataplane, Hook, IngressHook, LoadOptions, XdpMode};
 use sg_agent::image::{LpmKey, MapImage, SlotTable};
 use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::Policy;
 use sg_common::{PeerData, Reason};
+use sg_testkit::dataplane_harness::{in_netns, load, mini_compile};
 
 const HOST: &str = "192.0.2.10";
 const PEER: &str = "198.51.100.7";

@@ -5,13 +5,12 @@
 //!
 //! Privileged (root: BPF, network namespaces). Never skipped: without root they fail.
 
-
-use sg_testkit::dataplane_harness::{Net, Table, in_netns};
 use sg_agent::dataplane::Hook::{self, *};
 use sg_agent::model::build::*;
 use sg_agent::packet::{self, Ext, Frag, Packet, icmp, tcp_flags};
 use sg_agent::policy::{Policy, Protocol};
 use sg_common::Reason::*;
+use sg_testkit::dataplane_harness::{Net, Table, in_netns};
 
 const HOST: &str = "192.0.2.10";
 const HOST6: &str = "2001:db8::10";

@@ -8,16 +8,15 @@
 //!
 //! Privileged (root: BPF, network namespaces). Never skipped: without root they fail.
 
-
 use std::collections::BTreeMap;
 
-use sg_testkit::dataplane_harness::{in_netns, load, mini_compile};
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sg_agent::dataplane::{Dataplane, Hook};
 use sg_agent::image::{MapImage, SlotTable};
 use sg_agent::model::Model;
 use sg_agent::model::build::*;
 use sg_agent::policy::{Direction, Policy, Protocol};
+use sg_testkit::dataplane_harness::{in_netns, load, mini_compile};
 use sg_testkit::random::packets::{Step, arb_sequence};
 
 fn policies() -> Vec<(&'static str, Policy)> {

@@ -304,7 +304,10 @@ instances:
 /// machine only make the test longer, never wrong.
 #[test]
 fn c5_idle_timeouts_configured_per_interface_expire_flows() {
-    let mut bed = Bed::new(sg_testkit::agent_bin(), &[INST, ("peer", "192.0.2.50", "2001:db8:10::50")]);
+    let mut bed = Bed::new(
+        sg_testkit::agent_bin(),
+        &[INST, ("peer", "192.0.2.50", "2001:db8:10::50")],
+    );
     bed.serve("inst", &[Server::TcpEcho(7000)]);
     bed.serve("peer", &[Server::Raw(253, None), Server::TcpEcho(7001)]);
     // The peer drops SYNs to 7999 itself (its own namespace): an outbound SYN from inst stays

@@ -5,10 +5,10 @@
 //! MariaDB).
 use std::path::PathBuf;
 
-use sg_testkit::netns::require_root;
 use sg_lab::probe::assert_rows;
 use sg_lab::scenario::{Ec2Lab, LabOptions};
 use sg_lab::topology::Naming;
+use sg_testkit::netns::require_root;
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

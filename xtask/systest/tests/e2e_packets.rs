@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use sg_lab::agents::Agents;
 use sg_lab::bed::{Bed, Server};
-use sg_testkit::netns::require_root;
 use sg_lab::probe::{Expect::*, Svc, V4, V6, both, probe};
 use sg_lab::services::{self as svc, LabFiles};
 use sg_lab::topology::RoutedPath;
+use sg_testkit::netns::require_root;
 
 use sg_lab::scenario::{INTERNET, MY_IP};
 
@@ -229,7 +229,10 @@ instances:
 /// frames passed as exempt.
 #[test]
 fn n1_arp_and_neighbour_discovery_pass_without_rules() {
-    let mut bed = Bed::new(sg_testkit::agent_bin(), &[INST, ("peer", "192.0.2.12", "2001:db8:10::12")]);
+    let mut bed = Bed::new(
+        sg_testkit::agent_bin(),
+        &[INST, ("peer", "192.0.2.12", "2001:db8:10::12")],
+    );
     bed.serve("inst", &[Server::TcpEcho(8080)]);
     bed.apply(
         &["inst", "peer"],
@@ -288,7 +291,10 @@ instances:
 /// (A DHCP-shaped exchange between real sockets: no DHCP server is needed for the ports.)
 #[test]
 fn n2_dhcp_client_exchanges_pass_with_no_rule_and_nothing_else_does() {
-    let bed = Bed::new(sg_testkit::agent_bin(), &[INST, ("dhcp", "192.0.2.2", "2001:db8:10::2")]);
+    let bed = Bed::new(
+        sg_testkit::agent_bin(),
+        &[INST, ("dhcp", "192.0.2.2", "2001:db8:10::2")],
+    );
     bed.apply(
         &["inst"],
         r#"

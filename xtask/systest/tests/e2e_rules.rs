@@ -9,7 +9,6 @@ use sg_lab::topology::HostSpec;
 
 use sg_lab::scenario::{INTERNET, MY_IP};
 
-
 const OFFICE: (&str, &str, &str) = ("office", "198.51.100.20", "2001:db8:20::20");
 
 /// E1 (only what a rule allows passes) and E2 (ingress and egress are separate sets): an
@@ -527,13 +526,9 @@ instances:
             .collect::<Vec<_>>()
     };
     bed.expect(&probes(Deny, "E1 before the change"));
-    let mut session = sg_lab::services::ssh_session(
-        bed.host("my-ip"),
-        &bed.files,
-        bed.host("web-1").v4(),
-        22,
-    )
-    .unwrap();
+    let mut session =
+        sg_lab::services::ssh_session(bed.host("my-ip"), &bed.files, bed.host("web-1").v4(), 22)
+            .unwrap();
     let p = bed.policy(&v2);
     for h in ["web-1", "web-2"] {
         let out = bed.agents.apply(&bed.host(h).ns, &p).unwrap();

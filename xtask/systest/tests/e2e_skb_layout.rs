@@ -16,9 +16,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use sg_agent::packet::{Ext, Packet};
 use sg_testkit::agent_harness::*;
 use sg_testkit::netns::{Netns, wait_until};
-use sg_agent::packet::{Ext, Packet};
 
 const POLICY: &str = r#"
 security_groups:

@@ -14,12 +14,10 @@
 //!
 //! Privileged (root: BPF, network namespaces). Never skipped: without root they fail.
 
-
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use sg_testkit::dataplane_harness::in_netns;
 use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, CtStats, CtTable, Dataplane, Hook, LoadOptions};
 use sg_agent::image::{MapImage, SlotTable};
@@ -28,6 +26,7 @@ use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::{Direction, Policy};
 use sg_common::Reason;
+use sg_testkit::dataplane_harness::in_netns;
 
 const HOST: &str = "192.0.2.10";
 const HOST6: &str = "2001:db8::10";

@@ -10,10 +10,8 @@
 //!
 //! Privileged (root: BPF, network namespaces). Never skipped: without root they fail.
 
-
 use std::collections::BTreeMap;
 
-use sg_testkit::dataplane_harness::{Net, Table, in_netns};
 use sg_agent::dataplane::Hook::{self, *};
 use sg_agent::dataplane::{CtTable, Dataplane};
 use sg_agent::model::build::*;
@@ -21,6 +19,7 @@ use sg_agent::packet::{Frag, Packet, icmp, tcp_flags};
 use sg_agent::policy::Policy;
 use sg_common::Reason::{self, *};
 use sg_common::{FlowKey, FlowVal, FragKey, FragVal};
+use sg_testkit::dataplane_harness::{Net, Table, in_netns};
 
 const WEB: &str = "192.0.2.10";
 const WEB6: &str = "2001:db8::10";

@@ -18,17 +18,16 @@
 //!
 //! Privileged (root: BPF, network namespaces). Never skipped: without root they fail.
 
-
 use std::collections::BTreeSet;
 
-use sg_testkit::dataplane_harness::in_netns;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use sg_agent::model::build::*;
 use sg_agent::policy::{Policy, Protocol};
+use sg_common::Reason;
+use sg_testkit::dataplane_harness::in_netns;
 use sg_testkit::random::fuzz::{PacketFuzz, PacketFuzzConfig, PacketFuzzReport};
 use sg_testkit::random::{PolicyShape, describe, policy_with};
-use sg_common::Reason;
 
 /// Hand-written policies covering every rule kind, plus small random ones (from the seed).
 fn policies(seed: u64) -> Vec<(String, Policy)> {

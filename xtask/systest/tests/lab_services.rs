@@ -1,8 +1,8 @@
 //! The lab's real servers and clients work across namespaces without sg, and a probe of a
 //! closed port really reports failure: the control for every end-to-end test.
-use sg_testkit::netns::require_root;
 use sg_lab::services::{self as svc, LabFiles};
 use sg_lab::topology::{HostSpec, Lan};
+use sg_testkit::netns::require_root;
 
 #[test]
 fn servers_and_clients_work_without_sg_and_closed_ports_fail() {

@@ -35,13 +35,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use sg_common::Reason;
 
+use crate::random::packets::{Pools, Step, arb_actions, materialize};
 use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, CtTable, Dataplane, Hook, LoadOptions};
 use sg_agent::image::{MapImage, SlotTable};
 use sg_agent::model::Model;
 use sg_agent::packet::{Ext, Frag, Frame, L4, Packet, icmp, tcp_flags};
 use sg_agent::policy::{Direction, Policy, RuleId};
-use crate::random::packets::{Pools, Step, arb_actions, materialize};
 
 // =============================================================================================
 // 1. Rng
@@ -1694,10 +1694,10 @@ pub mod config {
 
     use ipnet::IpNet;
 
+    use crate::lookup::{LookupResult, check_canonical, lookup};
     use sg_agent::compile::{CompileError, CompileOptions, compile};
     use sg_agent::config::{Format, load_str};
     use sg_agent::image::SlotTable;
-    use crate::lookup::{LookupResult, check_canonical, lookup};
     use sg_agent::model::decide::{Decision, decide};
     use sg_agent::policy::{Direction, IcmpMatch, Peer, Policy, Protocol};
 
@@ -1874,9 +1874,9 @@ pub mod config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sg_agent::model::build::*;
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::TestRunner;
+    use sg_agent::model::build::*;
 
     fn sample_steps(n: usize) -> Vec<Step> {
         let policy = PolicyBuilder::new()

@@ -536,8 +536,8 @@ fn new_packet(policy: &Policy, pools: &Pools, n: &NewPacket) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sg_agent::model::build::*;
     use proptest::test_runner::{Config, TestRunner};
+    use sg_agent::model::build::*;
     use std::cell::Cell;
 
     fn policy() -> Policy {
