@@ -24,7 +24,6 @@ pub mod image;
 pub mod model;
 pub mod packet;
 pub mod policy;
-pub mod report;
 pub mod state;
 
 /// The eBPF object (sg-ebpf for bpfel-unknown-none), embedded at build time.

@@ -1,0 +1,364 @@
+//! `sg-agent daemon`: apply, then stay. Reloads on SIGHUP and when the policy changes (a bad
+//! policy is reported and ignored: the enforced one stays), serves Prometheus metrics, writes
+//! VPC-Flow-Log-style lines, sweeps expired conntrack entries, and tells systemd it is ready.
+//! SIGTERM/SIGINT stop the daemon, not enforcement: links and maps are pinned.
+//!
+//! [`Daemon`] owns the agent, and one loop ([`Daemon::run`]) handles every event in turn
+//! (signal, tick, scrape), so the agent and its dataplane need no locking. The only task it
+//! spawns is the metrics endpoint's HTTP side, which asks the loop for the text of a scrape.
+//!
+//! ```text
+//! mod.rs      the Daemon: start (the first apply), the event loop, stop
+//! reload.rs   what the loop does when the file, the host or the pins change, or on SIGHUP
+//! metrics.rs  the Prometheus endpoint and the text of a scrape
+//! flowlog.rs  the flow log: ACCEPT lines per interval, REJECT lines from drop events
+//! systemd.rs  sd_notify
+//! ```
+
+mod flowlog;
+mod metrics;
+mod reload;
+mod systemd;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use self::flowlog::FlowLog;
+use self::metrics::Scrape;
+use self::systemd::sd_notify;
+use crate::agent::{self, Agent, ApplyOptions, FileSource, PolicySource};
+use crate::dataplane::{Capacities, IngressHook, PinGuard};
+use crate::error::{self, Error};
+use crate::state::Lock;
+
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub metrics: String,
+    pub flow_log: Option<String>,
+    pub ingress_hook: String,
+    pub poll: u64,
+    /// Seconds between flow log flushes.
+    pub flow_log_interval: u64,
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Runs the daemon until `shutdown` completes (or the namespace is detached under it).
+pub async fn run(
+    state_dir: Option<PathBuf>,
+    capacities: Capacities,
+    opts: DaemonOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    Daemon::start(state_dir, capacities, opts)?
+        .run(shutdown)
+        .await
+}
+
+#[derive(Default)]
+struct Stats {
+    applies: u64,
+    apply_errors: u64,
+    last_error: Option<String>,
+    last_apply_unix: u64,
+    last_to_effect_ms: f64,
+    pins_restored: u64,
+    /// Waiting for the policy's interfaces to appear (nothing enforced yet).
+    waiting: bool,
+}
+
+/// What the daemon does after handling an event.
+enum Next {
+    Continue,
+    /// The namespace was detached (`sg-agent detach`): stop holding anything and exit.
+    Detached,
+}
+
+/// The daemon of one namespace. Field order is drop order, as it was when these were the
+/// locals of one function: the pins are let go first, the daemon's claim before the agent.
+pub struct Daemon {
+    /// Holds the pinned links and maps open, so enforcement survives their pins being removed
+    /// under us (see `check_pins` in reload.rs). `None` while nothing is applied.
+    pins: Option<PinGuard>,
+    flows: FlowLog,
+    /// The policy file and the local devices as last seen: a change of either is a reload.
+    fingerprint: Option<(u64, SystemTime)>,
+    host: Option<Vec<crate::bind::LocalIface>>,
+    stats: Stats,
+    src: FileSource,
+    /// One daemon per namespace, held while it runs.
+    _claim: Lock,
+    hook: IngressHook,
+    opts: DaemonOptions,
+    agent: Agent,
+}
+
+/// Why the event loop ended.
+enum Stop {
+    /// SIGTERM or SIGINT (the `shutdown` future).
+    Asked,
+    Detached,
+}
+
+impl Daemon {
+    /// Opens the agent, claims the namespace's daemon slot, and applies the policy once. A bad
+    /// file with a policy already enforced (a restart) keeps that one; a policy whose
+    /// interfaces are not here yet (boot, before the network is configured) is retried at
+    /// every poll.
+    pub fn start(
+        state_dir: Option<PathBuf>,
+        capacities: Capacities,
+        opts: DaemonOptions,
+    ) -> Result<Daemon> {
+        let hook = agent::parse_hook(&opts.ingress_hook)?;
+        let mut agent = Agent::open(state_dir.as_deref())?;
+        agent.capacities = capacities;
+        agent.stop_if_detached = true;
+        for w in &agent.warnings {
+            log::warn!("{w}");
+        }
+        let claim = agent.sd.claim_daemon()?;
+        let src = FileSource(opts.config.clone());
+        let mut d = Daemon {
+            pins: None,
+            // Opened after the first apply, as before: a flow log that cannot be opened
+            // stops the daemon, not the policy.
+            flows: FlowLog::off(),
+            fingerprint: src.fingerprint(),
+            host: host_fingerprint(),
+            stats: Stats::default(),
+            src,
+            _claim: claim,
+            hook,
+            opts,
+            agent,
+        };
+        d.first_apply()?;
+        if d.agent.is_applied() {
+            let rate = d.events_per_sec();
+            d.agent.dataplane()?.set_events_per_sec(rate)?;
+            d.pins = Some(d.agent.hold_pins()?);
+        }
+        d.flows = FlowLog::open(d.opts.flow_log.as_deref())?;
+        if d.agent.is_applied() {
+            // Flows a previous daemon already reported: only traffic from now on is logged.
+            d.flows.baseline(&mut d.agent)?;
+        }
+        Ok(d)
+    }
+
+    fn first_apply(&mut self) -> Result<()> {
+        match self.agent.apply(&self.src, self.apply_options()) {
+            Ok(out) => {
+                self.stats.applies += 1;
+                self.stats.last_apply_unix = now_unix();
+                self.stats.last_to_effect_ms = out.to_effect_ms;
+                log::info!(
+                    "applied {} (generation {}, {} entries, in effect after {:.1} ms)",
+                    out.source,
+                    out.generation,
+                    out.entries,
+                    out.to_effect_ms
+                );
+            }
+            Err(e) if error::is(&e, |k| matches!(k, Error::NotOnThisHost(_))) => {
+                self.stats.apply_errors += 1;
+                self.stats.last_error = Some(e.to_string());
+                self.stats.waiting = !self.agent.is_applied();
+                log::warn!(
+                    "{e}\nwaiting for the interfaces (checked every {} s)",
+                    self.opts.poll
+                );
+            }
+            Err(e)
+                if error::is(&e, |k| matches!(k, Error::InvalidInput(_)))
+                    && self.agent.is_applied() =>
+            {
+                self.stats.apply_errors += 1;
+                self.stats.last_error = Some(e.to_string());
+                log::error!("{e}\nthe policy already enforced stays");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Serves metrics, tells systemd it is ready, and handles events until `shutdown`
+    /// completes or the namespace is detached. Enforcement outlives it (pinned).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let listener = TcpListener::bind(&self.opts.metrics)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {}", self.opts.metrics))?;
+        log::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        // Before READY: a SIGHUP sent as soon as we are ready must reload, not kill us.
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let _ = sd_notify(&format!(
+            "READY=1\nSTATUS={}\nMAINPID={}",
+            self.status_line(),
+            std::process::id()
+        ));
+        // A scrape waits for the loop to be free: one is enough in flight.
+        let (scrape_tx, mut scrapes) = mpsc::channel(1);
+        let server = tokio::spawn(metrics::serve(listener, scrape_tx));
+        let stop = self.event_loop(shutdown, &mut hup, &mut scrapes).await;
+        // Dropping the receiving end is what ends the endpoint's task.
+        drop(scrapes);
+        let served = server.await;
+        self.stop(stop);
+        served.context("the metrics endpoint's task failed")?
+    }
+
+    async fn event_loop(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        hup: &mut Signal,
+        scrapes: &mut mpsc::Receiver<Scrape>,
+    ) -> Stop {
+        let secs = |s: u64| Duration::from_secs(s.max(1));
+        let mut poll = tokio::time::interval(secs(self.opts.poll));
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+        let mut flush = tokio::time::interval(secs(self.opts.flow_log_interval));
+        let mut events = tokio::time::interval(Duration::from_millis(500));
+        let flow_log = self.opts.flow_log.is_some();
+        tokio::pin!(shutdown);
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => return Stop::Asked,
+                _ = hup.recv() => self.on_sighup(),
+                _ = poll.tick() => self.on_poll(),
+                _ = housekeeping.tick() => self.sweep_conntrack(),
+                _ = flush.tick(), if flow_log => self.flush_flow_log(),
+                _ = events.tick(), if flow_log => self.take_events(),
+                Some(reply) = scrapes.recv() => {
+                    let _ = reply.send(self.metrics());
+                    Next::Continue
+                }
+            };
+            if let Next::Detached = next {
+                return Stop::Detached;
+            }
+        }
+    }
+
+    /// Tells systemd, and flushes what the flow log still holds. Enforcement stays.
+    fn stop(mut self, why: Stop) {
+        let _ = sd_notify("STOPPING=1");
+        if let Stop::Detached = why {
+            drop(self.pins.take());
+            log::info!("the namespace was detached (`sg-agent detach`); stopping");
+            return;
+        }
+        if self.agent.is_applied() {
+            let _ = self.flows.take_events(&mut self.agent);
+            let _ = self.flows.flush(&mut self.agent);
+            // Nobody reads the event ring once the daemon is gone.
+            if let Ok(dp) = self.agent.dataplane() {
+                let _ = dp.set_events_per_sec(0);
+            }
+        }
+        log::info!("stopping; enforcement stays (pinned). `sg-agent detach` removes it");
+    }
+
+    fn sweep_conntrack(&mut self) -> Next {
+        if self.agent.is_applied() {
+            match self.agent.sweep_conntrack() {
+                Ok(n) if n > 0 => log::debug!("swept {n} expired flows"),
+                Ok(_) => {}
+                Err(e) => log::warn!("conntrack sweep: {e:#}"),
+            }
+        }
+        Next::Continue
+    }
+
+    fn flush_flow_log(&mut self) -> Next {
+        if self.agent.is_applied()
+            && let Err(e) = self.flows.flush(&mut self.agent)
+        {
+            log::warn!("flow log: {e:#}");
+        }
+        Next::Continue
+    }
+
+    fn take_events(&mut self) -> Next {
+        if self.agent.is_applied()
+            && let Err(e) = self.flows.take_events(&mut self.agent)
+        {
+            log::warn!("flow log events: {e:#}");
+        }
+        Next::Continue
+    }
+
+    /// The text of one scrape.
+    fn metrics(&mut self) -> String {
+        let counters = if self.agent.is_applied() {
+            self.agent
+                .counters()
+                .map_err(|e| log::warn!("metrics: {e:#}"))
+                .ok()
+        } else {
+            None
+        };
+        metrics::render(
+            counters.as_ref(),
+            self.agent.state.generation,
+            self.agent.is_applied(),
+            &self.stats,
+        )
+    }
+
+    fn apply_options(&self) -> ApplyOptions {
+        ApplyOptions {
+            dry_run: false,
+            ingress: self.hook,
+        }
+    }
+
+    /// Drop events feed the flow log's REJECT lines; without a flow log nobody reads them.
+    fn events_per_sec(&self) -> u32 {
+        if self.opts.flow_log.is_some() {
+            1000
+        } else {
+            0
+        }
+    }
+
+    fn status_line(&self) -> String {
+        if self.stats.waiting {
+            format!(
+                "waiting for the interfaces of {} (nothing enforced yet)",
+                self.opts.config.display()
+            )
+        } else {
+            format!(
+                "enforcing {} (generation {})",
+                self.agent.state.source, self.agent.state.generation
+            )
+        }
+    }
+}
+
+/// The local devices (names, ifindexes, addresses): what binding depends on.
+fn host_fingerprint() -> Option<Vec<crate::bind::LocalIface>> {
+    crate::bind::local_interfaces().ok()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
