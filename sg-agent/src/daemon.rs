@@ -305,7 +305,7 @@ fn check_pins(agent: &Agent, guard: &mut Option<PinGuard>, stats: &mut Stats) ->
     Next::Continue
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "the daemon loop's own state")]
 fn reload(
     agent: &mut Agent,
     src: &FileSource,

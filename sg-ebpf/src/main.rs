@@ -30,7 +30,13 @@
 //! entry points, the panic handler and the license are BPF-only.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-#![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
+#![cfg_attr(
+    not(target_arch = "bpf"),
+    expect(
+        dead_code,
+        reason = "on the host the entry points, the only callers, are compiled out"
+    )
+)]
 
 mod conntrack;
 mod ctx;
