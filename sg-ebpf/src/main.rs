@@ -9,7 +9,8 @@
 //! conntrack.rs  keys, lookup/expiry, state machine, creation and promotion (C1-C6)
 //! related.rs    ICMP errors quoting a tracked flow (I2)
 //! policy.rs     SG_ACTIVE -> SG_IFACES -> SG_PEERS -> SG_PORTS (E1-E6)
-//! verdict.rs    the funnel: counters, events, the action value
+//! verdict.rs    what a step decides (reason, rule charged) and its packed form
+//! funnel.rs     the one exit: counters, events, the action value
 //! events.rs     ring-buffer events with a per-CPU token bucket
 //! maps.rs       every map
 //! ```
@@ -42,6 +43,7 @@ mod conntrack;
 mod ctx;
 mod events;
 mod frag;
+mod funnel;
 mod maps;
 mod parse;
 mod pipeline;
