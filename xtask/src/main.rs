@@ -38,8 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing: Debian's rustc-web + prebuilt BPF core, LLVM, bpf-linker, and
-    /// the tools the tests use (iproute2, ping, nftables, curl, ssh, socat, ...).
+    /// Install what is missing: Debian's rustc-web + prebuilt BPF core + its clippy, LLVM,
+    /// bpf-linker, and the tools the tests use (iproute2, ping, nftables, curl, ssh, socat, ...).
     Bootstrap,
     /// Build the eBPF object (target/bpf) and the agent.
     Build {
