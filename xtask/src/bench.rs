@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::bootstrap::{Toolchain, apt_install};
 use crate::cmd::host_cargo;
-use crate::sh::{self, is_root, run as run_cmd};
+use crate::sh::{self, is_root};
 
 const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench`; do not edit) -->";
 const END: &str = "<!-- bench:end -->";
@@ -29,13 +29,13 @@ pub fn run(tc: &Toolchain, quick: bool, args: &[String]) -> Result<()> {
     ensure_trafgen();
     let mut c = host_cargo(tc);
     c.args(["build", "--release", "--package", "sg-bench"]);
-    run_cmd(&mut c)?;
+    sh::run(&mut c)?;
     let mut b = Command::new("target/release/sg-bench");
     if quick {
         b.arg("--quick");
     }
     b.args(args);
-    run_cmd(&mut b)?;
+    sh::run(&mut b)?;
     if !quick && args.is_empty() {
         let md = std::fs::read_to_string("target/bench/results.md")
             .context("reading target/bench/results.md")?;
