@@ -560,7 +560,7 @@ impl Agent {
     /// addresses), on the interfaces this agent bound and attached last time: the delta of
     /// the live image, written in place (`Dataplane::apply_delta`), no compile of the whole
     /// policy, no attach, no flip. None when that does not apply: the caller applies whole.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "parts apply already computed")]
     fn apply_membership(
         &mut self,
         src: &dyn PolicySource,

@@ -9,7 +9,8 @@
 //! conntrack.rs  keys, lookup/expiry, state machine, creation and promotion (C1-C6)
 //! related.rs    ICMP errors quoting a tracked flow (I2)
 //! policy.rs     SG_ACTIVE -> SG_IFACES -> SG_PEERS -> SG_PORTS (E1-E6)
-//! verdict.rs    the funnel: counters, events, the action value
+//! verdict.rs    what a step decides (reason, rule charged) and its packed form
+//! funnel.rs     the one exit: counters, events, the action value
 //! events.rs     ring-buffer events with a per-CPU token bucket
 //! maps.rs       every map
 //! ```
@@ -30,12 +31,19 @@
 //! entry points, the panic handler and the license are BPF-only.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-#![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
+#![cfg_attr(
+    not(target_arch = "bpf"),
+    expect(
+        dead_code,
+        reason = "on the host the entry points, the only callers, are compiled out"
+    )
+)]
 
 mod conntrack;
 mod ctx;
 mod events;
 mod frag;
+mod funnel;
 mod maps;
 mod parse;
 mod pipeline;

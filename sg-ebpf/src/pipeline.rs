@@ -6,17 +6,17 @@
 //! ```
 //!
 //! Owns the order of the steps and the exemptions (N1, N2); each step lives in its own file.
-//! Every path ends in `verdict::finish`: no early return bypasses the counters.
+//! Every path ends in `funnel::finish`: no early return bypasses the counters.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use sg_common::{DIR_INGRESS, Reason, rule_flags};
 
 use crate::{
     conntrack,
     ctx::Hook,
-    frag,
+    frag, funnel,
     parse::{self, FRAG_FIRST, FRAG_LATER, L4_ICMP, L4_UDP, Pkt},
     policy, related,
-    verdict::{self, Verdict},
+    verdict::Verdict,
 };
 
 /// Judges the packet in `ctx`, seen in direction `dir`, and returns the hook's action.
@@ -24,7 +24,7 @@ use crate::{
 pub fn run<C: Hook>(ctx: &C, dir: u8) -> u32 {
     let mut pkt = Pkt::new(ctx.ifindex(), dir, ctx.len());
     let v = judge(ctx, &mut pkt);
-    verdict::finish::<C>(&pkt, v)
+    funnel::finish::<C>(&pkt, v)
 }
 
 #[inline(always)]

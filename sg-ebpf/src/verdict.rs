@@ -1,16 +1,8 @@
-//! The verdict funnel: every packet leaves through [`finish`], which counts it (per reason,
-//! and per rule when a rule or a flow's rule let it through), emits an event when one is due,
-//! and returns the hook's action value.
+//! What every step decides: a [`Verdict`] (the reason a packet passes or drops, and the rule
+//! charged), and its packed form for the steps compiled as BPF-to-BPF calls.
 //!
-//! Owns the counters. It must not decide anything: the verdict is made before it is called.
+//! Plain values only: counting, events and the action value are the funnel's (`funnel.rs`).
 use sg_common::{NO_RULE_SLOT, Reason};
-
-use crate::{
-    ctx::Hook,
-    events,
-    maps::{SG_REASON_CNT, SG_RULE_CNT, bump},
-    parse::Pkt,
-};
 
 /// Why a packet passes or drops, and which rule is charged (`NO_RULE_SLOT`: none).
 #[derive(Clone, Copy)]
@@ -69,25 +61,4 @@ pub fn unpack(p: Packed) -> Option<Verdict> {
 pub fn reason_from(v: u32) -> Reason {
     // SAFETY: every caller passes `some_reason as u32` back (pack/unpack).
     unsafe { core::mem::transmute::<u32, Reason>(v) }
-}
-
-/// Counts, emits and returns. Rule counters move only for packets that pass: a rule allows,
-/// it never drops (E1).
-#[inline(always)]
-pub fn finish<C: Hook>(pkt: &Pkt, v: Verdict) -> u32 {
-    bump(&SG_REASON_CNT, v.reason as u32);
-    let pass = v.reason.is_pass();
-    if pass
-        && v.slot != NO_RULE_SLOT
-        && let Some(c) = SG_RULE_CNT.get_ptr_mut(v.slot)
-    {
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += pkt.len as u64;
-        }
-    }
-    if !pass || matches!(v.reason, Reason::PassRuleNew) {
-        events::emit(pkt, &v);
-    }
-    if pass { C::PASS } else { C::DROP }
 }

@@ -4,22 +4,23 @@
 //! extra arguments) it also puts results.md into docs/performance.md between the
 //! `bench:begin` / `bench:end` markers, so the documented table is always the last full run.
 //!
-//! What is measured and how: sg-agent/src/bench/mod.rs.
+//! What is measured and how: xtask/bench (package sg-bench).
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::bootstrap::Toolchain;
-use crate::cmd::{host_cargo, run as run_cmd};
+use crate::bootstrap::{Toolchain, apt_install};
+use crate::cmd::host_cargo;
+use crate::sh::{self, is_root};
 
 const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench`; do not edit) -->";
 const END: &str = "<!-- bench:end -->";
 
+/// Builds and runs sg-bench; `quick` and `args` are its arguments.
 pub fn run(tc: &Toolchain, quick: bool, args: &[String]) -> Result<()> {
-    // SAFETY: plain syscall.
-    if unsafe { libc_geteuid() } != 0 {
+    if !is_root() {
         bail!(
             "cargo xtask bench needs root (network namespaces, BPF programs); run it as root, \
              e.g. `sudo -E cargo xtask bench`"
@@ -28,13 +29,13 @@ pub fn run(tc: &Toolchain, quick: bool, args: &[String]) -> Result<()> {
     ensure_trafgen();
     let mut c = host_cargo(tc);
     c.args(["build", "--release", "--package", "sg-bench"]);
-    run_cmd(&mut c)?;
+    sh::run(&mut c)?;
     let mut b = Command::new("target/release/sg-bench");
     if quick {
         b.arg("--quick");
     }
     b.args(args);
-    run_cmd(&mut b)?;
+    sh::run(&mut b)?;
     if !quick && args.is_empty() {
         let md = std::fs::read_to_string("target/bench/results.md")
             .context("reading target/bench/results.md")?;
@@ -47,27 +48,13 @@ pub fn run(tc: &Toolchain, quick: bool, args: &[String]) -> Result<()> {
 /// trafgen (netsniff-ng) is one of the generators the bench measures; without it the bench
 /// still runs and says so in its notes.
 fn ensure_trafgen() {
-    let present = Command::new("sh")
-        .args(["-c", "command -v trafgen"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if present {
+    if sh::succeeds(Command::new("sh").args(["-c", "command -v trafgen"])) {
         return;
     }
-    eprintln!("==> installing netsniff-ng (trafgen) for the bench");
-    let ok = Command::new("apt-get")
-        .args([
-            "-o",
-            "DPkg::Lock::Timeout=900",
-            "install",
-            "-y",
-            "netsniff-ng",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("warning: could not install netsniff-ng; the bench measures without trafgen");
+    if let Err(e) = apt_install(&["netsniff-ng"]) {
+        eprintln!(
+            "warning: could not install netsniff-ng ({e:#}); the bench measures without trafgen"
+        );
     }
 }
 
@@ -80,11 +67,6 @@ fn update_doc(path: &Path, table: &str) -> Result<()> {
         _ => format!("{}\n{block}\n", doc.trim_end()),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 #[cfg(test)]

@@ -11,14 +11,17 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{output, run};
+use crate::sh::{as_root, output, run};
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 const RUSTC_BPF: &str = "/usr/bin/rustc";
+/// Debian's clippy for that rustc: the lint gate runs it on sg-ebpf for the BPF target (the
+/// host clippy cannot see the BPF-only code, and rustup's clippy cannot read Debian's core).
+const CLIPPY_BPF: &str = "/usr/bin/cargo-clippy";
 
-/// Debian packages the build needs.
-const BUILD_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
+/// Debian packages the build and the lint gate need; one source package, so one version.
+const BUILD_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "rust-web-clippy"];
 /// Debian packages the tests, the lab and the bench use.
 pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
@@ -43,30 +46,39 @@ pub struct Toolchain {
     pub cargo: PathBuf,
     /// Directory holding bpf-linker (prepended to PATH for the eBPF build).
     pub linker_dir: PathBuf,
+    /// Debian's rustc, the one with a prebuilt `core` for the BPF target.
     pub rustc_bpf: PathBuf,
+    /// Debian's `cargo-clippy` matching `rustc_bpf`.
+    pub clippy_bpf: PathBuf,
 }
 
+/// Checks every piece of the toolchain, installs what is missing, and says where it is.
 pub fn ensure() -> Result<Toolchain> {
     let t0 = std::time::Instant::now();
     let mut installed = Vec::new();
 
-    apt_install(BUILD_PACKAGES, &mut installed)?;
+    installed.extend(apt_install(BUILD_PACKAGES)?);
     let rustc = Path::new(RUSTC_BPF);
-    if !rustc.exists() {
-        bail!("{RUSTC_BPF} is missing after installing rustc-web");
+    for (path, pkg) in [(RUSTC_BPF, "rustc-web"), (CLIPPY_BPF, "rust-web-clippy")] {
+        if !Path::new(path).exists() {
+            bail!("{path} is missing after installing {pkg}");
+        }
     }
     let v_rustc = dpkg_version("rustc-web")?;
-    let v_bpf = dpkg_version("libstd-rust-web-dev-bpf")?;
-    if v_rustc != v_bpf {
-        bail!(
-            "version skew: rustc-web {v_rustc} vs libstd-rust-web-dev-bpf {v_bpf}; hint: \
-             apt-get install --only-upgrade rustc-web libstd-rust-web-dev-bpf"
-        );
+    for pkg in &BUILD_PACKAGES[1..] {
+        let v = dpkg_version(pkg)?;
+        if v != v_rustc {
+            bail!(
+                "version skew: rustc-web {v_rustc} vs {pkg} {v}; hint: \
+                 apt-get install --only-upgrade {}",
+                BUILD_PACKAGES.join(" ")
+            );
+        }
     }
     let llvm = llvm_major(rustc)?;
     let llvm_dev = format!("llvm-{llvm}-dev");
-    apt_install(&[llvm_dev.as_str()], &mut installed)?;
-    apt_install(TEST_PACKAGES, &mut installed)?;
+    installed.extend(apt_install(&[llvm_dev.as_str()])?);
+    installed.extend(apt_install(TEST_PACKAGES)?);
 
     let cargo = find_cargo()?;
     let linker_dir = cargo_home().join("bin");
@@ -107,21 +119,13 @@ pub fn ensure() -> Result<Toolchain> {
         cargo,
         linker_dir,
         rustc_bpf: rustc.to_path_buf(),
+        clippy_bpf: PathBuf::from(CLIPPY_BPF),
     })
 }
 
-fn is_root() -> bool {
-    output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
-}
-
 fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_ok_and(|s| s.contains("install ok installed"))
 }
 
 fn dpkg_version(pkg: &str) -> Result<String> {
@@ -132,42 +136,37 @@ fn dpkg_version(pkg: &str) -> Result<String> {
     )
 }
 
-static APT_UPDATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn apt_install(pkgs: &[&str], installed: &mut Vec<String>) -> Result<()> {
+/// Installs those of `pkgs` that are missing (through sudo unless root) and returns their
+/// names. The package lists are refreshed only when an install fails (stale lists, or none
+/// at all in a fresh container), and the install is then tried once more: a machine whose
+/// lists are current never waits for `apt-get update`.
+pub fn apt_install(pkgs: &[&str]) -> Result<Vec<String>> {
     let missing: Vec<&str> = pkgs
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     eprintln!("==> apt-get install {}", missing.join(" "));
-    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| -> Result<()> {
-        let mut all: Vec<&str> = sudo.to_vec();
-        all.extend([
-            "apt-get",
-            "-o",
-            "DPkg::Lock::Timeout=900",
-            "-o",
-            "Acquire::Retries=3",
-        ]);
-        all.extend(args);
-        let mut c = Command::new(all[0]);
-        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        let mut c = as_root("apt-get");
+        c.args(["-o", "DPkg::Lock::Timeout=900", "-o", "Acquire::Retries=3"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive");
         run(&mut c)
     };
-    if !APT_UPDATED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        apt(&["update", "-qq"])?;
-    }
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    apt(&args)
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+        .or_else(|_| {
+            eprintln!("==> refreshing the package lists and trying once more");
+            apt(&["update", "-qq"])?;
+            apt(&install)
+        })
         .context("apt-get install failed; hint: check the Debian mirror and `apt-get update`")?;
-    installed.extend(missing.iter().map(|s| s.to_string()));
-    Ok(())
+    Ok(missing.iter().map(ToString::to_string).collect())
 }
 
 fn llvm_major(rustc: &Path) -> Result<u32> {

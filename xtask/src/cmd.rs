@@ -1,47 +1,14 @@
-//! Running commands, and the build and test steps every xtask command shares.
+//! The build, lint and test steps the xtask commands share: which cargo runs with which
+//! compiler and environment. Running a command is `sh`'s job; finding the toolchain is
+//! `bootstrap`'s.
 
+use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::bootstrap::{BPF_TARGET, Toolchain};
-
-/// Runs a command, echoing it first; fails with its exit status.
-pub fn run(c: &mut Command) -> Result<()> {
-    eprintln!("+ {}", show(c));
-    let status = c
-        .status()
-        .with_context(|| format!("cannot start {}", show(c)))?;
-    if !status.success() {
-        bail!("`{}` failed ({status})", show(c));
-    }
-    Ok(())
-}
-
-/// Runs a command quietly and returns its stdout.
-pub fn output(c: &mut Command) -> Result<String> {
-    let o = c
-        .output()
-        .with_context(|| format!("cannot start {}", show(c)))?;
-    if !o.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            show(c),
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-fn show(c: &Command) -> String {
-    let mut s = c.get_program().to_string_lossy().into_owned();
-    for a in c.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
+use crate::sh::run;
 
 /// PATH with bpf-linker's and rustup cargo's directory first.
 fn path_with(tc: &Toolchain) -> String {
@@ -52,11 +19,12 @@ fn path_with(tc: &Toolchain) -> String {
     format!("{p}:{}", std::env::var("PATH").unwrap_or_default())
 }
 
-/// Builds sg-ebpf for bpfel-unknown-none with Debian's rustc into target/bpf. Always release:
-/// a dev-profile object links but the verifier rejects it.
-pub fn build_ebpf(tc: &Toolchain) -> Result<()> {
-    let mut c = Command::new(&tc.cargo);
-    c.args(["build", "--package", "sg-ebpf", "--bins", "--release"])
+/// `program` (a cargo, or Debian's cargo-clippy, which runs cargo) set up to compile sg-ebpf
+/// for the BPF target with Debian's rustc into target/bpf. Always release: a dev-profile
+/// object links but the verifier rejects it.
+fn bpf_cargo(tc: &Toolchain, program: &Path, subcommand: &str) -> Command {
+    let mut c = Command::new(program);
+    c.args([subcommand, "--package", "sg-ebpf", "--bins", "--release"])
         .args(["--target", BPF_TARGET, "--target-dir", "target/bpf"])
         .env("PATH", path_with(tc))
         .env("RUSTC", &tc.rustc_bpf)
@@ -68,7 +36,12 @@ pub fn build_ebpf(tc: &Toolchain) -> Result<()> {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS");
-    run(&mut c)
+    c
+}
+
+/// Builds the eBPF object, target/bpf/bpfel-unknown-none/release/sg-ebpf.
+pub fn build_ebpf(tc: &Toolchain) -> Result<()> {
+    run(&mut bpf_cargo(tc, &tc.cargo, "build"))
 }
 
 /// A cargo command for the host (userspace) side, with rustup's toolchain.
@@ -80,6 +53,7 @@ pub fn host_cargo(tc: &Toolchain) -> Command {
     c
 }
 
+/// Builds the agent binary (target/debug or target/release).
 pub fn build_agent(tc: &Toolchain, release: bool) -> Result<()> {
     let mut c = host_cargo(tc);
     c.args(["build", "--package", "sg-agent"]);
@@ -87,6 +61,39 @@ pub fn build_agent(tc: &Toolchain, release: bool) -> Result<()> {
         c.arg("--release");
     }
     run(&mut c)
+}
+
+/// The lint gate, every step failing on the first warning:
+/// 1. rustfmt `--check` on the workspace and on the cargo-fuzz targets (fuzz/ is a workspace
+///    of its own, so it is checked file by file; rustfmt.toml gives them the edition);
+/// 2. clippy on every target (lib, bins, tests, benches) of every workspace package on the
+///    host, sg-ebpf included: on the host it type-checks everything but the entry points;
+/// 3. clippy on sg-ebpf for the BPF target with Debian's clippy, so the entry points and
+///    anything else compiled only for BPF are linted as the object is built.
+///
+/// Lint levels live in the root Cargo.toml (`[workspace.lints]`), thresholds in clippy.toml.
+/// Needs the eBPF object: sg-agent's build script embeds it.
+pub fn lint(tc: &Toolchain) -> Result<()> {
+    let mut fmt = host_cargo(tc);
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(&mut fmt).context("hint: `cargo fmt --all` formats the workspace")?;
+    let mut fuzz_targets: Vec<_> = std::fs::read_dir("fuzz/fuzz_targets")
+        .context("reading fuzz/fuzz_targets")?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    fuzz_targets.sort();
+    let mut fmt = Command::new(tc.cargo.with_file_name("rustfmt"));
+    fmt.arg("--check").args(&fuzz_targets);
+    run(&mut fmt).context("hint: `rustfmt fuzz/fuzz_targets/*.rs` formats them")?;
+
+    let mut clippy = host_cargo(tc);
+    clippy
+        .args(["clippy", "--workspace", "--all-targets"])
+        .args(["--", "-D", "warnings"]);
+    run(&mut clippy)?;
+    let mut clippy = bpf_cargo(tc, &tc.clippy_bpf, "clippy");
+    clippy.args(["--", "-D", "warnings"]);
+    run(&mut clippy)
 }
 
 /// The whole suite: every package's tests, the privileged ones (sg-systest: netns, BPF)

@@ -14,7 +14,9 @@
 //! cargo-fuzz needs unstable rustc flags (-Zsanitizer=address); rustup's stable toolchain
 //! takes them with RUSTC_BOOTSTRAP=1, so no nightly is needed. cargo-fuzz itself is
 //! installed from crates.io when missing. It owns only orchestration: the fuzzers live in
-//! sg-agent (testgen::fuzz) and fuzz/.
+//! sg-testkit (`random::fuzz`), the packet test in sg-systest and the cargo-fuzz targets in
+//! fuzz/.
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::bootstrap::Toolchain;
-use crate::cmd;
+use crate::{cmd, sh};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask fuzz --", about = "Long fuzz runs")]
@@ -100,7 +102,7 @@ fn packets(
         "test",
         "--release",
         "-p",
-        "sg-agent",
+        "sg-systest",
         "--test",
         "hardening_packet_fuzz",
         "--",
@@ -117,7 +119,7 @@ fn packets(
     eprintln!(
         "packet fuzz: up to {frames} frames or {seconds} s (needs root: BPF and network namespaces)"
     );
-    cmd::run(&mut c)
+    sh::run(&mut c)
 }
 
 fn config(tc: &Toolchain, seconds: u64, targets: &[String]) -> Result<()> {
@@ -152,7 +154,7 @@ fn config(tc: &Toolchain, seconds: u64, targets: &[String]) -> Result<()> {
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .arg("-print_final_stats=1");
         eprintln!("config fuzz: {t} for {seconds} s");
-        cmd::run(&mut c).with_context(|| {
+        sh::run(&mut c).with_context(|| {
             format!(
                 "fuzz target {t} found a failure: see {} (reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run -O {t} <artifact>)",
                 artifacts.display()
@@ -170,17 +172,13 @@ fn fuzz_cargo(tc: &Toolchain) -> Command {
 }
 
 fn ensure_cargo_fuzz(tc: &Toolchain) -> Result<()> {
-    let ok = fuzz_cargo(tc)
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
+    if sh::succeeds(fuzz_cargo(tc).args(["fuzz", "--version"])) {
         return Ok(());
     }
     eprintln!("installing cargo-fuzz from crates.io (cargo install cargo-fuzz --locked)");
     let mut c = cmd::host_cargo(tc);
     c.args(["install", "cargo-fuzz", "--locked"]);
-    cmd::run(&mut c)
+    sh::run(&mut c)
 }
 
 /// Seeds for `target` from examples/, shaped like the target reads its input, in

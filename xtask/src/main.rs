@@ -1,14 +1,24 @@
 //! `cargo xtask`: sg's orchestration. Every command bootstraps the toolchain first (installing
 //! only what is missing, and saying what it installs), then does plainly what a developer
-//! would type by hand: build the eBPF object with Debian's rustc, build the agent, run tests.
+//! would type by hand: build the eBPF object with Debian's rustc, build the agent, lint, run
+//! tests.
 //!
 //! It does not hide how things work: each command it runs is echoed with `+`.
+//!
+//! ```text
+//! main.rs       the commands
+//! sh.rs         running a command (echoed), root or sudo
+//! bootstrap.rs  the toolchain: checks, installs (apt, bpf-linker), `Toolchain`
+//! cmd.rs        build, lint and test steps: which cargo, compiler and environment
+//! fuzz.rs, lab.rs, bench.rs   one command each
+//! ```
 
 mod bench;
 mod bootstrap;
 mod cmd;
 mod fuzz;
 mod lab;
+mod sh;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing: Debian's rustc-web + prebuilt BPF core, LLVM, bpf-linker, and
-    /// the tools the tests use (iproute2, ping, nftables, curl, ssh, socat, ...).
+    /// Install what is missing: Debian's rustc-web + prebuilt BPF core + its clippy, LLVM,
+    /// bpf-linker, and the tools the tests use (iproute2, ping, nftables, curl, ssh, socat, ...).
     Bootstrap,
     /// Build the eBPF object (target/bpf) and the agent.
     Build {
@@ -37,8 +47,17 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run the whole test suite, privileged tests included (needs root).
+    /// The lint gate: rustfmt --check, and clippy with -D warnings on every target of every
+    /// package (sg-ebpf also for the BPF target).
+    Lint,
+    /// Run the lint gate, then the whole test suite, privileged tests included (needs root).
+    ///
+    /// The lint runs first so that the README's one test command (and CI, which runs it)
+    /// covers formatting and clippy too; a lint failure stops before the suite starts.
     Test {
+        /// Skip the lint gate (while iterating on a test).
+        #[arg(long)]
+        no_lint: bool,
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -98,9 +117,17 @@ fn run(cli: Cli) -> Result<()> {
             cmd::build_ebpf(&tc)?;
             cmd::build_agent(&tc, release)?;
         }
-        Cmd::Test { args } => {
+        Cmd::Lint => {
             let tc = bootstrap::ensure()?;
             cmd::build_ebpf(&tc)?;
+            cmd::lint(&tc)?;
+        }
+        Cmd::Test { no_lint, args } => {
+            let tc = bootstrap::ensure()?;
+            cmd::build_ebpf(&tc)?;
+            if !no_lint {
+                cmd::lint(&tc)?;
+            }
             cmd::test(&tc, &args)?;
         }
         Cmd::Fuzz { args } => {

@@ -434,7 +434,7 @@ fn sg_figures(
 
 /// Alternates (configuration, reference) rounds: the filter on, UDP flood and TCP stream, the
 /// filter off, the same again; slow drifts of the machine hit both alike.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "each call site's loop state")]
 fn paired(
     opts: &Options,
     pair: &mut Pair,

@@ -1,0 +1,35 @@
+//! The verdict funnel: every packet leaves through [`finish`], which counts it (per reason,
+//! and per rule when a rule or a flow's rule let it through), emits an event when one is due,
+//! and returns the hook's action value.
+//!
+//! Owns the counters. It must not decide anything: the verdict is made before it is called.
+use sg_common::{NO_RULE_SLOT, Reason};
+
+use crate::{
+    ctx::Hook,
+    events,
+    maps::{SG_REASON_CNT, SG_RULE_CNT, bump},
+    parse::Pkt,
+    verdict::Verdict,
+};
+
+/// Counts, emits and returns. Rule counters move only for packets that pass: a rule allows,
+/// it never drops (E1).
+#[inline(always)]
+pub fn finish<C: Hook>(pkt: &Pkt, v: Verdict) -> u32 {
+    bump(&SG_REASON_CNT, v.reason as u32);
+    let pass = v.reason.is_pass();
+    if pass
+        && v.slot != NO_RULE_SLOT
+        && let Some(c) = SG_RULE_CNT.get_ptr_mut(v.slot)
+    {
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += pkt.len as u64;
+        }
+    }
+    if !pass || matches!(v.reason, Reason::PassRuleNew) {
+        events::emit(pkt, &v);
+    }
+    if pass { C::PASS } else { C::DROP }
+}
