@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::{self, Agent, ApplyOptions, FileSource, PolicySource};
-use crate::dataplane::{Capacities, PinGuard, ip_of};
+use crate::agent::{self, Agent, ApplyOptions, FileSource, OpenOptions, PolicySource};
+use crate::dataplane::{Capacities, IngressHook, PinGuard, ip_of};
 use crate::error::{self, Error};
 use crate::report::{self, FlowRecord, Sample};
 
@@ -27,7 +27,7 @@ pub struct DaemonOptions {
     pub config: PathBuf,
     pub metrics: String,
     pub flow_log: Option<String>,
-    pub ingress_hook: String,
+    pub ingress_hook: IngressHook,
     pub poll: u64,
     /// Seconds between flow log flushes.
     pub flow_log_interval: u64,
@@ -69,14 +69,16 @@ pub async fn run(
     opts: DaemonOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let hook = agent::parse_hook(&opts.ingress_hook)?;
-    let mut agent = Agent::open(state_dir.as_deref())?;
-    agent.capacities = capacities;
-    agent.stop_if_detached = true;
-    for w in &agent.warnings {
+    let hook = opts.ingress_hook;
+    let mut agent = Agent::open(OpenOptions {
+        state_dir,
+        capacities,
+        stop_if_detached: true,
+    })?;
+    for w in agent.warnings() {
         log::warn!("{w}");
     }
-    let _claim = agent.sd.claim_daemon()?;
+    let _claim = agent.state_dir().claim_daemon()?;
     let src = FileSource(opts.config.clone());
     let mut stats = Stats::default();
     let mut fingerprint = src.fingerprint();
@@ -259,7 +261,8 @@ fn status_line(agent: &Agent, stats: &Stats, opts: &DaemonOptions) -> String {
     } else {
         format!(
             "enforcing {} (generation {})",
-            agent.state.source, agent.state.generation
+            agent.state().source,
+            agent.state().generation
         )
     }
 }
@@ -275,14 +278,14 @@ fn check_pins(agent: &Agent, guard: &mut Option<PinGuard>, stats: &mut Stats) ->
         return Next::Continue;
     }
     // `detach` removes pins and state under the lock: take it, then look at the state.
-    let lock = match agent.sd.lock_existing() {
+    let lock = match agent.state_dir().lock_existing() {
         Ok(l) => l,
         Err(e) => {
             log::warn!("checking pins: {e:#}");
             return Next::Continue;
         }
     };
-    if lock.is_none() || !agent.sd.state_file().exists() {
+    if lock.is_none() || !agent.state_dir().state_file().exists() {
         *guard = None;
         return Next::Detached;
     }
@@ -293,13 +296,13 @@ fn check_pins(agent: &Agent, guard: &mut Option<PinGuard>, stats: &mut Stats) ->
                 "{} pins under {} had been removed; enforcement never stopped (the daemon \
                  holds the links and maps) and {n} were pinned again",
                 missing.len(),
-                agent.sd.pins.display()
+                agent.state_dir().pins.display()
             );
         }
         Err(e) => log::error!(
             "pins under {} were removed and could not be restored: {e:#}; enforcement \
              continues while the daemon runs",
-            agent.sd.pins.display()
+            agent.state_dir().pins.display()
         ),
     }
     Next::Continue
@@ -391,7 +394,7 @@ fn now_unix() -> u64 {
 /// The Prometheus text for one scrape.
 fn metrics(agent: &mut Agent, stats: &Stats) -> String {
     let mut out = String::new();
-    let gen_ = agent.state.generation;
+    let gen_ = agent.state().generation;
     let counters = if agent.is_applied() {
         agent.counters()
     } else {
@@ -634,7 +637,7 @@ impl FlowLog {
         };
         let now = now_unix();
         let names: BTreeMap<u32, String> = agent
-            .state
+            .state()
             .applied
             .interfaces
             .iter()
