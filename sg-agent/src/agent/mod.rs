@@ -160,11 +160,6 @@ impl Agent {
         self.capacities
     }
 
-    /// See [`OpenOptions::stop_if_detached`].
-    pub fn set_stop_if_detached(&mut self, stop: bool) {
-        self.stop_if_detached = stop;
-    }
-
     /// True when this namespace has an applied policy.
     pub fn is_applied(&self) -> bool {
         self.state.abi != 0

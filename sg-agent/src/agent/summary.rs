@@ -165,3 +165,79 @@ fn entries_differing<V: Clone + PartialEq>(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(group: &str, text: &str) -> RuleSummary {
+        RuleSummary {
+            group: group.into(),
+            direction: "ingress".into(),
+            text: text.into(),
+            description: None,
+        }
+    }
+
+    fn iface(name: &str, ifindex: u32, groups: &[&str]) -> InterfaceSummary {
+        InterfaceSummary {
+            interface: name.into(),
+            ifindex,
+            groups: groups.iter().map(|g| (*g).to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_diff_lists_what_was_added_removed_or_changed() {
+        let mut old = Applied::default();
+        old.groups.insert("sg-a".into(), "a".into());
+        old.groups.insert("sg-b".into(), "b".into());
+        old.rules
+            .insert("r1".into(), rule("sg-a", "tcp 22 from 0.0.0.0/0"));
+        old.rules
+            .insert("r2".into(), rule("sg-a", "tcp 80 from 0.0.0.0/0"));
+        old.members
+            .insert("sg-a".into(), vec!["192.0.2.1".into(), "192.0.2.2".into()]);
+        old.interfaces
+            .insert("eth0".into(), iface("web", 2, &["sg-a"]));
+        old.interfaces
+            .insert("eth1".into(), iface("db", 3, &["sg-b"]));
+        assert!(diff(&old, &old).is_empty());
+
+        let mut new = old.clone();
+        new.groups.remove("sg-b");
+        new.groups.insert("sg-c".into(), "c".into());
+        // A rule whose text changes is removed and added under the same id.
+        new.rules
+            .insert("r2".into(), rule("sg-a", "tcp 443 from 0.0.0.0/0"));
+        new.members
+            .insert("sg-a".into(), vec!["192.0.2.2".into(), "192.0.2.3".into()]);
+        new.interfaces.remove("eth1");
+        new.interfaces
+            .insert("eth0".into(), iface("web", 2, &["sg-a", "sg-c"]));
+        new.interfaces
+            .insert("eth2".into(), iface("app", 4, &["sg-c"]));
+
+        let d = diff(&old, &new);
+        assert_eq!(d.groups_added, ["sg-c"]);
+        assert_eq!(d.groups_removed, ["sg-b"]);
+        assert_eq!(d.rules_added, [("r2".into(), new.rules["r2"].clone())]);
+        assert_eq!(d.rules_removed, [("r2".into(), old.rules["r2"].clone())]);
+        assert_eq!(
+            d.members["sg-a"],
+            (vec!["192.0.2.3".to_string()], vec!["192.0.2.1".to_string()])
+        );
+        assert_eq!(
+            d.interfaces_added,
+            [("eth2".into(), iface("app", 4, &["sg-c"]))]
+        );
+        assert_eq!(
+            d.interfaces_changed,
+            [("eth0".into(), iface("web", 2, &["sg-a", "sg-c"]))]
+        );
+        assert_eq!(
+            d.interfaces_removed,
+            [("eth1".into(), iface("db", 3, &["sg-b"]))]
+        );
+    }
+}

@@ -26,10 +26,6 @@ use crate::config;
 use crate::dataplane::{Capacities, CapacitySpec, IngressHook, XdpMode};
 use crate::error::Error;
 
-pub use crate::error::usage;
-pub use apply::print_apply;
-pub use counters::print_counters;
-
 #[derive(Parser)]
 #[command(
     name = "sg-agent",
