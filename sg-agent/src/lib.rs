@@ -6,12 +6,16 @@
 //! image     MapImage: the contents of the kernel's policy maps for one generation
 //! bind      which local interface carries which policy interface (by name or by address)
 //! compile   pure: Policy -> MapImage (the contents of the kernel maps)
-//! lookup    the kernel's lookup, in userspace, over a MapImage (for tests and `explain`)
 //! model     the reference model of SEMANTICS.md: slow, plain, shares only `policy` with compile
 //! packet    abstract packets and the Ethernet frames built from them (tests, explain)
-//! lab       network namespaces acting as EC2 instances (tests, `cargo xtask lab`)
 //! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
+//! state     pins, the state file and the apply lock of one network namespace
+//! agent     one namespace's enforcement over time: apply, status, counters, explain, detach
+//! daemon    apply, then stay: reloads, metrics, flow logs (report: their formats)
+//! cli       the `sg-agent` command line, one module per verb
+//! error     the error kinds and the exit code each one means
 //! ```
+//! Above the pipeline the imports only go down: cli -> daemon -> agent -> the layers.
 pub mod agent;
 pub mod bind;
 pub mod cli;

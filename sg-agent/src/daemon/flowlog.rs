@@ -109,7 +109,7 @@ impl FlowLog {
         };
         let now = now_unix();
         let names: BTreeMap<u32, String> = agent
-            .state
+            .state()
             .applied
             .interfaces
             .iter()

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use self::flowlog::FlowLog;
 use self::metrics::Scrape;
 use self::systemd::sd_notify;
-use crate::agent::{self, Agent, ApplyOptions, FileSource, PolicySource};
+use crate::agent::{Agent, ApplyOptions, FileSource, OpenOptions, PolicySource};
 use crate::dataplane::{Capacities, IngressHook, PinGuard};
 use crate::error::{self, Error};
 use crate::state::Lock;
@@ -41,7 +41,7 @@ pub struct DaemonOptions {
     pub config: PathBuf,
     pub metrics: String,
     pub flow_log: Option<String>,
-    pub ingress_hook: String,
+    pub ingress_hook: IngressHook,
     pub poll: u64,
     /// Seconds between flow log flushes.
     pub flow_log_interval: u64,
@@ -102,7 +102,6 @@ pub struct Daemon {
     src: FileSource,
     /// One daemon per namespace, held while it runs.
     _claim: Lock,
-    hook: IngressHook,
     opts: DaemonOptions,
     agent: Agent,
 }
@@ -124,14 +123,15 @@ impl Daemon {
         capacities: Capacities,
         opts: DaemonOptions,
     ) -> Result<Daemon> {
-        let hook = agent::parse_hook(&opts.ingress_hook)?;
-        let mut agent = Agent::open(state_dir.as_deref())?;
-        agent.capacities = capacities;
-        agent.stop_if_detached = true;
-        for w in &agent.warnings {
+        let agent = Agent::open(OpenOptions {
+            state_dir,
+            capacities,
+            stop_if_detached: true,
+        })?;
+        for w in agent.warnings() {
             log::warn!("{w}");
         }
-        let claim = agent.sd.claim_daemon()?;
+        let claim = agent.state_dir().claim_daemon()?;
         let src = FileSource(opts.config.clone());
         let mut d = Daemon {
             pins: None,
@@ -143,7 +143,6 @@ impl Daemon {
             stats: Stats::default(),
             src,
             _claim: claim,
-            hook,
             opts,
             agent,
         };
@@ -314,7 +313,7 @@ impl Daemon {
         };
         metrics::render(
             counters.as_ref(),
-            self.agent.state.generation,
+            self.agent.state().generation,
             self.agent.is_applied(),
             &self.stats,
         )
@@ -323,7 +322,7 @@ impl Daemon {
     fn apply_options(&self) -> ApplyOptions {
         ApplyOptions {
             dry_run: false,
-            ingress: self.hook,
+            ingress: self.opts.ingress_hook,
         }
     }
 
@@ -345,7 +344,7 @@ impl Daemon {
         } else {
             format!(
                 "enforcing {} (generation {})",
-                self.agent.state.source, self.agent.state.generation
+                self.agent.state().source, self.agent.state().generation
             )
         }
     }

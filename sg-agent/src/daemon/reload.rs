@@ -47,7 +47,7 @@ impl Daemon {
         if missing.is_empty() {
             return Next::Continue;
         }
-        let sd = &self.agent.sd;
+        let sd = self.agent.state_dir();
         // `detach` removes pins and state under the lock: take it, then look at the state.
         let lock = match sd.lock_existing() {
             Ok(l) => l,

@@ -76,7 +76,103 @@ impl Default for Capacities {
     }
 }
 
+/// One `--capacity NAME=N`: the size of one map, by its capacity name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapacitySpec {
+    field: CapacityField,
+    n: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CapacityField {
+    Ifaces,
+    Peers,
+    Ports,
+    Ct,
+    CtNew,
+    Frags,
+    RuleSlots,
+    EventsBytes,
+}
+
+impl CapacityField {
+    /// The names users give, in the order the help lists them.
+    const ALL: [(&'static str, CapacityField); 8] = [
+        ("ifaces", CapacityField::Ifaces),
+        ("peers", CapacityField::Peers),
+        ("ports", CapacityField::Ports),
+        ("ct", CapacityField::Ct),
+        ("ct_new", CapacityField::CtNew),
+        ("frags", CapacityField::Frags),
+        ("rule_slots", CapacityField::RuleSlots),
+        ("events_bytes", CapacityField::EventsBytes),
+    ];
+}
+
+impl std::str::FromStr for CapacitySpec {
+    type Err = crate::error::Error;
+
+    /// `NAME=N` with N > 0 (surrounding blanks are tolerated, as before).
+    fn from_str(spec: &str) -> Result<CapacitySpec, Self::Err> {
+        let bad = || {
+            crate::error::Error::InvalidInput(String::from(
+                "expected NAME=N with NAME one of ifaces, peers, ports, ct, ct_new, frags, \
+                 rule_slots, events_bytes, and N > 0",
+            ))
+        };
+        let (name, n) = spec.split_once('=').ok_or_else(bad)?;
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        let field = CapacityField::ALL
+            .iter()
+            .find(|(known, _)| *known == name.trim())
+            .map(|(_, f)| *f)
+            .ok_or_else(bad)?;
+        if n == 0 {
+            return Err(bad());
+        }
+        Ok(CapacitySpec { field, n })
+    }
+}
+
 impl Capacities {
+    /// The defaults with each `--capacity NAME=N` applied in turn (a later one wins).
+    pub fn with_specs(specs: &[CapacitySpec]) -> Capacities {
+        let mut c = Capacities::default();
+        for s in specs {
+            c.set(*s);
+        }
+        c
+    }
+
+    /// Sets the one capacity `spec` names.
+    pub fn set(&mut self, spec: CapacitySpec) {
+        let field = match spec.field {
+            CapacityField::Ifaces => &mut self.ifaces,
+            CapacityField::Peers => &mut self.peers,
+            CapacityField::Ports => &mut self.ports,
+            CapacityField::Ct => &mut self.ct,
+            CapacityField::CtNew => &mut self.ct_new,
+            CapacityField::Frags => &mut self.frags,
+            CapacityField::RuleSlots => &mut self.rule_slots,
+            CapacityField::EventsBytes => &mut self.events_bytes,
+        };
+        *field = spec.n;
+    }
+
+    /// Small private tables sized for one policy (`explain`'s throw-away copy): room for
+    /// every rule's counter slot and the default peer and port tables.
+    pub fn small_for(policy: &crate::policy::Policy) -> Capacities {
+        let rules = policy.all_rules().count() as u32;
+        let mut c = Capacities::small();
+        c.rule_slots = c
+            .rule_slots
+            .max((rules + 2).next_power_of_two())
+            .max(Capacities::default().rule_slots);
+        c.peers = Capacities::default().peers;
+        c.ports = Capacities::default().ports;
+        c
+    }
+
     /// Small tables for tests: fast to create, fast to scan, easy to fill.
     pub fn small() -> Capacities {
         Capacities {
@@ -276,4 +372,29 @@ where
         anyhow!("the eBPF object has no map {name}: was it built from an older sg-ebpf?")
     })?;
     T::try_from(m).with_context(|| format!("map {name} has an unexpected type or layout"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_specs_set_one_map_each_and_later_ones_win() {
+        let specs: Vec<CapacitySpec> = ["ct=1048576", " ports = 24 ", "ct=8", "events_bytes=4096"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let c = Capacities::with_specs(&specs);
+        assert_eq!((c.ct, c.ports, c.events_bytes), (8, 24, 4096));
+        assert_eq!(c.peers, Capacities::default().peers);
+    }
+
+    #[test]
+    fn bad_capacity_specs_are_invalid_input() {
+        for bad in ["ports=lots", "ports", "ct=0", "conntrack=5", "ct=-1", "=5"] {
+            let e = bad.parse::<CapacitySpec>().unwrap_err();
+            assert!(matches!(e, crate::error::Error::InvalidInput(_)), "{bad}");
+            assert!(e.to_string().contains("expected NAME=N"), "{bad}: {e}");
+        }
+    }
 }

@@ -1,0 +1,618 @@
+//! The apply transaction: validate -> bind -> compile -> attach -> save slots -> swap ->
+//! release -> record. On error the enforced policy is the one before (docs/agent.md
+//! "Failure behaviour").
+//!
+//! Owns the ordering that keeps enforcement safe: new devices are attached before the flip
+//! (their packets are dropped as "no policy" for the few milliseconds until it), a failed step
+//! undoes what this apply attached, the counter slots are saved before the flip (so a process
+//! killed on either side of it leaves a state that names the live slots), devices no longer
+//! in the policy are released only after the flip, and the state file is completed last. A
+//! long-lived agent (the daemon) re-reads the state and SG_ACTIVE under the lock before each
+//! apply, so another agent's apply never leaves it writing into the live generation.
+//! A reload that only changes memberships is written in place instead (no compile of the
+//! whole policy, no attach, no flip), and a dry run touches nothing at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use sg_common::ABI_VERSION;
+
+use super::summary::{Diff, diff, summarize};
+use super::{Agent, PolicySource};
+use crate::bind::{self, Binding};
+use crate::compile::{self, CompileOptions, Delta};
+use crate::config::Loaded;
+use crate::dataplane::{self, ApplyReport, AttachReport, IngressHook, XdpMode};
+use crate::error::Error;
+use crate::image::MapImage;
+use crate::policy::Policy;
+use crate::state::{AgentState, Applied};
+
+/// How `apply` attaches devices it has not attached before.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyOptions {
+    pub dry_run: bool,
+    pub ingress: IngressHook,
+}
+
+/// Reads an ingress hook's name as the state records it (`xdp`, `xdp-skb`, `tc`).
+pub fn parse_hook(s: &str) -> Result<IngressHook> {
+    match s {
+        "xdp" => Ok(IngressHook::Xdp(XdpMode::Native)),
+        "xdp-skb" => Ok(IngressHook::Xdp(XdpMode::Skb)),
+        "tc" => Ok(IngressHook::Tc),
+        other => Err(Error::InvalidInput(format!(
+            "unknown ingress hook {other:?}; hint: use xdp, xdp-skb or tc"
+        ))
+        .into()),
+    }
+}
+
+/// The hook's name in the state (an XDP device is re-attached natively, falling back again).
+fn hook_name(h: IngressHook) -> &'static str {
+    match h {
+        IngressHook::Xdp(_) => "xdp",
+        IngressHook::Tc => "tc",
+    }
+}
+
+/// What one apply did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ApplyOutcome {
+    pub source: String,
+    pub dry_run: bool,
+    pub diff: Diff,
+    pub generation: u32,
+    pub entries: usize,
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+    pub notes: Vec<String>,
+    /// From the start of the apply (reading the file) to the generation flip: how long until
+    /// packets see the new policy. Includes loading the programs (the verifier) when this
+    /// process had not loaded them yet.
+    pub to_effect_ms: f64,
+    /// Writing the new generation and flipping (the part that touches the policy maps).
+    pub swap_ms: f64,
+    pub compile_ms: f64,
+    pub total_ms: f64,
+}
+
+/// A named point inside an apply where a test can freeze the agent (`SG_AGENT_TEST_STOP_AT`
+/// = `STAGE` or `STAGE:N` for the Nth time it is reached): the process stops itself with
+/// SIGSTOP so that the test can SIGKILL it at exactly that point. Stages: `compiled`
+/// (nothing touched yet), `attached` (programs replaced, old policy still enforced),
+/// `swapped` (new policy enforced, state not yet saved).
+pub fn test_stop_point(stage: &str) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: [AtomicU32; 3] = [const { AtomicU32::new(0) }; 3];
+    let Ok(want) = std::env::var("SG_AGENT_TEST_STOP_AT") else {
+        return;
+    };
+    let (name, nth) = match want.split_once(':') {
+        Some((n, k)) => (n.to_string(), k.parse::<u32>().unwrap_or(1)),
+        None => (want.clone(), 1),
+    };
+    let idx = match stage {
+        "compiled" => 0,
+        "attached" => 1,
+        _ => 2,
+    };
+    let count = SEEN[idx].fetch_add(1, Ordering::SeqCst) + 1;
+    if name == stage && count == nth {
+        eprintln!("sg-agent: stopped at {stage} (SG_AGENT_TEST_STOP_AT={want})");
+        // SAFETY: plain syscall; the process continues (or dies) as its parent decides.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+}
+
+/// The live generation as this agent wrote it.
+pub(super) struct Live {
+    policy: Policy,
+    bindings: BTreeMap<String, u32>,
+    image: MapImage,
+    index: compile::Index,
+}
+
+/// The desired policy, validated and bound to this host's devices.
+struct Bound {
+    loaded: Loaded,
+    bindings: Vec<Binding>,
+    /// Policy interface name -> ifindex, what the compiler takes.
+    by_name: BTreeMap<String, u32>,
+    /// What it amounts to on this host (for the diff and the state).
+    applied: Applied,
+}
+
+/// The next generation, compiled.
+struct Compiled {
+    image: MapImage,
+    index: compile::Index,
+    compile_ms: f64,
+    entries: usize,
+}
+
+/// What step 1 (attach) did.
+struct Attached {
+    /// Devices that had live pinned programs before this apply (only the others are undone).
+    before: BTreeSet<u32>,
+    attached: Vec<String>,
+    notes: Vec<String>,
+    /// Device -> hook name, for the state.
+    hooks: BTreeMap<String, String>,
+}
+
+/// Undoes the attachments this apply made, when a later step fails.
+struct Rollback<'a> {
+    links: &'a Path,
+    bindings: &'a [Binding],
+    before: &'a BTreeSet<u32>,
+}
+
+impl Rollback<'_> {
+    fn new_attachments(&self) {
+        for b in self.bindings {
+            if !self.before.contains(&b.ifindex) {
+                let _ = dataplane::unpin_iface(self.links, b.ifindex);
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Validate -> bind -> compile -> attach -> swap -> save. On error the enforced policy
+    /// is the one before (see docs/agent.md "Failure behaviour").
+    pub fn apply(&mut self, src: &dyn PolicySource, opts: ApplyOptions) -> Result<ApplyOutcome> {
+        let t0 = Instant::now();
+        let bound = bind_to_host(src)?;
+        if opts.dry_run {
+            return self.dry_run(src, &bound, t0);
+        }
+        let was_applied = self.is_applied();
+        let _lock = self.sd.lock()?;
+        self.refresh()?;
+        if self.stop_if_detached && was_applied && !self.is_applied() {
+            return Err(Error::DetachedUnderUs.into());
+        }
+        let diff = diff(&self.state.applied, &bound.applied);
+        let text = src.text()?;
+        if let Some(done) = self.apply_membership(src, &bound, &text, &diff, t0)? {
+            return Ok(done);
+        }
+        self.apply_whole(src, bound, opts.ingress, diff, &text, t0)
+    }
+
+    /// Read-only: what is recorded now, the real sizes of pinned maps; nothing is created,
+    /// loaded or locked. The compile runs, so a policy too big for the maps is refused.
+    fn dry_run(&self, src: &dyn PolicySource, bound: &Bound, t0: Instant) -> Result<ApplyOutcome> {
+        let current = self.sd.load()?.unwrap_or_default();
+        let caps = dataplane::pinned_capacities(&self.maps_dir(), self.capacities)?;
+        let diff = diff(&current.applied, &bound.applied);
+        let tc = Instant::now();
+        compile::compile(
+            &bound.loaded.policy,
+            &bound.by_name,
+            &current.slot_table(),
+            &CompileOptions {
+                generation: 1 - current.generation.min(1),
+                slot_capacity: caps.rule_slots,
+            },
+        )
+        .map_err(Error::from)?;
+        let compile_ms = ms(tc.elapsed());
+        Ok(ApplyOutcome {
+            source: src.describe(),
+            dry_run: true,
+            diff,
+            generation: current.generation,
+            entries: 0,
+            attached: Vec::new(),
+            detached: Vec::new(),
+            notes: Vec::new(),
+            to_effect_ms: 0.0,
+            swap_ms: 0.0,
+            compile_ms,
+            total_ms: ms(t0.elapsed()),
+        })
+    }
+
+    /// The whole transaction, under the lock: compile, 1. attach, 2. save the slots,
+    /// 3. swap, 4. release, 5. record.
+    fn apply_whole(
+        &mut self,
+        src: &dyn PolicySource,
+        bound: Bound,
+        ingress: IngressHook,
+        diff: Diff,
+        text: &str,
+        t0: Instant,
+    ) -> Result<ApplyOutcome> {
+        let links = self.links_dir();
+        let had_state = self.sd.state_file().exists();
+        let cookie = crate::state::netns_cookie().unwrap_or(0);
+        let compiled = self.compile_next(&bound)?;
+        test_stop_point("compiled");
+
+        let att = self.attach_all(&links, &bound.bindings, ingress)?;
+        test_stop_point("attached");
+        let rollback = Rollback {
+            links: &links,
+            bindings: &bound.bindings,
+            before: &att.before,
+        };
+
+        let pre = self.save_slots(&compiled.image, cookie, &rollback)?;
+        let t_swap = Instant::now();
+        let report = self.swap(&compiled.image, had_state, &rollback)?;
+        let to_effect_ms = ms(t_swap.duration_since(t0)) + ms(report.to_flip);
+        test_stop_point("swapped");
+
+        let detached = self.release_unbound(&links, &bound.bindings)?;
+        self.record(src, pre, &report, &compiled.image, &bound, att.hooks, text)?;
+        self.live = Some(Live {
+            policy: bound.loaded.policy,
+            bindings: bound.by_name,
+            image: compiled.image,
+            index: compiled.index,
+        });
+        Ok(ApplyOutcome {
+            source: src.describe(),
+            dry_run: false,
+            diff,
+            generation: report.generation,
+            entries: compiled.entries,
+            attached: att.attached,
+            detached,
+            notes: att.notes,
+            to_effect_ms,
+            swap_ms: ms(report.to_flip),
+            compile_ms: compiled.compile_ms,
+            total_ms: ms(t0.elapsed()),
+        })
+    }
+
+    /// Loads the dataplane (adopting the pins) and compiles the generation that is not live,
+    /// keeping the counter slots of rules that stay.
+    fn compile_next(&mut self, bound: &Bound) -> Result<Compiled> {
+        let prev_slots = self.state.slot_table();
+        let dp = self.dataplane()?;
+        let tc = Instant::now();
+        let (mut image, index) = compile::compile_indexed(
+            &bound.loaded.policy,
+            &bound.by_name,
+            &prev_slots,
+            &CompileOptions {
+                generation: dp.next_generation(),
+                slot_capacity: dp.capacities().rule_slots,
+            },
+        )
+        .map_err(Error::from)?;
+        // Drop events (flow log REJECT lines) are wanted on every interface; whether any are
+        // produced is one global switch (SG_CONFIG.events_per_sec), on while a daemon with a
+        // flow log runs. So a CLI apply beside such a daemon does not silence it.
+        for conf in image.ifaces.values_mut() {
+            conf.flags |= sg_common::iface_flags::LOG_DROPS;
+        }
+        let compile_ms = ms(tc.elapsed());
+        let entries = image.ifaces.len() + image.peers.len() + image.ports.len();
+        Ok(Compiled {
+            image,
+            index,
+            compile_ms,
+            entries,
+        })
+    }
+
+    /// 1. Attach (or re-attach with this binary's programs) every bound device. New ones
+    ///    judge with "no policy" until the flip: fail closed, for milliseconds. A device
+    ///    attached before keeps its hook; a failure undoes this apply's new attachments.
+    fn attach_all(
+        &mut self,
+        links: &Path,
+        bindings: &[Binding],
+        ingress: IngressHook,
+    ) -> Result<Attached> {
+        let mut out = Attached {
+            before: live_pinned(links),
+            attached: Vec::new(),
+            notes: Vec::new(),
+            hooks: BTreeMap::new(),
+        };
+        let dp = self.dp.as_mut().expect("loaded by compile_next");
+        for b in bindings {
+            let hook = match self.state.hooks.get(&b.device) {
+                Some(h) if out.before.contains(&b.ifindex) => parse_hook(h).unwrap_or(ingress),
+                _ => ingress,
+            };
+            match dp.attach_pinned(&b.device, hook, links) {
+                Ok(r) => {
+                    out.notes.extend(r.notes.iter().cloned());
+                    if !out.before.contains(&b.ifindex) {
+                        out.attached.push(describe_attach(&b.device, &r));
+                    }
+                    out.hooks
+                        .insert(b.device.clone(), hook_name(hook).to_string());
+                }
+                Err(e) => {
+                    let rollback = Rollback {
+                        links,
+                        bindings,
+                        before: &out.before,
+                    };
+                    rollback.new_attachments();
+                    return Err(e.context(format!("attaching to {}", b.device)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// 2. Remember the new counter slots before the flip, beside the old ones: whichever
+    ///    generation is live when this process dies, the state names its slots.
+    fn save_slots(&self, image: &MapImage, cookie: u64, rollback: &Rollback) -> Result<AgentState> {
+        let mut pre = self.state.clone();
+        pre.abi = ABI_VERSION;
+        pre.netns_cookie = cookie;
+        for (rule, slot) in &image.slots.by_rule {
+            pre.slots.insert(rule.0.clone(), *slot);
+        }
+        pre.slot_cursor = image.slots.cursor;
+        if let Err(e) = self.sd.save(&pre) {
+            rollback.new_attachments();
+            return Err(e.context("saving the state before the swap (nothing was swapped)"));
+        }
+        Ok(pre)
+    }
+
+    /// 3. The atomic swap. On failure the new attachments are undone and the state file is
+    ///    put back as it was (or removed, when there was none).
+    fn swap(
+        &mut self,
+        image: &MapImage,
+        had_state: bool,
+        rollback: &Rollback,
+    ) -> Result<ApplyReport> {
+        let dp = self.dp.as_mut().expect("loaded by compile_next");
+        match dp.apply(image) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                rollback.new_attachments();
+                let restored = if had_state {
+                    self.sd.save(&self.state)
+                } else {
+                    std::fs::remove_file(self.sd.state_file()).map_err(Into::into)
+                };
+                if let Err(e2) = restored {
+                    log::warn!("restoring the state file after a failed swap: {e2:#}");
+                }
+                Err(e.context("swapping the policy in (the previous one stays)"))
+            }
+        }
+    }
+
+    /// 4. Release devices the policy no longer covers, and pins whose device is gone.
+    fn release_unbound(&self, links: &Path, bindings: &[Binding]) -> Result<Vec<String>> {
+        let bound: BTreeSet<u32> = bindings.iter().map(|b| b.ifindex).collect();
+        let mut detached = Vec::new();
+        for p in dataplane::pinned_ifaces(links) {
+            if bound.contains(&p.ifindex) {
+                continue;
+            }
+            dataplane::unpin_iface(links, p.ifindex)?;
+            let name = self
+                .state
+                .applied
+                .interfaces
+                .iter()
+                .find(|(_, i)| i.ifindex == p.ifindex)
+                .map(|(d, _)| d.clone())
+                .unwrap_or_else(|| "device".into());
+            detached.push(if p.live {
+                format!("{name} (ifindex {})", p.ifindex)
+            } else {
+                format!(
+                    "{name} (ifindex {}, deleted: stale pins removed)",
+                    p.ifindex
+                )
+            });
+        }
+        Ok(detached)
+    }
+
+    /// 5. Remember: the applied policy's text and name beside the state, then the state.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the last step of the transaction takes what the earlier ones produced"
+    )]
+    fn record(
+        &mut self,
+        src: &dyn PolicySource,
+        pre: AgentState,
+        report: &ApplyReport,
+        image: &MapImage,
+        bound: &Bound,
+        hooks: BTreeMap<String, String>,
+        text: &str,
+    ) -> Result<()> {
+        let mut st = pre;
+        st.generation = report.generation;
+        st.set_slots(&image.slots);
+        st.source = src.describe();
+        st.applied_at = unix_now();
+        st.applied = bound.applied.clone();
+        st.hooks = hooks;
+        self.write_applied_text(text)?;
+        crate::state::write_private(
+            &self.sd.run.join("policy.applied.name"),
+            src.describe()
+                .rsplit('/')
+                .next()
+                .unwrap_or("policy")
+                .as_bytes(),
+        )?;
+        self.sd.save(&st)?;
+        self.state = st;
+        Ok(())
+    }
+
+    fn write_applied_text(&self, text: &str) -> Result<()> {
+        crate::state::write_private(&self.sd.run.join("policy.applied"), text.as_bytes())
+            .context("saving the applied policy text")
+    }
+
+    /// A reload that only changes memberships (instances joining or leaving groups, their
+    /// addresses), on the interfaces this agent bound and attached last time: the delta of
+    /// the live image, written in place (`Dataplane::apply_delta`), no compile of the whole
+    /// policy, no attach, no flip. None when that does not apply: the caller applies whole.
+    fn apply_membership(
+        &mut self,
+        src: &dyn PolicySource,
+        bound: &Bound,
+        text: &str,
+        diff: &Diff,
+        t0: Instant,
+    ) -> Result<Option<ApplyOutcome>> {
+        if !self.delta_applies(&bound.by_name) {
+            return Ok(None);
+        }
+        let tc = Instant::now();
+        let Some(delta) = self.membership_delta(bound) else {
+            return Ok(None);
+        };
+        let compile_ms = ms(tc.elapsed());
+        let (Some(live), Some(dp)) = (self.live.as_mut(), self.dp.as_mut()) else {
+            unreachable!("checked by delta_applies");
+        };
+        let report = dp
+            .apply_delta(&delta)
+            .context("changing memberships in place (the previous policy stays)")?;
+        let to_effect_ms = ms(t0.elapsed());
+        delta.patch(&mut live.image);
+        live.policy = bound.loaded.policy.clone();
+        live.index.absorb(delta);
+        let mut st = self.state.clone();
+        st.source = src.describe();
+        st.applied_at = unix_now();
+        st.applied = bound.applied.clone();
+        self.write_applied_text(text)?;
+        self.sd.save(&st)?;
+        self.state = st;
+        Ok(Some(ApplyOutcome {
+            source: src.describe(),
+            dry_run: false,
+            diff: diff.clone(),
+            generation: report.generation,
+            entries: report.entries,
+            attached: Vec::new(),
+            detached: Vec::new(),
+            notes: vec![format!(
+                "membership change: {} entries written in place, no flip",
+                report.written
+            )],
+            to_effect_ms,
+            swap_ms: ms(report.to_flip),
+            compile_ms,
+            total_ms: ms(t0.elapsed()),
+        }))
+    }
+
+    /// The delta path needs the live image this agent wrote, still active in the kernel,
+    /// over the same bindings, every one of them still attached.
+    fn delta_applies(&self, by_name: &BTreeMap<String, u32>) -> bool {
+        let (Some(live), Some(dp)) = (self.live.as_ref(), self.dp.as_ref()) else {
+            return false;
+        };
+        if live.bindings != *by_name || dp.active_generation() != live.image.generation {
+            return false;
+        }
+        let pinned = live_pinned(&self.links_dir());
+        by_name.values().all(|i| pinned.contains(i))
+    }
+
+    /// The membership delta from the live policy to `bound`'s, or None when something else
+    /// changed too (or the delta cannot be computed: then the apply is whole).
+    fn membership_delta(&self, bound: &Bound) -> Option<Delta> {
+        let live = self.live.as_ref()?;
+        match compile::membership_delta(
+            &live.policy,
+            &bound.loaded.policy,
+            &bound.by_name,
+            &live.image,
+            &live.index,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                log::debug!("membership delta: {e}; applying whole");
+                None
+            }
+        }
+    }
+}
+
+/// Validates the policy and binds it to this namespace's devices. A policy none of whose
+/// interfaces is here is [`Error::NotOnThisHost`] (a daemon waits for it).
+fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
+    let loaded = src.load()?;
+    let local = bind::local_interfaces().context("reading this namespace's interfaces")?;
+    let bindings = bind::bind(&loaded.policy, &local).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: cannot bind the policy to this host:\n{e}",
+            src.describe()
+        ))
+    })?;
+    if bindings.is_empty() {
+        let here: Vec<String> = local
+            .iter()
+            .filter(|l| l.name != "lo")
+            .map(|l| format!("{} {:?}", l.name, l.addresses))
+            .collect();
+        return Err(Error::NotOnThisHost(format!(
+            "{}: no interface of the policy is on this host (local devices: {}); hint: \
+             give the instance's addresses in the policy, or name the device with \
+             `device:`",
+            src.describe(),
+            if here.is_empty() {
+                "none".into()
+            } else {
+                here.join(", ")
+            }
+        ))
+        .into());
+    }
+    let applied = summarize(&loaded.policy, &bindings);
+    let by_name = bindings
+        .iter()
+        .map(|b| (b.interface.clone(), b.ifindex))
+        .collect();
+    Ok(Bound {
+        loaded,
+        bindings,
+        by_name,
+        applied,
+    })
+}
+
+/// The ifindexes with live pinned sg programs.
+fn live_pinned(links: &Path) -> BTreeSet<u32> {
+    dataplane::pinned_ifaces(links)
+        .iter()
+        .filter(|p| p.live)
+        .map(|p| p.ifindex)
+        .collect()
+}
+
+fn describe_attach(dev: &str, r: &AttachReport) -> String {
+    format!("{dev}: ingress {}, egress {}", r.ingress, r.egress)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(super) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,198 @@
+//! The `sg-agent` command line: the clap definition (typed arguments, parsed before anything
+//! runs), the options every command shares ([`Globals`]) and the dispatch to one module per
+//! verb. Each verb does its work through the library's layers (mostly [`Agent`]) and prints
+//! text or JSON: the library below prints nothing. Errors that mean "your input is wrong"
+//! are [`Error::InvalidInput`] (exit code 2, nothing changed); clap's own usage errors exit
+//! 2 as well; everything else is a runtime error (exit 1). docs/agent.md is the reference.
+
+mod apply;
+mod check;
+mod conntrack;
+mod counters;
+mod daemon;
+mod detach;
+mod docs;
+mod explain;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::agent::{Agent, OpenOptions};
+use crate::config;
+use crate::dataplane::{Capacities, CapacitySpec, IngressHook, XdpMode};
+use crate::error::Error;
+
+#[derive(Parser)]
+#[command(
+    name = "sg-agent",
+    about = "EC2 security groups on a Linux host, enforced with eBPF",
+    after_help = "Exit codes: 0 success, 1 runtime error, 2 invalid input or usage (nothing changed).\n\
+                  Policy format: docs/policy-format.md. Behaviour: docs/SEMANTICS.md."
+)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// State directory (pins under DIR/pins on bpffs, state under DIR/run). Default: one per
+    /// network namespace, /sys/fs/bpf/sg/netns-<inode> and /run/sg/netns-<inode>.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Size of a map this agent creates, e.g. `ct=1048576` (conntrack entries, C6). Maps
+    /// already pinned keep their size until `sg-agent detach`. Names: ifaces, peers, ports,
+    /// ct, ct_new, frags, rule_slots, events_bytes. Repeatable.
+    #[arg(long = "capacity", global = true, value_name = "NAME=N")]
+    capacities: Vec<CapacitySpec>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a policy file and summarise what was understood (changes nothing).
+    #[command(after_help = "Example:\n  sg-agent check examples/ec2-lab.yaml")]
+    Check(check::Args),
+    /// Validate, compile, load and attach if needed, and swap the policy in atomically.
+    #[command(after_help = "Examples:\n  sg-agent apply examples/ec2-lab.yaml\n  \
+                            sg-agent apply --dry-run examples/ec2-lab.cfn.yaml\n  \
+                            sg-agent apply --ingress-hook tc rules.yaml")]
+    Apply(apply::Args),
+    /// Interfaces, programs and modes, groups per interface, generation, conntrack fill.
+    Status,
+    /// Per-rule packets/bytes and pass/drop reasons.
+    #[command(after_help = "Examples:\n  sg-agent counters\n  sg-agent counters --watch 2")]
+    Counters(counters::Args),
+    /// Show or flush tracked flows.
+    Conntrack(conntrack::Args),
+    /// Why is (or isn't) this packet allowed? Asks the reference model AND the real program.
+    #[command(
+        after_help = "Examples:\n  sg-agent explain --in --proto tcp --peer 198.51.100.10 --port 22\n  \
+                            sg-agent explain --out --proto icmp --peer 192.0.2.21 --icmp 8/0 --iface eth0"
+    )]
+    Explain(explain::Args),
+    /// Remove programs, links, maps and pins of this namespace (enforcement stops).
+    Detach,
+    /// Apply, then stay: reload on SIGHUP and file change, metrics, flow logs.
+    #[command(
+        after_help = "Example:\n  sg-agent daemon --config /etc/sg/policy.yaml --metrics 127.0.0.1:9617 --flow-log -"
+    )]
+    Daemon(daemon::Args),
+    /// Print shell completions.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
+}
+
+/// `--ingress-hook`: how a device attached for the first time judges its inbound packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HookArg {
+    /// XDP in native mode, falling back to generic (SKB) mode when the driver lacks it.
+    Xdp,
+    /// XDP in generic (SKB) mode.
+    XdpSkb,
+    /// TC ingress.
+    Tc,
+}
+
+impl From<HookArg> for IngressHook {
+    fn from(h: HookArg) -> IngressHook {
+        match h {
+            HookArg::Xdp => IngressHook::Xdp(XdpMode::Native),
+            HookArg::XdpSkb => IngressHook::Xdp(XdpMode::Skb),
+            HookArg::Tc => IngressHook::Tc,
+        }
+    }
+}
+
+/// Options every command shares.
+pub struct Globals {
+    pub json: bool,
+    pub state_dir: Option<PathBuf>,
+    /// `--capacity NAME=N` over the defaults: sizes of maps this agent creates (pinned maps
+    /// keep theirs).
+    pub capacities: Capacities,
+}
+
+impl Cli {
+    /// Parses the process's arguments; a usage error exits 2 with clap's message.
+    pub fn parse_args() -> Cli {
+        let matches = command().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// The daemon keeps running when a pipe it writes to closes (it reports the error);
+    /// the other commands end quietly (`sg-agent counters | head`).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.cmd, Cmd::Daemon(_))
+    }
+
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        let g = Globals {
+            json: self.json,
+            state_dir: self.state_dir,
+            capacities: Capacities::with_specs(&self.capacities),
+        };
+        match self.cmd {
+            Cmd::Check(a) => check::run(&g, &a),
+            Cmd::Apply(a) => apply::run(&g, &a),
+            Cmd::Status => status::run(&g),
+            Cmd::Counters(a) => counters::run(&g, &a),
+            Cmd::Conntrack(a) => conntrack::run(&g, &a),
+            Cmd::Explain(a) => explain::run(&g, a),
+            Cmd::Detach => detach::run(&g),
+            Cmd::Daemon(a) => daemon::run(&g, a),
+            Cmd::Completions(a) => docs::completions(&a),
+            Cmd::Man => docs::man(),
+        }
+    }
+}
+
+/// The clap command with the version (crate and ABI) filled in.
+pub fn command() -> clap::Command {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    Cli::command().version(VERSION.get_or_init(crate::version_string).as_str())
+}
+
+impl Globals {
+    fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            state_dir: self.state_dir.clone(),
+            capacities: self.capacities,
+            stop_if_detached: false,
+        }
+    }
+}
+
+/// Opens the namespace's agent with the global options; its warnings go to stderr.
+pub fn open_agent(g: &Globals) -> Result<Agent> {
+    let a = Agent::open(g.open_options())?;
+    for w in a.warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(a)
+}
+
+/// Loads and validates a policy file; warnings go to stderr.
+pub fn load_policy(file: &Path) -> Result<config::Loaded> {
+    match config::load_file(file) {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("{w}");
+            }
+            Ok(l)
+        }
+        Err(d) => Err(Error::InvalidInput(d.to_string()).into()),
+    }
+}
+
+/// A rule's description as the text output quotes it.
+fn desc(d: &Option<String>) -> String {
+    d.as_ref().map(|d| format!(" \"{d}\"")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

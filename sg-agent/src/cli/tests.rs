@@ -1,0 +1,178 @@
+//! The command line as users type it: typed values, usage errors (exit 2) before anything
+//! runs, and every flag docs/agent.md documents.
+
+use clap::error::ErrorKind;
+
+use super::*;
+use crate::agent::{ExplainProto, IcmpTypeCode};
+use crate::policy::Direction;
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    let mut all = vec!["sg-agent"];
+    all.extend_from_slice(args);
+    let m = command().try_get_matches_from(all)?;
+    Cli::from_arg_matches(&m)
+}
+
+fn usage_error(args: &[&str]) -> clap::Error {
+    match parse(args) {
+        Ok(_) => panic!("{args:?} parsed"),
+        Err(e) => {
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+            e
+        }
+    }
+}
+
+#[test]
+fn the_definition_is_consistent() {
+    command().debug_assert();
+}
+
+#[test]
+fn explain_takes_exactly_one_of_in_and_out() {
+    let q = |args: &[&str]| match parse(args).unwrap().cmd {
+        Cmd::Explain(a) => a.query(),
+        _ => panic!("not explain"),
+    };
+    let base = ["--proto", "tcp", "--peer", "198.51.100.10", "--port", "22"];
+    let inbound = q(&[&["explain", "--in"], &base[..]].concat());
+    assert_eq!(inbound.direction, Direction::Ingress);
+    let outbound = q(&[&["explain", "--out"], &base[..]].concat());
+    assert_eq!(outbound.direction, Direction::Egress);
+
+    let neither = usage_error(&[&["explain"], &base[..]].concat());
+    assert_eq!(
+        neither.kind(),
+        ErrorKind::MissingRequiredArgument,
+        "{neither}"
+    );
+    let both = usage_error(&[&["explain", "--in", "--out"], &base[..]].concat());
+    assert_eq!(both.kind(), ErrorKind::ArgumentConflict, "{both}");
+}
+
+#[test]
+fn explain_values_are_typed() {
+    let a = match parse(&[
+        "explain",
+        "--out",
+        "--proto",
+        "ICMP",
+        "--peer",
+        "2001:db8::1",
+        "--icmp",
+        "3/4",
+        "--iface",
+        "eth0",
+        "--local",
+        "2001:db8::2",
+    ])
+    .unwrap()
+    .cmd
+    {
+        Cmd::Explain(a) => a.query(),
+        _ => panic!("not explain"),
+    };
+    assert_eq!(a.proto, ExplainProto::Icmp);
+    assert_eq!(
+        a.icmp,
+        Some(IcmpTypeCode {
+            icmp_type: 3,
+            code: 4
+        })
+    );
+    for (flag, bad) in [
+        ("--proto", "gre"),
+        ("--icmp", "8/x"),
+        ("--peer", "host.example"),
+        ("--port", "65536"),
+    ] {
+        let mut args = vec!["explain", "--in"];
+        for (f, v) in [("--proto", "icmp"), ("--peer", "192.0.2.1")] {
+            if f != flag {
+                args.extend([f, v]);
+            }
+        }
+        args.extend([flag, bad]);
+        let e = usage_error(&args);
+        assert_eq!(e.kind(), ErrorKind::ValueValidation, "{flag} {bad}: {e}");
+    }
+}
+
+#[test]
+fn ingress_hooks_are_xdp_xdp_skb_or_tc_defaulting_to_xdp() {
+    let hook = |args: &[&str]| match parse(args).unwrap().cmd {
+        Cmd::Apply(a) => IngressHook::from(a.ingress_hook),
+        Cmd::Daemon(a) => IngressHook::from(a.ingress_hook),
+        _ => panic!("not apply"),
+    };
+    assert_eq!(
+        hook(&["apply", "p.yaml"]),
+        IngressHook::Xdp(XdpMode::Native)
+    );
+    assert_eq!(
+        hook(&["apply", "--ingress-hook", "xdp-skb", "p.yaml"]),
+        IngressHook::Xdp(XdpMode::Skb)
+    );
+    assert_eq!(
+        hook(&["daemon", "--config", "p.yaml", "--ingress-hook", "tc"]),
+        IngressHook::Tc
+    );
+    let e = usage_error(&["apply", "--ingress-hook", "ebpf", "p.yaml"]);
+    assert_eq!(e.kind(), ErrorKind::InvalidValue, "{e}");
+}
+
+#[test]
+fn capacities_are_global_repeatable_and_checked_at_parse() {
+    let caps = |args: &[&str]| Capacities::with_specs(&parse(args).unwrap().capacities);
+    let c = caps(&[
+        "--capacity",
+        "ct=1048576",
+        "--capacity",
+        "ports=24",
+        "status",
+    ]);
+    assert_eq!((c.ct, c.ports), (1_048_576, 24));
+    let c = caps(&["status", "--capacity", "ports=24"]);
+    assert_eq!((c.ct, c.ports), (Capacities::default().ct, 24));
+    let e = usage_error(&["--capacity", "ports=lots", "status"]);
+    assert_eq!(e.kind(), ErrorKind::ValueValidation, "{e}");
+    assert!(e.to_string().contains("expected NAME=N"), "{e}");
+}
+
+#[test]
+fn every_documented_command_and_flag_parses() {
+    for args in [
+        &["check", "examples/ec2-lab.yaml"][..],
+        &["--json", "--state-dir", "/tmp/sg", "status"],
+        &["apply", "--dry-run", "p.yaml"],
+        &["counters", "--watch", "2"],
+        &["conntrack"],
+        &["conntrack", "list"],
+        &["conntrack", "flush"],
+        &["detach"],
+        &[
+            "daemon",
+            "--config",
+            "p.yaml",
+            "--metrics",
+            "127.0.0.1:9617",
+            "--flow-log",
+            "-",
+            "--flow-log-interval",
+            "5",
+            "--poll",
+            "2",
+        ],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    assert!(
+        parse(&["daemon", "--config", "p.yaml"])
+            .unwrap()
+            .is_daemon()
+    );
+    assert!(!parse(&["status"]).unwrap().is_daemon());
+}
