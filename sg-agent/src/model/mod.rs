@@ -6,10 +6,10 @@
 //! parse limits -> exemptions (N1, N2) -> later fragments (G1) -> conntrack (C1-C3)
 //!   -> related ICMP errors (I2) -> policy via `decide` (E1-E6) -> state only after allow (C4)
 //! ```
-//! It shares nothing with the compiler (`compile`, `image`, `lookup`) nor with the kernel
-//! program: no map layouts, no prefix tries, no flow-key structs. Only the validated
-//! [`Policy`], the stateless [`decide::decide`] and the [`Reason`] vocabulary of the verdicts
-//! are common, so a differential test against the real program proves something.
+//! It shares nothing with the compiler (`compile`, `image`, the test kit's lookup oracle) nor
+//! with the kernel program: no map layouts, no prefix tries, no flow-key structs. Only the
+//! validated [`Policy`], the stateless [`decide::decide`] and the [`Reason`] vocabulary of the
+//! verdicts are common, so a differential test against the real program proves something.
 //!
 //! It judges abstract [`Packet`]s, which are always well formed: malformed frames are the
 //! fixture tables' business. The two parse limits that an abstract packet can express (more
