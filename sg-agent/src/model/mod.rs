@@ -321,7 +321,22 @@ impl Model {
         };
 
         // State, only after allow (C2, C3, C4).
-        let opens_flow = match &pkt.l4 {
+        if !self.opens_flow(iface, dir, remote, pkt, tracked) {
+            return Outcome::new(Reason::PassRuleUntracked, Some(rule));
+        }
+        self.open_flow(iface, dir, pkt, rule)
+    }
+
+    /// Whether an allowed packet creates state (C4).
+    fn opens_flow(
+        &self,
+        iface: &str,
+        dir: Direction,
+        remote: IpAddr,
+        pkt: &Packet,
+        tracked: bool,
+    ) -> bool {
+        match &pkt.l4 {
             // C4: TCP and UDP may be untracked; ICMP and others are always tracked. A packet
             // that answers an untracked flow (the reverse packet would be allowed untracked)
             // is part of that flow and creates no state either, or X2 would not hold.
@@ -342,10 +357,12 @@ impl Model {
             L4::IcmpEcho { request, .. } => *request,
             L4::Other { .. } => true,
             L4::IcmpOther { .. } | L4::IcmpError { .. } => false,
-        };
-        if !opens_flow {
-            return Outcome::new(Reason::PassRuleUntracked, Some(rule));
         }
+    }
+
+    /// Creates the unconfirmed flow of a packet `rule` allowed, as the kernel would: not when
+    /// its key is taken, and not past the unconfirmed table's capacity.
+    fn open_flow(&mut self, iface: &str, dir: Direction, pkt: &Packet, rule: RuleId) -> Outcome {
         let (id, _) = flow_id(iface, dir, pkt).expect("a trackable packet has a flow id");
         if self.flows.contains_key(&id) {
             // The key is taken by a live flow this packet could not use: allowed, but
