@@ -176,6 +176,25 @@ fn check_generation(image: &MapImage) -> Result<()> {
     Ok(())
 }
 
+/// Checks that every counter slot of the image is a rule's slot within the capacity.
+fn check_slots(image: &MapImage, cap: u32) -> Result<()> {
+    let slot_values = image
+        .slots
+        .by_rule
+        .values()
+        .copied()
+        .chain(image.ports.values().flat_map(rule_slots));
+    for s in slot_values {
+        if s == sg_common::NO_RULE_SLOT || s >= cap {
+            bail!(
+                "the image uses counter slot {s}, outside 1..{cap}; hint: raise the rule slot \
+                 capacity or recompile with it"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Dataplane {
     /// Makes `image` the enforced policy, atomically (see the module comment). On error the
     /// previous policy is still enforced and the kernel holds nothing of the new one (unless
@@ -183,22 +202,8 @@ impl Dataplane {
     pub fn apply(&mut self, image: &MapImage) -> Result<ApplyReport> {
         let start = Instant::now();
         check_generation(image)?;
+        check_slots(image, self.caps.rule_slots)?;
         let g = image.generation;
-        let cap = self.caps.rule_slots;
-        let slot_values = image
-            .slots
-            .by_rule
-            .values()
-            .copied()
-            .chain(image.ports.values().flat_map(rule_slots));
-        for s in slot_values {
-            if s == sg_common::NO_RULE_SLOT || s >= cap {
-                bail!(
-                    "the image uses counter slot {s}, outside 1..{cap}; hint: raise the rule slot \
-                     capacity or recompile with it"
-                );
-            }
-        }
 
         let mut report = ApplyReport {
             generation: g,
@@ -241,25 +246,7 @@ impl Dataplane {
             .zero_counters(&zero)
             .and_then(|()| self.write_generation(image));
         let flipped = written.and_then(|n| self.flip(g).map(|()| n));
-        let n = match flipped {
-            Ok(n) => n,
-            Err(e) => {
-                let left = self.clear_generation(g);
-                let live = self.mirror.active;
-                return Err(match left {
-                    Ok(_) => e.context(format!(
-                        "apply of generation {g} failed and was rolled back; generation {live} \
-                         is still enforced"
-                    )),
-                    Err(e2) => e.context(format!(
-                        "apply of generation {g} failed and the rollback failed too ({e2:#}); \
-                         generation {live} is still enforced, {} entries of generation {g} \
-                         remain and will be cleared by the next apply",
-                        self.mirror.gens[g as usize].len()
-                    )),
-                });
-            }
-        };
+        let n = flipped.map_err(|e| self.roll_back(g, e))?;
         report.written = n;
         report.entries = image.ifaces.len() + image.peers.len() + image.ports.len();
         report.counters_zeroed = zero.len();
@@ -270,6 +257,24 @@ impl Dataplane {
             .known_slots
             .extend(image.ports.values().flat_map(rule_slots));
         Ok(report)
+    }
+
+    /// Deletes what a failed apply wrote of generation `g` (not live), and says so on `e`.
+    fn roll_back(&mut self, g: u32, e: anyhow::Error) -> anyhow::Error {
+        let left = self.clear_generation(g);
+        let live = self.mirror.active;
+        match left {
+            Ok(_) => e.context(format!(
+                "apply of generation {g} failed and was rolled back; generation {live} is still \
+                 enforced"
+            )),
+            Err(e2) => e.context(format!(
+                "apply of generation {g} failed and the rollback failed too ({e2:#}); generation \
+                 {live} is still enforced, {} entries of generation {g} remain and will be \
+                 cleared by the next apply",
+                self.mirror.gens[g as usize].len()
+            )),
+        }
     }
 
     /// Applies a membership change ([`crate::compile::membership_delta`]) to the live
