@@ -1270,6 +1270,14 @@ impl<'n> Cfn<'n, '_> {
         }
     }
 
+    /// A network interface's GroupSet, with where it is; without one, the VPC default group.
+    fn group_set(&mut self, f: &Fields<'n>, at: &Origin, what: &str) -> (Vec<L<String>>, Origin) {
+        match f.get("GroupSet") {
+            Some(g) => (self.group_list(&g), g.origin(self.sink)),
+            None => (self.no_groups(at, what), at.clone()),
+        }
+    }
+
     fn no_groups(&mut self, at: &Origin, what: &str) -> Vec<L<String>> {
         self.sink.warn_hint(
             at,
@@ -1449,16 +1457,11 @@ impl<'n> Cfn<'n, '_> {
             return None;
         }
         let nic_origin = nf.origin(self.sink);
-        let (groups, groups_at) = match nf.get("GroupSet") {
-            Some(g) => (self.group_list(&g), g.origin(self.sink)),
-            None => (
-                self.no_groups(
-                    &nic_origin,
-                    &format!("network interface {n} of instance {logical}"),
-                ),
-                nic_origin.clone(),
-            ),
-        };
+        let (groups, groups_at) = self.group_set(
+            nf,
+            &nic_origin,
+            &format!("network interface {n} of instance {logical}"),
+        );
         let mut addresses = Vec::new();
         self.addresses(nf, &mut addresses);
         let timeouts = self.conntrack(nf);
@@ -1537,13 +1540,8 @@ impl<'n> Cfn<'n, '_> {
             Some(p) => {
                 self.warn_unknown(p, "AWS::EC2::NetworkInterface", ENI_PROPS);
                 let (tag_name, device) = self.tags(p);
-                let (groups, groups_at) = match p.get("GroupSet") {
-                    Some(g) => (self.group_list(&g), g.origin(self.sink)),
-                    None => (
-                        self.no_groups(&origin, &format!("network interface {logical}")),
-                        origin.clone(),
-                    ),
-                };
+                let (groups, groups_at) =
+                    self.group_set(p, &origin, &format!("network interface {logical}"));
                 let mut addresses = Vec::new();
                 self.addresses(p, &mut addresses);
                 (

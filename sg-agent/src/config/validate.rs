@@ -195,12 +195,11 @@ fn prefix_lists(ctx: &mut Ctx, d: &Draft) {
             continue;
         }
         if let Some(first) = seen.get(&pl.id.v) {
-            sink.error(
+            twice(
+                sink,
                 &pl.id.at,
-                format!(
-                    "prefix list {} is defined twice (first at line {}, column {})",
-                    pl.id.v, first.line, first.column
-                ),
+                format!("prefix list {} is defined twice", pl.id.v),
+                first,
             );
             continue;
         }
@@ -334,12 +333,11 @@ fn prefix_list_entries(
             Some(_) => {}
         }
         if let Some(first) = entry_seen.get(&net) {
-            sink.error(
+            twice(
+                sink,
                 &e.cidr.at,
-                format!(
-                    "{net} is listed twice in prefix list {} (first at line {}, column {})",
-                    pl.id.v, first.line, first.column
-                ),
+                format!("{net} is listed twice in prefix list {}", pl.id.v),
+                first,
             );
             continue;
         }
@@ -347,6 +345,17 @@ fn prefix_list_entries(
         entries.push(net);
     }
     entries
+}
+
+/// Reports `what` (a thing defined or listed twice) at `at`, pointing at the first one.
+fn twice(sink: &mut Sink, at: &Origin, what: String, first: &Origin) {
+    sink.error(
+        at,
+        format!(
+            "{what} (first at line {}, column {})",
+            first.line, first.column
+        ),
+    );
 }
 
 fn check_text(sink: &mut Sink, t: &Option<L<String>>) {
@@ -682,12 +691,11 @@ fn group_ids<'d>(ctx: &mut Ctx, d: &'d Draft) -> Vec<&'d DGroup> {
             continue;
         }
         if let Some(first) = seen.get(g.id.v.as_str()) {
-            ctx.sink.error(
+            twice(
+                ctx.sink,
                 &g.id.at,
-                format!(
-                    "security group {} is defined twice (first at line {}, column {})",
-                    g.id.v, first.line, first.column
-                ),
+                format!("security group {} is defined twice", g.id.v),
+                first,
             );
             continue;
         }
@@ -829,12 +837,11 @@ fn interfaces(ctx: &mut Ctx, d: &Draft, q: &Quotas, defaults: Timeouts) -> Vec<I
         let sink = &mut *ctx.sink;
         let mut ok = true;
         if let Some(first) = names.get(i.name.v.as_str()) {
-            sink.error(
+            twice(
+                sink,
                 &i.name.at,
-                format!(
-                    "interface {} is defined twice (first at line {}, column {})",
-                    i.name.v, first.line, first.column
-                ),
+                format!("interface {} is defined twice", i.name.v),
+                first,
             );
             ok = false;
         } else {
