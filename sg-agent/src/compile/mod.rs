@@ -232,13 +232,7 @@ pub fn compile_indexed(
     };
     // 6. C4 per scope, direction (ingress, egress) and family (V4, V6): for the port pages
     // and for the interfaces' TRACKED_ONLY flags.
-    let c4: BTreeMap<&Vec<GroupId>, [[Untracked; 2]; 2]> = scope_ids
-        .keys()
-        .map(|set| {
-            let per_dir = [Direction::Ingress, Direction::Egress].map(|d| scope_c4(policy, set, d));
-            (*set, per_dir)
-        })
-        .collect();
+    let c4 = untracked_by_scope(policy, scope_ids.keys().copied());
     for (iface, ifindex) in &bound {
         let set = group_set(iface);
         let key = IfaceKey {
@@ -331,6 +325,18 @@ fn bound_interfaces<'p>(
         bound.push((iface, ifindex));
     }
     Ok(bound)
+}
+
+/// Step 6 for every scope: its untracked ports, per direction (ingress, egress) and family.
+fn untracked_by_scope<'s>(
+    policy: &Policy,
+    sets: impl Iterator<Item = &'s Vec<GroupId>>,
+) -> BTreeMap<&'s Vec<GroupId>, [[Untracked; 2]; 2]> {
+    sets.map(|set| {
+        let per_dir = [Direction::Ingress, Direction::Egress].map(|d| scope_c4(policy, set, d));
+        (set, per_dir)
+    })
+    .collect()
 }
 
 /// An interface's groups as a set: its scope (order and repeats do not matter).
