@@ -1603,33 +1603,10 @@ impl<'n> Cfn<'n, '_> {
 
     fn finish(&mut self, d: &mut Draft) {
         for (id, at) in std::mem::take(&mut self.external_groups) {
-            d.groups.push(DGroup {
-                id: L::new(id, at.clone()),
-                check_id: true,
-                name: None,
-                description: None,
-                ingress: Some(Vec::new()),
-                ingress_at: at.clone(),
-                egress: Some(Vec::new()),
-                egress_at: at.clone(),
-                extra: Vec::new(),
-                default_group: false,
-                external: true,
-                at,
-            });
+            d.groups.push(DGroup::external(id, at));
         }
         for (id, at) in std::mem::take(&mut self.external_pls) {
-            d.prefix_lists.push(DPrefixList {
-                id: L::new(id, at.clone()),
-                check_id: true,
-                name: None,
-                family: None,
-                max_entries: None,
-                version: None,
-                entries: Vec::new(),
-                external: true,
-                at,
-            });
+            d.prefix_lists.push(DPrefixList::external(id, at));
         }
         if let Some(at) = self.default_needed.take()
             && !d.groups.iter().any(|g| g.id.v == DEFAULT_GROUP_ID)

@@ -97,20 +97,7 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
             &at,
             format!("security group {id} is not in this output; it has no members here, so rules referencing it allow nothing"),
         );
-        d.groups.push(DGroup {
-            id: L::new(id, at.clone()),
-            check_id: true,
-            name: None,
-            description: None,
-            ingress: Some(Vec::new()),
-            ingress_at: at.clone(),
-            egress: Some(Vec::new()),
-            egress_at: at.clone(),
-            extra: Vec::new(),
-            default_group: false,
-            external: true,
-            at,
-        });
+        d.groups.push(DGroup::external(id, at));
     }
     for (id, at) in refs.prefix_lists {
         if d.prefix_lists.iter().any(|p| p.id.v == id) {
@@ -121,17 +108,7 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
             format!("prefix list {id} is not in this output; its entries are unknown, so rules using it allow nothing"),
             "add a PrefixLists section (describe-managed-prefix-lists output with Entries)",
         );
-        d.prefix_lists.push(DPrefixList {
-            id: L::new(id, at.clone()),
-            check_id: true,
-            name: None,
-            family: None,
-            max_entries: None,
-            version: None,
-            entries: Vec::new(),
-            external: true,
-            at,
-        });
+        d.prefix_lists.push(DPrefixList::external(id, at));
     }
     d
 }
