@@ -625,10 +625,8 @@ impl<'n> Cfn<'n, '_> {
             Val::Group(g) => Some(g),
             Val::Str(s) => {
                 let t = s.v.trim();
-                if let Some((_, (id, _))) = self.groups.iter().find(|(logical, (id, name))| {
-                    *logical == t || id == t || name.as_deref() == Some(t)
-                }) {
-                    return Some(L::new(id.clone(), s.at));
+                if let Some(id) = defined(&self.groups, t) {
+                    return Some(L::new(id.to_string(), s.at));
                 }
                 if looks_like_group_id(t) {
                     if !self.external_groups.contains_key(t) {
@@ -671,10 +669,8 @@ impl<'n> Cfn<'n, '_> {
             Val::PrefixList(p) => Some(p),
             Val::Str(s) => {
                 let t = s.v.trim();
-                if let Some((_, (id, _))) = self.pls.iter().find(|(logical, (id, name))| {
-                    *logical == t || id == t || name.as_deref() == Some(t)
-                }) {
-                    return Some(L::new(id.clone(), s.at));
+                if let Some(id) = defined(&self.pls, t) {
+                    return Some(L::new(id.to_string(), s.at));
                 }
                 if looks_like_prefix_list_id(t) {
                     if !self.external_pls.contains_key(t) {
@@ -1627,6 +1623,18 @@ impl<'n> Cfn<'n, '_> {
             });
         }
     }
+}
+
+/// The id of the group or prefix list of the template that `t` names by logical id, id or
+/// name (`defined`: logical id -> (id, name), as `Cfn.groups` and `Cfn.pls` hold them).
+fn defined<'a>(
+    defined: &'a BTreeMap<String, (String, Option<String>)>,
+    t: &str,
+) -> Option<&'a str> {
+    defined
+        .iter()
+        .find(|(logical, (id, name))| *logical == t || id == t || name.as_deref() == Some(t))
+        .map(|(_, (id, _))| id.as_str())
 }
 
 /// Which entry of an instance's NetworkInterfaces is read, and whose.
