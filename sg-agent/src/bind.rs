@@ -88,151 +88,153 @@ fn list(addrs: &[IpAddr]) -> String {
 /// Decides which policy interface each local device carries (see the module's rules).
 pub fn bind(policy: &Policy, local: &[LocalIface]) -> Result<Vec<Binding>, BindError> {
     let mut problems = Vec::new();
-    // local index -> claims (policy interface index, strength)
+    // Rules 1 and 2: local index -> claims (policy interface index, strength).
     let mut claims: BTreeMap<usize, Vec<(usize, Strength)>> = BTreeMap::new();
-    let names: Vec<&str> = local.iter().map(|l| l.name.as_str()).collect();
     for (pi, p) in policy.interfaces.iter().enumerate() {
-        // Local devices holding one of p's addresses, and which addresses.
-        let mut holders: Vec<(usize, Vec<IpAddr>)> = Vec::new();
-        for (li, l) in local.iter().enumerate() {
-            let shared: Vec<IpAddr> = p
-                .addresses
-                .iter()
-                .filter(|a| l.addresses.contains(a))
-                .copied()
-                .collect();
-            if !shared.is_empty() {
-                holders.push((li, shared));
-            }
-        }
-        match &p.device {
-            Some(d) => match local.iter().position(|l| &l.name == d) {
-                Some(li) => {
-                    let elsewhere: Vec<&(usize, Vec<IpAddr>)> =
-                        holders.iter().filter(|(h, _)| *h != li).collect();
-                    if let Some((other, addrs)) = elsewhere.first() {
-                        problems.push(BindProblem {
-                            message: format!(
-                                "interface {} names device {d}, but its address {} is on {}",
-                                p.name,
-                                list(addrs),
-                                local[*other].name
-                            ),
-                            hint: Some("fix `device:` or the interface's addresses".into()),
-                        });
-                        continue;
-                    }
-                    let strength = if holders.is_empty()
-                        && !p.addresses.is_empty()
-                        && !local[li].addresses.is_empty()
-                    {
-                        Strength::Weak
-                    } else {
-                        Strength::Strong
-                    };
-                    claims.entry(li).or_default().push((pi, strength));
-                }
-                None => {
-                    if let Some((h, addrs)) = holders.first() {
-                        problems.push(BindProblem {
-                            message: format!(
-                                "interface {} names device {d}, which does not exist here, but its address {} is on {}",
-                                p.name,
-                                list(addrs),
-                                local[*h].name
-                            ),
-                            hint: Some(format!("fix `device:` (local devices: {})", names.join(", "))),
-                        });
-                    }
-                }
-            },
-            None => match holders.len() {
-                0 => {}
-                1 => claims
-                    .entry(holders[0].0)
-                    .or_default()
-                    .push((pi, Strength::Strong)),
-                _ => {
-                    let spread: Vec<String> = holders
-                        .iter()
-                        .map(|(h, a)| format!("{} on {}", list(a), local[*h].name))
-                        .collect();
-                    problems.push(BindProblem {
-                        message: format!(
-                            "interface {}'s addresses are on several devices ({})",
-                            p.name,
-                            spread.join("; ")
-                        ),
-                        hint: Some(
-                            "add `device:` to say which device carries the interface".into(),
-                        ),
-                    });
-                }
-            },
+        match claim(p, local) {
+            Ok(Some((li, strength))) => claims.entry(li).or_default().push((pi, strength)),
+            Ok(None) => {}
+            Err(problem) => problems.push(problem),
         }
     }
+    // Rule 3, per device; out is in policy order.
     let mut out: Vec<(usize, Binding)> = Vec::new();
     for (li, cs) in claims {
         let l = &local[li];
-        let strong: Vec<&Interface> = cs
-            .iter()
-            .filter(|(_, s)| *s == Strength::Strong)
-            .map(|(pi, _)| &policy.interfaces[*pi])
-            .collect();
-        let weak: Vec<&Interface> = cs
-            .iter()
-            .filter(|(_, s)| *s == Strength::Weak)
-            .map(|(pi, _)| &policy.interfaces[*pi])
-            .collect();
-        let chosen = match (strong.as_slice(), weak.as_slice()) {
-            ([one], _) => *one,
-            ([], [one]) => {
-                problems.push(BindProblem {
-                    message: format!(
-                        "interface {} names device {}, but {} has none of its addresses ({}; the device has {})",
-                        one.name,
-                        l.name,
-                        l.name,
-                        list(&one.addresses),
-                        list(&l.addresses)
-                    ),
-                    hint: Some("fix the addresses, or remove them to bind by device name alone".into()),
-                });
-                continue;
-            }
-            _ => {
-                let many = if strong.is_empty() { &weak } else { &strong };
-                let who: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
-                problems.push(BindProblem {
-                    message: format!(
-                        "device {} matches several policy interfaces: {}",
-                        l.name,
-                        who.join(", ")
-                    ),
-                    hint: Some("a device carries one policy interface: give them distinct addresses or `device:` names".into()),
-                });
-                continue;
-            }
-        };
-        let pi = policy
-            .interfaces
-            .iter()
-            .position(|i| std::ptr::eq(i, chosen))
-            .unwrap_or(usize::MAX);
-        out.push((
-            pi,
-            Binding {
-                interface: chosen.name.clone(),
-                device: l.name.clone(),
-                ifindex: l.ifindex,
-            },
-        ));
+        match choose(policy, l, &cs) {
+            Ok(pi) => out.push((
+                pi,
+                Binding {
+                    interface: policy.interfaces[pi].name.clone(),
+                    device: l.name.clone(),
+                    ifindex: l.ifindex,
+                },
+            )),
+            Err(problem) => problems.push(problem),
+        }
     }
     if !problems.is_empty() {
         return Err(BindError { problems });
     }
     out.sort_by_key(|(pi, _)| *pi);
     Ok(out.into_iter().map(|(_, b)| b).collect())
+}
+
+/// The local device policy interface `p` claims, and how strongly (rules 1 and 2); None when
+/// it claims none (rule 4: another host's).
+fn claim(p: &Interface, local: &[LocalIface]) -> Result<Option<(usize, Strength)>, BindProblem> {
+    // Local devices holding one of p's addresses, and which addresses.
+    let mut holders: Vec<(usize, Vec<IpAddr>)> = Vec::new();
+    for (li, l) in local.iter().enumerate() {
+        let shared: Vec<IpAddr> = p
+            .addresses
+            .iter()
+            .filter(|a| l.addresses.contains(a))
+            .copied()
+            .collect();
+        if !shared.is_empty() {
+            holders.push((li, shared));
+        }
+    }
+    let Some(d) = &p.device else {
+        return match holders.as_slice() {
+            [] => Ok(None),
+            [(li, _)] => Ok(Some((*li, Strength::Strong))),
+            _ => {
+                let spread: Vec<String> = holders
+                    .iter()
+                    .map(|(h, a)| format!("{} on {}", list(a), local[*h].name))
+                    .collect();
+                Err(BindProblem {
+                    message: format!(
+                        "interface {}'s addresses are on several devices ({})",
+                        p.name,
+                        spread.join("; ")
+                    ),
+                    hint: Some("add `device:` to say which device carries the interface".into()),
+                })
+            }
+        };
+    };
+    let Some(li) = local.iter().position(|l| &l.name == d) else {
+        let Some((h, addrs)) = holders.first() else {
+            return Ok(None);
+        };
+        let names: Vec<&str> = local.iter().map(|l| l.name.as_str()).collect();
+        return Err(BindProblem {
+            message: format!(
+                "interface {} names device {d}, which does not exist here, but its address {} is on {}",
+                p.name,
+                list(addrs),
+                local[*h].name
+            ),
+            hint: Some(format!(
+                "fix `device:` (local devices: {})",
+                names.join(", ")
+            )),
+        });
+    };
+    if let Some((other, addrs)) = holders.iter().find(|(h, _)| *h != li) {
+        return Err(BindProblem {
+            message: format!(
+                "interface {} names device {d}, but its address {} is on {}",
+                p.name,
+                list(addrs),
+                local[*other].name
+            ),
+            hint: Some("fix `device:` or the interface's addresses".into()),
+        });
+    }
+    let strength =
+        if holders.is_empty() && !p.addresses.is_empty() && !local[li].addresses.is_empty() {
+            Strength::Weak
+        } else {
+            Strength::Strong
+        };
+    Ok(Some((li, strength)))
+}
+
+/// The one policy interface device `l` carries, among its claims `cs` (rule 3).
+fn choose(policy: &Policy, l: &LocalIface, cs: &[(usize, Strength)]) -> Result<usize, BindProblem> {
+    let of = |want: Strength| -> Vec<usize> {
+        cs.iter()
+            .filter(|(_, s)| *s == want)
+            .map(|(pi, _)| *pi)
+            .collect()
+    };
+    let (strong, weak) = (of(Strength::Strong), of(Strength::Weak));
+    match (strong.as_slice(), weak.as_slice()) {
+        ([one], _) => Ok(*one),
+        ([], [one]) => {
+            let one = &policy.interfaces[*one];
+            Err(BindProblem {
+                message: format!(
+                    "interface {} names device {}, but {} has none of its addresses ({}; the device has {})",
+                    one.name,
+                    l.name,
+                    l.name,
+                    list(&one.addresses),
+                    list(&l.addresses)
+                ),
+                hint: Some("fix the addresses, or remove them to bind by device name alone".into()),
+            })
+        }
+        _ => {
+            let many = if strong.is_empty() { &weak } else { &strong };
+            let who: Vec<&str> = many
+                .iter()
+                .map(|&pi| policy.interfaces[pi].name.as_str())
+                .collect();
+            Err(BindProblem {
+                message: format!(
+                    "device {} matches several policy interfaces: {}",
+                    l.name,
+                    who.join(", ")
+                ),
+                hint: Some("a device carries one policy interface: give them distinct addresses or `device:` names".into()),
+            })
+        }
+    }
 }
 
 /// Frees getifaddrs' list however the walk ends.

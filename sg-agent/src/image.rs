@@ -1,6 +1,7 @@
 //! MapImage: the complete contents of the policy maps for one generation, as plain sorted maps
 //! of sg-common keys and values. The compiler produces it (pure); the dataplane writes it
-//! (diff against what is loaded, then the generation flip); `lookup` reads it like the kernel.
+//! (diff against what is loaded, then the generation flip); the test kit's lookup oracle
+//! (`sg_testkit::lookup`) reads it like the kernel.
 //!
 //! Rule counter slots live here too: a slot is the index of a rule's counter in the kernel and
 //! must stay the same across applies for an unchanged rule id.

@@ -852,6 +852,7 @@ mod tests {
         l4_ok: bool,
     }
 
+    /// Parses a frame the builders made, checking its lengths and checksums on the way.
     fn parse(f: &[u8]) -> Parsed {
         let mut off = 12;
         let mut tags = Vec::new();
@@ -864,81 +865,84 @@ mod tests {
         off += 2;
         let ip = &f[off..];
         match et {
-            0x0800 => {
-                let ihl = (ip[0] & 15) as usize * 4;
-                assert_eq!(ip[0] >> 4, 4);
-                assert_eq!(ones_sum(&ip[..ihl]), 0xffff, "IPv4 header checksum");
-                let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-                assert_eq!(total, ip.len(), "IPv4 total length");
-                let fo = u16::from_be_bytes([ip[6], ip[7]]);
-                let frag = (fo & 0x3fff != 0).then(|| {
-                    (
-                        u16::from_be_bytes([ip[4], ip[5]]) as u32,
-                        fo & 0x2000 != 0,
-                        (fo & 0x1fff) * 8,
-                    )
-                });
-                let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
-                let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
-                let l4 = ip[ihl..].to_vec();
-                let proto = ip[9];
-                let l4_ok = l4_checksum_ok(src, dst, proto, &l4, frag.is_some_and(|f| f.2 > 0));
-                Parsed {
-                    tags,
-                    ethertype: et,
-                    src,
-                    dst,
-                    proto,
-                    frag,
-                    exts: vec![],
-                    l4,
-                    l4_ok,
-                }
-            }
-            0x86dd => {
-                assert_eq!(ip[0] >> 4, 6);
-                let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-                assert_eq!(plen + 40, ip.len(), "IPv6 payload length");
-                let mut s = [0u8; 16];
-                s.copy_from_slice(&ip[8..24]);
-                let mut d = [0u8; 16];
-                d.copy_from_slice(&ip[24..40]);
-                let (src, dst) = (IpAddr::from(s), IpAddr::from(d));
-                let mut next = ip[6];
-                let mut o = 40;
-                let mut exts = vec![];
-                let mut frag = None;
-                while matches!(next, 0 | 43 | 44 | 51 | 60) {
-                    exts.push(next);
-                    let len = match next {
-                        44 => {
-                            let fo = u16::from_be_bytes([ip[o + 2], ip[o + 3]]);
-                            let id =
-                                u32::from_be_bytes([ip[o + 4], ip[o + 5], ip[o + 6], ip[o + 7]]);
-                            frag = Some((id, fo & 1 != 0, fo & 0xfff8));
-                            8
-                        }
-                        51 => (ip[o + 1] as usize + 2) * 4,
-                        _ => (ip[o + 1] as usize + 1) * 8,
-                    };
-                    next = ip[o];
-                    o += len;
-                }
-                let l4 = ip[o..].to_vec();
-                let l4_ok = l4_checksum_ok(src, dst, next, &l4, frag.is_some_and(|f| f.2 > 0));
-                Parsed {
-                    tags,
-                    ethertype: et,
-                    src,
-                    dst,
-                    proto: next,
-                    frag,
-                    exts,
-                    l4,
-                    l4_ok,
-                }
-            }
+            0x0800 => parse_v4(ip, tags),
+            0x86dd => parse_v6(ip, tags),
             _ => panic!("not IP"),
+        }
+    }
+
+    fn parse_v4(ip: &[u8], tags: Vec<(u16, u16)>) -> Parsed {
+        let ihl = (ip[0] & 15) as usize * 4;
+        assert_eq!(ip[0] >> 4, 4);
+        assert_eq!(ones_sum(&ip[..ihl]), 0xffff, "IPv4 header checksum");
+        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        assert_eq!(total, ip.len(), "IPv4 total length");
+        let fo = u16::from_be_bytes([ip[6], ip[7]]);
+        let frag = (fo & 0x3fff != 0).then(|| {
+            (
+                u16::from_be_bytes([ip[4], ip[5]]) as u32,
+                fo & 0x2000 != 0,
+                (fo & 0x1fff) * 8,
+            )
+        });
+        let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
+        let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+        let l4 = ip[ihl..].to_vec();
+        let proto = ip[9];
+        let l4_ok = l4_checksum_ok(src, dst, proto, &l4, frag.is_some_and(|f| f.2 > 0));
+        Parsed {
+            tags,
+            ethertype: 0x0800,
+            src,
+            dst,
+            proto,
+            frag,
+            exts: vec![],
+            l4,
+            l4_ok,
+        }
+    }
+
+    fn parse_v6(ip: &[u8], tags: Vec<(u16, u16)>) -> Parsed {
+        assert_eq!(ip[0] >> 4, 6);
+        let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+        assert_eq!(plen + 40, ip.len(), "IPv6 payload length");
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&ip[8..24]);
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&ip[24..40]);
+        let (src, dst) = (IpAddr::from(s), IpAddr::from(d));
+        let mut next = ip[6];
+        let mut o = 40;
+        let mut exts = vec![];
+        let mut frag = None;
+        while matches!(next, 0 | 43 | 44 | 51 | 60) {
+            exts.push(next);
+            let len = match next {
+                44 => {
+                    let fo = u16::from_be_bytes([ip[o + 2], ip[o + 3]]);
+                    let id = u32::from_be_bytes([ip[o + 4], ip[o + 5], ip[o + 6], ip[o + 7]]);
+                    frag = Some((id, fo & 1 != 0, fo & 0xfff8));
+                    8
+                }
+                51 => (ip[o + 1] as usize + 2) * 4,
+                _ => (ip[o + 1] as usize + 1) * 8,
+            };
+            next = ip[o];
+            o += len;
+        }
+        let l4 = ip[o..].to_vec();
+        let l4_ok = l4_checksum_ok(src, dst, next, &l4, frag.is_some_and(|f| f.2 > 0));
+        Parsed {
+            tags,
+            ethertype: 0x86dd,
+            src,
+            dst,
+            proto: next,
+            frag,
+            exts,
+            l4,
+            l4_ok,
         }
     }
 

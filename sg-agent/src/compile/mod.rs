@@ -212,53 +212,13 @@ pub fn compile_indexed(
     let gen_bit = opts.generation << 31;
 
     // 1. Rules in id order, and their slots.
-    let mut rules: Vec<&crate::policy::Rule> = policy.all_rules().collect();
-    rules.sort_by(|a, b| a.id.cmp(&b.id));
-    if let Some(w) = rules.windows(2).find(|w| w[0].id == w[1].id) {
-        return Err(CompileError::DuplicateRuleId(w[0].id.to_string()));
-    }
-    let slots = SlotTable::assign(
-        previous_slots,
-        rules.iter().map(|r| &r.id),
-        opts.slot_capacity,
-    )
-    .map_err(CompileError::Slots)?;
-    let table = RuleTable {
-        winner: rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.id.clone(), i as Winner))
-            .collect(),
-        points: rules.iter().map(|r| points(&r.protocol)).collect(),
-        slot_of: rules
-            .iter()
-            .map(|r| slots.slot(&r.id).expect("assign gives every id a slot"))
-            .collect(),
-    };
+    let (table, slots) = rule_table(policy, previous_slots, opts.slot_capacity)?;
 
     // 2. Membership (R1): all interfaces, bound or not.
     let members = memberships(policy)?;
 
     // 3. Scopes of the bound interfaces.
-    let mut bound: Vec<(&crate::policy::Interface, u32)> = Vec::new();
-    let mut by_ifindex: BTreeMap<u32, &str> = BTreeMap::new();
-    for (name, &ifindex) in bindings {
-        let iface = policy
-            .interface(name)
-            .ok_or_else(|| CompileError::UnknownInterface(name.clone()))?;
-        if let Some(first) = by_ifindex.insert(ifindex, name) {
-            return Err(CompileError::DuplicateIfindex {
-                ifindex,
-                first: first.to_string(),
-                second: name.clone(),
-            });
-        }
-        bound.push((iface, ifindex));
-    }
-    let group_set = |i: &crate::policy::Interface| -> Vec<GroupId> {
-        let set: BTreeSet<GroupId> = i.groups.iter().cloned().collect();
-        set.into_iter().collect()
-    };
+    let bound = bound_interfaces(policy, bindings)?;
     let sets: BTreeSet<Vec<GroupId>> = bound.iter().map(|(i, _)| group_set(i)).collect();
     let mut ids = Ids::new(gen_bit);
     let mut scope_ids: BTreeMap<&Vec<GroupId>, (u32, u32)> = BTreeMap::new();
@@ -272,37 +232,15 @@ pub fn compile_indexed(
     };
     // 6. C4 per scope, direction (ingress, egress) and family (V4, V6): for the port pages
     // and for the interfaces' TRACKED_ONLY flags.
-    let c4: BTreeMap<&Vec<GroupId>, [[Untracked; 2]; 2]> = scope_ids
-        .keys()
-        .map(|set| {
-            let per_dir = [Direction::Ingress, Direction::Egress].map(|d| scope_c4(policy, set, d));
-            (*set, per_dir)
-        })
-        .collect();
+    let c4 = untracked_by_scope(policy, scope_ids.keys().copied());
     for (iface, ifindex) in &bound {
         let set = group_set(iface);
-        let (scope_in, scope_out) = scope_ids[&set];
-        let [c4_in, c4_out] = &c4[&set];
-        let mut flags = 0;
-        if c4_in.iter().all(Untracked::is_empty) {
-            flags |= iface_flags::TRACKED_ONLY_IN;
-        }
-        if c4_out.iter().all(Untracked::is_empty) {
-            flags |= iface_flags::TRACKED_ONLY_OUT;
-        }
-        image.ifaces.insert(
-            IfaceKey {
-                generation: opts.generation,
-                ifindex: *ifindex,
-            },
-            IfaceConf {
-                scope_in,
-                scope_out,
-                flags,
-                _pad: 0,
-                timeouts: iface.timeouts,
-            },
-        );
+        let key = IfaceKey {
+            generation: opts.generation,
+            ifindex: *ifindex,
+        };
+        let conf = iface_conf(iface, scope_ids[&set], &c4[&set]);
+        image.ifaces.insert(key, conf);
     }
 
     // 4-8. Per scope: prefixes, classes, entries.
@@ -335,6 +273,99 @@ pub fn compile_indexed(
     };
     image.slots = slots;
     Ok((image, index))
+}
+
+/// Step 1: the [`RuleTable`] (rules ranked in id order), and the counter slots (kept from
+/// `previous_slots` where the id is unchanged).
+fn rule_table(
+    policy: &Policy,
+    previous_slots: &SlotTable,
+    slot_capacity: u32,
+) -> Result<(RuleTable, SlotTable), CompileError> {
+    let mut rules: Vec<&crate::policy::Rule> = policy.all_rules().collect();
+    rules.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(w) = rules.windows(2).find(|w| w[0].id == w[1].id) {
+        return Err(CompileError::DuplicateRuleId(w[0].id.to_string()));
+    }
+    let slots = SlotTable::assign(previous_slots, rules.iter().map(|r| &r.id), slot_capacity)
+        .map_err(CompileError::Slots)?;
+    let table = RuleTable {
+        winner: rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i as Winner))
+            .collect(),
+        points: rules.iter().map(|r| points(&r.protocol)).collect(),
+        slot_of: rules
+            .iter()
+            .map(|r| slots.slot(&r.id).expect("assign gives every id a slot"))
+            .collect(),
+    };
+    Ok((table, slots))
+}
+
+/// Step 3: the bound interfaces with their ifindex; one interface per ifindex.
+fn bound_interfaces<'p>(
+    policy: &'p Policy,
+    bindings: &BTreeMap<String, u32>,
+) -> Result<Vec<(&'p crate::policy::Interface, u32)>, CompileError> {
+    let mut bound = Vec::new();
+    let mut by_ifindex: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, &ifindex) in bindings {
+        let iface = policy
+            .interface(name)
+            .ok_or_else(|| CompileError::UnknownInterface(name.clone()))?;
+        if let Some(first) = by_ifindex.insert(ifindex, name) {
+            return Err(CompileError::DuplicateIfindex {
+                ifindex,
+                first: first.to_string(),
+                second: name.clone(),
+            });
+        }
+        bound.push((iface, ifindex));
+    }
+    Ok(bound)
+}
+
+/// Step 6 for every scope: its untracked ports, per direction (ingress, egress) and family.
+fn untracked_by_scope<'s>(
+    policy: &Policy,
+    sets: impl Iterator<Item = &'s Vec<GroupId>>,
+) -> BTreeMap<&'s Vec<GroupId>, [[Untracked; 2]; 2]> {
+    sets.map(|set| {
+        let per_dir = [Direction::Ingress, Direction::Egress].map(|d| scope_c4(policy, set, d));
+        (set, per_dir)
+    })
+    .collect()
+}
+
+/// An interface's groups as a set: its scope (order and repeats do not matter).
+fn group_set(i: &crate::policy::Interface) -> Vec<GroupId> {
+    let set: BTreeSet<GroupId> = i.groups.iter().cloned().collect();
+    set.into_iter().collect()
+}
+
+/// An interface's SG_IFACES value: its scopes, and TRACKED_ONLY for a direction whose scope
+/// has no untracked ports (C4) in either family.
+fn iface_conf(
+    iface: &crate::policy::Interface,
+    (scope_in, scope_out): (u32, u32),
+    [c4_in, c4_out]: &[[Untracked; 2]; 2],
+) -> IfaceConf {
+    let mut flags = 0;
+    if c4_in.iter().all(Untracked::is_empty) {
+        flags |= iface_flags::TRACKED_ONLY_IN;
+    }
+    if c4_out.iter().all(Untracked::is_empty) {
+        flags |= iface_flags::TRACKED_ONLY_OUT;
+    }
+    IfaceConf {
+        scope_in,
+        scope_out,
+        flags,
+        _pad: 0,
+        timeouts: iface.timeouts,
+    }
 }
 
 /// Step 6 for one scope: the untracked ports per family (V4, V6).

@@ -214,26 +214,7 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
         external_pls: BTreeMap::new(),
         default_needed: None,
     };
-    if let Some(p) = top.get("Parameters")
-        && let Some(pf) = fields(c.sink, &p, "Parameters")
-    {
-        for (name, _, v) in pf.entries() {
-            let Some(f) = fields(c.sink, &v, "a parameter") else {
-                continue;
-            };
-            let is_list = f
-                .get("Type")
-                .and_then(|t| plain_literal(&t))
-                .is_some_and(|t| t.starts_with("List<") || t == "CommaDelimitedList");
-            c.params.insert(
-                name,
-                Param {
-                    default: f.get("Default"),
-                    is_list,
-                },
-            );
-        }
-    }
+    c.parameters(&top);
     let Some(resources) = top.get("Resources") else {
         c.sink.error_hint(
             &top.origin(c.sink),
@@ -245,36 +226,7 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
     let Some(rf) = fields(c.sink, &resources, "Resources") else {
         return d;
     };
-    for (logical, _, v) in rf.entries() {
-        let Some(f) = fields(c.sink, &v, "a resource") else {
-            continue;
-        };
-        f.check_keys(c.sink, "a resource", RESOURCE_KEYS);
-        let Some(ty) = f.get("Type").and_then(|t| plain_literal(&t)) else {
-            c.sink.error(
-                &f.origin(c.sink),
-                format!("resource {logical} has no `Type`"),
-            );
-            continue;
-        };
-        if let Some(cond) = f.get("Condition") {
-            c.sink.warn(
-                &cond.origin(c.sink),
-                format!("conditions are not evaluated: resource {logical} is included"),
-            );
-        }
-        let props = match f.get("Properties") {
-            Some(p) => fields(c.sink, &p, "Properties"),
-            None => None,
-        };
-        c.by_logical.insert(logical.clone(), c.res.len());
-        c.res.push(Res {
-            logical,
-            ty,
-            props,
-            at: v,
-        });
-    }
+    c.resources(&rf);
     c.index();
     c.prefix_lists(&mut d);
     c.groups(&mut d);
@@ -284,6 +236,81 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
 }
 
 impl<'n> Cfn<'n, '_> {
+    /// Parameters: their Default (what a Ref evaluates to) and whether they are lists.
+    fn parameters(&mut self, top: &Fields<'n>) {
+        let Some(p) = top.get("Parameters") else {
+            return;
+        };
+        let Some(pf) = fields(self.sink, &p, "Parameters") else {
+            return;
+        };
+        for (name, _, v) in pf.entries() {
+            let Some(f) = fields(self.sink, &v, "a parameter") else {
+                continue;
+            };
+            let is_list = f
+                .get("Type")
+                .and_then(|t| plain_literal(&t))
+                .is_some_and(|t| t.starts_with("List<") || t == "CommaDelimitedList");
+            self.params.insert(
+                name,
+                Param {
+                    default: f.get("Default"),
+                    is_list,
+                },
+            );
+        }
+    }
+
+    /// The resources in template order, each with its type and Properties.
+    fn resources(&mut self, rf: &Fields<'n>) {
+        for (logical, _, v) in rf.entries() {
+            let Some(f) = fields(self.sink, &v, "a resource") else {
+                continue;
+            };
+            f.check_keys(self.sink, "a resource", RESOURCE_KEYS);
+            let Some(ty) = f.get("Type").and_then(|t| plain_literal(&t)) else {
+                self.sink.error(
+                    &f.origin(self.sink),
+                    format!("resource {logical} has no `Type`"),
+                );
+                continue;
+            };
+            if let Some(cond) = f.get("Condition") {
+                self.sink.warn(
+                    &cond.origin(self.sink),
+                    format!("conditions are not evaluated: resource {logical} is included"),
+                );
+            }
+            let props = match f.get("Properties") {
+                Some(p) => fields(self.sink, &p, "Properties"),
+                None => None,
+            };
+            self.by_logical.insert(logical.clone(), self.res.len());
+            self.res.push(Res {
+                logical,
+                ty,
+                props,
+                at: v,
+            });
+        }
+    }
+
+    /// The indexes of the resources of type `ty`, in template order.
+    fn of_type(&self, ty: &str) -> Vec<usize> {
+        (0..self.res.len())
+            .filter(|&i| self.res[i].ty == ty)
+            .collect()
+    }
+
+    /// Resource `i`'s Properties (None when it has none).
+    fn props(&self, i: usize) -> Option<Fields<'n>> {
+        self.res[i]
+            .props
+            .as_ref()
+            .map(|p| Fields { at: p.at.clone() })
+    }
+
     fn index(&mut self) {
         for r in &self.res {
             let name = |key: &str| {
@@ -598,10 +625,8 @@ impl<'n> Cfn<'n, '_> {
             Val::Group(g) => Some(g),
             Val::Str(s) => {
                 let t = s.v.trim();
-                if let Some((_, (id, _))) = self.groups.iter().find(|(logical, (id, name))| {
-                    *logical == t || id == t || name.as_deref() == Some(t)
-                }) {
-                    return Some(L::new(id.clone(), s.at));
+                if let Some(id) = defined(&self.groups, t) {
+                    return Some(L::new(id.to_string(), s.at));
                 }
                 if looks_like_group_id(t) {
                     if !self.external_groups.contains_key(t) {
@@ -644,10 +669,8 @@ impl<'n> Cfn<'n, '_> {
             Val::PrefixList(p) => Some(p),
             Val::Str(s) => {
                 let t = s.v.trim();
-                if let Some((_, (id, _))) = self.pls.iter().find(|(logical, (id, name))| {
-                    *logical == t || id == t || name.as_deref() == Some(t)
-                }) {
-                    return Some(L::new(id.clone(), s.at));
+                if let Some(id) = defined(&self.pls, t) {
+                    return Some(L::new(id.to_string(), s.at));
                 }
                 if looks_like_prefix_list_id(t) {
                     if !self.external_pls.contains_key(t) {
@@ -695,113 +718,113 @@ impl<'n> Cfn<'n, '_> {
     }
 
     fn prefix_lists(&mut self, d: &mut Draft) {
-        for i in 0..self.res.len() {
-            if self.res[i].ty != PREFIX_LIST {
-                continue;
+        for i in self.of_type(PREFIX_LIST) {
+            if let Some(pl) = self.prefix_list(i) {
+                d.prefix_lists.push(pl);
             }
-            let logical = self.res[i].logical.clone();
-            let at = self.res[i].at.clone();
-            let Some(p) = self.res[i]
-                .props
-                .as_ref()
-                .map(|p| Fields { at: p.at.clone() })
-            else {
-                self.sink.error(
-                    &at.origin(self.sink),
-                    format!("prefix list {logical} has no Properties"),
-                );
-                continue;
-            };
-            p.check_keys(
-                self.sink,
-                "AWS::EC2::PrefixList Properties",
-                &[
-                    "AddressFamily",
-                    "Entries",
-                    "MaxEntries",
-                    "PrefixListName",
-                    "Tags",
-                ],
-            );
-            let family = match p.get("AddressFamily") {
-                Some(v) => {
-                    self.string(&v, "AddressFamily")
-                        .and_then(|s| match values::family(&s.v) {
-                            Ok(f) => Some(L::new(f, s.at)),
-                            Err(_) => {
-                                self.sink.error_hint(
-                                    &s.at,
-                                    format!("AddressFamily `{}` is not IPv4 or IPv6", s.v),
-                                    "use IPv4 or IPv6",
-                                );
-                                None
-                            }
-                        })
-                }
-                None => {
-                    self.sink.error(
-                        &p.origin(self.sink),
-                        format!("prefix list {logical} needs AddressFamily"),
-                    );
-                    None
-                }
-            };
-            let max_entries = match p.get("MaxEntries") {
-                Some(v) => self.int(&v, "MaxEntries"),
-                None => {
-                    self.sink.error(
-                        &p.origin(self.sink),
-                        format!("prefix list {logical} needs MaxEntries"),
-                    );
-                    None
-                }
-            };
-            let name = match p.get("PrefixListName") {
-                Some(v) => self.cosmetic(&v),
-                None => {
-                    self.sink.error(
-                        &p.origin(self.sink),
-                        format!("prefix list {logical} needs PrefixListName"),
-                    );
-                    None
-                }
-            };
-            let mut entries = Vec::new();
-            if let Some(es) = p.get("Entries")
-                && let Some(items) = list(self.sink, &es, "Entries")
-            {
-                for e in items {
-                    let Some(ef) = fields(self.sink, &e, "an entry") else {
-                        continue;
-                    };
-                    ef.check_keys(self.sink, "a prefix list entry", &["Cidr", "Description"]);
-                    let Some(c) = ef.get("Cidr") else {
-                        self.sink
-                            .error(&ef.origin(self.sink), "an entry needs a Cidr");
-                        continue;
-                    };
-                    let Some(cidr) = self.string(&c, "Cidr") else {
-                        continue;
-                    };
-                    let description = ef.get("Description").and_then(|v| self.cosmetic(&v));
-                    entries.push(DEntry { cidr, description });
-                }
-            }
-            let id = self.pls[&logical].0.clone();
-            d.prefix_lists.push(DPrefixList {
-                id: L::new(id, at.origin(self.sink)),
-                check_id: false,
-                name,
-                family,
-                max_entries,
-                version: None,
-                entries,
-                external: false,
-                at: at.origin(self.sink),
-            });
         }
     }
 
+    /// One AWS::EC2::PrefixList resource.
+    fn prefix_list(&mut self, i: usize) -> Option<DPrefixList> {
+        let logical = self.res[i].logical.clone();
+        let at = self.res[i].at.clone();
+        let Some(p) = self.props(i) else {
+            self.sink.error(
+                &at.origin(self.sink),
+                format!("prefix list {logical} has no Properties"),
+            );
+            return None;
+        };
+        p.check_keys(
+            self.sink,
+            "AWS::EC2::PrefixList Properties",
+            &[
+                "AddressFamily",
+                "Entries",
+                "MaxEntries",
+                "PrefixListName",
+                "Tags",
+            ],
+        );
+        let family = self
+            .required(&p, "AddressFamily", &format!("prefix list {logical}"))
+            .and_then(|v| self.address_family(&v));
+        let max_entries = self
+            .required(&p, "MaxEntries", &format!("prefix list {logical}"))
+            .and_then(|v| self.int(&v, "MaxEntries"));
+        let name = self
+            .required(&p, "PrefixListName", &format!("prefix list {logical}"))
+            .and_then(|v| self.cosmetic(&v));
+        let entries = self.prefix_list_entries(&p);
+        let id = self.pls[&logical].0.clone();
+        Some(DPrefixList {
+            id: L::new(id, at.origin(self.sink)),
+            check_id: false,
+            name,
+            family,
+            max_entries,
+            version: None,
+            entries,
+            external: false,
+            at: at.origin(self.sink),
+        })
+    }
+
+    /// Property `key` of `p`; its absence is an error: "`owner` needs `key`".
+    fn required(&mut self, p: &Fields<'n>, key: &str, owner: &str) -> Option<At<'n>> {
+        let v = p.get(key);
+        if v.is_none() {
+            self.sink
+                .error(&p.origin(self.sink), format!("{owner} needs {key}"));
+        }
+        v
+    }
+
+    fn address_family(&mut self, v: &At<'n>) -> Option<L<Family>> {
+        let s = self.string(v, "AddressFamily")?;
+        match values::family(&s.v) {
+            Ok(f) => Some(L::new(f, s.at)),
+            Err(_) => {
+                self.sink.error_hint(
+                    &s.at,
+                    format!("AddressFamily `{}` is not IPv4 or IPv6", s.v),
+                    "use IPv4 or IPv6",
+                );
+                None
+            }
+        }
+    }
+
+    fn prefix_list_entries(&mut self, p: &Fields<'n>) -> Vec<DEntry> {
+        let mut entries = Vec::new();
+        let Some(es) = p.get("Entries") else {
+            return entries;
+        };
+        let Some(items) = list(self.sink, &es, "Entries") else {
+            return entries;
+        };
+        for e in items {
+            let Some(ef) = fields(self.sink, &e, "an entry") else {
+                continue;
+            };
+            ef.check_keys(self.sink, "a prefix list entry", &["Cidr", "Description"]);
+            let Some(c) = ef.get("Cidr") else {
+                self.sink
+                    .error(&ef.origin(self.sink), "an entry needs a Cidr");
+                continue;
+            };
+            let Some(cidr) = self.string(&c, "Cidr") else {
+                continue;
+            };
+            let description = ef.get("Description").and_then(|v| self.cosmetic(&v));
+            entries.push(DEntry { cidr, description });
+        }
+        entries
+    }
+
+    /// One rule: inline in a group's list, or a stand-alone ingress/egress resource's
+    /// Properties (then with the group it targets).
     fn rule(
         &mut self,
         at: &At<'n>,
@@ -821,57 +844,10 @@ impl<'n> Cfn<'n, '_> {
             format!("an {} rule", dir.name())
         };
         let f = fields(self.sink, at, &what)?;
-        let mut known: Vec<&str> = vec![
-            "IpProtocol",
-            "FromPort",
-            "ToPort",
-            "CidrIp",
-            "CidrIpv6",
-            "Description",
-        ];
-        let (group_key, pl_key) = match dir {
-            Direction::Ingress => {
-                known.extend([
-                    "SourceSecurityGroupId",
-                    "SourceSecurityGroupName",
-                    "SourceSecurityGroupOwnerId",
-                    "SourcePrefixListId",
-                ]);
-                ("SourceSecurityGroupId", "SourcePrefixListId")
-            }
-            Direction::Egress => {
-                known.extend(["DestinationSecurityGroupId", "DestinationPrefixListId"]);
-                ("DestinationSecurityGroupId", "DestinationPrefixListId")
-            }
-        };
-        if standalone {
-            known.push("GroupId");
-            if dir == Direction::Ingress {
-                known.push("GroupName");
-            }
-        }
-        f.check_keys_with(self.sink, &what, &known, |k| match (k, dir) {
-            ("SourceSecurityGroupId" | "SourcePrefixListId", Direction::Egress) => {
-                Some("egress rules use DestinationSecurityGroupId / DestinationPrefixListId".into())
-            }
-            ("DestinationSecurityGroupId" | "DestinationPrefixListId", Direction::Ingress) => {
-                Some("ingress rules use SourceSecurityGroupId / SourcePrefixListId".into())
-            }
-            _ => None,
-        });
+        self.check_rule_keys(&f, &what, dir, standalone);
         let rule_at = f.origin(self.sink);
         let target = if standalone {
-            match (f.get("GroupId"), f.get("GroupName")) {
-                (Some(g), _) | (None, Some(g)) => self.eval(&g),
-                (None, None) => {
-                    self.sink.error_hint(
-                        &rule_at,
-                        "the rule does not say which group it belongs to",
-                        "give GroupId (e.g. !Ref WebSecurityGroup)",
-                    );
-                    return None;
-                }
-            }
+            self.rule_target(&f, &rule_at)?
         } else {
             None
         };
@@ -900,79 +876,8 @@ impl<'n> Cfn<'n, '_> {
             return None;
         };
         let description = f.get("Description").and_then(|v| self.cosmetic(&v));
-        let peers: Vec<(&str, At)> = [
-            "CidrIp",
-            "CidrIpv6",
-            group_key,
-            "SourceSecurityGroupName",
-            pl_key,
-        ]
-        .iter()
-        .filter_map(|k| f.get(k).map(|v| (*k, v)))
-        .collect();
-        if peers.len() != 1 {
-            let names = match dir {
-                Direction::Ingress => "CidrIp, CidrIpv6, SourceSecurityGroupId, SourcePrefixListId",
-                Direction::Egress => {
-                    "CidrIp, CidrIpv6, DestinationSecurityGroupId, DestinationPrefixListId"
-                }
-            };
-            let msg = if peers.is_empty() {
-                "the rule names no peer (F5)".to_string()
-            } else {
-                let found: Vec<&str> = peers.iter().map(|(k, _)| *k).collect();
-                format!(
-                    "the rule names {} peers ({}); a rule has exactly one (F5)",
-                    peers.len(),
-                    found.join(", ")
-                )
-            };
-            self.sink.error_hint(
-                &rule_at,
-                msg,
-                format!("give exactly one of {names}; write one rule per peer"),
-            );
-            return None;
-        }
-        let (key, v) = &peers[0];
-        let peer = match *key {
-            "CidrIp" => {
-                let s = self.string(v, key)?;
-                L::new(
-                    DPeer::Cidr {
-                        text: s.v,
-                        expect: Some((
-                            Family::V4,
-                            "CidrIp holds IPv4 CIDRs; put IPv6 ones in CidrIpv6".into(),
-                        )),
-                    },
-                    s.at,
-                )
-            }
-            "CidrIpv6" => {
-                let s = self.string(v, key)?;
-                L::new(
-                    DPeer::Cidr {
-                        text: s.v,
-                        expect: Some((
-                            Family::V6,
-                            "CidrIpv6 holds IPv6 CIDRs; put IPv4 ones in CidrIp".into(),
-                        )),
-                    },
-                    s.at,
-                )
-            }
-            k if k == pl_key => {
-                let val = self.eval(v)?;
-                let p = self.prefix_list_of(val)?;
-                L::new(DPeer::PrefixList(p.v), p.at)
-            }
-            _ => {
-                let val = self.eval(v)?;
-                let g = self.group_of(val)?;
-                L::new(DPeer::Group(g.v), g.at)
-            }
-        };
+        let (key, v) = self.rule_peer_key(&f, dir, &rule_at)?;
+        let peer = self.rule_peer(key, &v, dir)?;
         Some((
             target,
             DRule {
@@ -988,88 +893,148 @@ impl<'n> Cfn<'n, '_> {
         ))
     }
 
-    fn groups(&mut self, d: &mut Draft) {
-        for i in 0..self.res.len() {
-            if self.res[i].ty != SG {
-                continue;
+    /// The properties a rule may have (they depend on its direction and whether it stands
+    /// alone), with a hint for the other direction's names.
+    fn check_rule_keys(&mut self, f: &Fields<'n>, what: &str, dir: Direction, standalone: bool) {
+        let mut known: Vec<&str> = vec![
+            "IpProtocol",
+            "FromPort",
+            "ToPort",
+            "CidrIp",
+            "CidrIpv6",
+            "Description",
+        ];
+        match dir {
+            Direction::Ingress => known.extend([
+                "SourceSecurityGroupId",
+                "SourceSecurityGroupName",
+                "SourceSecurityGroupOwnerId",
+                "SourcePrefixListId",
+            ]),
+            Direction::Egress => {
+                known.extend(["DestinationSecurityGroupId", "DestinationPrefixListId"]);
             }
-            let logical = self.res[i].logical.clone();
-            let at = self.res[i].at.clone();
-            let origin = at.origin(self.sink);
-            let Some(p) = self.res[i]
-                .props
-                .as_ref()
-                .map(|p| Fields { at: p.at.clone() })
-            else {
+        }
+        if standalone {
+            known.push("GroupId");
+            if dir == Direction::Ingress {
+                known.push("GroupName");
+            }
+        }
+        f.check_keys_with(self.sink, what, &known, |k| match (k, dir) {
+            ("SourceSecurityGroupId" | "SourcePrefixListId", Direction::Egress) => {
+                Some("egress rules use DestinationSecurityGroupId / DestinationPrefixListId".into())
+            }
+            ("DestinationSecurityGroupId" | "DestinationPrefixListId", Direction::Ingress) => {
+                Some("ingress rules use SourceSecurityGroupId / SourcePrefixListId".into())
+            }
+            _ => None,
+        });
+    }
+
+    /// The group a stand-alone rule resource adds to (Some(None): named, but it did not
+    /// evaluate; None: not named, reported).
+    fn rule_target(&mut self, f: &Fields<'n>, rule_at: &Origin) -> Option<Option<Val>> {
+        match (f.get("GroupId"), f.get("GroupName")) {
+            (Some(g), _) | (None, Some(g)) => Some(self.eval(&g)),
+            (None, None) => {
                 self.sink.error_hint(
-                    &origin,
-                    format!("security group {logical} has no Properties"),
-                    "GroupDescription is required",
+                    rule_at,
+                    "the rule does not say which group it belongs to",
+                    "give GroupId (e.g. !Ref WebSecurityGroup)",
                 );
-                continue;
-            };
-            p.check_keys(
-                self.sink,
-                "AWS::EC2::SecurityGroup Properties",
-                &[
-                    "GroupDescription",
-                    "GroupName",
-                    "SecurityGroupEgress",
-                    "SecurityGroupIngress",
-                    "Tags",
-                    "VpcId",
-                ],
-            );
-            let (id, _) = self.groups[&logical].clone();
-            let name = match p.get("GroupName") {
-                Some(v) => plain_literal(&v).map(|s| L::new(s, v.origin(self.sink))),
-                None => Some(L::new(logical.clone(), origin.clone())),
-            };
-            let description = match p.get("GroupDescription") {
-                Some(v) => self.cosmetic(&v),
-                None => {
-                    self.sink.error_hint(
-                        &p.origin(self.sink),
-                        format!("security group {logical} has no GroupDescription"),
-                        "CloudFormation requires GroupDescription",
-                    );
-                    None
-                }
-            };
-            let lists =
-                |key: &str, dir: Direction, this: &mut Self| -> (Option<Vec<DRule>>, Origin) {
-                    match p.get(key) {
-                        None => (None, p.at.with_suffix(&format!(".{key}")).origin(this.sink)),
-                        Some(v) => {
-                            let o = v.origin(this.sink);
-                            let mut out = Vec::new();
-                            if let Some(items) = list(this.sink, &v, key) {
-                                for item in items {
-                                    if let Some((_, r)) = this.rule(&item, dir, false) {
-                                        out.push(r);
-                                    }
-                                }
-                            }
-                            (Some(out), o)
-                        }
-                    }
-                };
-            let (ingress, ingress_at) = lists("SecurityGroupIngress", Direction::Ingress, self);
-            let (egress, egress_at) = lists("SecurityGroupEgress", Direction::Egress, self);
-            d.groups.push(DGroup {
-                id: L::new(id, origin.clone()),
-                check_id: false,
-                name,
-                description,
-                ingress,
-                ingress_at,
-                egress,
-                egress_at,
-                extra: Vec::new(),
-                default_group: false,
-                external: false,
-                at: origin,
-            });
+                None
+            }
+        }
+    }
+
+    /// The one peer property of a rule (F5: exactly one), with its value.
+    fn rule_peer_key(
+        &mut self,
+        f: &Fields<'n>,
+        dir: Direction,
+        rule_at: &Origin,
+    ) -> Option<(&'static str, At<'n>)> {
+        let (group_key, pl_key) = peer_keys(dir);
+        let mut peers: Vec<(&'static str, At)> = [
+            "CidrIp",
+            "CidrIpv6",
+            group_key,
+            "SourceSecurityGroupName",
+            pl_key,
+        ]
+        .iter()
+        .filter_map(|k| f.get(k).map(|v| (*k, v)))
+        .collect();
+        if peers.len() == 1 {
+            return peers.pop();
+        }
+        let names = match dir {
+            Direction::Ingress => "CidrIp, CidrIpv6, SourceSecurityGroupId, SourcePrefixListId",
+            Direction::Egress => {
+                "CidrIp, CidrIpv6, DestinationSecurityGroupId, DestinationPrefixListId"
+            }
+        };
+        let msg = if peers.is_empty() {
+            "the rule names no peer (F5)".to_string()
+        } else {
+            let found: Vec<&str> = peers.iter().map(|(k, _)| *k).collect();
+            format!(
+                "the rule names {} peers ({}); a rule has exactly one (F5)",
+                peers.len(),
+                found.join(", ")
+            )
+        };
+        self.sink.error_hint(
+            rule_at,
+            msg,
+            format!("give exactly one of {names}; write one rule per peer"),
+        );
+        None
+    }
+
+    /// The peer a rule's peer property `key` names.
+    fn rule_peer(&mut self, key: &str, v: &At<'n>, dir: Direction) -> Option<L<DPeer>> {
+        let cidr = |this: &mut Self, family: Family, hint: &str| {
+            let s = this.string(v, key)?;
+            Some(L::new(
+                DPeer::Cidr {
+                    text: s.v,
+                    expect: Some((family, hint.into())),
+                },
+                s.at,
+            ))
+        };
+        match key {
+            "CidrIp" => cidr(
+                self,
+                Family::V4,
+                "CidrIp holds IPv4 CIDRs; put IPv6 ones in CidrIpv6",
+            ),
+            "CidrIpv6" => cidr(
+                self,
+                Family::V6,
+                "CidrIpv6 holds IPv6 CIDRs; put IPv4 ones in CidrIp",
+            ),
+            k if k == peer_keys(dir).1 => {
+                let val = self.eval(v)?;
+                let p = self.prefix_list_of(val)?;
+                Some(L::new(DPeer::PrefixList(p.v), p.at))
+            }
+            _ => {
+                let val = self.eval(v)?;
+                let g = self.group_of(val)?;
+                Some(L::new(DPeer::Group(g.v), g.at))
+            }
+        }
+    }
+
+    /// The security groups, then the stand-alone rule resources that add to them.
+    fn groups(&mut self, d: &mut Draft) {
+        for i in self.of_type(SG) {
+            if let Some(g) = self.group(i) {
+                d.groups.push(g);
+            }
         }
         // Stand-alone rule resources add to their group, after its own lists and defaults.
         for i in 0..self.res.len() {
@@ -1078,26 +1043,112 @@ impl<'n> Cfn<'n, '_> {
                 SG_EGRESS => Direction::Egress,
                 _ => continue,
             };
-            let logical = self.res[i].logical.clone();
-            let Some(p) = self.res[i].props.as_ref().map(|p| p.at.clone()) else {
-                let o = self.res[i].at.origin(self.sink);
-                self.sink.error(&o, format!("{logical} has no Properties"));
-                continue;
-            };
-            let Some((Some(target), rule)) = self.rule(&p, dir, true) else {
-                continue;
-            };
-            let Some(gid) = self.group_of(target) else {
-                continue;
-            };
-            match d.groups.iter_mut().find(|g| g.id.v == gid.v) {
-                Some(g) => g.extra.push(rule),
-                None => {
-                    self.sink.warn(
-                        &gid.at,
-                        format!("{logical} adds a rule to {}, which is defined elsewhere; the rule is ignored here", gid.v),
-                    );
+            self.standalone_rule(d, i, dir);
+        }
+    }
+
+    /// One AWS::EC2::SecurityGroup resource with its inline rules.
+    fn group(&mut self, i: usize) -> Option<DGroup> {
+        let logical = self.res[i].logical.clone();
+        let origin = self.res[i].at.origin(self.sink);
+        let Some(p) = self.props(i) else {
+            self.sink.error_hint(
+                &origin,
+                format!("security group {logical} has no Properties"),
+                "GroupDescription is required",
+            );
+            return None;
+        };
+        p.check_keys(
+            self.sink,
+            "AWS::EC2::SecurityGroup Properties",
+            &[
+                "GroupDescription",
+                "GroupName",
+                "SecurityGroupEgress",
+                "SecurityGroupIngress",
+                "Tags",
+                "VpcId",
+            ],
+        );
+        let (id, _) = self.groups[&logical].clone();
+        let name = match p.get("GroupName") {
+            Some(v) => plain_literal(&v).map(|s| L::new(s, v.origin(self.sink))),
+            None => Some(L::new(logical.clone(), origin.clone())),
+        };
+        let description = match p.get("GroupDescription") {
+            Some(v) => self.cosmetic(&v),
+            None => {
+                self.sink.error_hint(
+                    &p.origin(self.sink),
+                    format!("security group {logical} has no GroupDescription"),
+                    "CloudFormation requires GroupDescription",
+                );
+                None
+            }
+        };
+        let (ingress, ingress_at) = self.rule_list(&p, "SecurityGroupIngress", Direction::Ingress);
+        let (egress, egress_at) = self.rule_list(&p, "SecurityGroupEgress", Direction::Egress);
+        Some(DGroup {
+            id: L::new(id, origin.clone()),
+            check_id: false,
+            name,
+            description,
+            ingress,
+            ingress_at,
+            egress,
+            egress_at,
+            extra: Vec::new(),
+            default_group: false,
+            external: false,
+            at: origin,
+        })
+    }
+
+    /// A group's inline rule list `key` (None when absent: the group keeps EC2's default),
+    /// with where it is or would be.
+    fn rule_list(
+        &mut self,
+        p: &Fields<'n>,
+        key: &str,
+        dir: Direction,
+    ) -> (Option<Vec<DRule>>, Origin) {
+        let Some(v) = p.get(key) else {
+            return (None, p.at.with_suffix(&format!(".{key}")).origin(self.sink));
+        };
+        let o = v.origin(self.sink);
+        let mut out = Vec::new();
+        if let Some(items) = list(self.sink, &v, key) {
+            for item in items {
+                if let Some((_, r)) = self.rule(&item, dir, false) {
+                    out.push(r);
                 }
+            }
+        }
+        (Some(out), o)
+    }
+
+    /// An AWS::EC2::SecurityGroupIngress/Egress resource: one rule added to its group.
+    fn standalone_rule(&mut self, d: &mut Draft, i: usize, dir: Direction) {
+        let logical = self.res[i].logical.clone();
+        let Some(p) = self.res[i].props.as_ref().map(|p| p.at.clone()) else {
+            let o = self.res[i].at.origin(self.sink);
+            self.sink.error(&o, format!("{logical} has no Properties"));
+            return;
+        };
+        let Some((Some(target), rule)) = self.rule(&p, dir, true) else {
+            return;
+        };
+        let Some(gid) = self.group_of(target) else {
+            return;
+        };
+        match d.groups.iter_mut().find(|g| g.id.v == gid.v) {
+            Some(g) => g.extra.push(rule),
+            None => {
+                self.sink.warn(
+                    &gid.at,
+                    format!("{logical} adds a rule to {}, which is defined elsewhere; the rule is ignored here", gid.v),
+                );
             }
         }
     }
@@ -1215,6 +1266,14 @@ impl<'n> Cfn<'n, '_> {
         }
     }
 
+    /// A network interface's GroupSet, with where it is; without one, the VPC default group.
+    fn group_set(&mut self, f: &Fields<'n>, at: &Origin, what: &str) -> (Vec<L<String>>, Origin) {
+        match f.get("GroupSet") {
+            Some(g) => (self.group_list(&g), g.origin(self.sink)),
+            None => (self.no_groups(at, what), at.clone()),
+        }
+    }
+
     fn no_groups(&mut self, at: &Origin, what: &str) -> Vec<L<String>> {
         self.sink.warn_hint(
             at,
@@ -1227,273 +1286,297 @@ impl<'n> Cfn<'n, '_> {
         vec![L::new(DEFAULT_GROUP_ID.to_string(), at.clone())]
     }
 
+    /// Interfaces: of instances (their own, or inline NetworkInterfaces), then stand-alone
+    /// ENIs, named after the instance they are attached to (inline or by an attachment).
     fn interfaces(&mut self, d: &mut Draft) {
         // ENI logical id -> (instance name, device index), from instances and attachments.
         let mut attached: HashMap<String, (String, i64)> = HashMap::new();
-        for i in 0..self.res.len() {
-            if self.res[i].ty != INSTANCE {
-                continue;
-            }
-            let logical = self.res[i].logical.clone();
-            let origin = self.res[i].at.origin(self.sink);
-            let Some(p) = self.res[i]
-                .props
-                .as_ref()
-                .map(|p| Fields { at: p.at.clone() })
-            else {
-                let groups = self.no_groups(&origin, &format!("instance {logical}"));
-                self.sink.warn(
-                    &origin,
-                    format!("instance {logical} has no Properties, hence no known address"),
-                );
-                d.interfaces.push(DInterface {
-                    name: L::new(logical.clone(), origin.clone()),
-                    instance: logical,
-                    device: None,
-                    addresses: Vec::new(),
-                    groups,
-                    groups_at: origin.clone(),
-                    timeouts: DTimeouts::default(),
-                    at: origin,
-                });
-                continue;
-            };
-            self.warn_unknown(&p, "AWS::EC2::Instance", INSTANCE_PROPS);
-            if let Some(lt) = p.get("LaunchTemplate") {
-                self.sink.warn(
-                    &lt.origin(self.sink),
-                    "launch templates are not read: groups and addresses must be on the instance",
-                );
-            }
-            let (tag_name, device) = self.tags(&p);
-            let name = tag_name.unwrap_or_else(|| logical.clone());
-            let Some(nics) = p.get("NetworkInterfaces") else {
-                let mut groups = Vec::new();
-                let mut groups_at = p.origin(self.sink);
-                for k in ["SecurityGroupIds", "SecurityGroups"] {
-                    if let Some(v) = p.get(k) {
-                        groups_at = v.origin(self.sink);
-                        groups.extend(self.group_list(&v));
-                    }
-                }
-                if groups.is_empty() && !(p.has("SecurityGroupIds") || p.has("SecurityGroups")) {
-                    groups = self.no_groups(&origin, &format!("instance {logical}"));
-                }
-                let mut addresses = Vec::new();
-                self.addresses(&p, &mut addresses);
-                d.interfaces.push(DInterface {
-                    name: L::new(name.clone(), origin.clone()),
-                    instance: name,
-                    device,
-                    addresses,
-                    groups,
-                    groups_at,
-                    timeouts: DTimeouts::default(),
-                    at: origin,
-                });
-                continue;
-            };
-            for k in [
-                "SecurityGroupIds",
-                "SecurityGroups",
-                "PrivateIpAddress",
-                "Ipv6Addresses",
-                "Ipv6AddressCount",
-            ] {
-                if let Some(v) = p.get(k) {
-                    self.sink.error_hint(
-                        &v.origin(self.sink),
-                        format!("{k} cannot be combined with NetworkInterfaces (EC2 rejects it)"),
-                        "put groups (GroupSet) and addresses on the network interface",
-                    );
-                }
-            }
-            if device.is_some() {
-                self.sink.warn(&origin, format!("the {DEVICE_TAG} tag of an instance with NetworkInterfaces is ignored; tag the interfaces' ENIs"));
-            }
-            let Some(items) = list(self.sink, &nics, "NetworkInterfaces") else {
-                continue;
-            };
-            let only_one = items.len() == 1;
-            for (n, item) in items.iter().enumerate() {
-                let Some(nf) = fields(self.sink, item, "a network interface") else {
-                    continue;
-                };
-                self.warn_unknown(&nf, "a network interface", INSTANCE_NIC_PROPS);
-                let index = match nf.get("DeviceIndex") {
-                    Some(v) => self.int(&v, "DeviceIndex").map_or(n as i64, |i| i.v),
-                    None => {
-                        self.sink.error(
-                            &nf.origin(self.sink),
-                            "a network interface needs a DeviceIndex",
-                        );
-                        n as i64
-                    }
-                };
-                if let Some(eni) = nf.get("NetworkInterfaceId") {
-                    match self.ref_name(&eni) {
-                        Some(Some(r)) if self.by_logical.get(&r.v).is_some_and(|&j| self.res[j].ty == ENI) => {
-                            attached.insert(r.v, (name.clone(), index));
-                        }
-                        Some(Some(r)) if !self.by_logical.contains_key(&r.v) => self.undefined(&r, "Ref"),
-                        _ => self.sink.warn(
-                            &eni.origin(self.sink),
-                            "this network interface is not an AWS::EC2::NetworkInterface of this template; it is ignored",
-                        ),
-                    }
-                    continue;
-                }
-                let nic_origin = nf.origin(self.sink);
-                let (groups, groups_at) = match nf.get("GroupSet") {
-                    Some(g) => (self.group_list(&g), g.origin(self.sink)),
-                    None => (
-                        self.no_groups(
-                            &nic_origin,
-                            &format!("network interface {n} of instance {logical}"),
-                        ),
-                        nic_origin.clone(),
-                    ),
-                };
-                let mut addresses = Vec::new();
-                self.addresses(&nf, &mut addresses);
-                let timeouts = self.conntrack(&nf);
-                // An instance's only interface is named after the instance (as in the native
-                // format); with several, `instance/ethN` after their device index.
-                let iface_name = if only_one {
-                    name.clone()
-                } else {
-                    format!("{name}/eth{index}")
-                };
-                d.interfaces.push(DInterface {
-                    name: L::new(iface_name, nic_origin.clone()),
-                    instance: name.clone(),
-                    device: None,
-                    addresses,
-                    groups,
-                    groups_at,
-                    timeouts,
-                    at: nic_origin,
-                });
+        for i in self.of_type(INSTANCE) {
+            self.instance(d, i, &mut attached);
+        }
+        for i in self.of_type(ENI_ATTACHMENT) {
+            if let Some((eni, to)) = self.attachment(i) {
+                attached.insert(eni, to);
             }
         }
-        for i in 0..self.res.len() {
-            if self.res[i].ty != ENI_ATTACHMENT {
-                continue;
-            }
-            let Some(p) = self.res[i]
-                .props
-                .as_ref()
-                .map(|p| Fields { at: p.at.clone() })
-            else {
-                continue;
-            };
-            p.check_keys(
-                self.sink,
-                "AWS::EC2::NetworkInterfaceAttachment Properties",
-                &[
-                    "DeleteOnTermination",
-                    "DeviceIndex",
-                    "EnaSrdSpecification",
-                    "InstanceId",
-                    "NetworkInterfaceId",
-                ],
+        for i in self.of_type(ENI) {
+            let iface = self.eni(i, &attached);
+            d.interfaces.push(iface);
+        }
+    }
+
+    /// One AWS::EC2::Instance: its own interface, or those of its NetworkInterfaces.
+    fn instance(&mut self, d: &mut Draft, i: usize, attached: &mut HashMap<String, (String, i64)>) {
+        let logical = self.res[i].logical.clone();
+        let origin = self.res[i].at.origin(self.sink);
+        let Some(p) = self.props(i) else {
+            let groups = self.no_groups(&origin, &format!("instance {logical}"));
+            self.sink.warn(
+                &origin,
+                format!("instance {logical} has no Properties, hence no known address"),
             );
-            let target = |this: &mut Self, key: &str, ty: &str| -> Option<String> {
-                let v = p.get(key)?;
-                match this.ref_name(&v) {
-                    Some(Some(r)) => match this.by_logical.get(&r.v) {
-                        Some(&j) if this.res[j].ty == ty => Some(r.v),
-                        Some(_) => None,
-                        None => {
-                            this.undefined(&r, "Ref");
-                            None
-                        }
-                    },
-                    _ => None,
-                }
-            };
-            let (Some(inst), Some(eni)) = (
-                target(self, "InstanceId", INSTANCE),
-                target(self, "NetworkInterfaceId", ENI),
-            ) else {
-                let o = p.origin(self.sink);
-                self.sink.warn(&o, "this attachment does not join an instance and an interface of this template; it is ignored");
-                continue;
-            };
-            let index = p
-                .get("DeviceIndex")
-                .and_then(|v| self.int(&v, "DeviceIndex"))
-                .map_or(1, |i| i.v);
-            let j = self.by_logical[&inst];
-            let inst_name = self.res[j]
-                .props
-                .as_ref()
-                .map(|pp| Fields { at: pp.at.clone() })
-                .and_then(|pp| self.tags(&pp).0)
-                .unwrap_or(inst);
-            attached.insert(eni, (inst_name, index));
-        }
-        for i in 0..self.res.len() {
-            if self.res[i].ty != ENI {
-                continue;
-            }
-            let logical = self.res[i].logical.clone();
-            let origin = self.res[i].at.origin(self.sink);
-            let p = self.res[i]
-                .props
-                .as_ref()
-                .map(|p| Fields { at: p.at.clone() });
-            let (tag_name, device, groups, groups_at, addresses, timeouts) = match &p {
-                Some(p) => {
-                    self.warn_unknown(p, "AWS::EC2::NetworkInterface", ENI_PROPS);
-                    let (tag_name, device) = self.tags(p);
-                    let (groups, groups_at) = match p.get("GroupSet") {
-                        Some(g) => (self.group_list(&g), g.origin(self.sink)),
-                        None => (
-                            self.no_groups(&origin, &format!("network interface {logical}")),
-                            origin.clone(),
-                        ),
-                    };
-                    let mut addresses = Vec::new();
-                    self.addresses(p, &mut addresses);
-                    (
-                        tag_name,
-                        device,
-                        groups,
-                        groups_at,
-                        addresses,
-                        self.conntrack(p),
-                    )
-                }
-                None => {
-                    let groups = self.no_groups(&origin, &format!("network interface {logical}"));
-                    (
-                        None,
-                        None,
-                        groups,
-                        origin.clone(),
-                        Vec::new(),
-                        DTimeouts::default(),
-                    )
-                }
-            };
-            let (name, instance) = match attached.get(&logical) {
-                Some((inst, idx)) => (format!("{inst}/eth{idx}"), inst.clone()),
-                None => {
-                    let n = tag_name.unwrap_or_else(|| logical.clone());
-                    (n.clone(), n)
-                }
-            };
             d.interfaces.push(DInterface {
-                name: L::new(name, origin.clone()),
-                instance,
-                device,
-                addresses,
+                name: L::new(logical.clone(), origin.clone()),
+                instance: logical,
+                device: None,
+                addresses: Vec::new(),
                 groups,
-                groups_at,
-                timeouts,
+                groups_at: origin.clone(),
+                timeouts: DTimeouts::default(),
                 at: origin,
             });
+            return;
+        };
+        self.warn_unknown(&p, "AWS::EC2::Instance", INSTANCE_PROPS);
+        if let Some(lt) = p.get("LaunchTemplate") {
+            self.sink.warn(
+                &lt.origin(self.sink),
+                "launch templates are not read: groups and addresses must be on the instance",
+            );
+        }
+        let (tag_name, device) = self.tags(&p);
+        let name = tag_name.unwrap_or_else(|| logical.clone());
+        let Some(nics) = p.get("NetworkInterfaces") else {
+            let iface = self.instance_own_interface(&p, &logical, name, device, origin);
+            d.interfaces.push(iface);
+            return;
+        };
+        for k in [
+            "SecurityGroupIds",
+            "SecurityGroups",
+            "PrivateIpAddress",
+            "Ipv6Addresses",
+            "Ipv6AddressCount",
+        ] {
+            if let Some(v) = p.get(k) {
+                self.sink.error_hint(
+                    &v.origin(self.sink),
+                    format!("{k} cannot be combined with NetworkInterfaces (EC2 rejects it)"),
+                    "put groups (GroupSet) and addresses on the network interface",
+                );
+            }
+        }
+        if device.is_some() {
+            self.sink.warn(&origin, format!("the {DEVICE_TAG} tag of an instance with NetworkInterfaces is ignored; tag the interfaces' ENIs"));
+        }
+        let Some(items) = list(self.sink, &nics, "NetworkInterfaces") else {
+            return;
+        };
+        let only_one = items.len() == 1;
+        for (n, item) in items.iter().enumerate() {
+            let Some(nf) = fields(self.sink, item, "a network interface") else {
+                continue;
+            };
+            let nic = Nic {
+                n,
+                only_one,
+                instance: &name,
+                logical: &logical,
+            };
+            if let Some(iface) = self.instance_nic(&nf, &nic, attached) {
+                d.interfaces.push(iface);
+            }
+        }
+    }
+
+    /// The one interface of an instance without NetworkInterfaces: its groups and addresses
+    /// are the instance's.
+    fn instance_own_interface(
+        &mut self,
+        p: &Fields<'n>,
+        logical: &str,
+        name: String,
+        device: Option<L<String>>,
+        origin: Origin,
+    ) -> DInterface {
+        let mut groups = Vec::new();
+        let mut groups_at = p.origin(self.sink);
+        for k in ["SecurityGroupIds", "SecurityGroups"] {
+            if let Some(v) = p.get(k) {
+                groups_at = v.origin(self.sink);
+                groups.extend(self.group_list(&v));
+            }
+        }
+        if groups.is_empty() && !(p.has("SecurityGroupIds") || p.has("SecurityGroups")) {
+            groups = self.no_groups(&origin, &format!("instance {logical}"));
+        }
+        let mut addresses = Vec::new();
+        self.addresses(p, &mut addresses);
+        DInterface {
+            name: L::new(name.clone(), origin.clone()),
+            instance: name,
+            device,
+            addresses,
+            groups,
+            groups_at,
+            timeouts: DTimeouts::default(),
+            at: origin,
+        }
+    }
+
+    /// One entry of an instance's NetworkInterfaces: an interface, or (NetworkInterfaceId)
+    /// the attachment of an ENI of the template, recorded in `attached`.
+    fn instance_nic(
+        &mut self,
+        nf: &Fields<'n>,
+        nic: &Nic,
+        attached: &mut HashMap<String, (String, i64)>,
+    ) -> Option<DInterface> {
+        let Nic {
+            n,
+            only_one,
+            instance: name,
+            logical,
+        } = *nic;
+        self.warn_unknown(nf, "a network interface", INSTANCE_NIC_PROPS);
+        let index = match nf.get("DeviceIndex") {
+            Some(v) => self.int(&v, "DeviceIndex").map_or(n as i64, |i| i.v),
+            None => {
+                self.sink.error(
+                    &nf.origin(self.sink),
+                    "a network interface needs a DeviceIndex",
+                );
+                n as i64
+            }
+        };
+        if let Some(eni) = nf.get("NetworkInterfaceId") {
+            match self.ref_name(&eni) {
+                Some(Some(r)) if self.by_logical.get(&r.v).is_some_and(|&j| self.res[j].ty == ENI) => {
+                    attached.insert(r.v, (name.to_string(), index));
+                }
+                Some(Some(r)) if !self.by_logical.contains_key(&r.v) => self.undefined(&r, "Ref"),
+                _ => self.sink.warn(
+                    &eni.origin(self.sink),
+                    "this network interface is not an AWS::EC2::NetworkInterface of this template; it is ignored",
+                ),
+            }
+            return None;
+        }
+        let nic_origin = nf.origin(self.sink);
+        let (groups, groups_at) = self.group_set(
+            nf,
+            &nic_origin,
+            &format!("network interface {n} of instance {logical}"),
+        );
+        let mut addresses = Vec::new();
+        self.addresses(nf, &mut addresses);
+        let timeouts = self.conntrack(nf);
+        // An instance's only interface is named after the instance (as in the native
+        // format); with several, `instance/ethN` after their device index.
+        let iface_name = if only_one {
+            name.to_string()
+        } else {
+            format!("{name}/eth{index}")
+        };
+        Some(DInterface {
+            name: L::new(iface_name, nic_origin.clone()),
+            instance: name.to_string(),
+            device: None,
+            addresses,
+            groups,
+            groups_at,
+            timeouts,
+            at: nic_origin,
+        })
+    }
+
+    /// An AWS::EC2::NetworkInterfaceAttachment joining an instance and an ENI of the
+    /// template: (ENI logical id, (instance name, device index)).
+    fn attachment(&mut self, i: usize) -> Option<(String, (String, i64))> {
+        let p = self.props(i)?;
+        p.check_keys(
+            self.sink,
+            "AWS::EC2::NetworkInterfaceAttachment Properties",
+            &[
+                "DeleteOnTermination",
+                "DeviceIndex",
+                "EnaSrdSpecification",
+                "InstanceId",
+                "NetworkInterfaceId",
+            ],
+        );
+        let target = |this: &mut Self, key: &str, ty: &str| -> Option<String> {
+            let v = p.get(key)?;
+            match this.ref_name(&v) {
+                Some(Some(r)) => match this.by_logical.get(&r.v) {
+                    Some(&j) if this.res[j].ty == ty => Some(r.v),
+                    Some(_) => None,
+                    None => {
+                        this.undefined(&r, "Ref");
+                        None
+                    }
+                },
+                _ => None,
+            }
+        };
+        let (Some(inst), Some(eni)) = (
+            target(self, "InstanceId", INSTANCE),
+            target(self, "NetworkInterfaceId", ENI),
+        ) else {
+            let o = p.origin(self.sink);
+            self.sink.warn(&o, "this attachment does not join an instance and an interface of this template; it is ignored");
+            return None;
+        };
+        let index = p
+            .get("DeviceIndex")
+            .and_then(|v| self.int(&v, "DeviceIndex"))
+            .map_or(1, |i| i.v);
+        let inst_name = self
+            .props(self.by_logical[&inst])
+            .and_then(|pp| self.tags(&pp).0)
+            .unwrap_or(inst);
+        Some((eni, (inst_name, index)))
+    }
+
+    /// One AWS::EC2::NetworkInterface, named after the instance it is attached to if any.
+    fn eni(&mut self, i: usize, attached: &HashMap<String, (String, i64)>) -> DInterface {
+        let logical = self.res[i].logical.clone();
+        let origin = self.res[i].at.origin(self.sink);
+        let (tag_name, device, groups, groups_at, addresses, timeouts) = match &self.props(i) {
+            Some(p) => {
+                self.warn_unknown(p, "AWS::EC2::NetworkInterface", ENI_PROPS);
+                let (tag_name, device) = self.tags(p);
+                let (groups, groups_at) =
+                    self.group_set(p, &origin, &format!("network interface {logical}"));
+                let mut addresses = Vec::new();
+                self.addresses(p, &mut addresses);
+                (
+                    tag_name,
+                    device,
+                    groups,
+                    groups_at,
+                    addresses,
+                    self.conntrack(p),
+                )
+            }
+            None => {
+                let groups = self.no_groups(&origin, &format!("network interface {logical}"));
+                (
+                    None,
+                    None,
+                    groups,
+                    origin.clone(),
+                    Vec::new(),
+                    DTimeouts::default(),
+                )
+            }
+        };
+        let (name, instance) = match attached.get(&logical) {
+            Some((inst, idx)) => (format!("{inst}/eth{idx}"), inst.clone()),
+            None => {
+                let n = tag_name.unwrap_or_else(|| logical.clone());
+                (n.clone(), n)
+            }
+        };
+        DInterface {
+            name: L::new(name, origin.clone()),
+            instance,
+            device,
+            addresses,
+            groups,
+            groups_at,
+            timeouts,
+            at: origin,
         }
     }
 
@@ -1516,33 +1599,10 @@ impl<'n> Cfn<'n, '_> {
 
     fn finish(&mut self, d: &mut Draft) {
         for (id, at) in std::mem::take(&mut self.external_groups) {
-            d.groups.push(DGroup {
-                id: L::new(id, at.clone()),
-                check_id: true,
-                name: None,
-                description: None,
-                ingress: Some(Vec::new()),
-                ingress_at: at.clone(),
-                egress: Some(Vec::new()),
-                egress_at: at.clone(),
-                extra: Vec::new(),
-                default_group: false,
-                external: true,
-                at,
-            });
+            d.groups.push(DGroup::external(id, at));
         }
         for (id, at) in std::mem::take(&mut self.external_pls) {
-            d.prefix_lists.push(DPrefixList {
-                id: L::new(id, at.clone()),
-                check_id: true,
-                name: None,
-                family: None,
-                max_entries: None,
-                version: None,
-                entries: Vec::new(),
-                external: true,
-                at,
-            });
+            d.prefix_lists.push(DPrefixList::external(id, at));
         }
         if let Some(at) = self.default_needed.take()
             && !d.groups.iter().any(|g| g.id.v == DEFAULT_GROUP_ID)
@@ -1562,6 +1622,38 @@ impl<'n> Cfn<'n, '_> {
                 at,
             });
         }
+    }
+}
+
+/// The id of the group or prefix list of the template that `t` names by logical id, id or
+/// name (`defined`: logical id -> (id, name), as `Cfn.groups` and `Cfn.pls` hold them).
+fn defined<'a>(
+    defined: &'a BTreeMap<String, (String, Option<String>)>,
+    t: &str,
+) -> Option<&'a str> {
+    defined
+        .iter()
+        .find(|(logical, (id, name))| *logical == t || id == t || name.as_deref() == Some(t))
+        .map(|(_, (id, _))| id.as_str())
+}
+
+/// Which entry of an instance's NetworkInterfaces is read, and whose.
+#[derive(Clone, Copy)]
+struct Nic<'a> {
+    /// Its position in the list (the device index when it gives none).
+    n: usize,
+    /// The instance has only this one (it is then named after the instance).
+    only_one: bool,
+    /// The instance's name (its Name tag or logical id).
+    instance: &'a str,
+    logical: &'a str,
+}
+
+/// A rule's group and prefix list peer properties in `dir`.
+fn peer_keys(dir: Direction) -> (&'static str, &'static str) {
+    match dir {
+        Direction::Ingress => ("SourceSecurityGroupId", "SourcePrefixListId"),
+        Direction::Egress => ("DestinationSecurityGroupId", "DestinationPrefixListId"),
     }
 }
 

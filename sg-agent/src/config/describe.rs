@@ -97,20 +97,7 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
             &at,
             format!("security group {id} is not in this output; it has no members here, so rules referencing it allow nothing"),
         );
-        d.groups.push(DGroup {
-            id: L::new(id, at.clone()),
-            check_id: true,
-            name: None,
-            description: None,
-            ingress: Some(Vec::new()),
-            ingress_at: at.clone(),
-            egress: Some(Vec::new()),
-            egress_at: at.clone(),
-            extra: Vec::new(),
-            default_group: false,
-            external: true,
-            at,
-        });
+        d.groups.push(DGroup::external(id, at));
     }
     for (id, at) in refs.prefix_lists {
         if d.prefix_lists.iter().any(|p| p.id.v == id) {
@@ -121,17 +108,7 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
             format!("prefix list {id} is not in this output; its entries are unknown, so rules using it allow nothing"),
             "add a PrefixLists section (describe-managed-prefix-lists output with Entries)",
         );
-        d.prefix_lists.push(DPrefixList {
-            id: L::new(id, at.clone()),
-            check_id: true,
-            name: None,
-            family: None,
-            max_entries: None,
-            version: None,
-            entries: Vec::new(),
-            external: true,
-            at,
-        });
+        d.prefix_lists.push(DPrefixList::external(id, at));
     }
     d
 }
@@ -246,6 +223,30 @@ fn group(sink: &mut Sink, at: &At, refs: &mut Refs) -> Option<DGroup> {
     })
 }
 
+/// The peer lists of a permission: (list, the entry's value key, the entry's known keys).
+const PEER_LISTS: [(&str, &str, &[&str]); 4] = [
+    ("IpRanges", "CidrIp", &["CidrIp", "Description"]),
+    ("Ipv6Ranges", "CidrIpv6", &["CidrIpv6", "Description"]),
+    (
+        "PrefixListIds",
+        "PrefixListId",
+        &["PrefixListId", "Description"],
+    ),
+    (
+        "UserIdGroupPairs",
+        "GroupId",
+        &[
+            "Description",
+            "GroupId",
+            "GroupName",
+            "PeeringStatus",
+            "UserId",
+            "VpcId",
+            "VpcPeeringConnectionId",
+        ],
+    ),
+];
+
 /// One IpPermission: one rule per CIDR, IPv6 CIDR, prefix list and group pair.
 fn permission(sink: &mut Sink, at: &At, dir: Direction, refs: &mut Refs, out: &mut Vec<DRule>) {
     let Some(f) = fields(sink, at, "a permission") else {
@@ -269,87 +270,24 @@ fn permission(sink: &mut Sink, at: &At, dir: Direction, refs: &mut Refs, out: &m
         return;
     };
     let before = out.len();
-    let kinds: [(&str, &str, &[&str]); 4] = [
-        ("IpRanges", "CidrIp", &["CidrIp", "Description"]),
-        ("Ipv6Ranges", "CidrIpv6", &["CidrIpv6", "Description"]),
-        (
-            "PrefixListIds",
-            "PrefixListId",
-            &["PrefixListId", "Description"],
-        ),
-        (
-            "UserIdGroupPairs",
-            "GroupId",
-            &[
-                "Description",
-                "GroupId",
-                "GroupName",
-                "PeeringStatus",
-                "UserId",
-                "VpcId",
-                "VpcPeeringConnectionId",
-            ],
-        ),
-    ];
-    for (list_key, value_key, known) in kinds {
+    for (list_key, value_key, known) in PEER_LISTS {
         let Some(l) = f.get(list_key) else { continue };
         let Some(items) = list(sink, &l, list_key) else {
             continue;
         };
         for item in items {
-            let Some(itf) = fields(sink, &item, list_key) else {
+            let Some(e) = peer_entry(sink, &item, (list_key, value_key, known), refs) else {
                 continue;
-            };
-            itf.check_keys(sink, &format!("an entry of {list_key}"), known);
-            let Some(v) = itf.get(value_key) else {
-                sink.error(
-                    &itf.origin(sink),
-                    format!("an entry of {list_key} needs {value_key}"),
-                );
-                continue;
-            };
-            let Some(text) = string(sink, &v, value_key) else {
-                continue;
-            };
-            let peer = match value_key {
-                "CidrIp" => DPeer::Cidr {
-                    text: text.v,
-                    expect: Some((
-                        Family::V4,
-                        "IpRanges hold IPv4 CIDRs; put IPv6 ones in Ipv6Ranges".into(),
-                    )),
-                },
-                "CidrIpv6" => DPeer::Cidr {
-                    text: text.v,
-                    expect: Some((
-                        Family::V6,
-                        "Ipv6Ranges hold IPv6 CIDRs; put IPv4 ones in IpRanges".into(),
-                    )),
-                },
-                "PrefixListId" => {
-                    refs.prefix_lists
-                        .entry(text.v.clone())
-                        .or_insert_with(|| text.at.clone());
-                    DPeer::PrefixList(text.v)
-                }
-                _ => {
-                    refs.groups
-                        .entry(text.v.clone())
-                        .or_insert_with(|| text.at.clone());
-                    DPeer::Group(text.v)
-                }
             };
             out.push(DRule {
                 direction: dir,
                 protocol: protocol.clone(),
                 from: from.clone(),
                 to: to.clone(),
-                peer: L::new(peer, text.at),
+                peer: e.peer,
                 id: None,
-                description: itf
-                    .get("Description")
-                    .and_then(|v| string(sink, &v, "Description")),
-                at: itf.origin(sink),
+                description: e.description,
+                at: e.at,
             });
         }
     }
@@ -359,4 +297,66 @@ fn permission(sink: &mut Sink, at: &At, dir: Direction, refs: &mut Refs, out: &m
             "this permission names no peer (no ranges, prefix lists or groups); it allows nothing",
         );
     }
+}
+
+/// What one entry of a permission's peer list gives its rule.
+struct PeerEntry {
+    peer: L<DPeer>,
+    description: Option<L<String>>,
+    at: Origin,
+}
+
+/// One entry of a peer list ([`PEER_LISTS`]); the groups and prefix lists it names are
+/// recorded in `refs`.
+fn peer_entry(
+    sink: &mut Sink,
+    item: &At,
+    (list_key, value_key, known): (&str, &str, &[&str]),
+    refs: &mut Refs,
+) -> Option<PeerEntry> {
+    let itf = fields(sink, item, list_key)?;
+    itf.check_keys(sink, &format!("an entry of {list_key}"), known);
+    let Some(v) = itf.get(value_key) else {
+        sink.error(
+            &itf.origin(sink),
+            format!("an entry of {list_key} needs {value_key}"),
+        );
+        return None;
+    };
+    let text = string(sink, &v, value_key)?;
+    let peer = match value_key {
+        "CidrIp" => DPeer::Cidr {
+            text: text.v,
+            expect: Some((
+                Family::V4,
+                "IpRanges hold IPv4 CIDRs; put IPv6 ones in Ipv6Ranges".into(),
+            )),
+        },
+        "CidrIpv6" => DPeer::Cidr {
+            text: text.v,
+            expect: Some((
+                Family::V6,
+                "Ipv6Ranges hold IPv6 CIDRs; put IPv4 ones in IpRanges".into(),
+            )),
+        },
+        "PrefixListId" => {
+            refs.prefix_lists
+                .entry(text.v.clone())
+                .or_insert_with(|| text.at.clone());
+            DPeer::PrefixList(text.v)
+        }
+        _ => {
+            refs.groups
+                .entry(text.v.clone())
+                .or_insert_with(|| text.at.clone());
+            DPeer::Group(text.v)
+        }
+    };
+    Some(PeerEntry {
+        peer: L::new(peer, text.at),
+        description: itf
+            .get("Description")
+            .and_then(|v| string(sink, &v, "Description")),
+        at: itf.origin(sink),
+    })
 }

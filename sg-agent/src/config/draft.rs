@@ -4,7 +4,7 @@
 //!
 //! Front-ends own field names and structure (unknown keys, wrong types, CloudFormation
 //! references); `validate` owns meaning (ranges, families, references, duplicates, quotas).
-//! This module holds plain data only.
+//! This module holds plain data only (and the placeholders the front-ends share).
 
 use crate::policy::{Direction, Family, Origin};
 
@@ -93,6 +93,26 @@ pub(crate) struct DGroup {
     pub at: Origin,
 }
 
+impl DGroup {
+    /// A group referenced but defined elsewhere: no rules, no members here.
+    pub fn external(id: String, at: Origin) -> DGroup {
+        DGroup {
+            id: L::new(id, at.clone()),
+            check_id: true,
+            name: None,
+            description: None,
+            ingress: Some(Vec::new()),
+            ingress_at: at.clone(),
+            egress: Some(Vec::new()),
+            egress_at: at.clone(),
+            extra: Vec::new(),
+            default_group: false,
+            external: true,
+            at,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum DPeer {
     /// `expect`: the field only takes this family; the string is the hint when it does not.
@@ -137,6 +157,23 @@ pub(crate) struct DPrefixList {
     /// Referenced but defined elsewhere (a warning was given): no entries.
     pub external: bool,
     pub at: Origin,
+}
+
+impl DPrefixList {
+    /// A prefix list referenced but defined elsewhere: its entries are unknown.
+    pub fn external(id: String, at: Origin) -> DPrefixList {
+        DPrefixList {
+            id: L::new(id, at.clone()),
+            check_id: true,
+            name: None,
+            family: None,
+            max_entries: None,
+            version: None,
+            entries: Vec::new(),
+            external: true,
+            at,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use super::draft::{
 };
 use super::read::{At, Fields, boolean, fields, int, list, one_or_list, string};
 use super::values::{self, ProtoName};
-use crate::policy::Direction;
+use crate::policy::{Direction, Origin};
 
 /// Top-level keys of a native file (also used to recognise the format).
 pub(crate) const TOP_KEYS: &[&str] = &[
@@ -339,26 +339,13 @@ const RULE_KEYS_OUT: &[&str] = &[
     "description",
 ];
 
+/// One rule as written: it expands into one [`DRule`] per peer.
 fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule>) {
     let what = format!("an {} rule", dir.name());
     let Some(f) = fields(sink, at, &what) else {
         return;
     };
-    let (known, peer_key) = match dir {
-        Direction::Ingress => (RULE_KEYS_IN, "source"),
-        Direction::Egress => (RULE_KEYS_OUT, "destination"),
-    };
-    f.check_keys_with(sink, &what, known, |k| match (k, dir) {
-        ("destination", Direction::Ingress) => Some("ingress rules name a `source`".into()),
-        ("source", Direction::Egress) => Some("egress rules name a `destination`".into()),
-        ("from_port" | "to_port" | "FromPort" | "ToPort" | "port", _) => {
-            Some("write `ports: 443` or `ports: 1024-65535` (ICMP: `type:` and `code:`)".into())
-        }
-        ("cidr" | "group" | "prefix_list" | "peer" | "peers", _) => {
-            Some(format!("peers go under `{peer_key}:`"))
-        }
-        _ => None,
-    });
+    let peer_key = check_rule_keys(sink, &f, &what, dir);
     let rule_at = f.origin(sink);
     let Some(protocol) = f.get("protocol") else {
         sink.error_hint(
@@ -371,6 +358,71 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
     let Some(protocol) = string(sink, &protocol, "protocol") else {
         return;
     };
+    let Some(range) = rule_range(sink, &f, &protocol, &rule_at) else {
+        return;
+    };
+    let description = f
+        .get("description")
+        .and_then(|v| string(sink, &v, "description"));
+    let id = f.get("id").and_then(|v| string(sink, &v, "id"));
+    let Some(items) = rule_peers(sink, &f, dir, &rule_at, id.as_ref()) else {
+        return;
+    };
+    for item in items {
+        let Some((p, p_id, p_desc)) = peer_item(sink, &item, peer_key, own) else {
+            continue;
+        };
+        out.push(DRule {
+            direction: dir,
+            protocol: protocol.clone(),
+            from: range.as_ref().map(|r| r.0.clone()),
+            to: range.as_ref().map(|r| r.1.clone()),
+            peer: p,
+            id: p_id.or_else(|| id.clone()),
+            description: p_desc.or_else(|| description.clone()),
+            at: rule_at.clone(),
+        });
+    }
+}
+
+/// The name of a rule's peer field in `dir`.
+fn peer_key(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "source",
+        Direction::Egress => "destination",
+    }
+}
+
+/// Reports a rule's unknown fields, with a hint for the names of other formats and of the
+/// other direction. Returns the name of its peer field.
+fn check_rule_keys(sink: &mut Sink, f: &Fields, what: &str, dir: Direction) -> &'static str {
+    let peer_key = peer_key(dir);
+    let known = match dir {
+        Direction::Ingress => RULE_KEYS_IN,
+        Direction::Egress => RULE_KEYS_OUT,
+    };
+    f.check_keys_with(sink, what, known, |k| match (k, dir) {
+        ("destination", Direction::Ingress) => Some("ingress rules name a `source`".into()),
+        ("source", Direction::Egress) => Some("egress rules name a `destination`".into()),
+        ("from_port" | "to_port" | "FromPort" | "ToPort" | "port", _) => {
+            Some("write `ports: 443` or `ports: 1024-65535` (ICMP: `type:` and `code:`)".into())
+        }
+        ("cidr" | "group" | "prefix_list" | "peer" | "peers", _) => {
+            Some(format!("peers go under `{peer_key}:`"))
+        }
+        _ => None,
+    });
+    peer_key
+}
+
+/// A rule's port range, or its ICMP type and code (code -1: any); Some(None) when it gives
+/// none, None when it is wrong (reported).
+fn rule_range(
+    sink: &mut Sink,
+    f: &Fields,
+    protocol: &L<String>,
+    rule_at: &Origin,
+) -> Option<Option<(L<i64>, L<i64>)>> {
     let name = values::protocol(&protocol.v).ok();
     let is_icmp = matches!(name, Some(ProtoName::Icmp | ProtoName::Icmpv6));
     let mut range = None;
@@ -381,12 +433,9 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
                 format!("{} rules have no ports", protocol.v),
                 "write the ICMP `type:` (and `code:`) instead",
             );
-            return;
+            return None;
         }
-        match ports(sink, &p) {
-            Some(r) => range = Some(r),
-            None => return,
-        }
+        range = Some(ports(sink, &p)?);
     }
     let (ty, code) = (f.get("type"), f.get("code"));
     if !is_icmp
@@ -401,127 +450,116 @@ fn rule(sink: &mut Sink, at: &At, dir: Direction, own: &str, out: &mut Vec<DRule
             ),
             "use `ports:` for tcp and udp",
         );
-        return;
+        return None;
     }
     if is_icmp {
         if code.is_some() && ty.is_none() {
             sink.error_hint(
-                &rule_at,
+                rule_at,
                 "an ICMP `code` needs a `type`",
                 "e.g. type: 3, code: 4",
             );
-            return;
+            return None;
         }
         if let Some(t) = &ty {
-            let Some(t) = int(sink, t, "type") else {
-                return;
-            };
+            let t = int(sink, t, "type")?;
             let c = match &code {
-                Some(c) => match int(sink, c, "code") {
-                    Some(c) => c,
-                    None => return,
-                },
+                Some(c) => int(sink, c, "code")?,
                 None => L::new(-1, t.at.clone()),
             };
             range = Some((t, c));
         }
     }
-    let description = f
-        .get("description")
-        .and_then(|v| string(sink, &v, "description"));
-    let id = f.get("id").and_then(|v| string(sink, &v, "id"));
+    Some(range)
+}
+
+/// The items of a rule's peer field (at least one; several only without a rule-wide id).
+fn rule_peers<'n>(
+    sink: &mut Sink,
+    f: &Fields<'n>,
+    dir: Direction,
+    rule_at: &Origin,
+    id: Option<&L<String>>,
+) -> Option<Vec<At<'n>>> {
+    let peer_key = peer_key(dir);
     let Some(peers_at) = f.get(peer_key) else {
         sink.error_hint(
-            &rule_at,
+            rule_at,
             format!("an {} rule needs a `{peer_key}`", dir.name()),
             "a CIDR, a group id (sg-...), self, a prefix list id (pl-...), or a list of them",
         );
-        return;
+        return None;
     };
-    let Some(items) = one_or_list(sink, &peers_at, peer_key) else {
-        return;
-    };
+    let items = one_or_list(sink, &peers_at, peer_key)?;
     if items.is_empty() {
         sink.error_hint(
             &peers_at.origin(sink),
             format!("`{peer_key}` lists no peer"),
             "a rule needs at least one peer",
         );
-        return;
+        return None;
     }
     if items.len() > 1
-        && let Some(id) = &id
+        && let Some(id) = id
     {
         sink.error_hint(
             &id.at,
             format!("a rule with {} peers expands into {} rules, which cannot share one id", items.len(), items.len()),
             format!("give each peer its own id ({peer_key}: [{{cidr: ..., id: sgr-...}}]) or remove the id"),
         );
-        return;
+        return None;
     }
-    for item in items {
-        let (p, p_id, p_desc) = if item.node.as_map().is_some() {
-            let Some(pf) = fields(sink, &item, "a peer") else {
-                continue;
-            };
-            pf.check_keys(
-                sink,
-                "a peer",
-                &["cidr", "group", "prefix_list", "id", "description"],
-            );
-            let kinds: Vec<(&str, At)> = ["cidr", "group", "prefix_list"]
-                .iter()
-                .filter_map(|k| pf.get(k).map(|v| (*k, v)))
-                .collect();
-            if kinds.len() != 1 {
-                sink.error_hint(
-                    &pf.origin(sink),
-                    format!(
-                        "a peer is exactly one of cidr, group, prefix_list; found {}",
-                        kinds.len()
-                    ),
-                    "F5: one peer per entry; list several entries instead",
-                );
-                continue;
-            }
-            let (kind, v) = &kinds[0];
-            let Some(text) = string(sink, v, kind) else {
-                continue;
-            };
-            let peer = match *kind {
-                "cidr" => DPeer::Cidr {
-                    text: text.v.clone(),
-                    expect: None,
-                },
-                "group" if text.v.trim() == "self" => DPeer::Group(own.to_string()),
-                "group" => DPeer::Group(text.v.trim().to_string()),
-                _ => DPeer::PrefixList(text.v.trim().to_string()),
-            };
-            let pid = pf.get("id").and_then(|v| string(sink, &v, "id"));
-            let pdesc = pf
-                .get("description")
-                .and_then(|v| string(sink, &v, "description"));
-            (L::new(peer, text.at), pid, pdesc)
-        } else {
-            let Some(text) = string(sink, &item, peer_key) else {
-                continue;
-            };
-            let Some(peer) = peer_of(sink, &text, own) else {
-                continue;
-            };
-            (L::new(peer, text.at), None, None)
-        };
-        out.push(DRule {
-            direction: dir,
-            protocol: protocol.clone(),
-            from: range.as_ref().map(|r| r.0.clone()),
-            to: range.as_ref().map(|r| r.1.clone()),
-            peer: p,
-            id: p_id.or_else(|| id.clone()),
-            description: p_desc.or_else(|| description.clone()),
-            at: rule_at.clone(),
-        });
+    Some(items)
+}
+
+/// A peer with its own id and description, when given (the rule's apply otherwise).
+type PeerItem = (L<DPeer>, Option<L<String>>, Option<L<String>>);
+
+/// One item of a rule's peer field: a text (`203.0.113.0/24`, `sg-web`, `self`, `pl-...`) or
+/// a mapping with exactly one of cidr, group, prefix_list and its own id and description.
+fn peer_item(sink: &mut Sink, item: &At, peer_key: &str, own: &str) -> Option<PeerItem> {
+    if item.node.as_map().is_none() {
+        let text = string(sink, item, peer_key)?;
+        let peer = peer_of(sink, &text, own)?;
+        return Some((L::new(peer, text.at), None, None));
     }
+    let pf = fields(sink, item, "a peer")?;
+    pf.check_keys(
+        sink,
+        "a peer",
+        &["cidr", "group", "prefix_list", "id", "description"],
+    );
+    let kinds: Vec<(&str, At)> = ["cidr", "group", "prefix_list"]
+        .iter()
+        .filter_map(|k| pf.get(k).map(|v| (*k, v)))
+        .collect();
+    if kinds.len() != 1 {
+        sink.error_hint(
+            &pf.origin(sink),
+            format!(
+                "a peer is exactly one of cidr, group, prefix_list; found {}",
+                kinds.len()
+            ),
+            "F5: one peer per entry; list several entries instead",
+        );
+        return None;
+    }
+    let (kind, v) = &kinds[0];
+    let text = string(sink, v, kind)?;
+    let peer = match *kind {
+        "cidr" => DPeer::Cidr {
+            text: text.v.clone(),
+            expect: None,
+        },
+        "group" if text.v.trim() == "self" => DPeer::Group(own.to_string()),
+        "group" => DPeer::Group(text.v.trim().to_string()),
+        _ => DPeer::PrefixList(text.v.trim().to_string()),
+    };
+    let pid = pf.get("id").and_then(|v| string(sink, &v, "id"));
+    let pdesc = pf
+        .get("description")
+        .and_then(|v| string(sink, &v, "description"));
+    Some((L::new(peer, text.at), pid, pdesc))
 }
 
 const IFACE_KEYS: &[&str] = &["device", "addresses", "groups", "timeouts"];

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 
 use super::diag::{Sink, did_you_mean};
-use super::draft::{DGroup, DPeer, DRule, DTimeouts, Draft, L, TimeoutField};
+use super::draft::{
+    DGroup, DInterface, DPeer, DPrefixList, DRule, DTimeouts, Draft, L, TimeoutField,
+};
 use super::values::{self, Bad, ProtoName, family_name};
 use crate::policy::{
     Direction, Family, Group, GroupId, IcmpMatch, Interface, Origin, Peer, Policy, PortRange,
@@ -193,12 +195,11 @@ fn prefix_lists(ctx: &mut Ctx, d: &Draft) {
             continue;
         }
         if let Some(first) = seen.get(&pl.id.v) {
-            sink.error(
+            twice(
+                sink,
                 &pl.id.at,
-                format!(
-                    "prefix list {} is defined twice (first at line {}, column {})",
-                    pl.id.v, first.line, first.column
-                ),
+                format!("prefix list {} is defined twice", pl.id.v),
+                first,
             );
             continue;
         }
@@ -220,116 +221,141 @@ fn prefix_lists(ctx: &mut Ctx, d: &Draft) {
             );
             continue;
         }
-        let name = match &pl.name {
-            Some(n) if n.v.chars().count() > 255 => {
-                sink.error(&n.at, "a prefix list name has at most 255 characters");
-                n.v.clone()
+        if let Some(list) = prefix_list(sink, pl, id.clone()) {
+            ctx.prefix_lists.insert(id, list);
+        }
+    }
+}
+
+/// A prefix list defined here (not a placeholder): its name, entries, family, size, version.
+fn prefix_list(sink: &mut Sink, pl: &DPrefixList, id: PrefixListId) -> Option<PrefixList> {
+    let name = match &pl.name {
+        Some(n) if n.v.chars().count() > 255 => {
+            sink.error(&n.at, "a prefix list name has at most 255 characters");
+            n.v.clone()
+        }
+        Some(n) => n.v.clone(),
+        None => pl.id.v.clone(),
+    };
+    let mut family = pl.family.as_ref().map(|f| f.v);
+    let entries = prefix_list_entries(sink, pl, &mut family);
+    let Some(family) = family else {
+        sink.error_hint(
+            &pl.at,
+            format!("prefix list {} has no address family", pl.id.v),
+            "give its family (ipv4 or ipv6)",
+        );
+        return None;
+    };
+    let max_entries = match &pl.max_entries {
+        Some(m) if !(1..=1000).contains(&m.v) => {
+            sink.error(&m.at, format!("max entries {} is outside 1..1000", m.v));
+            return None;
+        }
+        Some(m) if (m.v as usize) < entries.len() => {
+            sink.error_hint(
+                &m.at,
+                format!(
+                    "prefix list {} has {} entries but max entries is {}",
+                    pl.id.v,
+                    entries.len(),
+                    m.v
+                ),
+                "raise max entries (it is what rules using the list count against quotas, R4)",
+            );
+            return None;
+        }
+        Some(m) => m.v as u32,
+        None => entries.len().max(1) as u32,
+    };
+    let version = match &pl.version {
+        Some(v) if v.v < 1 => {
+            sink.error(&v.at, format!("version {} must be 1 or more", v.v));
+            return None;
+        }
+        Some(v) => v.v as u64,
+        None => 1,
+    };
+    Some(PrefixList {
+        id,
+        name,
+        family,
+        max_entries,
+        version,
+        entries,
+        origin: pl.at.clone(),
+    })
+}
+
+/// The entries of a prefix list, canonical and once each. `family` is the list's: the one
+/// it declares, else that of its first entry; an entry of the other family is an error (R4).
+fn prefix_list_entries(
+    sink: &mut Sink,
+    pl: &DPrefixList,
+    family: &mut Option<Family>,
+) -> Vec<ipnet::IpNet> {
+    let mut entries = Vec::new();
+    let mut entry_seen: HashMap<ipnet::IpNet, Origin> = HashMap::new();
+    for e in &pl.entries {
+        if let Some(desc) = &e.description
+            && let Err(b) = values::description(&desc.v)
+        {
+            report(sink, &desc.at, b);
+        }
+        let (net, host_bits) = match values::cidr(&e.cidr.v) {
+            Ok(v) => v,
+            Err(b) => {
+                report(sink, &e.cidr.at, b);
+                continue;
             }
-            Some(n) => n.v.clone(),
-            None => pl.id.v.clone(),
         };
-        let mut entries = Vec::new();
-        let mut entry_seen: HashMap<ipnet::IpNet, Origin> = HashMap::new();
-        let mut family = pl.family.as_ref().map(|f| f.v);
-        for e in &pl.entries {
-            if let Some(desc) = &e.description
-                && let Err(b) = values::description(&desc.v)
-            {
-                report(sink, &desc.at, b);
-            }
-            let (net, host_bits) = match values::cidr(&e.cidr.v) {
-                Ok(v) => v,
-                Err(b) => {
-                    report(sink, &e.cidr.at, b);
-                    continue;
-                }
-            };
-            if host_bits {
-                sink.warn(
-                    &e.cidr.at,
-                    format!("`{}` has host bits set; using {net} (F5)", e.cidr.v.trim()),
-                );
-            }
-            let f = Family::of_net(&net);
-            match family {
-                None => family = Some(f),
-                Some(want) if want != f => {
-                    sink.error_hint(
-                        &e.cidr.at,
-                        format!(
-                            "{net} is an {} CIDR in an {} prefix list",
-                            family_name(f),
-                            family_name(want)
-                        ),
-                        "a prefix list holds one address family (R4); use a second list for the other family",
-                    );
-                    continue;
-                }
-                Some(_) => {}
-            }
-            if let Some(first) = entry_seen.get(&net) {
-                sink.error(
+        if host_bits {
+            sink.warn(
+                &e.cidr.at,
+                format!("`{}` has host bits set; using {net} (F5)", e.cidr.v.trim()),
+            );
+        }
+        let f = Family::of_net(&net);
+        match *family {
+            None => *family = Some(f),
+            Some(want) if want != f => {
+                sink.error_hint(
                     &e.cidr.at,
                     format!(
-                        "{net} is listed twice in prefix list {} (first at line {}, column {})",
-                        pl.id.v, first.line, first.column
+                        "{net} is an {} CIDR in an {} prefix list",
+                        family_name(f),
+                        family_name(want)
                     ),
+                    "a prefix list holds one address family (R4); use a second list for the other family",
                 );
                 continue;
             }
-            entry_seen.insert(net, e.cidr.at.clone());
-            entries.push(net);
+            Some(_) => {}
         }
-        let Some(family) = family else {
-            sink.error_hint(
-                &pl.at,
-                format!("prefix list {} has no address family", pl.id.v),
-                "give its family (ipv4 or ipv6)",
+        if let Some(first) = entry_seen.get(&net) {
+            twice(
+                sink,
+                &e.cidr.at,
+                format!("{net} is listed twice in prefix list {}", pl.id.v),
+                first,
             );
             continue;
-        };
-        let max_entries = match &pl.max_entries {
-            Some(m) if !(1..=1000).contains(&m.v) => {
-                sink.error(&m.at, format!("max entries {} is outside 1..1000", m.v));
-                continue;
-            }
-            Some(m) if (m.v as usize) < entries.len() => {
-                sink.error_hint(
-                    &m.at,
-                    format!(
-                        "prefix list {} has {} entries but max entries is {}",
-                        pl.id.v,
-                        entries.len(),
-                        m.v
-                    ),
-                    "raise max entries (it is what rules using the list count against quotas, R4)",
-                );
-                continue;
-            }
-            Some(m) => m.v as u32,
-            None => entries.len().max(1) as u32,
-        };
-        let version = match &pl.version {
-            Some(v) if v.v < 1 => {
-                sink.error(&v.at, format!("version {} must be 1 or more", v.v));
-                continue;
-            }
-            Some(v) => v.v as u64,
-            None => 1,
-        };
-        ctx.prefix_lists.insert(
-            id.clone(),
-            PrefixList {
-                id,
-                name,
-                family,
-                max_entries,
-                version,
-                entries,
-                origin: pl.at.clone(),
-            },
-        );
+        }
+        entry_seen.insert(net, e.cidr.at.clone());
+        entries.push(net);
     }
+    entries
+}
+
+/// Reports `what` (a thing defined or listed twice) at `at`, pointing at the first one.
+fn twice(sink: &mut Sink, at: &Origin, what: String, first: &Origin) {
+    sink.error(
+        at,
+        format!(
+            "{what} (first at line {}, column {})",
+            first.line, first.column
+        ),
+    );
 }
 
 fn check_text(sink: &mut Sink, t: &Option<L<String>>) {
@@ -376,55 +402,9 @@ fn protocol(sink: &mut Sink, r: &DRule) -> Option<Protocol> {
         }
     };
     match name {
-        ProtoName::All | ProtoName::Number(_) => {
-            // F2: such rules allow every port whatever range is given; say so when a range
-            // that is not "everything" was written, as it is probably a mistake.
-            let narrow = match (&r.from, &r.to) {
-                (None, None) => false,
-                (Some(a), Some(b)) => !((a.v == -1 && b.v == -1) || (a.v == 0 && b.v == 65535)),
-                _ => true,
-            };
-            if narrow {
-                let at = r.from.as_ref().or(r.to.as_ref()).map_or(&r.at, |v| &v.at);
-                sink.warn_hint(
-                    at,
-                    format!(
-                        "the port range is ignored: protocol {} allows every port (F2)",
-                        if name == ProtoName::All {
-                            "all (-1)".to_string()
-                        } else {
-                            name.name()
-                        }
-                    ),
-                    "remove the ports, or use tcp/udp to filter by port",
-                );
-            }
-            Some(match name {
-                ProtoName::All => Protocol::All,
-                ProtoName::Number(n) => Protocol::Number(n),
-                _ => unreachable!(),
-            })
-        }
+        ProtoName::All | ProtoName::Number(_) => Some(any_port_protocol(sink, r, name)),
         ProtoName::Tcp | ProtoName::Udp => {
-            let (Some(f), Some(t)) = (&r.from, &r.to) else {
-                sink.error_hint(
-                    &r.at,
-                    format!("a {} rule needs a port range (F3)", name.name()),
-                    "give one port (443), a range (1024-65535), or 0-65535 for every port",
-                );
-                return None;
-            };
-            let (from, to) = (port(sink, f), port(sink, t));
-            let (from, to) = (from?, to?);
-            if from > to {
-                sink.error_hint(
-                    &f.at,
-                    format!("the port range {from}-{to} is reversed (F3)"),
-                    format!("write {to}-{from}"),
-                );
-                return None;
-            }
-            let range = PortRange { from, to };
+            let range = port_range(sink, r, name)?;
             Some(if name == ProtoName::Tcp {
                 Protocol::Tcp(range)
             } else {
@@ -432,45 +412,101 @@ fn protocol(sink: &mut Sink, r: &DRule) -> Option<Protocol> {
             })
         }
         ProtoName::Icmp | ProtoName::Icmpv6 => {
-            let m = match (&r.from, &r.to) {
-                (None, None) if name == ProtoName::Icmpv6 => IcmpMatch::All,
-                (None, _) => {
-                    sink.error_hint(
-                        &r.at,
-                        format!("an {} rule needs an ICMP type (F4)", name.name()),
-                        "give the type (8 is echo request) and optionally the code; -1 means every type",
-                    );
-                    return None;
-                }
-                (Some(ty), code) => {
-                    let t = icmp_value(sink, ty, "type");
-                    let c = match code {
-                        Some(c) => icmp_value(sink, c, "code"),
-                        None => Some(-1),
-                    };
-                    let (t, c) = (t?, c?);
-                    match (t, c) {
-                        (-1, -1) => IcmpMatch::All,
-                        (-1, c) => {
-                            let at = code.as_ref().map_or(&r.at, |c| &c.at);
-                            sink.error_hint(
-                                at,
-                                format!("ICMP type -1 (every type) cannot take code {c} (F4)"),
-                                "type -1 forces code -1: remove the code or write -1",
-                            );
-                            return None;
-                        }
-                        (t, -1) => IcmpMatch::Type(t as u8),
-                        (t, c) => IcmpMatch::TypeCode(t as u8, c as u8),
-                    }
-                }
-            };
+            let m = icmp_match(sink, r, name)?;
             Some(if name == ProtoName::Icmp {
                 Protocol::Icmp(m)
             } else {
                 Protocol::Icmpv6(m)
             })
         }
+    }
+}
+
+/// `all` or a protocol number: every port whatever range is given (F2).
+fn any_port_protocol(sink: &mut Sink, r: &DRule, name: ProtoName) -> Protocol {
+    // Say so when a range that is not "everything" was written: probably a mistake.
+    let narrow = match (&r.from, &r.to) {
+        (None, None) => false,
+        (Some(a), Some(b)) => !((a.v == -1 && b.v == -1) || (a.v == 0 && b.v == 65535)),
+        _ => true,
+    };
+    if narrow {
+        let at = r.from.as_ref().or(r.to.as_ref()).map_or(&r.at, |v| &v.at);
+        sink.warn_hint(
+            at,
+            format!(
+                "the port range is ignored: protocol {} allows every port (F2)",
+                if name == ProtoName::All {
+                    "all (-1)".to_string()
+                } else {
+                    name.name()
+                }
+            ),
+            "remove the ports, or use tcp/udp to filter by port",
+        );
+    }
+    match name {
+        ProtoName::Number(n) => Protocol::Number(n),
+        _ => Protocol::All,
+    }
+}
+
+/// The port range of a tcp or udp rule (F3).
+fn port_range(sink: &mut Sink, r: &DRule, name: ProtoName) -> Option<PortRange> {
+    let (Some(f), Some(t)) = (&r.from, &r.to) else {
+        sink.error_hint(
+            &r.at,
+            format!("a {} rule needs a port range (F3)", name.name()),
+            "give one port (443), a range (1024-65535), or 0-65535 for every port",
+        );
+        return None;
+    };
+    let (from, to) = (port(sink, f), port(sink, t));
+    let (from, to) = (from?, to?);
+    if from > to {
+        sink.error_hint(
+            &f.at,
+            format!("the port range {from}-{to} is reversed (F3)"),
+            format!("write {to}-{from}"),
+        );
+        return None;
+    }
+    Some(PortRange { from, to })
+}
+
+/// The type and code of an icmp or icmpv6 rule (F4).
+fn icmp_match(sink: &mut Sink, r: &DRule, name: ProtoName) -> Option<IcmpMatch> {
+    let (ty, code) = match (&r.from, &r.to) {
+        (None, None) if name == ProtoName::Icmpv6 => return Some(IcmpMatch::All),
+        (None, _) => {
+            sink.error_hint(
+                &r.at,
+                format!("an {} rule needs an ICMP type (F4)", name.name()),
+                "give the type (8 is echo request) and optionally the code; -1 means every type",
+            );
+            return None;
+        }
+        (Some(ty), code) => (ty, code),
+    };
+    let t = icmp_value(sink, ty, "type");
+    let c = match code {
+        Some(c) => icmp_value(sink, c, "code"),
+        None => Some(-1),
+    };
+    let (t, c) = (t?, c?);
+    match (t, c) {
+        (-1, -1) => Some(IcmpMatch::All),
+        (-1, c) => {
+            let at = code.as_ref().map_or(&r.at, |c| &c.at);
+            sink.error_hint(
+                at,
+                format!("ICMP type -1 (every type) cannot take code {c} (F4)"),
+                "type -1 forces code -1: remove the code or write -1",
+            );
+            None
+        }
+        (t, -1) => Some(IcmpMatch::Type(t as u8)),
+        (t, c) => Some(IcmpMatch::TypeCode(t as u8, c as u8)),
     }
 }
 
@@ -631,6 +667,20 @@ fn default_rule(dir: Direction, peer: DPeer, at: &Origin) -> DRule {
 
 fn groups(ctx: &mut Ctx, d: &Draft, q: &Quotas) -> BTreeMap<GroupId, Group> {
     // Pass 1: ids, so rules may reference groups defined later in the file.
+    let valid = group_ids(ctx, d);
+    // Pass 2: their rules.
+    let mut ids: HashMap<RuleId, Origin> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for g in valid {
+        let group = group(ctx, g, &mut ids);
+        rule_quota(ctx, g, &group, q);
+        out.insert(group.id.clone(), group);
+    }
+    out
+}
+
+/// The groups whose id is valid and defined once, indexed in `ctx.groups`.
+fn group_ids<'d>(ctx: &mut Ctx, d: &'d Draft) -> Vec<&'d DGroup> {
     let mut valid: Vec<&DGroup> = Vec::new();
     let mut seen: HashMap<&str, &Origin> = HashMap::new();
     for g in &d.groups {
@@ -641,12 +691,11 @@ fn groups(ctx: &mut Ctx, d: &Draft, q: &Quotas) -> BTreeMap<GroupId, Group> {
             continue;
         }
         if let Some(first) = seen.get(g.id.v.as_str()) {
-            ctx.sink.error(
+            twice(
+                ctx.sink,
                 &g.id.at,
-                format!(
-                    "security group {} is defined twice (first at line {}, column {})",
-                    g.id.v, first.line, first.column
-                ),
+                format!("security group {} is defined twice", g.id.v),
+                first,
             );
             continue;
         }
@@ -654,90 +703,87 @@ fn groups(ctx: &mut Ctx, d: &Draft, q: &Quotas) -> BTreeMap<GroupId, Group> {
         ctx.groups.insert(g.id.v.clone(), valid.len());
         valid.push(g);
     }
-    let mut ids: HashMap<RuleId, Origin> = HashMap::new();
-    let mut out = BTreeMap::new();
-    for g in valid {
-        let gid = GroupId(g.id.v.clone());
-        check_text(ctx.sink, &g.name);
-        check_text(ctx.sink, &g.description);
-        let mut check = RuleCheck {
-            content: HashMap::new(),
-            ids: &mut ids,
-        };
-        let mut group = Group {
-            id: gid.clone(),
-            name: g.name.as_ref().map_or_else(
-                || {
-                    if g.default_group {
-                        "default".to_string()
-                    } else {
-                        g.id.v.clone()
-                    }
-                },
-                |n| n.v.clone(),
-            ),
-            description: g
-                .description
-                .as_ref()
-                .map(|d| d.v.clone())
-                .unwrap_or_default(),
-            ingress: Vec::new(),
-            egress: Vec::new(),
-            origin: g.at.clone(),
-        };
-        if !g.external {
-            let ingress_default: Vec<DRule>;
-            let ingress: &[DRule] = match &g.ingress {
-                Some(list) => list,
-                None if g.default_group => {
-                    // D3: the default group admits everything from its own members.
-                    ingress_default = vec![default_rule(
-                        Direction::Ingress,
-                        DPeer::Group(g.id.v.clone()),
-                        &g.ingress_at,
-                    )];
-                    &ingress_default
-                }
-                None => &[], // D1
-            };
-            let egress_default: Vec<DRule>;
-            let egress: &[DRule] = match &g.egress {
-                Some(list) => list,
-                None => {
-                    // D2: all protocols to anywhere, both families.
-                    egress_default = ["0.0.0.0/0", "::/0"]
-                        .iter()
-                        .map(|c| {
-                            default_rule(
-                                Direction::Egress,
-                                DPeer::Cidr {
-                                    text: c.to_string(),
-                                    expect: None,
-                                },
-                                &g.egress_at,
-                            )
-                        })
-                        .collect();
-                    &egress_default
-                }
-            };
-            for r in ingress.iter().chain(egress).chain(&g.extra) {
-                if let Some(rule) = rule(ctx, &mut check, &gid, r) {
-                    match rule.direction {
-                        Direction::Ingress => group.ingress.push(rule),
-                        Direction::Egress => group.egress.push(rule),
-                    }
-                }
-            }
-        }
-        rule_quota(ctx, g, &group, q);
-        out.insert(gid, group);
-    }
-    out
+    valid
 }
 
-/// Q1: per group and direction, IPv4 and IPv6 counted apart. A group reference counts once in
-/// each family; a prefix list counts its max entries in its own family (R4).
+/// One group with its rules: the lists it gives, or the defaults (D1-D3), then the rules
+/// added by other resources. `ids` holds the rule ids of every group so far.
+fn group(ctx: &mut Ctx, g: &DGroup, ids: &mut HashMap<RuleId, Origin>) -> Group {
+    let gid = GroupId(g.id.v.clone());
+    check_text(ctx.sink, &g.name);
+    check_text(ctx.sink, &g.description);
+    let mut check = RuleCheck {
+        content: HashMap::new(),
+        ids,
+    };
+    let mut group = Group {
+        id: gid.clone(),
+        name: g.name.as_ref().map_or_else(
+            || {
+                if g.default_group {
+                    "default".to_string()
+                } else {
+                    g.id.v.clone()
+                }
+            },
+            |n| n.v.clone(),
+        ),
+        description: g
+            .description
+            .as_ref()
+            .map(|d| d.v.clone())
+            .unwrap_or_default(),
+        ingress: Vec::new(),
+        egress: Vec::new(),
+        origin: g.at.clone(),
+    };
+    if g.external {
+        return group;
+    }
+    let (ingress_default, egress_default) = (default_ingress(g), default_egress(g));
+    let ingress: &[DRule] = g.ingress.as_deref().unwrap_or(&ingress_default);
+    let egress: &[DRule] = g.egress.as_deref().unwrap_or(&egress_default);
+    for r in ingress.iter().chain(egress).chain(&g.extra) {
+        if let Some(rule) = rule(ctx, &mut check, &gid, r) {
+            match rule.direction {
+                Direction::Ingress => group.ingress.push(rule),
+                Direction::Egress => group.egress.push(rule),
+            }
+        }
+    }
+    group
+}
+
+/// The ingress rules of a group that lists none: D3 for the default group (everything from
+/// its own members), else none (D1).
+fn default_ingress(g: &DGroup) -> Vec<DRule> {
+    if !g.default_group {
+        return Vec::new();
+    }
+    vec![default_rule(
+        Direction::Ingress,
+        DPeer::Group(g.id.v.clone()),
+        &g.ingress_at,
+    )]
+}
+
+/// The egress rules of a group that lists none (D2): all protocols to anywhere, both families.
+fn default_egress(g: &DGroup) -> Vec<DRule> {
+    ["0.0.0.0/0", "::/0"]
+        .iter()
+        .map(|c| {
+            default_rule(
+                Direction::Egress,
+                DPeer::Cidr {
+                    text: c.to_string(),
+                    expect: None,
+                },
+                &g.egress_at,
+            )
+        })
+        .collect()
+}
+
 fn rule_quota(ctx: &mut Ctx, g: &DGroup, group: &Group, q: &Quotas) {
     for dir in Direction::BOTH {
         let (mut v4, mut v6) = (0u64, 0u64);
@@ -791,107 +837,24 @@ fn interfaces(ctx: &mut Ctx, d: &Draft, q: &Quotas, defaults: Timeouts) -> Vec<I
         let sink = &mut *ctx.sink;
         let mut ok = true;
         if let Some(first) = names.get(i.name.v.as_str()) {
-            sink.error(
+            twice(
+                sink,
                 &i.name.at,
-                format!(
-                    "interface {} is defined twice (first at line {}, column {})",
-                    i.name.v, first.line, first.column
-                ),
+                format!("interface {} is defined twice", i.name.v),
+                first,
             );
             ok = false;
         } else {
             names.insert(&i.name.v, &i.name.at);
         }
         if let Some(dev) = &i.device {
-            let v = &dev.v;
-            if v.is_empty()
-                || v.len() > 15
-                || v.contains(['/', ' ', '\t', ':'])
-                || v == "."
-                || v == ".."
-            {
-                sink.error_hint(
-                    &dev.at,
-                    format!("`{v}` is not a Linux interface name"),
-                    "1-15 characters, no `/`, `:` or spaces (see `ip link`)",
-                );
-                ok = false;
-            }
+            ok &= device_name(sink, dev);
         }
-        let mut addresses = Vec::new();
-        for a in &i.addresses {
-            match values::address(&a.v) {
-                Ok(addr) => {
-                    if let Some((owner, first)) = owners.get(&addr) {
-                        sink.error_hint(
-                            &a.at,
-                            format!(
-                                "address {addr} is already assigned to interface {owner} (line {}, column {})",
-                                first.line, first.column
-                            ),
-                            "an address belongs to one interface",
-                        );
-                        ok = false;
-                    } else {
-                        owners.insert(addr, (&i.name.v, &a.at));
-                        addresses.push(addr);
-                    }
-                }
-                Err(b) => {
-                    report(sink, &a.at, b);
-                    ok = false;
-                }
-            }
-        }
-        let mut groups: Vec<GroupId> = Vec::new();
-        for g in &i.groups {
-            if !ctx.groups.contains_key(&g.v) {
-                let known = ctx.known_groups();
-                let hint = match did_you_mean(&g.v, &known) {
-                    Some(k) => format!("did you mean {k}?"),
-                    None => "define the group, or check the id".to_string(),
-                };
-                ctx.sink.error_hint(
-                    &g.at,
-                    format!("security group {} is not defined", g.v),
-                    hint,
-                );
-                ok = false;
-                continue;
-            }
-            let gid = GroupId(g.v.clone());
-            if groups.contains(&gid) {
-                ctx.sink.error(
-                    &g.at,
-                    format!("group {} is listed twice on interface {}", g.v, i.name.v),
-                );
-                ok = false;
-                continue;
-            }
-            groups.push(gid);
-        }
+        let (addresses, addresses_ok) = interface_addresses(sink, i, &mut owners);
+        let (groups, groups_ok) = interface_groups(ctx, i);
+        ok &= addresses_ok & groups_ok;
         let sink = &mut *ctx.sink;
-        if i.groups.is_empty() {
-            sink.error_hint(
-                &i.groups_at,
-                format!("interface {} carries no security group", i.name.v),
-                "EC2 gives every interface at least one group; list its groups",
-            );
-            ok = false;
-        }
-        if i.groups.len() > q.groups_per_interface as usize {
-            sink.error_hint(
-                &i.groups_at,
-                format!(
-                    "interface {} carries {} security groups; the limit is {} per interface (Q2)",
-                    i.name.v,
-                    i.groups.len(),
-                    q.groups_per_interface
-                ),
-                "remove groups, or raise quotas.groups_per_interface (at most 16)",
-            );
-            ok = false;
-        }
+        ok &= group_count(sink, i, q);
         if i.addresses.is_empty() && i.device.is_none() {
             sink.warn_hint(
                 &i.at,
@@ -913,6 +876,117 @@ fn interfaces(ctx: &mut Ctx, d: &Draft, q: &Quotas, defaults: Timeouts) -> Vec<I
         }
     }
     out
+}
+
+/// Whether `dev` can name a Linux interface (reported when not).
+fn device_name(sink: &mut Sink, dev: &L<String>) -> bool {
+    let v = &dev.v;
+    let bad =
+        v.is_empty() || v.len() > 15 || v.contains(['/', ' ', '\t', ':']) || v == "." || v == "..";
+    if bad {
+        sink.error_hint(
+            &dev.at,
+            format!("`{v}` is not a Linux interface name"),
+            "1-15 characters, no `/`, `:` or spaces (see `ip link`)",
+        );
+    }
+    !bad
+}
+
+/// An interface's addresses, each owned by one interface (`owners`: the owners so far), and
+/// whether all were valid.
+fn interface_addresses<'d>(
+    sink: &mut Sink,
+    i: &'d DInterface,
+    owners: &mut HashMap<IpAddr, (&'d str, &'d Origin)>,
+) -> (Vec<IpAddr>, bool) {
+    let mut ok = true;
+    let mut addresses = Vec::new();
+    for a in &i.addresses {
+        match values::address(&a.v) {
+            Ok(addr) => {
+                if let Some((owner, first)) = owners.get(&addr) {
+                    sink.error_hint(
+                        &a.at,
+                        format!(
+                            "address {addr} is already assigned to interface {owner} (line {}, column {})",
+                            first.line, first.column
+                        ),
+                        "an address belongs to one interface",
+                    );
+                    ok = false;
+                } else {
+                    owners.insert(addr, (&i.name.v, &a.at));
+                    addresses.push(addr);
+                }
+            }
+            Err(b) => {
+                report(sink, &a.at, b);
+                ok = false;
+            }
+        }
+    }
+    (addresses, ok)
+}
+
+/// An interface's groups, each defined and listed once, and whether all were.
+fn interface_groups(ctx: &mut Ctx, i: &DInterface) -> (Vec<GroupId>, bool) {
+    let mut ok = true;
+    let mut groups: Vec<GroupId> = Vec::new();
+    for g in &i.groups {
+        if !ctx.groups.contains_key(&g.v) {
+            let known = ctx.known_groups();
+            let hint = match did_you_mean(&g.v, &known) {
+                Some(k) => format!("did you mean {k}?"),
+                None => "define the group, or check the id".to_string(),
+            };
+            ctx.sink.error_hint(
+                &g.at,
+                format!("security group {} is not defined", g.v),
+                hint,
+            );
+            ok = false;
+            continue;
+        }
+        let gid = GroupId(g.v.clone());
+        if groups.contains(&gid) {
+            ctx.sink.error(
+                &g.at,
+                format!("group {} is listed twice on interface {}", g.v, i.name.v),
+            );
+            ok = false;
+            continue;
+        }
+        groups.push(gid);
+    }
+    (groups, ok)
+}
+
+/// Whether an interface carries at least one group and at most the quota (Q2).
+fn group_count(sink: &mut Sink, i: &DInterface, q: &Quotas) -> bool {
+    let mut ok = true;
+    if i.groups.is_empty() {
+        sink.error_hint(
+            &i.groups_at,
+            format!("interface {} carries no security group", i.name.v),
+            "EC2 gives every interface at least one group; list its groups",
+        );
+        ok = false;
+    }
+    if i.groups.len() > q.groups_per_interface as usize {
+        sink.error_hint(
+            &i.groups_at,
+            format!(
+                "interface {} carries {} security groups; the limit is {} per interface (Q2)",
+                i.name.v,
+                i.groups.len(),
+                q.groups_per_interface
+            ),
+            "remove groups, or raise quotas.groups_per_interface (at most 16)",
+        );
+        ok = false;
+    }
+    ok
 }
 
 /// The last step: reports into `sink`; the result is only meaningful when no error was added.

@@ -316,7 +316,7 @@ impl Builder {
     fn event(&mut self, ev: Event<'_>, span: Span) -> Result<(), YamlError> {
         let at = position(&span);
         match ev {
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => Ok(()),
             Event::DocumentStart(_) => {
                 self.documents += 1;
                 if self.documents > 1 {
@@ -327,6 +327,7 @@ impl Builder {
                         Some("sg reads one document: remove the extra `---` section"),
                     ));
                 }
+                Ok(())
             }
             Event::Scalar(value, style, anchor, tag) => {
                 self.count(1, at)?;
@@ -341,103 +342,116 @@ impl Builder {
                     size: 1,
                     height: 1,
                 };
-                self.finish_node(node, anchor)?;
+                self.finish_node(node, anchor)
             }
             Event::SequenceStart(anchor, ref tag) | Event::MappingStart(anchor, ref tag) => {
-                self.count(1, at)?;
-                self.open(at)?;
                 let head = Header {
                     line: at.0,
                     column: at.1,
                     tag: tag.as_ref().map(|t| tag_text(t)),
                     anchor,
                 };
-                self.stack.push(if matches!(ev, Event::SequenceStart(..)) {
-                    Frame::Seq {
-                        head,
-                        items: Vec::new(),
-                    }
-                } else {
-                    Frame::Map {
-                        head,
-                        entries: Vec::new(),
-                        key: None,
-                        seen: HashMap::new(),
-                        merges: Vec::new(),
-                    }
-                });
+                self.collection_start(head, matches!(ev, Event::SequenceStart(..)), at)
             }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let Some(frame) = self.stack.pop() else {
-                    return Err(err_at(at.0, at.1, "unbalanced collection end", None));
-                };
-                let (head, kind) = match frame {
-                    Frame::Seq { head, items } => (head, Kind::Seq(items)),
-                    Frame::Map {
-                        head,
-                        mut entries,
-                        mut seen,
-                        merges,
-                        ..
-                    } => {
-                        // Explicit keys win over merged ones; earlier merge sources win over
-                        // later ones (YAML merge-key semantics).
-                        for src in &merges {
-                            for (k, v) in src.as_map().unwrap_or_default() {
-                                let text = k.scalar().unwrap_or_default();
-                                if !seen.contains_key(text) {
-                                    seen.insert(text.to_string(), (k.line, k.column));
-                                    entries.push((k.clone(), v.clone()));
-                                }
-                            }
-                        }
-                        (head, Kind::Map(entries))
-                    }
-                };
-                let children: Box<dyn Iterator<Item = &Rc<Node>>> = match &kind {
-                    Kind::Seq(items) => Box::new(items.iter()),
-                    Kind::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
-                    Kind::Scalar { .. } => Box::new(std::iter::empty()),
-                };
-                let (mut size, mut height) = (1u64, 0u32);
-                for c in children {
-                    size = size.saturating_add(c.size);
-                    height = height.max(c.height);
-                }
-                let node = Node {
-                    kind,
-                    tag: head.tag,
-                    line: head.line,
-                    column: head.column,
-                    size,
-                    height: height + 1,
-                };
-                self.finish_node(node, head.anchor)?;
-            }
-            Event::Alias(id) => {
-                let Some(target) = self.anchors.get(&id).cloned() else {
-                    return Err(err_at(
-                        at.0,
-                        at.1,
-                        "this alias refers to a node that contains it (a recursive alias)",
-                        None,
-                    ));
-                };
-                self.count(target.size, at)?;
-                if self.stack.len() as u32 + target.height > MAX_DEPTH {
-                    return Err(err_at(
-                        at.0,
-                        at.1,
-                        format!(
-                            "nesting is deeper than {MAX_DEPTH} levels once this alias is expanded"
-                        ),
-                        None,
-                    ));
-                }
-                self.push_value(target)?;
-            }
+            Event::SequenceEnd | Event::MappingEnd => self.collection_end(at),
+            Event::Alias(id) => self.alias(id, at),
         }
+    }
+
+    fn collection_start(
+        &mut self,
+        head: Header,
+        is_seq: bool,
+        at: (u32, u32),
+    ) -> Result<(), YamlError> {
+        self.count(1, at)?;
+        self.open(at)?;
+        self.stack.push(if is_seq {
+            Frame::Seq {
+                head,
+                items: Vec::new(),
+            }
+        } else {
+            Frame::Map {
+                head,
+                entries: Vec::new(),
+                key: None,
+                seen: HashMap::new(),
+                merges: Vec::new(),
+            }
+        });
         Ok(())
+    }
+
+    /// Closes the innermost collection into a node, its size and height from its children.
+    fn collection_end(&mut self, at: (u32, u32)) -> Result<(), YamlError> {
+        let Some(frame) = self.stack.pop() else {
+            return Err(err_at(at.0, at.1, "unbalanced collection end", None));
+        };
+        let (head, kind) = match frame {
+            Frame::Seq { head, items } => (head, Kind::Seq(items)),
+            Frame::Map {
+                head,
+                mut entries,
+                mut seen,
+                merges,
+                ..
+            } => {
+                // Explicit keys win over merged ones; earlier merge sources win over
+                // later ones (YAML merge-key semantics).
+                for src in &merges {
+                    for (k, v) in src.as_map().unwrap_or_default() {
+                        let text = k.scalar().unwrap_or_default();
+                        if !seen.contains_key(text) {
+                            seen.insert(text.to_string(), (k.line, k.column));
+                            entries.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+                (head, Kind::Map(entries))
+            }
+        };
+        let children: Box<dyn Iterator<Item = &Rc<Node>>> = match &kind {
+            Kind::Seq(items) => Box::new(items.iter()),
+            Kind::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
+            Kind::Scalar { .. } => Box::new(std::iter::empty()),
+        };
+        let (mut size, mut height) = (1u64, 0u32);
+        for c in children {
+            size = size.saturating_add(c.size);
+            height = height.max(c.height);
+        }
+        let node = Node {
+            kind,
+            tag: head.tag,
+            line: head.line,
+            column: head.column,
+            size,
+            height: height + 1,
+        };
+        self.finish_node(node, head.anchor)
+    }
+
+    /// An alias: the anchored node again, counted whole against the size and depth limits.
+    fn alias(&mut self, id: usize, at: (u32, u32)) -> Result<(), YamlError> {
+        let Some(target) = self.anchors.get(&id).cloned() else {
+            return Err(err_at(
+                at.0,
+                at.1,
+                "this alias refers to a node that contains it (a recursive alias)",
+                None,
+            ));
+        };
+        self.count(target.size, at)?;
+        if self.stack.len() as u32 + target.height > MAX_DEPTH {
+            return Err(err_at(
+                at.0,
+                at.1,
+                format!("nesting is deeper than {MAX_DEPTH} levels once this alias is expanded"),
+                None,
+            ));
+        }
+        self.push_value(target)
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::lpm_trie::Key;
-use aya::maps::{MapError, PerCpuValues};
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuValues};
 use sg_common::{
     IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortKey, PortPage, RuleCounter, maps,
     rule_flags,
@@ -176,6 +176,25 @@ fn check_generation(image: &MapImage) -> Result<()> {
     Ok(())
 }
 
+/// Checks that every counter slot of the image is a rule's slot within the capacity.
+fn check_slots(image: &MapImage, cap: u32) -> Result<()> {
+    let slot_values = image
+        .slots
+        .by_rule
+        .values()
+        .copied()
+        .chain(image.ports.values().flat_map(rule_slots));
+    for s in slot_values {
+        if s == sg_common::NO_RULE_SLOT || s >= cap {
+            bail!(
+                "the image uses counter slot {s}, outside 1..{cap}; hint: raise the rule slot \
+                 capacity or recompile with it"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Dataplane {
     /// Makes `image` the enforced policy, atomically (see the module comment). On error the
     /// previous policy is still enforced and the kernel holds nothing of the new one (unless
@@ -183,22 +202,8 @@ impl Dataplane {
     pub fn apply(&mut self, image: &MapImage) -> Result<ApplyReport> {
         let start = Instant::now();
         check_generation(image)?;
+        check_slots(image, self.caps.rule_slots)?;
         let g = image.generation;
-        let cap = self.caps.rule_slots;
-        let slot_values = image
-            .slots
-            .by_rule
-            .values()
-            .copied()
-            .chain(image.ports.values().flat_map(rule_slots));
-        for s in slot_values {
-            if s == sg_common::NO_RULE_SLOT || s >= cap {
-                bail!(
-                    "the image uses counter slot {s}, outside 1..{cap}; hint: raise the rule slot \
-                     capacity or recompile with it"
-                );
-            }
-        }
 
         let mut report = ApplyReport {
             generation: g,
@@ -241,25 +246,7 @@ impl Dataplane {
             .zero_counters(&zero)
             .and_then(|()| self.write_generation(image));
         let flipped = written.and_then(|n| self.flip(g).map(|()| n));
-        let n = match flipped {
-            Ok(n) => n,
-            Err(e) => {
-                let left = self.clear_generation(g);
-                let live = self.mirror.active;
-                return Err(match left {
-                    Ok(_) => e.context(format!(
-                        "apply of generation {g} failed and was rolled back; generation {live} \
-                         is still enforced"
-                    )),
-                    Err(e2) => e.context(format!(
-                        "apply of generation {g} failed and the rollback failed too ({e2:#}); \
-                         generation {live} is still enforced, {} entries of generation {g} \
-                         remain and will be cleared by the next apply",
-                        self.mirror.gens[g as usize].len()
-                    )),
-                });
-            }
-        };
+        let n = flipped.map_err(|e| self.roll_back(g, e))?;
         report.written = n;
         report.entries = image.ifaces.len() + image.peers.len() + image.ports.len();
         report.counters_zeroed = zero.len();
@@ -270,6 +257,24 @@ impl Dataplane {
             .known_slots
             .extend(image.ports.values().flat_map(rule_slots));
         Ok(report)
+    }
+
+    /// Deletes what a failed apply wrote of generation `g` (not live), and says so on `e`.
+    fn roll_back(&mut self, g: u32, e: anyhow::Error) -> anyhow::Error {
+        let left = self.clear_generation(g);
+        let live = self.mirror.active;
+        match left {
+            Ok(_) => e.context(format!(
+                "apply of generation {g} failed and was rolled back; generation {live} is still \
+                 enforced"
+            )),
+            Err(e2) => e.context(format!(
+                "apply of generation {g} failed and the rollback failed too ({e2:#}); generation \
+                 {live} is still enforced, {} entries of generation {g} remain and will be \
+                 cleared by the next apply",
+                self.mirror.gens[g as usize].len()
+            )),
+        }
     }
 
     /// Applies a membership change ([`crate::compile::membership_delta`]) to the live
@@ -307,17 +312,12 @@ impl Dataplane {
             }
         }
         let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[g as usize]);
-        let mut written = 0;
-        for (k, v) in &delta.ports {
-            if mirror.ports.get(k) == Some(v) {
-                continue;
-            }
-            maps.ports
-                .insert(k, *v, 0)
-                .map_err(|e| map_error(maps::PORTS, "insert", k, e))?;
-            mirror.ports.insert(*k, *v);
-            written += 1;
-        }
+        let mut written = write_missing(
+            &mut maps.ports,
+            maps::PORTS,
+            &mut mirror.ports,
+            &delta.ports,
+        )?;
         let mut done: Vec<(LpmKey<PeerData>, Option<PeerVal>)> = Vec::new();
         for (k, v) in &delta.peers {
             let old = mirror.peers.get(k).copied();
@@ -399,40 +399,24 @@ impl Dataplane {
     fn write_generation(&mut self, image: &MapImage) -> Result<usize> {
         let g = image.generation as usize;
         let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[g]);
-        let mut n = 0;
         // Bottom-up (ports, peers, interfaces) for tidiness only: none of it is visible before
         // the flip.
-        for (k, v) in &image.ports {
-            if mirror.ports.get(k) == Some(v) {
-                continue;
-            }
-            maps.ports
-                .insert(k, *v, 0)
-                .map_err(|e| map_error(maps::PORTS, "insert", k, e))?;
-            mirror.ports.insert(*k, *v);
-            n += 1;
-        }
-        for (k, v) in &image.peers {
-            if mirror.peers.get(k) == Some(v) {
-                continue;
-            }
-            maps.peers
-                .insert(&key(k), *v, 0)
-                .map_err(|e| map_error(maps::PEERS, "insert", k, e))?;
-            mirror.peers.insert(*k, *v);
-            n += 1;
-        }
-        for (k, v) in &image.ifaces {
-            if mirror.ifaces.get(k) == Some(v) {
-                continue;
-            }
-            maps.ifaces
-                .insert(k, *v, 0)
-                .map_err(|e| map_error(maps::IFACES, "insert", k, e))?;
-            mirror.ifaces.insert(*k, *v);
-            n += 1;
-        }
-        Ok(n)
+        Ok(write_missing(
+            &mut maps.ports,
+            maps::PORTS,
+            &mut mirror.ports,
+            &image.ports,
+        )? + write_missing(
+            &mut maps.peers,
+            maps::PEERS,
+            &mut mirror.peers,
+            &image.peers,
+        )? + write_missing(
+            &mut maps.ifaces,
+            maps::IFACES,
+            &mut mirror.ifaces,
+            &image.ifaces,
+        )?)
     }
 
     /// Deletes the entries of generation `g` that `image` does not have. Returns how many.
@@ -449,64 +433,136 @@ impl Dataplane {
     /// (so a reader never finds an interface whose rules are half gone).
     fn remove_entries(&mut self, g: u32, keep: Option<&MapImage>) -> Result<usize> {
         let (maps, mirror) = (&mut self.maps, &mut self.mirror.gens[(g & 1) as usize]);
-        let mut n = 0;
         let mut first_err: Option<anyhow::Error> = None;
-        let ifaces: Vec<IfaceKey> = mirror
-            .ifaces
-            .keys()
-            .filter(|k| keep.is_none_or(|w| !w.ifaces.contains_key(k)))
-            .copied()
-            .collect();
-        for k in ifaces {
-            match maps.ifaces.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {
-                    mirror.ifaces.remove(&k);
-                    n += 1;
-                }
-                Err(e) => {
-                    first_err.get_or_insert(map_error(maps::IFACES, "delete", &k, e));
-                }
-            }
-        }
-        let peers: Vec<LpmKey<PeerData>> = mirror
-            .peers
-            .keys()
-            .filter(|k| keep.is_none_or(|w| !w.peers.contains_key(k)))
-            .copied()
-            .collect();
-        for k in peers {
-            match maps.peers.remove(&key(&k)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {
-                    mirror.peers.remove(&k);
-                    n += 1;
-                }
-                Err(e) => {
-                    first_err.get_or_insert(map_error(maps::PEERS, "delete", &k, e));
-                }
-            }
-        }
-        let ports: Vec<PortKey> = mirror
-            .ports
-            .keys()
-            .filter(|k| keep.is_none_or(|w| !w.ports.contains_key(k)))
-            .copied()
-            .collect();
-        for k in ports {
-            match maps.ports.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {
-                    mirror.ports.remove(&k);
-                    n += 1;
-                }
-                Err(e) => {
-                    first_err.get_or_insert(map_error(maps::PORTS, "delete", &k, e));
-                }
-            }
-        }
+        let n = remove_unkept(
+            &mut maps.ifaces,
+            maps::IFACES,
+            &mut mirror.ifaces,
+            keep.map(|w| &w.ifaces),
+            &mut first_err,
+        ) + remove_unkept(
+            &mut maps.peers,
+            maps::PEERS,
+            &mut mirror.peers,
+            keep.map(|w| &w.peers),
+            &mut first_err,
+        ) + remove_unkept(
+            &mut maps.ports,
+            maps::PORTS,
+            &mut mirror.ports,
+            keep.map(|w| &w.ports),
+            &mut first_err,
+        );
         match first_err {
             None => Ok(n),
             Some(e) => Err(e),
         }
     }
+}
+
+/// One policy map as the apply loops see it: the kernel side of one mirror table.
+trait PolicyMap<K, V> {
+    fn put(&mut self, k: &K, v: V) -> Result<(), MapError>;
+    fn delete(&mut self, k: &K) -> Result<(), MapError>;
+}
+
+impl<K: aya::Pod, V: aya::Pod> PolicyMap<K, V> for HashMap<MapData, K, V> {
+    fn put(&mut self, k: &K, v: V) -> Result<(), MapError> {
+        self.insert(k, v, 0)
+    }
+    fn delete(&mut self, k: &K) -> Result<(), MapError> {
+        self.remove(k)
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> PolicyMap<LpmKey<K>, V> for LpmTrie<MapData, K, V> {
+    fn put(&mut self, k: &LpmKey<K>, v: V) -> Result<(), MapError> {
+        self.insert(&key(k), v, 0)
+    }
+    fn delete(&mut self, k: &LpmKey<K>) -> Result<(), MapError> {
+        self.remove(&key(k))
+    }
+}
+
+/// Writes the entries of `want` that `mirror` does not hold as they are. Returns how many.
+fn write_missing<K, V>(
+    map: &mut impl PolicyMap<K, V>,
+    name: &str,
+    mirror: &mut BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+) -> Result<usize>
+where
+    K: Ord + Copy + std::fmt::Debug,
+    V: PartialEq + Copy,
+{
+    let mut n = 0;
+    for (k, v) in want {
+        if mirror.get(k) == Some(v) {
+            continue;
+        }
+        set_entry(map, name, mirror, k, Some(*v))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Deletes the entries of `mirror` that `keep` lacks (all when None), going on past a failure
+/// (the first one lands in `first_err`). Returns how many it deleted.
+fn remove_unkept<K, V>(
+    map: &mut impl PolicyMap<K, V>,
+    name: &str,
+    mirror: &mut BTreeMap<K, V>,
+    keep: Option<&BTreeMap<K, V>>,
+    first_err: &mut Option<anyhow::Error>,
+) -> usize
+where
+    K: Ord + Copy + std::fmt::Debug,
+    V: Copy,
+{
+    let doomed: Vec<K> = mirror
+        .keys()
+        .filter(|k| keep.is_none_or(|w| !w.contains_key(k)))
+        .copied()
+        .collect();
+    let mut n = 0;
+    for k in doomed {
+        match set_entry(map, name, mirror, &k, None) {
+            Ok(()) => n += 1,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    n
+}
+
+/// Writes (Some) or deletes (None) one entry, then records it in the mirror. Deleting an
+/// entry the kernel does not hold is not an error: the mirror was only behind.
+fn set_entry<K, V>(
+    map: &mut impl PolicyMap<K, V>,
+    name: &str,
+    mirror: &mut BTreeMap<K, V>,
+    k: &K,
+    v: Option<V>,
+) -> Result<()>
+where
+    K: Ord + Copy + std::fmt::Debug,
+    V: Copy,
+{
+    match v {
+        Some(v) => {
+            map.put(k, v).map_err(|e| map_error(name, "insert", k, e))?;
+            mirror.insert(*k, v);
+        }
+        None => {
+            match map.delete(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(name, "delete", k, e)),
+            }
+            mirror.remove(k);
+        }
+    }
+    Ok(())
 }
 
 /// Writes (Some) or deletes (None) one peer entry, then records it in the mirror.
@@ -516,22 +572,7 @@ fn set_peer(
     k: &LpmKey<PeerData>,
     v: Option<PeerVal>,
 ) -> Result<()> {
-    match v {
-        Some(v) => {
-            maps.peers
-                .insert(&key(k), v, 0)
-                .map_err(|e| map_error(maps::PEERS, "insert", k, e))?;
-            mirror.peers.insert(*k, v);
-        }
-        None => {
-            match maps.peers.remove(&key(k)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_error(maps::PEERS, "delete", k, e)),
-            }
-            mirror.peers.remove(k);
-        }
-    }
-    Ok(())
+    set_entry(&mut maps.peers, maps::PEERS, &mut mirror.peers, k, v)
 }
 
 /// A map error with the map, the operation, the key, and a hint for the common causes.

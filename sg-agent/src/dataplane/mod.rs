@@ -15,8 +15,9 @@
 //! Pinning hangs off [`LoadOptions::pin_dir`] (a bpffs directory): maps are pinned by name
 //! under `<pin_dir>/abi-<ABI_VERSION>/` and adopted by the next load (policy, conntrack and
 //! counters survive a restart), and the mirror is rebuilt from the kernel so the next apply
-//! works against the truth. Pinning the links (so enforcement survives the process too, and
-//! an upgrade replaces the program with `attach_to_link`) is the next step; it fits here.
+//! works against the truth. The links are pinned too ([`Dataplane::attach_pinned`], attach.rs):
+//! enforcement survives the process, and an upgrade replaces the programs inside them with
+//! `attach_to_link`.
 
 mod apply;
 mod attach;

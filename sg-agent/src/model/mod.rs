@@ -6,10 +6,10 @@
 //! parse limits -> exemptions (N1, N2) -> later fragments (G1) -> conntrack (C1-C3)
 //!   -> related ICMP errors (I2) -> policy via `decide` (E1-E6) -> state only after allow (C4)
 //! ```
-//! It shares nothing with the compiler (`compile`, `image`, `lookup`) nor with the kernel
-//! program: no map layouts, no prefix tries, no flow-key structs. Only the validated
-//! [`Policy`], the stateless [`decide::decide`] and the [`Reason`] vocabulary of the verdicts
-//! are common, so a differential test against the real program proves something.
+//! It shares nothing with the compiler (`compile`, `image`, the test kit's lookup oracle) nor
+//! with the kernel program: no map layouts, no prefix tries, no flow-key structs. Only the
+//! validated [`Policy`], the stateless [`decide::decide`] and the [`Reason`] vocabulary of the
+//! verdicts are common, so a differential test against the real program proves something.
 //!
 //! It judges abstract [`Packet`]s, which are always well formed: malformed frames are the
 //! fixture tables' business. The two parse limits that an abstract packet can express (more
@@ -321,7 +321,22 @@ impl Model {
         };
 
         // State, only after allow (C2, C3, C4).
-        let opens_flow = match &pkt.l4 {
+        if !self.opens_flow(iface, dir, remote, pkt, tracked) {
+            return Outcome::new(Reason::PassRuleUntracked, Some(rule));
+        }
+        self.open_flow(iface, dir, pkt, rule)
+    }
+
+    /// Whether an allowed packet creates state (C4).
+    fn opens_flow(
+        &self,
+        iface: &str,
+        dir: Direction,
+        remote: IpAddr,
+        pkt: &Packet,
+        tracked: bool,
+    ) -> bool {
+        match &pkt.l4 {
             // C4: TCP and UDP may be untracked; ICMP and others are always tracked. A packet
             // that answers an untracked flow (the reverse packet would be allowed untracked)
             // is part of that flow and creates no state either, or X2 would not hold.
@@ -342,10 +357,12 @@ impl Model {
             L4::IcmpEcho { request, .. } => *request,
             L4::Other { .. } => true,
             L4::IcmpOther { .. } | L4::IcmpError { .. } => false,
-        };
-        if !opens_flow {
-            return Outcome::new(Reason::PassRuleUntracked, Some(rule));
         }
+    }
+
+    /// Creates the unconfirmed flow of a packet `rule` allowed, as the kernel would: not when
+    /// its key is taken, and not past the unconfirmed table's capacity.
+    fn open_flow(&mut self, iface: &str, dir: Direction, pkt: &Packet, rule: RuleId) -> Outcome {
         let (id, _) = flow_id(iface, dir, pkt).expect("a trackable packet has a flow id");
         if self.flows.contains_key(&id) {
             // The key is taken by a live flow this packet could not use: allowed, but
