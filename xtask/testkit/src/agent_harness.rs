@@ -7,7 +7,6 @@
 //! the tests ask for; probes run from `cli`. Dropping a Site runs `sg-agent detach` in `srv`
 //! and removes whatever pins or state are left, before the namespaces go: a failing test
 //! leaves nothing behind.
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -589,10 +588,19 @@ pub fn probe_result(child: Child, timeout: Duration) -> serde_json::Value {
 
 /// Sums kernel TCP counters (/proc/net/snmp "Tcp:" row) in a namespace.
 pub fn tcp_snmp(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
-    let out = ns
-        .run_ok(&["cat", "/proc/net/snmp"], Duration::from_secs(5))
-        .unwrap();
-    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    proc_net_counters(ns, "/proc/net/snmp", "Tcp:")
+}
+
+/// Kernel TCP extension counters (/proc/net/netstat "TcpExt:") in a namespace.
+pub fn tcp_ext(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
+    proc_net_counters(ns, "/proc/net/netstat", "TcpExt:")
+}
+
+/// One row of a /proc/net counter file (a line of names, then a line of values, both
+/// starting with `row`), by name.
+fn proc_net_counters(ns: &Netns, file: &str, row: &str) -> std::collections::BTreeMap<String, i64> {
+    let out = ns.run_ok(&["cat", file], Duration::from_secs(5)).unwrap();
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with(row)).collect();
     let names: Vec<&str> = rows[0].split_whitespace().skip(1).collect();
     let vals: Vec<i64> = rows[1]
         .split_whitespace()
@@ -665,21 +673,6 @@ pub fn rule_id(site: &Site, desc: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// Kernel TCP extension counters (/proc/net/netstat "TcpExt:") in a namespace.
-pub fn tcp_ext(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
-    let out = ns
-        .run_ok(&["cat", "/proc/net/netstat"], Duration::from_secs(5))
-        .unwrap();
-    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    let names: Vec<&str> = rows[0].split_whitespace().skip(1).collect();
-    let vals: Vec<i64> = rows[1]
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    names.into_iter().map(String::from).zip(vals).collect()
 }
 
 /// The count of one pass/drop reason in `sg-agent --json counters` output.
