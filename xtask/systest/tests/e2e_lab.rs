@@ -12,7 +12,7 @@ use sg_testkit::netns::require_root;
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
+        .join("../../examples")
         .join(name)
 }
 

@@ -18,15 +18,14 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, CtStats, CtTable, Dataplane, Hook, LoadOptions};
-use sg_agent::image::{MapImage, SlotTable};
+use sg_agent::image::MapImage;
 use sg_agent::model::Model;
 use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::{Direction, Policy};
 use sg_common::Reason;
-use sg_testkit::dataplane_harness::in_netns;
+use sg_testkit::dataplane_harness::{compile_for, in_netns};
 
 const HOST: &str = "192.0.2.10";
 const HOST6: &str = "2001:db8::10";
@@ -85,16 +84,8 @@ impl Rig {
         })
         .unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"));
         let bindings = BTreeMap::from([("web".to_string(), dev)]);
-        let image = compile(
-            &policy,
-            &bindings,
-            &SlotTable::default(),
-            &CompileOptions {
-                generation: dp.next_generation(),
-                slot_capacity: caps.rule_slots,
-            },
-        )
-        .unwrap_or_else(|e| panic!("compiling: {e}"));
+        let image =
+            compile_for(&dp, &policy, &bindings).unwrap_or_else(|e| panic!("compiling: {e:#}"));
         dp.apply(&image)
             .unwrap_or_else(|e| panic!("applying: {e:#}"));
         let model = Model::new(policy).with_capacity(CT as usize, CT_NEW as usize);

@@ -25,7 +25,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use sg_agent::model::build::*;
 use sg_agent::policy::Policy;
 use sg_common::Reason;
-use sg_testkit::dataplane_harness::{self, in_netns};
+use sg_testkit::dataplane_harness::{self, compile_for, in_netns};
 use sg_testkit::random::fuzz::{PacketFuzz, PacketFuzzConfig, PacketFuzzReport};
 use sg_testkit::random::{PolicyShape, describe, policy_with};
 
@@ -161,9 +161,7 @@ fn packet_fuzz_long() {
 /// peer's ping passes only by the second flow's state.
 #[test]
 fn c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model() {
-    use sg_agent::compile::{CompileOptions, compile};
     use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions};
-    use sg_agent::image::SlotTable;
     use sg_agent::model::Model;
     use sg_agent::packet::{Packet, icmp};
     use sg_agent::policy::Direction;
@@ -179,16 +177,7 @@ fn c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model() {
         })
         .expect("load");
         let bindings = std::collections::BTreeMap::from([("web".to_string(), net.lo)]);
-        let image = compile(
-            &policy,
-            &bindings,
-            &SlotTable::default(),
-            &CompileOptions {
-                generation: dp.next_generation(),
-                slot_capacity: 1024,
-            },
-        )
-        .expect("compile");
+        let image = compile_for(&dp, &policy, &bindings).expect("compile");
         dp.apply(&image).expect("apply");
         let (l, r) = (addr("192.0.2.10"), addr("203.0.113.9"));
         let out = Packet::echo_request(l, r, 7, 1);

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use ipnet::IpNet;
+use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions, ifindex};
 use sg_agent::image::{LpmKey, MapImage, SlotTable};
 use sg_agent::model::build::rule_id;
@@ -90,6 +91,20 @@ pub fn load() -> Dataplane {
         ..LoadOptions::default()
     })
     .unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"))
+}
+
+/// `policy` compiled with the production compiler (no previous slots) for `dp`'s next
+/// generation and rule-slot capacity: the image a test then applies.
+pub fn compile_for(
+    dp: &Dataplane,
+    policy: &Policy,
+    bindings: &BTreeMap<String, u32>,
+) -> anyhow::Result<MapImage> {
+    let opts = CompileOptions {
+        generation: dp.next_generation(),
+        slot_capacity: dp.capacities().rule_slots,
+    };
+    Ok(compile(policy, bindings, &SlotTable::default(), &opts)?)
 }
 
 // ---------------------------------------------------------------------------------------------
