@@ -183,13 +183,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
     assert_enforces_b(&site, "after SIGHUP with B");
 
     // SIGTERM: the daemon exits 0; enforcement stays.
-    d.signal(libc::SIGTERM);
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        log_of(&log)
-    );
+    d.terminate(&log);
     assert!(log_of(&log).contains("enforcement stays"));
     assert_enforces_b(&site, "after the daemon stopped");
     let app_before = site.rule_packets(&rule_id(&site, "app"));
@@ -330,13 +324,7 @@ fn daemon_started_before_the_addresses_waits_for_them() {
     assert!(ready.contains("READY=1"), "{ready}");
     assert_eq!(must(&scrape(&site, m), "sg_enforcing", ""), 1.0);
     assert_enforces_a(&site, "after the address appeared");
-    d.signal(libc::SIGTERM);
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        log_of(&log)
-    );
+    d.terminate(&log);
 }
 
 #[test]

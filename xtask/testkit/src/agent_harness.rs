@@ -195,6 +195,15 @@ impl Bg {
         panic!("{} did not exit within {timeout:?}", self.what);
     }
 
+    /// SIGTERM, then asserts a clean exit (0) within 20 s, with `log` (the process's log
+    /// file) in the message.
+    pub fn terminate(&mut self, log: &Path) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(Duration::from_secs(20));
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert_eq!(code, Some(0), "{} on SIGTERM; its log:\n{log}", self.what);
+    }
+
     /// Waits until the process has stopped itself (SIGSTOP: state T in /proc).
     pub fn wait_stopped(&mut self, timeout: Duration) {
         let t0 = Instant::now();
@@ -489,15 +498,21 @@ impl Site {
 
     /// Packets charged to one rule.
     pub fn rule_packets(&self, rule_id: &str) -> u64 {
+        self.counted_rule("id", rule_id)["packets"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The rule of the counters whose `field` is `value`.
+    pub fn counted_rule(&self, field: &str, value: &str) -> serde_json::Value {
         let c = self.counters();
-        c["rules"]
+        let found = c["rules"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["id"] == rule_id)
-            .unwrap_or_else(|| panic!("rule {rule_id} not in counters: {c}"))["packets"]
-            .as_u64()
-            .unwrap()
+            .find(|r| r[field] == value)
+            .cloned();
+        found.unwrap_or_else(|| panic!("no rule with {field} {value:?} in counters: {c}"))
     }
 
     /// Waits until `cond` holds (bounded).
@@ -663,13 +678,7 @@ pub fn assert_enforces_b(site: &Site, when: &str) {
 
 /// The id of the rule whose description is `desc` (from `counters`).
 pub fn rule_id(site: &Site, desc: &str) -> String {
-    let c = site.counters();
-    c["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["description"] == desc)
-        .unwrap_or_else(|| panic!("no rule described {desc:?}: {c}"))["id"]
+    site.counted_rule("description", desc)["id"]
         .as_str()
         .unwrap()
         .to_string()
