@@ -625,34 +625,36 @@ fn proc_net_counters(ns: &Netns, file: &str, row: &str) -> std::collections::BTr
     names.into_iter().map(String::from).zip(vals).collect()
 }
 
-/// Policy A: tcp 5001 from the subnet (tracked), ping from cli's first address.
-pub const POLICY_A: &str = r#"
+/// The site's policy: sg-web on web-1 (the `srv` namespace) with the ingress rules of A and
+/// `$more` rules after them.
+macro_rules! web_policy {
+    ($more:literal) => {
+        concat!(
+            r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 5001, source: 192.0.2.0/24, description: app}
       - {protocol: icmp, type: 8, source: 192.0.2.10/32, description: ping}
       - {protocol: tcp, ports: 5001, source: "2001:db8:10::/64", description: app6}
-instances:
+"#,
+            $more,
+            r#"instances:
   - name: web-1
     addresses: [192.0.2.11, "2001:db8:10::11"]
     groups: [sg-web]
-"#;
+"#
+        )
+    };
+}
+
+/// Policy A: tcp 5001 from the subnet (tracked), ping from cli's first address.
+pub const POLICY_A: &str = web_policy!("");
 
 /// Policy B: A plus tcp 5002 (a port only B allows).
-pub const POLICY_B: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 5001, source: 192.0.2.0/24, description: app}
-      - {protocol: icmp, type: 8, source: 192.0.2.10/32, description: ping}
-      - {protocol: tcp, ports: 5001, source: "2001:db8:10::/64", description: app6}
-      - {protocol: tcp, ports: 5002, source: 192.0.2.0/24, description: only in B}
-instances:
-  - name: web-1
-    addresses: [192.0.2.11, "2001:db8:10::11"]
-    groups: [sg-web]
-"#;
+pub const POLICY_B: &str = web_policy!(
+    "      - {protocol: tcp, ports: 5002, source: 192.0.2.0/24, description: only in B}\n"
+);
 
 /// The ports the site's server listens on: 5001 (A and B), 5002 (B only), 5003 (never
 /// allowed), udp 5353 (never allowed).
