@@ -60,7 +60,7 @@ fn protocol(rng: &mut Rng) -> Protocol {
             _ => Protocol::Icmp(IcmpMatch::All),
         },
         90..95 => Protocol::All,
-        _ => Protocol::Number([47, 50, 51, 132][rng.below(4) as usize]),
+        _ => Protocol::Number([47, 50, 51, 132][rng.below(4)]),
     }
 }
 
@@ -97,8 +97,8 @@ fn policy(rules: usize, seed: u64) -> Policy {
                 let peer = match rng.below(100) {
                     0..60 => Peer::Cidr(v4_net(&mut rng)),
                     60..90 => Peer::Cidr(v6_net(&mut rng)),
-                    90..95 => Peer::PrefixList(pid(rng.below(PREFIX_LISTS) as usize)),
-                    _ => Peer::Group(gid(rng.below(GROUPS) as usize)),
+                    90..95 => Peer::PrefixList(pid(rng.below(PREFIX_LISTS))),
+                    _ => Peer::Group(gid(rng.below(GROUPS))),
                 };
                 (dir, protocol(&mut rng), peer)
             }
@@ -123,7 +123,7 @@ fn policy(rules: usize, seed: u64) -> Policy {
         let groups: Vec<GroupId> = if i == 0 {
             (0..GROUPS).map(gid).collect()
         } else {
-            let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS) as usize).collect();
+            let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS)).collect();
             set.into_iter().map(gid).collect()
         };
         p.interfaces.push(Interface {

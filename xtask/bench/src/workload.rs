@@ -56,7 +56,7 @@ const DOC_V4: [[u8; 3]; 3] = [[192, 0, 2], [198, 51, 100], [203, 0, 113]];
 /// Mostly hosts and small blocks, some wider ones: every address ends up under a few nested
 /// prefixes, as in real policies, without every prefix inheriting hundreds of rules.
 fn v4_net(rng: &mut Rng) -> IpNet {
-    let [a, b, c] = DOC_V4[rng.below(3) as usize];
+    let [a, b, c] = DOC_V4[rng.below(3)];
     let addr = Ipv4Addr::new(a, b, c, rng.below(256) as u8);
     let len = match rng.below(100) {
         0..60 => 32,
@@ -117,7 +117,7 @@ fn protocol(rng: &mut Rng, peer: &Peer, v6: bool, mixed: bool) -> Protocol {
         // "All traffic" only from IPv6 CIDRs: see the module comment.
         90..95 if v6_cidr => Protocol::All,
         90..95 => Protocol::Tcp(ports(rng, 0)),
-        _ => Protocol::Number([47, 50, 51, 132][rng.below(4) as usize]),
+        _ => Protocol::Number([47, 50, 51, 132][rng.below(4)]),
     }
 }
 
@@ -221,8 +221,8 @@ pub fn policy(n: usize, seed: u64) -> Policy {
                 let peer = match rng.below(100) {
                     0..35 => Peer::Cidr(v4_net(&mut rng)),
                     35..90 => Peer::Cidr(v6_net(&mut rng)),
-                    90..95 => Peer::PrefixList(list_id(rng.below(PREFIX_LISTS) as usize)),
-                    _ => Peer::Group(group_id(rng.below(GROUPS) as usize)),
+                    90..95 => Peer::PrefixList(list_id(rng.below(PREFIX_LISTS))),
+                    _ => Peer::Group(group_id(rng.below(GROUPS))),
                 };
                 let (v6, mixed) = match &peer {
                     Peer::Cidr(n) => (matches!(n, IpNet::V6(_)), false),
@@ -272,7 +272,7 @@ pub fn policy(n: usize, seed: u64) -> Policy {
         origin: Origin::default(),
     });
     for i in 0..OTHER_INTERFACES {
-        let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS) as usize).collect();
+        let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS)).collect();
         p.interfaces.push(Interface {
             name: format!("if-{i}"),
             instance: format!("i-{i}"),
