@@ -28,6 +28,8 @@ pub const INSTANCES: &[(&str, &str, &str)] = &[
     ("db-1", "192.0.2.21", "2001:db8:10::21"),
 ];
 
+/// The instance under test in the end-to-end tests.
+pub const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
 /// "My IP": the administrator's workstation (the SSH rule's /32 and /128).
 pub const MY_IP: (&str, &str, &str) = ("my-ip", "198.51.100.10", "2001:db8:20::10");
 /// Anybody else on the internet.

@@ -6,13 +6,12 @@
 use std::time::{Duration, Instant};
 
 use sg_lab::agents::Flow;
-use sg_lab::bed::{Bed, Server};
+use sg_lab::bed::Bed;
+use sg_lab::bed::Server::*;
 use sg_lab::probe::{Both, Expect::*, Svc, table};
 use sg_lab::services::{self as svc, tcp_session};
 
-use sg_lab::scenario::{INTERNET, MY_IP};
-
-const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
+use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
 /// C1: replies to an allowed flow pass the other direction whatever its rules say: inbound
 /// flows answer through an empty egress list, outbound flows get their answers through an
@@ -20,8 +19,8 @@ const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
 #[test]
 fn c1_replies_pass_whatever_the_other_directions_rules() {
     let mut bed = Bed::new(&[INST, ("out", "192.0.2.12", "2001:db8:10::12"), INTERNET]);
-    bed.serve("inst", &[Server::TcpEcho(8080), Server::UdpEcho(5353)]);
-    bed.serve("internet", &[Server::Http(80), Server::UdpEcho(5353)]);
+    bed.serve("inst", &[TcpEcho(8080), UdpEcho(5353)]);
+    bed.serve("internet", &[Http(80), UdpEcho(5353)]);
     bed.apply(
         &["inst", "out"],
         r#"
@@ -125,8 +124,8 @@ instances:
 #[test]
 fn c3_other_protocols_are_tracked_by_addresses_and_protocol() {
     let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
-    bed.serve("inst", &[Server::Raw(253, None)]);
-    bed.serve("internet", &[Server::Raw(253, Some(254))]);
+    bed.serve("inst", &[Raw(253, None)]);
+    bed.serve("internet", &[Raw(253, Some(254))]);
     let to = |bed: &Bed, v6| bed.host("internet").addr(v6);
     for v6 in [false, true] {
         let r = svc::raw_probe(bed.host("inst"), &bed.files, to(&bed, v6), 253, Some(254)).unwrap();
@@ -180,7 +179,7 @@ fn c4_flows_from_anywhere_with_egress_to_anywhere_are_untracked() {
         INTERNET,
     ]);
     for h in ["open", "narrow", "allports"] {
-        bed.serve(h, &[Server::Https(443), Server::Ssh(22)]);
+        bed.serve(h, &[Https(443), Ssh(22)]);
     }
     bed.apply(
         &["open", "narrow", "allports"],
@@ -261,8 +260,8 @@ instances:
 #[test]
 fn c5_idle_timeouts_configured_per_interface_expire_flows() {
     let mut bed = Bed::new(&[INST, ("peer", "192.0.2.50", "2001:db8:10::50")]);
-    bed.serve("inst", &[Server::TcpEcho(7000)]);
-    bed.serve("peer", &[Server::Raw(253, None), Server::TcpEcho(7001)]);
+    bed.serve("inst", &[TcpEcho(7000)]);
+    bed.serve("peer", &[Raw(253, None), TcpEcho(7001)]);
     // The peer drops SYNs to 7999 itself (its own namespace): an outbound SYN from inst stays
     // embryonic.
     let peer = bed.host("peer");
@@ -479,7 +478,7 @@ instances:
 #[test]
 fn x1_tracked_ssh_sessions_survive_removing_or_narrowing_their_rule() {
     let mut bed = Bed::new(&[INST, MY_IP]);
-    bed.serve("inst", &[Server::Ssh(22)]);
+    bed.serve("inst", &[Ssh(22)]);
     bed.apply(
         &["inst"],
         r#"
@@ -537,7 +536,7 @@ instances:
 #[test]
 fn x2_untracked_ssh_sessions_are_cut_at_once_when_their_rule_goes() {
     let mut bed = Bed::new(&[INST, MY_IP]);
-    bed.serve("inst", &[Server::Ssh(22), Server::Https(443)]);
+    bed.serve("inst", &[Ssh(22), Https(443)]);
     bed.apply(
         &["inst"],
         r#"

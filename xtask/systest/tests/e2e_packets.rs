@@ -4,22 +4,21 @@
 use std::time::Duration;
 
 use sg_lab::agents::Agents;
-use sg_lab::bed::{Bed, Server};
+use sg_lab::bed::Bed;
+use sg_lab::bed::Server::*;
 use sg_lab::probe::{Both, Expect::*, Fam, Svc, V4, V6, table};
 use sg_lab::services::{self as svc, LabFiles};
 use sg_lab::topology::RoutedPath;
 use sg_testkit::netns::require_root;
 
-use sg_lab::scenario::{INTERNET, MY_IP};
-
-const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
+use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
 /// I1: with rules for TCP only, no ICMP reaches the instance (ping and ping -6 from anyone),
 /// while its own pings out get their replies (C2).
 #[test]
 fn i1_no_icmp_gets_in_without_an_icmp_rule() {
     let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
-    bed.serve("inst", &[Server::Https(443)]);
+    bed.serve("inst", &[Https(443)]);
     bed.apply(
         &["inst"],
         r#"
@@ -197,7 +196,7 @@ instances:
 #[test]
 fn n1_arp_and_neighbour_discovery_pass_without_rules() {
     let mut bed = Bed::new(&[INST, ("peer", "192.0.2.12", "2001:db8:10::12")]);
-    bed.serve("inst", &[Server::TcpEcho(8080)]);
+    bed.serve("inst", &[TcpEcho(8080)]);
     bed.apply(
         &["inst", "peer"],
         r#"
@@ -296,7 +295,7 @@ instances:
 #[test]
 fn g1_fragments_follow_the_first_fragments_verdict_and_orphans_are_dropped() {
     let mut bed = Bed::new(&[INST, INTERNET]);
-    bed.serve("inst", &[Server::UdpEcho(5353), Server::UdpEcho(6000)]);
+    bed.serve("inst", &[UdpEcho(5353), UdpEcho(6000)]);
     bed.apply(
         &["inst"],
         r#"

@@ -3,11 +3,12 @@
 //! lists (R1-R4) and quotas (Q3). Every probe runs over IPv4 and IPv6 unless the rule under
 //! test is of one family. Each test names the SEMANTICS ids it pins; every row of a probe table
 //! says why EC2 allows or drops that path.
+use sg_lab::bed::Server::*;
 use sg_lab::bed::{Bed, Server};
 use sg_lab::probe::{Both, Expect::*, Svc, V4, V6, table};
 use sg_lab::topology::HostSpec;
 
-use sg_lab::scenario::{INTERNET, MY_IP};
+use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
 const OFFICE: (&str, &str, &str) = ("office", "198.51.100.20", "2001:db8:20::20");
 
@@ -16,16 +17,11 @@ const OFFICE: (&str, &str, &str) = ("office", "198.51.100.20", "2001:db8:20::20"
 /// inbound 9090.
 #[test]
 fn e1_e2_only_allowed_paths_pass_and_ingress_and_egress_rules_are_separate() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET]);
+    let mut bed = Bed::new(&[INST, INTERNET]);
     for h in ["inst", "internet"] {
         bed.serve(
             h,
-            &[
-                Server::TcpEcho(8080),
-                Server::TcpEcho(9090),
-                Server::TcpEcho(7070),
-                Server::UdpEcho(8080),
-            ],
+            &[TcpEcho(8080), TcpEcho(9090), TcpEcho(7070), UdpEcho(8080)],
         );
     }
     bed.apply(
@@ -74,15 +70,10 @@ security_groups:
 /// the order of the groups changes nothing.
 #[test]
 fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), MY_IP, INTERNET]);
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
     bed.serve(
         "inst",
-        &[
-            Server::TcpEcho(8001),
-            Server::TcpEcho(8002),
-            Server::TcpEcho(8004),
-            Server::UdpEcho(8003),
-        ],
+        &[TcpEcho(8001), TcpEcho(8002), TcpEcho(8004), UdpEcho(8003)],
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -117,20 +108,8 @@ fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
 /// documented choice), the same every time.
 #[test]
 fn e4_overlapping_rules_all_allow_and_the_longest_prefix_rule_is_charged() {
-    let mut bed = Bed::new(&[
-        ("inst", "192.0.2.11", "2001:db8:10::11"),
-        MY_IP,
-        OFFICE,
-        INTERNET,
-    ]);
-    bed.serve(
-        "inst",
-        &[
-            Server::TcpEcho(8080),
-            Server::TcpEcho(8090),
-            Server::TcpEcho(9999),
-        ],
-    );
+    let mut bed = Bed::new(&[INST, MY_IP, OFFICE, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080), TcpEcho(8090), TcpEcho(9999)]);
     bed.apply(
         &["inst"],
         r#"
@@ -201,8 +180,8 @@ instances:
 /// rules keep their slots and the agent adopts the slot table from its state (E4 counters).
 #[test]
 fn e4_rule_counters_survive_a_reapply_of_the_same_policy() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET]);
-    bed.serve("inst", &[Server::TcpEcho(8080)]);
+    let mut bed = Bed::new(&[INST, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080)]);
     let policy = r#"
 security_groups:
   - id: sg-a
@@ -244,7 +223,7 @@ fn e5_two_interfaces_of_one_instance_are_judged_by_their_own_groups() {
     bed.lan
         .add_nic("dual", "eth1", &br1, "203.0.113.31", "2001:db8:30::31")
         .unwrap();
-    bed.serve("dual", &[Server::Https(443), Server::TcpEcho(3306)]);
+    bed.serve("dual", &[Https(443), TcpEcho(3306)]);
     bed.apply(
         &["dual"],
         r#"
@@ -284,14 +263,9 @@ fn e6_only_the_destination_port_is_matched_in_both_directions() {
     // Clients never listen on the source ports they use: a listener would hold the port.
     bed.serve(
         "srv",
-        &[
-            Server::TcpEcho(443),
-            Server::TcpEcho(8080),
-            Server::UdpEcho(5353),
-            Server::UdpEcho(6000),
-        ],
+        &[TcpEcho(443), TcpEcho(8080), UdpEcho(5353), UdpEcho(6000)],
     );
-    bed.serve("remote", &[Server::TcpEcho(443), Server::TcpEcho(8080)]);
+    bed.serve("remote", &[TcpEcho(443), TcpEcho(8080)]);
     bed.apply(
         &["srv", "cli"],
         r#"
@@ -353,7 +327,7 @@ fn e7_a_rule_change_applies_at_once_to_every_interface_with_the_group_without_re
         .add_nic("web-2", "eth1", &br1, "203.0.113.12", "2001:db8:30::12")
         .unwrap();
     for h in ["web-1", "web-2"] {
-        bed.serve(h, &[Server::Ssh(22), Server::TcpEcho(8080)]);
+        bed.serve(h, &[Ssh(22), TcpEcho(8080)]);
     }
     let policy = |extra: &str| {
         format!(
@@ -411,24 +385,12 @@ instances:
 /// either family, by any protocol; D2: its default egress lets it reach out.
 #[test]
 fn d1_a_new_group_admits_nothing_and_d2_its_default_egress_reaches_everything() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), MY_IP, INTERNET]);
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
     bed.serve(
         "inst",
-        &[
-            Server::Https(443),
-            Server::Ssh(22),
-            Server::UdpEcho(5353),
-            Server::Raw(253, None),
-        ],
+        &[Https(443), Ssh(22), UdpEcho(5353), Raw(253, None)],
     );
-    bed.serve(
-        "internet",
-        &[
-            Server::Http(80),
-            Server::UdpEcho(5353),
-            Server::Raw(253, None),
-        ],
-    );
+    bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
     bed.apply(
         &["inst"],
         r#"
@@ -464,16 +426,9 @@ instances:
 /// to allowed inbound flows still leave (C1).
 #[test]
 fn d2_an_explicitly_empty_egress_list_allows_no_new_outbound_flow() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET]);
-    bed.serve("inst", &[Server::TcpEcho(8080)]);
-    bed.serve(
-        "internet",
-        &[
-            Server::Http(80),
-            Server::UdpEcho(5353),
-            Server::Raw(253, None),
-        ],
-    );
+    let mut bed = Bed::new(&[INST, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080)]);
+    bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
     bed.apply(
         &["inst"],
         r#"
@@ -510,16 +465,9 @@ fn d3_the_default_group_admits_its_members_on_everything_and_nobody_else() {
         INTERNET,
     ]);
     for h in ["a", "b"] {
-        bed.serve(
-            h,
-            &[
-                Server::TcpEcho(8080),
-                Server::UdpEcho(5353),
-                Server::Raw(253, None),
-            ],
-        );
+        bed.serve(h, &[TcpEcho(8080), UdpEcho(5353), Raw(253, None)]);
     }
-    bed.serve("internet", &[Server::Http(80)]);
+    bed.serve("internet", &[Http(80)]);
     bed.apply(
         &["a", "b", "c"],
         r#"
@@ -565,7 +513,7 @@ fn d4_members_are_strangers_until_r3_a_self_reference_admits_them() {
         INTERNET,
     ]);
     for h in ["web-1", "web-2"] {
-        bed.serve(h, &[Server::Ssh(22)]);
+        bed.serve(h, &[Ssh(22)]);
     }
     let policy = |extra: &str| {
         format!(
@@ -616,12 +564,12 @@ fn f1_protocol_numbers_and_all_match_their_protocols() {
         bed.serve(
             h,
             &[
-                Server::TcpEcho(8080),
-                Server::TcpEcho(8081),
-                Server::UdpEcho(8080),
-                Server::UdpEcho(8081),
-                Server::Raw(253, None),
-                Server::Raw(254, None),
+                TcpEcho(8080),
+                TcpEcho(8081),
+                UdpEcho(8080),
+                UdpEcho(8081),
+                Raw(253, None),
+                Raw(254, None),
             ],
         );
     }
@@ -677,15 +625,8 @@ instances:
 /// IpProtocol -1 with FromPort/ToPort 22), while the same range on tcp is a real limit.
 #[test]
 fn f2_an_all_protocols_rule_ignores_its_port_range_cloudformation() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), MY_IP, INTERNET]);
-    bed.serve(
-        "inst",
-        &[
-            Server::TcpEcho(22),
-            Server::TcpEcho(8080),
-            Server::UdpEcho(8080),
-        ],
-    );
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
+    bed.serve("inst", &[TcpEcho(22), TcpEcho(8080), UdpEcho(8080)]);
     bed.apply(
         &["inst"],
         r#"
@@ -725,11 +666,11 @@ Resources:
 /// F3: tcp and udp port ranges are inclusive at both ends; one port is a range of one.
 #[test]
 fn f3_port_ranges_are_inclusive_and_one_port_is_a_range_of_one() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET]);
+    let mut bed = Bed::new(&[INST, INTERNET]);
     let ports = [7999u16, 8000, 8002, 8003, 9000, 9001];
     let servers: Vec<Server> = ports
         .iter()
-        .flat_map(|&p| [Server::TcpEcho(p), Server::UdpEcho(p)])
+        .flat_map(|&p| [TcpEcho(p), UdpEcho(p)])
         .collect();
     bed.serve("inst", &servers);
     bed.apply(
@@ -820,7 +761,7 @@ instances:
 #[test]
 fn f5_f6_every_kind_of_peer_matches_and_rule_ids_are_kept_or_derived() {
     let mut bed = Bed::new(&[
-        ("inst", "192.0.2.11", "2001:db8:10::11"),
+        INST,
         ("peer", "192.0.2.40", "2001:db8:10::40"),
         MY_IP,
         OFFICE,
@@ -828,12 +769,7 @@ fn f5_f6_every_kind_of_peer_matches_and_rule_ids_are_kept_or_derived() {
     ]);
     bed.serve(
         "inst",
-        &[
-            Server::TcpEcho(8080),
-            Server::TcpEcho(8081),
-            Server::TcpEcho(8082),
-            Server::Https(443),
-        ],
+        &[TcpEcho(8080), TcpEcho(8081), TcpEcho(8082), Https(443)],
     );
     bed.apply(
         &["inst"],
@@ -904,7 +840,7 @@ fn r1_a_member_leaving_the_referenced_group_loses_access_at_once() {
         ("web-2", "192.0.2.12", "2001:db8:10::12"),
         ("db-1", "192.0.2.21", "2001:db8:10::21"),
     ]);
-    bed.serve("db-1", &[Server::TcpEcho(3306)]);
+    bed.serve("db-1", &[TcpEcho(3306)]);
     let policy = |web2_group: &str| {
         format!(
             r#"
@@ -948,8 +884,8 @@ fn r4_editing_a_prefix_list_updates_every_rule_that_uses_it() {
         MY_IP,
         OFFICE,
     ]);
-    bed.serve("a", &[Server::Ssh(22)]);
-    bed.serve("b", &[Server::TcpEcho(8080)]);
+    bed.serve("a", &[Ssh(22)]);
+    bed.serve("b", &[TcpEcho(8080)]);
     let policy = |version: u32, v4: &str, v6: &str| {
         format!(
             r#"
@@ -995,8 +931,8 @@ instances:
 /// the limit, and nothing of it is applied: the previous policy stays enforced.
 #[test]
 fn q3_an_over_quota_policy_is_refused_and_the_enforced_one_stays() {
-    let mut bed = Bed::new(&[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET]);
-    bed.serve("inst", &[Server::TcpEcho(8080), Server::TcpEcho(8081)]);
+    let mut bed = Bed::new(&[INST, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080), TcpEcho(8081)]);
     let head = r#"
 instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
