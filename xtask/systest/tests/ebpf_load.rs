@@ -186,14 +186,27 @@ impl Dp {
     /// Asserts the action and the reason of one packet.
     #[track_caller]
     fn expect(&self, prog: Prog, frame: &[u8], reason: Reason) {
-        let (action, got) = self.judge(prog, frame);
-        assert_eq!(got, reason, "{}: reason", prog.name());
-        let want = if reason.is_pass() {
-            prog.pass()
-        } else {
-            prog.drop()
-        };
-        assert_eq!(action, want, "{}: action for {reason:?}", prog.name());
+        self.expect_rows(&[(prog, frame, reason)]);
+    }
+
+    /// Asserts the action and the reason of each packet, in order; a failure names its row.
+    #[track_caller]
+    fn expect_rows(&self, rows: &[(Prog, &[u8], Reason)]) {
+        for (i, &(prog, frame, reason)) in rows.iter().enumerate() {
+            let (action, got) = self.judge(prog, frame);
+            assert_eq!(got, reason, "row {i}: {}: reason", prog.name());
+            let want = if reason.is_pass() {
+                prog.pass()
+            } else {
+                prog.drop()
+            };
+            assert_eq!(
+                action,
+                want,
+                "row {i}: {}: action for {reason:?}",
+                prog.name()
+            );
+        }
     }
 
     /// Reason counters summed over CPUs, indexed by reason value.
@@ -648,16 +661,11 @@ fn c1_allowed_syn_creates_state_then_reply_and_handshake_pass_and_promote() {
     assert_eq!(f.packets, [2, 1]);
 
     // Data both ways keeps hitting SG_CT; the TC ingress hook sees the same flow.
-    dp.expect(
-        Prog::TcIn,
-        &tcp4(REMOTE, 40000, LOCAL, 22, ACK),
-        Reason::PassCtOriginal,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 22, REMOTE, 40000, ACK),
-        Reason::PassCtReply,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::TcIn, &tcp4(REMOTE, 40000, LOCAL, 22, ACK), Reason::PassCtOriginal),
+        (Prog::TcOut, &tcp4(LOCAL, 22, REMOTE, 40000, ACK), Reason::PassCtReply),
+    ]);
     // FIN: closing.
     dp.expect(
         Prog::TcOut,
@@ -680,32 +688,18 @@ fn e1_packet_no_rule_allows_is_dropped_with_drop_no_rule() {
     let mut dp = Dp::new();
     dp.standard();
     // Wrong port, unknown peer, egress TCP (only UDP 53 out): no rule.
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 40000, LOCAL, 23, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::TcIn,
-        &tcp4(STRANGER, 40000, LOCAL, 22, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 40000, REMOTE, 22, SYN),
-        Reason::DropNoRule,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 40000, LOCAL, 23, SYN), Reason::DropNoRule),
+        (Prog::TcIn, &tcp4(STRANGER, 40000, LOCAL, 22, SYN), Reason::DropNoRule),
+        (Prog::TcOut, &tcp4(LOCAL, 40000, REMOTE, 22, SYN), Reason::DropNoRule),
+    ]);
     // E2: egress rules are their own set: UDP 53 out passes, UDP 53 in does not.
-    dp.expect(
-        Prog::TcOut,
-        &udp4(LOCAL, 5353, REMOTE, 53),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &udp4(REMOTE, 5353, LOCAL, 53),
-        Reason::DropNoRule,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::TcOut, &udp4(LOCAL, 5353, REMOTE, 53), Reason::PassRuleNew),
+        (Prog::XdpIn, &udp4(REMOTE, 5353, LOCAL, 53), Reason::DropNoRule),
+    ]);
     assert_eq!(dp.rule_counter(SLOT_SSH).packets, 0, "drops charge no rule");
 }
 
@@ -785,21 +779,12 @@ fn e4_a_class_answers_from_the_segment_of_its_page_tree_that_holds_the_port() {
         Reason::DropNoRule,
     );
     let with_b = Ipv4Addr::new(192, 0, 2, 22);
-    dp.expect(
-        Prog::XdpIn,
-        &udp4(with_b, 40998, LOCAL, 53),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(with_b, 40995, LOCAL, 150, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(with_b, 40994, LOCAL, 250, SYN),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &udp4(with_b, 40998, LOCAL, 53), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(with_b, 40995, LOCAL, 150, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(with_b, 40994, LOCAL, 250, SYN), Reason::PassRuleNew),
+    ]);
     assert_eq!(
         dp.rule_counter(77).packets,
         2,
@@ -863,21 +848,12 @@ fn e4_the_first_class_of_the_chain_with_an_entry_decides() {
     let other = Ipv4Addr::new(192, 0, 2, 12);
     let eleven = Ipv4Addr::new(192, 0, 2, 11);
     // The /24 chain: b answers 80 (over a's 80), a answers 22, nobody 23.
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(other, 40001, LOCAL, 80, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(other, 40002, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(other, 40003, LOCAL, 23, SYN),
-        Reason::DropNoRule,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(other, 40001, LOCAL, 80, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(other, 40002, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(other, 40003, LOCAL, 23, SYN), Reason::DropNoRule),
+    ]);
     assert_eq!(
         dp.rule_counter(SLOT_PING).packets,
         1,
@@ -903,21 +879,12 @@ fn e4_the_first_class_of_the_chain_with_an_entry_decides() {
     );
     assert_eq!(dp.rule_counter(SLOT_OUT_DNS).packets, 1);
     // After a 0 nothing is asked: b and a would allow 80 and 22, but the chain ended.
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(eleven, 40006, LOCAL, 80, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(eleven, 40007, LOCAL, 22, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &udp4(eleven, 40008, LOCAL, 9),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(eleven, 40006, LOCAL, 80, SYN), Reason::DropNoRule),
+        (Prog::XdpIn, &tcp4(eleven, 40007, LOCAL, 22, SYN), Reason::DropNoRule),
+        (Prog::XdpIn, &udp4(eleven, 40008, LOCAL, 9), Reason::PassRuleNew),
+    ]);
     // An empty chain (the IPv4 barrier the compiler writes) denies.
     dp.peer_chain(SCOPE_IN, v4m(Ipv4Addr::new(0, 0, 0, 0)), 96, [0; 4]);
     dp.expect(
@@ -930,16 +897,11 @@ fn e4_the_first_class_of_the_chain_with_an_entry_decides() {
 #[test]
 fn interface_without_policy_fails_closed_with_drop_no_policy() {
     let dp = Dp::new();
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 40000, LOCAL, 22, SYN),
-        Reason::DropNoPolicy,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &udp4(LOCAL, 5353, REMOTE, 53),
-        Reason::DropNoPolicy,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 40000, LOCAL, 22, SYN), Reason::DropNoPolicy),
+        (Prog::TcOut, &udp4(LOCAL, 5353, REMOTE, 53), Reason::DropNoPolicy),
+    ]);
 }
 
 #[test]
@@ -983,12 +945,11 @@ fn e7_the_active_generation_selects_the_interface_policy() {
         G1 | CLASS_WEB,
     );
     dp.port(G1 | CLASS_WEB, Some(proto::TCP), Some(23), 30, 0);
-    dp.expect(Prog::XdpIn, &syn, Reason::DropNoRule);
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 40060, LOCAL, 23, SYN),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &syn, Reason::DropNoRule),
+        (Prog::XdpIn, &tcp4(REMOTE, 40060, LOCAL, 23, SYN), Reason::PassRuleNew),
+    ]);
     // Back to generation 0: port 22 again.
     set_active(&mut dp, 0);
     dp.expect(Prog::XdpIn, &syn, Reason::PassRuleNew);
@@ -1126,8 +1087,11 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     hbh.extend_from_slice(&[0; 320]);
     hbh.extend_from_slice(&tcp(40006, 22, SYN));
     let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &hbh));
-    dp.expect(Prog::XdpIn, &f, Reason::PassRuleNew);
-    dp.expect(Prog::TcIn, &f, Reason::PassCtOriginal);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &f, Reason::PassRuleNew),
+        (Prog::TcIn, &f, Reason::PassCtOriginal),
+    ]);
 
     // Nine extension headers: more than sg walks.
     let mut chain = tcp(40004, 22, SYN);
@@ -1205,8 +1169,11 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
     let quoted = ipv4(proto::TCP, LOCAL, REMOTE, &tcp(22, 40010, ACK));
     let router = Ipv4Addr::new(198, 51, 100, 254);
     let frag_needed = icmp4(router, LOCAL, 3, 4, 0, &quoted[..28]);
-    dp.expect(Prog::XdpIn, &frag_needed, Reason::PassRelated);
-    dp.expect(Prog::TcIn, &frag_needed, Reason::PassRelated);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &frag_needed, Reason::PassRelated),
+        (Prog::TcIn, &frag_needed, Reason::PassRelated),
+    ]);
     // Time exceeded quoting the same flow.
     dp.expect(
         Prog::XdpIn,
@@ -1263,15 +1230,17 @@ fn n1_n2_neighbour_discovery_and_dhcp_client_traffic_are_exempt() {
         0x86dd,
         &ipv6(proto::ICMPV6, REMOTE6, LOCAL6, &icmp(135, 0, 0, &[0; 16])),
     );
-    dp.expect(Prog::XdpIn, &ns, Reason::PassNdp);
-    dp.expect(Prog::TcOut, &ns, Reason::PassNdp);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &ns, Reason::PassNdp),
+        (Prog::TcOut, &ns, Reason::PassNdp),
+    ]);
     let server = Ipv4Addr::new(192, 0, 2, 1);
-    dp.expect(Prog::XdpIn, &udp4(server, 67, LOCAL, 68), Reason::PassDhcp);
-    dp.expect(
-        Prog::TcOut,
-        &udp4(Ipv4Addr::UNSPECIFIED, 68, Ipv4Addr::BROADCAST, 67),
-        Reason::PassDhcp,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &udp4(server, 67, LOCAL, 68), Reason::PassDhcp),
+        (Prog::TcOut, &udp4(Ipv4Addr::UNSPECIFIED, 68, Ipv4Addr::BROADCAST, 67), Reason::PassDhcp),
+    ]);
     // The wrong way round is not the client's exchange.
     dp.expect(
         Prog::XdpIn,
@@ -1300,9 +1269,12 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, 3, &[], &body[24..]),
     );
-    dp.expect(Prog::XdpIn, &later, Reason::DropFragOrphan);
-    dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
-    dp.expect(Prog::XdpIn, &later, Reason::PassFragment);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &later, Reason::DropFragOrphan),
+        (Prog::XdpIn, &first, Reason::PassRuleNew),
+        (Prog::XdpIn, &later, Reason::PassFragment),
+    ]);
     assert_eq!(
         dp.flow(maps::CT_NEW, &key4(proto::UDP, LOCAL, 5000, REMOTE, 40020))
             .unwrap()
@@ -1328,8 +1300,11 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1235, 3, &[], &body[24..]),
     );
-    dp.expect(Prog::XdpIn, &first, Reason::DropNoRule);
-    dp.expect(Prog::TcIn, &later, Reason::DropFragDenied);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &first, Reason::DropNoRule),
+        (Prog::TcIn, &later, Reason::DropFragDenied),
+    ]);
 
     // A TCP fragment at offset 8 would rewrite the TCP header: dropped.
     let overlap = eth(
@@ -1378,9 +1353,12 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(proto::UDP, 3, false, 0xabcd, &body[24..]),
         ),
     );
-    dp.expect(Prog::XdpIn, &later, Reason::DropFragOrphan);
-    dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
-    dp.expect(Prog::XdpIn, &later, Reason::PassFragment);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &later, Reason::DropFragOrphan),
+        (Prog::XdpIn, &first, Reason::PassRuleNew),
+        (Prog::XdpIn, &later, Reason::PassFragment),
+    ]);
     // Destination options inside the fragmentable part: the first fragment's transport is
     // UDP, the later fragment only says "destination options"; both key on the latter, and
     // since where the transport header ends is not recorded for such datagrams, their later
@@ -1405,8 +1383,11 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(60, 4, false, 0xabce, &part[32..]),
         ),
     );
-    dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
-    dp.expect(Prog::TcIn, &later, Reason::DropBadFragment);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &first, Reason::PassRuleNew),
+        (Prog::TcIn, &later, Reason::DropBadFragment),
+    ]);
     // An atomic fragment (offset 0, no more fragments) is a normal packet.
     let atomic = eth(
         0x86dd,
@@ -1459,8 +1440,11 @@ fn c5_udp_stream_is_promoted_after_two_packets_each_way() {
         dp.flow(maps::CT_NEW, &key).unwrap().state,
         ct_state::REPLIED
     );
-    dp.expect(Prog::XdpIn, &q, Reason::PassCtOriginal);
-    dp.expect(Prog::TcOut, &r, Reason::PassCtReply);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &q, Reason::PassCtOriginal),
+        (Prog::TcOut, &r, Reason::PassCtReply),
+    ]);
     assert!(dp.flow(maps::CT_NEW, &key).is_none());
     let f = dp.flow(maps::CT, &key).expect("a UDP stream is confirmed");
     assert_eq!((f.state, f.packets), (ct_state::ESTABLISHED, [2, 2]));
@@ -1517,21 +1501,12 @@ fn c6_full_conntrack_table_drops_new_flows_and_counts_exceeded() {
         l.map_max_entries(maps::CT_NEW, 2);
     });
     dp.standard();
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 1, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 2, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 3, LOCAL, 22, SYN),
-        Reason::DropCtFull,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 1, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(REMOTE, 2, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(REMOTE, 3, LOCAL, 22, SYN), Reason::DropCtFull),
+    ]);
     assert_eq!(dp.stat(ct_stat::EXCEEDED), 1);
     // Existing flows are unaffected.
     dp.expect(
@@ -1564,21 +1539,12 @@ fn events_report_drops_and_new_flows_when_enabled() {
         )
         .unwrap();
     }
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(STRANGER, 2, LOCAL, 22, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 3, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 22, REMOTE, 3, SYN | ACK),
-        Reason::PassCtReply,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(STRANGER, 2, LOCAL, 22, SYN), Reason::DropNoRule),
+        (Prog::XdpIn, &tcp4(REMOTE, 3, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::TcOut, &tcp4(LOCAL, 22, REMOTE, 3, SYN | ACK), Reason::PassCtReply),
+    ]);
     let mut rb = RingBuf::try_from(dp.map_mut(maps::EVENTS)).unwrap();
     let mut events = Vec::new();
     while let Some(item) = rb.next() {
@@ -1627,26 +1593,13 @@ fn test_run_speed_per_packet() {
         rule_flags::UNTRACKED,
     );
     // An established flow (in SG_CT) and a half-open one (in SG_CT_NEW, looked up second).
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 9, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 22, REMOTE, 9, SYN | ACK),
-        Reason::PassCtReply,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 9, LOCAL, 22, ACK),
-        Reason::PassCtOriginal,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 10, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 9, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::TcOut, &tcp4(LOCAL, 22, REMOTE, 9, SYN | ACK), Reason::PassCtReply),
+        (Prog::XdpIn, &tcp4(REMOTE, 9, LOCAL, 22, ACK), Reason::PassCtOriginal),
+        (Prog::XdpIn, &tcp4(REMOTE, 10, LOCAL, 22, SYN), Reason::PassRuleNew),
+    ]);
     const N: u32 = 200_000;
     let cases = [
         (
