@@ -554,7 +554,7 @@ fn systemd_unit_verifies() {
     // systemd-analyze needs the ExecStart binary to exist: point it at the built one.
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../dist/sg-agent.service"
+        "/../../dist/sg-agent.service"
     ))
     .unwrap();
     assert!(unit.contains("/usr/local/bin/sg-agent daemon"));
