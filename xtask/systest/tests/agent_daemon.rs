@@ -293,12 +293,8 @@ fn daemon_started_before_the_addresses_waits_for_them() {
     // Boot: the daemon starts before the network is configured (network-pre.target).
     let mut site = Site::new("dwt");
     site.serve(SERVER);
-    site.srv
-        .ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"])
-        .unwrap();
-    site.srv
-        .ip(&["addr", "del", &format!("{SRV6}/64"), "dev", "eth0"])
-        .unwrap();
+    site.srv_ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"]);
+    site.srv_ip(&["addr", "del", &format!("{SRV6}/64"), "dev", "eth0"]);
     let cfg = site.policy("policy.yaml", POLICY_A);
     let notify = Notify::new(&site);
     let log = site.dir.join("daemon.log");
@@ -314,12 +310,8 @@ fn daemon_started_before_the_addresses_waits_for_them() {
     assert_eq!(must(&t, "sg_enforcing", ""), 0.0, "{t}");
     assert!(!site.run.join("state.json").exists());
 
-    site.srv
-        .ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"])
-        .unwrap();
-    site.srv
-        .ip(&["addr", "add", &format!("{SRV6}/64"), "dev", "eth0", "nodad"])
-        .unwrap();
+    site.srv_ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"]);
+    site.srv_ip(&["addr", "add", &format!("{SRV6}/64"), "dev", "eth0", "nodad"]);
     let ready = notify.expect("STATUS=enforcing");
     assert!(ready.contains("READY=1"), "{ready}");
     assert_eq!(must(&scrape(&site, m), "sg_enforcing", ""), 1.0);

@@ -172,6 +172,16 @@ fn spoofed(i: u32) -> (IpAddr, u16) {
     }
 }
 
+/// The query of established UDP flow `i` (198.51.100.200 + i, port 30000 + i, to 5353).
+fn established_udp(i: u16) -> Packet {
+    Packet::udp(
+        a(&format!("198.51.100.{}", 200 + i)),
+        a(HOST),
+        30000 + i,
+        5353,
+    )
+}
+
 /// A full TCP handshake through the programs: SYN in, SYN-ACK out, ACK in.
 fn handshake(r: &mut Rig, c: IpAddr, sport: u16, ingress: Hook) -> [Reason; 3] {
     let h = host_for(c);
@@ -209,12 +219,7 @@ fn c6_flood_fills_ct_new_established_flows_all_survive_and_exceeded_counts() {
             );
         }
         for i in 0..ESTABLISHED_UDP {
-            let q = Packet::udp(
-                a(&format!("198.51.100.{}", 200 + i)),
-                a(HOST),
-                30000 + i,
-                5353,
-            );
+            let q = established_udp(i);
             for _ in 0..2 {
                 r.send(ingress(i), &q);
                 r.send(Hook::TcOut, &q.reply());
@@ -311,12 +316,7 @@ fn c6_flood_fills_ct_new_established_flows_all_survive_and_exceeded_counts() {
                 .count();
         }
         for i in 0..ESTABLISHED_UDP {
-            let q = Packet::udp(
-                a(&format!("198.51.100.{}", 200 + i)),
-                a(HOST),
-                30000 + i,
-                5353,
-            );
+            let q = established_udp(i);
             total += 2;
             survived += usize::from(r.send(Hook::TcIn, &q) == Reason::PassCtOriginal);
             survived += usize::from(r.send(Hook::TcOut, &q.reply()) == Reason::PassCtReply);

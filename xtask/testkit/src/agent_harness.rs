@@ -295,6 +295,13 @@ impl Site {
         site
     }
 
+    /// `ip ARGS` in `srv` (addresses, links), panicking with the error.
+    pub fn srv_ip(&self, args: &[&str]) {
+        self.srv
+            .ip(args)
+            .unwrap_or_else(|e| panic!("ip {args:?} in srv: {e:#}"));
+    }
+
     /// (Re)creates the veth pair `dev` <-> cli's eth0, addressed (optionally with a fixed
     /// ifindex in srv).
     pub fn plug(&self, dev: &str, index: Option<u32>) {
