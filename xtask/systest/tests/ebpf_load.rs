@@ -17,7 +17,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use sg_agent::packet::checksum;
+use sg_agent::packet::{arp_request, checksum, raw_eth};
 use sg_common::{
     Config, DIR_INGRESS, ECHO_OPENED_BY_PEER, Event, FlowKey, FlowVal, IfaceConf, IfaceKey,
     PAGE_SEGS, PeerData, PeerVal, PortKey, PortPage, Reason, RuleCounter, RuleVal, Timeouts,
@@ -426,13 +426,6 @@ fn v4m(a: Ipv4Addr) -> [u8; 16] {
     a.to_ipv6_mapped().octets()
 }
 
-fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// An IPv4 header (IHL 5 unless `options` are given) and its payload.
 fn ipv4_full(
     proto: u8,
@@ -520,21 +513,24 @@ fn icmp(ty: u8, code: u8, id: u16, rest: &[u8]) -> Vec<u8> {
 }
 
 fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    eth(
+    raw_eth(
+        &[],
         0x0800,
         &ipv4(proto::TCP, src, dst, &tcp(sport, dport, flags)),
     )
 }
 
 fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    eth(
+    raw_eth(
+        &[],
         0x0800,
         &ipv4(proto::UDP, src, dst, &udp(sport, dport, b"hello")),
     )
 }
 
 fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, id: u16, rest: &[u8]) -> Vec<u8> {
-    eth(
+    raw_eth(
+        &[],
         0x0800,
         &ipv4(proto::ICMP, src, dst, &icmp(ty, code, id, rest)),
     )
@@ -551,13 +547,6 @@ fn key4(proto: u8, local: Ipv4Addr, lport: u16, remote: Ipv4Addr, rport: u16) ->
         local: v4m(local),
         remote: v4m(remote),
     }
-}
-
-fn arp() -> Vec<u8> {
-    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 192, 0, 2, 10]);
-    p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 51, 100, 1]);
-    eth(0x0806, &p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -959,7 +948,7 @@ fn e7_the_active_generation_selects_the_interface_policy() {
 fn n1_arp_passes_as_non_ip_on_every_hook() {
     let dp = Dp::new();
     for prog in [Prog::XdpIn, Prog::TcIn, Prog::TcOut] {
-        dp.expect(prog, &arp(), Reason::PassNonIp);
+        dp.expect(prog, &arp_request(REMOTE, LOCAL), Reason::PassNonIp);
     }
 }
 
@@ -988,7 +977,8 @@ fn malformed_frames_drop_with_their_own_reason() {
         ver[14] = 0x65;
         dp.expect(prog, &ver, Reason::DropBadIp);
         // TCP header truncated inside the datagram: 10 bytes of TCP.
-        let short = eth(
+        let short = raw_eth(
+            &[],
             0x0800,
             &ipv4(proto::TCP, REMOTE, LOCAL, &tcp(40000, 22, SYN)[..10]),
         );
@@ -998,10 +988,10 @@ fn malformed_frames_drop_with_their_own_reason() {
         doff[14 + 20 + 12] = 0x40;
         dp.expect(prog, &doff, Reason::DropBadL4);
         // UDP with 4 bytes.
-        let u = eth(0x0800, &ipv4(proto::UDP, REMOTE, LOCAL, &[0, 1, 0, 2]));
+        let u = raw_eth(&[], 0x0800, &ipv4(proto::UDP, REMOTE, LOCAL, &[0, 1, 0, 2]));
         dp.expect(prog, &u, Reason::DropBadL4);
         // A VLAN tag cut short.
-        dp.expect(prog, &eth(0x8100, &[0, 1]), Reason::DropBadEth);
+        dp.expect(prog, &raw_eth(&[], 0x8100, &[0, 1]), Reason::DropBadEth);
     }
     assert_eq!(
         dp.stat(ct_stat::NEW_INSERTS),
@@ -1015,7 +1005,8 @@ fn ipv4_options_are_skipped_by_ihl() {
     let mut dp = Dp::new();
     dp.standard();
     // 8 bytes of options (NOPs): the TCP header starts at 14 + 28.
-    let f = eth(
+    let f = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(
             proto::TCP,
@@ -1041,13 +1032,25 @@ fn vlan_tags_two_are_parsed_a_third_drops() {
     let ip = ipv4(proto::TCP, REMOTE, LOCAL, &tcp(40002, 22, SYN));
     let mut one = vec![0, 5, 0x08, 0x00];
     one.extend_from_slice(&ip);
-    dp.expect(Prog::XdpIn, &eth(0x8100, &one), Reason::PassRuleNew);
+    dp.expect(
+        Prog::XdpIn,
+        &raw_eth(&[], 0x8100, &one),
+        Reason::PassRuleNew,
+    );
     let mut two = vec![0, 5, 0x81, 0x00, 0, 6, 0x08, 0x00];
     two.extend_from_slice(&ip);
-    dp.expect(Prog::TcIn, &eth(0x88a8, &two), Reason::PassCtOriginal);
+    dp.expect(
+        Prog::TcIn,
+        &raw_eth(&[], 0x88a8, &two),
+        Reason::PassCtOriginal,
+    );
     let mut three = vec![0, 5, 0x81, 0x00, 0, 6, 0x81, 0x00, 0, 7, 0x08, 0x00];
     three.extend_from_slice(&ip);
-    dp.expect(Prog::XdpIn, &eth(0x88a8, &three), Reason::DropVlanDepth);
+    dp.expect(
+        Prog::XdpIn,
+        &raw_eth(&[], 0x88a8, &three),
+        Reason::DropVlanDepth,
+    );
 }
 
 #[test]
@@ -1057,7 +1060,7 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     // hop-by-hop -> destination options -> TCP 22.
     let l4 = tcp(40003, 22, SYN);
     let chain = ext8(60, &ext8(proto::TCP, &l4));
-    let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &chain));
+    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &chain));
     dp.expect(Prog::XdpIn, &f, Reason::PassRuleNew);
     let key = FlowKey {
         ifindex: LO,
@@ -1074,7 +1077,8 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     );
     dp.expect(
         Prog::TcOut,
-        &eth(
+        &raw_eth(
+            &[],
             0x86dd,
             &ipv6(proto::TCP, LOCAL6, REMOTE6, &tcp(22, 40003, SYN | ACK)),
         ),
@@ -1086,7 +1090,7 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     hbh.extend_from_slice(&[1, 4, 0, 0, 0, 0]);
     hbh.extend_from_slice(&[0; 320]);
     hbh.extend_from_slice(&tcp(40006, 22, SYN));
-    let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &hbh));
+    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &hbh));
     #[rustfmt::skip]
     dp.expect_rows(&[
         (Prog::XdpIn, &f, Reason::PassRuleNew),
@@ -1099,15 +1103,16 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     for _ in 0..8 {
         chain = ext8(60, &chain);
     }
-    let f = eth(0x86dd, &ipv6(60, REMOTE6, LOCAL6, &chain));
+    let f = raw_eth(&[], 0x86dd, &ipv6(60, REMOTE6, LOCAL6, &chain));
     dp.expect(Prog::XdpIn, &f, Reason::DropBadExtHdr);
     // An extension header longer than the datagram.
     let mut bad = ext8(proto::TCP, &[]);
     bad[1] = 3; // 32 bytes claimed, 8 present
-    let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &bad));
+    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &bad));
     dp.expect(Prog::TcIn, &f, Reason::DropBadExtHdr);
     // Payload length beyond the frame.
-    let mut f = eth(
+    let mut f = raw_eth(
+        &[],
         0x86dd,
         &ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40005, 22, SYN)),
     );
@@ -1203,7 +1208,8 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
     // ICMPv6 packet too big (2) for an IPv6 flow.
     dp.expect(
         Prog::XdpIn,
-        &eth(
+        &raw_eth(
+            &[],
             0x86dd,
             &ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40012, 22, SYN)),
         ),
@@ -1211,7 +1217,8 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
     );
     let quoted6 = ipv6(proto::TCP, LOCAL6, REMOTE6, &tcp(22, 40012, ACK));
     let router6 = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
-    let ptb = eth(
+    let ptb = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             proto::ICMPV6,
@@ -1226,7 +1233,8 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
 #[test]
 fn n1_n2_neighbour_discovery_and_dhcp_client_traffic_are_exempt() {
     let dp = Dp::new(); // no policy at all: exemptions come first
-    let ns = eth(
+    let ns = raw_eth(
+        &[],
         0x86dd,
         &ipv6(proto::ICMPV6, REMOTE6, LOCAL6, &icmp(135, 0, 0, &[0; 16])),
     );
@@ -1247,7 +1255,8 @@ fn n1_n2_neighbour_discovery_and_dhcp_client_traffic_are_exempt() {
         &udp4(server, 68, LOCAL, 67),
         Reason::DropNoPolicy,
     );
-    let v6 = eth(
+    let v6 = raw_eth(
+        &[],
         0x86dd,
         &ipv6(proto::UDP, REMOTE6, LOCAL6, &udp(547, 546, b"x")),
     );
@@ -1261,11 +1270,13 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     const MF: u16 = 0x2000;
     // UDP to 5000 (allowed), in two fragments: 8 bytes of UDP header + 16 of data, then the rest.
     let body = udp(40020, 5000, &[7; 40]);
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, MF, &[], &body[..24]),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, 3, &[], &body[24..]),
     );
@@ -1284,7 +1295,8 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     );
     assert_eq!(dp.rule_counter(SLOT_UDP).packets, 2);
     // Same datagram id seen on the other hook's direction: no record there.
-    let out_later = eth(
+    let out_later = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, 3, &[], &body[24..]),
     );
@@ -1292,11 +1304,13 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
 
     // A denied first fragment denies the rest.
     let body = udp(40021, 6000, &[7; 40]);
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1235, MF, &[], &body[..24]),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1235, 3, &[], &body[24..]),
     );
@@ -1307,13 +1321,15 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     ]);
 
     // A TCP fragment at offset 8 would rewrite the TCP header: dropped.
-    let overlap = eth(
+    let overlap = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::TCP, REMOTE, LOCAL, 0x1236, 1, &[], &[0; 16]),
     );
     dp.expect(Prog::XdpIn, &overlap, Reason::DropBadFragment);
     // A first fragment too short for the TCP header.
-    let tiny = eth(
+    let tiny = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(
             proto::TCP,
@@ -1335,7 +1351,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
     dp.standard();
     let body = udp(40023, 5000, &[7; 40]);
     // UDP right after the fragment header.
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1344,7 +1361,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(proto::UDP, 0, true, 0xabcd, &body[..24]),
         ),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1365,7 +1383,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
     // fragments are refused (G1, fail closed: they could overlap it).
     let mut part = ext8(proto::UDP, &[]);
     part.extend_from_slice(&udp(40024, 5000, &[7; 40]));
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1374,7 +1393,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(60, 0, true, 0xabce, &part[..32]),
         ),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1389,7 +1409,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
         (Prog::TcIn, &later, Reason::DropBadFragment),
     ]);
     // An atomic fragment (offset 0, no more fragments) is a normal packet.
-    let atomic = eth(
+    let atomic = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1641,7 +1662,7 @@ fn test_run_speed_per_packet() {
         (
             "sg_xdp_in non-IP (ARP)",
             Prog::XdpIn,
-            arp(),
+            arp_request(REMOTE, LOCAL),
             Reason::PassNonIp,
         ),
     ];
