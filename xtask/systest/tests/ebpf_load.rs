@@ -23,6 +23,7 @@ use sg_common::{
     PAGE_SEGS, PeerData, PeerVal, PortKey, PortPage, Reason, RuleCounter, RuleVal, Timeouts,
     ct_flags, ct_stat, ct_state, event_kind, iface_flags, maps, progs, proto, rule_flags,
 };
+use sg_testkit::dataplane_harness::page_tree;
 
 // Action values (linux/bpf.h, linux/pkt_cls.h).
 const XDP_DROP: u32 = 1;
@@ -396,32 +397,6 @@ fn sk_buff(ifindex: u32) -> Vec<u8> {
     v
 }
 
-/// The page tree of `segs` (page 0 the root): runs of 16, 256, ... segments per child.
-fn page_tree(segs: &[(u16, RuleVal)], pages: &mut Vec<PortPage>) -> u16 {
-    let n = pages.len();
-    pages.push(PortPage::uniform(RuleVal { slot: 0, flags: 0 }));
-    let items: Vec<(u16, RuleVal)> = if segs.len() <= PAGE_SEGS {
-        segs.to_vec()
-    } else {
-        let mut per = PAGE_SEGS;
-        while per * PAGE_SEGS < segs.len() {
-            per *= PAGE_SEGS;
-        }
-        segs.chunks(per)
-            .map(|run| {
-                let child = page_tree(run, pages);
-                let v = RuleVal {
-                    slot: u32::from(child),
-                    flags: rule_flags::PAGE,
-                };
-                (run[0].0, v)
-            })
-            .collect()
-    };
-    pages[n] = PortPage::of(&items);
-    n as u16
-}
-
 fn v4m(a: Ipv4Addr) -> [u8; 16] {
     a.to_ipv6_mapped().octets()
 }
@@ -714,8 +689,7 @@ fn e4_a_class_answers_from_the_segment_of_its_page_tree_that_holds_the_port() {
             (100 * i as u16, RuleVal { slot, flags: 0 })
         })
         .collect();
-    let mut pages = Vec::new();
-    page_tree(&segs, &mut pages);
+    let pages = page_tree(&segs);
     assert_eq!(
         pages.len(),
         1 + (1 + 16) + (1 + 3),

@@ -1,10 +1,13 @@
-//! Shared by the privileged dataplane tests: a private network namespace per test, a tiny
-//! independent policy -> MapImage builder, and a fixture-table runner.
+//! The kernel level of the test kit (BPF_PROG_TEST_RUN on loaded programs), shared by the
+//! privileged dataplane tests: a private network namespace per test, the dataplane loader,
+//! the production compile for a loaded dataplane (`compile_for`), the fixed policies of the
+//! differential tests, a tiny independent policy -> MapImage builder with its port-page tree,
+//! and a fixture-table runner.
 //!
 //! The image builder (`mini_compile`) is deliberately naive and separate from `compile`: it
 //! writes the map layout straight from sg-common's comments and docs/design.md (one scope per
 //! interface and direction, one class per distinct peer prefix, port pages from a plain sweep
-//! of each protocol's ports, at most two levels of pages), so the fixtures test the kernel program
+//! of each protocol's ports, paginated by [`page_tree`]), so the fixtures test the kernel program
 //! against the contract rather than against the production compiler. It is exact for the
 //! small policies the fixtures use; it is not fast and not minimal.
 
@@ -471,35 +474,45 @@ fn class_pages(rules: &[ClassRule], slot: impl Fn(&RuleId) -> u32) -> Vec<(u8, u
                 segs.push((port, v));
             }
         }
-        out.push((proto, 0, pages(&segs)));
+        out.push((proto, 0, page_tree(&segs)));
     }
     out
 }
 
-/// One page, or a root over pages of `PAGE_SEGS` segments each (page i + 1 holds run i).
-fn pages(segs: &[(u16, RuleVal)]) -> Vec<PortPage> {
-    if segs.len() <= PAGE_SEGS {
-        return vec![PortPage::of(segs)];
-    }
-    assert!(
-        segs.len() <= PAGE_SEGS * PAGE_SEGS,
-        "mini_compile: too many segments for two levels"
-    );
-    let runs: Vec<&[(u16, RuleVal)]> = segs.chunks(PAGE_SEGS).collect();
-    let root: Vec<(u16, RuleVal)> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, run)| {
-            let child = RuleVal {
-                slot: i as u32 + 1,
-                flags: rule_flags::PAGE,
-            };
-            (run[0].0, child)
-        })
-        .collect();
-    std::iter::once(PortPage::of(&root))
-        .chain(runs.iter().map(|run| PortPage::of(run)))
-        .collect()
+/// The page tree of `segs`, page 0 the root: up to `PAGE_SEGS` segments a page, runs of
+/// `PAGE_SEGS`, `PAGE_SEGS`^2, ... segments per child page, children numbered depth first.
+/// Written from sg-common's page layout, apart from the compiler's own pagination, so the
+/// kernel's walk is tested against the contract.
+pub fn page_tree(segs: &[(u16, RuleVal)]) -> Vec<PortPage> {
+    let mut pages = Vec::new();
+    paginate(segs, &mut pages);
+    pages
+}
+
+/// Writes the page of `segs` (and its children) at the end of `pages`; returns its number.
+fn paginate(segs: &[(u16, RuleVal)], pages: &mut Vec<PortPage>) -> u16 {
+    let n = pages.len();
+    pages.push(PortPage::uniform(RuleVal { slot: 0, flags: 0 }));
+    let items: Vec<(u16, RuleVal)> = if segs.len() <= PAGE_SEGS {
+        segs.to_vec()
+    } else {
+        let mut per = PAGE_SEGS;
+        while per * PAGE_SEGS < segs.len() {
+            per *= PAGE_SEGS;
+        }
+        segs.chunks(per)
+            .map(|run| {
+                let child = paginate(run, pages);
+                let v = RuleVal {
+                    slot: u32::from(child),
+                    flags: rule_flags::PAGE,
+                };
+                (run[0].0, v)
+            })
+            .collect()
+    };
+    pages[n] = PortPage::of(&items);
+    n as u16
 }
 
 // ---------------------------------------------------------------------------------------------
