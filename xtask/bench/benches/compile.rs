@@ -89,11 +89,7 @@ fn policy(rules: usize, seed: u64) -> Policy {
                 Peer::Cidr("0.0.0.0/0".parse().unwrap()),
             ),
             _ => {
-                let dir = if rng.chance(70, 100) {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                };
+                let dir = workload::direction(&mut rng);
                 let peer = match rng.below(100) {
                     0..60 => Peer::Cidr(v4_net(&mut rng)),
                     60..90 => Peer::Cidr(v6_net(&mut rng)),

@@ -121,6 +121,15 @@ fn protocol(rng: &mut Rng, peer: &Peer, v6: bool, mixed: bool) -> Protocol {
     }
 }
 
+/// Ingress seven times in ten: random rules lean inbound, as real policies do.
+pub fn direction(rng: &mut Rng) -> Direction {
+    if rng.chance(70, 100) {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    }
+}
+
 pub fn group_id(i: usize) -> GroupId {
     GroupId(format!("sg-{:017x}", i + 1))
 }
@@ -211,11 +220,7 @@ pub fn policy(n: usize, seed: u64) -> Policy {
                 world("0.0.0.0/0"),
             ),
             _ => {
-                let dir = if rng.chance(70, 100) {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                };
+                let dir = direction(&mut rng);
                 // IPv6 carries most of the distinct CIDRs: the documentation ranges hold
                 // only 768 IPv4 addresses.
                 let peer = match rng.below(100) {
