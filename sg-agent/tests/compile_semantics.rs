@@ -16,6 +16,7 @@ use sg_agent::policy::{
 };
 use sg_common::rule_flags::UNTRACKED;
 use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
+use sg_testkit::random::all_bound;
 
 use Direction::{Egress, Ingress};
 
@@ -130,15 +131,6 @@ const ICMPV6: u8 = 58;
 
 fn icmp(t: u8, c: u8) -> u16 {
     u16::from(t) << 8 | u16::from(c)
-}
-
-/// Every interface bound, to ifindex 10 + its position.
-fn all_bound(p: &Policy) -> BTreeMap<String, u32> {
-    p.interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
-        .collect()
 }
 
 fn build(p: &Policy, generation: u32) -> MapImage {

@@ -7,7 +7,7 @@
 
 use sg_bench::workload::{self, GROUPS, PREFIX_LISTS};
 use sg_testkit::random::fuzz::Rng;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
@@ -157,12 +157,7 @@ fn main() {
             continue;
         }
         let p = policy(rules, 0x5eed + rules as u64);
-        let bindings: BTreeMap<String, u32> = p
-            .interfaces
-            .iter()
-            .enumerate()
-            .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
-            .collect();
+        let bindings = sg_testkit::random::all_bound(&p);
         let opts = CompileOptions {
             generation: 1,
             slot_capacity: 1 << 20,

@@ -1681,7 +1681,6 @@ pub fn hex(b: &[u8]) -> String {
 /// canonical image whose kernel lookup agrees with the reference model's decision for
 /// queries aimed at every rule.
 pub mod config {
-    use std::collections::BTreeMap;
     use std::net::IpAddr;
 
     use ipnet::IpNet;
@@ -1758,12 +1757,7 @@ pub mod config {
         if !compile_too {
             return Ok(out);
         }
-        let bindings: BTreeMap<String, u32> = policy
-            .interfaces
-            .iter()
-            .enumerate()
-            .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
-            .collect();
+        let bindings = crate::random::all_bound(policy);
         let image = match compile(
             policy,
             &bindings,
