@@ -40,6 +40,12 @@ fn bindings(policy: &Policy, mask: u32) -> BTreeMap<String, u32> {
         .collect()
 }
 
+/// "web ingress remote 192.0.2.1 proto 6 port 22".
+fn query(q: &Query) -> String {
+    let (iface, dir, remote, proto, port) = (&q.iface, q.dir.name(), q.remote, q.proto, q.port);
+    format!("{iface} {dir} remote {remote} proto {proto} port {port}")
+}
+
 /// One query: the model's decision against the lookup in the image. Interfaces not bound
 /// must answer NoPolicy.
 fn check(
@@ -77,13 +83,8 @@ fn check(
         };
         if image.ifaces[&key].flags & bit != 0 {
             return Err(format!(
-                "{} {} remote {} proto {} port {} is untracked but the scope is flagged \
-                 tracked-only\npolicy:\n{}",
-                q.iface,
-                q.dir.name(),
-                q.remote,
-                q.proto,
-                q.port,
+                "{} is untracked but the scope is flagged tracked-only\npolicy:\n{}",
+                query(q),
                 describe(policy)
             ));
         }
@@ -107,16 +108,12 @@ fn check(
         .collect();
     Err(format!(
         "model and compiled lookup disagree\n\
-         query: {} {} remote {} proto {} port {}\n\
+         query: {}\n\
          model:  {want:?}\n\
          lookup: {got}\n\
          allowing rules, E4 order: {allowing:?}\n\
          policy:\n{}",
-        q.iface,
-        q.dir.name(),
-        q.remote,
-        q.proto,
-        q.port,
+        query(q),
         describe(policy)
     ))
 }

@@ -16,6 +16,7 @@ use sg_agent::policy::{
 };
 use sg_common::rule_flags::UNTRACKED;
 use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
+use sg_testkit::random::all_bound;
 
 use Direction::{Egress, Ingress};
 
@@ -132,15 +133,6 @@ fn icmp(t: u8, c: u8) -> u16 {
     u16::from(t) << 8 | u16::from(c)
 }
 
-/// Every interface bound, to ifindex 10 + its position.
-fn all_bound(p: &Policy) -> BTreeMap<String, u32> {
-    p.interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
-        .collect()
-}
-
 fn build(p: &Policy, generation: u32) -> MapImage {
     let opts = CompileOptions {
         generation,
@@ -179,6 +171,21 @@ fn judge(p: &Policy, iface: &str, dir: Direction, remote: &str, proto: u8, port:
         "model and compiled lookup disagree on {iface} {dir:?} {remote} {proto}/{port}"
     );
     model
+}
+
+/// One lookup and what it must decide: (interface, direction, remote, protocol, port, decision).
+type Case<'a> = (&'a str, Direction, &'a str, u8, u16, Decision);
+
+/// Judges every case (the model and the compiled lookup must agree: [`judge`]) and asserts
+/// its decision, naming the case.
+fn expect_cases(p: &Policy, cases: &[Case]) {
+    for (i, (iface, dir, remote, proto, port, want)) in cases.iter().enumerate() {
+        let got = judge(p, iface, *dir, remote, *proto, *port);
+        assert_eq!(
+            &got, want,
+            "case {i}: {iface} {dir:?} {remote} {proto}/{port}"
+        );
+    }
 }
 
 fn allow(rule: &RuleId) -> Decision {
@@ -242,19 +249,13 @@ fn e3_rules_of_every_group_of_the_interface_are_merged() {
     b.iface("both", &["203.0.113.1"], &[&a, &c]);
     b.iface("ssh-only", &["203.0.113.2"], &[&a]);
     let p = &b.policy;
-    assert_eq!(judge(p, "both", Ingress, "192.0.2.9", TCP, 22), allow(&ra));
-    assert_eq!(
-        judge(p, "both", Ingress, "198.51.100.9", UDP, 53),
-        allow(&rc)
-    );
-    assert_eq!(
-        judge(p, "both", Ingress, "198.51.100.9", TCP, 22),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "ssh-only", Ingress, "198.51.100.9", UDP, 53),
-        Decision::Deny
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("both", Ingress, "192.0.2.9", TCP, 22, allow(&ra)),
+        ("both", Ingress, "198.51.100.9", UDP, 53, allow(&rc)),
+        ("both", Ingress, "198.51.100.9", TCP, 22, Decision::Deny),
+        ("ssh-only", Ingress, "198.51.100.9", UDP, 53, Decision::Deny),
+    ]);
 }
 
 #[test]
@@ -292,18 +293,12 @@ fn e4_the_longest_matching_prefix_is_charged_before_narrower_ports() {
     let world = b.rule(&g, Ingress, tcp(22, 22), cidr("0.0.0.0/0"));
     b.iface("web", &["203.0.113.1"], &[&g]);
     let p = &b.policy;
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.7", TCP, 22),
-        allow(&host_all)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.8", TCP, 22),
-        allow(&wide_peer)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "198.51.100.1", TCP, 22),
-        allow(&world)
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "192.0.2.7", TCP, 22, allow(&host_all)),
+        ("web", Ingress, "192.0.2.8", TCP, 22, allow(&wide_peer)),
+        ("web", Ingress, "198.51.100.1", TCP, 22, allow(&world)),
+    ]);
     let every = allowing_rules(p, "web", Ingress, "192.0.2.7".parse().unwrap(), TCP, 22);
     let ids: Vec<&RuleId> = every.iter().map(|r| &r.id).collect();
     assert_eq!(ids, vec![&host_all, &wide_peer, &world], "E4 order");
@@ -384,12 +379,12 @@ fn f2_all_and_other_protocol_numbers_match_every_port() {
     let all = b.rule(&g, Ingress, Protocol::All, cidr("198.51.100.0/24"));
     b.iface("web", &["203.0.113.1"], &[&g]);
     let p = &b.policy;
-    assert_eq!(judge(p, "web", Ingress, "192.0.2.1", 47, 0), allow(&gre));
-    assert_eq!(judge(p, "web", Ingress, "192.0.2.1", 50, 0), Decision::Deny);
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 47),
-        Decision::Deny
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "192.0.2.1", 47, 0, allow(&gre)),
+        ("web", Ingress, "192.0.2.1", 50, 0, Decision::Deny),
+        ("web", Ingress, "192.0.2.1", TCP, 47, Decision::Deny),
+    ]);
     for (proto, port) in [
         (TCP, 0),
         (TCP, 65535),
@@ -538,8 +533,11 @@ fn r3_a_self_reference_allows_members_to_each_other_d4_not_without_it() {
     b.iface("p1", &["192.0.2.3"], &[&plain]);
     b.iface("p2", &["192.0.2.4"], &[&plain]);
     let p = &b.policy;
-    assert_eq!(judge(p, "n1", Ingress, "192.0.2.2", UDP, 9), allow(&r));
-    assert_eq!(judge(p, "n2", Ingress, "2001:db8::1", TCP, 9), allow(&r));
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("n1", Ingress, "192.0.2.2", UDP, 9, allow(&r)),
+        ("n2", Ingress, "2001:db8::1", TCP, 9, allow(&r)),
+    ]);
     assert_eq!(
         judge(p, "n1", Ingress, "192.0.2.1", TCP, 9),
         allow(&r),
@@ -565,15 +563,12 @@ fn r4_every_prefix_list_entry_matches_and_its_longest_covering_entry_counts() {
     // 192.0.2.5: the list matches at /28, longer than /26.
     assert_eq!(judge(p, "web", Ingress, "192.0.2.5", TCP, 22), allow(&list));
     // 192.0.2.50: the list only at /24, so the /26 rule is charged.
-    assert_eq!(judge(p, "web", Ingress, "192.0.2.50", TCP, 22), allow(&mid));
-    assert_eq!(
-        judge(p, "web", Ingress, "203.0.113.3", TCP, 1),
-        allow(&list)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "203.0.113.4", TCP, 1),
-        Decision::Deny
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "192.0.2.50", TCP, 22, allow(&mid)),
+        ("web", Ingress, "203.0.113.3", TCP, 1, allow(&list)),
+        ("web", Ingress, "203.0.113.4", TCP, 1, Decision::Deny),
+    ]);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -601,14 +596,11 @@ fn overlapping_cidrs_a_more_specific_prefix_carries_the_union() {
     assert_eq!(from7(TCP, 443), allow(&https));
     assert_eq!(from7(ICMP, icmp(8, 0)), allow(&ping));
     assert_eq!(from7(TCP, 22), Decision::Deny);
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.200", TCP, 443),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.200", TCP, 80),
-        allow(&http)
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "192.0.2.200", TCP, 443, Decision::Deny),
+        ("web", Ingress, "192.0.2.200", TCP, 80, allow(&http)),
+    ]);
 }
 
 #[test]
@@ -620,22 +612,13 @@ fn ipv4_remotes_never_match_ipv6_rules_and_ipv4_mapped_remotes_are_ipv4() {
     let v4 = b.rule(&g, Ingress, tcp(22, 22), cidr("192.0.2.0/24"));
     b.iface("web", &["198.51.100.1"], &[&g]);
     let p = &b.policy;
-    assert_eq!(
-        judge(p, "web", Ingress, "203.0.113.1", TCP, 22),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 23),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "::ffff:192.0.2.1", TCP, 22),
-        allow(&v4)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "::ffff:203.0.113.1", TCP, 22),
-        Decision::Deny
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "203.0.113.1", TCP, 22, Decision::Deny),
+        ("web", Ingress, "192.0.2.1", TCP, 23, Decision::Deny),
+        ("web", Ingress, "::ffff:192.0.2.1", TCP, 22, allow(&v4)),
+        ("web", Ingress, "::ffff:203.0.113.1", TCP, 22, Decision::Deny),
+    ]);
     assert!(matches!(
         judge(p, "web", Ingress, "2001:db8::1", TCP, 22),
         Decision::Allow { .. }
@@ -652,22 +635,13 @@ fn ipv6_cidrs_inside_the_ipv4_mapped_block_match_nothing_and_mapped_members_are_
     b.iface("web", &["198.51.100.1"], &[&g]);
     b.iface("peer", &["::ffff:203.0.113.9"], &[&peers]);
     let p = &b.policy;
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 22),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "::ffff:192.0.2.1", TCP, 22),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "203.0.113.9", TCP, 80),
-        allow(&members)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "::ffff:203.0.113.9", TCP, 80),
-        allow(&members)
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "192.0.2.1", TCP, 22, Decision::Deny),
+        ("web", Ingress, "::ffff:192.0.2.1", TCP, 22, Decision::Deny),
+        ("web", Ingress, "203.0.113.9", TCP, 80, allow(&members)),
+        ("web", Ingress, "::ffff:203.0.113.9", TCP, 80, allow(&members)),
+    ]);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -736,14 +710,11 @@ fn c4_any_allowing_world_rule_counts_even_when_another_rule_is_charged() {
     b.rule(&g, Egress, Protocol::All, cidr("0.0.0.0/0"));
     b.iface("web", &["198.51.100.1"], &[&g]);
     let p = &b.policy;
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 22),
-        allow_untracked(&office)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 23),
-        allow(&office)
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "192.0.2.1", TCP, 22, allow_untracked(&office)),
+        ("web", Ingress, "192.0.2.1", TCP, 23, allow(&office)),
+    ]);
 }
 
 #[test]
@@ -805,15 +776,12 @@ fn c4_icmp_and_other_protocols_are_always_tracked() {
     b.rule(&g, Egress, Protocol::All, cidr("0.0.0.0/0"));
     b.iface("web", &["198.51.100.1"], &[&g]);
     let p = &b.policy;
-    assert_eq!(
-        judge(p, "web", Ingress, "203.0.113.1", ICMP, icmp(8, 0)),
-        allow(&inr)
-    );
-    assert_eq!(judge(p, "web", Ingress, "203.0.113.1", 47, 0), allow(&inr));
-    assert_eq!(
-        judge(p, "web", Ingress, "203.0.113.1", UDP, 53),
-        allow_untracked(&inr)
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "203.0.113.1", ICMP, icmp(8, 0), allow(&inr)),
+        ("web", Ingress, "203.0.113.1", 47, 0, allow(&inr)),
+        ("web", Ingress, "203.0.113.1", UDP, 53, allow_untracked(&inr)),
+    ]);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -1011,24 +979,15 @@ fn the_module_doc_worked_example_compiles_as_documented() {
     b.iface("web", &["203.0.113.1"], &[&a]);
     b.iface("peer", &["192.0.2.7"], &[&sgb]);
     let p = &b.policy;
-    assert_eq!(
-        judge(p, "web", Ingress, "198.51.100.1", TCP, 22),
-        allow_untracked(&r1)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.9", TCP, 22),
-        allow_untracked(&r2)
-    );
-    assert_eq!(judge(p, "web", Ingress, "192.0.2.9", TCP, 80), allow(&r2));
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.9", ICMP, icmp(8, 3)),
-        allow(&r4)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.7", TCP, 22),
-        allow_untracked(&r3)
-    );
-    assert_eq!(judge(p, "web", Ingress, "192.0.2.7", UDP, 9), allow(&r3));
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "198.51.100.1", TCP, 22, allow_untracked(&r1)),
+        ("web", Ingress, "192.0.2.9", TCP, 22, allow_untracked(&r2)),
+        ("web", Ingress, "192.0.2.9", TCP, 80, allow(&r2)),
+        ("web", Ingress, "192.0.2.9", ICMP, icmp(8, 3), allow(&r4)),
+        ("web", Ingress, "192.0.2.7", TCP, 22, allow_untracked(&r3)),
+        ("web", Ingress, "192.0.2.7", UDP, 9, allow(&r3)),
+    ]);
     // Chains and page counts of each prefix's own class, as the module doc lists them.
     let image = build(p, 0);
     let scope_in = image.ifaces.values().next().unwrap().scope_in;
@@ -1119,50 +1078,20 @@ fn nesting_deeper_than_the_class_chain_keeps_the_longest_prefix_winning() {
         judge(p, "web", Ingress, remote, ICMP, icmp(8, 0));
     }
     // Spot checks against the spec by hand.
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 650),
-        allow(&rules[6])
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 560),
-        allow(&rules[5])
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 120),
-        allow(&rules[1])
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 50),
-        allow(&rules[0])
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 700),
-        allow(&rules[6])
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", TCP, 751),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", UDP, 53),
-        allow(&udp_rule)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.0", UDP, 53),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.1", ICMP, icmp(8, 0)),
-        allow(&icmp_rule)
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.100", TCP, 350),
-        allow(&rules[2])
-    );
-    assert_eq!(
-        judge(p, "web", Ingress, "192.0.2.100", TCP, 351),
-        Decision::Deny
-    );
+    #[rustfmt::skip]
+    expect_cases(p, &[
+        ("web", Ingress, "192.0.2.1", TCP, 650, allow(&rules[6])),
+        ("web", Ingress, "192.0.2.1", TCP, 560, allow(&rules[5])),
+        ("web", Ingress, "192.0.2.1", TCP, 120, allow(&rules[1])),
+        ("web", Ingress, "192.0.2.1", TCP, 50, allow(&rules[0])),
+        ("web", Ingress, "192.0.2.1", TCP, 700, allow(&rules[6])),
+        ("web", Ingress, "192.0.2.1", TCP, 751, Decision::Deny),
+        ("web", Ingress, "192.0.2.1", UDP, 53, allow(&udp_rule)),
+        ("web", Ingress, "192.0.2.0", UDP, 53, Decision::Deny),
+        ("web", Ingress, "192.0.2.1", ICMP, icmp(8, 0), allow(&icmp_rule)),
+        ("web", Ingress, "192.0.2.100", TCP, 350, allow(&rules[2])),
+        ("web", Ingress, "192.0.2.100", TCP, 351, Decision::Deny),
+    ]);
 }
 
 /// A change of membership only changes the new member's host entries: every scope and class

@@ -5,7 +5,9 @@
 //! time of a few runs, and the number of peer entries, port pages and peer classes.
 //! Addresses are synthetic (10.0.0.0/8, 2001:db8::/32): nothing here touches a network.
 
-use std::collections::{BTreeMap, BTreeSet};
+use sg_bench::workload::{self, GROUPS, PREFIX_LISTS};
+use sg_testkit::random::fuzz::Rng;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
@@ -13,40 +15,20 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::image::SlotTable;
 use sg_agent::policy::{
-    Direction, Family, Group, GroupId, IcmpMatch, Interface, Origin, Peer, Policy, PortRange,
-    PrefixList, PrefixListId, Protocol, Rule, RuleId, Timeouts,
+    Direction, GroupId, IcmpMatch, Interface, Origin, Peer, Policy, PortRange, Protocol, Rule,
+    RuleId, Timeouts,
 };
 
-const GROUPS: usize = 16;
 const INTERFACES: usize = 16;
-const PREFIX_LISTS: usize = 8;
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn v4_net(rng: &mut Rng) -> IpNet {
-    let a = Ipv4Addr::from(0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff));
+    let a = Ipv4Addr::from(0x0a00_0000 | (rng.next_u64() as u32 & 0x00ff_ffff));
     let len = 16 + rng.below(17) as u8;
     IpNet::V4(Ipv4Net::new(a, len).unwrap().trunc())
 }
 
 fn v6_net(rng: &mut Rng) -> IpNet {
-    let low = u128::from(rng.next()) << 32 | u128::from(rng.next() as u32);
+    let low = u128::from(rng.next_u64()) << 32 | u128::from(rng.next_u64() as u32);
     let a = Ipv6Addr::from(0x2001_0db8u128 << 96 | low);
     let len = 48 + rng.below(81) as u8;
     IpNet::V6(Ipv6Net::new(a, len).unwrap().trunc())
@@ -78,49 +60,14 @@ fn protocol(rng: &mut Rng) -> Protocol {
             _ => Protocol::Icmp(IcmpMatch::All),
         },
         90..95 => Protocol::All,
-        _ => Protocol::Number([47, 50, 51, 132][rng.below(4) as usize]),
+        _ => Protocol::Number([47, 50, 51, 132][rng.below(4)]),
     }
 }
 
 fn policy(rules: usize, seed: u64) -> Policy {
-    let mut rng = Rng(seed | 1);
-    let gid = |i: usize| GroupId(format!("sg-{:017x}", i + 1));
-    let pid = |i: usize| PrefixListId(format!("pl-{:017x}", i + 1));
-    let mut p = Policy::default();
-    for i in 0..PREFIX_LISTS {
-        let family = if i % 2 == 0 { Family::V4 } else { Family::V6 };
-        let entries: BTreeSet<IpNet> = (0..10 + rng.below(40))
-            .map(|_| match family {
-                Family::V4 => v4_net(&mut rng),
-                Family::V6 => v6_net(&mut rng),
-            })
-            .collect();
-        p.prefix_lists.insert(
-            pid(i),
-            PrefixList {
-                id: pid(i),
-                name: format!("pl{i}"),
-                family,
-                max_entries: entries.len() as u32,
-                version: 1,
-                entries: entries.into_iter().collect(),
-                origin: Origin::default(),
-            },
-        );
-    }
-    for g in 0..GROUPS {
-        p.groups.insert(
-            gid(g),
-            Group {
-                id: gid(g),
-                name: format!("g{g}"),
-                description: String::new(),
-                ingress: vec![],
-                egress: vec![],
-                origin: Origin::default(),
-            },
-        );
-    }
+    let mut rng = Rng::new(seed);
+    let (gid, pid) = (workload::group_id, workload::list_id);
+    let mut p = workload::skeleton(&mut rng);
     for n in 0..rules {
         let g = n % GROUPS;
         // The first rules of each group are the usual world rules: egress all (D2) and
@@ -142,22 +89,18 @@ fn policy(rules: usize, seed: u64) -> Policy {
                 Peer::Cidr("0.0.0.0/0".parse().unwrap()),
             ),
             _ => {
-                let dir = if rng.chance(70) {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                };
+                let dir = workload::direction(&mut rng);
                 let peer = match rng.below(100) {
                     0..60 => Peer::Cidr(v4_net(&mut rng)),
                     60..90 => Peer::Cidr(v6_net(&mut rng)),
-                    90..95 => Peer::PrefixList(pid(rng.below(PREFIX_LISTS as u64) as usize)),
-                    _ => Peer::Group(gid(rng.below(GROUPS as u64) as usize)),
+                    90..95 => Peer::PrefixList(pid(rng.below(PREFIX_LISTS))),
+                    _ => Peer::Group(gid(rng.below(GROUPS))),
                 };
                 (dir, protocol(&mut rng), peer)
             }
         };
         let rule = Rule {
-            id: RuleId(format!("sgr-{:017x}", rng.next())),
+            id: RuleId(format!("sgr-{:017x}", rng.next_u64())),
             group: gid(g),
             direction,
             protocol,
@@ -176,7 +119,7 @@ fn policy(rules: usize, seed: u64) -> Policy {
         let groups: Vec<GroupId> = if i == 0 {
             (0..GROUPS).map(gid).collect()
         } else {
-            let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS as u64) as usize).collect();
+            let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS)).collect();
             set.into_iter().map(gid).collect()
         };
         p.interfaces.push(Interface {
@@ -185,10 +128,10 @@ fn policy(rules: usize, seed: u64) -> Policy {
             device: None,
             addresses: vec![
                 IpAddr::V4(Ipv4Addr::from(
-                    0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff),
+                    0x0a00_0000 | (rng.next_u64() as u32 & 0x00ff_ffff),
                 )),
                 IpAddr::V6(Ipv6Addr::from(
-                    0x2001_0db8u128 << 96 | u128::from(rng.next()),
+                    0x2001_0db8u128 << 96 | u128::from(rng.next_u64()),
                 )),
             ],
             groups,
@@ -214,12 +157,7 @@ fn main() {
             continue;
         }
         let p = policy(rules, 0x5eed + rules as u64);
-        let bindings: BTreeMap<String, u32> = p
-            .interfaces
-            .iter()
-            .enumerate()
-            .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
-            .collect();
+        let bindings = sg_testkit::random::all_bound(&p);
         let opts = CompileOptions {
             generation: 1,
             slot_capacity: 1 << 20,

@@ -2,6 +2,7 @@
 //! generator sends and what BPF_PROG_TEST_RUN judges. Only the bench's own flows, never a
 //! general packet builder (that is `sg_agent::packet`).
 
+use sg_agent::packet::checksum;
 use std::net::Ipv4Addr;
 
 /// Every frame is this long: the usual "64-byte frame" without the 4-byte FCS would be 60;
@@ -21,21 +22,6 @@ pub mod tcp_flags {
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
-}
-
-fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for c in chunks {
-        for pair in c.chunks(2) {
-            let hi = u32::from(pair[0]) << 8;
-            let lo = pair.get(1).map_or(0, |b| u32::from(*b));
-            sum += hi | lo;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn ether_ipv4(e: &Ends, proto: u8, l4_len: usize) -> Vec<u8> {

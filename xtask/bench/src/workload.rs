@@ -12,6 +12,7 @@
 //!
 //! Deterministic: the same (n, seed) gives the same policy.
 
+use sg_testkit::random::fuzz::Rng;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -24,7 +25,7 @@ use sg_agent::policy::{
 
 pub const GROUPS: usize = 16;
 const OTHER_INTERFACES: usize = 15;
-const PREFIX_LISTS: usize = 8;
+pub const PREFIX_LISTS: usize = 8;
 
 /// The receiver: the interface every rule is enforced on.
 pub const RECEIVER_IFACE: &str = "receiver";
@@ -50,30 +51,12 @@ pub const RESERVED_PORTS: PortRange = PortRange {
     to: 9999,
 };
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 const DOC_V4: [[u8; 3]; 3] = [[192, 0, 2], [198, 51, 100], [203, 0, 113]];
 
 /// Mostly hosts and small blocks, some wider ones: every address ends up under a few nested
 /// prefixes, as in real policies, without every prefix inheriting hundreds of rules.
 fn v4_net(rng: &mut Rng) -> IpNet {
-    let [a, b, c] = DOC_V4[rng.below(3) as usize];
+    let [a, b, c] = DOC_V4[rng.below(3)];
     let addr = Ipv4Addr::new(a, b, c, rng.below(256) as u8);
     let len = match rng.below(100) {
         0..60 => 32,
@@ -85,7 +68,7 @@ fn v4_net(rng: &mut Rng) -> IpNet {
 }
 
 fn v6_net(rng: &mut Rng) -> IpNet {
-    let low = (u128::from(rng.next()) << 32) | u128::from(rng.next() as u32);
+    let low = (u128::from(rng.next_u64()) << 32) | u128::from(rng.next_u64() as u32);
     let addr = Ipv6Addr::from((0x2001_0db8u128 << 96) | (low & ((1u128 << 96) - 1)));
     // /48 (a site) to /128 (a host): random prefixes this long rarely nest.
     let len = 48 + rng.below(81) as u8;
@@ -93,7 +76,7 @@ fn v6_net(rng: &mut Rng) -> IpNet {
 }
 
 /// A port range that stays out of [`RESERVED_PORTS`].
-fn ports(rng: &mut Rng, max_width: u64) -> PortRange {
+fn ports(rng: &mut Rng, max_width: usize) -> PortRange {
     let from = rng.below(65536) as u16;
     let to = from.saturating_add(rng.below(max_width + 1) as u16);
     let r = RESERVED_PORTS;
@@ -134,7 +117,16 @@ fn protocol(rng: &mut Rng, peer: &Peer, v6: bool, mixed: bool) -> Protocol {
         // "All traffic" only from IPv6 CIDRs: see the module comment.
         90..95 if v6_cidr => Protocol::All,
         90..95 => Protocol::Tcp(ports(rng, 0)),
-        _ => Protocol::Number([47, 50, 51, 132][rng.below(4) as usize]),
+        _ => Protocol::Number([47, 50, 51, 132][rng.below(4)]),
+    }
+}
+
+/// Ingress seven times in ten: random rules lean inbound, as real policies do.
+pub fn direction(rng: &mut Rng) -> Direction {
+    if rng.chance(70, 100) {
+        Direction::Ingress
+    } else {
+        Direction::Egress
     }
 }
 
@@ -142,7 +134,7 @@ pub fn group_id(i: usize) -> GroupId {
     GroupId(format!("sg-{:017x}", i + 1))
 }
 
-fn list_id(i: usize) -> PrefixListId {
+pub fn list_id(i: usize) -> PrefixListId {
     PrefixListId(format!("pl-{:017x}", i + 1))
 }
 
@@ -151,16 +143,17 @@ fn list_id(i: usize) -> PrefixListId {
 /// of group 0.
 pub const OWN_RULES: usize = 3;
 
-/// A policy of exactly `n` rules (at least [`OWN_RULES`]).
-pub fn policy(n: usize, seed: u64) -> Policy {
-    let mut rng = Rng(seed | 1);
+/// The groups (empty) and prefix lists of a random policy: `GROUPS` groups and
+/// `PREFIX_LISTS` prefix lists of 10 to 49 random entries, alternately IPv4 and IPv6. The
+/// compile bench builds on it too.
+pub fn skeleton(rng: &mut Rng) -> Policy {
     let mut p = Policy::default();
     for i in 0..PREFIX_LISTS {
         let family = if i % 2 == 0 { Family::V4 } else { Family::V6 };
         let entries: BTreeSet<IpNet> = (0..10 + rng.below(40))
             .map(|_| match family {
-                Family::V4 => v4_net(&mut rng),
-                Family::V6 => v6_net(&mut rng),
+                Family::V4 => v4_net(rng),
+                Family::V6 => v6_net(rng),
             })
             .collect();
         p.prefix_lists.insert(
@@ -189,11 +182,18 @@ pub fn policy(n: usize, seed: u64) -> Policy {
             },
         );
     }
+    p
+}
+
+/// A policy of exactly `n` rules (at least [`OWN_RULES`]).
+pub fn policy(n: usize, seed: u64) -> Policy {
+    let mut rng = Rng::new(seed);
+    let mut p = skeleton(&mut rng);
     let random = n.saturating_sub(OWN_RULES);
     let world = |s: &str| Peer::Cidr(s.parse().expect("valid CIDR"));
     let push = |p: &mut Policy, rng: &mut Rng, g: usize, dir: Direction, proto, peer| {
         let rule = Rule {
-            id: RuleId(format!("sgr-{:017x}", rng.next())),
+            id: RuleId(format!("sgr-{:017x}", rng.next_u64())),
             group: group_id(g),
             direction: dir,
             protocol: proto,
@@ -220,18 +220,14 @@ pub fn policy(n: usize, seed: u64) -> Policy {
                 world("0.0.0.0/0"),
             ),
             _ => {
-                let dir = if rng.chance(70) {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                };
+                let dir = direction(&mut rng);
                 // IPv6 carries most of the distinct CIDRs: the documentation ranges hold
                 // only 768 IPv4 addresses.
                 let peer = match rng.below(100) {
                     0..35 => Peer::Cidr(v4_net(&mut rng)),
                     35..90 => Peer::Cidr(v6_net(&mut rng)),
-                    90..95 => Peer::PrefixList(list_id(rng.below(PREFIX_LISTS as u64) as usize)),
-                    _ => Peer::Group(group_id(rng.below(GROUPS as u64) as usize)),
+                    90..95 => Peer::PrefixList(list_id(rng.below(PREFIX_LISTS))),
+                    _ => Peer::Group(group_id(rng.below(GROUPS))),
                 };
                 let (v6, mixed) = match &peer {
                     Peer::Cidr(n) => (matches!(n, IpNet::V6(_)), false),
@@ -281,7 +277,7 @@ pub fn policy(n: usize, seed: u64) -> Policy {
         origin: Origin::default(),
     });
     for i in 0..OTHER_INTERFACES {
-        let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS as u64) as usize).collect();
+        let set: BTreeSet<usize> = (0..3).map(|_| rng.below(GROUPS)).collect();
         p.interfaces.push(Interface {
             name: format!("if-{i}"),
             instance: format!("i-{i}"),

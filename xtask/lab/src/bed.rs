@@ -35,8 +35,9 @@ pub struct Bed {
 }
 
 impl Bed {
-    /// Hosts on one bridge: (name, IPv4, IPv6).
-    pub fn new(agent: &str, hosts: &[(&str, &str, &str)]) -> Bed {
+    /// Hosts on one bridge: (name, IPv4, IPv6), with the sg-agent binary the tests drive
+    /// ([`sg_testkit::agent_bin`]).
+    pub fn new(hosts: &[(&str, &str, &str)]) -> Bed {
         sg_testkit::netns::require_root();
         let files = LabFiles::new().expect("lab files (openssl, ssh-keygen)");
         let specs: Vec<HostSpec> = hosts
@@ -45,7 +46,7 @@ impl Bed {
             .collect();
         let lan = Lan::new(&specs).expect("lab LAN");
         Bed {
-            agents: Agents::new(agent),
+            agents: Agents::new(sg_testkit::agent_bin()),
             servers: Vec::new(),
             lan,
             files,

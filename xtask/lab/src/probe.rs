@@ -109,27 +109,41 @@ pub struct Probe {
     pub why: String,
 }
 
-/// Shorthand for a table line: `probe("my-ip", "web-1", V4, Svc::Ssh(22), Allow, "F5")`.
-pub fn probe(from: &str, to: &str, v6: bool, svc: Svc, expect: Expect, why: &str) -> Probe {
-    Probe {
-        from: from.into(),
-        to: to.into(),
-        v6,
-        svc,
-        expect,
-        why: why.into(),
-    }
+/// The families a table line probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fam {
+    V4,
+    V6,
+    /// IPv4, then IPv6: two probes.
+    Both,
 }
+pub use Fam::{Both, V4, V6};
 
-pub const V4: bool = false;
-pub const V6: bool = true;
+/// One line of a probe table: from, to, families, client, what EC2 does, why (SEMANTICS ids).
+/// `("my-ip", "web-1", Both, Svc::Ssh(22), Allow, "F5")`.
+pub type Line<'a> = (&'a str, &'a str, Fam, Svc, Expect, &'a str);
 
-/// Probes in both families.
-pub fn both(from: &str, to: &str, svc: Svc, expect: Expect, why: &str) -> [Probe; 2] {
-    [
-        probe(from, to, V4, svc.clone(), expect, why),
-        probe(from, to, V6, svc, expect, why),
-    ]
+/// The probes of a table, in its order (a `Both` line gives its IPv4 probe, then its IPv6 one).
+pub fn table(lines: &[Line]) -> Vec<Probe> {
+    let mut out = Vec::with_capacity(lines.len() * 2);
+    for (from, to, fam, svc, expect, why) in lines {
+        let families: &[bool] = match fam {
+            V4 => &[false],
+            V6 => &[true],
+            Both => &[false, true],
+        };
+        for &v6 in families {
+            out.push(Probe {
+                from: (*from).into(),
+                to: (*to).into(),
+                v6,
+                svc: svc.clone(),
+                expect: *expect,
+                why: (*why).into(),
+            });
+        }
+    }
+    out
 }
 
 /// One line of the table: the probe and what the client saw.

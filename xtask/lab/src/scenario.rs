@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::agents::Agents;
-use crate::probe::{self, Expect, Probe, Row, Svc, V4, V6, both};
+use crate::probe::{self, Both, Expect, Probe, Row, Svc, table};
 use crate::services::{self as svc, LabFiles};
 use crate::topology::{HostSpec, Lan, Naming};
 use sg_agent::config::{self, Format};
@@ -28,6 +28,8 @@ pub const INSTANCES: &[(&str, &str, &str)] = &[
     ("db-1", "192.0.2.21", "2001:db8:10::21"),
 ];
 
+/// The instance under test in the end-to-end tests.
+pub const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
 /// "My IP": the administrator's workstation (the SSH rule's /32 and /128).
 pub const MY_IP: (&str, &str, &str) = ("my-ip", "198.51.100.10", "2001:db8:20::10");
 /// Anybody else on the internet.
@@ -172,70 +174,34 @@ impl Ec2Lab {
     }
 
     /// The seed article's paths, IPv4 and IPv6, with what EC2 does.
+    #[rustfmt::skip]
     pub fn paths(&self) -> Vec<Probe> {
         use Expect::{Allow, Deny};
         let db = self.db_svc();
         let https = Svc::Https(443);
         let ssh = Svc::Ssh(22);
-        let lines: Vec<[Probe; 2]> = vec![
-            both(
-                "internet",
-                "web-1",
-                https.clone(),
-                Allow,
-                "F5 0.0.0.0/0 ::/0",
-            ),
-            both(
-                "internet",
-                "web-2",
-                https.clone(),
-                Allow,
-                "F5 0.0.0.0/0 ::/0",
-            ),
-            both("my-ip", "web-1", ssh.clone(), Allow, "F5 my IP /32 /128"),
-            both("my-ip", "web-2", ssh.clone(), Allow, "F5 my IP /32 /128"),
-            both(
-                "internet",
-                "web-1",
-                ssh.clone(),
-                Deny,
-                "E1 SSH from my IP only",
-            ),
-            both("my-ip", "web-1", Svc::Ping, Allow, "I3 echo rule"),
-            both("internet", "web-1", Svc::Ping, Deny, "I1 no ICMP rule"),
-            both("web-1", "db-1", db.clone(), Allow, "R1 member of sg-web"),
-            both("web-2", "db-1", db.clone(), Allow, "R1 member of sg-web"),
-            both("web-1", "db-1", Svc::Ping, Allow, "R1 I3"),
-            both("internet", "db-1", db.clone(), Deny, "R1 not a member"),
-            both("my-ip", "db-1", db.clone(), Deny, "R1 not a member"),
-            both("my-ip", "db-1", ssh.clone(), Deny, "E1 sg-db: no SSH"),
-            both(
-                "internet",
-                "db-1",
-                https.clone(),
-                Deny,
-                "R2 443 not imported",
-            ),
-            both("web-1", "db-1", https.clone(), Deny, "R2 443 not imported"),
-            both("web-1", "web-2", ssh.clone(), Deny, "D4 no self-reference"),
-            both("db-1", "web-1", ssh.clone(), Deny, "E1 not my IP"),
-            both("db-1", "web-1", https, Allow, "D2 egress, F5 0.0.0.0/0"),
-            both(
-                "web-1",
-                "internet",
-                Svc::Http(80),
-                Allow,
-                "D2 default egress",
-            ),
-            both(
-                "db-1",
-                "internet",
-                Svc::Http(80),
-                Allow,
-                "D2 default egress",
-            ),
-        ];
-        lines.into_iter().flatten().collect()
+        table(&[
+            ("internet", "web-1", Both, https.clone(), Allow, "F5 0.0.0.0/0 ::/0"),
+            ("internet", "web-2", Both, https.clone(), Allow, "F5 0.0.0.0/0 ::/0"),
+            ("my-ip", "web-1", Both, ssh.clone(), Allow, "F5 my IP /32 /128"),
+            ("my-ip", "web-2", Both, ssh.clone(), Allow, "F5 my IP /32 /128"),
+            ("internet", "web-1", Both, ssh.clone(), Deny, "E1 SSH from my IP only"),
+            ("my-ip", "web-1", Both, Svc::Ping, Allow, "I3 echo rule"),
+            ("internet", "web-1", Both, Svc::Ping, Deny, "I1 no ICMP rule"),
+            ("web-1", "db-1", Both, db.clone(), Allow, "R1 member of sg-web"),
+            ("web-2", "db-1", Both, db.clone(), Allow, "R1 member of sg-web"),
+            ("web-1", "db-1", Both, Svc::Ping, Allow, "R1 I3"),
+            ("internet", "db-1", Both, db.clone(), Deny, "R1 not a member"),
+            ("my-ip", "db-1", Both, db.clone(), Deny, "R1 not a member"),
+            ("my-ip", "db-1", Both, ssh.clone(), Deny, "E1 sg-db: no SSH"),
+            ("internet", "db-1", Both, https.clone(), Deny, "R2 443 not imported"),
+            ("web-1", "db-1", Both, https.clone(), Deny, "R2 443 not imported"),
+            ("web-1", "web-2", Both, ssh.clone(), Deny, "D4 no self-reference"),
+            ("db-1", "web-1", Both, ssh.clone(), Deny, "E1 not my IP"),
+            ("db-1", "web-1", Both, https, Allow, "D2 egress, F5 0.0.0.0/0"),
+            ("web-1", "internet", Both, Svc::Http(80), Allow, "D2 default egress"),
+            ("db-1", "internet", Both, Svc::Http(80), Allow, "D2 default egress"),
+        ])
     }
 
     pub fn run(&self, probes: &[Probe]) -> Result<Vec<Row>> {
@@ -252,10 +218,10 @@ impl Ec2Lab {
         let h = self.lan.host(name);
         self.servers.push(svc::https_server(h, &self.files, 443)?);
         let db = self.db_svc();
-        let mut rows = self.run(&[
-            probe::probe(name, "db-1", V4, db.clone(), Deny, "R1 not yet in sg-web"),
-            probe::probe(name, "db-1", V6, db.clone(), Deny, "R1 not yet in sg-web"),
-        ])?;
+        #[rustfmt::skip]
+        let mut rows = self.run(&table(&[
+            (name, "db-1", Both, db.clone(), Deny, "R1 not yet in sg-web"),
+        ]))?;
         add_instance(&self.policy, self.format, NEW_WEB)?;
         let t0 = Instant::now();
         let mut report = String::new();
@@ -272,16 +238,12 @@ impl Ec2Lab {
         }
         let all = t0.elapsed();
         // No retries, no waiting: the first attempt after the applies must work.
-        let mut probes = vec![];
-        probes.extend(both(name, "db-1", db, Allow, "R1 joined sg-web"));
-        probes.extend(both(name, "db-1", Svc::Ping, Allow, "R1 I3"));
-        probes.extend(both(
-            "internet",
-            name,
-            Svc::Https(443),
-            Allow,
-            "E5 sg-web's rules",
-        ));
+        #[rustfmt::skip]
+        let probes = table(&[
+            (name, "db-1", Both, db, Allow, "R1 joined sg-web"),
+            (name, "db-1", Both, Svc::Ping, Allow, "R1 I3"),
+            ("internet", name, Both, Svc::Https(443), Allow, "E5 sg-web's rules"),
+        ]);
         rows.extend(self.run(&probes)?);
         Ok((
             rows,

@@ -276,18 +276,18 @@ impl RoutedPath {
                 ns.ip(&["addr", "add", a, "dev", dev])
             }
         };
-        addr(&client_ns, "eth0", "198.51.100.10/24")?;
-        addr(&client_ns, "eth0", "2001:db8:20::10/64")?;
-        addr(&r1, "eth0", "198.51.100.1/24")?;
-        addr(&r1, "eth0", "2001:db8:20::1/64")?;
-        addr(&r1, "eth1", "203.0.113.1/24")?;
-        addr(&r1, "eth1", "2001:db8:30::1/64")?;
-        addr(&r2, "eth1", "203.0.113.2/24")?;
-        addr(&r2, "eth1", "2001:db8:30::2/64")?;
-        addr(&r2, "eth0", "192.0.2.1/24")?;
-        addr(&r2, "eth0", "2001:db8:10::1/64")?;
-        addr(&server_ns, "eth0", "192.0.2.11/24")?;
-        addr(&server_ns, "eth0", "2001:db8:10::11/64")?;
+        // Each device's IPv4 and IPv6 address: client - r1 - (narrow link) - r2 - server.
+        for (ns, dev, v4, v6) in [
+            (&client_ns, "eth0", "198.51.100.10/24", "2001:db8:20::10/64"),
+            (&r1, "eth0", "198.51.100.1/24", "2001:db8:20::1/64"),
+            (&r1, "eth1", "203.0.113.1/24", "2001:db8:30::1/64"),
+            (&r2, "eth1", "203.0.113.2/24", "2001:db8:30::2/64"),
+            (&r2, "eth0", "192.0.2.1/24", "2001:db8:10::1/64"),
+            (&server_ns, "eth0", "192.0.2.11/24", "2001:db8:10::11/64"),
+        ] {
+            addr(ns, dev, v4)?;
+            addr(ns, dev, v6)?;
+        }
         client_ns.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
         client_ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:20::1"])?;
         server_ns.ip(&["route", "add", "default", "via", "192.0.2.1"])?;

@@ -183,13 +183,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
     assert_enforces_b(&site, "after SIGHUP with B");
 
     // SIGTERM: the daemon exits 0; enforcement stays.
-    d.signal(libc::SIGTERM);
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        log_of(&log)
-    );
+    d.terminate(&log);
     assert!(log_of(&log).contains("enforcement stays"));
     assert_enforces_b(&site, "after the daemon stopped");
     let app_before = site.rule_packets(&rule_id(&site, "app"));
@@ -299,12 +293,8 @@ fn daemon_started_before_the_addresses_waits_for_them() {
     // Boot: the daemon starts before the network is configured (network-pre.target).
     let mut site = Site::new("dwt");
     site.serve(SERVER);
-    site.srv
-        .ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"])
-        .unwrap();
-    site.srv
-        .ip(&["addr", "del", &format!("{SRV6}/64"), "dev", "eth0"])
-        .unwrap();
+    site.srv_ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"]);
+    site.srv_ip(&["addr", "del", &format!("{SRV6}/64"), "dev", "eth0"]);
     let cfg = site.policy("policy.yaml", POLICY_A);
     let notify = Notify::new(&site);
     let log = site.dir.join("daemon.log");
@@ -320,23 +310,13 @@ fn daemon_started_before_the_addresses_waits_for_them() {
     assert_eq!(must(&t, "sg_enforcing", ""), 0.0, "{t}");
     assert!(!site.run.join("state.json").exists());
 
-    site.srv
-        .ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"])
-        .unwrap();
-    site.srv
-        .ip(&["addr", "add", &format!("{SRV6}/64"), "dev", "eth0", "nodad"])
-        .unwrap();
+    site.srv_ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"]);
+    site.srv_ip(&["addr", "add", &format!("{SRV6}/64"), "dev", "eth0", "nodad"]);
     let ready = notify.expect("STATUS=enforcing");
     assert!(ready.contains("READY=1"), "{ready}");
     assert_eq!(must(&scrape(&site, m), "sg_enforcing", ""), 1.0);
     assert_enforces_a(&site, "after the address appeared");
-    d.signal(libc::SIGTERM);
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        log_of(&log)
-    );
+    d.terminate(&log);
 }
 
 #[test]

@@ -326,7 +326,7 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
     );
 
     // Deleted: the pins stay (their links detached), status says so.
-    site.srv.ip(&["link", "del", "eth0"]).unwrap();
+    site.srv_ip(&["link", "del", "eth0"]);
     let w = warnings(&site);
     assert!(
         w.iter()
@@ -354,7 +354,7 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
 
     // Recreated under the same ifindex: the old pins hold dead links that cannot be
     // updated; the apply replaces them.
-    site.srv.ip(&["link", "del", "eth0"]).unwrap();
+    site.srv_ip(&["link", "del", "eth0"]);
     site.plug("eth0", Some(new));
     assert_eq!(site.srv.ifindex("eth0").unwrap(), new);
     site.apply(&a);
@@ -377,7 +377,7 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
             .unwrap_or_default()
             .contains("metrics on")
     });
-    site.srv.ip(&["link", "del", "eth0"]).unwrap();
+    site.srv_ip(&["link", "del", "eth0"]);
     site.plug("eth0", None);
     let third = site.srv.ifindex("eth0").unwrap();
     // Pins first, then the log line: wait for the reload to be complete.
@@ -528,18 +528,12 @@ fn without_native_xdp_the_agent_falls_back_to_generic_mode_and_enforces() {
     // macvlan has no native XDP: the driver refuses, the agent says so and uses SKB mode.
     let mut site = Site::new("gen");
     site.serve(SERVER);
-    site.srv
-        .ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"])
-        .unwrap();
-    site.srv
-        .ip(&[
-            "link", "add", "macv0", "link", "eth0", "type", "macvlan", "mode", "bridge",
-        ])
-        .unwrap();
-    site.srv
-        .ip(&["addr", "add", "192.0.2.21/24", "dev", "macv0"])
-        .unwrap();
-    site.srv.ip(&["link", "set", "macv0", "up"]).unwrap();
+    site.srv_ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"]);
+    site.srv_ip(&[
+        "link", "add", "macv0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+    ]);
+    site.srv_ip(&["addr", "add", "192.0.2.21/24", "dev", "macv0"]);
+    site.srv_ip(&["link", "set", "macv0", "up"]);
     // Only macv0 may answer ARP for its address: by default Linux answers on every interface
     // (eth0 too), and a client that cached eth0's MAC sends straight to eth0, past macv0 and
     // its program (the test passed or failed by which reply came first).

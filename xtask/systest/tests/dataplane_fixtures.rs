@@ -23,10 +23,6 @@ const SERVER6: &str = "2001:db8:2::1";
 const ROUTER: &str = "203.0.113.254";
 const ROUTER6: &str = "2001:db8:ff::1";
 
-fn a(s: &str) -> std::net::IpAddr {
-    addr(s)
-}
-
 /// The main policy. Interfaces: `web` (lo) in sg-web, `db` (veth a) in sg-db, `other`
 /// (unbound) in sg-web. veth b carries no policy at all.
 ///
@@ -59,15 +55,15 @@ fn main_table(name: &'static str, net: Net) -> Table {
 }
 
 fn syn(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
-    Packet::syn(a(src), a(dst), sport, dport)
+    Packet::syn(addr(src), addr(dst), sport, dport)
 }
 
 fn ack(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
-    Packet::tcp(a(src), a(dst), sport, dport, tcp_flags::ACK)
+    Packet::tcp(addr(src), addr(dst), sport, dport, tcp_flags::ACK)
 }
 
 fn udp_pkt(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
-    Packet::udp(a(src), a(dst), sport, dport)
+    Packet::udp(addr(src), addr(dst), sport, dport)
 }
 
 #[test]
@@ -115,37 +111,37 @@ fn fixtures_rules_and_conntrack() {
         t.row("C2: the second answer (stream: confirmed)", TcIn, web, &q.reply().to_frame(), PassCtReply, Some(7));
 
         // I3 / C2: ping by echo id.
-        let ping = Packet::echo_request(a(FAR), a(HOST), 7, 1);
+        let ping = Packet::echo_request(addr(FAR), addr(HOST), 7, 1);
         t.row("I3: ping is ICMP type 8 (ingress rule)", XdpIn, web, &ping.to_frame(), PassRuleNew, Some(4));
         t.row("C2: an ingress echo rule lets the echo reply out", TcOut, web, &ping.reply().to_frame(), PassCtReply, Some(4));
-        t.row("C2: a reply with another id is not part of the flow", TcOut, web, &Packet::echo_request(a(FAR), a(HOST), 8, 1).reply().to_frame(), DropNoRule, None);
-        t.row("C2: echo roles: a request from the host with the peer's id is no reply", TcOut, web, &Packet::echo_request(a(HOST), a(FAR), 7, 1).to_frame(), DropNoRule, None);
-        let ping6 = Packet::echo_request(a(PEER6), a(HOST6), 9, 1);
+        t.row("C2: a reply with another id is not part of the flow", TcOut, web, &Packet::echo_request(addr(FAR), addr(HOST), 8, 1).reply().to_frame(), DropNoRule, None);
+        t.row("C2: echo roles: a request from the host with the peer's id is no reply", TcOut, web, &Packet::echo_request(addr(HOST), addr(FAR), 7, 1).to_frame(), DropNoRule, None);
+        let ping6 = Packet::echo_request(addr(PEER6), addr(HOST6), 9, 1);
         t.row("I3: ping6 is ICMPv6 type 128", TcIn, web, &ping6.to_frame(), PassRuleNew, Some(5));
         t.row("C2: its echo reply leaves by conntrack", TcOut, web, &ping6.reply().to_frame(), PassCtReply, Some(5));
-        t.row_in("I1: no other ICMP is allowed in (timestamp)", web, &Packet::icmp(a(FAR), a(HOST), 13, 0).to_frame(), DropNoRule, None);
-        t.row_in("I1: an unsolicited echo reply", web, &Packet::echo_request(a(HOST), a(FAR), 99, 1).reply().to_frame(), DropNoRule, None);
-        t.row_in("I3: ICMPv4 type 128 is not ping", web, &Packet::icmp(a(FAR), a(HOST), 128, 0).to_frame(), DropNoRule, None);
+        t.row_in("I1: no other ICMP is allowed in (timestamp)", web, &Packet::icmp(addr(FAR), addr(HOST), 13, 0).to_frame(), DropNoRule, None);
+        t.row_in("I1: an unsolicited echo reply", web, &Packet::echo_request(addr(HOST), addr(FAR), 99, 1).reply().to_frame(), DropNoRule, None);
+        t.row_in("I3: ICMPv4 type 128 is not ping", web, &Packet::icmp(addr(FAR), addr(HOST), 128, 0).to_frame(), DropNoRule, None);
 
         // C3: other protocols by (addresses, protocol).
-        let gre = Packet::other(a(FAR), a(HOST), 47).with_payload(24);
+        let gre = Packet::other(addr(FAR), addr(HOST), 47).with_payload(24);
         t.row("C3/F2: GRE allowed by a protocol-47 rule", XdpIn, web, &gre.to_frame(), PassRuleNew, Some(6));
         t.row("C3: GRE back to the peer is a reply", TcOut, web, &gre.reply().to_frame(), PassCtReply, Some(6));
-        t.row("C3: ESP to the same peer is not", TcOut, web, &Packet::other(a(HOST), a(FAR), 50).to_frame(), DropNoRule, None);
-        t.row_in("F2: GRE from outside the rule's /24", web, &Packet::other(a(PEER), a(HOST), 47).to_frame(), DropNoRule, None);
+        t.row("C3: ESP to the same peer is not", TcOut, web, &Packet::other(addr(HOST), addr(FAR), 50).to_frame(), DropNoRule, None);
+        t.row_in("F2: GRE from outside the rule's /24", web, &Packet::other(addr(PEER), addr(HOST), 47).to_frame(), DropNoRule, None);
 
         // I2: errors about tracked flows pass without ICMP rules.
         let https = syn(HOST6, SERVER6, 40100, 443).with_payload(1400);
         t.row("E2: egress https to 2001:db8::/32", TcOut, web, &https.to_frame(), PassRuleNew, Some(8));
-        t.row("I2: ICMPv6 packet too big about it passes (PMTUD)", XdpIn, web, &https.error_reply(a(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0).to_frame(), PassRelated, Some(8));
-        t.row("I2: ICMPv6 destination unreachable too", TcIn, web, &https.error_reply(a(SERVER6), icmp::V6_DEST_UNREACH, 4).to_frame(), PassRelated, Some(8));
-        t.row("I2: ICMP fragmentation needed about the NTP flow", XdpIn, web, &q.error_reply(a(ROUTER), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED).to_frame(), PassRelated, Some(7));
-        t.row("I2: time exceeded about the host's echo reply (inner echo id)", TcIn, web, &ping.reply().error_reply(a(ROUTER), icmp::V4_TIME_EXCEEDED, 0).to_frame(), PassRelated, Some(4));
-        t.row("I2: an error the host sends about an inbound flow", TcOut, web, &s.error_reply(a(HOST), icmp::V4_DEST_UNREACH, 3).to_frame(), PassRelated, Some(1));
-        t.row("I2: parameter problem about the GRE flow (C3 key)", TcIn, web, &gre.reply().error_reply(a(ROUTER), icmp::V4_PARAM_PROBLEM, 0).to_frame(), PassRelated, Some(6));
-        t.row_in("I2: an error about no flow is plain ICMP (dropped)", web, &syn(HOST, FAR, 1, 2).error_reply(a(ROUTER), icmp::V4_DEST_UNREACH, 1).to_frame(), DropNoRule, None);
-        t.row_in("I2: an error quoting less than 8 bytes of transport is plain ICMP", web, &https.error_reply(a(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0).build().cut_l4(8 + 40 + 4).bytes, DropNoRule, None);
-        t.row_in("I2: the quote must be of a flow of this interface", net.a, &q.error_reply(a(ROUTER), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED).to_frame(), DropNoRule, None);
+        t.row("I2: ICMPv6 packet too big about it passes (PMTUD)", XdpIn, web, &https.error_reply(addr(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0).to_frame(), PassRelated, Some(8));
+        t.row("I2: ICMPv6 destination unreachable too", TcIn, web, &https.error_reply(addr(SERVER6), icmp::V6_DEST_UNREACH, 4).to_frame(), PassRelated, Some(8));
+        t.row("I2: ICMP fragmentation needed about the NTP flow", XdpIn, web, &q.error_reply(addr(ROUTER), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED).to_frame(), PassRelated, Some(7));
+        t.row("I2: time exceeded about the host's echo reply (inner echo id)", TcIn, web, &ping.reply().error_reply(addr(ROUTER), icmp::V4_TIME_EXCEEDED, 0).to_frame(), PassRelated, Some(4));
+        t.row("I2: an error the host sends about an inbound flow", TcOut, web, &s.error_reply(addr(HOST), icmp::V4_DEST_UNREACH, 3).to_frame(), PassRelated, Some(1));
+        t.row("I2: parameter problem about the GRE flow (C3 key)", TcIn, web, &gre.reply().error_reply(addr(ROUTER), icmp::V4_PARAM_PROBLEM, 0).to_frame(), PassRelated, Some(6));
+        t.row_in("I2: an error about no flow is plain ICMP (dropped)", web, &syn(HOST, FAR, 1, 2).error_reply(addr(ROUTER), icmp::V4_DEST_UNREACH, 1).to_frame(), DropNoRule, None);
+        t.row_in("I2: an error quoting less than 8 bytes of transport is plain ICMP", web, &https.error_reply(addr(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0).build().cut_l4(8 + 40 + 4).bytes, DropNoRule, None);
+        t.row_in("I2: the quote must be of a flow of this interface", net.a, &q.error_reply(addr(ROUTER), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED).to_frame(), DropNoRule, None);
 
         // Counters: every pass above charged its rule once per packet.
         let c1 = t.dp.rule_counter(t.slot_of[&rule_id(1)]).expect("rule counter");
@@ -171,11 +167,11 @@ fn fixtures_exemptions_and_parsing() {
         all_hooks(&mut t, "N1: LLDP (non-IP) passes", &packet::raw_eth(&[], 0x88cc, &[0; 46]), PassNonIp);
         all_hooks(&mut t, "N1: ARP inside a VLAN tag passes", &packet::raw_eth(&[(0x8100, 5)], 0x0806, &[0; 28]), PassNonIp);
         for ty in [133u8, 134, 135, 136, 137] {
-            let nd = Packet::icmp(a("fe80::1"), a("ff02::1:ff00:10"), ty, 0);
+            let nd = Packet::icmp(addr("fe80::1"), addr("ff02::1:ff00:10"), ty, 0);
             all_hooks(&mut t, &format!("N1: ICMPv6 {ty} (ND) passes"), &nd.to_frame(), PassNdp);
         }
-        t.row_in("N1: ICMPv6 138 is not exempt", web, &Packet::icmp(a("fe80::1"), a("ff02::1"), 138, 0).to_frame(), DropNoRule, None);
-        t.row_in("N1: ICMPv4 type 135 is not ND", web, &Packet::icmp(a(FAR), a(HOST), 135, 0).to_frame(), DropNoRule, None);
+        t.row_in("N1: ICMPv6 138 is not exempt", web, &Packet::icmp(addr("fe80::1"), addr("ff02::1"), 138, 0).to_frame(), DropNoRule, None);
+        t.row_in("N1: ICMPv4 type 135 is not ND", web, &Packet::icmp(addr(FAR), addr(HOST), 135, 0).to_frame(), DropNoRule, None);
         t.row("N2: DHCPv4 client request out", TcOut, web, &udp_pkt("0.0.0.0", "255.255.255.255", 68, 67).to_frame(), PassDhcp, None);
         t.row_in("N2: DHCPv4 server answer in", web, &udp_pkt("192.0.2.1", HOST, 67, 68).to_frame(), PassDhcp, None);
         t.row("N2: DHCPv6 solicit out", TcOut, web, &udp_pkt("fe80::10", "ff02::1:2", 546, 547).to_frame(), PassDhcp, None);
@@ -209,9 +205,9 @@ fn fixtures_exemptions_and_parsing() {
         t.row_in("parse: TCP header cut to 19 bytes", web, &s2.build().cut_l4(19).bytes, DropBadL4, None);
         t.row_in("parse: TCP data offset 4", web, &s2.build().set_tcp_data_offset(4).bytes, DropBadL4, None);
         t.row_in("parse: UDP header cut to 7 bytes", web, &udp_pkt(PEER, HOST, 1, 5000).build().cut_l4(7).bytes, DropBadL4, None);
-        t.row_in("parse: ICMP header cut to 4 bytes", web, &Packet::echo_request(a(FAR), a(HOST), 1, 1).build().cut_l4(4).bytes, DropBadL4, None);
-        t.row_in("parse: ICMPv6 header cut to 7 bytes", web, &Packet::echo_request(a(PEER6), a(HOST6), 1, 1).build().cut_l4(7).bytes, DropBadL4, None);
-        t.row("parse: protocol without a header (GRE) needs no transport bytes", TcIn, web, &Packet::other(a(FAR), a(HOST), 47).to_frame(), PassRuleNew, Some(6));
+        t.row_in("parse: ICMP header cut to 4 bytes", web, &Packet::echo_request(addr(FAR), addr(HOST), 1, 1).build().cut_l4(4).bytes, DropBadL4, None);
+        t.row_in("parse: ICMPv6 header cut to 7 bytes", web, &Packet::echo_request(addr(PEER6), addr(HOST6), 1, 1).build().cut_l4(7).bytes, DropBadL4, None);
+        t.row("parse: protocol without a header (GRE) needs no transport bytes", TcIn, web, &Packet::other(addr(FAR), addr(HOST), 47).to_frame(), PassRuleNew, Some(6));
 
         // IPv6 header and extension headers.
         let d = udp_pkt(PEER6, HOST6, 1000, 53);
@@ -229,7 +225,7 @@ fn fixtures_exemptions_and_parsing() {
         t.row_in("parse: IPv6 payload length beyond the frame", web, &d.build().set_ip_len(1000).bytes, DropBadIp, None);
         t.row("parse: IPv6 header cut short (XDP only: TC test runs refuse a short IP header)", XdpIn, web, &d.build().truncate(14 + 30).bytes, DropBadIp, None);
         t.row_in("parse: IP version 4 under the IPv6 ethertype", web, &d.build().set_ip_version(4).bytes, DropBadIp, None);
-        t.row_in("parse: no next header (59) is another protocol, and no rule allows it", web, &Packet::other(a(PEER6), a(HOST6), 59).to_frame(), DropNoRule, None);
+        t.row_in("parse: no next header (59) is another protocol, and no rule allows it", web, &Packet::other(addr(PEER6), addr(HOST6), 59).to_frame(), DropNoRule, None);
         t.row_in("parse: UDP cut inside the datagram length", web, &d.build().cut_l4(6).bytes, DropBadL4, None);
         t.finish();
     });
@@ -266,7 +262,7 @@ fn fixtures_fragments() {
         t.row_in("G1: a UDP fragment at offset 8 clears the 8-byte header", web, &udp_pkt(PEER, HOST, 2000, 5500).with_frag(Frag::later(0x4343, 8, false)).to_frame(), PassFragment, Some(10));
         t.row_in("G1: a TCP fragment at offset 16 (< 20)", web, &syn(PEER, HOST, 1, 22).with_frag(Frag::later(0x4646, 16, false)).to_frame(), DropBadFragment, None);
         t.row_in("G1: a first fragment too short for the TCP header", web, &syn(PEER, HOST, 1, 22).with_frag(Frag::first(0x4747)).build().cut_l4(12).bytes, DropBadFragment, None);
-        t.row_in("G1: a later fragment of another protocol at offset 8 (no minimum)", web, &Packet::other(a(FAR), a(HOST), 47).with_frag(Frag::later(0x4848, 8, false)).to_frame(), DropFragOrphan, None);
+        t.row_in("G1: a later fragment of another protocol at offset 8 (no minimum)", web, &Packet::other(addr(FAR), addr(HOST), 47).with_frag(Frag::later(0x4848, 8, false)).to_frame(), DropFragOrphan, None);
         t.row("G1: an exempt (DHCP) first fragment", TcIn, web, &udp_pkt("192.0.2.1", HOST, 67, 68).with_payload(600).with_frag(Frag::first(0x4949)).to_frame(), PassDhcp, None);
         t.row("G1: ... lets its datagram through", TcIn, web, &udp_pkt("192.0.2.1", HOST, 67, 68).with_frag(Frag::later(0x4949, 608, false)).to_frame(), PassFragment, None);
         // Recorded: the five first fragments above that parsed (the short one did not).
@@ -295,7 +291,7 @@ fn fixtures_c4_untracked_x1_x2() {
         t.row("C4: every packet of it is judged by the rules", TcIn, web, &ack(PEER, HOST, 40000, 22).to_frame(), PassRuleUntracked, Some(1));
         t.row("C4: a /24 rule is tracked even with egress all", XdpIn, web, &syn(PEER, HOST, 40001, 25).to_frame(), PassRuleNew, Some(3));
         t.row("C4: UDP from the world is untracked as well", XdpIn, web, &udp_pkt(FAR, HOST, 5353, 53).to_frame(), PassRuleUntracked, Some(4));
-        t.row("C4: ICMP is always tracked (egress all, ping out)", TcOut, web, &Packet::echo_request(a(HOST), a(FAR), 3, 1).to_frame(), PassRuleNew, Some(2));
+        t.row("C4: ICMP is always tracked (egress all, ping out)", TcOut, web, &Packet::echo_request(addr(HOST), addr(FAR), 3, 1).to_frame(), PassRuleNew, Some(2));
         t.row("C4: egress to the world without an ingress allow-all is tracked", TcOut, web, &syn(HOST, FAR, 40002, 443).to_frame(), PassRuleNew, Some(2));
         let n_ct = t.dp.conntrack().expect("conntrack").len();
         assert_eq!(n_ct, 3, "tracked: smtp, ping, https; untracked ssh and dns made none");
@@ -329,13 +325,13 @@ fn fixtures_icmp_type_code_f4() {
             .build();
         let mut t = Table::new("f4", net, p, &[("web", web)]);
         let inner = syn(HOST, FAR, 1, 2);
-        t.row_in("F4: type 3 code 4 rule allows 3/4", web, &inner.error_reply(a(FAR), 3, 4).to_frame(), PassRuleUntracked, Some(1));
-        t.row_in("F4: ... not 3/3", web, &inner.error_reply(a(FAR), 3, 3).to_frame(), DropNoRule, None);
-        t.row_in("F4: type 11 rule allows every code", web, &inner.error_reply(a(FAR), 11, 1).to_frame(), PassRuleUntracked, Some(2));
-        t.row_in("F4: ... from its /24 only", web, &syn(HOST, "198.51.100.8", 1, 2).error_reply(a("198.51.100.8"), 11, 0).to_frame(), DropNoRule, None);
-        t.row_in("F4: icmpv6 all allows any type", web, &Packet::icmp(a(PEER6), a(HOST6), 200, 7).to_frame(), PassRuleUntracked, Some(3));
-        t.row("F4: icmp all allows echo (which opens a flow)", XdpIn, web, &Packet::echo_request(a(PEER), a(HOST), 1, 1).to_frame(), PassRuleNew, Some(4));
-        t.row_in("F4: an ICMPv4 rule does not allow ICMPv6", web, &Packet::echo_request(a("2001:db8:9::1"), a(HOST6), 1, 1).to_frame(), DropNoRule, None);
+        t.row_in("F4: type 3 code 4 rule allows 3/4", web, &inner.error_reply(addr(FAR), 3, 4).to_frame(), PassRuleUntracked, Some(1));
+        t.row_in("F4: ... not 3/3", web, &inner.error_reply(addr(FAR), 3, 3).to_frame(), DropNoRule, None);
+        t.row_in("F4: type 11 rule allows every code", web, &inner.error_reply(addr(FAR), 11, 1).to_frame(), PassRuleUntracked, Some(2));
+        t.row_in("F4: ... from its /24 only", web, &syn(HOST, "198.51.100.8", 1, 2).error_reply(addr("198.51.100.8"), 11, 0).to_frame(), DropNoRule, None);
+        t.row_in("F4: icmpv6 all allows any type", web, &Packet::icmp(addr(PEER6), addr(HOST6), 200, 7).to_frame(), PassRuleUntracked, Some(3));
+        t.row("F4: icmp all allows echo (which opens a flow)", XdpIn, web, &Packet::echo_request(addr(PEER), addr(HOST), 1, 1).to_frame(), PassRuleNew, Some(4));
+        t.row_in("F4: an ICMPv4 rule does not allow ICMPv6", web, &Packet::echo_request(addr("2001:db8:9::1"), addr(HOST6), 1, 1).to_frame(), DropNoRule, None);
         t.finish();
     });
 }

@@ -14,63 +14,9 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sg_agent::dataplane::{Dataplane, Hook};
 use sg_agent::image::{MapImage, SlotTable};
 use sg_agent::model::Model;
-use sg_agent::model::build::*;
-use sg_agent::policy::{Direction, Policy, Protocol};
-use sg_testkit::dataplane_harness::{in_netns, load, mini_compile};
+use sg_agent::policy::{Direction, Policy};
+use sg_testkit::dataplane_harness::{self, in_netns, load, mini_compile};
 use sg_testkit::random::packets::{Step, arb_sequence};
-
-fn policies() -> Vec<(&'static str, Policy)> {
-    vec![
-        (
-            "mixed",
-            PolicyBuilder::new()
-                .ingress("sg-a", tcp(22), cidr("198.51.100.0/24"))
-                .ingress("sg-a", tcp_range(0, 65535), cidr("198.51.100.128/25"))
-                .ingress("sg-a", udp_range(1000, 2000), cidr("2001:db8:1::/48"))
-                .ingress("sg-a", icmp_type(8), cidr("0.0.0.0/0"))
-                .ingress("sg-a", icmpv6_all(), cidr("2001:db8::/32"))
-                .egress("sg-a", udp(53), cidr("0.0.0.0/0"))
-                .egress("sg-a", tcp(443), cidr("::/0"))
-                .ingress("sg-a", Protocol::Number(132), sg("sg-a"))
-                .ingress("sg-b", all(), sg("sg-a"))
-                .egress("sg-b", all(), cidr("203.0.113.0/24"))
-                .iface("web", &["192.0.2.10", "2001:db8::10"], &["sg-a"])
-                .iface("db", &["192.0.2.11"], &["sg-a", "sg-b"])
-                .iface("lb", &["192.0.2.12", "2001:db8::12"], &["sg-b"])
-                .build(),
-        ),
-        (
-            "untracked",
-            PolicyBuilder::new()
-                .ingress("sg-w", tcp_range(0, 1024), cidr("0.0.0.0/0"))
-                .ingress("sg-w", tcp(22), cidr("198.51.100.0/24"))
-                .ingress("sg-w", udp(53), cidr("::/0"))
-                .egress("sg-w", all(), cidr("0.0.0.0/0"))
-                .egress("sg-w", udp_range(0, 65535), cidr("::/0"))
-                .ingress("sg-w", icmp_all(), cidr("0.0.0.0/0"))
-                .iface("web", &["192.0.2.10", "2001:db8::10"], &["sg-w"])
-                .build(),
-        ),
-        (
-            "prefix-lists",
-            PolicyBuilder::new()
-                .prefix_list(
-                    "pl-1",
-                    &["198.51.100.0/25", "198.51.100.192/26", "203.0.113.7/32"],
-                )
-                .prefix_list("pl-6", &["2001:db8:1::/64", "2001:db8:1:0:8000::/65"])
-                .ingress("sg-p", tcp_range(1000, 1999), pl("pl-1"))
-                .ingress("sg-p", tcp(1500), cidr("198.51.100.0/24"))
-                .ingress("sg-p", udp(53), pl("pl-6"))
-                .ingress("sg-p", icmpv6_type(128), pl("pl-6"))
-                .egress("sg-p", tcp_range(0, 65535), pl("pl-1"))
-                .egress("sg-p", all(), sg("sg-p"))
-                .iface("a", &["192.0.2.10", "2001:db8::10"], &["sg-p"])
-                .iface("b", &["192.0.2.20", "2001:db8::20"], &["sg-p"])
-                .build(),
-        ),
-    ]
-}
 
 struct Bench {
     dp: Dataplane,
@@ -113,7 +59,7 @@ fn kernel_agrees_with_the_model_on_random_sequences() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(64);
-        for (name, policy) in policies() {
+        for (name, policy) in dataplane_harness::fixed_policies() {
             let ifindex: BTreeMap<String, u32> = policy
                 .interfaces
                 .iter()

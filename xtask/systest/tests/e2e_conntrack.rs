@@ -6,25 +6,21 @@
 use std::time::{Duration, Instant};
 
 use sg_lab::agents::Flow;
-use sg_lab::bed::{Bed, Server};
-use sg_lab::probe::{Expect::*, Svc, V4, V6, both};
+use sg_lab::bed::Bed;
+use sg_lab::bed::Server::*;
+use sg_lab::probe::{Both, Expect::*, Svc, table};
 use sg_lab::services::{self as svc, tcp_session};
 
-use sg_lab::scenario::{INTERNET, MY_IP};
-
-const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
+use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
 /// C1: replies to an allowed flow pass the other direction whatever its rules say: inbound
 /// flows answer through an empty egress list, outbound flows get their answers through an
 /// empty ingress list.
 #[test]
 fn c1_replies_pass_whatever_the_other_directions_rules() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[INST, ("out", "192.0.2.12", "2001:db8:10::12"), INTERNET],
-    );
-    bed.serve("inst", &[Server::TcpEcho(8080), Server::UdpEcho(5353)]);
-    bed.serve("internet", &[Server::Http(80), Server::UdpEcho(5353)]);
+    let mut bed = Bed::new(&[INST, ("out", "192.0.2.12", "2001:db8:10::12"), INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080), UdpEcho(5353)]);
+    bed.serve("internet", &[Http(80), UdpEcho(5353)]);
     bed.apply(
         &["inst", "out"],
         r#"
@@ -40,43 +36,15 @@ instances:
   - {name: out, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-out-only]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8080),
-        Allow,
-        "C1 reply leaves, no egress rule",
-    ));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::udp(5353),
-        Allow,
-        "C1 reply leaves, no egress rule",
-    ));
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::Http(80),
-        Deny,
-        "D2 egress: []",
-    ));
-    p.extend(both(
-        "out",
-        "internet",
-        Svc::Http(80),
-        Allow,
-        "C1 reply enters, no ingress rule",
-    ));
-    p.extend(both(
-        "out",
-        "internet",
-        Svc::udp(5353),
-        Allow,
-        "C1 reply enters, no ingress rule",
-    ));
-    p.extend(both("internet", "out", Svc::udp(5353), Deny, "D1"));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("internet", "inst", Both, Svc::tcp(8080), Allow, "C1 reply leaves, no egress rule"),
+        ("internet", "inst", Both, Svc::udp(5353), Allow, "C1 reply leaves, no egress rule"),
+        ("inst", "internet", Both, Svc::Http(80), Deny, "D2 egress: []"),
+        ("out", "internet", Both, Svc::Http(80), Allow, "C1 reply enters, no ingress rule"),
+        ("out", "internet", Both, Svc::udp(5353), Allow, "C1 reply enters, no ingress rule"),
+        ("internet", "out", Both, Svc::udp(5353), Deny, "D1"),
+    ]);
     bed.expect(&p);
     for h in ["inst", "out"] {
         let c = bed.counters(h);
@@ -90,10 +58,7 @@ instances:
 /// the control, and is dropped with it).
 #[test]
 fn c2_echo_replies_leave_with_egress_empty_and_udp_replies_must_match_the_5_tuple() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[INST, ("out", "192.0.2.12", "2001:db8:10::12"), INTERNET],
-    );
+    let mut bed = Bed::new(&[INST, ("out", "192.0.2.12", "2001:db8:10::12"), INTERNET]);
     let echo = svc::udp_echo_with_alt(bed.host("internet"), &bed.files, 7000, 7001).unwrap();
     bed.hold(echo);
     let replies = |bed: &Bed, v6: bool| {
@@ -108,7 +73,7 @@ fn c2_echo_replies_leave_with_egress_empty_and_udp_replies_must_match_the_5_tupl
         r.sort();
         r
     };
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         assert_eq!(
             replies(&bed, v6),
             [7000, 7001],
@@ -130,17 +95,13 @@ instances:
   - {name: out, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-out]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::Ping,
-        Allow,
-        "C2 echo replies leave",
-    ));
-    p.extend(both("inst", "internet", Svc::Ping, Deny, "D2 egress: []"));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("internet", "inst", Both, Svc::Ping, Allow, "C2 echo replies leave"),
+        ("inst", "internet", Both, Svc::Ping, Deny, "D2 egress: []"),
+    ]);
     bed.expect(&p);
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         assert_eq!(
             replies(&bed, v6),
             [7000],
@@ -162,21 +123,18 @@ instances:
 /// not. Without sg (the control) all of them arrive.
 #[test]
 fn c3_other_protocols_are_tracked_by_addresses_and_protocol() {
-    let mut bed = Bed::new(sg_testkit::agent_bin(), &[INST, MY_IP, INTERNET]);
-    bed.serve("inst", &[Server::Raw(253, None)]);
-    bed.serve("internet", &[Server::Raw(253, Some(254))]);
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
+    bed.serve("inst", &[Raw(253, None)]);
+    bed.serve("internet", &[Raw(253, Some(254))]);
     let to = |bed: &Bed, v6| bed.host("internet").addr(v6);
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         let r = svc::raw_probe(bed.host("inst"), &bed.files, to(&bed, v6), 253, Some(254)).unwrap();
         assert!(r.reply && r.other, "control without sg (v6 {v6}): {r:?}");
     }
-    bed.expect(&both(
-        "my-ip",
-        "inst",
-        Svc::Raw(253),
-        Allow,
-        "control without sg",
-    ));
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("my-ip", "inst", Both, Svc::Raw(253), Allow, "control without sg"),
+    ]));
     bed.apply(
         &["inst"],
         r#"
@@ -186,7 +144,7 @@ instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-out]}
 "#,
     );
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         let r = svc::raw_probe(bed.host("inst"), &bed.files, to(&bed, v6), 253, Some(254)).unwrap();
         assert!(
             r.reply,
@@ -194,13 +152,10 @@ instances:
         );
         assert!(!r.other, "C3: protocol 254 is another flow (v6 {v6})");
     }
-    bed.expect(&both(
-        "my-ip",
-        "inst",
-        Svc::Raw(253),
-        Deny,
-        "C3 another peer, D1",
-    ));
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("my-ip", "inst", Both, Svc::Raw(253), Deny, "C3 another peer, D1"),
+    ]));
     let flows = bed.conntrack("inst");
     let f = flows
         .iter()
@@ -216,18 +171,15 @@ instances:
 /// is not "all ports", makes it tracked; ICMP is always tracked.
 #[test]
 fn c4_flows_from_anywhere_with_egress_to_anywhere_are_untracked() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("open", "192.0.2.11", "2001:db8:10::11"),
-            ("narrow", "192.0.2.12", "2001:db8:10::12"),
-            ("allports", "192.0.2.13", "2001:db8:10::13"),
-            MY_IP,
-            INTERNET,
-        ],
-    );
+    let mut bed = Bed::new(&[
+        ("open", "192.0.2.11", "2001:db8:10::11"),
+        ("narrow", "192.0.2.12", "2001:db8:10::12"),
+        ("allports", "192.0.2.13", "2001:db8:10::13"),
+        MY_IP,
+        INTERNET,
+    ]);
     for h in ["open", "narrow", "allports"] {
-        bed.serve(h, &[Server::Https(443), Server::Ssh(22)]);
+        bed.serve(h, &[Https(443), Ssh(22)]);
     }
     bed.apply(
         &["open", "narrow", "allports"],
@@ -254,9 +206,12 @@ instances:
     );
     let mut p = vec![];
     for h in ["open", "narrow", "allports"] {
-        p.extend(both("internet", h, Svc::Https(443), Allow, "C4"));
-        p.extend(both("my-ip", h, Svc::Ssh(22), Allow, "C4"));
-        p.extend(both("internet", h, Svc::Ping, Allow, "C4 ICMP"));
+        #[rustfmt::skip]
+        p.extend(table(&[
+            ("internet", h, Both, Svc::Https(443), Allow, "C4"),
+            ("my-ip", h, Both, Svc::Ssh(22), Allow, "C4"),
+            ("internet", h, Both, Svc::Ping, Allow, "C4 ICMP"),
+        ]));
     }
     bed.expect(&p);
     for (h, https_tracked) in [("open", false), ("narrow", true), ("allports", false)] {
@@ -304,12 +259,9 @@ instances:
 /// machine only make the test longer, never wrong.
 #[test]
 fn c5_idle_timeouts_configured_per_interface_expire_flows() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[INST, ("peer", "192.0.2.50", "2001:db8:10::50")],
-    );
-    bed.serve("inst", &[Server::TcpEcho(7000)]);
-    bed.serve("peer", &[Server::Raw(253, None), Server::TcpEcho(7001)]);
+    let mut bed = Bed::new(&[INST, ("peer", "192.0.2.50", "2001:db8:10::50")]);
+    bed.serve("inst", &[TcpEcho(7000)]);
+    bed.serve("peer", &[Raw(253, None), TcpEcho(7001)]);
     // The peer drops SYNs to 7999 itself (its own namespace): an outbound SYN from inst stays
     // embryonic.
     let peer = bed.host("peer");
@@ -357,13 +309,13 @@ instances:
     // TCP: two sessions per family from the peer, then the rule goes (X1 keeps them).
     let mut tcp_a = vec![];
     let mut tcp_b = vec![];
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         tcp_a.push(tcp_session(peer, inst.addr(v6), 7000).unwrap());
         tcp_b.push(tcp_session(peer, inst.addr(v6), 7000).unwrap());
     }
     bed.apply(&["inst"], &policy(false));
     // Another protocol, outbound (its answer came back: C3).
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         assert!(
             svc::raw_probe(inst, f, peer.addr(v6), 253, None)
                 .unwrap()
@@ -372,7 +324,7 @@ instances:
     }
     // UDP, outbound from inst (ingress has no UDP rule: only state lets answers in).
     // s2: a stream left idle until the last check.
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         for _ in 0..2 {
             assert!(one_way(
                 "inst",
@@ -394,7 +346,7 @@ instances:
     let long_idle_since = Instant::now();
 
     // ICMP, embryonic and closing TCP: 5 s flows.
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         assert!(svc::ping(inst, peer.addr(v6)).unwrap());
         let _ = svc::tcp_probe(inst, peer.addr(v6), 7999, None).unwrap();
         assert!(svc::tcp_exchange(inst, peer.addr(v6), 7001).unwrap());
@@ -425,7 +377,7 @@ instances:
         assert!(s.round_trip("refresh", Duration::from_secs(5)), "X1");
     }
     // single: datagrams one way only.
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         assert!(one_way(
             "inst",
             41000 + base(v6),
@@ -436,7 +388,7 @@ instances:
     }
     let single_since = Instant::now();
     // s1: a stream checked after udp_single has passed.
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         for _ in 0..2 {
             assert!(one_way(
                 "inst",
@@ -466,7 +418,7 @@ instances:
 
     // 36 s after the single datagrams: past udp_single (30), within the 60 s ones.
     std::thread::sleep(Duration::from_secs(36).saturating_sub(single_since.elapsed()));
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         assert!(
             !one_way("peer", 9000 + base(v6), "inst", v6, 41000 + base(v6)),
             "C5 udp_single 30 s: an answer after 36 s idle must be dropped (v6 {v6})"
@@ -494,7 +446,7 @@ instances:
 
     // 65 s after the TCP sessions (tcp_b), the 253 flow and stream s2 were last used.
     std::thread::sleep(Duration::from_secs(65).saturating_sub(long_idle_since.elapsed()));
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         assert!(
             !one_way("peer", 9002 + base(v6), "inst", v6, 41002 + base(v6)),
             "C5 udp_stream 60 s: an answer after 65 s idle must be dropped (v6 {v6})"
@@ -525,8 +477,8 @@ instances:
 /// /128) does not cut live sessions; new sessions are refused.
 #[test]
 fn x1_tracked_ssh_sessions_survive_removing_or_narrowing_their_rule() {
-    let mut bed = Bed::new(sg_testkit::agent_bin(), &[INST, MY_IP]);
-    bed.serve("inst", &[Server::Ssh(22)]);
+    let mut bed = Bed::new(&[INST, MY_IP]);
+    bed.serve("inst", &[Ssh(22)]);
     bed.apply(
         &["inst"],
         r#"
@@ -539,7 +491,7 @@ instances:
 "#,
     );
     let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
-    let mut sessions: Vec<_> = [V4, V6]
+    let mut sessions: Vec<_> = [false, true]
         .iter()
         .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
         .collect();
@@ -572,13 +524,10 @@ instances:
             );
         }
     }
-    bed.expect(&both(
-        "my-ip",
-        "inst",
-        Svc::Ssh(22),
-        Deny,
-        "X1 new sessions need a rule",
-    ));
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("my-ip", "inst", Both, Svc::Ssh(22), Deny, "X1 new sessions need a rule"),
+    ]));
     bed.detach_all();
 }
 
@@ -586,8 +535,8 @@ instances:
 /// its rule goes; as a control, the same sessions work right before the apply.
 #[test]
 fn x2_untracked_ssh_sessions_are_cut_at_once_when_their_rule_goes() {
-    let mut bed = Bed::new(sg_testkit::agent_bin(), &[INST, MY_IP]);
-    bed.serve("inst", &[Server::Ssh(22), Server::Https(443)]);
+    let mut bed = Bed::new(&[INST, MY_IP]);
+    bed.serve("inst", &[Ssh(22), Https(443)]);
     bed.apply(
         &["inst"],
         r#"
@@ -601,7 +550,7 @@ instances:
 "#,
     );
     let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
-    let mut sessions: Vec<_> = [V4, V6]
+    let mut sessions: Vec<_> = [false, true]
         .iter()
         .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
         .collect();
@@ -634,15 +583,11 @@ instances:
             "X2: the untracked {fam} session outlived its rule"
         );
     }
-    let mut p = vec![];
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::Https(443),
-        Allow,
-        "the other rule stays",
-    ));
-    p.extend(both("my-ip", "inst", Svc::Ssh(22), Deny, "X2"));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("my-ip", "inst", Both, Svc::Https(443), Allow, "the other rule stays"),
+        ("my-ip", "inst", Both, Svc::Ssh(22), Deny, "X2"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }

@@ -4,22 +4,21 @@
 use std::time::Duration;
 
 use sg_lab::agents::Agents;
-use sg_lab::bed::{Bed, Server};
-use sg_lab::probe::{Expect::*, Svc, V4, V6, both, probe};
+use sg_lab::bed::Bed;
+use sg_lab::bed::Server::*;
+use sg_lab::probe::{Both, Expect::*, Fam, Svc, V4, V6, table};
 use sg_lab::services::{self as svc, LabFiles};
 use sg_lab::topology::RoutedPath;
 use sg_testkit::netns::require_root;
 
-use sg_lab::scenario::{INTERNET, MY_IP};
-
-const INST: (&str, &str, &str) = ("inst", "192.0.2.11", "2001:db8:10::11");
+use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
 /// I1: with rules for TCP only, no ICMP reaches the instance (ping and ping -6 from anyone),
 /// while its own pings out get their replies (C2).
 #[test]
 fn i1_no_icmp_gets_in_without_an_icmp_rule() {
-    let mut bed = Bed::new(sg_testkit::agent_bin(), &[INST, MY_IP, INTERNET]);
-    bed.serve("inst", &[Server::Https(443)]);
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
+    bed.serve("inst", &[Https(443)]);
     bed.apply(
         &["inst"],
         r#"
@@ -32,23 +31,13 @@ instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both("internet", "inst", Svc::Https(443), Allow, "E1"));
-    p.extend(both("internet", "inst", Svc::Ping, Deny, "I1"));
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::Ping,
-        Deny,
-        "I1 tcp all ports is not icmp",
-    ));
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::Ping,
-        Allow,
-        "C2 replies to its own pings",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("internet", "inst", Both, Svc::Https(443), Allow, "E1"),
+        ("internet", "inst", Both, Svc::Ping, Deny, "I1"),
+        ("my-ip", "inst", Both, Svc::Ping, Deny, "I1 tcp all ports is not icmp"),
+        ("inst", "internet", Both, Svc::Ping, Allow, "C2 replies to its own pings"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }
@@ -57,14 +46,11 @@ instances:
 /// ping, not ping -6, and an icmpv6 echo rule the other way round.
 #[test]
 fn i3_ping_is_icmp_type_8_and_icmpv6_type_128() {
-    let bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("v4only", "192.0.2.11", "2001:db8:10::11"),
-            ("v6only", "192.0.2.12", "2001:db8:10::12"),
-            INTERNET,
-        ],
-    );
+    let bed = Bed::new(&[
+        ("v4only", "192.0.2.11", "2001:db8:10::11"),
+        ("v6only", "192.0.2.12", "2001:db8:10::12"),
+        INTERNET,
+    ]);
     bed.apply(
         &["v4only", "v6only"],
         r#"
@@ -78,33 +64,13 @@ instances:
   - {name: v6only, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-ping6]}
 "#,
     );
-    bed.expect(&[
-        probe("internet", "v4only", V4, Svc::Ping, Allow, "I3 type 8"),
-        probe(
-            "internet",
-            "v4only",
-            V6,
-            Svc::Ping,
-            Deny,
-            "I3 ping -6 is icmpv6 128",
-        ),
-        probe(
-            "internet",
-            "v6only",
-            V6,
-            Svc::Ping,
-            Allow,
-            "I3 icmpv6 type 128",
-        ),
-        probe(
-            "internet",
-            "v6only",
-            V4,
-            Svc::Ping,
-            Deny,
-            "I3 ping is icmp 8",
-        ),
-    ]);
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("internet", "v4only", V4, Svc::Ping, Allow, "I3 type 8"),
+        ("internet", "v4only", V6, Svc::Ping, Deny, "I3 ping -6 is icmpv6 128"),
+        ("internet", "v6only", V6, Svc::Ping, Allow, "I3 icmpv6 type 128"),
+        ("internet", "v6only", V4, Svc::Ping, Deny, "I3 ping is icmp 8"),
+    ]));
     bed.detach_all();
 }
 
@@ -152,7 +118,7 @@ instances:
 "#,
     );
     let (client, server) = (&lab.path.client, &lab.path.server);
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         let got =
             svc::download(client, server.addr(v6), 443, MB2, Duration::from_secs(15)).unwrap();
         assert_eq!(got, MB2, "I2: 2 MB over a 1280-byte link (v6 {v6})");
@@ -197,7 +163,7 @@ instances:
 "#;
     let lab = pmtu(&web.replace("EXTRA", ""));
     let (client, server) = (&lab.path.client, &lab.path.server);
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         let got = svc::download(client, server.addr(v6), 443, MB2, Duration::from_secs(5)).unwrap();
         assert!(
             got < MB2,
@@ -215,7 +181,7 @@ instances:
     )
     .unwrap();
     lab.agents.apply(&server.ns, &file).unwrap();
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         let got =
             svc::download(client, server.addr(v6), 443, MB2, Duration::from_secs(15)).unwrap();
         assert_eq!(got, MB2, "with the ICMP rule (v6 {v6})");
@@ -229,11 +195,8 @@ instances:
 /// frames passed as exempt.
 #[test]
 fn n1_arp_and_neighbour_discovery_pass_without_rules() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[INST, ("peer", "192.0.2.12", "2001:db8:10::12")],
-    );
-    bed.serve("inst", &[Server::TcpEcho(8080)]);
+    let mut bed = Bed::new(&[INST, ("peer", "192.0.2.12", "2001:db8:10::12")]);
+    bed.serve("inst", &[TcpEcho(8080)]);
     bed.apply(
         &["inst", "peer"],
         r#"
@@ -252,13 +215,10 @@ instances:
             .unwrap();
     }
     let before = bed.counters("inst");
-    bed.expect(&both(
-        "peer",
-        "inst",
-        Svc::tcp(8080),
-        Allow,
-        "N1 ARP/ND resolve first",
-    ));
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("peer", "inst", Both, Svc::tcp(8080), Allow, "N1 ARP/ND resolve first"),
+    ]));
     let neigh = bed
         .host("peer")
         .ns
@@ -291,10 +251,7 @@ instances:
 /// (A DHCP-shaped exchange between real sockets: no DHCP server is needed for the ports.)
 #[test]
 fn n2_dhcp_client_exchanges_pass_with_no_rule_and_nothing_else_does() {
-    let bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[INST, ("dhcp", "192.0.2.2", "2001:db8:10::2")],
-    );
+    let bed = Bed::new(&[INST, ("dhcp", "192.0.2.2", "2001:db8:10::2")]);
     bed.apply(
         &["inst"],
         r#"
@@ -307,7 +264,7 @@ instances:
     );
     let (inst, server) = (bed.host("inst"), bed.host("dhcp"));
     let f = &bed.files;
-    let cases: [(bool, &str, u16, u16, bool, &str); 8] = [
+    let cases: [(Fam, &str, u16, u16, bool, &str); 8] = [
         (V4, "in", 67, 68, true, "server 67 -> client 68"),
         (V4, "in", 1067, 68, false, "not from 67"),
         (V4, "in", 67, 69, false, "not to 68"),
@@ -317,7 +274,8 @@ instances:
         (V6, "in", 1547, 546, false, "not from 547"),
         (V6, "out", 546, 547, true, "client 546 -> server 547"),
     ];
-    for (v6, dir, sport, dport, want, why) in cases {
+    for (fam, dir, sport, dport, want, why) in cases {
+        let v6 = fam == V6;
         let got = if dir == "in" {
             svc::udp_one_way(server, f, sport, inst, inst.addr(v6), dport).unwrap()
         } else {
@@ -336,8 +294,8 @@ instances:
 /// came is dropped too.
 #[test]
 fn g1_fragments_follow_the_first_fragments_verdict_and_orphans_are_dropped() {
-    let mut bed = Bed::new(sg_testkit::agent_bin(), &[INST, INTERNET]);
-    bed.serve("inst", &[Server::UdpEcho(5353), Server::UdpEcho(6000)]);
+    let mut bed = Bed::new(&[INST, INTERNET]);
+    bed.serve("inst", &[UdpEcho(5353), UdpEcho(6000)]);
     bed.apply(
         &["inst"],
         r#"
@@ -354,21 +312,11 @@ instances:
         sport: None,
     };
     let c0 = bed.counters("inst");
-    let mut p = vec![];
-    p.extend(both(
-        "internet",
-        "inst",
-        big(5353),
-        Allow,
-        "G1 first fragment allowed",
-    ));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::udp(5353),
-        Allow,
-        "G1 control, unfragmented",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("internet", "inst", Both, big(5353), Allow, "G1 first fragment allowed"),
+        ("internet", "inst", Both, Svc::udp(5353), Allow, "G1 control, unfragmented"),
+    ]);
     bed.expect(&p);
     let c1 = bed.counters("inst");
     // 4000 bytes over a 1500 MTU: 3 fragments, 2 of them later ones, in and out, per family.
@@ -377,20 +325,17 @@ instances:
         "{:?}",
         c1.reasons
     );
-    bed.expect(&both(
-        "internet",
-        "inst",
-        big(6000),
-        Deny,
-        "G1 first fragment dropped",
-    ));
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("internet", "inst", Both, big(6000), Deny, "G1 first fragment dropped"),
+    ]));
     let c2 = bed.counters("inst");
     assert!(
         c2.reason("drop_fragment_denied") - c1.reason("drop_fragment_denied") >= 4,
         "G1: the later fragments of the dropped datagrams: {:?}",
         c2.reasons
     );
-    for v6 in [V4, V6] {
+    for v6 in [false, true] {
         svc::send_orphan_fragment(bed.host("internet"), &bed.files, bed.host("inst").addr(v6))
             .unwrap();
     }

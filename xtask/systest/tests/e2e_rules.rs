@@ -3,11 +3,12 @@
 //! lists (R1-R4) and quotas (Q3). Every probe runs over IPv4 and IPv6 unless the rule under
 //! test is of one family. Each test names the SEMANTICS ids it pins; every row of a probe table
 //! says why EC2 allows or drops that path.
+use sg_lab::bed::Server::*;
 use sg_lab::bed::{Bed, Server};
-use sg_lab::probe::{Expect::*, Svc, V4, V6, both, probe};
+use sg_lab::probe::{Both, Expect::*, Svc, V4, V6, table};
 use sg_lab::topology::HostSpec;
 
-use sg_lab::scenario::{INTERNET, MY_IP};
+use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
 const OFFICE: (&str, &str, &str) = ("office", "198.51.100.20", "2001:db8:20::20");
 
@@ -16,19 +17,11 @@ const OFFICE: (&str, &str, &str) = ("office", "198.51.100.20", "2001:db8:20::20"
 /// inbound 9090.
 #[test]
 fn e1_e2_only_allowed_paths_pass_and_ingress_and_egress_rules_are_separate() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET],
-    );
+    let mut bed = Bed::new(&[INST, INTERNET]);
     for h in ["inst", "internet"] {
         bed.serve(
             h,
-            &[
-                Server::TcpEcho(8080),
-                Server::TcpEcho(9090),
-                Server::TcpEcho(7070),
-                Server::UdpEcho(8080),
-            ],
+            &[TcpEcho(8080), TcpEcho(9090), TcpEcho(7070), UdpEcho(8080)],
         );
     }
     bed.apply(
@@ -44,51 +37,17 @@ instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8080),
-        Allow,
-        "E1 ingress rule, C1 replies",
-    ));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(9090),
-        Deny,
-        "E2 egress rule only",
-    ));
-    p.extend(both("internet", "inst", Svc::tcp(7070), Deny, "E1 no rule"));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::udp(8080),
-        Deny,
-        "E1 tcp rule, not udp",
-    ));
-    p.extend(both("internet", "inst", Svc::Ping, Deny, "E1 I1"));
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::tcp(9090),
-        Allow,
-        "E2 egress rule",
-    ));
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::tcp(8080),
-        Deny,
-        "E2 ingress rule only",
-    ));
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::udp(8080),
-        Deny,
-        "E1 no egress rule",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("internet", "inst", Both, Svc::tcp(8080), Allow, "E1 ingress rule, C1 replies"),
+        ("internet", "inst", Both, Svc::tcp(9090), Deny, "E2 egress rule only"),
+        ("internet", "inst", Both, Svc::tcp(7070), Deny, "E1 no rule"),
+        ("internet", "inst", Both, Svc::udp(8080), Deny, "E1 tcp rule, not udp"),
+        ("internet", "inst", Both, Svc::Ping, Deny, "E1 I1"),
+        ("inst", "internet", Both, Svc::tcp(9090), Allow, "E2 egress rule"),
+        ("inst", "internet", Both, Svc::tcp(8080), Deny, "E2 ingress rule only"),
+        ("inst", "internet", Both, Svc::udp(8080), Deny, "E1 no egress rule"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }
@@ -111,40 +70,22 @@ security_groups:
 /// the order of the groups changes nothing.
 #[test]
 fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), MY_IP, INTERNET],
-    );
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
     bed.serve(
         "inst",
-        &[
-            Server::TcpEcho(8001),
-            Server::TcpEcho(8002),
-            Server::TcpEcho(8004),
-            Server::UdpEcho(8003),
-        ],
+        &[TcpEcho(8001), TcpEcho(8002), TcpEcho(8004), UdpEcho(8003)],
     );
-    let mut p = vec![];
-    p.extend(both("internet", "inst", Svc::tcp(8001), Allow, "E3 sg-a"));
-    p.extend(both("my-ip", "inst", Svc::tcp(8001), Allow, "E3 sg-a"));
-    p.extend(both("my-ip", "inst", Svc::tcp(8002), Allow, "E3 sg-b"));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8002),
-        Deny,
-        "E3 sg-b is my IP only",
-    ));
-    p.extend(both("internet", "inst", Svc::udp(8003), Allow, "E3 sg-c"));
-    p.extend(both("my-ip", "inst", Svc::Ping, Allow, "E3 sg-d / sg-e"));
-    p.extend(both("internet", "inst", Svc::Ping, Deny, "E3 I1"));
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::tcp(8004),
-        Deny,
-        "E1 in no group",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("internet", "inst", Both, Svc::tcp(8001), Allow, "E3 sg-a"),
+        ("my-ip", "inst", Both, Svc::tcp(8001), Allow, "E3 sg-a"),
+        ("my-ip", "inst", Both, Svc::tcp(8002), Allow, "E3 sg-b"),
+        ("internet", "inst", Both, Svc::tcp(8002), Deny, "E3 sg-b is my IP only"),
+        ("internet", "inst", Both, Svc::udp(8003), Allow, "E3 sg-c"),
+        ("my-ip", "inst", Both, Svc::Ping, Allow, "E3 sg-d / sg-e"),
+        ("internet", "inst", Both, Svc::Ping, Deny, "E3 I1"),
+        ("my-ip", "inst", Both, Svc::tcp(8004), Deny, "E1 in no group"),
+    ]);
     for order in [
         "[sg-a, sg-b, sg-c, sg-d, sg-e]",
         "[sg-e, sg-d, sg-c, sg-b, sg-a]",
@@ -167,23 +108,8 @@ fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
 /// documented choice), the same every time.
 #[test]
 fn e4_overlapping_rules_all_allow_and_the_longest_prefix_rule_is_charged() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("inst", "192.0.2.11", "2001:db8:10::11"),
-            MY_IP,
-            OFFICE,
-            INTERNET,
-        ],
-    );
-    bed.serve(
-        "inst",
-        &[
-            Server::TcpEcho(8080),
-            Server::TcpEcho(8090),
-            Server::TcpEcho(9999),
-        ],
-    );
+    let mut bed = Bed::new(&[INST, MY_IP, OFFICE, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080), TcpEcho(8090), TcpEcho(9999)]);
     bed.apply(
         &["inst"],
         r#"
@@ -204,30 +130,14 @@ instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-wide, sg-office, sg-admin]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::tcp(8090),
-        Allow,
-        "E4 sg-wide allows it too",
-    ));
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::tcp(9999),
-        Allow,
-        "E4 sg-admin all traffic",
-    ));
-    p.extend(both("office", "inst", Svc::tcp(8090), Allow, "E4 sg-wide"));
-    p.extend(both(
-        "office",
-        "inst",
-        Svc::tcp(9999),
-        Deny,
-        "E1 only /32 allows 9999",
-    ));
-    p.extend(both("internet", "inst", Svc::tcp(9999), Deny, "E1"));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("my-ip", "inst", Both, Svc::tcp(8090), Allow, "E4 sg-wide allows it too"),
+        ("my-ip", "inst", Both, Svc::tcp(9999), Allow, "E4 sg-admin all traffic"),
+        ("office", "inst", Both, Svc::tcp(8090), Allow, "E4 sg-wide"),
+        ("office", "inst", Both, Svc::tcp(9999), Deny, "E1 only /32 allows 9999"),
+        ("internet", "inst", Both, Svc::tcp(9999), Deny, "E1"),
+    ]);
     bed.expect(&p);
 
     // Which rule is charged: each client's 8080 connections (IPv4 and IPv6 together: their
@@ -247,7 +157,10 @@ instances:
             ("office", ids[1], ids[4]),
             ("internet", ids[0], ids[3]),
         ] {
-            bed.expect(&both(client, "inst", Svc::tcp(8080), Allow, "E4"));
+            #[rustfmt::skip]
+            bed.expect(&table(&[
+                (client, "inst", Both, Svc::tcp(8080), Allow, "E4"),
+            ]));
             let after = bed.counters("inst");
             for id in ids {
                 let delta = after.rule(id) - before.rule(id);
@@ -267,11 +180,8 @@ instances:
 /// rules keep their slots and the agent adopts the slot table from its state (E4 counters).
 #[test]
 fn e4_rule_counters_survive_a_reapply_of_the_same_policy() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET],
-    );
-    bed.serve("inst", &[Server::TcpEcho(8080)]);
+    let mut bed = Bed::new(&[INST, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080)]);
     let policy = r#"
 security_groups:
   - id: sg-a
@@ -280,7 +190,10 @@ instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
 "#;
     bed.apply(&["inst"], policy);
-    bed.expect(&[probe("internet", "inst", V4, Svc::tcp(8080), Allow, "E1")]);
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("internet", "inst", V4, Svc::tcp(8080), Allow, "E1"),
+    ]));
     let before = bed.counters("inst").rule("sgr-00000000000000001");
     assert!(before > 0);
     bed.apply(&["inst"], policy);
@@ -296,13 +209,10 @@ instances:
 /// eth1 in sg-db; each interface is judged by its own groups only.
 #[test]
 fn e5_two_interfaces_of_one_instance_are_judged_by_their_own_groups() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("dual", "192.0.2.31", "2001:db8:10::31"),
-            ("front", "192.0.2.50", "2001:db8:10::50"),
-        ],
-    );
+    let mut bed = Bed::new(&[
+        ("dual", "192.0.2.31", "2001:db8:10::31"),
+        ("front", "192.0.2.50", "2001:db8:10::50"),
+    ]);
     let br1 = bed.lan.add_bridge().unwrap();
     bed.lan
         .add_host_on(
@@ -313,7 +223,7 @@ fn e5_two_interfaces_of_one_instance_are_judged_by_their_own_groups() {
     bed.lan
         .add_nic("dual", "eth1", &br1, "203.0.113.31", "2001:db8:30::31")
         .unwrap();
-    bed.serve("dual", &[Server::Https(443), Server::TcpEcho(3306)]);
+    bed.serve("dual", &[Https(443), TcpEcho(3306)]);
     bed.apply(
         &["dual"],
         r#"
@@ -329,35 +239,13 @@ instances:
       - {name: eth1, addresses: [203.0.113.31, "2001:db8:30::31"], groups: [sg-db]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "front",
-        "dual",
-        Svc::Https(443),
-        Allow,
-        "E5 eth0 carries sg-web",
-    ));
-    p.extend(both(
-        "front",
-        "dual",
-        Svc::tcp(3306),
-        Deny,
-        "E5 sg-db is on eth1",
-    ));
-    p.extend(both(
-        "back",
-        "dual/eth1",
-        Svc::tcp(3306),
-        Allow,
-        "E5 eth1 carries sg-db",
-    ));
-    p.extend(both(
-        "back",
-        "dual/eth1",
-        Svc::Https(443),
-        Deny,
-        "E5 sg-web is on eth0",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("front", "dual", Both, Svc::Https(443), Allow, "E5 eth0 carries sg-web"),
+        ("front", "dual", Both, Svc::tcp(3306), Deny, "E5 sg-db is on eth1"),
+        ("back", "dual/eth1", Both, Svc::tcp(3306), Allow, "E5 eth1 carries sg-db"),
+        ("back", "dual/eth1", Both, Svc::Https(443), Deny, "E5 sg-web is on eth0"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }
@@ -366,26 +254,18 @@ instances:
 /// port); a packet whose SOURCE port is the allowed one does not match.
 #[test]
 fn e6_only_the_destination_port_is_matched_in_both_directions() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("srv", "192.0.2.11", "2001:db8:10::11"),
-            ("cli", "192.0.2.12", "2001:db8:10::12"),
-            INTERNET,
-            ("remote", "203.0.113.60", "2001:db8:30::60"),
-        ],
-    );
+    let mut bed = Bed::new(&[
+        ("srv", "192.0.2.11", "2001:db8:10::11"),
+        ("cli", "192.0.2.12", "2001:db8:10::12"),
+        INTERNET,
+        ("remote", "203.0.113.60", "2001:db8:30::60"),
+    ]);
     // Clients never listen on the source ports they use: a listener would hold the port.
     bed.serve(
         "srv",
-        &[
-            Server::TcpEcho(443),
-            Server::TcpEcho(8080),
-            Server::UdpEcho(5353),
-            Server::UdpEcho(6000),
-        ],
+        &[TcpEcho(443), TcpEcho(8080), UdpEcho(5353), UdpEcho(6000)],
     );
-    bed.serve("remote", &[Server::TcpEcho(443), Server::TcpEcho(8080)]);
+    bed.serve("remote", &[TcpEcho(443), TcpEcho(8080)]);
     bed.apply(
         &["srv", "cli"],
         r#"
@@ -413,56 +293,15 @@ instances:
     // One family at a time: a dual-stack IPv6 socket and an IPv4 one cannot hold the same
     // source port at once.
     for (v6, other) in [(V4, 40000), (V6, 40001)] {
-        bed.expect(&[
-            probe(
-                "internet",
-                "srv",
-                v6,
-                tcp(8080, 443),
-                Deny,
-                "E6 source port 443 is no match",
-            ),
-            probe(
-                "internet",
-                "srv",
-                v6,
-                tcp(443, other),
-                Allow,
-                "E6 destination port 443",
-            ),
-            probe(
-                "internet",
-                "srv",
-                v6,
-                udp(6000, 5353),
-                Deny,
-                "E6 source port 5353 is no match",
-            ),
-            probe(
-                "internet",
-                "srv",
-                v6,
-                udp(5353, other),
-                Allow,
-                "E6 destination port 5353",
-            ),
-            probe(
-                "cli",
-                "remote",
-                v6,
-                tcp(443, other),
-                Allow,
-                "E6 egress: remote port 443",
-            ),
-            probe(
-                "cli",
-                "remote",
-                v6,
-                tcp(8080, 443),
-                Deny,
-                "E6 egress: local port 443 is no match",
-            ),
-        ]);
+        #[rustfmt::skip]
+        bed.expect(&table(&[
+            ("internet", "srv", v6, tcp(8080, 443), Deny, "E6 source port 443 is no match"),
+            ("internet", "srv", v6, tcp(443, other), Allow, "E6 destination port 443"),
+            ("internet", "srv", v6, udp(6000, 5353), Deny, "E6 source port 5353 is no match"),
+            ("internet", "srv", v6, udp(5353, other), Allow, "E6 destination port 5353"),
+            ("cli", "remote", v6, tcp(443, other), Allow, "E6 egress: remote port 443"),
+            ("cli", "remote", v6, tcp(8080, 443), Deny, "E6 egress: local port 443 is no match"),
+        ]));
     }
     bed.detach_all();
 }
@@ -472,14 +311,11 @@ instances:
 /// session carries on.
 #[test]
 fn e7_a_rule_change_applies_at_once_to_every_interface_with_the_group_without_restart() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("web-1", "192.0.2.11", "2001:db8:10::11"),
-            ("web-2", "192.0.2.12", "2001:db8:10::12"),
-            MY_IP,
-        ],
-    );
+    let mut bed = Bed::new(&[
+        ("web-1", "192.0.2.11", "2001:db8:10::11"),
+        ("web-2", "192.0.2.12", "2001:db8:10::12"),
+        MY_IP,
+    ]);
     let br1 = bed.lan.add_bridge().unwrap();
     bed.lan
         .add_host_on(
@@ -491,7 +327,7 @@ fn e7_a_rule_change_applies_at_once_to_every_interface_with_the_group_without_re
         .add_nic("web-2", "eth1", &br1, "203.0.113.12", "2001:db8:30::12")
         .unwrap();
     for h in ["web-1", "web-2"] {
-        bed.serve(h, &[Server::Ssh(22), Server::TcpEcho(8080)]);
+        bed.serve(h, &[Ssh(22), TcpEcho(8080)]);
     }
     let policy = |extra: &str| {
         format!(
@@ -520,10 +356,8 @@ instances:
         ("back", "web-2/eth1"),
     ];
     let probes = |expect, why| {
-        targets
-            .iter()
-            .flat_map(|(from, to)| both(from, to, Svc::tcp(8080), expect, why))
-            .collect::<Vec<_>>()
+        let lines = targets.map(|(from, to)| (from, to, Both, Svc::tcp(8080), expect, why));
+        table(&lines)
     };
     bed.expect(&probes(Deny, "E1 before the change"));
     let mut session =
@@ -551,27 +385,12 @@ instances:
 /// either family, by any protocol; D2: its default egress lets it reach out.
 #[test]
 fn d1_a_new_group_admits_nothing_and_d2_its_default_egress_reaches_everything() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), MY_IP, INTERNET],
-    );
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
     bed.serve(
         "inst",
-        &[
-            Server::Https(443),
-            Server::Ssh(22),
-            Server::UdpEcho(5353),
-            Server::Raw(253, None),
-        ],
+        &[Https(443), Ssh(22), UdpEcho(5353), Raw(253, None)],
     );
-    bed.serve(
-        "internet",
-        &[
-            Server::Http(80),
-            Server::UdpEcho(5353),
-            Server::Raw(253, None),
-        ],
-    );
+    bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
     bed.apply(
         &["inst"],
         r#"
@@ -583,22 +402,22 @@ instances:
     );
     let mut p = vec![];
     for from in ["my-ip", "internet"] {
-        p.extend(both(from, "inst", Svc::Https(443), Deny, "D1"));
-        p.extend(both(from, "inst", Svc::Ssh(22), Deny, "D1"));
-        p.extend(both(from, "inst", Svc::udp(5353), Deny, "D1"));
-        p.extend(both(from, "inst", Svc::Ping, Deny, "D1 I1"));
-        p.extend(both(from, "inst", Svc::Raw(253), Deny, "D1"));
+        #[rustfmt::skip]
+        p.extend(table(&[
+            (from, "inst", Both, Svc::Https(443), Deny, "D1"),
+            (from, "inst", Both, Svc::Ssh(22), Deny, "D1"),
+            (from, "inst", Both, Svc::udp(5353), Deny, "D1"),
+            (from, "inst", Both, Svc::Ping, Deny, "D1 I1"),
+            (from, "inst", Both, Svc::Raw(253), Deny, "D1"),
+        ]));
     }
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::Http(80),
-        Allow,
-        "D2 all to 0.0.0.0/0 ::/0",
-    ));
-    p.extend(both("inst", "internet", Svc::udp(5353), Allow, "D2"));
-    p.extend(both("inst", "internet", Svc::Ping, Allow, "D2 C2"));
-    p.extend(both("inst", "internet", Svc::Raw(253), Allow, "D2 C3"));
+    #[rustfmt::skip]
+    p.extend(table(&[
+        ("inst", "internet", Both, Svc::Http(80), Allow, "D2 all to 0.0.0.0/0 ::/0"),
+        ("inst", "internet", Both, Svc::udp(5353), Allow, "D2"),
+        ("inst", "internet", Both, Svc::Ping, Allow, "D2 C2"),
+        ("inst", "internet", Both, Svc::Raw(253), Allow, "D2 C3"),
+    ]));
     bed.expect(&p);
     bed.detach_all();
 }
@@ -607,19 +426,9 @@ instances:
 /// to allowed inbound flows still leave (C1).
 #[test]
 fn d2_an_explicitly_empty_egress_list_allows_no_new_outbound_flow() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET],
-    );
-    bed.serve("inst", &[Server::TcpEcho(8080)]);
-    bed.serve(
-        "internet",
-        &[
-            Server::Http(80),
-            Server::UdpEcho(5353),
-            Server::Raw(253, None),
-        ],
-    );
+    let mut bed = Bed::new(&[INST, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080)]);
+    bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
     bed.apply(
         &["inst"],
         r#"
@@ -631,36 +440,14 @@ instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-closed]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::Http(80),
-        Deny,
-        "D2 egress: []",
-    ));
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::udp(5353),
-        Deny,
-        "D2 egress: []",
-    ));
-    p.extend(both("inst", "internet", Svc::Ping, Deny, "D2 egress: []"));
-    p.extend(both(
-        "inst",
-        "internet",
-        Svc::Raw(253),
-        Deny,
-        "D2 egress: []",
-    ));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8080),
-        Allow,
-        "C1 replies leave anyway",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("inst", "internet", Both, Svc::Http(80), Deny, "D2 egress: []"),
+        ("inst", "internet", Both, Svc::udp(5353), Deny, "D2 egress: []"),
+        ("inst", "internet", Both, Svc::Ping, Deny, "D2 egress: []"),
+        ("inst", "internet", Both, Svc::Raw(253), Deny, "D2 egress: []"),
+        ("internet", "inst", Both, Svc::tcp(8080), Allow, "C1 replies leave anyway"),
+    ]);
     bed.expect(&p);
     let c = bed.counters("inst");
     assert!(c.reason("pass_ct_reply") > 0, "{:?}", c.reasons);
@@ -671,26 +458,16 @@ instances:
 /// nobody else; its egress is all.
 #[test]
 fn d3_the_default_group_admits_its_members_on_everything_and_nobody_else() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("a", "192.0.2.11", "2001:db8:10::11"),
-            ("b", "192.0.2.12", "2001:db8:10::12"),
-            ("c", "192.0.2.13", "2001:db8:10::13"),
-            INTERNET,
-        ],
-    );
+    let mut bed = Bed::new(&[
+        ("a", "192.0.2.11", "2001:db8:10::11"),
+        ("b", "192.0.2.12", "2001:db8:10::12"),
+        ("c", "192.0.2.13", "2001:db8:10::13"),
+        INTERNET,
+    ]);
     for h in ["a", "b"] {
-        bed.serve(
-            h,
-            &[
-                Server::TcpEcho(8080),
-                Server::UdpEcho(5353),
-                Server::Raw(253, None),
-            ],
-        );
+        bed.serve(h, &[TcpEcho(8080), UdpEcho(5353), Raw(253, None)]);
     }
-    bed.serve("internet", &[Server::Http(80)]);
+    bed.serve("internet", &[Http(80)]);
     bed.apply(
         &["a", "b", "c"],
         r#"
@@ -706,21 +483,21 @@ instances:
     );
     let mut p = vec![];
     for (from, to) in [("a", "b"), ("b", "a")] {
-        p.extend(both(from, to, Svc::tcp(8080), Allow, "D3 self-reference"));
-        p.extend(both(from, to, Svc::udp(5353), Allow, "D3 all protocols"));
-        p.extend(both(from, to, Svc::Ping, Allow, "D3 all protocols"));
-        p.extend(both(from, to, Svc::Raw(253), Allow, "D3 all protocols"));
+        #[rustfmt::skip]
+        p.extend(table(&[
+            (from, to, Both, Svc::tcp(8080), Allow, "D3 self-reference"),
+            (from, to, Both, Svc::udp(5353), Allow, "D3 all protocols"),
+            (from, to, Both, Svc::Ping, Allow, "D3 all protocols"),
+            (from, to, Both, Svc::Raw(253), Allow, "D3 all protocols"),
+        ]));
     }
-    p.extend(both("c", "a", Svc::tcp(8080), Deny, "D3 not a member"));
-    p.extend(both(
-        "internet",
-        "a",
-        Svc::tcp(8080),
-        Deny,
-        "D3 not a member",
-    ));
-    p.extend(both("internet", "b", Svc::Ping, Deny, "D3 not a member"));
-    p.extend(both("a", "internet", Svc::Http(80), Allow, "D3 egress all"));
+    #[rustfmt::skip]
+    p.extend(table(&[
+        ("c", "a", Both, Svc::tcp(8080), Deny, "D3 not a member"),
+        ("internet", "a", Both, Svc::tcp(8080), Deny, "D3 not a member"),
+        ("internet", "b", Both, Svc::Ping, Deny, "D3 not a member"),
+        ("a", "internet", Both, Svc::Http(80), Allow, "D3 egress all"),
+    ]));
     bed.expect(&p);
     bed.detach_all();
 }
@@ -729,17 +506,14 @@ instances:
 /// self-reference allows all members to each other (and still nobody else).
 #[test]
 fn d4_members_are_strangers_until_r3_a_self_reference_admits_them() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("web-1", "192.0.2.11", "2001:db8:10::11"),
-            ("web-2", "192.0.2.12", "2001:db8:10::12"),
-            MY_IP,
-            INTERNET,
-        ],
-    );
+    let mut bed = Bed::new(&[
+        ("web-1", "192.0.2.11", "2001:db8:10::11"),
+        ("web-2", "192.0.2.12", "2001:db8:10::12"),
+        MY_IP,
+        INTERNET,
+    ]);
     for h in ["web-1", "web-2"] {
-        bed.serve(h, &[Server::Ssh(22)]);
+        bed.serve(h, &[Ssh(22)]);
     }
     let policy = |extra: &str| {
         format!(
@@ -756,49 +530,23 @@ instances:
         )
     };
     bed.apply(&["web-1", "web-2"], &policy(""));
-    let mut p = vec![];
-    p.extend(both("my-ip", "web-2", Svc::Ssh(22), Allow, "F5 my IP"));
-    p.extend(both(
-        "web-1",
-        "web-2",
-        Svc::Ssh(22),
-        Deny,
-        "D4 same group, no rule",
-    ));
-    p.extend(both(
-        "web-2",
-        "web-1",
-        Svc::Ssh(22),
-        Deny,
-        "D4 same group, no rule",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("my-ip", "web-2", Both, Svc::Ssh(22), Allow, "F5 my IP"),
+        ("web-1", "web-2", Both, Svc::Ssh(22), Deny, "D4 same group, no rule"),
+        ("web-2", "web-1", Both, Svc::Ssh(22), Deny, "D4 same group, no rule"),
+    ]);
     bed.expect(&p);
     bed.apply(
         &["web-1", "web-2"],
         &policy("      - {protocol: tcp, ports: 22, source: self}"),
     );
-    let mut p = vec![];
-    p.extend(both(
-        "web-1",
-        "web-2",
-        Svc::Ssh(22),
-        Allow,
-        "R3 self-reference",
-    ));
-    p.extend(both(
-        "web-2",
-        "web-1",
-        Svc::Ssh(22),
-        Allow,
-        "R3 self-reference",
-    ));
-    p.extend(both(
-        "internet",
-        "web-1",
-        Svc::Ssh(22),
-        Deny,
-        "R3 members only",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("web-1", "web-2", Both, Svc::Ssh(22), Allow, "R3 self-reference"),
+        ("web-2", "web-1", Both, Svc::Ssh(22), Allow, "R3 self-reference"),
+        ("internet", "web-1", Both, Svc::Ssh(22), Deny, "R3 members only"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }
@@ -807,24 +555,21 @@ instances:
 /// their protocol with real traffic: TCP, UDP, ping, ping -6 and raw IP protocol 253.
 #[test]
 fn f1_protocol_numbers_and_all_match_their_protocols() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("num", "192.0.2.11", "2001:db8:10::11"),
-            ("all", "192.0.2.12", "2001:db8:10::12"),
-            INTERNET,
-        ],
-    );
+    let mut bed = Bed::new(&[
+        ("num", "192.0.2.11", "2001:db8:10::11"),
+        ("all", "192.0.2.12", "2001:db8:10::12"),
+        INTERNET,
+    ]);
     for h in ["num", "all"] {
         bed.serve(
             h,
             &[
-                Server::TcpEcho(8080),
-                Server::TcpEcho(8081),
-                Server::UdpEcho(8080),
-                Server::UdpEcho(8081),
-                Server::Raw(253, None),
-                Server::Raw(254, None),
+                TcpEcho(8080),
+                TcpEcho(8081),
+                UdpEcho(8080),
+                UdpEcho(8081),
+                Raw(253, None),
+                Raw(254, None),
             ],
         );
     }
@@ -848,44 +593,16 @@ instances:
   - {name: all, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-all]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both("internet", "num", Svc::tcp(8080), Allow, "F1 6 = tcp"));
-    p.extend(both(
-        "internet",
-        "num",
-        Svc::udp(8080),
-        Deny,
-        "F1 6 is not udp",
-    ));
-    p.extend(both(
-        "internet",
-        "num",
-        Svc::udp(8081),
-        Allow,
-        "F1 17 = udp",
-    ));
-    p.extend(both(
-        "internet",
-        "num",
-        Svc::tcp(8081),
-        Deny,
-        "F1 17 is not tcp",
-    ));
-    p.extend(both(
-        "internet",
-        "num",
-        Svc::Ping,
-        Allow,
-        "F1 1 = icmp, 58 = icmpv6",
-    ));
-    p.extend(both("internet", "num", Svc::Raw(253), Allow, "F1 253"));
-    p.extend(both(
-        "internet",
-        "num",
-        Svc::Raw(254),
-        Deny,
-        "F1 254 has no rule",
-    ));
+    #[rustfmt::skip]
+    let mut p = table(&[
+        ("internet", "num", Both, Svc::tcp(8080), Allow, "F1 6 = tcp"),
+        ("internet", "num", Both, Svc::udp(8080), Deny, "F1 6 is not udp"),
+        ("internet", "num", Both, Svc::udp(8081), Allow, "F1 17 = udp"),
+        ("internet", "num", Both, Svc::tcp(8081), Deny, "F1 17 is not tcp"),
+        ("internet", "num", Both, Svc::Ping, Allow, "F1 1 = icmp, 58 = icmpv6"),
+        ("internet", "num", Both, Svc::Raw(253), Allow, "F1 253"),
+        ("internet", "num", Both, Svc::Raw(254), Deny, "F1 254 has no rule"),
+    ]);
     for svc in [
         Svc::tcp(8080),
         Svc::tcp(8081),
@@ -895,7 +612,10 @@ instances:
         Svc::Raw(253),
         Svc::Raw(254),
     ] {
-        p.extend(both("internet", "all", svc, Allow, "F1 -1 = all"));
+        #[rustfmt::skip]
+        p.extend(table(&[
+            ("internet", "all", Both, svc, Allow, "F1 -1 = all"),
+        ]));
     }
     bed.expect(&p);
     bed.detach_all();
@@ -905,18 +625,8 @@ instances:
 /// IpProtocol -1 with FromPort/ToPort 22), while the same range on tcp is a real limit.
 #[test]
 fn f2_an_all_protocols_rule_ignores_its_port_range_cloudformation() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), MY_IP, INTERNET],
-    );
-    bed.serve(
-        "inst",
-        &[
-            Server::TcpEcho(22),
-            Server::TcpEcho(8080),
-            Server::UdpEcho(8080),
-        ],
-    );
+    let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
+    bed.serve("inst", &[TcpEcho(22), TcpEcho(8080), UdpEcho(8080)]);
     bed.apply(
         &["inst"],
         r#"
@@ -941,36 +651,14 @@ Resources:
       Tags: [{Key: Name, Value: inst}]
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::tcp(8080),
-        Allow,
-        "F2 -1 ignores 22-22",
-    ));
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::udp(8080),
-        Allow,
-        "F2 -1 ignores 22-22",
-    ));
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::Ping,
-        Allow,
-        "F2 -1 ignores 22-22",
-    ));
-    p.extend(both("internet", "inst", Svc::tcp(22), Allow, "F3 tcp 22"));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8080),
-        Deny,
-        "F3 tcp 22 only",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("my-ip", "inst", Both, Svc::tcp(8080), Allow, "F2 -1 ignores 22-22"),
+        ("my-ip", "inst", Both, Svc::udp(8080), Allow, "F2 -1 ignores 22-22"),
+        ("my-ip", "inst", Both, Svc::Ping, Allow, "F2 -1 ignores 22-22"),
+        ("internet", "inst", Both, Svc::tcp(22), Allow, "F3 tcp 22"),
+        ("internet", "inst", Both, Svc::tcp(8080), Deny, "F3 tcp 22 only"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }
@@ -978,14 +666,11 @@ Resources:
 /// F3: tcp and udp port ranges are inclusive at both ends; one port is a range of one.
 #[test]
 fn f3_port_ranges_are_inclusive_and_one_port_is_a_range_of_one() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET],
-    );
+    let mut bed = Bed::new(&[INST, INTERNET]);
     let ports = [7999u16, 8000, 8002, 8003, 9000, 9001];
     let servers: Vec<Server> = ports
         .iter()
-        .flat_map(|&p| [Server::TcpEcho(p), Server::UdpEcho(p)])
+        .flat_map(|&p| [TcpEcho(p), UdpEcho(p)])
         .collect();
     bed.serve("inst", &servers);
     bed.apply(
@@ -1011,8 +696,11 @@ instances:
         (9000, Allow, "F3 one port"),
         (9001, Deny, "F3 one port only"),
     ] {
-        p.extend(both("internet", "inst", Svc::tcp(port), expect, why));
-        p.extend(both("internet", "inst", Svc::udp(port), expect, why));
+        #[rustfmt::skip]
+        p.extend(table(&[
+            ("internet", "inst", Both, Svc::tcp(port), expect, why),
+            ("internet", "inst", Both, Svc::udp(port), expect, why),
+        ]));
     }
     bed.expect(&p);
     bed.detach_all();
@@ -1022,16 +710,13 @@ instances:
 /// an icmpv6 rule without type or code allows every ICMPv6 message.
 #[test]
 fn f4_icmp_rules_match_type_and_code() {
-    let bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("exact", "192.0.2.11", "2001:db8:10::11"),
-            ("code1", "192.0.2.12", "2001:db8:10::12"),
-            ("reply", "192.0.2.13", "2001:db8:10::13"),
-            ("any", "192.0.2.14", "2001:db8:10::14"),
-            INTERNET,
-        ],
-    );
+    let bed = Bed::new(&[
+        ("exact", "192.0.2.11", "2001:db8:10::11"),
+        ("code1", "192.0.2.12", "2001:db8:10::12"),
+        ("reply", "192.0.2.13", "2001:db8:10::13"),
+        ("any", "192.0.2.14", "2001:db8:10::14"),
+        INTERNET,
+    ]);
     bed.apply(
         &["exact", "code1", "reply", "any"],
         r#"
@@ -1059,35 +744,13 @@ instances:
   - {name: any, addresses: [192.0.2.14, "2001:db8:10::14"], groups: [sg-any]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "internet",
-        "exact",
-        Svc::Ping,
-        Allow,
-        "F4 type 8/128 code 0",
-    ));
-    p.extend(both(
-        "internet",
-        "code1",
-        Svc::Ping,
-        Deny,
-        "F4 code 1 is not ping",
-    ));
-    p.extend(both(
-        "internet",
-        "reply",
-        Svc::Ping,
-        Deny,
-        "F4 I3 echo reply is not ping",
-    ));
-    p.extend(both(
-        "internet",
-        "any",
-        Svc::Ping,
-        Allow,
-        "F4 -1 / no type = all",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("internet", "exact", Both, Svc::Ping, Allow, "F4 type 8/128 code 0"),
+        ("internet", "code1", Both, Svc::Ping, Deny, "F4 code 1 is not ping"),
+        ("internet", "reply", Both, Svc::Ping, Deny, "F4 I3 echo reply is not ping"),
+        ("internet", "any", Both, Svc::Ping, Allow, "F4 -1 / no type = all"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }
@@ -1097,24 +760,16 @@ instances:
 /// the documented derived id; the counters show both with real traffic.
 #[test]
 fn f5_f6_every_kind_of_peer_matches_and_rule_ids_are_kept_or_derived() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("inst", "192.0.2.11", "2001:db8:10::11"),
-            ("peer", "192.0.2.40", "2001:db8:10::40"),
-            MY_IP,
-            OFFICE,
-            INTERNET,
-        ],
-    );
+    let mut bed = Bed::new(&[
+        INST,
+        ("peer", "192.0.2.40", "2001:db8:10::40"),
+        MY_IP,
+        OFFICE,
+        INTERNET,
+    ]);
     bed.serve(
         "inst",
-        &[
-            Server::TcpEcho(8080),
-            Server::TcpEcho(8081),
-            Server::TcpEcho(8082),
-            Server::Https(443),
-        ],
+        &[TcpEcho(8080), TcpEcho(8081), TcpEcho(8082), Https(443)],
     );
     bed.apply(
         &["inst"],
@@ -1144,50 +799,16 @@ instances:
   - {name: peer, addresses: [192.0.2.40, "2001:db8:10::40"], groups: [sg-peers]}
 "#,
     );
-    let mut p = vec![];
-    p.extend(both(
-        "office",
-        "inst",
-        Svc::tcp(8080),
-        Allow,
-        "F5 CIDR, host bits cleared",
-    ));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8080),
-        Deny,
-        "F5 outside the CIDR",
-    ));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8081),
-        Allow,
-        "F5 prefix list",
-    ));
-    p.extend(both(
-        "my-ip",
-        "inst",
-        Svc::tcp(8081),
-        Deny,
-        "F5 not in the list",
-    ));
-    p.extend(both(
-        "peer",
-        "inst",
-        Svc::tcp(8082),
-        Allow,
-        "F5 group member",
-    ));
-    p.extend(both(
-        "internet",
-        "inst",
-        Svc::tcp(8082),
-        Deny,
-        "F5 not a member",
-    ));
-    p.extend(both("internet", "inst", Svc::Https(443), Allow, "F6"));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("office", "inst", Both, Svc::tcp(8080), Allow, "F5 CIDR, host bits cleared"),
+        ("internet", "inst", Both, Svc::tcp(8080), Deny, "F5 outside the CIDR"),
+        ("internet", "inst", Both, Svc::tcp(8081), Allow, "F5 prefix list"),
+        ("my-ip", "inst", Both, Svc::tcp(8081), Deny, "F5 not in the list"),
+        ("peer", "inst", Both, Svc::tcp(8082), Allow, "F5 group member"),
+        ("internet", "inst", Both, Svc::tcp(8082), Deny, "F5 not a member"),
+        ("internet", "inst", Both, Svc::Https(443), Allow, "F6"),
+    ]);
     bed.expect(&p);
     let c = bed.counters("inst");
     let canon = c
@@ -1214,15 +835,12 @@ instances:
 /// remaining member keeps it (adding one is in e2e_lab: web-3).
 #[test]
 fn r1_a_member_leaving_the_referenced_group_loses_access_at_once() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("web-1", "192.0.2.11", "2001:db8:10::11"),
-            ("web-2", "192.0.2.12", "2001:db8:10::12"),
-            ("db-1", "192.0.2.21", "2001:db8:10::21"),
-        ],
-    );
-    bed.serve("db-1", &[Server::TcpEcho(3306)]);
+    let mut bed = Bed::new(&[
+        ("web-1", "192.0.2.11", "2001:db8:10::11"),
+        ("web-2", "192.0.2.12", "2001:db8:10::12"),
+        ("db-1", "192.0.2.21", "2001:db8:10::21"),
+    ]);
+    bed.serve("db-1", &[TcpEcho(3306)]);
     let policy = |web2_group: &str| {
         format!(
             r#"
@@ -1239,27 +857,19 @@ instances:
         )
     };
     bed.apply(&["web-1", "web-2", "db-1"], &policy("sg-web"));
-    let mut p = vec![];
-    p.extend(both("web-1", "db-1", Svc::tcp(3306), Allow, "R1"));
-    p.extend(both("web-2", "db-1", Svc::tcp(3306), Allow, "R1"));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("web-1", "db-1", Both, Svc::tcp(3306), Allow, "R1"),
+        ("web-2", "db-1", Both, Svc::tcp(3306), Allow, "R1"),
+    ]);
     bed.expect(&p);
     let out = bed.apply(&["db-1", "web-2", "web-1"], &policy("sg-other"));
     assert!(out.contains("- member 192.0.2.12 of sg-web"), "{out}");
-    let mut p = vec![];
-    p.extend(both(
-        "web-2",
-        "db-1",
-        Svc::tcp(3306),
-        Deny,
-        "R1 left sg-web",
-    ));
-    p.extend(both(
-        "web-1",
-        "db-1",
-        Svc::tcp(3306),
-        Allow,
-        "R1 still a member",
-    ));
+    #[rustfmt::skip]
+    let p = table(&[
+        ("web-2", "db-1", Both, Svc::tcp(3306), Deny, "R1 left sg-web"),
+        ("web-1", "db-1", Both, Svc::tcp(3306), Allow, "R1 still a member"),
+    ]);
     bed.expect(&p);
     bed.detach_all();
 }
@@ -1268,17 +878,14 @@ instances:
 /// new version) changes what every one of those rules allows, at once.
 #[test]
 fn r4_editing_a_prefix_list_updates_every_rule_that_uses_it() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[
-            ("a", "192.0.2.11", "2001:db8:10::11"),
-            ("b", "192.0.2.12", "2001:db8:10::12"),
-            MY_IP,
-            OFFICE,
-        ],
-    );
-    bed.serve("a", &[Server::Ssh(22)]);
-    bed.serve("b", &[Server::TcpEcho(8080)]);
+    let mut bed = Bed::new(&[
+        ("a", "192.0.2.11", "2001:db8:10::11"),
+        ("b", "192.0.2.12", "2001:db8:10::12"),
+        MY_IP,
+        OFFICE,
+    ]);
+    bed.serve("a", &[Ssh(22)]);
+    bed.serve("b", &[TcpEcho(8080)]);
     let policy = |version: u32, v4: &str, v6: &str| {
         format!(
             r#"
@@ -1302,11 +909,13 @@ instances:
         &policy(1, "198.51.100.0/28", "2001:db8:20::/123"),
     );
     let rows = |admin: &str, other: &str, why: &str| {
-        let mut p = vec![];
-        p.extend(both(admin, "a", Svc::Ssh(22), Allow, why));
-        p.extend(both(admin, "b", Svc::tcp(8080), Allow, why));
-        p.extend(both(other, "a", Svc::Ssh(22), Deny, why));
-        p.extend(both(other, "b", Svc::tcp(8080), Deny, why));
+        #[rustfmt::skip]
+        let p = table(&[
+            (admin, "a", Both, Svc::Ssh(22), Allow, why),
+            (admin, "b", Both, Svc::tcp(8080), Allow, why),
+            (other, "a", Both, Svc::Ssh(22), Deny, why),
+            (other, "b", Both, Svc::tcp(8080), Deny, why),
+        ]);
         p
     };
     bed.expect(&rows("my-ip", "office", "R4 version 1"));
@@ -1322,11 +931,8 @@ instances:
 /// the limit, and nothing of it is applied: the previous policy stays enforced.
 #[test]
 fn q3_an_over_quota_policy_is_refused_and_the_enforced_one_stays() {
-    let mut bed = Bed::new(
-        sg_testkit::agent_bin(),
-        &[("inst", "192.0.2.11", "2001:db8:10::11"), INTERNET],
-    );
-    bed.serve("inst", &[Server::TcpEcho(8080), Server::TcpEcho(8081)]);
+    let mut bed = Bed::new(&[INST, INTERNET]);
+    bed.serve("inst", &[TcpEcho(8080), TcpEcho(8081)]);
     let head = r#"
 instances:
   - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
@@ -1354,23 +960,10 @@ security_groups:
         err.contains("sg-a") && err.contains("ingress") && err.contains("60"),
         "Q3 error must name the group, direction and limit:\n{err}"
     );
-    bed.expect(&[
-        probe(
-            "internet",
-            "inst",
-            V4,
-            Svc::tcp(8080),
-            Allow,
-            "Q3 old policy stays",
-        ),
-        probe(
-            "internet",
-            "inst",
-            V4,
-            Svc::tcp(8081),
-            Deny,
-            "Q3 nothing applied",
-        ),
-    ]);
+    #[rustfmt::skip]
+    bed.expect(&table(&[
+        ("internet", "inst", V4, Svc::tcp(8080), Allow, "Q3 old policy stays"),
+        ("internet", "inst", V4, Svc::tcp(8081), Deny, "Q3 nothing applied"),
+    ]));
     bed.detach_all();
 }

@@ -17,11 +17,13 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use sg_agent::packet::{arp_request, checksum, raw_eth};
 use sg_common::{
     Config, DIR_INGRESS, ECHO_OPENED_BY_PEER, Event, FlowKey, FlowVal, IfaceConf, IfaceKey,
     PAGE_SEGS, PeerData, PeerVal, PortKey, PortPage, Reason, RuleCounter, RuleVal, Timeouts,
     ct_flags, ct_stat, ct_state, event_kind, iface_flags, maps, progs, proto, rule_flags,
 };
+use sg_testkit::dataplane_harness::page_tree;
 
 // Action values (linux/bpf.h, linux/pkt_cls.h).
 const XDP_DROP: u32 = 1;
@@ -185,14 +187,27 @@ impl Dp {
     /// Asserts the action and the reason of one packet.
     #[track_caller]
     fn expect(&self, prog: Prog, frame: &[u8], reason: Reason) {
-        let (action, got) = self.judge(prog, frame);
-        assert_eq!(got, reason, "{}: reason", prog.name());
-        let want = if reason.is_pass() {
-            prog.pass()
-        } else {
-            prog.drop()
-        };
-        assert_eq!(action, want, "{}: action for {reason:?}", prog.name());
+        self.expect_rows(&[(prog, frame, reason)]);
+    }
+
+    /// Asserts the action and the reason of each packet, in order; a failure names its row.
+    #[track_caller]
+    fn expect_rows(&self, rows: &[(Prog, &[u8], Reason)]) {
+        for (i, &(prog, frame, reason)) in rows.iter().enumerate() {
+            let (action, got) = self.judge(prog, frame);
+            assert_eq!(got, reason, "row {i}: {}: reason", prog.name());
+            let want = if reason.is_pass() {
+                prog.pass()
+            } else {
+                prog.drop()
+            };
+            assert_eq!(
+                action,
+                want,
+                "row {i}: {}: action for {reason:?}",
+                prog.name()
+            );
+        }
     }
 
     /// Reason counters summed over CPUs, indexed by reason value.
@@ -382,52 +397,8 @@ fn sk_buff(ifindex: u32) -> Vec<u8> {
     v
 }
 
-/// The page tree of `segs` (page 0 the root): runs of 16, 256, ... segments per child.
-fn page_tree(segs: &[(u16, RuleVal)], pages: &mut Vec<PortPage>) -> u16 {
-    let n = pages.len();
-    pages.push(PortPage::uniform(RuleVal { slot: 0, flags: 0 }));
-    let items: Vec<(u16, RuleVal)> = if segs.len() <= PAGE_SEGS {
-        segs.to_vec()
-    } else {
-        let mut per = PAGE_SEGS;
-        while per * PAGE_SEGS < segs.len() {
-            per *= PAGE_SEGS;
-        }
-        segs.chunks(per)
-            .map(|run| {
-                let child = page_tree(run, pages);
-                let v = RuleVal {
-                    slot: u32::from(child),
-                    flags: rule_flags::PAGE,
-                };
-                (run[0].0, v)
-            })
-            .collect()
-    };
-    pages[n] = PortPage::of(&items);
-    n as u16
-}
-
 fn v4m(a: Ipv4Addr) -> [u8; 16] {
     a.to_ipv6_mapped().octets()
-}
-
-fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = 0;
-    for c in b.chunks(2) {
-        s += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
 }
 
 /// An IPv4 header (IHL 5 unless `options` are given) and its payload.
@@ -450,7 +421,7 @@ fn ipv4_full(
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
     h.extend_from_slice(options);
-    let c = checksum(&h);
+    let c = checksum(&[&h]);
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h.extend_from_slice(payload);
     h
@@ -517,21 +488,24 @@ fn icmp(ty: u8, code: u8, id: u16, rest: &[u8]) -> Vec<u8> {
 }
 
 fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    eth(
+    raw_eth(
+        &[],
         0x0800,
         &ipv4(proto::TCP, src, dst, &tcp(sport, dport, flags)),
     )
 }
 
 fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    eth(
+    raw_eth(
+        &[],
         0x0800,
         &ipv4(proto::UDP, src, dst, &udp(sport, dport, b"hello")),
     )
 }
 
 fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, id: u16, rest: &[u8]) -> Vec<u8> {
-    eth(
+    raw_eth(
+        &[],
         0x0800,
         &ipv4(proto::ICMP, src, dst, &icmp(ty, code, id, rest)),
     )
@@ -548,13 +522,6 @@ fn key4(proto: u8, local: Ipv4Addr, lport: u16, remote: Ipv4Addr, rport: u16) ->
         local: v4m(local),
         remote: v4m(remote),
     }
-}
-
-fn arp() -> Vec<u8> {
-    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 192, 0, 2, 10]);
-    p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 51, 100, 1]);
-    eth(0x0806, &p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,16 +625,11 @@ fn c1_allowed_syn_creates_state_then_reply_and_handshake_pass_and_promote() {
     assert_eq!(f.packets, [2, 1]);
 
     // Data both ways keeps hitting SG_CT; the TC ingress hook sees the same flow.
-    dp.expect(
-        Prog::TcIn,
-        &tcp4(REMOTE, 40000, LOCAL, 22, ACK),
-        Reason::PassCtOriginal,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 22, REMOTE, 40000, ACK),
-        Reason::PassCtReply,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::TcIn, &tcp4(REMOTE, 40000, LOCAL, 22, ACK), Reason::PassCtOriginal),
+        (Prog::TcOut, &tcp4(LOCAL, 22, REMOTE, 40000, ACK), Reason::PassCtReply),
+    ]);
     // FIN: closing.
     dp.expect(
         Prog::TcOut,
@@ -690,32 +652,18 @@ fn e1_packet_no_rule_allows_is_dropped_with_drop_no_rule() {
     let mut dp = Dp::new();
     dp.standard();
     // Wrong port, unknown peer, egress TCP (only UDP 53 out): no rule.
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 40000, LOCAL, 23, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::TcIn,
-        &tcp4(STRANGER, 40000, LOCAL, 22, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 40000, REMOTE, 22, SYN),
-        Reason::DropNoRule,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 40000, LOCAL, 23, SYN), Reason::DropNoRule),
+        (Prog::TcIn, &tcp4(STRANGER, 40000, LOCAL, 22, SYN), Reason::DropNoRule),
+        (Prog::TcOut, &tcp4(LOCAL, 40000, REMOTE, 22, SYN), Reason::DropNoRule),
+    ]);
     // E2: egress rules are their own set: UDP 53 out passes, UDP 53 in does not.
-    dp.expect(
-        Prog::TcOut,
-        &udp4(LOCAL, 5353, REMOTE, 53),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &udp4(REMOTE, 5353, LOCAL, 53),
-        Reason::DropNoRule,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::TcOut, &udp4(LOCAL, 5353, REMOTE, 53), Reason::PassRuleNew),
+        (Prog::XdpIn, &udp4(REMOTE, 5353, LOCAL, 53), Reason::DropNoRule),
+    ]);
     assert_eq!(dp.rule_counter(SLOT_SSH).packets, 0, "drops charge no rule");
 }
 
@@ -741,8 +689,7 @@ fn e4_a_class_answers_from_the_segment_of_its_page_tree_that_holds_the_port() {
             (100 * i as u16, RuleVal { slot, flags: 0 })
         })
         .collect();
-    let mut pages = Vec::new();
-    page_tree(&segs, &mut pages);
+    let pages = page_tree(&segs);
     assert_eq!(
         pages.len(),
         1 + (1 + 16) + (1 + 3),
@@ -795,21 +742,12 @@ fn e4_a_class_answers_from_the_segment_of_its_page_tree_that_holds_the_port() {
         Reason::DropNoRule,
     );
     let with_b = Ipv4Addr::new(192, 0, 2, 22);
-    dp.expect(
-        Prog::XdpIn,
-        &udp4(with_b, 40998, LOCAL, 53),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(with_b, 40995, LOCAL, 150, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(with_b, 40994, LOCAL, 250, SYN),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &udp4(with_b, 40998, LOCAL, 53), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(with_b, 40995, LOCAL, 150, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(with_b, 40994, LOCAL, 250, SYN), Reason::PassRuleNew),
+    ]);
     assert_eq!(
         dp.rule_counter(77).packets,
         2,
@@ -873,21 +811,12 @@ fn e4_the_first_class_of_the_chain_with_an_entry_decides() {
     let other = Ipv4Addr::new(192, 0, 2, 12);
     let eleven = Ipv4Addr::new(192, 0, 2, 11);
     // The /24 chain: b answers 80 (over a's 80), a answers 22, nobody 23.
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(other, 40001, LOCAL, 80, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(other, 40002, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(other, 40003, LOCAL, 23, SYN),
-        Reason::DropNoRule,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(other, 40001, LOCAL, 80, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(other, 40002, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(other, 40003, LOCAL, 23, SYN), Reason::DropNoRule),
+    ]);
     assert_eq!(
         dp.rule_counter(SLOT_PING).packets,
         1,
@@ -913,21 +842,12 @@ fn e4_the_first_class_of_the_chain_with_an_entry_decides() {
     );
     assert_eq!(dp.rule_counter(SLOT_OUT_DNS).packets, 1);
     // After a 0 nothing is asked: b and a would allow 80 and 22, but the chain ended.
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(eleven, 40006, LOCAL, 80, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(eleven, 40007, LOCAL, 22, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &udp4(eleven, 40008, LOCAL, 9),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(eleven, 40006, LOCAL, 80, SYN), Reason::DropNoRule),
+        (Prog::XdpIn, &tcp4(eleven, 40007, LOCAL, 22, SYN), Reason::DropNoRule),
+        (Prog::XdpIn, &udp4(eleven, 40008, LOCAL, 9), Reason::PassRuleNew),
+    ]);
     // An empty chain (the IPv4 barrier the compiler writes) denies.
     dp.peer_chain(SCOPE_IN, v4m(Ipv4Addr::new(0, 0, 0, 0)), 96, [0; 4]);
     dp.expect(
@@ -940,16 +860,11 @@ fn e4_the_first_class_of_the_chain_with_an_entry_decides() {
 #[test]
 fn interface_without_policy_fails_closed_with_drop_no_policy() {
     let dp = Dp::new();
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 40000, LOCAL, 22, SYN),
-        Reason::DropNoPolicy,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &udp4(LOCAL, 5353, REMOTE, 53),
-        Reason::DropNoPolicy,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 40000, LOCAL, 22, SYN), Reason::DropNoPolicy),
+        (Prog::TcOut, &udp4(LOCAL, 5353, REMOTE, 53), Reason::DropNoPolicy),
+    ]);
 }
 
 #[test]
@@ -993,12 +908,11 @@ fn e7_the_active_generation_selects_the_interface_policy() {
         G1 | CLASS_WEB,
     );
     dp.port(G1 | CLASS_WEB, Some(proto::TCP), Some(23), 30, 0);
-    dp.expect(Prog::XdpIn, &syn, Reason::DropNoRule);
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 40060, LOCAL, 23, SYN),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &syn, Reason::DropNoRule),
+        (Prog::XdpIn, &tcp4(REMOTE, 40060, LOCAL, 23, SYN), Reason::PassRuleNew),
+    ]);
     // Back to generation 0: port 22 again.
     set_active(&mut dp, 0);
     dp.expect(Prog::XdpIn, &syn, Reason::PassRuleNew);
@@ -1008,7 +922,7 @@ fn e7_the_active_generation_selects_the_interface_policy() {
 fn n1_arp_passes_as_non_ip_on_every_hook() {
     let dp = Dp::new();
     for prog in [Prog::XdpIn, Prog::TcIn, Prog::TcOut] {
-        dp.expect(prog, &arp(), Reason::PassNonIp);
+        dp.expect(prog, &arp_request(REMOTE, LOCAL), Reason::PassNonIp);
     }
 }
 
@@ -1037,7 +951,8 @@ fn malformed_frames_drop_with_their_own_reason() {
         ver[14] = 0x65;
         dp.expect(prog, &ver, Reason::DropBadIp);
         // TCP header truncated inside the datagram: 10 bytes of TCP.
-        let short = eth(
+        let short = raw_eth(
+            &[],
             0x0800,
             &ipv4(proto::TCP, REMOTE, LOCAL, &tcp(40000, 22, SYN)[..10]),
         );
@@ -1047,10 +962,10 @@ fn malformed_frames_drop_with_their_own_reason() {
         doff[14 + 20 + 12] = 0x40;
         dp.expect(prog, &doff, Reason::DropBadL4);
         // UDP with 4 bytes.
-        let u = eth(0x0800, &ipv4(proto::UDP, REMOTE, LOCAL, &[0, 1, 0, 2]));
+        let u = raw_eth(&[], 0x0800, &ipv4(proto::UDP, REMOTE, LOCAL, &[0, 1, 0, 2]));
         dp.expect(prog, &u, Reason::DropBadL4);
         // A VLAN tag cut short.
-        dp.expect(prog, &eth(0x8100, &[0, 1]), Reason::DropBadEth);
+        dp.expect(prog, &raw_eth(&[], 0x8100, &[0, 1]), Reason::DropBadEth);
     }
     assert_eq!(
         dp.stat(ct_stat::NEW_INSERTS),
@@ -1064,7 +979,8 @@ fn ipv4_options_are_skipped_by_ihl() {
     let mut dp = Dp::new();
     dp.standard();
     // 8 bytes of options (NOPs): the TCP header starts at 14 + 28.
-    let f = eth(
+    let f = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(
             proto::TCP,
@@ -1090,13 +1006,25 @@ fn vlan_tags_two_are_parsed_a_third_drops() {
     let ip = ipv4(proto::TCP, REMOTE, LOCAL, &tcp(40002, 22, SYN));
     let mut one = vec![0, 5, 0x08, 0x00];
     one.extend_from_slice(&ip);
-    dp.expect(Prog::XdpIn, &eth(0x8100, &one), Reason::PassRuleNew);
+    dp.expect(
+        Prog::XdpIn,
+        &raw_eth(&[], 0x8100, &one),
+        Reason::PassRuleNew,
+    );
     let mut two = vec![0, 5, 0x81, 0x00, 0, 6, 0x08, 0x00];
     two.extend_from_slice(&ip);
-    dp.expect(Prog::TcIn, &eth(0x88a8, &two), Reason::PassCtOriginal);
+    dp.expect(
+        Prog::TcIn,
+        &raw_eth(&[], 0x88a8, &two),
+        Reason::PassCtOriginal,
+    );
     let mut three = vec![0, 5, 0x81, 0x00, 0, 6, 0x81, 0x00, 0, 7, 0x08, 0x00];
     three.extend_from_slice(&ip);
-    dp.expect(Prog::XdpIn, &eth(0x88a8, &three), Reason::DropVlanDepth);
+    dp.expect(
+        Prog::XdpIn,
+        &raw_eth(&[], 0x88a8, &three),
+        Reason::DropVlanDepth,
+    );
 }
 
 #[test]
@@ -1106,7 +1034,7 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     // hop-by-hop -> destination options -> TCP 22.
     let l4 = tcp(40003, 22, SYN);
     let chain = ext8(60, &ext8(proto::TCP, &l4));
-    let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &chain));
+    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &chain));
     dp.expect(Prog::XdpIn, &f, Reason::PassRuleNew);
     let key = FlowKey {
         ifindex: LO,
@@ -1123,7 +1051,8 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     );
     dp.expect(
         Prog::TcOut,
-        &eth(
+        &raw_eth(
+            &[],
             0x86dd,
             &ipv6(proto::TCP, LOCAL6, REMOTE6, &tcp(22, 40003, SYN | ACK)),
         ),
@@ -1135,9 +1064,12 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     hbh.extend_from_slice(&[1, 4, 0, 0, 0, 0]);
     hbh.extend_from_slice(&[0; 320]);
     hbh.extend_from_slice(&tcp(40006, 22, SYN));
-    let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &hbh));
-    dp.expect(Prog::XdpIn, &f, Reason::PassRuleNew);
-    dp.expect(Prog::TcIn, &f, Reason::PassCtOriginal);
+    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &hbh));
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &f, Reason::PassRuleNew),
+        (Prog::TcIn, &f, Reason::PassCtOriginal),
+    ]);
 
     // Nine extension headers: more than sg walks.
     let mut chain = tcp(40004, 22, SYN);
@@ -1145,15 +1077,16 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     for _ in 0..8 {
         chain = ext8(60, &chain);
     }
-    let f = eth(0x86dd, &ipv6(60, REMOTE6, LOCAL6, &chain));
+    let f = raw_eth(&[], 0x86dd, &ipv6(60, REMOTE6, LOCAL6, &chain));
     dp.expect(Prog::XdpIn, &f, Reason::DropBadExtHdr);
     // An extension header longer than the datagram.
     let mut bad = ext8(proto::TCP, &[]);
     bad[1] = 3; // 32 bytes claimed, 8 present
-    let f = eth(0x86dd, &ipv6(0, REMOTE6, LOCAL6, &bad));
+    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &bad));
     dp.expect(Prog::TcIn, &f, Reason::DropBadExtHdr);
     // Payload length beyond the frame.
-    let mut f = eth(
+    let mut f = raw_eth(
+        &[],
         0x86dd,
         &ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40005, 22, SYN)),
     );
@@ -1215,8 +1148,11 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
     let quoted = ipv4(proto::TCP, LOCAL, REMOTE, &tcp(22, 40010, ACK));
     let router = Ipv4Addr::new(198, 51, 100, 254);
     let frag_needed = icmp4(router, LOCAL, 3, 4, 0, &quoted[..28]);
-    dp.expect(Prog::XdpIn, &frag_needed, Reason::PassRelated);
-    dp.expect(Prog::TcIn, &frag_needed, Reason::PassRelated);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &frag_needed, Reason::PassRelated),
+        (Prog::TcIn, &frag_needed, Reason::PassRelated),
+    ]);
     // Time exceeded quoting the same flow.
     dp.expect(
         Prog::XdpIn,
@@ -1246,7 +1182,8 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
     // ICMPv6 packet too big (2) for an IPv6 flow.
     dp.expect(
         Prog::XdpIn,
-        &eth(
+        &raw_eth(
+            &[],
             0x86dd,
             &ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40012, 22, SYN)),
         ),
@@ -1254,7 +1191,8 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
     );
     let quoted6 = ipv6(proto::TCP, LOCAL6, REMOTE6, &tcp(22, 40012, ACK));
     let router6 = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
-    let ptb = eth(
+    let ptb = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             proto::ICMPV6,
@@ -1269,26 +1207,30 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
 #[test]
 fn n1_n2_neighbour_discovery_and_dhcp_client_traffic_are_exempt() {
     let dp = Dp::new(); // no policy at all: exemptions come first
-    let ns = eth(
+    let ns = raw_eth(
+        &[],
         0x86dd,
         &ipv6(proto::ICMPV6, REMOTE6, LOCAL6, &icmp(135, 0, 0, &[0; 16])),
     );
-    dp.expect(Prog::XdpIn, &ns, Reason::PassNdp);
-    dp.expect(Prog::TcOut, &ns, Reason::PassNdp);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &ns, Reason::PassNdp),
+        (Prog::TcOut, &ns, Reason::PassNdp),
+    ]);
     let server = Ipv4Addr::new(192, 0, 2, 1);
-    dp.expect(Prog::XdpIn, &udp4(server, 67, LOCAL, 68), Reason::PassDhcp);
-    dp.expect(
-        Prog::TcOut,
-        &udp4(Ipv4Addr::UNSPECIFIED, 68, Ipv4Addr::BROADCAST, 67),
-        Reason::PassDhcp,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &udp4(server, 67, LOCAL, 68), Reason::PassDhcp),
+        (Prog::TcOut, &udp4(Ipv4Addr::UNSPECIFIED, 68, Ipv4Addr::BROADCAST, 67), Reason::PassDhcp),
+    ]);
     // The wrong way round is not the client's exchange.
     dp.expect(
         Prog::XdpIn,
         &udp4(server, 68, LOCAL, 67),
         Reason::DropNoPolicy,
     );
-    let v6 = eth(
+    let v6 = raw_eth(
+        &[],
         0x86dd,
         &ipv6(proto::UDP, REMOTE6, LOCAL6, &udp(547, 546, b"x")),
     );
@@ -1302,17 +1244,22 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     const MF: u16 = 0x2000;
     // UDP to 5000 (allowed), in two fragments: 8 bytes of UDP header + 16 of data, then the rest.
     let body = udp(40020, 5000, &[7; 40]);
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, MF, &[], &body[..24]),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, 3, &[], &body[24..]),
     );
-    dp.expect(Prog::XdpIn, &later, Reason::DropFragOrphan);
-    dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
-    dp.expect(Prog::XdpIn, &later, Reason::PassFragment);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &later, Reason::DropFragOrphan),
+        (Prog::XdpIn, &first, Reason::PassRuleNew),
+        (Prog::XdpIn, &later, Reason::PassFragment),
+    ]);
     assert_eq!(
         dp.flow(maps::CT_NEW, &key4(proto::UDP, LOCAL, 5000, REMOTE, 40020))
             .unwrap()
@@ -1322,7 +1269,8 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     );
     assert_eq!(dp.rule_counter(SLOT_UDP).packets, 2);
     // Same datagram id seen on the other hook's direction: no record there.
-    let out_later = eth(
+    let out_later = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, 3, &[], &body[24..]),
     );
@@ -1330,25 +1278,32 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
 
     // A denied first fragment denies the rest.
     let body = udp(40021, 6000, &[7; 40]);
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1235, MF, &[], &body[..24]),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1235, 3, &[], &body[24..]),
     );
-    dp.expect(Prog::XdpIn, &first, Reason::DropNoRule);
-    dp.expect(Prog::TcIn, &later, Reason::DropFragDenied);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &first, Reason::DropNoRule),
+        (Prog::TcIn, &later, Reason::DropFragDenied),
+    ]);
 
     // A TCP fragment at offset 8 would rewrite the TCP header: dropped.
-    let overlap = eth(
+    let overlap = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(proto::TCP, REMOTE, LOCAL, 0x1236, 1, &[], &[0; 16]),
     );
     dp.expect(Prog::XdpIn, &overlap, Reason::DropBadFragment);
     // A first fragment too short for the TCP header.
-    let tiny = eth(
+    let tiny = raw_eth(
+        &[],
         0x0800,
         &ipv4_full(
             proto::TCP,
@@ -1370,7 +1325,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
     dp.standard();
     let body = udp(40023, 5000, &[7; 40]);
     // UDP right after the fragment header.
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1379,7 +1335,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(proto::UDP, 0, true, 0xabcd, &body[..24]),
         ),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1388,16 +1345,20 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(proto::UDP, 3, false, 0xabcd, &body[24..]),
         ),
     );
-    dp.expect(Prog::XdpIn, &later, Reason::DropFragOrphan);
-    dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
-    dp.expect(Prog::XdpIn, &later, Reason::PassFragment);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &later, Reason::DropFragOrphan),
+        (Prog::XdpIn, &first, Reason::PassRuleNew),
+        (Prog::XdpIn, &later, Reason::PassFragment),
+    ]);
     // Destination options inside the fragmentable part: the first fragment's transport is
     // UDP, the later fragment only says "destination options"; both key on the latter, and
     // since where the transport header ends is not recorded for such datagrams, their later
     // fragments are refused (G1, fail closed: they could overlap it).
     let mut part = ext8(proto::UDP, &[]);
     part.extend_from_slice(&udp(40024, 5000, &[7; 40]));
-    let first = eth(
+    let first = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1406,7 +1367,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(60, 0, true, 0xabce, &part[..32]),
         ),
     );
-    let later = eth(
+    let later = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1415,10 +1377,14 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
             &frag6(60, 4, false, 0xabce, &part[32..]),
         ),
     );
-    dp.expect(Prog::XdpIn, &first, Reason::PassRuleNew);
-    dp.expect(Prog::TcIn, &later, Reason::DropBadFragment);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &first, Reason::PassRuleNew),
+        (Prog::TcIn, &later, Reason::DropBadFragment),
+    ]);
     // An atomic fragment (offset 0, no more fragments) is a normal packet.
-    let atomic = eth(
+    let atomic = raw_eth(
+        &[],
         0x86dd,
         &ipv6(
             44,
@@ -1469,8 +1435,11 @@ fn c5_udp_stream_is_promoted_after_two_packets_each_way() {
         dp.flow(maps::CT_NEW, &key).unwrap().state,
         ct_state::REPLIED
     );
-    dp.expect(Prog::XdpIn, &q, Reason::PassCtOriginal);
-    dp.expect(Prog::TcOut, &r, Reason::PassCtReply);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &q, Reason::PassCtOriginal),
+        (Prog::TcOut, &r, Reason::PassCtReply),
+    ]);
     assert!(dp.flow(maps::CT_NEW, &key).is_none());
     let f = dp.flow(maps::CT, &key).expect("a UDP stream is confirmed");
     assert_eq!((f.state, f.packets), (ct_state::ESTABLISHED, [2, 2]));
@@ -1527,21 +1496,12 @@ fn c6_full_conntrack_table_drops_new_flows_and_counts_exceeded() {
         l.map_max_entries(maps::CT_NEW, 2);
     });
     dp.standard();
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 1, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 2, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 3, LOCAL, 22, SYN),
-        Reason::DropCtFull,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 1, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(REMOTE, 2, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::XdpIn, &tcp4(REMOTE, 3, LOCAL, 22, SYN), Reason::DropCtFull),
+    ]);
     assert_eq!(dp.stat(ct_stat::EXCEEDED), 1);
     // Existing flows are unaffected.
     dp.expect(
@@ -1574,21 +1534,12 @@ fn events_report_drops_and_new_flows_when_enabled() {
         )
         .unwrap();
     }
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(STRANGER, 2, LOCAL, 22, SYN),
-        Reason::DropNoRule,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 3, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 22, REMOTE, 3, SYN | ACK),
-        Reason::PassCtReply,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(STRANGER, 2, LOCAL, 22, SYN), Reason::DropNoRule),
+        (Prog::XdpIn, &tcp4(REMOTE, 3, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::TcOut, &tcp4(LOCAL, 22, REMOTE, 3, SYN | ACK), Reason::PassCtReply),
+    ]);
     let mut rb = RingBuf::try_from(dp.map_mut(maps::EVENTS)).unwrap();
     let mut events = Vec::new();
     while let Some(item) = rb.next() {
@@ -1637,26 +1588,13 @@ fn test_run_speed_per_packet() {
         rule_flags::UNTRACKED,
     );
     // An established flow (in SG_CT) and a half-open one (in SG_CT_NEW, looked up second).
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 9, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
-    dp.expect(
-        Prog::TcOut,
-        &tcp4(LOCAL, 22, REMOTE, 9, SYN | ACK),
-        Reason::PassCtReply,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 9, LOCAL, 22, ACK),
-        Reason::PassCtOriginal,
-    );
-    dp.expect(
-        Prog::XdpIn,
-        &tcp4(REMOTE, 10, LOCAL, 22, SYN),
-        Reason::PassRuleNew,
-    );
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &tcp4(REMOTE, 9, LOCAL, 22, SYN), Reason::PassRuleNew),
+        (Prog::TcOut, &tcp4(LOCAL, 22, REMOTE, 9, SYN | ACK), Reason::PassCtReply),
+        (Prog::XdpIn, &tcp4(REMOTE, 9, LOCAL, 22, ACK), Reason::PassCtOriginal),
+        (Prog::XdpIn, &tcp4(REMOTE, 10, LOCAL, 22, SYN), Reason::PassRuleNew),
+    ]);
     const N: u32 = 200_000;
     let cases = [
         (
@@ -1698,7 +1636,7 @@ fn test_run_speed_per_packet() {
         (
             "sg_xdp_in non-IP (ARP)",
             Prog::XdpIn,
-            arp(),
+            arp_request(REMOTE, LOCAL),
             Reason::PassNonIp,
         ),
     ];

@@ -18,15 +18,14 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, CtStats, CtTable, Dataplane, Hook, LoadOptions};
-use sg_agent::image::{MapImage, SlotTable};
+use sg_agent::image::MapImage;
 use sg_agent::model::Model;
 use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::{Direction, Policy};
 use sg_common::Reason;
-use sg_testkit::dataplane_harness::in_netns;
+use sg_testkit::dataplane_harness::{compile_for, in_netns};
 
 const HOST: &str = "192.0.2.10";
 const HOST6: &str = "2001:db8::10";
@@ -85,16 +84,8 @@ impl Rig {
         })
         .unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"));
         let bindings = BTreeMap::from([("web".to_string(), dev)]);
-        let image = compile(
-            &policy,
-            &bindings,
-            &SlotTable::default(),
-            &CompileOptions {
-                generation: dp.next_generation(),
-                slot_capacity: caps.rule_slots,
-            },
-        )
-        .unwrap_or_else(|e| panic!("compiling: {e}"));
+        let image =
+            compile_for(&dp, &policy, &bindings).unwrap_or_else(|e| panic!("compiling: {e:#}"));
         dp.apply(&image)
             .unwrap_or_else(|e| panic!("applying: {e:#}"));
         let model = Model::new(policy).with_capacity(CT as usize, CT_NEW as usize);
@@ -181,6 +172,16 @@ fn spoofed(i: u32) -> (IpAddr, u16) {
     }
 }
 
+/// The query of established UDP flow `i` (198.51.100.200 + i, port 30000 + i, to 5353).
+fn established_udp(i: u16) -> Packet {
+    Packet::udp(
+        a(&format!("198.51.100.{}", 200 + i)),
+        a(HOST),
+        30000 + i,
+        5353,
+    )
+}
+
 /// A full TCP handshake through the programs: SYN in, SYN-ACK out, ACK in.
 fn handshake(r: &mut Rig, c: IpAddr, sport: u16, ingress: Hook) -> [Reason; 3] {
     let h = host_for(c);
@@ -218,12 +219,7 @@ fn c6_flood_fills_ct_new_established_flows_all_survive_and_exceeded_counts() {
             );
         }
         for i in 0..ESTABLISHED_UDP {
-            let q = Packet::udp(
-                a(&format!("198.51.100.{}", 200 + i)),
-                a(HOST),
-                30000 + i,
-                5353,
-            );
+            let q = established_udp(i);
             for _ in 0..2 {
                 r.send(ingress(i), &q);
                 r.send(Hook::TcOut, &q.reply());
@@ -320,12 +316,7 @@ fn c6_flood_fills_ct_new_established_flows_all_survive_and_exceeded_counts() {
                 .count();
         }
         for i in 0..ESTABLISHED_UDP {
-            let q = Packet::udp(
-                a(&format!("198.51.100.{}", 200 + i)),
-                a(HOST),
-                30000 + i,
-                5353,
-            );
+            let q = established_udp(i);
             total += 2;
             survived += usize::from(r.send(Hook::TcIn, &q) == Reason::PassCtOriginal);
             survived += usize::from(r.send(Hook::TcOut, &q.reply()) == Reason::PassCtReply);

@@ -32,10 +32,6 @@ const SERVER6: &str = "2001:db8:2::1";
 const ROUTER: &str = "203.0.113.254";
 const ROUTER6: &str = "2001:db8:ff::1";
 
-fn a(s: &str) -> std::net::IpAddr {
-    addr(s)
-}
-
 /// `web` (lo): ssh in from a /24, https/dns/ping out. `db` (veth a): mysql from sg-web.
 /// Rule numbers (builder order) are what the rows cite.
 fn policy() -> Policy {
@@ -149,134 +145,37 @@ impl Forger {
 }
 
 fn tcp_pkt(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Packet {
-    Packet::tcp(a(src), a(dst), sport, dport, flags)
+    Packet::tcp(addr(src), addr(dst), sport, dport, flags)
 }
 
 /// Real flows on both interfaces, each complete both ways.
+#[rustfmt::skip]
 fn establish(t: &mut Table, net: Net) -> Flows {
     let web = net.lo;
     let https = tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::SYN);
-    t.row(
-        "setup: https out",
-        TcOut,
-        web,
-        &https.to_frame(),
-        PassRuleNew,
-        Some(2),
-    );
-    t.row(
-        "setup: its SYN-ACK",
-        XdpIn,
-        web,
-        &https.reply().to_frame(),
-        PassCtReply,
-        Some(2),
-    );
-    t.row(
-        "setup: handshake ACK",
-        TcOut,
-        web,
-        &tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::ACK).to_frame(),
-        PassCtOriginal,
-        Some(2),
-    );
-    let dns = Packet::udp(a(WEB), a(DNS), 33000, 53);
-    t.row(
-        "setup: dns query",
-        TcOut,
-        web,
-        &dns.to_frame(),
-        PassRuleNew,
-        Some(3),
-    );
-    t.row(
-        "setup: dns answer",
-        TcIn,
-        web,
-        &dns.reply().to_frame(),
-        PassCtReply,
-        Some(3),
-    );
-    let ping = Packet::echo_request(a(WEB), a(SERVER), 77, 1);
-    t.row(
-        "setup: ping out",
-        TcOut,
-        web,
-        &ping.to_frame(),
-        PassRuleNew,
-        Some(4),
-    );
-    t.row(
-        "setup: echo reply",
-        XdpIn,
-        web,
-        &ping.reply().to_frame(),
-        PassCtReply,
-        Some(4),
-    );
+    t.row("setup: https out", TcOut, web, &https.to_frame(), PassRuleNew, Some(2));
+    t.row("setup: its SYN-ACK", XdpIn, web, &https.reply().to_frame(), PassCtReply, Some(2));
+    t.row("setup: handshake ACK", TcOut, web, &tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::ACK).to_frame(), PassCtOriginal, Some(2));
+    let dns = Packet::udp(addr(WEB), addr(DNS), 33000, 53);
+    t.row("setup: dns query", TcOut, web, &dns.to_frame(), PassRuleNew, Some(3));
+    t.row("setup: dns answer", TcIn, web, &dns.reply().to_frame(), PassCtReply, Some(3));
+    let ping = Packet::echo_request(addr(WEB), addr(SERVER), 77, 1);
+    t.row("setup: ping out", TcOut, web, &ping.to_frame(), PassRuleNew, Some(4));
+    t.row("setup: echo reply", XdpIn, web, &ping.reply().to_frame(), PassCtReply, Some(4));
     let ssh = tcp_pkt(PEER, WEB, 50000, 22, tcp_flags::SYN);
-    t.row(
-        "setup: ssh in",
-        XdpIn,
-        web,
-        &ssh.to_frame(),
-        PassRuleNew,
-        Some(1),
-    );
-    t.row(
-        "setup: ssh SYN-ACK",
-        TcOut,
-        web,
-        &ssh.reply().to_frame(),
-        PassCtReply,
-        Some(1),
-    );
+    t.row("setup: ssh in", XdpIn, web, &ssh.to_frame(), PassRuleNew, Some(1));
+    t.row("setup: ssh SYN-ACK", TcOut, web, &ssh.reply().to_frame(), PassCtReply, Some(1));
     let mysql = tcp_pkt(WEB, DB, 41000, 3306, tcp_flags::SYN);
-    t.row(
-        "setup: mysql in on db",
-        TcIn,
-        net.a,
-        &mysql.to_frame(),
-        PassRuleNew,
-        Some(6),
-    );
-    t.row(
-        "setup: mysql SYN-ACK out of db",
-        TcOut,
-        net.a,
-        &mysql.reply().to_frame(),
-        PassCtReply,
-        Some(6),
-    );
-    let https6 = Packet::syn(a(WEB6), a(SERVER6), 40100, 443);
-    t.row(
-        "setup: https over IPv6",
-        TcOut,
-        web,
-        &https6.to_frame(),
-        PassRuleNew,
-        Some(5),
-    );
-    t.row(
-        "setup: its SYN-ACK",
-        TcIn,
-        web,
-        &https6.reply().to_frame(),
-        PassCtReply,
-        Some(5),
-    );
+    t.row("setup: mysql in on db", TcIn, net.a, &mysql.to_frame(), PassRuleNew, Some(6));
+    t.row("setup: mysql SYN-ACK out of db", TcOut, net.a, &mysql.reply().to_frame(), PassCtReply, Some(6));
+    let https6 = Packet::syn(addr(WEB6), addr(SERVER6), 40100, 443);
+    t.row("setup: https over IPv6", TcOut, web, &https6.to_frame(), PassRuleNew, Some(5));
+    t.row("setup: its SYN-ACK", TcIn, web, &https6.reply().to_frame(), PassCtReply, Some(5));
     // A fragmented datagram out (G1): its first fragment's verdict is recorded.
-    let frag_first = Packet::udp(a(WEB), a(DNS), 33001, 53)
+    let frag_first = Packet::udp(addr(WEB), addr(DNS), 33001, 53)
         .with_payload(1400)
         .with_frag(Frag::first(0x4242));
-    t.row(
-        "setup: a fragmented dns query out",
-        TcOut,
-        web,
-        &frag_first.to_frame(),
-        PassRuleNew,
-        Some(3),
-    );
+    t.row("setup: a fragmented dns query out", TcOut, web, &frag_first.to_frame(), PassRuleNew, Some(3));
     Flows {
         https,
         dns,
@@ -323,31 +222,31 @@ fn forged_replies_errors_and_fragments_are_dropped_and_create_or_refresh_no_stat
             g.forged(&format!("C1: {name} out for an inbound flow that does not exist"), TcOut, web, &tcp_pkt(WEB, PEER, 22, 50001, flags), DropNoRule);
             g.forged(&format!("C1: {name} out to the ssh peer from another local port"), TcOut, web, &tcp_pkt(WEB, PEER, 23, 50000, flags), DropNoRule);
         }
-        g.forged_in("C1/IPv6: an ACK reusing the IPv6 https flow's ports from another server", web, &Packet::tcp(a("2001:db8:3::1"), a(WEB6), 443, 40100, tcp_flags::ACK), DropNoRule);
-        g.forged_in("C1/IPv6: ... from another local address", web, &Packet::tcp(a(SERVER6), a("2001:db8::11"), 443, 40100, tcp_flags::ACK), DropNoRule);
+        g.forged_in("C1/IPv6: an ACK reusing the IPv6 https flow's ports from another server", web, &Packet::tcp(addr("2001:db8:3::1"), addr(WEB6), 443, 40100, tcp_flags::ACK), DropNoRule);
+        g.forged_in("C1/IPv6: ... from another local address", web, &Packet::tcp(addr(SERVER6), addr("2001:db8::11"), 443, 40100, tcp_flags::ACK), DropNoRule);
 
         // UDP from a server port to an ephemeral port, with no query.
-        g.forged_in("C2: UDP from port 53 to a port that asked nothing", web, &Packet::udp(a(DNS), a(WEB), 53, 33333), DropNoRule);
-        g.forged_in("C2: UDP from another resolver to the query's port", web, &Packet::udp(a(OTHER_SERVER), a(WEB), 53, 33000), DropNoRule);
-        g.forged_in("C2: UDP from the resolver's other port", web, &Packet::udp(a(DNS), a(WEB), 5353, 33000), DropNoRule);
+        g.forged_in("C2: UDP from port 53 to a port that asked nothing", web, &Packet::udp(addr(DNS), addr(WEB), 53, 33333), DropNoRule);
+        g.forged_in("C2: UDP from another resolver to the query's port", web, &Packet::udp(addr(OTHER_SERVER), addr(WEB), 53, 33000), DropNoRule);
+        g.forged_in("C2: UDP from the resolver's other port", web, &Packet::udp(addr(DNS), addr(WEB), 5353, 33000), DropNoRule);
 
         // Echo replies without requests; echo roles (C2).
-        g.forged_in("C2: an echo reply with an id nobody used", web, &Packet::echo_request(a(WEB), a(SERVER), 78, 1).reply(), DropNoRule);
-        g.forged_in("C2: an echo reply with the ping's id from another address", web, &Packet::echo_request(a(WEB), a(OTHER_SERVER), 77, 1).reply(), DropNoRule);
-        g.forged_in("C2: an echo REQUEST from the pinged host with the ping's id (roles)", web, &Packet::echo_request(a(SERVER), a(WEB), 77, 1), DropNoRule);
-        g.forged("C2: the host's echo reply to its own ping's id (roles)", TcOut, web, &Packet::echo_request(a(SERVER), a(WEB), 77, 1).reply(), DropNoRule);
+        g.forged_in("C2: an echo reply with an id nobody used", web, &Packet::echo_request(addr(WEB), addr(SERVER), 78, 1).reply(), DropNoRule);
+        g.forged_in("C2: an echo reply with the ping's id from another address", web, &Packet::echo_request(addr(WEB), addr(OTHER_SERVER), 77, 1).reply(), DropNoRule);
+        g.forged_in("C2: an echo REQUEST from the pinged host with the ping's id (roles)", web, &Packet::echo_request(addr(SERVER), addr(WEB), 77, 1), DropNoRule);
+        g.forged("C2: the host's echo reply to its own ping's id (roles)", TcOut, web, &Packet::echo_request(addr(SERVER), addr(WEB), 77, 1).reply(), DropNoRule);
 
         // ICMP errors (I2) quoting no flow, another peer's or another interface's flow.
-        let err = |p: &Packet, ty, code| p.error_reply(a(ROUTER), ty, code);
+        let err = |p: &Packet, ty, code| p.error_reply(addr(ROUTER), ty, code);
         g.forged_in("I2: an error quoting a flow that does not exist", web, &err(&tcp_pkt(WEB, SERVER, 40001, 443, tcp_flags::ACK), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED), DropNoRule);
         g.forged_in("I2: an error quoting the https flow with another server", web, &err(&tcp_pkt(WEB, OTHER_SERVER, 40000, 443, tcp_flags::ACK), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED), DropNoRule);
         g.forged_in("I2: an error quoting the https flow with another local port", web, &err(&tcp_pkt(WEB, SERVER, 40002, 443, tcp_flags::ACK), icmp::V4_TIME_EXCEEDED, 0), DropNoRule);
         g.forged_in("I2: an error quoting the dns flow reversed (as if it came in)", web, &err(&f.dns.reply(), icmp::V4_DEST_UNREACH, 3), DropNoRule);
         g.forged_in("I2: an error quoting db's mysql flow, arriving on web", web, &err(&f.mysql.reply(), icmp::V4_DEST_UNREACH, 1), DropNoRule);
         g.forged_in("I2: an error quoting web's https flow, arriving on db", db, &err(&f.https, icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED), DropNoRule);
-        g.forged_in("I2: an error quoting the ping with another id", web, &err(&Packet::echo_request(a(WEB), a(SERVER), 78, 1), icmp::V4_TIME_EXCEEDED, 0), DropNoRule);
-        g.forged_in("I2: ICMPv6 too big quoting the IPv6 flow with another server", web, &Packet::syn(a(WEB6), a("2001:db8:3::1"), 40100, 443).error_reply(a(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0), DropNoRule);
-        g.forged("I2: an error leaving web about db's flow", TcOut, web, &f.mysql.error_reply(a(WEB), icmp::V4_DEST_UNREACH, 3), DropNoRule);
+        g.forged_in("I2: an error quoting the ping with another id", web, &err(&Packet::echo_request(addr(WEB), addr(SERVER), 78, 1), icmp::V4_TIME_EXCEEDED, 0), DropNoRule);
+        g.forged_in("I2: ICMPv6 too big quoting the IPv6 flow with another server", web, &Packet::syn(addr(WEB6), addr("2001:db8:3::1"), 40100, 443).error_reply(addr(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0), DropNoRule);
+        g.forged("I2: an error leaving web about db's flow", TcOut, web, &f.mysql.error_reply(addr(WEB), icmp::V4_DEST_UNREACH, 3), DropNoRule);
 
         // Replies arriving on another interface than the flow's (FlowKey holds the ifindex).
         g.forged_in("C1: the https server's reply arriving on db", db, &f.https.reply(), DropNoRule);
@@ -358,7 +257,7 @@ fn forged_replies_errors_and_fragments_are_dropped_and_create_or_refresh_no_stat
         g.forged_in("C1: the IPv6 https reply on an interface without policy", net.b, &f.https6.reply(), DropNoPolicy);
 
         // Later fragments (G1) pretending to belong to the recorded datagram.
-        let later = |src: &str, dst: &str, id| Packet::udp(a(src), a(dst), 33001, 53).with_payload(64).with_frag(Frag::later(id, 1408, false));
+        let later = |src: &str, dst: &str, id| Packet::udp(addr(src), addr(dst), 33001, 53).with_payload(64).with_frag(Frag::later(id, 1408, false));
         g.forged("G1: a later fragment of the recorded datagram from another source", TcOut, web, &later(DB, DNS, 0x4242), DropFragOrphan);
         g.forged("G1: ... to another destination", TcOut, web, &later(WEB, SERVER, 0x4242), DropFragOrphan);
         g.forged("G1: ... with another IP id", TcOut, web, &later(WEB, DNS, 0x4243), DropFragOrphan);
@@ -383,7 +282,7 @@ fn forged_replies_errors_and_fragments_are_dropped_and_create_or_refresh_no_stat
 
 /// An IPv4 address as the IPv4-mapped IPv6 address `::ffff:a.b.c.d`.
 fn mapped(s: &str) -> std::net::IpAddr {
-    match a(s) {
+    match addr(s) {
         std::net::IpAddr::V4(v4) => std::net::IpAddr::V6(v4.to_ipv6_mapped()),
         v6 => v6,
     }
@@ -407,7 +306,7 @@ fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
         let dns = Packet::udp(mapped(DNS), mapped(WEB), 53, 33000);
         g.forged_in("IPv6 UDP from ::ffff:<resolver> to the dns flow's ports", web, &dns, DropBadIp);
         let err = Packet::tcp(mapped(WEB), mapped(SERVER), 40000, 443, tcp_flags::ACK)
-            .error_reply(a(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0);
+            .error_reply(addr(ROUTER6), icmp::V6_PACKET_TOO_BIG, 0);
         g.forged_in("ICMPv6 too big quoting the https flow with mapped addresses", web, &err, DropBadIp);
         let _ = f;
         let Forger { t, changed, .. } = g;
@@ -432,14 +331,14 @@ fn g1_later_fragment_overlapping_a_transport_behind_an_extension_header_is_dropp
         let mut t = Table::new("g1-overlap", net, policy(), &[("web", net.lo)]);
         let web = net.lo;
         let (src, dst) = ("2001:db8:1::7", WEB6);
-        let first = g1_first_fragment_with_dest_opts(a(src), a(dst), 0x77);
+        let first = g1_first_fragment_with_dest_opts(addr(src), addr(dst), 0x77);
         t.row("G1: a first fragment: frag(next 60) / dest opts(next 6) / TCP SYN to 22", XdpIn, web, &first, PassRuleNew, Some(7));
         // offset 8 of the fragmentable part: the TCP header's bytes 0..20 sit at 8..28.
-        let overlap = g1_later_fragment(a(src), a(dst), 0x77, 8);
+        let overlap = g1_later_fragment(addr(src), addr(dst), 0x77, 8);
         t.row_in("G1: a later fragment at offset 8 rewrites the TCP header", web, &overlap, DropBadFragment, None);
         // Where the transport ends behind extension headers is not recorded: every later
         // fragment of such a datagram is refused (fail closed, design.md G1).
-        let beyond = g1_later_fragment(a(src), a(dst), 0x77, 32);
+        let beyond = g1_later_fragment(addr(src), addr(dst), 0x77, 32);
         t.row_in("G1: ... and so is one past it (fail closed)", web, &beyond, DropBadFragment, None);
         t.finish();
     });
@@ -543,8 +442,8 @@ fn i2_error_about_a_real_flow_to_another_local_address_passes_without_state() {
         let web = net.lo;
         let https = tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::SYN);
         t.row("setup: https out", TcOut, web, &https.to_frame(), PassRuleNew, Some(2));
-        let mut err = https.error_reply(a(ROUTER), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED);
-        err.dst = a("192.0.2.99");
+        let mut err = https.error_reply(addr(ROUTER), icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED);
+        err.dst = addr("192.0.2.99");
         let before = memory(&t.dp);
         t.row("I2 (contract): the quote matches, the outer destination is not checked", XdpIn, web, &err.to_frame(), PassRelated, Some(2));
         assert!(memory(&t.dp) == before, "a related error changed memory");

@@ -23,65 +23,18 @@ use std::collections::BTreeSet;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use sg_agent::model::build::*;
-use sg_agent::policy::{Policy, Protocol};
+use sg_agent::policy::Policy;
 use sg_common::Reason;
-use sg_testkit::dataplane_harness::in_netns;
+use sg_testkit::dataplane_harness::{self, compile_for, in_netns};
 use sg_testkit::random::fuzz::{PacketFuzz, PacketFuzzConfig, PacketFuzzReport};
 use sg_testkit::random::{PolicyShape, describe, policy_with};
 
 /// Hand-written policies covering every rule kind, plus small random ones (from the seed).
 fn policies(seed: u64) -> Vec<(String, Policy)> {
-    let mut out = vec![
-        (
-            "mixed".to_string(),
-            PolicyBuilder::new()
-                .ingress("sg-a", tcp(22), cidr("198.51.100.0/24"))
-                .ingress("sg-a", tcp_range(0, 65535), cidr("198.51.100.128/25"))
-                .ingress("sg-a", udp_range(1000, 2000), cidr("2001:db8:1::/48"))
-                .ingress("sg-a", icmp_type(8), cidr("0.0.0.0/0"))
-                .ingress("sg-a", icmpv6_all(), cidr("2001:db8::/32"))
-                .egress("sg-a", udp(53), cidr("0.0.0.0/0"))
-                .egress("sg-a", tcp(443), cidr("::/0"))
-                .ingress("sg-a", Protocol::Number(132), sg("sg-a"))
-                .ingress("sg-b", all(), sg("sg-a"))
-                .egress("sg-b", all(), cidr("203.0.113.0/24"))
-                .iface("web", &["192.0.2.10", "2001:db8::10"], &["sg-a"])
-                .iface("db", &["192.0.2.11"], &["sg-a", "sg-b"])
-                .iface("lb", &["192.0.2.12", "2001:db8::12"], &["sg-b"])
-                .build(),
-        ),
-        (
-            "untracked".to_string(),
-            PolicyBuilder::new()
-                .ingress("sg-w", tcp_range(0, 1024), cidr("0.0.0.0/0"))
-                .ingress("sg-w", tcp(22), cidr("198.51.100.0/24"))
-                .ingress("sg-w", udp(53), cidr("::/0"))
-                .egress("sg-w", all(), cidr("0.0.0.0/0"))
-                .egress("sg-w", udp_range(0, 65535), cidr("::/0"))
-                .ingress("sg-w", icmp_all(), cidr("0.0.0.0/0"))
-                .iface("web", &["192.0.2.10", "2001:db8::10"], &["sg-w"])
-                .build(),
-        ),
-        (
-            "prefix-lists".to_string(),
-            PolicyBuilder::new()
-                .prefix_list(
-                    "pl-1",
-                    &["198.51.100.0/25", "198.51.100.192/26", "203.0.113.7/32"],
-                )
-                .prefix_list("pl-6", &["2001:db8:1::/64", "2001:db8:1:0:8000::/65"])
-                .ingress("sg-p", tcp_range(1000, 1999), pl("pl-1"))
-                .ingress("sg-p", tcp(1500), cidr("198.51.100.0/24"))
-                .ingress("sg-p", udp(53), pl("pl-6"))
-                .ingress("sg-p", icmpv6_type(128), pl("pl-6"))
-                .egress("sg-p", tcp_range(0, 65535), pl("pl-1"))
-                .egress("sg-p", all(), sg("sg-p"))
-                .egress("sg-p", Protocol::Number(47), cidr("0.0.0.0/0"))
-                .iface("a", &["192.0.2.10", "2001:db8::10"], &["sg-p"])
-                .iface("b", &["192.0.2.20", "2001:db8::20"], &["sg-p"])
-                .build(),
-        ),
-    ];
+    let mut out: Vec<(String, Policy)> = dataplane_harness::fixed_policies()
+        .into_iter()
+        .map(|(name, p)| (name.to_string(), p))
+        .collect();
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let mut runner = TestRunner::new_with_rng(
@@ -208,9 +161,7 @@ fn packet_fuzz_long() {
 /// peer's ping passes only by the second flow's state.
 #[test]
 fn c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model() {
-    use sg_agent::compile::{CompileOptions, compile};
     use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions};
-    use sg_agent::image::SlotTable;
     use sg_agent::model::Model;
     use sg_agent::packet::{Packet, icmp};
     use sg_agent::policy::Direction;
@@ -226,16 +177,7 @@ fn c2_echo_flows_opened_from_both_sides_with_one_id_agree_with_the_model() {
         })
         .expect("load");
         let bindings = std::collections::BTreeMap::from([("web".to_string(), net.lo)]);
-        let image = compile(
-            &policy,
-            &bindings,
-            &SlotTable::default(),
-            &CompileOptions {
-                generation: dp.next_generation(),
-                slot_capacity: 1024,
-            },
-        )
-        .expect("compile");
+        let image = compile_for(&dp, &policy, &bindings).expect("compile");
         dp.apply(&image).expect("apply");
         let (l, r) = (addr("192.0.2.10"), addr("203.0.113.9"));
         let out = Packet::echo_request(l, r, 7, 1);

@@ -7,7 +7,6 @@
 //! the tests ask for; probes run from `cli`. Dropping a Site runs `sg-agent detach` in `srv`
 //! and removes whatever pins or state are left, before the namespaces go: a failing test
 //! leaves nothing behind.
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -196,6 +195,15 @@ impl Bg {
         panic!("{} did not exit within {timeout:?}", self.what);
     }
 
+    /// SIGTERM, then asserts a clean exit (0) within 20 s, with `log` (the process's log
+    /// file) in the message.
+    pub fn terminate(&mut self, log: &Path) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(Duration::from_secs(20));
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert_eq!(code, Some(0), "{} on SIGTERM; its log:\n{log}", self.what);
+    }
+
     /// Waits until the process has stopped itself (SIGSTOP: state T in /proc).
     pub fn wait_stopped(&mut self, timeout: Duration) {
         let t0 = Instant::now();
@@ -285,6 +293,13 @@ impl Site {
             .ip(&["addr", "add", &format!("{CLI2}/24"), "dev", "eth0"])
             .unwrap();
         site
+    }
+
+    /// `ip ARGS` in `srv` (addresses, links), panicking with the error.
+    pub fn srv_ip(&self, args: &[&str]) {
+        self.srv
+            .ip(args)
+            .unwrap_or_else(|e| panic!("ip {args:?} in srv: {e:#}"));
     }
 
     /// (Re)creates the veth pair `dev` <-> cli's eth0, addressed (optionally with a fixed
@@ -490,15 +505,21 @@ impl Site {
 
     /// Packets charged to one rule.
     pub fn rule_packets(&self, rule_id: &str) -> u64 {
+        self.counted_rule("id", rule_id)["packets"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The rule of the counters whose `field` is `value`.
+    pub fn counted_rule(&self, field: &str, value: &str) -> serde_json::Value {
         let c = self.counters();
-        c["rules"]
+        let found = c["rules"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["id"] == rule_id)
-            .unwrap_or_else(|| panic!("rule {rule_id} not in counters: {c}"))["packets"]
-            .as_u64()
-            .unwrap()
+            .find(|r| r[field] == value)
+            .cloned();
+        found.unwrap_or_else(|| panic!("no rule with {field} {value:?} in counters: {c}"))
     }
 
     /// Waits until `cond` holds (bounded).
@@ -589,10 +610,19 @@ pub fn probe_result(child: Child, timeout: Duration) -> serde_json::Value {
 
 /// Sums kernel TCP counters (/proc/net/snmp "Tcp:" row) in a namespace.
 pub fn tcp_snmp(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
-    let out = ns
-        .run_ok(&["cat", "/proc/net/snmp"], Duration::from_secs(5))
-        .unwrap();
-    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    proc_net_counters(ns, "/proc/net/snmp", "Tcp:")
+}
+
+/// Kernel TCP extension counters (/proc/net/netstat "TcpExt:") in a namespace.
+pub fn tcp_ext(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
+    proc_net_counters(ns, "/proc/net/netstat", "TcpExt:")
+}
+
+/// One row of a /proc/net counter file (a line of names, then a line of values, both
+/// starting with `row`), by name.
+fn proc_net_counters(ns: &Netns, file: &str, row: &str) -> std::collections::BTreeMap<String, i64> {
+    let out = ns.run_ok(&["cat", file], Duration::from_secs(5)).unwrap();
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with(row)).collect();
     let names: Vec<&str> = rows[0].split_whitespace().skip(1).collect();
     let vals: Vec<i64> = rows[1]
         .split_whitespace()
@@ -602,34 +632,36 @@ pub fn tcp_snmp(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
     names.into_iter().map(String::from).zip(vals).collect()
 }
 
-/// Policy A: tcp 5001 from the subnet (tracked), ping from cli's first address.
-pub const POLICY_A: &str = r#"
+/// The site's policy: sg-web on web-1 (the `srv` namespace) with the ingress rules of A and
+/// `$more` rules after them.
+macro_rules! web_policy {
+    ($more:literal) => {
+        concat!(
+            r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 5001, source: 192.0.2.0/24, description: app}
       - {protocol: icmp, type: 8, source: 192.0.2.10/32, description: ping}
       - {protocol: tcp, ports: 5001, source: "2001:db8:10::/64", description: app6}
-instances:
+"#,
+            $more,
+            r#"instances:
   - name: web-1
     addresses: [192.0.2.11, "2001:db8:10::11"]
     groups: [sg-web]
-"#;
+"#
+        )
+    };
+}
+
+/// Policy A: tcp 5001 from the subnet (tracked), ping from cli's first address.
+pub const POLICY_A: &str = web_policy!("");
 
 /// Policy B: A plus tcp 5002 (a port only B allows).
-pub const POLICY_B: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 5001, source: 192.0.2.0/24, description: app}
-      - {protocol: icmp, type: 8, source: 192.0.2.10/32, description: ping}
-      - {protocol: tcp, ports: 5001, source: "2001:db8:10::/64", description: app6}
-      - {protocol: tcp, ports: 5002, source: 192.0.2.0/24, description: only in B}
-instances:
-  - name: web-1
-    addresses: [192.0.2.11, "2001:db8:10::11"]
-    groups: [sg-web]
-"#;
+pub const POLICY_B: &str = web_policy!(
+    "      - {protocol: tcp, ports: 5002, source: 192.0.2.0/24, description: only in B}\n"
+);
 
 /// The ports the site's server listens on: 5001 (A and B), 5002 (B only), 5003 (never
 /// allowed), udp 5353 (never allowed).
@@ -655,31 +687,10 @@ pub fn assert_enforces_b(site: &Site, when: &str) {
 
 /// The id of the rule whose description is `desc` (from `counters`).
 pub fn rule_id(site: &Site, desc: &str) -> String {
-    let c = site.counters();
-    c["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["description"] == desc)
-        .unwrap_or_else(|| panic!("no rule described {desc:?}: {c}"))["id"]
+    site.counted_rule("description", desc)["id"]
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// Kernel TCP extension counters (/proc/net/netstat "TcpExt:") in a namespace.
-pub fn tcp_ext(ns: &Netns) -> std::collections::BTreeMap<String, i64> {
-    let out = ns
-        .run_ok(&["cat", "/proc/net/netstat"], Duration::from_secs(5))
-        .unwrap();
-    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    let names: Vec<&str> = rows[0].split_whitespace().skip(1).collect();
-    let vals: Vec<i64> = rows[1]
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    names.into_iter().map(String::from).zip(vals).collect()
 }
 
 /// The count of one pass/drop reason in `sg-agent --json counters` output.

@@ -1,19 +1,22 @@
-//! Shared by the privileged dataplane tests: a private network namespace per test, a tiny
-//! independent policy -> MapImage builder, and a fixture-table runner.
+//! The kernel level of the test kit (BPF_PROG_TEST_RUN on loaded programs), shared by the
+//! privileged dataplane tests: a private network namespace per test, the dataplane loader,
+//! the production compile for a loaded dataplane (`compile_for`), the fixed policies of the
+//! differential tests, a tiny independent policy -> MapImage builder with its port-page tree,
+//! and a fixture-table runner.
 //!
 //! The image builder (`mini_compile`) is deliberately naive and separate from `compile`: it
 //! writes the map layout straight from sg-common's comments and docs/design.md (one scope per
 //! interface and direction, one class per distinct peer prefix, port pages from a plain sweep
-//! of each protocol's ports, at most two levels of pages), so the fixtures test the kernel program
+//! of each protocol's ports, paginated by [`page_tree`]), so the fixtures test the kernel program
 //! against the contract rather than against the production compiler. It is exact for the
 //! small policies the fixtures use; it is not fast and not minimal.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::process::Command;
 
 use ipnet::IpNet;
+use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions, ifindex};
 use sg_agent::image::{LpmKey, MapImage, SlotTable};
 use sg_agent::model::build::rule_id;
@@ -93,6 +96,82 @@ pub fn load() -> Dataplane {
     .unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"))
 }
 
+/// `policy` compiled with the production compiler (no previous slots) for `dp`'s next
+/// generation and rule-slot capacity: the image a test then applies.
+pub fn compile_for(
+    dp: &Dataplane,
+    policy: &Policy,
+    bindings: &BTreeMap<String, u32>,
+) -> anyhow::Result<MapImage> {
+    let opts = CompileOptions {
+        generation: dp.next_generation(),
+        slot_capacity: dp.capacities().rule_slots,
+    };
+    Ok(compile(policy, bindings, &SlotTable::default(), &opts)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed policies
+// ---------------------------------------------------------------------------------------------
+
+/// The hand-written policies the differential tests share (dataplane_vs_model,
+/// hardening_packet_fuzz): every rule kind (ports, ranges, ICMP types, all, protocol
+/// numbers, group and prefix-list peers), tracked and untracked, both families.
+pub fn fixed_policies() -> Vec<(&'static str, Policy)> {
+    use sg_agent::model::build::*;
+    vec![
+        (
+            "mixed",
+            PolicyBuilder::new()
+                .ingress("sg-a", tcp(22), cidr("198.51.100.0/24"))
+                .ingress("sg-a", tcp_range(0, 65535), cidr("198.51.100.128/25"))
+                .ingress("sg-a", udp_range(1000, 2000), cidr("2001:db8:1::/48"))
+                .ingress("sg-a", icmp_type(8), cidr("0.0.0.0/0"))
+                .ingress("sg-a", icmpv6_all(), cidr("2001:db8::/32"))
+                .egress("sg-a", udp(53), cidr("0.0.0.0/0"))
+                .egress("sg-a", tcp(443), cidr("::/0"))
+                .ingress("sg-a", Protocol::Number(132), sg("sg-a"))
+                .ingress("sg-b", all(), sg("sg-a"))
+                .egress("sg-b", all(), cidr("203.0.113.0/24"))
+                .iface("web", &["192.0.2.10", "2001:db8::10"], &["sg-a"])
+                .iface("db", &["192.0.2.11"], &["sg-a", "sg-b"])
+                .iface("lb", &["192.0.2.12", "2001:db8::12"], &["sg-b"])
+                .build(),
+        ),
+        (
+            "untracked",
+            PolicyBuilder::new()
+                .ingress("sg-w", tcp_range(0, 1024), cidr("0.0.0.0/0"))
+                .ingress("sg-w", tcp(22), cidr("198.51.100.0/24"))
+                .ingress("sg-w", udp(53), cidr("::/0"))
+                .egress("sg-w", all(), cidr("0.0.0.0/0"))
+                .egress("sg-w", udp_range(0, 65535), cidr("::/0"))
+                .ingress("sg-w", icmp_all(), cidr("0.0.0.0/0"))
+                .iface("web", &["192.0.2.10", "2001:db8::10"], &["sg-w"])
+                .build(),
+        ),
+        (
+            "prefix-lists",
+            PolicyBuilder::new()
+                .prefix_list(
+                    "pl-1",
+                    &["198.51.100.0/25", "198.51.100.192/26", "203.0.113.7/32"],
+                )
+                .prefix_list("pl-6", &["2001:db8:1::/64", "2001:db8:1:0:8000::/65"])
+                .ingress("sg-p", tcp_range(1000, 1999), pl("pl-1"))
+                .ingress("sg-p", tcp(1500), cidr("198.51.100.0/24"))
+                .ingress("sg-p", udp(53), pl("pl-6"))
+                .ingress("sg-p", icmpv6_type(128), pl("pl-6"))
+                .egress("sg-p", tcp_range(0, 65535), pl("pl-1"))
+                .egress("sg-p", all(), sg("sg-p"))
+                .egress("sg-p", Protocol::Number(47), cidr("0.0.0.0/0"))
+                .iface("a", &["192.0.2.10", "2001:db8::10"], &["sg-p"])
+                .iface("b", &["192.0.2.20", "2001:db8::20"], &["sg-p"])
+                .build(),
+        ),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------------
 // mini_compile
 // ---------------------------------------------------------------------------------------------
@@ -133,10 +212,6 @@ impl P128 {
             u128::MAX << (128 - u32::from(self.len))
         };
         (self.addr & mask) == (o.addr & mask)
-    }
-    /// The rule-visible prefix length (IPv4: 0..32).
-    fn rule_len(&self) -> u8 {
-        if self.v4 { self.len - 96 } else { self.len }
     }
 }
 
@@ -399,35 +474,45 @@ fn class_pages(rules: &[ClassRule], slot: impl Fn(&RuleId) -> u32) -> Vec<(u8, u
                 segs.push((port, v));
             }
         }
-        out.push((proto, 0, pages(&segs)));
+        out.push((proto, 0, page_tree(&segs)));
     }
     out
 }
 
-/// One page, or a root over pages of `PAGE_SEGS` segments each (page i + 1 holds run i).
-fn pages(segs: &[(u16, RuleVal)]) -> Vec<PortPage> {
-    if segs.len() <= PAGE_SEGS {
-        return vec![PortPage::of(segs)];
-    }
-    assert!(
-        segs.len() <= PAGE_SEGS * PAGE_SEGS,
-        "mini_compile: too many segments for two levels"
-    );
-    let runs: Vec<&[(u16, RuleVal)]> = segs.chunks(PAGE_SEGS).collect();
-    let root: Vec<(u16, RuleVal)> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, run)| {
-            let child = RuleVal {
-                slot: i as u32 + 1,
-                flags: rule_flags::PAGE,
-            };
-            (run[0].0, child)
-        })
-        .collect();
-    std::iter::once(PortPage::of(&root))
-        .chain(runs.iter().map(|run| PortPage::of(run)))
-        .collect()
+/// The page tree of `segs`, page 0 the root: up to `PAGE_SEGS` segments a page, runs of
+/// `PAGE_SEGS`, `PAGE_SEGS`^2, ... segments per child page, children numbered depth first.
+/// Written from sg-common's page layout, apart from the compiler's own pagination, so the
+/// kernel's walk is tested against the contract.
+pub fn page_tree(segs: &[(u16, RuleVal)]) -> Vec<PortPage> {
+    let mut pages = Vec::new();
+    paginate(segs, &mut pages);
+    pages
+}
+
+/// Writes the page of `segs` (and its children) at the end of `pages`; returns its number.
+fn paginate(segs: &[(u16, RuleVal)], pages: &mut Vec<PortPage>) -> u16 {
+    let n = pages.len();
+    pages.push(PortPage::uniform(RuleVal { slot: 0, flags: 0 }));
+    let items: Vec<(u16, RuleVal)> = if segs.len() <= PAGE_SEGS {
+        segs.to_vec()
+    } else {
+        let mut per = PAGE_SEGS;
+        while per * PAGE_SEGS < segs.len() {
+            per *= PAGE_SEGS;
+        }
+        segs.chunks(per)
+            .map(|run| {
+                let child = paginate(run, pages);
+                let v = RuleVal {
+                    slot: u32::from(child),
+                    flags: rule_flags::PAGE,
+                };
+                (run[0].0, v)
+            })
+            .collect()
+    };
+    pages[n] = PortPage::of(&items);
+    n as u16
 }
 
 // ---------------------------------------------------------------------------------------------

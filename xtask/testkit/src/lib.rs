@@ -8,6 +8,11 @@
 //! dataplane_harness  the privileged dataplane tests' namespace, image builder and fixture runner
 //! agent_harness      the agent tests' two-namespace site driving the real sg-agent binary
 //! ```
+//!
+//! One harness per level a test runs at: the model (`sg_agent::model`, no harness needed),
+//! the kernel programs through BPF_PROG_TEST_RUN (`dataplane_harness`), the agent binary in
+//! two namespaces (`agent_harness`), and whole labs of hosts with real clients and servers
+//! (`sg_lab::bed` and its probe tables, `sg_lab::probe::table`).
 pub mod agent_harness;
 pub mod dataplane_harness;
 pub mod lookup;

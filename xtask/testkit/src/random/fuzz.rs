@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use sg_common::Reason;
 
+use crate::dataplane_harness::compile_for;
 use crate::random::packets::{Pools, Step, arb_actions, materialize};
-use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, CtTable, Dataplane, Hook, LoadOptions};
-use sg_agent::image::{MapImage, SlotTable};
+use sg_agent::image::MapImage;
 use sg_agent::model::Model;
 use sg_agent::packet::{Ext, Frag, Frame, L4, Packet, icmp, tcp_flags};
 use sg_agent::policy::{Direction, Policy, RuleId};
@@ -1240,16 +1240,8 @@ impl PacketFuzz {
                 .zip(devices)
                 .map(|(i, d)| (i.name.clone(), *d))
                 .collect();
-            let image = compile(
-                &policy,
-                &device_of,
-                &SlotTable::default(),
-                &CompileOptions {
-                    generation: dp.next_generation(),
-                    slot_capacity: dp.capacities().rule_slots,
-                },
-            )
-            .map_err(|e| anyhow!("{name}: compiling: {e}"))?;
+            let image = compile_for(&dp, &policy, &device_of)
+                .with_context(|| format!("{name}: compiling"))?;
             dp.apply(&image)
                 .with_context(|| format!("{name}: applying"))?;
             let iface_of = devices
@@ -1689,7 +1681,6 @@ pub fn hex(b: &[u8]) -> String {
 /// canonical image whose kernel lookup agrees with the reference model's decision for
 /// queries aimed at every rule.
 pub mod config {
-    use std::collections::BTreeMap;
     use std::net::IpAddr;
 
     use ipnet::IpNet;
@@ -1766,12 +1757,7 @@ pub mod config {
         if !compile_too {
             return Ok(out);
         }
-        let bindings: BTreeMap<String, u32> = policy
-            .interfaces
-            .iter()
-            .enumerate()
-            .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
-            .collect();
+        let bindings = crate::random::all_bound(policy);
         let image = match compile(
             policy,
             &bindings,

@@ -751,6 +751,17 @@ fn reductions(p: &Policy) -> Vec<Policy> {
     out
 }
 
+/// Every interface of `policy` bound, to ifindex 10 + its position (a compile input for
+/// tests and benches that have no real devices).
+pub fn all_bound(policy: &Policy) -> std::collections::BTreeMap<String, u32> {
+    policy
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, iface)| (iface.name.clone(), 10 + i as u32))
+        .collect()
+}
+
 /// A compact, readable listing of a policy (for failure reports).
 pub fn describe(policy: &Policy) -> String {
     let mut s = String::new();

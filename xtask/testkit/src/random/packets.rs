@@ -197,33 +197,33 @@ impl Pools {
 
 /// The first and last address of a prefix, the ones just outside it, and one inside.
 fn edges(n: &IpNet) -> Vec<IpAddr> {
-    match n {
-        IpNet::V4(n) => {
-            let lo = u32::from(n.network());
-            let hi = u32::from(n.broadcast());
-            let mut v = vec![lo, hi, lo + (hi - lo) / 2];
-            v.extend(lo.checked_sub(1));
-            v.extend(hi.checked_add(1));
-            v.into_iter()
-                .map(|x| IpAddr::V4(Ipv4Addr::from(x)))
-                .collect()
-        }
-        IpNet::V6(n) => {
-            let lo = u128::from(n.network());
-            let hi = u128::from(n.broadcast());
-            let mut v = vec![lo, hi, lo + (hi - lo) / 2];
-            v.extend(lo.checked_sub(1));
-            v.extend(hi.checked_add(1));
-            v.into_iter()
-                .map(|x| IpAddr::V6(Ipv6Addr::from(x)))
-                // IPv4-mapped IPv6 addresses are judged as IPv4 by the kernel: not generated.
-                .filter(|a| match a {
-                    IpAddr::V6(a) => a.to_ipv4_mapped().is_none(),
-                    _ => true,
-                })
-                .collect()
-        }
-    }
+    // Both families as u128 (IPv4 in the low 32 bits), bounded by the family's last address.
+    let (lo, hi, max) = match n {
+        IpNet::V4(n) => (
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+            u128::from(u32::MAX),
+        ),
+        IpNet::V6(n) => (
+            u128::from(n.network()),
+            u128::from(n.broadcast()),
+            u128::MAX,
+        ),
+    };
+    let mut v = vec![lo, hi, lo + (hi - lo) / 2];
+    v.extend(lo.checked_sub(1));
+    v.extend(hi.checked_add(1).filter(|&x| x <= max));
+    v.into_iter()
+        .map(|x| match n {
+            IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(x as u32)),
+            IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(x)),
+        })
+        // IPv4-mapped IPv6 addresses are judged as IPv4 by the kernel: not generated.
+        .filter(|a| match a {
+            IpAddr::V6(a) => a.to_ipv4_mapped().is_none(),
+            IpAddr::V4(_) => true,
+        })
+        .collect()
 }
 
 fn arb_pick() -> impl Strategy<Value = Pick> {
