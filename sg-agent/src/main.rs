@@ -2,6 +2,7 @@
 //! the whole error chain and maps errors to the documented exit codes: 0 success, 1 runtime
 //! error, 2 invalid input or usage (nothing was changed). docs/agent.md is the reference of
 //! every command.
+#![warn(clippy::too_many_lines)]
 use std::process::ExitCode;
 
 use sg_agent::cli::Cli;

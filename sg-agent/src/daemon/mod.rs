@@ -344,7 +344,8 @@ impl Daemon {
         } else {
             format!(
                 "enforcing {} (generation {})",
-                self.agent.state().source, self.agent.state().generation
+                self.agent.state().source,
+                self.agent.state().generation
             )
         }
     }
