@@ -31,6 +31,7 @@ pub mod model;
 pub mod packet;
 pub mod policy;
 pub mod state;
+pub mod store;
 
 /// The eBPF object (sg-ebpf for bpfel-unknown-none), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf.o"));
