@@ -15,6 +15,7 @@ mod docs;
 mod explain;
 mod status;
 mod store;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -87,6 +88,11 @@ enum Cmd {
                             sg-agent store --store etcd://192.0.2.1:2379 status"
     )]
     Store(store::Args),
+    /// Does this namespace enforce what a policy file (or the store) says? Compares the live
+    /// maps with a fresh compile, by meaning.
+    #[command(after_help = "Examples:\n  sg-agent verify examples/ec2-lab.yaml\n  \
+                            sg-agent verify --store etcd://192.0.2.1:2379")]
+    Verify(verify::Args),
     /// Print shell completions.
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff).
@@ -153,6 +159,7 @@ impl Cli {
             Cmd::Detach => detach::run(&g),
             Cmd::Daemon(a) => daemon::run(&g, a),
             Cmd::Store(a) => store::run(&g, &a),
+            Cmd::Verify(a) => verify::run(&g, &a),
             Cmd::Completions(a) => docs::completions(&a),
             Cmd::Man => docs::man(),
         }
