@@ -351,3 +351,59 @@ async fn write_report(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_parse_or_say_the_form() {
+        let r: Registration = "eth0=sg-web, sg-admin".parse().unwrap();
+        assert_eq!(r.device, "eth0");
+        assert_eq!(r.groups, ["sg-web", "sg-admin"]);
+        for bad in ["eth0", "=sg-web", "eth0=", "eth0=,"] {
+            let e = bad.parse::<Registration>().unwrap_err();
+            assert!(e.contains("DEVICE=GROUP"), "{bad}: {e}");
+        }
+    }
+
+    /// A host registers its devices' private addresses only, and nothing for a device that
+    /// has none (yet).
+    #[test]
+    fn a_host_instance_holds_the_private_addresses_of_registered_devices() {
+        let local = vec![
+            LocalIface {
+                name: "eth0".into(),
+                ifindex: 2,
+                addresses: ["192.0.2.11", "fe80::1", "2001:db8::11", "169.254.1.1"]
+                    .map(|a| a.parse().unwrap())
+                    .to_vec(),
+            },
+            LocalIface {
+                name: "eth1".into(),
+                ifindex: 3,
+                addresses: vec!["fe80::2".parse().unwrap()],
+            },
+        ];
+        let regs: Vec<Registration> = ["eth0=sg-web", "eth1=sg-db", "eth9=sg-db"]
+            .map(|r| r.parse().unwrap())
+            .to_vec();
+        let v = host_instance("h1", &regs, &local).unwrap();
+        assert_eq!(
+            v,
+            json!({"name": "h1", "interfaces": [{"name": "eth0", "device": "eth0",
+                "addresses": ["192.0.2.11", "2001:db8::11"], "groups": ["sg-web"]}]})
+        );
+        assert_eq!(host_instance("h1", &regs[1..], &local), None);
+    }
+
+    #[test]
+    fn the_content_hash_follows_the_policy_not_the_revision() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
+        let a = Snapshot::new(5, [kv("v1/groups/sg-a", "1")]);
+        let b = Snapshot::new(9, [kv("v1/groups/sg-a", "1"), kv("v1/hosts/h/ack", "x")]);
+        let c = Snapshot::new(9, [kv("v1/groups/sg-a", "2")]);
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&c));
+    }
+}
