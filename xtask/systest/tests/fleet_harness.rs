@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
+use sg_lab::topology::{HostSpec, Lan};
 use sg_testkit::etcd::{EtcdCluster, EtcdOptions};
 use sg_testkit::netns::{require_root, wait_until};
 
@@ -106,6 +107,38 @@ fn a_one_member_cluster_answers_put_and_get_from_a_host_namespace() {
         assert_nothing_listens_here();
     }
     assert_gone(&t);
+}
+
+#[test]
+fn a_cluster_on_a_lab_lans_bridge_answers_the_labs_hosts() {
+    require_root();
+    let t;
+    let lan_ns;
+    {
+        let lan = Lan::new(&[HostSpec::new("web-1", "192.0.2.10", "2001:db8:10::10")]).unwrap();
+        lan_ns = lan.switch.name().to_string();
+        let opts = EtcdOptions {
+            addrs: vec![Ipv4Addr::new(203, 0, 113, 221)],
+            ..EtcdOptions::default()
+        };
+        let c = EtcdCluster::start_on(&lan.switch, "br0", 1, opts).unwrap();
+        t = traces(&c);
+        assert!(
+            !t.namespaces.contains(&lan_ns),
+            "a borrowed switch is not the cluster's"
+        );
+        let web = &lan.host("web-1").ns;
+        c.etcdctl_in(web, &["put", "/sg/lab", "web"]).unwrap();
+        let got = c
+            .etcdctl_in(web, &["get", "/sg/lab", "--print-value-only"])
+            .unwrap();
+        assert_eq!(got.trim(), "web");
+        drop(c);
+        assert_gone(&t);
+        // The lab's switch outlives the cluster; the LAN removes it.
+        assert!(std::path::Path::new("/run/netns").join(&lan_ns).exists());
+    }
+    assert!(!std::path::Path::new("/run/netns").join(&lan_ns).exists());
 }
 
 #[test]
