@@ -91,6 +91,14 @@ fn a_one_member_cluster_answers_put_and_get_from_a_host_namespace() {
             )
             .unwrap();
         assert!(addrs.contains("192.0.2.101/24"), "{addrs}");
+        assert!(
+            c.add_host("h2", "192.0.2.101").is_err(),
+            "a second host on h1's address"
+        );
+        assert!(
+            c.add_host("h3", "192.0.2.221").is_err(),
+            "a host on a member's address"
+        );
         let h = c.host("h1");
         c.etcdctl_in(&h.ns, &["put", "/sg/harness", "one"]).unwrap();
         let got = c

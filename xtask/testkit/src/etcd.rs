@@ -158,8 +158,11 @@ impl EtcdCluster {
                 opts.addrs.len()
             );
         }
-        for a in &opts.addrs[..n] {
+        for (i, a) in opts.addrs[..n].iter().enumerate() {
             check_addr(*a)?;
+            if opts.addrs[..i].contains(a) {
+                bail!("two etcd members share the address {a}");
+            }
         }
         sweep_stale_dirs();
         let id = CLUSTERS.fetch_add(1, Ordering::SeqCst);
@@ -230,8 +233,9 @@ impl EtcdCluster {
             .parse()
             .with_context(|| format!("host {name}: IPv4 address {addr}"))?;
         check_addr(addr)?;
-        if self.members.iter().any(|m| m.addr == addr) {
-            bail!("host {name}: {addr} is an etcd member's address");
+        if self.members.iter().any(|m| m.addr == addr) || self.hosts.iter().any(|h| h.addr == addr)
+        {
+            bail!("host {name}: {addr} is taken by an etcd member or another host");
         }
         let short: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
         let ns = Netns::new(&short[..short.len().min(6)])?;
