@@ -75,6 +75,28 @@ impl PolicySource for FileSource {
     }
 }
 
+/// A policy given as text (a document the daemon put together), validated like a file.
+pub struct TextSource {
+    pub name: String,
+    pub text: String,
+}
+
+impl PolicySource for TextSource {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+    fn load(&self) -> Result<Loaded> {
+        config::load_str(&self.text, &self.name)
+            .map_err(|d| Error::InvalidInput(d.to_string()).into())
+    }
+    fn text(&self) -> Result<String> {
+        Ok(self.text.clone())
+    }
+    fn fingerprint(&self) -> Option<(u64, SystemTime)> {
+        None
+    }
+}
+
 /// How to open a namespace's agent.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {

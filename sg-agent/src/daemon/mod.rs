@@ -151,7 +151,8 @@ impl Daemon {
         let (src, fleet) = match &opts.policy {
             PolicyFrom::File(path) => (FileSource(path.clone()), None),
             PolicyFrom::Store(f) => {
-                let fleet = Fleet::new(f.clone(), agent.state_dir());
+                let mut fleet = Fleet::new(f.clone(), agent.state_dir());
+                fleet.hold(host_fingerprint().as_deref().unwrap_or_default());
                 (FileSource(fleet.snapshot_file().to_path_buf()), Some(fleet))
             }
         };
@@ -184,12 +185,17 @@ impl Daemon {
     }
 
     fn first_apply(&mut self) -> Result<()> {
-        if self.fleet.is_some() && !self.src.0.exists() {
-            // Fleet mode with no snapshot yet: nothing to enforce until the store answers.
+        if self.fleet.as_ref().is_some_and(|f| f.source().is_none()) {
+            // Fleet mode with no local copy and nothing registered: nothing to enforce until
+            // the store answers.
             self.stats.waiting = !self.agent.is_applied();
             return Ok(());
         }
-        match self.agent.apply(&self.src, self.apply_options()) {
+        let opts = self.apply_options();
+        match self
+            .agent
+            .apply(policy_source(self.fleet.as_ref(), &self.src), opts)
+        {
             Ok(out) => {
                 self.stats.applies += 1;
                 self.stats.last_apply_unix = now_unix();
@@ -386,6 +392,11 @@ impl Daemon {
             )
         }
     }
+}
+
+/// The policy file, or in fleet mode the store's newest policy (or the local copy).
+fn policy_source<'a>(fleet: Option<&'a Fleet>, file: &'a FileSource) -> &'a dyn PolicySource {
+    fleet.and_then(Fleet::source).unwrap_or(file)
 }
 
 /// The local devices (names, ifindexes, addresses): what binding depends on.

@@ -7,7 +7,7 @@
 //! under us (`sg-agent detach`) stops the daemon and is never re-attached.
 
 use super::systemd::sd_notify;
-use super::{Daemon, Next, host_fingerprint, now_unix};
+use super::{Daemon, Next, host_fingerprint, now_unix, policy_source};
 use crate::agent::{ApplyOutcome, PolicySource};
 use crate::error::{self, Error};
 use crate::store::Follower;
@@ -99,11 +99,11 @@ impl Daemon {
         if !was_waiting {
             let _ = sd_notify("RELOADING=1");
         }
-        let src: &dyn PolicySource = match self.fleet.as_ref().and_then(|f| f.source()) {
-            Some(s) => s,
-            None => &self.src,
-        };
-        match self.agent.apply(src, self.apply_options()) {
+        let opts = self.apply_options();
+        match self
+            .agent
+            .apply(policy_source(self.fleet.as_ref(), &self.src), opts)
+        {
             Ok(out) => self.reloaded(&out, why, was_waiting),
             Err(e) if error::is(&e, |k| matches!(k, Error::DetachedUnderUs)) => {
                 self.pins = None;
