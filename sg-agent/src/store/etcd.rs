@@ -42,7 +42,7 @@ use etcd_client::{
 };
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 
 /// How long one list page, transaction or lease call may take before it is an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -326,13 +326,14 @@ impl Store {
         }
         let options = connect_options(ep, creds, timeouts)
             .with_context(|| format!("etcd {label}: connect"))?;
-        let connecting = Client::connect(ep.urls(), Some(options));
+        let urls = ep.urls();
+        let connecting = || Client::connect(urls.clone(), Some(options.clone()));
         let client = bounded(&label, timeouts.connect, "connect", connecting).await?;
         let kv = client
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let mut store = Store {
+        let store = Store {
             client,
             kv,
             prefix: prefix.to_owned(),
@@ -343,13 +344,12 @@ impl Store {
         let probe = GetOptions::new().with_prefix().with_count_only();
         let key = store.prefix.clone();
         let op = format!("connect (count {key})");
-        bounded(
-            &store.label,
-            timeouts.request,
-            &op,
-            store.kv.get(key.clone(), Some(probe)),
-        )
-        .await?;
+        store
+            .kv_call(&op, |mut kv| {
+                let (key, probe) = (key.clone(), probe.clone());
+                async move { kv.get(key, Some(probe)).await }
+            })
+            .await?;
         Ok(store)
     }
 
@@ -381,8 +381,12 @@ impl Store {
                 .with_range(end.clone())
                 .with_limit(self.page)
                 .with_revision(revision);
-            let page = self.kv.get(from.clone(), Some(options));
-            let mut resp = bounded(&self.label, self.timeouts.request, &op, page).await?;
+            let mut resp = self
+                .kv_call(&op, |mut kv| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { kv.get(from, Some(options)).await }
+                })
+                .await?;
             if revision == 0 {
                 revision = header_revision(resp.header());
             }
@@ -411,15 +415,19 @@ impl Store {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from_revision);
-        let mut client = self
+        let client = self
             .client
             .watch_client()
             .max_decoding_message_size(MAX_MESSAGE);
-        let starting = client.watch(self.prefix.clone(), Some(options));
+        let starting = || {
+            let (mut client, key, options) = (client.clone(), self.prefix.clone(), options.clone());
+            async move { client.watch(key, Some(options)).await }
+        };
         let mut stream = bounded(&self.label, self.timeouts.request, &op, starting).await?;
         // etcd confirms the watch first (or refuses it): wait for that, bounded, so a watch that
         // cannot start is an error here and not a silent wait in `next`.
-        let created = bounded(&self.label, self.timeouts.request, &op, stream.message()).await?;
+        let created = stream.message();
+        let created = bounded_once(&self.label, self.timeouts.request, &op, created).await?;
         match created {
             Some(resp) if resp.created() && !resp.canceled() => {}
             Some(resp) => bail!(
@@ -481,7 +489,11 @@ impl Store {
         let txn = Txn::new()
             .when(compares)
             .and_then(ops.into_iter().map(TxnOp::from).collect::<Vec<_>>());
-        let resp = bounded(&self.label, self.timeouts.request, &op, self.kv.txn(txn))
+        let resp = self
+            .kv_call(&op, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
             .await
             .map_err(txn_hint)?;
         Ok(resp.succeeded().then(|| header_revision(resp.header())))
@@ -493,8 +505,12 @@ impl Store {
         let full = self.checked_key(key)?;
         let op = format!("put {full}");
         let options = lease.map(|id| PutOptions::new().with_lease(id));
-        let put = self.kv.put(full.clone(), value, options);
-        let resp = bounded(&self.label, self.timeouts.request, &op, put).await?;
+        let resp = self
+            .kv_call(&op, |mut kv| {
+                let (full, value, options) = (full.clone(), value.clone(), options.clone());
+                async move { kv.put(full, value, options).await }
+            })
+            .await?;
         Ok(header_revision(resp.header()))
     }
 
@@ -502,8 +518,12 @@ impl Store {
     pub async fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
         let full = self.checked_key(key)?;
         let op = format!("get {full}");
-        let get = self.kv.get(full.clone(), None);
-        let mut resp = bounded(&self.label, self.timeouts.request, &op, get).await?;
+        let mut resp = self
+            .kv_call(&op, |mut kv| {
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
+            .await?;
         Ok(resp.take_kvs().into_iter().next().map(|kv| {
             let revision = kv.mod_revision();
             (kv.into_key_value().1, revision)
@@ -514,8 +534,11 @@ impl Store {
     /// older revisions then report [`WatchBatch::Compacted`].
     pub async fn compact(&mut self, revision: i64) -> Result<()> {
         let op = format!("compact at revision {revision}");
-        let compact = self.kv.compact(revision, None);
-        bounded(&self.label, self.timeouts.request, &op, compact).await?;
+        self.kv_call(
+            &op,
+            |mut kv| async move { kv.compact(revision, None).await },
+        )
+        .await?;
         Ok(())
     }
 
@@ -526,14 +549,12 @@ impl Store {
         if ttl_secs < 1 {
             bail!("etcd {}: {op}: the TTL must be at least 1 s", self.label);
         }
-        let mut client = self.client.lease_client();
-        let resp = bounded(
-            &self.label,
-            self.timeouts.request,
-            &op,
-            client.grant(ttl_secs, None),
-        )
-        .await?;
+        let client = self.client.lease_client();
+        let grant = || {
+            let mut client = client.clone();
+            async move { client.grant(ttl_secs, None).await }
+        };
+        let resp = bounded(&self.label, self.timeouts.request, &op, grant).await?;
         let (id, granted) = (resp.id(), resp.ttl());
         let (lost_tx, lost_rx) = signal::channel(false);
         let keeper = KeepAlive {
@@ -552,7 +573,19 @@ impl Store {
             lost: lost_rx,
             task,
             revoke_on_drop: true,
+            label: self.label.clone(),
         })
+    }
+
+    /// One KV call as [`bounded`] runs it; `call` gets a handle of the client per attempt.
+    async fn kv_call<T, Fut>(&self, op: &str, call: impl Fn(KvClient) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        bounded(&self.label, self.timeouts.request, op, || {
+            call(self.kv.clone())
+        })
+        .await
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -612,8 +645,9 @@ fn connect_options(
     Ok(options.with_tls(tls))
 }
 
-/// Runs one call under a time limit; its error names the endpoints and the operation.
-async fn bounded<T>(
+/// Runs one call under a time limit; its error names the endpoints and the operation. No
+/// retry: for what cannot be repeated, like reading the next message of a stream.
+async fn bounded_once<T>(
     label: &str,
     limit: Duration,
     op: &str,
@@ -623,6 +657,69 @@ async fn bounded<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(anyhow::Error::new(e).context(format!("etcd {label}: {op}"))),
         Err(_) => Err(anyhow!("etcd {label}: {op}: no answer within {limit:?}")),
+    }
+}
+
+/// Runs a call under a time limit, and again while etcd cannot have received it, so repeating
+/// it is safe even for a transaction:
+/// - the endpoint the client picked refused the connection: the client spreads calls over the
+///   endpoints at random, so with one member of three down a third of the calls would fail;
+///   a few quick attempts per endpoint reach a live one (and with etcd down, fail fast);
+/// - the member has no leader (an election is under way): retried until the time limit.
+async fn bounded<T, Fut>(
+    label: &str,
+    limit: Duration,
+    op: &str,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + limit;
+    let endpoints = label.split(',').count();
+    let mut refused = 0;
+    loop {
+        let e = match timeout_at(deadline, call()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => return Err(anyhow!("etcd {label}: {op}: no answer within {limit:?}")),
+        };
+        let pause = match not_received(&e) {
+            Some(NotReceived::Refused) if refused < 3 * endpoints => {
+                refused += 1;
+                Duration::from_millis(20)
+            }
+            Some(NotReceived::NoLeader) => Duration::from_millis(200),
+            _ => return Err(anyhow::Error::new(e).context(format!("etcd {label}: {op}"))),
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(anyhow::Error::new(e).context(format!("etcd {label}: {op}")));
+        }
+        log::debug!("etcd {label}: {op}: {e}; trying again");
+        sleep(pause).await;
+    }
+}
+
+/// Why etcd did not receive a call.
+enum NotReceived {
+    Refused,
+    NoLeader,
+}
+
+fn not_received(e: &etcd_client::Error) -> Option<NotReceived> {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return None;
+    };
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let message = status.message();
+    if message.contains("tcp connect error") {
+        Some(NotReceived::Refused)
+    } else if message.contains("no leader") {
+        Some(NotReceived::NoLeader)
+    } else {
+        None
     }
 }
 
@@ -833,6 +930,7 @@ pub struct Lease {
     lost: signal::Receiver<bool>,
     task: JoinHandle<()>,
     revoke_on_drop: bool,
+    label: String,
 }
 
 impl Lease {
@@ -864,7 +962,12 @@ impl Lease {
         self.task.abort();
         self.revoke_on_drop = false;
         let op = format!("revoke lease {:x}", self.id);
-        bounded("", self.timeout, &op, self.client.revoke(self.id)).await?;
+        let (client, id) = (&self.client, self.id);
+        let revoke = || {
+            let mut client = client.clone();
+            async move { client.revoke(id).await }
+        };
+        bounded(&self.label, self.timeout, &op, revoke).await?;
         Ok(())
     }
 
@@ -939,13 +1042,18 @@ impl KeepAlive {
         let limit = self.timeout.min(self.ttl);
         let op = format!("keepalive of lease {:x}", self.id);
         let ttl = if let Some((keeper, responses)) = stream.as_mut() {
-            bounded(&self.label, limit, &op, keeper.keep_alive()).await?;
-            let resp = bounded(&self.label, limit, &op, responses.message()).await?;
+            bounded_once(&self.label, limit, &op, keeper.keep_alive()).await?;
+            let resp = bounded_once(&self.label, limit, &op, responses.message()).await?;
             resp.ok_or_else(|| anyhow!("etcd {}: {op}: the stream ended", self.label))?
                 .ttl()
         } else {
             // Opening the stream renews once and fails with "lease not found" when it expired.
-            match bounded(&self.label, limit, &op, self.client.keep_alive(self.id)).await {
+            let (client, id) = (&self.client, self.id);
+            let open = || {
+                let mut client = client.clone();
+                async move { client.keep_alive(id).await }
+            };
+            match bounded(&self.label, limit, &op, open).await {
                 Ok(opened) => {
                     *stream = Some(opened);
                     self.ttl.as_secs().cast_signed()
@@ -1513,18 +1621,11 @@ mod tests {
                 delete("g/c")
             ]
         );
-        // Each transaction is delivered whole, at its revision.
-        let r2_batch = batches
-            .iter()
-            .find(|(_, e)| e.contains(&delete("g/a")))
-            .unwrap();
+        // Each transaction is delivered whole, in a batch at (or, merged, after) its revision.
+        let batch_of = |event: &WatchEvent| batches.iter().find(|(_, e)| e.contains(event));
+        assert!(batch_of(&put("g/b", "2")).unwrap().0 >= r1);
+        let r2_batch = batch_of(&delete("g/a")).unwrap();
         assert!(r2_batch.0 >= r2 && r2_batch.1.contains(&put("g/c", "3")));
-        assert!(
-            batches
-                .iter()
-                .any(|(r, e)| *r == r1 && e == &[put("g/b", "2")])
-                || r2_batch.0 >= r1
-        );
     }
 
     #[tokio::test]
@@ -1672,6 +1773,39 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_dead_endpoint_among_live_ones_fails_no_call() {
+        let etcd = Etcd::start().await;
+        // A port nobody listens on: the client picks endpoints at random, and each call that
+        // lands on this one is refused before etcd sees it and goes to the live one.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let ep: Endpoints = format!("etcd://{dead},127.0.0.1:{}", etcd.port)
+            .parse()
+            .unwrap();
+        let mut store = Store::connect_with(&ep, None, PREFIX, SHORT).await.unwrap();
+        let first = store.list().await.unwrap().revision;
+        let mut last = 0;
+        for i in 0..30 {
+            let revision = store
+                .commit(puts(&[("k", &i.to_string())]), vec![], vec![])
+                .await;
+            last = revision.unwrap();
+            assert_eq!(store.get("k").await.unwrap().unwrap().1, last);
+        }
+        assert_eq!(last, first + 30, "each commit applied once");
+        let mut watch = store.watch(last).await.unwrap();
+        let batches = collect_until(&mut watch, last).await;
+        let put = WatchEvent::Put {
+            key: "k".into(),
+            value: b"29".to_vec(),
+        };
+        assert_eq!(batches, [(last, vec![put])]);
+        drop(store.grant_lease(2).await.unwrap());
+    }
+
     /// A CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl CLI.
     fn make_certs(dir: &Path) -> TlsFiles {
         let run = |args: &[&str]| {
@@ -1754,7 +1888,16 @@ mod tests {
         write_private(&ca_only, "ca = ca.pem\n", 0o600);
         let ca_only = Credentials::from_file(&ca_only).unwrap();
         let refused = Store::connect_with(&ep, Some(&ca_only), PREFIX, SHORT).await;
-        assert!(refused.is_err(), "connected without a client certificate");
+        let err = format!(
+            "{:#}",
+            refused
+                .err()
+                .expect("connected without a client certificate")
+        );
+        assert!(
+            err.starts_with(&format!("etcd 127.0.0.1:{}: connect", etcd.port)),
+            "{err}"
+        );
         // Plain gRPC to a TLS port, and TLS files with plain endpoints.
         let plain: Endpoints = format!("etcd://127.0.0.1:{}", etcd.port).parse().unwrap();
         assert!(
