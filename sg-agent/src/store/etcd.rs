@@ -14,7 +14,7 @@
 //! Credentials file (`key = value` lines, `#` comments; relative paths are relative to the
 //! file's directory; like etcdctl's `--cacert`, `--cert`, `--key`, `--user`):
 //! ```text
-//! ca = /etc/sg/etcd/ca.pem           # required: the CA that signed the etcd servers' certs
+//! ca = /etc/sg/etcd/ca.pem           # for etcds://: the CA that signed the etcd servers' certs
 //! cert = /etc/sg/etcd/client.pem     # optional, with key: the client certificate
 //! key = /etc/sg/etcd/client-key.pem
 //! user = sg-agent                    # optional, with password: etcd's own authentication
@@ -150,13 +150,25 @@ impl fmt::Display for Endpoints {
 }
 
 /// What proves this host to etcd: TLS files and/or a user, read from a root-only file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (Debug leaves the password out.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
-    ca: PathBuf,
+    /// The CA of the servers' certificates: required with etcds://.
+    ca: Option<PathBuf>,
     /// The client certificate and its key, both or neither.
     cert_key: Option<(PathBuf, PathBuf)>,
     /// etcd's own user and password, both or neither.
     user: Option<(String, String)>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("ca", &self.ca)
+            .field("cert_key", &self.cert_key)
+            .field("user", &self.user.as_ref().map(|(user, _)| user))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Credentials {
@@ -221,7 +233,7 @@ fn parse_credentials(text: &str, dir: &Path) -> Result<Credentials> {
     }
     let [ca, cert, key, user, password] = fields;
     let path = |p: String| dir.join(p);
-    let ca = ca.map(path).ok_or_else(|| anyhow!("missing `ca = PATH`"))?;
+    let ca = ca.map(path);
     let cert_key = match (cert, key) {
         (Some(c), Some(k)) => Some((path(c), path(k))),
         (None, None) => None,
@@ -232,6 +244,12 @@ fn parse_credentials(text: &str, dir: &Path) -> Result<Credentials> {
         (None, None) => None,
         _ => bail!("`user` and `password` go together: give both or neither"),
     };
+    if ca.is_none() && cert_key.is_some() {
+        bail!("a client certificate needs `ca = PATH`, the CA of the etcd servers");
+    }
+    if ca.is_none() && user.is_none() {
+        bail!("nothing to authenticate with: give `ca` (TLS) and/or `user` and `password`");
+    }
     Ok(Credentials { ca, cert_key, user })
 }
 
@@ -623,23 +641,24 @@ fn connect_options(
         .with_keep_alive_while_idle(true)
         // Without a leader etcd cannot commit; fail (and end watches) rather than wait.
         .with_require_leader(true);
-    let Some(creds) = creds else {
-        return Ok(options);
-    };
-    if let Some((user, password)) = &creds.user {
+    if let Some((user, password)) = creds.and_then(|c| c.user.as_ref()) {
         options = options
             .with_user(user.clone(), password.clone())
             .with_auto_token_refresh(true);
     }
+    let ca = creds.and_then(|c| c.ca.as_ref());
     if !ep.tls {
-        if creds.cert_key.is_some() {
+        if ca.is_some() {
             bail!("the credentials name TLS files but the endpoints are plain: write etcds://");
         }
         return Ok(options);
     }
+    let ca = ca.ok_or_else(|| {
+        anyhow!("etcds:// needs credentials naming the CA of the etcd servers (`ca = PATH`)")
+    })?;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&creds.ca)?));
-    if let Some((cert, key)) = &creds.cert_key {
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = creds.and_then(|c| c.cert_key.as_ref()) {
         tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(options.with_tls(tls))
@@ -1178,7 +1197,11 @@ mod tests {
                     key = client.key\nuser = sg-agent\npassword = a=b c\n";
         write_private(&path, text, 0o600);
         let creds = Credentials::from_file(&path).unwrap();
-        assert_eq!(creds.ca, dir.path().join("ca.pem"));
+        assert_eq!(creds.ca, Some(dir.path().join("ca.pem")));
+        assert!(
+            !format!("{creds:?}").contains("a=b c"),
+            "Debug shows the password"
+        );
         let cert_key = (
             PathBuf::from("/etc/sg/client.pem"),
             dir.path().join("client.key"),
@@ -1200,7 +1223,8 @@ mod tests {
     #[test]
     fn credentials_file_errors_name_the_line() {
         let cases = [
-            ("cert = c.pem\nkey = k.pem\n", "missing `ca = PATH`"),
+            ("cert = c.pem\nkey = k.pem\n", "needs `ca = PATH`"),
+            ("# empty\n", "nothing to authenticate with"),
             ("ca = a\ncert = c.pem\n", "`cert` and `key` go together"),
             (
                 "ca = a\npassword = p\n",
@@ -1804,6 +1828,35 @@ mod tests {
         };
         assert_eq!(batches, [(last, vec![put])]);
         drop(store.grant_lease(2).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_user_and_password_authenticate_when_etcd_has_auth_enabled() {
+        let etcd = Etcd::start().await;
+        let mut admin = etcd.store().await;
+        admin.client.user_add("root", "s3cret", None).await.unwrap();
+        admin.client.user_grant_role("root", "root").await.unwrap();
+        admin.client.auth_enable().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("user.conf");
+        write_private(&file, "user = root\npassword = s3cret\n", 0o600);
+        let creds = Credentials::from_file(&file).unwrap();
+        let ep = etcd.endpoints();
+        let mut store = Store::connect_with(&ep, Some(&creds), PREFIX, SHORT)
+            .await
+            .unwrap();
+        let revision = store.put("k", b"v".to_vec(), None).await.unwrap();
+        assert_eq!(store.list().await.unwrap().revision, revision);
+
+        write_private(&file, "user = root\npassword = wrong\n", 0o600);
+        let wrong = Credentials::from_file(&file).unwrap();
+        let err = Store::connect_with(&ep, Some(&wrong), PREFIX, SHORT)
+            .await
+            .err();
+        let err = format!("{:#}", err.expect("connected with a wrong password"));
+        assert!(err.contains("authentication failed"), "{err}");
+        assert!(Store::connect_with(&ep, None, PREFIX, SHORT).await.is_err());
     }
 
     /// A CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl CLI.
