@@ -7,6 +7,12 @@
 //! yields an error instead of a hang: the daemon keeps enforcing what it has and retries. The
 //! one exception is [`Watch::next`], which waits for changes as long as there are none; HTTP/2
 //! keepalive pings end its stream when the connection dies, and the caller reconnects and relists.
+//! Within that limit a call is repeated only when etcd cannot have received it (the endpoint
+//! refused the connection, or the member has no leader), which makes it safe for transactions:
+//! with several endpoints, one dead member fails no call.
+//!
+//! A transaction is all or nothing and holds at most the server's `--max-txn-ops` operations
+//! (128 by default); a bigger [`Store::commit`] is refused whole, with that hint.
 //!
 //! Endpoints: `etcd://HOST:PORT[,HOST:PORT...]` (plain gRPC) or `etcds://HOST:PORT[,...]` (TLS).
 //! HOST is a name, an IPv4 address or an IPv6 address in brackets (`[2001:db8::1]:2379`).
@@ -376,7 +382,7 @@ impl Store {
         &self.label
     }
 
-    /// Every key under the prefix at one revision. Pages of [`LIST_PAGE`] keys; each later page
+    /// Every key under the prefix at one revision. Pages of 1000 keys; each later page
     /// reads at the first page's revision, and a compaction in between restarts the listing.
     pub async fn list(&mut self) -> Result<Listing> {
         let mut attempts = 0;
