@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::sh::{as_root, output, run};
+use crate::sh::{as_root, output, run, succeeds};
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
@@ -39,6 +39,19 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tcpdump",
     "openssl",
 ];
+/// Debian packages of the fleet's policy store: etcd 3.4 (the server and etcdctl), which the
+/// tests, the lab and the bench start themselves inside network namespaces
+/// (`sg_testkit::etcd`), and what etcd-client's build script compiles the etcd API with:
+/// protoc, plus libprotobuf-dev for the well-known types (`google/protobuf/descriptor.proto`)
+/// that Debian's protoc does not ship and etcd's .proto files import.
+pub const STORE_PACKAGES: &[&str] = &[
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+];
+/// The unit and init script etcd-server installs; this host must never run it (below).
+const ETCD_SERVICE: &str = "etcd";
 
 /// What the other commands need to know about the installed toolchain.
 pub struct Toolchain {
@@ -79,6 +92,7 @@ pub fn ensure() -> Result<Toolchain> {
     let llvm_dev = format!("llvm-{llvm}-dev");
     installed.extend(apt_install(&[llvm_dev.as_str()])?);
     installed.extend(apt_install(TEST_PACKAGES)?);
+    installed.extend(install_store_packages()?);
 
     let cargo = find_cargo()?;
     let linker_dir = cargo_home().join("bin");
@@ -167,6 +181,58 @@ pub fn apt_install(pkgs: &[&str]) -> Result<Vec<String>> {
         })
         .context("apt-get install failed; hint: check the Debian mirror and `apt-get update`")?;
     Ok(missing.iter().map(ToString::to_string).collect())
+}
+
+/// Installs [`STORE_PACKAGES`] without ever leaving an etcd running on this host: Debian's
+/// postinst enables and starts `etcd.service` (listening on localhost:2379 in the default
+/// namespace), but sg's tests start their own members inside namespaces and nothing of sg
+/// may listen in the host's namespace. Starting is forbidden during the install by a
+/// `policy-rc.d` (written only if the machine has none, removed after), and a service the
+/// package started anyway (a policy that allows it) is stopped and disabled.
+fn install_store_packages() -> Result<Vec<String>> {
+    let fresh_server = !dpkg_installed("etcd-server");
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let guard = fresh_server && !policy.exists();
+    if guard {
+        // exit 101: "action forbidden" for invoke-rc.d and deb-systemd-invoke alike.
+        run(as_root("sh").args([
+            "-c",
+            "printf '#!/bin/sh\\n# written by cargo xtask bootstrap for one install\\nexit 101\\n' \
+             > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+        ]))?;
+    }
+    let installed = apt_install(STORE_PACKAGES);
+    if guard {
+        run(as_root("rm").args(["-f", "/usr/sbin/policy-rc.d"]))?;
+    }
+    let installed = installed?;
+    if fresh_server {
+        stop_etcd_service()?;
+    }
+    Ok(installed)
+}
+
+/// Stops and disables the etcd service a fresh install of etcd-server may have started or
+/// enabled, then checks that no etcd of the service (user `etcd`) runs. Never touches an etcd
+/// of anyone else: only the package's own service, once, right after installing it.
+fn stop_etcd_service() -> Result<()> {
+    if Path::new("/run/systemd/system").exists() {
+        let _ = output(as_root("systemctl").args(["disable", "--now", ETCD_SERVICE]));
+    } else {
+        let _ = output(as_root("update-rc.d").args([ETCD_SERVICE, "disable"]));
+        let _ = output(as_root("/etc/init.d/etcd").arg("stop"));
+    }
+    // The unit or script stops asynchronously: a bounded wait for its process to go.
+    for _ in 0..50 {
+        if !succeeds(Command::new("pgrep").args(["-u", "etcd", "-x", "etcd"])) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!(
+        "the etcd service that installing etcd-server started is still running; hint: \
+         `systemctl disable --now etcd` (sg's tests start their own etcd in namespaces)"
+    )
 }
 
 fn llvm_major(rustc: &Path) -> Result<u32> {

@@ -116,7 +116,7 @@ pub(super) struct Live {
 }
 
 /// The desired policy, validated and bound to this host's devices.
-struct Bound {
+pub(super) struct Bound {
     loaded: Loaded,
     bindings: Vec<Binding>,
     /// Policy interface name -> ifindex, what the compiler takes.
@@ -278,22 +278,7 @@ impl Agent {
         let prev_slots = self.state.slot_table();
         let dp = self.dataplane()?;
         let tc = Instant::now();
-        let (mut image, index) = compile::compile_indexed(
-            &bound.loaded.policy,
-            &bound.by_name,
-            &prev_slots,
-            &CompileOptions {
-                generation: dp.next_generation(),
-                slot_capacity: dp.capacities().rule_slots,
-            },
-        )
-        .map_err(Error::from)?;
-        // Drop events (flow log REJECT lines) are wanted on every interface; whether any are
-        // produced is one global switch (SG_CONFIG.events_per_sec), on while a daemon with a
-        // flow log runs. So a CLI apply beside such a daemon does not silence it.
-        for conf in image.ifaces.values_mut() {
-            conf.flags |= sg_common::iface_flags::LOG_DROPS;
-        }
+        let (image, index) = compile_image(bound, &prev_slots, dp.next_generation(), dp)?;
         let compile_ms = ms(tc.elapsed());
         let entries = image.ifaces.len() + image.peers.len() + image.ports.len();
         Ok(Compiled {
@@ -550,9 +535,36 @@ impl Agent {
     }
 }
 
+/// The image of a bound policy for `generation` of `dp`'s maps, keeping the counter slots of
+/// `slots`.
+pub(super) fn compile_image(
+    bound: &Bound,
+    slots: &crate::image::SlotTable,
+    generation: u32,
+    dp: &dataplane::Dataplane,
+) -> Result<(MapImage, compile::Index)> {
+    let (mut image, index) = compile::compile_indexed(
+        &bound.loaded.policy,
+        &bound.by_name,
+        slots,
+        &CompileOptions {
+            generation,
+            slot_capacity: dp.capacities().rule_slots,
+        },
+    )
+    .map_err(Error::from)?;
+    // Drop events (flow log REJECT lines) are wanted on every interface; whether any are
+    // produced is one global switch (SG_CONFIG.events_per_sec), on while a daemon with a
+    // flow log runs. So a CLI apply beside such a daemon does not silence it.
+    for conf in image.ifaces.values_mut() {
+        conf.flags |= sg_common::iface_flags::LOG_DROPS;
+    }
+    Ok((image, index))
+}
+
 /// Validates the policy and binds it to this namespace's devices. A policy none of whose
 /// interfaces is here is [`Error::NotOnThisHost`] (a daemon waits for it).
-fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
+pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
     let loaded = src.load()?;
     let local = bind::local_interfaces().context("reading this namespace's interfaces")?;
     let bindings = bind::bind(&loaded.policy, &local).map_err(|e| {

@@ -10,19 +10,21 @@
 //! query.rs    status, counters, conntrack list/flush/sweep and their report types
 //! explain.rs  one packet's verdict from the reference model and from the real program
 //! detach.rs   the way out: links, maps, pins, state and the daemon removed
+//! verify.rs   the live maps against a fresh compile of a policy, by meaning
 //! ```
 //!
 //! It prints nothing (the CLI does) and imports neither the CLI nor the daemon: they drive
 //! it. docs/agent.md "Failure behaviour" lists the outcomes.
 //!
-//! Where policy comes from is one seam, [`PolicySource`]: a file today; a distributed store
-//! (etcd) can implement it later without touching anything below.
+//! Where policy comes from is one seam, [`PolicySource`]: a file ([`FileSource`]) or the
+//! fleet's store (`store::StoreSource`).
 
 mod apply;
 mod detach;
 mod explain;
 mod query;
 mod summary;
+mod verify;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -40,8 +42,9 @@ pub use detach::Detached;
 pub use explain::{ExplainProto, ExplainQuery, Explanation, IcmpTypeCode};
 pub use query::{Counters, IfaceStatus, RuleCount, Status, proto_name, ser_ct};
 pub use summary::{Diff, diff, rule_line, summarize};
+pub use verify::Verified;
 
-/// Where the desired policy comes from. A file today; a distributed store tomorrow.
+/// Where the desired policy comes from: a file or the fleet's store.
 pub trait PolicySource {
     /// A human name for messages (a path, a store key).
     fn describe(&self) -> String;
@@ -69,6 +72,28 @@ impl PolicySource for FileSource {
     fn fingerprint(&self) -> Option<(u64, SystemTime)> {
         let md = std::fs::metadata(&self.0).ok()?;
         Some((md.len(), md.modified().ok()?))
+    }
+}
+
+/// A policy given as text (a document the daemon put together), validated like a file.
+pub struct TextSource {
+    pub name: String,
+    pub text: String,
+}
+
+impl PolicySource for TextSource {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+    fn load(&self) -> Result<Loaded> {
+        config::load_str(&self.text, &self.name)
+            .map_err(|d| Error::InvalidInput(d.to_string()).into())
+    }
+    fn text(&self) -> Result<String> {
+        Ok(self.text.clone())
+    }
+    fn fingerprint(&self) -> Option<(u64, SystemTime)> {
+        None
     }
 }
 

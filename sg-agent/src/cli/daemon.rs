@@ -1,17 +1,39 @@
-//! `sg-agent daemon --config FILE ...`: the glue from the command line to
-//! [`crate::daemon::run`] on a single-threaded runtime, stopped by SIGTERM or SIGINT.
+//! `sg-agent daemon --config FILE ...` or `--store etcd://...` (fleet mode): the glue from the
+//! command line to [`crate::daemon::run`] on a single-threaded runtime, stopped by SIGTERM or
+//! SIGINT.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 
+use super::store::StoreArgs;
 use super::{Globals, HookArg};
-use crate::daemon::{self, DaemonOptions};
+use crate::daemon::{self, DaemonOptions, FleetOptions, PolicyFrom};
+use crate::store::Registration;
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["config", "endpoints"]))]
 pub struct Args {
+    /// The policy file (single host).
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// This host's name in the store (default: the hostname).
+    #[arg(long, value_name = "NAME", requires = "endpoints")]
+    host: Option<String>,
+    /// A local device this host registers in the store with its groups, e.g. eth0=sg-web.
+    /// Its addresses are read from the device. Repeatable.
+    #[arg(long, value_name = "DEVICE=GROUPS", requires = "endpoints")]
+    register: Vec<Registration>,
+    /// Seconds the store keeps this host's registration after the agent stops answering.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "10",
+        requires = "endpoints"
+    )]
+    lease_ttl: i64,
     /// Serve Prometheus metrics on this address (loopback by default).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9617")]
     metrics: String,
@@ -29,8 +51,21 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> Result<()> {
+    let policy = match (a.config, a.store.options()) {
+        (Some(file), _) => PolicyFrom::File(file),
+        (None, Some(store)) => PolicyFrom::Store(FleetOptions {
+            store,
+            host: match a.host {
+                Some(h) => h,
+                None => hostname()?,
+            },
+            register: a.register,
+            lease_ttl: a.lease_ttl.max(2),
+        }),
+        (None, None) => unreachable!("clap requires --config or --store"),
+    };
     let opts = DaemonOptions {
-        config: a.config,
+        policy,
         metrics: a.metrics,
         flow_log: a.flow_log,
         ingress_hook: a.ingress_hook.into(),
@@ -46,4 +81,9 @@ pub fn run(g: &Globals, a: Args) -> Result<()> {
         opts,
         daemon::shutdown_signal(),
     ))
+}
+
+fn hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(h.trim().to_string())
 }

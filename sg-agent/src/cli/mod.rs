@@ -14,6 +14,8 @@ mod detach;
 mod docs;
 mod explain;
 mod status;
+mod store;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -80,6 +82,17 @@ enum Cmd {
         after_help = "Example:\n  sg-agent daemon --config /etc/sg/policy.yaml --metrics 127.0.0.1:9617 --flow-log -"
     )]
     Daemon(daemon::Args),
+    /// The fleet's store (etcd): import a policy, export it, the hosts' status.
+    #[command(
+        after_help = "Examples:\n  sg-agent store --store etcd://192.0.2.1:2379 import examples/ec2-lab.yaml\n  \
+                            sg-agent store --store etcd://192.0.2.1:2379 status"
+    )]
+    Store(store::Args),
+    /// Does this namespace enforce what a policy file (or the store) says? Compares the live
+    /// maps with a fresh compile, by meaning.
+    #[command(after_help = "Examples:\n  sg-agent verify examples/ec2-lab.yaml\n  \
+                            sg-agent verify --store etcd://192.0.2.1:2379")]
+    Verify(verify::Args),
     /// Print shell completions.
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff).
@@ -145,6 +158,8 @@ impl Cli {
             Cmd::Explain(a) => explain::run(&g, a),
             Cmd::Detach => detach::run(&g),
             Cmd::Daemon(a) => daemon::run(&g, a),
+            Cmd::Store(a) => store::run(&g, &a),
+            Cmd::Verify(a) => verify::run(&g, &a),
             Cmd::Completions(a) => docs::completions(&a),
             Cmd::Man => docs::man(),
         }

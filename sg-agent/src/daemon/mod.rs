@@ -10,11 +10,13 @@
 //! ```text
 //! mod.rs      the Daemon: start (the first apply), the event loop, stop
 //! reload.rs   what the loop does when the file, the host or the pins change, or on SIGHUP
+//! fleet.rs    the policy from the store (`--store`): snapshots, acks, this host's interfaces
 //! metrics.rs  the Prometheus endpoint and the text of a scrape
 //! flowlog.rs  the flow log: ACCEPT lines per interval, REJECT lines from drop events
 //! systemd.rs  sd_notify
 //! ```
 
+mod fleet;
 mod flowlog;
 mod metrics;
 mod reload;
@@ -29,6 +31,8 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
+use self::fleet::Fleet;
+pub use self::fleet::FleetOptions;
 use self::flowlog::FlowLog;
 use self::metrics::Scrape;
 use self::systemd::sd_notify;
@@ -36,9 +40,18 @@ use crate::agent::{Agent, ApplyOptions, FileSource, OpenOptions, PolicySource};
 use crate::dataplane::{Capacities, IngressHook, PinGuard};
 use crate::error::{self, Error};
 use crate::state::Lock;
+use crate::store::Follower;
+
+/// Where the daemon takes its policy from.
+pub enum PolicyFrom {
+    /// A policy file, polled for changes (`--config`).
+    File(PathBuf),
+    /// The fleet's store (`--store`).
+    Store(FleetOptions),
+}
 
 pub struct DaemonOptions {
-    pub config: PathBuf,
+    pub policy: PolicyFrom,
     pub metrics: String,
     pub flow_log: Option<String>,
     pub ingress_hook: IngressHook,
@@ -99,7 +112,10 @@ pub struct Daemon {
     fingerprint: Option<(u64, SystemTime)>,
     host: Option<Vec<crate::bind::LocalIface>>,
     stats: Stats,
+    /// The policy file; in fleet mode the last snapshot of the store this host applied.
     src: FileSource,
+    /// Fleet mode: the store's newest policy and what this host reports back.
+    fleet: Option<Fleet>,
     /// One daemon per namespace, held while it runs.
     _claim: Lock,
     opts: DaemonOptions,
@@ -132,7 +148,14 @@ impl Daemon {
             log::warn!("{w}");
         }
         let claim = agent.state_dir().claim_daemon()?;
-        let src = FileSource(opts.config.clone());
+        let (src, fleet) = match &opts.policy {
+            PolicyFrom::File(path) => (FileSource(path.clone()), None),
+            PolicyFrom::Store(f) => {
+                let mut fleet = Fleet::new(f.clone(), agent.state_dir());
+                fleet.hold(host_fingerprint().as_deref().unwrap_or_default());
+                (FileSource(fleet.snapshot_file().to_path_buf()), Some(fleet))
+            }
+        };
         let mut d = Daemon {
             pins: None,
             // Opened after the first apply, as before: a flow log that cannot be opened
@@ -142,6 +165,7 @@ impl Daemon {
             host: host_fingerprint(),
             stats: Stats::default(),
             src,
+            fleet,
             _claim: claim,
             opts,
             agent,
@@ -161,7 +185,17 @@ impl Daemon {
     }
 
     fn first_apply(&mut self) -> Result<()> {
-        match self.agent.apply(&self.src, self.apply_options()) {
+        if self.fleet.as_ref().is_some_and(|f| f.source().is_none()) {
+            // Fleet mode with no local copy and nothing registered: nothing to enforce until
+            // the store answers.
+            self.stats.waiting = !self.agent.is_applied();
+            return Ok(());
+        }
+        let opts = self.apply_options();
+        match self
+            .agent
+            .apply(policy_source(self.fleet.as_ref(), &self.src), opts)
+        {
             Ok(out) => {
                 self.stats.applies += 1;
                 self.stats.last_apply_unix = now_unix();
@@ -213,7 +247,11 @@ impl Daemon {
         // A scrape waits for the loop to be free: one is enough in flight.
         let (scrape_tx, mut scrapes) = mpsc::channel(1);
         let server = tokio::spawn(metrics::serve(listener, scrape_tx));
-        let stop = self.event_loop(shutdown, &mut hup, &mut scrapes).await;
+        let mut follower = self.fleet.as_mut().map(Fleet::follow);
+        self.register(follower.as_ref(), self.host.as_deref());
+        let stop = self
+            .event_loop(shutdown, &mut hup, &mut scrapes, &mut follower)
+            .await;
         // Dropping the receiving end is what ends the endpoint's task.
         drop(scrapes);
         let served = server.await;
@@ -226,6 +264,7 @@ impl Daemon {
         shutdown: impl Future<Output = ()>,
         hup: &mut Signal,
         scrapes: &mut mpsc::Receiver<Scrape>,
+        follower: &mut Option<Follower>,
     ) -> Stop {
         let secs = |s: u64| Duration::from_secs(s.max(1));
         let mut poll = tokio::time::interval(secs(self.opts.poll));
@@ -238,7 +277,10 @@ impl Daemon {
             let next = tokio::select! {
                 () = &mut shutdown => return Stop::Asked,
                 _ = hup.recv() => self.on_sighup(),
-                _ = poll.tick() => self.on_poll(),
+                _ = poll.tick() => self.on_poll(follower.as_ref()),
+                snapshot = fleet::next_snapshot(follower) => {
+                    self.on_snapshot(snapshot, follower.as_ref())
+                }
                 _ = housekeeping.tick() => self.sweep_conntrack(),
                 _ = flush.tick(), if flow_log => self.flush_flow_log(),
                 _ = events.tick(), if flow_log => self.take_events(),
@@ -337,10 +379,11 @@ impl Daemon {
 
     fn status_line(&self) -> String {
         if self.stats.waiting {
-            format!(
-                "waiting for the interfaces of {} (nothing enforced yet)",
-                self.opts.config.display()
-            )
+            let what = match &self.opts.policy {
+                PolicyFrom::File(p) => p.display().to_string(),
+                PolicyFrom::Store(f) => f.store.describe(),
+            };
+            format!("waiting for the interfaces of {what} (nothing enforced yet)")
         } else {
             format!(
                 "enforcing {} (generation {})",
@@ -349,6 +392,11 @@ impl Daemon {
             )
         }
     }
+}
+
+/// The policy file, or in fleet mode the store's newest policy (or the local copy).
+fn policy_source<'a>(fleet: Option<&'a Fleet>, file: &'a FileSource) -> &'a dyn PolicySource {
+    fleet.and_then(Fleet::source).unwrap_or(file)
 }
 
 /// The local devices (names, ifindexes, addresses): what binding depends on.

@@ -7,9 +7,10 @@
 //! under us (`sg-agent detach`) stops the daemon and is never re-attached.
 
 use super::systemd::sd_notify;
-use super::{Daemon, Next, host_fingerprint, now_unix};
+use super::{Daemon, Next, host_fingerprint, now_unix, policy_source};
 use crate::agent::{ApplyOutcome, PolicySource};
 use crate::error::{self, Error};
+use crate::store::Follower;
 
 impl Daemon {
     pub(super) fn on_sighup(&mut self) -> Next {
@@ -19,9 +20,17 @@ impl Daemon {
         self.reload("SIGHUP")
     }
 
-    pub(super) fn on_poll(&mut self) -> Next {
+    pub(super) fn on_poll(&mut self, follower: Option<&Follower>) -> Next {
         let fp = self.src.fingerprint();
         let hp = host_fingerprint();
+        if hp != self.host {
+            // Registered devices' addresses go to the store first: other hosts need them too.
+            self.register(follower, hp.as_deref());
+        }
+        if self.fleet.is_some() {
+            // The snapshot file is ours to write; only the store changes the policy.
+            self.fingerprint = fp;
+        }
         if fp != self.fingerprint {
             self.fingerprint = fp;
             self.host = hp;
@@ -80,7 +89,7 @@ impl Daemon {
     }
 
     /// Applies the policy again; `why` names the trigger in the log.
-    fn reload(&mut self, why: &str) -> Next {
+    pub(super) fn reload(&mut self, why: &str) -> Next {
         // Removed pins first: an apply must adopt the maps that are enforcing, not create new
         // ones beside them. A detached namespace stays detached.
         if let Next::Detached = self.check_pins() {
@@ -90,7 +99,11 @@ impl Daemon {
         if !was_waiting {
             let _ = sd_notify("RELOADING=1");
         }
-        match self.agent.apply(&self.src, self.apply_options()) {
+        let opts = self.apply_options();
+        match self
+            .agent
+            .apply(policy_source(self.fleet.as_ref(), &self.src), opts)
+        {
             Ok(out) => self.reloaded(&out, why, was_waiting),
             Err(e) if error::is(&e, |k| matches!(k, Error::DetachedUnderUs)) => {
                 self.pins = None;

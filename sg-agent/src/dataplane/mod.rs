@@ -11,6 +11,7 @@
 //! attach.rs   XDP / TC ingress and TC egress hooks, fallbacks and their hints
 //! read.rs     rule/reason counters, conntrack statistics and entries, flush, sweep
 //! testrun.rs  BPF_PROG_TEST_RUN of one frame, with the reason and rule it was charged to
+//! verify.rs   what a generation means, independent of scope and class numbering
 //! ```
 //! Pinning hangs off [`LoadOptions::pin_dir`] (a bpffs directory): maps are pinned by name
 //! under `<pin_dir>/abi-<ABI_VERSION>/` and adopted by the next load (policy, conntrack and
@@ -23,6 +24,7 @@ mod apply;
 mod attach;
 mod read;
 mod testrun;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +45,7 @@ pub use attach::{
 };
 pub use read::{CtEntry, CtStats, CtTable, ip_of, monotonic_ns};
 pub use testrun::{Hook, RunResult};
+pub use verify::Meaning;
 
 /// Map capacities (`max_entries`), set before the maps are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! netns              network namespaces, veth links and processes, deleted on drop
 //! dataplane_harness  the privileged dataplane tests' namespace, image builder and fixture runner
 //! agent_harness      the agent tests' two-namespace site driving the real sg-agent binary
+//! etcd               real etcd clusters in namespaces, hosts beside them, fault controls
 //! ```
 //!
 //! One harness per level a test runs at: the model (`sg_agent::model`, no harness needed),
@@ -15,6 +16,7 @@
 //! (`sg_lab::bed` and its probe tables, `sg_lab::probe::table`).
 pub mod agent_harness;
 pub mod dataplane_harness;
+pub mod etcd;
 pub mod lookup;
 pub mod netns;
 pub mod random;

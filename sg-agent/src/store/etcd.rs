@@ -1,0 +1,1978 @@
+//! The etcd client of the policy store: connect, list at one revision, watch, transactions,
+//! leases. Knows keys and bytes, not policies.
+//!
+//! Every key in and out of this module is relative to the store's prefix (`/sg/` + `groups/web`
+//! is the etcd key `/sg/groups/web`); the key layout itself belongs to `store/mod.rs`. Every call
+//! that talks to etcd is bounded by [`Timeouts::request`], so an etcd that is down or partitioned
+//! yields an error instead of a hang: the daemon keeps enforcing what it has and retries. The
+//! one exception is [`Watch::next`], which waits for changes as long as there are none; HTTP/2
+//! keepalive pings end its stream when the connection dies, and the caller reconnects and relists.
+//! Within that limit a call is repeated only when etcd cannot have received it (the endpoint
+//! refused the connection, or the member has no leader), which makes it safe for transactions:
+//! with several endpoints, one dead member fails no call.
+//!
+//! A transaction is all or nothing and holds at most the server's `--max-txn-ops` operations
+//! (128 by default); a bigger [`Store::commit`] is refused whole, with that hint.
+//!
+//! Endpoints: `etcd://HOST:PORT[,HOST:PORT...]` (plain gRPC) or `etcds://HOST:PORT[,...]` (TLS).
+//! HOST is a name, an IPv4 address or an IPv6 address in brackets (`[2001:db8::1]:2379`).
+//!
+//! Credentials file (`key = value` lines, `#` comments; relative paths are relative to the
+//! file's directory; like etcdctl's `--cacert`, `--cert`, `--key`, `--user`):
+//! ```text
+//! ca = /etc/sg/etcd/ca.pem           # for etcds://: the CA that signed the etcd servers' certs
+//! cert = /etc/sg/etcd/client.pem     # optional, with key: the client certificate
+//! key = /etc/sg/etcd/client-key.pem
+//! user = sg-agent                    # optional, with password: etcd's own authentication
+//! password = ...
+//! ```
+//! The file must be owned by root or by the user running sg-agent and must not be accessible by
+//! group or others (`chmod 600`): it may hold a password and names the key that proves the
+//! host's identity to the store.
+
+use std::fmt;
+use std::fs::File;
+use std::future::Future;
+use std::io::Read as _;
+use std::net::Ipv6Addr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions,
+    Txn, TxnOp, WatchOptions, WatchStream,
+};
+use tokio::sync::watch as signal;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout, timeout_at};
+
+/// How long one list page, transaction or lease call may take before it is an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a connection (TCP + TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on idle connections, so a watch on a dead connection ends instead of waiting
+/// forever. etcd answers pings more frequent than its `--grpc-keepalive-min-time` (5 s by
+/// default) with GOAWAY, so stay above it.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys per list page: bounds one response's size; later pages read the first page's revision.
+const LIST_PAGE: i64 = 1000;
+/// gRPC's default 4 MiB message limit is below what one page or one watch batch may carry
+/// (etcd accepts values up to 1.5 MiB each).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// The etcd cluster to talk to, parsed from `etcd://HOST:PORT[,HOST:PORT...]` or `etcds://...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    tls: bool,
+    /// `HOST:PORT` as written, IPv6 hosts in brackets.
+    hosts: Vec<String>,
+}
+
+impl Endpoints {
+    /// Whether the endpoints speak TLS (`etcds://`).
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The `HOST:PORT` of each endpoint.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls { "https" } else { "http" };
+        self.hosts
+            .iter()
+            .map(|h| format!("{scheme}://{h}"))
+            .collect()
+    }
+}
+
+const ENDPOINTS_SYNTAX: &str = "expected etcd://HOST:PORT[,HOST:PORT...] or etcds://... (TLS)";
+
+impl FromStr for Endpoints {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Endpoints> {
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("etcd://") {
+            (false, rest)
+        } else if let Some(rest) = s.strip_prefix("etcds://") {
+            (true, rest)
+        } else if s.starts_with("http://") || s.starts_with("https://") {
+            bail!("{ENDPOINTS_SYNTAX}, got {s:?}: write etcd:// for http and etcds:// for https")
+        } else {
+            bail!("{ENDPOINTS_SYNTAX}, got {s:?}")
+        };
+        let hosts = rest
+            .split(',')
+            .map(parse_host_port)
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("{ENDPOINTS_SYNTAX}, got {s:?}"))?;
+        Ok(Endpoints { tls, hosts })
+    }
+}
+
+/// One `HOST:PORT`, returned as written once valid.
+fn parse_host_port(hp: &str) -> Result<String> {
+    if hp.is_empty() {
+        bail!("empty endpoint");
+    }
+    let (host, port) = if let Some(inner) = hp.strip_prefix('[') {
+        let (addr, port) = inner
+            .split_once("]:")
+            .ok_or_else(|| anyhow!("{hp:?}: expected [IPV6]:PORT"))?;
+        addr.parse::<Ipv6Addr>()
+            .map_err(|_| anyhow!("{hp:?}: {addr:?} is not an IPv6 address"))?;
+        (addr, port)
+    } else {
+        let (host, port) = hp
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("{hp:?}: missing :PORT"))?;
+        if host.contains(':') {
+            bail!("{hp:?}: an IPv6 address goes in brackets, as in [2001:db8::1]:2379");
+        }
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        if host.is_empty() || !host.chars().all(name_char) {
+            bail!("{hp:?}: {host:?} is not a host name or address");
+        }
+        (host, port)
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(hp.to_owned()),
+        _ => bail!("{hp:?}: the port of {host} must be a number from 1 to 65535"),
+    }
+}
+
+impl fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        write!(f, "{scheme}://{}", self.hosts.join(","))
+    }
+}
+
+/// What proves this host to etcd: TLS files and/or a user, read from a root-only file.
+/// (Debug leaves the password out.)
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The CA of the servers' certificates: required with etcds://.
+    ca: Option<PathBuf>,
+    /// The client certificate and its key, both or neither.
+    cert_key: Option<(PathBuf, PathBuf)>,
+    /// etcd's own user and password, both or neither.
+    user: Option<(String, String)>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("ca", &self.ca)
+            .field("cert_key", &self.cert_key)
+            .field("user", &self.user.as_ref().map(|(user, _)| user))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Reads the credentials file (format in the module doc), refusing a file that others could
+    /// read or change.
+    pub fn from_file(path: &Path) -> Result<Credentials> {
+        let mut file = File::open(path)
+            .with_context(|| format!("etcd credentials {}: cannot open", path.display()))?;
+        // The checks look at the opened file, not at the path again: no swap in between.
+        let meta = file.metadata()?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        check_private(meta.mode(), meta.uid(), euid)
+            .with_context(|| format!("etcd credentials {}", path.display()))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .with_context(|| format!("etcd credentials {}: cannot read", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        parse_credentials(&text, dir)
+            .with_context(|| format!("etcd credentials {}", path.display()))
+    }
+}
+
+/// Refuses a credentials file that group or others can access, or that someone other than root
+/// or the current user owns (they could rewrite it to point at their own CA).
+fn check_private(mode: u32, owner: u32, euid: u32) -> Result<()> {
+    if mode & 0o077 != 0 {
+        bail!(
+            "the file is accessible by group or others (mode {:04o}); credentials live in a \
+             root-only file: chmod 600 it",
+            mode & 0o7777
+        );
+    }
+    if owner != 0 && owner != euid {
+        bail!(
+            "the file is owned by uid {owner}, not by root or the current user (uid {euid}); \
+             credentials live in a root-only file: chown it to root and chmod 600 it"
+        );
+    }
+    Ok(())
+}
+
+fn parse_credentials(text: &str, dir: &Path) -> Result<Credentials> {
+    let mut fields: [Option<String>; 5] = Default::default();
+    const NAMES: [&str; 5] = ["ca", "cert", "key", "user", "password"];
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line_no = n + 1;
+        let (name, value) = line
+            .split_once('=')
+            .ok_or_else(|| anyhow!("line {line_no}: expected NAME = VALUE"))?;
+        let (name, value) = (name.trim(), value.trim());
+        let slot = NAMES.iter().position(|n| *n == name).ok_or_else(|| {
+            anyhow!("line {line_no}: unknown name {name:?} (expected one of {NAMES:?})")
+        })?;
+        if fields[slot].replace(value.to_owned()).is_some() {
+            bail!("line {line_no}: {name} given twice");
+        }
+    }
+    let [ca, cert, key, user, password] = fields;
+    let path = |p: String| dir.join(p);
+    let ca = ca.map(path);
+    let cert_key = match (cert, key) {
+        (Some(c), Some(k)) => Some((path(c), path(k))),
+        (None, None) => None,
+        _ => bail!("`cert` and `key` go together: give both or neither"),
+    };
+    let user = match (user, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => bail!("`user` and `password` go together: give both or neither"),
+    };
+    if ca.is_none() && cert_key.is_some() {
+        bail!("a client certificate needs `ca = PATH`, the CA of the etcd servers");
+    }
+    if ca.is_none() && user.is_none() {
+        bail!("nothing to authenticate with: give `ca` (TLS) and/or `user` and `password`");
+    }
+    Ok(Credentials { ca, cert_key, user })
+}
+
+/// The time limits of a [`Store`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Opening a connection.
+    pub connect: Duration,
+    /// Each request (one list page, a transaction, a lease call, a watch's creation).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: CONNECT_TIMEOUT,
+            request: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// A connected etcd client and the key prefix it works under.
+pub struct Store {
+    client: Client,
+    kv: KvClient,
+    prefix: String,
+    /// The endpoints' `HOST:PORT` list, for error messages.
+    label: String,
+    timeouts: Timeouts,
+    /// Keys per list page ([`LIST_PAGE`]; tests lower it to make listings span pages).
+    page: i64,
+}
+
+/// Every key under the prefix at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub revision: i64,
+    /// Sorted by key; keys relative to the prefix.
+    pub kvs: Vec<(String, Vec<u8>)>,
+}
+
+/// One change under the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// What a watch delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchBatch {
+    /// Changes in commit order; the store as of `revision` is the state before them plus them.
+    /// One batch may span several revisions (etcd batches a catching-up watch) but never splits
+    /// one: a transaction's events arrive together.
+    Changes {
+        revision: i64,
+        events: Vec<WatchEvent>,
+    },
+    /// The requested revision was compacted away: the watch has ended and the caller relists.
+    Compacted { compact_revision: i64 },
+}
+
+/// A condition of [`Store::commit_if`]: the key's last modification is at `mod_revision`
+/// (0: the key does not exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    pub key: String,
+    pub mod_revision: i64,
+}
+
+impl Store {
+    /// Connects with the default [`Timeouts`]; `prefix` is prepended to every key (e.g. `/sg/`).
+    pub async fn connect(
+        ep: &Endpoints,
+        creds: Option<&Credentials>,
+        prefix: &str,
+    ) -> Result<Store> {
+        Store::connect_with(ep, creds, prefix, Timeouts::default()).await
+    }
+
+    /// Connects and checks that etcd answers (a count of the keys under the prefix), so a wrong
+    /// address, certificate or password is reported here rather than on first use.
+    pub async fn connect_with(
+        ep: &Endpoints,
+        creds: Option<&Credentials>,
+        prefix: &str,
+        timeouts: Timeouts,
+    ) -> Result<Store> {
+        let label = ep.hosts.join(",");
+        if prefix.is_empty() {
+            bail!("etcd {label}: the key prefix is empty (sg keeps its keys under e.g. /sg/)");
+        }
+        let options = connect_options(ep, creds, timeouts)
+            .with_context(|| format!("etcd {label}: connect"))?;
+        let urls = ep.urls();
+        let connecting = || Client::connect(urls.clone(), Some(options.clone()));
+        let client = bounded(&label, timeouts.connect, "connect", connecting).await?;
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let store = Store {
+            client,
+            kv,
+            prefix: prefix.to_owned(),
+            label,
+            timeouts,
+            page: LIST_PAGE,
+        };
+        let probe = GetOptions::new().with_prefix().with_count_only();
+        let key = store.prefix.clone();
+        let op = format!("connect (count {key})");
+        store
+            .kv_call(&op, |mut kv| {
+                let (key, probe) = (key.clone(), probe.clone());
+                async move { kv.get(key, Some(probe)).await }
+            })
+            .await?;
+        Ok(store)
+    }
+
+    /// The endpoints' `HOST:PORT` list, as error messages name it.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Every key under the prefix at one revision. Pages of 1000 keys; each later page
+    /// reads at the first page's revision, and a compaction in between restarts the listing.
+    pub async fn list(&mut self) -> Result<Listing> {
+        let mut attempts = 0;
+        loop {
+            match self.list_once().await {
+                Err(e) if is_compacted(&e) && attempts < 3 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_once(&mut self) -> Result<Listing> {
+        let op = format!("list {}", self.prefix);
+        let end = prefix_end(self.prefix.as_bytes());
+        let mut from = self.prefix.clone().into_bytes();
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(self.page)
+                .with_revision(revision);
+            let mut resp = self
+                .kv_call(&op, |mut kv| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { kv.get(from, Some(options)).await }
+                })
+                .await?;
+            if revision == 0 {
+                revision = header_revision(resp.header());
+            }
+            let more = resp.more();
+            for kv in resp.take_kvs() {
+                let (key, value) = kv.into_key_value();
+                from = key.clone();
+                kvs.push((
+                    self.relative(key)
+                        .with_context(|| format!("etcd {}: {op}", self.label))?,
+                    value,
+                ));
+            }
+            if !more {
+                return Ok(Listing { revision, kvs });
+            }
+            // The next page starts just after the last key read.
+            from.push(0);
+        }
+    }
+
+    /// A watch of every key under the prefix, from `from_revision` (inclusive; typically a
+    /// listing's revision + 1).
+    pub async fn watch(&mut self, from_revision: i64) -> Result<Watch> {
+        let op = format!("watch {} from revision {from_revision}", self.prefix);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision);
+        let client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        let starting = || {
+            let (mut client, key, options) = (client.clone(), self.prefix.clone(), options.clone());
+            async move { client.watch(key, Some(options)).await }
+        };
+        let mut stream = bounded(&self.label, self.timeouts.request, &op, starting).await?;
+        // etcd confirms the watch first (or refuses it): wait for that, bounded, so a watch that
+        // cannot start is an error here and not a silent wait in `next`.
+        let created = stream.message();
+        let created = bounded_once(&self.label, self.timeouts.request, &op, created).await?;
+        match created {
+            Some(resp) if resp.created() && !resp.canceled() => {}
+            Some(resp) => bail!(
+                "etcd {}: {op}: refused: {}",
+                self.label,
+                resp.cancel_reason()
+            ),
+            None => bail!(
+                "etcd {}: {op}: the stream ended before the watch started",
+                self.label
+            ),
+        }
+        Ok(Watch {
+            stream: Some(stream),
+            prefix: self.prefix.clone(),
+            label: self.label.clone(),
+            op,
+        })
+    }
+
+    /// Writes `puts` and removes `deletes` (keys) and everything under `delete_prefixes`, in one
+    /// transaction: all or nothing. Returns the revision it committed at. A delete prefix may
+    /// cover keys that are also put (replace a subtree): those are written, the rest removed.
+    pub async fn commit(
+        &mut self,
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+        delete_prefixes: Vec<String>,
+    ) -> Result<i64> {
+        let committed = self.commit_if(&[], puts, deletes, delete_prefixes).await?;
+        committed.ok_or_else(|| anyhow!("etcd {}: commit: an unconditional txn failed", self.label))
+    }
+
+    /// [`Store::commit`] if every [`Expect`] holds (compare-and-swap): `Some(revision)`, or
+    /// `None` when one does not and nothing was written.
+    pub async fn commit_if(
+        &mut self,
+        expect: &[Expect],
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+        delete_prefixes: Vec<String>,
+    ) -> Result<Option<i64>> {
+        let op = format!(
+            "commit under {} ({} puts, {} deletes, {} prefix deletes)",
+            self.prefix,
+            puts.len(),
+            deletes.len(),
+            delete_prefixes.len()
+        );
+        let ops = plan_txn(&self.prefix, puts, deletes, delete_prefixes)
+            .with_context(|| format!("etcd {}: {op}", self.label))?;
+        let compares: Vec<Compare> = expect
+            .iter()
+            .map(|e| {
+                let key = self.full_key(&e.key);
+                Compare::mod_revision(key, CompareOp::Equal, e.mod_revision)
+            })
+            .collect();
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(ops.into_iter().map(TxnOp::from).collect::<Vec<_>>());
+        let resp = self
+            .kv_call(&op, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(txn_hint)?;
+        Ok(resp.succeeded().then(|| header_revision(resp.header())))
+    }
+
+    /// Writes one key, attached to `lease` when given (it vanishes with the lease). Returns the
+    /// revision of the write.
+    pub async fn put(&mut self, key: &str, value: Vec<u8>, lease: Option<i64>) -> Result<i64> {
+        let full = self.checked_key(key)?;
+        let op = format!("put {full}");
+        let options = lease.map(|id| PutOptions::new().with_lease(id));
+        let resp = self
+            .kv_call(&op, |mut kv| {
+                let (full, value, options) = (full.clone(), value.clone(), options.clone());
+                async move { kv.put(full, value, options).await }
+            })
+            .await?;
+        Ok(header_revision(resp.header()))
+    }
+
+    /// One key's value and the revision of its last modification.
+    pub async fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
+        let full = self.checked_key(key)?;
+        let op = format!("get {full}");
+        let mut resp = self
+            .kv_call(&op, |mut kv| {
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
+            .await?;
+        Ok(resp.take_kvs().into_iter().next().map(|kv| {
+            let revision = kv.mod_revision();
+            (kv.into_key_value().1, revision)
+        }))
+    }
+
+    /// Discards the history before `revision` (what etcd's auto-compaction does); watches from
+    /// older revisions then report [`WatchBatch::Compacted`].
+    pub async fn compact(&mut self, revision: i64) -> Result<()> {
+        let op = format!("compact at revision {revision}");
+        self.kv_call(
+            &op,
+            |mut kv| async move { kv.compact(revision, None).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A lease of `ttl_secs` seconds, kept alive from a spawned task until the [`Lease`] is
+    /// dropped (then revoked, best effort) or the keepalive fails ([`Lease::lost`]).
+    pub async fn grant_lease(&mut self, ttl_secs: i64) -> Result<Lease> {
+        let op = format!("grant a lease of {ttl_secs} s");
+        if ttl_secs < 1 {
+            bail!("etcd {}: {op}: the TTL must be at least 1 s", self.label);
+        }
+        let client = self.client.lease_client();
+        let grant = || {
+            let mut client = client.clone();
+            async move { client.grant(ttl_secs, None).await }
+        };
+        let resp = bounded(&self.label, self.timeouts.request, &op, grant).await?;
+        let (id, granted) = (resp.id(), resp.ttl());
+        let (lost_tx, lost_rx) = signal::channel(false);
+        let keeper = KeepAlive {
+            client: client.clone(),
+            id,
+            ttl: Duration::from_secs(granted.max(1).unsigned_abs()),
+            timeout: self.timeouts.request,
+            label: self.label.clone(),
+        };
+        let task = tokio::spawn(keeper.run(lost_tx));
+        Ok(Lease {
+            id,
+            ttl: granted,
+            client,
+            timeout: self.timeouts.request,
+            lost: lost_rx,
+            task,
+            revoke_on_drop: true,
+            label: self.label.clone(),
+        })
+    }
+
+    /// One KV call as [`bounded`] runs it; `call` gets a handle of the client per attempt.
+    async fn kv_call<T, Fut>(&self, op: &str, call: impl Fn(KvClient) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        bounded(&self.label, self.timeouts.request, op, || {
+            call(self.kv.clone())
+        })
+        .await
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The full key of a single-key operation; the empty key would name the prefix itself.
+    fn checked_key(&self, key: &str) -> Result<String> {
+        if key.is_empty() {
+            bail!(
+                "etcd {}: empty key (keys are relative to {})",
+                self.label,
+                self.prefix
+            );
+        }
+        Ok(self.full_key(key))
+    }
+
+    fn relative(&self, key: Vec<u8>) -> Result<String> {
+        relative_key(&self.prefix, key)
+    }
+}
+
+/// The client options: timeouts, keepalive, and TLS and user from the credentials.
+fn connect_options(
+    ep: &Endpoints,
+    creds: Option<&Credentials>,
+    timeouts: Timeouts,
+) -> Result<ConnectOptions> {
+    // No per-request gRPC timeout here: it would also cut long-lived watch and keepalive
+    // streams. Each call is bounded by `bounded` instead.
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeouts.connect)
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_keep_alive_while_idle(true)
+        // Without a leader etcd cannot commit; fail (and end watches) rather than wait.
+        .with_require_leader(true);
+    if let Some((user, password)) = creds.and_then(|c| c.user.as_ref()) {
+        options = options
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    let ca = creds.and_then(|c| c.ca.as_ref());
+    if !ep.tls {
+        if ca.is_some() {
+            bail!("the credentials name TLS files but the endpoints are plain: write etcds://");
+        }
+        return Ok(options);
+    }
+    let ca = ca.ok_or_else(|| {
+        anyhow!("etcds:// needs credentials naming the CA of the etcd servers (`ca = PATH`)")
+    })?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = creds.and_then(|c| c.cert_key.as_ref()) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options.with_tls(tls))
+}
+
+/// Runs one call under a time limit; its error names the endpoints and the operation. No
+/// retry: for what cannot be repeated, like reading the next message of a stream.
+async fn bounded_once<T>(
+    label: &str,
+    limit: Duration,
+    op: &str,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match timeout(limit, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context(format!("etcd {label}: {op}"))),
+        Err(_) => Err(anyhow!("etcd {label}: {op}: no answer within {limit:?}")),
+    }
+}
+
+/// Runs a call under a time limit, and again while etcd cannot have received it, so repeating
+/// it is safe even for a transaction:
+/// - the endpoint the client picked refused the connection: the client spreads calls over the
+///   endpoints at random, so with one member of three down a third of the calls would fail;
+///   a few quick attempts per endpoint reach a live one (and with etcd down, fail fast);
+/// - the member has no leader (an election is under way): retried until the time limit.
+async fn bounded<T, Fut>(
+    label: &str,
+    limit: Duration,
+    op: &str,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + limit;
+    let endpoints = label.split(',').count();
+    let mut refused = 0;
+    loop {
+        let e = match timeout_at(deadline, call()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => return Err(anyhow!("etcd {label}: {op}: no answer within {limit:?}")),
+        };
+        let pause = match not_received(&e) {
+            Some(NotReceived::Refused) if refused < 3 * endpoints => {
+                refused += 1;
+                Duration::from_millis(20)
+            }
+            Some(NotReceived::NoLeader) => Duration::from_millis(200),
+            _ => return Err(anyhow::Error::new(e).context(format!("etcd {label}: {op}"))),
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(anyhow::Error::new(e).context(format!("etcd {label}: {op}")));
+        }
+        log::debug!("etcd {label}: {op}: {e}; trying again");
+        sleep(pause).await;
+    }
+}
+
+/// Why etcd did not receive a call.
+enum NotReceived {
+    Refused,
+    NoLeader,
+}
+
+fn not_received(e: &etcd_client::Error) -> Option<NotReceived> {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return None;
+    };
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let message = status.message();
+    if message.contains("tcp connect error") {
+        Some(NotReceived::Refused)
+    } else if message.contains("no leader") {
+        Some(NotReceived::NoLeader)
+    } else {
+        None
+    }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, etcd_client::ResponseHeader::revision)
+}
+
+fn is_compacted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.to_string()
+            .contains("required revision has been compacted")
+    })
+}
+
+/// etcd bounds one transaction by its `--max-txn-ops`: say so where it bites.
+fn txn_hint(e: anyhow::Error) -> anyhow::Error {
+    if e.chain()
+        .any(|c| c.to_string().contains("too many operations in txn request"))
+    {
+        e.context(
+            "one transaction holds at most the etcd server's --max-txn-ops operations \
+             (128 by default); raise it on every etcd member",
+        )
+    } else {
+        e
+    }
+}
+
+fn relative_key(prefix: &str, key: Vec<u8>) -> Result<String> {
+    let key = String::from_utf8(key).map_err(|e| {
+        anyhow!(
+            "key {:?} is not UTF-8",
+            String::from_utf8_lossy(e.as_bytes())
+        )
+    })?;
+    match key.strip_prefix(prefix) {
+        Some(rest) => Ok(rest.to_owned()),
+        None => bail!("key {key:?} is outside the prefix {prefix:?}"),
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end of a prefix):
+/// the prefix with its last byte below 0xff incremented and what follows dropped. A prefix of
+/// only 0xff bytes has no end: `\0` means "to the last key" in etcd.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// One operation of a transaction, full keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    /// Keys in `[from, to)`.
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+impl From<Op> for TxnOp {
+    fn from(op: Op) -> TxnOp {
+        match op {
+            Op::Put(k, v) => TxnOp::put(k, v, None),
+            Op::Delete(k) => TxnOp::delete(k, None),
+            Op::DeleteRange(from, to) => {
+                TxnOp::delete(from, Some(DeleteOptions::new().with_range(to)))
+            }
+        }
+    }
+}
+
+/// The operations of one commit. etcd refuses a transaction that puts a key inside a range it
+/// also deletes ("duplicate key given in txn request"), so a delete prefix that covers put keys
+/// becomes the ranges between them. A key both put and deleted, or put twice, is a caller bug.
+fn plan_txn(
+    prefix: &str,
+    puts: Vec<(String, Vec<u8>)>,
+    deletes: Vec<String>,
+    delete_prefixes: Vec<String>,
+) -> Result<Vec<Op>> {
+    let full = |k: &str| format!("{prefix}{k}").into_bytes();
+    let mut put_keys = std::collections::BTreeSet::new();
+    for (key, _) in &puts {
+        if key.is_empty() {
+            bail!("empty key in puts (keys are relative to {prefix})");
+        }
+        if !put_keys.insert(full(key)) {
+            bail!("key {key:?} is put twice");
+        }
+    }
+    let mut ops: Vec<Op> = puts
+        .into_iter()
+        .map(|(k, v)| Op::Put(full(&k), v))
+        .collect();
+    for key in deletes {
+        if key.is_empty() {
+            bail!("empty key in deletes (an empty delete prefix removes everything)");
+        }
+        if put_keys.contains(&full(&key)) {
+            bail!("key {key:?} is both put and deleted");
+        }
+        ops.push(Op::Delete(full(&key)));
+    }
+    for p in delete_prefixes {
+        let start = full(&p);
+        let end = prefix_end(&start);
+        let mut from = start.clone();
+        for key in put_keys.range(start..end.clone()) {
+            if from < *key {
+                ops.push(Op::DeleteRange(from, key.clone()));
+            }
+            from = key.clone();
+            from.push(0);
+        }
+        if from < end {
+            ops.push(Op::DeleteRange(from, end));
+        }
+    }
+    Ok(ops)
+}
+
+/// A watch of the prefix; ends (None or an error) when etcd goes away or cancels it.
+pub struct Watch {
+    /// None once the watch has ended.
+    stream: Option<WatchStream>,
+    prefix: String,
+    label: String,
+    op: String,
+}
+
+impl Watch {
+    /// The next batch of changes. `Ok(None)` or `Err` when the stream has ended: the caller
+    /// reconnects, relists and watches again. After [`WatchBatch::Compacted`] it is `None`.
+    pub async fn next(&mut self) -> Result<Option<WatchBatch>> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(None);
+            };
+            let message = stream.message().await;
+            let resp = match message {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    self.stream = None;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.stream = None;
+                    let e = anyhow::Error::new(e);
+                    return Err(e.context(format!("etcd {}: {}", self.label, self.op)));
+                }
+            };
+            if resp.compact_revision() != 0 {
+                self.stream = None;
+                let compact_revision = resp.compact_revision();
+                return Ok(Some(WatchBatch::Compacted { compact_revision }));
+            }
+            if resp.canceled() {
+                self.stream = None;
+                let reason = resp.cancel_reason();
+                bail!(
+                    "etcd {}: {}: cancelled by etcd: {reason}",
+                    self.label,
+                    self.op
+                );
+            }
+            // Progress notifications carry no events: nothing to apply.
+            if let Some(batch) = self.batch(resp.events())? {
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    fn batch(&self, events: &[etcd_client::Event]) -> Result<Option<WatchBatch>> {
+        let mut revision = 0;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            revision = revision.max(kv.mod_revision());
+            let key = relative_key(&self.prefix, kv.key().to_vec())
+                .with_context(|| format!("etcd {}: {}", self.label, self.op))?;
+            out.push(match event.event_type() {
+                EventType::Put => WatchEvent::Put {
+                    key,
+                    value: kv.value().to_vec(),
+                },
+                EventType::Delete => WatchEvent::Delete { key },
+            });
+        }
+        Ok((!out.is_empty()).then_some(WatchBatch::Changes {
+            revision,
+            events: out,
+        }))
+    }
+}
+
+/// A lease kept alive by a spawned task. Dropping it stops the keepalive and revokes the lease
+/// (best effort, so the keys attached to it vanish at once rather than after the TTL).
+pub struct Lease {
+    id: i64,
+    ttl: i64,
+    client: LeaseClient,
+    timeout: Duration,
+    lost: signal::Receiver<bool>,
+    task: JoinHandle<()>,
+    revoke_on_drop: bool,
+    label: String,
+}
+
+impl Lease {
+    /// The lease id to attach keys to ([`Store::put`]).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// The TTL etcd granted, in seconds (etcd may raise a short one to its minimum).
+    pub fn ttl(&self) -> i64 {
+        self.ttl
+    }
+
+    /// Whether the keepalive has failed: the lease expired or could not be renewed within its TTL.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow() || self.task.is_finished()
+    }
+
+    /// Resolves when the keepalive has failed; the caller then grants a new lease and registers
+    /// its keys again.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        // An error means the keepalive task is gone: lost as well.
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Revokes the lease now: the keys attached to it vanish.
+    pub async fn revoke(mut self) -> Result<()> {
+        self.task.abort();
+        self.revoke_on_drop = false;
+        let op = format!("revoke lease {:x}", self.id);
+        let (client, id) = (&self.client, self.id);
+        let revoke = || {
+            let mut client = client.clone();
+            async move { client.revoke(id).await }
+        };
+        bounded(&self.label, self.timeout, &op, revoke).await?;
+        Ok(())
+    }
+
+    /// Whether dropping the lease revokes it (the default) or only stops the keepalive, so
+    /// that its keys outlive the holder by the TTL (a restart within it keeps them).
+    pub fn set_revoke_on_drop(&mut self, revoke: bool) {
+        self.revoke_on_drop = revoke;
+    }
+
+    /// Stops the keepalive without revoking: the keys stay until the TTL runs out, as when the
+    /// host dies.
+    pub fn abandon(mut self) {
+        self.revoke_on_drop = false;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.task.abort();
+        if !self.revoke_on_drop {
+            return;
+        }
+        // Best effort: only when a runtime is still there to run it, bounded like every call.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (mut client, id, limit) = (self.client.clone(), self.id, self.timeout);
+            runtime.spawn(async move {
+                let _ = timeout(limit, client.revoke(id)).await;
+            });
+        }
+    }
+}
+
+/// The keepalive task of one lease.
+struct KeepAlive {
+    client: LeaseClient,
+    id: i64,
+    ttl: Duration,
+    timeout: Duration,
+    label: String,
+}
+
+impl KeepAlive {
+    /// Renews every TTL/3; on a failure, retries every second on a new stream until the lease
+    /// would have expired, then reports it lost.
+    async fn run(mut self, lost: signal::Sender<bool>) {
+        let period = self.ttl / 3;
+        let mut alive_until = Instant::now() + self.ttl;
+        let mut stream = None;
+        loop {
+            let wait = match self.renew(&mut stream).await {
+                Ok(Some(ttl)) => {
+                    alive_until = Instant::now() + ttl;
+                    period
+                }
+                Ok(None) => {
+                    log::warn!("etcd {}: lease {:x} expired", self.label, self.id);
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("etcd {}: lease {:x}: keepalive: {e:#}", self.label, self.id);
+                    stream = None;
+                    if Instant::now() >= alive_until {
+                        break;
+                    }
+                    period.min(Duration::from_secs(1))
+                }
+            };
+            sleep(wait).await;
+        }
+        let _ = lost.send(true);
+    }
+
+    /// One renewal: the remaining TTL, or None when etcd no longer knows the lease.
+    async fn renew(
+        &mut self,
+        stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    ) -> Result<Option<Duration>> {
+        let limit = self.timeout.min(self.ttl);
+        let op = format!("keepalive of lease {:x}", self.id);
+        let ttl = if let Some((keeper, responses)) = stream.as_mut() {
+            bounded_once(&self.label, limit, &op, keeper.keep_alive()).await?;
+            let resp = bounded_once(&self.label, limit, &op, responses.message()).await?;
+            resp.ok_or_else(|| anyhow!("etcd {}: {op}: the stream ended", self.label))?
+                .ttl()
+        } else {
+            // Opening the stream renews once and fails with "lease not found" when it expired.
+            let (client, id) = (&self.client, self.id);
+            let open = || {
+                let mut client = client.clone();
+                async move { client.keep_alive(id).await }
+            };
+            match bounded(&self.label, limit, &op, open).await {
+                Ok(opened) => {
+                    *stream = Some(opened);
+                    self.ttl.as_secs().cast_signed()
+                }
+                Err(e) if format!("{e:#}").contains("lease not found") => 0,
+                Err(e) => return Err(e),
+            }
+        };
+        Ok((ttl > 0).then(|| Duration::from_secs(ttl.unsigned_abs())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // ---- Endpoints ----
+
+    #[test]
+    fn endpoints_accept_names_ipv4_and_bracketed_ipv6() {
+        let ep: Endpoints = "etcd://127.0.0.1:2379,etcd-1.example:2380,[2001:db8::1]:2379"
+            .parse()
+            .unwrap();
+        assert!(!ep.tls());
+        assert_eq!(
+            ep.hosts(),
+            [
+                "127.0.0.1:2379",
+                "etcd-1.example:2380",
+                "[2001:db8::1]:2379"
+            ]
+        );
+        assert_eq!(
+            ep.urls(),
+            [
+                "http://127.0.0.1:2379",
+                "http://etcd-1.example:2380",
+                "http://[2001:db8::1]:2379"
+            ]
+        );
+        assert_eq!(
+            ep.to_string(),
+            "etcd://127.0.0.1:2379,etcd-1.example:2380,[2001:db8::1]:2379"
+        );
+
+        let ep: Endpoints = "etcds://192.0.2.1:2379".parse().unwrap();
+        assert!(ep.tls());
+        assert_eq!(ep.urls(), ["https://192.0.2.1:2379"]);
+        assert_eq!(ep.to_string().parse::<Endpoints>().unwrap(), ep);
+    }
+
+    #[test]
+    fn endpoints_refuse_malformed_input_with_the_expected_syntax() {
+        // (input, a phrase the error must contain)
+        let cases = [
+            ("", "expected etcd://HOST:PORT"),
+            ("127.0.0.1:2379", "expected etcd://HOST:PORT"),
+            ("http://127.0.0.1:2379", "write etcd:// for http"),
+            ("etcd://", "empty endpoint"),
+            ("etcd://127.0.0.1:2379,", "empty endpoint"),
+            ("etcd://127.0.0.1", "missing :PORT"),
+            ("etcd://127.0.0.1:0", "from 1 to 65535"),
+            ("etcd://127.0.0.1:65536", "from 1 to 65535"),
+            ("etcd://127.0.0.1:x", "from 1 to 65535"),
+            ("etcd://:2379", "not a host name"),
+            ("etcd://user@host:2379", "not a host name"),
+            ("etcd://host:2379/path", "from 1 to 65535"),
+            ("etcd://2001:db8::1:2379", "goes in brackets"),
+            ("etcd://[2001:db8::1]", "expected [IPV6]:PORT"),
+            ("etcd://[192.0.2.1]:2379", "not an IPv6 address"),
+        ];
+        for (input, phrase) in cases {
+            let err = format!("{:#}", input.parse::<Endpoints>().unwrap_err());
+            assert!(err.contains(phrase), "{input:?}: {err}");
+            assert!(err.contains(ENDPOINTS_SYNTAX), "{input:?}: {err}");
+        }
+    }
+
+    // ---- Credentials ----
+
+    #[test]
+    fn credentials_refuse_group_or_other_access_and_foreign_owners() {
+        // (mode, owner, euid, allowed)
+        let cases = [
+            (0o100_600, 0, 0, true),
+            (0o100_400, 1000, 1000, true),
+            (0o100_600, 0, 1000, true),
+            (0o100_640, 0, 0, false),
+            (0o100_604, 0, 0, false),
+            (0o100_620, 1000, 1000, false),
+            (0o100_600, 1001, 1000, false),
+            (0o100_600, 1000, 0, false),
+        ];
+        for (mode, owner, euid, allowed) in cases {
+            let got = check_private(mode, owner, euid);
+            assert_eq!(
+                got.is_ok(),
+                allowed,
+                "mode {mode:o} owner {owner} euid {euid}: {got:?}"
+            );
+        }
+        let err = check_private(0o100_644, 0, 0).unwrap_err().to_string();
+        assert!(err.contains("chmod 600") && err.contains("0644"), "{err}");
+    }
+
+    fn write_private(path: &Path, text: &str, mode: u32) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn credentials_file_names_paths_relative_to_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.conf");
+        let text = "# sg-agent's etcd credentials\nca = ca.pem\ncert=/etc/sg/client.pem\n\
+                    key = client.key\nuser = sg-agent\npassword = a=b c\n";
+        write_private(&path, text, 0o600);
+        let creds = Credentials::from_file(&path).unwrap();
+        assert_eq!(creds.ca, Some(dir.path().join("ca.pem")));
+        assert!(
+            !format!("{creds:?}").contains("a=b c"),
+            "Debug shows the password"
+        );
+        let cert_key = (
+            PathBuf::from("/etc/sg/client.pem"),
+            dir.path().join("client.key"),
+        );
+        assert_eq!(creds.cert_key, Some(cert_key));
+        assert_eq!(
+            creds.user,
+            Some(("sg-agent".to_owned(), "a=b c".to_owned()))
+        );
+
+        write_private(&path, "ca = ca.pem\n", 0o644);
+        let err = format!("{:#}", Credentials::from_file(&path).unwrap_err());
+        assert!(
+            err.contains("etcd.conf") && err.contains("chmod 600"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credentials_file_errors_name_the_line() {
+        let cases = [
+            ("cert = c.pem\nkey = k.pem\n", "needs `ca = PATH`"),
+            ("# empty\n", "nothing to authenticate with"),
+            ("ca = a\ncert = c.pem\n", "`cert` and `key` go together"),
+            (
+                "ca = a\npassword = p\n",
+                "`user` and `password` go together",
+            ),
+            ("ca = a\nca = b\n", "line 2: ca given twice"),
+            ("ca = a\n\ncacert = b\n", "line 3: unknown name \"cacert\""),
+            ("ca a\n", "line 1: expected NAME = VALUE"),
+        ];
+        for (text, phrase) in cases {
+            let err = format!(
+                "{:#}",
+                parse_credentials(text, Path::new("/etc/sg")).unwrap_err()
+            );
+            assert!(err.contains(phrase), "{text:?}: {err}");
+        }
+    }
+
+    // ---- Transactions, pure ----
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/sg/"), b"/sg0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    #[test]
+    fn a_delete_prefix_skips_the_keys_put_in_the_same_commit() {
+        let puts = vec![
+            ("g/web/2".to_owned(), b"2".to_vec()),
+            ("g/web/4".to_owned(), b"4".to_vec()),
+        ];
+        let ops = plan_txn(
+            "/sg/",
+            puts,
+            vec!["h/1".to_owned()],
+            vec!["g/web/".to_owned()],
+        )
+        .unwrap();
+        let k = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            ops,
+            [
+                Op::Put(k("/sg/g/web/2"), k("2")),
+                Op::Put(k("/sg/g/web/4"), k("4")),
+                Op::Delete(k("/sg/h/1")),
+                Op::DeleteRange(k("/sg/g/web/"), k("/sg/g/web/2")),
+                Op::DeleteRange(k("/sg/g/web/2\0"), k("/sg/g/web/4")),
+                Op::DeleteRange(k("/sg/g/web/4\0"), k("/sg/g/web0")),
+            ]
+        );
+        let put = |k: &str| vec![(k.to_owned(), Vec::new())];
+        let twice = [("a".to_owned(), Vec::new()), ("a".to_owned(), Vec::new())].to_vec();
+        for (puts, deletes, phrase) in [
+            (twice, vec![], "put twice"),
+            (put("a"), vec!["a".to_owned()], "both put and deleted"),
+            (put(""), vec![], "empty key"),
+            (vec![], vec![String::new()], "empty key"),
+        ] {
+            let err = plan_txn("/sg/", puts, deletes, vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(phrase), "{err}");
+        }
+    }
+
+    // ---- A real etcd ----
+
+    const PREFIX: &str = "/sg/";
+    const SHORT: Timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        request: Duration::from_secs(2),
+    };
+
+    fn random_port() -> u16 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        20000 + u16::try_from(random % 20000).unwrap()
+    }
+
+    /// The TLS files of a test etcd: its server certificate, and the CA that signed it and
+    /// the client's certificate.
+    struct TlsFiles {
+        ca: PathBuf,
+        server_cert: PathBuf,
+        server_key: PathBuf,
+    }
+
+    /// One etcd server on loopback with its own data directory; killed when dropped (also when
+    /// the test panics).
+    struct Etcd {
+        child: Option<Child>,
+        dir: tempfile::TempDir,
+        port: u16,
+        tls: bool,
+    }
+
+    impl Etcd {
+        async fn start() -> Etcd {
+            Etcd::start_with(None, None).await
+        }
+
+        /// Ports are random in 20000-40000: a port someone else holds means another try.
+        async fn start_with(tls: Option<&TlsFiles>, creds: Option<&Credentials>) -> Etcd {
+            for _ in 0..10 {
+                let (port, peer) = (random_port(), random_port());
+                if port == peer {
+                    continue;
+                }
+                let mut etcd = Etcd::spawn(port, peer, tls);
+                match etcd.ready(creds).await {
+                    Ok(()) => return etcd,
+                    Err(log) if log.contains("address already in use") => {}
+                    Err(log) => panic!("etcd on port {port} did not start:\n{log}"),
+                }
+            }
+            panic!("no free port pair for etcd after 10 tries");
+        }
+
+        fn spawn(port: u16, peer: u16, tls: Option<&TlsFiles>) -> Etcd {
+            let dir = tempfile::tempdir().unwrap();
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://127.0.0.1:{port}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = File::create(dir.path().join("etcd.log")).unwrap();
+            let mut cmd = Command::new("/usr/bin/etcd");
+            cmd.arg("--name=sg-test")
+                .arg(format!("--data-dir={}", dir.path().join("data").display()))
+                .arg(format!("--listen-client-urls={client_url}"))
+                .arg(format!("--advertise-client-urls={client_url}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster=sg-test={peer_url}"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            if let Some(t) = tls {
+                cmd.arg(format!("--cert-file={}", t.server_cert.display()))
+                    .arg(format!("--key-file={}", t.server_key.display()))
+                    .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd.spawn().expect("start /usr/bin/etcd");
+            Etcd {
+                child: Some(child),
+                dir,
+                port,
+                tls: tls.is_some(),
+            }
+        }
+
+        /// Waits until etcd has a leader and answers; Err(its log) when it exited or took over
+        /// 20 s.
+        async fn ready(&mut self, creds: Option<&Credentials>) -> Result<(), String> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
+                if exited {
+                    return Err(self.log());
+                }
+                if Store::connect_with(&self.endpoints(), creds, PREFIX, SHORT)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+            Err(self.log())
+        }
+
+        fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        }
+
+        fn endpoints(&self) -> Endpoints {
+            let scheme = if self.tls { "etcds" } else { "etcd" };
+            format!("{scheme}://127.0.0.1:{}", self.port)
+                .parse()
+                .unwrap()
+        }
+
+        async fn store(&self) -> Store {
+            Store::connect_with(&self.endpoints(), None, PREFIX, SHORT)
+                .await
+                .unwrap()
+        }
+
+        fn stop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    fn puts(kvs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        kvs.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn strings(keys: &[&str]) -> Vec<String> {
+        keys.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    /// The keys under the prefix, as a map of strings.
+    async fn contents(store: &mut Store) -> BTreeMap<String, String> {
+        let listing = store.list().await.unwrap();
+        listing
+            .kvs
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_reads_every_key_under_the_prefix_at_one_revision() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let mut raw = store.client.clone();
+        raw.put("/sgx/not-mine", "x", None).await.unwrap();
+        raw.put("/other", "x", None).await.unwrap();
+        let keys: Vec<String> = (0..40).map(|i| format!("k/{i:02}")).collect();
+        let values = keys.iter().map(|k| (k.clone(), b"0".to_vec())).collect();
+        let revision = store.commit(values, vec![], vec![]).await.unwrap();
+        let listing = store.list().await.unwrap();
+        assert_eq!(listing.revision, revision);
+        let listed: Vec<&String> = listing.kvs.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            listed,
+            keys.iter().collect::<Vec<_>>(),
+            "only the prefix, relative, sorted"
+        );
+
+        // Pages of 3 keys while a writer rewrites them: every page must read the first page's
+        // revision, so the listing equals one unpaged read at that revision.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, mut writer) = (stop.clone(), etcd.store().await);
+            tokio::spawn(async move {
+                let mut n = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("k/{:02}", n % 40);
+                    writer
+                        .put(&key, n.to_string().into_bytes(), None)
+                        .await
+                        .unwrap();
+                }
+                n
+            })
+        };
+        store.page = 3;
+        sleep(Duration::from_millis(100)).await;
+        for _ in 0..3 {
+            let paged = store.list().await.unwrap();
+            let options = GetOptions::new()
+                .with_prefix()
+                .with_revision(paged.revision);
+            let mut whole = store.kv.get(PREFIX, Some(options)).await.unwrap();
+            let whole: Vec<(String, Vec<u8>)> = whole
+                .take_kvs()
+                .into_iter()
+                .map(|kv| {
+                    let (k, v) = kv.into_key_value();
+                    (relative_key(PREFIX, k).unwrap(), v)
+                })
+                .collect();
+            assert_eq!(paged.kvs, whole, "listing at revision {}", paged.revision);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let writes = writer.await.unwrap();
+        assert!(
+            writes > 10,
+            "the writer ran alongside the listing ({writes} writes)"
+        );
+    }
+
+    #[tokio::test]
+    async fn commit_is_one_transaction_all_or_nothing() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let before = [
+            ("rules/web/1", "a"),
+            ("rules/web/2", "b"),
+            ("hosts/h1", "up"),
+        ];
+        store.commit(puts(&before), vec![], vec![]).await.unwrap();
+
+        // Replace a subtree and delete a key, at one revision.
+        let revision = store
+            .commit(
+                puts(&[("rules/web/2", "B"), ("rules/web/3", "C")]),
+                strings(&["hosts/h1"]),
+                strings(&["rules/web/"]),
+            )
+            .await
+            .unwrap();
+        let want: BTreeMap<String, String> = [("rules/web/2", "B"), ("rules/web/3", "C")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        assert_eq!(contents(&mut store).await, want);
+        assert_eq!(
+            store.get("rules/web/2").await.unwrap(),
+            Some((b"B".to_vec(), revision))
+        );
+        assert_eq!(store.get("rules/web/3").await.unwrap().unwrap().1, revision);
+
+        // A failing compare writes nothing.
+        let stale = Expect {
+            key: "rules/web/2".into(),
+            mod_revision: revision - 1,
+        };
+        let put = puts(&[("rules/web/9", "Z")]);
+        let got = store
+            .commit_if(&[stale], put, strings(&["rules/web/3"]), vec![])
+            .await;
+        assert_eq!(got.unwrap(), None);
+        assert_eq!(contents(&mut store).await, want);
+        assert_eq!(store.list().await.unwrap().revision, revision);
+
+        // Compare-and-swap: create only if absent.
+        let absent = || {
+            vec![Expect {
+                key: "lock".into(),
+                mod_revision: 0,
+            }]
+        };
+        let first = store
+            .commit_if(&absent(), puts(&[("lock", "1")]), vec![], vec![])
+            .await;
+        assert!(first.unwrap().is_some());
+        let second = store
+            .commit_if(&absent(), puts(&[("lock", "2")]), vec![], vec![])
+            .await;
+        assert_eq!(second.unwrap(), None);
+        assert_eq!(store.get("lock").await.unwrap().unwrap().0, b"1");
+
+        // Too big for one transaction (etcd's --max-txn-ops is 128): refused whole, with the
+        // reason, and nothing of it written.
+        let revision = store.list().await.unwrap().revision;
+        let big = (0..200)
+            .map(|i| (format!("big/{i}"), vec![b'x'; 10]))
+            .collect();
+        let err = format!("{:#}", store.commit(big, vec![], vec![]).await.unwrap_err());
+        assert!(
+            err.contains(&format!("etcd 127.0.0.1:{}: commit under /sg/", etcd.port)),
+            "{err}"
+        );
+        assert!(err.contains("--max-txn-ops"), "{err}");
+        let after = store.list().await.unwrap();
+        assert_eq!(after.revision, revision);
+        assert!(after.kvs.iter().all(|(k, _)| !k.starts_with("big/")));
+    }
+
+    /// Batches until one reaches `revision`, bounded.
+    async fn collect_until(watch: &mut Watch, revision: i64) -> Vec<(i64, Vec<WatchEvent>)> {
+        let mut batches = Vec::new();
+        while batches.last().is_none_or(|(r, _)| *r < revision) {
+            let next = timeout(Duration::from_secs(5), watch.next())
+                .await
+                .expect("a batch");
+            match next.unwrap().expect("the watch goes on") {
+                WatchBatch::Changes { revision, events } => batches.push((revision, events)),
+                other @ WatchBatch::Compacted { .. } => panic!("{other:?}"),
+            }
+        }
+        batches
+    }
+
+    #[tokio::test]
+    async fn watch_sees_puts_and_deletes_in_order_with_revisions() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        store.put("g/a", b"1".to_vec(), None).await.unwrap();
+        let listing = store.list().await.unwrap();
+        let mut watch = store.watch(listing.revision + 1).await.unwrap();
+
+        let r1 = store.put("g/b", b"2".to_vec(), None).await.unwrap();
+        store.client.put("/sgx/outside", "x", None).await.unwrap();
+        let r2 = store
+            .commit(puts(&[("g/c", "3")]), strings(&["g/a"]), vec![])
+            .await
+            .unwrap();
+        let r3 = store
+            .commit(vec![], vec![], strings(&["g/"]))
+            .await
+            .unwrap();
+        let batches = collect_until(&mut watch, r3).await;
+
+        let revisions: Vec<i64> = batches.iter().map(|(r, _)| *r).collect();
+        assert!(
+            revisions.is_sorted() && revisions.last() == Some(&r3),
+            "{revisions:?}"
+        );
+        let put = |k: &str, v: &str| WatchEvent::Put {
+            key: k.into(),
+            value: v.into(),
+        };
+        let delete = |k: &str| WatchEvent::Delete { key: k.into() };
+        let events: Vec<WatchEvent> = batches.iter().flat_map(|(_, e)| e.clone()).collect();
+        assert_eq!(
+            events,
+            [
+                put("g/b", "2"),
+                put("g/c", "3"),
+                delete("g/a"),
+                delete("g/b"),
+                delete("g/c")
+            ]
+        );
+        // Each transaction is delivered whole, in a batch at (or, merged, after) its revision.
+        let batch_of = |event: &WatchEvent| batches.iter().find(|(_, e)| e.contains(event));
+        assert!(batch_of(&put("g/b", "2")).unwrap().0 >= r1);
+        let r2_batch = batch_of(&delete("g/a")).unwrap();
+        assert!(r2_batch.0 >= r2 && r2_batch.1.contains(&put("g/c", "3")));
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_a_compacted_revision_reports_compacted() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let old = store.put("g/a", b"1".to_vec(), None).await.unwrap();
+        store.put("g/a", b"2".to_vec(), None).await.unwrap();
+        let now = store.put("g/a", b"3".to_vec(), None).await.unwrap();
+        store.compact(now).await.unwrap();
+
+        let mut watch = store.watch(old).await.unwrap();
+        let next = timeout(Duration::from_secs(5), watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next,
+            Some(WatchBatch::Compacted {
+                compact_revision: now
+            })
+        );
+        assert_eq!(
+            watch.next().await.unwrap(),
+            None,
+            "a compacted watch has ended"
+        );
+
+        // From the compaction revision on, a watch works again (the caller relists, then
+        // watches from the listing's revision + 1).
+        let listing = store.list().await.unwrap();
+        let mut watch = store.watch(listing.revision + 1).await.unwrap();
+        let r = store.put("g/b", b"4".to_vec(), None).await.unwrap();
+        let batches = collect_until(&mut watch, r).await;
+        assert_eq!(
+            batches,
+            [(
+                r,
+                vec![WatchEvent::Put {
+                    key: "g/b".into(),
+                    value: b"4".into()
+                }]
+            )]
+        );
+    }
+
+    /// Polls until `key` is gone; the time it took.
+    async fn vanishes(store: &mut Store, key: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        while store.get(key).await.unwrap().is_some() {
+            assert!(
+                start.elapsed() < within,
+                "{key} still there after {within:?}"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_lease_keeps_its_keys_until_the_keepalive_stops() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let lease = store.grant_lease(2).await.unwrap();
+        let ttl = Duration::from_secs(lease.ttl().unsigned_abs());
+        store
+            .put("hosts/h1", b"up".to_vec(), Some(lease.id()))
+            .await
+            .unwrap();
+        // Renewed every TTL/3: still there after several TTLs.
+        sleep(ttl * 3).await;
+        assert!(store.get("hosts/h1").await.unwrap().is_some());
+        assert!(!lease.is_lost());
+
+        // A host that dies: no revoke, the key goes when the TTL runs out.
+        lease.abandon();
+        let took = vanishes(&mut store, "hosts/h1", ttl + Duration::from_secs(3)).await;
+        assert!(
+            took > Duration::from_millis(500),
+            "went after {took:?}, before the TTL"
+        );
+
+        // Dropping a lease revokes it: the key goes at once.
+        let lease = store.grant_lease(2).await.unwrap();
+        store
+            .put("hosts/h2", b"up".to_vec(), Some(lease.id()))
+            .await
+            .unwrap();
+        drop(lease);
+        vanishes(&mut store, "hosts/h2", Duration::from_secs(1)).await;
+
+        // A lease revoked behind its back is reported lost within its TTL.
+        let lease = store.grant_lease(2).await.unwrap();
+        store.client.lease_revoke(lease.id()).await.unwrap();
+        timeout(ttl + Duration::from_secs(1), lease.lost())
+            .await
+            .expect("lost in time");
+        assert!(lease.is_lost());
+    }
+
+    #[tokio::test]
+    async fn calls_fail_within_their_timeout_when_etcd_is_stopped() {
+        let mut etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let lease = store.grant_lease(2).await.unwrap();
+        let listing = store.list().await.unwrap();
+        let mut watch = store.watch(listing.revision + 1).await.unwrap();
+        etcd.stop();
+
+        let bound = SHORT.request + Duration::from_secs(1);
+        let ended = timeout(bound, watch.next()).await.expect("the watch ends");
+        assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+        let start = Instant::now();
+        let err = format!("{:#}", store.list().await.unwrap_err());
+        assert!(start.elapsed() < bound, "list took {:?}", start.elapsed());
+        assert!(
+            err.starts_with(&format!("etcd 127.0.0.1:{}: list /sg/: ", etcd.port)),
+            "{err}"
+        );
+        let start = Instant::now();
+        assert!(store.put("k", b"v".to_vec(), None).await.is_err());
+        assert!(
+            store
+                .commit(puts(&[("k", "v")]), vec![], vec![])
+                .await
+                .is_err()
+        );
+        assert!(store.watch(1).await.is_err());
+        assert!(start.elapsed() < bound * 3, "took {:?}", start.elapsed());
+        timeout(Duration::from_secs(4), lease.lost())
+            .await
+            .expect("the lease is lost");
+
+        let start = Instant::now();
+        let nobody = etcd.endpoints();
+        assert!(
+            Store::connect_with(&nobody, None, PREFIX, SHORT)
+                .await
+                .is_err()
+        );
+        assert!(
+            start.elapsed() < SHORT.connect + bound,
+            "connect took {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_endpoint_among_live_ones_fails_no_call() {
+        let etcd = Etcd::start().await;
+        // A port nobody listens on: the client picks endpoints at random, and each call that
+        // lands on this one is refused before etcd sees it and goes to the live one.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let ep: Endpoints = format!("etcd://{dead},127.0.0.1:{}", etcd.port)
+            .parse()
+            .unwrap();
+        let mut store = Store::connect_with(&ep, None, PREFIX, SHORT).await.unwrap();
+        let first = store.list().await.unwrap().revision;
+        let mut last = 0;
+        for i in 0..30 {
+            let revision = store
+                .commit(puts(&[("k", &i.to_string())]), vec![], vec![])
+                .await;
+            last = revision.unwrap();
+            assert_eq!(store.get("k").await.unwrap().unwrap().1, last);
+        }
+        assert_eq!(last, first + 30, "each commit applied once");
+        let mut watch = store.watch(last).await.unwrap();
+        let batches = collect_until(&mut watch, last).await;
+        let put = WatchEvent::Put {
+            key: "k".into(),
+            value: b"29".to_vec(),
+        };
+        assert_eq!(batches, [(last, vec![put])]);
+        drop(store.grant_lease(2).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_user_and_password_authenticate_when_etcd_has_auth_enabled() {
+        let etcd = Etcd::start().await;
+        let mut admin = etcd.store().await;
+        admin.client.user_add("root", "s3cret", None).await.unwrap();
+        admin.client.user_grant_role("root", "root").await.unwrap();
+        admin.client.auth_enable().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("user.conf");
+        write_private(&file, "user = root\npassword = s3cret\n", 0o600);
+        let creds = Credentials::from_file(&file).unwrap();
+        let ep = etcd.endpoints();
+        let mut store = Store::connect_with(&ep, Some(&creds), PREFIX, SHORT)
+            .await
+            .unwrap();
+        let revision = store.put("k", b"v".to_vec(), None).await.unwrap();
+        assert_eq!(store.list().await.unwrap().revision, revision);
+
+        write_private(&file, "user = root\npassword = wrong\n", 0o600);
+        let wrong = Credentials::from_file(&file).unwrap();
+        let err = Store::connect_with(&ep, Some(&wrong), PREFIX, SHORT)
+            .await
+            .err();
+        let err = format!("{:#}", err.expect("connected with a wrong password"));
+        assert!(err.contains("authentication failed"), "{err}");
+        assert!(Store::connect_with(&ep, None, PREFIX, SHORT).await.is_err());
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl CLI.
+    fn make_certs(dir: &Path) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "openssl {args:?}: {stderr}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca = [
+            "req", "-x509", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        ];
+        run(&[&ca[..], &ec, &["-subj", "/CN=sg test CA"]].concat());
+        let server_ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+        std::fs::write(dir.join("server.ext"), server_ext).unwrap();
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, cn) in [("server", "/CN=127.0.0.1"), ("client", "/CN=sg-agent")] {
+            let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+            let (pem, ext) = (format!("{name}.pem"), format!("{name}.ext"));
+            run(&[
+                &["req", "-keyout", &key, "-out", &csr, "-subj", cn][..],
+                &ec,
+            ]
+            .concat());
+            let sign = [
+                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
+            ];
+            let out = [
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
+            ];
+            run(&[&sign[..], &out].concat());
+        }
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_with_client_certificates_connects_only_with_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = make_certs(dir.path());
+        let with_cert = dir.path().join("with-cert.conf");
+        write_private(
+            &with_cert,
+            "ca = ca.pem\ncert = client.pem\nkey = client.key\n",
+            0o600,
+        );
+        let with_cert = Credentials::from_file(&with_cert).unwrap();
+        let etcd = Etcd::start_with(Some(&files), Some(&with_cert)).await;
+
+        let ep = etcd.endpoints();
+        let mut store = Store::connect_with(&ep, Some(&with_cert), PREFIX, SHORT)
+            .await
+            .unwrap();
+        let revision = store.put("k", b"v".to_vec(), None).await.unwrap();
+        assert_eq!(
+            store.get("k").await.unwrap(),
+            Some((b"v".to_vec(), revision))
+        );
+
+        // The CA alone: the server demands a client certificate.
+        let ca_only = dir.path().join("ca-only.conf");
+        write_private(&ca_only, "ca = ca.pem\n", 0o600);
+        let ca_only = Credentials::from_file(&ca_only).unwrap();
+        let refused = Store::connect_with(&ep, Some(&ca_only), PREFIX, SHORT).await;
+        let err = format!(
+            "{:#}",
+            refused
+                .err()
+                .expect("connected without a client certificate")
+        );
+        assert!(
+            err.starts_with(&format!("etcd 127.0.0.1:{}: connect", etcd.port)),
+            "{err}"
+        );
+        // Plain gRPC to a TLS port, and TLS files with plain endpoints.
+        let plain: Endpoints = format!("etcd://127.0.0.1:{}", etcd.port).parse().unwrap();
+        assert!(
+            Store::connect_with(&plain, None, PREFIX, SHORT)
+                .await
+                .is_err()
+        );
+        let err = Store::connect_with(&plain, Some(&with_cert), PREFIX, SHORT)
+            .await
+            .err();
+        assert!(format!("{err:#?}").contains("write etcds://"), "{err:?}");
+    }
+}
