@@ -241,6 +241,11 @@ impl Drop for Bg {
 
 /// The inode of a named network namespace (what the agent's default directories are named
 /// after).
+/// The text of a log file; empty while it does not exist yet.
+pub fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 pub fn netns_inode(ns: &Netns) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/run/netns/{}", ns.name()))
@@ -341,6 +346,13 @@ impl Site {
         let p = self.dir.join(name);
         std::fs::write(&p, yaml).unwrap();
         p
+    }
+
+    /// A site whose srv already serves `SERVER` (the ports of policies A and B).
+    pub fn serving(tag: &str) -> Site {
+        let mut site = Site::new(tag);
+        site.serve(SERVER);
+        site
     }
 
     /// Starts the Python server in srv: specs like "tcp:5001", "udp:5353", "sink:5009:/path".
@@ -525,6 +537,45 @@ impl Site {
     /// Waits until `cond` holds (bounded).
     pub fn wait(&self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
         wait_until(what, timeout, cond).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits until the log file `log` holds `needle` (bounded).
+    pub fn wait_log(&self, what: &str, timeout: Duration, log: &Path, needle: &str) {
+        self.wait(what, timeout, || log_text(log).contains(needle));
+    }
+
+    /// Starts `sg-agent daemon --config <cfg> <args>` logging to `log`.
+    pub fn daemon_bg(&self, cfg: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Bg {
+        let mut all = vec!["daemon", "--config", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.agent_bg(&all, env, log)
+    }
+
+    /// `daemon_bg`, then waits (60 s) for the daemon's first apply, which it reports with its
+    /// "metrics on" line.
+    pub fn daemon(&self, cfg: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Bg {
+        let d = self.daemon_bg(cfg, args, env, log);
+        self.wait_log(
+            "the daemon's first apply",
+            Duration::from_secs(60),
+            log,
+            "metrics on",
+        );
+        d
+    }
+
+    /// The bytes of the agent's state file.
+    pub fn state_file(&self) -> Vec<u8> {
+        std::fs::read(self.run.join("state.json")).unwrap()
+    }
+
+    /// The link pins are exactly those of `eth0` at `ifindex` (its XDP and tc links).
+    pub fn assert_link_pins_of(&self, ifindex: u32, when: &str) {
+        assert_eq!(
+            self.link_pins(),
+            vec![format!("{ifindex}-in-xdp"), format!("{ifindex}-out-tc")],
+            "{when}"
+        );
     }
 
     /// Nothing of sg is left for srv: no pins, no state.
