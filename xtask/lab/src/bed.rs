@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::agents::{Agents, Counters, Flow};
 use crate::probe::{self, Probe, Row};
+use crate::scenario::INST;
 use crate::services::{self as svc, LabFiles};
 use crate::topology::{Host, HostSpec, Lan};
 use sg_testkit::netns::Proc;
@@ -102,6 +103,20 @@ impl Bed {
                 .unwrap_or_else(|e| panic!("apply on {h}: {e:#}\npolicy:\n{text}"));
         }
         out
+    }
+
+    /// Applies on inst a policy of `groups` (the `security_groups:` part of the YAML) with
+    /// inst, at its [`INST`] addresses, a member of `member_of` (YAML list items): the policy
+    /// most end-to-end tests need. Returns the agent's output.
+    pub fn apply_to_inst(&self, groups: &str, member_of: &str) -> String {
+        let (name, v4, v6) = INST;
+        self.apply(
+            &[name],
+            &format!(
+                "{groups}instances:\n  - {{name: {name}, addresses: [{v4}, \"{v6}\"], groups: \
+                 [{member_of}]}}\n"
+            ),
+        )
     }
 
     /// Like [`Bed::apply`] with `--ingress-hook HOOK`.

@@ -135,14 +135,12 @@ fn c3_other_protocols_are_tracked_by_addresses_and_protocol() {
     bed.expect(&table(&[
         ("my-ip", "inst", Both, Svc::Raw(253), Allow, "control without sg"),
     ]));
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-out
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-out]}
 "#,
+        "sg-out",
     );
     for v6 in [false, true] {
         let r = svc::raw_probe(bed.host("inst"), &bed.files, to(&bed, v6), 253, Some(254)).unwrap();
@@ -304,7 +302,21 @@ instances:
         let (a, b) = (bed.host(from), bed.host(to));
         svc::udp_one_way(a, f, sport, b, b.addr(v6), dport).unwrap()
     };
-    let base = |v6: bool| if v6 { 100 } else { 0 };
+    let base = |v6: bool| -> u16 { if v6 { 100 } else { 0 } };
+    // A UDP stream from inst to the peer, two exchanges each way per family: ports 41000 + n
+    // on inst, 9000 + n on the peer.
+    let udp_stream = |n: u16| {
+        for v6 in [false, true] {
+            for _ in 0..2 {
+                let (local, remote) = (41000 + n + base(v6), 9000 + n + base(v6));
+                assert!(one_way("inst", local, "peer", v6, remote), "stream {n} out");
+                assert!(
+                    one_way("peer", remote, "inst", v6, local),
+                    "stream {n} back"
+                );
+            }
+        }
+    };
 
     // TCP: two sessions per family from the peer, then the rule goes (X1 keeps them).
     let mut tcp_a = vec![];
@@ -324,24 +336,7 @@ instances:
     }
     // UDP, outbound from inst (ingress has no UDP rule: only state lets answers in).
     // s2: a stream left idle until the last check.
-    for v6 in [false, true] {
-        for _ in 0..2 {
-            assert!(one_way(
-                "inst",
-                41002 + base(v6),
-                "peer",
-                v6,
-                9002 + base(v6)
-            ));
-            assert!(one_way(
-                "peer",
-                9002 + base(v6),
-                "inst",
-                v6,
-                41002 + base(v6)
-            ));
-        }
-    }
+    udp_stream(2);
     // Everything above stays idle from here on, except tcp_a.
     let long_idle_since = Instant::now();
 
@@ -388,24 +383,7 @@ instances:
     }
     let single_since = Instant::now();
     // s1: a stream checked after udp_single has passed.
-    for v6 in [false, true] {
-        for _ in 0..2 {
-            assert!(one_way(
-                "inst",
-                41001 + base(v6),
-                "peer",
-                v6,
-                9001 + base(v6)
-            ));
-            assert!(one_way(
-                "peer",
-                9001 + base(v6),
-                "inst",
-                v6,
-                41001 + base(v6)
-            ));
-        }
-    }
+    udp_stream(1);
     let flows = bed.conntrack("inst");
     let single = timeouts(&flows, &|f| {
         f.proto == "udp" && [9000, 9100].contains(&f.remote_port)
@@ -473,48 +451,53 @@ instances:
     bed.detach_all();
 }
 
+/// Live SSH sessions from my-ip to inst, IPv4 then IPv6.
+fn ssh_sessions_from_my_ip(bed: &Bed) -> Vec<sg_testkit::netns::Session> {
+    let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
+    [false, true]
+        .iter()
+        .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
+        .collect()
+}
+
+/// How many of inst's conntrack entries are SSH flows.
+fn ssh_flows(bed: &Bed) -> usize {
+    bed.conntrack("inst")
+        .iter()
+        .filter(|f| f.local_port == 22)
+        .count()
+}
+
 /// X1: removing or narrowing the rule that allowed a TRACKED flow (SSH from my IP /32 and
 /// /128) does not cut live sessions; new sessions are refused.
 #[test]
 fn x1_tracked_ssh_sessions_survive_removing_or_narrowing_their_rule() {
     let mut bed = Bed::new(&[INST, MY_IP]);
     bed.serve("inst", &[Ssh(22)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 22, source: [198.51.100.10/32, "2001:db8:20::10/128"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
-    let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
-    let mut sessions: Vec<_> = [false, true]
-        .iter()
-        .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
-        .collect();
-    let tracked = bed
-        .conntrack("inst")
-        .iter()
-        .filter(|f| f.local_port == 22)
-        .count();
+    let mut sessions = ssh_sessions_from_my_ip(&bed);
+    let tracked = ssh_flows(&bed);
     assert!(
         tracked >= 2,
         "the SSH sessions are tracked flows (C4 does not apply)"
     );
     // Narrowed (IPv4: another /32) and removed (IPv6).
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 22, source: 198.51.100.99/32}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
     for (s, fam) in sessions.iter_mut().zip(["IPv4", "IPv6"]) {
         for i in 0..3 {
@@ -537,45 +520,33 @@ instances:
 fn x2_untracked_ssh_sessions_are_cut_at_once_when_their_rule_goes() {
     let mut bed = Bed::new(&[INST, MY_IP]);
     bed.serve("inst", &[Ssh(22), Https(443)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 22, source: [0.0.0.0/0, "::/0"]}
       - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
-    let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
-    let mut sessions: Vec<_> = [false, true]
-        .iter()
-        .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
-        .collect();
+    let mut sessions = ssh_sessions_from_my_ip(&bed);
     for s in &mut sessions {
         assert!(s.round_trip("before", Duration::from_secs(5)), "control");
     }
-    let tracked = bed
-        .conntrack("inst")
-        .iter()
-        .filter(|f| f.local_port == 22)
-        .count();
+    let tracked = ssh_flows(&bed);
     assert_eq!(
         tracked, 0,
         "C4: SSH from 0.0.0.0/0 with egress all keeps no state"
     );
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
     for (s, fam) in sessions.iter_mut().zip(["IPv4", "IPv6"]) {
         assert!(

@@ -24,8 +24,7 @@ fn e1_e2_only_allowed_paths_pass_and_ingress_and_egress_rules_are_separate() {
             &[TcpEcho(8080), TcpEcho(9090), TcpEcho(7070), UdpEcho(8080)],
         );
     }
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-a
@@ -33,9 +32,8 @@ security_groups:
       - {protocol: tcp, ports: 8080, source: [0.0.0.0/0, "::/0"]}
     egress:
       - {protocol: tcp, ports: 9090, destination: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
 "#,
+        "sg-a",
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -87,16 +85,10 @@ fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
         ("my-ip", "inst", Both, Svc::tcp(8004), Deny, "E1 in no group"),
     ]);
     for order in [
-        "[sg-a, sg-b, sg-c, sg-d, sg-e]",
-        "[sg-e, sg-d, sg-c, sg-b, sg-a]",
+        "sg-a, sg-b, sg-c, sg-d, sg-e",
+        "sg-e, sg-d, sg-c, sg-b, sg-a",
     ] {
-        let out = bed.apply(
-            &["inst"],
-            &format!(
-                "{E3_GROUPS}instances:\n  - {{name: inst, addresses: [192.0.2.11, \
-                 \"2001:db8:10::11\"], groups: {order}}}\n"
-            ),
-        );
+        let out = bed.apply_to_inst(E3_GROUPS, order);
         assert!(out.contains("applied generation"), "{out}");
         bed.expect(&p);
     }
@@ -110,8 +102,7 @@ fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
 fn e4_overlapping_rules_all_allow_and_the_longest_prefix_rule_is_charged() {
     let mut bed = Bed::new(&[INST, MY_IP, OFFICE, INTERNET]);
     bed.serve("inst", &[TcpEcho(8080), TcpEcho(8090), TcpEcho(9999)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-wide
@@ -126,9 +117,8 @@ security_groups:
     ingress:
       - {protocol: all, source: {cidr: 198.51.100.10/32, id: sgr-0000000000000e403}}
       - {protocol: all, source: {cidr: "2001:db8:20::10/128", id: sgr-0000000000000e603}}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-wide, sg-office, sg-admin]}
 "#,
+        "sg-wide, sg-office, sg-admin",
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -391,14 +381,12 @@ fn d1_a_new_group_admits_nothing_and_d2_its_default_egress_reaches_everything() 
         &[Https(443), Ssh(22), UdpEcho(5353), Raw(253, None)],
     );
     bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-new
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-new]}
 "#,
+        "sg-new",
     );
     let mut p = vec![];
     for from in ["my-ip", "internet"] {
@@ -429,16 +417,14 @@ fn d2_an_explicitly_empty_egress_list_allows_no_new_outbound_flow() {
     let mut bed = Bed::new(&[INST, INTERNET]);
     bed.serve("inst", &[TcpEcho(8080)]);
     bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-closed
     ingress: [{protocol: tcp, ports: 8080, source: [0.0.0.0/0, "::/0"]}]
     egress: []
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-closed]}
 "#,
+        "sg-closed",
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -673,8 +659,7 @@ fn f3_port_ranges_are_inclusive_and_one_port_is_a_range_of_one() {
         .flat_map(|&p| [TcpEcho(p), UdpEcho(p)])
         .collect();
     bed.serve("inst", &servers);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-a
@@ -683,9 +668,8 @@ security_groups:
       - {protocol: udp, ports: {from: 8000, to: 8002}, source: [0.0.0.0/0, "::/0"]}
       - {protocol: tcp, ports: "9000-9000", source: [0.0.0.0/0, "::/0"]}
       - {protocol: udp, ports: 9000, source: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
 "#,
+        "sg-a",
     );
     let mut p = vec![];
     for (port, expect, why) in [
