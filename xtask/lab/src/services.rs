@@ -130,16 +130,26 @@ while True:
 
 /// Exit 0: the echo came back; 1: nothing in time; 2: ICMP unreachable (refused); 3: wrong
 /// bytes. A connected socket sees ICMP errors as ECONNREFUSED.
+/// The UDP socket every UDP client script opens: the family of the address it talks to, bound
+/// to a given port (with SO_REUSEADDR, so that a test can reuse a source port at once) or to
+/// any. A module beside the scripts, which import it.
+const SGLAB_UDP: &str = r#"
+import socket
+def udp_socket(v6, port=0):
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    if port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::" if v6 else "0.0.0.0", port))
+    return s
+"#;
+
 const UDP_CLIENT: &str = r#"
 import socket, sys
+from sglab_udp import udp_socket
 host, port, size, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 sport = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-v6 = ":" in host
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s = udp_socket(":" in host, sport)
 s.settimeout(timeout)
-if sport:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::" if v6 else "0.0.0.0", sport))
 s.connect((host, port))
 payload = (b"sg-lab-" * (size // 7 + 1))[:size]
 try:
@@ -156,10 +166,9 @@ except ConnectionRefusedError:
 /// that arrives within the timeout (the kernel would filter a connected socket's replies).
 const UDP_REPLIES: &str = r#"
 import socket, sys, time
+from sglab_udp import udp_socket
 host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-v6 = ":" in host
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("::" if v6 else "0.0.0.0", 0))
+s = udp_socket(":" in host)
 s.sendto(b"sg-replies", (host, port))
 end = time.time() + timeout
 while True:
@@ -178,10 +187,9 @@ while True:
 /// Prints "ready" once bound.
 const UDP_RECV: &str = r#"
 import socket, sys
+from sglab_udp import udp_socket
 port, v6, timeout = int(sys.argv[1]), sys.argv[2] == "6", float(sys.argv[3])
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::" if v6 else "0.0.0.0", port))
+s = udp_socket(v6, port)
 s.settimeout(timeout)
 print("ready", flush=True)
 try:
@@ -193,12 +201,10 @@ except socket.timeout:
 
 /// Sends three datagrams from SPORT to HOST:PORT, 100 ms apart.
 const UDP_SEND: &str = r#"
-import socket, sys, time
+import sys, time
+from sglab_udp import udp_socket
 host, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-v6 = ":" in host
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::" if v6 else "0.0.0.0", sport))
+s = udp_socket(":" in host, sport)
 for _ in range(3):
     s.sendto(b"sg-oneway", (host, port)); time.sleep(0.1)
 "#;
@@ -292,6 +298,7 @@ impl LabFiles {
         let p = dir.path();
         for (name, text) in [
             ("https_server.py", HTTPS_SERVER),
+            ("sglab_udp.py", SGLAB_UDP),
             ("udp_echo.py", UDP_ECHO),
             ("udp_client.py", UDP_CLIENT),
             ("udp_replies.py", UDP_REPLIES),

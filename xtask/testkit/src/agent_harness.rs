@@ -355,15 +355,20 @@ impl Site {
         site
     }
 
-    /// Starts the Python server in srv: specs like "tcp:5001", "udp:5353", "sink:5009:/path".
-    pub fn serve(&mut self, specs: &[&str]) {
-        let mut c = self.srv.cmd("python3");
-        c.arg(self.dir.join("server.py"))
-            .args(specs)
+    /// Spawns one of the site's Python scripts in `ns`, its output piped.
+    fn python(&self, ns: &Netns, script: &str, args: &[&str]) -> Child {
+        let mut c = ns.cmd("python3");
+        c.arg(self.dir.join(script))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn server");
+        c.spawn().unwrap_or_else(|e| panic!("spawn {script}: {e}"))
+    }
+
+    /// Starts the Python server in srv: specs like "tcp:5001", "udp:5353", "sink:5009:/path".
+    pub fn serve(&mut self, specs: &[&str]) {
+        let mut child = self.python(&self.srv, "server.py", specs);
         let mut line = [0u8; 6];
         child
             .stdout
@@ -474,13 +479,7 @@ impl Site {
 
     /// A python probe in the background (stream, until-tcp, hold).
     pub fn probe_bg(&self, args: &[&str]) -> Child {
-        let mut c = self.cli.cmd("python3");
-        c.arg(self.dir.join("probe.py"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c.spawn().expect("spawn probe")
+        self.python(&self.cli, "probe.py", args)
     }
 
     /// The pinned link files (sorted names).
