@@ -150,6 +150,18 @@ fn tcp_pkt(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Packet {
 
 /// Real flows on both interfaces, each complete both ways.
 #[rustfmt::skip]
+/// A table of `policy()` with `web` on lo and `db` on veth a, its flows established.
+fn established_table(name: &'static str, net: Net) -> (Table, Flows) {
+    let mut t = Table::new(name, net, policy(), &[("web", net.lo), ("db", net.a)]);
+    let f = establish(&mut t, net);
+    (t, f)
+}
+
+/// A table of `policy()` with only `web` (lo) bound.
+fn web_table(name: &'static str, net: Net) -> Table {
+    Table::new(name, net, policy(), &[("web", net.lo)])
+}
+
 fn establish(t: &mut Table, net: Net) -> Flows {
     let web = net.lo;
     let https = tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::SYN);
@@ -199,8 +211,7 @@ struct Flows {
 #[rustfmt::skip]
 fn forged_replies_errors_and_fragments_are_dropped_and_create_or_refresh_no_state() {
     in_netns(|net| {
-        let mut t = Table::new("forgery", net, policy(), &[("web", net.lo), ("db", net.a)]);
-        let f = establish(&mut t, net);
+        let (t, f) = established_table("forgery", net);
         let (web, db) = (net.lo, net.a);
         let flows_before = t.dp.conntrack().expect("conntrack").len();
         assert_eq!(flows_before, 7, "https, dns, ping, ssh, mysql, https6, fragmented dns");
@@ -297,8 +308,7 @@ fn mapped(s: &str) -> std::net::IpAddr {
 #[rustfmt::skip]
 fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
     in_netns(|net| {
-        let mut t = Table::new("v4-mapped", net, policy(), &[("web", net.lo), ("db", net.a)]);
-        let f = establish(&mut t, net);
+        let (t, f) = established_table("v4-mapped", net);
         let web = net.lo;
         let mut g = Forger { t, rows: 0, changed: Vec::new() };
         let ack = Packet::tcp(mapped(SERVER), mapped(WEB), 443, 40000, tcp_flags::ACK);
@@ -328,7 +338,7 @@ fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
 #[rustfmt::skip]
 fn g1_later_fragment_overlapping_a_transport_behind_an_extension_header_is_dropped() {
     in_netns(|net| {
-        let mut t = Table::new("g1-overlap", net, policy(), &[("web", net.lo)]);
+        let mut t = web_table("g1-overlap", net);
         let web = net.lo;
         let (src, dst) = ("2001:db8:1::7", WEB6);
         let first = g1_first_fragment_with_dest_opts(addr(src), addr(dst), 0x77);
@@ -438,7 +448,7 @@ fn ipv6_frame(src: std::net::IpAddr, dst: std::net::IpAddr, next: u8, body: &[u8
 #[rustfmt::skip]
 fn i2_error_about_a_real_flow_to_another_local_address_passes_without_state() {
     in_netns(|net| {
-        let mut t = Table::new("i2-outer", net, policy(), &[("web", net.lo)]);
+        let mut t = web_table("i2-outer", net);
         let web = net.lo;
         let https = tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::SYN);
         t.row("setup: https out", TcOut, web, &https.to_frame(), PassRuleNew, Some(2));
