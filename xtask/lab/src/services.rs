@@ -626,6 +626,18 @@ pub fn download(from: &Host, to: IpAddr, port: u16, bytes: u64, limit: Duration)
     Ok(text.trim().parse().unwrap_or(0))
 }
 
+/// The outcome of a client asked to print "sg-ok" from the server: reached when it did,
+/// refused when its stderr holds `refused` (the client's words for a reset), else no answer.
+fn sg_ok_outcome(out: &std::process::Output, refused: &str) -> Outcome {
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sg-ok") {
+        Outcome::Reached
+    } else if String::from_utf8_lossy(&out.stderr).contains(refused) {
+        Outcome::Refused
+    } else {
+        Outcome::NoAnswer
+    }
+}
+
 /// `ssh root@ADDR echo ok` with the lab key.
 pub fn ssh_probe(from: &Host, files: &LabFiles, to: IpAddr, port: u16) -> Result<Outcome> {
     let out = from.ns.run(
@@ -635,16 +647,7 @@ pub fn ssh_probe(from: &Host, files: &LabFiles, to: IpAddr, port: u16) -> Result
             .collect::<Vec<_>>(),
         Duration::from_secs(8),
     )?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    Ok(
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sg-ok") {
-            Outcome::Reached
-        } else if err.contains("Connection refused") {
-            Outcome::Refused
-        } else {
-            Outcome::NoAnswer
-        },
-    )
+    Ok(sg_ok_outcome(&out, "Connection refused"))
 }
 
 pub fn ssh(from: &Host, files: &LabFiles, to: IpAddr, port: u16) -> Result<bool> {
@@ -744,16 +747,7 @@ pub fn mysql_probe(from: &Host, to: IpAddr, port: u16) -> Result<Outcome> {
         ],
         Duration::from_secs(8),
     )?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    Ok(
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sg-ok") {
-            Outcome::Reached
-        } else if err.contains("(111)") {
-            Outcome::Refused
-        } else {
-            Outcome::NoAnswer
-        },
-    )
+    Ok(sg_ok_outcome(&out, "(111)"))
 }
 
 /// One UDP request and its echoed response (`size` bytes; large sizes fragment, G1),
