@@ -133,11 +133,16 @@ fn icmp(t: u8, c: u8) -> u16 {
     u16::from(t) << 8 | u16::from(c)
 }
 
-fn build(p: &Policy, generation: u32) -> MapImage {
-    let opts = CompileOptions {
+/// Compile options with room for every rule of these tests.
+fn options(generation: u32) -> CompileOptions {
+    CompileOptions {
         generation,
         slot_capacity: 1 << 16,
-    };
+    }
+}
+
+fn build(p: &Policy, generation: u32) -> MapImage {
+    let opts = options(generation);
     let image = compile(p, &all_bound(p), &SlotTable::default(), &opts).unwrap();
     check_canonical(&image).unwrap();
     image
@@ -1114,10 +1119,7 @@ fn a_membership_change_leaves_the_rest_of_the_image_alone() {
     b.iface("db-1", &["203.0.113.10"], &[&db]);
     b.iface("web-1", &["192.0.2.11"], &[&web]);
     let bind = BTreeMap::from([("db-1".to_string(), 10)]);
-    let opts = CompileOptions {
-        generation: 1,
-        slot_capacity: 1 << 16,
-    };
+    let opts = options(1);
     let before = compile(&b.policy, &bind, &SlotTable::default(), &opts).unwrap();
     b.iface("web-2", &["192.0.2.77"], &[&web]);
     let after = compile(&b.policy, &bind, &before.slots, &opts).unwrap();
@@ -1160,10 +1162,7 @@ fn r1_a_delta_of_an_index_from_another_policy_is_refused() {
     b.iface("db-1", &["203.0.113.10"], &[&db]);
     b.iface("web-1", &["192.0.2.11"], &[&web]);
     let bind = BTreeMap::from([("db-1".to_string(), 10)]);
-    let opts = CompileOptions {
-        generation: 0,
-        slot_capacity: 1 << 16,
-    };
+    let opts = options(0);
     let (image, index) = compile_indexed(&b.policy, &bind, &SlotTable::default(), &opts).unwrap();
     // The right index: a delta that gives web-2 the rule.
     let before = b.policy.clone();
