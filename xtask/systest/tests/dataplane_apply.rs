@@ -14,10 +14,8 @@ use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::Policy;
 use sg_common::{PeerData, Reason};
+use sg_testkit::dataplane_harness::plan::{HOST, PEER};
 use sg_testkit::dataplane_harness::{in_netns, load, mini_compile};
-
-const HOST: &str = "192.0.2.10";
-const PEER: &str = "198.51.100.7";
 
 fn ssh_policy() -> Policy {
     PolicyBuilder::new()

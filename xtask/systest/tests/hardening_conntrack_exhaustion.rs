@@ -25,10 +25,9 @@ use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::{Direction, Policy};
 use sg_common::Reason;
+use sg_testkit::dataplane_harness::plan::{HOST, HOST6};
 use sg_testkit::dataplane_harness::{compile_for, in_netns};
 
-const HOST: &str = "192.0.2.10";
-const HOST6: &str = "2001:db8::10";
 /// Confirmed and unconfirmed table capacities: small, so a test-sized flood fills them.
 const CT: u32 = 256;
 const CT_NEW: u32 = 512;

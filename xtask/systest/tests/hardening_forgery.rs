@@ -19,18 +19,13 @@ use sg_agent::packet::{Frag, Packet, icmp, tcp_flags};
 use sg_agent::policy::Policy;
 use sg_common::Reason::{self, *};
 use sg_common::{FlowKey, FlowVal, FragKey, FragVal};
+use sg_testkit::dataplane_harness::plan::{
+    DB, FAR as SERVER, HOST as WEB, HOST6 as WEB6, PEER, ROUTER, ROUTER6, SERVER6,
+};
 use sg_testkit::dataplane_harness::{Net, Table, in_netns};
 
-const WEB: &str = "192.0.2.10";
-const WEB6: &str = "2001:db8::10";
-const DB: &str = "192.0.2.20";
-const SERVER: &str = "203.0.113.9";
 const OTHER_SERVER: &str = "203.0.113.10";
 const DNS: &str = "203.0.113.53";
-const PEER: &str = "198.51.100.7";
-const SERVER6: &str = "2001:db8:2::1";
-const ROUTER: &str = "203.0.113.254";
-const ROUTER6: &str = "2001:db8:ff::1";
 
 /// `web` (lo): ssh in from a /24, https/dns/ping out. `db` (veth a): mysql from sg-web.
 /// Rule numbers (builder order) are what the rows cite.
