@@ -157,138 +157,49 @@ fn web_table(name: &'static str, net: Net) -> Table {
     Table::new(name, net, policy(), &[("web", net.lo)])
 }
 
+/// Opens a flow for the setup: `p` through `out` passes as a new flow, its reply through
+/// `back` as the reply, both charged to rule `rule`.
+fn open_flow(
+    t: &mut Table,
+    (what, answer): (&str, &str),
+    p: &Packet,
+    (out, back): (Hook, Hook),
+    dev: u32,
+    rule: u64,
+) {
+    t.row(what, out, dev, &p.to_frame(), PassRuleNew, Some(rule));
+    t.row(
+        answer,
+        back,
+        dev,
+        &p.reply().to_frame(),
+        PassCtReply,
+        Some(rule),
+    );
+}
+
+#[rustfmt::skip]
 fn establish(t: &mut Table, net: Net) -> Flows {
     let web = net.lo;
     let https = tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::SYN);
-    t.row(
-        "setup: https out",
-        TcOut,
-        web,
-        &https.to_frame(),
-        PassRuleNew,
-        Some(2),
-    );
-    t.row(
-        "setup: its SYN-ACK",
-        XdpIn,
-        web,
-        &https.reply().to_frame(),
-        PassCtReply,
-        Some(2),
-    );
-    t.row(
-        "setup: handshake ACK",
-        TcOut,
-        web,
-        &tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::ACK).to_frame(),
-        PassCtOriginal,
-        Some(2),
-    );
+    open_flow(t, ("setup: https out", "setup: its SYN-ACK"), &https, (TcOut, XdpIn), web, 2);
+    t.row("setup: handshake ACK", TcOut, web, &tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::ACK).to_frame(), PassCtOriginal, Some(2));
     let dns = Packet::udp(addr(WEB), addr(DNS), 33000, 53);
-    t.row(
-        "setup: dns query",
-        TcOut,
-        web,
-        &dns.to_frame(),
-        PassRuleNew,
-        Some(3),
-    );
-    t.row(
-        "setup: dns answer",
-        TcIn,
-        web,
-        &dns.reply().to_frame(),
-        PassCtReply,
-        Some(3),
-    );
+    open_flow(t, ("setup: dns query", "setup: dns answer"), &dns, (TcOut, TcIn), web, 3);
     let ping = Packet::echo_request(addr(WEB), addr(SERVER), 77, 1);
-    t.row(
-        "setup: ping out",
-        TcOut,
-        web,
-        &ping.to_frame(),
-        PassRuleNew,
-        Some(4),
-    );
-    t.row(
-        "setup: echo reply",
-        XdpIn,
-        web,
-        &ping.reply().to_frame(),
-        PassCtReply,
-        Some(4),
-    );
+    open_flow(t, ("setup: ping out", "setup: echo reply"), &ping, (TcOut, XdpIn), web, 4);
     let ssh = tcp_pkt(PEER, WEB, 50000, 22, tcp_flags::SYN);
-    t.row(
-        "setup: ssh in",
-        XdpIn,
-        web,
-        &ssh.to_frame(),
-        PassRuleNew,
-        Some(1),
-    );
-    t.row(
-        "setup: ssh SYN-ACK",
-        TcOut,
-        web,
-        &ssh.reply().to_frame(),
-        PassCtReply,
-        Some(1),
-    );
+    open_flow(t, ("setup: ssh in", "setup: ssh SYN-ACK"), &ssh, (XdpIn, TcOut), web, 1);
     let mysql = tcp_pkt(WEB, DB, 41000, 3306, tcp_flags::SYN);
-    t.row(
-        "setup: mysql in on db",
-        TcIn,
-        net.a,
-        &mysql.to_frame(),
-        PassRuleNew,
-        Some(6),
-    );
-    t.row(
-        "setup: mysql SYN-ACK out of db",
-        TcOut,
-        net.a,
-        &mysql.reply().to_frame(),
-        PassCtReply,
-        Some(6),
-    );
+    open_flow(t, ("setup: mysql in on db", "setup: mysql SYN-ACK out of db"), &mysql, (TcIn, TcOut), net.a, 6);
     let https6 = Packet::syn(addr(WEB6), addr(SERVER6), 40100, 443);
-    t.row(
-        "setup: https over IPv6",
-        TcOut,
-        web,
-        &https6.to_frame(),
-        PassRuleNew,
-        Some(5),
-    );
-    t.row(
-        "setup: its SYN-ACK",
-        TcIn,
-        web,
-        &https6.reply().to_frame(),
-        PassCtReply,
-        Some(5),
-    );
+    open_flow(t, ("setup: https over IPv6", "setup: its SYN-ACK"), &https6, (TcOut, TcIn), web, 5);
     // A fragmented datagram out (G1): its first fragment's verdict is recorded.
     let frag_first = Packet::udp(addr(WEB), addr(DNS), 33001, 53)
         .with_payload(1400)
         .with_frag(Frag::first(0x4242));
-    t.row(
-        "setup: a fragmented dns query out",
-        TcOut,
-        web,
-        &frag_first.to_frame(),
-        PassRuleNew,
-        Some(3),
-    );
-    Flows {
-        https,
-        dns,
-        ping,
-        ssh,
-        mysql,
-        https6,
-    }
+    t.row("setup: a fragmented dns query out", TcOut, web, &frag_first.to_frame(), PassRuleNew, Some(3));
+    Flows { https, dns, ping, ssh, mysql, https6 }
 }
 
 struct Flows {
