@@ -311,42 +311,31 @@ impl LabFiles {
             std::fs::write(p.join(name), text)?;
         }
         let pem = p.join("server.pem");
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            ])
-            .arg("/CN=sg-lab")
-            .arg("-keyout")
-            .arg(&pem)
-            .arg("-out")
-            .arg(p.join("cert.pem"))
-            .output()
-            .context("openssl (for the lab's HTTPS certificate)")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_tool(
+            std::process::Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                ])
+                .arg("/CN=sg-lab")
+                .arg("-keyout")
+                .arg(&pem)
+                .arg("-out")
+                .arg(p.join("cert.pem")),
+            "openssl (for the lab's HTTPS certificate)",
+        )?;
         // One file with key and certificate, as Python's load_cert_chain wants it.
         let mut both = std::fs::read(&pem)?;
         both.extend(std::fs::read(p.join("cert.pem"))?);
         std::fs::write(&pem, both)?;
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(p.join("id"))
-            .output()
-            .context("ssh-keygen")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ssh-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for key in ["id", "host_key"] {
+            run_tool(
+                std::process::Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(p.join(key)),
+                &format!("ssh-keygen ({key})"),
+            )?;
+        }
         std::fs::copy(p.join("id.pub"), p.join("authorized_keys"))?;
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(p.join("host_key"))
-            .output()?;
-        anyhow::ensure!(out.status.success(), "ssh-keygen host key failed");
         Ok(LabFiles { dir })
     }
 
@@ -362,6 +351,17 @@ impl LabFiles {
     pub fn keep(&mut self) {
         self.dir.1 = false;
     }
+}
+
+/// Runs a set-up tool; its stderr is the error when it fails.
+fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| what.to_string())?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 fn s(p: &Path) -> String {
