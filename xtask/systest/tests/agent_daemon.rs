@@ -4,7 +4,7 @@
 //! one daemon per namespace, and waiting for interfaces that are not there yet (boot).
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sg_testkit::agent_harness::*;
@@ -46,6 +46,16 @@ impl Notify {
             }
         }
     }
+}
+
+/// A site serving `SERVER` with policy A as the daemon's config, a notify socket and the
+/// daemon's log path: what a daemon test starts from.
+fn daemon_site(tag: &str) -> (Site, PathBuf, Notify, PathBuf) {
+    let site = Site::serving(tag);
+    let cfg = site.policy("policy.yaml", POLICY_A);
+    let notify = Notify::new(&site);
+    let log = site.dir.join("daemon.log");
+    (site, cfg, notify, log)
 }
 
 fn scrape(site: &Site, addr: &str) -> String {
@@ -218,10 +228,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
 
 #[test]
 fn metrics_listen_on_loopback_by_default_and_one_daemon_per_namespace() {
-    let site = Site::serving("dlo");
-    let cfg = site.policy("policy.yaml", POLICY_A);
-    let notify = Notify::new(&site);
-    let log = site.dir.join("daemon.log");
+    let (site, cfg, notify, log) = daemon_site("dlo");
     let _d = notify.daemon(&site, &cfg, &[], &log);
     notify.expect("READY=1");
     let ss = site
@@ -272,12 +279,9 @@ fn metrics_listen_on_loopback_by_default_and_one_daemon_per_namespace() {
 #[test]
 fn daemon_started_before_the_addresses_waits_for_them() {
     // Boot: the daemon starts before the network is configured (network-pre.target).
-    let site = Site::serving("dwt");
+    let (site, cfg, notify, log) = daemon_site("dwt");
     site.srv_ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"]);
     site.srv_ip(&["addr", "del", &format!("{SRV6}/64"), "dev", "eth0"]);
-    let cfg = site.policy("policy.yaml", POLICY_A);
-    let notify = Notify::new(&site);
-    let log = site.dir.join("daemon.log");
     let m = "127.0.0.1:9617";
     let mut d = notify.daemon(&site, &cfg, &["--poll", "1"], &log);
     let ready = notify.expect("READY=1");
@@ -299,10 +303,7 @@ fn daemon_started_before_the_addresses_waits_for_them() {
 fn detach_stops_the_daemon_and_enforcement() {
     // The daemon holds the links open (so removed pins can be put back): detach must make it
     // let go, or enforcement would outlive the detach.
-    let site = Site::serving("ddet");
-    let cfg = site.policy("policy.yaml", POLICY_A);
-    let notify = Notify::new(&site);
-    let log = site.dir.join("daemon.log");
+    let (site, cfg, notify, log) = daemon_site("ddet");
     let mut d = notify.daemon(&site, &cfg, &["--poll", "1"], &log);
     notify.expect("READY=1");
     assert_enforces_a(&site, "daemon running");
