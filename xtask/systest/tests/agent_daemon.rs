@@ -172,11 +172,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
     site.wait("the failed reload", Duration::from_secs(20), || {
         metric(&scrape(&site, m), "sg_apply_errors_total", "") == Some(1.0)
     });
-    assert!(
-        log_text(&log).contains("the enforced policy stays"),
-        "{}",
-        log_text(&log)
-    );
+    assert_logged(&log, "the enforced policy stays");
     assert_enforces_a(&site, "after SIGHUP with a broken file");
     let t2 = scrape(&site, m);
     assert_eq!(must(&t2, "sg_apply_errors_total", ""), 1.0, "{t2}");
@@ -192,7 +188,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
 
     // SIGTERM: the daemon exits 0; enforcement stays.
     d.terminate(&log);
-    assert!(log_text(&log).contains("enforcement stays"));
+    assert_logged(&log, "enforcement stays");
     assert_enforces_b(&site, "after the daemon stopped");
     let app_before = site.rule_packets(&rule_id(&site, "app"));
 
@@ -214,11 +210,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
         || !site.tcp(5002, None),
     );
     assert_enforces_a(&site, "after the file changed to A");
-    assert!(
-        log_text(&log2).contains("reloaded on file change"),
-        "{}",
-        log_text(&log2)
-    );
+    assert_logged(&log2, "reloaded on file change");
     d2.signal(libc::SIGTERM);
     assert_eq!(d2.wait_exit(Duration::from_secs(20)), Some(0));
     assert_enforces_a(&site, "after the second daemon stopped");

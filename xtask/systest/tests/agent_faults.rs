@@ -175,8 +175,7 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
                 .join(format!("maps/abi-{}/SG_PORTS", sg_common::ABI_VERSION))
                 .exists()
     });
-    let logged = log_text(&log);
-    assert!(logged.contains("were pinned again"), "{logged}");
+    assert_logged(&log, "were pinned again");
     let metrics = site
         .srv
         .run_ok(

@@ -246,6 +246,16 @@ pub fn log_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// The log file at `path` holds `needle` (the whole log is the failure message).
+pub fn assert_logged(path: &Path, needle: &str) {
+    let text = log_text(path);
+    assert!(
+        text.contains(needle),
+        "no {needle:?} in {}:\n{text}",
+        path.display()
+    );
+}
+
 pub fn netns_inode(ns: &Netns) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/run/netns/{}", ns.name()))
