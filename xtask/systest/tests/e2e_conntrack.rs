@@ -303,17 +303,33 @@ instances:
         svc::udp_one_way(a, f, sport, b, b.addr(v6), dport).unwrap()
     };
     let base = |v6: bool| -> u16 { if v6 { 100 } else { 0 } };
-    // A UDP stream from inst to the peer, two exchanges each way per family: ports 41000 + n
-    // on inst, 9000 + n on the peer.
+    // UDP flow n: port 41000 + n on inst, 9000 + n on the peer (+100 over IPv6). `send` is
+    // inst's datagram out; `answer` the peer's back, which passes only while inst's state
+    // for the flow lives.
+    let send = |n: u16, v6| {
+        one_way(
+            "inst",
+            41000 + n + base(v6),
+            "peer",
+            v6,
+            9000 + n + base(v6),
+        )
+    };
+    let answer = |n: u16, v6| {
+        one_way(
+            "peer",
+            9000 + n + base(v6),
+            "inst",
+            v6,
+            41000 + n + base(v6),
+        )
+    };
+    // A UDP stream: two exchanges each way per family.
     let udp_stream = |n: u16| {
         for v6 in [false, true] {
             for _ in 0..2 {
-                let (local, remote) = (41000 + n + base(v6), 9000 + n + base(v6));
-                assert!(one_way("inst", local, "peer", v6, remote), "stream {n} out");
-                assert!(
-                    one_way("peer", remote, "inst", v6, local),
-                    "stream {n} back"
-                );
+                assert!(send(n, v6), "stream {n} out");
+                assert!(answer(n, v6), "stream {n} back");
             }
         }
     };
@@ -373,13 +389,7 @@ instances:
     }
     // single: datagrams one way only.
     for v6 in [false, true] {
-        assert!(one_way(
-            "inst",
-            41000 + base(v6),
-            "peer",
-            v6,
-            9000 + base(v6)
-        ));
+        assert!(send(0, v6), "single out");
     }
     let single_since = Instant::now();
     // s1: a stream checked after udp_single has passed.
@@ -398,11 +408,11 @@ instances:
     std::thread::sleep(Duration::from_secs(36).saturating_sub(single_since.elapsed()));
     for v6 in [false, true] {
         assert!(
-            !one_way("peer", 9000 + base(v6), "inst", v6, 41000 + base(v6)),
+            !answer(0, v6),
             "C5 udp_single 30 s: an answer after 36 s idle must be dropped (v6 {v6})"
         );
         assert!(
-            one_way("peer", 9001 + base(v6), "inst", v6, 41001 + base(v6)),
+            answer(1, v6),
             "C5 udp_stream 60 s: a stream outlives 36 s idle (v6 {v6})"
         );
     }
@@ -426,7 +436,7 @@ instances:
     std::thread::sleep(Duration::from_secs(65).saturating_sub(long_idle_since.elapsed()));
     for v6 in [false, true] {
         assert!(
-            !one_way("peer", 9002 + base(v6), "inst", v6, 41002 + base(v6)),
+            !answer(2, v6),
             "C5 udp_stream 60 s: an answer after 65 s idle must be dropped (v6 {v6})"
         );
     }
