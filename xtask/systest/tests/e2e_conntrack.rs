@@ -10,6 +10,7 @@ use sg_lab::bed::Bed;
 use sg_lab::bed::Server::*;
 use sg_lab::probe::{Both, Expect::*, Svc, table};
 use sg_lab::services::{self as svc, tcp_session};
+use sg_testkit::netns::Session;
 
 use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
@@ -416,12 +417,11 @@ instances:
             "C5 udp_stream 60 s: a stream outlives 36 s idle (v6 {v6})"
         );
     }
-    for s in &mut tcp_a {
-        assert!(
-            s.round_trip("after 36 s", Duration::from_secs(3)),
-            "X1 + C5: a tracked session without its rule lives until tcp_established"
-        );
-    }
+    assert_eq!(
+        round_trips(&mut tcp_a, "after 36 s"),
+        [true, true],
+        "X1 + C5: a tracked session without its rule lives until tcp_established"
+    );
     let flows = bed.conntrack("inst");
     for f in &flows {
         let short = f.proto.starts_with("icmp")
@@ -440,18 +440,16 @@ instances:
             "C5 udp_stream 60 s: an answer after 65 s idle must be dropped (v6 {v6})"
         );
     }
-    for s in &mut tcp_b {
-        assert!(
-            !s.round_trip("after 65 s", Duration::from_secs(3)),
-            "C5 tcp_established 60 s: an idle session without its rule must be cut"
-        );
-    }
-    for s in &mut tcp_a {
-        assert!(
-            s.round_trip("after 65 s", Duration::from_secs(3)),
-            "a session used less than 30 s ago lives on"
-        );
-    }
+    assert_eq!(
+        round_trips(&mut tcp_b, "after 65 s"),
+        [false, false],
+        "C5 tcp_established 60 s: an idle session without its rule must be cut"
+    );
+    assert_eq!(
+        round_trips(&mut tcp_a, "after 65 s"),
+        [true, true],
+        "a session used less than 30 s ago lives on"
+    );
     let flows = bed.conntrack("inst");
     let f253: Vec<_> = flows.iter().filter(|f| f.proto == "proto 253").collect();
     assert!(
@@ -461,8 +459,16 @@ instances:
     bed.detach_all();
 }
 
+/// Whether each session (IPv4, IPv6) echoes `line` within 3 s.
+fn round_trips(sessions: &mut [Session], line: &str) -> Vec<bool> {
+    sessions
+        .iter_mut()
+        .map(|s| s.round_trip(line, Duration::from_secs(3)))
+        .collect()
+}
+
 /// Live SSH sessions from my-ip to inst, IPv4 then IPv6.
-fn ssh_sessions_from_my_ip(bed: &Bed) -> Vec<sg_testkit::netns::Session> {
+fn ssh_sessions_from_my_ip(bed: &Bed) -> Vec<Session> {
     let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
     [false, true]
         .iter()
