@@ -22,8 +22,7 @@ fn c1_replies_pass_whatever_the_other_directions_rules() {
     let mut bed = Bed::new(&[INST, ("out", "192.0.2.12", "2001:db8:10::12"), INTERNET]);
     bed.serve("inst", &[TcpEcho(8080), UdpEcho(5353)]);
     bed.serve("internet", &[Http(80), UdpEcho(5353)]);
-    bed.apply(
-        &["inst", "out"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-in-only
@@ -32,10 +31,8 @@ security_groups:
       - {protocol: udp, ports: 5353, source: [0.0.0.0/0, "::/0"]}
     egress: []
   - id: sg-out-only
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-in-only]}
-  - {name: out, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-out-only]}
 "#,
+        &[("inst", "sg-in-only"), ("out", "sg-out-only")],
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -81,8 +78,7 @@ fn c2_echo_replies_leave_with_egress_empty_and_udp_replies_must_match_the_5_tupl
             "control without sg (v6 {v6})"
         );
     }
-    bed.apply(
-        &["inst", "out"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-ping
@@ -91,10 +87,8 @@ security_groups:
       - {protocol: icmpv6, type: 128, source: "::/0"}
     egress: []
   - id: sg-out
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-ping]}
-  - {name: out, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-out]}
 "#,
+        &[("inst", "sg-ping"), ("out", "sg-out")],
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -180,8 +174,7 @@ fn c4_flows_from_anywhere_with_egress_to_anywhere_are_untracked() {
     for h in ["open", "narrow", "allports"] {
         bed.serve(h, &[Https(443), Ssh(22)]);
     }
-    bed.apply(
-        &["open", "narrow", "allports"],
+    bed.apply_members(
         r#"
 x-ingress: &ingress
   - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
@@ -197,11 +190,12 @@ security_groups:
   - id: sg-allports
     ingress: *ingress
     egress: [{protocol: tcp, ports: 0-65535, destination: [0.0.0.0/0, "::/0"]}]
-instances:
-  - {name: open, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-open]}
-  - {name: narrow, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-narrow]}
-  - {name: allports, addresses: [192.0.2.13, "2001:db8:10::13"], groups: [sg-allports]}
 "#,
+        &[
+            ("open", "sg-open"),
+            ("narrow", "sg-narrow"),
+            ("allports", "sg-allports"),
+        ],
     );
     let mut p = vec![];
     for h in ["open", "narrow", "allports"] {

@@ -49,18 +49,15 @@ fn i3_ping_is_icmp_type_8_and_icmpv6_type_128() {
         ("v6only", "192.0.2.12", "2001:db8:10::12"),
         INTERNET,
     ]);
-    bed.apply(
-        &["v4only", "v6only"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-ping4
     ingress: [{protocol: icmp, type: 8, source: 0.0.0.0/0}]
   - id: sg-ping6
     ingress: [{protocol: icmpv6, type: 128, source: "::/0"}]
-instances:
-  - {name: v4only, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-ping4]}
-  - {name: v6only, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-ping6]}
 "#,
+        &[("v4only", "sg-ping4"), ("v6only", "sg-ping6")],
     );
     #[rustfmt::skip]
     bed.expect(&table(&[
@@ -195,16 +192,13 @@ instances:
 fn n1_arp_and_neighbour_discovery_pass_without_rules() {
     let mut bed = Bed::new(&[INST, ("peer", "192.0.2.12", "2001:db8:10::12")]);
     bed.serve("inst", &[TcpEcho(8080)]);
-    bed.apply(
-        &["inst", "peer"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-a
     ingress: [{protocol: tcp, ports: 8080, source: [192.0.2.0/24, "2001:db8:10::/64"]}]
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
-  - {name: peer, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-a]}
 "#,
+        &[("inst", "sg-a"), ("peer", "sg-a")],
     );
     for h in ["inst", "peer"] {
         bed.host(h)
