@@ -133,11 +133,16 @@ fn icmp(t: u8, c: u8) -> u16 {
     u16::from(t) << 8 | u16::from(c)
 }
 
-fn build(p: &Policy, generation: u32) -> MapImage {
-    let opts = CompileOptions {
+/// Compile options with room for every rule of these tests.
+fn options(generation: u32) -> CompileOptions {
+    CompileOptions {
         generation,
         slot_capacity: 1 << 16,
-    };
+    }
+}
+
+fn build(p: &Policy, generation: u32) -> MapImage {
+    let opts = options(generation);
     let image = compile(p, &all_bound(p), &SlotTable::default(), &opts).unwrap();
     check_canonical(&image).unwrap();
     image
@@ -188,6 +193,15 @@ fn expect_cases(p: &Policy, cases: &[Case]) {
     }
 }
 
+/// How many entries an apply of `after` over `before` writes or deletes.
+fn changed_entries<K: Ord, V: PartialEq>(before: &BTreeMap<K, V>, after: &BTreeMap<K, V>) -> usize {
+    let written = after
+        .iter()
+        .filter(|(k, v)| before.get(k) != Some(v))
+        .count();
+    written + before.keys().filter(|k| !after.contains_key(k)).count()
+}
+
 fn allow(rule: &RuleId) -> Decision {
     Decision::Allow {
         rule: rule.clone(),
@@ -211,16 +225,13 @@ fn e1_nothing_is_allowed_without_a_rule() {
     let mut b = Builder::default();
     let g = b.group("empty");
     b.iface("web", &["192.0.2.10"], &[&g]);
-    for dir in [Ingress, Egress] {
-        assert_eq!(
-            judge(&b.policy, "web", dir, "192.0.2.1", TCP, 22),
-            Decision::Deny
-        );
-        assert_eq!(
-            judge(&b.policy, "web", dir, "2001:db8::1", UDP, 53),
-            Decision::Deny
-        );
-    }
+    #[rustfmt::skip]
+    expect_cases(&b.policy, &[
+        ("web", Ingress, "192.0.2.1", TCP, 22, Decision::Deny),
+        ("web", Ingress, "2001:db8::1", UDP, 53, Decision::Deny),
+        ("web", Egress, "192.0.2.1", TCP, 22, Decision::Deny),
+        ("web", Egress, "2001:db8::1", UDP, 53, Decision::Deny),
+    ]);
 }
 
 #[test]
@@ -229,14 +240,11 @@ fn e2_ingress_and_egress_are_separate_rule_sets() {
     let g = b.group("web");
     let r = b.rule(&g, Ingress, tcp(22, 22), cidr("192.0.2.0/24"));
     b.iface("web", &["192.0.2.10"], &[&g]);
-    assert_eq!(
-        judge(&b.policy, "web", Ingress, "192.0.2.1", TCP, 22),
-        allow(&r)
-    );
-    assert_eq!(
-        judge(&b.policy, "web", Egress, "192.0.2.1", TCP, 22),
-        Decision::Deny
-    );
+    #[rustfmt::skip]
+    expect_cases(&b.policy, &[
+        ("web", Ingress, "192.0.2.1", TCP, 22, allow(&r)),
+        ("web", Egress, "192.0.2.1", TCP, 22, Decision::Deny),
+    ]);
 }
 
 #[test]
@@ -507,14 +515,11 @@ fn r2_the_referenced_groups_own_rules_are_not_imported() {
     b.rule(&app, Ingress, tcp(80, 80), Peer::Group(open.clone()));
     b.iface("app", &["198.51.100.5"], &[&app]);
     b.iface("lb", &["192.0.2.5"], &[&open]);
-    assert_eq!(
-        judge(&b.policy, "app", Ingress, "203.0.113.9", TCP, 80),
-        Decision::Deny
-    );
-    assert_eq!(
-        judge(&b.policy, "app", Ingress, "192.0.2.5", TCP, 22),
-        Decision::Deny
-    );
+    #[rustfmt::skip]
+    expect_cases(&b.policy, &[
+        ("app", Ingress, "203.0.113.9", TCP, 80, Decision::Deny),
+        ("app", Ingress, "192.0.2.5", TCP, 22, Decision::Deny),
+    ]);
 }
 
 #[test]
@@ -1114,34 +1119,13 @@ fn a_membership_change_leaves_the_rest_of_the_image_alone() {
     b.iface("db-1", &["203.0.113.10"], &[&db]);
     b.iface("web-1", &["192.0.2.11"], &[&web]);
     let bind = BTreeMap::from([("db-1".to_string(), 10)]);
-    let opts = CompileOptions {
-        generation: 1,
-        slot_capacity: 1 << 16,
-    };
+    let opts = options(1);
     let before = compile(&b.policy, &bind, &SlotTable::default(), &opts).unwrap();
     b.iface("web-2", &["192.0.2.77"], &[&web]);
     let after = compile(&b.policy, &bind, &before.slots, &opts).unwrap();
     assert_eq!(before.ifaces, after.ifaces, "scope ids are stable");
-    let changed_peers = after
-        .peers
-        .iter()
-        .filter(|(k, v)| before.peers.get(k) != Some(v))
-        .count()
-        + before
-            .peers
-            .keys()
-            .filter(|k| !after.peers.contains_key(k))
-            .count();
-    let changed_ports = after
-        .ports
-        .iter()
-        .filter(|(k, v)| before.ports.get(k) != Some(v))
-        .count()
-        + before
-            .ports
-            .keys()
-            .filter(|k| !after.ports.contains_key(k))
-            .count();
+    let changed_peers = changed_entries(&before.peers, &after.peers);
+    let changed_ports = changed_entries(&before.ports, &after.ports);
     assert_eq!(changed_peers, 1, "only web-2's host entry is new");
     assert!(
         changed_ports <= 2,
@@ -1178,10 +1162,7 @@ fn r1_a_delta_of_an_index_from_another_policy_is_refused() {
     b.iface("db-1", &["203.0.113.10"], &[&db]);
     b.iface("web-1", &["192.0.2.11"], &[&web]);
     let bind = BTreeMap::from([("db-1".to_string(), 10)]);
-    let opts = CompileOptions {
-        generation: 0,
-        slot_capacity: 1 << 16,
-    };
+    let opts = options(0);
     let (image, index) = compile_indexed(&b.policy, &bind, &SlotTable::default(), &opts).unwrap();
     // The right index: a delta that gives web-2 the rule.
     let before = b.policy.clone();

@@ -51,6 +51,11 @@ fn shape(rules: &[Rule]) -> Vec<(Protocol, Peer, Option<String>)> {
         .collect()
 }
 
+/// (protocol, peer) of a rule list.
+fn protocol_peer(rules: &[Rule]) -> Vec<(Protocol, Peer)> {
+    rules.iter().map(|r| (r.protocol, r.peer.clone())).collect()
+}
+
 fn d2() -> Vec<(Protocol, Peer, Option<String>)> {
     vec![
         (Protocol::All, cidr("0.0.0.0/0"), None),
@@ -211,13 +216,8 @@ fn lab_has_the_specified_rules_and_members() {
     let web = group(&p, "sg-web");
     let my4 = cidr("198.51.100.10/32");
     let my6 = cidr("2001:db8:20::10/128");
-    let ingress: Vec<(Protocol, Peer)> = web
-        .ingress
-        .iter()
-        .map(|r| (r.protocol, r.peer.clone()))
-        .collect();
     assert_eq!(
-        ingress,
+        protocol_peer(&web.ingress),
         [
             (tcp(443, 443), cidr("0.0.0.0/0")),
             (tcp(443, 443), cidr("::/0")),
@@ -228,13 +228,8 @@ fn lab_has_the_specified_rules_and_members() {
         ]
     );
     let db = group(&p, "sg-db");
-    let ingress: Vec<(Protocol, Peer)> = db
-        .ingress
-        .iter()
-        .map(|r| (r.protocol, r.peer.clone()))
-        .collect();
     assert_eq!(
-        ingress,
+        protocol_peer(&db.ingress),
         [
             (tcp(3306, 3306), gid("sg-web")),
             (Protocol::Icmp(IcmpMatch::Type(8)), gid("sg-web")),
@@ -332,6 +327,21 @@ fn describe_json_expands_permissions_into_one_rule_per_peer() {
 
 const WEB: &str = "security_groups:\n  - id: sg-web\n";
 
+/// Loads sg-web with the given ingress rule lines (each `      - {...}\n`).
+fn load_web_ingress(rules: &str) -> Loaded {
+    load(&format!("{WEB}    ingress:\n{rules}"))
+}
+
+/// The protocols of sg-web's ingress rules, in order, for the given rule lines.
+fn web_ingress_protocols(rules: &str) -> Vec<Protocol> {
+    let p = load_web_ingress(rules).policy;
+    group(&p, "sg-web")
+        .ingress
+        .iter()
+        .map(|r| r.protocol)
+        .collect()
+}
+
 #[test]
 fn d2_omitted_egress_allows_everything_and_explicit_empty_allows_nothing() {
     let p = load(&format!("{WEB}  - id: sg-closed\n    egress: []\n")).policy;
@@ -421,15 +431,9 @@ fn every_rule_id_is_unique_and_well_formed() {
 
 #[test]
 fn f1_f2_protocol_spellings_normalise() {
-    let p = load(&format!(
-        "{WEB}    ingress:\n      - {{protocol: \"17\", ports: 53, source: 192.0.2.0/24}}\n      - {{protocol: ICMPv6, source: \"::/0\"}}\n      - {{protocol: gre, source: 192.0.2.0/24}}\n      - {{protocol: \"-1\", source: self}}\n      - {{protocol: \"1\", type: -1, source: 192.0.2.0/24}}\n"
-    ))
-    .policy;
-    let protos: Vec<Protocol> = group(&p, "sg-web")
-        .ingress
-        .iter()
-        .map(|r| r.protocol)
-        .collect();
+    let protos = web_ingress_protocols(
+        "      - {protocol: \"17\", ports: 53, source: 192.0.2.0/24}\n      - {protocol: ICMPv6, source: \"::/0\"}\n      - {protocol: gre, source: 192.0.2.0/24}\n      - {protocol: \"-1\", source: self}\n      - {protocol: \"1\", type: -1, source: 192.0.2.0/24}\n",
+    );
     assert_eq!(
         protos,
         [
@@ -444,9 +448,7 @@ fn f1_f2_protocol_spellings_normalise() {
 
 #[test]
 fn f2_ports_on_an_all_ports_protocol_are_ignored_with_a_warning() {
-    let l = load(&format!(
-        "{WEB}    ingress:\n      - {{protocol: esp, ports: 500, source: 192.0.2.0/24}}\n"
-    ));
+    let l = load_web_ingress("      - {protocol: esp, ports: 500, source: 192.0.2.0/24}\n");
     assert_eq!(
         group(&l.policy, "sg-web").ingress[0].protocol,
         Protocol::Number(50)
@@ -456,15 +458,9 @@ fn f2_ports_on_an_all_ports_protocol_are_ignored_with_a_warning() {
 
 #[test]
 fn f4_icmp_type_and_code() {
-    let p = load(&format!(
-        "{WEB}    ingress:\n      - {{protocol: icmp, type: 3, code: 4, source: 0.0.0.0/0}}\n      - {{protocol: icmp, type: 8, code: -1, source: 10.0.0.0/8}}\n"
-    ))
-    .policy;
-    let protos: Vec<Protocol> = group(&p, "sg-web")
-        .ingress
-        .iter()
-        .map(|r| r.protocol)
-        .collect();
+    let protos = web_ingress_protocols(
+        "      - {protocol: icmp, type: 3, code: 4, source: 0.0.0.0/0}\n      - {protocol: icmp, type: 8, code: -1, source: 10.0.0.0/8}\n",
+    );
     assert_eq!(
         protos,
         [
@@ -476,9 +472,7 @@ fn f4_icmp_type_and_code() {
 
 #[test]
 fn f5_cidr_with_host_bits_is_canonicalised_with_a_located_warning() {
-    let l = load(&format!(
-        "{WEB}    ingress:\n      - {{protocol: tcp, ports: 22, source: 10.1.2.3/8}}\n"
-    ));
+    let l = load_web_ingress("      - {protocol: tcp, ports: 22, source: 10.1.2.3/8}\n");
     assert_eq!(
         group(&l.policy, "sg-web").ingress[0].peer,
         cidr("10.0.0.0/8")
@@ -493,15 +487,9 @@ fn f5_cidr_with_host_bits_is_canonicalised_with_a_located_warning() {
 
 #[test]
 fn ports_forms_all_read_the_same() {
-    let p = load(&format!(
-        "{WEB}    ingress:\n      - {{protocol: tcp, ports: 1024-65535, source: 10.0.0.0/8}}\n      - {{protocol: tcp, ports: {{from: 1024, to: 65535}}, source: 10.0.0.1/32}}\n      - {{protocol: tcp, ports: all, source: 10.0.0.2/32}}\n      - {{protocol: udp, ports: \"53\", source: 10.0.0.3/32}}\n"
-    ))
-    .policy;
-    let protos: Vec<Protocol> = group(&p, "sg-web")
-        .ingress
-        .iter()
-        .map(|r| r.protocol)
-        .collect();
+    let protos = web_ingress_protocols(
+        "      - {protocol: tcp, ports: 1024-65535, source: 10.0.0.0/8}\n      - {protocol: tcp, ports: {from: 1024, to: 65535}, source: 10.0.0.1/32}\n      - {protocol: tcp, ports: all, source: 10.0.0.2/32}\n      - {protocol: udp, ports: \"53\", source: 10.0.0.3/32}\n",
+    );
     assert_eq!(
         protos,
         [

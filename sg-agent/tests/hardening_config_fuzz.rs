@@ -427,9 +427,30 @@ struct Bomb {
     mib: i64,
 }
 
+impl Bomb {
+    /// A bomb refused with one of `error` within `bound_secs`, peaking under 64 MiB.
+    fn new(
+        name: &'static str,
+        text: impl Into<String>,
+        error: &'static [&'static str],
+        bound_secs: u64,
+    ) -> Self {
+        Bomb {
+            name,
+            text: text.into(),
+            error,
+            bound: Duration::from_secs(bound_secs),
+            mib: 64,
+        }
+    }
+
+    fn with_mib(self, mib: i64) -> Self {
+        Bomb { mib, ..self }
+    }
+}
+
 fn bombs() -> Vec<Bomb> {
     let mut v = Vec::new();
-    let secs = Duration::from_secs;
     // Billion laughs: ten aliases of ten aliases of ... of ten scalars.
     let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..10 {
@@ -437,136 +458,124 @@ fn bombs() -> Vec<Bomb> {
         let refs = vec![format!("*a{p}"); 10].join(", ");
         laughs.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
     }
-    v.push(Bomb {
-        name: "billion laughs",
-        text: laughs,
-        error: &["more than 1000000 nodes"],
-        bound: secs(1),
-        mib: 64,
-    });
+    v.push(Bomb::new(
+        "billion laughs",
+        laughs,
+        &["more than 1000000 nodes"],
+        1,
+    ));
     // Wide fan-out: one big anchor referenced thousands of times.
     let big = vec!["x"; 2000].join(", ");
     let refs = vec!["*a"; 1000].join(", ");
-    v.push(Bomb {
-        name: "alias fan-out",
-        text: format!("a: &a [{big}]\nb: [{refs}]\n"),
-        error: &["more than 1000000 nodes"],
-        bound: secs(2),
-        mib: 64,
-    });
+    v.push(Bomb::new(
+        "alias fan-out",
+        format!("a: &a [{big}]\nb: [{refs}]\n"),
+        &["more than 1000000 nodes"],
+        2,
+    ));
     // Merge keys repeating an anchor (merged keys dedupe, but each alias is still counted).
     let m = (0..50)
         .map(|i| format!("k{i}: {i}"))
         .collect::<Vec<_>>()
         .join(", ");
     let merges = vec!["*m"; 30000].join(", ");
-    v.push(Bomb {
-        name: "merge-key fan-out",
-        text: format!("m: &m {{{m}}}\nsecurity_groups:\n  - <<: [{merges}]\n"),
-        error: &["more than 1000000 nodes"],
-        bound: secs(3),
-        mib: 64,
-    });
-    v.push(Bomb {
-        name: "recursive alias",
-        text: "a: &x [1, *x]\n".into(),
-        error: &["recursive alias"],
-        bound: secs(1),
-        mib: 64,
-    });
-    v.push(Bomb {
-        name: "deep flow nesting",
-        text: format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
-        // saphyr-parser's own recursion limit may answer first; either way, refused.
-        error: &["deeper than 64", "recursion limit exceeded"],
-        bound: secs(1),
-        mib: 64,
-    });
-    v.push(Bomb {
-        name: "deep mixed nesting",
-        text: format!("{}{}", "{a: [".repeat(20_000), "]}".repeat(20_000)),
-        error: &["deeper than 64", "recursion limit exceeded"],
-        bound: secs(1),
-        mib: 64,
-    });
+    v.push(Bomb::new(
+        "merge-key fan-out",
+        format!("m: &m {{{m}}}\nsecurity_groups:\n  - <<: [{merges}]\n"),
+        &["more than 1000000 nodes"],
+        3,
+    ));
+    v.push(Bomb::new(
+        "recursive alias",
+        "a: &x [1, *x]\n",
+        &["recursive alias"],
+        1,
+    ));
+    // saphyr-parser's own recursion limit may answer first; either way, refused.
+    v.push(Bomb::new(
+        "deep flow nesting",
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        &["deeper than 64", "recursion limit exceeded"],
+        1,
+    ));
+    v.push(Bomb::new(
+        "deep mixed nesting",
+        format!("{}{}", "{a: [".repeat(20_000), "]}".repeat(20_000)),
+        &["deeper than 64", "recursion limit exceeded"],
+        1,
+    ));
     let mut block = String::new();
     for d in 0..200 {
         block.push_str(&format!("{}k{d}:\n", " ".repeat(d)));
     }
-    v.push(Bomb {
-        name: "deep block nesting",
-        text: block,
-        error: &["deeper than 64"],
-        bound: secs(1),
-        mib: 64,
-    });
+    v.push(Bomb::new(
+        "deep block nesting",
+        block,
+        &["deeper than 64"],
+        1,
+    ));
     // Depth reached through an alias of a deep anchor.
     let deep = format!("{}1{}", "[".repeat(60), "]".repeat(60));
-    v.push(Bomb {
-        name: "deep alias",
-        text: format!("a: &d {deep}\nb: [[[[[[*d]]]]]]\n"),
-        error: &["deeper than 64"],
-        bound: secs(1),
-        mib: 64,
-    });
-    v.push(Bomb {
-        name: "input over 16 MiB",
-        text: format!("security_groups: []\n#{}\n", "x".repeat(17 << 20)),
-        error: &["the limit is 16 MiB"],
-        bound: secs(1),
-        mib: 64,
-    });
-    v.push(Bomb {
-        name: "1.2 million list items",
-        text: format!("[{}]", vec!["0"; 1_200_000].join(",")),
-        error: &["more than 1000000 nodes"],
-        // The node budget (1M) is what bounds memory: ~470 bytes a node before the refusal
-        // (docs/hardening.md).
-        bound: secs(30),
-        mib: 640,
-    });
-    v.push(Bomb {
-        name: "15 MiB description",
-        text: format!(
+    v.push(Bomb::new(
+        "deep alias",
+        format!("a: &d {deep}\nb: [[[[[[*d]]]]]]\n"),
+        &["deeper than 64"],
+        1,
+    ));
+    v.push(Bomb::new(
+        "input over 16 MiB",
+        format!("security_groups: []\n#{}\n", "x".repeat(17 << 20)),
+        &["the limit is 16 MiB"],
+        1,
+    ));
+    // The node budget (1M) is what bounds memory: ~470 bytes a node before the refusal
+    // (docs/hardening.md).
+    v.push(
+        Bomb::new(
+            "1.2 million list items",
+            format!("[{}]", vec!["0"; 1_200_000].join(",")),
+            &["more than 1000000 nodes"],
+            30,
+        )
+        .with_mib(640),
+    );
+    v.push(Bomb::new(
+        "15 MiB description",
+        format!(
             "security_groups:\n  - id: sg-0123456789abcdef0\n    description: {}\n",
             "a".repeat(15 << 20)
         ),
-        error: &["255"],
-        bound: secs(30),
-        mib: 64,
-    });
+        &["255"],
+        30,
+    ));
     let docs = "security_groups: []\n---\n".repeat(100_000);
-    v.push(Bomb {
-        name: "many documents",
-        text: docs,
-        error: &["more than one YAML document"],
-        bound: secs(1),
-        mib: 64,
-    });
+    v.push(Bomb::new(
+        "many documents",
+        docs,
+        &["more than one YAML document"],
+        1,
+    ));
     let keys = (0..100_000)
         .map(|i| format!("  k{i}: 1\n"))
         .collect::<String>();
-    v.push(Bomb {
-        name: "100k unknown keys",
-        text: format!("security_groups: []\nx-keys:\n{keys}zz: 1\n"),
-        error: &["zz"],
-        bound: secs(30),
-        mib: 64,
-    });
-    v.push(Bomb {
-        name: "duplicate keys",
-        text: "security_groups: []\nsecurity_groups: []\n".into(),
-        error: &["duplicate key"],
-        bound: secs(1),
-        mib: 64,
-    });
-    v.push(Bomb {
-        name: "unclosed flow",
-        text: format!("security_groups: [{}", "{id: x, ".repeat(1000)),
-        error: &["syntax error", "recursion limit exceeded"],
-        bound: secs(1),
-        mib: 64,
-    });
+    v.push(Bomb::new(
+        "100k unknown keys",
+        format!("security_groups: []\nx-keys:\n{keys}zz: 1\n"),
+        &["zz"],
+        30,
+    ));
+    v.push(Bomb::new(
+        "duplicate keys",
+        "security_groups: []\nsecurity_groups: []\n",
+        &["duplicate key"],
+        1,
+    ));
+    v.push(Bomb::new(
+        "unclosed flow",
+        format!("security_groups: [{}", "{id: x, ".repeat(1000)),
+        &["syntax error", "recursion limit exceeded"],
+        1,
+    ));
     v
 }
 

@@ -407,13 +407,7 @@ impl Pair {
         sock.set_nonblocking(true)?;
         let mut buf = [0u8; 64];
         while sock.recv(&mut buf).is_ok() {}
-        self.sender.enter(|| -> Result<()> {
-            let s = UdpSocket::bind(SocketAddrV4::new(SENDER_V4, 0))?;
-            for _ in 0..5 {
-                s.send_to(b"sg-bench probe", SocketAddrV4::new(RECEIVER_V4, port))?;
-            }
-            Ok(())
-        })??;
+        self.send_probes(SENDER_V4, port, b"sg-bench probe")?;
         let mut got = false;
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_millis(300) {
@@ -477,17 +471,23 @@ impl Pair {
         r
     }
 
+    /// Sends five datagrams of `payload` from `src` (an address of the sender, any port) to
+    /// the receiver's `port`.
+    fn send_probes(&self, src: Ipv4Addr, port: u16, payload: &[u8]) -> Result<()> {
+        self.sender.enter(|| -> Result<()> {
+            let s = UdpSocket::bind(SocketAddrV4::new(src, 0))?;
+            for _ in 0..5 {
+                s.send_to(payload, SocketAddrV4::new(RECEIVER_V4, port))?;
+            }
+            Ok(())
+        })?
+    }
+
     /// Sends a few datagrams from `src` (an address of the sender) to the sink; true if one
     /// arrived within `wait`.
     pub fn udp_from_reaches(&self, src: Ipv4Addr, wait: Duration) -> Result<bool> {
         self.drain_sink()?;
-        self.sender.enter(|| -> Result<()> {
-            let s = UdpSocket::bind(SocketAddrV4::new(src, 0))?;
-            for _ in 0..5 {
-                s.send_to(b"probe", SocketAddrV4::new(RECEIVER_V4, UDP_ALLOWED))?;
-            }
-            Ok(())
-        })??;
+        self.send_probes(src, UDP_ALLOWED, b"probe")?;
         Ok(self.wait_from(src, wait).is_ok())
     }
 

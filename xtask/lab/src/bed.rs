@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::agents::{Agents, Counters, Flow};
 use crate::probe::{self, Probe, Row};
+use crate::scenario::INST;
 use crate::services::{self as svc, LabFiles};
 use crate::topology::{Host, HostSpec, Lan};
 use sg_testkit::netns::Proc;
@@ -102,6 +103,29 @@ impl Bed {
                 .unwrap_or_else(|e| panic!("apply on {h}: {e:#}\npolicy:\n{text}"));
         }
         out
+    }
+
+    /// Applies on each member host a policy of `groups` (the `security_groups:` part of the
+    /// YAML) whose instances are those hosts, at their own addresses, each a member of its
+    /// groups (YAML list items). The policy most end-to-end tests need: it never restates an
+    /// address the bed already knows. Returns the last agent's output.
+    pub fn apply_members(&self, groups: &str, members: &[(&str, &str)]) -> String {
+        let mut text = format!("{groups}instances:\n");
+        for (name, member_of) in members {
+            let h = self.host(name);
+            text.push_str(&format!(
+                "  - {{name: {name}, addresses: [{}, \"{}\"], groups: [{member_of}]}}\n",
+                h.v4(),
+                h.v6()
+            ));
+        }
+        let hosts: Vec<&str> = members.iter().map(|(name, _)| *name).collect();
+        self.apply(&hosts, &text)
+    }
+
+    /// [`Bed::apply_members`] with inst the only member.
+    pub fn apply_to_inst(&self, groups: &str, member_of: &str) -> String {
+        self.apply_members(groups, &[(INST.0, member_of)])
     }
 
     /// Like [`Bed::apply`] with `--ingress-hook HOOK`.

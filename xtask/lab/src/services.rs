@@ -130,16 +130,26 @@ while True:
 
 /// Exit 0: the echo came back; 1: nothing in time; 2: ICMP unreachable (refused); 3: wrong
 /// bytes. A connected socket sees ICMP errors as ECONNREFUSED.
+/// The UDP socket every UDP client script opens: the family of the address it talks to, bound
+/// to a given port (with SO_REUSEADDR, so that a test can reuse a source port at once) or to
+/// any. A module beside the scripts, which import it.
+const SGLAB_UDP: &str = r#"
+import socket
+def udp_socket(v6, port=0):
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    if port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::" if v6 else "0.0.0.0", port))
+    return s
+"#;
+
 const UDP_CLIENT: &str = r#"
 import socket, sys
+from sglab_udp import udp_socket
 host, port, size, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 sport = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-v6 = ":" in host
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s = udp_socket(":" in host, sport)
 s.settimeout(timeout)
-if sport:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::" if v6 else "0.0.0.0", sport))
 s.connect((host, port))
 payload = (b"sg-lab-" * (size // 7 + 1))[:size]
 try:
@@ -156,10 +166,9 @@ except ConnectionRefusedError:
 /// that arrives within the timeout (the kernel would filter a connected socket's replies).
 const UDP_REPLIES: &str = r#"
 import socket, sys, time
+from sglab_udp import udp_socket
 host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-v6 = ":" in host
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("::" if v6 else "0.0.0.0", 0))
+s = udp_socket(":" in host)
 s.sendto(b"sg-replies", (host, port))
 end = time.time() + timeout
 while True:
@@ -178,10 +187,9 @@ while True:
 /// Prints "ready" once bound.
 const UDP_RECV: &str = r#"
 import socket, sys
+from sglab_udp import udp_socket
 port, v6, timeout = int(sys.argv[1]), sys.argv[2] == "6", float(sys.argv[3])
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::" if v6 else "0.0.0.0", port))
+s = udp_socket(v6, port)
 s.settimeout(timeout)
 print("ready", flush=True)
 try:
@@ -193,12 +201,10 @@ except socket.timeout:
 
 /// Sends three datagrams from SPORT to HOST:PORT, 100 ms apart.
 const UDP_SEND: &str = r#"
-import socket, sys, time
+import sys, time
+from sglab_udp import udp_socket
 host, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-v6 = ":" in host
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::" if v6 else "0.0.0.0", sport))
+s = udp_socket(":" in host, sport)
 for _ in range(3):
     s.sendto(b"sg-oneway", (host, port)); time.sleep(0.1)
 "#;
@@ -292,6 +298,7 @@ impl LabFiles {
         let p = dir.path();
         for (name, text) in [
             ("https_server.py", HTTPS_SERVER),
+            ("sglab_udp.py", SGLAB_UDP),
             ("udp_echo.py", UDP_ECHO),
             ("udp_client.py", UDP_CLIENT),
             ("udp_replies.py", UDP_REPLIES),
@@ -304,42 +311,31 @@ impl LabFiles {
             std::fs::write(p.join(name), text)?;
         }
         let pem = p.join("server.pem");
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            ])
-            .arg("/CN=sg-lab")
-            .arg("-keyout")
-            .arg(&pem)
-            .arg("-out")
-            .arg(p.join("cert.pem"))
-            .output()
-            .context("openssl (for the lab's HTTPS certificate)")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_tool(
+            std::process::Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                ])
+                .arg("/CN=sg-lab")
+                .arg("-keyout")
+                .arg(&pem)
+                .arg("-out")
+                .arg(p.join("cert.pem")),
+            "openssl (for the lab's HTTPS certificate)",
+        )?;
         // One file with key and certificate, as Python's load_cert_chain wants it.
         let mut both = std::fs::read(&pem)?;
         both.extend(std::fs::read(p.join("cert.pem"))?);
         std::fs::write(&pem, both)?;
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(p.join("id"))
-            .output()
-            .context("ssh-keygen")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ssh-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for key in ["id", "host_key"] {
+            run_tool(
+                std::process::Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(p.join(key)),
+                &format!("ssh-keygen ({key})"),
+            )?;
+        }
         std::fs::copy(p.join("id.pub"), p.join("authorized_keys"))?;
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(p.join("host_key"))
-            .output()?;
-        anyhow::ensure!(out.status.success(), "ssh-keygen host key failed");
         Ok(LabFiles { dir })
     }
 
@@ -355,6 +351,17 @@ impl LabFiles {
     pub fn keep(&mut self) {
         self.dir.1 = false;
     }
+}
+
+/// Runs a set-up tool; its stderr is the error when it fails.
+fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| what.to_string())?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 fn s(p: &Path) -> String {
@@ -619,6 +626,18 @@ pub fn download(from: &Host, to: IpAddr, port: u16, bytes: u64, limit: Duration)
     Ok(text.trim().parse().unwrap_or(0))
 }
 
+/// The outcome of a client asked to print "sg-ok" from the server: reached when it did,
+/// refused when its stderr holds `refused` (the client's words for a reset), else no answer.
+fn sg_ok_outcome(out: &std::process::Output, refused: &str) -> Outcome {
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sg-ok") {
+        Outcome::Reached
+    } else if String::from_utf8_lossy(&out.stderr).contains(refused) {
+        Outcome::Refused
+    } else {
+        Outcome::NoAnswer
+    }
+}
+
 /// `ssh root@ADDR echo ok` with the lab key.
 pub fn ssh_probe(from: &Host, files: &LabFiles, to: IpAddr, port: u16) -> Result<Outcome> {
     let out = from.ns.run(
@@ -628,16 +647,7 @@ pub fn ssh_probe(from: &Host, files: &LabFiles, to: IpAddr, port: u16) -> Result
             .collect::<Vec<_>>(),
         Duration::from_secs(8),
     )?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    Ok(
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sg-ok") {
-            Outcome::Reached
-        } else if err.contains("Connection refused") {
-            Outcome::Refused
-        } else {
-            Outcome::NoAnswer
-        },
-    )
+    Ok(sg_ok_outcome(&out, "Connection refused"))
 }
 
 pub fn ssh(from: &Host, files: &LabFiles, to: IpAddr, port: u16) -> Result<bool> {
@@ -737,16 +747,7 @@ pub fn mysql_probe(from: &Host, to: IpAddr, port: u16) -> Result<Outcome> {
         ],
         Duration::from_secs(8),
     )?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    Ok(
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sg-ok") {
-            Outcome::Reached
-        } else if err.contains("(111)") {
-            Outcome::Refused
-        } else {
-            Outcome::NoAnswer
-        },
-    )
+    Ok(sg_ok_outcome(&out, "(111)"))
 }
 
 /// One UDP request and its echoed response (`size` bytes; large sizes fragment, G1),

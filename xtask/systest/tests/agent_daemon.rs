@@ -4,7 +4,7 @@
 //! one daemon per namespace, and waiting for interfaces that are not there yet (boot).
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sg_testkit::agent_harness::*;
@@ -27,6 +27,11 @@ impl Notify {
         }
     }
 
+    /// Starts `sg-agent daemon --config <cfg> <args>` that reports to this socket.
+    fn daemon(&self, site: &Site, cfg: &Path, args: &[&str], log: &Path) -> Bg {
+        site.daemon_bg(cfg, args, &[("NOTIFY_SOCKET", &self.path)], log)
+    }
+
     /// The next message that contains `want` (others are skipped).
     fn expect(&self, want: &str) -> String {
         let mut buf = [0u8; 4096];
@@ -41,6 +46,16 @@ impl Notify {
             }
         }
     }
+}
+
+/// A site serving `SERVER` with policy A as the daemon's config, a notify socket and the
+/// daemon's log path: what a daemon test starts from.
+fn daemon_site(tag: &str) -> (Site, PathBuf, Notify, PathBuf) {
+    let site = Site::serving(tag);
+    let cfg = site.policy("policy.yaml", POLICY_A);
+    let notify = Notify::new(&site);
+    let log = site.dir.join("daemon.log");
+    (site, cfg, notify, log)
 }
 
 fn scrape(site: &Site, addr: &str) -> String {
@@ -73,25 +88,19 @@ fn must(text: &str, name: &str, labels: &str) -> f64 {
     metric(text, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in:\n{text}"))
 }
 
-fn log_of(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
 #[test]
 fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenforcing() {
-    let mut site = Site::new("dmn");
-    site.serve(SERVER);
+    let site = Site::serving("dmn");
     let cfg = site.dir.join("policy.yaml");
     std::fs::write(&cfg, POLICY_A).unwrap();
     let flows = site.dir.join("flows.log");
     let log = site.dir.join("daemon1.log");
     let notify = Notify::new(&site);
     let m = "127.0.0.1:9617";
-    let mut d = site.agent_bg(
+    let mut d = notify.daemon(
+        &site,
+        &cfg,
         &[
-            "daemon",
-            "--config",
-            cfg.to_str().unwrap(),
             "--metrics",
             m,
             "--flow-log",
@@ -101,7 +110,6 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
             "--poll",
             "3600",
         ],
-        &[("NOTIFY_SOCKET", &notify.path)],
         &log,
     );
     let ready = notify.expect("READY=1");
@@ -134,10 +142,10 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
     // Flow log: ACCEPT for the allowed flow with packets and bytes, REJECT for the dropped.
     assert!(!site.tcp(5003, None));
     site.wait("flow log lines", Duration::from_secs(15), || {
-        let t = log_of(&flows);
+        let t = log_text(&flows);
         t.contains(" 5001 6 ") && t.contains("ACCEPT") && t.contains(" 5003 6 ")
     });
-    let t = log_of(&flows);
+    let t = log_text(&flows);
     let accept = t
         .lines()
         .find(|l| l.contains(&format!(" {CLI} {SRV} ")) && l.contains(" 5001 6 "))
@@ -164,11 +172,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
     site.wait("the failed reload", Duration::from_secs(20), || {
         metric(&scrape(&site, m), "sg_apply_errors_total", "") == Some(1.0)
     });
-    assert!(
-        log_of(&log).contains("the enforced policy stays"),
-        "{}",
-        log_of(&log)
-    );
+    assert_logged(&log, "the enforced policy stays");
     assert_enforces_a(&site, "after SIGHUP with a broken file");
     let t2 = scrape(&site, m);
     assert_eq!(must(&t2, "sg_apply_errors_total", ""), 1.0, "{t2}");
@@ -184,25 +188,13 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
 
     // SIGTERM: the daemon exits 0; enforcement stays.
     d.terminate(&log);
-    assert!(log_of(&log).contains("enforcement stays"));
+    assert_logged(&log, "enforcement stays");
     assert_enforces_b(&site, "after the daemon stopped");
     let app_before = site.rule_packets(&rule_id(&site, "app"));
 
     // A new daemon adopts it (counters continue) and follows file changes (poll).
     let log2 = site.dir.join("daemon2.log");
-    let mut d2 = site.agent_bg(
-        &[
-            "daemon",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--metrics",
-            m,
-            "--poll",
-            "1",
-        ],
-        &[("NOTIFY_SOCKET", &notify.path)],
-        &log2,
-    );
+    let mut d2 = notify.daemon(&site, &cfg, &["--metrics", m, "--poll", "1"], &log2);
     // Daemon 1's reloads said READY=1 too: wait for the new one's.
     let ready = notify.expect(&format!("MAINPID={}", d2.pid()));
     assert!(ready.contains("READY=1"), "{ready}");
@@ -218,11 +210,7 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
         || !site.tcp(5002, None),
     );
     assert_enforces_a(&site, "after the file changed to A");
-    assert!(
-        log_of(&log2).contains("reloaded on file change"),
-        "{}",
-        log_of(&log2)
-    );
+    assert_logged(&log2, "reloaded on file change");
     d2.signal(libc::SIGTERM);
     assert_eq!(d2.wait_exit(Duration::from_secs(20)), Some(0));
     assert_enforces_a(&site, "after the second daemon stopped");
@@ -232,16 +220,8 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
 
 #[test]
 fn metrics_listen_on_loopback_by_default_and_one_daemon_per_namespace() {
-    let mut site = Site::new("dlo");
-    site.serve(SERVER);
-    let cfg = site.policy("policy.yaml", POLICY_A);
-    let notify = Notify::new(&site);
-    let log = site.dir.join("daemon.log");
-    let _d = site.agent_bg(
-        &["daemon", "--config", cfg.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", &notify.path)],
-        &log,
-    );
+    let (site, cfg, notify, log) = daemon_site("dlo");
+    let _d = notify.daemon(&site, &cfg, &[], &log);
     notify.expect("READY=1");
     let ss = site
         .srv
@@ -291,19 +271,11 @@ fn metrics_listen_on_loopback_by_default_and_one_daemon_per_namespace() {
 #[test]
 fn daemon_started_before_the_addresses_waits_for_them() {
     // Boot: the daemon starts before the network is configured (network-pre.target).
-    let mut site = Site::new("dwt");
-    site.serve(SERVER);
+    let (site, cfg, notify, log) = daemon_site("dwt");
     site.srv_ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"]);
     site.srv_ip(&["addr", "del", &format!("{SRV6}/64"), "dev", "eth0"]);
-    let cfg = site.policy("policy.yaml", POLICY_A);
-    let notify = Notify::new(&site);
-    let log = site.dir.join("daemon.log");
     let m = "127.0.0.1:9617";
-    let mut d = site.agent_bg(
-        &["daemon", "--config", cfg.to_str().unwrap(), "--poll", "1"],
-        &[("NOTIFY_SOCKET", &notify.path)],
-        &log,
-    );
+    let mut d = notify.daemon(&site, &cfg, &["--poll", "1"], &log);
     let ready = notify.expect("READY=1");
     assert!(ready.contains("STATUS=waiting"), "{ready}");
     let t = scrape(&site, m);
@@ -323,16 +295,8 @@ fn daemon_started_before_the_addresses_waits_for_them() {
 fn detach_stops_the_daemon_and_enforcement() {
     // The daemon holds the links open (so removed pins can be put back): detach must make it
     // let go, or enforcement would outlive the detach.
-    let mut site = Site::new("ddet");
-    site.serve(SERVER);
-    let cfg = site.policy("policy.yaml", POLICY_A);
-    let notify = Notify::new(&site);
-    let log = site.dir.join("daemon.log");
-    let mut d = site.agent_bg(
-        &["daemon", "--config", cfg.to_str().unwrap(), "--poll", "1"],
-        &[("NOTIFY_SOCKET", &notify.path)],
-        &log,
-    );
+    let (site, cfg, notify, log) = daemon_site("ddet");
+    let mut d = notify.daemon(&site, &cfg, &["--poll", "1"], &log);
     notify.expect("READY=1");
     assert_enforces_a(&site, "daemon running");
     let out = site.agent_ok(&["detach"]);
@@ -344,7 +308,7 @@ fn detach_stops_the_daemon_and_enforcement() {
         d.wait_exit(Duration::from_secs(5)),
         Some(0),
         "{}",
-        log_of(&log)
+        log_text(&log)
     );
     site.assert_clean();
     assert_eq!(site.xdp_prog_id("eth0"), 0, "XDP program left after detach");
@@ -369,17 +333,7 @@ fn cli_applies_beside_a_daemon_never_make_its_reloads_write_the_live_generation(
     let other = site.policy("cli.yaml", two);
     let notify = Notify::new(&site);
     let log = site.dir.join("daemon.log");
-    let d = site.agent_bg(
-        &[
-            "daemon",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--poll",
-            "3600",
-        ],
-        &[("NOTIFY_SOCKET", &notify.path)],
-        &log,
-    );
+    let d = notify.daemon(&site, &cfg, &["--poll", "3600"], &log);
     notify.expect("READY=1");
     let client = site.probe_bg(&["stream", SRV, "5009", "300", stop.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(300));
@@ -425,9 +379,9 @@ fn cli_applies_beside_a_daemon_never_make_its_reloads_write_the_live_generation(
     );
     assert_eq!(res["sent"], sink["bytes"]);
     assert_eq!(
-        log_of(&log).matches("reloaded on SIGHUP").count(),
+        log_text(&log).matches("reloaded on SIGHUP").count(),
         10,
         "{}",
-        log_of(&log)
+        log_text(&log)
     );
 }

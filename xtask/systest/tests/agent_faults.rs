@@ -4,6 +4,7 @@
 //! recreated, a corrupted or foreign state file, a full conntrack table, the eBPF load
 //! refused, and a device without native XDP.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,10 +23,27 @@ fn warnings(site: &Site) -> Vec<String> {
         .collect()
 }
 
+/// Enforces B when `b_in_force`, else A: where an interrupted apply may leave a site.
+fn assert_enforces_a_or_b(site: &Site, b_in_force: bool, when: &str) {
+    if b_in_force {
+        assert_enforces_b(site, when);
+    } else {
+        assert_enforces_a(site, when);
+    }
+}
+
+/// A site serving `SERVER` with policy A applied and policy B written beside it.
+fn site_with_a_applied(tag: &str) -> (Site, PathBuf, PathBuf) {
+    let site = Site::serving(tag);
+    let a = site.policy("a.yaml", POLICY_A);
+    let b = site.policy("b.yaml", POLICY_B);
+    site.apply(&a);
+    (site, a, b)
+}
+
 #[test]
 fn sigkill_at_any_stage_of_an_apply_leaves_one_whole_policy_and_a_new_agent_adopts_it() {
-    let mut site = Site::new("kill");
-    site.serve(SERVER);
+    let site = Site::serving("kill");
     let a = site.policy("a.yaml", POLICY_A);
     let b = site.policy("b.yaml", POLICY_B);
     // (stage, is B in force after the kill)
@@ -45,11 +63,7 @@ fn sigkill_at_any_stage_of_an_apply_leaves_one_whole_policy_and_a_new_agent_adop
         bg.wait_stopped(Duration::from_secs(60));
         bg.kill9();
         let when = format!("killed at {stage}");
-        if b_in_force {
-            assert_enforces_b(&site, &when);
-        } else {
-            assert_enforces_a(&site, &when);
-        }
+        assert_enforces_a_or_b(&site, b_in_force, &when);
         // A new agent adopts it: status works and says what happened, counters continue.
         let w = warnings(&site);
         if b_in_force {
@@ -89,23 +103,18 @@ fn sigkill_at_any_stage_of_an_apply_leaves_one_whole_policy_and_a_new_agent_adop
 
 #[test]
 fn daemon_killed_during_a_reload_leaves_one_whole_policy_and_a_new_daemon_takes_over() {
-    let mut site = Site::new("dkil");
-    site.serve(SERVER);
+    let site = Site::serving("dkil");
     let cfg = site.dir.join("policy.yaml");
     for (stage, b_in_force) in [("attached", false), ("swapped", true)] {
         std::fs::write(&cfg, POLICY_A).unwrap();
         let log = site.dir.join(format!("daemon-{stage}.log"));
         // The first apply passes the stage once; the reload is the second time.
-        let mut d = site.agent_bg(
-            &["daemon", "--config", cfg.to_str().unwrap(), "--poll", "1"],
+        let mut d = site.daemon(
+            &cfg,
+            &["--poll", "1"],
             &[("SG_AGENT_TEST_STOP_AT", &format!("{stage}:2"))],
             &log,
         );
-        site.wait("the daemon's first apply", Duration::from_secs(60), || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("metrics on")
-        });
         assert_enforces_a(&site, &format!("daemon ({stage}) started"));
         let app = rule_id(&site, "app");
         let packets = site.rule_packets(&app);
@@ -113,23 +122,10 @@ fn daemon_killed_during_a_reload_leaves_one_whole_policy_and_a_new_daemon_takes_
         d.wait_stopped(Duration::from_secs(30));
         d.kill9();
         let when = format!("daemon killed at {stage} of a reload");
-        if b_in_force {
-            assert_enforces_b(&site, &when);
-        } else {
-            assert_enforces_a(&site, &when);
-        }
+        assert_enforces_a_or_b(&site, b_in_force, &when);
         // A new daemon takes over: applies B cleanly, counters continue.
         let log2 = site.dir.join(format!("daemon-{stage}-2.log"));
-        let mut d2 = site.agent_bg(
-            &["daemon", "--config", cfg.to_str().unwrap(), "--poll", "1"],
-            &[],
-            &log2,
-        );
-        site.wait("the new daemon's apply", Duration::from_secs(60), || {
-            std::fs::read_to_string(&log2)
-                .unwrap_or_default()
-                .contains("metrics on")
-        });
+        let mut d2 = site.daemon(&cfg, &["--poll", "1"], &[], &log2);
         assert_enforces_b(&site, &format!("{when}, new daemon"));
         assert!(
             warnings(&site).is_empty(),
@@ -146,28 +142,15 @@ fn daemon_killed_during_a_reload_leaves_one_whole_policy_and_a_new_daemon_takes_
 
 #[test]
 fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops() {
-    let mut site = Site::new("prm");
-    site.serve(SERVER);
+    let site = Site::serving("prm");
     let cfg = site.policy("policy.yaml", POLICY_A);
     let log = site.dir.join("daemon.log");
-    let _d = site.agent_bg(
-        &[
-            "daemon",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--poll",
-            "1",
-            "--metrics",
-            "127.0.0.1:9617",
-        ],
+    let _d = site.daemon(
+        &cfg,
+        &["--poll", "1", "--metrics", "127.0.0.1:9617"],
         &[],
         &log,
     );
-    site.wait("the daemon's apply", Duration::from_secs(60), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("metrics on")
-    });
     assert_enforces_a(&site, "daemon running");
     let links = site.link_pins();
     let app = rule_id(&site, "app");
@@ -192,13 +175,7 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
                 .join(format!("maps/abi-{}/SG_PORTS", sg_common::ABI_VERSION))
                 .exists()
     });
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("were pinned again"),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    assert_logged(&log, "were pinned again");
     let metrics = site
         .srv
         .run_ok(
@@ -227,8 +204,7 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
 
 #[test]
 fn pins_removed_without_a_daemon_stop_enforcement_until_the_next_apply() {
-    let mut site = Site::new("prn");
-    site.serve(SERVER);
+    let site = Site::serving("prn");
     let a = site.policy("a.yaml", POLICY_A);
     site.apply(&a);
     assert_enforces_a(&site, "applied");
@@ -254,8 +230,7 @@ fn pins_removed_without_a_daemon_stop_enforcement_until_the_next_apply() {
 
 #[test]
 fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
-    let mut site = Site::new("full");
-    site.serve(SERVER);
+    let site = Site::serving("full");
     let a = site.policy("a.yaml", POLICY_A);
     let b = site.policy("b.yaml", POLICY_B);
     let mut big = String::from("security_groups:\n  - id: sg-web\n    ingress:\n");
@@ -285,7 +260,7 @@ fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
     );
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(info["max_entries"], 24, "{info}");
-    let state = std::fs::read(site.run.join("state.json")).unwrap();
+    let state = site.state_file();
     let generation = out["generation"].clone();
 
     // Later agents adopt the small map whatever they would create.
@@ -299,11 +274,7 @@ fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
         !site.tcp_to(SRV, 6001),
         "a port of the failed policy passed"
     );
-    assert_eq!(
-        std::fs::read(site.run.join("state.json")).unwrap(),
-        state,
-        "the state file changed"
-    );
+    assert_eq!(site.state_file(), state, "the state file changed");
     let st = site.agent_json(&["status"]);
     assert_eq!(st["generation"], generation, "{st}");
     assert_eq!(st["kernel_generation"], generation, "{st}");
@@ -315,15 +286,11 @@ fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
 
 #[test]
 fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_removed() {
-    let mut site = Site::new("ifre");
-    site.serve(SERVER);
+    let site = Site::serving("ifre");
     let a = site.policy("a.yaml", POLICY_A);
     site.apply(&a);
     let old = site.srv.ifindex("eth0").unwrap();
-    assert_eq!(
-        site.link_pins(),
-        vec![format!("{old}-in-xdp"), format!("{old}-out-tc")]
-    );
+    site.assert_link_pins_of(old, "applied on the first device");
 
     // Deleted: the pins stay (their links detached), status says so.
     site.srv_ip(&["link", "del", "eth0"]);
@@ -345,10 +312,7 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
     let out = site.apply(&a);
     let detached = out["detached"].to_string();
     assert!(detached.contains("stale pins removed"), "{out}");
-    assert_eq!(
-        site.link_pins(),
-        vec![format!("{new}-in-xdp"), format!("{new}-out-tc")]
-    );
+    site.assert_link_pins_of(new, "after the re-apply on the recreated device");
     assert_enforces_a(&site, "after the re-apply on the recreated device");
     assert!(warnings(&site).is_empty());
 
@@ -358,52 +322,30 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
     site.plug("eth0", Some(new));
     assert_eq!(site.srv.ifindex("eth0").unwrap(), new);
     site.apply(&a);
-    assert_eq!(
-        site.link_pins(),
-        vec![format!("{new}-in-xdp"), format!("{new}-out-tc")]
-    );
+    site.assert_link_pins_of(new, "after the re-apply on the same ifindex");
     assert_ne!(site.xdp_prog_id("eth0"), 0);
     assert_enforces_a(&site, "after the re-apply on the same ifindex");
 
     // With a daemon, the change is picked up without anyone applying.
     let log = site.dir.join("daemon.log");
-    let _d = site.agent_bg(
-        &["daemon", "--config", a.to_str().unwrap(), "--poll", "1"],
-        &[],
-        &log,
-    );
-    site.wait("the daemon's apply", Duration::from_secs(60), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("metrics on")
-    });
+    let _d = site.daemon(&a, &["--poll", "1"], &[], &log);
     site.srv_ip(&["link", "del", "eth0"]);
     site.plug("eth0", None);
     let third = site.srv.ifindex("eth0").unwrap();
     // Pins first, then the log line: wait for the reload to be complete.
-    site.wait(
+    site.wait_log(
         "the daemon to attach the new device",
         Duration::from_secs(20),
-        || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("reloaded on interface change")
-        },
+        &log,
+        "reloaded on interface change",
     );
-    assert_eq!(
-        site.link_pins(),
-        vec![format!("{third}-in-xdp"), format!("{third}-out-tc")]
-    );
+    site.assert_link_pins_of(third, "after the daemon re-attached");
     assert_enforces_a(&site, "after the daemon re-attached");
 }
 
 #[test]
 fn a_corrupted_or_foreign_state_file_is_refused_and_enforcement_is_untouched() {
-    let mut site = Site::new("stat");
-    site.serve(SERVER);
-    let a = site.policy("a.yaml", POLICY_A);
-    let b = site.policy("b.yaml", POLICY_B);
-    site.apply(&a);
+    let (site, _, b) = site_with_a_applied("stat");
     let good = std::fs::read_to_string(site.run.join("state.json")).unwrap();
     let prog = site.xdp_prog_id("eth0");
     let pins = site.link_pins();
@@ -441,8 +383,7 @@ fn a_corrupted_or_foreign_state_file_is_refused_and_enforcement_is_untouched() {
 #[test]
 fn a_full_conntrack_table_drops_new_flows_counts_them_and_keeps_established_ones() {
     // C6: capacity 4 confirmed + 4 unconfirmed flows.
-    let mut site = Site::new("ctf");
-    site.serve(SERVER);
+    let site = Site::serving("ctf");
     let a = site.policy("a.yaml", POLICY_A);
     site.agent_json(&[
         "--capacity",
@@ -496,12 +437,8 @@ fn a_full_conntrack_table_drops_new_flows_counts_them_and_keeps_established_ones
 fn a_refused_ebpf_load_leaves_enforcement_untouched() {
     // Without CAP_BPF (and CAP_SYS_ADMIN) the kernel refuses every bpf() call: the same
     // outcome as a verifier rejection of a new program, before anything is touched.
-    let mut site = Site::new("caps");
-    site.serve(SERVER);
-    let a = site.policy("a.yaml", POLICY_A);
-    let b = site.policy("b.yaml", POLICY_B);
-    site.apply(&a);
-    let state = std::fs::read(site.run.join("state.json")).unwrap();
+    let (site, _, b) = site_with_a_applied("caps");
+    let state = site.state_file();
     let prog = site.xdp_prog_id("eth0");
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{}", site.srv.name()))
@@ -519,15 +456,14 @@ fn a_refused_ebpf_load_leaves_enforcement_untouched() {
     assert!(e.contains("Operation not permitted"), "{e}");
     assert!(e.contains("CAP_BPF"), "{e}");
     assert_eq!(site.xdp_prog_id("eth0"), prog);
-    assert_eq!(std::fs::read(site.run.join("state.json")).unwrap(), state);
+    assert_eq!(site.state_file(), state);
     assert_enforces_a(&site, "after the refused load");
 }
 
 #[test]
 fn without_native_xdp_the_agent_falls_back_to_generic_mode_and_enforces() {
     // macvlan has no native XDP: the driver refuses, the agent says so and uses SKB mode.
-    let mut site = Site::new("gen");
-    site.serve(SERVER);
+    let site = Site::serving("gen");
     site.srv_ip(&["addr", "del", &format!("{SRV}/24"), "dev", "eth0"]);
     site.srv_ip(&[
         "link", "add", "macv0", "link", "eth0", "type", "macvlan", "mode", "bridge",
@@ -570,8 +506,7 @@ fn state_left_by_a_deleted_namespace_whose_inode_is_reused_is_not_adopted() {
     // once a namespace is gone. The state records the namespace's cookie (never reused):
     // state written under another cookie is a dead namespace's, removed rather than adopted.
     // Simulated here by rewriting the cookie of this namespace's own state.
-    let mut site = Site::new("cook");
-    site.serve(SERVER);
+    let site = Site::serving("cook");
     let a = site.policy("a.yaml", POLICY_A);
     site.apply(&a);
     let path = site.run.join("state.json");

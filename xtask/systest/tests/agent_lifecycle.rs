@@ -86,8 +86,7 @@ fn object_exists(kind: &str, id: u64) -> bool {
 
 #[test]
 fn apply_reapply_dry_run_invalid_input_and_detach_with_their_exit_codes() {
-    let mut site = Site::new("life");
-    site.serve(SERVER);
+    let site = Site::serving("life");
     let a = site.policy("a.yaml", POLICY_A);
     let b = site.policy("b.yaml", POLICY_B);
     let bad = site.policy(
@@ -134,7 +133,7 @@ fn apply_reapply_dry_run_invalid_input_and_detach_with_their_exit_codes() {
     // dry run of B: exit 0, reports the change, touches nothing.
     let maps_before = policy_maps(&site);
     let pins_before = tree(&site.pins);
-    let state_before = std::fs::read(site.run.join("state.json")).unwrap();
+    let state_before = site.state_file();
     let prog_before = site.xdp_prog_id("eth0");
     let out = site.agent_ok(&["apply", "--dry-run", b]);
     assert!(out.contains("would change"), "{out}");
@@ -146,11 +145,7 @@ fn apply_reapply_dry_run_invalid_input_and_detach_with_their_exit_codes() {
         "dry run changed a policy map"
     );
     assert_eq!(tree(&site.pins), pins_before, "dry run changed the pins");
-    assert_eq!(
-        std::fs::read(site.run.join("state.json")).unwrap(),
-        state_before,
-        "dry run changed the state"
-    );
+    assert_eq!(site.state_file(), state_before, "dry run changed the state");
     assert_eq!(
         site.xdp_prog_id("eth0"),
         prog_before,
@@ -328,8 +323,7 @@ fn two_namespaces_keep_separate_state_counters_and_enforcement() {
 
 #[test]
 fn explain_agrees_with_real_traffic() {
-    let mut site = Site::new("expl");
-    site.serve(SERVER);
+    let site = Site::serving("expl");
     let a = site.policy("a.yaml", POLICY_A);
     site.apply(&a);
     // (explain arguments, the real probe)
@@ -397,8 +391,7 @@ fn membership_change_reaches_real_packets() {
     // R1: a rule referencing a group follows its members. CLI2 joins sg-app; tcp 5002 is
     // allowed from sg-app members only. Measured: apply's to_effect_ms and the first real
     // connection from the new member after the apply started.
-    let mut site = Site::new("memb");
-    site.serve(SERVER);
+    let site = Site::serving("memb");
     let policy = |members: &str| {
         format!(
             r#"
@@ -477,24 +470,12 @@ instances:
     let cfg = site.dir.join("daemon.yaml");
     std::fs::copy(&before, &cfg).unwrap();
     let log = site.dir.join("daemon.log");
-    let d = site.agent_bg(
-        &[
-            "daemon",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-            "--poll",
-            "3600",
-        ],
+    let d = site.daemon(
+        &cfg,
+        &["--metrics", "127.0.0.1:0", "--poll", "3600"],
         &[],
         &log,
     );
-    site.wait("daemon applied", Duration::from_secs(60), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("metrics on")
-    });
     assert!(!site.tcp(5002, Some(CLI2)));
     let prober = site.probe_bg(&["until-tcp", SRV, "5002", CLI2, "30"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -505,12 +486,13 @@ instances:
     let res = probe_result(prober, Duration::from_secs(40));
     assert_eq!(res["ok"], true, "app-2 never got through the daemon: {res}");
     let seen_ms = (res["at"].as_f64().unwrap() - t_start) * 1000.0;
-    site.wait("daemon logged the reload", Duration::from_secs(20), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("reloaded on SIGHUP")
-    });
-    let logtext = std::fs::read_to_string(&log).unwrap();
+    site.wait_log(
+        "daemon logged the reload",
+        Duration::from_secs(20),
+        &log,
+        "reloaded on SIGHUP",
+    );
+    let logtext = log_text(&log);
     let effect: f64 = logtext
         .lines()
         .find(|l| l.contains("reloaded on SIGHUP"))

@@ -14,10 +14,8 @@ use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::Policy;
 use sg_common::{PeerData, Reason};
+use sg_testkit::dataplane_harness::plan::{HOST, PEER};
 use sg_testkit::dataplane_harness::{in_netns, load, mini_compile};
-
-const HOST: &str = "192.0.2.10";
-const PEER: &str = "198.51.100.7";
 
 fn ssh_policy() -> Policy {
     PolicyBuilder::new()
@@ -48,6 +46,23 @@ fn image(dp: &Dataplane, p: &Policy, ifindex: u32, prev: &SlotTable) -> MapImage
         dp.next_generation(),
         dp.capacities().rule_slots,
     )
+}
+
+/// Applies `ssh_policy` on `ifindex` as the first generation; returns its image.
+fn apply_ssh(dp: &mut Dataplane, ifindex: u32) -> MapImage {
+    let a = image(dp, &ssh_policy(), ifindex, &SlotTable::default());
+    dp.apply(&a)
+        .unwrap_or_else(|e| panic!("apply ssh_policy: {e:#}"));
+    a
+}
+
+/// A dataplane loaded with these map capacities.
+fn load_with(capacities: Capacities) -> Dataplane {
+    Dataplane::load(LoadOptions {
+        capacities,
+        ..LoadOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("load: {e:#}"))
 }
 
 fn verdict(dp: &mut Dataplane, ifindex: u32, dport: u16, sport: u16) -> Reason {
@@ -158,8 +173,7 @@ fn apply_swaps_generations_and_the_next_apply_writes_only_the_difference() {
 fn failed_apply_leaves_the_old_policy_in_force() {
     in_netns(|net| {
         let mut dp = load();
-        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
-        dp.apply(&a).unwrap_or_else(|e| panic!("apply A: {e:#}"));
+        let a = apply_ssh(&mut dp, net.lo);
         let mut b = image(&dp, &http_policy(), net.lo, &a.slots);
         // A key the kernel rejects (prefix longer than the trie's 160 bits), sorted after the
         // image's real peers: some of B is written before the failure.
@@ -223,13 +237,8 @@ fn apply_into_full_maps_fails_cleanly_with_a_hint() {
         drop(dp0);
         // Room for one generation's ports only.
         caps.ports = a0.ports.len() as u32;
-        let mut dp = Dataplane::load(LoadOptions {
-            capacities: caps,
-            ..LoadOptions::default()
-        })
-        .unwrap_or_else(|e| panic!("load: {e:#}"));
-        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
-        dp.apply(&a).unwrap_or_else(|e| panic!("apply A: {e:#}"));
+        let mut dp = load_with(caps);
+        let a = apply_ssh(&mut dp, net.lo);
         let b = image(&dp, &http_policy(), net.lo, &a.slots);
         let err = dp.apply(&b).expect_err("two generations do not fit");
         let msg = format!("{err:#}");
@@ -257,8 +266,7 @@ fn apply_refuses_the_live_generation_and_foreign_generation_bits() {
         assert_eq!(dp.active_generation(), 0);
         assert_eq!(verdict(&mut dp, net.lo, 22, 9), Reason::PassRuleNew);
         let mut dp = load();
-        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
-        dp.apply(&a).unwrap_or_else(|e| panic!("apply A: {e:#}"));
+        let a = apply_ssh(&mut dp, net.lo);
         let err = dp.apply(&a).expect_err("A's generation is live now");
         assert!(format!("{err:#}").contains("live"), "{err:#}");
         let mut bad = image(&dp, &http_policy(), net.lo, &a.slots);
@@ -279,8 +287,7 @@ fn apply_refuses_the_live_generation_and_foreign_generation_bits() {
 fn conntrack_entries_stats_and_flush() {
     in_netns(|net| {
         let mut dp = load();
-        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
-        dp.apply(&a).unwrap_or_else(|e| panic!("apply: {e:#}"));
+        apply_ssh(&mut dp, net.lo);
         let syn = Packet::syn(addr(PEER), addr(HOST), 40000, 22);
         for (hook, p, want) in [
             (Hook::XdpIn, syn.clone(), Reason::PassRuleNew),
@@ -357,13 +364,8 @@ fn c6_full_conntrack_drops_new_flows_and_counts_exceeded() {
     in_netns(|net| {
         let mut caps = Capacities::small();
         caps.ct_new = 4;
-        let mut dp = Dataplane::load(LoadOptions {
-            capacities: caps,
-            ..LoadOptions::default()
-        })
-        .unwrap_or_else(|e| panic!("load: {e:#}"));
-        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
-        dp.apply(&a).unwrap_or_else(|e| panic!("apply: {e:#}"));
+        let mut dp = load_with(caps);
+        apply_ssh(&mut dp, net.lo);
         for sport in 1..=4 {
             assert_eq!(verdict(&mut dp, net.lo, 22, sport), Reason::PassRuleNew);
         }
@@ -434,8 +436,7 @@ fn attach_and_detach_on_a_veth() {
 fn test_run_cost_per_packet() {
     in_netns(|net| {
         let mut dp = load();
-        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
-        dp.apply(&a).unwrap_or_else(|e| panic!("apply: {e:#}"));
+        apply_ssh(&mut dp, net.lo);
         let syn = Packet::syn(addr(PEER), addr(HOST), 40000, 22).to_frame();
         let miss = Packet::syn(addr("203.0.113.1"), addr(HOST), 40000, 22).to_frame();
         assert_eq!(
@@ -532,8 +533,7 @@ fn pinned_maps_survive_a_reload_and_refuse_another_abi() {
             ..LoadOptions::default()
         };
         let mut dp = Dataplane::load(opts()).unwrap_or_else(|e| panic!("load pinned: {e:#}"));
-        let a = image(&dp, &ssh_policy(), net.lo, &SlotTable::default());
-        dp.apply(&a).unwrap_or_else(|e| panic!("apply: {e:#}"));
+        let a = apply_ssh(&mut dp, net.lo);
         assert_eq!(verdict(&mut dp, net.lo, 22, 1), Reason::PassRuleNew);
         drop(dp);
         let abi = format!("abi-{}", sg_common::ABI_VERSION);

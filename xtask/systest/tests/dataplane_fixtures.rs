@@ -10,18 +10,12 @@ use sg_agent::model::build::*;
 use sg_agent::packet::{self, Ext, Frag, Packet, icmp, tcp_flags};
 use sg_agent::policy::{Policy, Protocol};
 use sg_common::Reason::*;
+use sg_testkit::dataplane_harness::plan::{
+    DB, FAR, HOST, HOST6, PEER, PEER6, ROUTER, ROUTER6, SERVER6,
+};
 use sg_testkit::dataplane_harness::{Net, Table, in_netns};
 
-const HOST: &str = "192.0.2.10";
-const HOST6: &str = "2001:db8::10";
-const DB: &str = "192.0.2.20";
-const PEER: &str = "198.51.100.7";
 const PEER_99: &str = "198.51.100.99";
-const FAR: &str = "203.0.113.9";
-const PEER6: &str = "2001:db8:1::7";
-const SERVER6: &str = "2001:db8:2::1";
-const ROUTER: &str = "203.0.113.254";
-const ROUTER6: &str = "2001:db8:ff::1";
 
 /// The main policy. Interfaces: `web` (lo) in sg-web, `db` (veth a) in sg-db, `other`
 /// (unbound) in sg-web. veth b carries no policy at all.

@@ -10,6 +10,7 @@ use sg_lab::bed::Bed;
 use sg_lab::bed::Server::*;
 use sg_lab::probe::{Both, Expect::*, Svc, table};
 use sg_lab::services::{self as svc, tcp_session};
+use sg_testkit::netns::Session;
 
 use sg_lab::scenario::{INST, INTERNET, MY_IP};
 
@@ -21,8 +22,7 @@ fn c1_replies_pass_whatever_the_other_directions_rules() {
     let mut bed = Bed::new(&[INST, ("out", "192.0.2.12", "2001:db8:10::12"), INTERNET]);
     bed.serve("inst", &[TcpEcho(8080), UdpEcho(5353)]);
     bed.serve("internet", &[Http(80), UdpEcho(5353)]);
-    bed.apply(
-        &["inst", "out"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-in-only
@@ -31,10 +31,8 @@ security_groups:
       - {protocol: udp, ports: 5353, source: [0.0.0.0/0, "::/0"]}
     egress: []
   - id: sg-out-only
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-in-only]}
-  - {name: out, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-out-only]}
 "#,
+        &[("inst", "sg-in-only"), ("out", "sg-out-only")],
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -80,8 +78,7 @@ fn c2_echo_replies_leave_with_egress_empty_and_udp_replies_must_match_the_5_tupl
             "control without sg (v6 {v6})"
         );
     }
-    bed.apply(
-        &["inst", "out"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-ping
@@ -90,10 +87,8 @@ security_groups:
       - {protocol: icmpv6, type: 128, source: "::/0"}
     egress: []
   - id: sg-out
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-ping]}
-  - {name: out, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-out]}
 "#,
+        &[("inst", "sg-ping"), ("out", "sg-out")],
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -135,14 +130,12 @@ fn c3_other_protocols_are_tracked_by_addresses_and_protocol() {
     bed.expect(&table(&[
         ("my-ip", "inst", Both, Svc::Raw(253), Allow, "control without sg"),
     ]));
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-out
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-out]}
 "#,
+        "sg-out",
     );
     for v6 in [false, true] {
         let r = svc::raw_probe(bed.host("inst"), &bed.files, to(&bed, v6), 253, Some(254)).unwrap();
@@ -181,8 +174,7 @@ fn c4_flows_from_anywhere_with_egress_to_anywhere_are_untracked() {
     for h in ["open", "narrow", "allports"] {
         bed.serve(h, &[Https(443), Ssh(22)]);
     }
-    bed.apply(
-        &["open", "narrow", "allports"],
+    bed.apply_members(
         r#"
 x-ingress: &ingress
   - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
@@ -198,11 +190,12 @@ security_groups:
   - id: sg-allports
     ingress: *ingress
     egress: [{protocol: tcp, ports: 0-65535, destination: [0.0.0.0/0, "::/0"]}]
-instances:
-  - {name: open, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-open]}
-  - {name: narrow, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-narrow]}
-  - {name: allports, addresses: [192.0.2.13, "2001:db8:10::13"], groups: [sg-allports]}
 "#,
+        &[
+            ("open", "sg-open"),
+            ("narrow", "sg-narrow"),
+            ("allports", "sg-allports"),
+        ],
     );
     let mut p = vec![];
     for h in ["open", "narrow", "allports"] {
@@ -304,7 +297,37 @@ instances:
         let (a, b) = (bed.host(from), bed.host(to));
         svc::udp_one_way(a, f, sport, b, b.addr(v6), dport).unwrap()
     };
-    let base = |v6: bool| if v6 { 100 } else { 0 };
+    let base = |v6: bool| -> u16 { if v6 { 100 } else { 0 } };
+    // UDP flow n: port 41000 + n on inst, 9000 + n on the peer (+100 over IPv6). `send` is
+    // inst's datagram out; `answer` the peer's back, which passes only while inst's state
+    // for the flow lives.
+    let send = |n: u16, v6| {
+        one_way(
+            "inst",
+            41000 + n + base(v6),
+            "peer",
+            v6,
+            9000 + n + base(v6),
+        )
+    };
+    let answer = |n: u16, v6| {
+        one_way(
+            "peer",
+            9000 + n + base(v6),
+            "inst",
+            v6,
+            41000 + n + base(v6),
+        )
+    };
+    // A UDP stream: two exchanges each way per family.
+    let udp_stream = |n: u16| {
+        for v6 in [false, true] {
+            for _ in 0..2 {
+                assert!(send(n, v6), "stream {n} out");
+                assert!(answer(n, v6), "stream {n} back");
+            }
+        }
+    };
 
     // TCP: two sessions per family from the peer, then the rule goes (X1 keeps them).
     let mut tcp_a = vec![];
@@ -324,24 +347,7 @@ instances:
     }
     // UDP, outbound from inst (ingress has no UDP rule: only state lets answers in).
     // s2: a stream left idle until the last check.
-    for v6 in [false, true] {
-        for _ in 0..2 {
-            assert!(one_way(
-                "inst",
-                41002 + base(v6),
-                "peer",
-                v6,
-                9002 + base(v6)
-            ));
-            assert!(one_way(
-                "peer",
-                9002 + base(v6),
-                "inst",
-                v6,
-                41002 + base(v6)
-            ));
-        }
-    }
+    udp_stream(2);
     // Everything above stays idle from here on, except tcp_a.
     let long_idle_since = Instant::now();
 
@@ -378,34 +384,11 @@ instances:
     }
     // single: datagrams one way only.
     for v6 in [false, true] {
-        assert!(one_way(
-            "inst",
-            41000 + base(v6),
-            "peer",
-            v6,
-            9000 + base(v6)
-        ));
+        assert!(send(0, v6), "single out");
     }
     let single_since = Instant::now();
     // s1: a stream checked after udp_single has passed.
-    for v6 in [false, true] {
-        for _ in 0..2 {
-            assert!(one_way(
-                "inst",
-                41001 + base(v6),
-                "peer",
-                v6,
-                9001 + base(v6)
-            ));
-            assert!(one_way(
-                "peer",
-                9001 + base(v6),
-                "inst",
-                v6,
-                41001 + base(v6)
-            ));
-        }
-    }
+    udp_stream(1);
     let flows = bed.conntrack("inst");
     let single = timeouts(&flows, &|f| {
         f.proto == "udp" && [9000, 9100].contains(&f.remote_port)
@@ -420,20 +403,19 @@ instances:
     std::thread::sleep(Duration::from_secs(36).saturating_sub(single_since.elapsed()));
     for v6 in [false, true] {
         assert!(
-            !one_way("peer", 9000 + base(v6), "inst", v6, 41000 + base(v6)),
+            !answer(0, v6),
             "C5 udp_single 30 s: an answer after 36 s idle must be dropped (v6 {v6})"
         );
         assert!(
-            one_way("peer", 9001 + base(v6), "inst", v6, 41001 + base(v6)),
+            answer(1, v6),
             "C5 udp_stream 60 s: a stream outlives 36 s idle (v6 {v6})"
         );
     }
-    for s in &mut tcp_a {
-        assert!(
-            s.round_trip("after 36 s", Duration::from_secs(3)),
-            "X1 + C5: a tracked session without its rule lives until tcp_established"
-        );
-    }
+    assert_eq!(
+        round_trips(&mut tcp_a, "after 36 s"),
+        [true, true],
+        "X1 + C5: a tracked session without its rule lives until tcp_established"
+    );
     let flows = bed.conntrack("inst");
     for f in &flows {
         let short = f.proto.starts_with("icmp")
@@ -448,22 +430,20 @@ instances:
     std::thread::sleep(Duration::from_secs(65).saturating_sub(long_idle_since.elapsed()));
     for v6 in [false, true] {
         assert!(
-            !one_way("peer", 9002 + base(v6), "inst", v6, 41002 + base(v6)),
+            !answer(2, v6),
             "C5 udp_stream 60 s: an answer after 65 s idle must be dropped (v6 {v6})"
         );
     }
-    for s in &mut tcp_b {
-        assert!(
-            !s.round_trip("after 65 s", Duration::from_secs(3)),
-            "C5 tcp_established 60 s: an idle session without its rule must be cut"
-        );
-    }
-    for s in &mut tcp_a {
-        assert!(
-            s.round_trip("after 65 s", Duration::from_secs(3)),
-            "a session used less than 30 s ago lives on"
-        );
-    }
+    assert_eq!(
+        round_trips(&mut tcp_b, "after 65 s"),
+        [false, false],
+        "C5 tcp_established 60 s: an idle session without its rule must be cut"
+    );
+    assert_eq!(
+        round_trips(&mut tcp_a, "after 65 s"),
+        [true, true],
+        "a session used less than 30 s ago lives on"
+    );
     let flows = bed.conntrack("inst");
     let f253: Vec<_> = flows.iter().filter(|f| f.proto == "proto 253").collect();
     assert!(
@@ -473,48 +453,61 @@ instances:
     bed.detach_all();
 }
 
+/// Whether each session (IPv4, IPv6) echoes `line` within 3 s.
+fn round_trips(sessions: &mut [Session], line: &str) -> Vec<bool> {
+    sessions
+        .iter_mut()
+        .map(|s| s.round_trip(line, Duration::from_secs(3)))
+        .collect()
+}
+
+/// Live SSH sessions from my-ip to inst, IPv4 then IPv6.
+fn ssh_sessions_from_my_ip(bed: &Bed) -> Vec<Session> {
+    let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
+    [false, true]
+        .iter()
+        .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
+        .collect()
+}
+
+/// How many of inst's conntrack entries are SSH flows.
+fn ssh_flows(bed: &Bed) -> usize {
+    bed.conntrack("inst")
+        .iter()
+        .filter(|f| f.local_port == 22)
+        .count()
+}
+
 /// X1: removing or narrowing the rule that allowed a TRACKED flow (SSH from my IP /32 and
 /// /128) does not cut live sessions; new sessions are refused.
 #[test]
 fn x1_tracked_ssh_sessions_survive_removing_or_narrowing_their_rule() {
     let mut bed = Bed::new(&[INST, MY_IP]);
     bed.serve("inst", &[Ssh(22)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 22, source: [198.51.100.10/32, "2001:db8:20::10/128"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
-    let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
-    let mut sessions: Vec<_> = [false, true]
-        .iter()
-        .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
-        .collect();
-    let tracked = bed
-        .conntrack("inst")
-        .iter()
-        .filter(|f| f.local_port == 22)
-        .count();
+    let mut sessions = ssh_sessions_from_my_ip(&bed);
+    let tracked = ssh_flows(&bed);
     assert!(
         tracked >= 2,
         "the SSH sessions are tracked flows (C4 does not apply)"
     );
     // Narrowed (IPv4: another /32) and removed (IPv6).
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 22, source: 198.51.100.99/32}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
     for (s, fam) in sessions.iter_mut().zip(["IPv4", "IPv6"]) {
         for i in 0..3 {
@@ -537,45 +530,33 @@ instances:
 fn x2_untracked_ssh_sessions_are_cut_at_once_when_their_rule_goes() {
     let mut bed = Bed::new(&[INST, MY_IP]);
     bed.serve("inst", &[Ssh(22), Https(443)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 22, source: [0.0.0.0/0, "::/0"]}
       - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
-    let (inst, me) = (bed.host("inst"), bed.host("my-ip"));
-    let mut sessions: Vec<_> = [false, true]
-        .iter()
-        .map(|&v6| svc::ssh_session(me, &bed.files, inst.addr(v6), 22).unwrap())
-        .collect();
+    let mut sessions = ssh_sessions_from_my_ip(&bed);
     for s in &mut sessions {
         assert!(s.round_trip("before", Duration::from_secs(5)), "control");
     }
-    let tracked = bed
-        .conntrack("inst")
-        .iter()
-        .filter(|f| f.local_port == 22)
-        .count();
+    let tracked = ssh_flows(&bed);
     assert_eq!(
         tracked, 0,
         "C4: SSH from 0.0.0.0/0 with egress all keeps no state"
     );
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
     for (s, fam) in sessions.iter_mut().zip(["IPv4", "IPv6"]) {
         assert!(

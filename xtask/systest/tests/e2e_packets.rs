@@ -19,17 +19,15 @@ use sg_lab::scenario::{INST, INTERNET, MY_IP};
 fn i1_no_icmp_gets_in_without_an_icmp_rule() {
     let mut bed = Bed::new(&[INST, MY_IP, INTERNET]);
     bed.serve("inst", &[Https(443)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-web
     ingress:
       - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
       - {protocol: tcp, ports: 0-65535, source: [198.51.100.10/32, "2001:db8:20::10/128"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}
 "#,
+        "sg-web",
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -51,18 +49,15 @@ fn i3_ping_is_icmp_type_8_and_icmpv6_type_128() {
         ("v6only", "192.0.2.12", "2001:db8:10::12"),
         INTERNET,
     ]);
-    bed.apply(
-        &["v4only", "v6only"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-ping4
     ingress: [{protocol: icmp, type: 8, source: 0.0.0.0/0}]
   - id: sg-ping6
     ingress: [{protocol: icmpv6, type: 128, source: "::/0"}]
-instances:
-  - {name: v4only, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-ping4]}
-  - {name: v6only, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-ping6]}
 "#,
+        &[("v4only", "sg-ping4"), ("v6only", "sg-ping6")],
     );
     #[rustfmt::skip]
     bed.expect(&table(&[
@@ -197,16 +192,13 @@ instances:
 fn n1_arp_and_neighbour_discovery_pass_without_rules() {
     let mut bed = Bed::new(&[INST, ("peer", "192.0.2.12", "2001:db8:10::12")]);
     bed.serve("inst", &[TcpEcho(8080)]);
-    bed.apply(
-        &["inst", "peer"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-a
     ingress: [{protocol: tcp, ports: 8080, source: [192.0.2.0/24, "2001:db8:10::/64"]}]
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
-  - {name: peer, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-a]}
 "#,
+        &[("inst", "sg-a"), ("peer", "sg-a")],
     );
     for h in ["inst", "peer"] {
         bed.host(h)
@@ -252,15 +244,13 @@ instances:
 #[test]
 fn n2_dhcp_client_exchanges_pass_with_no_rule_and_nothing_else_does() {
     let bed = Bed::new(&[INST, ("dhcp", "192.0.2.2", "2001:db8:10::2")]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-shut
     egress: []
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-shut]}
 "#,
+        "sg-shut",
     );
     let (inst, server) = (bed.host("inst"), bed.host("dhcp"));
     let f = &bed.files;
@@ -296,15 +286,13 @@ instances:
 fn g1_fragments_follow_the_first_fragments_verdict_and_orphans_are_dropped() {
     let mut bed = Bed::new(&[INST, INTERNET]);
     bed.serve("inst", &[UdpEcho(5353), UdpEcho(6000)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-dns
     ingress: [{protocol: udp, ports: 5353, source: [0.0.0.0/0, "::/0"]}]
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-dns]}
 "#,
+        "sg-dns",
     );
     let big = |port| Svc::Udp {
         port,

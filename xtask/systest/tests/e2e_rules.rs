@@ -24,8 +24,7 @@ fn e1_e2_only_allowed_paths_pass_and_ingress_and_egress_rules_are_separate() {
             &[TcpEcho(8080), TcpEcho(9090), TcpEcho(7070), UdpEcho(8080)],
         );
     }
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-a
@@ -33,9 +32,8 @@ security_groups:
       - {protocol: tcp, ports: 8080, source: [0.0.0.0/0, "::/0"]}
     egress:
       - {protocol: tcp, ports: 9090, destination: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
 "#,
+        "sg-a",
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -87,16 +85,10 @@ fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
         ("my-ip", "inst", Both, Svc::tcp(8004), Deny, "E1 in no group"),
     ]);
     for order in [
-        "[sg-a, sg-b, sg-c, sg-d, sg-e]",
-        "[sg-e, sg-d, sg-c, sg-b, sg-a]",
+        "sg-a, sg-b, sg-c, sg-d, sg-e",
+        "sg-e, sg-d, sg-c, sg-b, sg-a",
     ] {
-        let out = bed.apply(
-            &["inst"],
-            &format!(
-                "{E3_GROUPS}instances:\n  - {{name: inst, addresses: [192.0.2.11, \
-                 \"2001:db8:10::11\"], groups: {order}}}\n"
-            ),
-        );
+        let out = bed.apply_to_inst(E3_GROUPS, order);
         assert!(out.contains("applied generation"), "{out}");
         bed.expect(&p);
     }
@@ -110,8 +102,7 @@ fn e3_five_groups_on_one_interface_are_a_union_in_any_order() {
 fn e4_overlapping_rules_all_allow_and_the_longest_prefix_rule_is_charged() {
     let mut bed = Bed::new(&[INST, MY_IP, OFFICE, INTERNET]);
     bed.serve("inst", &[TcpEcho(8080), TcpEcho(8090), TcpEcho(9999)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-wide
@@ -126,9 +117,8 @@ security_groups:
     ingress:
       - {protocol: all, source: {cidr: 198.51.100.10/32, id: sgr-0000000000000e403}}
       - {protocol: all, source: {cidr: "2001:db8:20::10/128", id: sgr-0000000000000e603}}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-wide, sg-office, sg-admin]}
 "#,
+        "sg-wide, sg-office, sg-admin",
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -266,8 +256,7 @@ fn e6_only_the_destination_port_is_matched_in_both_directions() {
         &[TcpEcho(443), TcpEcho(8080), UdpEcho(5353), UdpEcho(6000)],
     );
     bed.serve("remote", &[TcpEcho(443), TcpEcho(8080)]);
-    bed.apply(
-        &["srv", "cli"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-a
@@ -276,10 +265,8 @@ security_groups:
       - {protocol: udp, ports: 5353, source: [0.0.0.0/0, "::/0"]}
     egress:
       - {protocol: tcp, ports: 443, destination: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: srv, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
-  - {name: cli, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-a]}
 "#,
+        &[("srv", "sg-a"), ("cli", "sg-a")],
     );
     let tcp = |port, sport| Svc::Tcp {
         port,
@@ -391,14 +378,12 @@ fn d1_a_new_group_admits_nothing_and_d2_its_default_egress_reaches_everything() 
         &[Https(443), Ssh(22), UdpEcho(5353), Raw(253, None)],
     );
     bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-new
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-new]}
 "#,
+        "sg-new",
     );
     let mut p = vec![];
     for from in ["my-ip", "internet"] {
@@ -429,16 +414,14 @@ fn d2_an_explicitly_empty_egress_list_allows_no_new_outbound_flow() {
     let mut bed = Bed::new(&[INST, INTERNET]);
     bed.serve("inst", &[TcpEcho(8080)]);
     bed.serve("internet", &[Http(80), UdpEcho(5353), Raw(253, None)]);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-closed
     ingress: [{protocol: tcp, ports: 8080, source: [0.0.0.0/0, "::/0"]}]
     egress: []
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-closed]}
 "#,
+        "sg-closed",
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -468,18 +451,18 @@ fn d3_the_default_group_admits_its_members_on_everything_and_nobody_else() {
         bed.serve(h, &[TcpEcho(8080), UdpEcho(5353), Raw(253, None)]);
     }
     bed.serve("internet", &[Http(80)]);
-    bed.apply(
-        &["a", "b", "c"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-0123456789abcdef0
     default: true
   - id: sg-other
-instances:
-  - {name: a, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-0123456789abcdef0]}
-  - {name: b, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-0123456789abcdef0]}
-  - {name: c, addresses: [192.0.2.13, "2001:db8:10::13"], groups: [sg-other]}
 "#,
+        &[
+            ("a", "sg-0123456789abcdef0"),
+            ("b", "sg-0123456789abcdef0"),
+            ("c", "sg-other"),
+        ],
     );
     let mut p = vec![];
     for (from, to) in [("a", "b"), ("b", "a")] {
@@ -523,13 +506,11 @@ security_groups:
     ingress:
       - {{protocol: tcp, ports: 22, source: [198.51.100.10/32, "2001:db8:20::10/128"]}}
 {extra}
-instances:
-  - {{name: web-1, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-web]}}
-  - {{name: web-2, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-web]}}
 "#
         )
     };
-    bed.apply(&["web-1", "web-2"], &policy(""));
+    let members = [("web-1", "sg-web"), ("web-2", "sg-web")];
+    bed.apply_members(&policy(""), &members);
     #[rustfmt::skip]
     let p = table(&[
         ("my-ip", "web-2", Both, Svc::Ssh(22), Allow, "F5 my IP"),
@@ -537,9 +518,9 @@ instances:
         ("web-2", "web-1", Both, Svc::Ssh(22), Deny, "D4 same group, no rule"),
     ]);
     bed.expect(&p);
-    bed.apply(
-        &["web-1", "web-2"],
+    bed.apply_members(
         &policy("      - {protocol: tcp, ports: 22, source: self}"),
+        &members,
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -573,8 +554,7 @@ fn f1_protocol_numbers_and_all_match_their_protocols() {
             ],
         );
     }
-    bed.apply(
-        &["num", "all"],
+    bed.apply_members(
         r#"
 x-anywhere: &any [0.0.0.0/0, "::/0"]
 security_groups:
@@ -588,10 +568,8 @@ security_groups:
   - id: sg-all
     ingress:
       - {protocol: -1, source: *any}
-instances:
-  - {name: num, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-num]}
-  - {name: all, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-all]}
 "#,
+        &[("num", "sg-num"), ("all", "sg-all")],
     );
     #[rustfmt::skip]
     let mut p = table(&[
@@ -673,8 +651,7 @@ fn f3_port_ranges_are_inclusive_and_one_port_is_a_range_of_one() {
         .flat_map(|&p| [TcpEcho(p), UdpEcho(p)])
         .collect();
     bed.serve("inst", &servers);
-    bed.apply(
-        &["inst"],
+    bed.apply_to_inst(
         r#"
 security_groups:
   - id: sg-a
@@ -683,9 +660,8 @@ security_groups:
       - {protocol: udp, ports: {from: 8000, to: 8002}, source: [0.0.0.0/0, "::/0"]}
       - {protocol: tcp, ports: "9000-9000", source: [0.0.0.0/0, "::/0"]}
       - {protocol: udp, ports: 9000, source: [0.0.0.0/0, "::/0"]}
-instances:
-  - {name: inst, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}
 "#,
+        "sg-a",
     );
     let mut p = vec![];
     for (port, expect, why) in [
@@ -717,8 +693,7 @@ fn f4_icmp_rules_match_type_and_code() {
         ("any", "192.0.2.14", "2001:db8:10::14"),
         INTERNET,
     ]);
-    bed.apply(
-        &["exact", "code1", "reply", "any"],
+    bed.apply_members(
         r#"
 security_groups:
   - id: sg-exact
@@ -737,12 +712,13 @@ security_groups:
     ingress:
       - {protocol: icmp, type: -1, code: -1, source: 0.0.0.0/0}
       - {protocol: icmpv6, source: "::/0"}
-instances:
-  - {name: exact, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-exact]}
-  - {name: code1, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-code1]}
-  - {name: reply, addresses: [192.0.2.13, "2001:db8:10::13"], groups: [sg-reply]}
-  - {name: any, addresses: [192.0.2.14, "2001:db8:10::14"], groups: [sg-any]}
 "#,
+        &[
+            ("exact", "sg-exact"),
+            ("code1", "sg-code1"),
+            ("reply", "sg-reply"),
+            ("any", "sg-any"),
+        ],
     );
     #[rustfmt::skip]
     let p = table(&[
@@ -897,17 +873,12 @@ security_groups:
     ingress: [{{protocol: tcp, ports: 22, source: [pl-admins, pl-admins6]}}]
   - id: sg-b
     ingress: [{{protocol: tcp, ports: 8080, source: [pl-admins, pl-admins6]}}]
-instances:
-  - {{name: a, addresses: [192.0.2.11, "2001:db8:10::11"], groups: [sg-a]}}
-  - {{name: b, addresses: [192.0.2.12, "2001:db8:10::12"], groups: [sg-b]}}
 "#
         )
     };
     // Version 1 holds my IP (.10, ::10), version 2 the office (.20, ::20) instead.
-    bed.apply(
-        &["a", "b"],
-        &policy(1, "198.51.100.0/28", "2001:db8:20::/123"),
-    );
+    let members = [("a", "sg-a"), ("b", "sg-b")];
+    bed.apply_members(&policy(1, "198.51.100.0/28", "2001:db8:20::/123"), &members);
     let rows = |admin: &str, other: &str, why: &str| {
         #[rustfmt::skip]
         let p = table(&[
@@ -919,9 +890,9 @@ instances:
         p
     };
     bed.expect(&rows("my-ip", "office", "R4 version 1"));
-    bed.apply(
-        &["a", "b"],
+    bed.apply_members(
         &policy(2, "198.51.100.16/28", "2001:db8:20::20/123"),
+        &members,
     );
     bed.expect(&rows("office", "my-ip", "R4 version 2"));
     bed.detach_all();

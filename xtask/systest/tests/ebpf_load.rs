@@ -353,6 +353,17 @@ impl Dp {
     /// The policy most tests use, on loopback. Ingress from 192.0.2.0/24 and 2001:db8:1::/48:
     /// TCP 22 (slot 5), UDP 5000 (slot 6), ICMP/ICMPv6 echo request (slot 9). Egress to
     /// 192.0.2.0/24: UDP 53 (slot 11). Nothing else.
+    /// The C4 case: an untracked rule (slot 21) for TCP 80 in the web class.
+    fn web_80_untracked(&mut self) {
+        self.port(
+            CLASS_WEB,
+            Some(proto::TCP),
+            Some(80),
+            21,
+            rule_flags::UNTRACKED,
+        );
+    }
+
     fn standard(&mut self) {
         self.iface(LO, 0);
         self.peer(
@@ -427,6 +438,31 @@ fn ipv4_full(
     h
 }
 
+/// An untagged Ethernet frame carrying an IPv4 packet.
+fn eth4(packet: &[u8]) -> Vec<u8> {
+    raw_eth(&[], 0x0800, packet)
+}
+
+/// An untagged Ethernet frame carrying an IPv6 packet.
+fn eth6(packet: &[u8]) -> Vec<u8> {
+    raw_eth(&[], 0x86dd, packet)
+}
+
+/// A frame holding an IPv4 fragment (REMOTE to LOCAL): `frag` is the flags-and-offset field.
+fn frag4_in(proto: u8, id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
+    eth4(&ipv4_full(proto, REMOTE, LOCAL, id, frag, &[], payload))
+}
+
+/// A frame holding an IPv6 fragment (REMOTE6 to LOCAL6): `offset` in 8-byte units.
+fn frag6_in(next: u8, offset: u16, more: bool, id: u32, payload: &[u8]) -> Vec<u8> {
+    eth6(&ipv6(
+        44,
+        REMOTE6,
+        LOCAL6,
+        &frag6(next, offset, more, id, payload),
+    ))
+}
+
 fn ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     ipv4_full(proto, src, dst, 1, 0, &[], payload)
 }
@@ -488,27 +524,15 @@ fn icmp(ty: u8, code: u8, id: u16, rest: &[u8]) -> Vec<u8> {
 }
 
 fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    raw_eth(
-        &[],
-        0x0800,
-        &ipv4(proto::TCP, src, dst, &tcp(sport, dport, flags)),
-    )
+    eth4(&ipv4(proto::TCP, src, dst, &tcp(sport, dport, flags)))
 }
 
 fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    raw_eth(
-        &[],
-        0x0800,
-        &ipv4(proto::UDP, src, dst, &udp(sport, dport, b"hello")),
-    )
+    eth4(&ipv4(proto::UDP, src, dst, &udp(sport, dport, b"hello")))
 }
 
 fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, id: u16, rest: &[u8]) -> Vec<u8> {
-    raw_eth(
-        &[],
-        0x0800,
-        &ipv4(proto::ICMP, src, dst, &icmp(ty, code, id, rest)),
-    )
+    eth4(&ipv4(proto::ICMP, src, dst, &icmp(ty, code, id, rest)))
 }
 
 /// The conntrack key of an IPv4 flow on loopback.
@@ -951,18 +975,14 @@ fn malformed_frames_drop_with_their_own_reason() {
         ver[14] = 0x65;
         dp.expect(prog, &ver, Reason::DropBadIp);
         // TCP header truncated inside the datagram: 10 bytes of TCP.
-        let short = raw_eth(
-            &[],
-            0x0800,
-            &ipv4(proto::TCP, REMOTE, LOCAL, &tcp(40000, 22, SYN)[..10]),
-        );
+        let short = eth4(&ipv4(proto::TCP, REMOTE, LOCAL, &tcp(40000, 22, SYN)[..10]));
         dp.expect(prog, &short, Reason::DropBadL4);
         // TCP data offset 4.
         let mut doff = syn.clone();
         doff[14 + 20 + 12] = 0x40;
         dp.expect(prog, &doff, Reason::DropBadL4);
         // UDP with 4 bytes.
-        let u = raw_eth(&[], 0x0800, &ipv4(proto::UDP, REMOTE, LOCAL, &[0, 1, 0, 2]));
+        let u = eth4(&ipv4(proto::UDP, REMOTE, LOCAL, &[0, 1, 0, 2]));
         dp.expect(prog, &u, Reason::DropBadL4);
         // A VLAN tag cut short.
         dp.expect(prog, &raw_eth(&[], 0x8100, &[0, 1]), Reason::DropBadEth);
@@ -979,19 +999,15 @@ fn ipv4_options_are_skipped_by_ihl() {
     let mut dp = Dp::new();
     dp.standard();
     // 8 bytes of options (NOPs): the TCP header starts at 14 + 28.
-    let f = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(
-            proto::TCP,
-            REMOTE,
-            LOCAL,
-            7,
-            0,
-            &[1; 8],
-            &tcp(40001, 22, SYN),
-        ),
-    );
+    let f = eth4(&ipv4_full(
+        proto::TCP,
+        REMOTE,
+        LOCAL,
+        7,
+        0,
+        &[1; 8],
+        &tcp(40001, 22, SYN),
+    ));
     dp.expect(Prog::XdpIn, &f, Reason::PassRuleNew);
     assert!(
         dp.flow(maps::CT_NEW, &key4(proto::TCP, LOCAL, 22, REMOTE, 40001))
@@ -1034,7 +1050,7 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     // hop-by-hop -> destination options -> TCP 22.
     let l4 = tcp(40003, 22, SYN);
     let chain = ext8(60, &ext8(proto::TCP, &l4));
-    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &chain));
+    let f = eth6(&ipv6(0, REMOTE6, LOCAL6, &chain));
     dp.expect(Prog::XdpIn, &f, Reason::PassRuleNew);
     let key = FlowKey {
         ifindex: LO,
@@ -1051,11 +1067,12 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     );
     dp.expect(
         Prog::TcOut,
-        &raw_eth(
-            &[],
-            0x86dd,
-            &ipv6(proto::TCP, LOCAL6, REMOTE6, &tcp(22, 40003, SYN | ACK)),
-        ),
+        &eth6(&ipv6(
+            proto::TCP,
+            LOCAL6,
+            REMOTE6,
+            &tcp(22, 40003, SYN | ACK),
+        )),
         Reason::PassCtReply,
     );
 
@@ -1064,7 +1081,7 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     hbh.extend_from_slice(&[1, 4, 0, 0, 0, 0]);
     hbh.extend_from_slice(&[0; 320]);
     hbh.extend_from_slice(&tcp(40006, 22, SYN));
-    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &hbh));
+    let f = eth6(&ipv6(0, REMOTE6, LOCAL6, &hbh));
     #[rustfmt::skip]
     dp.expect_rows(&[
         (Prog::XdpIn, &f, Reason::PassRuleNew),
@@ -1077,19 +1094,15 @@ fn ipv6_extension_headers_are_walked_to_the_transport() {
     for _ in 0..8 {
         chain = ext8(60, &chain);
     }
-    let f = raw_eth(&[], 0x86dd, &ipv6(60, REMOTE6, LOCAL6, &chain));
+    let f = eth6(&ipv6(60, REMOTE6, LOCAL6, &chain));
     dp.expect(Prog::XdpIn, &f, Reason::DropBadExtHdr);
     // An extension header longer than the datagram.
     let mut bad = ext8(proto::TCP, &[]);
     bad[1] = 3; // 32 bytes claimed, 8 present
-    let f = raw_eth(&[], 0x86dd, &ipv6(0, REMOTE6, LOCAL6, &bad));
+    let f = eth6(&ipv6(0, REMOTE6, LOCAL6, &bad));
     dp.expect(Prog::TcIn, &f, Reason::DropBadExtHdr);
     // Payload length beyond the frame.
-    let mut f = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40005, 22, SYN)),
-    );
+    let mut f = eth6(&ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40005, 22, SYN)));
     f[18..20].copy_from_slice(&100u16.to_be_bytes());
     dp.expect(Prog::XdpIn, &f, Reason::DropBadIp);
 }
@@ -1182,36 +1195,29 @@ fn i2_icmp_errors_quoting_a_tracked_flow_pass_as_related() {
     // ICMPv6 packet too big (2) for an IPv6 flow.
     dp.expect(
         Prog::XdpIn,
-        &raw_eth(
-            &[],
-            0x86dd,
-            &ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40012, 22, SYN)),
-        ),
+        &eth6(&ipv6(proto::TCP, REMOTE6, LOCAL6, &tcp(40012, 22, SYN))),
         Reason::PassRuleNew,
     );
     let quoted6 = ipv6(proto::TCP, LOCAL6, REMOTE6, &tcp(22, 40012, ACK));
     let router6 = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
-    let ptb = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(
-            proto::ICMPV6,
-            router6,
-            LOCAL6,
-            &icmp(2, 0, 0, &quoted6[..48]),
-        ),
-    );
+    let ptb = eth6(&ipv6(
+        proto::ICMPV6,
+        router6,
+        LOCAL6,
+        &icmp(2, 0, 0, &quoted6[..48]),
+    ));
     dp.expect(Prog::XdpIn, &ptb, Reason::PassRelated);
 }
 
 #[test]
 fn n1_n2_neighbour_discovery_and_dhcp_client_traffic_are_exempt() {
     let dp = Dp::new(); // no policy at all: exemptions come first
-    let ns = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(proto::ICMPV6, REMOTE6, LOCAL6, &icmp(135, 0, 0, &[0; 16])),
-    );
+    let ns = eth6(&ipv6(
+        proto::ICMPV6,
+        REMOTE6,
+        LOCAL6,
+        &icmp(135, 0, 0, &[0; 16]),
+    ));
     #[rustfmt::skip]
     dp.expect_rows(&[
         (Prog::XdpIn, &ns, Reason::PassNdp),
@@ -1229,11 +1235,7 @@ fn n1_n2_neighbour_discovery_and_dhcp_client_traffic_are_exempt() {
         &udp4(server, 68, LOCAL, 67),
         Reason::DropNoPolicy,
     );
-    let v6 = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(proto::UDP, REMOTE6, LOCAL6, &udp(547, 546, b"x")),
-    );
+    let v6 = eth6(&ipv6(proto::UDP, REMOTE6, LOCAL6, &udp(547, 546, b"x")));
     dp.expect(Prog::TcIn, &v6, Reason::PassDhcp);
 }
 
@@ -1244,16 +1246,8 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     const MF: u16 = 0x2000;
     // UDP to 5000 (allowed), in two fragments: 8 bytes of UDP header + 16 of data, then the rest.
     let body = udp(40020, 5000, &[7; 40]);
-    let first = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, MF, &[], &body[..24]),
-    );
-    let later = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, 3, &[], &body[24..]),
-    );
+    let first = frag4_in(proto::UDP, 0x1234, MF, &body[..24]);
+    let later = frag4_in(proto::UDP, 0x1234, 3, &body[24..]);
     #[rustfmt::skip]
     dp.expect_rows(&[
         (Prog::XdpIn, &later, Reason::DropFragOrphan),
@@ -1269,25 +1263,12 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     );
     assert_eq!(dp.rule_counter(SLOT_UDP).packets, 2);
     // Same datagram id seen on the other hook's direction: no record there.
-    let out_later = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1234, 3, &[], &body[24..]),
-    );
-    dp.expect(Prog::TcOut, &out_later, Reason::DropFragOrphan);
+    dp.expect(Prog::TcOut, &later, Reason::DropFragOrphan);
 
     // A denied first fragment denies the rest.
     let body = udp(40021, 6000, &[7; 40]);
-    let first = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1235, MF, &[], &body[..24]),
-    );
-    let later = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(proto::UDP, REMOTE, LOCAL, 0x1235, 3, &[], &body[24..]),
-    );
+    let first = frag4_in(proto::UDP, 0x1235, MF, &body[..24]);
+    let later = frag4_in(proto::UDP, 0x1235, 3, &body[24..]);
     #[rustfmt::skip]
     dp.expect_rows(&[
         (Prog::XdpIn, &first, Reason::DropNoRule),
@@ -1295,26 +1276,10 @@ fn g1_later_fragments_follow_the_first_fragments_verdict() {
     ]);
 
     // A TCP fragment at offset 8 would rewrite the TCP header: dropped.
-    let overlap = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(proto::TCP, REMOTE, LOCAL, 0x1236, 1, &[], &[0; 16]),
-    );
+    let overlap = frag4_in(proto::TCP, 0x1236, 1, &[0; 16]);
     dp.expect(Prog::XdpIn, &overlap, Reason::DropBadFragment);
     // A first fragment too short for the TCP header.
-    let tiny = raw_eth(
-        &[],
-        0x0800,
-        &ipv4_full(
-            proto::TCP,
-            REMOTE,
-            LOCAL,
-            0x1237,
-            MF,
-            &[],
-            &tcp(40022, 22, SYN)[..8],
-        ),
-    );
+    let tiny = frag4_in(proto::TCP, 0x1237, MF, &tcp(40022, 22, SYN)[..8]);
     dp.expect(Prog::XdpIn, &tiny, Reason::DropBadFragment);
 }
 
@@ -1325,26 +1290,8 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
     dp.standard();
     let body = udp(40023, 5000, &[7; 40]);
     // UDP right after the fragment header.
-    let first = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(
-            44,
-            REMOTE6,
-            LOCAL6,
-            &frag6(proto::UDP, 0, true, 0xabcd, &body[..24]),
-        ),
-    );
-    let later = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(
-            44,
-            REMOTE6,
-            LOCAL6,
-            &frag6(proto::UDP, 3, false, 0xabcd, &body[24..]),
-        ),
-    );
+    let first = frag6_in(proto::UDP, 0, true, 0xabcd, &body[..24]);
+    let later = frag6_in(proto::UDP, 3, false, 0xabcd, &body[24..]);
     #[rustfmt::skip]
     dp.expect_rows(&[
         (Prog::XdpIn, &later, Reason::DropFragOrphan),
@@ -1357,42 +1304,15 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
     // fragments are refused (G1, fail closed: they could overlap it).
     let mut part = ext8(proto::UDP, &[]);
     part.extend_from_slice(&udp(40024, 5000, &[7; 40]));
-    let first = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(
-            44,
-            REMOTE6,
-            LOCAL6,
-            &frag6(60, 0, true, 0xabce, &part[..32]),
-        ),
-    );
-    let later = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(
-            44,
-            REMOTE6,
-            LOCAL6,
-            &frag6(60, 4, false, 0xabce, &part[32..]),
-        ),
-    );
+    let first = frag6_in(60, 0, true, 0xabce, &part[..32]);
+    let later = frag6_in(60, 4, false, 0xabce, &part[32..]);
     #[rustfmt::skip]
     dp.expect_rows(&[
         (Prog::XdpIn, &first, Reason::PassRuleNew),
         (Prog::TcIn, &later, Reason::DropBadFragment),
     ]);
     // An atomic fragment (offset 0, no more fragments) is a normal packet.
-    let atomic = raw_eth(
-        &[],
-        0x86dd,
-        &ipv6(
-            44,
-            REMOTE6,
-            LOCAL6,
-            &frag6(proto::TCP, 0, false, 1, &tcp(40025, 22, SYN)),
-        ),
-    );
+    let atomic = frag6_in(proto::TCP, 0, false, 1, &tcp(40025, 22, SYN));
     dp.expect(Prog::XdpIn, &atomic, Reason::PassRuleNew);
 }
 
@@ -1400,13 +1320,7 @@ fn g1_ipv6_fragments_are_keyed_by_the_fragment_headers_next_header_and_ext_heade
 fn c4_untracked_rule_passes_every_packet_without_state() {
     let mut dp = Dp::new();
     dp.standard();
-    dp.port(
-        CLASS_WEB,
-        Some(proto::TCP),
-        Some(80),
-        21,
-        rule_flags::UNTRACKED,
-    );
+    dp.web_80_untracked();
     for _ in 0..2 {
         dp.expect(
             Prog::XdpIn,
@@ -1580,13 +1494,7 @@ fn events_report_drops_and_new_flows_when_enabled() {
 fn test_run_speed_per_packet() {
     let mut dp = Dp::new();
     dp.standard();
-    dp.port(
-        CLASS_WEB,
-        Some(proto::TCP),
-        Some(80),
-        21,
-        rule_flags::UNTRACKED,
-    );
+    dp.web_80_untracked();
     // An established flow (in SG_CT) and a half-open one (in SG_CT_NEW, looked up second).
     #[rustfmt::skip]
     dp.expect_rows(&[

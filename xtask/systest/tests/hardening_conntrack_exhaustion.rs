@@ -25,10 +25,9 @@ use sg_agent::model::build::*;
 use sg_agent::packet::{Packet, tcp_flags};
 use sg_agent::policy::{Direction, Policy};
 use sg_common::Reason;
+use sg_testkit::dataplane_harness::plan::{HOST, HOST6};
 use sg_testkit::dataplane_harness::{compile_for, in_netns};
 
-const HOST: &str = "192.0.2.10";
-const HOST6: &str = "2001:db8::10";
 /// Confirmed and unconfirmed table capacities: small, so a test-sized flood fills them.
 const CT: u32 = 256;
 const CT_NEW: u32 = 512;
@@ -99,12 +98,17 @@ impl Rig {
         }
     }
 
+    /// Runs `p` through `hook` in the kernel only: the model is not told (its clock does not
+    /// move by itself, so it cannot follow expiry).
+    fn kernel_run(&mut self, hook: Hook, p: &Packet) -> sg_agent::dataplane::RunResult {
+        self.dp
+            .run_frame(hook, &p.to_frame(), self.dev)
+            .unwrap_or_else(|e| panic!("{hook:?} {p:?}: {e:#}"))
+    }
+
     /// Runs `p` through `hook`, checks the model agrees, returns the kernel's reason.
     fn send(&mut self, hook: Hook, p: &Packet) -> Reason {
-        let got = self
-            .dp
-            .run_frame(hook, &p.to_frame(), self.dev)
-            .unwrap_or_else(|e| panic!("{hook:?} {p:?}: {e:#}"));
+        let got = self.kernel_run(hook, p);
         let dir = if hook.is_ingress() {
             Direction::Ingress
         } else {
@@ -427,15 +431,11 @@ fn c6_flood_entries_expire_and_a_sweep_frees_the_table() {
             );
         }
         let late = Packet::syn(a("198.51.100.9"), a(HOST), 41000, 80);
-        let got =
-            r.dp.run_frame(Hook::XdpIn, &late.to_frame(), r.dev)
-                .expect("run");
+        let got = r.kernel_run(Hook::XdpIn, &late);
         assert_eq!(got.reason, Reason::DropCtFull, "table full");
         // The kernel clock runs; the model's does not move by itself.
         std::thread::sleep(Duration::from_millis(1000 * u64::from(embryonic) + 200));
-        let got =
-            r.dp.run_frame(Hook::XdpIn, &late.to_frame(), r.dev)
-                .expect("run");
+        let got = r.kernel_run(Hook::XdpIn, &late);
         assert_eq!(
             got.reason,
             Reason::DropCtFull,
@@ -445,9 +445,7 @@ fn c6_flood_entries_expire_and_a_sweep_frees_the_table() {
         let swept = r.dp.sweep_conntrack().expect("sweep");
         let sweep_time = t.elapsed();
         assert_eq!(swept, CT_NEW as usize, "every flood entry had expired");
-        let got =
-            r.dp.run_frame(Hook::XdpIn, &late.to_frame(), r.dev)
-                .expect("run");
+        let got = r.kernel_run(Hook::XdpIn, &late);
         assert_eq!(
             got.reason,
             Reason::PassRuleNew,

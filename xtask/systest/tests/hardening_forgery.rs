@@ -19,18 +19,13 @@ use sg_agent::packet::{Frag, Packet, icmp, tcp_flags};
 use sg_agent::policy::Policy;
 use sg_common::Reason::{self, *};
 use sg_common::{FlowKey, FlowVal, FragKey, FragVal};
+use sg_testkit::dataplane_harness::plan::{
+    DB, FAR as SERVER, HOST as WEB, HOST6 as WEB6, PEER, ROUTER, ROUTER6, SERVER6,
+};
 use sg_testkit::dataplane_harness::{Net, Table, in_netns};
 
-const WEB: &str = "192.0.2.10";
-const WEB6: &str = "2001:db8::10";
-const DB: &str = "192.0.2.20";
-const SERVER: &str = "203.0.113.9";
 const OTHER_SERVER: &str = "203.0.113.10";
 const DNS: &str = "203.0.113.53";
-const PEER: &str = "198.51.100.7";
-const SERVER6: &str = "2001:db8:2::1";
-const ROUTER: &str = "203.0.113.254";
-const ROUTER6: &str = "2001:db8:ff::1";
 
 /// `web` (lo): ssh in from a /24, https/dns/ping out. `db` (veth a): mysql from sg-web.
 /// Rule numbers (builder order) are what the rows cite.
@@ -150,40 +145,61 @@ fn tcp_pkt(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Packet {
 
 /// Real flows on both interfaces, each complete both ways.
 #[rustfmt::skip]
+/// A table of `policy()` with `web` on lo and `db` on veth a, its flows established.
+fn established_table(name: &'static str, net: Net) -> (Table, Flows) {
+    let mut t = Table::new(name, net, policy(), &[("web", net.lo), ("db", net.a)]);
+    let f = establish(&mut t, net);
+    (t, f)
+}
+
+/// A table of `policy()` with only `web` (lo) bound.
+fn web_table(name: &'static str, net: Net) -> Table {
+    Table::new(name, net, policy(), &[("web", net.lo)])
+}
+
+/// Opens a flow for the setup: `p` through `out` passes as a new flow, its reply through
+/// `back` as the reply, both charged to rule `rule`.
+fn open_flow(
+    t: &mut Table,
+    (what, answer): (&str, &str),
+    p: &Packet,
+    (out, back): (Hook, Hook),
+    dev: u32,
+    rule: u64,
+) {
+    t.row(what, out, dev, &p.to_frame(), PassRuleNew, Some(rule));
+    t.row(
+        answer,
+        back,
+        dev,
+        &p.reply().to_frame(),
+        PassCtReply,
+        Some(rule),
+    );
+}
+
+#[rustfmt::skip]
 fn establish(t: &mut Table, net: Net) -> Flows {
     let web = net.lo;
     let https = tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::SYN);
-    t.row("setup: https out", TcOut, web, &https.to_frame(), PassRuleNew, Some(2));
-    t.row("setup: its SYN-ACK", XdpIn, web, &https.reply().to_frame(), PassCtReply, Some(2));
+    open_flow(t, ("setup: https out", "setup: its SYN-ACK"), &https, (TcOut, XdpIn), web, 2);
     t.row("setup: handshake ACK", TcOut, web, &tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::ACK).to_frame(), PassCtOriginal, Some(2));
     let dns = Packet::udp(addr(WEB), addr(DNS), 33000, 53);
-    t.row("setup: dns query", TcOut, web, &dns.to_frame(), PassRuleNew, Some(3));
-    t.row("setup: dns answer", TcIn, web, &dns.reply().to_frame(), PassCtReply, Some(3));
+    open_flow(t, ("setup: dns query", "setup: dns answer"), &dns, (TcOut, TcIn), web, 3);
     let ping = Packet::echo_request(addr(WEB), addr(SERVER), 77, 1);
-    t.row("setup: ping out", TcOut, web, &ping.to_frame(), PassRuleNew, Some(4));
-    t.row("setup: echo reply", XdpIn, web, &ping.reply().to_frame(), PassCtReply, Some(4));
+    open_flow(t, ("setup: ping out", "setup: echo reply"), &ping, (TcOut, XdpIn), web, 4);
     let ssh = tcp_pkt(PEER, WEB, 50000, 22, tcp_flags::SYN);
-    t.row("setup: ssh in", XdpIn, web, &ssh.to_frame(), PassRuleNew, Some(1));
-    t.row("setup: ssh SYN-ACK", TcOut, web, &ssh.reply().to_frame(), PassCtReply, Some(1));
+    open_flow(t, ("setup: ssh in", "setup: ssh SYN-ACK"), &ssh, (XdpIn, TcOut), web, 1);
     let mysql = tcp_pkt(WEB, DB, 41000, 3306, tcp_flags::SYN);
-    t.row("setup: mysql in on db", TcIn, net.a, &mysql.to_frame(), PassRuleNew, Some(6));
-    t.row("setup: mysql SYN-ACK out of db", TcOut, net.a, &mysql.reply().to_frame(), PassCtReply, Some(6));
+    open_flow(t, ("setup: mysql in on db", "setup: mysql SYN-ACK out of db"), &mysql, (TcIn, TcOut), net.a, 6);
     let https6 = Packet::syn(addr(WEB6), addr(SERVER6), 40100, 443);
-    t.row("setup: https over IPv6", TcOut, web, &https6.to_frame(), PassRuleNew, Some(5));
-    t.row("setup: its SYN-ACK", TcIn, web, &https6.reply().to_frame(), PassCtReply, Some(5));
+    open_flow(t, ("setup: https over IPv6", "setup: its SYN-ACK"), &https6, (TcOut, TcIn), web, 5);
     // A fragmented datagram out (G1): its first fragment's verdict is recorded.
     let frag_first = Packet::udp(addr(WEB), addr(DNS), 33001, 53)
         .with_payload(1400)
         .with_frag(Frag::first(0x4242));
     t.row("setup: a fragmented dns query out", TcOut, web, &frag_first.to_frame(), PassRuleNew, Some(3));
-    Flows {
-        https,
-        dns,
-        ping,
-        ssh,
-        mysql,
-        https6,
-    }
+    Flows { https, dns, ping, ssh, mysql, https6 }
 }
 
 struct Flows {
@@ -199,8 +215,7 @@ struct Flows {
 #[rustfmt::skip]
 fn forged_replies_errors_and_fragments_are_dropped_and_create_or_refresh_no_state() {
     in_netns(|net| {
-        let mut t = Table::new("forgery", net, policy(), &[("web", net.lo), ("db", net.a)]);
-        let f = establish(&mut t, net);
+        let (t, f) = established_table("forgery", net);
         let (web, db) = (net.lo, net.a);
         let flows_before = t.dp.conntrack().expect("conntrack").len();
         assert_eq!(flows_before, 7, "https, dns, ping, ssh, mysql, https6, fragmented dns");
@@ -297,8 +312,7 @@ fn mapped(s: &str) -> std::net::IpAddr {
 #[rustfmt::skip]
 fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
     in_netns(|net| {
-        let mut t = Table::new("v4-mapped", net, policy(), &[("web", net.lo), ("db", net.a)]);
-        let f = establish(&mut t, net);
+        let (t, f) = established_table("v4-mapped", net);
         let web = net.lo;
         let mut g = Forger { t, rows: 0, changed: Vec::new() };
         let ack = Packet::tcp(mapped(SERVER), mapped(WEB), 443, 40000, tcp_flags::ACK);
@@ -328,7 +342,7 @@ fn v4_mapped_ipv6_packets_do_not_use_or_refresh_ipv4_flows() {
 #[rustfmt::skip]
 fn g1_later_fragment_overlapping_a_transport_behind_an_extension_header_is_dropped() {
     in_netns(|net| {
-        let mut t = Table::new("g1-overlap", net, policy(), &[("web", net.lo)]);
+        let mut t = web_table("g1-overlap", net);
         let web = net.lo;
         let (src, dst) = ("2001:db8:1::7", WEB6);
         let first = g1_first_fragment_with_dest_opts(addr(src), addr(dst), 0x77);
@@ -438,7 +452,7 @@ fn ipv6_frame(src: std::net::IpAddr, dst: std::net::IpAddr, next: u8, body: &[u8
 #[rustfmt::skip]
 fn i2_error_about_a_real_flow_to_another_local_address_passes_without_state() {
     in_netns(|net| {
-        let mut t = Table::new("i2-outer", net, policy(), &[("web", net.lo)]);
+        let mut t = web_table("i2-outer", net);
         let web = net.lo;
         let https = tcp_pkt(WEB, SERVER, 40000, 443, tcp_flags::SYN);
         t.row("setup: https out", TcOut, web, &https.to_frame(), PassRuleNew, Some(2));

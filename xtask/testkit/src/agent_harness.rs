@@ -241,6 +241,21 @@ impl Drop for Bg {
 
 /// The inode of a named network namespace (what the agent's default directories are named
 /// after).
+/// The text of a log file; empty while it does not exist yet.
+pub fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The log file at `path` holds `needle` (the whole log is the failure message).
+pub fn assert_logged(path: &Path, needle: &str) {
+    let text = log_text(path);
+    assert!(
+        text.contains(needle),
+        "no {needle:?} in {}:\n{text}",
+        path.display()
+    );
+}
+
 pub fn netns_inode(ns: &Netns) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/run/netns/{}", ns.name()))
@@ -343,15 +358,27 @@ impl Site {
         p
     }
 
-    /// Starts the Python server in srv: specs like "tcp:5001", "udp:5353", "sink:5009:/path".
-    pub fn serve(&mut self, specs: &[&str]) {
-        let mut c = self.srv.cmd("python3");
-        c.arg(self.dir.join("server.py"))
-            .args(specs)
+    /// A site whose srv already serves `SERVER` (the ports of policies A and B).
+    pub fn serving(tag: &str) -> Site {
+        let mut site = Site::new(tag);
+        site.serve(SERVER);
+        site
+    }
+
+    /// Spawns one of the site's Python scripts in `ns`, its output piped.
+    fn python(&self, ns: &Netns, script: &str, args: &[&str]) -> Child {
+        let mut c = ns.cmd("python3");
+        c.arg(self.dir.join(script))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn server");
+        c.spawn().unwrap_or_else(|e| panic!("spawn {script}: {e}"))
+    }
+
+    /// Starts the Python server in srv: specs like "tcp:5001", "udp:5353", "sink:5009:/path".
+    pub fn serve(&mut self, specs: &[&str]) {
+        let mut child = self.python(&self.srv, "server.py", specs);
         let mut line = [0u8; 6];
         child
             .stdout
@@ -462,13 +489,7 @@ impl Site {
 
     /// A python probe in the background (stream, until-tcp, hold).
     pub fn probe_bg(&self, args: &[&str]) -> Child {
-        let mut c = self.cli.cmd("python3");
-        c.arg(self.dir.join("probe.py"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c.spawn().expect("spawn probe")
+        self.python(&self.cli, "probe.py", args)
     }
 
     /// The pinned link files (sorted names).
@@ -525,6 +546,45 @@ impl Site {
     /// Waits until `cond` holds (bounded).
     pub fn wait(&self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
         wait_until(what, timeout, cond).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits until the log file `log` holds `needle` (bounded).
+    pub fn wait_log(&self, what: &str, timeout: Duration, log: &Path, needle: &str) {
+        self.wait(what, timeout, || log_text(log).contains(needle));
+    }
+
+    /// Starts `sg-agent daemon --config <cfg> <args>` logging to `log`.
+    pub fn daemon_bg(&self, cfg: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Bg {
+        let mut all = vec!["daemon", "--config", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.agent_bg(&all, env, log)
+    }
+
+    /// `daemon_bg`, then waits (60 s) for the daemon's first apply, which it reports with its
+    /// "metrics on" line.
+    pub fn daemon(&self, cfg: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Bg {
+        let d = self.daemon_bg(cfg, args, env, log);
+        self.wait_log(
+            "the daemon's first apply",
+            Duration::from_secs(60),
+            log,
+            "metrics on",
+        );
+        d
+    }
+
+    /// The bytes of the agent's state file.
+    pub fn state_file(&self) -> Vec<u8> {
+        std::fs::read(self.run.join("state.json")).unwrap()
+    }
+
+    /// The link pins are exactly those of `eth0` at `ifindex` (its XDP and tc links).
+    pub fn assert_link_pins_of(&self, ifindex: u32, when: &str) {
+        assert_eq!(
+            self.link_pins(),
+            vec![format!("{ifindex}-in-xdp"), format!("{ifindex}-out-tc")],
+            "{when}"
+        );
     }
 
     /// Nothing of sg is left for srv: no pins, no state.

@@ -25,6 +25,25 @@ use sg_common::{
     IfaceConf, IfaceKey, PAGE_SEGS, PeerData, PortKey, PortPage, Reason, RuleVal, rule_flags,
 };
 
+/// The address plan of the dataplane tests: the protected host (web, on lo), the database,
+/// the peers, servers and routers around them.
+pub mod plan {
+    /// The protected host (the `web` interface, lo).
+    pub const HOST: &str = "192.0.2.10";
+    pub const HOST6: &str = "2001:db8::10";
+    /// The `db` interface (veth a).
+    pub const DB: &str = "192.0.2.20";
+    /// A peer inside the /24 that ssh is allowed from.
+    pub const PEER: &str = "198.51.100.7";
+    pub const PEER6: &str = "2001:db8:1::7";
+    /// A server on the internet.
+    pub const FAR: &str = "203.0.113.9";
+    pub const SERVER6: &str = "2001:db8:2::1";
+    /// Routers that send ICMP errors about the flows.
+    pub const ROUTER: &str = "203.0.113.254";
+    pub const ROUTER6: &str = "2001:db8:ff::1";
+}
+
 // ---------------------------------------------------------------------------------------------
 // Network namespace
 // ---------------------------------------------------------------------------------------------

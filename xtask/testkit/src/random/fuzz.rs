@@ -766,20 +766,18 @@ fn read_v4(b: &Bytes, l3: usize) -> Reading {
     if ihl > 20 {
         ext.push(Ext::V4Option(b.0[l3 + 20..l4].to_vec()));
     }
-    let l4v = if off8 != 0 {
-        later_l4(proto, false)
-    } else {
-        match read_l4(b, proto, l4, ip_end, more, false) {
-            Ok(l) => l,
-            Err(r) => return r,
-        }
+    let t = Transport {
+        proto,
+        at: l4,
+        end: ip_end,
     };
-    let mut p = Packet::new(src, dst, l4v);
-    p.frag = frag;
+    let mut p = match with_transport(b, (src, dst), t, frag, false) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     p.ext = ext;
     p.ttl = b.u8(l3 + 8);
     p.ip_id = id;
-    p.payload_len = ip_end.saturating_sub(l4).min(usize::from(u16::MAX)) as u16;
     Reading::Packet(p)
 }
 
@@ -858,21 +856,45 @@ fn read_v6(b: &Bytes, l3: usize) -> Reading {
     if after_frag && frag.is_some_and(|f| f.more) && !later {
         return Reading::Unmodelled("extension header after a first fragment's fragment header");
     }
-    let l4v = if later {
-        later_l4(nh, true)
-    } else {
-        let first = frag.is_some_and(|f| f.more);
-        match read_l4(b, nh, off, ip_end, first, true) {
-            Ok(l) => l,
-            Err(r) => return r,
-        }
+    let t = Transport {
+        proto: nh,
+        at: off,
+        end: ip_end,
     };
-    let mut p = Packet::new(src, dst, l4v);
+    let mut p = match with_transport(b, (src, dst), t, frag, true) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     p.ext = ext;
-    p.frag = frag;
     p.ttl = b.u8(l3 + 7);
-    p.payload_len = ip_end.saturating_sub(off).min(usize::from(u16::MAX)) as u16;
     Reading::Packet(p)
+}
+
+/// Where an IP header says the transport is: its protocol, its offset and the datagram's end.
+struct Transport {
+    proto: u8,
+    at: usize,
+    end: usize,
+}
+
+/// The packet of a read IP header: its transport read from the bytes, unless the datagram is
+/// a later fragment, which holds no transport header (G1).
+fn with_transport(
+    b: &Bytes,
+    (src, dst): (IpAddr, IpAddr),
+    t: Transport,
+    frag: Option<Frag>,
+    v6: bool,
+) -> Result<Packet, Reading> {
+    let l4 = if frag.is_some_and(|f| f.is_later()) {
+        later_l4(t.proto, v6)
+    } else {
+        read_l4(b, t.proto, t.at, t.end, frag.is_some_and(|f| f.more), v6)?
+    };
+    let mut p = Packet::new(src, dst, l4);
+    p.frag = frag;
+    p.payload_len = t.end.saturating_sub(t.at).min(usize::from(u16::MAX)) as u16;
+    Ok(p)
 }
 
 fn is_v4_mapped(a: IpAddr) -> bool {
