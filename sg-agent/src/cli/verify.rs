@@ -30,10 +30,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
                 .build()?;
             let snapshot =
                 rt.block_on(async { admin::snapshot(&mut opts.connect().await?).await })?;
-            Box::new(StoreSource {
-                name: opts.describe(),
-                snapshot,
-            })
+            Box::new(StoreSource::new(opts.describe(), snapshot))
         }
         (None, None) => unreachable!("clap requires FILE or --store"),
     };

@@ -129,11 +129,9 @@ impl Daemon {
         };
         let revision = snapshot.revision;
         let hash = content_hash(&snapshot);
-        let doc = snapshot.document().ok().map(|(d, _)| d.to_string());
-        fleet.current = Some(Box::new(StoreSource {
-            name: fleet.opts.store.describe(),
-            snapshot,
-        }));
+        let source = StoreSource::new(fleet.opts.store.describe(), snapshot);
+        let doc = source.document().map(ToString::to_string);
+        fleet.current = Some(Box::new(source));
         let applies = self.stats.applies;
         if let Next::Detached = self.reload(&format!("store revision {revision}")) {
             return Next::Detached;

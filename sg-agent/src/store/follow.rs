@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::etcd::{Credentials, Endpoints, Store, WatchBatch, WatchEvent};
-use super::layout::{Ack, Key, Snapshot, encode};
+use super::layout::{Ack, Key, Rendered, Snapshot, encode};
 use crate::bind::LocalIface;
 use crate::error::Error;
 
@@ -115,10 +115,34 @@ fn is_private_address(a: &IpAddr) -> bool {
     }
 }
 
-/// The policy of a snapshot as a [`crate::agent::PolicySource`].
+/// The policy of a snapshot as a [`crate::agent::PolicySource`], rendered once (an apply
+/// asks for both the policy and its text).
 pub struct StoreSource {
     pub name: String,
     pub snapshot: Snapshot,
+    rendered: Result<Rendered, String>,
+}
+
+impl StoreSource {
+    pub fn new(name: String, snapshot: Snapshot) -> StoreSource {
+        let rendered = snapshot.render().map_err(|e| format!("{e:#}"));
+        StoreSource {
+            name,
+            snapshot,
+            rendered,
+        }
+    }
+
+    /// The native document (None when a value of the snapshot cannot be read).
+    pub fn document(&self) -> Option<&Value> {
+        self.rendered.as_ref().ok().map(|r| &r.doc)
+    }
+
+    fn rendered(&self) -> Result<&Rendered> {
+        self.rendered
+            .as_ref()
+            .map_err(|e| Error::InvalidInput(e.clone()).into())
+    }
 }
 
 impl crate::agent::PolicySource for StoreSource {
@@ -126,12 +150,10 @@ impl crate::agent::PolicySource for StoreSource {
         format!("{} at revision {}", self.name, self.snapshot.revision)
     }
     fn load(&self) -> Result<crate::config::Loaded> {
-        self.snapshot.load(&self.name)
+        self.rendered()?.load(&self.name)
     }
     fn text(&self) -> Result<String> {
-        self.snapshot
-            .yaml()
-            .map_err(|e| Error::InvalidInput(format!("{e:#}")).into())
+        Ok(self.rendered()?.text.clone())
     }
     fn fingerprint(&self) -> Option<(u64, std::time::SystemTime)> {
         let rev = u64::try_from(self.snapshot.revision).unwrap_or(0);
@@ -272,7 +294,14 @@ async fn session(
     write_report(&mut store, host, lease.id(), &now, &mut written).await?;
     loop {
         let listing = store.list().await?;
-        let mut kvs: BTreeMap<String, Vec<u8>> = listing.kvs.into_iter().collect();
+        // Only the policy's keys: every host's acks and liveness share the prefix, and a
+        // fleet of N hosts writes N acks per change, which must cost a follower next to
+        // nothing.
+        let mut kvs: BTreeMap<String, Vec<u8>> = listing
+            .kvs
+            .into_iter()
+            .filter(|(k, _)| is_policy_key(k))
+            .collect();
         offer(snap_tx, Snapshot::new(listing.revision, kvs.clone()));
         let mut watch = store.watch(listing.revision + 1).await?;
         log::info!(
@@ -289,13 +318,9 @@ async fn session(
                         break;
                     }
                     Some(WatchBatch::Changes { revision, events }) => {
-                        for e in events {
-                            match e {
-                                WatchEvent::Put { key, value } => kvs.insert(key, value),
-                                WatchEvent::Delete { key } => kvs.remove(&key),
-                            };
+                        if apply_events(&mut kvs, events) {
+                            offer(snap_tx, Snapshot::new(revision, kvs.clone()));
                         }
-                        offer(snap_tx, Snapshot::new(revision, kvs.clone()));
                     }
                 },
                 r = reports.changed() => {
@@ -310,6 +335,28 @@ async fn session(
             }
         }
     }
+}
+
+fn is_policy_key(rel: &str) -> bool {
+    Key::parse(rel).is_some_and(|k| k.is_policy())
+}
+
+/// Applies a watch batch to the policy's keys; whether any of them changed.
+fn apply_events(kvs: &mut BTreeMap<String, Vec<u8>>, events: Vec<WatchEvent>) -> bool {
+    let mut touched = false;
+    for e in events {
+        match e {
+            WatchEvent::Put { key, value } if is_policy_key(&key) => {
+                touched |= kvs.get(&key) != Some(&value);
+                kvs.insert(key, value);
+            }
+            WatchEvent::Delete { key } if is_policy_key(&key) => {
+                touched |= kvs.remove(&key).is_some();
+            }
+            WatchEvent::Put { .. } | WatchEvent::Delete { .. } => {}
+        }
+    }
+    touched
 }
 
 /// Offers a snapshot unless its policy equals the one offered last.
@@ -398,6 +445,37 @@ mod tests {
                 "addresses": ["192.0.2.11", "2001:db8::11"], "groups": ["sg-web"]}]})
         );
         assert_eq!(host_instance("h1", &regs[1..], &local), None);
+    }
+
+    /// Other hosts' acks and liveness (N per change in a fleet of N) change nothing.
+    #[test]
+    fn only_policy_keys_make_a_new_snapshot() {
+        let put = |k: &str, v: &str| WatchEvent::Put {
+            key: k.into(),
+            value: v.as_bytes().to_vec(),
+        };
+        let mut kvs = BTreeMap::new();
+        assert!(!apply_events(
+            &mut kvs,
+            vec![put("v1/hosts/h1/ack", "a"), put("v1/hosts/h2/alive", "b")]
+        ));
+        assert!(kvs.is_empty());
+        assert!(apply_events(&mut kvs, vec![put("v1/groups/sg-a", "1")]));
+        assert!(
+            !apply_events(&mut kvs, vec![put("v1/groups/sg-a", "1")]),
+            "same value"
+        );
+        assert!(apply_events(
+            &mut kvs,
+            vec![put("v1/hosts/h1/instance", "i")]
+        ));
+        let del = |k: &str| WatchEvent::Delete { key: k.into() };
+        assert!(!apply_events(
+            &mut kvs,
+            vec![del("v1/hosts/h1/ack"), del("v1/groups/sg-x")]
+        ));
+        assert!(apply_events(&mut kvs, vec![del("v1/groups/sg-a")]));
+        assert_eq!(kvs.keys().collect::<Vec<_>>(), ["v1/hosts/h1/instance"]);
     }
 
     #[test]

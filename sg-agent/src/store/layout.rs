@@ -220,21 +220,46 @@ impl Snapshot {
         Ok((Value::Object(doc), sources))
     }
 
-    /// The native YAML of the whole snapshot (what `store export` prints and what the agent
-    /// keeps beside its state for `explain`).
+    /// The native YAML of the whole snapshot (what `store export` prints).
     pub fn yaml(&self) -> Result<String> {
-        Ok(native::to_yaml(&self.document()?.0))
+        Ok(self.render()?.text)
+    }
+
+    /// The document, its text and where each item came from, computed once for a load.
+    pub fn render(&self) -> Result<Rendered> {
+        let (doc, sources) = self
+            .document()
+            .map_err(|e| Error::InvalidInput(format!("{e:#}")))?;
+        let text = native::to_yaml(&doc);
+        Ok(Rendered { doc, text, sources })
     }
 
     /// Validates the snapshot as one policy. Errors name the store key and the path inside
     /// its value.
     pub fn load(&self, name: &str) -> Result<Loaded> {
-        let (doc, sources) = self
-            .document()
-            .map_err(|e| Error::InvalidInput(format!("{e:#}")))?;
-        let text = native::to_yaml(&doc);
-        config::load_str(&text, name).map_err(|d| {
-            let d = Diagnostics(d.0.into_iter().map(|d| at_key(d, name, &sources)).collect());
+        self.render()?.load(name)
+    }
+}
+
+/// A snapshot as one native document.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub doc: Value,
+    /// The document as native YAML.
+    pub text: String,
+    /// `security_groups[2]` -> `v1/groups/sg-db`.
+    sources: Vec<(String, String)>,
+}
+
+impl Rendered {
+    /// Validates the document; errors name the store key and the path inside its value.
+    pub fn load(&self, name: &str) -> Result<Loaded> {
+        config::load_str(&self.text, name).map_err(|d| {
+            let d = Diagnostics(
+                d.0.into_iter()
+                    .map(|d| at_key(d, name, &self.sources))
+                    .collect(),
+            );
             Error::InvalidInput(d.to_string()).into()
         })
     }
