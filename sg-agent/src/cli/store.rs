@@ -50,8 +50,14 @@ enum StoreCmd {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Print the store's policy as one native YAML file (`sg-agent check` accepts it).
-    Export,
+    /// Print the store's policy as one native YAML file (`sg-agent check` accepts it). The
+    /// interfaces hosts registered under their leases are left out (they are their hosts',
+    /// not the policy's: importing them would make them outlive their hosts) unless
+    /// --with-registrations, which gives the whole picture for `check` and `verify`.
+    Export {
+        #[arg(long)]
+        with_registrations: bool,
+    },
     /// The hosts, the revision each enforces, and who is behind.
     Status,
 }
@@ -85,10 +91,20 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
                     );
                 }
             }
-            StoreCmd::Export => {
-                let snap = admin::snapshot(&mut store).await?;
+            StoreCmd::Export { with_registrations } => {
+                let mut snap = admin::snapshot(&mut store).await?;
+                let hosts = snap.registrations();
+                let note = if *with_registrations || hosts.is_empty() {
+                    String::new()
+                } else {
+                    snap.drop_registrations();
+                    format!(
+                        "# left out: the interfaces registered by {} (--with-registrations)\n",
+                        hosts.join(", ")
+                    )
+                };
                 print!(
-                    "# sg store {} at revision {}\n{}",
+                    "# sg store {} at revision {}\n{note}{}",
                     opts.describe(),
                     snap.revision,
                     snap.yaml()?

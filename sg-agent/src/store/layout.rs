@@ -220,6 +220,22 @@ impl Snapshot {
         Ok((Value::Object(doc), sources))
     }
 
+    /// The hosts whose registered interfaces the snapshot holds.
+    pub fn registrations(&self) -> Vec<String> {
+        self.values
+            .keys()
+            .filter_map(|k| match k {
+                Key::HostInstance(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Leaves out what hosts registered under their leases: what `store import` owns.
+    pub fn drop_registrations(&mut self) {
+        self.values.retain(|k, _| !matches!(k, Key::HostInstance(_)));
+    }
+
     /// The native YAML of the whole snapshot (what `store export` prints).
     pub fn yaml(&self) -> Result<String> {
         Ok(self.render()?.text)
