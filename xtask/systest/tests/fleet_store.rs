@@ -17,6 +17,10 @@ use sg_testkit::fleet::{Fleet, is_current};
 /// Bound of every convergence wait (they take well under a second when all is well).
 const CONVERGE: Duration = Duration::from_secs(20);
 
+/// Bound of the first convergence: agents starting together load their BPF programs on two
+/// busy cores (seconds each).
+const STARTUP: Duration = Duration::from_secs(60);
+
 const DB: &str = "192.0.2.10";
 const WEB1: &str = "192.0.2.11";
 const WEB2: &str = "192.0.2.12";
@@ -78,7 +82,7 @@ fn web_db(hosts: &[(&str, &str)], web_agents: &[&str]) -> Fleet {
     let mut all = vec!["db"];
     all.extend_from_slice(web_agents);
     let t0 = Instant::now();
-    f.wait_current(&all, CONVERGE);
+    f.wait_current(&all, STARTUP);
     eprintln!(
         "measured: {} agents started and acknowledged the import in {:?}",
         all.len(),
@@ -104,7 +108,7 @@ fn generation(status: &Value, host: &str) -> u64 {
 /// generation does not change.
 #[test]
 fn s1_r1_every_agent_acks_the_import_and_new_sg_web_members_reach_the_db_without_a_new_generation()
- {
+{
     let mut f = web_db(
         &[("db", DB), ("web1", WEB1), ("web2", WEB2), ("web3", WEB3)],
         &["web1"],
@@ -126,7 +130,7 @@ fn s1_r1_every_agent_acks_the_import_and_new_sg_web_members_reach_the_db_without
     // A new agent registers web2's eth0 in sg-web.
     let t0 = Instant::now();
     f.start_agent("web2", "eth0=sg-web", 10);
-    let st = f.wait_current(&["db", "web1", "web2"], CONVERGE);
+    let st = f.wait_current(&["db", "web1", "web2"], STARTUP);
     let acked = t0.elapsed();
     f.wait("web2 -> db:3306", CONVERGE, || f.connects("web2", DB, 3306));
     eprintln!(
@@ -162,7 +166,10 @@ fn s1_r1_every_agent_acks_the_import_and_new_sg_web_members_reach_the_db_without
 /// `sg-agent check` accepts and that means what the hosts enforce (`verify FILE`).
 #[test]
 fn e7_s2_a_rule_change_is_a_new_generation_on_every_host_and_the_export_round_trips() {
-    let f = web_db(&[("db", DB), ("web1", WEB1), ("web2", WEB2)], &["web1", "web2"]);
+    let f = web_db(
+        &[("db", DB), ("web1", WEB1), ("web2", WEB2)],
+        &["web1", "web2"],
+    );
     let hosts = ["db", "web1", "web2"];
     let before = f.status();
     assert!(f.connects("web1", DB, 3306));
@@ -177,8 +184,10 @@ fn e7_s2_a_rule_change_is_a_new_generation_on_every_host_and_the_export_round_tr
         t0.elapsed()
     );
     for h in hosts {
-        assert!(
-            generation(&after, h) > generation(&before, h),
+        // Generations are the two map sets (0/1): a rule change flips to the other.
+        assert_ne!(
+            generation(&after, h),
+            generation(&before, h),
             "{h}: no new generation for a rule change: before {before:#}, after {after:#}"
         );
         assert_eq!(ack(&after, h)["hash"], after["hash"], "{h}");
@@ -196,7 +205,11 @@ fn e7_s2_a_rule_change_is_a_new_generation_on_every_host_and_the_export_round_tr
     let exported = f.export();
     let file = f.write("export.yaml", &exported);
     let o = f.sg(None, &["check", file.to_str().unwrap()]);
-    assert!(o.status.success(), "check of the export:\n{}\n{exported}", text(&o));
+    assert!(
+        o.status.success(),
+        "check of the export:\n{}\n{exported}",
+        text(&o)
+    );
     for h in hosts {
         f.verify_file(h, &file);
     }
@@ -210,25 +223,41 @@ fn an_invalid_import_exits_2_and_writes_nothing_and_agents_keep_their_policy() {
     let f = web_db(&[("db", DB), ("web1", WEB1)], &["web1"]);
     let before = f.status();
     let bad = POLICY_B.replace("ports: 3307", "ports: 70000");
-    let o = f.store(false, &["import", f.write("bad.yaml", &bad).to_str().unwrap()]);
+    let o = f.store(
+        false,
+        &["import", f.write("bad.yaml", &bad).to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("70000"), "the error names the bad value: {err}");
+    assert!(
+        err.contains("70000"),
+        "the error names the bad value: {err}"
+    );
     // A file referencing a group that does not exist: refused too.
     let dangling = POLICY_A.replace("source: sg-web", "source: sg-nowhere");
     let o = f.store(
         false,
-        &["import", f.write("dangling.yaml", &dangling).to_str().unwrap()],
+        &[
+            "import",
+            f.write("dangling.yaml", &dangling).to_str().unwrap(),
+        ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 
     // Give a wrongly written value time to reach the agents before looking.
     std::thread::sleep(Duration::from_millis(500));
     let after = f.status();
-    assert_eq!(after["revision"], before["revision"], "the store was written");
+    assert_eq!(
+        after["revision"], before["revision"],
+        "the store was written"
+    );
     assert_eq!(after["hash"], before["hash"]);
     for h in ["db", "web1"] {
-        assert_eq!(ack(&after, h), ack(&before, h), "{h} acknowledged something");
+        assert_eq!(
+            ack(&after, h),
+            ack(&before, h),
+            "{h} acknowledged something"
+        );
         f.verify_store(h);
     }
     assert!(f.connects("web1", DB, 3306));
@@ -247,10 +276,12 @@ fn s2_an_invalid_value_in_the_store_keeps_enforcement_and_the_ack_names_the_key(
     let before = f.status();
 
     let bad = r#"{"schema":1,"group":{"id":"sg-db","name":"sg-db","description":"databases","ingress":[{"protocol":"tcp","ports":3307,"source":"192.0.2.300/24"}]}}"#;
-    f.etcd
-        .etcdctl(&["put", "/sg/v1/groups/sg-db", bad])
+    let put = f
+        .etcd
+        .etcdctl(&["put", "-w", "json", "/sg/v1/groups/sg-db", bad])
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let bad_rev = f.etcd.revision().unwrap();
+    let put: Value = serde_json::from_str(&put).unwrap();
+    let bad_rev = put["header"]["revision"].as_i64().unwrap();
     let st = f.wait_status(
         "both hosts to acknowledge the bad revision with an error",
         CONVERGE,
@@ -268,17 +299,26 @@ fn s2_an_invalid_value_in_the_store_keeps_enforcement_and_the_ack_names_the_key(
             err.contains("v1/groups/sg-db"),
             "{h}: the error names the key: {err}"
         );
-        assert_eq!(a["revision"], was["revision"], "{h}: enforced revision moved");
+        assert_eq!(
+            a["revision"], was["revision"],
+            "{h}: enforced revision moved"
+        );
         assert_eq!(a["hash"], was["hash"], "{h}: enforced policy changed");
         assert_eq!(a["generation"], was["generation"], "{h}: a new generation");
         assert_eq!(Fleet::host_status(&st, h)["current"], false, "{st:#}");
         f.verify_file(h, &good);
     }
     assert!(f.connects("web1", DB, 3306), "enforcement kept: 3306");
-    assert!(!f.connects("web1", DB, 3307), "the bad value is not enforced");
+    assert!(
+        !f.connects("web1", DB, 3307),
+        "the bad value is not enforced"
+    );
     let endpoints = f.etcd.endpoints();
     let o = f.sg(Some("db"), &["verify", "--store", endpoints.as_str()]);
-    assert!(!o.status.success(), "verify --store of an invalid store passed");
+    assert!(
+        !o.status.success(),
+        "verify --store of an invalid store passed"
+    );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("v1/groups/sg-db"),
         "{}",

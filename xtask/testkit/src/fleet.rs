@@ -143,7 +143,12 @@ impl Fleet {
     /// `store import FILE`, which must succeed; the store revision it wrote (or found).
     pub fn import(&self, file: &Path) -> Value {
         let o = self.store(true, &["import", file.to_str().unwrap()]);
-        assert!(o.status.success(), "import {}:\n{}", file.display(), text(&o));
+        assert!(
+            o.status.success(),
+            "import {}:\n{}",
+            file.display(),
+            text(&o)
+        );
         json_of(&o)
     }
 
@@ -438,8 +443,7 @@ pub fn unix_ms() -> u64 {
 }
 
 fn json_of(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(o)))
 }
 
 impl Drop for Fleet {
