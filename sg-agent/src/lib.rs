@@ -10,12 +10,13 @@
 //! packet    abstract packets and the Ethernet frames built from them (tests, explain)
 //! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
 //! state     pins, the state file and the apply lock of one network namespace
+//! store     the fleet's store (etcd): key layout, client, follower, import/export/status
 //! agent     one namespace's enforcement over time: apply, status, counters, explain, detach
 //! daemon    apply, then stay: reloads, metrics, flow logs, systemd notification
 //! cli       the `sg-agent` command line, one module per verb
 //! error     the error kinds and the exit code each one means
 //! ```
-//! Above the pipeline the imports only go down: cli -> daemon -> agent -> the layers.
+//! Above the pipeline the imports only go down: cli -> daemon -> store / agent -> the layers.
 //! Product functions stay under 80 lines (clippy.toml); tests may be longer.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 pub mod agent;

@@ -115,8 +115,8 @@ fn print_status(g: &Globals, s: &admin::StoreStatus) -> Result<()> {
         s.hosts.len()
     );
     println!(
-        "{:<24} {:<6} {:>9} {:<10} {:>6}  {}",
-        "HOST", "ALIVE", "REVISION", "STATE", "BEHIND", "INTERFACES / ERROR"
+        "{:<24} {:<6} {:>9} {:<10} {:>6}  INTERFACES / ERROR",
+        "HOST", "ALIVE", "REVISION", "STATE", "BEHIND"
     );
     for h in &s.hosts {
         let (rev, state, note) = match &h.ack {

@@ -43,15 +43,13 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.origin;
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            o.file,
-            o.line,
-            o.column,
-            self.severity.name(),
-            self.message
-        )?;
+        // Line 0: a place without lines (a key of the store); the path says where inside.
+        if o.line == 0 {
+            write!(f, "{}: ", o.file)?;
+        } else {
+            write!(f, "{}:{}:{}: ", o.file, o.line, o.column)?;
+        }
+        write!(f, "{}: {}", self.severity.name(), self.message)?;
         if !o.path.is_empty() {
             write!(f, "\n  at: {}", o.path)?;
         }

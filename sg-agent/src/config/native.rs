@@ -115,7 +115,15 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
     f.check_keys(
         sink,
         "a prefix list",
-        &["id", "name", "family", "max_entries", "version", "entries"],
+        &[
+            "id",
+            "name",
+            "family",
+            "max_entries",
+            "version",
+            "entries",
+            "external",
+        ],
     );
     let Some(id) = f.get("id") else {
         sink.error_hint(
@@ -126,6 +134,21 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
         return None;
     };
     let id = string(sink, &id, "id")?;
+    if let Some(ext) = f.get("external")
+        && boolean(sink, &ext, "external") == Some(true)
+    {
+        // Referenced here, defined elsewhere (describe output, a template's parameter): its
+        // entries are unknown, so it matches nothing here.
+        let others = ["name", "family", "max_entries", "version", "entries"];
+        if let Some(k) = others.iter().find(|k| f.get(k).is_some()) {
+            sink.error_hint(
+                &ext.origin(sink),
+                format!("an external prefix list has no `{k}`"),
+                "external: true means its entries are not known here; drop it to define the list",
+            );
+        }
+        return Some(DPrefixList::external(id.v, f.origin(sink)));
+    }
     let family = f.get("family").and_then(|v| {
         let s = string(sink, &v, "family")?;
         match values::family(&s.v) {

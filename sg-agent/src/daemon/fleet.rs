@@ -10,7 +10,7 @@
 //! it carries one group, `sg-awaiting-store`, that admits nothing and lets out only TCP to the
 //! store's endpoints (replies come back through conntrack, C1). No mode fails open.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -87,11 +87,18 @@ impl Fleet {
         if doc["instances"].as_array().is_none_or(Vec::is_empty) {
             return;
         }
+        let what = if self.snapshot_file.exists() {
+            "the local copy of the store's policy"
+        } else {
+            "no policy yet"
+        };
+        let held = if held.is_empty() {
+            String::new()
+        } else {
+            format!(", {} device(s) held closed", held.len())
+        };
         self.current = Some(Box::new(TextSource {
-            name: format!(
-                "{} (local copy until the store answers)",
-                self.snapshot_file.display()
-            ),
+            name: format!("{what}{held}, until the store answers"),
             text: doc.to_string(),
         }));
     }
@@ -253,7 +260,7 @@ fn hold_group(store: &StoreOptions) -> Value {
         })
         .map(|sa| {
             let len = if sa.is_ipv4() { 32 } else { 128 };
-            let net = format!("{}/{len}", IpAddr::from(sa.ip()));
+            let net = format!("{}/{len}", sa.ip());
             json!({"protocol": "tcp", "ports": sa.port(), "destination": net,
                    "description": "the store, until it answers"})
         })

@@ -996,6 +996,12 @@ impl Lease {
         Ok(())
     }
 
+    /// Whether dropping the lease revokes it (the default) or only stops the keepalive, so
+    /// that its keys outlive the holder by the TTL (a restart within it keeps them).
+    pub fn set_revoke_on_drop(&mut self, revoke: bool) {
+        self.revoke_on_drop = revoke;
+    }
+
     /// Stops the keepalive without revoking: the keys stay until the TTL runs out, as when the
     /// host dies.
     pub fn abandon(mut self) {

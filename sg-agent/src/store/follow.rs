@@ -257,7 +257,10 @@ async fn session(
     reports: &mut watch::Receiver<Report>,
 ) -> Result<()> {
     let mut store = opts.connect().await?;
-    let lease = store.grant_lease(ttl).await?;
+    let mut lease = store.grant_lease(ttl).await?;
+    // A daemon that stops (an upgrade, a restart) leaves enforcement in place: its host stays
+    // a member until the TTL runs out, and a new daemon within it registers again seamlessly.
+    lease.set_revoke_on_drop(false);
     let alive = json!({"pid": std::process::id(), "version": crate::version_string()});
     let key = Key::HostAlive(host.to_string());
     store

@@ -254,8 +254,8 @@ fn at_key(
     if let Some((p, key)) = found {
         d.origin = Origin {
             file: format!("{name} key {key}"),
-            line: 1,
-            column: 1,
+            line: 0,
+            column: 0,
             path: path[p.len()..].trim_start_matches('.').to_string(),
         };
     }
