@@ -332,7 +332,13 @@ fn s4_an_agent_restarted_while_etcd_is_down_enforces_its_local_copy_and_new_host
     f.wait(
         "the restarted db agent to apply its local copy",
         STARTUP,
-        || f.log("db").contains("local copy until the store answers"),
+        || {
+            // "applied the local copy of the store's policy, until the store answers"
+            let log = f.log("db");
+            log.contains("applied")
+                && log.contains("local copy")
+                && log.contains("until the store answers")
+        },
     );
     std::thread::sleep(Duration::from_millis(500));
     f.assert_agent_runs("db");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sg_testkit::agent_harness::text;
-use sg_testkit::fleet::{Fleet, is_current};
+use sg_testkit::fleet::{Fleet, is_current, unix_ms};
 
 /// Bound of every convergence wait (they take well under a second when all is well).
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -147,10 +147,16 @@ fn s1_r1_every_agent_acks_the_import_and_new_sg_web_members_reach_the_db_without
     assert!(!f.connects("web3", DB, 3306), "web3 (in no group yet)");
 
     // An import adds an instance to sg-web (web3 runs no agent): one key written.
+    let sent = unix_ms();
     let out = f.import(&f.write("a-web3.yaml", POLICY_A_WEB3));
     assert_eq!(out["written"], 1, "only the instance is new: {out:#}");
     assert_eq!(out["deleted"], 0, "{out:#}");
     let st = f.wait_current(&["db", "web1", "web2"], CONVERGE);
+    let took = ack(&st, "db")["unix_ms"]
+        .as_u64()
+        .unwrap()
+        .saturating_sub(sent);
+    eprintln!("measured: import of web3 -> db applied it {took} ms later (import included)");
     assert!(f.connects("web3", DB, 3306), "web3 (imported into sg-web)");
     assert_eq!(generation(&st, "db"), gen_db, "{st:#}");
     for h in ["db", "web1", "web2"] {
