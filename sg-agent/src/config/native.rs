@@ -159,6 +159,24 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
             }
         }
     });
+    let entries = entries(sink, &f);
+    Some(DPrefixList {
+        id,
+        check_id: true,
+        name: f.get("name").and_then(|v| string(sink, &v, "name")),
+        family,
+        max_entries: f
+            .get("max_entries")
+            .and_then(|v| int(sink, &v, "max_entries")),
+        version: f.get("version").and_then(|v| int(sink, &v, "version")),
+        entries,
+        external: false,
+        at: f.origin(sink),
+    })
+}
+
+/// A prefix list's `entries`: CIDRs, or mappings with a `cidr` and a `description`.
+fn entries(sink: &mut Sink, f: &Fields) -> Vec<DEntry> {
     let mut entries = Vec::new();
     if let Some(es) = f.get("entries")
         && let Some(items) = list(sink, &es, "entries")
@@ -188,19 +206,7 @@ fn prefix_list(sink: &mut Sink, at: &At) -> Option<DPrefixList> {
             }
         }
     }
-    Some(DPrefixList {
-        id,
-        check_id: true,
-        name: f.get("name").and_then(|v| string(sink, &v, "name")),
-        family,
-        max_entries: f
-            .get("max_entries")
-            .and_then(|v| int(sink, &v, "max_entries")),
-        version: f.get("version").and_then(|v| int(sink, &v, "version")),
-        entries,
-        external: false,
-        at: f.origin(sink),
-    })
+    entries
 }
 
 fn group(sink: &mut Sink, at: &At) -> Option<DGroup> {
