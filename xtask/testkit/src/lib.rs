@@ -8,6 +8,7 @@
 //! dataplane_harness  the privileged dataplane tests' namespace, image builder and fixture runner
 //! agent_harness      the agent tests' two-namespace site driving the real sg-agent binary
 //! etcd               real etcd clusters in namespaces, hosts beside them, fault controls
+//! fleet              agents following one etcd store on those hosts, traffic between them
 //! ```
 //!
 //! One harness per level a test runs at: the model (`sg_agent::model`, no harness needed),
@@ -17,6 +18,7 @@
 pub mod agent_harness;
 pub mod dataplane_harness;
 pub mod etcd;
+pub mod fleet;
 pub mod lookup;
 pub mod netns;
 pub mod random;
