@@ -233,7 +233,8 @@ impl Snapshot {
 
     /// Leaves out what hosts registered under their leases: what `store import` owns.
     pub fn drop_registrations(&mut self) {
-        self.values.retain(|k, _| !matches!(k, Key::HostInstance(_)));
+        self.values
+            .retain(|k, _| !matches!(k, Key::HostInstance(_)));
     }
 
     /// The native YAML of the whole snapshot (what `store export` prints).

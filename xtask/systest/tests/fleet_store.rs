@@ -220,6 +220,20 @@ fn e7_s2_a_rule_change_is_a_new_generation_on_every_host_and_the_export_round_tr
         f.verify_file(h, &file);
     }
     assert!(exported.contains("3307"), "{exported}");
+
+    // Without the registrations (they are their hosts', under their leases), the export
+    // imports back unchanged: nothing written, nothing deleted.
+    let policy = f.export_policy();
+    assert!(
+        policy.contains("# left out: the interfaces registered by"),
+        "{policy}"
+    );
+    let back = f.import(&f.write("policy.yaml", &policy));
+    assert_eq!(
+        (back["written"].as_u64(), back["deleted"].as_u64()),
+        (Some(0), Some(0)),
+        "the export imported back: {back:#}\n{policy}"
+    );
 }
 
 /// Nothing invalid is ever written: an import of a file with a bad rule exits 2 with the

@@ -159,10 +159,20 @@ impl Fleet {
         json_of(&o)
     }
 
-    /// `store export`: the store as one native YAML file.
+    /// `store export --with-registrations`: the whole store as one native YAML file (what
+    /// `check` and `verify FILE` judge).
     pub fn export(&self) -> String {
-        let o = self.store(false, &["export"]);
-        assert!(o.status.success(), "store export:\n{}", text(&o));
+        self.export_with(&["export", "--with-registrations"])
+    }
+
+    /// `store export`: the policy without the hosts' registrations (what `import` takes back).
+    pub fn export_policy(&self) -> String {
+        self.export_with(&["export"])
+    }
+
+    fn export_with(&self, args: &[&str]) -> String {
+        let o = self.store(false, args);
+        assert!(o.status.success(), "store {args:?}:\n{}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
