@@ -132,6 +132,11 @@ pub struct ChangeFigure {
     pub slowest_host: String,
     pub first_packet_ms: Vec<Option<f64>>,
     pub cpu_ms_mean: f64,
+    /// Over the same window: all agents together, etcd, and the whole machine (busy time of
+    /// every CPU, /proc/stat: agents + etcd + the kernel's network work + anything else).
+    pub agents_cpu_ms: f64,
+    pub etcd_cpu_ms: f64,
+    pub machine_busy_ms: f64,
     pub window_s: f64,
     /// Hosts that did not acknowledge in time.
     pub missing: Vec<String>,
@@ -454,6 +459,8 @@ impl Rig {
             .collect();
         let sender_ns = &self.cluster.host(&format!("new{sender}")).ns;
         let mark = self.observer.len();
+        let etcd_pid = self.cluster.pid(0).unwrap_or(0);
+        let (etcd0, busy0) = (task_cpu_ns(etcd_pid), machine_busy_ms());
         let cpu0 = agents.cpu_ns();
         let w0 = Instant::now();
         let mut put = (0.0, 0.0, 0i64);
@@ -478,6 +485,7 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(20));
         }
         let cpu1 = agents.cpu_ns();
+        let (etcd1, busy1) = (task_cpu_ns(etcd_pid), machine_busy_ms());
         let window_s = w0.elapsed().as_secs_f64();
         let mut c = ChangeFigure {
             kind: kind.name().into(),
@@ -486,6 +494,8 @@ impl Rig {
             put_ms: put_end - put_start,
             commit_seen_after_put_start_ms: commit - put_start,
             window_s,
+            etcd_cpu_ms: etcd1.saturating_sub(etcd0) as f64 / 1e6,
+            machine_busy_ms: busy1 - busy0,
             ..ChangeFigure::default()
         };
         let mut lat = Vec::new();
@@ -517,11 +527,17 @@ impl Rig {
             cpu.push(net);
         }
         c.cpu_ms_mean = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
+        c.agents_cpu_ms = cpu0
+            .iter()
+            .zip(&cpu1)
+            .map(|(a, b)| b.saturating_sub(*a) as f64 / 1e6)
+            .sum();
         c.first_packet_ms = firsts.iter().map(|t| t.map(|t| t - commit)).collect();
         s.first_packet.extend(c.first_packet_ms.iter().flatten());
         eprintln!(
             "fleet: {} change {k} (revision {revision}): acks p50 {:.0} ms p99 {:.0} ms max \
-             {:.0} ms ({}), first packets {:?} ms, agent CPU {:.2} ms, {} missing",
+             {:.0} ms ({}), first packets {:?} ms, agent CPU {:.2} ms; in {:.1} s: all agents \
+             {:.0} ms, etcd {:.0} ms, machine busy {:.0} ms; {} missing",
             kind.name(),
             c.ack_ms.p50,
             c.ack_ms.p99,
@@ -532,6 +548,10 @@ impl Rig {
                 .map(|v| v.map(|v| v.round()))
                 .collect::<Vec<_>>(),
             c.cpu_ms_mean,
+            c.window_s,
+            c.agents_cpu_ms,
+            c.etcd_cpu_ms,
+            c.machine_busy_ms,
             c.missing.len()
         );
         Ok(c)
@@ -940,6 +960,24 @@ fn task_cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// Busy time of all CPUs since boot (/proc/stat: everything but idle and iowait), ms.
+fn machine_busy_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: guest time is inside user already.
+    let busy: u64 = f.iter().take(8).sum::<u64>() - f.get(3).unwrap_or(&0) - f.get(4).unwrap_or(&0);
+    // SAFETY: plain libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    busy as f64 * 1e3 / hz as f64
 }
 
 /// Copies an agent's stderr to `path`, each line prefixed with the wall clock (unix seconds

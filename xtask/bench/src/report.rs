@@ -594,6 +594,24 @@ pub fn markdown(r: &Results) -> String {
     o
 }
 
+/// The mean over one kind's changes of the CPU used in their windows.
+fn window(f: &super::fleet::FleetFigures, kind: &str) -> String {
+    let c: Vec<_> = f.changes.iter().filter(|c| c.kind == kind).collect();
+    if c.is_empty() {
+        return "-".into();
+    }
+    let mean = |g: fn(&super::fleet::ChangeFigure) -> f64| {
+        c.iter().map(|c| g(c)).sum::<f64>() / c.len() as f64
+    };
+    format!(
+        "{:.0} / {:.0} / {:.0} ms in {:.1} s",
+        mean(|c| c.agents_cpu_ms),
+        mean(|c| c.etcd_cpu_ms),
+        mean(|c| c.machine_busy_ms),
+        mean(|c| c.window_s)
+    )
+}
+
 /// The fleet section's table: one row per figure, one column per kind of change.
 fn fleet_markdown(w: &mut String, f: &super::fleet::FleetFigures) {
     use super::fleet::Dist;
@@ -653,6 +671,11 @@ fn fleet_markdown(w: &mut String, f: &super::fleet::FleetFigures) {
                 "{:.2} ms; {:.1} / {:.1}",
                 r.cpu_ms.mean, r.cpu_ms.p99, r.cpu_ms.max
             ),
+        ),
+        (
+            "CPU over a change's window, mean: all agents / etcd / machine busy",
+            window(f, "membership"),
+            window(f, "rule"),
         ),
         (
             "etcdctl put (process start to exit, p50)",
