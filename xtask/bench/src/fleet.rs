@@ -874,7 +874,11 @@ impl Agents {
     ) -> Result<()> {
         let host = host_name(i);
         let ns = &cluster.host(&host).ns;
-        let role = if i % 2 == 0 { "sg-web" } else { "sg-db" };
+        let role = if i.is_multiple_of(2) {
+            "sg-web"
+        } else {
+            "sg-db"
+        };
         let mut c = ns.cmd(&bin.to_string_lossy());
         c.args(["daemon", "--store", store, "--host", &host])
             .args(["--register", &format!("eth0={role}")])

@@ -39,7 +39,9 @@ fn quick_bench_writes_every_section_with_positive_figures() {
         repeat: 20_000,
         medians_of: 3,
         // The fleet section has its own test below.
-        only: ["generators", "kernel", "throughput", "control"].map(String::from).to_vec(),
+        only: ["generators", "kernel", "throughput", "control"]
+            .map(String::from)
+            .to_vec(),
         command: "bench_smoke".into(),
         ..Options::quick()
     };
@@ -165,17 +167,36 @@ fn quick_fleet_bench_measures_acks_first_packets_and_cpu_with_three_agents() {
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(v["fleet_agents"], 3);
     for kind in ["membership", "rule"] {
-        assert_eq!(v["fleet"][kind]["acks"], 3, "{kind}: every agent acknowledged");
+        assert_eq!(
+            v["fleet"][kind]["acks"], 3,
+            "{kind}: every agent acknowledged"
+        );
         assert_eq!(v["fleet"][kind]["expected"], 3);
-        assert_eq!(v["fleet"][kind]["first_packet_ms"]["n"], 1, "{kind}: the probe arrived");
-        for f in ["ack_ms.p99", "ack_ms.max", "first_packet_ms.max", "cpu_raw_ms.mean"] {
+        assert_eq!(
+            v["fleet"][kind]["first_packet_ms"]["n"], 1,
+            "{kind}: the probe arrived"
+        );
+        for f in [
+            "ack_ms.p99",
+            "ack_ms.max",
+            "first_packet_ms.max",
+            "cpu_raw_ms.mean",
+        ] {
             positive(&v, &format!("fleet.{kind}.{f}"));
         }
     }
-    for key in ["fleet_membership_ack_p99_ms", "fleet_rule_ack_p99_ms", "fleet_ack_max_ms"] {
+    for key in [
+        "fleet_membership_ack_p99_ms",
+        "fleet_rule_ack_p99_ms",
+        "fleet_ack_max_ms",
+    ] {
         positive(&v, key);
     }
-    assert_eq!(v["goals"].as_array().map(Vec::len), Some(10), "7 + the fleet's 3");
+    assert_eq!(
+        v["goals"].as_array().map(Vec::len),
+        Some(10),
+        "7 + the fleet's 3"
+    );
     let md = std::fs::read_to_string(dir.path().join("results.md")).expect("results.md");
     assert!(md.contains("### Fleet convergence (3 agents"), "{md}");
 }
