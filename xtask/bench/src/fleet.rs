@@ -51,7 +51,7 @@ const SAMPLED: usize = 5;
 const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 221);
 const OBSERVER_ADDR: &str = "192.0.2.210";
 /// Agents started together (each verifies its BPF programs: about a second of CPU).
-const BATCH: usize = 10;
+pub const BATCH: usize = 10;
 
 const POLICY: &str = "\
 version: 1

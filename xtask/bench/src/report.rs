@@ -690,7 +690,10 @@ fn fleet_markdown(w: &mut String, f: &super::fleet::FleetFigures) {
         w,
         "\nStartup: {} agents enforcing the store's policy after {:.1} s (started {} at a time). \
          An idle agent (`--poll 1`) spends {:.2} ms of CPU per second.",
-        f.agents, f.startup_s, 10, f.idle_cpu_ms_per_s
+        f.agents,
+        f.startup_s,
+        super::fleet::BATCH,
+        f.idle_cpu_ms_per_s
     );
     for e in &f.errors {
         let _ = writeln!(w, "\n- fleet: {e}");
