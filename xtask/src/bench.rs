@@ -1,5 +1,6 @@
-//! `cargo xtask bench [--quick] [-- ARGS]`: builds `sg-bench` in release with the host cargo
-//! and runs it (as root: it creates namespaces and loads BPF programs). It writes
+//! `cargo xtask bench [--quick] [-- ARGS]`: builds `sg-bench` and `sg-agent` (the fleet
+//! section runs the real agent binary beside sg-bench) in release with the host cargo and
+//! runs it (as root: it creates namespaces and loads BPF programs). It writes
 //! target/bench/{results.json, results.md, cost.svg}; after a full run (not `--quick`, no
 //! extra arguments) it also puts results.md into docs/performance.md between the
 //! `bench:begin` / `bench:end` markers, so the documented table is always the last full run.
@@ -28,7 +29,14 @@ pub fn run(tc: &Toolchain, quick: bool, args: &[String]) -> Result<()> {
     }
     ensure_trafgen();
     let mut c = host_cargo(tc);
-    c.args(["build", "--release", "--package", "sg-bench"]);
+    c.args([
+        "build",
+        "--release",
+        "--package",
+        "sg-bench",
+        "--package",
+        "sg-agent",
+    ]);
     sh::run(&mut c)?;
     let mut b = Command::new("target/release/sg-bench");
     if quick {

@@ -9,6 +9,8 @@
 //!             nftables (sets, one rule per SG rule) and sg (XDP or TC ingress)
 //! control     compile + apply 10k rules, membership change -> packet allowed, map memory,
 //!             conntrack capacity
+//! fleet       100 real agents (one per namespace) following one etcd: commit -> every
+//!             agent's ack, -> the first packet allowed, agent CPU per change
 //! report      results.json, results.md, cost.svg
 //! ```
 //! It owns measuring and reporting. It must not decide verdicts or write maps itself: the
@@ -19,6 +21,7 @@
 //! addresses), every generator is bounded by a deadline and a packet budget.
 
 pub mod control;
+pub mod fleet;
 pub mod frames;
 pub mod kernel;
 pub mod nft;
@@ -55,8 +58,11 @@ pub struct Options {
     /// BPF_PROG_TEST_RUN repeat per figure, and figures per median.
     pub repeat: u32,
     pub medians_of: usize,
-    /// Sections to run (all when empty): generators, kernel, throughput, control.
+    /// Sections to run (all when empty): generators, kernel, throughput, control, fleet.
     pub only: Vec<String>,
+    /// Agents of the fleet section, and changes of each kind it makes.
+    pub fleet_agents: usize,
+    pub fleet_changes: usize,
     /// The generator (and whether the receiver gets its own CPU) when the generators section
     /// does not run or should not choose.
     pub generator: Option<(Generator, bool)>,
@@ -79,6 +85,8 @@ impl Options {
             repeat: 1_000_000,
             medians_of: 5,
             only: Vec::new(),
+            fleet_agents: 100,
+            fleet_changes: 5,
             generator: None,
             command: "cargo xtask bench".into(),
             seed: 0x5eed,
@@ -97,6 +105,8 @@ impl Options {
             tcp_secs: 1,
             repeat: 100_000,
             medians_of: 3,
+            fleet_agents: 20,
+            fleet_changes: 3,
             command: "cargo xtask bench --quick".into(),
             ..Options::full()
         }
@@ -182,6 +192,7 @@ pub struct Results {
     pub tcp: Vec<TcpFigure>,
     pub kernel: Option<kernel::KernelCost>,
     pub control: Option<control::ControlPlane>,
+    pub fleet: Option<fleet::FleetFigures>,
     /// Things that could not be measured, and why.
     pub notes: Vec<String>,
 }
@@ -277,6 +288,14 @@ pub fn run(opts: &Options) -> Result<Results> {
                 Ok(c) => r.control = Some(c),
                 Err(e) => r.notes.push(format!("control plane not measured: {e:#}")),
             }
+        }
+    }
+    if opts.runs("fleet") {
+        match fleet::run(opts) {
+            Ok(f) => r.fleet = Some(f),
+            Err(e) => r
+                .notes
+                .push(format!("fleet convergence not measured: {e:#}")),
         }
     }
     r.machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")

@@ -20,9 +20,15 @@ struct Cli {
     /// Output directory.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Only these sections (repeatable): generators, kernel, throughput, control.
+    /// Only these sections (repeatable): generators, kernel, throughput, control, fleet.
     #[arg(long)]
     only: Vec<String>,
+    /// Agents of the fleet section (default 100; --quick 20), each in its own namespace.
+    #[arg(long)]
+    fleet_agents: Option<usize>,
+    /// Changes of each kind (membership, rule) the fleet section makes (default 5; --quick 3).
+    #[arg(long)]
+    fleet_changes: Option<usize>,
     /// Rule counts for the in-kernel cost (comma separated).
     #[arg(long, value_delimiter = ',')]
     kernel_rules: Option<Vec<usize>>,
@@ -64,6 +70,12 @@ fn main() -> ExitCode {
     }
     if let Some(ms) = cli.window_ms {
         o.window = Duration::from_millis(ms);
+    }
+    if let Some(n) = cli.fleet_agents {
+        o.fleet_agents = n;
+    }
+    if let Some(n) = cli.fleet_changes {
+        o.fleet_changes = n;
     }
     if let Some(n) = cli.rounds {
         o.rounds = n;

@@ -40,6 +40,13 @@ pub struct Summary {
     pub membership_visible_ms: Option<f64>,
     pub maps_total_bytes: Option<u64>,
     pub ct_bytes_per_entry: Option<f64>,
+    /// The fleet section: agents, commit -> ack p99 per kind of change, the largest of all,
+    /// and the mean CPU of an agent per membership change (less idle).
+    pub fleet_agents: Option<usize>,
+    pub fleet_membership_ack_p99_ms: Option<f64>,
+    pub fleet_rule_ack_p99_ms: Option<f64>,
+    pub fleet_ack_max_ms: Option<f64>,
+    pub fleet_membership_cpu_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -110,6 +117,15 @@ pub fn summarize(r: &Results) -> Summary {
         s.membership_visible_ms = c.membership_visible_ms;
         s.maps_total_bytes = Some(c.maps_total_bytes);
         s.ct_bytes_per_entry = c.ct_bytes_per_entry;
+    }
+    if let Some(f) = &r.fleet {
+        let measured = |k: &super::fleet::KindFigures| k.acks > 0;
+        s.fleet_agents = Some(f.agents);
+        s.fleet_membership_ack_p99_ms = measured(&f.membership).then_some(f.membership.ack_ms.p99);
+        s.fleet_rule_ack_p99_ms = measured(&f.rule).then_some(f.rule.ack_ms.p99);
+        s.fleet_ack_max_ms = (measured(&f.membership) || measured(&f.rule))
+            .then_some(f.membership.ack_ms.max.max(f.rule.ack_ms.max));
+        s.fleet_membership_cpu_ms = (f.membership.cpu_ms.n > 0).then_some(f.membership.cpu_ms.mean);
     }
     s
 }
@@ -197,6 +213,9 @@ pub fn goals(r: &Results) -> Vec<Goal> {
             met: s.membership_visible_ms.map(|v| v < 10.0),
         },
     ];
+    if let Some(f) = &r.fleet {
+        g.extend(fleet_goals(s, f));
+    }
     if let Some(c) = &r.control
         && c.rules < 10_000
     {
@@ -206,6 +225,58 @@ pub fn goals(r: &Results) -> Vec<Goal> {
         );
     }
     g
+}
+
+/// The fleet's goals (issue 15): only when the section ran. An ack missing counts against
+/// the p99 and max goals.
+fn fleet_goals(s: &Summary, f: &super::fleet::FleetFigures) -> Vec<Goal> {
+    let all_acked = f.membership.acks == f.membership.expected && f.rule.acks == f.rule.expected;
+    let missing = if all_acked {
+        String::new()
+    } else {
+        format!(
+            "; acks missing: {} membership, {} rule",
+            f.membership.expected - f.membership.acks,
+            f.rule.expected - f.rule.acks
+        )
+    };
+    let p99 = s.fleet_membership_ack_p99_ms.zip(s.fleet_rule_ack_p99_ms);
+    vec![
+        Goal {
+            goal: format!(
+                "fleet ({} agents): store commit -> every agent's ack, p99 <= 250 ms",
+                f.agents
+            ),
+            measured: format!(
+                "membership {} ms, rule {} ms{missing}",
+                x(s.fleet_membership_ack_p99_ms, 0),
+                x(s.fleet_rule_ack_p99_ms, 0)
+            ),
+            met: p99.map(|(a, b)| a <= 250.0 && b <= 250.0 && all_acked),
+        },
+        Goal {
+            goal: format!(
+                "fleet ({} agents): store commit -> every agent's ack, max <= 1 s",
+                f.agents
+            ),
+            measured: format!(
+                "membership {} ms, rule {} ms{missing}",
+                x(p99.map(|_| f.membership.ack_ms.max), 0),
+                x(p99.map(|_| f.rule.ack_ms.max), 0)
+            ),
+            met: s.fleet_ack_max_ms.map(|m| m <= 1000.0 && all_acked),
+        },
+        Goal {
+            goal: "fleet: agent CPU per membership change <= 5 ms".into(),
+            measured: format!(
+                "{} ms mean per agent (p99 {:.1} ms; {:.1} ms before subtracting idle)",
+                x(s.fleet_membership_cpu_ms, 2),
+                f.membership.cpu_ms.p99,
+                f.membership.cpu_raw_ms.mean
+            ),
+            met: s.fleet_membership_cpu_ms.map(|v| v <= 5.0),
+        },
+    ]
 }
 
 pub fn write(dir: &Path, r: &Results) -> Result<()> {
@@ -484,6 +555,10 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(w, "\nMaps: {}.", list.join(", "));
     }
 
+    if let Some(f) = &r.fleet {
+        fleet_markdown(w, f);
+    }
+
     if !r.generators.is_empty() {
         let _ = writeln!(
             w,
@@ -517,6 +592,112 @@ pub fn markdown(r: &Results) -> String {
         }
     }
     o
+}
+
+/// The mean over one kind's changes of the CPU used in their windows.
+fn window(f: &super::fleet::FleetFigures, kind: &str) -> String {
+    let c: Vec<_> = f.changes.iter().filter(|c| c.kind == kind).collect();
+    if c.is_empty() {
+        return "-".into();
+    }
+    let mean = |g: fn(&super::fleet::ChangeFigure) -> f64| {
+        c.iter().map(|c| g(c)).sum::<f64>() / c.len() as f64
+    };
+    format!(
+        "{:.0} / {:.0} / {:.0} ms in {:.1} s",
+        mean(|c| c.agents_cpu_ms),
+        mean(|c| c.etcd_cpu_ms),
+        mean(|c| c.machine_busy_ms),
+        mean(|c| c.window_s)
+    )
+}
+
+/// The fleet section's table: one row per figure, one column per kind of change.
+fn fleet_markdown(w: &mut String, f: &super::fleet::FleetFigures) {
+    use super::fleet::Dist;
+    let _ = writeln!(
+        w,
+        "\n### Fleet convergence ({} agents, each in its own namespace, one etcd; {} changes \
+         of each kind)\n\n\
+         Membership change: a new instance joins sg-web (one key). Rule change: sg-db authorizes \
+         one more UDP port from sg-web (its group key rewritten). p50 / p99 / max over every \
+         (agent, change) pair; first packet over {} sampled sg-db hosts per change.\n\n\
+         | figure | membership change | rule change |\n| --- | ---: | ---: |",
+        f.agents,
+        f.changes_per_kind,
+        f.sampled_hosts.len()
+    );
+    let d = |d: &Dist| {
+        if d.n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0} / {:.0} / {:.0} ms", d.p50, d.p99, d.max)
+        }
+    };
+    let (m, r) = (&f.membership, &f.rule);
+    let rows = [
+        (
+            "acks received / expected",
+            format!("{} / {}", m.acks, m.expected),
+            format!("{} / {}", r.acks, r.expected),
+        ),
+        (
+            "commit -> ack seen in the store (p50 / p99 / max)",
+            d(&m.ack_ms),
+            d(&r.ack_ms),
+        ),
+        (
+            "put returned -> ack seen",
+            d(&m.ack_from_put_return_ms),
+            d(&r.ack_from_put_return_ms),
+        ),
+        (
+            "commit -> the agent's clock in its ack",
+            d(&m.agent_ack_ms),
+            d(&r.agent_ack_ms),
+        ),
+        (
+            "commit -> first packet allowed (sampled hosts)",
+            d(&m.first_packet_ms),
+            d(&r.first_packet_ms),
+        ),
+        (
+            "agent CPU per change, less idle (mean; p99 / max)",
+            format!(
+                "{:.2} ms; {:.1} / {:.1}",
+                m.cpu_ms.mean, m.cpu_ms.p99, m.cpu_ms.max
+            ),
+            format!(
+                "{:.2} ms; {:.1} / {:.1}",
+                r.cpu_ms.mean, r.cpu_ms.p99, r.cpu_ms.max
+            ),
+        ),
+        (
+            "CPU over a change's window, mean: all agents / etcd / machine busy",
+            window(f, "membership"),
+            window(f, "rule"),
+        ),
+        (
+            "etcdctl put (process start to exit, p50)",
+            format!("{:.0} ms", m.put_ms.p50),
+            format!("{:.0} ms", r.put_ms.p50),
+        ),
+    ];
+    for (a, b, c) in rows {
+        let _ = writeln!(w, "| {a} | {b} | {c} |");
+    }
+    let _ = writeln!(
+        w,
+        "\nStartup: {} agents enforcing the store's policy after {:.1} s (started {} at a time). \
+         An idle agent (`--poll 1`) spends {:.2} ms of CPU per second.",
+        f.agents,
+        f.startup_s,
+        super::fleet::BATCH,
+        f.idle_cpu_ms_per_s
+    );
+    for e in &f.errors {
+        let _ = writeln!(w, "\n- fleet: {e}");
+    }
 }
 
 /// In-kernel cost against rules (log x), with the two baselines as horizontal lines.

@@ -38,6 +38,10 @@ fn quick_bench_writes_every_section_with_positive_figures() {
         tcp_secs: 1,
         repeat: 20_000,
         medians_of: 3,
+        // The fleet section has its own test below.
+        only: ["generators", "kernel", "throughput", "control"]
+            .map(String::from)
+            .to_vec(),
         command: "bench_smoke".into(),
         ..Options::quick()
     };
@@ -136,4 +140,63 @@ fn quick_bench_writes_every_section_with_positive_figures() {
     assert!(md.contains("### In-kernel cost") && md.contains("### veth throughput"));
     let svg = std::fs::read_to_string(dir.path().join("cost.svg")).expect("cost.svg");
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+}
+
+/// The fleet section with three agents and one change of each kind: every agent acknowledges
+/// every change, the sampled sg-db host receives the first probe, and the figures are in
+/// results.json and results.md (never judged on speed).
+#[test]
+fn quick_fleet_bench_measures_acks_first_packets_and_cpu_with_three_agents() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = Options {
+        out: dir.path().to_path_buf(),
+        only: vec!["fleet".into()],
+        fleet_agents: 3,
+        fleet_changes: 1,
+        command: "bench_smoke fleet".into(),
+        ..Options::quick()
+    };
+    let r = run(&opts).unwrap_or_else(|e| panic!("bench run failed: {e:#}"));
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let f = r.fleet.as_ref().expect("fleet figures");
+    assert!(f.errors.is_empty(), "{:?}", f.errors);
+    assert_eq!(f.sampled_hosts, ["h1"], "the one sg-db host of three");
+
+    let text = std::fs::read_to_string(dir.path().join("results.json")).expect("results.json");
+    let v: Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(v["fleet_agents"], 3);
+    for kind in ["membership", "rule"] {
+        assert_eq!(
+            v["fleet"][kind]["acks"], 3,
+            "{kind}: every agent acknowledged"
+        );
+        assert_eq!(v["fleet"][kind]["expected"], 3);
+        assert_eq!(
+            v["fleet"][kind]["first_packet_ms"]["n"], 1,
+            "{kind}: the probe arrived"
+        );
+        for f in [
+            "ack_ms.p99",
+            "ack_ms.max",
+            "first_packet_ms.max",
+            "cpu_raw_ms.mean",
+        ] {
+            positive(&v, &format!("fleet.{kind}.{f}"));
+        }
+    }
+    for key in [
+        "fleet_membership_ack_p99_ms",
+        "fleet_rule_ack_p99_ms",
+        "fleet_ack_max_ms",
+    ] {
+        positive(&v, key);
+    }
+    assert_eq!(
+        v["goals"].as_array().map(Vec::len),
+        Some(10),
+        "7 + the fleet's 3"
+    );
+    let md = std::fs::read_to_string(dir.path().join("results.md")).expect("results.md");
+    assert!(md.contains("### Fleet convergence (3 agents"), "{md}");
 }
