@@ -1,7 +1,7 @@
 //! Fleet mode (`sg-agent daemon --store etcd://...`): the policy is the store's, followed by
 //! [`Follower`]. Each new snapshot is one reload (the agent takes the membership-delta path
 //! when only memberships changed, a new generation otherwise), then an acknowledgement under
-//! `hosts/<host>/ack` and a local copy of what was applied.
+//! `status/<host>/ack` and a local copy of what was applied.
 //!
 //! The local copy (`store.json` beside the state file, a native policy) is what a restarted
 //! daemon enforces before the store answers: an agent killed while etcd is down comes back

@@ -385,19 +385,26 @@ impl Store {
     /// Every key under the prefix at one revision. Pages of 1000 keys; each later page
     /// reads at the first page's revision, and a compaction in between restarts the listing.
     pub async fn list(&mut self) -> Result<Listing> {
+        self.list_under("").await
+    }
+
+    /// Every key under the prefix followed by `sub` (e.g. `v1/`), at one revision; keys are
+    /// still relative to the prefix.
+    pub async fn list_under(&mut self, sub: &str) -> Result<Listing> {
         let mut attempts = 0;
         loop {
-            match self.list_once().await {
+            match self.list_once(sub).await {
                 Err(e) if is_compacted(&e) && attempts < 3 => attempts += 1,
                 other => return other,
             }
         }
     }
 
-    async fn list_once(&mut self) -> Result<Listing> {
-        let op = format!("list {}", self.prefix);
-        let end = prefix_end(self.prefix.as_bytes());
-        let mut from = self.prefix.clone().into_bytes();
+    async fn list_once(&mut self, sub: &str) -> Result<Listing> {
+        let base = format!("{}{sub}", self.prefix);
+        let op = format!("list {base}");
+        let end = prefix_end(base.as_bytes());
+        let mut from = base.into_bytes();
         let mut revision = 0;
         let mut kvs = Vec::new();
         loop {
@@ -435,7 +442,14 @@ impl Store {
     /// A watch of every key under the prefix, from `from_revision` (inclusive; typically a
     /// listing's revision + 1).
     pub async fn watch(&mut self, from_revision: i64) -> Result<Watch> {
-        let op = format!("watch {} from revision {from_revision}", self.prefix);
+        self.watch_under("", from_revision).await
+    }
+
+    /// A watch of every key under the prefix followed by `sub`; keys are still relative to
+    /// the prefix.
+    pub async fn watch_under(&mut self, sub: &str, from_revision: i64) -> Result<Watch> {
+        let base = format!("{}{sub}", self.prefix);
+        let op = format!("watch {base} from revision {from_revision}");
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from_revision);
@@ -444,7 +458,7 @@ impl Store {
             .watch_client()
             .max_decoding_message_size(MAX_MESSAGE);
         let starting = || {
-            let (mut client, key, options) = (client.clone(), self.prefix.clone(), options.clone());
+            let (mut client, key, options) = (client.clone(), base.clone(), options.clone());
             async move { client.watch(key, Some(options)).await }
         };
         let mut stream = bounded(&self.label, self.timeouts.request, &op, starting).await?;

@@ -9,7 +9,7 @@
 //! policy already offered offers nothing (no flap). While the store is away the daemon keeps
 //! enforcing what it has.
 //!
-//! Under a lease (gone when this host is): `hosts/<host>/alive` and, when the daemon
+//! Under a lease (gone when this host is): `status/<host>/alive` and, when the daemon
 //! registers interfaces, `hosts/<host>/instance`, so every other host's rules that reference
 //! their groups include their addresses (R1) until the lease expires.
 
@@ -225,7 +225,7 @@ impl Follower {
         }
     }
 
-    /// Records what this host enforces; written to `hosts/<host>/ack` (the newest only).
+    /// Records what this host enforces; written to `status/<host>/ack` (the newest only).
     pub fn ack(&self, ack: Ack) {
         self.reports.send_modify(|r| r.ack = Some(ack));
     }
@@ -293,17 +293,16 @@ async fn session(
     let now = reports.borrow_and_update().clone();
     write_report(&mut store, host, lease.id(), &now, &mut written).await?;
     loop {
-        let listing = store.list().await?;
-        // Only the policy's keys: every host's acks and liveness share the prefix, and a
-        // fleet of N hosts writes N acks per change, which must cost a follower next to
-        // nothing.
+        // Only the policy (`v1/`): the hosts' acks and liveness live beside it, under
+        // `status/`, since a fleet of N hosts writes N acks per change.
+        let listing = store.list_under(POLICY).await?;
         let mut kvs: BTreeMap<String, Vec<u8>> = listing
             .kvs
             .into_iter()
             .filter(|(k, _)| is_policy_key(k))
             .collect();
         offer(snap_tx, Snapshot::new(listing.revision, kvs.clone()));
-        let mut watch = store.watch(listing.revision + 1).await?;
+        let mut watch = store.watch_under(POLICY, listing.revision + 1).await?;
         log::info!(
             "store {}: following from revision {}",
             opts.describe(),
@@ -336,6 +335,9 @@ async fn session(
         }
     }
 }
+
+/// The part of the store a follower lists and watches.
+const POLICY: &str = "v1/";
 
 fn is_policy_key(rel: &str) -> bool {
     Key::parse(rel).is_some_and(|k| k.is_policy())
@@ -457,7 +459,7 @@ mod tests {
         let mut kvs = BTreeMap::new();
         assert!(!apply_events(
             &mut kvs,
-            vec![put("v1/hosts/h1/ack", "a"), put("v1/hosts/h2/alive", "b")]
+            vec![put("status/h1/ack", "a"), put("status/h2/alive", "b")]
         ));
         assert!(kvs.is_empty());
         assert!(apply_events(&mut kvs, vec![put("v1/groups/sg-a", "1")]));
@@ -472,7 +474,7 @@ mod tests {
         let del = |k: &str| WatchEvent::Delete { key: k.into() };
         assert!(!apply_events(
             &mut kvs,
-            vec![del("v1/hosts/h1/ack"), del("v1/groups/sg-x")]
+            vec![del("status/h1/ack"), del("v1/groups/sg-x")]
         ));
         assert!(apply_events(&mut kvs, vec![del("v1/groups/sg-a")]));
         assert_eq!(kvs.keys().collect::<Vec<_>>(), ["v1/hosts/h1/instance"]);
@@ -482,7 +484,7 @@ mod tests {
     fn the_content_hash_follows_the_policy_not_the_revision() {
         let kv = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
         let a = Snapshot::new(5, [kv("v1/groups/sg-a", "1")]);
-        let b = Snapshot::new(9, [kv("v1/groups/sg-a", "1"), kv("v1/hosts/h/ack", "x")]);
+        let b = Snapshot::new(9, [kv("v1/groups/sg-a", "1"), kv("status/h/ack", "x")]);
         let c = Snapshot::new(9, [kv("v1/groups/sg-a", "2")]);
         assert_eq!(content_hash(&a), content_hash(&b));
         assert_ne!(content_hash(&a), content_hash(&c));

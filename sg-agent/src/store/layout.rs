@@ -11,9 +11,12 @@
 //! v1/prefix-lists/<id>        {"schema":1,"prefix_list":{...}}
 //! v1/instances/<name>         {"schema":1,"instance":{name, addresses, groups | interfaces}}
 //! v1/hosts/<host>/instance    the same, registered by the host's agent under its lease
-//! v1/hosts/<host>/alive       {"schema":1,"alive":{pid, started_unix, version}}  (lease)
-//! v1/hosts/<host>/ack         {"schema":1,"ack":{revision, ...}}  what the host enforces
+//! status/<host>/alive         {"schema":1,"alive":{pid, version}}  (lease)
+//! status/<host>/ack           {"schema":1,"ack":{revision, ...}}  what the host enforces
 //! ```
+//!
+//! Everything under `v1/` is the policy, and the agents watch only that: the status a fleet
+//! of N hosts writes (N acks per change) never reaches them.
 //!
 //! Rules and memberships travel apart: a group's value holds its rules, with group peers as
 //! ids; which addresses a group stands for comes from the instances. A new instance is one
@@ -53,13 +56,21 @@ impl Key {
             Key::PrefixList(id) => format!("v1/prefix-lists/{id}"),
             Key::Instance(n) => format!("v1/instances/{n}"),
             Key::HostInstance(h) => format!("v1/hosts/{h}/instance"),
-            Key::HostAlive(h) => format!("v1/hosts/{h}/alive"),
-            Key::HostAck(h) => format!("v1/hosts/{h}/ack"),
+            Key::HostAlive(h) => format!("status/{h}/alive"),
+            Key::HostAck(h) => format!("status/{h}/ack"),
         }
     }
 
     /// None for keys of another layout or unknown to this one (left alone).
     pub fn parse(rel: &str) -> Option<Key> {
+        if let Some(status) = rel.strip_prefix("status/") {
+            let (host, what) = status.split_once('/')?;
+            return match what {
+                "alive" => Some(Key::HostAlive(host.to_string())),
+                "ack" => Some(Key::HostAck(host.to_string())),
+                _ => None,
+            };
+        }
         let rest = rel.strip_prefix("v1/")?;
         if rest == "settings" {
             return Some(Key::Settings);
@@ -72,13 +83,7 @@ impl Key {
             "instances" => Some(Key::Instance(name)),
             "hosts" => {
                 let (host, what) = name.split_once('/')?;
-                let host = host.to_string();
-                match what {
-                    "instance" => Some(Key::HostInstance(host)),
-                    "alive" => Some(Key::HostAlive(host)),
-                    "ack" => Some(Key::HostAck(host)),
-                    _ => None,
-                }
+                (what == "instance").then(|| Key::HostInstance(host.to_string()))
             }
             _ => None,
         }

@@ -10,7 +10,7 @@
 //!                           ├─ h1  203.0.113.2   sg-agent daemon --register eth0=sg-db
 //!                           ├─ ...               (sampled sg-db hosts receive the probes)
 //!                           ├─ new1..  192.0.2.201..  the new instances: UDP senders, no agent
-//!                           └─ obs 192.0.2.210   etcdctl watch --prefix /sg/v1/ (the observer)
+//!                           └─ obs 192.0.2.210   etcdctl watch --prefix /sg/ (the observer)
 //! ```
 //!
 //! Clocks: every time is the machine's wall clock in ms. The commit is when the observer's
@@ -586,7 +586,7 @@ impl Rig {
             for s in seen {
                 let Some(host) = s
                     .key
-                    .strip_prefix("/sg/v1/hosts/")
+                    .strip_prefix("/sg/status/")
                     .and_then(|r| r.strip_suffix("/ack"))
                 else {
                     continue;
@@ -617,7 +617,7 @@ fn new_addr(k: usize) -> Ipv4Addr {
 }
 
 fn ack_key(host: &str) -> String {
-    format!("/sg/v1/hosts/{host}/ack")
+    format!("/sg/status/{host}/ack")
 }
 
 struct AckSeen {
@@ -753,7 +753,7 @@ struct Seen {
     value: String,
 }
 
-/// `etcdctl watch --prefix /sg/v1/` in a namespace of its own, read line by line as it
+/// `etcdctl watch --prefix /sg/` (policy and status) in a namespace of its own, read line by line as it
 /// prints (type, key, value per event); killed on drop.
 struct Observer {
     child: Child,
@@ -772,7 +772,7 @@ impl Observer {
             url,
             "watch",
             "--prefix",
-            "/sg/v1/",
+            "/sg/",
         ])
         .env("ETCDCTL_API", "3")
         .stdin(Stdio::null())
