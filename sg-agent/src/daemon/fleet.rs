@@ -141,7 +141,7 @@ impl Daemon {
         if ok {
             fleet.applied = Some((revision, hash));
             if let Some(doc) = doc
-                && let Err(e) = write_private(&fleet.snapshot_file, doc.as_bytes())
+                && let Err(e) = replace_file(&fleet.snapshot_file, doc.as_bytes())
             {
                 log::warn!("keeping a local copy of the store's policy: {e:#}");
             }
@@ -183,6 +183,14 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Writes `path` whole or not at all (a new file renamed over it): a crash mid-write must not
+/// leave a torn copy, which would hold every registered device closed at the next start.
+fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.new");
+    write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("rename to {}: {e}", path.display()))
 }
 
 fn push(doc: &mut Value, list: &str, item: Value) {
