@@ -13,50 +13,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sg_testkit::agent_harness::text;
-use sg_testkit::fleet::{Fleet, metric, unix_ms};
-
-/// Bound of every convergence wait (they take well under a second when all is well).
-const CONVERGE: Duration = Duration::from_secs(20);
-
-/// Bound of the first convergence: agents starting together load their BPF programs on two
-/// busy cores (seconds each).
-const STARTUP: Duration = Duration::from_secs(60);
-
-const DB: &str = "192.0.2.10";
-const DB2: &str = "192.0.2.20";
-const WEB1: &str = "192.0.2.11";
-const WEB2: &str = "192.0.2.12";
+use sg_testkit::fleet::{
+    CONVERGE, DB, DB2, Fleet, POLICY_A, STARTUP, WEB1, WEB2, metric, policy_b, unix_ms,
+};
 
 /// How long etcd stays down in the outage test (the issue's 30 s, shortened for CI).
 const OUTAGE: Duration = Duration::from_secs(10);
 
-/// sg-db admits MySQL from sg-web's members (R1); sg-web serves 8080 to the subnet.
-const POLICY_A: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 8080, source: 192.0.2.0/24, description: http}
-  - id: sg-db
-    ingress:
-      - {protocol: tcp, ports: 3306, source: sg-web, description: mysql from web}
-"#;
-
-/// A with MySQL moved to 3307: a rule change (E7).
-const POLICY_B: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 8080, source: 192.0.2.0/24, description: http}
-  - id: sg-db
-    ingress:
-      - {protocol: tcp, ports: 3307, source: sg-web, description: mysql from web}
-"#;
-
 /// Puts through etcd's JSON gateway on one kept-alive connection: `big_n` values of `big`
-/// bytes, then `small_n` small ones, each its own revision, under the prefix but outside
-/// every key sg reads. A stopped agent's watch stream fills (HTTP/2 flow control, then
-/// etcd's per-watch buffer) and etcd sets its watcher aside as slow: the history it still
-/// needs can then be compacted away under it.
+/// bytes, then `small_n` small ones, each its own revision, inside the range the agents
+/// watch (`v1/`) but under a key of no kind sg knows (ignored). A stopped agent's watch
+/// stream fills (HTTP/2 flow control, then etcd's per-watch buffer) and etcd sets its
+/// watcher aside as slow: the history it still needs can then be compacted away under it.
 const FLOOD_PY: &str = r#"
 import base64, http.client, json, sys
 host, big, big_n, small_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -66,8 +34,8 @@ def put(k, v):
     c.request("POST", "/v3/kv/put", body, {"Content-Type": "application/json"})
     r = c.getresponse(); d = r.read()
     if r.status != 200: sys.exit("put %r: %s %s" % (k, r.status, d[:300]))
-for i in range(big_n): put(b"/sg/x-flood/big", bytes([65 + i % 26]) * big)
-for i in range(small_n): put(b"/sg/x-flood/small", str(i).encode())
+for i in range(big_n): put(b"/sg/v1/x-flood/big", bytes([65 + i % 26]) * big)
+for i in range(small_n): put(b"/sg/v1/x-flood/small", str(i).encode())
 "#;
 
 fn ack(status: &Value, host: &str) -> Value {
@@ -182,7 +150,7 @@ fn s3_etcd_down_for_10s_then_restarted_keeps_enforcement_without_flap_and_change
     // A rule change right after the return applies everywhere.
     let before = f.status();
     let t0 = Instant::now();
-    f.import(&f.write("b.yaml", POLICY_B));
+    f.import(&f.write("b.yaml", &policy_b()));
     let after = f.wait_current(&hosts, CONVERGE);
     eprintln!(
         "measured: rule change after the outage acknowledged in {:?}",
@@ -268,7 +236,7 @@ fn s1_one_member_of_three_killed_has_no_effect_and_changes_still_apply() {
 
     let before = f.status();
     let t0 = Instant::now();
-    f.import(&f.write("b.yaml", POLICY_B));
+    f.import(&f.write("b.yaml", &policy_b()));
     let after = f.wait_current(&hosts, CONVERGE);
     eprintln!(
         "measured: a change with member {victim} down acknowledged by both hosts in {:?}",
@@ -487,10 +455,13 @@ fn s2_a_watch_cancelled_by_compaction_relists_and_loses_no_update() {
     );
     // Updates the stopped agent must not lose: a rule change and a membership change.
     let final_policy = format!(
-        "{POLICY_B}instances:\n  - {{name: web-2, addresses: [{WEB2}], groups: [sg-web]}}\n"
+        "{}instances:\n  - {{name: web-2, addresses: [{WEB2}], groups: [sg-web]}}\n",
+        policy_b()
     );
     f.import(&f.write("final.yaml", &final_policy));
-    f.etcd.etcdctl(&["put", "/sg/x-flood/after", "1"]).unwrap();
+    f.etcd
+        .etcdctl(&["put", "/sg/v1/x-flood/after", "1"])
+        .unwrap();
     let compacted = f.etcd.compact().unwrap();
     eprintln!(
         "measured: flood, changes and compaction at revision {compacted} took {:?} with db's \

@@ -12,62 +12,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sg_testkit::agent_harness::text;
-use sg_testkit::fleet::{Fleet, is_current, unix_ms};
-
-/// Bound of every convergence wait (they take well under a second when all is well).
-const CONVERGE: Duration = Duration::from_secs(20);
-
-/// Bound of the first convergence: agents starting together load their BPF programs on two
-/// busy cores (seconds each).
-const STARTUP: Duration = Duration::from_secs(60);
-
-const DB: &str = "192.0.2.10";
-const WEB1: &str = "192.0.2.11";
-const WEB2: &str = "192.0.2.12";
-const WEB3: &str = "192.0.2.13";
-
-/// The fleet's groups: sg-db admits MySQL from sg-web's members only (R1). No instances:
-/// hosts register themselves.
-const POLICY_A: &str = r#"
-security_groups:
-  - id: sg-web
-    description: web servers
-    ingress:
-      - {protocol: tcp, ports: 8080, source: 192.0.2.0/24, description: http}
-  - id: sg-db
-    description: databases
-    ingress:
-      - {protocol: tcp, ports: 3306, source: sg-web, description: mysql from web}
-"#;
-
-/// A with MySQL moved to 3307: a rule change (E7).
-const POLICY_B: &str = r#"
-security_groups:
-  - id: sg-web
-    description: web servers
-    ingress:
-      - {protocol: tcp, ports: 8080, source: 192.0.2.0/24, description: http}
-  - id: sg-db
-    description: databases
-    ingress:
-      - {protocol: tcp, ports: 3307, source: sg-web, description: mysql from web}
-"#;
+use sg_testkit::fleet::{
+    CONVERGE, DB, Fleet, POLICY_A, STARTUP, WEB1, WEB2, WEB3, is_current, policy_b, unix_ms,
+};
 
 /// A plus an instance in sg-web that no agent registers (web3 runs none): a membership
 /// change made by an import.
-const POLICY_A_WEB3: &str = r#"
-security_groups:
-  - id: sg-web
-    description: web servers
-    ingress:
-      - {protocol: tcp, ports: 8080, source: 192.0.2.0/24, description: http}
-  - id: sg-db
-    description: databases
-    ingress:
-      - {protocol: tcp, ports: 3306, source: sg-web, description: mysql from web}
-instances:
-  - {name: web-3, addresses: [192.0.2.13], groups: [sg-web]}
-"#;
+fn policy_a_web3() -> String {
+    format!("{POLICY_A}instances:\n  - {{name: web-3, addresses: [{WEB3}], groups: [sg-web]}}\n")
+}
 
 /// A fleet of `hosts` (db first) with MySQL servers on db, policy A imported, and agents on
 /// db (sg-db) and on each host in `web_agents` (sg-web), all acknowledging A.
@@ -148,7 +101,7 @@ fn s1_r1_every_agent_acks_the_import_and_new_sg_web_members_reach_the_db_without
 
     // An import adds an instance to sg-web (web3 runs no agent): one key written.
     let sent = unix_ms();
-    let out = f.import(&f.write("a-web3.yaml", POLICY_A_WEB3));
+    let out = f.import(&f.write("a-web3.yaml", &policy_a_web3()));
     assert_eq!(out["written"], 1, "only the instance is new: {out:#}");
     assert_eq!(out["deleted"], 0, "{out:#}");
     let st = f.wait_current(&["db", "web1", "web2"], CONVERGE);
@@ -181,7 +134,7 @@ fn e7_s2_a_rule_change_is_a_new_generation_on_every_host_and_the_export_round_tr
     assert!(f.connects("web1", DB, 3306));
 
     let t0 = Instant::now();
-    let out = f.import(&f.write("b.yaml", POLICY_B));
+    let out = f.import(&f.write("b.yaml", &policy_b()));
     assert_eq!(out["written"], 1, "only sg-db changed: {out:#}");
     let after = f.wait_current(&hosts, CONVERGE);
     eprintln!(
@@ -242,7 +195,7 @@ fn e7_s2_a_rule_change_is_a_new_generation_on_every_host_and_the_export_round_tr
 fn an_invalid_import_exits_2_and_writes_nothing_and_agents_keep_their_policy() {
     let f = web_db(&[("db", DB), ("web1", WEB1)], &["web1"]);
     let before = f.status();
-    let bad = POLICY_B.replace("ports: 3307", "ports: 70000");
+    let bad = policy_b().replace("ports: 3307", "ports: 70000");
     let o = f.store(
         false,
         &["import", f.write("bad.yaml", &bad).to_str().unwrap()],

@@ -25,6 +25,39 @@ const COMMAND: Duration = Duration::from_secs(30);
 /// Where each agent serves its metrics (every host has its own loopback).
 pub const METRICS: &str = "127.0.0.1:9617";
 
+/// Bound of every convergence wait (they take well under a second when all is well).
+pub const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Bound of the first convergence: agents starting together load their BPF programs on two
+/// busy cores (seconds each).
+pub const STARTUP: Duration = Duration::from_secs(60);
+
+/// The test hosts' addresses (192.0.2.0/24, the fleet tests' subnet).
+pub const DB: &str = "192.0.2.10";
+pub const WEB1: &str = "192.0.2.11";
+pub const WEB2: &str = "192.0.2.12";
+pub const WEB3: &str = "192.0.2.13";
+pub const DB2: &str = "192.0.2.20";
+
+/// The fleet's groups: sg-db admits MySQL from sg-web's members only (R1); sg-web serves 8080
+/// to the subnet. No instances: hosts register themselves.
+pub const POLICY_A: &str = r#"
+security_groups:
+  - id: sg-web
+    description: web servers
+    ingress:
+      - {protocol: tcp, ports: 8080, source: 192.0.2.0/24, description: http}
+  - id: sg-db
+    description: databases
+    ingress:
+      - {protocol: tcp, ports: 3306, source: sg-web, description: mysql from web}
+"#;
+
+/// A with MySQL moved to 3307: a rule change (E7).
+pub fn policy_b() -> String {
+    POLICY_A.replace("ports: 3306", "ports: 3307")
+}
+
 /// A TCP echo server on every port it is given (IPv4), ready when it prints "ready".
 const SERVER_PY: &str = r#"
 import socket, sys, threading
