@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sg_testkit::agent_harness::text;
 use sg_testkit::fleet::{
-    CONVERGE, DB, DB2, Fleet, POLICY_A, STARTUP, WEB1, WEB2, metric, policy_b, unix_ms,
+    CONVERGE, DB, DB2, Fleet, POLICY_A, STARTUP, WEB1, WEB2, ack, generation, metric, policy_b,
+    unix_ms,
 };
 
 /// How long etcd stays down in the outage test (the issue's 30 s, shortened for CI).
@@ -37,16 +37,6 @@ def put(k, v):
 for i in range(big_n): put(b"/sg/v1/x-flood/big", bytes([65 + i % 26]) * big)
 for i in range(small_n): put(b"/sg/v1/x-flood/small", str(i).encode())
 "#;
-
-fn ack(status: &Value, host: &str) -> Value {
-    Fleet::host_status(status, host)["ack"].clone()
-}
-
-fn generation(status: &Value, host: &str) -> u64 {
-    ack(status, host)["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no ack generation for {host}: {status:#}"))
-}
 
 /// (sg_applies_total, sg_policy_generation) of a host's agent, from its metrics.
 fn applies(f: &Fleet, host: &str) -> (f64, f64) {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sg_testkit::agent_harness::text;
 use sg_testkit::fleet::{
-    CONVERGE, DB, Fleet, POLICY_A, STARTUP, WEB1, WEB2, WEB3, is_current, policy_b, unix_ms,
+    CONVERGE, DB, Fleet, POLICY_A, STARTUP, WEB1, WEB2, WEB3, ack, generation, is_current,
+    policy_b, unix_ms,
 };
 
 /// A plus an instance in sg-web that no agent registers (web3 runs none): a membership
@@ -42,16 +43,6 @@ fn web_db(hosts: &[(&str, &str)], web_agents: &[&str]) -> Fleet {
         t0.elapsed()
     );
     f
-}
-
-fn ack(status: &Value, host: &str) -> Value {
-    Fleet::host_status(status, host)["ack"].clone()
-}
-
-fn generation(status: &Value, host: &str) -> u64 {
-    ack(status, host)["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no ack generation for {host}: {status:#}"))
 }
 
 /// S1, R1, S2: an import reaches every agent (one content hash, the store's), each verifies;

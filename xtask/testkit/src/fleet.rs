@@ -525,3 +525,16 @@ fn run_quietly(mut c: Command) -> Option<i32> {
     let _ = child.wait();
     None
 }
+
+/// A host's acknowledgement in a `store status --json` answer.
+pub fn ack(status: &Value, host: &str) -> Value {
+    Fleet::host_status(status, host)["ack"].clone()
+}
+
+/// The generation a host acknowledged (0 or 1: a rule change flips it, a membership change
+/// does not).
+pub fn generation(status: &Value, host: &str) -> u64 {
+    ack(status, host)["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no ack generation for {host}: {status:#}"))
+}
