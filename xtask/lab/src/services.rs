@@ -368,8 +368,26 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Waits until `port` (TCP) is listening inside the host.
-fn wait_listening(h: &Host, port: u16, proc_: &mut Proc) -> Result<()> {
+/// A kind of socket a test server opens, as the kernel lists it under /proc/net.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// A TCP socket listening on the port (state 0A).
+    TcpListen,
+    /// A UDP socket bound to the port (state 07).
+    Udp,
+    /// A raw IPv6 socket of the protocol (raw sockets show their protocol as the local
+    /// port; the raw echo opens its IPv6 sockets after its IPv4 ones).
+    Raw6,
+}
+
+/// Waits until the host has a socket of `kind` on `port` (TCP: listening), so that a
+/// probe sent at once finds the server; fails if the server exits first.
+fn wait_bound(h: &Host, kind: Bound, port: u16, proc_: &mut Proc) -> Result<()> {
+    let (files, state): (&[&str], _) = match kind {
+        Bound::TcpListen => (&["/proc/net/tcp6", "/proc/net/tcp"], " 0A "),
+        Bound::Udp => (&["/proc/net/udp6", "/proc/net/udp"], " 07 "),
+        Bound::Raw6 => (&["/proc/net/raw6"], " 07 "),
+    };
     let hex = format!(":{port:04X} ");
     wait_until(
         &format!("port {port} on {}", h.name()),
@@ -378,19 +396,21 @@ fn wait_listening(h: &Host, port: u16, proc_: &mut Proc) -> Result<()> {
             if proc_.check_running().is_err() {
                 return true;
             }
-            let out = h.ns.run(
-                &["cat", "/proc/net/tcp6", "/proc/net/tcp"],
-                Duration::from_secs(2),
-            );
+            let args: Vec<&str> = std::iter::once("cat").chain(files.iter().copied()).collect();
+            let out = h.ns.run(&args, Duration::from_secs(2));
             out.map(|o| {
                 String::from_utf8_lossy(&o.stdout)
                     .lines()
-                    .any(|l| l.contains(&hex) && l.contains(" 0A "))
+                    .any(|l| l.contains(&hex) && l.contains(state))
             })
             .unwrap_or(false)
         },
     )?;
     proc_.check_running()
+}
+
+fn wait_listening(h: &Host, port: u16, proc_: &mut Proc) -> Result<()> {
+    wait_bound(h, Bound::TcpListen, port, proc_)
 }
 
 /// HTTPS (TLS) server answering `hello from NAME` on `port`, IPv4 and IPv6; `/zero/N` serves
@@ -462,23 +482,25 @@ pub fn tcp_echo(h: &Host, port: u16) -> Result<Proc> {
 
 /// UDP echo server on `port` (IPv4 and IPv6).
 pub fn udp_echo(h: &Host, files: &LabFiles, port: u16) -> Result<Proc> {
-    spawn_briefly_checked(
-        h,
-        &["python3", &s(&files.path("udp_echo.py")), &port.to_string()],
-    )
+    let mut p = h
+        .ns
+        .spawn(&["python3", &s(&files.path("udp_echo.py")), &port.to_string()])?;
+    wait_bound(h, Bound::Udp, port, &mut p)?;
+    Ok(p)
 }
 
-/// UDP echo on `port` that also sends each echo from `alt` (not the client's 5-tuple, C2).
+/// UDP echo server on `port` that also sends every echo from port `alt` (C2).
 pub fn udp_echo_with_alt(h: &Host, files: &LabFiles, port: u16, alt: u16) -> Result<Proc> {
-    spawn_briefly_checked(
-        h,
-        &[
-            "python3",
-            &s(&files.path("udp_echo.py")),
-            &port.to_string(),
-            &alt.to_string(),
-        ],
-    )
+    let mut p = h.ns.spawn(&[
+        "python3",
+        &s(&files.path("udp_echo.py")),
+        &port.to_string(),
+        &alt.to_string(),
+    ])?;
+    for port in [port, alt] {
+        wait_bound(h, Bound::Udp, port, &mut p)?;
+    }
+    Ok(p)
 }
 
 /// Raw-IP echo for protocol `proto`; with `other`, also answers with a packet of that
@@ -493,13 +515,10 @@ pub fn raw_echo(h: &Host, files: &LabFiles, proto: u8, other: Option<u8>) -> Res
         args.push(o.to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn_briefly_checked(h, &args)
-}
-
-fn spawn_briefly_checked(h: &Host, args: &[&str]) -> Result<Proc> {
-    let mut p = h.ns.spawn(args)?;
-    std::thread::sleep(Duration::from_millis(200));
-    p.check_running()?;
+    let mut p = h.ns.spawn(&args)?;
+    for proto in std::iter::once(proto).chain(other) {
+        wait_bound(h, Bound::Raw6, proto.into(), &mut p)?;
+    }
     Ok(p)
 }
 
