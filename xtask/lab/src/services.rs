@@ -396,7 +396,9 @@ fn wait_bound(h: &Host, kind: Bound, port: u16, proc_: &mut Proc) -> Result<()> 
             if proc_.check_running().is_err() {
                 return true;
             }
-            let args: Vec<&str> = std::iter::once("cat").chain(files.iter().copied()).collect();
+            let args: Vec<&str> = std::iter::once("cat")
+                .chain(files.iter().copied())
+                .collect();
             let out = h.ns.run(&args, Duration::from_secs(2));
             out.map(|o| {
                 String::from_utf8_lossy(&o.stdout)
@@ -482,9 +484,8 @@ pub fn tcp_echo(h: &Host, port: u16) -> Result<Proc> {
 
 /// UDP echo server on `port` (IPv4 and IPv6).
 pub fn udp_echo(h: &Host, files: &LabFiles, port: u16) -> Result<Proc> {
-    let mut p = h
-        .ns
-        .spawn(&["python3", &s(&files.path("udp_echo.py")), &port.to_string()])?;
+    let mut p =
+        h.ns.spawn(&["python3", &s(&files.path("udp_echo.py")), &port.to_string()])?;
     wait_bound(h, Bound::Udp, port, &mut p)?;
     Ok(p)
 }
