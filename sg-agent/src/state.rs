@@ -92,6 +92,12 @@ impl StateDir {
         self.run.join("state.json")
     }
 
+    /// The text of the applied policy (in fleet mode its JSON document: also the local copy
+    /// a restarted daemon enforces before the store answers).
+    pub fn applied_policy_file(&self) -> PathBuf {
+        self.run.join("policy.applied")
+    }
+
     /// Creates both directories, root-only (pins and state are control surfaces: whoever can
     /// write them can change or stop enforcement). Mounts the BPF filesystem at /sys/fs/bpf
     /// first when nothing is mounted there (what systemd does at boot), for the default
@@ -206,11 +212,7 @@ impl StateDir {
     /// Writes the state atomically (temp file + rename): a crash leaves the old or the new.
     pub fn save(&self, st: &AgentState) -> Result<()> {
         create_private_dir(&self.run)?;
-        let p = self.state_file();
-        let tmp = p.with_extension("json.tmp");
-        write_private(&tmp, &serde_json::to_vec_pretty(st)?)?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("rename to {}", p.display()))?;
-        Ok(())
+        replace_private(&self.state_file(), &serde_json::to_vec_pretty(st)?)
     }
 
     /// Removes the state file and the directories (after the pins are gone), and the shared
@@ -280,6 +282,16 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
             .with_context(|| format!("chmod 0700 {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Replaces a file readable by root only whole or not at all (a new file renamed over it):
+/// a crash mid-write must not leave a torn state or a torn copy of the applied policy.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
 /// Writes a file readable by root only.

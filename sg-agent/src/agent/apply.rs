@@ -69,6 +69,9 @@ pub struct ApplyOutcome {
     pub attached: Vec<String>,
     pub detached: Vec<String>,
     pub notes: Vec<String>,
+    /// Written into the live generation (a membership change): no flip, nothing attached or
+    /// detached.
+    pub in_place: bool,
     /// From the start of the apply (reading the file) to the generation flip: how long until
     /// packets see the new policy. Includes loading the programs (the verifier) when this
     /// process had not loaded them yet.
@@ -210,6 +213,7 @@ impl Agent {
             attached: Vec::new(),
             detached: Vec::new(),
             notes: Vec::new(),
+            in_place: false,
             to_effect_ms: 0.0,
             swap_ms: 0.0,
             compile_ms,
@@ -265,6 +269,7 @@ impl Agent {
             attached: att.attached,
             detached,
             notes: att.notes,
+            in_place: false,
             to_effect_ms,
             swap_ms: ms(report.to_flip),
             compile_ms: compiled.compile_ms,
@@ -442,7 +447,7 @@ impl Agent {
     }
 
     fn write_applied_text(&self, text: &str) -> Result<()> {
-        crate::state::write_private(&self.sd.run.join("policy.applied"), text.as_bytes())
+        crate::state::replace_private(&self.sd.applied_policy_file(), text.as_bytes())
             .context("saving the applied policy text")
     }
 
@@ -495,6 +500,7 @@ impl Agent {
                 "membership change: {} entries written in place, no flip",
                 report.written
             )],
+            in_place: true,
             to_effect_ms,
             swap_ms: ms(report.to_flip),
             compile_ms,

@@ -295,7 +295,7 @@ impl Agent {
     /// The policy as last applied (its saved text, re-validated).
     pub fn applied_policy(&self) -> Result<Loaded> {
         self.require_applied()?;
-        let text = std::fs::read_to_string(self.sd.run.join("policy.applied"))
+        let text = std::fs::read_to_string(self.sd.applied_policy_file())
             .context("reading the applied policy text")?;
         let name = std::fs::read_to_string(self.sd.run.join("policy.applied.name"))
             .unwrap_or_else(|_| "policy.applied".into());

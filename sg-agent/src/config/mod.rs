@@ -23,6 +23,7 @@ pub mod yaml;
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::rc::Rc;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 
@@ -164,7 +165,31 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Loaded, Diagnostics> {
             return Err(Diagnostics(sink.into_sorted()));
         }
     };
-    let at = At::root(&root);
+    load_tree(&root, sink)
+}
+
+/// Reads and validates a policy already held as a JSON document (the policy store's): the
+/// same readers and validator as [`load_str`] on its text, without printing and scanning it.
+pub fn load_value(doc: &serde_json::Value, name: &str) -> Result<Loaded, Diagnostics> {
+    let mut sink = Sink::new(name);
+    match yaml::from_json(doc) {
+        Ok(root) => load_tree(&root, sink),
+        Err(e) => {
+            let origin = Origin {
+                file: name.to_string(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+            };
+            sink.push(Severity::Error, &origin, e.message, e.hint);
+            Err(Diagnostics(sink.into_sorted()))
+        }
+    }
+}
+
+/// Detects the format of a located tree, reads it and validates the result.
+fn load_tree(root: &Rc<yaml::Node>, mut sink: Sink) -> Result<Loaded, Diagnostics> {
+    let at = At::root(root);
     let Some(format) = detect(&mut sink, &at) else {
         return Err(Diagnostics(sink.into_sorted()));
     };

@@ -411,23 +411,14 @@ impl Builder {
                 (head, Kind::Map(entries))
             }
         };
-        let children: Box<dyn Iterator<Item = &Rc<Node>>> = match &kind {
-            Kind::Seq(items) => Box::new(items.iter()),
-            Kind::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
-            Kind::Scalar { .. } => Box::new(std::iter::empty()),
-        };
-        let (mut size, mut height) = (1u64, 0u32);
-        for c in children {
-            size = size.saturating_add(c.size);
-            height = height.max(c.height);
-        }
+        let (size, height) = measure(&kind);
         let node = Node {
             kind,
             tag: head.tag,
             line: head.line,
             column: head.column,
             size,
-            height: height + 1,
+            height,
         };
         self.finish_node(node, head.anchor)
     }
@@ -494,6 +485,90 @@ pub fn parse(text: &str) -> Result<Rc<Node>, YamlError> {
         Some(root) if !root.is_null() => Ok(root),
         _ => Err(err_at(1, 1, "the file holds no policy (it is empty)", None)),
     }
+}
+
+/// The located tree of a document already held as JSON (the policy store's values): the tree
+/// `parse` would build from its JSON text, without printing and scanning that text. Strings
+/// are double-quoted scalars, numbers, booleans and null plain ones; nodes have no position
+/// (line 0: messages name the store key and path instead). The same limits hold.
+pub fn from_json(doc: &serde_json::Value) -> Result<Rc<Node>, YamlError> {
+    let mut nodes = 0u64;
+    let root = json_node(doc, 1, &mut nodes)?;
+    if root.is_null() {
+        return Err(err_at(
+            0,
+            0,
+            "the document holds no policy (it is empty)",
+            None,
+        ));
+    }
+    Ok(root)
+}
+
+fn json_node(v: &serde_json::Value, depth: u32, nodes: &mut u64) -> Result<Rc<Node>, YamlError> {
+    use serde_json::Value as J;
+    *nodes += 1;
+    if *nodes > MAX_NODES {
+        return Err(err_at(
+            0,
+            0,
+            format!("the document has more than {MAX_NODES} nodes"),
+            None,
+        ));
+    }
+    if depth > MAX_DEPTH {
+        return Err(err_at(
+            0,
+            0,
+            format!("nesting is deeper than {MAX_DEPTH} levels"),
+            None,
+        ));
+    }
+    let scalar = |value: String, style| Kind::Scalar { value, style };
+    let kind = match v {
+        J::Null => scalar("null".into(), Style::Plain),
+        J::Bool(b) => scalar(b.to_string(), Style::Plain),
+        J::Number(n) => scalar(n.to_string(), Style::Plain),
+        J::String(s) => scalar(s.clone(), Style::DoubleQuoted),
+        J::Array(items) => Kind::Seq(
+            items
+                .iter()
+                .map(|i| json_node(i, depth + 1, nodes))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(map) => Kind::Map(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = json_node(&J::String(k.clone()), depth + 1, nodes)?;
+                    Ok((key, json_node(v, depth + 1, nodes)?))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    let (size, height) = measure(&kind);
+    Ok(Rc::new(Node {
+        kind,
+        tag: None,
+        line: 0,
+        column: 0,
+        size,
+        height,
+    }))
+}
+
+/// A node's size (nodes in its subtree) and height (1 for a scalar) from its children.
+fn measure(kind: &Kind) -> (u64, u32) {
+    let children: Box<dyn Iterator<Item = &Rc<Node>>> = match kind {
+        Kind::Seq(items) => Box::new(items.iter()),
+        Kind::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
+        Kind::Scalar { .. } => Box::new(std::iter::empty()),
+    };
+    let (mut size, mut height) = (1u64, 0u32);
+    for c in children {
+        size = size.saturating_add(c.size);
+        height = height.max(c.height);
+    }
+    (size, height + 1)
 }
 
 #[cfg(test)]
@@ -592,5 +667,45 @@ mod tests {
     fn two_documents_are_refused() {
         let e = err("a: 1\n---\nb: 2\n");
         assert_eq!(e.line, 2);
+    }
+
+    /// What a tree says, positions left out: kind, style, text.
+    fn shape(n: &Node) -> String {
+        match &n.kind {
+            Kind::Scalar { value, style } => format!("{style:?}:{value}"),
+            Kind::Seq(items) => format!(
+                "[{}]",
+                items.iter().map(|i| shape(i)).collect::<Vec<_>>().join(",")
+            ),
+            Kind::Map(entries) => format!(
+                "{{{}}}",
+                entries
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", shape(k), shape(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    #[test]
+    fn a_json_document_builds_the_tree_its_text_would() {
+        let doc = serde_json::json!({"version": 1, "a": [true, null, -2.5, "x: y", {"n": "80"}],
+                                     "empty": [], "m": {}});
+        let direct = from_json(&doc).unwrap();
+        let parsed = parse(&doc.to_string()).unwrap();
+        assert_eq!(shape(&direct), shape(&parsed));
+        assert_eq!((direct.size, direct.height), (parsed.size, parsed.height));
+    }
+
+    #[test]
+    fn a_json_document_meets_the_same_limits() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let e = from_json(&deep).expect_err("too deep");
+        assert!(e.message.contains("deeper"), "{e:?}");
+        assert!(from_json(&serde_json::Value::Null).is_err());
     }
 }

@@ -1,10 +1,11 @@
 //! Fleet mode (`sg-agent daemon --store etcd://...`): the policy is the store's, followed by
 //! [`Follower`]. Each new snapshot is one reload (the agent takes the membership-delta path
 //! when only memberships changed, a new generation otherwise), then an acknowledgement under
-//! `status/<host>/ack` and a local copy of what was applied.
+//! `status/<host>/ack`.
 //!
-//! The local copy (`store.json` beside the state file, a native policy) is what a restarted
-//! daemon enforces before the store answers: an agent killed while etcd is down comes back
+//! The local copy is the applied policy's text the agent keeps anyway (`policy.applied`
+//! beside the state file, written whole or not at all; from the store it is the snapshot's
+//! native document as JSON). It is what a restarted daemon enforces before the store answers: an agent killed while etcd is down comes back
 //! with its last applied policy. A registered device that policy does not cover (a host that
 //! never had a policy, or a device registered since) is held closed until the store answers:
 //! it carries one group, `sg-awaiting-store`, that admits nothing and lets out only TCP to the
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use super::{Daemon, Next};
 use crate::agent::{PolicySource, TextSource};
 use crate::bind::LocalIface;
-use crate::state::{StateDir, write_private};
+use crate::state::StateDir;
 use crate::store::follow::{content_hash, host_instance};
 use crate::store::layout::{Ack, Snapshot};
 use crate::store::{Follower, Registration, StoreOptions, StoreSource};
@@ -49,7 +50,7 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(opts: FleetOptions, sd: &StateDir) -> Fleet {
         Fleet {
-            snapshot_file: sd.run.join("store.json"),
+            snapshot_file: sd.applied_policy_file(),
             opts,
             current: None,
             applied: None,
@@ -69,25 +70,32 @@ impl Fleet {
     /// registered device it does not cover held closed. None when there is nothing to
     /// enforce (no copy, nothing registered).
     pub fn hold(&mut self, local: &[LocalIface]) {
-        let mut doc = std::fs::read(&self.snapshot_file)
+        // A copy that is not JSON (a file-mode policy applied before) is no copy of the
+        // store's: its devices are held closed like any other.
+        let copy = std::fs::read(&self.snapshot_file)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .unwrap_or_else(|| json!({"version": 1, "security_groups": []}));
+            .filter(Value::is_object);
+        let had_copy = copy.is_some();
+        let mut doc = copy.unwrap_or_else(|| json!({"version": 1, "security_groups": []}));
+        // The last applied policy may itself be a holding one: hold afresh.
+        let awaiting = format!("{}-awaiting-store", self.opts.host);
+        retain(&mut doc, "security_groups", |g| g["id"] != HOLD_GROUP);
+        retain(&mut doc, "instances", |i| i["name"] != awaiting.as_str());
         let held = held_interfaces(&doc, &self.opts.register, local);
         if !held.is_empty() {
             let group = hold_group(&self.opts.store);
             push(&mut doc, "security_groups", group);
-            let name = format!("{}-awaiting-store", self.opts.host);
             push(
                 &mut doc,
                 "instances",
-                json!({"name": name, "interfaces": held}),
+                json!({"name": awaiting, "interfaces": held}),
             );
         }
         if doc["instances"].as_array().is_none_or(Vec::is_empty) {
             return;
         }
-        let what = if self.snapshot_file.exists() {
+        let what = if had_copy {
             "the local copy of the store's policy"
         } else {
             "no policy yet"
@@ -130,7 +138,6 @@ impl Daemon {
         let revision = snapshot.revision;
         let hash = content_hash(&snapshot);
         let source = StoreSource::new(fleet.opts.store.describe(), snapshot);
-        let doc = source.document().map(ToString::to_string);
         fleet.current = Some(Box::new(source));
         let applies = self.stats.applies;
         if let Next::Detached = self.reload(&format!("store revision {revision}")) {
@@ -140,11 +147,6 @@ impl Daemon {
         let fleet = self.fleet.as_mut().expect("fleet mode");
         if ok {
             fleet.applied = Some((revision, hash));
-            if let Some(doc) = doc
-                && let Err(e) = replace_file(&fleet.snapshot_file, doc.as_bytes())
-            {
-                log::warn!("keeping a local copy of the store's policy: {e:#}");
-            }
         }
         let (rev, hash) = fleet.applied.clone().unwrap_or_default();
         let error = if ok {
@@ -185,12 +187,10 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Writes `path` whole or not at all (a new file renamed over it): a crash mid-write must not
-/// leave a torn copy, which would hold every registered device closed at the next start.
-fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.new");
-    write_private(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("rename to {}: {e}", path.display()))
+fn retain(doc: &mut Value, list: &str, keep: impl Fn(&Value) -> bool) {
+    if let Some(items) = doc[list].as_array_mut() {
+        items.retain(keep);
+    }
 }
 
 fn push(doc: &mut Value, list: &str, item: Value) {
@@ -294,7 +294,7 @@ mod tests {
             lease_ttl: 10,
         };
         Fleet {
-            snapshot_file: dir.join("store.json"),
+            snapshot_file: dir.join("policy.applied"),
             opts,
             current: None,
             applied: None,
@@ -348,7 +348,7 @@ mod tests {
             {"protocol": "tcp", "ports": 443, "source": "0.0.0.0/0"}]}],
             "instances": [{"name": "h1", "interfaces": [
                 {"name": "eth0", "addresses": ["192.0.2.11"], "groups": ["sg-web"]}]}]});
-        std::fs::write(dir.path().join("store.json"), copy.to_string()).unwrap();
+        std::fs::write(dir.path().join("policy.applied"), copy.to_string()).unwrap();
         let mut f = fleet(dir.path());
         f.hold(&local());
         let p = f.source().unwrap().load().unwrap().policy;
@@ -372,6 +372,34 @@ mod tests {
                 )
             ]
         );
+    }
+
+    /// The last applied policy may be a holding one (the agent stopped before the store
+    /// answered): it is held afresh, not held twice.
+    #[test]
+    fn a_holding_policy_as_the_local_copy_is_held_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = fleet(dir.path());
+        f.hold(&local());
+        let first = f.source().unwrap().text().unwrap();
+        std::fs::write(dir.path().join("policy.applied"), &first).unwrap();
+        let mut again = fleet(dir.path());
+        again.hold(&local());
+        let p = again.source().unwrap().load().unwrap().policy;
+        assert_eq!(p.groups.len(), 1, "{:?}", p.groups.keys());
+        assert_eq!(p.interfaces.len(), 2);
+    }
+
+    /// A file-mode policy's YAML text is no copy of the store's: every device is held.
+    #[test]
+    fn a_local_copy_that_is_not_json_is_no_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.applied"), "security_groups: []\n").unwrap();
+        let mut f = fleet(dir.path());
+        f.hold(&local());
+        let src = f.source().unwrap();
+        assert!(src.describe().starts_with("no policy yet"), "{}", src.describe());
+        assert_eq!(src.load().unwrap().policy.interfaces.len(), 2);
     }
 
     #[test]

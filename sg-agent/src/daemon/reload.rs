@@ -149,7 +149,10 @@ impl Daemon {
             log::warn!("enabling flow log events: {e:#}");
         }
         // The links may have changed (interfaces added or released): hold the new set before
-        // letting go of the old.
+        // letting go of the old. A change written in place changed no link.
+        if out.in_place && self.pins.is_some() {
+            return;
+        }
         match self.agent.hold_pins() {
             Ok(g) => self.pins = Some(g),
             Err(e) => log::warn!("holding the pins: {e:#}"),

@@ -152,8 +152,10 @@ impl crate::agent::PolicySource for StoreSource {
     fn load(&self) -> Result<crate::config::Loaded> {
         self.rendered()?.load(&self.name)
     }
+    /// The document as JSON: what the agent keeps as the applied policy, which is also the
+    /// local copy a restarted daemon enforces before the store answers.
     fn text(&self) -> Result<String> {
-        Ok(self.rendered()?.text.clone())
+        Ok(self.rendered()?.doc.to_string())
     }
     fn fingerprint(&self) -> Option<(u64, std::time::SystemTime)> {
         let rev = u64::try_from(self.snapshot.revision).unwrap_or(0);

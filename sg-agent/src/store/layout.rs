@@ -244,16 +244,15 @@ impl Snapshot {
 
     /// The native YAML of the whole snapshot (what `store export` prints).
     pub fn yaml(&self) -> Result<String> {
-        Ok(self.render()?.text)
+        Ok(native::to_yaml(&self.render()?.doc))
     }
 
-    /// The document, its text and where each item came from, computed once for a load.
+    /// The document and where each item came from, computed once for a load.
     pub fn render(&self) -> Result<Rendered> {
         let (doc, sources) = self
             .document()
             .map_err(|e| Error::InvalidInput(format!("{e:#}")))?;
-        let text = native::to_yaml(&doc);
-        Ok(Rendered { doc, text, sources })
+        Ok(Rendered { doc, sources })
     }
 
     /// Validates the snapshot as one policy. Errors name the store key and the path inside
@@ -267,16 +266,15 @@ impl Snapshot {
 #[derive(Clone, Debug)]
 pub struct Rendered {
     pub doc: Value,
-    /// The document as native YAML.
-    pub text: String,
     /// `security_groups[2]` -> `v1/groups/sg-db`.
     sources: Vec<(String, String)>,
 }
 
 impl Rendered {
-    /// Validates the document; errors name the store key and the path inside its value.
+    /// Validates the document (read as it stands, never printed and parsed again); errors
+    /// name the store key and the path inside its value.
     pub fn load(&self, name: &str) -> Result<Loaded> {
-        config::load_str(&self.text, name).map_err(|d| {
+        config::load_value(&self.doc, name).map_err(|d| {
             let d = Diagnostics(
                 d.0.into_iter()
                     .map(|d| at_key(d, name, &self.sources))

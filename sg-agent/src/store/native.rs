@@ -317,9 +317,18 @@ pub(crate) mod tests {
 
     fn round_trip(name: &str, text: &str) {
         let first = config::load_str(text, name).unwrap_or_else(|d| panic!("{name}: {d}"));
-        let yaml = to_yaml(&document(&first.policy));
+        let doc = document(&first.policy);
+        let yaml = to_yaml(&doc);
         let again = config::load_str(&yaml, "export")
             .unwrap_or_else(|d| panic!("{name}: the export does not load: {d}\n{yaml}"));
+        // The store's path reads the document as it stands: it must mean what its text does.
+        let direct = config::load_value(&doc, "export")
+            .unwrap_or_else(|d| panic!("{name}: the document does not load: {d}\n{yaml}"));
+        assert_eq!(
+            meaning(direct.policy),
+            meaning(again.policy.clone()),
+            "{name}: the document read as it stands differs from its text"
+        );
         let renamed = first.policy.groups.keys().any(|g| !g.0.starts_with("sg-"))
             || first
                 .policy
