@@ -398,7 +398,11 @@ mod tests {
         let mut f = fleet(dir.path());
         f.hold(&local());
         let src = f.source().unwrap();
-        assert!(src.describe().starts_with("no policy yet"), "{}", src.describe());
+        assert!(
+            src.describe().starts_with("no policy yet"),
+            "{}",
+            src.describe()
+        );
         assert_eq!(src.load().unwrap().policy.interfaces.len(), 2);
     }
 

@@ -185,6 +185,8 @@ pub fn content_hash(s: &Snapshot) -> String {
 struct Report {
     ack: Option<Ack>,
     instance: Option<Value>,
+    /// The store revision that wrote `instance` (in what a session wrote).
+    registered_at: i64,
 }
 
 /// The follower task and its channels. Dropping it stops the task (the lease then expires,
@@ -322,6 +324,12 @@ async fn session(
                         if apply_events(&mut kvs, events) {
                             offer(snap_tx, Snapshot::new(revision, kvs.clone()));
                         }
+                        if registration_lost(host, &kvs, &written, revision) {
+                            log::warn!("store: this host's registration was removed or changed by someone else; writing it again");
+                            written.instance = None;
+                            let now = reports.borrow().clone();
+                            write_report(&mut store, host, lease.id(), &now, &mut written).await?;
+                        }
                     }
                 },
                 r = reports.changed() => {
@@ -363,6 +371,26 @@ fn apply_events(kvs: &mut BTreeMap<String, Vec<u8>>, events: Vec<WatchEvent>) ->
     touched
 }
 
+/// Whether the registration this session wrote is no longer in the store as written (an
+/// operator deleted or overwrote `v1/hosts/<host>/instance`): other hosts would stop
+/// admitting this host's addresses, so it is written again.
+/// Batches older than that write cannot show it yet.
+fn registration_lost(
+    host: &str,
+    kvs: &BTreeMap<String, Vec<u8>>,
+    written: &Report,
+    revision: i64,
+) -> bool {
+    let Some(v) = &written.instance else {
+        return false;
+    };
+    if revision < written.registered_at {
+        return false;
+    }
+    let key = Key::HostInstance(host.to_string());
+    kvs.get(&key.path()) != Some(&encode(&key, v.clone()))
+}
+
 /// Offers a snapshot unless its policy equals the one offered last.
 fn offer(tx: &watch::Sender<Option<Snapshot>>, s: Snapshot) {
     tx.send_if_modified(|cur| {
@@ -384,7 +412,7 @@ async fn write_report(
 ) -> Result<()> {
     if now.instance != written.instance {
         let key = Key::HostInstance(host.to_string());
-        match &now.instance {
+        written.registered_at = match &now.instance {
             Some(v) => {
                 store
                     .put(&key.path(), encode(&key, v.clone()), Some(lease))
@@ -480,6 +508,30 @@ mod tests {
         ));
         assert!(apply_events(&mut kvs, vec![del("v1/groups/sg-a")]));
         assert_eq!(kvs.keys().collect::<Vec<_>>(), ["v1/hosts/h1/instance"]);
+    }
+
+    /// A registration deleted or overwritten by someone else is noticed (and written again),
+    /// but not from a batch older than the write.
+    #[test]
+    fn a_registration_removed_under_the_host_is_noticed() {
+        let inst = json!({"name": "h1", "interfaces": []});
+        let written = Report {
+            instance: Some(inst.clone()),
+            registered_at: 10,
+            ..Report::default()
+        };
+        let key = Key::HostInstance("h1".into());
+        let mut kvs = BTreeMap::new();
+        assert!(!registration_lost("h1", &kvs, &written, 9), "older batch");
+        assert!(registration_lost("h1", &kvs, &written, 12), "deleted");
+        kvs.insert(key.path(), encode(&key, inst));
+        assert!(!registration_lost("h1", &kvs, &written, 12));
+        kvs.insert(key.path(), encode(&key, json!({"name": "h1"})));
+        assert!(registration_lost("h1", &kvs, &written, 13), "overwritten");
+        assert!(
+            !registration_lost("h1", &kvs, &Report::default(), 13),
+            "none written"
+        );
     }
 
     #[test]

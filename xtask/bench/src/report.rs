@@ -678,7 +678,7 @@ fn fleet_markdown(w: &mut String, f: &super::fleet::FleetFigures) {
             window(f, "rule"),
         ),
         (
-            "etcdctl put (process start to exit, p50)",
+            "put through the JSON gateway (sent to answered, p50)",
             format!("{:.0} ms", m.put_ms.p50),
             format!("{:.0} ms", r.put_ms.p50),
         ),

@@ -5,9 +5,8 @@
 //! acknowledges the store's current policy and `sg-agent verify --store` passes in its
 //! namespace (its live maps mean what a fresh compile of the final store contents means).
 //!
-//! Time is kept down for CI on a 2-core machine: etcd is down for 10 s (the issue says 30;
-//! nothing in the agent depends on the length beyond its 2 s reconnect backoff), leases are 3 s
-//! where a lease is what is tested. Root only: these tests fail, never skip, without it.
+//! etcd is down for the issue's full 30 s; time is kept down elsewhere for CI on a 2-core
+//! machine: leases are 3 s where a lease is what is tested. Root only: these tests fail, never skip, without it.
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,8 @@ use sg_testkit::fleet::{
     unix_ms,
 };
 
-/// How long etcd stays down in the outage test (the issue's 30 s, shortened for CI).
-const OUTAGE: Duration = Duration::from_secs(10);
+/// How long etcd stays down in the outage test (the issue's 30 s).
+const OUTAGE: Duration = Duration::from_secs(30);
 
 /// Puts through etcd's JSON gateway on one kept-alive connection: `big_n` values of `big`
 /// bytes, then `small_n` small ones, each its own revision, inside the range the agents
@@ -66,12 +65,12 @@ fn web_db(members: usize, hosts: &[(&str, &str)], web_agents: &[&str], ttl: u32)
     f
 }
 
-/// S3: etcd stopped for 10 s: traffic keeps flowing, no agent applies anything (no flap, no
+/// S3: etcd stopped for 30 s: traffic keeps flowing, no agent applies anything (no flap, no
 /// generation flip) while it is away or when it returns (the listing equals what is
 /// enforced); a rule change made as soon as it is back applies on every host. Then etcd
 /// crashes (kill -9) and restarts at once: the same again.
 #[test]
-fn s3_etcd_down_for_10s_then_restarted_keeps_enforcement_without_flap_and_changes_apply() {
+fn s3_etcd_down_for_30s_then_restarted_keeps_enforcement_without_flap_and_changes_apply() {
     let mut f = web_db(1, &[("db", DB), ("web1", WEB1)], &["web1"], 10);
     let hosts = ["db", "web1"];
     let base: Vec<(f64, f64)> = hosts.iter().map(|h| applies(&f, h)).collect();

@@ -109,6 +109,26 @@ fn s1_r1_every_agent_acks_the_import_and_new_sg_web_members_reach_the_db_without
     let st = f.status();
     assert_eq!(st["instances"], 1, "{st:#}");
     assert_eq!(st["groups"], 2, "{st:#}");
+
+    // S1: a registration deleted under a live host (an operator's `etcdctl del`) is written
+    // back by its agent, and the db host admits web1 again.
+    let key = "/sg/v1/hosts/web1/instance";
+    let registered = || {
+        f.etcd
+            .etcdctl(&["get", key, "--print-value-only"])
+            .is_ok_and(|v| v.contains("eth0"))
+    };
+    assert!(registered(), "web1's registration before the delete");
+    f.etcd.etcdctl(&["del", key]).unwrap();
+    f.wait("web1's registration written back", CONVERGE, registered);
+    f.wait("web1 -> db:3306 again", CONVERGE, || {
+        f.connects("web1", DB, 3306)
+    });
+    assert!(
+        f.log("web1").contains("registration was removed"),
+        "{}",
+        f.log("web1")
+    );
 }
 
 /// E7, S2: a rule change (MySQL moved to 3307) is a new generation on every host, each
