@@ -186,8 +186,9 @@ impl Rollback<'_> {
 impl Agent {
     /// Validate -> bind -> pre-flight -> compile -> attach -> swap -> save. On error the
     /// enforced policy is the one before (see docs/agent.md "Failure behaviour"). While a
-    /// `--confirm` apply waits for its confirmation only membership changes go through
-    /// (written in place); anything else is refused.
+    /// `--confirm` apply waits for its confirmation every other apply is refused, membership
+    /// changes included ([`Error::Pending`]: a daemon defers its reload until the window
+    /// closes), so a revert never drops what arrived meanwhile: it arrives after.
     pub fn apply(&mut self, src: &dyn PolicySource, opts: ApplyOptions) -> Result<ApplyOutcome> {
         let t0 = Instant::now();
         let bound = bind_to_host(src)?;
@@ -203,6 +204,9 @@ impl Agent {
         if self.stop_if_detached && was_applied && !self.is_applied() {
             return Err(Error::DetachedUnderUs.into());
         }
+        if let Some(p) = confirm::read_marker(&self.sd)? {
+            return Err(confirm::pending_error(&p));
+        }
         let previous = match opts.confirm {
             Some(_) => Some(self.previous_for_confirm()?),
             None => None,
@@ -211,12 +215,7 @@ impl Agent {
         let text = src.text()?;
         let mut out = match self.apply_membership(src, &bound, &text, &diff, t0)? {
             Some(done) => done,
-            None => {
-                if let Some(p) = confirm::read_marker(&self.sd)? {
-                    return Err(confirm::pending_error(&p));
-                }
-                self.apply_whole(src, bound, opts.ingress, diff, &text, t0)?
-            }
+            None => self.apply_whole(src, bound, opts.ingress, diff, &text, t0)?,
         };
         out.notes.extend(preflight);
         if let (Some(within), Some(previous)) = (opts.confirm, previous) {

@@ -140,12 +140,8 @@ impl Agent {
     }
 
     /// What a `--confirm` apply must remember, taken under the lock before it changes
-    /// anything. Refused when another change is pending, or when nothing is applied (there
-    /// would be no policy to go back to).
+    /// anything. Refused when nothing is applied (there would be no policy to go back to).
     pub(super) fn previous_for_confirm(&self) -> Result<Previous> {
-        if let Some(p) = read_marker(&self.sd)? {
-            return Err(pending_error(&p));
-        }
         if !self.is_applied() {
             return Err(Error::InvalidInput(
                 "--confirm needs a policy to go back to, and nothing is applied in this network \

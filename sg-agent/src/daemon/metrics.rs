@@ -347,6 +347,7 @@ mod tests {
             waiting: false,
             confirm_deadline_ms: Some(1_700_000_090_500),
             confirm_reverts: 3,
+            deferred: None,
         }
     }
 

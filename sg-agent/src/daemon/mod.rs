@@ -95,6 +95,8 @@ struct Stats {
     /// The deadline of a pending `apply --confirm` (L1), and the reverts so far.
     confirm_deadline_ms: Option<u64>,
     confirm_reverts: u64,
+    /// A reload refused while an `apply --confirm` waited (L1): done when the window closes.
+    deferred: Option<String>,
 }
 
 /// What the daemon does after handling an event.
@@ -354,8 +356,15 @@ impl Daemon {
         Next::Continue
     }
 
-    /// Reverts a `--confirm` apply whose deadline passed (L1); the log line is the agent's.
+    /// Reverts a `--confirm` apply whose deadline passed (L1; the log line is the agent's),
+    /// and once the window has closed (confirmed, reverted) does the reload it deferred.
     fn check_confirm(&mut self) -> Next {
+        if self.stats.deferred.is_some() && matches!(self.agent.pending(), Ok(None)) {
+            let why = self.stats.deferred.take().unwrap_or_default();
+            return self.reload(&format!(
+                "{why}, deferred until the confirmation window closed"
+            ));
+        }
         match self.agent.revert_if_overdue() {
             Ok(Some(_)) => {
                 self.stats.last_apply_unix = now_unix();

@@ -278,3 +278,69 @@ fn l1_the_watchdog_killed_in_the_window_leaves_the_revert_to_the_next_agent_star
     assert_eq!(st["confirm_reverts"], 2);
     bed.detach_all();
 }
+
+/// L1 with a daemon running: the daemon holds the timer (no watchdog is started), reverts the
+/// unconfirmed lock-out at the deadline, and says so in its log and its metrics.
+#[test]
+fn l1_with_a_daemon_the_daemon_reverts_and_says_so_in_log_and_metrics() {
+    let mut bed = bed();
+    let good = policy(&bed, GOOD);
+    let bin = bed.agents.bin().display().to_string();
+    let daemon = bed
+        .host("inst")
+        .ns
+        .spawn(&[
+            &bin,
+            "daemon",
+            "--config",
+            &good,
+            "--metrics",
+            "127.0.0.1:9617",
+        ])
+        .expect("daemon started");
+    let t0 = Instant::now();
+    while !daemon.log().contains("metrics on") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "daemon not ready: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bad = policy(&bed, BAD);
+    let o = over_ssh(&bed, &format!("apply --confirm 4s --force {bad}"));
+    let applied = Instant::now();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("the daemon (pid"),
+        "the daemon holds the timer: {}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("watchdog (pid"), "{}", text(&o));
+    assert!(!new_ssh_works(&bed), "locked out (the control)");
+    let mut back = false;
+    while !back && applied.elapsed() < Duration::from_secs(20) {
+        back = new_ssh_works(&bed);
+    }
+    assert!(
+        back,
+        "L1: the daemon did not revert within 20 s of a 4 s deadline"
+    );
+    assert!(
+        daemon.log().contains("reverted the unconfirmed apply"),
+        "the daemon's log: {}",
+        daemon.log()
+    );
+    let m = bed
+        .host("inst")
+        .ns
+        .run_ok(
+            &["curl", "-s", "http://127.0.0.1:9617/metrics"],
+            Duration::from_secs(10),
+        )
+        .expect("scrape");
+    assert!(m.contains("sg_confirm_reverts_total 1\n"), "{m}");
+    assert!(m.contains("sg_confirm_pending 0\n"), "{m}");
+    bed.hold(daemon);
+    bed.detach_all();
+}
