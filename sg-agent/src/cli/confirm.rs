@@ -43,7 +43,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
     }
     let p = agent.confirm()?;
     if let Some(w) = same_connection_warning(&p, std::env::var("SSH_CONNECTION").ok()) {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {w}{}", flow_age(&mut agent, &p));
     }
     if g.json {
         println!("{}", serde_json::json!({ "confirmed": p }));
@@ -77,6 +77,31 @@ fn same_connection_warning(p: &Pending, here: Option<String>) -> Option<String> 
              new connections. hint: check from a new SSH session before confirming"
         )
     })
+}
+
+/// How long sg has tracked the SSH connection that set the deadline (", tracked for N s"),
+/// from conntrack; empty when it is not tracked (untracked, C4) or cannot be read.
+fn flow_age(agent: &mut Agent, p: &Pending) -> String {
+    let Some(ssh) = p
+        .ssh_connection
+        .as_deref()
+        .and_then(|s| crate::agent::SshConnection::parse(s).ok())
+    else {
+        return String::new();
+    };
+    let Ok(flows) = agent.conntrack() else {
+        return String::new();
+    };
+    flows
+        .iter()
+        .find(|f| {
+            f.key.proto == 6
+                && f.remote == ssh.client
+                && f.local == ssh.server
+                && f.ports() == (ssh.server_port, ssh.client_port)
+        })
+        .map(|f| format!(" (its flow is tracked since {} s ago)", f.age.as_secs()))
+        .unwrap_or_default()
 }
 
 /// What a revert did, as text or JSON.

@@ -222,6 +222,11 @@ fn l1_a_change_confirmed_in_time_stays_and_other_applies_wait() {
         "{}",
         text(&o)
     );
+    assert!(
+        text(&o).contains("its flow is tracked since"),
+        "the flow's age from conntrack: {}",
+        text(&o)
+    );
     let (st, _) = status(&bed);
     assert!(st["confirm"].is_null(), "confirmed: {st:#}");
     bed.detach_all();
