@@ -328,6 +328,57 @@ mod tests {
         assert_eq!(read_marker(&sd).unwrap(), None);
     }
 
+    fn lo_policy() -> TextSource {
+        TextSource {
+            name: "p.yaml".into(),
+            text: "security_groups:\n  - id: sg-a\ninstances:\n  - {name: lo, addresses: \
+                   [127.0.0.1], groups: [sg-a]}\n"
+                .into(),
+        }
+    }
+
+    fn agent(dir: &tempfile::TempDir) -> Agent {
+        Agent::open(super::super::OpenOptions {
+            state_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// L1: while a change waits for its confirmation another apply is refused (exit 2) before
+    /// anything is loaded or created; and `--confirm` with nothing applied (no policy to go
+    /// back to) is refused the same way. Neither needs privileges: they stop first.
+    #[test]
+    fn l1_applies_wait_for_a_pending_change_and_confirm_needs_a_previous_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = super::super::ApplyOptions::new(IngressHook::Tc);
+        opts.confirm = Some(Duration::from_secs(30));
+        let e = agent(&dir).apply(&lo_policy(), opts).unwrap_err();
+        assert!(
+            crate::error::is(
+                &e,
+                |k| matches!(k, Error::InvalidInput(m) if m.contains("go back to"))
+            ),
+            "{e:#}"
+        );
+        let sd = StateDir::for_current_netns(Some(dir.path())).unwrap();
+        sd.save(&crate::state::AgentState {
+            abi: sg_common::ABI_VERSION,
+            ..Default::default()
+        })
+        .unwrap();
+        write_marker(&sd, &pending(now_ms() + 60_000)).unwrap();
+        for opts in [super::super::ApplyOptions::new(IngressHook::Tc), opts] {
+            let e = agent(&dir).apply(&lo_policy(), opts).unwrap_err();
+            assert!(
+                crate::error::is(&e, |k| matches!(k, Error::Pending(_))),
+                "{e:#}"
+            );
+        }
+        assert!(!sd.pins.exists(), "nothing was loaded or pinned");
+        assert!(read_marker(&sd).unwrap().is_some(), "still pending");
+    }
+
     /// L1: a deadline in the past is overdue; the refusal names the deadline and both ways out.
     #[test]
     fn l1_overdue_and_the_refusal_says_how_to_confirm_or_roll_back() {

@@ -251,6 +251,45 @@ mod tests {
         ));
     }
 
+    /// L2 through `Agent::apply`: refused unless forced, before anything is locked, loaded or
+    /// created (so it needs no privileges); a dry run with `--force` carries the finding as a
+    /// note.
+    #[test]
+    fn l2_apply_refuses_a_lockout_before_touching_anything_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = crate::agent::Agent::open(crate::agent::OpenOptions {
+            state_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        let src = crate::agent::TextSource {
+            name: "p.yaml".into(),
+            text: "security_groups:\n  - id: sg-a\ninstances:\n  - {name: lo, addresses: \
+                   [127.0.0.1], groups: [sg-a]}\n"
+                .into(),
+        };
+        let mut opts = crate::agent::ApplyOptions::new(crate::dataplane::IngressHook::Tc);
+        opts.admin = Some(SshConnection::parse("198.51.100.10 50000 127.0.0.1 22").unwrap());
+        let e = agent.apply(&src, opts).unwrap_err();
+        assert!(
+            crate::error::is(&e, |k| matches!(k, crate::error::Error::WouldLockOut(_))),
+            "{e:#}"
+        );
+        assert_eq!(crate::error::kind(&e).exit_code(), 2);
+        assert!(format!("{e:#}").contains("groups sg-a"), "{e:#}");
+        assert!(!dir.path().join("run").exists(), "nothing was touched");
+        opts.force = true;
+        opts.dry_run = true;
+        let out = agent.apply(&src, opts).unwrap();
+        assert!(
+            out.notes
+                .iter()
+                .any(|n| n.contains("applied anyway: --force")),
+            "{:?}",
+            out.notes
+        );
+    }
+
     #[test]
     fn ssh_connection_parses_sshds_format() {
         let c = SshConnection::parse("2001:db8:20::10%eth0 40000 ::ffff:192.0.2.11 2222").unwrap();

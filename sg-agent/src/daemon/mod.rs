@@ -226,10 +226,14 @@ impl Daemon {
                     self.opts.poll
                 );
             }
+            Err(e) if error::is(&e, |k| matches!(k, Error::Pending(_))) => {
+                // L1: a CLI `apply --confirm` waits; its policy is enforced meanwhile.
+                log::warn!("the first apply is deferred: {e}");
+                self.stats.deferred = Some("start".into());
+            }
             Err(e)
-                if error::is(&e, |k| {
-                    matches!(k, Error::InvalidInput(_) | Error::Pending(_))
-                }) && self.agent.is_applied() =>
+                if error::is(&e, |k| matches!(k, Error::InvalidInput(_)))
+                    && self.agent.is_applied() =>
             {
                 self.stats.apply_errors += 1;
                 self.stats.last_error = Some(e.to_string());
