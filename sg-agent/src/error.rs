@@ -21,6 +21,14 @@ pub enum Error {
     /// The namespace was detached (`sg-agent detach`) while a daemon's agent was running.
     #[error("the namespace was detached (`sg-agent detach`)")]
     DetachedUnderUs,
+    /// An apply while a `--confirm` apply waits for its confirmation (L1): nothing was
+    /// applied; the text gives the deadline and how to confirm or roll back.
+    #[error("{0}")]
+    Pending(String),
+    /// The SSH pre-flight (L2) found that the policy would refuse the administrator's next
+    /// connection, and the apply was not forced: nothing was applied.
+    #[error("{0}")]
+    WouldLockOut(String),
     /// The compiler refused a validated policy (a quota of the maps, a stale index).
     #[error("compiling the policy")]
     Compile(#[from] CompileError),
@@ -47,7 +55,10 @@ impl Kind {
 impl Error {
     pub fn kind(&self) -> Kind {
         match self {
-            Error::InvalidInput(_) | Error::NotOnThisHost(_) => Kind::Invalid,
+            Error::InvalidInput(_)
+            | Error::NotOnThisHost(_)
+            | Error::Pending(_)
+            | Error::WouldLockOut(_) => Kind::Invalid,
             Error::DetachedUnderUs | Error::Compile(_) => Kind::Runtime,
         }
     }

@@ -459,6 +459,10 @@ pub struct AgentState {
     pub hooks: BTreeMap<String, String>,
     /// The namespace's cookie ([`netns_cookie`]); 0 in files written before it was recorded.
     pub netns_cookie: u64,
+    /// `--confirm` applies reverted because no confirmation came in time, or on
+    /// `confirm --rollback` (L1), and when the last one was (seconds since the epoch).
+    pub confirm_reverts: u64,
+    pub last_revert_at: u64,
 }
 
 /// A summary of an applied policy: enough to print diffs and label counters.

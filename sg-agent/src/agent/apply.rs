@@ -19,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use sg_common::ABI_VERSION;
 
+use super::confirm;
+use super::preflight::{self, SshConnection, Verdict};
 use super::summary::{Diff, diff, summarize};
 use super::{Agent, PolicySource};
 use crate::bind::{self, Binding};
@@ -30,11 +32,32 @@ use crate::image::MapImage;
 use crate::policy::Policy;
 use crate::state::{AgentState, Applied};
 
-/// How `apply` attaches devices it has not attached before.
+/// How `apply` attaches devices it has not attached before, and the safety of the change
+/// (L1, L2).
 #[derive(Clone, Copy, Debug)]
 pub struct ApplyOptions {
     pub dry_run: bool,
     pub ingress: IngressHook,
+    /// The administrator's SSH session (`SSH_CONNECTION`): the pre-flight (L2) checks that a
+    /// new connection from its client would still get in.
+    pub admin: Option<SshConnection>,
+    /// Apply even when the pre-flight finds the administrator locked out.
+    pub force: bool,
+    /// `--confirm DURATION` (L1): revert unless confirmed within it.
+    pub confirm: Option<Duration>,
+}
+
+impl ApplyOptions {
+    /// A plain apply: no SSH session to protect, no confirmation deadline.
+    pub fn new(ingress: IngressHook) -> ApplyOptions {
+        ApplyOptions {
+            dry_run: false,
+            ingress,
+            admin: None,
+            force: false,
+            confirm: None,
+        }
+    }
 }
 
 /// Reads an ingress hook's name as the state records it (`xdp`, `xdp-skb`, `tc`).
@@ -51,7 +74,7 @@ pub fn parse_hook(s: &str) -> Result<IngressHook> {
 }
 
 /// The hook's name in the state (an XDP device is re-attached natively, falling back again).
-fn hook_name(h: IngressHook) -> &'static str {
+pub(super) fn hook_name(h: IngressHook) -> &'static str {
     match h {
         IngressHook::Xdp(_) => "xdp",
         IngressHook::Tc => "tc",
@@ -125,7 +148,7 @@ pub(super) struct Bound {
     /// Policy interface name -> ifindex, what the compiler takes.
     by_name: BTreeMap<String, u32>,
     /// What it amounts to on this host (for the diff and the state).
-    applied: Applied,
+    pub(super) applied: Applied,
 }
 
 /// The next generation, compiled.
@@ -164,13 +187,19 @@ impl Rollback<'_> {
 }
 
 impl Agent {
-    /// Validate -> bind -> compile -> attach -> swap -> save. On error the enforced policy
-    /// is the one before (see docs/agent.md "Failure behaviour").
+    /// Validate -> bind -> pre-flight -> compile -> attach -> swap -> save. On error the
+    /// enforced policy is the one before (see docs/agent.md "Failure behaviour"). While a
+    /// `--confirm` apply waits for its confirmation every other apply is refused, membership
+    /// changes included ([`Error::Pending`]: a daemon defers its reload until the window
+    /// closes), so a revert never drops what arrived meanwhile: it arrives after.
     pub fn apply(&mut self, src: &dyn PolicySource, opts: ApplyOptions) -> Result<ApplyOutcome> {
         let t0 = Instant::now();
         let bound = bind_to_host(src)?;
+        let preflight = preflight_notes(&bound, &opts)?;
         if opts.dry_run {
-            return self.dry_run(src, &bound, t0);
+            let mut out = self.dry_run(src, &bound, t0)?;
+            out.notes.extend(preflight);
+            return Ok(out);
         }
         let was_applied = self.is_applied();
         let _lock = self.sd.lock()?;
@@ -178,12 +207,30 @@ impl Agent {
         if self.stop_if_detached && was_applied && !self.is_applied() {
             return Err(Error::DetachedUnderUs.into());
         }
+        if let Some(p) = confirm::read_marker(&self.sd)? {
+            return Err(confirm::pending_error(&p));
+        }
+        let previous = match opts.confirm {
+            Some(_) => Some(self.previous_for_confirm()?),
+            None => None,
+        };
         let diff = diff(&self.state.applied, &bound.applied);
         let text = src.text()?;
-        if let Some(done) = self.apply_membership(src, &bound, &text, &diff, t0)? {
-            return Ok(done);
+        let mut out = match self.apply_membership(src, &bound, &text, &diff, t0)? {
+            Some(done) => done,
+            None => self.apply_whole(src, bound, opts.ingress, diff, &text, t0)?,
+        };
+        out.notes.extend(preflight);
+        if let (Some(within), Some(previous)) = (opts.confirm, previous) {
+            let ssh = opts.admin.map(|c| c.to_string());
+            let p = self.set_pending(src.describe(), within, previous, opts.ingress, ssh)?;
+            out.notes.push(format!(
+                "waiting for `sg-agent confirm`: {}; without it {} comes back",
+                p.describe_deadline(),
+                p.previous.source
+            ));
         }
-        self.apply_whole(src, bound, opts.ingress, diff, &text, t0)
+        Ok(out)
     }
 
     /// Read-only: what is recorded now, the real sizes of pinned maps; nothing is created,
@@ -223,7 +270,7 @@ impl Agent {
 
     /// The whole transaction, under the lock: compile, 1. attach, 2. save the slots,
     /// 3. swap, 4. release, 5. record.
-    fn apply_whole(
+    pub(super) fn apply_whole(
         &mut self,
         src: &dyn PolicySource,
         bound: Bound,
@@ -609,6 +656,27 @@ pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
         by_name,
         applied,
     })
+}
+
+/// The SSH pre-flight (L2) of an apply from an SSH session: a lock-out is an error unless
+/// forced (then a note); otherwise a note says what was checked.
+fn preflight_notes(bound: &Bound, opts: &ApplyOptions) -> Result<Vec<String>> {
+    let Some(ssh) = opts.admin else {
+        return Ok(Vec::new());
+    };
+    let local = bind::local_interfaces().context("reading this namespace's interfaces")?;
+    match preflight::check(&bound.loaded.policy, &bound.bindings, &local, &ssh) {
+        Verdict::LockedOut(why) if !opts.force => Err(Error::WouldLockOut(format!(
+            "pre-flight (SSH_CONNECTION {ssh}): {why}. Refusing to lock you out; hint: add \
+             the rule, or apply with --force (with --confirm DURATION to come back \
+             automatically)"
+        ))
+        .into()),
+        Verdict::LockedOut(why) => Ok(vec![format!("pre-flight: {why} (applied anyway: --force)")]),
+        Verdict::Allowed(what) | Verdict::NotCovered(what) => {
+            Ok(vec![format!("pre-flight: {what}")])
+        }
+    }
 }
 
 /// The ifindexes with live pinned sg programs.

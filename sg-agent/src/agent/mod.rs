@@ -6,6 +6,8 @@
 //! ```text
 //! mod.rs      the Agent: open, the policy source seam, pins and state loading, the dataplane
 //! apply.rs    the apply transaction (whole, dry run, membership delta) and its test stops
+//! preflight.rs  L2: would the administrator's next SSH connection still get in (the model)
+//! confirm.rs  L1: `--confirm` deadlines, their marker, confirm, rollback and revert
 //! summary.rs  what an applied policy amounts to on this host, and the diff of two of them
 //! query.rs    status, counters, conntrack list/flush/sweep and their report types
 //! explain.rs  one packet's verdict from the reference model and from the real program
@@ -20,8 +22,10 @@
 //! fleet's store (`store::StoreSource`).
 
 mod apply;
+mod confirm;
 mod detach;
 mod explain;
+mod preflight;
 mod query;
 mod summary;
 mod verify;
@@ -38,8 +42,10 @@ use crate::error::Error;
 use crate::state::{AgentState, StateDir};
 
 pub use apply::{ApplyOptions, ApplyOutcome, parse_hook, test_stop_point};
+pub use confirm::{MARKER, Pending, Previous, RevertWhy, Reverted};
 pub use detach::Detached;
 pub use explain::{ExplainProto, ExplainQuery, Explanation, IcmpTypeCode};
+pub use preflight::{SshConnection, Verdict};
 pub use query::{Counters, IfaceStatus, RuleCount, Status, proto_name, ser_ct};
 pub use summary::{Diff, diff, rule_line, summarize};
 pub use verify::Verified;

@@ -39,6 +39,9 @@ pub struct Status {
     pub state: String,
     /// Inconsistencies found (interrupted apply, pins removed, device deleted).
     pub warnings: Vec<String>,
+    /// An `apply --confirm` waiting for `sg-agent confirm` (L1), and the reverts so far.
+    pub confirm: Option<super::Pending>,
+    pub confirm_reverts: u64,
 }
 
 pub fn ser_ct<S: serde::Serializer>(c: &CtStats, s: S) -> Result<S::Ok, S::Error> {
@@ -68,6 +71,8 @@ pub struct Counters {
     pub reasons: Vec<(Reason, u64)>,
     #[serde(serialize_with = "ser_ct")]
     pub conntrack: CtStats,
+    /// `apply --confirm` changes reverted so far (L1).
+    pub confirm_reverts: u64,
 }
 
 fn ser_reasons<S: serde::Serializer>(r: &[(Reason, u64)], s: S) -> Result<S::Ok, S::Error> {
@@ -122,6 +127,8 @@ impl Agent {
             pins: self.sd.pins.display().to_string(),
             state: self.sd.run.display().to_string(),
             warnings,
+            confirm: super::confirm::read_marker(&self.sd)?,
+            confirm_reverts: st.confirm_reverts,
         })
     }
 
@@ -157,6 +164,7 @@ impl Agent {
             rules,
             reasons: reasons.into_iter().collect(),
             conntrack: dp.ct_stats()?,
+            confirm_reverts: self.state.confirm_reverts,
         })
     }
 

@@ -1,12 +1,16 @@
-//! `sg-agent apply FILE [--dry-run] [--ingress-hook HOOK]`: the apply transaction
-//! ([`crate::agent::Agent::apply`]) and what it changed, as text or JSON.
+//! `sg-agent apply FILE [--dry-run] [--ingress-hook HOOK] [--confirm DURATION] [--force]`:
+//! the apply transaction ([`crate::agent::Agent::apply`]) and what it changed, as text or
+//! JSON. From an SSH session (`SSH_CONNECTION`) the apply is checked first (L2); with
+//! `--confirm` the timer that reverts it is started (L1, [`super::confirm`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 
 use super::{Globals, HookArg, desc, open_agent};
-use crate::agent::{ApplyOptions, ApplyOutcome, Diff, FileSource};
+use crate::agent::{ApplyOptions, ApplyOutcome, Diff, FileSource, SshConnection};
+use crate::error;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,22 +28,84 @@ pub struct Args {
         hide_possible_values = true
     )]
     pub(super) ingress_hook: HookArg,
+    /// Revert to the policy enforced now unless `sg-agent confirm` arrives within DURATION
+    /// (e.g. 90s, 5m, 1m30s; a plain number is seconds). Survives the end of the session.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    confirm: Option<Duration>,
+    /// Apply even when the SSH pre-flight finds that the policy would refuse a new SSH
+    /// connection from this session's client.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `90`, `90s`, `5m`, `1m30s`, `1h`, `500ms`: at least one second in total, at most a day.
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(n) = rest.parse::<u64>() {
+        rest = "";
+        total = Duration::from_secs(n);
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: expected a number before a unit (s, m, h, ms)"))?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += match &rest[..unit] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            u => return Err(format!("{s:?}: unknown unit {u:?} (use s, m, h or ms)")),
+        };
+        rest = &rest[unit..];
+    }
+    if total < Duration::from_secs(1) || total > Duration::from_secs(86400) {
+        return Err(format!("{s:?}: a deadline between 1 s and 24 h"));
+    }
+    Ok(total)
 }
 
 pub fn run(g: &Globals, a: &Args) -> Result<()> {
     let mut agent = open_agent(g)?;
     let src = FileSource(a.file.clone());
+    if a.confirm.is_some() && a.dry_run {
+        return Err(error::usage("--confirm and --dry-run exclude each other"));
+    }
     let out = agent.apply(
         &src,
         ApplyOptions {
             dry_run: a.dry_run,
             ingress: a.ingress_hook.into(),
+            admin: SshConnection::from_env(),
+            force: a.force,
+            confirm: a.confirm,
         },
     )?;
+    let timer = match (a.confirm, agent.pending()?) {
+        (Some(_), Some(p)) => Some(super::confirm::start_timer(g, &agent, &p)?),
+        _ => None,
+    };
     if g.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        let mut v = serde_json::to_value(&out)?;
+        if let (Some(t), Some(p)) = (&timer, agent.pending()?) {
+            v["confirm"] = serde_json::json!({ "pending": p, "timer": t });
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_apply(&out);
+        if let Some(t) = timer {
+            println!("{t}; confirm with `sg-agent confirm` (from a new SSH session)");
+        }
     }
     Ok(())
 }

@@ -60,4 +60,10 @@ pub fn print_counters(c: &Counters) {
         "\nconntrack: {} confirmed, {} unconfirmed, {} available, exceeded {}",
         c.conntrack.ct_count, c.conntrack.new_count, c.conntrack.ct_available, c.conntrack.exceeded
     );
+    if c.confirm_reverts > 0 {
+        println!(
+            "confirm: {} unconfirmed applies reverted",
+            c.confirm_reverts
+        );
+    }
 }

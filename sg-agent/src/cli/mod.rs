@@ -7,6 +7,7 @@
 
 mod apply;
 mod check;
+mod confirm;
 mod conntrack;
 mod counters;
 mod daemon;
@@ -60,8 +61,17 @@ enum Cmd {
     /// Validate, compile, load and attach if needed, and swap the policy in atomically.
     #[command(after_help = "Examples:\n  sg-agent apply examples/ec2-lab.yaml\n  \
                             sg-agent apply --dry-run examples/ec2-lab.cfn.yaml\n  \
-                            sg-agent apply --ingress-hook tc rules.yaml")]
+                            sg-agent apply --ingress-hook tc rules.yaml\n  \
+                            sg-agent apply --confirm 2m rules.yaml")]
     Apply(apply::Args),
+    /// Keep the change an `apply --confirm` made (or, with --rollback, go back now).
+    #[command(after_help = "Examples:\n  sg-agent apply --confirm 2m rules.yaml\n  \
+                            sg-agent confirm            (from a NEW ssh session)\n  \
+                            sg-agent confirm --rollback")]
+    Confirm(confirm::Args),
+    /// The timer of an `apply --confirm` when no daemon runs (started by apply).
+    #[command(hide = true)]
+    ConfirmWatchdog(confirm::WatchdogArgs),
     /// Interfaces, programs and modes, groups per interface, generation, conntrack fill.
     Status,
     /// Per-rule packets/bytes and pass/drop reasons.
@@ -152,6 +162,8 @@ impl Cli {
         match self.cmd {
             Cmd::Check(a) => check::run(&g, &a),
             Cmd::Apply(a) => apply::run(&g, &a),
+            Cmd::Confirm(a) => confirm::run(&g, &a),
+            Cmd::ConfirmWatchdog(a) => confirm::watchdog(&g, &a),
             Cmd::Status => status::run(&g),
             Cmd::Counters(a) => counters::run(&g, &a),
             Cmd::Conntrack(a) => conntrack::run(&g, &a),
@@ -182,11 +194,22 @@ impl Globals {
     }
 }
 
-/// Opens the namespace's agent with the global options; its warnings go to stderr.
+/// Opens the namespace's agent with the global options; its warnings go to stderr. A
+/// `--confirm` apply past its deadline is reverted first (L1: its timer may have died with
+/// a crash or a reboot; this start is the next chance).
 pub fn open_agent(g: &Globals) -> Result<Agent> {
-    let a = Agent::open(g.open_options())?;
+    let mut a = Agent::open(g.open_options())?;
     for w in a.warnings() {
         eprintln!("warning: {w}");
+    }
+    match a.revert_if_overdue() {
+        Ok(Some(r)) => eprintln!(
+            "warning: the apply of {} was not confirmed in time: reverted to {} (generation {})",
+            r.undone.source, r.undone.previous.source, r.outcome.generation
+        ),
+        Ok(None) => {}
+        // The command itself may still be useful (status, detach's way out is separate).
+        Err(e) => eprintln!("warning: reverting an unconfirmed apply past its deadline: {e:#}"),
     }
     Ok(a)
 }

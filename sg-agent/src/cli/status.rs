@@ -45,6 +45,20 @@ pub fn run(g: &Globals) -> Result<()> {
             i.groups.join(", ")
         );
     }
+    if let Some(p) = &s.confirm {
+        println!(
+            "confirm:     {} waits for `sg-agent confirm`: {}; else {} comes back{}",
+            p.source,
+            p.describe_deadline(),
+            p.previous.source,
+            p.watchdog_pid
+                .map(|w| format!(" (watchdog pid {w})"))
+                .unwrap_or_default()
+        );
+    }
+    if s.confirm_reverts > 0 {
+        println!("reverted:    {} unconfirmed applies", s.confirm_reverts);
+    }
     for w in &s.warnings {
         println!("warning: {w}");
     }

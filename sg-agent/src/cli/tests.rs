@@ -176,3 +176,25 @@ fn every_documented_command_and_flag_parses() {
     );
     assert!(!parse(&["status"]).unwrap().is_daemon());
 }
+
+/// L1: `--confirm DURATION` takes plain seconds or units, within 1 s..24 h, and `confirm`
+/// takes `--rollback`; a bad duration is a usage error before anything runs.
+#[test]
+fn l1_confirm_durations_are_typed() {
+    use std::time::Duration;
+    let d = |s: &str| apply::parse_duration(s);
+    assert_eq!(d("90"), Ok(Duration::from_secs(90)));
+    assert_eq!(d("5s"), Ok(Duration::from_secs(5)));
+    assert_eq!(d("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(d("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(d("1500ms"), Ok(Duration::from_millis(1500)));
+    for bad in ["", "0", "500ms", "25h", "5x", "m5", "1.5s"] {
+        assert!(d(bad).is_err(), "{bad:?} parsed");
+    }
+    assert!(parse(&["apply", "--confirm", "2m", "--force", "p.yaml"]).is_ok());
+    usage_error(&["apply", "--confirm", "soon", "p.yaml"]);
+    assert!(matches!(
+        parse(&["confirm", "--rollback"]).unwrap().cmd,
+        Cmd::Confirm(_)
+    ));
+}

@@ -222,6 +222,28 @@ fn write_daemon(out: &mut String, generation: u32, enforcing: bool, stats: &Stat
             "1 when a policy is applied in this namespace, 0 while waiting for its interfaces.",
             if enforcing { 1.0 } else { 0.0 },
         ),
+        (
+            "sg_confirm_pending",
+            Kind::Gauge,
+            "1 while an `apply --confirm` waits for `sg-agent confirm` (L1).",
+            if stats.confirm_deadline_ms.is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "sg_confirm_deadline_timestamp_seconds",
+            Kind::Gauge,
+            "When the pending `apply --confirm` reverts unless confirmed (0: none pending).",
+            stats.confirm_deadline_ms.unwrap_or(0) as f64 / 1000.0,
+        ),
+        (
+            "sg_confirm_reverts_total",
+            Kind::Counter,
+            "`apply --confirm` changes reverted (deadline passed, or confirm --rollback).",
+            stats.confirm_reverts as f64,
+        ),
     ];
     for (name, kind, help, value) in families {
         scalar(out, name, kind, help, value);
@@ -323,6 +345,9 @@ mod tests {
             last_to_effect_ms: 12.5,
             pins_restored: 2,
             waiting: false,
+            confirm_deadline_ms: Some(1_700_000_090_500),
+            confirm_reverts: 3,
+            deferred: None,
         }
     }
 
@@ -351,6 +376,7 @@ mod tests {
                 exceeded: 3,
                 ..CtStats::default()
             },
+            confirm_reverts: 3,
         };
         let counted = r#"# HELP sg_rule_packets_total Packets allowed by each rule (a tracked flow is charged to the rule that opened it).
 # TYPE sg_rule_packets_total counter
@@ -410,6 +436,15 @@ sg_pins_restored_total 2
 # HELP sg_enforcing 1 when a policy is applied in this namespace, 0 while waiting for its interfaces.
 # TYPE sg_enforcing gauge
 sg_enforcing {enforcing}
+# HELP sg_confirm_pending 1 while an `apply --confirm` waits for `sg-agent confirm` (L1).
+# TYPE sg_confirm_pending gauge
+sg_confirm_pending 1
+# HELP sg_confirm_deadline_timestamp_seconds When the pending `apply --confirm` reverts unless confirmed (0: none pending).
+# TYPE sg_confirm_deadline_timestamp_seconds gauge
+sg_confirm_deadline_timestamp_seconds 1700000090.5
+# HELP sg_confirm_reverts_total `apply --confirm` changes reverted (deadline passed, or confirm --rollback).
+# TYPE sg_confirm_reverts_total counter
+sg_confirm_reverts_total 3
 "
         )
     }

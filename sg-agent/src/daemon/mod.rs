@@ -92,6 +92,11 @@ struct Stats {
     pins_restored: u64,
     /// Waiting for the policy's interfaces to appear (nothing enforced yet).
     waiting: bool,
+    /// The deadline of a pending `apply --confirm` (L1), and the reverts so far.
+    confirm_deadline_ms: Option<u64>,
+    confirm_reverts: u64,
+    /// A reload refused while an `apply --confirm` waited (L1): done when the window closes.
+    deferred: Option<String>,
 }
 
 /// What the daemon does after handling an event.
@@ -139,7 +144,7 @@ impl Daemon {
         capacities: Capacities,
         opts: DaemonOptions,
     ) -> Result<Daemon> {
-        let agent = Agent::open(OpenOptions {
+        let mut agent = Agent::open(OpenOptions {
             state_dir,
             capacities,
             stop_if_detached: true,
@@ -148,6 +153,10 @@ impl Daemon {
             log::warn!("{w}");
         }
         let claim = agent.state_dir().claim_daemon()?;
+        // L1: a `--confirm` apply whose timer died (a crash, a reboot) is reverted first.
+        if let Err(e) = agent.revert_if_overdue() {
+            log::error!("reverting an unconfirmed apply past its deadline: {e:#}");
+        }
         let (src, fleet) = match &opts.policy {
             PolicyFrom::File(path) => (FileSource(path.clone()), None),
             PolicyFrom::Store(f) => {
@@ -217,6 +226,11 @@ impl Daemon {
                     self.opts.poll
                 );
             }
+            Err(e) if error::is(&e, |k| matches!(k, Error::Pending(_))) => {
+                // L1: a CLI `apply --confirm` waits; its policy is enforced meanwhile.
+                log::warn!("the first apply is deferred: {e}");
+                self.stats.deferred = Some("start".into());
+            }
             Err(e)
                 if error::is(&e, |k| matches!(k, Error::InvalidInput(_)))
                     && self.agent.is_applied() =>
@@ -271,6 +285,8 @@ impl Daemon {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
         let mut flush = tokio::time::interval(secs(self.opts.flow_log_interval));
         let mut events = tokio::time::interval(Duration::from_millis(500));
+        // The daemon holds the timer of an `apply --confirm` (L1): a second of lateness at most.
+        let mut confirm = tokio::time::interval(Duration::from_secs(1));
         let flow_log = self.opts.flow_log.is_some();
         tokio::pin!(shutdown);
         loop {
@@ -284,6 +300,7 @@ impl Daemon {
                 _ = housekeeping.tick() => self.sweep_conntrack(),
                 _ = flush.tick(), if flow_log => self.flush_flow_log(),
                 _ = events.tick(), if flow_log => self.take_events(),
+                _ = confirm.tick() => self.check_confirm(),
                 Some(reply) = scrapes.recv() => {
                     let _ = reply.send(self.metrics());
                     Next::Continue
@@ -343,8 +360,44 @@ impl Daemon {
         Next::Continue
     }
 
+    /// Reverts a `--confirm` apply whose deadline passed (L1; the log line is the agent's),
+    /// and once the window has closed (confirmed, reverted) does the reload it deferred.
+    fn check_confirm(&mut self) -> Next {
+        if self.stats.deferred.is_some() && matches!(self.agent.pending(), Ok(None)) {
+            let why = self.stats.deferred.take().unwrap_or_default();
+            return self.reload(&format!(
+                "{why}, deferred until the confirmation window closed"
+            ));
+        }
+        match self.agent.revert_if_overdue() {
+            Ok(Some(_)) => {
+                self.stats.last_apply_unix = now_unix();
+                // A revert may attach or release devices: hold the new set of pins.
+                match self.agent.hold_pins() {
+                    Ok(g) => self.pins = Some(g),
+                    Err(e) => log::warn!("holding the pins: {e:#}"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.apply_errors += 1;
+                self.stats.last_error = Some(format!("{e:#}"));
+                log::error!("reverting an unconfirmed apply past its deadline: {e:#}");
+            }
+        }
+        Next::Continue
+    }
+
     /// The text of one scrape.
     fn metrics(&mut self) -> String {
+        self.stats.confirm_deadline_ms = match self.agent.pending() {
+            Ok(p) => p.map(|p| p.deadline_ms),
+            Err(e) => {
+                log::warn!("metrics: {e:#}");
+                None
+            }
+        };
+        self.stats.confirm_reverts = self.agent.state().confirm_reverts;
         let counters = if self.agent.is_applied() {
             self.agent
                 .counters()
@@ -362,10 +415,7 @@ impl Daemon {
     }
 
     fn apply_options(&self) -> ApplyOptions {
-        ApplyOptions {
-            dry_run: false,
-            ingress: self.opts.ingress_hook,
-        }
+        ApplyOptions::new(self.opts.ingress_hook)
     }
 
     /// Drop events feed the flow log's REJECT lines; without a flow log nobody reads them.

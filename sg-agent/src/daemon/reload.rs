@@ -112,6 +112,10 @@ impl Daemon {
             Err(e) if was_waiting && error::is(&e, |k| matches!(k, Error::NotOnThisHost(_))) => {
                 log::debug!("still waiting: {e}");
             }
+            Err(e) if error::is(&e, |k| matches!(k, Error::Pending(_))) => {
+                log::warn!("reload on {why} deferred: {e}");
+                self.stats.deferred = Some(format!("reload on {why}"));
+            }
             Err(e) => {
                 self.stats.apply_errors += 1;
                 self.stats.last_error = Some(format!("{e:#}"));

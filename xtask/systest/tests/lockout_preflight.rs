@@ -1,0 +1,139 @@
+//! Never lock me out, part 2 (L2): the pre-flight of `sg-agent apply` run by an administrator
+//! inside a real SSH session (my-ip -> inst, sshd sets SSH_CONNECTION). The reference model
+//! judges a new connection from the session's client to the SSH port on the interface that
+//! holds the server address: a policy that would drop it is refused (exit 2, nothing changed,
+//! the message names the interface, its groups and the rule needed) unless `--force`.
+use std::net::IpAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use sg_lab::bed::Bed;
+use sg_lab::bed::Server::*;
+use sg_lab::scenario::{INST, MY_IP};
+use sg_lab::services as svc;
+
+/// SSH from my-ip (IPv4 and IPv6).
+const GOOD: &str = r#"
+security_groups:
+  - id: sg-web
+    ingress:
+      - {protocol: tcp, ports: 22, source: [198.51.100.10/32, "2001:db8:20::10/128"]}
+"#;
+
+/// SSH from my-ip's IPv4 address only, and from a network the administrator is not in.
+const V4_ONLY: &str = r#"
+security_groups:
+  - id: sg-web
+    ingress:
+      - {protocol: tcp, ports: 22, source: [198.51.100.10/32, 203.0.113.0/24]}
+"#;
+
+/// The SSH rule is gone.
+const NO_SSH: &str = r#"
+security_groups:
+  - id: sg-web
+    ingress:
+      - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
+"#;
+
+fn policy(bed: &Bed, groups: &str) -> String {
+    let h = bed.host("inst");
+    let text = format!(
+        "{groups}instances:\n  - {{name: inst, addresses: [{}, \"{}\"], groups: [sg-web]}}\n",
+        h.v4(),
+        h.v6()
+    );
+    bed.policy(&text).display().to_string()
+}
+
+/// `sg-agent ARGS` on inst in an SSH session from my-ip to `to` (sshd sets
+/// SSH_CONNECTION). The lab's sshd has a private /run, so the agent enters this test's mount
+/// namespace (`nsenter -m`) to share /run/sg and /sys/fs/bpf; its network namespace stays
+/// inst's.
+fn over_ssh(bed: &Bed, to: IpAddr, args: &str) -> Output {
+    let cmd = format!(
+        "nsenter -m -t {} {} {args}",
+        std::process::id(),
+        bed.agents.bin().display()
+    );
+    let argv = svc::ssh_args(&bed.files, to, 22, &cmd);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    bed.host("my-ip")
+        .ns
+        .run(&argv, Duration::from_secs(30))
+        .expect("ssh ran")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn new_ssh_works(bed: &Bed, to: IpAddr) -> bool {
+    svc::ssh(bed.host("my-ip"), &bed.files, to, 22).expect("ssh ran")
+}
+
+fn source(bed: &Bed) -> serde_json::Value {
+    bed.agents.status(&bed.host("inst").ns).expect("status")["source"].clone()
+}
+
+/// L2: over SSH, a policy that drops SSH from the administrator's address is refused (exit
+/// 2, nothing changed, the message names what is missing); `--force` applies it, and then a
+/// new SSH connection is indeed refused. Over IPv6, a policy that keeps only the IPv4 rule is
+/// refused naming the /128 the IPv6 client needs.
+#[test]
+fn l2_preflight_refuses_a_policy_that_drops_the_admins_ssh_unless_forced() {
+    let mut bed = Bed::new(&[INST, MY_IP]);
+    bed.serve("inst", &[Ssh(22)]);
+    bed.apply_to_inst(GOOD, "sg-web");
+    let (v4, v6) = (bed.host("inst").v4(), bed.host("inst").v6());
+    let before = source(&bed);
+
+    let no_ssh = policy(&bed, NO_SSH);
+    let o = over_ssh(&bed, v4, &format!("apply {no_ssh}"));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    for want in [
+        "pre-flight (SSH_CONNECTION 198.51.100.10",
+        "interface inst",
+        "groups sg-web",
+        "source: 198.51.100.10/32",
+        "--force",
+        "nothing was changed",
+    ] {
+        assert!(text(&o).contains(want), "{want:?} missing: {}", text(&o));
+    }
+    assert_eq!(source(&bed), before, "nothing was applied");
+    assert!(new_ssh_works(&bed, v4), "still open after the refusal");
+
+    let v4_only = policy(&bed, V4_ONLY);
+    let o = over_ssh(&bed, v6, &format!("apply {v4_only}"));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("2001:db8:20::10/128"),
+        "the IPv6 client's rule: {}",
+        text(&o)
+    );
+    // The same policy is fine for the IPv4 session (the pre-flight judges the session's own
+    // client), and says what it checked.
+    let o = over_ssh(&bed, v4, &format!("apply {v4_only}"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("pre-flight: a new SSH connection from 198.51.100.10 to port 22"),
+        "{}",
+        text(&o)
+    );
+
+    let o = over_ssh(&bed, v4, &format!("apply --force {no_ssh}"));
+    assert!(o.status.success(), "--force overrides: {}", text(&o));
+    assert!(text(&o).contains("applied anyway: --force"), "{}", text(&o));
+    assert_eq!(source(&bed), no_ssh.as_str());
+    assert!(
+        !new_ssh_works(&bed, v4),
+        "the pre-flight was right: new SSH connections are refused"
+    );
+    bed.detach_all();
+}
