@@ -427,7 +427,7 @@ impl Agent {
         st.applied_at = unix_now();
         st.applied = bound.applied.clone();
         st.hooks = hooks;
-        self.write_applied_text(text)?;
+        self.write_applied_text(text, &src.inputs())?;
         crate::state::write_private(
             &self.sd.run.join("policy.applied.name"),
             src.describe()
@@ -441,9 +441,16 @@ impl Agent {
         Ok(())
     }
 
-    fn write_applied_text(&self, text: &str) -> Result<()> {
+    /// The text, and the inputs a template was evaluated with: together they give back the
+    /// policy applied (explain judges with it).
+    fn write_applied_text(&self, text: &str, inputs: &crate::config::TemplateInputs) -> Result<()> {
         crate::state::write_private(&self.sd.run.join("policy.applied"), text.as_bytes())
-            .context("saving the applied policy text")
+            .context("saving the applied policy text")?;
+        crate::state::write_private(
+            &self.sd.run.join("policy.applied.inputs"),
+            serde_json::to_string(inputs)?.as_bytes(),
+        )
+        .context("saving the applied policy's template inputs")
     }
 
     /// A reload that only changes memberships (instances joining or leaving groups, their
@@ -480,7 +487,7 @@ impl Agent {
         st.source = src.describe();
         st.applied_at = unix_now();
         st.applied = bound.applied.clone();
-        self.write_applied_text(text)?;
+        self.write_applied_text(text, &src.inputs())?;
         self.sd.save(&st)?;
         self.state = st;
         Ok(Some(ApplyOutcome {

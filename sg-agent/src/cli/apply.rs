@@ -24,11 +24,13 @@ pub struct Args {
         hide_possible_values = true
     )]
     pub(super) ingress_hook: HookArg,
+    #[command(flatten)]
+    template: super::template::TemplateArgs,
 }
 
 pub fn run(g: &Globals, a: &Args) -> Result<()> {
     let mut agent = open_agent(g)?;
-    let src = FileSource(a.file.clone());
+    let src = FileSource(a.file.clone(), a.template.inputs()?);
     let out = agent.apply(
         &src,
         ApplyOptions {

@@ -700,7 +700,7 @@ impl<'n> Cfn<'n, '_> {
     /// An unknown value where a group or prefix list is expected: one defined elsewhere when
     /// the value names one (an import, a group-id parameter), else an error.
     fn external_of(&mut self, w: Why, o: Origin, kind: &str) -> Option<L<String>> {
-        let Some(id) = w.group.clone() else {
+        let Some(id) = w.group.as_deref().map(external_id) else {
             self.report_unknown(&w, &o, &format!("the security {kind}"));
             return None;
         };
@@ -1111,13 +1111,14 @@ impl<'n> Cfn<'n, '_> {
     /// Warns when a parameter's Default, not a value given, opens a rule to the world.
     fn world_by_default(&mut self, s: &L<String>) {
         let cidr = s.v.trim();
-        if cidr != "0.0.0.0/0" && cidr != "::/0" {
+        // Any address with prefix length 0 is every address (`192.168.1.0/0` too).
+        if !cidr.ends_with("/0") {
             return;
         }
         if let Some(p) = self.defaults.get(&(s.at.line, s.at.column)).cloned() {
             self.sink.warn_hint(
                 &s.at,
-                format!("the Default of parameter {p} opens this rule to {cidr}, every address"),
+                format!("the Default of parameter {p} opens this rule to {cidr}: every address"),
                 format!("give the addresses that need access: --parameter {p}=CIDR"),
             );
         }
@@ -1759,6 +1760,20 @@ fn defined<'a>(
         .iter()
         .find(|(logical, (id, name))| *logical == t || id == t || name.as_deref() == Some(t))
         .map(|(_, (id, _))| id.as_str())
+}
+
+/// The id of a group or prefix list sg knows only by a name (an export's, a parameter's):
+/// the name with `${...}` unwrapped and what an id cannot hold made `-`, so it survives
+/// export to the native format (`${Parent}-SG` -> `Parent-SG`).
+fn external_id(name: &str) -> String {
+    let id: String = name
+        .replace("${", "")
+        .replace('}', "")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    let id = id.trim_matches('-');
+    if id.is_empty() { "unknown".to_string() } else { id.chars().take(64).collect() }
 }
 
 /// Which entry of an instance's NetworkInterfaces is read, and whose.
