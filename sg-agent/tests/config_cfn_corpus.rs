@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use sg_agent::config::{TemplateInputs, load_file, load_file_with};
+use sg_agent::policy::{GroupId, IcmpMatch, Peer, Protocol, Rule};
 
 /// Templates understood with no option given (124 before templates were evaluated).
 const UNDERSTOOD: usize = 167;
@@ -135,9 +136,12 @@ fn templates() -> Vec<PathBuf> {
 fn inputs(opts: &[&str]) -> TemplateInputs {
     let mut i = TemplateInputs::default();
     for o in opts {
-        match o.strip_prefix("import:") {
-            Some(imp) => i.add_import(imp).unwrap(),
-            None => i.add_parameter(o).unwrap(),
+        if let Some(imp) = o.strip_prefix("import:") {
+            i.add_import(imp).unwrap();
+        } else if let Some(r) = o.strip_prefix("region:") {
+            i.region = Some(r.to_string());
+        } else {
+            i.add_parameter(o).unwrap();
         }
     }
     i
@@ -197,4 +201,205 @@ fn each_rejected_template_passes_with_the_options_listed_for_it() {
             panic!("{part} with {opts:?}:\n{d}");
         }
     }
+}
+
+/// A rule as `PROTO PORTS PEER`, written independently of sg's own formatting.
+fn rule_text(r: &Rule) -> String {
+    let icmp = |m: &IcmpMatch| match m {
+        IcmpMatch::All => "all".to_string(),
+        IcmpMatch::Type(t) => t.to_string(),
+        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
+    };
+    let p = match &r.protocol {
+        Protocol::All => "all".to_string(),
+        Protocol::Tcp(x) => format!("tcp {}-{}", x.from, x.to),
+        Protocol::Udp(x) => format!("udp {}-{}", x.from, x.to),
+        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
+        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
+        Protocol::Number(n) => format!("proto {n}"),
+    };
+    let peer = match &r.peer {
+        Peer::Cidr(c) => c.to_string(),
+        Peer::PrefixList(p) => p.0.clone(),
+        Peer::Group(g) => g.0.clone(),
+    };
+    format!("{p} {peer}")
+}
+
+/// A group CloudFormation would create: its id here, its ingress and egress rules.
+type WantGroup<'a> = (&'a str, &'a [&'a str], &'a [&'a str]);
+/// An interface: its name and its groups.
+type WantIface<'a> = (&'a str, &'a [&'a str]);
+
+/// EC2's egress rules of a group that lists none (D2; SEMANTICS models both families).
+const D2: &[&str] = &["all 0.0.0.0/0", "all ::/0"];
+
+/// Loads corpus template `part` with `opts` and compares every group, rule and interface with
+/// what CloudFormation would create, written out by hand from the template.
+fn same_as_cloudformation(part: &str, opts: &[&str], groups: &[WantGroup], ifaces: &[WantIface]) {
+    let f = templates()
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(part))
+        .unwrap_or_else(|| panic!("{part} is not in the corpus"));
+    let l = load_file_with(&f, &inputs(opts)).unwrap_or_else(|d| panic!("{part}:\n{d}"));
+    let p = &l.policy;
+    let got: Vec<&str> = p.groups.keys().map(|g| g.0.as_str()).collect();
+    let mut want: Vec<&str> = groups.iter().map(|g| g.0).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "{part} {opts:?}: the groups");
+    for (id, ingress, egress) in groups {
+        let g = &p.groups[&GroupId((*id).into())];
+        let i: Vec<String> = g.ingress.iter().map(rule_text).collect();
+        let e: Vec<String> = g.egress.iter().map(rule_text).collect();
+        assert_eq!(i, *ingress, "{part} {opts:?}: ingress of {id}");
+        assert_eq!(e, *egress, "{part} {opts:?}: egress of {id}");
+    }
+    let got: Vec<(String, Vec<String>)> = p
+        .interfaces
+        .iter()
+        .map(|i| {
+            (
+                i.name.clone(),
+                i.groups.iter().map(|g| g.0.clone()).collect(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, Vec<String>)> = ifaces
+        .iter()
+        .map(|(n, gs)| (n.to_string(), gs.iter().map(|g| g.to_string()).collect()))
+        .collect();
+    assert_eq!(got, want, "{part} {opts:?}: the interfaces");
+}
+
+#[test]
+fn ten_templates_create_the_rules_cloudformation_would_create() {
+    // SSHLocation's Default 192.168.1.0/0 is every IPv4 address once its host bits are gone.
+    same_as_cloudformation(
+        "EC2__EC2InstanceWithSecurityGroupSample.yaml",
+        &[],
+        &[("InstanceSecurityGroup", &["tcp 22-22 0.0.0.0/0"], D2)],
+        &[("EC2Instance", &["InstanceSecurityGroup"])],
+    );
+    // HTTP only from the Classic Load Balancer's own source group (defined by ELB).
+    same_as_cloudformation(
+        "ElasticLoadBalancing__ELBWithLockedDownAutoScaledInstances.yaml",
+        &["SSHLocation=198.51.100.0/24"],
+        &[
+            ("ElasticLoadBalancer-SourceSecurityGroup", &[], &[]),
+            (
+                "InstanceSecurityGroup",
+                &[
+                    "tcp 80-80 ElasticLoadBalancer-SourceSecurityGroup",
+                    "tcp 22-22 198.51.100.0/24",
+                ],
+                D2,
+            ),
+        ],
+        &[],
+    );
+    // IsEC2VPC holds in eu-central-1 and cn-north-1 only: elsewhere the group is not created.
+    same_as_cloudformation("RDS__RDS_MySQL_With_Read_Replica.yaml", &[], &[], &[]);
+    same_as_cloudformation(
+        "RDS__RDS_MySQL_With_Read_Replica.yaml",
+        &["region:eu-central-1"],
+        &[
+            ("DBEC2SecurityGroup", &["tcp 3306-3306 default"], D2),
+            ("default", &["all default"], D2),
+        ],
+        &[],
+    );
+    // The client group is another stack's export; the bastion's rule exists only when
+    // ParentSSHBastionStack is given.
+    same_as_cloudformation(
+        "widdix+aws-cf-templates__state__rds-mysql.yaml",
+        &[],
+        &[
+            (
+                "DatabaseSecurityGroup",
+                &["tcp 3306-3306 ParentClientStack-ClientSecurityGroup"],
+                D2,
+            ),
+            ("ParentClientStack-ClientSecurityGroup", &[], &[]),
+        ],
+        &[],
+    );
+    same_as_cloudformation(
+        "widdix+aws-cf-templates__state__rds-mysql.yaml",
+        &[
+            "ParentClientStack=client",
+            "ParentSSHBastionStack=bastion",
+            "import:client-ClientSecurityGroup=sg-0aaaaaaaaaaaaaaaa",
+            "import:bastion-SecurityGroup=sg-0bbbbbbbbbbbbbbbb",
+        ],
+        &[
+            (
+                "DatabaseSecurityGroup",
+                &[
+                    "tcp 3306-3306 sg-0aaaaaaaaaaaaaaaa",
+                    "tcp 3306-3306 sg-0bbbbbbbbbbbbbbbb",
+                ],
+                D2,
+            ),
+            ("sg-0aaaaaaaaaaaaaaaa", &[], &[]),
+            ("sg-0bbbbbbbbbbbbbbbb", &[], &[]),
+        ],
+        &[],
+    );
+    same_as_cloudformation(
+        "widdix+aws-cf-templates__state__elasticache-redis.yaml",
+        &[
+            "ParentClientStack=app",
+            "import:app-ClientSecurityGroup=sg-0cccccccccccccccc",
+        ],
+        &[
+            ("SecurityGroup", &["tcp 6379-6379 sg-0cccccccccccccccc"], D2),
+            ("sg-0cccccccccccccccc", &[], &[]),
+        ],
+        &[],
+    );
+    same_as_cloudformation(
+        "widdix+aws-cf-templates__vpc__vpc-ssh-bastion.yaml",
+        &[],
+        &[("SecurityGroup", &["tcp 22-22 0.0.0.0/0"], D2)],
+        &[],
+    );
+    // SecurityGroupIds: !Split [',', !GetAtt InstanceSecurityGroup.GroupId]; the Name tag
+    // is a Join of a parameter's Default.
+    same_as_cloudformation(
+        "IoT__amzn2-greengrass-cfn-pkg.yaml",
+        &[],
+        &[("InstanceSecurityGroup", &["tcp 22-22 0.0.0.0/0"], D2)],
+        &[("Greengrass Core Blog -gg_cfn", &["InstanceSecurityGroup"])],
+    );
+    // The CloudFront origin-facing prefix list of the region, from Mappings.
+    for (region, pl) in [("us-east-1", "pl-3b927c52"), ("eu-west-1", "pl-4fa04526")] {
+        let http = format!("tcp 80-80 {pl}");
+        same_as_cloudformation(
+            "Solutions__GitLab__GitLabServer-pkg.yaml",
+            &[&format!("region:{region}")],
+            &[(
+                "InstanceSecurityGroup",
+                &[http.as_str()],
+                &["all 0.0.0.0/0"],
+            )],
+            &[("gitlab-server", &["InstanceSecurityGroup"])],
+        );
+    }
+    same_as_cloudformation(
+        "cfn-endpoint-waitcondition-no-igw.yaml",
+        &[],
+        &[
+            ("EndpointSG", &["tcp 443-443 0.0.0.0/0"], D2),
+            ("PrivateSG", &["tcp 22-22 10.192.0.0/16"], D2),
+        ],
+        &[("Private", &["PrivateSG"])],
+    );
+    // CreateSecurityGroup: only when a VpcId is given.
+    same_as_cloudformation("security__templates__security-agent.yaml", &[], &[], &[]);
+    same_as_cloudformation(
+        "security__templates__security-agent.yaml",
+        &["VpcId=vpc-0123456789abcdef0"],
+        &[("SecurityGroupForScanner", &[], &["all 0.0.0.0/0"])],
+        &[],
+    );
 }
