@@ -28,9 +28,8 @@ fn load(text: &str, opts: &[&str]) -> Loaded {
 
 /// The first error, as `LINE:COL: message` with its hint.
 fn first_error(text: &str, opts: &[&str]) -> Diagnostic {
-    let d = match load_str_with(text, "t.yaml", &inputs(opts)) {
-        Ok(_) => panic!("must fail:\n{text}"),
-        Err(d) => d,
+    let Err(d) = load_str_with(text, "t.yaml", &inputs(opts)) else {
+        panic!("must fail:\n{text}")
     };
     d.errors().next().unwrap().clone()
 }

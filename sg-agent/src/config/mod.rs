@@ -232,7 +232,11 @@ impl Loaded {
         if !self.parameters.is_empty() {
             let _ = writeln!(s, "parameters used: {}", self.parameters.len());
             for u in &self.parameters {
-                let _ = writeln!(s, "  {} = {:?} ({})", u.name, u.value, u.source);
+                if u.value.is_empty() && u.source.starts_with("no ") {
+                    let _ = writeln!(s, "  {} unknown ({})", u.name, u.source);
+                } else {
+                    let _ = writeln!(s, "  {} = {:?} ({})", u.name, u.value, u.source);
+                }
             }
         }
         let _ = writeln!(s, "security groups: {}", p.groups.len());

@@ -1770,10 +1770,20 @@ fn external_id(name: &str) -> String {
         .replace("${", "")
         .replace('}', "")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let id = id.trim_matches('-');
-    if id.is_empty() { "unknown".to_string() } else { id.chars().take(64).collect() }
+    if id.is_empty() {
+        "unknown".to_string()
+    } else {
+        id.chars().take(64).collect()
+    }
 }
 
 /// Which entry of an instance's NetworkInterfaces is read, and whose.

@@ -90,6 +90,16 @@ impl Resolver<'_> {
             None => match &def.default {
                 Some(d) => (self.default_text(d, name)?, "default".to_string()),
                 None => {
+                    if self.recording {
+                        self.used.insert(
+                            name.to_string(),
+                            ParameterUse {
+                                name: name.to_string(),
+                                value: String::new(),
+                                source: "no Default, not given".to_string(),
+                            },
+                        );
+                    }
                     return Err(Why {
                         message: format!("parameter {name} has no Default and no value was given"),
                         hint: Some(format!(

@@ -189,77 +189,92 @@ fn check_inputs(sink: &mut Sink, top: &Fields, r: &Resolver) {
 }
 
 /// The Resources mapping evaluated: a false Condition removes its resource, Properties are
-/// evaluated, Type, Condition and the other attributes stay as written.
+/// evaluated, Type, Condition and the other attributes stay as written. The resources sg
+/// reads go first, so the parameters their conditions use are recorded before another
+/// resource's evaluation caches those conditions; the template's order is kept.
 fn resources_evaluated(
     sink: &mut Sink,
     at: &At,
     r: &mut Resolver,
     excluded: &mut Vec<String>,
 ) -> Rc<Node> {
-    let mut out = Vec::new();
-    for (k, v) in at.node.as_map().unwrap_or_default() {
-        let logical = k.scalar().unwrap_or_default().to_string();
-        let res_at = at.child(&logical, v);
-        let ty_node = v.get("Type");
-        if let Some(t) = ty_node
-            && let Some(module) = rain_module(t)
-        {
-            let o = res_at.child("Type", t).origin(sink);
-            sink.error_hint(
-                &o,
-                format!("resource {logical} is a Rain module ({module}): Rain's syntax, not CloudFormation"),
-                "expand the modules first (`rain pkg TEMPLATE > expanded.yaml`) and check the expanded template",
-            );
-            continue;
-        }
-        let ty = ty_node.and_then(|t| t.scalar()).unwrap_or_default();
-        let read = READ_TYPES.contains(&ty);
-        if let Some(c) = v.get("Condition") {
-            match c.scalar().map(|name| r.condition(name)) {
-                Some(Ok(true)) => {}
-                Some(Ok(false)) => {
-                    if read {
-                        excluded.push(logical.clone());
-                    }
-                    continue;
-                }
-                Some(Err(w)) if read => {
-                    let o = res_at.child("Condition", c).origin(sink);
-                    report(
-                        sink,
-                        &o,
-                        &w,
-                        &format!("whether resource {logical} exists is unknown"),
-                    );
-                }
-                _ => {}
+    let entries = at.node.as_map().unwrap_or_default();
+    let mut out: Vec<(usize, (Rc<Node>, Rc<Node>))> = Vec::new();
+    for read_pass in [true, false] {
+        for (i, (k, v)) in entries.iter().enumerate() {
+            let ty = v.get("Type").and_then(|t| t.scalar()).unwrap_or_default();
+            if READ_TYPES.contains(&ty) != read_pass {
+                continue;
+            }
+            if let Some(e) = resource_evaluated(sink, at, (k, v), r, excluded) {
+                out.push((i, e));
             }
         }
-        r.recording = read;
-        let entries = v
-            .as_map()
-            .unwrap_or_default()
-            .iter()
-            .map(
-                |(pk, pv)| match (pk.scalar(), r.resolve_if("Properties", pk, pv)) {
-                    (_, Some(x)) => (pk.clone(), x),
-                    (_, None) => (pk.clone(), pv.clone()),
-                },
-            )
-            .collect();
-        r.recording = false;
-        out.push((
-            k.clone(),
-            Rc::new(Node::synth(
-                Kind::Map(entries),
-                v.tag.clone(),
-                v.line,
-                v.column,
-            )),
-        ));
     }
+    out.sort_by_key(|(i, _)| *i);
     let n = at.node;
+    let out = out.into_iter().map(|(_, e)| e).collect();
     Rc::new(Node::synth(Kind::Map(out), n.tag.clone(), n.line, n.column))
+}
+
+/// One resource evaluated; None when it is left out (a false Condition, a Rain module).
+fn resource_evaluated(
+    sink: &mut Sink,
+    at: &At,
+    (k, v): (&Rc<Node>, &Rc<Node>),
+    r: &mut Resolver,
+    excluded: &mut Vec<String>,
+) -> Option<(Rc<Node>, Rc<Node>)> {
+    let logical = k.scalar().unwrap_or_default().to_string();
+    let res_at = at.child(&logical, v);
+    let ty_node = v.get("Type");
+    if let Some(t) = ty_node
+        && let Some(module) = rain_module(t)
+    {
+        let o = res_at.child("Type", t).origin(sink);
+        sink.error_hint(
+            &o,
+            format!("resource {logical} is a Rain module ({module}): Rain's syntax, not CloudFormation"),
+            "expand the modules first (`rain pkg TEMPLATE > expanded.yaml`) and check the expanded template",
+        );
+        return None;
+    }
+    let ty = ty_node.and_then(|t| t.scalar()).unwrap_or_default();
+    let read = READ_TYPES.contains(&ty);
+    r.recording = read;
+    if let Some(c) = v.get("Condition") {
+        match c.scalar().map(|name| r.condition(name)) {
+            Some(Ok(false)) => {
+                if read {
+                    excluded.push(logical);
+                }
+                r.recording = false;
+                return None;
+            }
+            Some(Err(w)) if read => {
+                let o = res_at.child("Condition", c).origin(sink);
+                report(
+                    sink,
+                    &o,
+                    &w,
+                    &format!("whether resource {logical} exists is unknown"),
+                );
+            }
+            _ => {}
+        }
+    }
+    let entries = v
+        .as_map()
+        .unwrap_or_default()
+        .iter()
+        .map(|(pk, pv)| match r.resolve_if("Properties", pk, pv) {
+            Some(x) => (pk.clone(), x),
+            None => (pk.clone(), pv.clone()),
+        })
+        .collect();
+    r.recording = false;
+    let node = Node::synth(Kind::Map(entries), v.tag.clone(), v.line, v.column);
+    Some((k.clone(), Rc::new(node)))
 }
 
 /// `!Rain::Module path` (YAML) or `{"Rain::Module": path}` (JSON), as written.
