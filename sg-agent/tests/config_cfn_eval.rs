@@ -14,6 +14,8 @@ fn inputs(opts: &[&str]) -> TemplateInputs {
             i.add_import(imp).unwrap();
         } else if let Some(r) = o.strip_prefix("region:") {
             i.region = Some(r.to_string());
+        } else if let Some(b) = o.strip_prefix("bind:") {
+            i.add_bind(b).unwrap();
         } else {
             i.add_parameter(o).unwrap();
         }
@@ -512,4 +514,58 @@ fn template_inputs_for_a_file_that_is_not_a_template_are_refused() {
     let native = "security_groups:\n  - id: sg-web\n    description: web\n";
     let e = load_str_with(native, "p.yaml", &inputs(&["A=1"])).unwrap_err();
     assert!(e.to_string().contains("template inputs"), "{e}");
+}
+
+const INSTANCES: &str = r#"
+Resources:
+  Web:
+    Type: AWS::EC2::SecurityGroup
+    Properties: {GroupDescription: web}
+  WebServer:
+    Type: AWS::EC2::Instance
+    Properties:
+      SecurityGroupIds: [!Ref Web]
+      Tags: [{Key: Name, Value: web-1}]
+  Router:
+    Type: AWS::EC2::Instance
+    Properties:
+      NetworkInterfaces:
+        - {DeviceIndex: 0, GroupSet: [!Ref Web]}
+        - {DeviceIndex: 1, GroupSet: [!Ref Web]}
+"#;
+
+#[test]
+fn bind_names_the_local_device_of_a_template_interface_by_logical_id() {
+    let l = load(
+        INSTANCES,
+        &["bind:WebServer=veth-web", "bind:Router/eth1=veth-r1"],
+    );
+    let devices: Vec<(String, Option<String>)> = l
+        .policy
+        .interfaces
+        .iter()
+        .map(|i| (i.name.clone(), i.device.clone()))
+        .collect();
+    assert_eq!(
+        devices,
+        [
+            ("web-1".to_string(), Some("veth-web".to_string())),
+            ("Router/eth0".to_string(), None),
+            ("Router/eth1".to_string(), Some("veth-r1".to_string())),
+        ]
+    );
+    let e = first_error(INSTANCES, &["bind:WebSrever=eth0"]);
+    assert_eq!(at(&e), (1, 1));
+    assert!(
+        e.message
+            .contains("--bind WebSrever: no instance or network interface WebSrever"),
+        "{e}"
+    );
+    assert_eq!(e.hint.as_deref(), Some("did you mean WebServer?"));
+    let e = first_error(INSTANCES, &["bind:Router=eth0"]);
+    assert!(e.message.contains("the instance has 2 interfaces"), "{e}");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("bind each: Router/eth0, Router/eth1")
+    );
 }

@@ -589,7 +589,8 @@ pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
         return Err(Error::NotOnThisHost(format!(
             "{}: no interface of the policy is on this host (local devices: {}); hint: \
              give the instance's addresses in the policy, or name the device with \
-             `device:`",
+             `device:` (a CloudFormation template: `--bind LogicalId=DEVICE` or the tag \
+             `sg:device`)",
             src.describe(),
             if here.is_empty() {
                 "none".into()

@@ -35,6 +35,10 @@ pub struct TemplateArgs {
     /// vpc-ClientSecurityGroup=sg-0123456789abcdef0. Repeatable.
     #[arg(long = "import", value_name = "NAME=VALUE")]
     imports: Vec<String>,
+    /// The local device that carries an instance's (or network interface's) interface, by
+    /// logical id, e.g. WebServer=eth0 (Instance/eth1 for one of several). Repeatable.
+    #[arg(long = "bind", value_name = "LOGICAL_ID=DEVICE")]
+    binds: Vec<String>,
 }
 
 impl TemplateArgs {
@@ -56,6 +60,9 @@ impl TemplateArgs {
         }
         for p in &self.imports {
             i.add_import(p).map_err(bad)?;
+        }
+        for b in &self.binds {
+            i.add_bind(b).map_err(bad)?;
         }
         Ok(i)
     }

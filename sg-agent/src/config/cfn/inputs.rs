@@ -27,6 +27,9 @@ pub struct TemplateInputs {
     pub stack_name: Option<String>,
     /// `--import Name=Value`: what Fn::ImportValue of Name evaluates to.
     pub imports: BTreeMap<String, String>,
+    /// `--bind LogicalId=DEVICE`: the local device that carries an instance's or ENI's
+    /// interface (`Instance/ethN` for one of several).
+    pub binds: BTreeMap<String, String>,
 }
 
 /// A parameter value given by the user, and where it was given.
@@ -71,6 +74,16 @@ impl TemplateInputs {
     pub fn add_import(&mut self, spec: &str) -> Result<(), String> {
         let (key, value) = key_value(spec, "--import")?;
         self.imports.insert(key, value);
+        Ok(())
+    }
+
+    /// `--bind LogicalId=DEVICE`.
+    pub fn add_bind(&mut self, spec: &str) -> Result<(), String> {
+        let (key, device) = key_value(spec, "--bind")?;
+        if device.trim().is_empty() {
+            return Err(format!("--bind {key}: the device name is empty"));
+        }
+        self.binds.insert(key, device.trim().to_string());
         Ok(())
     }
 

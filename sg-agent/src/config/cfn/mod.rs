@@ -197,6 +197,8 @@ struct Cfn<'n, 's> {
     external_pls: BTreeMap<String, Origin>,
     /// Where an interface without groups was found (the VPC default group is then modelled).
     default_needed: Option<Origin>,
+    /// Instance and ENI logical id -> the name its interfaces are called by (for `--bind`).
+    aliases: HashMap<String, String>,
 }
 
 fn plain_literal(at: &At) -> Option<String> {
@@ -243,6 +245,7 @@ pub(crate) fn read(
         external_groups: BTreeMap::new(),
         external_pls: BTreeMap::new(),
         default_needed: None,
+        aliases: HashMap::new(),
     };
     let used = st.resolver.used.into_values().collect();
     let Some(resources) = top.get("Resources") else {
@@ -270,6 +273,7 @@ pub(crate) fn read(
     c.prefix_lists(&mut d);
     c.groups(&mut d);
     c.interfaces(&mut d);
+    c.bind(&mut d, inputs);
     c.finish(&mut d);
     (d, used)
 }
@@ -1454,6 +1458,7 @@ impl<'n> Cfn<'n, '_> {
         }
         let (tag_name, device) = self.tags(&p);
         let name = tag_name.unwrap_or_else(|| logical.clone());
+        self.aliases.insert(logical.clone(), name.clone());
         let Some(nics) = p.get("NetworkInterfaces") else {
             let iface = self.instance_own_interface(&p, &logical, name, device, origin);
             d.interfaces.push(iface);
@@ -1686,6 +1691,7 @@ impl<'n> Cfn<'n, '_> {
                 (n.clone(), n)
             }
         };
+        self.aliases.insert(logical.clone(), name.clone());
         DInterface {
             name: L::new(name, origin.clone()),
             instance,
@@ -1695,6 +1701,69 @@ impl<'n> Cfn<'n, '_> {
             groups_at,
             timeouts,
             at: origin,
+        }
+    }
+
+    /// `--bind KEY=DEVICE`: the interface KEY names (an instance or ENI by logical id or
+    /// name, `Instance/ethN` for one of several) is carried by the local DEVICE, as the
+    /// `sg:device` tag says it (the option wins over the tag).
+    fn bind(&mut self, d: &mut Draft, inputs: &TemplateInputs) {
+        let top = Origin {
+            file: self.sink.file.clone(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+        };
+        for (key, device) in &inputs.binds {
+            let (base, suffix) = match key.split_once('/') {
+                Some((b, s)) => (b, Some(s)),
+                None => (key.as_str(), None),
+            };
+            let base = self.aliases.get(base).map_or(base, String::as_str);
+            let name = suffix.map_or_else(|| base.to_string(), |s| format!("{base}/{s}"));
+            let mut hits: Vec<usize> = (0..d.interfaces.len())
+                .filter(|&i| d.interfaces[i].name.v == name)
+                .collect();
+            if hits.is_empty() && suffix.is_none() {
+                hits = (0..d.interfaces.len())
+                    .filter(|&i| d.interfaces[i].instance == base)
+                    .collect();
+            }
+            match hits.as_slice() {
+                [i] => {
+                    let at = d.interfaces[*i].at.clone();
+                    d.interfaces[*i].device = Some(L::new(device.clone(), at));
+                }
+                [] => {
+                    let mut known: Vec<&str> = self.aliases.keys().map(String::as_str).collect();
+                    known.extend(d.interfaces.iter().map(|i| i.name.v.as_str()));
+                    let hint = match did_you_mean(key, &known) {
+                        Some(k) => format!("did you mean {k}?"),
+                        None if known.is_empty() => {
+                            "the template has no instance or network interface".to_string()
+                        }
+                        None => format!("its instances and interfaces: {}", known.join(", ")),
+                    };
+                    self.sink.error_hint(
+                        &top,
+                        format!(
+                            "--bind {key}: no instance or network interface {key} in this template"
+                        ),
+                        hint,
+                    );
+                }
+                many => {
+                    let names: Vec<&str> = many
+                        .iter()
+                        .map(|&i| d.interfaces[i].name.v.as_str())
+                        .collect();
+                    self.sink.error_hint(
+                        &top,
+                        format!("--bind {key}: the instance has {} interfaces", many.len()),
+                        format!("bind each: {}", names.join(", ")),
+                    );
+                }
+            }
         }
     }
 

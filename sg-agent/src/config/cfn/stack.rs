@@ -199,7 +199,7 @@ fn resources_evaluated(
     excluded: &mut Vec<String>,
 ) -> Rc<Node> {
     let entries = at.node.as_map().unwrap_or_default();
-    let mut out: Vec<(usize, (Rc<Node>, Rc<Node>))> = Vec::new();
+    let mut out: Vec<(usize, Entry)> = Vec::new();
     for read_pass in [true, false] {
         for (i, (k, v)) in entries.iter().enumerate() {
             let ty = v.get("Type").and_then(|t| t.scalar()).unwrap_or_default();
@@ -217,6 +217,9 @@ fn resources_evaluated(
     Rc::new(Node::synth(Kind::Map(out), n.tag.clone(), n.line, n.column))
 }
 
+/// A mapping's entry: key and value.
+type Entry = (Rc<Node>, Rc<Node>);
+
 /// One resource evaluated; None when it is left out (a false Condition, a Rain module).
 fn resource_evaluated(
     sink: &mut Sink,
@@ -224,7 +227,7 @@ fn resource_evaluated(
     (k, v): (&Rc<Node>, &Rc<Node>),
     r: &mut Resolver,
     excluded: &mut Vec<String>,
-) -> Option<(Rc<Node>, Rc<Node>)> {
+) -> Option<Entry> {
     let logical = k.scalar().unwrap_or_default().to_string();
     let res_at = at.child(&logical, v);
     let ty_node = v.get("Type");
