@@ -517,6 +517,8 @@ fn template_inputs_for_a_file_that_is_not_a_template_are_refused() {
 }
 
 const INSTANCES: &str = r#"
+Parameters:
+  KeyName: {Type: "AWS::EC2::KeyPair::KeyName"}
 Resources:
   Web:
     Type: AWS::EC2::SecurityGroup
@@ -525,6 +527,7 @@ Resources:
     Type: AWS::EC2::Instance
     Properties:
       SecurityGroupIds: [!Ref Web]
+      KeyName: !Ref KeyName
       Tags: [{Key: Name, Value: web-1}]
   Router:
     Type: AWS::EC2::Instance
@@ -535,7 +538,7 @@ Resources:
 "#;
 
 #[test]
-fn bind_names_the_local_device_of_a_template_interface_by_logical_id() {
+fn bind_names_the_local_device_of_a_template_interface_and_unread_properties_need_no_value() {
     let l = load(
         INSTANCES,
         &["bind:WebServer=veth-web", "bind:Router/eth1=veth-r1"],
@@ -554,6 +557,8 @@ fn bind_names_the_local_device_of_a_template_interface_by_logical_id() {
             ("Router/eth1".to_string(), Some("veth-r1".to_string())),
         ]
     );
+    // KeyName has no value, but sg does not read it: not an error, not listed as used.
+    assert!(l.parameters.is_empty(), "{:?}", l.parameters);
     let e = first_error(INSTANCES, &["bind:WebSrever=eth0"]);
     assert_eq!(at(&e), (1, 1));
     assert!(

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
-use super::eval::{Out, Resolver, Why};
+use super::eval::{Out, Resolver, Why, call};
 use super::inputs::TemplateInputs;
 use super::params::ParamDef;
 use super::{ENI, ENI_ATTACHMENT, INSTANCE, PREFIX_LIST, SG, SG_EGRESS, SG_INGRESS};
@@ -270,9 +270,9 @@ fn resource_evaluated(
         .as_map()
         .unwrap_or_default()
         .iter()
-        .map(|(pk, pv)| match r.resolve_if("Properties", pk, pv) {
-            Some(x) => (pk.clone(), x),
-            None => (pk.clone(), pv.clone()),
+        .map(|(pk, pv)| match pk.scalar() {
+            Some("Properties") => (pk.clone(), r.properties(ty, pv)),
+            _ => (pk.clone(), pv.clone()),
         })
         .collect();
     r.recording = false;
@@ -297,20 +297,68 @@ fn rain_module(t: &Node) -> Option<String> {
     }
 }
 
+/// Whether sg reads property `key` of a resource of type `ty` (its parameters are then
+/// listed as used).
+fn reads(ty: &str, key: &str) -> bool {
+    match ty {
+        INSTANCE => matches!(
+            key,
+            "SecurityGroupIds"
+                | "SecurityGroups"
+                | "PrivateIpAddress"
+                | "Ipv6Addresses"
+                | "NetworkInterfaces"
+                | "Tags"
+        ),
+        ENI => matches!(
+            key,
+            "GroupSet"
+                | "PrivateIpAddress"
+                | "PrivateIpAddresses"
+                | "Ipv6Addresses"
+                | "ConnectionTrackingSpecification"
+                | "Tags"
+        ),
+        SG => !matches!(key, "VpcId" | "Tags"),
+        _ => true,
+    }
+}
+
 impl Resolver<'_> {
-    /// `value` evaluated when `key` is `want` (an evaluation to AWS::NoValue: an empty map).
-    fn resolve_if(&mut self, want: &str, key: &Node, value: &Rc<Node>) -> Option<Rc<Node>> {
-        if key.scalar() != Some(want) {
-            return None;
-        }
-        match self.resolve(value) {
-            Out::Node(n) => Some(n),
-            Out::NoValue => Some(Rc::new(Node::synth(
+    /// A resource's Properties evaluated, property by property when they are a mapping (an
+    /// evaluation to AWS::NoValue: an empty mapping).
+    fn properties(&mut self, ty: &str, value: &Rc<Node>) -> Rc<Node> {
+        let recording = self.recording;
+        let node = match value.as_map() {
+            Some(entries) if call(value).is_none() => {
+                let entries = entries
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        self.recording = recording && reads(ty, k.scalar().unwrap_or_default());
+                        match self.resolve(v) {
+                            Out::Node(x) => Some((k.clone(), x)),
+                            Out::NoValue => None,
+                        }
+                    })
+                    .collect();
+                Out::Node(Rc::new(Node::synth(
+                    Kind::Map(entries),
+                    value.tag.clone(),
+                    value.line,
+                    value.column,
+                )))
+            }
+            _ => self.resolve(value),
+        };
+        self.recording = recording;
+        match node {
+            Out::Node(n) => n,
+            Out::NoValue => Rc::new(Node::synth(
                 Kind::Map(Vec::new()),
                 None,
                 value.line,
                 value.column,
-            ))),
+            )),
         }
     }
 }
