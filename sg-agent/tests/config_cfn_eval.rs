@@ -574,3 +574,22 @@ fn bind_names_the_local_device_of_a_template_interface_and_unread_properties_nee
         Some("bind each: Router/eth0, Router/eth1")
     );
 }
+
+#[test]
+fn text_built_by_functions_is_bounded_like_parsing() {
+    // Each level joins ten copies of the one before (aliases are shared, not copied): a
+    // small file would otherwise build a string of any size.
+    let ten = |x: &str| vec![format!("*{x}"); 10].join(", ");
+    let t = format!(
+        "Metadata:\n  a: &a \"{}\"\n  b: &b !Join [\"\", [{}]]\n  c: &c !Join [\"\", [{}]]\n  d: &d !Join [\"\", [{}]]\n\
+         Resources:\n  Web:\n    Type: AWS::EC2::SecurityGroup\n    Properties:\n      GroupDescription: web\n      SecurityGroupIngress:\n\
+         \x20       - {{IpProtocol: tcp, FromPort: 1, ToPort: 1, CidrIp: !Join [\"\", [*d, *d]]}}\n",
+        "x".repeat(1000),
+        ten("a"),
+        ten("b"),
+        ten("c"),
+    );
+    let e = first_error(&t, &[]);
+    assert!(e.message.contains("more than 1 MiB of text"), "{e}");
+    assert_eq!(at(&e).0, 12);
+}

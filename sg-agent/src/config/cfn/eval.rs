@@ -108,6 +108,19 @@ pub(super) fn call(n: &Rc<Node>) -> Option<(String, Rc<Node>)> {
     }
 }
 
+/// Whether a node calls a function (without building its argument).
+pub(super) fn is_call(n: &Node) -> bool {
+    if let Some(t) = n.tag.as_deref() {
+        return t.starts_with('!') && !t.starts_with("!!");
+    }
+    match n.as_map() {
+        Some([(k, _)]) => k
+            .scalar()
+            .is_some_and(|k| k == "Ref" || k == "Condition" || k.starts_with("Fn::")),
+        _ => false,
+    }
+}
+
 /// A plain scalar at a place.
 pub(super) fn scalar_at(text: String, at: &Node) -> Rc<Node> {
     Rc::new(Node::synth(
@@ -124,6 +137,21 @@ pub(super) fn scalar_at(text: String, at: &Node) -> Rc<Node> {
 /// A list at a place.
 pub(super) fn seq_at(items: Vec<Rc<Node>>, at: &Node) -> Rc<Node> {
     Rc::new(Node::synth(Kind::Seq(items), None, at.line, at.column))
+}
+
+/// The longest text a function may build: aliases let a small file join a string with
+/// itself at every level, so evaluation is bounded like parsing is (CloudFormation's own
+/// template limit is 1 MB).
+const MAX_TEXT: usize = 1 << 20;
+
+fn bounded(s: &str) -> Result<(), Why> {
+    if s.len() > MAX_TEXT {
+        return Err(Why::new(format!(
+            "the value evaluates to more than {} MiB of text",
+            MAX_TEXT >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// The items of a function's argument list, `n` of them (or between `min` and `max`).
@@ -196,11 +224,15 @@ impl<'i> Resolver<'i> {
                 let a = args(arg, f, 2, 2)?;
                 let delim = self.text(&a[0])?;
                 let items = self.list(&a[1])?;
-                let texts = items
-                    .iter()
-                    .map(|i| self.text(i))
-                    .collect::<Result<Vec<_>, _>>()?;
-                node(scalar_at(texts.join(&delim), n))
+                let mut out = String::new();
+                for (k, i) in items.iter().enumerate() {
+                    if k > 0 {
+                        out.push_str(&delim);
+                    }
+                    out.push_str(&self.text(i)?);
+                    bounded(&out)?;
+                }
+                node(scalar_at(out, n))
             }
             "Fn::Select" => {
                 let a = args(arg, f, 2, 2)?;
@@ -244,7 +276,11 @@ impl<'i> Resolver<'i> {
                     .collect();
                 node(seq_at(azs, n))
             }
-            "Fn::Base64" => node(scalar_at(base64(self.text(arg)?.as_bytes()), n)),
+            "Fn::Base64" => {
+                let b = base64(self.text(arg)?.as_bytes());
+                bounded(&b)?;
+                node(scalar_at(b, n))
+            }
             "Fn::Cidr" => node(self.cidr(n, arg)?),
             "Fn::Length" => {
                 let items = self.list(arg)?;
@@ -415,9 +451,11 @@ impl<'i> Resolver<'i> {
             let name = name.trim();
             if let Some((_, v)) = vars.iter().find(|(k, _)| k.scalar() == Some(name)) {
                 out.push_str(&self.text(v)?);
+                bounded(&out)?;
             } else if self.params.contains_key(name) || name.starts_with("AWS::") {
                 let v = self.parameter(n, name)?;
                 out.push_str(&self.text(&v)?);
+                bounded(&out)?;
             } else if self.resources.contains(name) {
                 return Err(Why::new(format!(
                     "${{{name}}} in Fn::Sub is the physical id of a resource, known only once the stack is deployed"

@@ -24,7 +24,7 @@ mod stack;
 
 use std::collections::{BTreeMap, HashMap};
 
-use eval::{Place, Why, call};
+use eval::{Place, Why};
 pub use inputs::{GivenParameter, ParameterUse, TemplateInputs};
 
 use super::diag::{Sink, did_you_mean};
@@ -390,8 +390,9 @@ impl<'n> Cfn<'n, '_> {
 
     /// Why the expression at `at` was left unevaluated, if it was.
     fn why_at(&self, at: &At<'n>) -> Option<Why> {
-        let rc = std::rc::Rc::new(at.node.clone());
-        call(&rc)?;
+        if !eval::is_call(at.node) {
+            return None;
+        }
         self.why.get(&(at.node.line, at.node.column)).cloned()
     }
 
