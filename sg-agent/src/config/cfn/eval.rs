@@ -586,3 +586,49 @@ pub(super) fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_gives_consecutive_subnets_of_either_family() {
+        assert_eq!(
+            cidr_subnets("192.0.2.0/24", 3, 6).unwrap(),
+            ["192.0.2.0/26", "192.0.2.64/26", "192.0.2.128/26"]
+        );
+        // The example of the Fn::Cidr documentation, IPv6: /64 subnets of a /56.
+        assert_eq!(
+            cidr_subnets("2001:db8:0:ff00::/56", 2, 64).unwrap(),
+            ["2001:db8:0:ff00::/64", "2001:db8:0:ff01::/64"]
+        );
+        assert!(
+            cidr_subnets("192.0.2.0/24", 5, 6)
+                .unwrap_err()
+                .contains("holds 4 /26")
+        );
+        assert!(
+            cidr_subnets("192.0.2.0/24", 1, 9)
+                .unwrap_err()
+                .contains("do not fit")
+        );
+        assert!(
+            cidr_subnets("nope", 1, 8)
+                .unwrap_err()
+                .contains("not a CIDR block")
+        );
+    }
+
+    #[test]
+    fn base64_pads_as_the_standard_says() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
+}
