@@ -479,7 +479,7 @@ impl Agent {
         st.applied_at = unix_now();
         st.applied = bound.applied.clone();
         st.hooks = hooks;
-        self.write_applied_text(text)?;
+        self.write_applied_text(text, &src.inputs())?;
         crate::state::write_private(
             &self.sd.run.join("policy.applied.name"),
             src.describe()
@@ -493,9 +493,17 @@ impl Agent {
         Ok(())
     }
 
-    fn write_applied_text(&self, text: &str) -> Result<()> {
+    /// The text, and the inputs a template was evaluated with: together they give back the
+    /// policy applied (explain judges with it). The text is written whole or not at all: in
+    /// fleet mode it is the local copy a restarted daemon enforces.
+    fn write_applied_text(&self, text: &str, inputs: &crate::config::TemplateInputs) -> Result<()> {
         crate::state::replace_private(&self.sd.applied_policy_file(), text.as_bytes())
-            .context("saving the applied policy text")
+            .context("saving the applied policy text")?;
+        crate::state::write_private(
+            &self.sd.run.join("policy.applied.inputs"),
+            serde_json::to_string(inputs)?.as_bytes(),
+        )
+        .context("saving the applied policy's template inputs")
     }
 
     /// A reload that only changes memberships (instances joining or leaving groups, their
@@ -532,7 +540,7 @@ impl Agent {
         st.source = src.describe();
         st.applied_at = unix_now();
         st.applied = bound.applied.clone();
-        self.write_applied_text(text)?;
+        self.write_applied_text(text, &src.inputs())?;
         self.sd.save(&st)?;
         self.state = st;
         Ok(Some(ApplyOutcome {
@@ -635,7 +643,8 @@ pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
         return Err(Error::NotOnThisHost(format!(
             "{}: no interface of the policy is on this host (local devices: {}); hint: \
              give the instance's addresses in the policy, or name the device with \
-             `device:`",
+             `device:` (a CloudFormation template: `--bind LogicalId=DEVICE` or the tag \
+             `sg:device`)",
             src.describe(),
             if here.is_empty() {
                 "none".into()

@@ -60,17 +60,23 @@ pub trait PolicySource {
     fn text(&self) -> Result<String>;
     /// A fingerprint that changes when the policy may have changed (for reloads).
     fn fingerprint(&self) -> Option<(u64, SystemTime)>;
+    /// How a CloudFormation text is evaluated (saved beside the text).
+    fn inputs(&self) -> config::TemplateInputs {
+        config::TemplateInputs::default()
+    }
 }
 
-/// A policy file (native YAML, CloudFormation or describe-security-groups JSON).
-pub struct FileSource(pub PathBuf);
+/// A policy file (native YAML, CloudFormation or describe-security-groups JSON), and the
+/// inputs a template is evaluated with (empty for the other formats).
+pub struct FileSource(pub PathBuf, pub config::TemplateInputs);
 
 impl PolicySource for FileSource {
     fn describe(&self) -> String {
         self.0.display().to_string()
     }
     fn load(&self) -> Result<Loaded> {
-        config::load_file(&self.0).map_err(|d| Error::InvalidInput(d.to_string()).into())
+        config::load_file_with(&self.0, &self.1)
+            .map_err(|d| Error::InvalidInput(d.to_string()).into())
     }
     fn text(&self) -> Result<String> {
         std::fs::read_to_string(&self.0).with_context(|| format!("read {}", self.0.display()))
@@ -78,6 +84,9 @@ impl PolicySource for FileSource {
     fn fingerprint(&self) -> Option<(u64, SystemTime)> {
         let md = std::fs::metadata(&self.0).ok()?;
         Some((md.len(), md.modified().ok()?))
+    }
+    fn inputs(&self) -> config::TemplateInputs {
+        self.1.clone()
     }
 }
 
@@ -305,7 +314,12 @@ impl Agent {
             .context("reading the applied policy text")?;
         let name = std::fs::read_to_string(self.sd.run.join("policy.applied.name"))
             .unwrap_or_else(|_| "policy.applied".into());
-        config::load_str(&text, &name)
+        // Saved by an agent before template inputs existed: none.
+        let inputs = std::fs::read_to_string(self.sd.run.join("policy.applied.inputs"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        config::load_str_with(&text, &name, &inputs)
             .map_err(|d| anyhow!("the applied policy no longer loads: {d}"))
     }
 }

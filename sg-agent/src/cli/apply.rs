@@ -28,6 +28,8 @@ pub struct Args {
         hide_possible_values = true
     )]
     pub(super) ingress_hook: HookArg,
+    #[command(flatten)]
+    template: super::template::TemplateArgs,
     /// Revert to the policy enforced now unless `sg-agent confirm` arrives within DURATION
     /// (e.g. 90s, 5m, 1m30s; a plain number is seconds). Survives the end of the session.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -77,7 +79,7 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(g: &Globals, a: &Args) -> Result<()> {
     let mut agent = open_agent(g)?;
-    let src = FileSource(a.file.clone());
+    let src = FileSource(a.file.clone(), a.template.inputs()?);
     if a.confirm.is_some() && a.dry_run {
         return Err(error::usage("--confirm and --dry-run exclude each other"));
     }

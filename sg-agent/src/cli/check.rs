@@ -5,16 +5,19 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{Globals, load_policy};
+use super::template::TemplateArgs;
+use super::{Globals, load_policy_with};
 
 #[derive(clap::Args)]
 pub struct Args {
     file: PathBuf,
+    #[command(flatten)]
+    template: TemplateArgs,
 }
 
 pub fn run(g: &Globals, a: &Args) -> Result<()> {
     let file = &a.file;
-    let loaded = load_policy(file)?;
+    let loaded = load_policy_with(file, &a.template.inputs()?)?;
     if g.json {
         let p = &loaded.policy;
         let v = serde_json::json!({
@@ -29,6 +32,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
                 "name": i.name, "addresses": i.addresses,
                 "groups": i.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "parameters": loaded.parameters,
             "warnings": loaded.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);

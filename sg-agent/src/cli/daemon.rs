@@ -19,6 +19,8 @@ pub struct Args {
     config: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    template: super::template::TemplateArgs,
     /// This host's name in the store (default: the hostname).
     #[arg(long, value_name = "NAME", requires = "endpoints")]
     host: Option<String>,
@@ -65,6 +67,7 @@ pub fn run(g: &Globals, a: Args) -> Result<()> {
         (None, None) => unreachable!("clap requires --config or --store"),
     };
     let opts = DaemonOptions {
+        template: a.template.inputs()?,
         policy,
         metrics: a.metrics,
         flow_log: a.flow_log,

@@ -16,6 +16,7 @@ mod docs;
 mod explain;
 mod status;
 mod store;
+mod template;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -216,7 +217,12 @@ pub fn open_agent(g: &Globals) -> Result<Agent> {
 
 /// Loads and validates a policy file; warnings go to stderr.
 pub fn load_policy(file: &Path) -> Result<config::Loaded> {
-    match config::load_file(file) {
+    load_policy_with(file, &config::TemplateInputs::default())
+}
+
+/// [`load_policy`], a CloudFormation template evaluated with `inputs`.
+pub fn load_policy_with(file: &Path, inputs: &config::TemplateInputs) -> Result<config::Loaded> {
+    match config::load_file_with(file, inputs) {
         Ok(l) => {
             for w in &l.warnings {
                 eprintln!("{w}");

@@ -19,11 +19,13 @@ pub struct Args {
     file: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    template: super::template::TemplateArgs,
 }
 
 pub fn run(g: &Globals, a: &Args) -> Result<()> {
     let src: Box<dyn PolicySource> = match (&a.file, a.store.options()) {
-        (Some(f), _) => Box::new(FileSource(f.clone())),
+        (Some(f), _) => Box::new(FileSource(f.clone(), a.template.inputs()?)),
         (None, Some(opts)) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

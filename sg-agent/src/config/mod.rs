@@ -25,6 +25,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::rc::Rc;
 
+pub use cfn::{GivenParameter, ParameterUse, TemplateInputs};
 pub use diag::{Diagnostic, Diagnostics, Severity};
 
 use crate::policy::{Origin, Policy};
@@ -58,10 +59,18 @@ pub struct Loaded {
     pub policy: Policy,
     pub warnings: Vec<Diagnostic>,
     pub format: Format,
+    /// The CloudFormation parameters (and pseudo parameters, imports) the policy used, with
+    /// their values and where each came from; empty for other formats.
+    pub parameters: Vec<ParameterUse>,
 }
 
 /// Reads and validates a policy file. The file's size is checked before it is read.
 pub fn load_file(path: &Path) -> Result<Loaded, Diagnostics> {
+    load_file_with(path, &TemplateInputs::default())
+}
+
+/// [`load_file`], a template evaluated with `inputs` (parameters, region, imports).
+pub fn load_file_with(path: &Path, inputs: &TemplateInputs) -> Result<Loaded, Diagnostics> {
     let name = path.display().to_string();
     let fail = |message: String, hint: Option<String>| {
         Diagnostics(vec![Diagnostic {
@@ -101,7 +110,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, Diagnostics> {
             None,
         )
     })?;
-    load_str(&text, &name)
+    load_str_with(&text, &name, inputs)
 }
 
 const FORMAT_HINT: &str = "a native policy has `security_groups:` (see docs/policy-format.md), a CloudFormation template `Resources:`, describe-security-groups output `SecurityGroups`";
@@ -147,6 +156,16 @@ fn detect(sink: &mut Sink, root: &At) -> Option<Format> {
 
 /// Reads and validates a policy given as text; `file_name` is used in messages only.
 pub fn load_str(text: &str, file_name: &str) -> Result<Loaded, Diagnostics> {
+    load_str_with(text, file_name, &TemplateInputs::default())
+}
+
+/// [`load_str`], a template evaluated with `inputs`. Inputs given for a file that is not a
+/// template are an error: they would silently mean nothing.
+pub fn load_str_with(
+    text: &str,
+    file_name: &str,
+    inputs: &TemplateInputs,
+) -> Result<Loaded, Diagnostics> {
     let mut sink = Sink::new(file_name);
     let root = match yaml::parse(text) {
         Ok(root) => root,
@@ -165,7 +184,7 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Loaded, Diagnostics> {
             return Err(Diagnostics(sink.into_sorted()));
         }
     };
-    load_tree(&root, sink)
+    load_tree(&root, sink, inputs)
 }
 
 /// Reads and validates a policy already held as a JSON document (the policy store's): the
@@ -173,7 +192,7 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Loaded, Diagnostics> {
 pub fn load_value(doc: &serde_json::Value, name: &str) -> Result<Loaded, Diagnostics> {
     let mut sink = Sink::new(name);
     match yaml::from_json(doc) {
-        Ok(root) => load_tree(&root, sink),
+        Ok(root) => load_tree(&root, sink, &TemplateInputs::default()),
         Err(e) => {
             let origin = Origin {
                 file: name.to_string(),
@@ -187,15 +206,32 @@ pub fn load_value(doc: &serde_json::Value, name: &str) -> Result<Loaded, Diagnos
     }
 }
 
-/// Detects the format of a located tree, reads it and validates the result.
-fn load_tree(root: &Rc<yaml::Node>, mut sink: Sink) -> Result<Loaded, Diagnostics> {
+/// Detects the format of a located tree, reads it (a template evaluated with `inputs`) and
+/// validates the result.
+fn load_tree(
+    root: &Rc<yaml::Node>,
+    mut sink: Sink,
+    inputs: &TemplateInputs,
+) -> Result<Loaded, Diagnostics> {
     let at = At::root(root);
     let Some(format) = detect(&mut sink, &at) else {
         return Err(Diagnostics(sink.into_sorted()));
     };
+    if format != Format::CloudFormation && *inputs != TemplateInputs::default() {
+        sink.error_hint(
+            &at.origin(&sink),
+            format!("template inputs (--parameter, --import, --region ...) were given, but this file is {}", format.name()),
+            "they apply to CloudFormation templates only; remove them",
+        );
+    }
+    let mut parameters = Vec::new();
     let draft = match format {
         Format::Native => native::read(&mut sink, &at),
-        Format::CloudFormation => cfn::read(&mut sink, &at),
+        Format::CloudFormation => {
+            let (d, used) = cfn::read(&mut sink, &at, inputs);
+            parameters = used;
+            d
+        }
         Format::DescribeJson => describe::read(&mut sink, &at),
     };
     let policy = validate::validate(&draft, &mut sink);
@@ -206,6 +242,7 @@ fn load_tree(root: &Rc<yaml::Node>, mut sink: Sink) -> Result<Loaded, Diagnostic
         policy,
         warnings: sink.into_sorted(),
         format,
+        parameters,
     })
 }
 
@@ -222,6 +259,16 @@ impl Loaded {
             self.warnings.len(),
             if self.warnings.len() == 1 { "" } else { "s" }
         );
+        if !self.parameters.is_empty() {
+            let _ = writeln!(s, "parameters used: {}", self.parameters.len());
+            for u in &self.parameters {
+                if u.value.is_empty() && u.source.starts_with("no ") {
+                    let _ = writeln!(s, "  {} unknown ({})", u.name, u.source);
+                } else {
+                    let _ = writeln!(s, "  {} = {:?} ({})", u.name, u.value, u.source);
+                }
+            }
+        }
         let _ = writeln!(s, "security groups: {}", p.groups.len());
         for g in p.groups.values() {
             let name = if g.name != g.id.0 {

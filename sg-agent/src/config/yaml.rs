@@ -31,7 +31,7 @@ pub enum Style {
     Folded,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Node {
     pub kind: Kind,
     /// The tag as written: `!Ref`, `!GetAtt`, `!!str`, or a verbatim tag.
@@ -46,7 +46,7 @@ pub struct Node {
     height: u32,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Kind {
     Scalar {
         value: String,
@@ -58,6 +58,26 @@ pub enum Kind {
 }
 
 impl Node {
+    /// A node built after parsing (a value CloudFormation's functions evaluated to), placed
+    /// where the expression it replaces was; size and height are counted as the parser does.
+    pub(crate) fn synth(kind: Kind, tag: Option<String>, line: u32, column: u32) -> Node {
+        let children: Vec<&Node> = match &kind {
+            Kind::Scalar { .. } => Vec::new(),
+            Kind::Seq(items) => items.iter().map(|n| &**n).collect(),
+            Kind::Map(entries) => entries.iter().flat_map(|(k, v)| [&**k, &**v]).collect(),
+        };
+        let size = children.iter().fold(1u64, |s, c| s.saturating_add(c.size));
+        let height = children.iter().map(|c| c.height).max().unwrap_or(0) + 1;
+        Node {
+            kind,
+            tag,
+            line,
+            column,
+            size,
+            height,
+        }
+    }
+
     /// The text of a scalar (whatever its style or tag).
     pub fn scalar(&self) -> Option<&str> {
         match &self.kind {

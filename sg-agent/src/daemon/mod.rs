@@ -52,6 +52,8 @@ pub enum PolicyFrom {
 
 pub struct DaemonOptions {
     pub policy: PolicyFrom,
+    /// How a CloudFormation policy file is evaluated (parameters, region, imports).
+    pub template: crate::config::TemplateInputs,
     pub metrics: String,
     pub flow_log: Option<String>,
     pub ingress_hook: IngressHook,
@@ -158,11 +160,14 @@ impl Daemon {
             log::error!("reverting an unconfirmed apply past its deadline: {e:#}");
         }
         let (src, fleet) = match &opts.policy {
-            PolicyFrom::File(path) => (FileSource(path.clone()), None),
+            PolicyFrom::File(path) => (FileSource(path.clone(), opts.template.clone()), None),
             PolicyFrom::Store(f) => {
                 let mut fleet = Fleet::new(f.clone(), agent.state_dir());
                 fleet.hold(host_fingerprint().as_deref().unwrap_or_default());
-                (FileSource(fleet.snapshot_file().to_path_buf()), Some(fleet))
+                (
+                    FileSource(fleet.snapshot_file().to_path_buf(), Default::default()),
+                    Some(fleet),
+                )
             }
         };
         let mut d = Daemon {

@@ -2,10 +2,13 @@
 //! `SecurityGroupIngress`/`SecurityGroupEgress` resources, `Instance`, `NetworkInterface`,
 //! `NetworkInterfaceAttachment` and `PrefixList`, into a [`Draft`].
 //!
-//! Owns CloudFormation's names and its evaluation subset: `Ref` and `Fn::GetAtt` (long form and
-//! `!Ref`/`!GetAtt` tags) to resources of the template and to parameters with a `Default`.
-//! Anything else (`!Sub`, `!If`, ...) cannot be known without deploying and is an error where
-//! the value matters. Other resource types are ignored with a warning.
+//! The template is first evaluated as CloudFormation evaluates it (stack.rs, eval.rs,
+//! conditions.rs, params.rs: parameters with their values, pseudo parameters, conditions and
+//! the intrinsic functions); this module then reads the evaluated tree, resolving `Ref` and
+//! `Fn::GetAtt` to the template's groups and prefix lists. What stays unknown until deployed
+//! is an error only where the value matters, with why; an unknown value that names a group
+//! (an import, a group-id parameter without value) is a group defined elsewhere (warning).
+//! Other resource types are ignored, counted in one warning.
 //!
 //! Group ids: a group's `GroupName` when it has the shape of an id (`sg-web`), else its
 //! logical id. A literal id (`SourceSecurityGroupId: sg-web`) resolves to the group whose
@@ -13,7 +16,16 @@
 //! has no members here (warning; an empty placeholder group). `Ref`/`GetAtt` to an undefined
 //! logical id is an error.
 
+mod conditions;
+mod eval;
+pub mod inputs;
+mod params;
+mod stack;
+
 use std::collections::{BTreeMap, HashMap};
+
+use eval::{Place, Why};
+pub use inputs::{GivenParameter, ParameterUse, TemplateInputs};
 
 use super::diag::{Sink, did_you_mean};
 use super::draft::{
@@ -46,6 +58,8 @@ const RESOURCE_KEYS: &[&str] = &[
     "UpdateReplacePolicy",
     "CreationPolicy",
     "UpdatePolicy",
+    // Legacy, accepted by CloudFormation on custom resources (Custom::, CustomResource).
+    "Version",
 ];
 
 const SG: &str = "AWS::EC2::SecurityGroup";
@@ -154,11 +168,8 @@ enum Val {
     /// A prefix list id (from Ref/GetAtt of a PrefixList resource).
     PrefixList(L<String>),
     List(Vec<Val>),
-}
-
-struct Param<'n> {
-    default: Option<At<'n>>,
-    is_list: bool,
+    /// Not known before deploying, and why (at the expression).
+    Unknown(Why, Origin),
 }
 
 struct Res<'n> {
@@ -170,7 +181,12 @@ struct Res<'n> {
 
 struct Cfn<'n, 's> {
     sink: &'s mut Sink,
-    params: HashMap<String, Param<'n>>,
+    /// The template's parameter names (for "did you mean").
+    params: Vec<String>,
+    /// Why an expression left as written has no value (eval.rs).
+    why: HashMap<Place, Why>,
+    /// Values taken from a parameter's Default: place -> parameter.
+    defaults: HashMap<Place, String>,
     res: Vec<Res<'n>>,
     by_logical: HashMap<String, usize>,
     /// Group logical id -> (group id, literal GroupName).
@@ -181,6 +197,8 @@ struct Cfn<'n, 's> {
     external_pls: BTreeMap<String, Origin>,
     /// Where an interface without groups was found (the VPC default group is then modelled).
     default_needed: Option<Origin>,
+    /// Instance and ENI logical id -> the name its interfaces are called by (for `--bind`).
+    aliases: HashMap<String, String>,
 }
 
 fn plain_literal(at: &At) -> Option<String> {
@@ -190,12 +208,21 @@ fn plain_literal(at: &At) -> Option<String> {
     at.node.scalar().map(str::to_string)
 }
 
-pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
+/// Reads a template evaluated with `inputs`: the draft, and the parameters it used.
+pub(crate) fn read(
+    sink: &mut Sink,
+    root: &At,
+    inputs: &TemplateInputs,
+) -> (Draft, Vec<ParameterUse>) {
     let mut d = Draft::default();
     let Some(top) = fields(sink, root, "the template") else {
-        return d;
+        return (d, Vec::new());
     };
-    top.check_keys(sink, "a CloudFormation template", TOP_KEYS);
+    top.check_keys_with(sink, "a CloudFormation template", TOP_KEYS, |k| {
+        (k == "Modules").then(|| {
+            "`Modules` is Rain's (rain pkg), not CloudFormation: expand the template with `rain pkg TEMPLATE > expanded.yaml` and check the expanded one".to_string()
+        })
+    });
     if let Some(t) = top.get("Transform") {
         sink.warn_hint(
             &t.origin(sink),
@@ -203,9 +230,14 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
             "run `aws cloudformation package`/deploy --dry-run tools first if the transform adds security groups",
         );
     }
+    let st = stack::evaluate(sink, &top, inputs);
+    let root = At::root(&st.root);
+    let top = Fields { at: root };
     let mut c = Cfn {
         sink,
-        params: HashMap::new(),
+        params: st.resolver.params.keys().cloned().collect(),
+        why: st.resolver.why,
+        defaults: st.resolver.defaults,
         res: Vec::new(),
         by_logical: HashMap::new(),
         groups: BTreeMap::new(),
@@ -213,55 +245,40 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
         external_groups: BTreeMap::new(),
         external_pls: BTreeMap::new(),
         default_needed: None,
+        aliases: HashMap::new(),
     };
-    c.parameters(&top);
+    let used = st.resolver.used.into_values().collect();
     let Some(resources) = top.get("Resources") else {
         c.sink.error_hint(
             &top.origin(c.sink),
             "the template has no `Resources`",
             "a CloudFormation template lists its security groups under Resources",
         );
-        return d;
+        return (d, used);
     };
+    if !st.excluded.is_empty() {
+        c.sink.warn(
+            &resources.origin(c.sink),
+            format!(
+                "left out because their Condition is false: {}",
+                st.excluded.join(", ")
+            ),
+        );
+    }
     let Some(rf) = fields(c.sink, &resources, "Resources") else {
-        return d;
+        return (d, used);
     };
     c.resources(&rf);
-    c.index();
+    c.index(&resources);
     c.prefix_lists(&mut d);
     c.groups(&mut d);
     c.interfaces(&mut d);
+    c.bind(&mut d, inputs);
     c.finish(&mut d);
-    d
+    (d, used)
 }
 
 impl<'n> Cfn<'n, '_> {
-    /// Parameters: their Default (what a Ref evaluates to) and whether they are lists.
-    fn parameters(&mut self, top: &Fields<'n>) {
-        let Some(p) = top.get("Parameters") else {
-            return;
-        };
-        let Some(pf) = fields(self.sink, &p, "Parameters") else {
-            return;
-        };
-        for (name, _, v) in pf.entries() {
-            let Some(f) = fields(self.sink, &v, "a parameter") else {
-                continue;
-            };
-            let is_list = f
-                .get("Type")
-                .and_then(|t| plain_literal(&t))
-                .is_some_and(|t| t.starts_with("List<") || t == "CommaDelimitedList");
-            self.params.insert(
-                name,
-                Param {
-                    default: f.get("Default"),
-                    is_list,
-                },
-            );
-        }
-    }
-
     /// The resources in template order, each with its type and Properties.
     fn resources(&mut self, rf: &Fields<'n>) {
         for (logical, _, v) in rf.entries() {
@@ -276,15 +293,12 @@ impl<'n> Cfn<'n, '_> {
                 );
                 continue;
             };
-            if let Some(cond) = f.get("Condition") {
-                self.sink.warn(
-                    &cond.origin(self.sink),
-                    format!("conditions are not evaluated: resource {logical} is included"),
-                );
-            }
+            // Only the Properties sg reads need to be a mapping once evaluated.
             let props = match f.get("Properties") {
-                Some(p) => fields(self.sink, &p, "Properties"),
-                None => None,
+                Some(p) if stack::READ_TYPES.contains(&ty.as_str()) => {
+                    fields(self.sink, &p, "Properties")
+                }
+                _ => None,
             };
             self.by_logical.insert(logical.clone(), self.res.len());
             self.res.push(Res {
@@ -311,7 +325,9 @@ impl<'n> Cfn<'n, '_> {
             .map(|p| Fields { at: p.at.clone() })
     }
 
-    fn index(&mut self) {
+    /// Group and prefix list ids; the resource types sg does not read, counted in one warning.
+    fn index(&mut self, resources: &At<'n>) {
+        let mut ignored: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &self.res {
             let name = |key: &str| {
                 r.props
@@ -337,17 +353,30 @@ impl<'n> Cfn<'n, '_> {
                     self.pls.insert(r.logical.clone(), (id, pname));
                 }
                 SG_INGRESS | SG_EGRESS | INSTANCE | ENI | ENI_ATTACHMENT => {}
-                other => {
-                    let at = r.at.origin(self.sink);
-                    self.sink.warn(
-                        &at,
-                        format!(
-                            "resource {} ({other}) is ignored: it does not affect security groups",
-                            r.logical
-                        ),
-                    );
-                }
+                other => *ignored.entry(other).or_default() += 1,
             }
+        }
+        if !ignored.is_empty() {
+            let n: usize = ignored.values().sum();
+            let list: Vec<String> = ignored
+                .iter()
+                .map(|(t, k)| {
+                    if *k == 1 {
+                        (*t).to_string()
+                    } else {
+                        format!("{t} x{k}")
+                    }
+                })
+                .collect();
+            let at = resources.origin(self.sink);
+            self.sink.warn(
+                &at,
+                format!(
+                    "{n} resource{} of other types ignored (they do not change security groups): {}",
+                    if n == 1 { "" } else { "s" },
+                    list.join(", ")
+                ),
+            );
         }
     }
 
@@ -355,8 +384,21 @@ impl<'n> Cfn<'n, '_> {
         self.sink.error_hint(
             &at.origin(self.sink),
             format!("{what} cannot be evaluated without deploying the template"),
-            "sg evaluates Ref and Fn::GetAtt (to resources of this template, or parameters with a Default); write the value literally",
+            "write the value literally",
         );
+    }
+
+    /// Why the expression at `at` was left unevaluated, if it was.
+    fn why_at(&self, at: &At<'n>) -> Option<Why> {
+        if !eval::is_call(at.node) {
+            return None;
+        }
+        self.why.get(&(at.node.line, at.node.column)).cloned()
+    }
+
+    /// Reports an unknown value where a known one is needed.
+    fn report_unknown(&mut self, why: &Why, at: &Origin, what: &str) {
+        stack::report(self.sink, at, why, &format!("{what} is unknown"));
     }
 
     /// The logical id named by a `Ref` (tag or long form), if the node is one.
@@ -408,7 +450,7 @@ impl<'n> Cfn<'n, '_> {
     fn undefined(&mut self, name: &L<String>, how: &str) {
         let mut known: Vec<&str> = self.by_logical.keys().map(String::as_str).collect();
         if how == "Ref" {
-            known.extend(self.params.keys().map(String::as_str));
+            known.extend(self.params.iter().map(String::as_str));
         }
         let hint = match did_you_mean(&name.v, &known) {
             Some(k) => format!("did you mean {k}?"),
@@ -423,6 +465,9 @@ impl<'n> Cfn<'n, '_> {
 
     /// Evaluates a value node: literal scalars, lists, Ref, GetAtt.
     fn eval(&mut self, at: &At<'n>) -> Option<Val> {
+        if let Some(w) = self.why_at(at) {
+            return Some(Val::Unknown(w, at.origin(self.sink)));
+        }
         if let Some(r) = self.ref_name(at) {
             let Some(name) = r else {
                 self.sink.error(
@@ -501,40 +546,10 @@ impl<'n> Cfn<'n, '_> {
             );
             return None;
         }
-        if let Some(p) = self.params.get(&name.v) {
-            let (default, is_list) = (p.default.clone(), p.is_list);
-            let Some(default) = default else {
-                self.sink.error_hint(
-                    &name.at,
-                    format!(
-                        "parameter {} has no Default, so its value is unknown",
-                        name.v
-                    ),
-                    "give the parameter a Default, or write the value literally",
-                );
-                return None;
-            };
-            let v = self.eval(&default)?;
-            return Some(match v {
-                Val::Str(s) if is_list => Val::List(
-                    s.v.split(',')
-                        .map(|x| Val::Str(L::new(x.trim().to_string(), name.at.clone())))
-                        .collect(),
-                ),
-                // The value is used at the Ref, so errors point there.
-                Val::Str(s) => Val::Str(L::new(s.v, name.at)),
-                other => other,
-            });
-        }
-        if name.v.starts_with("AWS::") {
-            self.sink.error_hint(
-                &name.at,
-                format!(
-                    "the pseudo parameter {} is only known when deploying",
-                    name.v
-                ),
-                "write the value literally",
-            );
+        if self.params.contains(&name.v) || name.v.starts_with("AWS::") {
+            // eval.rs replaced every parameter it could evaluate and said why of the others.
+            self.sink
+                .error(&name.at, format!("the value of {} is unknown", name.v));
             return None;
         }
         self.undefined(&name, "Ref");
@@ -566,12 +581,30 @@ impl<'n> Cfn<'n, '_> {
         }
         if let Some(&i) = self.by_logical.get(&name.v) {
             let ty = self.res[i].ty.clone();
-            self.sink.error(
+            if ty == "AWS::EC2::VPC" && attr == "DefaultSecurityGroup" {
+                // The VPC's default group: modelled as the one default group (D3).
+                if self.default_needed.is_none() {
+                    self.default_needed = Some(name.at.clone());
+                }
+                return Some(Val::Group(L::new(DEFAULT_GROUP_ID.to_string(), name.at)));
+            }
+            if ty == "AWS::ElasticLoadBalancing::LoadBalancer"
+                && attr.starts_with("SourceSecurityGroup")
+            {
+                let w = Why {
+                    message: format!("the source security group of the Classic Load Balancer {} is created by ELB", name.v),
+                    hint: Some("its members are the load balancer's nodes, unknown here; rules naming it allow nothing on this host".to_string()),
+                    group: Some(format!("{}.SourceSecurityGroup", name.v)),
+                };
+                return Some(Val::Unknown(w, name.at));
+            }
+            self.sink.error_hint(
                 &name.at,
                 format!(
-                    "Fn::GetAtt {}.{attr} ({ty}) cannot be evaluated without deploying",
+                    "Fn::GetAtt {}.{attr} ({ty}) is known only once the stack is deployed",
                     name.v
                 ),
+                "write the value literally",
             );
             return None;
         }
@@ -594,6 +627,10 @@ impl<'n> Cfn<'n, '_> {
                     &at.origin(self.sink),
                     format!("{what} must be a string, found a list"),
                 );
+                None
+            }
+            Val::Unknown(w, o) => {
+                self.report_unknown(&w, &o, what);
                 None
             }
         }
@@ -661,7 +698,32 @@ impl<'n> Cfn<'n, '_> {
                 None
             }
             Val::List(_) => None,
+            Val::Unknown(w, o) => self.external_of(w, o, "group"),
         }
+    }
+
+    /// An unknown value where a group or prefix list is expected: one defined elsewhere when
+    /// the value names one (an import, a group-id parameter), else an error.
+    fn external_of(&mut self, w: Why, o: Origin, kind: &str) -> Option<L<String>> {
+        let Some(id) = w.group.as_deref().map(external_id) else {
+            self.report_unknown(&w, &o, &format!("the security {kind}"));
+            return None;
+        };
+        let (map, what) = if kind == "group" {
+            (&mut self.external_groups, "security group")
+        } else {
+            (&mut self.external_pls, "prefix list")
+        };
+        if !map.contains_key(&id) {
+            map.insert(id.clone(), o.clone());
+            let hint = w.hint.clone().unwrap_or_default();
+            self.sink.warn_hint(
+                &o,
+                format!("{}: taken as a {what} `{id}` defined elsewhere, with no members here, so rules referencing it allow nothing", w.message),
+                hint,
+            );
+        }
+        Some(L::new(id, o))
     }
 
     fn prefix_list_of(&mut self, v: Val) -> Option<L<String>> {
@@ -697,6 +759,7 @@ impl<'n> Cfn<'n, '_> {
                 None
             }
             Val::List(_) => None,
+            Val::Unknown(w, o) => self.external_of(w, o, "prefix list"),
         }
     }
 
@@ -843,6 +906,11 @@ impl<'n> Cfn<'n, '_> {
         } else {
             format!("an {} rule", dir.name())
         };
+        if let Some(w) = self.why_at(at) {
+            let o = at.origin(self.sink);
+            self.report_unknown(&w, &o, &what);
+            return None;
+        }
         let f = fields(self.sink, at, &what)?;
         self.check_rule_keys(&f, &what, dir, standalone);
         let rule_at = f.origin(self.sink);
@@ -997,6 +1065,7 @@ impl<'n> Cfn<'n, '_> {
     fn rule_peer(&mut self, key: &str, v: &At<'n>, dir: Direction) -> Option<L<DPeer>> {
         let cidr = |this: &mut Self, family: Family, hint: &str| {
             let s = this.string(v, key)?;
+            this.world_by_default(&s);
             Some(L::new(
                 DPeer::Cidr {
                     text: s.v,
@@ -1023,9 +1092,40 @@ impl<'n> Cfn<'n, '_> {
             }
             _ => {
                 let val = self.eval(v)?;
+                // By name, `default` is the VPC's default group (unless the template names
+                // one of its groups so).
+                if key == "SourceSecurityGroupName"
+                    && let Val::Str(s) = &val
+                    && s.v == "default"
+                    && defined(&self.groups, "default").is_none()
+                {
+                    if self.default_needed.is_none() {
+                        self.default_needed = Some(s.at.clone());
+                    }
+                    return Some(L::new(
+                        DPeer::Group(DEFAULT_GROUP_ID.to_string()),
+                        s.at.clone(),
+                    ));
+                }
                 let g = self.group_of(val)?;
                 Some(L::new(DPeer::Group(g.v), g.at))
             }
+        }
+    }
+
+    /// Warns when a parameter's Default, not a value given, opens a rule to the world.
+    fn world_by_default(&mut self, s: &L<String>) {
+        let cidr = s.v.trim();
+        // Any address with prefix length 0 is every address (`192.168.1.0/0` too).
+        if !cidr.ends_with("/0") {
+            return;
+        }
+        if let Some(p) = self.defaults.get(&(s.at.line, s.at.column)).cloned() {
+            self.sink.warn_hint(
+                &s.at,
+                format!("the Default of parameter {p} opens this rule to {cidr}: every address"),
+                format!("give the addresses that need access: --parameter {p}=CIDR"),
+            );
         }
     }
 
@@ -1118,6 +1218,10 @@ impl<'n> Cfn<'n, '_> {
         };
         let o = v.origin(self.sink);
         let mut out = Vec::new();
+        if let Some(w) = self.why_at(&v) {
+            self.report_unknown(&w, &o, key);
+            return (Some(out), o);
+        }
         if let Some(items) = list(self.sink, &v, key) {
             for item in items {
                 if let Some((_, r)) = self.rule(&item, dir, false) {
@@ -1209,7 +1313,7 @@ impl<'n> Cfn<'n, '_> {
     /// PrivateIpAddress, PrivateIpAddresses and Ipv6Addresses of an instance, NIC or ENI.
     fn addresses(&mut self, p: &Fields<'n>, out: &mut Vec<L<String>>) {
         if let Some(v) = p.get("PrivateIpAddress")
-            && let Some(s) = self.string(&v, "PrivateIpAddress")
+            && let Some(s) = self.address(&v, "PrivateIpAddress")
         {
             out.push(s);
         }
@@ -1226,7 +1330,7 @@ impl<'n> Cfn<'n, '_> {
                     &["PrivateIpAddress", "Primary"],
                 );
                 if let Some(a) = f.get("PrivateIpAddress")
-                    && let Some(s) = self.string(&a, "PrivateIpAddress")
+                    && let Some(s) = self.address(&a, "PrivateIpAddress")
                     && !out.iter().any(|o| o.v == s.v)
                 {
                     out.push(s);
@@ -1242,7 +1346,7 @@ impl<'n> Cfn<'n, '_> {
                 };
                 f.check_keys(self.sink, "an IPv6 address", &["Ipv6Address"]);
                 if let Some(a) = f.get("Ipv6Address")
-                    && let Some(s) = self.string(&a, "Ipv6Address")
+                    && let Some(s) = self.address(&a, "Ipv6Address")
                 {
                     out.push(s);
                 }
@@ -1264,6 +1368,25 @@ impl<'n> Cfn<'n, '_> {
                 );
             }
         }
+    }
+
+    /// An address; one known only at deploy time is left out with a warning, as EC2 picks
+    /// addresses sg cannot know either (Ipv6AddressCount).
+    fn address(&mut self, v: &At<'n>, what: &str) -> Option<L<String>> {
+        if let Some(w) = self.why_at(v) {
+            let o = v.origin(self.sink);
+            let hint = w
+                .hint
+                .clone()
+                .unwrap_or_else(|| "write the address literally".to_string());
+            self.sink.warn_hint(
+                &o,
+                format!("{what} is unknown ({}): rules referencing this interface's groups cannot include it", w.message),
+                hint,
+            );
+            return None;
+        }
+        self.string(v, what)
     }
 
     /// A network interface's GroupSet, with where it is; without one, the VPC default group.
@@ -1336,6 +1459,7 @@ impl<'n> Cfn<'n, '_> {
         }
         let (tag_name, device) = self.tags(&p);
         let name = tag_name.unwrap_or_else(|| logical.clone());
+        self.aliases.insert(logical.clone(), name.clone());
         let Some(nics) = p.get("NetworkInterfaces") else {
             let iface = self.instance_own_interface(&p, &logical, name, device, origin);
             d.interfaces.push(iface);
@@ -1568,6 +1692,7 @@ impl<'n> Cfn<'n, '_> {
                 (n.clone(), n)
             }
         };
+        self.aliases.insert(logical.clone(), name.clone());
         DInterface {
             name: L::new(name, origin.clone()),
             instance,
@@ -1577,6 +1702,69 @@ impl<'n> Cfn<'n, '_> {
             groups_at,
             timeouts,
             at: origin,
+        }
+    }
+
+    /// `--bind KEY=DEVICE`: the interface KEY names (an instance or ENI by logical id or
+    /// name, `Instance/ethN` for one of several) is carried by the local DEVICE, as the
+    /// `sg:device` tag says it (the option wins over the tag).
+    fn bind(&mut self, d: &mut Draft, inputs: &TemplateInputs) {
+        let top = Origin {
+            file: self.sink.file.clone(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+        };
+        for (key, device) in &inputs.binds {
+            let (base, suffix) = match key.split_once('/') {
+                Some((b, s)) => (b, Some(s)),
+                None => (key.as_str(), None),
+            };
+            let base = self.aliases.get(base).map_or(base, String::as_str);
+            let name = suffix.map_or_else(|| base.to_string(), |s| format!("{base}/{s}"));
+            let mut hits: Vec<usize> = (0..d.interfaces.len())
+                .filter(|&i| d.interfaces[i].name.v == name)
+                .collect();
+            if hits.is_empty() && suffix.is_none() {
+                hits = (0..d.interfaces.len())
+                    .filter(|&i| d.interfaces[i].instance == base)
+                    .collect();
+            }
+            match hits.as_slice() {
+                [i] => {
+                    let at = d.interfaces[*i].at.clone();
+                    d.interfaces[*i].device = Some(L::new(device.clone(), at));
+                }
+                [] => {
+                    let mut known: Vec<&str> = self.aliases.keys().map(String::as_str).collect();
+                    known.extend(d.interfaces.iter().map(|i| i.name.v.as_str()));
+                    let hint = match did_you_mean(key, &known) {
+                        Some(k) => format!("did you mean {k}?"),
+                        None if known.is_empty() => {
+                            "the template has no instance or network interface".to_string()
+                        }
+                        None => format!("its instances and interfaces: {}", known.join(", ")),
+                    };
+                    self.sink.error_hint(
+                        &top,
+                        format!(
+                            "--bind {key}: no instance or network interface {key} in this template"
+                        ),
+                        hint,
+                    );
+                }
+                many => {
+                    let names: Vec<&str> = many
+                        .iter()
+                        .map(|&i| d.interfaces[i].name.v.as_str())
+                        .collect();
+                    self.sink.error_hint(
+                        &top,
+                        format!("--bind {key}: the instance has {} interfaces", many.len()),
+                        format!("bind each: {}", names.join(", ")),
+                    );
+                }
+            }
         }
     }
 
@@ -1598,11 +1786,18 @@ impl<'n> Cfn<'n, '_> {
     }
 
     fn finish(&mut self, d: &mut Draft) {
+        // Ids sg derived (an import's name) need not have the shape of an id.
         for (id, at) in std::mem::take(&mut self.external_groups) {
-            d.groups.push(DGroup::external(id, at));
+            let check = looks_like_group_id(&id);
+            let mut g = DGroup::external(id, at);
+            g.check_id = check;
+            d.groups.push(g);
         }
         for (id, at) in std::mem::take(&mut self.external_pls) {
-            d.prefix_lists.push(DPrefixList::external(id, at));
+            let check = looks_like_prefix_list_id(&id);
+            let mut pl = DPrefixList::external(id, at);
+            pl.check_id = check;
+            d.prefix_lists.push(pl);
         }
         if let Some(at) = self.default_needed.take()
             && !d.groups.iter().any(|g| g.id.v == DEFAULT_GROUP_ID)
@@ -1635,6 +1830,30 @@ fn defined<'a>(
         .iter()
         .find(|(logical, (id, name))| *logical == t || id == t || name.as_deref() == Some(t))
         .map(|(_, (id, _))| id.as_str())
+}
+
+/// The id of a group or prefix list sg knows only by a name (an export's, a parameter's):
+/// the name with `${...}` unwrapped and what an id cannot hold made `-`, so it survives
+/// export to the native format (`${Parent}-SG` -> `Parent-SG`).
+fn external_id(name: &str) -> String {
+    let id: String = name
+        .replace("${", "")
+        .replace('}', "")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let id = id.trim_matches('-');
+    if id.is_empty() {
+        "unknown".to_string()
+    } else {
+        id.chars().take(64).collect()
+    }
 }
 
 /// Which entry of an instance's NetworkInterfaces is read, and whose.

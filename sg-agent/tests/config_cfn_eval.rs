@@ -1,0 +1,595 @@
+//! CloudFormation evaluated as CloudFormation evaluates it: parameters (Default, overrides,
+//! lists, AllowedValues), pseudo parameters, conditions and each intrinsic function, imports,
+//! and what is not CloudFormation. Each test pins one behaviour, with the rules it produces or
+//! the located error (line:col, hint) it reports.
+
+use sg_agent::config::{Diagnostic, Loaded, TemplateInputs, load_str_with};
+use sg_agent::policy::{Direction, GroupId, IcmpMatch, Peer, Policy, Protocol};
+
+/// Inputs from `Key=Value` (parameters), `import:Name=Value` and `region:R`.
+fn inputs(opts: &[&str]) -> TemplateInputs {
+    let mut i = TemplateInputs::default();
+    for o in opts {
+        if let Some(imp) = o.strip_prefix("import:") {
+            i.add_import(imp).unwrap();
+        } else if let Some(r) = o.strip_prefix("region:") {
+            i.region = Some(r.to_string());
+        } else if let Some(b) = o.strip_prefix("bind:") {
+            i.add_bind(b).unwrap();
+        } else {
+            i.add_parameter(o).unwrap();
+        }
+    }
+    i
+}
+
+fn load(text: &str, opts: &[&str]) -> Loaded {
+    load_str_with(text, "t.yaml", &inputs(opts))
+        .unwrap_or_else(|d| panic!("must load:\n{d}\n--- input ---\n{text}"))
+}
+
+/// The first error, as `LINE:COL: message` with its hint.
+fn first_error(text: &str, opts: &[&str]) -> Diagnostic {
+    let Err(d) = load_str_with(text, "t.yaml", &inputs(opts)) else {
+        panic!("must fail:\n{text}")
+    };
+    d.errors().next().unwrap().clone()
+}
+
+fn at(d: &Diagnostic) -> (u32, u32) {
+    (d.origin.line, d.origin.column)
+}
+
+fn warnings(l: &Loaded) -> Vec<String> {
+    l.warnings.iter().map(|w| w.message.clone()).collect()
+}
+
+/// A rule as `PROTO PORTS PEER`, written independently of sg's own formatting.
+pub fn rule_text(proto: &Protocol, peer: &Peer) -> String {
+    let icmp = |m: &IcmpMatch| match m {
+        IcmpMatch::All => "all".to_string(),
+        IcmpMatch::Type(t) => t.to_string(),
+        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
+    };
+    let p = match proto {
+        Protocol::All => "all".to_string(),
+        Protocol::Tcp(r) => format!("tcp {}-{}", r.from, r.to),
+        Protocol::Udp(r) => format!("udp {}-{}", r.from, r.to),
+        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
+        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
+        Protocol::Number(n) => format!("proto {n}"),
+    };
+    let peer = match peer {
+        Peer::Cidr(c) => c.to_string(),
+        Peer::PrefixList(p) => p.0.clone(),
+        Peer::Group(g) => g.0.clone(),
+    };
+    format!("{p} {peer}")
+}
+
+/// The rules of group `g` in `dir`, as [`rule_text`].
+fn rules(p: &Policy, g: &str, dir: Direction) -> Vec<String> {
+    let grp = p
+        .groups
+        .get(&GroupId(g.into()))
+        .unwrap_or_else(|| panic!("no group {g}: {:?}", p.groups.keys().collect::<Vec<_>>()));
+    let list = match dir {
+        Direction::Ingress => &grp.ingress,
+        Direction::Egress => &grp.egress,
+    };
+    list.iter()
+        .map(|r| rule_text(&r.protocol, &r.peer))
+        .collect()
+}
+
+fn ingress(p: &Policy, g: &str) -> Vec<String> {
+    rules(p, g, Direction::Ingress)
+}
+
+const SSH: &str = r#"
+Parameters:
+  SSHLocation:
+    Type: String
+    Default: 0.0.0.0/0
+  Ports:
+    Type: CommaDelimitedList
+    Default: "80, 443"
+Resources:
+  Web:
+    Type: AWS::EC2::SecurityGroup
+    Properties:
+      GroupDescription: web
+      SecurityGroupIngress:
+        - {IpProtocol: tcp, FromPort: 22, ToPort: 22, CidrIp: !Ref SSHLocation}
+        - IpProtocol: tcp
+          FromPort: !Select [1, !Ref Ports]
+          ToPort: !Select [1, !Ref Ports]
+          CidrIp: 192.0.2.0/24
+"#;
+
+#[test]
+fn a_parameter_takes_its_default_and_a_default_opening_to_the_world_is_warned() {
+    let l = load(SSH, &[]);
+    assert_eq!(
+        ingress(&l.policy, "Web"),
+        ["tcp 22-22 0.0.0.0/0", "tcp 443-443 192.0.2.0/24"]
+    );
+    let w = l
+        .warnings
+        .iter()
+        .find(|w| w.message.contains("Default of parameter SSHLocation"))
+        .expect("the warning");
+    assert_eq!(at(w), (15, 63), "{w}");
+    assert!(
+        w.hint
+            .as_deref()
+            .unwrap()
+            .contains("--parameter SSHLocation=")
+    );
+    let used: Vec<(String, String, String)> = l
+        .parameters
+        .iter()
+        .map(|u| (u.name.clone(), u.value.clone(), u.source.clone()))
+        .collect();
+    assert_eq!(
+        used,
+        [
+            ("Ports".into(), "80, 443".into(), "default".into()),
+            ("SSHLocation".into(), "0.0.0.0/0".into(), "default".into()),
+        ]
+    );
+    assert!(
+        l.summary()
+            .contains("SSHLocation = \"0.0.0.0/0\" (default)")
+    );
+}
+
+#[test]
+fn a_parameter_given_overrides_its_default_and_says_so() {
+    let l = load(SSH, &["SSHLocation=198.51.100.0/24", "Ports=8080,8443"]);
+    assert_eq!(
+        ingress(&l.policy, "Web"),
+        ["tcp 22-22 198.51.100.0/24", "tcp 8443-8443 192.0.2.0/24"]
+    );
+    assert!(
+        !warnings(&l)
+            .iter()
+            .any(|w| w.contains("Default of parameter"))
+    );
+    assert!(
+        l.summary()
+            .contains("SSHLocation = \"198.51.100.0/24\" (--parameter)")
+    );
+}
+
+#[test]
+fn a_parameter_the_template_does_not_declare_or_allow_is_refused() {
+    let e = first_error(SSH, &["SSHLocatoin=198.51.100.0/24"]);
+    assert!(
+        e.message
+            .contains("parameter SSHLocatoin, which this template does not declare"),
+        "{e}"
+    );
+    assert_eq!(e.hint.as_deref(), Some("did you mean SSHLocation?"));
+    let allowed = SSH.replace(
+        "    Default: 0.0.0.0/0\n",
+        "    Default: 0.0.0.0/0\n    AllowedValues: [0.0.0.0/0, 192.0.2.0/24]\n",
+    );
+    let e = first_error(&allowed, &["SSHLocation=198.51.100.0/24"]);
+    assert!(e.message.contains("not one of its AllowedValues"), "{e}");
+    assert_eq!(at(&e), (4, 5));
+}
+
+#[test]
+fn a_parameter_without_default_or_value_is_an_error_where_it_is_used() {
+    let t = SSH.replace("    Default: 0.0.0.0/0\n", "");
+    let e = first_error(&t, &[]);
+    assert_eq!(at(&e), (14, 63), "{e}");
+    assert!(
+        e.message.contains(
+            "CidrIp is unknown: parameter SSHLocation has no Default and no value was given"
+        ),
+        "{e}"
+    );
+    assert!(e.hint.unwrap().contains("--parameter SSHLocation=VALUE"));
+    load(&t, &["SSHLocation=192.0.2.7/32"]);
+}
+
+const CONDITIONS: &str = r#"
+Parameters:
+  Env: {Type: String, Default: prod}
+  Open: {Type: String, Default: "false"}
+Conditions:
+  IsProd: !Equals [!Ref Env, prod]
+  IsOpen: !Equals [!Ref Open, "true"]
+  ProdAndOpen: !And [!Condition IsProd, !Condition IsOpen]
+  ProdOrOpen: {"Fn::Or": [{Condition: IsProd}, {Condition: IsOpen}]}
+  NotProd: !Not [!Condition IsProd]
+Resources:
+  Web:
+    Type: AWS::EC2::SecurityGroup
+    Properties:
+      GroupDescription: web
+      SecurityGroupIngress:
+        - !If [ProdOrOpen, {IpProtocol: tcp, FromPort: 443, ToPort: 443, CidrIp: 192.0.2.0/24}, !Ref AWS::NoValue]
+        - !If [ProdAndOpen, {IpProtocol: tcp, FromPort: 80, ToPort: 80, CidrIp: 0.0.0.0/0}, !Ref AWS::NoValue]
+        - IpProtocol: tcp
+          FromPort: !If [IsProd, 5432, 3306]
+          ToPort: !If [IsProd, 5432, 3306]
+          CidrIp: 198.51.100.0/24
+      SecurityGroupEgress: !If [NotProd, !Ref AWS::NoValue, []]
+  Debug:
+    Type: AWS::EC2::SecurityGroup
+    Condition: NotProd
+    Properties:
+      GroupDescription: debug
+"#;
+
+#[test]
+fn conditions_choose_values_remove_properties_and_leave_out_resources() {
+    let l = load(CONDITIONS, &[]);
+    let p = &l.policy;
+    assert_eq!(
+        ingress(p, "Web"),
+        ["tcp 443-443 192.0.2.0/24", "tcp 5432-5432 198.51.100.0/24"]
+    );
+    // IsProd: the egress list is [] (none), not AWS's default.
+    assert!(rules(p, "Web", Direction::Egress).is_empty());
+    assert!(!p.groups.contains_key(&GroupId("Debug".into())));
+    assert!(
+        warnings(&l)
+            .iter()
+            .any(|w| w == "left out because their Condition is false: Debug")
+    );
+
+    let l = load(CONDITIONS, &["Env=dev", "Open=true"]);
+    let p = &l.policy;
+    assert_eq!(
+        ingress(p, "Web"),
+        ["tcp 443-443 192.0.2.0/24", "tcp 3306-3306 198.51.100.0/24"]
+    );
+    // NoValue removed SecurityGroupEgress: EC2's default egress (D2).
+    assert_eq!(
+        rules(p, "Web", Direction::Egress),
+        ["all 0.0.0.0/0", "all ::/0"]
+    );
+    assert!(p.groups.contains_key(&GroupId("Debug".into())));
+}
+
+#[test]
+fn a_condition_that_cannot_be_known_is_an_error_only_where_it_decides_something() {
+    let t = CONDITIONS.replace(
+        "  Env: {Type: String, Default: prod}",
+        "  Env: {Type: String}",
+    );
+    let e = first_error(&t, &[]);
+    assert_eq!(at(&e), (17, 11), "{e}");
+    assert!(
+        e.message
+            .contains("condition IsProd: parameter Env has no Default"),
+        "{e}"
+    );
+    let cyclic = CONDITIONS.replace(
+        "IsProd: !Equals [!Ref Env, prod]",
+        "IsProd: !Condition NotProd",
+    );
+    let e = first_error(&cyclic, &[]);
+    assert!(e.message.contains("depends on itself"), "{e}");
+}
+
+const FUNCTIONS: &str = r#"
+Mappings:
+  Net:
+    us-east-1: {Office: 192.0.2.0/24}
+    eu-west-1: {Office: 198.51.100.0/24}
+Conditions:
+  Encodes: !Equals [!Base64 "abc", "YWJj"]
+  ThreeZones: !Equals [!Select [2, !GetAZs ""], !Sub "${AWS::Region}c"]
+Resources:
+  Web:
+    Type: AWS::EC2::SecurityGroup
+    Properties:
+      GroupDescription: !Sub "web in ${AWS::Region}"
+      SecurityGroupIngress:
+        - {IpProtocol: tcp, FromPort: 22, ToPort: 22, CidrIp: !FindInMap [Net, !Ref "AWS::Region", Office]}
+        - {IpProtocol: tcp, FromPort: 80, ToPort: 80, CidrIp: !Select [1, !Cidr [203.0.113.0/24, 4, 6]]}
+        - {IpProtocol: tcp, FromPort: 81, ToPort: 81, CidrIp: !Join ["/", [203.0.113.9, "32"]]}
+        - {IpProtocol: tcp, FromPort: 82, ToPort: 82, CidrIp: !Select [0, !Split [",", "203.0.113.10/32,x"]]}
+        - {IpProtocol: tcp, FromPort: 83, ToPort: 83, CidrIp: !Sub ["${Net}.11/32", {Net: 203.0.113}]}
+        - {IpProtocol: tcp, FromPort: 84, ToPort: 84, CidrIp: !If [Encodes, 203.0.113.12/32, 203.0.113.13/32]}
+        - {IpProtocol: tcp, FromPort: 85, ToPort: 85, CidrIp: !If [ThreeZones, 203.0.113.14/32, 203.0.113.15/32]}
+  App:
+    Type: AWS::EC2::SecurityGroup
+    Properties:
+      GroupDescription: app
+      SecurityGroupIngress:
+        - {IpProtocol: tcp, FromPort: 8080, ToPort: 8080, SourceSecurityGroupId: !Select [0, !Split [",", !GetAtt Web.GroupId]]}
+"#;
+
+#[test]
+fn the_intrinsic_functions_evaluate_as_cloudformation_documents_them() {
+    let l = load(FUNCTIONS, &[]);
+    assert_eq!(
+        ingress(&l.policy, "Web"),
+        [
+            "tcp 22-22 192.0.2.0/24",
+            "tcp 80-80 203.0.113.64/26",
+            "tcp 81-81 203.0.113.9/32",
+            "tcp 82-82 203.0.113.10/32",
+            "tcp 83-83 203.0.113.11/32",
+            "tcp 84-84 203.0.113.12/32",
+            "tcp 85-85 203.0.113.14/32",
+        ]
+    );
+    assert_eq!(ingress(&l.policy, "App"), ["tcp 8080-8080 Web"]);
+    assert_eq!(
+        l.policy.groups[&GroupId("Web".into())].description,
+        "web in us-east-1"
+    );
+    // --region: AWS::Region, FindInMap's key, the description.
+    let l = load(FUNCTIONS, &["region:eu-west-1"]);
+    assert_eq!(ingress(&l.policy, "Web")[0], "tcp 22-22 198.51.100.0/24");
+    assert!(
+        l.summary()
+            .contains("AWS::Region = \"eu-west-1\" (--region)")
+    );
+}
+
+#[test]
+fn a_function_that_fails_is_a_located_error_with_its_reason() {
+    let cases: &[(&str, &str, (u32, u32), &str)] = &[
+        (
+            "!FindInMap [Net, !Ref \"AWS::Region\", Office]",
+            "!FindInMap [Net, nowhere, Office]",
+            (15, 63),
+            "Mappings has no Net.nowhere.Office",
+        ),
+        (
+            "!Select [1, !Cidr [203.0.113.0/24, 4, 6]]",
+            "!Select [9, !Cidr [203.0.113.0/24, 4, 6]]",
+            (16, 63),
+            "Fn::Select index 9 is out of range: the list has 4 items",
+        ),
+        (
+            "!Select [1, !Cidr [203.0.113.0/24, 4, 6]]",
+            "!Select [1, !Cidr [203.0.113.0/24, 8, 6]]",
+            (16, 63),
+            "203.0.113.0/24 holds 4 /26 subnets, not 8",
+        ),
+        (
+            "!Join [\"/\", [203.0.113.9, \"32\"]]",
+            "!Join [\"/\", [!GetAtt App.VpcId, \"32\"]]",
+            (17, 63),
+            "an attribute of a resource (Fn::GetAtt) is known only once the stack is deployed",
+        ),
+        (
+            "!Sub [\"${Net}.11/32\", {Net: 203.0.113}]",
+            "!Sub \"${Nothing}.11/32\"",
+            (19, 63),
+            "${Nothing} in Fn::Sub names no parameter",
+        ),
+    ];
+    for (from, to, place, msg) in cases {
+        let t = FUNCTIONS.replace(from, to);
+        assert_ne!(t, FUNCTIONS, "{from}");
+        let e = first_error(&t, &[]);
+        assert_eq!(at(&e), *place, "{to}: {e}");
+        assert!(e.message.contains(msg), "{to}: {e}");
+        assert!(e.hint.is_some(), "{e}");
+    }
+}
+
+const IMPORTS: &str = r#"
+Parameters:
+  Parent: {Type: String}
+  ClientGroup: {Type: "AWS::EC2::SecurityGroup::Id"}
+Resources:
+  Db:
+    Type: AWS::EC2::SecurityGroup
+    Properties:
+      GroupDescription: db
+      VpcId: {"Fn::ImportValue": !Sub "${Parent}-VPC"}
+      SecurityGroupIngress:
+        - {IpProtocol: tcp, FromPort: 5432, ToPort: 5432, SourceSecurityGroupId: !ImportValue app-ClientSecurityGroup}
+        - {IpProtocol: tcp, FromPort: 5433, ToPort: 5433, SourceSecurityGroupId: {"Fn::ImportValue": !Sub "${Parent}-Bastion"}}
+        - {IpProtocol: tcp, FromPort: 5434, ToPort: 5434, SourceSecurityGroupId: !Ref ClientGroup}
+"#;
+
+#[test]
+fn an_import_or_group_parameter_without_value_is_a_group_defined_elsewhere() {
+    let l = load(IMPORTS, &[]);
+    assert_eq!(
+        ingress(&l.policy, "Db"),
+        [
+            "tcp 5432-5432 app-ClientSecurityGroup",
+            "tcp 5433-5433 Parent-Bastion",
+            "tcp 5434-5434 ClientGroup"
+        ]
+    );
+    let w = warnings(&l);
+    assert!(w.iter().any(|w| w.starts_with("Fn::ImportValue app-ClientSecurityGroup is an export of another stack, unknown here: taken as a security group `app-ClientSecurityGroup` defined elsewhere")), "{w:?}");
+    // VpcId is not read: its import is nobody's concern.
+    assert!(!w.iter().any(|w| w.contains("VPC")), "{w:?}");
+    for g in ["app-ClientSecurityGroup", "Parent-Bastion", "ClientGroup"] {
+        let grp = &l.policy.groups[&GroupId(g.into())];
+        assert!(grp.ingress.is_empty() && grp.egress.is_empty());
+    }
+    let l = load(
+        IMPORTS,
+        &[
+            "Parent=net",
+            "ClientGroup=sg-0123456789abcdef0",
+            "import:app-ClientSecurityGroup=sg-0aaaaaaaaaaaaaaaa",
+            "import:net-Bastion=sg-0bbbbbbbbbbbbbbbb",
+        ],
+    );
+    assert_eq!(
+        ingress(&l.policy, "Db"),
+        [
+            "tcp 5432-5432 sg-0aaaaaaaaaaaaaaaa",
+            "tcp 5433-5433 sg-0bbbbbbbbbbbbbbbb",
+            "tcp 5434-5434 sg-0123456789abcdef0"
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_import_where_an_address_is_needed_is_a_located_error() {
+    let t = IMPORTS.replace(
+        "SourceSecurityGroupId: !ImportValue app-ClientSecurityGroup",
+        "CidrIp: !ImportValue net-Cidr",
+    );
+    let e = first_error(&t, &[]);
+    assert_eq!(at(&e), (12, 67), "{e}");
+    assert!(
+        e.message
+            .contains("CidrIp is unknown: Fn::ImportValue net-Cidr is an export of another stack"),
+        "{e}"
+    );
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("give its value: --import 'net-Cidr=VALUE'")
+    );
+    let l = load(&t, &["import:net-Cidr=192.0.2.0/24"]);
+    assert_eq!(ingress(&l.policy, "Db")[0], "tcp 5432-5432 192.0.2.0/24");
+}
+
+#[test]
+fn default_groups_by_name_or_vpc_attribute_and_one_line_for_ignored_resources() {
+    let t = r#"
+Resources:
+  Vpc: {Type: AWS::EC2::VPC, Properties: {CidrBlock: 192.0.2.0/24}}
+  Role: {Type: AWS::IAM::Role, Properties: {}}
+  Fn1: {Type: AWS::Lambda::Function, Properties: {}}
+  Fn2: {Type: AWS::Lambda::Function, Properties: {}}
+  Setup: {Type: Custom::Setup, Version: "1.0", Properties: {ServiceToken: x}}
+  Db:
+    Type: AWS::EC2::SecurityGroup
+    Properties:
+      GroupDescription: db
+      SecurityGroupIngress:
+        - {IpProtocol: tcp, FromPort: 3306, ToPort: 3306, SourceSecurityGroupName: default}
+        - {IpProtocol: tcp, FromPort: 3307, ToPort: 3307, SourceSecurityGroupId: !GetAtt Vpc.DefaultSecurityGroup}
+"#;
+    let l = load(t, &[]);
+    assert_eq!(
+        ingress(&l.policy, "Db"),
+        ["tcp 3306-3306 default", "tcp 3307-3307 default"]
+    );
+    let w = warnings(&l);
+    let ignored: Vec<&String> = w.iter().filter(|w| w.contains("ignored")).collect();
+    assert_eq!(
+        ignored,
+        [
+            "5 resources of other types ignored (they do not change security groups): AWS::EC2::VPC, AWS::IAM::Role, AWS::Lambda::Function x2, Custom::Setup"
+        ]
+    );
+}
+
+#[test]
+fn a_rain_module_is_named_as_what_it_is() {
+    let t = r#"
+Modules: {}
+Resources:
+  Network:
+    Type: !Rain::Module ../vpc.yml
+  Web: {Type: AWS::EC2::SecurityGroup, Properties: {GroupDescription: web}}
+"#;
+    let d = load_str_with(t, "t.yaml", &TemplateInputs::default()).unwrap_err();
+    let errors: Vec<&Diagnostic> = d.errors().collect();
+    assert_eq!(at(errors[0]), (2, 1));
+    assert!(
+        errors[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("`Modules` is Rain's")
+    );
+    assert_eq!(at(errors[1]), (5, 11));
+    assert!(errors[1].message.contains("resource Network is a Rain module (`!Rain::Module ../vpc.yml`): Rain's syntax, not CloudFormation"), "{}", errors[1]);
+}
+
+#[test]
+fn template_inputs_for_a_file_that_is_not_a_template_are_refused() {
+    let native = "security_groups:\n  - id: sg-web\n    description: web\n";
+    let e = load_str_with(native, "p.yaml", &inputs(&["A=1"])).unwrap_err();
+    assert!(e.to_string().contains("template inputs"), "{e}");
+}
+
+const INSTANCES: &str = r#"
+Parameters:
+  KeyName: {Type: "AWS::EC2::KeyPair::KeyName"}
+Resources:
+  Web:
+    Type: AWS::EC2::SecurityGroup
+    Properties: {GroupDescription: web}
+  WebServer:
+    Type: AWS::EC2::Instance
+    Properties:
+      SecurityGroupIds: [!Ref Web]
+      KeyName: !Ref KeyName
+      Tags: [{Key: Name, Value: web-1}]
+  Router:
+    Type: AWS::EC2::Instance
+    Properties:
+      NetworkInterfaces:
+        - {DeviceIndex: 0, GroupSet: [!Ref Web]}
+        - {DeviceIndex: 1, GroupSet: [!Ref Web]}
+"#;
+
+#[test]
+fn bind_names_the_local_device_of_a_template_interface_and_unread_properties_need_no_value() {
+    let l = load(
+        INSTANCES,
+        &["bind:WebServer=veth-web", "bind:Router/eth1=veth-r1"],
+    );
+    let devices: Vec<(String, Option<String>)> = l
+        .policy
+        .interfaces
+        .iter()
+        .map(|i| (i.name.clone(), i.device.clone()))
+        .collect();
+    assert_eq!(
+        devices,
+        [
+            ("web-1".to_string(), Some("veth-web".to_string())),
+            ("Router/eth0".to_string(), None),
+            ("Router/eth1".to_string(), Some("veth-r1".to_string())),
+        ]
+    );
+    // KeyName has no value, but sg does not read it: not an error, not listed as used.
+    assert!(l.parameters.is_empty(), "{:?}", l.parameters);
+    let e = first_error(INSTANCES, &["bind:WebSrever=eth0"]);
+    assert_eq!(at(&e), (1, 1));
+    assert!(
+        e.message
+            .contains("--bind WebSrever: no instance or network interface WebSrever"),
+        "{e}"
+    );
+    assert_eq!(e.hint.as_deref(), Some("did you mean WebServer?"));
+    let e = first_error(INSTANCES, &["bind:Router=eth0"]);
+    assert!(e.message.contains("the instance has 2 interfaces"), "{e}");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("bind each: Router/eth0, Router/eth1")
+    );
+}
+
+#[test]
+fn text_built_by_functions_is_bounded_like_parsing() {
+    // Each level joins ten copies of the one before (aliases are shared, not copied): a
+    // small file would otherwise build a string of any size.
+    let ten = |x: &str| vec![format!("*{x}"); 10].join(", ");
+    let t = format!(
+        "Metadata:\n  a: &a \"{}\"\n  b: &b !Join [\"\", [{}]]\n  c: &c !Join [\"\", [{}]]\n  d: &d !Join [\"\", [{}]]\n\
+         Resources:\n  Web:\n    Type: AWS::EC2::SecurityGroup\n    Properties:\n      GroupDescription: web\n      SecurityGroupIngress:\n\
+         \x20       - {{IpProtocol: tcp, FromPort: 1, ToPort: 1, CidrIp: !Join [\"\", [*d, *d]]}}\n",
+        "x".repeat(1000),
+        ten("a"),
+        ten("b"),
+        ten("c"),
+    );
+    let e = first_error(&t, &[]);
+    assert!(e.message.contains("more than 1 MiB of text"), "{e}");
+    assert_eq!(at(&e).0, 12);
+}
