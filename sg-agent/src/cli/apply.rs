@@ -1,11 +1,11 @@
-//! `sg-agent apply FILE [--dry-run] [--ingress-hook HOOK]`: the apply transaction
+//! `sg-agent apply FILE [--dry-run] [--ingress-hook [DEV=]HOOK]...`: the apply transaction
 //! ([`crate::agent::Agent::apply`]) and what it changed, as text or JSON.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{Globals, HookArg, desc, open_agent};
+use super::{Globals, HookArgs, desc, open_agent};
 use crate::agent::{ApplyOptions, ApplyOutcome, Diff, FileSource};
 
 #[derive(clap::Args)]
@@ -14,16 +14,8 @@ pub struct Args {
     /// Print what would change and touch nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Ingress hook for newly attached interfaces: xdp (native, falls back to SKB mode),
-    /// xdp-skb, or tc.
-    #[arg(
-        long,
-        value_name = "HOOK",
-        value_enum,
-        default_value = "xdp",
-        hide_possible_values = true
-    )]
-    pub(super) ingress_hook: HookArg,
+    #[command(flatten)]
+    pub(super) hooks: HookArgs,
 }
 
 pub fn run(g: &Globals, a: &Args) -> Result<()> {
@@ -33,7 +25,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
         &src,
         ApplyOptions {
             dry_run: a.dry_run,
-            ingress: a.ingress_hook.into(),
+            ingress: a.hooks.plan(),
         },
     )?;
     if g.json {
