@@ -164,10 +164,11 @@ fn hook_of(
     b: &Binding,
     attached_before: bool,
 ) -> (IngressHook, Option<String>) {
-    if attached_before && plan.forced(&b.device).is_none() {
-        if let Some(h) = st.hooks.get(&b.device).and_then(|h| parse_hook(h).ok()) {
-            return (h, st.hook_reasons.get(&b.device).cloned());
-        }
+    if attached_before
+        && plan.forced(&b.device).is_none()
+        && let Some(h) = st.hooks.get(&b.device).and_then(|h| parse_hook(h).ok())
+    {
+        return (h, st.hook_reasons.get(&b.device).cloned());
     }
     plan.choose(&b.device, || dataplane::driver_info(&b.device))
 }
