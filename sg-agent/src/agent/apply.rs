@@ -350,6 +350,12 @@ impl Agent {
                     }
                     if !before {
                         out.attached.push(describe_attach(&b.device, &r));
+                    } else if self.state.hooks.get(&b.device).map(String::as_str)
+                        != Some(hook_name(hook))
+                    {
+                        // Forced by name onto a device attached with another hook.
+                        out.notes
+                            .push(format!("{}: ingress hook now {}", b.device, r.ingress));
                     }
                     out.hooks
                         .names

@@ -84,6 +84,12 @@ fn the_default_hook_on_a_veth_is_tc_and_apply_and_status_say_why() {
 
     // A device attached before switches when forced by name; the other keeps TC.
     let out = site.agent_json(&["apply", "--ingress-hook", "eth0=xdp", &policy]);
+    assert!(
+        out["notes"]
+            .to_string()
+            .contains("eth0: ingress hook now xdp (native) (forced: --ingress-hook eth0=xdp)"),
+        "{out}"
+    );
     assert_eq!(xdp_mode(&site.srv, "eth0"), "native", "{out}");
     assert_eq!(xdp_mode(&site.srv, SIDE), "none", "{out}");
     let line = status_line(&site, "eth0");
