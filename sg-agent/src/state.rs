@@ -457,6 +457,9 @@ pub struct AgentState {
     pub applied: Applied,
     /// Ingress hook per device ("xdp", "xdp-skb", "tc").
     pub hooks: BTreeMap<String, String>,
+    /// Why a device has its ingress hook ("auto: driver veth; ...", "forced: ..."); no entry
+    /// when the user chose the hook for every device.
+    pub hook_reasons: BTreeMap<String, String>,
     /// The namespace's cookie ([`netns_cookie`]); 0 in files written before it was recorded.
     pub netns_cookie: u64,
     /// `--confirm` applies reverted because no confirmation came in time, or on

@@ -26,18 +26,18 @@ use super::{Agent, PolicySource};
 use crate::bind::{self, Binding};
 use crate::compile::{self, CompileOptions, Delta};
 use crate::config::Loaded;
-use crate::dataplane::{self, ApplyReport, AttachReport, IngressHook, XdpMode};
+use crate::dataplane::{self, ApplyReport, AttachReport, HookPlan, IngressHook, XdpMode};
 use crate::error::Error;
 use crate::image::MapImage;
 use crate::policy::Policy;
 use crate::state::{AgentState, Applied};
 
-/// How `apply` attaches devices it has not attached before, and the safety of the change
-/// (L1, L2).
-#[derive(Clone, Copy, Debug)]
+/// How `apply` attaches devices (a device attached before keeps its hook unless the plan
+/// forces one on it by name), and the safety of the change (L1, L2).
+#[derive(Clone, Debug, Default)]
 pub struct ApplyOptions {
     pub dry_run: bool,
-    pub ingress: IngressHook,
+    pub ingress: HookPlan,
     /// The administrator's SSH session (`SSH_CONNECTION`): the pre-flight (L2) checks that a
     /// new connection from its client would still get in.
     pub admin: Option<SshConnection>,
@@ -49,13 +49,10 @@ pub struct ApplyOptions {
 
 impl ApplyOptions {
     /// A plain apply: no SSH session to protect, no confirmation deadline.
-    pub fn new(ingress: IngressHook) -> ApplyOptions {
+    pub fn new(ingress: HookPlan) -> ApplyOptions {
         ApplyOptions {
-            dry_run: false,
             ingress,
-            admin: None,
-            force: false,
-            confirm: None,
+            ..ApplyOptions::default()
         }
     }
 }
@@ -165,8 +162,34 @@ struct Attached {
     before: BTreeSet<u32>,
     attached: Vec<String>,
     notes: Vec<String>,
-    /// Device -> hook name, for the state.
-    hooks: BTreeMap<String, String>,
+    /// Device -> hook name and why, for the state.
+    hooks: Hooks,
+}
+
+/// The ingress hook of each attached device as the state records it, and why it was chosen
+/// (auto's reason, or the `--ingress-hook DEV=HOOK` that forced it).
+#[derive(Default)]
+struct Hooks {
+    names: BTreeMap<String, String>,
+    reasons: BTreeMap<String, String>,
+}
+
+/// The ingress hook of one device and why: the one forced on it by name, else the one it was
+/// attached with before (kept, with its recorded reason), else the plan's default (`auto`
+/// reads its driver).
+fn hook_of(
+    st: &AgentState,
+    plan: &HookPlan,
+    b: &Binding,
+    attached_before: bool,
+) -> (IngressHook, Option<String>) {
+    if attached_before
+        && plan.forced(&b.device).is_none()
+        && let Some(h) = st.hooks.get(&b.device).and_then(|h| parse_hook(h).ok())
+    {
+        return (h, st.hook_reasons.get(&b.device).cloned());
+    }
+    plan.choose(&b.device, || dataplane::driver_info(&b.device))
 }
 
 /// Undoes the attachments this apply made, when a later step fails.
@@ -218,12 +241,12 @@ impl Agent {
         let text = src.text()?;
         let mut out = match self.apply_membership(src, &bound, &text, &diff, t0)? {
             Some(done) => done,
-            None => self.apply_whole(src, bound, opts.ingress, diff, &text, t0)?,
+            None => self.apply_whole(src, bound, &opts.ingress, diff, &text, t0)?,
         };
         out.notes.extend(preflight);
         if let (Some(within), Some(previous)) = (opts.confirm, previous) {
             let ssh = opts.admin.map(|c| c.to_string());
-            let p = self.set_pending(src.describe(), within, previous, opts.ingress, ssh)?;
+            let p = self.set_pending(src.describe(), within, previous, &opts.ingress, ssh)?;
             out.notes.push(format!(
                 "waiting for `sg-agent confirm`: {}; without it {} comes back",
                 p.describe_deadline(),
@@ -274,7 +297,7 @@ impl Agent {
         &mut self,
         src: &dyn PolicySource,
         bound: Bound,
-        ingress: IngressHook,
+        ingress: &HookPlan,
         diff: Diff,
         text: &str,
         t0: Instant,
@@ -343,32 +366,42 @@ impl Agent {
 
     /// 1. Attach (or re-attach with this binary's programs) every bound device. New ones
     ///    judge with "no policy" until the flip: fail closed, for milliseconds. A device
-    ///    attached before keeps its hook; a failure undoes this apply's new attachments.
+    ///    attached before keeps its hook unless `--ingress-hook DEV=HOOK` names it; a failure
+    ///    undoes this apply's new attachments.
     fn attach_all(
         &mut self,
         links: &Path,
         bindings: &[Binding],
-        ingress: IngressHook,
+        plan: &HookPlan,
     ) -> Result<Attached> {
         let mut out = Attached {
             before: live_pinned(links),
             attached: Vec::new(),
             notes: Vec::new(),
-            hooks: BTreeMap::new(),
+            hooks: Hooks::default(),
         };
         let dp = self.dp.as_mut().expect("loaded by compile_next");
         for b in bindings {
-            let hook = match self.state.hooks.get(&b.device) {
-                Some(h) if out.before.contains(&b.ifindex) => parse_hook(h).unwrap_or(ingress),
-                _ => ingress,
-            };
+            let before = out.before.contains(&b.ifindex);
+            let (hook, why) = hook_of(&self.state, plan, b, before);
             match dp.attach_pinned(&b.device, hook, links) {
-                Ok(r) => {
+                Ok(mut r) => {
                     out.notes.extend(r.notes.iter().cloned());
-                    if !out.before.contains(&b.ifindex) {
+                    if let Some(why) = &why {
+                        r.ingress = format!("{} ({why})", r.ingress);
+                        out.hooks.reasons.insert(b.device.clone(), why.clone());
+                    }
+                    if !before {
                         out.attached.push(describe_attach(&b.device, &r));
+                    } else if self.state.hooks.get(&b.device).map(String::as_str)
+                        != Some(hook_name(hook))
+                    {
+                        // Forced by name onto a device attached with another hook.
+                        out.notes
+                            .push(format!("{}: ingress hook now {}", b.device, r.ingress));
                     }
                     out.hooks
+                        .names
                         .insert(b.device.clone(), hook_name(hook).to_string());
                 }
                 Err(e) => {
@@ -469,7 +502,7 @@ impl Agent {
         report: &ApplyReport,
         image: &MapImage,
         bound: &Bound,
-        hooks: BTreeMap<String, String>,
+        hooks: Hooks,
         text: &str,
     ) -> Result<()> {
         let mut st = pre;
@@ -478,7 +511,8 @@ impl Agent {
         st.source = src.describe();
         st.applied_at = unix_now();
         st.applied = bound.applied.clone();
-        st.hooks = hooks;
+        st.hooks = hooks.names;
+        st.hook_reasons = hooks.reasons;
         self.write_applied_text(text, &src.inputs())?;
         crate::state::write_private(
             &self.sd.run.join("policy.applied.name"),

@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::apply::{ApplyOutcome, bind_to_host, hook_name, parse_hook};
+use super::apply::{ApplyOutcome, bind_to_host};
 use super::summary::diff;
 use super::{Agent, TextSource};
-use crate::dataplane::{IngressHook, XdpMode};
+use crate::dataplane::HookPlan;
 use crate::error::Error;
 use crate::state::StateDir;
 
@@ -41,7 +41,7 @@ pub struct Pending {
     /// `SSH_CONNECTION` of the session that applied it: a confirm over the same connection
     /// proves nothing about new ones.
     pub ssh_connection: Option<String>,
-    /// The ingress hook for devices a revert attaches again.
+    /// The ingress hooks for devices a revert attaches again (`--ingress-hook` values).
     pub ingress: String,
     /// The detached watchdog holding the timer, when one was started.
     pub watchdog_pid: Option<u32>,
@@ -165,7 +165,7 @@ impl Agent {
         source: String,
         within: Duration,
         previous: Previous,
-        ingress: IngressHook,
+        ingress: &HookPlan,
         ssh_connection: Option<String>,
     ) -> Result<Pending> {
         let now = now_ms();
@@ -175,7 +175,7 @@ impl Agent {
             deadline_ms: now + u64::try_from(within.as_millis()).unwrap_or(u64::MAX / 2),
             previous,
             ssh_connection,
-            ingress: hook_name(ingress).into(),
+            ingress: ingress.to_string(),
             watchdog_pid: None,
         };
         write_marker(&self.sd, &p).context(
@@ -243,9 +243,9 @@ impl Agent {
         };
         let bound = bind_to_host(&src).context("reverting: binding the previous policy")?;
         let d = diff(&self.state.applied, &bound.applied);
-        let ingress = parse_hook(&p.ingress).unwrap_or(IngressHook::Xdp(XdpMode::Native));
+        let ingress: HookPlan = p.ingress.parse().unwrap_or_default();
         let mut outcome = self
-            .apply_whole(&src, bound, ingress, d, &p.previous.text, t0)
+            .apply_whole(&src, bound, &ingress, d, &p.previous.text, t0)
             .context("reverting to the previous policy (the unconfirmed one stays)")?;
         let mut st = self.state.clone();
         st.confirm_reverts += 1;
@@ -351,9 +351,10 @@ mod tests {
     #[test]
     fn l1_applies_wait_for_a_pending_change_and_confirm_needs_a_previous_policy() {
         let dir = tempfile::tempdir().unwrap();
-        let mut opts = super::super::ApplyOptions::new(IngressHook::Tc);
+        let mut opts =
+            super::super::ApplyOptions::new(HookPlan::fixed(crate::dataplane::IngressHook::Tc));
         opts.confirm = Some(Duration::from_secs(30));
-        let e = agent(&dir).apply(&lo_policy(), opts).unwrap_err();
+        let e = agent(&dir).apply(&lo_policy(), opts.clone()).unwrap_err();
         assert!(
             crate::error::is(
                 &e,
@@ -368,7 +369,10 @@ mod tests {
         })
         .unwrap();
         write_marker(&sd, &pending(now_ms() + 60_000)).unwrap();
-        for opts in [super::super::ApplyOptions::new(IngressHook::Tc), opts] {
+        for opts in [
+            super::super::ApplyOptions::new(HookPlan::fixed(crate::dataplane::IngressHook::Tc)),
+            opts,
+        ] {
             let e = agent(&dir).apply(&lo_policy(), opts).unwrap_err();
             assert!(
                 crate::error::is(&e, |k| matches!(k, Error::Pending(_))),

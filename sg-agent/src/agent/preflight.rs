@@ -268,9 +268,11 @@ mod tests {
                    [127.0.0.1], groups: [sg-a]}\n"
                 .into(),
         };
-        let mut opts = crate::agent::ApplyOptions::new(crate::dataplane::IngressHook::Tc);
+        let mut opts = crate::agent::ApplyOptions::new(crate::dataplane::HookPlan::fixed(
+            crate::dataplane::IngressHook::Tc,
+        ));
         opts.admin = Some(SshConnection::parse("198.51.100.10 50000 127.0.0.1 22").unwrap());
-        let e = agent.apply(&src, opts).unwrap_err();
+        let e = agent.apply(&src, opts.clone()).unwrap_err();
         assert!(
             crate::error::is(&e, |k| matches!(k, crate::error::Error::WouldLockOut(_))),
             "{e:#}"

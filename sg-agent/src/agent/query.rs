@@ -256,9 +256,12 @@ fn iface_statuses(
                 ifindex: i.ifindex,
                 interface: i.interface.clone(),
                 groups: i.groups.clone(),
-                ingress: p
-                    .map(|p| p.ingress_hook.clone())
-                    .unwrap_or_else(|| "not attached".into()),
+                // The hook and why it was chosen, e.g. "tc (auto: driver veth; ...)".
+                ingress: match (p, st.hook_reasons.get(dev)) {
+                    (Some(p), Some(why)) => format!("{} ({why})", p.ingress_hook),
+                    (Some(p), None) => p.ingress_hook.clone(),
+                    (None, _) => "not attached".into(),
+                },
                 egress: if p.is_some_and(|p| p.has_egress) {
                     "tc".into()
                 } else {

@@ -1,6 +1,6 @@
-//! `sg-agent apply FILE [--dry-run] [--ingress-hook HOOK] [--confirm DURATION] [--force]`:
-//! the apply transaction ([`crate::agent::Agent::apply`]) and what it changed, as text or
-//! JSON. From an SSH session (`SSH_CONNECTION`) the apply is checked first (L2); with
+//! `sg-agent apply FILE [--dry-run] [--ingress-hook [DEV=]HOOK]... [--confirm DURATION]
+//! [--force]`: the apply transaction ([`crate::agent::Agent::apply`]) and what it changed, as
+//! text or JSON. From an SSH session (`SSH_CONNECTION`) the apply is checked first (L2); with
 //! `--confirm` the timer that reverts it is started (L1, [`super::confirm`]).
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Globals, HookArg, desc, open_agent};
+use super::{Globals, HookArgs, desc, open_agent};
 use crate::agent::{ApplyOptions, ApplyOutcome, Diff, FileSource, SshConnection};
 use crate::error;
 
@@ -18,16 +18,8 @@ pub struct Args {
     /// Print what would change and touch nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Ingress hook for newly attached interfaces: xdp (native, falls back to SKB mode),
-    /// xdp-skb, or tc.
-    #[arg(
-        long,
-        value_name = "HOOK",
-        value_enum,
-        default_value = "xdp",
-        hide_possible_values = true
-    )]
-    pub(super) ingress_hook: HookArg,
+    #[command(flatten)]
+    pub(super) hooks: HookArgs,
     #[command(flatten)]
     template: super::template::TemplateArgs,
     /// Revert to the policy enforced now unless `sg-agent confirm` arrives within DURATION
@@ -87,7 +79,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
         &src,
         ApplyOptions {
             dry_run: a.dry_run,
-            ingress: a.ingress_hook.into(),
+            ingress: a.hooks.plan(),
             admin: SshConnection::from_env(),
             force: a.force,
             confirm: a.confirm,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::store::StoreArgs;
-use super::{Globals, HookArg};
+use super::{Globals, HookArgs};
 use crate::daemon::{self, DaemonOptions, FleetOptions, PolicyFrom};
 use crate::store::Registration;
 
@@ -42,8 +42,8 @@ pub struct Args {
     /// Write VPC-Flow-Log-style lines to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     flow_log: Option<String>,
-    #[arg(long, value_name = "HOOK", value_enum, default_value = "xdp")]
-    pub(super) ingress_hook: HookArg,
+    #[command(flatten)]
+    pub(super) hooks: HookArgs,
     /// Seconds between checks of the policy file for changes (and of the pins).
     #[arg(long, default_value = "1")]
     poll: u64,
@@ -71,7 +71,7 @@ pub fn run(g: &Globals, a: Args) -> Result<()> {
         policy,
         metrics: a.metrics,
         flow_log: a.flow_log,
-        ingress_hook: a.ingress_hook.into(),
+        ingress_hook: a.hooks.plan(),
         poll: a.poll,
         flow_log_interval: a.flow_log_interval,
     };

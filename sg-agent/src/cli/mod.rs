@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::agent::{Agent, OpenOptions};
 use crate::config;
-use crate::dataplane::{Capacities, CapacitySpec, IngressHook, XdpMode};
+use crate::dataplane::{Capacities, CapacitySpec, HookPlan, HookSpec};
 use crate::error::Error;
 
 #[derive(Parser)]
@@ -63,6 +63,7 @@ enum Cmd {
     #[command(after_help = "Examples:\n  sg-agent apply examples/ec2-lab.yaml\n  \
                             sg-agent apply --dry-run examples/ec2-lab.cfn.yaml\n  \
                             sg-agent apply --ingress-hook tc rules.yaml\n  \
+                            sg-agent apply --ingress-hook eth0=xdp rules.yaml\n  \
                             sg-agent apply --confirm 2m rules.yaml")]
     Apply(apply::Args),
     /// Keep the change an `apply --confirm` made (or, with --rollback, go back now).
@@ -110,24 +111,21 @@ enum Cmd {
     Man,
 }
 
-/// `--ingress-hook`: how a device attached for the first time judges its inbound packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum HookArg {
-    /// XDP in native mode, falling back to generic (SKB) mode when the driver lacks it.
-    Xdp,
-    /// XDP in generic (SKB) mode.
-    XdpSkb,
-    /// TC ingress.
-    Tc,
+/// `--ingress-hook HOOK` or `DEV=HOOK`, repeatable: how each device judges its inbound
+/// packets. The help text is shared by `apply` and `daemon`.
+#[derive(clap::Args)]
+pub struct HookArgs {
+    /// Ingress hook: auto (default: TC on veth, virtio_net and other virtual devices, where
+    /// native XDP turns off GRO/TSO; native XDP on physical NIC drivers), xdp (native,
+    /// falling back to SKB mode), xdp-skb, or tc. HOOK sets it for devices attached for the
+    /// first time; DEV=HOOK forces it on one device, also one attached before. Repeatable.
+    #[arg(long = "ingress-hook", value_name = "[DEV=]HOOK")]
+    pub(super) ingress_hook: Vec<HookSpec>,
 }
 
-impl From<HookArg> for IngressHook {
-    fn from(h: HookArg) -> IngressHook {
-        match h {
-            HookArg::Xdp => IngressHook::Xdp(XdpMode::Native),
-            HookArg::XdpSkb => IngressHook::Xdp(XdpMode::Skb),
-            HookArg::Tc => IngressHook::Tc,
-        }
+impl HookArgs {
+    pub fn plan(&self) -> HookPlan {
+        HookPlan::from_specs(&self.ingress_hook)
     }
 }
 

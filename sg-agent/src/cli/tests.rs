@@ -100,26 +100,46 @@ fn explain_values_are_typed() {
 }
 
 #[test]
-fn ingress_hooks_are_xdp_xdp_skb_or_tc_defaulting_to_xdp() {
-    let hook = |args: &[&str]| match parse(args).unwrap().cmd {
-        Cmd::Apply(a) => IngressHook::from(a.ingress_hook),
-        Cmd::Daemon(a) => IngressHook::from(a.ingress_hook),
+fn ingress_hooks_are_auto_xdp_xdp_skb_or_tc_defaulting_to_auto_and_forced_per_device() {
+    use crate::dataplane::{HookChoice, IngressHook, XdpMode};
+    let plan = |args: &[&str]| match parse(args).unwrap().cmd {
+        Cmd::Apply(a) => a.hooks.plan(),
+        Cmd::Daemon(a) => a.hooks.plan(),
         _ => panic!("not apply"),
     };
+    assert_eq!(plan(&["apply", "p.yaml"]), HookPlan::default());
+    assert_eq!(plan(&["apply", "p.yaml"]).default, HookChoice::Auto);
     assert_eq!(
-        hook(&["apply", "p.yaml"]),
-        IngressHook::Xdp(XdpMode::Native)
+        plan(&["apply", "--ingress-hook", "xdp-skb", "p.yaml"]).default,
+        HookChoice::Fixed(IngressHook::Xdp(XdpMode::Skb))
     );
     assert_eq!(
-        hook(&["apply", "--ingress-hook", "xdp-skb", "p.yaml"]),
-        IngressHook::Xdp(XdpMode::Skb)
+        plan(&["apply", "--ingress-hook", "xdp", "p.yaml"]).default,
+        HookChoice::Fixed(IngressHook::Xdp(XdpMode::Native))
     );
     assert_eq!(
-        hook(&["daemon", "--config", "p.yaml", "--ingress-hook", "tc"]),
-        IngressHook::Tc
+        plan(&["daemon", "--config", "p.yaml", "--ingress-hook", "tc"]).default,
+        HookChoice::Fixed(IngressHook::Tc)
     );
-    let e = usage_error(&["apply", "--ingress-hook", "ebpf", "p.yaml"]);
-    assert_eq!(e.kind(), ErrorKind::InvalidValue, "{e}");
+    let both = plan(&[
+        "daemon",
+        "--config",
+        "p.yaml",
+        "--ingress-hook",
+        "tc",
+        "--ingress-hook",
+        "eth0=xdp",
+    ]);
+    assert_eq!(both.default, HookChoice::Fixed(IngressHook::Tc));
+    assert_eq!(
+        both.forced("eth0"),
+        Some(HookChoice::Fixed(IngressHook::Xdp(XdpMode::Native)))
+    );
+    assert_eq!(both.forced("eth1"), None);
+    for bad in ["ebpf", "eth0=ebpf", "=tc"] {
+        let e = usage_error(&["apply", "--ingress-hook", bad, "p.yaml"]);
+        assert_eq!(e.kind(), ErrorKind::ValueValidation, "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -37,7 +37,7 @@ use self::flowlog::FlowLog;
 use self::metrics::Scrape;
 use self::systemd::sd_notify;
 use crate::agent::{Agent, ApplyOptions, FileSource, OpenOptions, PolicySource};
-use crate::dataplane::{Capacities, IngressHook, PinGuard};
+use crate::dataplane::{Capacities, HookPlan, PinGuard};
 use crate::error::{self, Error};
 use crate::state::Lock;
 use crate::store::Follower;
@@ -56,7 +56,7 @@ pub struct DaemonOptions {
     pub template: crate::config::TemplateInputs,
     pub metrics: String,
     pub flow_log: Option<String>,
-    pub ingress_hook: IngressHook,
+    pub ingress_hook: HookPlan,
     pub poll: u64,
     /// Seconds between flow log flushes.
     pub flow_log_interval: u64,
@@ -420,7 +420,7 @@ impl Daemon {
     }
 
     fn apply_options(&self) -> ApplyOptions {
-        ApplyOptions::new(self.opts.ingress_hook)
+        ApplyOptions::new(self.opts.ingress_hook.clone())
     }
 
     /// Drop events feed the flow log's REJECT lines; without a flow log nobody reads them.

@@ -22,6 +22,7 @@
 
 mod apply;
 mod attach;
+mod hook;
 mod read;
 mod testrun;
 mod verify;
@@ -43,6 +44,7 @@ pub use attach::{
     AttachReport, IngressHook, PinGuard, PinnedIface, XdpMode, ifindex, pinned_capacities,
     pinned_ifaces, unpin_iface,
 };
+pub use hook::{DriverInfo, HookChoice, HookPlan, HookSpec, auto_hook, driver_info};
 pub use read::{CtEntry, CtStats, CtTable, ip_of, monotonic_ns};
 pub use testrun::{Hook, RunResult};
 pub use verify::Meaning;

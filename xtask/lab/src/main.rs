@@ -40,7 +40,7 @@ struct Args {
     /// Use the TCP echo server for the database even when MariaDB is installed.
     #[arg(long)]
     no_mariadb: bool,
-    /// The agents' ingress hook: xdp (default), xdp-skb or tc.
+    /// The agents' ingress hook: auto (default: TC on the lab's veths), xdp, xdp-skb or tc.
     #[arg(long, value_name = "HOOK")]
     ingress_hook: Option<String>,
     /// Tear down a lab left up by --keep (or by a killed run), then exit.

@@ -70,7 +70,7 @@ pub struct LabOptions {
     pub naming: Naming,
     /// Use MariaDB when it is installed (the lab); the tests always use the echo server.
     pub want_mariadb: bool,
-    /// `sg-agent apply --ingress-hook` (xdp, xdp-skb, tc); None: the agent's default.
+    /// `sg-agent apply --ingress-hook` (auto, xdp, xdp-skb, tc); None: the agent's default (auto).
     pub ingress_hook: Option<String>,
 }
 

@@ -296,7 +296,8 @@ fn detach_stops_the_daemon_and_enforcement() {
     // The daemon holds the links open (so removed pins can be put back): detach must make it
     // let go, or enforcement would outlive the detach.
     let (site, cfg, notify, log) = daemon_site("ddet");
-    let mut d = notify.daemon(&site, &cfg, &["--poll", "1"], &log);
+    // XDP rather than the default (auto: TC on a veth): the end checks eth0's XDP program.
+    let mut d = notify.daemon(&site, &cfg, &["--poll", "1", "--ingress-hook", "xdp"], &log);
     notify.expect("READY=1");
     assert_enforces_a(&site, "daemon running");
     let out = site.agent_ok(&["detach"]);

@@ -4,7 +4,7 @@
 //! recreated, a corrupted or foreign state file, a full conntrack table, the eBPF load
 //! refused, and a device without native XDP.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,8 +37,14 @@ fn site_with_a_applied(tag: &str) -> (Site, PathBuf, PathBuf) {
     let site = Site::serving(tag);
     let a = site.policy("a.yaml", POLICY_A);
     let b = site.policy("b.yaml", POLICY_B);
-    site.apply(&a);
+    apply_xdp(&site, &a);
     (site, a, b)
+}
+
+/// `sg-agent apply --ingress-hook xdp`: the tests that watch the program through eth0's XDP
+/// program id (or its `-in-xdp` pin) ask for XDP, since the default (auto) gives a veth TC.
+fn apply_xdp(site: &Site, policy: &Path) -> serde_json::Value {
+    site.agent_json(&["apply", "--ingress-hook", "xdp", policy.to_str().unwrap()])
 }
 
 #[test]
@@ -48,7 +54,7 @@ fn sigkill_at_any_stage_of_an_apply_leaves_one_whole_policy_and_a_new_agent_adop
     let b = site.policy("b.yaml", POLICY_B);
     // (stage, is B in force after the kill)
     for (stage, b_in_force) in [("compiled", false), ("attached", false), ("swapped", true)] {
-        site.apply(&a);
+        apply_xdp(&site, &a);
         assert_enforces_a(&site, &format!("{stage}: before"));
         let app = rule_id(&site, "app");
         let packets = site.rule_packets(&app);
@@ -83,7 +89,7 @@ fn sigkill_at_any_stage_of_an_apply_leaves_one_whole_policy_and_a_new_agent_adop
         // The next apply replaces the programs in the pinned links and enforces cleanly.
         let prog = site.xdp_prog_id("eth0");
         assert_ne!(prog, 0);
-        site.apply(&a);
+        apply_xdp(&site, &a);
         assert_ne!(
             site.xdp_prog_id("eth0"),
             prog,
@@ -147,7 +153,14 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
     let log = site.dir.join("daemon.log");
     let _d = site.daemon(
         &cfg,
-        &["--poll", "1", "--metrics", "127.0.0.1:9617"],
+        &[
+            "--poll",
+            "1",
+            "--metrics",
+            "127.0.0.1:9617",
+            "--ingress-hook",
+            "xdp",
+        ],
         &[],
         &log,
     );
@@ -206,7 +219,7 @@ fn pins_removed_under_a_running_daemon_are_put_back_and_enforcement_never_stops(
 fn pins_removed_without_a_daemon_stop_enforcement_until_the_next_apply() {
     let site = Site::serving("prn");
     let a = site.policy("a.yaml", POLICY_A);
-    site.apply(&a);
+    apply_xdp(&site, &a);
     assert_enforces_a(&site, "applied");
     std::fs::remove_dir_all(&site.pins).unwrap();
     // The pins were the only reference to the links: the programs are gone (fail open).
@@ -223,7 +236,7 @@ fn pins_removed_without_a_daemon_stop_enforcement_until_the_next_apply() {
     assert!(stderr(&o).contains("nothing is enforced"), "{}", text(&o));
     assert!(!site.pins.exists(), "status recreated pins");
     // The next apply puts everything back.
-    site.apply(&a);
+    apply_xdp(&site, &a);
     assert_enforces_a(&site, "re-applied after the pins were removed");
     assert!(warnings(&site).is_empty());
 }
@@ -288,7 +301,7 @@ fn a_policy_too_big_for_the_ports_map_fails_cleanly_and_the_old_policy_stays() {
 fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_removed() {
     let site = Site::serving("ifre");
     let a = site.policy("a.yaml", POLICY_A);
-    site.apply(&a);
+    apply_xdp(&site, &a);
     let old = site.srv.ifindex("eth0").unwrap();
     site.assert_link_pins_of(old, "applied on the first device");
 
@@ -309,7 +322,7 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
         site.tcp(5003, None),
         "the new device is not enforced before an apply"
     );
-    let out = site.apply(&a);
+    let out = apply_xdp(&site, &a);
     let detached = out["detached"].to_string();
     assert!(detached.contains("stale pins removed"), "{out}");
     site.assert_link_pins_of(new, "after the re-apply on the recreated device");
@@ -321,14 +334,14 @@ fn an_interface_deleted_and_recreated_is_attached_again_and_stale_pins_are_remov
     site.srv_ip(&["link", "del", "eth0"]);
     site.plug("eth0", Some(new));
     assert_eq!(site.srv.ifindex("eth0").unwrap(), new);
-    site.apply(&a);
+    apply_xdp(&site, &a);
     site.assert_link_pins_of(new, "after the re-apply on the same ifindex");
     assert_ne!(site.xdp_prog_id("eth0"), 0);
     assert_enforces_a(&site, "after the re-apply on the same ifindex");
 
     // With a daemon, the change is picked up without anyone applying.
     let log = site.dir.join("daemon.log");
-    let _d = site.daemon(&a, &["--poll", "1"], &[], &log);
+    let _d = site.daemon(&a, &["--poll", "1", "--ingress-hook", "xdp"], &[], &log);
     site.srv_ip(&["link", "del", "eth0"]);
     site.plug("eth0", None);
     let third = site.srv.ifindex("eth0").unwrap();
@@ -486,7 +499,8 @@ fn without_native_xdp_the_agent_falls_back_to_generic_mode_and_enforces() {
         site.tcp_to("192.0.2.21", 5003),
         "control: 5003 open without sg"
     );
-    let out = site.agent_ok(&["apply", p.to_str().unwrap()]);
+    // Under the default (auto) macvlan gets TC: XDP is asked for here.
+    let out = site.agent_ok(&["apply", "--ingress-hook", "xdp", p.to_str().unwrap()]);
     assert!(
         out.contains("native XDP on macv0 failed") && out.contains("generic"),
         "{out}"
@@ -494,7 +508,7 @@ fn without_native_xdp_the_agent_falls_back_to_generic_mode_and_enforces() {
     assert_eq!(xdp_mode(&site.srv, "macv0"), "generic");
     assert!(site.tcp_to("192.0.2.21", 5001), "allowed port refused");
     assert!(!site.tcp_to("192.0.2.21", 5003), "denied port passed");
-    // Re-applies keep the hook and mode.
+    // Re-applies keep the hook and mode, under the default hook too.
     site.agent_ok(&["apply", p.to_str().unwrap()]);
     assert_eq!(xdp_mode(&site.srv, "macv0"), "generic");
     assert!(!site.tcp_to("192.0.2.21", 5003));

@@ -113,8 +113,9 @@ fn apply_reapply_dry_run_invalid_input_and_detach_with_their_exit_codes() {
         "check created state"
     );
 
-    // apply: exit 0, says what it added, enforces.
-    let out = site.agent_ok(&["apply", a]);
+    // apply: exit 0, says what it added, enforces. XDP is asked for (auto would give the veth
+    // TC): the dry run and detach below watch eth0's XDP program id.
+    let out = site.agent_ok(&["apply", "--ingress-hook", "xdp", a]);
     assert!(out.contains("+ group sg-web"), "{out}");
     assert!(out.contains("attached eth0"), "{out}");
     assert_enforces_a(&site, "after apply A");
