@@ -137,7 +137,15 @@ fn headers_outside_the_linear_part_are_judged_like_linear_ones_on_both_hooks() {
         ("2001:db8:10::10".parse().unwrap(), SRV6.parse().unwrap()),
     ];
     for hook in ["tc", "xdp"] {
-        site.agent_ok(&["apply", "--ingress-hook", hook, policy.to_str().unwrap()]);
+        // Forced by device name: a hook given for every device applies to new devices only,
+        // and eth0 is attached already in the second round.
+        let forced = format!("eth0={hook}");
+        site.agent_ok(&["apply", "--ingress-hook", &forced, policy.to_str().unwrap()]);
+        let status = site.agent_ok(&["status"]);
+        assert!(
+            status.contains(&format!("ingress {hook}")),
+            "eth0 runs {hook}:\n{status}"
+        );
         for (src, dst) in families {
             let v6 = src.is_ipv6();
             let what = format!("{hook}, v6 {v6}");
