@@ -1,0 +1,608 @@
+//! The actions: each typed request against the EC2 view of the store. Reads answer from one
+//! snapshot; every write reads the store at a revision, changes the policy, validates it with
+//! the product's validator and commits only if nothing changed since that revision (retrying
+//! on a conflict), so a call is all or nothing (P4) and Describe reads the caller's writes.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::backend::Backend;
+use super::change::{self, Change};
+use super::fault::Fault;
+use super::view::{Account, IpPermission, Meta, SgRule, State, any_match, group_filter_values};
+use super::wire::{Call, Filter, GroupRef, Page, PeerKind, Permission, Request, Tag};
+use crate::policy::{Direction, Group, GroupId, Policy, Rule};
+
+/// How often a write reads again after a concurrent change before giving up (503).
+const ATTEMPTS: usize = 8;
+/// An id no store group has: the scratch group the validator reads permissions in.
+const PROBE: &str = "sg-sg-api-probe";
+
+/// A group as DescribeSecurityGroups answers it.
+#[derive(Clone, Debug)]
+pub struct GroupView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub vpc: String,
+    pub ingress: Vec<IpPermission>,
+    pub egress: Vec<IpPermission>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What an action answers (xml.rs-side shapes live in answer.rs).
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Created {
+        group_id: String,
+        tags: BTreeMap<String, String>,
+    },
+    Deleted {
+        group_id: String,
+    },
+    Groups {
+        groups: Vec<GroupView>,
+        next: Option<String>,
+    },
+    Authorized {
+        rules: Vec<SgRule>,
+    },
+    Revoked {
+        rules: Vec<SgRule>,
+    },
+    Rules {
+        rules: Vec<SgRule>,
+        next: Option<String>,
+    },
+    /// `<return>true</return>` only.
+    Done,
+    Caller,
+}
+
+type Finish = Box<dyn FnOnce(&Policy) -> Answer + Send>;
+
+pub struct Api {
+    pub backend: Backend,
+    pub account: Account,
+}
+
+impl Api {
+    pub async fn execute(&self, call: &Call, serial: &str) -> Result<Answer, Fault> {
+        let acct = &self.account;
+        match &call.request {
+            Request::DescribeSecurityGroups {
+                ids,
+                names,
+                filters,
+                page,
+            } => describe_groups(&self.backend.read().await?, acct, ids, names, filters, page),
+            Request::DescribeSecurityGroupRules {
+                rule_ids,
+                filters,
+                page,
+            } => describe_rules(&self.backend.read().await?, rule_ids, filters, page),
+            Request::GetCallerIdentity => Ok(Answer::Caller),
+            write => {
+                self.write(call.dry_run, serial, |s| plan(s, acct, write))
+                    .await
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        dry_run: bool,
+        serial: &str,
+        plan: impl Fn(&State) -> Result<(Change, Finish), Fault>,
+    ) -> Result<Answer, Fault> {
+        for _ in 0..ATTEMPTS {
+            let state = self.backend.read().await?;
+            let (change, finish) = plan(&state)?;
+            let policy = change::candidate(&state, &change)?;
+            if dry_run {
+                return Err(Fault::dry_run());
+            }
+            let (puts, deletes) = change::values(&policy, &change, serial);
+            if self.backend.commit(state.revision, puts, deletes).await? {
+                return Ok(finish(&policy));
+            }
+        }
+        Err(Fault {
+            status: 503,
+            code: "Unavailable",
+            message: format!("the store kept changing: {ATTEMPTS} attempts conflicted"),
+        })
+    }
+}
+
+fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fault> {
+    match req {
+        Request::CreateSecurityGroup {
+            name,
+            description,
+            vpc_id,
+            tags,
+        } => create(s, acct, name, description, vpc_id.as_deref(), tags),
+        Request::DeleteSecurityGroup { group } => delete(s, acct, group),
+        Request::Authorize {
+            direction,
+            group,
+            permissions,
+        } => authorize(s, acct, *direction, group, permissions),
+        Request::Revoke {
+            direction,
+            group,
+            permissions,
+            rule_ids,
+        } => revoke(s, acct, *direction, group, permissions, rule_ids),
+        Request::CreateTags { resources, tags } => {
+            let tags: Vec<(String, Option<String>)> = tags
+                .iter()
+                .map(|t| (t.key.clone(), Some(t.value.clone())))
+                .collect();
+            retag(s, resources, &tags, true)
+        }
+        Request::DeleteTags { resources, tags } => retag(s, resources, tags, false),
+        Request::DescribeSecurityGroups { .. }
+        | Request::DescribeSecurityGroupRules { .. }
+        | Request::GetCallerIdentity => unreachable!("reads are not planned"),
+    }
+}
+
+fn create(
+    s: &State,
+    acct: &Account,
+    name: &str,
+    description: &str,
+    vpc_id: Option<&str>,
+    tags: &[Tag],
+) -> Result<(Change, Finish), Fault> {
+    if name == "default" {
+        return Err(Fault::client(
+            "InvalidGroup.Reserved",
+            "The security group name 'default' is reserved (P8)",
+        ));
+    }
+    if name.starts_with("sg-") {
+        return Err(Fault::invalid(format!(
+            "Invalid value '{name}' for groupName. Group names may not be in the format sg-*."
+        )));
+    }
+    let vpc = vpc_id.unwrap_or(&acct.vpc);
+    let known = vpc == acct.vpc || s.meta.values().any(|m| m.vpc_id.as_deref() == Some(vpc));
+    if !known {
+        return Err(Fault::client(
+            "InvalidVpcID.NotFound",
+            format!("The vpc ID '{vpc}' does not exist"),
+        ));
+    }
+    if s.policy
+        .groups
+        .values()
+        .any(|g| g.name == name && s.vpc_of(&g.id, acct) == vpc)
+    {
+        return Err(Fault::client(
+            "InvalidGroup.Duplicate",
+            format!("The security group '{name}' already exists for VPC '{vpc}'"),
+        ));
+    }
+    let id = new_id("sg-");
+    let tags = tag_map(tags)?;
+    let meta = Meta {
+        vpc_id: (vpc != acct.vpc).then(|| vpc.to_string()),
+        tags: tags.clone(),
+    };
+    let mut change = Change::default();
+    // Egress left out: the validator gives the new group D2's default egress.
+    change.put(
+        &id,
+        json!({"id": id, "name": name, "description": description}),
+        meta,
+    );
+    let finish: Finish = Box::new(move |_| Answer::Created { group_id: id, tags });
+    Ok((change, finish))
+}
+
+fn delete(s: &State, acct: &Account, group: &GroupRef) -> Result<(Change, Finish), Fault> {
+    let g = s.group(group, acct)?;
+    if g.name == "default" {
+        return Err(Fault::client(
+            "CannotDelete",
+            format!(
+                "the specified group: \"{}\" name: \"default\" cannot be deleted by a user",
+                g.id
+            ),
+        ));
+    }
+    let on_interface = s.policy.interfaces.iter().any(|i| i.groups.contains(&g.id));
+    let referenced = s
+        .policy
+        .all_rules()
+        .any(|r| r.group != g.id && r.peer == crate::policy::Peer::Group(g.id.clone()));
+    if on_interface || referenced {
+        return Err(Fault::client(
+            "DependencyViolation",
+            format!("resource {} has a dependent object", g.id),
+        ));
+    }
+    let mut change = Change::default();
+    change.delete(g.id.as_str());
+    let group_id = g.id.to_string();
+    Ok((change, Box::new(move |_| Answer::Deleted { group_id })))
+}
+
+/// One native rule per peer of each permission (P3), for the validator to read.
+fn native_rules(
+    s: &State,
+    acct: &Account,
+    dir: Direction,
+    perms: &[Permission],
+) -> Result<Vec<Value>, Fault> {
+    let peer_key = match dir {
+        Direction::Ingress => "source",
+        Direction::Egress => "destination",
+    };
+    let mut out = Vec::new();
+    for p in perms {
+        let proto = p.protocol.trim().to_ascii_lowercase();
+        let mut base = serde_json::Map::new();
+        match proto.parse::<i64>() {
+            Ok(n) => base.insert("protocol".into(), n.into()),
+            Err(_) => base.insert("protocol".into(), proto.clone().into()),
+        };
+        match proto.as_str() {
+            "tcp" | "udp" | "6" | "17" => {
+                let (Some(from), Some(to)) = (p.from, p.to) else {
+                    return Err(Fault::invalid(
+                        "Invalid value 'Must specify both from and to ports with TCP/UDP.' for portRange",
+                    ));
+                };
+                base.insert("ports".into(), format!("{from}-{to}").into());
+            }
+            "icmp" | "1" | "icmpv6" | "58" => {
+                if let Some(t) = p.from {
+                    base.insert("type".into(), t.into());
+                    base.insert("code".into(), p.to.unwrap_or(-1).into());
+                }
+            }
+            _ => {}
+        }
+        if p.peers.is_empty() {
+            return Err(Fault::missing(
+                "IpPermissions.N.IpRanges, Ipv6Ranges, PrefixListIds or Groups",
+            ));
+        }
+        for peer in &p.peers {
+            let mut r = base.clone();
+            let v = match &peer.peer {
+                PeerKind::Cidr(c) => c.clone(),
+                PeerKind::PrefixList(id) => id.clone(),
+                PeerKind::Group(g) => s.group(g, acct)?.id.to_string(),
+            };
+            r.insert(peer_key.into(), v.into());
+            if let Some(d) = &peer.description {
+                r.insert("description".into(), d.as_str().into());
+            }
+            out.push(Value::Object(r));
+        }
+    }
+    Ok(out)
+}
+
+/// The permissions as the validator understands them: read in a scratch group beside the
+/// store's policy (canonical CIDRs, protocol numbers, ports). A duplicate among them is
+/// InvalidPermission.Duplicate (P4).
+fn typed_rules(s: &State, dir: Direction, rules: &[Value]) -> Result<Vec<Rule>, Fault> {
+    let mut doc = s.doc.clone();
+    let (this, other) = (dir.name(), dir.opposite().name());
+    doc["security_groups"]
+        .as_array_mut()
+        .expect("a rendered document has security_groups")
+        .push(json!({"id": PROBE, this: rules, other: []}));
+    let policy = change::validate(&doc)?;
+    Ok(policy.groups[&GroupId(PROBE.into())].rules(dir).to_vec())
+}
+
+/// The rule of `g` (direction `dir`) that allows what `r` allows, if any.
+fn same_rule<'a>(g: &'a Group, dir: Direction, r: &Rule) -> Option<&'a Rule> {
+    let peer = match &r.peer {
+        crate::policy::Peer::Group(id) if id.as_str() == PROBE => {
+            crate::policy::Peer::Group(g.id.clone())
+        }
+        p => p.clone(),
+    };
+    g.rules(dir)
+        .iter()
+        .find(|e| e.protocol == r.protocol && e.peer == peer)
+}
+
+fn authorize(
+    s: &State,
+    acct: &Account,
+    dir: Direction,
+    group: &GroupRef,
+    perms: &[Permission],
+) -> Result<(Change, Finish), Fault> {
+    let g = s.group(group, acct)?;
+    if perms.is_empty() {
+        return Err(Fault::missing("IpPermissions"));
+    }
+    let rules = native_rules(s, acct, dir, perms)?;
+    let typed = typed_rules(s, dir, &rules)?;
+    if let Some(dup) = typed.iter().find_map(|r| same_rule(g, dir, r)) {
+        return Err(Fault::client(
+            "InvalidPermission.Duplicate",
+            format!(
+                "the specified rule \"{}\" already exists",
+                SgRule::of(dup).words()
+            ),
+        ));
+    }
+    let mut value = change::group_value(s, &g.id)?;
+    let list = value[dir.name()].as_array_mut();
+    match list {
+        Some(l) => l.extend(rules),
+        None => value[dir.name()] = Value::Array(rules),
+    }
+    let mut change = Change::default();
+    change.put(g.id.as_str(), value, s.meta(&g.id));
+    let id = g.id.clone();
+    let finish: Finish = Box::new(move |p: &Policy| {
+        let g = &p.groups[&id];
+        let rules = typed
+            .iter()
+            .filter_map(|r| same_rule(g, dir, r))
+            .map(SgRule::of)
+            .collect();
+        Answer::Authorized { rules }
+    });
+    Ok((change, finish))
+}
+
+fn revoke(
+    s: &State,
+    acct: &Account,
+    dir: Direction,
+    group: &GroupRef,
+    perms: &[Permission],
+    rule_ids: &[String],
+) -> Result<(Change, Finish), Fault> {
+    let g = s.group(group, acct)?;
+    if perms.is_empty() && rule_ids.is_empty() {
+        return Err(Fault::missing("IpPermissions or SecurityGroupRuleId"));
+    }
+    let mut gone: Vec<&Rule> = Vec::new();
+    for id in rule_ids {
+        let r = g
+            .rules(dir)
+            .iter()
+            .find(|r| r.id.as_str() == id)
+            .ok_or_else(|| {
+                Fault::client(
+                    "InvalidSecurityGroupRuleId.NotFound",
+                    format!("The security group rule ID '{id}' does not exist"),
+                )
+            })?;
+        gone.push(r);
+    }
+    if !perms.is_empty() {
+        let typed = typed_rules(s, dir, &native_rules(s, acct, dir, perms)?)?;
+        for r in &typed {
+            // P5: one missing rule and nothing is revoked.
+            let found = same_rule(g, dir, r).ok_or_else(|| {
+                Fault::client(
+                    "InvalidPermission.NotFound",
+                    "The specified rule does not exist in this security group.",
+                )
+            })?;
+            gone.push(found);
+        }
+    }
+    let ids: Vec<&str> = gone.iter().map(|r| r.id.as_str()).collect();
+    let mut value = change::group_value(s, &g.id)?;
+    if let Some(list) = value[dir.name()].as_array_mut() {
+        list.retain(|r| !r["id"].as_str().is_some_and(|id| ids.contains(&id)));
+    }
+    let mut change = Change::default();
+    change.put(g.id.as_str(), value, s.meta(&g.id));
+    let mut rules: Vec<SgRule> = gone.iter().map(|r| SgRule::of(r)).collect();
+    rules.dedup_by(|a, b| a.id == b.id);
+    Ok((change, Box::new(move |_| Answer::Revoked { rules })))
+}
+
+/// CreateTags (`add`) and DeleteTags on groups.
+fn retag(
+    s: &State,
+    resources: &[String],
+    tags: &[(String, Option<String>)],
+    add: bool,
+) -> Result<(Change, Finish), Fault> {
+    if resources.is_empty() {
+        return Err(Fault::missing("ResourceId"));
+    }
+    let mut change = Change::default();
+    for r in resources {
+        let id = GroupId(r.clone());
+        if !r.starts_with("sg-") {
+            return Err(Fault::client(
+                "InvalidID",
+                format!("The ID '{r}' is not valid (sg tags security groups only)"),
+            ));
+        }
+        if !s.policy.groups.contains_key(&id) {
+            return Err(Fault::group_not_found(r));
+        }
+        let mut meta = s.meta(&id);
+        for (k, v) in tags {
+            if add {
+                check_tag(k, v.as_deref().unwrap_or_default())?;
+                meta.tags.insert(k.clone(), v.clone().unwrap_or_default());
+            } else if v.as_ref().is_none_or(|v| meta.tags.get(k) == Some(v)) {
+                meta.tags.remove(k);
+            }
+        }
+        if meta.tags.len() > 50 {
+            return Err(Fault::client(
+                "TagLimitExceeded",
+                format!("The maximum number of tags (50) for resource {r} has been reached"),
+            ));
+        }
+        change.put(r, change::group_value(s, &id)?, meta);
+    }
+    Ok((change, Box::new(|_| Answer::Done)))
+}
+
+fn check_tag(key: &str, value: &str) -> Result<(), Fault> {
+    if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
+        return Err(Fault::invalid(format!(
+            "Invalid tag '{key}': keys have 1 to 128 characters, values at most 256"
+        )));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(Fault::invalid(
+            "Tag keys starting with 'aws:' are reserved for internal use",
+        ));
+    }
+    Ok(())
+}
+
+fn tag_map(tags: &[Tag]) -> Result<BTreeMap<String, String>, Fault> {
+    let mut m = BTreeMap::new();
+    for t in tags {
+        check_tag(&t.key, &t.value)?;
+        m.insert(t.key.clone(), t.value.clone());
+    }
+    Ok(m)
+}
+
+/// `prefix` + 17 lowercase hex digits, as EC2's ids are.
+fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 9];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if filled.is_err() {
+        // Unique enough without a random device: the clock's nanoseconds.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes[..8].copy_from_slice(&(t as u64).to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{}", &hex[..17])
+}
+
+/// A page of `items`: MaxResults (5-1000) and an offset token.
+fn paginate<T>(items: Vec<T>, page: &Page) -> Result<(Vec<T>, Option<String>), Fault> {
+    let start = match &page.next_token {
+        Some(t) => t
+            .parse::<usize>()
+            .map_err(|_| Fault::invalid(format!("Invalid value '{t}' for NextToken")))?,
+        None => 0,
+    };
+    let max = match page.max_results {
+        None => usize::MAX,
+        Some(n @ 5..=1000) => usize::try_from(n).expect("in range"),
+        Some(n) => {
+            return Err(Fault::invalid(format!(
+                "Value ( {n} ) for parameter maxResults is invalid. Expecting a value between 5 and 1000."
+            )));
+        }
+    };
+    let total = items.len();
+    let out: Vec<T> = items.into_iter().skip(start).take(max).collect();
+    let end = start.saturating_add(out.len());
+    Ok((out, (end < total).then(|| end.to_string())))
+}
+
+fn describe_groups(
+    s: &State,
+    acct: &Account,
+    ids: &[String],
+    names: &[String],
+    filters: &[Filter],
+    page: &Page,
+) -> Result<Answer, Fault> {
+    let mut picked: Vec<&Group> = Vec::new();
+    for id in ids {
+        picked.push(s.group(&GroupRef::Id(id.clone()), acct)?);
+    }
+    for name in names {
+        picked.push(s.group(&GroupRef::Name(name.clone()), acct)?);
+    }
+    if ids.is_empty() && names.is_empty() {
+        picked = s.policy.groups.values().collect();
+    }
+    picked.sort_by(|a, b| a.id.cmp(&b.id));
+    picked.dedup_by(|a, b| a.id == b.id);
+    let mut kept = Vec::new();
+    for g in picked {
+        let mut keep = true;
+        for f in filters {
+            let values = group_filter_values(&f.name, g, s, acct)
+                .ok_or_else(|| Fault::invalid(format!("The filter '{}' is invalid", f.name)))?;
+            keep &= any_match(f, &values);
+        }
+        if keep {
+            kept.push(g);
+        }
+    }
+    let (groups, next) = paginate(kept, page)?;
+    let groups = groups
+        .into_iter()
+        .map(|g| GroupView {
+            id: g.id.to_string(),
+            name: g.name.clone(),
+            description: g.description.clone(),
+            vpc: s.vpc_of(&g.id, acct).to_string(),
+            ingress: super::view::permissions(&g.ingress),
+            egress: super::view::permissions(&g.egress),
+            tags: s.meta(&g.id).tags,
+        })
+        .collect();
+    Ok(Answer::Groups { groups, next })
+}
+
+fn describe_rules(
+    s: &State,
+    rule_ids: &[String],
+    filters: &[Filter],
+    page: &Page,
+) -> Result<Answer, Fault> {
+    for id in rule_ids {
+        if !s.policy.all_rules().any(|r| r.id.as_str() == id) {
+            return Err(Fault::client(
+                "InvalidSecurityGroupRuleId.NotFound",
+                format!("The security group rule ID '{id}' does not exist"),
+            ));
+        }
+    }
+    let mut rules = Vec::new();
+    for r in s.policy.all_rules().map(SgRule::of) {
+        if !rule_ids.is_empty() && !rule_ids.contains(&r.id) {
+            continue;
+        }
+        let mut keep = true;
+        for f in filters {
+            let values = match f.name.as_str() {
+                "group-id" => vec![r.group_id.clone()],
+                "security-group-rule-id" => vec![r.id.clone()],
+                // Rules carry no tags in this version.
+                n if n.starts_with("tag:") || n == "tag-key" => vec![],
+                _ => {
+                    return Err(Fault::invalid(format!(
+                        "The filter '{}' is invalid",
+                        f.name
+                    )));
+                }
+            };
+            keep &= any_match(f, &values);
+        }
+        if keep {
+            rules.push(r);
+        }
+    }
+    let (rules, next) = paginate(rules, page)?;
+    Ok(Answer::Rules { rules, next })
+}
