@@ -1,0 +1,346 @@
+//! Every action of `sg-agent api` through boto3 and the aws CLI, success and error paths
+//! with EC2's codes (issue 16; SEMANTICS P1-P8, D2, F5, F6, Q1): groups (create, describe
+//! with filters and pages, delete), rules (authorize, revoke, describe), tags, DryRun, STS,
+//! Signature V4 and the store being unreachable. Each test is one etcd (root: it runs in a
+//! namespace) and one API server.
+
+use serde_json::{Value, json};
+use sg_testkit::aws::{ApiServer, SECRET};
+use sg_testkit::fleet::Fleet;
+
+/// sg-web is on an interface (web-1), sg-default is a VPC default group (D3); quotas are low
+/// so that P7 is reachable in a test.
+const GROUPS: &str = r#"
+quotas: {rules_per_group: 4}
+security_groups:
+  - {id: sg-default, default: true, description: default VPC security group}
+  - {id: sg-web, name: web, description: Web tier}
+  - {id: sg-db, name: db, description: Database tier}
+instances:
+  - {name: web-1, addresses: [192.0.2.11], groups: [sg-web]}
+"#;
+
+/// Python helpers every script gets: `code(f, **kw)` is "ok" or the EC2 error code (and
+/// `status(...)` the HTTP status).
+const HELPERS: &str = r#"
+def code(f, **kw):
+    try:
+        f(**kw)
+        return "ok"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+def status(f, **kw):
+    try:
+        f(**kw)
+        return 200
+    except botocore.exceptions.ClientError as e:
+        return e.response["ResponseMetadata"]["HTTPStatusCode"]
+out = {}
+"#;
+
+fn start(auth: bool) -> (Fleet, ApiServer) {
+    let f = Fleet::new(1, &[]);
+    f.import(&f.write("groups.yaml", GROUPS));
+    let api = ApiServer::start(
+        f.etcd.member_ns(0),
+        &f.etcd.endpoints(),
+        &f.dir.join("api"),
+        auth,
+    );
+    (f, api)
+}
+
+fn run(api: &ApiServer, body: &str) -> Value {
+    api.boto3(&format!(
+        "{HELPERS}{body}\nprint(json.dumps(out, default=str))\n"
+    ))
+}
+
+/// P8, P6, D2, DryRun: CreateSecurityGroup (tags, reserved and duplicate names), Describe
+/// by id, name, filters and pages, CreateTags/DeleteTags, DeleteSecurityGroup refused while
+/// in use (interface, reference) and for the default group.
+#[test]
+fn p6_p8_groups_are_created_described_tagged_and_deleted_with_ec2s_errors() {
+    let (_f, api) = start(true);
+    let out = run(
+        &api,
+        r#"
+g = ec2.create_security_group(GroupName="app", Description="App tier",
+    TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": "env", "Value": "prod"}]}])
+gid = g["GroupId"]
+out["create"] = g
+out["dup"] = code(ec2.create_security_group, GroupName="app", Description="again")
+out["reserved"] = code(ec2.create_security_group, GroupName="default", Description="x")
+out["sg_name"] = code(ec2.create_security_group, GroupName="sg-x", Description="x")
+out["bad_vpc"] = code(ec2.create_security_group, GroupName="x", Description="x", VpcId="vpc-nowhere")
+out["bad_description"] = code(ec2.create_security_group, GroupName="x", Description="caf\u00e9")
+out["missing"] = code(ec2_raw.create_security_group, GroupName="x")
+out["dry"] = code(ec2.create_security_group, GroupName="dry", Description="d", DryRun=True)
+out["dry_status"] = status(ec2.create_security_group, GroupName="dry", Description="d", DryRun=True)
+out["dry_absent"] = code(ec2.describe_security_groups, GroupNames=["dry"])
+out["described"] = ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"][0]
+out["by_name"] = [g["GroupId"] for g in ec2.describe_security_groups(GroupNames=["app"])["SecurityGroups"]]
+def ids(filters):
+    return [g["GroupId"] for g in ec2.describe_security_groups(Filters=filters)["SecurityGroups"]]
+out["f_tag"] = ids([{"Name": "tag:env", "Values": ["prod"]}])
+out["f_glob"] = ids([{"Name": "group-name", "Values": ["d?", "w*b"]}])
+out["f_vpc"] = len(ids([{"Name": "vpc-id", "Values": ["vpc-0a1b2c3d"]}]))
+out["f_and"] = ids([{"Name": "group-name", "Values": ["app", "db"]}, {"Name": "tag-key", "Values": ["env"]}])
+out["f_bad"] = code(ec2.describe_security_groups, Filters=[{"Name": "colour", "Values": ["x"]}])
+out["not_found"] = code(ec2.describe_security_groups, GroupIds=["sg-00000000000000000"])
+for i in range(4):
+    ec2.create_security_group(GroupName=f"extra-{i}", Description="extra")
+pages = ec2.get_paginator("describe_security_groups").paginate(PaginationConfig={"PageSize": 5})
+out["pages"] = [len(p["SecurityGroups"]) for p in pages]
+out["bad_max"] = code(ec2_raw.describe_security_groups, MaxResults=2)
+ec2.create_tags(Resources=[gid], Tags=[{"Key": "team", "Value": "a"}])
+ec2.delete_tags(Resources=[gid], Tags=[{"Key": "env"}])
+out["tags"] = ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"][0]["Tags"]
+out["tag_missing"] = code(ec2.create_tags, Resources=["sg-00000000000000000"], Tags=[{"Key": "a", "Value": "b"}])
+out["tag_aws"] = code(ec2.create_tags, Resources=[gid], Tags=[{"Key": "aws:x", "Value": "b"}])
+ec2.authorize_security_group_ingress(GroupId="sg-db", IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "UserIdGroupPairs": [{"GroupId": gid}]}])
+out["del_referenced"] = code(ec2.delete_security_group, GroupId=gid)
+out["del_interface"] = code(ec2.delete_security_group, GroupId="sg-web")
+out["del_default"] = code(ec2.delete_security_group, GroupId="sg-default")
+out["del_dry"] = code(ec2.delete_security_group, GroupId="sg-web", DryRun=True)
+ec2.revoke_security_group_ingress(GroupId="sg-db", IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "UserIdGroupPairs": [{"GroupId": gid}]}])
+out["deleted"] = ec2.delete_security_group(GroupId=gid)["Return"]
+out["gone"] = code(ec2.describe_security_groups, GroupIds=[gid])
+out["del_by_name"] = code(ec2.delete_security_group, GroupName="extra-0")
+out["del_unknown"] = code(ec2.delete_security_group, GroupId=gid)
+"#,
+    );
+    let g = &out["create"];
+    let gid = g["GroupId"].as_str().unwrap();
+    assert!(gid.starts_with("sg-") && gid.len() == 20, "{out:#}");
+    assert_eq!(
+        g["Tags"],
+        json!([{"Key": "env", "Value": "prod"}]),
+        "{out:#}"
+    );
+    for (k, want) in [
+        ("dup", "InvalidGroup.Duplicate"),
+        ("reserved", "InvalidGroup.Reserved"),
+        ("sg_name", "InvalidParameterValue"),
+        ("bad_vpc", "InvalidVpcID.NotFound"),
+        ("bad_description", "InvalidParameterValue"),
+        ("dry", "DryRunOperation"),
+        ("dry_absent", "InvalidGroup.NotFound"),
+        ("f_bad", "InvalidParameterValue"),
+        ("not_found", "InvalidGroup.NotFound"),
+        ("bad_max", "InvalidParameterValue"),
+        ("tag_missing", "InvalidGroup.NotFound"),
+        ("tag_aws", "InvalidParameterValue"),
+        ("del_referenced", "DependencyViolation"),
+        ("del_interface", "DependencyViolation"),
+        ("del_default", "CannotDelete"),
+        ("gone", "InvalidGroup.NotFound"),
+        ("del_by_name", "ok"),
+        ("del_unknown", "InvalidGroup.NotFound"),
+    ] {
+        assert_eq!(out[k], want, "{k}: {out:#}");
+    }
+    assert_eq!(out["missing"], "MissingParameter", "{out:#}");
+    assert_eq!(out["dry_status"], 412, "{out:#}");
+    // DryRun never writes, even when the call would fail for a dependency.
+    assert_eq!(out["del_dry"], "DependencyViolation", "{out:#}");
+    let d = &out["described"];
+    assert_eq!(d["GroupName"], "app");
+    assert_eq!(d["Description"], "App tier");
+    assert_eq!(d["VpcId"], "vpc-0a1b2c3d");
+    assert_eq!(d["IpPermissions"], json!([]), "D1: {out:#}");
+    let egress: Vec<&Value> = d["IpPermissionsEgress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(egress.len(), 1, "D2: {out:#}");
+    assert_eq!(egress[0]["IpProtocol"], "-1");
+    assert_eq!(
+        egress[0]["IpRanges"],
+        json!([{"CidrIp": "0.0.0.0/0"}]),
+        "D2: {out:#}"
+    );
+    assert_eq!(
+        egress[0]["Ipv6Ranges"],
+        json!([{"CidrIpv6": "::/0"}]),
+        "D2: {out:#}"
+    );
+    assert_eq!(out["by_name"], json!([gid]));
+    assert_eq!(out["f_tag"], json!([gid]));
+    assert_eq!(out["f_glob"], json!(["sg-db", "sg-web"]), "{out:#}");
+    assert_eq!(out["f_vpc"], 4, "{out:#}");
+    assert_eq!(out["f_and"], json!([gid]), "{out:#}");
+    // 3 imported + app + 4 extra, 5 a page.
+    assert_eq!(out["pages"], json!([5, 3]), "{out:#}");
+    assert_eq!(
+        out["tags"],
+        json!([{"Key": "team", "Value": "a"}]),
+        "{out:#}"
+    );
+    assert_eq!(out["deleted"], true);
+}
+
+/// P3, P4, P5, P7, F5: one permission with several peers is one rule per peer; a duplicate
+/// anywhere in a call (also one differing only by description) rejects the whole call; a
+/// revoke of a missing rule changes nothing; the rule quota answers with AWS's code; egress
+/// rules and DescribeSecurityGroupRules; DryRun writes nothing.
+#[test]
+fn p3_p4_p5_p7_rules_are_all_or_nothing_with_ec2s_errors() {
+    let (_f, api) = start(true);
+    let out = run(
+        &api,
+        r#"
+def perm(*cidrs, port=443, desc=None):
+    rs = [{"CidrIp": c} | ({"Description": desc} if desc else {}) for c in cidrs]
+    return [{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": rs}]
+def rules(gid, egress=False):
+    rs = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [gid]}])["SecurityGroupRules"]
+    return sorted((r["IpProtocol"], r.get("FromPort"), r.get("CidrIpv4") or r.get("CidrIpv6") or r.get("ReferencedGroupInfo", {}).get("GroupId")) for r in rs if r["IsEgress"] == egress)
+a = ec2.authorize_security_group_ingress(GroupId="sg-web", IpPermissions=perm("198.51.100.0/24", "203.0.113.0/24"))
+out["p3"] = [r["SecurityGroupRuleId"] for r in a["SecurityGroupRules"]]
+out["p4_mixed"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=perm("192.0.2.0/24", "203.0.113.0/24"))
+out["p4_in_call"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=perm("192.0.2.0/24", "192.0.2.0/24"))
+out["p4_desc"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=perm("198.51.100.0/24", desc="other words"))
+out["p4_host_bits"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=perm("198.51.100.7/24"))
+out["after_p4"] = rules("sg-web")
+out["p5"] = code(ec2.revoke_security_group_ingress, GroupId="sg-web", IpPermissions=perm("198.51.100.0/24", "192.0.2.0/24"))
+out["after_p5"] = rules("sg-web")
+out["dry"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=perm("192.0.2.0/24"), DryRun=True)
+out["after_dry"] = rules("sg-web")
+out["p7_ok"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=perm("192.0.2.0/26", "192.0.2.64/26"))
+out["p7"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=perm("192.0.2.128/26"))
+out["bad_cidr"] = code(ec2.authorize_security_group_ingress, GroupId="sg-db", IpPermissions=perm("192.0.2.0/33"))
+out["no_ports"] = code(ec2.authorize_security_group_ingress, GroupId="sg-db", IpPermissions=[{"IpProtocol": "tcp", "IpRanges": [{"CidrIp": "192.0.2.0/24"}]}])
+out["bad_proto"] = code(ec2.authorize_security_group_ingress, GroupId="sg-db", IpPermissions=[{"IpProtocol": "tcpp", "FromPort": 1, "ToPort": 2, "IpRanges": [{"CidrIp": "192.0.2.0/24"}]}])
+out["bad_peer"] = code(ec2.authorize_security_group_ingress, GroupId="sg-db", IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": "sg-00000000000000000"}]}])
+out["bad_group"] = code(ec2.authorize_security_group_ingress, GroupId="sg-00000000000000000", IpPermissions=perm("192.0.2.0/24"))
+e = ec2.authorize_security_group_egress(GroupId="sg-db", IpPermissions=[{"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "Ipv6Ranges": [{"CidrIpv6": "2001:db8::/32", "Description": "dns"}]}])
+out["egress_rule"] = e["SecurityGroupRules"][0]
+out["revoke_default_egress"] = code(ec2.revoke_security_group_egress, GroupId="sg-db", IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+out["egress_after"] = rules("sg-db", egress=True)
+out["self_ref"] = code(ec2.authorize_security_group_ingress, GroupId="sg-db", IpPermissions=[{"IpProtocol": "icmp", "FromPort": 8, "ToPort": -1, "UserIdGroupPairs": [{"GroupId": "sg-db"}]}])
+out["by_id"] = len(ec2.describe_security_group_rules(SecurityGroupRuleIds=out["p3"])["SecurityGroupRules"])
+out["by_id_missing"] = code(ec2.describe_security_group_rules, SecurityGroupRuleIds=["sgr-00000000000000000"])
+out["rules_bad_filter"] = code(ec2.describe_security_group_rules, Filters=[{"Name": "colour", "Values": ["x"]}])
+out["caller"] = sts.get_caller_identity()["Account"]
+"#,
+    );
+    let p3 = out["p3"].as_array().unwrap();
+    assert_eq!(p3.len(), 2, "P3: {out:#}");
+    assert_ne!(p3[0], p3[1], "P3: {out:#}");
+    for (k, want) in [
+        ("p4_mixed", "InvalidPermission.Duplicate"),
+        ("p4_in_call", "InvalidPermission.Duplicate"),
+        ("p4_desc", "InvalidPermission.Duplicate"),
+        ("p4_host_bits", "InvalidPermission.Duplicate"),
+        ("p5", "InvalidPermission.NotFound"),
+        ("dry", "DryRunOperation"),
+        ("p7_ok", "ok"),
+        ("p7", "RulesPerSecurityGroupLimitExceeded"),
+        ("bad_cidr", "InvalidParameterValue"),
+        ("no_ports", "InvalidParameterValue"),
+        ("bad_proto", "InvalidParameterValue"),
+        ("bad_peer", "InvalidGroup.NotFound"),
+        ("bad_group", "InvalidGroup.NotFound"),
+        ("revoke_default_egress", "ok"),
+        ("self_ref", "ok"),
+        ("by_id_missing", "InvalidSecurityGroupRuleId.NotFound"),
+        ("rules_bad_filter", "InvalidParameterValue"),
+    ] {
+        assert_eq!(out[k], want, "{k}: {out:#}");
+    }
+    let two = json!([
+        ["tcp", 443, "198.51.100.0/24"],
+        ["tcp", 443, "203.0.113.0/24"]
+    ]);
+    assert_eq!(
+        out["after_p4"], two,
+        "P4: nothing of a rejected call: {out:#}"
+    );
+    assert_eq!(out["after_p5"], two, "P5: no change: {out:#}");
+    assert_eq!(out["after_dry"], two, "DryRun: no change: {out:#}");
+    let e = &out["egress_rule"];
+    assert_eq!(e["IsEgress"], true);
+    assert_eq!(e["CidrIpv6"], "2001:db8::/32");
+    assert_eq!(e["Description"], "dns");
+    assert_eq!(
+        out["egress_after"],
+        json!([["-1", -1, "::/0"], ["udp", 53, "2001:db8::/32"]]),
+        "{out:#}"
+    );
+    assert_eq!(out["by_id"], 2);
+    assert_eq!(out["caller"], "123456789012");
+}
+
+/// P2: a request signed with the wrong secret, or not signed, is AuthFailure (HTTP 401) and
+/// changes nothing; the right secret works. `--no-auth` accepts unsigned requests.
+#[test]
+fn p2_signature_v4_rejects_a_bad_secret_and_accepts_the_right_one() {
+    let (f, api) = start(true);
+    let create = [
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "x",
+        "--description",
+        "x",
+    ];
+    let o = api.aws_signed("not-the-secret", &create);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("(AuthFailure)"),
+        "{err}"
+    );
+    let mut unsigned = create.to_vec();
+    unsigned.push("--no-sign-request");
+    api.aws_err(&unsigned, "AuthFailure");
+    let d = api.aws_ok(&["ec2", "describe-security-groups", "--group-names", "web"]);
+    assert_eq!(d["SecurityGroups"][0]["GroupId"], "sg-web");
+    api.aws_err(
+        &["ec2", "describe-security-groups", "--group-names", "x"],
+        "InvalidGroup.NotFound",
+    );
+    assert_eq!(api.aws_signed(SECRET, &create).status.code(), Some(0));
+    drop(api);
+
+    let open = ApiServer::start(
+        f.etcd.member_ns(0),
+        &f.etcd.endpoints(),
+        &f.dir.join("api-open"),
+        false,
+    );
+    let d = open.aws_ok(&[
+        "ec2",
+        "describe-security-groups",
+        "--group-names",
+        "x",
+        "--no-sign-request",
+    ]);
+    assert_eq!(d["SecurityGroups"][0]["GroupName"], "x");
+}
+
+/// P1: the store unreachable is 503 Unavailable (clients retry); the API serves again when
+/// the store is back, without a restart.
+#[test]
+fn p1_an_unreachable_store_is_503_and_the_api_recovers() {
+    let (f, api) = start(true);
+    api.aws_ok(&["ec2", "describe-security-groups"]);
+    f.etcd.stop(0).unwrap();
+    let out = run(
+        &api,
+        r#"
+out["status"] = status(ec2.describe_security_groups)
+out["code"] = code(ec2.describe_security_groups)
+"#,
+    );
+    assert_eq!(out, json!({"status": 503, "code": "Unavailable"}));
+    f.etcd.start_member(0).unwrap();
+    f.etcd
+        .wait_healthy(&[0], std::time::Duration::from_secs(30))
+        .unwrap();
+    let d = api.aws_ok(&["ec2", "describe-security-groups"]);
+    assert_eq!(d["SecurityGroups"].as_array().unwrap().len(), 3);
+}
