@@ -606,3 +606,168 @@ fn describe_rules(
     let (rules, next) = paginate(rules, page)?;
     Ok(Answer::Rules { rules, next })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::wire::PeerSpec;
+    use crate::config;
+    use crate::store::layout::{self, Key, Snapshot};
+
+    const GROUPS: &str = "
+security_groups:
+  - {id: sg-web, name: web, description: Web tier}
+  - id: sg-db
+    name: db
+    ingress: [{protocol: tcp, ports: 3306, source: sg-web, description: mysql}]
+";
+
+    fn acct() -> Account {
+        Account {
+            owner: "123456789012".into(),
+            vpc: "vpc-0a1b2c3d".into(),
+            region: "us-east-1".into(),
+        }
+    }
+
+    fn snapshot(values: Vec<(String, Vec<u8>)>) -> State {
+        State::new(Snapshot::new(3, values)).unwrap()
+    }
+
+    fn state() -> State {
+        let p = config::load_str(GROUPS, "t").unwrap().policy;
+        snapshot(
+            layout::policy_values(&p)
+                .into_iter()
+                .map(|(k, v)| (k.path(), v))
+                .collect(),
+        )
+    }
+
+    /// The store after a request: what an agent (and the next call) would read.
+    fn after(s: &State, req: &Request) -> Result<(State, Answer), Fault> {
+        let (change, finish) = plan(s, &acct(), req)?;
+        let policy = change::candidate(s, &change)?;
+        let (puts, deletes) = change::values(&policy, &change, "t");
+        let mut values: BTreeMap<String, Vec<u8>> = s
+            .snapshot
+            .values
+            .iter()
+            .map(|(k, v)| (k.path(), v.clone()))
+            .collect();
+        for d in deletes {
+            values.remove(&d);
+        }
+        values.extend(puts);
+        Ok((snapshot(values.into_iter().collect()), finish(&policy)))
+    }
+
+    fn https(cidrs: &[&str], desc: Option<&str>) -> Request {
+        Request::Authorize {
+            direction: Direction::Ingress,
+            group: GroupRef::Id("sg-web".into()),
+            permissions: vec![Permission {
+                protocol: "tcp".into(),
+                from: Some(443),
+                to: Some(443),
+                peers: cidrs
+                    .iter()
+                    .map(|c| PeerSpec {
+                        peer: PeerKind::Cidr((*c).into()),
+                        description: desc.map(str::to_string),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    /// P3, F6: one permission, two peers, two rules with EC2-shaped ids, in the store value
+    /// that agents read (layout::decode) and the next call sees.
+    #[test]
+    fn p3_one_rule_per_peer_is_written_where_agents_read_it() {
+        let (s, answer) = after(
+            &state(),
+            &https(&["198.51.100.0/24", "203.0.113.0/24"], Some("x")),
+        )
+        .unwrap();
+        let Answer::Authorized { rules } = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(rules.len(), 2);
+        assert!(
+            rules
+                .iter()
+                .all(|r| r.id.len() == 21 && r.id.starts_with("sgr-"))
+        );
+        let web = &s.policy.groups[&GroupId("sg-web".into())];
+        assert_eq!(web.ingress.len(), 2);
+        assert_eq!(web.ingress[0].description.as_deref(), Some("x"));
+        let key = Key::Group("sg-web".into());
+        let payload = layout::decode(&key, &s.snapshot.values[&key]).unwrap();
+        assert_eq!(payload["ingress"].as_array().unwrap().len(), 2);
+    }
+
+    /// P4: a duplicate of an existing rule (whatever its description or host bits) or within
+    /// the call rejects the whole call.
+    #[test]
+    fn p4_duplicates_reject_the_call() {
+        let (s, _) = after(&state(), &https(&["198.51.100.0/24"], None)).unwrap();
+        for req in [
+            https(&["192.0.2.0/24", "198.51.100.0/24"], None),
+            https(&["198.51.100.9/24"], Some("other")),
+            https(&["192.0.2.0/24", "192.0.2.0/24"], None),
+        ] {
+            let e = after(&s, &req).err().unwrap();
+            assert_eq!(e.code, "InvalidPermission.Duplicate", "{req:?}: {e}");
+        }
+    }
+
+    /// P5: revoking a missing rule changes nothing; P6: a referenced group stays.
+    #[test]
+    fn p5_p6_missing_rules_and_groups_in_use() {
+        let Request::Authorize { permissions, .. } = https(&["192.0.2.0/24"], None) else {
+            unreachable!()
+        };
+        let revoke = Request::Revoke {
+            direction: Direction::Ingress,
+            group: GroupRef::Id("sg-web".into()),
+            permissions,
+            rule_ids: vec![],
+        };
+        let e = after(&state(), &revoke).err().unwrap();
+        assert_eq!(e.code, "InvalidPermission.NotFound");
+        let delete = Request::DeleteSecurityGroup {
+            group: GroupRef::Name("web".into()),
+        };
+        assert_eq!(
+            after(&state(), &delete).err().unwrap().code,
+            "DependencyViolation"
+        );
+    }
+
+    /// P8 and the metadata: a created group keeps its tags beside the payload; `default` is
+    /// reserved and names are unique in the VPC.
+    #[test]
+    fn p8_created_groups_keep_their_tags_and_names_are_unique() {
+        let create = |name: &str| Request::CreateSecurityGroup {
+            name: name.into(),
+            description: "App tier".into(),
+            vpc_id: None,
+            tags: vec![Tag {
+                key: "env".into(),
+                value: "prod".into(),
+            }],
+        };
+        let (s, answer) = after(&state(), &create("app")).unwrap();
+        let Answer::Created { group_id, .. } = answer else {
+            panic!()
+        };
+        let id = GroupId(group_id);
+        assert_eq!(s.meta(&id).tags["env"], "prod");
+        assert_eq!(s.policy.groups[&id].egress.len(), 2, "D2");
+        let code = |n: &str| after(&s, &create(n)).err().unwrap().code;
+        assert_eq!(code("app"), "InvalidGroup.Duplicate");
+        assert_eq!(code("web"), "InvalidGroup.Duplicate");
+        assert_eq!(code("default"), "InvalidGroup.Reserved");
+    }
+}
