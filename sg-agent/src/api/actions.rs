@@ -12,6 +12,7 @@ use super::change::{self, Change};
 use super::fault::Fault;
 use super::view::{Account, IpPermission, Meta, SgRule, State, any_match, group_filter_values};
 use super::wire::{Call, Filter, GroupRef, Page, PeerKind, Permission, Request, Tag};
+use super::{lookups, rule_edits};
 use crate::policy::{Direction, Group, GroupId, Policy, Rule};
 
 /// How often a write reads again after a concurrent change before giving up (503).
@@ -58,9 +59,20 @@ pub enum Answer {
     /// `<return>true</return>` only.
     Done,
     Caller,
+    /// (resource id, key, value) of DescribeTags.
+    Tags {
+        tags: Vec<(String, String, String)>,
+        next: Option<String>,
+    },
+    /// (VPC id, is the default).
+    Vpcs {
+        vpcs: Vec<(String, bool)>,
+    },
+    /// An answer whose one list is empty: the element's name.
+    EmptySet(&'static str),
 }
 
-type Finish = Box<dyn FnOnce(&Policy) -> Answer + Send>;
+pub(super) type Finish = Box<dyn FnOnce(&Policy) -> Answer + Send>;
 
 pub struct Api {
     pub backend: Backend,
@@ -83,6 +95,12 @@ impl Api {
                 page,
             } => describe_rules(&self.backend.read().await?, rule_ids, filters, page),
             Request::GetCallerIdentity => Ok(Answer::Caller),
+            Request::DescribeSecurityGroupReferences { .. }
+            | Request::DescribeStaleSecurityGroups
+            | Request::DescribeTags { .. }
+            | Request::DescribeVpcs { .. } => {
+                lookups::read(&self.backend.read().await?, acct, &call.request)
+            }
             write => {
                 self.write(call.dry_run, serial, |s| plan(s, acct, write))
                     .await
@@ -144,8 +162,21 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
             retag(s, resources, &tags, true)
         }
         Request::DeleteTags { resources, tags } => retag(s, resources, tags, false),
+        Request::UpdateDescriptions {
+            direction,
+            group,
+            permissions,
+            by_id,
+        } => rule_edits::describe(s, acct, *direction, group, permissions, by_id),
+        Request::ModifySecurityGroupRules { group, rules } => {
+            rule_edits::modify(s, acct, group, rules)
+        }
         Request::DescribeSecurityGroups { .. }
         | Request::DescribeSecurityGroupRules { .. }
+        | Request::DescribeSecurityGroupReferences { .. }
+        | Request::DescribeStaleSecurityGroups
+        | Request::DescribeTags { .. }
+        | Request::DescribeVpcs { .. }
         | Request::GetCallerIdentity => unreachable!("reads are not planned"),
     }
 }
@@ -233,7 +264,7 @@ fn delete(s: &State, acct: &Account, group: &GroupRef) -> Result<(Change, Finish
 }
 
 /// One native rule per peer of each permission (P3), for the validator to read.
-fn native_rules(
+pub(super) fn native_rules(
     s: &State,
     acct: &Account,
     dir: Direction,
@@ -293,7 +324,7 @@ fn native_rules(
 /// The permissions as the validator understands them: read in a scratch group beside the
 /// store's policy (canonical CIDRs, protocol numbers, ports). A duplicate among them is
 /// InvalidPermission.Duplicate (P4).
-fn typed_rules(s: &State, dir: Direction, rules: &[Value]) -> Result<Vec<Rule>, Fault> {
+pub(super) fn typed_rules(s: &State, dir: Direction, rules: &[Value]) -> Result<Vec<Rule>, Fault> {
     let mut doc = s.doc.clone();
     let (this, other) = (dir.name(), dir.opposite().name());
     doc["security_groups"]
@@ -305,7 +336,7 @@ fn typed_rules(s: &State, dir: Direction, rules: &[Value]) -> Result<Vec<Rule>, 
 }
 
 /// The rule of `g` (direction `dir`) that allows what `r` allows, if any.
-fn same_rule<'a>(g: &'a Group, dir: Direction, r: &Rule) -> Option<&'a Rule> {
+pub(super) fn same_rule<'a>(g: &'a Group, dir: Direction, r: &Rule) -> Option<&'a Rule> {
     let peer = match &r.peer {
         crate::policy::Peer::Group(id) if id.as_str() == PROBE => {
             crate::policy::Peer::Group(g.id.clone())
@@ -494,7 +525,7 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// A page of `items`: MaxResults (5-1000) and an offset token.
-fn paginate<T>(items: Vec<T>, page: &Page) -> Result<(Vec<T>, Option<String>), Fault> {
+pub(super) fn paginate<T>(items: Vec<T>, page: &Page) -> Result<(Vec<T>, Option<String>), Fault> {
     let start = match &page.next_token {
         Some(t) => t
             .parse::<usize>()

@@ -33,10 +33,7 @@ pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> S
         }
         Answer::Revoked { rules } => {
             x.leaf("return", true);
-            let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
-            x.list("revokedSecurityGroupRuleSet", &ids, |x, id| {
-                x.leaf("securityGroupRuleId", id);
-            });
+            x.list("revokedSecurityGroupRuleSet", rules, revoked);
         }
         Answer::Rules { rules, next } => {
             x.list("securityGroupRuleSet", rules, |x, r| rule(x, r, acct));
@@ -44,6 +41,26 @@ pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> S
         }
         Answer::Done => {
             x.leaf("return", true);
+        }
+        Answer::Tags { tags, next } => {
+            x.list("tagSet", tags, |x, (id, k, v)| {
+                x.leaf("resourceId", id)
+                    .leaf("resourceType", "security-group")
+                    .leaf("key", k)
+                    .leaf("value", v);
+            });
+            x.leaf_opt("nextToken", next.as_ref());
+        }
+        Answer::Vpcs { vpcs } => {
+            x.list("vpcSet", vpcs, |x, (id, default)| {
+                x.leaf("vpcId", id)
+                    .leaf("ownerId", &acct.owner)
+                    .leaf("state", "available")
+                    .leaf("isDefault", default);
+            });
+        }
+        Answer::EmptySet(name) => {
+            x.list(name, &[] as &[()], |_, ()| {});
         }
         Answer::Caller => unreachable!("answered above"),
     }
@@ -149,6 +166,24 @@ fn rule(x: &mut Xml, r: &SgRule, acct: &Account) {
         "securityGroupRuleArn",
         arn(acct, "security-group-rule", &r.id),
     );
+}
+
+/// A RevokedSecurityGroupRule (its peer group is `referencedGroupId`, flat).
+fn revoked(x: &mut Xml, r: &SgRule) {
+    x.leaf("securityGroupRuleId", &r.id)
+        .leaf("groupId", &r.group_id)
+        .leaf("isEgress", r.egress)
+        .leaf("ipProtocol", &r.protocol)
+        .leaf("fromPort", r.from)
+        .leaf("toPort", r.to);
+    let (tag, v) = match &r.peer {
+        RulePeer::Cidr4(c) => ("cidrIpv4", c),
+        RulePeer::Cidr6(c) => ("cidrIpv6", c),
+        RulePeer::PrefixList(p) => ("prefixListId", p),
+        RulePeer::Group(g) => ("referencedGroupId", g),
+    };
+    x.leaf(tag, v)
+        .leaf_opt("description", r.description.as_ref());
 }
 
 /// STS's GetCallerIdentity: the account's root.

@@ -9,6 +9,8 @@
 //! wire.rs     form body -> typed Call (the wire names the CLI sends)
 //! view.rs     a store snapshot as EC2 sees it (groups, rules, VPC, tags, filters)
 //! actions.rs  each action: reads from a snapshot, writes as read-validate-compare-and-swap
+//! rule_edits.rs  ModifySecurityGroupRules, UpdateSecurityGroupRuleDescriptions*
+//! lookups.rs  DescribeTags, DescribeVpcs, the (empty) reference and stale-group answers
 //! change.rs   a write applied to the native document, validated, turned into store values
 //! backend.rs  the store connection (503 when it cannot be reached)
 //! answer.rs   typed answers -> EC2's XML; xml.rs the writer and the error document
@@ -22,6 +24,8 @@ pub mod answer;
 pub mod backend;
 pub mod change;
 pub mod fault;
+pub mod lookups;
+pub mod rule_edits;
 pub mod server;
 pub mod sigv4;
 pub mod view;

@@ -194,7 +194,38 @@ pub enum Request {
         /// A key alone deletes the tag whatever its value.
         tags: Vec<(String, Option<String>)>,
     },
+    /// UpdateSecurityGroupRuleDescriptionsIngress/Egress: by rule id and/or by permission
+    /// (the peers' descriptions are the new ones).
+    UpdateDescriptions {
+        direction: Direction,
+        group: GroupRef,
+        permissions: Vec<Permission>,
+        /// (rule id, new description: None removes it)
+        by_id: Vec<(String, Option<String>)>,
+    },
+    ModifySecurityGroupRules {
+        group: GroupRef,
+        rules: Vec<RuleUpdate>,
+    },
+    DescribeSecurityGroupReferences {
+        ids: Vec<String>,
+    },
+    DescribeStaleSecurityGroups,
+    DescribeTags {
+        filters: Vec<Filter>,
+        page: Page,
+    },
+    DescribeVpcs {
+        ids: Vec<String>,
+    },
     GetCallerIdentity,
+}
+
+/// One rule of ModifySecurityGroupRules: its id and everything it becomes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleUpdate {
+    pub id: String,
+    pub permission: Permission,
 }
 
 /// A request with what every action shares.
@@ -284,6 +315,57 @@ fn request(action: &str, f: &Form) -> Result<Request, Fault> {
                 .collect(),
         },
         "GetCallerIdentity" => Request::GetCallerIdentity,
+        other => return more_request(other, f),
+    })
+}
+
+/// Edits of existing rules and the smaller lookups.
+fn more_request(action: &str, f: &Form) -> Result<Request, Fault> {
+    let dir = |a: &str| {
+        if a.ends_with("Egress") {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        }
+    };
+    Ok(match action {
+        "UpdateSecurityGroupRuleDescriptionsIngress"
+        | "UpdateSecurityGroupRuleDescriptionsEgress" => Request::UpdateDescriptions {
+            direction: dir(action),
+            group: group_ref(f)?,
+            permissions: permissions(f)?,
+            by_id: f
+                .indexes("SecurityGroupRuleDescription")
+                .into_iter()
+                .filter_map(|n| {
+                    let base = format!("SecurityGroupRuleDescription.{n}");
+                    let id = f.get(&format!("{base}.SecurityGroupRuleId"))?.to_string();
+                    Some((
+                        id,
+                        f.get(&format!("{base}.Description")).map(str::to_string),
+                    ))
+                })
+                .collect(),
+        },
+        "ModifySecurityGroupRules" => Request::ModifySecurityGroupRules {
+            group: group_ref(f)?,
+            rules: f
+                .indexes("SecurityGroupRule")
+                .into_iter()
+                .map(|n| rule_update(f, &format!("SecurityGroupRule.{n}")))
+                .collect::<Result<_, _>>()?,
+        },
+        "DescribeSecurityGroupReferences" => Request::DescribeSecurityGroupReferences {
+            ids: f.strings("GroupId"),
+        },
+        "DescribeStaleSecurityGroups" => Request::DescribeStaleSecurityGroups,
+        "DescribeTags" => Request::DescribeTags {
+            filters: filters(f),
+            page: page(f)?,
+        },
+        "DescribeVpcs" => Request::DescribeVpcs {
+            ids: f.strings("VpcId"),
+        },
         other => {
             return Err(Fault::client(
                 "InvalidAction",
@@ -341,6 +423,38 @@ fn page(f: &Form) -> Result<Page, Fault> {
     Ok(Page {
         max_results: f.int("MaxResults")?,
         next_token: f.get("NextToken").map(str::to_string),
+    })
+}
+
+/// `SecurityGroupRule.N.SecurityGroupRuleId` and `SecurityGroupRule.N.SecurityGroupRule.*`
+/// (`IpProtocol`, ports, one of `CidrIpv4`, `CidrIpv6`, `PrefixListId`, `ReferencedGroupId`,
+/// and `Description`).
+fn rule_update(f: &Form, base: &str) -> Result<RuleUpdate, Fault> {
+    let id = f.required(&format!("{base}.SecurityGroupRuleId"))?;
+    let r = format!("{base}.SecurityGroupRule");
+    let get = |m: &str| f.get(&format!("{r}.{m}")).map(str::to_string);
+    let peer = match (
+        get("CidrIpv4").or_else(|| get("CidrIpv6")),
+        get("PrefixListId"),
+        get("ReferencedGroupId"),
+    ) {
+        (Some(c), _, _) => PeerKind::Cidr(c),
+        (None, Some(p), _) => PeerKind::PrefixList(p),
+        (None, None, Some(g)) => PeerKind::Group(GroupRef::Id(g)),
+        (None, None, None) => return Err(Fault::missing(&format!("{r}.CidrIpv4"))),
+    };
+    Ok(RuleUpdate {
+        id,
+        permission: Permission {
+            protocol: get("IpProtocol")
+                .ok_or_else(|| Fault::missing(&format!("{r}.IpProtocol")))?,
+            from: f.int(&format!("{r}.FromPort"))?,
+            to: f.int(&format!("{r}.ToPort"))?,
+            peers: vec![PeerSpec {
+                peer,
+                description: get("Description"),
+            }],
+        },
     })
 }
 

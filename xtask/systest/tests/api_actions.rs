@@ -344,3 +344,70 @@ out["code"] = code(ec2.describe_security_groups)
     let d = api.aws_ok(&["ec2", "describe-security-groups"]);
     assert_eq!(d["SecurityGroups"].as_array().unwrap().len(), 3);
 }
+
+/// F6, P5: ModifySecurityGroupRules changes a rule and keeps its id;
+/// UpdateSecurityGroupRuleDescriptions* edit descriptions by rule id and by permission;
+/// unknown ids and permissions are EC2's NotFound codes. DescribeTags, DescribeVpcs and the
+/// empty reference and stale-group sets.
+#[test]
+fn f6_rules_are_modified_in_place_and_descriptions_updated() {
+    let (_f, api) = start(true);
+    let out = run(
+        &api,
+        r#"
+a = ec2.authorize_security_group_ingress(GroupId="sg-web", IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "198.51.100.0/24", "Description": "ssh"}]}])
+rid = a["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+ec2.modify_security_group_rules(GroupId="sg-web", SecurityGroupRules=[{"SecurityGroupRuleId": rid,
+    "SecurityGroupRule": {"IpProtocol": "tcp", "FromPort": 2222, "ToPort": 2222, "CidrIpv4": "203.0.113.0/24", "Description": "ssh moved"}}])
+def rule(rid):
+    r = ec2.describe_security_group_rules(SecurityGroupRuleIds=[rid])["SecurityGroupRules"][0]
+    return [r["SecurityGroupRuleId"], r["FromPort"], r.get("CidrIpv4"), r.get("Description")]
+out["modified"] = rule(rid)
+out["modify_missing"] = code(ec2.modify_security_group_rules, GroupId="sg-web", SecurityGroupRules=[{"SecurityGroupRuleId": "sgr-00000000000000000",
+    "SecurityGroupRule": {"IpProtocol": "tcp", "FromPort": 1, "ToPort": 1, "CidrIpv4": "192.0.2.0/24"}}])
+ec2.update_security_group_rule_descriptions_ingress(GroupId="sg-web", SecurityGroupRuleDescriptions=[{"SecurityGroupRuleId": rid, "Description": "by id"}])
+out["by_id"] = rule(rid)
+ec2.update_security_group_rule_descriptions_ingress(GroupId="sg-web", IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 2222, "ToPort": 2222, "IpRanges": [{"CidrIp": "203.0.113.0/24", "Description": "by permission"}]}])
+out["by_perm"] = rule(rid)
+out["update_missing"] = code(ec2.update_security_group_rule_descriptions_ingress, GroupId="sg-web", IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 1, "ToPort": 1, "IpRanges": [{"CidrIp": "192.0.2.0/24", "Description": "x"}]}])
+out["update_egress_wrong_dir"] = code(ec2.update_security_group_rule_descriptions_egress, GroupId="sg-web", SecurityGroupRuleDescriptions=[{"SecurityGroupRuleId": rid, "Description": "x"}])
+ec2.create_tags(Resources=["sg-db"], Tags=[{"Key": "tier", "Value": "data"}])
+out["tags"] = [[t["ResourceId"], t["ResourceType"], t["Key"], t["Value"]] for t in ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": ["sg-db"]}])["Tags"]]
+out["vpcs"] = [[v["VpcId"], v["IsDefault"]] for v in ec2.describe_vpcs()["Vpcs"]]
+out["vpc_missing"] = code(ec2.describe_vpcs, VpcIds=["vpc-nowhere"])
+out["refs"] = ec2.describe_security_group_references(GroupId=["sg-db"])["SecurityGroupReferenceSet"]
+out["refs_missing"] = code(ec2.describe_security_group_references, GroupId=["sg-00000000000000000"])
+out["stale"] = ec2.describe_stale_security_groups(VpcId="vpc-0a1b2c3d")["StaleSecurityGroupSet"]
+"#,
+    );
+    let rid = out["modified"][0].clone();
+    assert_eq!(
+        out["modified"],
+        json!([rid, 2222, "203.0.113.0/24", "ssh moved"]),
+        "{out:#}"
+    );
+    assert_eq!(out["by_id"][3], "by id", "{out:#}");
+    assert_eq!(out["by_perm"][3], "by permission", "{out:#}");
+    for (k, want) in [
+        ("modify_missing", "InvalidSecurityGroupRuleId.NotFound"),
+        ("update_missing", "InvalidPermission.NotFound"),
+        (
+            "update_egress_wrong_dir",
+            "InvalidSecurityGroupRuleId.NotFound",
+        ),
+        ("vpc_missing", "InvalidVpcID.NotFound"),
+        ("refs_missing", "InvalidGroup.NotFound"),
+    ] {
+        assert_eq!(out[k], want, "{k}: {out:#}");
+    }
+    assert_eq!(
+        out["tags"],
+        json!([["sg-db", "security-group", "tier", "data"]])
+    );
+    assert_eq!(out["vpcs"], json!([["vpc-0a1b2c3d", true]]));
+    assert_eq!(out["refs"], json!([]));
+    assert_eq!(out["stale"], json!([]));
+}

@@ -1,0 +1,75 @@
+//! The smaller reads: DescribeTags (the groups' tags), DescribeVpcs (the VPCs groups live in:
+//! the default one and any a group names), and the answers sg gives as empty sets because it
+//! has no VPC peering: DescribeSecurityGroupReferences and DescribeStaleSecurityGroups.
+
+use std::collections::BTreeSet;
+
+use super::Account;
+use super::actions::{Answer, paginate};
+use super::fault::Fault;
+use super::view::{State, any_match};
+use super::wire::{GroupRef, Request};
+
+pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
+    match req {
+        Request::DescribeSecurityGroupReferences { ids } => {
+            if ids.is_empty() {
+                return Err(Fault::missing("GroupId"));
+            }
+            for id in ids {
+                s.group(&GroupRef::Id(id.clone()), acct)?;
+            }
+            Ok(Answer::EmptySet("securityGroupReferenceSet"))
+        }
+        Request::DescribeStaleSecurityGroups => Ok(Answer::EmptySet("staleSecurityGroupSet")),
+        Request::DescribeTags { filters, page } => {
+            let mut tags = Vec::new();
+            for g in s.policy.groups.values() {
+                for (k, v) in s.meta(&g.id).tags {
+                    let fields = [
+                        ("resource-id", g.id.to_string()),
+                        ("resource-type", "security-group".to_string()),
+                        ("key", k.clone()),
+                        ("value", v.clone()),
+                    ];
+                    let mut keep = true;
+                    for f in filters {
+                        let (_, value) =
+                            fields.iter().find(|(n, _)| *n == f.name).ok_or_else(|| {
+                                Fault::invalid(format!("The filter '{}' is invalid", f.name))
+                            })?;
+                        keep &= any_match(f, std::slice::from_ref(value));
+                    }
+                    if keep {
+                        tags.push((g.id.to_string(), k, v));
+                    }
+                }
+            }
+            let (tags, next) = paginate(tags, page)?;
+            Ok(Answer::Tags { tags, next })
+        }
+        Request::DescribeVpcs { ids } => {
+            let mut all: BTreeSet<String> =
+                s.meta.values().filter_map(|m| m.vpc_id.clone()).collect();
+            all.insert(acct.vpc.clone());
+            for id in ids {
+                if !all.contains(id) {
+                    return Err(Fault::client(
+                        "InvalidVpcID.NotFound",
+                        format!("The vpc ID '{id}' does not exist"),
+                    ));
+                }
+            }
+            let vpcs = all
+                .into_iter()
+                .filter(|v| ids.is_empty() || ids.contains(v))
+                .map(|v| {
+                    let default = v == acct.vpc;
+                    (v, default)
+                })
+                .collect();
+            Ok(Answer::Vpcs { vpcs })
+        }
+        _ => unreachable!("lookups::read takes the lookups only"),
+    }
+}
