@@ -39,8 +39,12 @@ out = {}
 "#;
 
 fn start(auth: bool) -> (Fleet, ApiServer) {
+    start_with(GROUPS, auth)
+}
+
+fn start_with(policy: &str, auth: bool) -> (Fleet, ApiServer) {
     let f = Fleet::new(1, &[]);
-    f.import(&f.write("groups.yaml", GROUPS));
+    f.import(&f.write("groups.yaml", policy));
     let api = ApiServer::start(
         f.etcd.member_ns(0),
         &f.etcd.endpoints(),
@@ -410,4 +414,45 @@ out["stale"] = ec2.describe_stale_security_groups(VpcId="vpc-0a1b2c3d")["StaleSe
     assert_eq!(out["vpcs"], json!([["vpc-0a1b2c3d", true]]));
     assert_eq!(out["refs"], json!([]));
     assert_eq!(out["stale"], json!([]));
+}
+
+/// P4 under concurrency: two API servers on one store, 2 x 10 authorizations of one group
+/// at once, all succeed and none is lost (each write is a compare-and-swap on the revision it
+/// read, retried on conflict).
+#[test]
+fn p4_concurrent_writers_on_one_store_lose_no_rule() {
+    // AWS's default quota (60): room for the 20 rules.
+    let (f, api) = start_with(&GROUPS.replace("quotas: {rules_per_group: 4}", ""), true);
+    let other = ApiServer::start(
+        f.etcd.member_ns(0),
+        &f.etcd.endpoints(),
+        &f.dir.join("api-2"),
+        true,
+    );
+    let out = run(
+        &api,
+        &format!(
+            r#"
+import threading
+other = boto3.client("ec2", endpoint_url="{url}")
+errors = []
+def add(client, port):
+    try:
+        client.authorize_security_group_ingress(GroupId="sg-db", IpPermissions=[
+            {{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{{"CidrIp": "192.0.2.0/24"}}]}}])
+    except Exception as e:
+        errors.append(str(e))
+threads = [threading.Thread(target=add, args=(c, p)) for i in range(10) for c, p in ((ec2, 1000 + i), (other, 2000 + i))]
+for t in threads: t.start()
+for t in threads: t.join()
+g = ec2.describe_security_groups(GroupIds=["sg-db"])["SecurityGroups"][0]
+out["ports"] = sorted(p["FromPort"] for p in g["IpPermissions"])
+out["errors"] = errors
+"#,
+            url = other.url
+        ),
+    );
+    let want: Vec<u16> = (1000..1010).chain(2000..2010).collect();
+    assert_eq!(out["errors"], json!([]), "{out:#}");
+    assert_eq!(out["ports"], json!(want), "{out:#}");
 }
