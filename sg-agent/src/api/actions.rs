@@ -12,7 +12,7 @@ use super::change::{self, Change};
 use super::fault::Fault;
 use super::view::{Account, IpPermission, Meta, SgRule, State, any_match, group_filter_values};
 use super::wire::{Call, Filter, GroupRef, Page, PeerKind, Permission, Request, Tag};
-use super::{lookups, rule_edits};
+use super::{interfaces, lookups, rule_edits};
 use crate::policy::{Direction, Group, GroupId, Policy, Rule};
 
 /// How often a write reads again after a concurrent change before giving up (503).
@@ -70,6 +70,10 @@ pub enum Answer {
     },
     /// An answer whose one list is empty: the element's name.
     EmptySet(&'static str),
+    Interfaces {
+        interfaces: Vec<super::interfaces::InterfaceView>,
+        next: Option<String>,
+    },
 }
 
 pub(super) type Finish = Box<dyn FnOnce(&Policy) -> Answer + Send>;
@@ -100,6 +104,9 @@ impl Api {
             | Request::DescribeTags { .. }
             | Request::DescribeVpcs { .. } => {
                 lookups::read(&self.backend.read().await?, acct, &call.request)
+            }
+            Request::DescribeNetworkInterfaces { ids, filters, page } => {
+                interfaces::describe(&self.backend.read().await?, acct, ids, filters, page)
             }
             write => {
                 self.write(call.dry_run, serial, |s| plan(s, acct, write))
@@ -171,12 +178,16 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
         Request::ModifySecurityGroupRules { group, rules } => {
             rule_edits::modify(s, acct, group, rules)
         }
+        Request::ModifyNetworkInterfaceAttribute { id, groups } => {
+            interfaces::modify(s, id, groups)
+        }
         Request::DescribeSecurityGroups { .. }
         | Request::DescribeSecurityGroupRules { .. }
         | Request::DescribeSecurityGroupReferences { .. }
         | Request::DescribeStaleSecurityGroups
         | Request::DescribeTags { .. }
         | Request::DescribeVpcs { .. }
+        | Request::DescribeNetworkInterfaces { .. }
         | Request::GetCallerIdentity => unreachable!("reads are not planned"),
     }
 }
@@ -432,7 +443,7 @@ fn revoke(
     }
     let ids: Vec<&str> = gone.iter().map(|r| r.id.as_str()).collect();
     let mut value = change::group_value(s, &g.id)?;
-    if let Some(list) = value[dir.name()].as_array_mut() {
+    if let Some(list) = value.get_mut(dir.name()).and_then(Value::as_array_mut) {
         list.retain(|r| !r["id"].as_str().is_some_and(|id| ids.contains(&id)));
     }
     let mut change = Change::default();

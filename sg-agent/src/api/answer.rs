@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::actions::{Answer, GroupView};
+use super::interfaces::InterfaceView;
 use super::view::{Account, IpPermission, RulePeer, SgRule};
 use super::xml::{STS_NS, Xml};
 
@@ -58,6 +59,12 @@ pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> S
                     .leaf("state", "available")
                     .leaf("isDefault", default);
             });
+        }
+        Answer::Interfaces { interfaces, next } => {
+            x.list("networkInterfaceSet", interfaces, |x, i| {
+                interface(x, i, acct)
+            });
+            x.leaf_opt("nextToken", next.as_ref());
         }
         Answer::EmptySet(name) => {
             x.list(name, &[] as &[()], |_, ()| {});
@@ -166,6 +173,29 @@ fn rule(x: &mut Xml, r: &SgRule, acct: &Account) {
         "securityGroupRuleArn",
         arn(acct, "security-group-rule", &r.id),
     );
+}
+
+fn interface(x: &mut Xml, i: &InterfaceView, acct: &Account) {
+    x.leaf("networkInterfaceId", &i.id)
+        .leaf("description", &i.instance)
+        .leaf("ownerId", &acct.owner)
+        .leaf("vpcId", &i.vpc)
+        .leaf("status", "in-use")
+        .leaf("interfaceType", "interface")
+        .leaf("requesterManaged", false)
+        .leaf("sourceDestCheck", true)
+        .leaf_opt("privateIpAddress", i.v4.first());
+    x.list("groupSet", &i.groups, |x, (id, name)| {
+        x.leaf("groupId", id).leaf("groupName", name);
+    });
+    let v4: Vec<(usize, &String)> = i.v4.iter().enumerate().collect();
+    x.list("privateIpAddressesSet", &v4, |x, (n, a)| {
+        x.leaf("privateIpAddress", a).leaf("primary", *n == 0);
+    });
+    x.list("ipv6AddressesSet", &i.v6, |x, a| {
+        x.leaf("ipv6Address", a);
+    });
+    x.list("tagSet", &[] as &[()], |_, ()| {});
 }
 
 /// A RevokedSecurityGroupRule (its peer group is `referencedGroupId`, flat).

@@ -19,10 +19,12 @@ use crate::store::native;
 /// and `store import` ignore it (no layout key of theirs).
 pub const SERIAL_KEY: &str = "v1/api/serial";
 
-/// Groups to put (their native value and EC2 metadata) or delete (None).
+/// Groups to put (their native value and EC2 metadata) or delete (None), and imported
+/// instances to rewrite (name -> their value before and after).
 #[derive(Clone, Debug, Default)]
 pub struct Change {
     pub groups: BTreeMap<String, Option<(Value, Meta)>>,
+    pub instances: BTreeMap<String, (Value, Value)>,
 }
 
 impl Change {
@@ -59,6 +61,13 @@ pub fn document(state: &State, change: &Change) -> Value {
                 list.remove(i);
             }
             (None, None) => {}
+        }
+    }
+    if let Some(list) = doc.get_mut("instances").and_then(Value::as_array_mut) {
+        for (old, new) in change.instances.values() {
+            if let Some(item) = list.iter_mut().find(|i| *i == old) {
+                *item = new.clone();
+            }
         }
     }
     doc
@@ -129,6 +138,13 @@ pub fn values(
                 puts.push((key.path(), bytes));
             }
             None => deletes.push(key.path()),
+        }
+    }
+    for name in change.instances.keys() {
+        let key = Key::Instance(name.clone());
+        let all = native::instances(policy);
+        if let Some((_, ifaces)) = all.iter().find(|(n, _)| n == name) {
+            puts.push((key.path(), encode(&key, native::instance(name, ifaces))));
         }
     }
     (puts, deletes)

@@ -10,6 +10,7 @@
 //! view.rs     a store snapshot as EC2 sees it (groups, rules, VPC, tags, filters)
 //! actions.rs  each action: reads from a snapshot, writes as read-validate-compare-and-swap
 //! rule_edits.rs  ModifySecurityGroupRules, UpdateSecurityGroupRuleDescriptions*
+//! interfaces.rs  DescribeNetworkInterfaces, ModifyNetworkInterfaceAttribute (groups)
 //! lookups.rs  DescribeTags, DescribeVpcs, the (empty) reference and stale-group answers
 //! change.rs   a write applied to the native document, validated, turned into store values
 //! backend.rs  the store connection (503 when it cannot be reached)
@@ -24,6 +25,7 @@ pub mod answer;
 pub mod backend;
 pub mod change;
 pub mod fault;
+pub mod interfaces;
 pub mod lookups;
 pub mod rule_edits;
 pub mod server;

@@ -22,7 +22,8 @@ fn rule_not_found(id: &str) -> Fault {
 
 /// The rule entry of `id` in a group's native value (either direction).
 fn entry<'a>(value: &'a mut Value, dir: Direction, id: &str) -> Option<&'a mut Value> {
-    value[dir.name()]
+    value
+        .get_mut(dir.name())?
         .as_array_mut()?
         .iter_mut()
         .find(|r| r["id"] == id)

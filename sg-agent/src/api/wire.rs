@@ -218,6 +218,16 @@ pub enum Request {
     DescribeVpcs {
         ids: Vec<String>,
     },
+    DescribeNetworkInterfaces {
+        ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: Page,
+    },
+    /// The groups of one interface (the only attribute sg models).
+    ModifyNetworkInterfaceAttribute {
+        id: String,
+        groups: Vec<String>,
+    },
     GetCallerIdentity,
 }
 
@@ -366,6 +376,24 @@ fn more_request(action: &str, f: &Form) -> Result<Request, Fault> {
         "DescribeVpcs" => Request::DescribeVpcs {
             ids: f.strings("VpcId"),
         },
+        "DescribeNetworkInterfaces" => Request::DescribeNetworkInterfaces {
+            ids: f.strings("NetworkInterfaceId"),
+            filters: filters(f),
+            page: page(f)?,
+        },
+        "ModifyNetworkInterfaceAttribute" => {
+            let groups = f.strings("SecurityGroupId");
+            if groups.is_empty() {
+                return Err(Fault::client(
+                    "InvalidParameterCombination",
+                    "sg models one attribute of an interface: its groups (SecurityGroupId.N)",
+                ));
+            }
+            Request::ModifyNetworkInterfaceAttribute {
+                id: f.required("NetworkInterfaceId")?,
+                groups,
+            }
+        }
         other => {
             return Err(Fault::client(
                 "InvalidAction",

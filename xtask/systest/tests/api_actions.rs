@@ -456,3 +456,52 @@ out["errors"] = errors
     assert_eq!(out["errors"], json!([]), "{out:#}");
     assert_eq!(out["ports"], json!(want), "{out:#}");
 }
+
+/// E3, E5, P6, P7: DescribeNetworkInterfaces shows the store's interfaces with their groups;
+/// ModifyNetworkInterfaceAttribute replaces an imported interface's groups (then the group is
+/// in use: DependencyViolation); more groups than Q2 allows is
+/// SecurityGroupsPerInterfaceLimitExceeded, nothing written.
+#[test]
+fn p7_interfaces_are_described_and_their_groups_replaced_within_the_quota() {
+    let (_f, api) = start(true);
+    let out = run(
+        &api,
+        r#"
+def iface(eid):
+    i = ec2.describe_network_interfaces(NetworkInterfaceIds=[eid])["NetworkInterfaces"][0]
+    return [i["NetworkInterfaceId"], i["PrivateIpAddress"], sorted(g["GroupId"] for g in i["Groups"])]
+out["before"] = iface("web-1")
+ec2.modify_network_interface_attribute(NetworkInterfaceId="web-1", Groups=["sg-web", "sg-db"])
+out["after"] = iface("web-1")
+out["by_group"] = [i["NetworkInterfaceId"] for i in ec2.describe_network_interfaces(Filters=[{"Name": "group-id", "Values": ["sg-db"]}])["NetworkInterfaces"]]
+out["in_use"] = code(ec2.delete_security_group, GroupId="sg-db")
+many = [ec2.create_security_group(GroupName=f"g{i}", Description="x")["GroupId"] for i in range(4)]
+out["six"] = code(ec2.modify_network_interface_attribute, NetworkInterfaceId="web-1", Groups=["sg-web", "sg-db"] + many)
+out["after_six"] = len(iface("web-1")[2])
+out["unknown_eni"] = code(ec2.modify_network_interface_attribute, NetworkInterfaceId="eni-0123", Groups=["sg-web"])
+out["unknown_group"] = code(ec2.modify_network_interface_attribute, NetworkInterfaceId="web-1", Groups=["sg-00000000000000000"])
+out["describe_unknown"] = code(ec2.describe_network_interfaces, NetworkInterfaceIds=["eni-0123"])
+"#,
+    );
+    assert_eq!(
+        out["before"],
+        json!(["web-1", "192.0.2.11", ["sg-web"]]),
+        "{out:#}"
+    );
+    assert_eq!(
+        out["after"],
+        json!(["web-1", "192.0.2.11", ["sg-db", "sg-web"]]),
+        "{out:#}"
+    );
+    assert_eq!(out["by_group"], json!(["web-1"]));
+    for (k, want) in [
+        ("in_use", "DependencyViolation"),
+        ("six", "SecurityGroupsPerInterfaceLimitExceeded"),
+        ("unknown_eni", "InvalidNetworkInterfaceID.NotFound"),
+        ("unknown_group", "InvalidGroup.NotFound"),
+        ("describe_unknown", "InvalidNetworkInterfaceID.NotFound"),
+    ] {
+        assert_eq!(out[k], want, "{k}: {out:#}");
+    }
+    assert_eq!(out["after_six"], 2, "P7: nothing written: {out:#}");
+}
