@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use sg_testkit::aws::ApiServer;
-use sg_testkit::fleet::{CONVERGE, DB, Fleet, STARTUP, WEB1};
+use sg_testkit::fleet::{CONVERGE, DB, Fleet, STARTUP, WEB1, WEB3};
 
 /// sg-db admits nothing yet (D1): the API adds the rule.
 const GROUPS: &str = r#"
@@ -76,5 +76,60 @@ fn p10_an_api_authorize_opens_real_tcp_and_a_revoke_closes_new_connections() {
     );
     eprintln!("measured: revoke call -> enforced {:?}", t1.elapsed());
     f.wait_current(&["db", "web1"], CONVERGE);
+    f.verify_store("db");
+}
+
+/// R1, S1, P10: "launch ten more web servers into sg-web, they instantly get access" through
+/// the API: an imported instance (web3, no agent of its own) moved into sg-web with
+/// `aws ec2 modify-network-interface-attribute --groups` reaches db's MySQL as soon as db's
+/// agent applies the change, and loses it when moved out again.
+#[test]
+fn r1_an_interface_moved_into_sg_web_by_the_api_reaches_the_db() {
+    let mut f = Fleet::new(1, &[("db", DB), ("web3", WEB3)]);
+    f.serve("db", &[3306]);
+    let policy = format!(
+        "security_groups:\n\
+         \x20 - {{id: sg-web, name: web, description: Web tier}}\n\
+         \x20 - {{id: sg-other, name: other, description: elsewhere}}\n\
+         \x20 - {{id: sg-db, name: db, description: Database tier,\n\
+         \x20     ingress: [{{protocol: tcp, ports: 3306, source: sg-web}}]}}\n\
+         instances:\n\
+         \x20 - {{name: web-3, addresses: [{WEB3}], groups: [sg-other]}}\n"
+    );
+    f.import(&f.write("groups.yaml", &policy));
+    f.start_agent("db", "eth0=sg-db", 10);
+    f.wait_current(&["db"], STARTUP);
+    assert!(!f.connects("web3", DB, 3306), "web-3 is not in sg-web yet");
+    let api = ApiServer::start(
+        f.etcd.member_ns(0),
+        &f.etcd.endpoints(),
+        &f.dir.join("api"),
+        true,
+    );
+    let modify = |groups: &[&str]| {
+        let mut args = vec![
+            "ec2",
+            "modify-network-interface-attribute",
+            "--network-interface-id",
+            "web-3",
+            "--groups",
+        ];
+        args.extend_from_slice(groups);
+        api.aws_ok(&args);
+    };
+    let t0 = Instant::now();
+    modify(&["sg-web"]);
+    f.wait("web3 to reach db:3306 once in sg-web", CONVERGE, || {
+        f.connects("web3", DB, 3306)
+    });
+    eprintln!(
+        "measured: modify-network-interface-attribute -> enforced {:?}",
+        t0.elapsed()
+    );
+    modify(&["sg-other"]);
+    f.wait("web3 to be refused once out of sg-web", CONVERGE, || {
+        !f.connects("web3", DB, 3306)
+    });
+    f.wait_current(&["db"], CONVERGE);
     f.verify_store("db");
 }
