@@ -12,7 +12,7 @@ use super::change::{self, Change};
 use super::fault::Fault;
 use super::view::{Account, IpPermission, Meta, SgRule, State, any_match, group_filter_values};
 use super::wire::{Call, Filter, GroupRef, Page, PeerKind, Permission, Request, Tag};
-use super::{interfaces, lookups, rule_edits};
+use super::{interfaces, lookups, prefix_lists, rule_edits};
 use crate::policy::{Direction, Group, GroupId, Policy, Rule};
 
 /// How often a write reads again after a concurrent change before giving up (503).
@@ -74,6 +74,19 @@ pub enum Answer {
         interfaces: Vec<super::interfaces::InterfaceView>,
         next: Option<String>,
     },
+    PrefixList {
+        list: super::prefix_lists::PrefixListView,
+        /// `create-complete`, `modify-complete`, `delete-complete`
+        state: &'static str,
+    },
+    PrefixLists {
+        lists: Vec<super::prefix_lists::PrefixListView>,
+        next: Option<String>,
+    },
+    Entries {
+        cidrs: Vec<String>,
+        next: Option<String>,
+    },
 }
 
 pub(super) type Finish = Box<dyn FnOnce(&Policy) -> Answer + Send>;
@@ -107,6 +120,9 @@ impl Api {
             }
             Request::DescribeNetworkInterfaces { ids, filters, page } => {
                 interfaces::describe(&self.backend.read().await?, acct, ids, filters, page)
+            }
+            Request::DescribePrefixLists { .. } | Request::GetPrefixListEntries { .. } => {
+                prefix_lists::read(&self.backend.read().await?, acct, &call.request)
             }
             write => {
                 self.write(call.dry_run, serial, |s| plan(s, acct, write))
@@ -181,6 +197,9 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
         Request::ModifyNetworkInterfaceAttribute { id, groups } => {
             interfaces::modify(s, id, groups)
         }
+        Request::CreatePrefixList { .. }
+        | Request::ModifyPrefixList { .. }
+        | Request::DeletePrefixList { .. } => prefix_lists::plan(s, req),
         Request::DescribeSecurityGroups { .. }
         | Request::DescribeSecurityGroupRules { .. }
         | Request::DescribeSecurityGroupReferences { .. }
@@ -188,7 +207,11 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
         | Request::DescribeTags { .. }
         | Request::DescribeVpcs { .. }
         | Request::DescribeNetworkInterfaces { .. }
-        | Request::GetCallerIdentity => unreachable!("reads are not planned"),
+        | Request::DescribePrefixLists { .. }
+        | Request::GetPrefixListEntries { .. }
+        | Request::GetCallerIdentity => Err(Fault::internal(
+            "sg-agent api: a read was planned as a write (a bug: please report it)",
+        )),
     }
 }
 
@@ -519,7 +542,7 @@ fn tag_map(tags: &[Tag]) -> Result<BTreeMap<String, String>, Fault> {
 }
 
 /// `prefix` + 17 lowercase hex digits, as EC2's ids are.
-fn new_id(prefix: &str) -> String {
+pub(super) fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 9];
     let filled = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::actions::{Answer, GroupView};
 use super::interfaces::InterfaceView;
+use super::prefix_lists::PrefixListView;
 use super::view::{Account, IpPermission, RulePeer, SgRule};
 use super::xml::{STS_NS, Xml};
 
@@ -63,6 +64,23 @@ pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> S
         Answer::Interfaces { interfaces, next } => {
             x.list("networkInterfaceSet", interfaces, |x, i| {
                 interface(x, i, acct)
+            });
+            x.leaf_opt("nextToken", next.as_ref());
+        }
+        Answer::PrefixList { list, state } => {
+            x.open("prefixList");
+            prefix_list(&mut x, list, state, acct);
+            x.close("prefixList");
+        }
+        Answer::PrefixLists { lists, next } => {
+            x.list("prefixListSet", lists, |x, l| {
+                prefix_list(x, l, "create-complete", acct);
+            });
+            x.leaf_opt("nextToken", next.as_ref());
+        }
+        Answer::Entries { cidrs, next } => {
+            x.list("entrySet", cidrs, |x, c| {
+                x.leaf("cidr", c);
             });
             x.leaf_opt("nextToken", next.as_ref());
         }
@@ -173,6 +191,18 @@ fn rule(x: &mut Xml, r: &SgRule, acct: &Account) {
         "securityGroupRuleArn",
         arn(acct, "security-group-rule", &r.id),
     );
+}
+
+fn prefix_list(x: &mut Xml, l: &PrefixListView, state: &str, acct: &Account) {
+    x.leaf("prefixListId", &l.id)
+        .leaf("addressFamily", l.family)
+        .leaf("state", state)
+        .leaf("prefixListArn", arn(acct, "prefix-list", &l.id))
+        .leaf("prefixListName", &l.name)
+        .leaf("maxEntries", l.max_entries)
+        .leaf("version", l.version)
+        .leaf("ownerId", &acct.owner);
+    x.list("tagSet", &[] as &[()], |_, ()| {});
 }
 
 fn interface(x: &mut Xml, i: &InterfaceView, acct: &Account) {

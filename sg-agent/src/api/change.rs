@@ -25,6 +25,8 @@ pub const SERIAL_KEY: &str = "v1/api/serial";
 pub struct Change {
     pub groups: BTreeMap<String, Option<(Value, Meta)>>,
     pub instances: BTreeMap<String, (Value, Value)>,
+    /// Prefix lists to put (their native value) or delete (None).
+    pub prefix_lists: BTreeMap<String, Option<Value>>,
 }
 
 impl Change {
@@ -61,6 +63,22 @@ pub fn document(state: &State, change: &Change) -> Value {
                 list.remove(i);
             }
             (None, None) => {}
+        }
+    }
+    if !change.prefix_lists.is_empty() && doc.get("prefix_lists").is_none() {
+        doc["prefix_lists"] = Value::Array(vec![]);
+    }
+    if let Some(list) = doc.get_mut("prefix_lists").and_then(Value::as_array_mut) {
+        for (id, put) in &change.prefix_lists {
+            let at = list.iter().position(|p| p["id"] == id.as_str());
+            match (put, at) {
+                (Some(v), Some(i)) => list[i] = v.clone(),
+                (Some(v), None) => list.push(v.clone()),
+                (None, Some(i)) => {
+                    list.remove(i);
+                }
+                (None, None) => {}
+            }
         }
     }
     if let Some(list) = doc.get_mut("instances").and_then(Value::as_array_mut) {
@@ -136,6 +154,16 @@ pub fn values(
                 }
                 let bytes = serde_json::to_vec(&v).expect("JSON values serialize");
                 puts.push((key.path(), bytes));
+            }
+            None => deletes.push(key.path()),
+        }
+    }
+    for (id, put) in &change.prefix_lists {
+        let key = Key::PrefixList(id.clone());
+        match put {
+            Some(_) => {
+                let pl = &policy.prefix_lists[&crate::policy::PrefixListId(id.clone())];
+                puts.push((key.path(), encode(&key, native::prefix_list(pl))));
             }
             None => deletes.push(key.path()),
         }

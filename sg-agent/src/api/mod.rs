@@ -11,6 +11,7 @@
 //! actions.rs  each action: reads from a snapshot, writes as read-validate-compare-and-swap
 //! rule_edits.rs  ModifySecurityGroupRules, UpdateSecurityGroupRuleDescriptions*
 //! interfaces.rs  DescribeNetworkInterfaces, ModifyNetworkInterfaceAttribute (groups)
+//! prefix_lists.rs  the managed prefix list actions (R4, P9)
 //! lookups.rs  DescribeTags, DescribeVpcs, the (empty) reference and stale-group answers
 //! change.rs   a write applied to the native document, validated, turned into store values
 //! backend.rs  the store connection (503 when it cannot be reached)
@@ -27,6 +28,7 @@ pub mod change;
 pub mod fault;
 pub mod interfaces;
 pub mod lookups;
+pub mod prefix_lists;
 pub mod rule_edits;
 pub mod server;
 pub mod sigv4;

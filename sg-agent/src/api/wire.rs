@@ -228,6 +228,33 @@ pub enum Request {
         id: String,
         groups: Vec<String>,
     },
+    CreatePrefixList {
+        name: String,
+        family: String,
+        max_entries: Option<i64>,
+        entries: Vec<String>,
+    },
+    ModifyPrefixList {
+        id: String,
+        current_version: Option<i64>,
+        name: Option<String>,
+        max_entries: Option<i64>,
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+    DeletePrefixList {
+        id: String,
+    },
+    DescribePrefixLists {
+        ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: Page,
+    },
+    GetPrefixListEntries {
+        id: String,
+        target_version: Option<i64>,
+        page: Page,
+    },
     GetCallerIdentity,
 }
 
@@ -394,6 +421,40 @@ fn more_request(action: &str, f: &Form) -> Result<Request, Fault> {
                 groups,
             }
         }
+        other => return prefix_list_request(other, f),
+    })
+}
+
+/// The managed prefix list actions.
+fn prefix_list_request(action: &str, f: &Form) -> Result<Request, Fault> {
+    Ok(match action {
+        "CreateManagedPrefixList" => Request::CreatePrefixList {
+            name: f.required("PrefixListName")?,
+            family: f.required("AddressFamily")?,
+            max_entries: f.int("MaxEntries")?,
+            entries: cidrs(f, "Entry"),
+        },
+        "ModifyManagedPrefixList" => Request::ModifyPrefixList {
+            id: f.required("PrefixListId")?,
+            current_version: f.int("CurrentVersion")?,
+            name: f.get("PrefixListName").map(str::to_string),
+            max_entries: f.int("MaxEntries")?,
+            add: cidrs(f, "AddEntry"),
+            remove: cidrs(f, "RemoveEntry"),
+        },
+        "DeleteManagedPrefixList" => Request::DeletePrefixList {
+            id: f.required("PrefixListId")?,
+        },
+        "DescribeManagedPrefixLists" => Request::DescribePrefixLists {
+            ids: f.strings("PrefixListId"),
+            filters: filters(f),
+            page: page(f)?,
+        },
+        "GetManagedPrefixListEntries" => Request::GetPrefixListEntries {
+            id: f.required("PrefixListId")?,
+            target_version: f.int("TargetVersion")?,
+            page: page(f)?,
+        },
         other => {
             return Err(Fault::client(
                 "InvalidAction",
@@ -484,6 +545,14 @@ fn rule_update(f: &Form, base: &str) -> Result<RuleUpdate, Fault> {
             }],
         },
     })
+}
+
+/// `prefix.N.Cidr` in index order.
+fn cidrs(f: &Form, prefix: &str) -> Vec<String> {
+    f.indexes(prefix)
+        .into_iter()
+        .filter_map(|n| f.get(&format!("{prefix}.{n}.Cidr")).map(str::to_string))
+        .collect()
 }
 
 fn permissions(f: &Form) -> Result<Vec<Permission>, Fault> {

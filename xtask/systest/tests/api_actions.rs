@@ -505,3 +505,58 @@ out["describe_unknown"] = code(ec2.describe_network_interfaces, NetworkInterface
     }
     assert_eq!(out["after_six"], 2, "P7: nothing written: {out:#}");
 }
+
+/// R4, P9, P7: managed prefix lists: created at version 1, modified only when the current
+/// version is named (PrefixListVersionMismatch otherwise), each entry change a new version;
+/// a rule using a list counts its max entries against Q1; a list in use cannot be deleted.
+#[test]
+fn p9_prefix_lists_are_versioned_and_count_their_max_entries() {
+    let (_f, api) = start(true);
+    let out = run(
+        &api,
+        r#"
+pl = ec2.create_managed_prefix_list(PrefixListName="office", AddressFamily="IPv4", MaxEntries=2,
+    Entries=[{"Cidr": "198.51.100.0/24"}])["PrefixList"]
+pid = pl["PrefixListId"]
+out["created"] = [pl["State"], pl["Version"], pl["MaxEntries"], pl["AddressFamily"]]
+m = ec2.modify_managed_prefix_list(PrefixListId=pid, CurrentVersion=1, AddEntries=[{"Cidr": "203.0.113.0/24"}])["PrefixList"]
+out["modified"] = [m["State"], m["Version"]]
+out["stale_version"] = code(ec2.modify_managed_prefix_list, PrefixListId=pid, CurrentVersion=1, RemoveEntries=[{"Cidr": "203.0.113.0/24"}])
+out["no_version"] = code(ec2_raw.modify_managed_prefix_list, PrefixListId=pid, RemoveEntries=[{"Cidr": "203.0.113.0/24"}])
+out["over_max"] = code(ec2.modify_managed_prefix_list, PrefixListId=pid, CurrentVersion=2, AddEntries=[{"Cidr": "192.0.2.0/24"}])
+out["entries"] = sorted(e["Cidr"] for e in ec2.get_managed_prefix_list_entries(PrefixListId=pid)["Entries"])
+out["described"] = [[p["PrefixListId"] == pid, p["PrefixListName"]] for p in ec2.describe_managed_prefix_lists(Filters=[{"Name": "prefix-list-name", "Values": ["office"]}])["PrefixLists"]]
+out["unknown"] = code(ec2.describe_managed_prefix_lists, PrefixListIds=["pl-00000000000000000"])
+ec2.authorize_security_group_ingress(GroupId="sg-web", IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "PrefixListIds": [{"PrefixListId": pid}]}])
+out["rule_counts_max"] = code(ec2.authorize_security_group_ingress, GroupId="sg-web", IpPermissions=[{"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "192.0.2.0/26"}, {"CidrIp": "192.0.2.64/26"}, {"CidrIp": "192.0.2.128/26"}]}])
+out["in_use"] = code(ec2.delete_managed_prefix_list, PrefixListId=pid)
+ec2.revoke_security_group_ingress(GroupId="sg-web", IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "PrefixListIds": [{"PrefixListId": pid}]}])
+out["deleted"] = ec2.delete_managed_prefix_list(PrefixListId=pid)["PrefixList"]["State"]
+out["gone"] = code(ec2.get_managed_prefix_list_entries, PrefixListId=pid)
+"#,
+    );
+    assert_eq!(
+        out["created"],
+        json!(["create-complete", 1, 2, "IPv4"]),
+        "{out:#}"
+    );
+    assert_eq!(out["modified"], json!(["modify-complete", 2]), "{out:#}");
+    for (k, want) in [
+        ("stale_version", "PrefixListVersionMismatch"),
+        ("no_version", "MissingParameter"),
+        ("over_max", "InvalidParameterValue"),
+        ("unknown", "InvalidPrefixListID.NotFound"),
+        ("rule_counts_max", "RulesPerSecurityGroupLimitExceeded"),
+        ("in_use", "DependencyViolation"),
+        ("deleted", "delete-complete"),
+        ("gone", "InvalidPrefixListID.NotFound"),
+    ] {
+        assert_eq!(out[k], want, "{k}: {out:#}");
+    }
+    assert_eq!(
+        out["entries"],
+        json!(["198.51.100.0/24", "203.0.113.0/24"]),
+        "{out:#}"
+    );
+    assert_eq!(out["described"], json!([[true, "office"]]));
+}
