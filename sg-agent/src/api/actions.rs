@@ -369,17 +369,12 @@ pub(super) fn typed_rules(s: &State, dir: Direction, rules: &[Value]) -> Result<
     Ok(policy.groups[&GroupId(PROBE.into())].rules(dir).to_vec())
 }
 
-/// The rule of `g` (direction `dir`) that allows what `r` allows, if any.
+/// The rule of `g` (direction `dir`) that allows what `r` allows, if any (the description
+/// does not count, P4).
 pub(super) fn same_rule<'a>(g: &'a Group, dir: Direction, r: &Rule) -> Option<&'a Rule> {
-    let peer = match &r.peer {
-        crate::policy::Peer::Group(id) if id.as_str() == PROBE => {
-            crate::policy::Peer::Group(g.id.clone())
-        }
-        p => p.clone(),
-    };
     g.rules(dir)
         .iter()
-        .find(|e| e.protocol == r.protocol && e.peer == peer)
+        .find(|e| e.protocol == r.protocol && e.peer == r.peer)
 }
 
 fn authorize(
