@@ -64,9 +64,13 @@ pub enum Answer {
         tags: Vec<(String, String, String)>,
         next: Option<String>,
     },
-    /// (VPC id, is the default).
+    /// (VPC id, is the default, CIDR block when known).
     Vpcs {
-        vpcs: Vec<(String, bool)>,
+        vpcs: Vec<(String, bool, Option<String>)>,
+    },
+    Vpc {
+        id: String,
+        cidr: String,
     },
     /// An answer whose one list is empty: the element's name.
     EmptySet(&'static str),
@@ -197,6 +201,7 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
         Request::ModifyNetworkInterfaceAttribute { id, groups } => {
             interfaces::modify(s, id, groups)
         }
+        Request::CreateVpc { cidr } => create_vpc(cidr),
         Request::CreatePrefixList { .. }
         | Request::ModifyPrefixList { .. }
         | Request::DeletePrefixList { .. } => prefix_lists::plan(s, req),
@@ -257,6 +262,7 @@ fn create(
     let meta = Meta {
         vpc_id: (vpc != acct.vpc).then(|| vpc.to_string()),
         tags: tags.clone(),
+        vpc_cidr: None,
     };
     let mut change = Change::default();
     // Egress left out: the validator gives the new group D2's default egress.
@@ -267,6 +273,36 @@ fn create(
     );
     let finish: Finish = Box::new(move |_| Answer::Created { group_id: id, tags });
     Ok((change, finish))
+}
+
+/// A VPC is its default group (D3: `default: true`, all from itself, all out), which names
+/// the VPC in its metadata and cannot be deleted.
+fn create_vpc(cidr: &str) -> Result<(Change, Finish), Fault> {
+    let net: ipnet::Ipv4Net = cidr.parse().map_err(|_| {
+        Fault::invalid(format!(
+            "Value ({cidr}) for parameter cidrBlock is invalid."
+        ))
+    })?;
+    if !(16..=28).contains(&net.prefix_len()) {
+        return Err(Fault::client(
+            "InvalidVpc.Range",
+            format!("The CIDR '{cidr}' is invalid (a VPC is a /16 to a /28)."),
+        ));
+    }
+    let (vpc, gid) = (new_id("vpc-"), new_id("sg-"));
+    let meta = Meta {
+        vpc_id: Some(vpc.clone()),
+        tags: BTreeMap::new(),
+        vpc_cidr: Some(net.trunc().to_string()),
+    };
+    let mut change = Change::default();
+    change.put(
+        &gid,
+        json!({"id": gid, "default": true, "description": "default VPC security group"}),
+        meta,
+    );
+    let cidr = net.trunc().to_string();
+    Ok((change, Box::new(move |_| Answer::Vpc { id: vpc, cidr })))
 }
 
 fn delete(s: &State, acct: &Account, group: &GroupRef) -> Result<(Change, Finish), Fault> {

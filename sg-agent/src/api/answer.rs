@@ -54,12 +54,14 @@ pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> S
             x.leaf_opt("nextToken", next.as_ref());
         }
         Answer::Vpcs { vpcs } => {
-            x.list("vpcSet", vpcs, |x, (id, default)| {
-                x.leaf("vpcId", id)
-                    .leaf("ownerId", &acct.owner)
-                    .leaf("state", "available")
-                    .leaf("isDefault", default);
+            x.list("vpcSet", vpcs, |x, (id, default, cidr)| {
+                vpc(x, id, *default, cidr.as_deref(), acct);
             });
+        }
+        Answer::Vpc { id, cidr } => {
+            x.open("vpc");
+            vpc(&mut x, id, false, Some(cidr), acct);
+            x.close("vpc");
         }
         Answer::Interfaces { interfaces, next } => {
             x.list("networkInterfaceSet", interfaces, |x, i| {
@@ -191,6 +193,14 @@ fn rule(x: &mut Xml, r: &SgRule, acct: &Account) {
         "securityGroupRuleArn",
         arn(acct, "security-group-rule", &r.id),
     );
+}
+
+fn vpc(x: &mut Xml, id: &str, default: bool, cidr: Option<&str>, acct: &Account) {
+    x.leaf("vpcId", id)
+        .leaf("ownerId", &acct.owner)
+        .leaf("state", "available")
+        .leaf_opt("cidrBlock", cidr)
+        .leaf("isDefault", default);
 }
 
 fn prefix_list(x: &mut Xml, l: &PrefixListView, state: &str, acct: &Account) {

@@ -2,7 +2,7 @@
 //! the default one and any a group names), and the answers sg gives as empty sets because it
 //! has no VPC peering: DescribeSecurityGroupReferences and DescribeStaleSecurityGroups.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use super::Account;
 use super::actions::{Answer, paginate};
@@ -49,11 +49,18 @@ pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
             Ok(Answer::Tags { tags, next })
         }
         Request::DescribeVpcs { ids } => {
-            let mut all: BTreeSet<String> =
-                s.meta.values().filter_map(|m| m.vpc_id.clone()).collect();
-            all.insert(acct.vpc.clone());
+            let mut all: BTreeMap<String, Option<String>> = BTreeMap::new();
+            all.insert(acct.vpc.clone(), None);
+            for m in s.meta.values() {
+                if let Some(v) = &m.vpc_id {
+                    let cidr = all.entry(v.clone()).or_default();
+                    if m.vpc_cidr.is_some() {
+                        cidr.clone_from(&m.vpc_cidr);
+                    }
+                }
+            }
             for id in ids {
-                if !all.contains(id) {
+                if !all.contains_key(id) {
                     return Err(Fault::client(
                         "InvalidVpcID.NotFound",
                         format!("The vpc ID '{id}' does not exist"),
@@ -62,10 +69,10 @@ pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
             }
             let vpcs = all
                 .into_iter()
-                .filter(|v| ids.is_empty() || ids.contains(v))
-                .map(|v| {
+                .filter(|(v, _)| ids.is_empty() || ids.contains(v))
+                .map(|(v, cidr)| {
                     let default = v == acct.vpc;
-                    (v, default)
+                    (v, default, cidr)
                 })
                 .collect();
             Ok(Answer::Vpcs { vpcs })

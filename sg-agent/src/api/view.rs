@@ -23,6 +23,10 @@ pub struct Meta {
     pub vpc_id: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// On the default group of a VPC made by CreateVpc: the VPC's CIDR block (a VPC exists
+    /// while a group names it, and its default group cannot be deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_cidr: Option<String>,
 }
 
 /// The account and the VPC every group without its own belongs to.

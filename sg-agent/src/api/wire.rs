@@ -218,6 +218,9 @@ pub enum Request {
     DescribeVpcs {
         ids: Vec<String>,
     },
+    CreateVpc {
+        cidr: String,
+    },
     DescribeNetworkInterfaces {
         ids: Vec<String>,
         filters: Vec<Filter>,
@@ -402,6 +405,9 @@ fn more_request(action: &str, f: &Form) -> Result<Request, Fault> {
         },
         "DescribeVpcs" => Request::DescribeVpcs {
             ids: f.strings("VpcId"),
+        },
+        "CreateVpc" => Request::CreateVpc {
+            cidr: f.required("CidrBlock")?,
         },
         "DescribeNetworkInterfaces" => Request::DescribeNetworkInterfaces {
             ids: f.strings("NetworkInterfaceId"),

@@ -351,8 +351,9 @@ out["code"] = code(ec2.describe_security_groups)
 
 /// F6, P5: ModifySecurityGroupRules changes a rule and keeps its id;
 /// UpdateSecurityGroupRuleDescriptions* edit descriptions by rule id and by permission;
-/// unknown ids and permissions are EC2's NotFound codes. DescribeTags, DescribeVpcs and the
-/// empty reference and stale-group sets.
+/// unknown ids and permissions are EC2's NotFound codes. DescribeTags, DescribeVpcs, CreateVpc
+/// (D3: with its default group; P8: names unique per VPC) and the empty reference and
+/// stale-group sets.
 #[test]
 fn f6_rules_are_modified_in_place_and_descriptions_updated() {
     let (_f, api) = start(true);
@@ -381,6 +382,13 @@ out["update_egress_wrong_dir"] = code(ec2.update_security_group_rule_description
 ec2.create_tags(Resources=["sg-db"], Tags=[{"Key": "tier", "Value": "data"}])
 out["tags"] = [[t["ResourceId"], t["ResourceType"], t["Key"], t["Value"]] for t in ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": ["sg-db"]}])["Tags"]]
 out["vpcs"] = [[v["VpcId"], v["IsDefault"]] for v in ec2.describe_vpcs()["Vpcs"]]
+vpc = ec2.create_vpc(CidrBlock="198.51.100.0/24")["Vpc"]
+out["new_vpc"] = [vpc["CidrBlock"], vpc["IsDefault"], vpc["VpcId"] in [v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"]]]
+in_vpc = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["SecurityGroups"]
+out["vpc_default"] = [[g["GroupName"], len(g["IpPermissions"])] for g in in_vpc]
+out["same_name_other_vpc"] = code(ec2.create_security_group, GroupName="web", Description="web in the new VPC", VpcId=vpc["VpcId"])
+out["vpc_default_delete"] = code(ec2.delete_security_group, GroupId=in_vpc[0]["GroupId"])
+out["vpc_bad_cidr"] = code(ec2.create_vpc, CidrBlock="10.0.0.0/8")
 out["vpc_missing"] = code(ec2.describe_vpcs, VpcIds=["vpc-nowhere"])
 out["refs"] = ec2.describe_security_group_references(GroupId=["sg-db"])["SecurityGroupReferenceSet"]
 out["refs_missing"] = code(ec2.describe_security_group_references, GroupId=["sg-00000000000000000"])
@@ -412,6 +420,16 @@ out["stale"] = ec2.describe_stale_security_groups(VpcId="vpc-0a1b2c3d")["StaleSe
         json!([["sg-db", "security-group", "tier", "data"]])
     );
     assert_eq!(out["vpcs"], json!([["vpc-0a1b2c3d", true]]));
+    // D3, P8: a new VPC comes with its default group; names are unique per VPC.
+    assert_eq!(
+        out["new_vpc"],
+        json!(["198.51.100.0/24", false, true]),
+        "{out:#}"
+    );
+    assert_eq!(out["vpc_default"], json!([["default", 1]]), "D3: {out:#}");
+    assert_eq!(out["same_name_other_vpc"], "ok", "P8: {out:#}");
+    assert_eq!(out["vpc_default_delete"], "CannotDelete", "{out:#}");
+    assert_eq!(out["vpc_bad_cidr"], "InvalidVpc.Range", "{out:#}");
     assert_eq!(out["refs"], json!([]));
     assert_eq!(out["stale"], json!([]));
 }
