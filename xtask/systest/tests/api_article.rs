@@ -151,7 +151,8 @@ fn p1_p3_the_articles_commands_print_what_the_article_shows() {
 }
 
 /// One validator: `aws ec2 describe-security-groups` output is a policy `sg-agent check`
-/// accepts, with the rules, ids and descriptions the API wrote.
+/// accepts, with the rules, ids and descriptions the API wrote; `store export` then `store
+/// import` keeps everything the API shows, tags included.
 #[test]
 fn describe_output_round_trips_through_sg_agent_check() {
     let (f, api) = start();
@@ -173,10 +174,32 @@ fn describe_output_round_trips_through_sg_agent_check() {
         summary.contains("sg-db") && summary.contains("sg-web"),
         "{summary}"
     );
-    // The store's own export agrees with what the API shows (same ids and descriptions).
+    // The store's own export agrees with what the API shows (same ids and descriptions), and
+    // importing it back changes nothing the API shows, tags included (S1-S2 round trip).
+    api.aws_ok(&[
+        "ec2",
+        "create-tags",
+        "--resources",
+        "sg-db",
+        "--tags",
+        "Key=tier,Value=data",
+    ]);
+    let before = api.aws_ok(&["ec2", "describe-security-groups"]);
     let export = f.export_policy();
     assert!(
         export.contains("Allow web tier to DB") && export.contains("icmp"),
         "{export}"
+    );
+    f.import(&f.write("export.yaml", &export));
+    let after = api.aws_ok(&["ec2", "describe-security-groups"]);
+    assert_eq!(after, before, "export -> import changed what the API shows");
+    assert_eq!(
+        after["SecurityGroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["GroupId"] == "sg-db")
+            .unwrap()["Tags"],
+        json!([{"Key": "tier", "Value": "data"}])
     );
 }
