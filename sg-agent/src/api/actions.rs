@@ -10,9 +10,11 @@ use serde_json::{Value, json};
 use super::backend::Backend;
 use super::change::{self, Change};
 use super::fault::Fault;
+use super::tags::{self, tag_map};
 use super::view::{Account, IpPermission, Meta, SgRule, State, any_match, group_filter_values};
 use super::wire::{Call, Filter, GroupRef, Page, PeerKind, Permission, Request, Tag};
 use super::{interfaces, lookups, prefix_lists, rule_edits};
+use crate::config::validate::derive_rule_id;
 use crate::policy::{Direction, Group, GroupId, Policy, Rule};
 
 /// How often a write reads again after a concurrent change before giving up (503).
@@ -59,9 +61,9 @@ pub enum Answer {
     /// `<return>true</return>` only.
     Done,
     Caller,
-    /// (resource id, key, value) of DescribeTags.
+    /// (resource id, resource type, key, value) of DescribeTags.
     Tags {
-        tags: Vec<(String, String, String)>,
+        tags: Vec<(String, &'static str, String, String)>,
         next: Option<String>,
     },
     /// (VPC id, is the default, CIDR block when known).
@@ -174,7 +176,8 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
             direction,
             group,
             permissions,
-        } => authorize(s, acct, *direction, group, permissions),
+            tags,
+        } => authorize(s, acct, *direction, group, permissions, tags),
         Request::Revoke {
             direction,
             group,
@@ -186,9 +189,9 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
                 .iter()
                 .map(|t| (t.key.clone(), Some(t.value.clone())))
                 .collect();
-            retag(s, resources, &tags, true)
+            tags::retag(s, resources, &tags, true)
         }
-        Request::DeleteTags { resources, tags } => retag(s, resources, tags, false),
+        Request::DeleteTags { resources, tags } => tags::retag(s, resources, tags, false),
         Request::UpdateDescriptions {
             direction,
             group,
@@ -262,7 +265,7 @@ fn create(
     let meta = Meta {
         vpc_id: (vpc != acct.vpc).then(|| vpc.to_string()),
         tags: tags.clone(),
-        vpc_cidr: None,
+        ..Meta::default()
     };
     let mut change = Change::default();
     // Egress left out: the validator gives the new group D2's default egress.
@@ -292,8 +295,8 @@ fn create_vpc(cidr: &str) -> Result<(Change, Finish), Fault> {
     let (vpc, gid) = (new_id("vpc-"), new_id("sg-"));
     let meta = Meta {
         vpc_id: Some(vpc.clone()),
-        tags: BTreeMap::new(),
         vpc_cidr: Some(net.trunc().to_string()),
+        ..Meta::default()
     };
     let mut change = Change::default();
     change.put(
@@ -419,6 +422,7 @@ fn authorize(
     dir: Direction,
     group: &GroupRef,
     perms: &[Permission],
+    rule_tags: &[Tag],
 ) -> Result<(Change, Finish), Fault> {
     let g = s.group(group, acct)?;
     if perms.is_empty() {
@@ -441,15 +445,27 @@ fn authorize(
         Some(l) => l.extend(rules),
         None => value[dir.name()] = Value::Array(rules),
     }
+    let mut meta = s.meta(&g.id);
+    let tags = tag_map(rule_tags)?;
+    if !tags.is_empty() {
+        for r in &typed {
+            // The id the validator will give the new rule (docs/policy-format.md).
+            let id = derive_rule_id(&g.id, dir, &r.protocol, &r.peer);
+            meta.rule_tags.insert(id.to_string(), tags.clone());
+        }
+    }
     let mut change = Change::default();
-    change.put(g.id.as_str(), value, s.meta(&g.id));
+    change.put(g.id.as_str(), value, meta);
     let id = g.id.clone();
     let finish: Finish = Box::new(move |p: &Policy| {
         let g = &p.groups[&id];
         let rules = typed
             .iter()
             .filter_map(|r| same_rule(g, dir, r))
-            .map(SgRule::of)
+            .map(|r| SgRule {
+                tags: tags.clone(),
+                ..SgRule::of(r)
+            })
             .collect();
         Answer::Authorized { rules }
     });
@@ -500,76 +516,13 @@ fn revoke(
     if let Some(list) = value.get_mut(dir.name()).and_then(Value::as_array_mut) {
         list.retain(|r| !r["id"].as_str().is_some_and(|id| ids.contains(&id)));
     }
+    let mut meta = s.meta(&g.id);
+    meta.rule_tags.retain(|id, _| !ids.contains(&id.as_str()));
     let mut change = Change::default();
-    change.put(g.id.as_str(), value, s.meta(&g.id));
+    change.put(g.id.as_str(), value, meta);
     let mut rules: Vec<SgRule> = gone.iter().map(|r| SgRule::of(r)).collect();
     rules.dedup_by(|a, b| a.id == b.id);
     Ok((change, Box::new(move |_| Answer::Revoked { rules })))
-}
-
-/// CreateTags (`add`) and DeleteTags on groups.
-fn retag(
-    s: &State,
-    resources: &[String],
-    tags: &[(String, Option<String>)],
-    add: bool,
-) -> Result<(Change, Finish), Fault> {
-    if resources.is_empty() {
-        return Err(Fault::missing("ResourceId"));
-    }
-    let mut change = Change::default();
-    for r in resources {
-        let id = GroupId(r.clone());
-        if !r.starts_with("sg-") {
-            return Err(Fault::client(
-                "InvalidID",
-                format!("The ID '{r}' is not valid (sg tags security groups only)"),
-            ));
-        }
-        if !s.policy.groups.contains_key(&id) {
-            return Err(Fault::group_not_found(r));
-        }
-        let mut meta = s.meta(&id);
-        for (k, v) in tags {
-            if add {
-                check_tag(k, v.as_deref().unwrap_or_default())?;
-                meta.tags.insert(k.clone(), v.clone().unwrap_or_default());
-            } else if v.as_ref().is_none_or(|v| meta.tags.get(k) == Some(v)) {
-                meta.tags.remove(k);
-            }
-        }
-        if meta.tags.len() > 50 {
-            return Err(Fault::client(
-                "TagLimitExceeded",
-                format!("The maximum number of tags (50) for resource {r} has been reached"),
-            ));
-        }
-        change.put(r, change::group_value(s, &id)?, meta);
-    }
-    Ok((change, Box::new(|_| Answer::Done)))
-}
-
-fn check_tag(key: &str, value: &str) -> Result<(), Fault> {
-    if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
-        return Err(Fault::invalid(format!(
-            "Invalid tag '{key}': keys have 1 to 128 characters, values at most 256"
-        )));
-    }
-    if key.to_ascii_lowercase().starts_with("aws:") {
-        return Err(Fault::invalid(
-            "Tag keys starting with 'aws:' are reserved for internal use",
-        ));
-    }
-    Ok(())
-}
-
-fn tag_map(tags: &[Tag]) -> Result<BTreeMap<String, String>, Fault> {
-    let mut m = BTreeMap::new();
-    for t in tags {
-        check_tag(&t.key, &t.value)?;
-        m.insert(t.key.clone(), t.value.clone());
-    }
-    Ok(m)
 }
 
 /// `prefix` + 17 lowercase hex digits, as EC2's ids are.
@@ -675,7 +628,12 @@ fn describe_rules(
         }
     }
     let mut rules = Vec::new();
-    for r in s.policy.all_rules().map(SgRule::of) {
+    for mut r in s.policy.all_rules().map(SgRule::of) {
+        r.tags = s
+            .meta(&GroupId(r.group_id.clone()))
+            .rule_tags
+            .remove(&r.id)
+            .unwrap_or_default();
         if !rule_ids.is_empty() && !rule_ids.contains(&r.id) {
             continue;
         }
@@ -684,8 +642,8 @@ fn describe_rules(
             let values = match f.name.as_str() {
                 "group-id" => vec![r.group_id.clone()],
                 "security-group-rule-id" => vec![r.id.clone()],
-                // Rules carry no tags in this version.
-                n if n.starts_with("tag:") || n == "tag-key" => vec![],
+                "tag-key" => r.tags.keys().cloned().collect(),
+                n if n.starts_with("tag:") => r.tags.get(&n[4..]).cloned().into_iter().collect(),
                 _ => {
                     return Err(Fault::invalid(format!(
                         "The filter '{}' is invalid",
@@ -774,6 +732,7 @@ security_groups:
                     })
                     .collect(),
             }],
+            tags: vec![],
         }
     }
 

@@ -45,9 +45,9 @@ pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> S
             x.leaf("return", true);
         }
         Answer::Tags { tags, next } => {
-            x.list("tagSet", tags, |x, (id, k, v)| {
+            x.list("tagSet", tags, |x, (id, kind, k, v)| {
                 x.leaf("resourceId", id)
-                    .leaf("resourceType", "security-group")
+                    .leaf("resourceType", kind)
                     .leaf("key", k)
                     .leaf("value", v);
             });
@@ -188,7 +188,7 @@ fn rule(x: &mut Xml, r: &SgRule, acct: &Account) {
         }
     }
     x.leaf_opt("description", r.description.as_ref());
-    x.list("tagSet", &[] as &[()], |_, ()| {});
+    tag_set(x, &r.tags);
     x.leaf(
         "securityGroupRuleArn",
         arn(acct, "security-group-rule", &r.id),

@@ -25,10 +25,20 @@ pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
         Request::DescribeTags { filters, page } => {
             let mut tags = Vec::new();
             for g in s.policy.groups.values() {
-                for (k, v) in s.meta(&g.id).tags {
+                let meta = s.meta(&g.id);
+                let mut all: Vec<(String, &str, String, String)> = Vec::new();
+                for (k, v) in &meta.tags {
+                    all.push((g.id.to_string(), "security-group", k.clone(), v.clone()));
+                }
+                for (rule, t) in &meta.rule_tags {
+                    for (k, v) in t {
+                        all.push((rule.clone(), "security-group-rule", k.clone(), v.clone()));
+                    }
+                }
+                for (id, kind, k, v) in all {
                     let fields = [
-                        ("resource-id", g.id.to_string()),
-                        ("resource-type", "security-group".to_string()),
+                        ("resource-id", id.clone()),
+                        ("resource-type", kind.to_string()),
                         ("key", k.clone()),
                         ("value", v.clone()),
                     ];
@@ -41,7 +51,7 @@ pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
                         keep &= any_match(f, std::slice::from_ref(value));
                     }
                     if keep {
-                        tags.push((g.id.to_string(), k, v));
+                        tags.push((id, kind, k, v));
                     }
                 }
             }

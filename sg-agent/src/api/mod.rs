@@ -12,6 +12,7 @@
 //! rule_edits.rs  ModifySecurityGroupRules, UpdateSecurityGroupRuleDescriptions*
 //! interfaces.rs  DescribeNetworkInterfaces, ModifyNetworkInterfaceAttribute (groups)
 //! prefix_lists.rs  the managed prefix list actions (R4, P9)
+//! tags.rs     CreateTags, DeleteTags on groups and rules (kept in the group's metadata)
 //! lookups.rs  DescribeTags, DescribeVpcs, the (empty) reference and stale-group answers
 //! change.rs   a write applied to the native document, validated, turned into store values
 //! backend.rs  the store connection (503 when it cannot be reached)
@@ -32,6 +33,7 @@ pub mod prefix_lists;
 pub mod rule_edits;
 pub mod server;
 pub mod sigv4;
+pub mod tags;
 pub mod view;
 pub mod wire;
 pub mod xml;

@@ -27,6 +27,9 @@ pub struct Meta {
     /// while a group names it, and its default group cannot be deleted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_cidr: Option<String>,
+    /// The tags of the group's rules, by rule id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rule_tags: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// The account and the VPC every group without its own belongs to.
@@ -134,6 +137,8 @@ pub struct SgRule {
     pub to: i32,
     pub peer: RulePeer,
     pub description: Option<String>,
+    /// Filled by DescribeSecurityGroupRules from the group's metadata.
+    pub tags: BTreeMap<String, String>,
 }
 
 impl SgRule {
@@ -154,6 +159,7 @@ impl SgRule {
             to,
             peer,
             description: r.description.clone(),
+            tags: BTreeMap::new(),
         }
     }
 

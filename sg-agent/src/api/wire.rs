@@ -173,6 +173,8 @@ pub enum Request {
         direction: Direction,
         group: GroupRef,
         permissions: Vec<Permission>,
+        /// TagSpecification: the new rules' tags.
+        tags: Vec<Tag>,
     },
     Revoke {
         direction: Direction,
@@ -327,6 +329,7 @@ fn request(action: &str, f: &Form) -> Result<Request, Fault> {
             direction: dir(action),
             group: group_ref(f)?,
             permissions: permissions(f)?,
+            tags: tag_specifications(f),
         },
         "RevokeSecurityGroupIngress" | "RevokeSecurityGroupEgress" => Request::Revoke {
             direction: dir(action),
@@ -634,6 +637,7 @@ mod tests {
             direction,
             group,
             permissions,
+            ..
         } = c.request
         else {
             panic!("{c:?}")

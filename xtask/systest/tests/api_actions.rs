@@ -393,6 +393,21 @@ out["vpc_missing"] = code(ec2.describe_vpcs, VpcIds=["vpc-nowhere"])
 out["refs"] = ec2.describe_security_group_references(GroupId=["sg-db"])["SecurityGroupReferenceSet"]
 out["refs_missing"] = code(ec2.describe_security_group_references, GroupId=["sg-00000000000000000"])
 out["stale"] = ec2.describe_stale_security_groups(VpcId="vpc-0a1b2c3d")["StaleSecurityGroupSet"]
+t = ec2.authorize_security_group_ingress(GroupId="sg-db", IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 3306, "ToPort": 3306, "UserIdGroupPairs": [{"GroupId": "sg-web"}]}],
+    TagSpecifications=[{"ResourceType": "security-group-rule", "Tags": [{"Key": "owner", "Value": "dba"}]}])
+tid = t["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+out["rule_tags_created"] = t["SecurityGroupRules"][0].get("Tags")
+ec2.create_tags(Resources=[tid, rid], Tags=[{"Key": "env", "Value": "prod"}])
+ec2.delete_tags(Resources=[tid], Tags=[{"Key": "owner"}])
+def rule_tags(f):
+    rs = ec2.describe_security_group_rules(Filters=f)["SecurityGroupRules"]
+    return sorted([r["SecurityGroupRuleId"] == tid, sorted((x["Key"], x["Value"]) for x in r["Tags"])] for r in rs)
+out["rule_tags"] = rule_tags([{"Name": "tag:env", "Values": ["prod"]}])
+out["rule_tag_kinds"] = sorted(t["ResourceType"] for t in ec2.describe_tags(Filters=[{"Name": "key", "Values": ["env"]}])["Tags"])
+ec2.revoke_security_group_ingress(GroupId="sg-db", SecurityGroupRuleIds=[tid])
+out["rule_tags_after_revoke"] = rule_tags([{"Name": "tag-key", "Values": ["env"]}])
+out["rule_tag_missing"] = code(ec2.create_tags, Resources=["sgr-00000000000000000"], Tags=[{"Key": "a", "Value": "b"}])
 "#,
     );
     let rid = out["modified"][0].clone();
@@ -432,6 +447,32 @@ out["stale"] = ec2.describe_stale_security_groups(VpcId="vpc-0a1b2c3d")["StaleSe
     assert_eq!(out["vpc_bad_cidr"], "InvalidVpc.Range", "{out:#}");
     assert_eq!(out["refs"], json!([]));
     assert_eq!(out["stale"], json!([]));
+    // Tags on rules: TagSpecification on authorize, CreateTags/DeleteTags by rule id, filters,
+    // DescribeTags; a revoked rule's tags go with it.
+    assert_eq!(
+        out["rule_tags_created"],
+        json!([{"Key": "owner", "Value": "dba"}]),
+        "{out:#}"
+    );
+    assert_eq!(
+        out["rule_tags"],
+        json!([[false, [["env", "prod"]]], [true, [["env", "prod"]]]]),
+        "{out:#}"
+    );
+    assert_eq!(
+        out["rule_tag_kinds"],
+        json!(["security-group-rule", "security-group-rule"]),
+        "{out:#}"
+    );
+    assert_eq!(
+        out["rule_tags_after_revoke"],
+        json!([[false, [["env", "prod"]]]]),
+        "{out:#}"
+    );
+    assert_eq!(
+        out["rule_tag_missing"], "InvalidSecurityGroupRuleId.NotFound",
+        "{out:#}"
+    );
 }
 
 /// P4 under concurrency: two API servers on one store, 2 x 10 authorizations of one group
