@@ -11,6 +11,7 @@
 //! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
 //! state     pins, the state file and the apply lock of one network namespace
 //! store     the fleet's store (etcd): key layout, client, follower, import/export/status
+//! api       the EC2 Query API (aws CLI, boto3) writing groups into the store
 //! agent     one namespace's enforcement over time: apply, status, counters, explain, detach
 //! daemon    apply, then stay: reloads, metrics, flow logs, systemd notification
 //! cli       the `sg-agent` command line, one module per verb
@@ -20,6 +21,7 @@
 //! Product functions stay under 80 lines (clippy.toml); tests may be longer.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 pub mod agent;
+pub mod api;
 pub mod bind;
 pub mod cli;
 pub mod compile;

@@ -36,6 +36,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iperf3",
     "ethtool",
     "python3",
+    // venv for the aws CLI and boto3 of the API tests (install_aws_clients).
+    "python3-venv",
     "tcpdump",
     "openssl",
 ];
@@ -93,6 +95,7 @@ pub fn ensure() -> Result<Toolchain> {
     installed.extend(apt_install(&[llvm_dev.as_str()])?);
     installed.extend(apt_install(TEST_PACKAGES)?);
     installed.extend(install_store_packages()?);
+    installed.extend(install_aws_clients()?);
 
     let cargo = find_cargo()?;
     let linker_dir = cargo_home().join("bin");
@@ -135,6 +138,68 @@ pub fn ensure() -> Result<Toolchain> {
         rustc_bpf: rustc.to_path_buf(),
         clippy_bpf: PathBuf::from(CLIPPY_BPF),
     })
+}
+
+/// The real EC2 clients the API tests drive (docs/api.md), pinned, from PyPI: the aws CLI
+/// (v1: v2 is not published on PyPI; both send the same Query requests) and boto3.
+pub const AWS_CLIENTS: &[&str] = &["awscli==1.46.3", "boto3==1.44.8"];
+
+/// The project's own virtual environment of [`AWS_CLIENTS`], under target/ (never the
+/// system's Python packages). `sg_testkit::aws` finds it there.
+pub fn aws_venv() -> PathBuf {
+    crate::workspace_root().join("target/aws-venv")
+}
+
+/// Creates the venv and installs [`AWS_CLIENTS`] unless exactly those versions are present.
+fn install_aws_clients() -> Result<Vec<String>> {
+    let venv = aws_venv();
+    let python = venv.join("bin/python3");
+    let wanted: Vec<String> = AWS_CLIENTS.iter().map(|p| p.replace("==", " ")).collect();
+    let present = || {
+        let Ok(list) = output(Command::new(&python).args(["-m", "pip", "list"])) else {
+            return false;
+        };
+        let have: Vec<String> = list
+            .lines()
+            .map(|l| {
+                l.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            })
+            .collect();
+        wanted.iter().all(|w| have.contains(w))
+    };
+    if present() {
+        return Ok(vec![]);
+    }
+    eprintln!(
+        "==> installing {} into {}",
+        AWS_CLIENTS.join(" "),
+        venv.display()
+    );
+    if !python.exists() {
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+    }
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(AWS_CLIENTS))?;
+    if !present() {
+        bail!(
+            "{} lacks {} after pip install",
+            venv.display(),
+            AWS_CLIENTS.join(" ")
+        );
+    }
+    Ok(AWS_CLIENTS.iter().map(|p| (*p).to_string()).collect())
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

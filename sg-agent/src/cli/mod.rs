@@ -5,6 +5,7 @@
 //! are [`Error::InvalidInput`] (exit code 2, nothing changed); clap's own usage errors exit
 //! 2 as well; everything else is a runtime error (exit 1). docs/agent.md is the reference.
 
+mod api;
 mod apply;
 mod check;
 mod confirm;
@@ -100,6 +101,11 @@ enum Cmd {
                             sg-agent store --store etcd://192.0.2.1:2379 status"
     )]
     Store(store::Args),
+    /// Serve the EC2 Query API (aws CLI, boto3) on the fleet's store.
+    #[command(
+        after_help = "Example:\n  sg-agent api --store etcd://127.0.0.1:2379 --credentials /etc/sg/api-keys"
+    )]
+    Api(api::Args),
     /// Does this namespace enforce what a policy file (or the store) says? Compares the live
     /// maps with a fresh compile, by meaning.
     #[command(after_help = "Examples:\n  sg-agent verify examples/ec2-lab.yaml\n  \
@@ -170,6 +176,7 @@ impl Cli {
             Cmd::Detach => detach::run(&g),
             Cmd::Daemon(a) => daemon::run(&g, a),
             Cmd::Store(a) => store::run(&g, &a),
+            Cmd::Api(a) => api::run(&a),
             Cmd::Verify(a) => verify::run(&g, &a),
             Cmd::Completions(a) => docs::completions(&a),
             Cmd::Man => docs::man(),

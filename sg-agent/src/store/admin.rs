@@ -32,7 +32,15 @@ pub async fn import(store: &mut Store, loaded: &Loaded, name: &str) -> Result<Im
         .into_iter()
         .filter_map(|(k, v)| Some((Key::parse(&k)?, v)))
         .collect();
-    let new = policy_values(&loaded.policy);
+    // What other writers keep beside a group's payload (the EC2 API's VPC and tags) stays
+    // with the group: an import owns the payload only.
+    let new: Vec<(Key, Vec<u8>)> = policy_values(&loaded.policy)
+        .into_iter()
+        .map(|(k, v)| {
+            let v = keep_beside(&k, v, current.get(&k));
+            (k, v)
+        })
+        .collect();
     let mut combined: Vec<(String, Vec<u8>)> =
         new.iter().map(|(k, v)| (k.path(), v.clone())).collect();
     combined.extend(
@@ -68,6 +76,27 @@ pub async fn import(store: &mut Store, loaded: &Loaded, name: &str) -> Result<Im
         deleted,
         unchanged,
     })
+}
+
+/// `new` with the keys of `old` that are neither the schema nor the payload (JSON objects
+/// both; anything else leaves `new` as it is).
+fn keep_beside(key: &Key, new: Vec<u8>, old: Option<&Vec<u8>>) -> Vec<u8> {
+    let Some(old) = old else { return new };
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(mut v))) = (
+        serde_json::from_slice::<serde_json::Value>(old),
+        serde_json::from_slice::<serde_json::Value>(&new),
+    ) else {
+        return new;
+    };
+    let extra: Vec<_> = old
+        .into_iter()
+        .filter(|(k, _)| k != "schema" && !v.contains_key(k))
+        .collect();
+    if extra.is_empty() || !matches!(key, Key::Group(_)) {
+        return new;
+    }
+    v.extend(extra);
+    serde_json::to_vec(&v).expect("JSON values serialize")
 }
 
 /// Keys an import owns (everything but what hosts write).
@@ -183,4 +212,24 @@ fn interface_names(instance: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An import rewrites a group's payload and keeps what the EC2 API keeps beside it.
+    #[test]
+    fn an_import_keeps_what_others_wrote_beside_a_groups_payload() {
+        let key = Key::Group("sg-a".into());
+        let old = br#"{"ec2":{"tags":{"env":"prod"}},"group":{"id":"sg-a"},"schema":1}"#.to_vec();
+        let new = br#"{"group":{"id":"sg-a","name":"a"},"schema":1}"#.to_vec();
+        let kept: serde_json::Value =
+            serde_json::from_slice(&keep_beside(&key, new.clone(), Some(&old))).unwrap();
+        assert_eq!(kept["ec2"]["tags"]["env"], "prod");
+        assert_eq!(kept["group"]["name"], "a");
+        assert_eq!(keep_beside(&key, new.clone(), None), new);
+        let other = Key::Instance("i".into());
+        assert_eq!(keep_beside(&other, new.clone(), Some(&old)), new);
+    }
 }

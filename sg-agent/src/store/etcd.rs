@@ -200,7 +200,7 @@ impl Credentials {
 
 /// Refuses a credentials file that group or others can access, or that someone other than root
 /// or the current user owns (they could rewrite it to point at their own CA).
-fn check_private(mode: u32, owner: u32, euid: u32) -> Result<()> {
+pub(crate) fn check_private(mode: u32, owner: u32, euid: u32) -> Result<()> {
     if mode & 0o077 != 0 {
         bail!(
             "the file is accessible by group or others (mode {:04o}); credentials live in a \
@@ -508,6 +508,42 @@ impl Store {
         deletes: Vec<String>,
         delete_prefixes: Vec<String>,
     ) -> Result<Option<i64>> {
+        let compares: Vec<Compare> = expect
+            .iter()
+            .map(|e| {
+                let key = self.full_key(&e.key);
+                Compare::mod_revision(key, CompareOp::Equal, e.mod_revision)
+            })
+            .collect();
+        self.commit_when(compares, puts, deletes, delete_prefixes)
+            .await
+    }
+
+    /// [`Store::commit`] if no key under the prefix followed by `sub` was written after
+    /// `revision` (a read-modify-write of a listing at that revision): `Some(revision)`, or
+    /// `None` when one was and nothing was written. A key deleted meanwhile is not seen by
+    /// this comparison: writers that delete also write a key under `sub` in the same
+    /// transaction when they need their deletes seen (the EC2 API does).
+    pub async fn commit_if_unchanged_since(
+        &mut self,
+        sub: &str,
+        revision: i64,
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+    ) -> Result<Option<i64>> {
+        let range = self.full_key(sub);
+        let compare =
+            Compare::mod_revision(range, CompareOp::Less, revision.saturating_add(1)).with_prefix();
+        self.commit_when(vec![compare], puts, deletes, vec![]).await
+    }
+
+    async fn commit_when(
+        &mut self,
+        compares: Vec<Compare>,
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+        delete_prefixes: Vec<String>,
+    ) -> Result<Option<i64>> {
         let op = format!(
             "commit under {} ({} puts, {} deletes, {} prefix deletes)",
             self.prefix,
@@ -517,13 +553,6 @@ impl Store {
         );
         let ops = plan_txn(&self.prefix, puts, deletes, delete_prefixes)
             .with_context(|| format!("etcd {}: {op}", self.label))?;
-        let compares: Vec<Compare> = expect
-            .iter()
-            .map(|e| {
-                let key = self.full_key(&e.key);
-                Compare::mod_revision(key, CompareOp::Equal, e.mod_revision)
-            })
-            .collect();
         let txn = Txn::new()
             .when(compares)
             .and_then(ops.into_iter().map(TxnOp::from).collect::<Vec<_>>());

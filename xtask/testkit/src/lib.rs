@@ -9,6 +9,7 @@
 //! agent_harness      the agent tests' two-namespace site driving the real sg-agent binary
 //! etcd               real etcd clusters in namespaces, hosts beside them, fault controls
 //! fleet              agents following one etcd store on those hosts, traffic between them
+//! aws                the aws CLI and boto3 (target/aws-venv) against `sg-agent api`
 //! ```
 //!
 //! One harness per level a test runs at: the model (`sg_agent::model`, no harness needed),
@@ -16,6 +17,7 @@
 //! two namespaces (`agent_harness`), and whole labs of hosts with real clients and servers
 //! (`sg_lab::bed` and its probe tables, `sg_lab::probe::table`).
 pub mod agent_harness;
+pub mod aws;
 pub mod dataplane_harness;
 pub mod etcd;
 pub mod fleet;
