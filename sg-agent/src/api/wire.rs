@@ -301,14 +301,16 @@ pub fn call(form: &Form) -> Result<Call, Fault> {
     })
 }
 
+/// The direction an action names: `...Egress` or else ingress.
+fn direction_of(action: &str) -> Direction {
+    if action.ends_with("Egress") {
+        Direction::Egress
+    } else {
+        Direction::Ingress
+    }
+}
+
 fn request(action: &str, f: &Form) -> Result<Request, Fault> {
-    let dir = |a: &str| {
-        if a.ends_with("Egress") {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        }
-    };
     Ok(match action {
         "CreateSecurityGroup" => Request::CreateSecurityGroup {
             name: f.required("GroupName")?,
@@ -326,13 +328,13 @@ fn request(action: &str, f: &Form) -> Result<Request, Fault> {
             page: page(f)?,
         },
         "AuthorizeSecurityGroupIngress" | "AuthorizeSecurityGroupEgress" => Request::Authorize {
-            direction: dir(action),
+            direction: direction_of(action),
             group: group_ref(f)?,
             permissions: permissions(f)?,
             tags: tag_specifications(f),
         },
         "RevokeSecurityGroupIngress" | "RevokeSecurityGroupEgress" => Request::Revoke {
-            direction: dir(action),
+            direction: direction_of(action),
             group: group_ref(f)?,
             permissions: permissions(f)?,
             rule_ids: f.strings("SecurityGroupRuleId"),
@@ -364,17 +366,10 @@ fn request(action: &str, f: &Form) -> Result<Request, Fault> {
 
 /// Edits of existing rules and the smaller lookups.
 fn more_request(action: &str, f: &Form) -> Result<Request, Fault> {
-    let dir = |a: &str| {
-        if a.ends_with("Egress") {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        }
-    };
     Ok(match action {
         "UpdateSecurityGroupRuleDescriptionsIngress"
         | "UpdateSecurityGroupRuleDescriptionsEgress" => Request::UpdateDescriptions {
-            direction: dir(action),
+            direction: direction_of(action),
             group: group_ref(f)?,
             permissions: permissions(f)?,
             by_id: f

@@ -5,7 +5,10 @@
 //! Owns only that ordering and bookkeeping; hosts, servers, the agent and probes are the
 //! other lab modules'.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
 
 use crate::agents::{Agents, Counters, Flow};
 use crate::probe::{self, Probe, Row};
@@ -110,6 +113,16 @@ impl Bed {
     /// groups (YAML list items). The policy most end-to-end tests need: it never restates an
     /// address the bed already knows. Returns the last agent's output.
     pub fn apply_members(&self, groups: &str, members: &[(&str, &str)]) -> String {
+        let hosts: Vec<&str> = members.iter().map(|(name, _)| *name).collect();
+        self.apply(&hosts, &self.members_text(groups, members))
+    }
+
+    /// The policy [`Bed::apply_members`] applies, written to a file and not applied.
+    pub fn members_policy(&self, groups: &str, members: &[(&str, &str)]) -> PathBuf {
+        self.policy(&self.members_text(groups, members))
+    }
+
+    fn members_text(&self, groups: &str, members: &[(&str, &str)]) -> String {
         let mut text = format!("{groups}instances:\n");
         for (name, member_of) in members {
             let h = self.host(name);
@@ -119,8 +132,35 @@ impl Bed {
                 h.v6()
             ));
         }
-        let hosts: Vec<&str> = members.iter().map(|(name, _)| *name).collect();
-        self.apply(&hosts, &text)
+        text
+    }
+
+    /// Runs the shell command line `cmd` in one SSH session from host `from` to `to` (port
+    /// 22), as an administrator would; sshd sets SSH_CONNECTION. Bounded to 30 s.
+    pub fn over_ssh(&self, from: &str, to: IpAddr, cmd: &str) -> Output {
+        let argv = svc::ssh_args(&self.files, to, 22, cmd);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.host(from)
+            .ns
+            .run(&argv, Duration::from_secs(30))
+            .expect("ssh ran")
+    }
+
+    /// The shell command that runs `sg-agent ARGS` inside an SSH session ([`Bed::over_ssh`]).
+    /// The lab's sshd has a private /run (`services::sshd`), so the agent enters this test
+    /// process's mount namespace (`nsenter -m`) to share /run/sg and /sys/fs/bpf with the
+    /// agents the test runs; it stays in the host's network namespace.
+    pub fn agent_cmd_for_ssh(&self, args: &str) -> String {
+        format!(
+            "nsenter -m -t {} {} {args}",
+            std::process::id(),
+            self.agents.bin().display()
+        )
+    }
+
+    /// Whether a new SSH connection from host `from` to `to` gets in (3 s connect timeout).
+    pub fn new_ssh_works(&self, from: &str, to: IpAddr) -> bool {
+        svc::ssh(self.host(from), &self.files, to, 22).expect("ssh ran")
     }
 
     /// [`Bed::apply_members`] with inst the only member.

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 use sg_testkit::agent_harness::text;
-use sg_testkit::aws::ApiServer;
+use sg_testkit::aws::{ARTICLE_DB_PERMISSION, ApiServer};
 use sg_testkit::fleet::Fleet;
 
 /// The article's groups before its commands: sg-0a1b2c3d (the HTTPS example), sg-web and
@@ -93,7 +93,7 @@ fn p1_p3_the_articles_commands_print_what_the_article_shows() {
         "--group-id",
         "sg-db",
         "--ip-permissions",
-        r#"IpProtocol=tcp,FromPort=3306,ToPort=3306,UserIdGroupPairs=[{GroupId=sg-web,Description="Allow web tier to DB"}]"#,
+        ARTICLE_DB_PERMISSION,
     ]);
     let rule = &out["SecurityGroupRules"][0];
     assert_article_fields(
@@ -130,7 +130,7 @@ fn p1_p3_the_articles_commands_print_what_the_article_shows() {
         "--group-id",
         "sg-db",
         "--ip-permissions",
-        r#"IpProtocol=tcp,FromPort=3306,ToPort=3306,UserIdGroupPairs=[{GroupId=sg-web,Description="Allow web tier to DB"}]"#,
+        ARTICLE_DB_PERMISSION,
     ];
     assert_eq!(api.aws_ok(&same)["Return"], true);
     api.aws_err(&same, "InvalidPermission.NotFound");
@@ -162,7 +162,7 @@ fn describe_output_round_trips_through_sg_agent_check() {
         "--group-id",
         "sg-db",
         "--ip-permissions",
-        r#"IpProtocol=tcp,FromPort=3306,ToPort=3306,UserIdGroupPairs=[{GroupId=sg-web,Description="Allow web tier to DB"}]"#,
+        ARTICLE_DB_PERMISSION,
         r#"IpProtocol=icmp,FromPort=8,ToPort=-1,IpRanges=[{CidrIp=198.51.100.0/24}]"#,
     ]);
     let d = api.aws_ok(&["ec2", "describe-security-groups"]);

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use sg_testkit::aws::ApiServer;
+use sg_testkit::aws::{ARTICLE_DB_PERMISSION, ApiServer};
 use sg_testkit::fleet::{CONVERGE, DB, Fleet, STARTUP, WEB1, WEB3};
 
 /// sg-db admits nothing yet (D1): the API adds the rule.
@@ -43,7 +43,7 @@ fn p10_an_api_authorize_opens_real_tcp_and_a_revoke_closes_new_connections() {
         "--group-id",
         "sg-db",
         "--ip-permissions",
-        r#"IpProtocol=tcp,FromPort=3306,ToPort=3306,UserIdGroupPairs=[{GroupId=sg-web,Description="Allow web tier to DB"}]"#,
+        ARTICLE_DB_PERMISSION,
     ]);
     let called = t0.elapsed();
     let rule_id = out["SecurityGroupRules"][0]["SecurityGroupRuleId"]

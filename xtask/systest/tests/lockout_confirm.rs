@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sg_lab::bed::Bed;
 use sg_lab::bed::Server::*;
 use sg_lab::scenario::{INST, MY_IP};
-use sg_lab::services as svc;
+use sg_testkit::agent_harness::text;
 
 /// SSH from my-ip (IPv4 and IPv6): the administrator's way in.
 const GOOD: &str = r#"
@@ -45,56 +45,25 @@ fn bed() -> Bed {
     bed
 }
 
-/// A policy file of `groups` with inst its only member (as [`Bed::apply_to_inst`] writes).
+/// A policy file of `groups` with inst its only member, in sg-web.
 fn policy(bed: &Bed, groups: &str) -> String {
-    let h = bed.host("inst");
-    let text = format!(
-        "{groups}instances:\n  - {{name: inst, addresses: [{}, \"{}\"], groups: [sg-web]}}\n",
-        h.v4(),
-        h.v6()
-    );
-    bed.policy(&text).display().to_string()
+    let p = bed.members_policy(groups, &[("inst", "sg-web")]);
+    p.display().to_string()
 }
 
-/// `sg-agent ARGS` on inst, typed by the administrator in an SSH session from my-ip: sshd
-/// sets SSH_CONNECTION. The lab's sshd has a private /run (services::sshd), so the agent
-/// enters this test's mount namespace (`nsenter -m`) to share /run/sg and /sys/fs/bpf with
-/// the agents the test runs; it stays in inst's network namespace.
+/// `sg-agent ARGS` on inst, typed by the administrator in an SSH session from my-ip.
 fn over_ssh(bed: &Bed, args: &str) -> Output {
-    over_ssh_sh(bed, &agent_cmd(bed, args))
-}
-
-/// The shell command that runs `sg-agent ARGS` in the SSH session (see [`over_ssh`]).
-fn agent_cmd(bed: &Bed, args: &str) -> String {
-    format!(
-        "nsenter -m -t {} {} {args}",
-        std::process::id(),
-        bed.agents.bin().display()
-    )
+    over_ssh_sh(bed, &bed.agent_cmd_for_ssh(args))
 }
 
 /// Runs a shell command line on inst in one SSH session from my-ip.
 fn over_ssh_sh(bed: &Bed, cmd: &str) -> Output {
-    let argv = svc::ssh_args(&bed.files, bed.host("inst").v4(), 22, cmd);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    bed.host("my-ip")
-        .ns
-        .run(&argv, Duration::from_secs(30))
-        .expect("ssh ran")
+    bed.over_ssh("my-ip", bed.host("inst").v4(), cmd)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Whether a NEW SSH connection from my-ip to inst gets in (3 s connect timeout).
+/// Whether a NEW SSH connection from my-ip to inst gets in.
 fn new_ssh_works(bed: &Bed) -> bool {
-    svc::ssh(bed.host("my-ip"), &bed.files, bed.host("inst").v4(), 22).expect("ssh ran")
+    bed.new_ssh_works("my-ip", bed.host("inst").v4())
 }
 
 /// `sg-agent --json status` on inst from the test (an agent start: it reverts an overdue
@@ -212,8 +181,8 @@ fn l1_a_change_confirmed_in_time_stays_and_other_applies_wait() {
     let good = policy(&bed, GOOD);
     let cmd = format!(
         "{} && {}",
-        agent_cmd(&bed, &format!("apply --confirm 20s {good}")),
-        agent_cmd(&bed, "confirm")
+        bed.agent_cmd_for_ssh(&format!("apply --confirm 20s {good}")),
+        bed.agent_cmd_for_ssh("confirm")
     );
     let o = over_ssh_sh(&bed, &cmd);
     assert!(o.status.success(), "{}", text(&o));

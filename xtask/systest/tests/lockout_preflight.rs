@@ -5,12 +5,11 @@
 //! the message names the interface, its groups and the rule needed) unless `--force`.
 use std::net::IpAddr;
 use std::process::Output;
-use std::time::Duration;
 
 use sg_lab::bed::Bed;
 use sg_lab::bed::Server::*;
 use sg_lab::scenario::{INST, MY_IP};
-use sg_lab::services as svc;
+use sg_testkit::agent_harness::text;
 
 /// SSH from my-ip (IPv4 and IPv6).
 const GOOD: &str = r#"
@@ -36,45 +35,19 @@ security_groups:
       - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
 "#;
 
+/// A policy file of `groups` with inst its only member, in sg-web.
 fn policy(bed: &Bed, groups: &str) -> String {
-    let h = bed.host("inst");
-    let text = format!(
-        "{groups}instances:\n  - {{name: inst, addresses: [{}, \"{}\"], groups: [sg-web]}}\n",
-        h.v4(),
-        h.v6()
-    );
-    bed.policy(&text).display().to_string()
+    let p = bed.members_policy(groups, &[("inst", "sg-web")]);
+    p.display().to_string()
 }
 
-/// `sg-agent ARGS` on inst in an SSH session from my-ip to `to` (sshd sets
-/// SSH_CONNECTION). The lab's sshd has a private /run, so the agent enters this test's mount
-/// namespace (`nsenter -m`) to share /run/sg and /sys/fs/bpf; its network namespace stays
-/// inst's.
+/// `sg-agent ARGS` on inst in an SSH session from my-ip to `to` (sshd sets SSH_CONNECTION).
 fn over_ssh(bed: &Bed, to: IpAddr, args: &str) -> Output {
-    let cmd = format!(
-        "nsenter -m -t {} {} {args}",
-        std::process::id(),
-        bed.agents.bin().display()
-    );
-    let argv = svc::ssh_args(&bed.files, to, 22, &cmd);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    bed.host("my-ip")
-        .ns
-        .run(&argv, Duration::from_secs(30))
-        .expect("ssh ran")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    bed.over_ssh("my-ip", to, &bed.agent_cmd_for_ssh(args))
 }
 
 fn new_ssh_works(bed: &Bed, to: IpAddr) -> bool {
-    svc::ssh(bed.host("my-ip"), &bed.files, to, 22).expect("ssh ran")
+    bed.new_ssh_works("my-ip", to)
 }
 
 fn source(bed: &Bed) -> serde_json::Value {

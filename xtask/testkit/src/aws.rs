@@ -21,6 +21,10 @@ const CLIENT: Duration = Duration::from_secs(60);
 pub const KEY_ID: &str = "AKIASGAPITEST0000001";
 pub const SECRET: &str = "sg-api-test-secret/0123456789abcdefABCDEF";
 
+/// The seed article's group rule, as its `--ip-permissions` argument: sg-web -> sg-db on
+/// MySQL's port.
+pub const ARTICLE_DB_PERMISSION: &str = r#"IpProtocol=tcp,FromPort=3306,ToPort=3306,UserIdGroupPairs=[{GroupId=sg-web,Description="Allow web tier to DB"}]"#;
+
 /// The virtual environment of the aws CLI and boto3; panics with the remedy when missing.
 pub fn venv() -> PathBuf {
     let v = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/aws-venv");
