@@ -133,11 +133,6 @@ impl StoreSource {
         }
     }
 
-    /// The native document (None when a value of the snapshot cannot be read).
-    pub fn document(&self) -> Option<&Value> {
-        self.rendered.as_ref().ok().map(|r| &r.doc)
-    }
-
     fn rendered(&self) -> Result<&Rendered> {
         self.rendered
             .as_ref()

@@ -41,6 +41,24 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[MY_IP, INTERNET];
 /// The web server launched during the run (R1).
 pub const NEW_WEB: (&str, &str, &str) = ("web-3", "192.0.2.13", "2001:db8:10::13");
 
+/// sg-web admitting SSH from my-ip alone (IPv4 and IPv6): the administrator's way in (L1,
+/// L2).
+pub const SSH_FROM_MY_IP: &str = r#"
+security_groups:
+  - id: sg-web
+    ingress:
+      - {protocol: tcp, ports: 22, source: [198.51.100.10/32, "2001:db8:20::10/128"]}
+"#;
+
+/// sg-web without its SSH rule, only HTTPS from anywhere: the mistake that locks the
+/// administrator out (L1, L2).
+pub const HTTPS_ONLY: &str = r#"
+security_groups:
+  - id: sg-web
+    ingress:
+      - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
+"#;
+
 /// The prefix of the namespaces of a lab a person runs (`sg-lab`): `sglab-web-1`, ...
 pub const LAB_PREFIX: &str = "sglab-";
 

@@ -9,24 +9,13 @@ use std::time::{Duration, Instant};
 
 use sg_lab::bed::Bed;
 use sg_lab::bed::Server::*;
-use sg_lab::scenario::{INST, MY_IP};
+use sg_lab::scenario::{HTTPS_ONLY, INST, MY_IP, SSH_FROM_MY_IP};
 use sg_testkit::agent_harness::text;
 
-/// SSH from my-ip (IPv4 and IPv6): the administrator's way in.
-const GOOD: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 22, source: [198.51.100.10/32, "2001:db8:20::10/128"]}
-"#;
+const GOOD: &str = SSH_FROM_MY_IP;
 
 /// A mistake: the SSH rule is gone, only HTTPS is left.
-const BAD: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
-"#;
+const BAD: &str = HTTPS_ONLY;
 
 /// A change that keeps SSH: HTTPS added.
 const MORE: &str = r#"

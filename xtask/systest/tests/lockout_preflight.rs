@@ -8,16 +8,10 @@ use std::process::Output;
 
 use sg_lab::bed::Bed;
 use sg_lab::bed::Server::*;
-use sg_lab::scenario::{INST, MY_IP};
+use sg_lab::scenario::{HTTPS_ONLY, INST, MY_IP, SSH_FROM_MY_IP};
 use sg_testkit::agent_harness::text;
 
-/// SSH from my-ip (IPv4 and IPv6).
-const GOOD: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 22, source: [198.51.100.10/32, "2001:db8:20::10/128"]}
-"#;
+const GOOD: &str = SSH_FROM_MY_IP;
 
 /// SSH from my-ip's IPv4 address only, and from a network the administrator is not in.
 const V4_ONLY: &str = r#"
@@ -28,12 +22,7 @@ security_groups:
 "#;
 
 /// The SSH rule is gone.
-const NO_SSH: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
-"#;
+const NO_SSH: &str = HTTPS_ONLY;
 
 /// A policy file of `groups` with inst its only member, in sg-web.
 fn policy(bed: &Bed, groups: &str) -> String {

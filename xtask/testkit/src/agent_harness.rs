@@ -22,8 +22,10 @@ pub const CLI: &str = "192.0.2.10";
 /// A second client address, outside the policies' /32 rules and group memberships.
 pub const CLI2: &str = "192.0.2.12";
 
-/// The Python helpers, written once per test into the site's directory.
-const SERVER_PY: &str = r#"
+/// The Python helpers, written once per test into the site's directory. The server takes
+/// specs like "tcp:5001", "udp:5353", "sink:5009:/path" and prints "ready" once it listens
+/// (the fleet harness serves with it too).
+pub(crate) const SERVER_PY: &str = r#"
 import socket, sys, threading, json, time
 def tcp_echo(port):
     s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -165,6 +167,19 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// A server started with its stdout piped, once it has printed "ready" (panics otherwise).
+pub(crate) fn ready(mut child: Child, what: String) -> Bg {
+    let mut line = [0u8; 6];
+    let read = child.stdout.as_mut().map(|o| o.read_exact(&mut line));
+    let bg = Bg { child, what };
+    assert!(
+        matches!(read, Some(Ok(()))) && &line == b"ready\n",
+        "{} did not start",
+        bg.what
+    );
+    bg
 }
 
 /// A long-running process killed (SIGKILL) and reaped on drop.
@@ -378,19 +393,8 @@ impl Site {
 
     /// Starts the Python server in srv: specs like "tcp:5001", "udp:5353", "sink:5009:/path".
     pub fn serve(&mut self, specs: &[&str]) {
-        let mut child = self.python(&self.srv, "server.py", specs);
-        let mut line = [0u8; 6];
-        child
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut line)
-            .expect("server said ready");
-        assert_eq!(&line, b"ready\n");
-        self.servers.push(Bg {
-            child,
-            what: "server.py".into(),
-        });
+        let child = self.python(&self.srv, "server.py", specs);
+        self.servers.push(ready(child, "server.py in srv".into()));
     }
 
     /// `sg-agent ARGS` in srv (bounded to 60 s).

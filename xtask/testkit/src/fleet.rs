@@ -8,14 +8,13 @@
 //! left of their pins and state, before the cluster (and with it the namespaces) goes: a
 //! failing test leaves nothing behind.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agent_harness::{Bg, netns_inode, run_bounded, text};
+use crate::agent_harness::{Bg, SERVER_PY, netns_inode, ready, run_bounded, text};
 use crate::etcd::{EtcdCluster, EtcdOptions};
 use crate::netns::{Netns, require_root};
 
@@ -57,28 +56,6 @@ security_groups:
 pub fn policy_b() -> String {
     POLICY_A.replace("ports: 3306", "ports: 3307")
 }
-
-/// A TCP echo server on every port it is given (IPv4), ready when it prints "ready".
-const SERVER_PY: &str = r#"
-import socket, sys, threading
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
-    def echo(c):
-        try:
-            while True:
-                d = c.recv(65536)
-                if not d: break
-                c.sendall(d)
-        except OSError: pass
-        c.close()
-    while True:
-        c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
-for p in sys.argv[1:]:
-    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"#;
 
 /// One TCP connect from SRC to DST:PORT and an echo, within TIMEOUT seconds: exit 0 when it
 /// went through, 1 when not (refused, dropped: timed out).
@@ -320,22 +297,13 @@ impl Fleet {
     pub fn serve(&mut self, host: &str, ports: &[u16]) {
         let mut c = self.ns(host).cmd("python3");
         c.arg(self.dir.join("server.py"))
-            .args(ports.iter().map(u16::to_string))
+            .args(ports.iter().map(|p| format!("tcp:{p}")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let mut child = c.spawn().expect("spawn server.py");
-        let mut line = [0u8; 6];
-        let read = child.stdout.as_mut().unwrap().read_exact(&mut line);
-        let bg = Bg {
-            child,
-            what: format!("server.py on {host}"),
-        };
-        assert!(
-            read.is_ok() && &line == b"ready\n",
-            "the server on {host} did not start"
-        );
-        self.servers.push(bg);
+        let child = c.spawn().expect("spawn server.py");
+        self.servers
+            .push(ready(child, format!("server.py on {host}")));
     }
 
     /// One TCP connect (and echo) from the host's address to `dst:port`, 1 s timeout: does the
