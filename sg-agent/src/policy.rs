@@ -1,5 +1,6 @@
 //! The validated policy model: groups, rules, prefix lists, interfaces (group membership),
-//! conntrack timeouts and quotas, exactly as SEMANTICS.md talks about them.
+//! conntrack timeouts and quotas, and the network ACLs of subnets, exactly as SEMANTICS.md
+//! talks about them.
 //!
 //! Everything here has already passed validation (`config`): ids are well formed, references
 //! resolve, CIDRs are canonical, quotas hold. This module owns plain data and tiny accessors
@@ -25,6 +26,14 @@ pub struct RuleId(pub String);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PrefixListId(pub String);
 
+/// `acl-...`: a network ACL id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NaclId(pub String);
+
+/// `subnet-...`: a subnet id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubnetId(pub String);
+
 macro_rules! display_id {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -39,7 +48,7 @@ macro_rules! display_id {
         }
     )*};
 }
-display_id!(GroupId, RuleId, PrefixListId);
+display_id!(GroupId, RuleId, PrefixListId, NaclId, SubnetId);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
@@ -256,6 +265,9 @@ pub struct Quotas {
     pub groups_per_interface: u32,
     /// Q2: rules per group x groups per interface.
     pub rules_per_interface: u32,
+    /// A24: network ACL rules per NACL, direction and family, the `*` rule included (20 by
+    /// default, 40 at most in AWS; sg lets a lab raise it further, e.g. for the bench).
+    pub nacl_rules_per_list: u32,
 }
 
 impl Default for Quotas {
@@ -264,6 +276,7 @@ impl Default for Quotas {
             rules_per_group: 60,
             groups_per_interface: 5,
             rules_per_interface: 1000,
+            nacl_rules_per_list: 20,
         }
     }
 }
@@ -275,6 +288,10 @@ pub struct Policy {
     pub prefix_lists: BTreeMap<PrefixListId, PrefixList>,
     pub interfaces: Vec<Interface>,
     pub quotas: Quotas,
+    /// Network ACLs (A2-A12); empty when the input has none.
+    pub network_acls: BTreeMap<NaclId, NetworkAcl>,
+    /// Subnets, each with exactly one NACL (A12); empty when the input has none.
+    pub subnets: Vec<Subnet>,
 }
 
 impl Policy {
@@ -292,4 +309,84 @@ impl Policy {
     pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
         self.all_rules().find(|r| &r.id == id)
     }
+
+    pub fn subnet(&self, id: &SubnetId) -> Option<&Subnet> {
+        self.subnets.iter().find(|s| &s.id == id)
+    }
+
+    /// The subnet whose CIDR holds `addr` (subnets never overlap: validated).
+    pub fn subnet_of(&self, addr: IpAddr) -> Option<&Subnet> {
+        self.subnets
+            .iter()
+            .find(|s| s.cidrs.iter().any(|c| c.contains(&addr)))
+    }
+}
+
+/// A5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NaclAction {
+    Allow,
+    Deny,
+}
+
+/// One numbered network ACL entry (A3-A5, A17-A20).
+///
+/// `protocol` is normalised by validation: TCP/UDP carry their port range (A18); ICMP (1, or
+/// 58 with an IPv6 CIDR) its type and code (A19); -1 is `All`; every other number, and 58 with
+/// an IPv4 CIDR, is `Number(n)`, which matches all of its traffic whatever ports were given
+/// (A17).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NaclEntry {
+    /// 1-32766 (A3); unique per NACL and direction across both families (A7).
+    pub number: u16,
+    pub action: NaclAction,
+    pub protocol: Protocol,
+    /// Canonical (A20); its family decides which traffic the entry can match (A8).
+    pub cidr: IpNet,
+    pub origin: Origin,
+}
+
+/// The number AWS shows for the `*` rule of a family (A6).
+pub fn nacl_default_number(family: Family) -> u32 {
+    match family {
+        Family::V4 => 32767,
+        Family::V6 => 32768,
+    }
+}
+
+/// A network ACL: two independent numbered lists (A2). The `*` rules are implicit (A6): they
+/// are not in the lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkAcl {
+    pub id: NaclId,
+    /// The VPC's default NACL (A9): it cannot be deleted.
+    pub is_default: bool,
+    /// Sorted by number.
+    pub inbound: Vec<NaclEntry>,
+    /// Sorted by number.
+    pub outbound: Vec<NaclEntry>,
+    pub origin: Origin,
+}
+
+impl NetworkAcl {
+    /// The list judging traffic entering (`Ingress`: inbound) or leaving (`Egress`: outbound)
+    /// the subnet.
+    pub fn entries(&self, dir: Direction) -> &[NaclEntry] {
+        match dir {
+            Direction::Ingress => &self.inbound,
+            Direction::Egress => &self.outbound,
+        }
+    }
+}
+
+/// A subnet: its CIDRs (one IPv4, optionally one IPv6) and its one NACL (A12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub id: SubnetId,
+    pub cidrs: Vec<IpNet>,
+    pub network_acl: NaclId,
+    /// The router's device facing this subnet, when the input names one. Otherwise a router
+    /// binds the subnet to its interface holding an address inside one of `cidrs`.
+    pub router_device: Option<String>,
+    pub origin: Origin,
 }

@@ -192,6 +192,12 @@ pub mod iface_flags {
     pub const TRACKED_ONLY_IN: u32 = 1 << 2;
     /// The egress scope has no untracked (C4) point (see [`TRACKED_ONLY_IN`]).
     pub const TRACKED_ONLY_OUT: u32 = 1 << 3;
+    /// A router's interface facing a subnet: the subnet's network ACL is enforced here,
+    /// statelessly (A1, A13-A14). Ingress (traffic leaving the subnet) meets the NACL's
+    /// outbound list in `scope_out`, matched on the destination address; egress (traffic
+    /// entering the subnet) meets its inbound list in `scope_in`, matched on the source
+    /// address. No conntrack, no related-ICMP pass (A22).
+    pub const NACL: u32 = 1 << 4;
 }
 
 /// Data part of a [`maps::PEERS`] LPM key.
@@ -315,6 +321,10 @@ const _: () = assert!(size_of::<RuleVal>() == 8);
 pub mod rule_flags {
     /// C4: the flow is not tracked; every packet is judged by the rules.
     pub const UNTRACKED: u32 = 1 << 0;
+    /// A network ACL rule that denies (A5); the packet is dropped and the rule charged.
+    pub const DENY: u32 = 1 << 1;
+    /// A network ACL "rule" for the router's own addresses (A21): passed, nothing charged.
+    pub const ROUTER_LOCAL: u32 = 1 << 2;
     /// In a [`super::PortPage`] only: `slot` is the number of the child page (same class and
     /// protocol) that splits this segment; not a rule.
     pub const PAGE: u32 = 1 << 31;
@@ -534,6 +544,10 @@ pub enum Reason {
     PassNdp = 7,
     /// DHCPv4/DHCPv6 client exchange (N2).
     PassDhcp = 8,
+    /// A network ACL rule allowed the packet (A5); stateless, nothing created.
+    PassNaclRule = 9,
+    /// Traffic to or from the router's own addresses on a NACL interface (A21).
+    PassRouterLocal = 10,
     // --- drop ---
     /// No rule allows the packet (E1).
     DropNoRule = 16,
@@ -558,10 +572,12 @@ pub enum Reason {
     /// First fragment too short to hold the transport header, or a fragment with an offset
     /// that overlaps the transport header.
     DropBadFragment = 26,
+    /// A network ACL rule denied the packet: a numbered deny or the `*` rule (A5, A6).
+    DropNaclRule = 27,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 23] = [
         Reason::PassRuleNew,
         Reason::PassRuleUntracked,
         Reason::PassCtOriginal,
@@ -571,6 +587,8 @@ impl Reason {
         Reason::PassNonIp,
         Reason::PassNdp,
         Reason::PassDhcp,
+        Reason::PassNaclRule,
+        Reason::PassRouterLocal,
         Reason::DropNoRule,
         Reason::DropNoPolicy,
         Reason::DropCtFull,
@@ -582,6 +600,7 @@ impl Reason {
         Reason::DropBadExtHdr,
         Reason::DropBadL4,
         Reason::DropBadFragment,
+        Reason::DropNaclRule,
     ];
     /// Size of [`maps::REASON_COUNTERS`].
     pub const COUNT: u32 = 32;
@@ -614,6 +633,8 @@ impl Reason {
             Reason::PassNonIp => "pass_non_ip",
             Reason::PassNdp => "pass_ndp",
             Reason::PassDhcp => "pass_dhcp",
+            Reason::PassNaclRule => "pass_nacl_rule",
+            Reason::PassRouterLocal => "pass_router_local",
             Reason::DropNoRule => "drop_no_rule",
             Reason::DropNoPolicy => "drop_no_policy",
             Reason::DropCtFull => "drop_conntrack_full",
@@ -625,6 +646,7 @@ impl Reason {
             Reason::DropBadExtHdr => "drop_malformed_ipv6_ext",
             Reason::DropBadL4 => "drop_malformed_l4",
             Reason::DropBadFragment => "drop_malformed_fragment",
+            Reason::DropNaclRule => "drop_nacl_rule",
         }
     }
 }

@@ -81,7 +81,7 @@ pub fn allowing_rules<'p>(
 }
 
 /// An IPv4-mapped IPv6 address is the IPv4 address it maps (see the module doc).
-fn canonical(a: IpAddr) -> IpAddr {
+pub(crate) fn canonical(a: IpAddr) -> IpAddr {
     match a {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -150,7 +150,7 @@ fn peer_match_len(policy: &Policy, peer: &Peer, remote: IpAddr) -> Option<u8> {
 }
 
 /// Containment within one family: an IPv6 CIDR never holds an IPv4 (or IPv4-mapped) remote.
-fn cidr_contains(net: &IpNet, remote: IpAddr) -> bool {
+pub(crate) fn cidr_contains(net: &IpNet, remote: IpAddr) -> bool {
     match (net, remote) {
         (IpNet::V4(n), IpAddr::V4(a)) => n.contains(&a),
         (IpNet::V6(n), IpAddr::V6(a)) => n.contains(&a),
@@ -159,7 +159,7 @@ fn cidr_contains(net: &IpNet, remote: IpAddr) -> bool {
 }
 
 /// F1-F4, E6.
-fn protocol_matches(p: &Protocol, proto: u8, port: u16) -> bool {
+pub(crate) fn protocol_matches(p: &Protocol, proto: u8, port: u16) -> bool {
     let icmp = |m: &IcmpMatch| match m {
         IcmpMatch::All => true,
         IcmpMatch::Type(t) => (port >> 8) as u8 == *t,

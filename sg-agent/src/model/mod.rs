@@ -19,6 +19,7 @@
 
 pub mod build;
 pub mod decide;
+pub mod nacl;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
