@@ -17,12 +17,21 @@
 //!    the same device are other hosts' interfaces that reuse the device name, and are dropped);
 //!    only weak claims is an error (the addresses do not match the device).
 //! 4. Policy interfaces that claim nothing belong to other hosts and are left out.
+//!
+//! A host is a router for a subnet (it enforces the subnet's network ACL, A13) when one of its
+//! devices faces the subnet ([`router_ports`]): the device named by the subnet's
+//! `router_device`, or else the device holding the subnet's router address, the first host
+//! address of one of its CIDRs (198.51.100.1 in 198.51.100.0/24: the address AWS reserves
+//! for the VPC router; no instance may hold it). A device carries either a policy interface
+//! (security groups) or router ports, never both.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::policy::{Interface, Policy};
+use ipnet::IpNet;
+
+use crate::policy::{Interface, Policy, Subnet, SubnetId};
 
 /// A device of the local network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,6 +244,84 @@ fn choose(policy: &Policy, l: &LocalIface, cs: &[(usize, Strength)]) -> Result<u
             })
         }
     }
+}
+
+/// A subnet whose network ACL a local device enforces: the device faces the subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterPort {
+    pub subnet: SubnetId,
+    pub device: String,
+    pub ifindex: u32,
+}
+
+/// The subnet's router address in `net`: its first host address (network + 1).
+pub fn router_address(net: &IpNet) -> IpAddr {
+    match net {
+        IpNet::V4(n) => IpAddr::V4((u32::from(n.network()).wrapping_add(1)).into()),
+        IpNet::V6(n) => IpAddr::V6((u128::from(n.network()).wrapping_add(1)).into()),
+    }
+}
+
+/// The local devices facing the policy's subnets (see the module doc), in policy order.
+/// `bound` are the devices already carrying policy interfaces: one of them facing a subnet is
+/// an error, as are two subnets on one device.
+pub fn router_ports(
+    policy: &Policy,
+    local: &[LocalIface],
+    bound: &[Binding],
+) -> Result<Vec<RouterPort>, BindError> {
+    let mut problems = Vec::new();
+    let mut out: Vec<RouterPort> = Vec::new();
+    for s in &policy.subnets {
+        let Some(l) = facing(s, local) else {
+            continue;
+        };
+        if let Some(b) = bound.iter().find(|b| b.ifindex == l.ifindex) {
+            problems.push(BindProblem {
+                message: format!(
+                    "device {} carries interface {} and also faces subnet {} as its router",
+                    l.name, b.interface, s.id
+                ),
+                hint: Some(format!(
+                    "the router address of {} ({}) is reserved for the router: give the instance another address, or set the subnet's `router_device:`",
+                    s.id,
+                    list(&s.cidrs.iter().map(router_address).collect::<Vec<_>>())
+                )),
+            });
+            continue;
+        }
+        if let Some(other) = out.iter().find(|p| p.ifindex == l.ifindex) {
+            problems.push(BindProblem {
+                message: format!(
+                    "device {} faces two subnets: {} and {}",
+                    l.name, other.subnet, s.id
+                ),
+                hint: Some("a router device faces one subnet: check the subnets' CIDRs and `router_device:`".into()),
+            });
+            continue;
+        }
+        out.push(RouterPort {
+            subnet: s.id.clone(),
+            device: l.name.clone(),
+            ifindex: l.ifindex,
+        });
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(BindError { problems })
+    }
+}
+
+/// The local device facing subnet `s`: by `router_device`, else by its router address.
+fn facing<'l>(s: &Subnet, local: &'l [LocalIface]) -> Option<&'l LocalIface> {
+    if let Some(d) = &s.router_device {
+        return local.iter().find(|l| &l.name == d);
+    }
+    let routers: Vec<IpAddr> = s.cidrs.iter().map(router_address).collect();
+    local
+        .iter()
+        .find(|l| l.addresses.iter().any(|a| routers.contains(a)))
 }
 
 /// Frees getifaddrs' list however the walk ends.
@@ -471,5 +558,52 @@ mod tests {
         if !lo.addresses.is_empty() {
             assert!(lo.addresses.iter().any(|a| a.is_loopback()), "{lo:?}");
         }
+    }
+
+    fn subnet(id: &str, cidrs: &[&str], device: Option<&str>) -> Subnet {
+        Subnet {
+            id: SubnetId(id.into()),
+            cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            network_acl: crate::policy::NaclId("acl-default".into()),
+            router_device: device.map(Into::into),
+            origin: Origin::default(),
+        }
+    }
+
+    #[test]
+    fn a13_router_ports_by_router_address_or_device_name() {
+        let p = Policy {
+            subnets: vec![
+                subnet("subnet-web", &["198.51.100.0/25", "2001:db8:1::/64"], None),
+                subnet("subnet-db", &["198.51.100.128/25"], Some("r-db")),
+                subnet("subnet-far", &["203.0.113.0/24"], None),
+            ],
+            ..Policy::default()
+        };
+        let host = [
+            local("r-web", 4, &["2001:db8:1::1"]),
+            local("r-db", 5, &["192.0.2.1"]),
+            local("eth0", 6, &["198.51.100.10"]),
+        ];
+        let ports = router_ports(&p, &host, &[]).unwrap();
+        let got: Vec<(&str, &str, u32)> = ports
+            .iter()
+            .map(|r| (r.subnet.as_str(), r.device.as_str(), r.ifindex))
+            .collect();
+        assert_eq!(got, [("subnet-web", "r-web", 4), ("subnet-db", "r-db", 5)]);
+    }
+
+    #[test]
+    fn a_device_is_either_an_instance_interface_or_a_router_port() {
+        let p = Policy {
+            interfaces: vec![iface("web-1", None, &["198.51.100.1"])],
+            subnets: vec![subnet("subnet-web", &["198.51.100.0/25"], None)],
+            ..Policy::default()
+        };
+        let host = [local("eth0", 2, &["198.51.100.1"])];
+        let bound = bind(&p, &host).unwrap();
+        let e = router_ports(&p, &host, &bound).unwrap_err();
+        assert!(e.to_string().contains("also faces subnet subnet-web"), "{e}");
+        assert!(e.to_string().contains("reserved for the router"), "{e}");
     }
 }
