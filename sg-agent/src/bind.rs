@@ -603,7 +603,10 @@ mod tests {
         let host = [local("eth0", 2, &["198.51.100.1"])];
         let bound = bind(&p, &host).unwrap();
         let e = router_ports(&p, &host, &bound).unwrap_err();
-        assert!(e.to_string().contains("also faces subnet subnet-web"), "{e}");
+        assert!(
+            e.to_string().contains("also faces subnet subnet-web"),
+            "{e}"
+        );
         assert!(e.to_string().contains("reserved for the router"), "{e}");
     }
 }

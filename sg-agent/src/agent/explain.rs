@@ -87,7 +87,7 @@ pub struct ExplainQuery {
 }
 
 impl ExplainQuery {
-    fn packet(&self, src: IpAddr, dst: IpAddr) -> Result<Packet> {
+    pub fn packet(&self, src: IpAddr, dst: IpAddr) -> Result<Packet> {
         let port = || {
             self.port
                 .ok_or_else(|| Error::InvalidInput("--port N is needed for tcp and udp".into()))
@@ -325,13 +325,7 @@ impl Agent {
 /// this direction and protocol (to say why not).
 fn rules_for(policy: &Policy, case: &Case, remote: IpAddr) -> (Vec<String>, Vec<String>) {
     let pkt = &case.pkt;
-    let port = match &pkt.l4 {
-        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport,
-        _ => pkt
-            .icmp_type_code()
-            .map(|(t, c)| u16::from(t) << 8 | u16::from(c))
-            .unwrap_or(0),
-    };
+    let port = match_port(pkt);
     let iface = &case.iface.interface;
     let allowing = decide::allowing_rules(policy, iface, case.dir, remote, pkt.proto(), port)
         .iter()
@@ -349,7 +343,19 @@ fn rules_for(policy: &Policy, case: &Case, remote: IpAddr) -> (Vec<String>, Vec<
     (allowing, candidates)
 }
 
-fn describe_packet(p: &Packet) -> String {
+/// The port rules match: TCP/UDP destination port (E6, A18), ICMP `type << 8 | code` (F4,
+/// A19), else 0.
+pub(super) fn match_port(pkt: &Packet) -> u16 {
+    match &pkt.l4 {
+        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport,
+        _ => pkt
+            .icmp_type_code()
+            .map(|(t, c)| u16::from(t) << 8 | u16::from(c))
+            .unwrap_or(0),
+    }
+}
+
+pub(super) fn describe_packet(p: &Packet) -> String {
     match &p.l4 {
         L4::Tcp { sport, dport, .. } => format!("tcp {}:{sport} -> {}:{dport}", p.src, p.dst),
         L4::Udp { sport, dport } => format!("udp {}:{sport} -> {}:{dport}", p.src, p.dst),

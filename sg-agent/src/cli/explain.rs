@@ -1,13 +1,21 @@
 //! `sg-agent explain --in|--out --proto P --peer ADDR ...`: why is (or isn't) this packet
-//! allowed? Prints the reference model's verdict and the real program's; exits 1 when they
-//! disagree.
+//! allowed here? Prints the reference model's verdict and the real program's; exits 1 when
+//! they disagree.
+//!
+//! `sg-agent explain --from SRC --to DST --proto P ...`: the packet's way between two
+//! addresses through every layer (security groups and network ACLs, A15), each naming the
+//! rule that decided; exits 1 when a layer drops it.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{Globals, open_agent};
-use crate::agent::{ExplainProto, ExplainQuery, Explanation, IcmpTypeCode};
+use super::{Globals, load_policy, open_agent};
+use crate::agent::{
+    ExplainProto, ExplainQuery, Explanation, IcmpTypeCode, PathExplanation, explain_path,
+};
+use crate::error::Error;
 use crate::policy::Direction;
 
 #[derive(clap::Args)]
@@ -17,9 +25,18 @@ pub struct Args {
     /// tcp, udp, icmp, icmpv6, or a protocol number.
     #[arg(long)]
     proto: ExplainProto,
-    /// The remote address.
-    #[arg(long)]
-    peer: IpAddr,
+    /// The remote address (with --in/--out).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    peer: Option<IpAddr>,
+    /// The packet's source address: explain its way to --to through every layer.
+    #[arg(long, group = "DirectionArg", requires = "to", conflicts_with_all = ["iface", "local"])]
+    from: Option<IpAddr>,
+    /// The packet's destination address (with --from).
+    #[arg(long, requires = "from")]
+    to: Option<IpAddr>,
+    /// With --from/--to: the policy file to read (default: the applied policy).
+    #[arg(long, requires = "from")]
+    policy: Option<PathBuf>,
     /// Destination port (tcp/udp).
     #[arg(long)]
     port: Option<u16>,
@@ -34,8 +51,8 @@ pub struct Args {
     local: Option<IpAddr>,
 }
 
-/// The packet's direction: exactly one of `--in` and `--out` (clap refuses both or neither,
-/// exit 2).
+/// The packet's direction: exactly one of `--in`, `--out` and `--from` (the whole way; clap
+/// refuses two or none, exit 2).
 #[derive(clap::Args)]
 #[group(required = true, multiple = false)]
 struct DirectionArg {
@@ -58,22 +75,29 @@ impl DirectionArg {
 }
 
 impl Args {
-    /// The agent's question.
-    pub(super) fn query(self) -> ExplainQuery {
-        ExplainQuery {
+    /// The agent's question (`--peer` is the remote; with --from/--to, the destination).
+    pub(super) fn query(&self) -> Result<ExplainQuery> {
+        let peer = self
+            .peer
+            .or(self.to)
+            .ok_or_else(|| crate::error::usage("--peer ADDR is needed with --in/--out"))?;
+        Ok(ExplainQuery {
             direction: self.direction.direction(),
             proto: self.proto,
-            peer: self.peer,
+            peer,
             port: self.port,
             icmp: self.icmp,
-            iface: self.iface,
+            iface: self.iface.clone(),
             local: self.local,
-        }
+        })
     }
 }
 
 pub fn run(g: &Globals, a: Args) -> Result<()> {
-    let q = a.query();
+    let q = a.query()?;
+    if let Some(from) = a.from {
+        return run_path(g, &a, &q, from);
+    }
     let mut agent = open_agent(g)?;
     let e = agent.explain(&q)?;
     if g.json {
@@ -86,6 +110,55 @@ pub fn run(g: &Globals, a: Args) -> Result<()> {
         Ok(())
     } else {
         anyhow::bail!("the reference model and the program disagree")
+    }
+}
+
+/// `--from/--to`: the way through every layer, from a policy file or the applied policy.
+fn run_path(g: &Globals, a: &Args, q: &ExplainQuery, from: IpAddr) -> Result<()> {
+    if from.is_ipv6() != q.peer.is_ipv6() {
+        return Err(Error::InvalidInput(format!(
+            "--from {from} and --to {} are of different families",
+            q.peer
+        ))
+        .into());
+    }
+    let policy = match &a.policy {
+        Some(file) => load_policy(file)?.policy,
+        None => open_agent(g)?.applied_policy()?.policy,
+    };
+    let e = explain_path(&policy, &q.packet(from, q.peer)?);
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print_path(&e);
+    }
+    if e.pass {
+        Ok(())
+    } else {
+        anyhow::bail!("dropped on the way")
+    }
+}
+
+fn print_path(e: &PathExplanation) {
+    println!(
+        "{}: {}",
+        e.packet,
+        if e.pass { "ALLOWED" } else { "DROPPED" }
+    );
+    if e.steps.is_empty() {
+        println!(
+            "  no layer of the policy is on its way (neither end is an instance or in a subnet)"
+        );
+    }
+    for (i, s) in e.steps.iter().enumerate() {
+        println!(
+            "  {}. {} at {}: {} ({})",
+            i + 1,
+            s.layer,
+            s.at,
+            pass_drop(s.allow),
+            s.why
+        );
     }
 }
 

@@ -32,7 +32,7 @@ fn the_definition_is_consistent() {
 #[test]
 fn explain_takes_exactly_one_of_in_and_out() {
     let q = |args: &[&str]| match parse(args).unwrap().cmd {
-        Cmd::Explain(a) => a.query(),
+        Cmd::Explain(a) => a.query().unwrap(),
         _ => panic!("not explain"),
     };
     let base = ["--proto", "tcp", "--peer", "198.51.100.10", "--port", "22"];
@@ -70,7 +70,7 @@ fn explain_values_are_typed() {
     .unwrap()
     .cmd
     {
-        Cmd::Explain(a) => a.query(),
+        Cmd::Explain(a) => a.query().unwrap(),
         _ => panic!("not explain"),
     };
     assert_eq!(a.proto, ExplainProto::Icmp);
