@@ -13,14 +13,14 @@ use crate::{
     verdict::Verdict,
 };
 
-/// Counts, emits and returns. Rule counters move only for packets that pass: a rule allows,
-/// it never drops (E1).
+/// Counts, emits and returns. A rule counter moves for every packet whose verdict charges a
+/// rule: a security-group rule only ever allows (E1); a network ACL rule also denies (A5),
+/// and its drops are charged to it.
 #[inline(always)]
 pub fn finish<C: Hook>(pkt: &Pkt, v: Verdict) -> u32 {
     bump(&SG_REASON_CNT, v.reason as u32);
     let pass = v.reason.is_pass();
-    if pass
-        && v.slot != NO_RULE_SLOT
+    if v.slot != NO_RULE_SLOT
         && let Some(c) = SG_RULE_CNT.get_ptr_mut(v.slot)
     {
         unsafe {

@@ -5,10 +5,15 @@
 //!       -> create state (only after allow) -> verdict funnel (count, event, return)
 //! ```
 //!
+//! A router's interface facing a subnet (`iface_flags::NACL`) takes the same road up to the
+//! conntrack lookup (which misses: a NACL interface never creates state, and keys carry the
+//! ifindex), then meets the subnet's network ACL instead of related ICMP and the security
+//! groups, and never creates state (A1, A22). Exemptions and fragments (G1, A27) are shared.
+//!
 //! Owns the order of the steps and the exemptions (N1, N2); each step lives in its own file.
 //! Every path ends in `funnel::finish`: no early return bypasses the counters.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use sg_common::{DIR_INGRESS, Reason, rule_flags};
+use sg_common::{DIR_INGRESS, IfaceConf, Reason, iface_flags, rule_flags};
 
 use crate::{
     conntrack,
@@ -16,7 +21,7 @@ use crate::{
     frag, funnel,
     parse::{self, FRAG_FIRST, FRAG_LATER, L4_ICMP, L4_UDP, Pkt},
     policy, related,
-    verdict::Verdict,
+    verdict::{Packed, Verdict, pack, unpack},
 };
 
 /// Judges the packet in `ctx`, seen in direction `dir`, and returns the hook's action.
@@ -85,10 +90,18 @@ fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
     {
         return v;
     }
+    // Read before related ICMP: a NACL interface passes nothing by state (A22). An interface
+    // without a policy still lets related ICMP of its leftover flows through, as before.
+    let conf = policy::iface(pkt.ifindex);
+    if let Some(c) = conf
+        && c.flags & iface_flags::NACL != 0
+    {
+        return nacl(c, pkt);
+    }
     if let Some(v) = related::lookup(ctx, pkt) {
         return v;
     }
-    let Some(conf) = policy::iface(pkt.ifindex) else {
+    let Some(conf) = conf else {
         return Verdict::of(Reason::DropNoPolicy);
     };
     let Some(rule) = policy::rule(conf, pkt) else {
@@ -106,4 +119,32 @@ fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
         // ICMP types.
         _ => Verdict::rule(Reason::PassRuleUntracked, rule.slot),
     }
+}
+
+/// The network ACL's verdict on a NACL interface (A4-A6, A21), stateless:
+/// 1. the lowest-numbered entry matching the packet (the compiler put it in the class) denies:
+///    `DropNaclRule`, charging it; the `*` rule is such an entry too (A6);
+/// 2. the remote address is one of the router's own (A21): `PassRouterLocal`, nothing charged;
+/// 3. it allows: `PassNaclRule`, charging it;
+/// 4. no entry at all (a generation being torn down, never written by the compiler):
+///    `DropNaclRule` with no rule (fail closed).
+#[inline(always)]
+fn nacl(conf: &IfaceConf, pkt: &Pkt) -> Verdict {
+    match unpack(nacl_call(conf, pkt)) {
+        Some(v) => v,
+        None => Verdict::of(Reason::DropNaclRule),
+    }
+}
+
+// verifier: a frame of its own, like the other cold steps (main.rs): inlined, a second copy of
+// the peer and port lookups doubled what the verifier walks after the conntrack miss.
+#[inline(never)]
+fn nacl_call(conf: &IfaceConf, pkt: &Pkt) -> Packed {
+    let v = match policy::nacl_rule(conf, pkt) {
+        None => Verdict::of(Reason::DropNaclRule),
+        Some(r) if r.flags & rule_flags::DENY != 0 => Verdict::rule(Reason::DropNaclRule, r.slot),
+        Some(r) if r.flags & rule_flags::ROUTER_LOCAL != 0 => Verdict::of(Reason::PassRouterLocal),
+        Some(r) => Verdict::rule(Reason::PassNaclRule, r.slot),
+    };
+    pack(Some(v))
 }

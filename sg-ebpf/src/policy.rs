@@ -18,6 +18,9 @@
 //! 2. no peer prefix of the direction's scope covers the remote address: `DropNoRule`;
 //! 3. no (protocol, port) entry of any class of the chain covers the packet: `DropNoRule`;
 //! 4. otherwise the entry's rule allows it (its slot is the E4 choice the compiler made).
+//!
+//! On a network ACL interface the same two maps answer with the lowest-numbered entry of the
+//! list (see [`nacl_rule`]); the cost stays flat in the number of entries.
 use aya_ebpf::maps::lpm_trie::Key;
 use sg_common::{
     CLASS_CHAIN, DIR_INGRESS, IfaceConf, IfaceKey, NO_RULE_SLOT, PAGE_LEVELS, PAGE_SEGS, PeerData,
@@ -53,13 +56,33 @@ pub fn rule(conf: &IfaceConf, pkt: &Pkt) -> Option<RuleVal> {
     } else {
         (conf.scope_out, pkt.dst)
     };
-    // E6: the destination port (ingress: local, egress: remote); ICMP: type<<8|code.
-    let port = match pkt.l4 {
+    lookup(scope, &remote, pkt.proto, port_of(pkt))
+}
+
+/// E6, A18, A19: the destination port (ingress: local, egress: remote); ICMP: type<<8|code.
+#[inline(always)]
+fn port_of(pkt: &Pkt) -> u16 {
+    match pkt.l4 {
         L4_TCP | L4_UDP => pkt.dport,
         L4_ICMP => (pkt.icmp_type as u16) << 8 | pkt.icmp_code as u16,
         _ => 0,
+    }
+}
+
+/// The network ACL entry deciding `pkt` on a NACL interface (`iface_flags::NACL`): at hook
+/// ingress the packet leaves the subnet and meets the outbound list (`scope_out`) by its
+/// destination; at egress it enters and meets the inbound list (`scope_in`) by its source
+/// (A13, A14). The compiler's classes answer every point with the lowest-numbered matching
+/// entry or the family's `*` rule (A4, A6), so one class decides: `rule_flags::DENY` or
+/// `rule_flags::ROUTER_LOCAL` say what the pipeline does with it.
+#[inline(always)]
+pub fn nacl_rule(conf: &IfaceConf, pkt: &Pkt) -> Option<RuleVal> {
+    let (scope, remote) = if pkt.dir == DIR_INGRESS {
+        (conf.scope_out, pkt.dst)
+    } else {
+        (conf.scope_in, pkt.src)
     };
-    lookup(scope, &remote, pkt.proto, port)
+    lookup(scope, &remote, pkt.proto, port_of(pkt))
 }
 
 /// C4 for answers: true when the packet travelling back (the other direction, the same

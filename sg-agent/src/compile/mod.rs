@@ -4,6 +4,8 @@
 //!
 //! It owns the union of the interface's groups (E3), overlap resolution (a more specific
 //! prefix carries what its covering prefixes allow), the E4 choice of the charged rule, the C4 untracked flag, the port/ICMP encoding and the scope/class numbering.
+//! A router's network ACLs (issue 17) are compiled by [`nacl`] into the same maps, from
+//! [`compile_router`].
 //! It must not touch the kernel, read files, or share code with the reference model
 //! (`model::decide`), which the property tests compare it against.
 //!
@@ -93,7 +95,10 @@
 //! 192.0.2.9 to tcp 80 it finds [B] and the segment 23 -> r2 (tracked); to tcp 2000 B has no
 //! rule: denied; to udp 53 B has no udp page and no every-protocol page: denied.
 
+pub mod nacl;
 mod ports;
+
+pub use nacl::{Router, RouterPort};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -206,13 +211,27 @@ pub fn compile_indexed(
     previous_slots: &SlotTable,
     opts: &CompileOptions,
 ) -> Result<(MapImage, Index), CompileError> {
+    compile_router(policy, bindings, previous_slots, opts, &Router::default())
+}
+
+/// [`compile_indexed`] on a router: also the network ACLs of the subnets behind
+/// `router.ports` ([`nacl`]). With an empty `router` it is exactly [`compile_indexed`].
+/// A [`membership_delta`] of its image stays valid only while `router` is unchanged.
+pub fn compile_router(
+    policy: &Policy,
+    bindings: &BTreeMap<String, u32>,
+    previous_slots: &SlotTable,
+    opts: &CompileOptions,
+    router: &Router,
+) -> Result<(MapImage, Index), CompileError> {
     if opts.generation > 1 {
         return Err(CompileError::BadGeneration(opts.generation));
     }
     let gen_bit = opts.generation << 31;
 
-    // 1. Rules in id order, and their slots.
-    let (table, slots) = rule_table(policy, previous_slots, opts.slot_capacity)?;
+    // 1. Rules in id order, and their slots (the NACL rules' after them).
+    let nacl_ids = nacl::slot_ids(policy, router)?;
+    let (table, slots) = rule_table(policy, previous_slots, opts.slot_capacity, &nacl_ids)?;
 
     // 2. Membership (R1): all interfaces, bound or not.
     let members = memberships(policy)?;
@@ -266,6 +285,7 @@ pub fn compile_indexed(
             }
         }
     }
+    nacl::compile(policy, router, &slots, opts.generation, &mut classes)?;
     let index = Index {
         taken: classes.ids.taken,
         by_entries: classes.by_entries,
@@ -281,14 +301,16 @@ fn rule_table(
     policy: &Policy,
     previous_slots: &SlotTable,
     slot_capacity: u32,
+    nacl_ids: &[RuleId],
 ) -> Result<(RuleTable, SlotTable), CompileError> {
     let mut rules: Vec<&crate::policy::Rule> = policy.all_rules().collect();
     rules.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(w) = rules.windows(2).find(|w| w[0].id == w[1].id) {
         return Err(CompileError::DuplicateRuleId(w[0].id.to_string()));
     }
-    let slots = SlotTable::assign(previous_slots, rules.iter().map(|r| &r.id), slot_capacity)
-        .map_err(CompileError::Slots)?;
+    let ids = rules.iter().map(|r| &r.id).chain(nacl_ids);
+    let slots =
+        SlotTable::assign(previous_slots, ids, slot_capacity).map_err(CompileError::Slots)?;
     let table = RuleTable {
         winner: rules
             .iter()
@@ -523,7 +545,10 @@ fn same_but_members(a: &Policy, b: &Policy, bindings: &BTreeMap<String, u32>) ->
             .collect()
     }
     let before = bound(a, bindings);
-    a.groups.keys().eq(b.groups.keys())
+    // A router's NACL classes are not recomputed by a delta.
+    a.network_acls == b.network_acls
+        && a.subnets == b.subnets
+        && a.groups.keys().eq(b.groups.keys())
         && rules(a).eq(rules(b))
         && lists(a) == lists(b)
         && before.is_some()

@@ -29,8 +29,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuValues};
 use sg_common::{
-    IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortKey, PortPage, RuleCounter, maps,
-    rule_flags,
+    IfaceConf, IfaceKey, PEER_SCOPE_BITS, PeerData, PeerVal, PortKey, PortPage, RuleCounter,
+    iface_flags, maps, rule_flags,
 };
 
 use super::{Dataplane, Maps};
@@ -113,6 +113,9 @@ pub struct ApplyReport {
     pub counters_zeroed: usize,
     /// From start to flip: how long the change took to take effect.
     pub to_flip: Duration,
+    /// Conntrack entries deleted after the flip because their interface became a network ACL
+    /// interface (issue 17).
+    pub flows_removed: usize,
 }
 
 fn lpm<T: aya::Pod>(k: &Key<T>) -> LpmKey<T> {
@@ -134,11 +137,13 @@ fn port_generation(k: &PortKey) -> u32 {
     k.class >> 31
 }
 
-/// The counter slots of the rules a page names (not its child page numbers, not slot 0).
+/// The counter slots of the rules a page names (not its child page numbers, not slot 0, not
+/// the router-local marker of a network ACL class, which names no counter).
 fn rule_slots(page: &PortPage) -> impl Iterator<Item = u32> + '_ {
+    let not_rules = rule_flags::PAGE | rule_flags::ROUTER_LOCAL;
     page.vals
         .iter()
-        .filter(|v| v.flags & rule_flags::PAGE == 0 && v.slot != sg_common::NO_RULE_SLOT)
+        .filter(move |v| v.flags & not_rules == 0 && v.slot != sg_common::NO_RULE_SLOT)
         .map(|v| v.slot)
 }
 
@@ -241,6 +246,20 @@ impl Dataplane {
             }
         }
 
+        // Interfaces that become network ACL interfaces: stateless from the flip on (A1,
+        // A25), but the datapath looks conntrack up first, so their flows must go.
+        let live = &self.mirror.gens[(1 - g) as usize].ifaces;
+        let was_nacl = |ifindex: u32| {
+            live.iter()
+                .any(|(k, v)| k.ifindex == ifindex && v.flags & iface_flags::NACL != 0)
+        };
+        let became_nacl: BTreeSet<u32> = image
+            .ifaces
+            .iter()
+            .filter(|(k, v)| v.flags & iface_flags::NACL != 0 && !was_nacl(k.ifindex))
+            .map(|(k, _)| k.ifindex)
+            .collect();
+
         // 3. Write the new generation, then 4. flip. Roll back on any error.
         let written = self
             .zero_counters(&zero)
@@ -251,6 +270,12 @@ impl Dataplane {
         report.entries = image.ifaces.len() + image.peers.len() + image.ports.len();
         report.counters_zeroed = zero.len();
         report.to_flip = start.elapsed();
+        // After the flip: before it, the old generation could still create state for them.
+        // Until this returns their old flows still pass (a window of one map walk); no new
+        // flow is created on them any more.
+        if !became_nacl.is_empty() {
+            report.flows_removed = self.delete_flows(|k, _| became_nacl.contains(&k.ifindex))?;
+        }
         self.mirror.slots = image.slots.clone();
         self.mirror.known_slots.extend(image.slots.by_rule.values());
         self.mirror

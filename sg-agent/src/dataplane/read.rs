@@ -239,7 +239,7 @@ impl Dataplane {
 
     /// Deletes every conntrack entry (both tables). Returns how many.
     pub fn flush_conntrack(&mut self) -> Result<usize> {
-        self.delete_flows(|_| true)
+        self.delete_flows(|_, _| true)
     }
 
     /// Deletes entries whose idle timeout has passed. Returns how many.
@@ -249,13 +249,16 @@ impl Dataplane {
     /// that race deletes a flow that had just become active again; its next packet is judged
     /// by the rules (and, if allowed, recreates it).
     pub fn sweep_conntrack(&mut self) -> Result<usize> {
-        self.delete_flows(|v| {
+        self.delete_flows(|_, v| {
             let now = monotonic_ns();
             now.saturating_sub(v.seen_ns) > u64::from(flow_timeout_s(v)) * 1_000_000_000
         })
     }
 
-    fn delete_flows(&mut self, pred: impl Fn(&FlowVal) -> bool) -> Result<usize> {
+    pub(super) fn delete_flows(
+        &mut self,
+        pred: impl Fn(&FlowKey, &FlowVal) -> bool,
+    ) -> Result<usize> {
         let mut deleted = [0u64; 2];
         for (i, name) in [(0usize, maps::CT), (1, maps::CT_NEW)] {
             let map = if i == 0 {
@@ -270,7 +273,7 @@ impl Dataplane {
                     Err(MapError::KeyNotFound) => continue,
                     Err(e) => return Err(e).with_context(|| format!("reading {name}")),
                 };
-                if !pred(&v) {
+                if !pred(&k, &v) {
                     continue;
                 }
                 match map.remove(&k) {

@@ -6,6 +6,13 @@
 //! parse limits -> exemptions (N1, N2) -> later fragments (G1) -> conntrack (C1-C3)
 //!   -> related ICMP errors (I2) -> policy via `decide` (E1-E6) -> state only after allow (C4)
 //! ```
+//!
+//! On a router ([`Model::with_router`]) an interface facing a subnet is judged by the subnet's
+//! network ACL instead, statelessly:
+//! ```text
+//! parse limits -> exemptions -> later fragments (G1, A27) -> router-local (A21)
+//!   -> the NACL list via `nacl::decide_list` (A1-A8, A13, A14) -> never state (A1, A22)
+//! ```
 //! It shares nothing with the compiler (`compile`, `image`, the test kit's lookup oracle) nor
 //! with the kernel program: no map layouts, no prefix tries, no flow-key structs. Only the
 //! validated [`Policy`], the stateless [`decide::decide`] and the [`Reason`] vocabulary of the
@@ -27,7 +34,7 @@ use std::net::IpAddr;
 use sg_common::Reason;
 
 use crate::packet::{L4, Packet, tcp_flags};
-use crate::policy::{Direction, Policy, RuleId, Timeouts};
+use crate::policy::{Direction, Policy, RuleId, SubnetId, Timeouts};
 use decide::{Decision, decide};
 
 /// The verdict on one packet.
@@ -36,7 +43,8 @@ pub struct Outcome {
     pub pass: bool,
     pub reason: Reason,
     /// The rule charged (E4): the allowing rule, or the rule that opened the flow for
-    /// conntrack hits, related errors and later fragments. None for exemptions and drops.
+    /// conntrack hits, related errors and later fragments; on a NACL interface the deciding
+    /// NACL rule, allow or deny ([`nacl::rule_id`]). None for exemptions and other drops.
     pub rule: Option<RuleId>,
 }
 
@@ -154,6 +162,10 @@ pub struct Model {
     /// (confirmed, unconfirmed) table capacities; None: unlimited.
     capacity: Option<(usize, usize)>,
     exceeded: u64,
+    /// A router's interfaces facing subnets: interface name -> subnet (issue 17).
+    router_ports: BTreeMap<String, SubnetId>,
+    /// The router's own addresses (A21), canonical.
+    router_addrs: Vec<IpAddr>,
 }
 
 impl Model {
@@ -165,7 +177,17 @@ impl Model {
             frags: BTreeMap::new(),
             capacity: None,
             exceeded: 0,
+            router_ports: BTreeMap::new(),
+            router_addrs: Vec::new(),
         }
+    }
+
+    /// A router: `ports` (interface name -> the subnet it faces) enforce their subnets'
+    /// network ACLs; traffic to or from `addrs` (the router's own) is not filtered there (A21).
+    pub fn with_router(mut self, ports: BTreeMap<String, SubnetId>, addrs: Vec<IpAddr>) -> Model {
+        self.router_ports = ports;
+        self.router_addrs = addrs.into_iter().map(decide::canonical).collect();
+        self
     }
 
     /// Limits the confirmed and unconfirmed flow tables (C6), like the kernel's SG_CT and
@@ -281,8 +303,39 @@ impl Model {
         }
     }
 
+    /// A router's interface facing `subnet` (A13, A14): a packet arriving from the subnet
+    /// (hook ingress) leaves it and meets the outbound list by its destination; a packet
+    /// sent into the subnet (hook egress) meets the inbound list by its source. No state, no
+    /// related ICMP (A1, A22).
+    fn judge_nacl(&self, subnet: &SubnetId, dir: Direction, pkt: &Packet) -> Outcome {
+        let (list, remote) = match dir {
+            Direction::Ingress => (Direction::Egress, pkt.dst),
+            Direction::Egress => (Direction::Ingress, pkt.src),
+        };
+        if self.router_addrs.contains(&decide::canonical(remote)) {
+            return Outcome::new(Reason::PassRouterLocal, None);
+        }
+        let acl = self
+            .policy
+            .subnet(subnet)
+            .and_then(|s| self.policy.network_acls.get(&s.network_acl));
+        let Some(acl) = acl else {
+            return Outcome::new(Reason::DropNaclRule, None);
+        };
+        let d = nacl::decide_list(acl, list, remote, pkt.proto(), match_port(pkt));
+        let reason = if d.allow {
+            Reason::PassNaclRule
+        } else {
+            Reason::DropNaclRule
+        };
+        Outcome::new(reason, Some(nacl::rule_id(&acl.id, list, d.rule)))
+    }
+
     /// Conntrack, related ICMP, policy, state: everything after parsing.
     fn judge(&mut self, iface: &str, dir: Direction, pkt: &Packet) -> Outcome {
+        if let Some(subnet) = self.router_ports.get(iface) {
+            return self.judge_nacl(subnet, dir, pkt);
+        }
         // Conntrack (C1-C3): hits never consult the rules (X1).
         if let Some((id, role)) = flow_id(iface, dir, pkt)
             && let Some(out) = self.hit(&id, role, dir, pkt)

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::policy::{Direction, Family, NaclAction, NetworkAcl, Policy, Subnet};
+use crate::policy::{Direction, Family, NaclAction, NaclId, NetworkAcl, Policy, RuleId, Subnet};
 
 use super::decide::{canonical, cidr_contains, protocol_matches};
 
@@ -27,6 +27,21 @@ impl std::fmt::Display for NaclRule {
             NaclRule::Star(_) => f.write_str("*"),
         }
     }
+}
+
+/// The counter id of a NACL rule, as the datapath's counters name it:
+/// `acl-x/in/100`, `acl-x/out/*v4`, `acl-x/out/*v6` (`list` Ingress: the inbound list).
+pub fn rule_id(acl: &NaclId, list: Direction, rule: NaclRule) -> RuleId {
+    let list = match list {
+        Direction::Ingress => "in",
+        Direction::Egress => "out",
+    };
+    let rule = match rule {
+        NaclRule::Number(n) => n.to_string(),
+        NaclRule::Star(Family::V4) => "*v4".into(),
+        NaclRule::Star(Family::V6) => "*v6".into(),
+    };
+    RuleId(format!("{}/{list}/{rule}", acl.0))
 }
 
 /// A list's answer for one packet.
@@ -124,7 +139,7 @@ pub fn judge_path(
 mod tests {
     use super::*;
     use crate::model::build::{addr, tcp, tcp_range, udp};
-    use crate::policy::{NaclEntry, NaclId, Origin, Protocol, SubnetId};
+    use crate::policy::{NaclEntry, Origin, Protocol, SubnetId};
 
     fn entry(number: u16, action: NaclAction, protocol: Protocol, cidr: &str) -> NaclEntry {
         NaclEntry {
