@@ -471,14 +471,28 @@ pub struct AgentState {
 /// A summary of an applied policy: enough to print diffs and label counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
-    /// group id -> name
+    /// group id -> name (and network ACL id -> itself, for the NACL rules' counters)
     pub groups: BTreeMap<String, String>,
-    /// rule id -> (group, direction, text, description)
+    /// rule id -> (group, direction, text, description); NACL rules by their counter id
+    /// (`acl-x/in/100`), with the NACL as the group and `inbound`/`outbound` as direction
     pub rules: BTreeMap<String, RuleSummary>,
     /// group id -> member addresses
     pub members: BTreeMap<String, Vec<String>>,
     /// device -> (policy interface, ifindex, groups)
     pub interfaces: BTreeMap<String, InterfaceSummary>,
+    /// device -> the subnet it faces as a router and that subnet's network ACL (A13).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routers: BTreeMap<String, RouterSummary>,
+    /// The router's own addresses, exempt from its NACLs (A21); empty unless it routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub router_addrs: Vec<std::net::IpAddr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterSummary {
+    pub subnet: String,
+    pub network_acl: String,
+    pub ifindex: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

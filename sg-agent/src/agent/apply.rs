@@ -24,7 +24,7 @@ use super::preflight::{self, SshConnection, Verdict};
 use super::summary::{Diff, diff, summarize};
 use super::{Agent, PolicySource};
 use crate::bind::{self, Binding};
-use crate::compile::{self, CompileOptions, Delta};
+use crate::compile::{self, CompileOptions, Delta, Router, RouterPort};
 use crate::config::Loaded;
 use crate::dataplane::{self, ApplyReport, AttachReport, HookPlan, IngressHook, XdpMode};
 use crate::error::Error;
@@ -134,6 +134,7 @@ pub fn test_stop_point(stage: &str) {
 pub(super) struct Live {
     policy: Policy,
     bindings: BTreeMap<String, u32>,
+    router: Router,
     image: MapImage,
     index: compile::Index,
 }
@@ -144,8 +145,25 @@ pub(super) struct Bound {
     bindings: Vec<Binding>,
     /// Policy interface name -> ifindex, what the compiler takes.
     by_name: BTreeMap<String, u32>,
+    /// The devices facing subnets (a router's), enforcing their NACLs (A13).
+    ports: Vec<bind::RouterPort>,
+    /// What the compiler takes of them, with this host's own addresses (A21).
+    router: Router,
     /// What it amounts to on this host (for the diff and the state).
     pub(super) applied: Applied,
+}
+
+impl Bound {
+    /// Every device the policy is enforced on: the instance interfaces' and the router
+    /// ports (attached, rolled back and released alike).
+    fn devices(&self) -> Vec<Binding> {
+        let ports = self.ports.iter().map(|p| Binding {
+            interface: p.subnet.0.clone(),
+            device: p.device.clone(),
+            ifindex: p.ifindex,
+        });
+        self.bindings.iter().cloned().chain(ports).collect()
+    }
 }
 
 /// The next generation, compiled.
@@ -263,7 +281,7 @@ impl Agent {
         let caps = dataplane::pinned_capacities(&self.maps_dir(), self.capacities)?;
         let diff = diff(&current.applied, &bound.applied);
         let tc = Instant::now();
-        compile::compile(
+        compile::compile_router(
             &bound.loaded.policy,
             &bound.by_name,
             &current.slot_table(),
@@ -271,6 +289,7 @@ impl Agent {
                 generation: 1 - current.generation.min(1),
                 slot_capacity: caps.rule_slots,
             },
+            &bound.router,
         )
         .map_err(Error::from)?;
         let compile_ms = ms(tc.elapsed());
@@ -308,11 +327,12 @@ impl Agent {
         let compiled = self.compile_next(&bound)?;
         test_stop_point("compiled");
 
-        let att = self.attach_all(&links, &bound.bindings, ingress)?;
+        let devices = bound.devices();
+        let att = self.attach_all(&links, &devices, ingress)?;
         test_stop_point("attached");
         let rollback = Rollback {
             links: &links,
-            bindings: &bound.bindings,
+            bindings: &devices,
             before: &att.before,
         };
 
@@ -322,11 +342,12 @@ impl Agent {
         let to_effect_ms = ms(t_swap.duration_since(t0)) + ms(report.to_flip);
         test_stop_point("swapped");
 
-        let detached = self.release_unbound(&links, &bound.bindings)?;
+        let detached = self.release_unbound(&links, &devices)?;
         self.record(src, pre, &report, &compiled.image, &bound, att.hooks, text)?;
         self.live = Some(Live {
             policy: bound.loaded.policy,
             bindings: bound.by_name,
+            router: bound.router,
             image: compiled.image,
             index: compiled.index,
         });
@@ -552,7 +573,7 @@ impl Agent {
         diff: &Diff,
         t0: Instant,
     ) -> Result<Option<ApplyOutcome>> {
-        if !self.delta_applies(&bound.by_name) {
+        if !self.delta_applies(&bound.by_name, &bound.router) {
             return Ok(None);
         }
         let tc = Instant::now();
@@ -599,11 +620,14 @@ impl Agent {
 
     /// The delta path needs the live image this agent wrote, still active in the kernel,
     /// over the same bindings, every one of them still attached.
-    fn delta_applies(&self, by_name: &BTreeMap<String, u32>) -> bool {
+    fn delta_applies(&self, by_name: &BTreeMap<String, u32>, router: &Router) -> bool {
         let (Some(live), Some(dp)) = (self.live.as_ref(), self.dp.as_ref()) else {
             return false;
         };
-        if live.bindings != *by_name || dp.active_generation() != live.image.generation {
+        if live.bindings != *by_name
+            || live.router != *router
+            || dp.active_generation() != live.image.generation
+        {
             return false;
         }
         let pinned = live_pinned(&self.links_dir());
@@ -638,7 +662,7 @@ pub(super) fn compile_image(
     generation: u32,
     dp: &dataplane::Dataplane,
 ) -> Result<(MapImage, compile::Index)> {
-    let (mut image, index) = compile::compile_indexed(
+    let (mut image, index) = compile::compile_router(
         &bound.loaded.policy,
         &bound.by_name,
         slots,
@@ -646,6 +670,7 @@ pub(super) fn compile_image(
             generation,
             slot_capacity: dp.capacities().rule_slots,
         },
+        &bound.router,
     )
     .map_err(Error::from)?;
     // Drop events (flow log REJECT lines) are wanted on every interface; whether any are
@@ -668,7 +693,13 @@ pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
             src.describe()
         ))
     })?;
-    if bindings.is_empty() {
+    let ports = bind::router_ports(&loaded.policy, &local, &bindings).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: cannot bind the policy's subnets to this router:\n{e}",
+            src.describe()
+        ))
+    })?;
+    if bindings.is_empty() && ports.is_empty() {
         let here: Vec<String> = local
             .iter()
             .filter(|l| l.name != "lo")
@@ -688,7 +719,9 @@ pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
         ))
         .into());
     }
-    let applied = summarize(&loaded.policy, &bindings);
+    let router = router_of(&ports, &local);
+    let mut applied = summarize(&loaded.policy, &bindings, &ports);
+    applied.router_addrs = router.addrs.clone();
     let by_name = bindings
         .iter()
         .map(|b| (b.interface.clone(), b.ifindex))
@@ -697,8 +730,35 @@ pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
         loaded,
         bindings,
         by_name,
+        ports,
+        router,
         applied,
     })
+}
+
+/// What the compiler takes of the router ports: their subnets and ifindexes, and every
+/// address of this host (A21: traffic to or from the router itself is not a NACL's).
+/// Empty on a host that routes nothing.
+fn router_of(ports: &[bind::RouterPort], local: &[bind::LocalIface]) -> Router {
+    if ports.is_empty() {
+        return Router::default();
+    }
+    let mut addrs: Vec<std::net::IpAddr> = local
+        .iter()
+        .flat_map(|l| l.addresses.iter().copied())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Router {
+        ports: ports
+            .iter()
+            .map(|p| RouterPort {
+                subnet: p.subnet.clone(),
+                ifindex: p.ifindex,
+            })
+            .collect(),
+        addrs,
+    }
 }
 
 /// The SSH pre-flight (L2) of an apply from an SSH session: a lock-out is an error unless

@@ -13,13 +13,13 @@ use anyhow::{Result, anyhow};
 use super::Agent;
 use super::query::proto_name;
 use super::summary::rule_line;
-use crate::compile::{self, CompileOptions};
+use crate::compile::{self, CompileOptions, Router, RouterPort};
 use crate::dataplane::{Capacities, Dataplane, Hook, LoadOptions, RunResult};
 use crate::error::Error;
 use crate::image::MapImage;
 use crate::model::{Model, decide};
 use crate::packet::{L4, Packet};
-use crate::policy::{Direction, Interface, Policy};
+use crate::policy::{Direction, Interface, Policy, SubnetId};
 use crate::state::InterfaceSummary;
 
 /// `explain --proto`: by name or by number (6, 17, 1 and 58 are the named ones). ICMP and
@@ -244,16 +244,27 @@ impl Agent {
         Ok(Kernel { run, rule, hook })
     }
 
-    /// The applied policy compiled as it is enforced (same bindings, same counter slots).
+    /// The applied policy compiled as it is enforced (same bindings, router ports and
+    /// counter slots).
     fn compile_private(&self, policy: &Policy) -> Result<MapImage> {
-        let bindings: BTreeMap<String, u32> = self
-            .state
-            .applied
+        let applied = &self.state.applied;
+        let bindings: BTreeMap<String, u32> = applied
             .interfaces
             .values()
             .map(|i| (i.interface.clone(), i.ifindex))
             .collect();
-        compile::compile(
+        let router = Router {
+            ports: applied
+                .routers
+                .values()
+                .map(|r| RouterPort {
+                    subnet: SubnetId(r.subnet.clone()),
+                    ifindex: r.ifindex,
+                })
+                .collect(),
+            addrs: applied.router_addrs.clone(),
+        };
+        compile::compile_router(
             policy,
             &bindings,
             &self.state.slot_table(),
@@ -261,7 +272,9 @@ impl Agent {
                 generation: 0,
                 slot_capacity: Capacities::small_for(policy).rule_slots,
             },
+            &router,
         )
+        .map(|(image, _)| image)
         .map_err(|e| anyhow!("compiling the applied policy: {e}"))
     }
 

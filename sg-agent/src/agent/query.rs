@@ -8,7 +8,7 @@ use sg_common::{ABI_VERSION, Reason, RuleCounter};
 
 use super::Agent;
 use crate::dataplane::{self, CtEntry, CtStats, PinnedIface};
-use crate::state::{AgentState, RuleSummary};
+use crate::state::{AgentState, InterfaceSummary, RuleSummary};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct IfaceStatus {
@@ -211,11 +211,7 @@ fn kernel_warnings(st: &AgentState, kernel_generation: u32, entries: usize) -> V
 fn pin_warnings(st: &AgentState, pinned: &[PinnedIface]) -> Vec<String> {
     let mut warnings = Vec::new();
     for p in pinned {
-        let known = st
-            .applied
-            .interfaces
-            .values()
-            .any(|i| i.ifindex == p.ifindex);
+        let known = enforced(st).any(|(_, i)| i.ifindex == p.ifindex);
         if !p.live {
             warnings.push(format!(
                 "ifindex {} is gone but its pins remain (the device was deleted); the next \
@@ -233,15 +229,33 @@ fn pin_warnings(st: &AgentState, pinned: &[PinnedIface]) -> Vec<String> {
     warnings
 }
 
+/// Every device the state records as enforced: the policy interfaces (their groups) and a
+/// router's ports (interface `router for SUBNET`, the subnet's NACL in place of groups).
+fn enforced(st: &AgentState) -> impl Iterator<Item = (&String, InterfaceSummary)> {
+    let routers = st.applied.routers.iter().map(|(dev, r)| {
+        (
+            dev,
+            InterfaceSummary {
+                interface: format!("router for {}", r.subnet),
+                ifindex: r.ifindex,
+                groups: vec![format!("network ACL {}", r.network_acl)],
+            },
+        )
+    });
+    st.applied
+        .interfaces
+        .iter()
+        .map(|(dev, i)| (dev, i.clone()))
+        .chain(routers)
+}
+
 /// Each recorded interface with its live hooks; one that has none is not enforced.
 fn iface_statuses(
     st: &AgentState,
     pinned: &[PinnedIface],
     warnings: &mut Vec<String>,
 ) -> Vec<IfaceStatus> {
-    st.applied
-        .interfaces
-        .iter()
+    enforced(st)
         .map(|(dev, i)| {
             let p = pinned.iter().find(|p| p.ifindex == i.ifindex && p.live);
             if p.is_none() {

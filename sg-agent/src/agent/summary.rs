@@ -4,9 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::bind::Binding;
-use crate::policy::{Direction, Group, IcmpMatch, Peer, Policy, PortRange, Protocol, Rule};
-use crate::state::{Applied, InterfaceSummary, RuleSummary};
+use crate::bind::{Binding, RouterPort};
+use crate::compile::nacl;
+use crate::policy::{
+    Direction, Family, Group, IcmpMatch, NaclAction, NaclEntry, Peer, Policy, PortRange, Protocol,
+    Rule, RuleId,
+};
+use crate::state::{Applied, InterfaceSummary, RouterSummary, RuleSummary};
 
 /// What changed between two applied policies.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -28,8 +32,8 @@ impl Diff {
     }
 }
 
-/// One line for a rule: "tcp 443 from 0.0.0.0/0 (Public HTTPS)".
-pub fn rule_line(r: &Rule) -> String {
+/// The protocol and ports of a rule: "tcp 443", "icmp type 8", "all traffic".
+fn protocol_text(p: &Protocol) -> String {
     let ports = |pr: &PortRange| {
         if pr.from == pr.to {
             pr.from.to_string()
@@ -42,14 +46,19 @@ pub fn rule_line(r: &Rule) -> String {
         IcmpMatch::Type(t) => format!("type {t}"),
         IcmpMatch::TypeCode(t, c) => format!("type {t} code {c}"),
     };
-    let proto = match &r.protocol {
+    match p {
         Protocol::All => "all traffic".to_string(),
         Protocol::Tcp(p) => format!("tcp {}", ports(p)),
         Protocol::Udp(p) => format!("udp {}", ports(p)),
         Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
         Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
         Protocol::Number(n) => format!("protocol {n}"),
-    };
+    }
+}
+
+/// One line for a rule: "tcp 443 from 0.0.0.0/0 (Public HTTPS)".
+pub fn rule_line(r: &Rule) -> String {
+    let proto = protocol_text(&r.protocol);
     let peer = match &r.peer {
         Peer::Cidr(c) => c.to_string(),
         Peer::PrefixList(p) => p.0.clone(),
@@ -67,9 +76,30 @@ pub fn rule_line(r: &Rule) -> String {
     }
 }
 
-/// What an applied policy amounts to on this host.
-pub fn summarize(policy: &Policy, bindings: &[Binding]) -> Applied {
+/// One line for a NACL entry: "100 allow tcp 22 from 0.0.0.0/0".
+pub fn nacl_line(e: &NaclEntry, list: Direction) -> String {
+    let action = match e.action {
+        NaclAction::Allow => "allow",
+        NaclAction::Deny => "deny",
+    };
+    let way = if list == Direction::Ingress {
+        "from"
+    } else {
+        "to"
+    };
+    format!(
+        "{} {action} {} {way} {}",
+        e.number,
+        protocol_text(&e.protocol),
+        e.cidr
+    )
+}
+
+/// What an applied policy amounts to on this host: the groups' rules and the devices it
+/// binds; on a router also the subnets its devices face and their NACLs' rules.
+pub fn summarize(policy: &Policy, bindings: &[Binding], router: &[RouterPort]) -> Applied {
     let mut a = Applied::default();
+    summarize_router(policy, router, &mut a);
     for g in policy.groups.values() {
         a.groups.insert(g.id.0.clone(), g.name.clone());
         for r in g.ingress.iter().chain(g.egress.iter()) {
@@ -100,6 +130,65 @@ pub fn summarize(policy: &Policy, bindings: &[Binding]) -> Applied {
         );
     }
     a
+}
+
+/// The router ports and every rule (the `*` ones included) of the NACLs they enforce, keyed
+/// by their counter ids.
+fn summarize_router(policy: &Policy, router: &[RouterPort], a: &mut Applied) {
+    for port in router {
+        let Some(subnet) = policy.subnet(&port.subnet) else {
+            continue;
+        };
+        a.routers.insert(
+            port.device.clone(),
+            RouterSummary {
+                subnet: subnet.id.0.clone(),
+                network_acl: subnet.network_acl.0.clone(),
+                ifindex: port.ifindex,
+            },
+        );
+        let Some(acl) = policy.network_acls.get(&subnet.network_acl) else {
+            continue;
+        };
+        a.groups.insert(acl.id.0.clone(), acl.id.0.clone());
+        for list in Direction::BOTH {
+            let dir = match list {
+                Direction::Ingress => "inbound",
+                Direction::Egress => "outbound",
+            };
+            let mut add = |id: RuleId, text: String| {
+                a.rules.insert(
+                    id.0,
+                    RuleSummary {
+                        group: acl.id.0.clone(),
+                        direction: dir.into(),
+                        text,
+                        description: None,
+                    },
+                );
+            };
+            for e in acl.entries(list) {
+                let id = nacl::slot_id(&acl.id, list, Some(e.number), Family::of_net(&e.cidr));
+                add(id, nacl_line(e, list));
+            }
+            for fam in [Family::V4, Family::V6] {
+                let root = if fam == Family::V4 {
+                    "0.0.0.0/0"
+                } else {
+                    "::/0"
+                };
+                let way = if list == Direction::Ingress {
+                    "from"
+                } else {
+                    "to"
+                };
+                add(
+                    nacl::slot_id(&acl.id, list, None, fam),
+                    format!("* deny all traffic {way} {root}"),
+                );
+            }
+        }
+    }
 }
 
 fn rule_summary(g: &Group, r: &Rule) -> RuleSummary {
