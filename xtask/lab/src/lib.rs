@@ -10,3 +10,4 @@ pub mod probe;
 pub mod scenario;
 pub mod services;
 pub mod topology;
+pub mod vpc;
