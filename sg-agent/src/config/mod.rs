@@ -15,6 +15,7 @@ mod cfn;
 mod describe;
 pub mod diag;
 mod draft;
+mod nacl;
 mod native;
 mod read;
 pub mod validate;
@@ -135,14 +136,19 @@ fn detect(sink: &mut Sink, root: &At) -> Option<Format> {
     {
         return Some(Format::CloudFormation);
     }
-    if keys.contains(&"SecurityGroups") {
+    if keys.contains(&"SecurityGroups") || keys.contains(&"NetworkAcls") {
         return Some(Format::DescribeJson);
     }
     if keys.iter().any(|k| native::TOP_KEYS.contains(k)) {
         return Some(Format::Native);
     }
     let mut all: Vec<&str> = native::TOP_KEYS.to_vec();
-    all.extend(["Resources", "AWSTemplateFormatVersion", "SecurityGroups"]);
+    all.extend([
+        "Resources",
+        "AWSTemplateFormatVersion",
+        "SecurityGroups",
+        "NetworkAcls",
+    ]);
     let suggestion = keys
         .iter()
         .find_map(|k| did_you_mean(k, &all).map(|s| format!("`{k}`: did you mean `{s}`? ")));
