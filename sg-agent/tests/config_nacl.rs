@@ -270,12 +270,12 @@ fn a12_every_subnet_has_one_nacl_its_cidrs_and_an_id_of_its_own() {
         ),
         (
             "subnets:\n  - {id: subnet-a, cidr: 198.51.100.0/25}\n  - {id: subnet-a, cidr: 198.51.100.128/25}\n",
-            &["subnet subnet-a is defined twice (first at line 2, column 9)"],
+            &["subnet subnet-a is defined twice (first at line 2, column 10)"],
         ),
         (
             "subnets:\n  - {id: subnet-a, cidr: 198.51.100.0/24}\n  - {id: subnet-b, cidr: 198.51.100.128/25}\n",
             &[
-                "subnet subnet-b's CIDR 198.51.100.128/25 overlaps 198.51.100.0/24 of subnet subnet-a (line 2, column 27)",
+                "subnet subnet-b's CIDR 198.51.100.128/25 overlaps 198.51.100.0/24 of subnet subnet-a (line 2, column 26)",
                 "never overlap",
             ],
         ),
