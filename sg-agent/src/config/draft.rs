@@ -29,12 +29,16 @@ pub(crate) struct Draft {
     pub quotas: Option<DQuotas>,
     /// Defaults for every interface (C5).
     pub timeouts: DTimeouts,
+    pub network_acls: Vec<DNacl>,
+    pub subnets: Vec<DSubnet>,
 }
 
 #[derive(Debug)]
 pub(crate) struct DQuotas {
     pub rules_per_group: Option<L<i64>>,
     pub groups_per_interface: Option<L<i64>>,
+    /// A24: network ACL rules per NACL, direction and family, `*` included.
+    pub nacl_rules_per_list: Option<L<i64>>,
     pub at: Origin,
 }
 
@@ -186,5 +190,53 @@ pub(crate) struct DInterface {
     pub groups: Vec<L<String>>,
     pub groups_at: Origin,
     pub timeouts: DTimeouts,
+    pub at: Origin,
+}
+
+/// A network ACL as written (A2-A12). Its `*` rules are never here: front-ends drop the ones
+/// an output shows (A6).
+#[derive(Debug)]
+pub(crate) struct DNacl {
+    pub id: L<String>,
+    /// The id was written as an id (native, describe): check its shape (as [`DGroup`]).
+    pub check_id: bool,
+    /// The VPC's default NACL (A9).
+    pub default: bool,
+    /// None: omitted (the default NACL gets A9's entries, a custom one none: A11).
+    pub inbound: Option<Vec<DNaclEntry>>,
+    pub inbound_at: Origin,
+    pub outbound: Option<Vec<DNaclEntry>>,
+    pub outbound_at: Origin,
+    pub at: Origin,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct DNaclEntry {
+    pub number: L<i64>,
+    /// As written: `allow`, `deny`.
+    pub action: L<String>,
+    /// As written: `tcp`, `6`, `-1` ...
+    pub protocol: L<String>,
+    /// The port range (from, to), when given.
+    pub ports: Option<(L<i64>, L<i64>)>,
+    /// The ICMP (type, code), when given; either may be missing as written.
+    pub icmp: Option<(Option<L<i64>>, Option<L<i64>>)>,
+    pub cidr: L<String>,
+    /// The field only takes this family; the string is the hint when it does not.
+    pub cidr_expect: Option<(Family, String)>,
+    pub at: Origin,
+}
+
+/// A subnet as written (A12).
+#[derive(Debug)]
+pub(crate) struct DSubnet {
+    pub id: L<String>,
+    pub check_id: bool,
+    /// Its IPv4 CIDR (required: the validator says so when it is missing).
+    pub cidr: Option<L<String>>,
+    pub ipv6_cidr: Option<L<String>>,
+    /// None: the default NACL (A12).
+    pub network_acl: Option<L<String>>,
+    pub router_device: Option<L<String>>,
     pub at: Origin,
 }

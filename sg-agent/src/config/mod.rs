@@ -1,6 +1,7 @@
 //! Input formats -> validated [`Policy`], with located diagnostics. The only code that knows
 //! file formats: the native YAML format (docs/policy-format.md), CloudFormation templates, and
-//! `aws ec2 describe-security-groups` JSON output.
+//! `aws ec2 describe-security-groups` / `describe-network-acls` (with `describe-subnets`) JSON
+//! output.
 //!
 //! The pipeline, one step a module:
 //! ```text
@@ -15,6 +16,7 @@ mod cfn;
 mod describe;
 pub mod diag;
 mod draft;
+mod nacl;
 mod native;
 mod read;
 pub mod validate;
@@ -113,7 +115,7 @@ pub fn load_file_with(path: &Path, inputs: &TemplateInputs) -> Result<Loaded, Di
     load_str_with(&text, &name, inputs)
 }
 
-const FORMAT_HINT: &str = "a native policy has `security_groups:` (see docs/policy-format.md), a CloudFormation template `Resources:`, describe-security-groups output `SecurityGroups`";
+const FORMAT_HINT: &str = "a native policy has `security_groups:` (see docs/policy-format.md), a CloudFormation template `Resources:`, describe-security-groups output `SecurityGroups`, describe-network-acls output `NetworkAcls`";
 
 /// Recognises the format from the top-level keys.
 fn detect(sink: &mut Sink, root: &At) -> Option<Format> {
@@ -135,14 +137,19 @@ fn detect(sink: &mut Sink, root: &At) -> Option<Format> {
     {
         return Some(Format::CloudFormation);
     }
-    if keys.contains(&"SecurityGroups") {
+    if keys.contains(&"SecurityGroups") || keys.contains(&"NetworkAcls") {
         return Some(Format::DescribeJson);
     }
     if keys.iter().any(|k| native::TOP_KEYS.contains(k)) {
         return Some(Format::Native);
     }
     let mut all: Vec<&str> = native::TOP_KEYS.to_vec();
-    all.extend(["Resources", "AWSTemplateFormatVersion", "SecurityGroups"]);
+    all.extend([
+        "Resources",
+        "AWSTemplateFormatVersion",
+        "SecurityGroups",
+        "NetworkAcls",
+    ]);
     let suggestion = keys
         .iter()
         .find_map(|k| did_you_mean(k, &all).map(|s| format!("`{k}`: did you mean `{s}`? ")));
@@ -315,6 +322,41 @@ impl Loaded {
                 groups.join(", ")
             );
         }
+        if !p.network_acls.is_empty() || !p.subnets.is_empty() {
+            self.nacl_summary(&mut s);
+        }
         s
+    }
+
+    /// The network ACLs with their entry counts, and the subnets with their CIDRs and NACL.
+    fn nacl_summary(&self, s: &mut String) {
+        let p = &self.policy;
+        let _ = writeln!(s, "network ACLs: {}", p.network_acls.len());
+        for n in p.network_acls.values() {
+            let _ = writeln!(
+                s,
+                "  {}{}: {} inbound, {} outbound entries (and the `*` rules)",
+                n.id,
+                if n.is_default { " (default)" } else { "" },
+                n.inbound.len(),
+                n.outbound.len()
+            );
+        }
+        let _ = writeln!(s, "subnets: {}", p.subnets.len());
+        for sn in &p.subnets {
+            let cidrs: Vec<String> = sn.cidrs.iter().map(ToString::to_string).collect();
+            let dev = sn
+                .router_device
+                .as_ref()
+                .map(|d| format!(" router device {d}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {}{dev} [{}]: {}",
+                sn.id,
+                cidrs.join(", "),
+                sn.network_acl
+            );
+        }
     }
 }

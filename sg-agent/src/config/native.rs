@@ -8,8 +8,8 @@
 
 use super::diag::Sink;
 use super::draft::{
-    DEntry, DGroup, DInterface, DPeer, DPrefixList, DQuotas, DRule, DTimeouts, Draft, L,
-    TimeoutField,
+    DEntry, DGroup, DInterface, DNacl, DNaclEntry, DPeer, DPrefixList, DQuotas, DRule, DSubnet,
+    DTimeouts, Draft, L, TimeoutField,
 };
 use super::read::{At, Fields, boolean, fields, int, list, one_or_list, string};
 use super::values::{self, ProtoName};
@@ -23,6 +23,8 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "prefix_lists",
     "security_groups",
     "instances",
+    "network_acls",
+    "subnets",
 ];
 
 pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
@@ -73,7 +75,18 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
             instance(sink, i, &mut d.interfaces);
         }
     }
-    if !top.has("security_groups") {
+    if let Some(ns) = top.get("network_acls")
+        && let Some(items) = list(sink, &ns, "network_acls")
+    {
+        d.network_acls = items.iter().filter_map(|i| network_acl(sink, i)).collect();
+    }
+    if let Some(ss) = top.get("subnets")
+        && let Some(items) = list(sink, &ss, "subnets")
+    {
+        d.subnets = items.iter().filter_map(|i| subnet(sink, i)).collect();
+    }
+    // A file of network ACLs alone is a policy too (a router enforces only them).
+    if !top.has("security_groups") && !top.has("network_acls") {
         sink.warn(&top.origin(sink), "the policy defines no security groups");
     }
     d
@@ -81,7 +94,15 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
 
 fn quotas(sink: &mut Sink, at: &At) -> Option<DQuotas> {
     let f = fields(sink, at, "quotas")?;
-    f.check_keys(sink, "quotas", &["rules_per_group", "groups_per_interface"]);
+    f.check_keys(
+        sink,
+        "quotas",
+        &[
+            "rules_per_group",
+            "groups_per_interface",
+            "nacl_rules_per_list",
+        ],
+    );
     Some(DQuotas {
         rules_per_group: f
             .get("rules_per_group")
@@ -89,6 +110,9 @@ fn quotas(sink: &mut Sink, at: &At) -> Option<DQuotas> {
         groups_per_interface: f
             .get("groups_per_interface")
             .and_then(|v| int(sink, &v, "groups_per_interface")),
+        nacl_rules_per_list: f
+            .get("nacl_rules_per_list")
+            .and_then(|v| int(sink, &v, "nacl_rules_per_list")),
         at: f.origin(sink),
     })
 }
@@ -688,4 +712,169 @@ fn interface(sink: &mut Sink, f: &Fields, name: L<String>, instance: &str) -> DI
             .unwrap_or_default(),
         at: f.origin(sink),
     }
+}
+
+/// One network ACL: `id`, `default`, and its `inbound` and `outbound` numbered entries.
+fn network_acl(sink: &mut Sink, at: &At) -> Option<DNacl> {
+    let f = fields(sink, at, "a network ACL")?;
+    f.check_keys_with(
+        sink,
+        "a network ACL",
+        &["id", "default", "inbound", "outbound"],
+        |k| match k {
+            "ingress" | "egress" | "entries" | "rules" => {
+                Some("network ACL entries go under `inbound:` and `outbound:`".into())
+            }
+            _ => None,
+        },
+    );
+    let Some(id_at) = f.get("id") else {
+        sink.error_hint(
+            &f.origin(sink),
+            "a network ACL needs an `id`",
+            "e.g. id: acl-0123456789abcdef0",
+        );
+        return None;
+    };
+    let id = string(sink, &id_at, "id")?;
+    let default = match f.get("default") {
+        Some(v) => boolean(sink, &v, "default").unwrap_or(false),
+        None => false,
+    };
+    let mut entries = |key: &str| -> (Option<Vec<DNaclEntry>>, Origin) {
+        let Some(v) = f.get(key) else {
+            return (None, f.at.with_suffix(&format!(".{key}")).origin(sink));
+        };
+        let origin = v.origin(sink);
+        if v.is_null() {
+            sink.error_hint(
+                &origin,
+                format!("`{key}` is empty (null)"),
+                format!(
+                    "write `{key}: []` for no entries (everything denied, A11), or remove the key"
+                ),
+            );
+            return (Some(Vec::new()), origin);
+        }
+        let items = list(sink, &v, key).unwrap_or_default();
+        let out = items.iter().filter_map(|i| nacl_entry(sink, i)).collect();
+        (Some(out), origin)
+    };
+    let (inbound, inbound_at) = entries("inbound");
+    let (outbound, outbound_at) = entries("outbound");
+    Some(DNacl {
+        id,
+        check_id: true,
+        default,
+        inbound,
+        inbound_at,
+        outbound,
+        outbound_at,
+        at: f.origin(sink),
+    })
+}
+
+const NACL_ENTRY_KEYS: &[&str] = &[
+    "number", "action", "protocol", "ports", "type", "code", "cidr",
+];
+
+/// One numbered entry: `{number, action, protocol, ports | type + code, cidr}`.
+fn nacl_entry(sink: &mut Sink, at: &At) -> Option<DNaclEntry> {
+    let what = "a network ACL entry";
+    let f = fields(sink, at, what)?;
+    f.check_keys_with(sink, what, NACL_ENTRY_KEYS, |k| match k {
+        "rule_number" | "rule" => Some("write `number: 100`".into()),
+        "source" | "destination" | "peer" | "cidr_block" | "ipv6_cidr" => {
+            Some("an entry names one `cidr` (IPv4 or IPv6)".into())
+        }
+        "from_port" | "to_port" | "port" => {
+            Some("write `ports: 443` or `ports: 1024-65535` (ICMP: `type:` and `code:`)".into())
+        }
+        _ => None,
+    });
+    let entry_at = f.origin(sink);
+    let mut need = |key: &str, example: &str| {
+        let v = f.get(key);
+        if v.is_none() {
+            sink.error_hint(
+                &entry_at,
+                format!("a network ACL entry needs a `{key}`"),
+                format!("e.g. {key}: {example}"),
+            );
+        }
+        v
+    };
+    let (number, action, protocol, cidr) = (
+        need("number", "100"),
+        need("action", "allow"),
+        need("protocol", "tcp"),
+        need("cidr", "0.0.0.0/0"),
+    );
+    let number = int(sink, &number?, "number");
+    let action = string(sink, &action?, "action");
+    let protocol = string(sink, &protocol?, "protocol");
+    let cidr = string(sink, &cidr?, "cidr");
+    let ports = match f.get("ports") {
+        Some(p) => Some(ports(sink, &p)?),
+        None => None,
+    };
+    let (ty, code) = (f.get("type"), f.get("code"));
+    let icmp = if ty.is_some() || code.is_some() {
+        let ty = match ty {
+            Some(t) => Some(int(sink, &t, "type")?),
+            None => None,
+        };
+        let code = match code {
+            Some(c) => Some(int(sink, &c, "code")?),
+            None => None,
+        };
+        Some((ty, code))
+    } else {
+        None
+    };
+    Some(DNaclEntry {
+        number: number?,
+        action: action?,
+        protocol: protocol?,
+        ports,
+        icmp,
+        cidr: cidr?,
+        cidr_expect: None,
+        at: entry_at,
+    })
+}
+
+/// One subnet: `id`, `cidr`, `ipv6_cidr`, `network_acl`, `router_device`.
+fn subnet(sink: &mut Sink, at: &At) -> Option<DSubnet> {
+    let f = fields(sink, at, "a subnet")?;
+    f.check_keys_with(
+        sink,
+        "a subnet",
+        &["id", "cidr", "ipv6_cidr", "network_acl", "router_device"],
+        |k| match k {
+            "cidrs" | "cidr_block" => Some("write `cidr:` (IPv4) and `ipv6_cidr:`".into()),
+            "nacl" | "acl" | "network_acl_id" => Some("write `network_acl: acl-...`".into()),
+            "device" => Some("write `router_device:`".into()),
+            _ => None,
+        },
+    );
+    let Some(id_at) = f.get("id") else {
+        sink.error_hint(
+            &f.origin(sink),
+            "a subnet needs an `id`",
+            "e.g. id: subnet-web",
+        );
+        return None;
+    };
+    let id = string(sink, &id_at, "id")?;
+    let mut text = |key: &str| f.get(key).and_then(|v| string(sink, &v, key));
+    Some(DSubnet {
+        id,
+        check_id: true,
+        cidr: text("cidr"),
+        ipv6_cidr: text("ipv6_cidr"),
+        network_acl: text("network_acl"),
+        router_device: text("router_device"),
+        at: f.origin(sink),
+    })
 }

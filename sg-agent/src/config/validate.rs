@@ -1,5 +1,6 @@
 //! Draft -> validated `Policy`: every F and Q line of SEMANTICS.md, references, duplicates,
-//! address families, timeouts, defaults (D1-D3) and derived rule ids.
+//! address families, timeouts, defaults (D1-D3) and derived rule ids; network ACLs and
+//! subnets by `nacl`, called from here.
 //!
 //! Reports every problem it finds into the sink and keeps going with what is valid, so one run
 //! shows all mistakes. It must not know file formats or field names: messages speak of
@@ -14,6 +15,7 @@ use super::diag::{Sink, did_you_mean};
 use super::draft::{
     DGroup, DInterface, DPeer, DPrefixList, DRule, DTimeouts, Draft, L, TimeoutField,
 };
+use super::nacl::{self, MAX_NACL_RULES_PER_LIST};
 use super::values::{self, Bad, ProtoName, family_name};
 use crate::policy::{
     Direction, Family, Group, GroupId, IcmpMatch, Interface, Origin, Peer, Policy, PortRange,
@@ -37,7 +39,7 @@ pub(crate) const TIMEOUT_BOUNDS: [(TimeoutField, &str, u32, u32); 7] = [
     (TimeoutField::Other, "other protocols", 60, 3600),
 ];
 
-fn report(sink: &mut Sink, at: &Origin, bad: Bad) {
+pub(super) fn report(sink: &mut Sink, at: &Origin, bad: Bad) {
     match bad.hint {
         Some(h) => sink.error_hint(at, bad.message, h),
         None => sink.error(at, bad.message),
@@ -153,6 +155,20 @@ fn quotas(sink: &mut Sink, d: &Draft) -> Quotas {
                     g.v
                 ),
                 "AWS's default is 5 and its maximum 16 (Q2)",
+            );
+        }
+    }
+    if let Some(n) = &dq.nacl_rules_per_list {
+        if (1..=i64::from(MAX_NACL_RULES_PER_LIST)).contains(&n.v) {
+            q.nacl_rules_per_list = n.v as u32;
+        } else {
+            sink.error_hint(
+                &n.at,
+                format!(
+                    "nacl_rules_per_list {} is outside 1..{MAX_NACL_RULES_PER_LIST}",
+                    n.v
+                ),
+                "AWS's default is 20 (the `*` rule included) and its maximum 40 (A24); sg lets a lab raise it",
             );
         }
     }
@@ -348,7 +364,7 @@ fn prefix_list_entries(
 }
 
 /// Reports `what` (a thing defined or listed twice) at `at`, pointing at the first one.
-fn twice(sink: &mut Sink, at: &Origin, what: String, first: &Origin) {
+pub(super) fn twice(sink: &mut Sink, at: &Origin, what: String, first: &Origin) {
     sink.error(
         at,
         format!(
@@ -510,39 +526,53 @@ fn icmp_match(sink: &mut Sink, r: &DRule, name: ProtoName) -> Option<IcmpMatch> 
     }
 }
 
+/// A CIDR written at `at`, canonicalised (host bits cleared, with a warning citing `id`), of
+/// the family `expect` names when it names one (its hint said otherwise). Shared by group
+/// rules (F5), network ACL entries (A20) and subnets.
+pub(super) fn canonical_cidr(
+    sink: &mut Sink,
+    text: &str,
+    at: &Origin,
+    expect: Option<&(Family, String)>,
+    id: &str,
+) -> Option<ipnet::IpNet> {
+    let (net, host_bits) = match values::cidr(text) {
+        Ok(v) => v,
+        Err(b) => {
+            report(sink, at, b);
+            return None;
+        }
+    };
+    let f = Family::of_net(&net);
+    if let Some((want, hint)) = expect
+        && *want != f
+    {
+        sink.error_hint(
+            at,
+            format!(
+                "{net} is an {} CIDR where an {} CIDR is expected",
+                family_name(f),
+                family_name(*want)
+            ),
+            hint.clone(),
+        );
+        return None;
+    }
+    if host_bits {
+        sink.warn(
+            at,
+            format!("`{}` has host bits set; using {net} ({id})", text.trim()),
+        );
+    }
+    Some(net)
+}
+
 fn peer(ctx: &mut Ctx, r: &DRule, proto: Option<&Protocol>) -> Option<Peer> {
     let at = &r.peer.at;
     let (p, fam) = match &r.peer.v {
         DPeer::Cidr { text, expect } => {
-            let (net, host_bits) = match values::cidr(text) {
-                Ok(v) => v,
-                Err(b) => {
-                    report(ctx.sink, at, b);
-                    return None;
-                }
-            };
-            let f = Family::of_net(&net);
-            if let Some((want, hint)) = expect
-                && *want != f
-            {
-                ctx.sink.error_hint(
-                    at,
-                    format!(
-                        "{net} is an {} CIDR where an {} CIDR is expected",
-                        family_name(f),
-                        family_name(*want)
-                    ),
-                    hint.clone(),
-                );
-                return None;
-            }
-            if host_bits {
-                ctx.sink.warn(
-                    at,
-                    format!("`{}` has host bits set; using {net} (F5)", text.trim()),
-                );
-            }
-            (Peer::Cidr(net), Some(f))
+            let net = canonical_cidr(ctx.sink, text, at, expect.as_ref(), "F5")?;
+            (Peer::Cidr(net), Some(Family::of_net(&net)))
         }
         DPeer::Group(g) => {
             if !ctx.groups.contains_key(g) {
@@ -879,7 +909,7 @@ fn interfaces(ctx: &mut Ctx, d: &Draft, q: &Quotas, defaults: Timeouts) -> Vec<I
 }
 
 /// Whether `dev` can name a Linux interface (reported when not).
-fn device_name(sink: &mut Sink, dev: &L<String>) -> bool {
+pub(super) fn device_name(sink: &mut Sink, dev: &L<String>) -> bool {
     let v = &dev.v;
     let bad =
         v.is_empty() || v.len() > 15 || v.contains(['/', ' ', '\t', ':']) || v == "." || v == "..";
@@ -1002,6 +1032,7 @@ pub(crate) fn validate(d: &Draft, sink: &mut Sink) -> Policy {
     prefix_lists(&mut ctx, d);
     let groups = groups(&mut ctx, d, &q);
     let interfaces = interfaces(&mut ctx, d, &q, defaults);
+    let (network_acls, subnets) = nacl::validate(ctx.sink, d, &q);
     Policy {
         groups,
         prefix_lists: ctx.prefix_lists,
@@ -1010,8 +1041,8 @@ pub(crate) fn validate(d: &Draft, sink: &mut Sink) -> Policy {
             rules_per_interface: MAX_RULES_PER_INTERFACE,
             ..q
         },
-        // Network ACLs and subnets are validated by their own pass (issue 17, in progress).
-        ..Policy::default()
+        network_acls,
+        subnets,
     }
 }
 

@@ -236,6 +236,34 @@ pub(crate) fn prefix_list_id(text: &str) -> Result<(), Bad> {
         .hint("a prefix list id is `pl-` followed by letters, digits, `-` or `_` (e.g. pl-0123456789abcdef0)"))
 }
 
+/// Whether `text` has the shape of a network ACL id.
+pub(crate) fn looks_like_nacl_id(text: &str) -> bool {
+    text.strip_prefix("acl-").is_some_and(id_body_ok)
+}
+
+/// Whether `text` has the shape of a subnet id.
+pub(crate) fn looks_like_subnet_id(text: &str) -> bool {
+    text.strip_prefix("subnet-").is_some_and(id_body_ok)
+}
+
+/// `acl-` then 1-64 letters, digits, `-` or `_` (AWS's: `acl-` and 17 hex digits).
+pub(crate) fn nacl_id(text: &str) -> Result<(), Bad> {
+    if looks_like_nacl_id(text) {
+        return Ok(());
+    }
+    Err(Bad::new(format!("`{text}` is not a network ACL id"))
+        .hint("a network ACL id is `acl-` followed by letters, digits, `-` or `_` (e.g. acl-0123456789abcdef0 or acl-web)"))
+}
+
+/// `subnet-` then 1-64 letters, digits, `-` or `_`.
+pub(crate) fn subnet_id(text: &str) -> Result<(), Bad> {
+    if looks_like_subnet_id(text) {
+        return Ok(());
+    }
+    Err(Bad::new(format!("`{text}` is not a subnet id"))
+        .hint("a subnet id is `subnet-` followed by letters, digits, `-` or `_` (e.g. subnet-0123456789abcdef0 or subnet-web)"))
+}
+
 /// F6: `sgr-` and exactly 17 lowercase hex digits.
 pub(crate) fn rule_id(text: &str) -> Result<(), Bad> {
     let ok = text.strip_prefix("sgr-").is_some_and(|h| {

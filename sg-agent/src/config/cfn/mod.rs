@@ -1,6 +1,7 @@
 //! CloudFormation templates, read as they are: `AWS::EC2::SecurityGroup` (inline rules),
 //! `SecurityGroupIngress`/`SecurityGroupEgress` resources, `Instance`, `NetworkInterface`,
-//! `NetworkInterfaceAttachment` and `PrefixList`, into a [`Draft`].
+//! `NetworkInterfaceAttachment` and `PrefixList`, into a [`Draft`]; network ACLs with their
+//! entries, associations and subnets: nacl.rs.
 //!
 //! The template is first evaluated as CloudFormation evaluates it (stack.rs, eval.rs,
 //! conditions.rs, params.rs: parameters with their values, pseudo parameters, conditions and
@@ -19,6 +20,7 @@
 mod conditions;
 mod eval;
 pub mod inputs;
+mod nacl;
 mod params;
 mod stack;
 
@@ -274,6 +276,7 @@ pub(crate) fn read(
     c.groups(&mut d);
     c.interfaces(&mut d);
     c.bind(&mut d, inputs);
+    c.network_acls(&mut d);
     c.finish(&mut d);
     (d, used)
 }
@@ -328,6 +331,7 @@ impl<'n> Cfn<'n, '_> {
     /// Group and prefix list ids; the resource types sg does not read, counted in one warning.
     fn index(&mut self, resources: &At<'n>) {
         let mut ignored: BTreeMap<&str, usize> = BTreeMap::new();
+        let with_nacls = nacl::has_nacls(self.res.iter().map(|r| r.ty.as_str()));
         for r in &self.res {
             let name = |key: &str| {
                 r.props
@@ -353,6 +357,8 @@ impl<'n> Cfn<'n, '_> {
                     self.pls.insert(r.logical.clone(), (id, pname));
                 }
                 SG_INGRESS | SG_EGRESS | INSTANCE | ENI | ENI_ATTACHMENT => {}
+                nacl::NACL | nacl::NACL_ENTRY | nacl::NACL_ASSOCIATION => {}
+                nacl::SUBNET if with_nacls => {}
                 other => *ignored.entry(other).or_default() += 1,
             }
         }

@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use super::eval::{Out, Resolver, Why, call};
 use super::inputs::TemplateInputs;
+use super::nacl::{NACL, NACL_ASSOCIATION, NACL_ENTRY};
 use super::params::ParamDef;
 use super::{ENI, ENI_ATTACHMENT, INSTANCE, PREFIX_LIST, SG, SG_EGRESS, SG_INGRESS};
 use crate::config::diag::{Sink, did_you_mean};
@@ -27,6 +28,9 @@ pub(super) const READ_TYPES: &[&str] = &[
     ENI,
     ENI_ATTACHMENT,
     PREFIX_LIST,
+    NACL,
+    NACL_ENTRY,
+    NACL_ASSOCIATION,
 ];
 
 /// The evaluated template and what the reader needs of the evaluation.
@@ -319,7 +323,7 @@ fn reads(ty: &str, key: &str) -> bool {
                 | "ConnectionTrackingSpecification"
                 | "Tags"
         ),
-        SG => !matches!(key, "VpcId" | "Tags"),
+        SG | NACL => !matches!(key, "VpcId" | "Tags"),
         _ => true,
     }
 }

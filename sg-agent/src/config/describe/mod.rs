@@ -7,6 +7,11 @@
 //! `get-managed-prefix-list-entries`). The output carries no membership, so the policy has no
 //! interfaces; groups and prefix lists referenced but absent become empty placeholders with a
 //! warning. Egress lists are taken as they are (the output already shows the D2 default).
+//!
+//! Network ACLs (`NetworkAcls` of `describe-network-acls`, with the subnets' CIDRs from a
+//! `Subnets` key of `describe-subnets`): describe/nacl.rs.
+
+mod nacl;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +24,8 @@ use crate::policy::{Direction, Family, Origin};
 const TOP_KEYS: &[&str] = &[
     "SecurityGroups",
     "PrefixLists",
+    "NetworkAcls",
+    "Subnets",
     "NextToken",
     "ResponseMetadata",
 ];
@@ -84,11 +91,14 @@ pub(crate) fn read(sink: &mut Sink, root: &At) -> Draft {
             .filter_map(|i| group(sink, i, &mut refs))
             .collect();
     }
-    sink.warn_hint(
-        &top.origin(sink),
-        "describe-security-groups output says which groups exist, not which interfaces carry them: the policy has no interfaces",
-        "use the native format or CloudFormation to also describe instances",
-    );
+    if top.has("SecurityGroups") {
+        sink.warn_hint(
+            &top.origin(sink),
+            "describe-security-groups output says which groups exist, not which interfaces carry them: the policy has no interfaces",
+            "use the native format or CloudFormation to also describe instances",
+        );
+    }
+    nacl::read(sink, &top, &mut d);
     for (id, at) in refs.groups {
         if d.groups.iter().any(|g| g.id.v == id) {
             continue;
