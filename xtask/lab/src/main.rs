@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use sg_lab::probe::{Row, render};
+use sg_lab::probe::{Expect, Row, Svc, V4, render, table};
 use sg_lab::scenario::{Db, Ec2Lab, LAB_PREFIX, LabOptions};
 use sg_lab::topology::Naming;
+use sg_lab::vpc::VpcLab;
 use sg_testkit::netns::{delete_namespace, require_root};
 
 #[derive(Parser)]
@@ -155,6 +156,75 @@ fn down(agent: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The network ACL part: the tiers in two subnets behind a router namespace that enforces
+/// their NACLs (examples/vpc-nacl.yaml); its table, `explain --from --to` on the row that
+/// surprises people (A1), a renumbered deny (A4) and the router's counters. Torn down at
+/// the end of the section (also with --keep).
+fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
+    let policy = PathBuf::from("examples/vpc-nacl.yaml");
+    println!(
+        "==> network ACLs: {} (web tier in a public subnet, the database in a private",
+        policy.display()
+    );
+    println!("    one, a router namespace between them and the outside enforcing the subnets'");
+    println!("    NACLs statelessly; the instances still enforce their security groups)");
+    let vpc = VpcLab::up(agent, &policy)?;
+    if let Some((_, out)) = vpc.applied.last() {
+        println!("==> router: sg-agent apply {}", vpc.policy.display());
+        for l in out
+            .lines()
+            .filter(|l| l.contains("attached") || l.starts_with("applied"))
+        {
+            println!("    {}", l.trim());
+        }
+    }
+    let mut rows = vpc.run(&vpc.paths())?;
+    check_interrupt()?;
+    print!("{}", render(&rows));
+    println!();
+    println!(
+        "==> why can't my IP SSH to web-1? sg-agent explain --from 192.0.2.11 --to 198.51.100.10 --proto tcp --port 40000"
+    );
+    let out = vpc.agents.run(
+        &vpc.router,
+        &[
+            "explain",
+            "--policy",
+            &vpc.policy.display().to_string(),
+            "--from",
+            "192.0.2.11",
+            "--to",
+            "198.51.100.10",
+            "--proto",
+            "tcp",
+            "--port",
+            "40000",
+        ],
+    )?;
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {l}");
+    }
+    println!();
+    println!("==> A4: renumber acl-private's deny of web-2 from 110 to 90 (before its allow 100)");
+    vpc.edit_and_apply_router("{number: 110, action: deny", "{number: 90, action: deny")?;
+    let db = Svc::Db {
+        port: 3306,
+        mariadb: false,
+    };
+    #[rustfmt::skip]
+    let more = vpc.run(&table(&[
+        ("web-2", "db-1", V4, db.clone(), Expect::Deny, "A4 renumbered: 90 deny first"),
+        ("web-1", "db-1", V4, db, Expect::Allow, "A4 only web-2's /32"),
+    ]))?;
+    print!("{}", render(&more));
+    rows.extend(more);
+    println!();
+    println!("==> counters per NACL rule on the router (sg-agent counters)");
+    print!("{}", vpc.router_counters()?);
+    println!();
+    Ok(rows)
+}
+
 fn run(args: Args) -> Result<bool> {
     let agent = agent_path(&args)?;
     if args.down {
@@ -250,7 +320,10 @@ fn run(args: Args) -> Result<bool> {
         );
     }
 
-    let all: Vec<&Row> = rows.iter().chain(&more).collect();
+    let nacl = vpc_section(&agent)?;
+    check_interrupt()?;
+
+    let all: Vec<&Row> = rows.iter().chain(&more).chain(&nacl).collect();
     let bad = all.iter().filter(|r| !r.ok()).count();
     println!(
         "==> {} paths, {} as expected, {} MISMATCH [{:.0} s]",
