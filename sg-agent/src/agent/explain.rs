@@ -78,6 +78,9 @@ pub struct ExplainQuery {
     pub peer: IpAddr,
     /// Destination port (tcp/udp; required for them).
     pub port: Option<u16>,
+    /// Source port (tcp/udp; default 40000, an ephemeral port). A NACL judges a reply by it
+    /// (A18): the reply's destination port is the client's source port.
+    pub sport: Option<u16>,
     /// Default: echo request of the peer's family.
     pub icmp: Option<IcmpTypeCode>,
     /// The local device or policy interface (default: the only enforced one).
@@ -93,8 +96,8 @@ impl ExplainQuery {
                 .ok_or_else(|| Error::InvalidInput("--port N is needed for tcp and udp".into()))
         };
         Ok(match self.proto {
-            ExplainProto::Tcp => Packet::syn(src, dst, 40000, port()?),
-            ExplainProto::Udp => Packet::udp(src, dst, 40000, port()?),
+            ExplainProto::Tcp => Packet::syn(src, dst, self.sport.unwrap_or(40000), port()?),
+            ExplainProto::Udp => Packet::udp(src, dst, self.sport.unwrap_or(40000), port()?),
             ExplainProto::Icmp | ExplainProto::Icmpv6 => {
                 let echo = if self.peer.is_ipv6() { 128 } else { 8 };
                 let tc = self.icmp.unwrap_or(IcmpTypeCode {
@@ -430,6 +433,7 @@ mod tests {
             proto: ExplainProto::Udp,
             peer: "198.51.100.10".parse().unwrap(),
             port: None,
+            sport: None,
             icmp: None,
             iface: None,
             local: None,

@@ -40,6 +40,9 @@ pub struct Args {
     /// Destination port (tcp/udp).
     #[arg(long)]
     port: Option<u16>,
+    /// Source port (tcp/udp; default 40000): explain a reply with --sport 22 --port 40000.
+    #[arg(long)]
+    sport: Option<u16>,
     /// ICMP TYPE/CODE, e.g. 8/0.
     #[arg(long, value_name = "TYPE/CODE")]
     icmp: Option<IcmpTypeCode>,
@@ -86,6 +89,7 @@ impl Args {
             proto: self.proto,
             peer,
             port: self.port,
+            sport: self.sport,
             icmp: self.icmp,
             iface: self.iface.clone(),
             local: self.local,

@@ -183,7 +183,7 @@ fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
     print!("{}", render(&rows));
     println!();
     println!(
-        "==> why can't my IP SSH to web-1? sg-agent explain --from 192.0.2.11 --to 198.51.100.10 --proto tcp --port 40000"
+        "==> why can't my IP SSH to web-1? sg-agent explain --from 192.0.2.11 --to 198.51.100.10 --proto tcp --sport 22 --port 40000"
     );
     let out = vpc.agents.run(
         &vpc.router,
@@ -197,6 +197,8 @@ fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
             "198.51.100.10",
             "--proto",
             "tcp",
+            "--sport",
+            "22",
             "--port",
             "40000",
         ],

@@ -137,6 +137,8 @@ fn explain_from_to_names_the_deciding_layer_and_rule() {
         "198.51.100.10",
         "--proto",
         "tcp",
+        "--sport",
+        "22",
         "--port",
         "40000",
     ]);
