@@ -11,6 +11,7 @@ use super::etcd::Store;
 use super::follow::content_hash;
 use super::layout::{Ack, Key, Snapshot, decode, policy_values};
 use crate::config::Loaded;
+use crate::error::Error;
 
 /// What an import wrote.
 #[derive(Clone, Debug, Serialize)]
@@ -26,6 +27,19 @@ pub struct Imported {
 /// the result (import + registrations) is validated as a whole first, so an import that
 /// removes a group a live host still carries is refused and nothing is written.
 pub async fn import(store: &mut Store, loaded: &Loaded, name: &str) -> Result<Imported> {
+    // The store's layout has no keys for network ACLs yet: refuse rather than import the
+    // groups and silently leave the subnets' NACLs behind.
+    let p = &loaded.policy;
+    if !p.network_acls.is_empty() || !p.subnets.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{name}: has {} network ACLs and {} subnets, which the store does not hold yet; \
+             hint: import the groups without them, and apply the file with its NACLs on the \
+             router (`sg-agent apply FILE` there: docs/nacl.md)",
+            p.network_acls.len(),
+            p.subnets.len()
+        ))
+        .into());
+    }
     let listing = store.list().await?;
     let current: BTreeMap<Key, Vec<u8>> = listing
         .kvs
