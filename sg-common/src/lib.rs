@@ -408,6 +408,8 @@ pub mod ct_state {
 pub mod ct_flags {
     /// The flow lives in [`crate::maps::CT`] (confirmed) rather than CT_NEW.
     pub const CONFIRMED: u8 = 1 << 0;
+    /// Created while audit mode was on (L3): deleted when it ends.
+    pub const AUDIT: u8 = 1 << 1;
 }
 
 /// Indexes into [`maps::CT_STATS`].
@@ -482,7 +484,16 @@ const _: () = assert!(size_of::<RuleCounter>() == 16);
 pub struct Config {
     /// Events per second per CPU; 0 disables events.
     pub events_per_sec: u32,
-    pub _pad: u32,
+    /// [`config_flags`] bits.
+    pub flags: u32,
+}
+
+pub mod config_flags {
+    /// Audit mode (L3): a packet the policy drops (no rule, a NACL deny, a later fragment of
+    /// such a datagram) passes, counted as [`crate::Reason::PassAudit`] and reported as an
+    /// [`crate::event_kind::AUDIT`] event; flows created meanwhile carry
+    /// [`crate::ct_flags::AUDIT`] so that ending audit mode can end them.
+    pub const AUDIT: u32 = 1 << 0;
 }
 const _: () = assert!(size_of::<Config>() == 8);
 
@@ -497,6 +508,8 @@ const _: () = assert!(size_of::<RateState>() == 16);
 pub mod event_kind {
     pub const DROP: u8 = 1;
     pub const NEW_FLOW: u8 = 2;
+    /// A packet the policy drops, passed by audit mode (L3); `reason` is the drop's.
+    pub const AUDIT: u8 = 3;
 }
 
 /// One record in [`maps::EVENTS`].
@@ -548,6 +561,8 @@ pub enum Reason {
     PassNaclRule = 9,
     /// Traffic to or from the router's own addresses on a NACL interface (A21).
     PassRouterLocal = 10,
+    /// A packet the policy drops, passed because audit mode is on (L3).
+    PassAudit = 11,
     // --- drop ---
     /// No rule allows the packet (E1).
     DropNoRule = 16,
@@ -577,7 +592,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::PassRuleNew,
         Reason::PassRuleUntracked,
         Reason::PassCtOriginal,
@@ -589,6 +604,7 @@ impl Reason {
         Reason::PassDhcp,
         Reason::PassNaclRule,
         Reason::PassRouterLocal,
+        Reason::PassAudit,
         Reason::DropNoRule,
         Reason::DropNoPolicy,
         Reason::DropCtFull,
@@ -635,6 +651,7 @@ impl Reason {
             Reason::PassDhcp => "pass_dhcp",
             Reason::PassNaclRule => "pass_nacl_rule",
             Reason::PassRouterLocal => "pass_router_local",
+            Reason::PassAudit => "pass_audit",
             Reason::DropNoRule => "drop_no_rule",
             Reason::DropNoPolicy => "drop_no_policy",
             Reason::DropCtFull => "drop_conntrack_full",

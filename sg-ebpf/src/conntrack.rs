@@ -26,7 +26,7 @@ use sg_common::{
 };
 
 use crate::{
-    maps::{SG_CT, SG_CT_NEW, ct_stat},
+    maps::{SG_CT, SG_CT_NEW, audit_on, ct_stat},
     parse::{L4_ICMP, L4_TCP, L4_UDP, Pkt, Words, tcp_flags},
     verdict::{Packed, Verdict, pack, unpack},
 };
@@ -429,7 +429,8 @@ fn create_inline(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Option<Ve
         timeouts,
         origin: pkt.dir,
         state,
-        flags: 0,
+        // L3: a flow created while auditing ends when audit mode does.
+        flags: if audit_on() { ct_flags::AUDIT } else { 0 },
         _pad: 0,
         _pad2: 0,
     };

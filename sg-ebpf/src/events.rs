@@ -19,7 +19,7 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// and the bucket has a token. Interfaces without a policy have no flags: no events.
 // verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
-pub fn emit(pkt: &Pkt, v: &Verdict) {
+pub fn emit(pkt: &Pkt, v: &Verdict, audited: bool) {
     let Some(cfg) = SG_CONFIG.get(0) else {
         return;
     };
@@ -27,7 +27,9 @@ pub fn emit(pkt: &Pkt, v: &Verdict) {
     if rate == 0 {
         return;
     }
-    let (kind, want) = if matches!(v.reason, Reason::PassRuleNew) {
+    let (kind, want) = if audited {
+        (event_kind::AUDIT, iface_flags::LOG_DROPS)
+    } else if matches!(v.reason, Reason::PassRuleNew) {
         (event_kind::NEW_FLOW, iface_flags::LOG_FLOWS)
     } else {
         (event_kind::DROP, iface_flags::LOG_DROPS)

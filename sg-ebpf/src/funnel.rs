@@ -8,7 +8,7 @@ use sg_common::{NO_RULE_SLOT, Reason};
 use crate::{
     ctx::Hook,
     events,
-    maps::{SG_REASON_CNT, SG_RULE_CNT, bump},
+    maps::{SG_REASON_CNT, SG_RULE_CNT, audit_on, bump},
     parse::Pkt,
     verdict::Verdict,
 };
@@ -16,10 +16,20 @@ use crate::{
 /// Counts, emits and returns. A rule counter moves for every packet whose verdict charges a
 /// rule: a security-group rule only ever allows (E1); a network ACL rule also denies (A5),
 /// and its drops are charged to it.
+///
+/// Audit mode (L3): a drop the policy decided (no rule, a NACL deny, a later fragment of a
+/// denied datagram) passes instead, counted as `PassAudit` and reported with its drop
+/// reason. Malformed packets, interfaces without a policy and a full conntrack table stay
+/// dropped: audit mode audits the rules, it does not open the host.
 #[inline(always)]
 pub fn finish<C: Hook>(pkt: &Pkt, v: Verdict) -> u32 {
-    bump(&SG_REASON_CNT, v.reason as u32);
-    let pass = v.reason.is_pass();
+    let audited = matches!(
+        v.reason,
+        Reason::DropNoRule | Reason::DropNaclRule | Reason::DropFragDenied
+    ) && audit_on();
+    let counted = if audited { Reason::PassAudit } else { v.reason };
+    bump(&SG_REASON_CNT, counted as u32);
+    let pass = counted.is_pass();
     if v.slot != NO_RULE_SLOT
         && let Some(c) = SG_RULE_CNT.get_ptr_mut(v.slot)
     {
@@ -28,8 +38,8 @@ pub fn finish<C: Hook>(pkt: &Pkt, v: Verdict) -> u32 {
             (*c).bytes += pkt.len as u64;
         }
     }
-    if !pass || matches!(v.reason, Reason::PassRuleNew) {
-        events::emit(pkt, &v);
+    if !pass || audited || matches!(v.reason, Reason::PassRuleNew) {
+        events::emit(pkt, &v, audited);
     }
     if pass { C::PASS } else { C::DROP }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use sg_common::{
     Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PeerVal, PortKey,
-    PortPage, RateState, Reason, RuleCounter, capacity, ct_stat,
+    PortPage, RateState, Reason, RuleCounter, capacity, config_flags, ct_stat,
 };
 
 /// 0 -> the active policy generation (0 or 1).
@@ -90,6 +90,14 @@ pub fn bump(map: &PerCpuArray<u64>, idx: u32) {
     if let Some(p) = map.get_ptr_mut(idx) {
         unsafe { *p += 1 };
     }
+}
+
+/// Audit mode (L3): `SG_CONFIG`'s flag. Read on the drop and flow-creation paths only.
+#[inline(always)]
+pub fn audit_on() -> bool {
+    SG_CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & config_flags::AUDIT != 0)
 }
 
 /// One `ct_stat` counter.

@@ -42,6 +42,8 @@ pub struct Status {
     /// An `apply --confirm` waiting for `sg-agent confirm` (L1), and the reverts so far.
     pub confirm: Option<super::Pending>,
     pub confirm_reverts: u64,
+    /// Audit mode (L3): the policy's drops pass and are reported.
+    pub audit: bool,
 }
 
 pub fn ser_ct<S: serde::Serializer>(c: &CtStats, s: S) -> Result<S::Ok, S::Error> {
@@ -106,11 +108,19 @@ impl Agent {
         let ct = dp.ct_stats()?;
         let caps = dp.capacities();
         let kernel_generation = dp.active_generation();
+        let audit = dp.audit()?;
         let (ki, kp, kq) = dp.generation_entries(kernel_generation);
         let st = &self.state;
         let mut warnings = self.warnings.clone();
         warnings.extend(kernel_warnings(st, kernel_generation, ki + kp + kq));
         warnings.extend(pin_warnings(st, &pinned));
+        if audit {
+            warnings.push(
+                "audit mode is ON: packets the policy drops pass (counted as pass_audit); \
+                 hint: sg-agent audit off"
+                    .into(),
+            );
+        }
         let interfaces = iface_statuses(st, &pinned, &mut warnings);
         Ok(Status {
             abi: ABI_VERSION,
@@ -129,6 +139,7 @@ impl Agent {
             warnings,
             confirm: super::confirm::read_marker(&self.sd)?,
             confirm_reverts: st.confirm_reverts,
+            audit,
         })
     }
 

@@ -7,6 +7,7 @@
 
 mod api;
 mod apply;
+mod audit;
 mod check;
 mod confirm;
 mod conntrack;
@@ -88,6 +89,12 @@ enum Cmd {
                             sg-agent explain --out --proto icmp --peer 192.0.2.21 --icmp 8/0 --iface eth0"
     )]
     Explain(explain::Args),
+    /// Audit mode (L3): pass what the policy would drop, and report it; `off` ends it and the
+    /// flows it admitted.
+    #[command(
+        after_help = "Examples:\n  sg-agent audit on\n  sg-agent counters   # pass_audit\n  sg-agent audit off"
+    )]
+    Audit(audit::Args),
     /// Remove programs, links, maps and pins of this namespace (enforcement stops).
     Detach,
     /// Apply, then stay: reload on SIGHUP and file change, metrics, flow logs.
@@ -173,6 +180,7 @@ impl Cli {
             Cmd::Counters(a) => counters::run(&g, &a),
             Cmd::Conntrack(a) => conntrack::run(&g, &a),
             Cmd::Explain(a) => explain::run(&g, a),
+            Cmd::Audit(a) => audit::run(&g, &a),
             Cmd::Detach => detach::run(&g),
             Cmd::Daemon(a) => daemon::run(&g, a),
             Cmd::Store(a) => store::run(&g, &a),

@@ -82,7 +82,8 @@ impl FlowLog {
         }
         let now = now_unix();
         for e in agent.dataplane()?.drain_events(4096)? {
-            if e.kind != sg_common::event_kind::DROP {
+            // Audit mode (L3): what the policy would drop (it passed) is logged as REJECT too.
+            if e.kind != sg_common::event_kind::DROP && e.kind != sg_common::event_kind::AUDIT {
                 continue;
             }
             let k = (

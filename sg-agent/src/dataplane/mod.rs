@@ -36,7 +36,7 @@ use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use sg_common::{
     Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PortKey, PortPage,
-    RuleCounter, capacity, maps, progs,
+    RuleCounter, capacity, config_flags, ct_flags, maps, progs,
 };
 
 pub use apply::ApplyReport;
@@ -315,19 +315,43 @@ impl Dataplane {
         1 - self.mirror.active
     }
 
-    /// Events per second per CPU (0: none).
+    /// Events per second per CPU (0: none). Other settings stay.
     pub fn set_events_per_sec(&mut self, n: u32) -> Result<()> {
-        self.maps
-            .config
-            .set(
-                0,
-                Config {
-                    events_per_sec: n,
-                    _pad: 0,
-                },
-                0,
-            )
-            .context("writing SG_CONFIG")
+        let c = self.config()?;
+        self.write_config(Config {
+            events_per_sec: n,
+            ..c
+        })
+    }
+
+    /// Audit mode on or off (L3). Other settings stay.
+    pub fn set_audit(&mut self, on: bool) -> Result<()> {
+        let c = self.config()?;
+        let flags = if on {
+            c.flags | config_flags::AUDIT
+        } else {
+            c.flags & !config_flags::AUDIT
+        };
+        self.write_config(Config { flags, ..c })
+    }
+
+    /// Whether audit mode is on (L3).
+    pub fn audit(&self) -> Result<bool> {
+        Ok(self.config()?.flags & config_flags::AUDIT != 0)
+    }
+
+    /// Deletes the flows created while audit mode was on (L3: they end with it). Returns how
+    /// many.
+    pub fn end_audited_flows(&mut self) -> Result<usize> {
+        self.delete_flows(|_, v| v.flags & ct_flags::AUDIT != 0)
+    }
+
+    fn config(&self) -> Result<Config> {
+        self.maps.config.get(&0, 0).context("reading SG_CONFIG")
+    }
+
+    fn write_config(&mut self, c: Config) -> Result<()> {
+        self.maps.config.set(0, c, 0).context("writing SG_CONFIG")
     }
 }
 

@@ -1442,7 +1442,7 @@ fn events_report_drops_and_new_flows_when_enabled() {
             0,
             Config {
                 events_per_sec: 1000,
-                _pad: 0,
+                flags: 0,
             },
             0,
         )
