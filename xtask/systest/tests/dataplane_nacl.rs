@@ -62,7 +62,9 @@ fn apply(rig: &mut Rig, case: &NaclCase) -> sg_agent::dataplane::ApplyReport {
     let (image, _) = compile_router(
         &case.policy,
         &BTreeMap::new(),
-        &rig.image.slots,
+        // Fresh slots: a case's rules get 1..n. Carried over, the cursor would walk through
+        // the whole slot table and every test run would read all of its counters.
+        &SlotTable::default(),
         &opts,
         &router,
     )
@@ -115,7 +117,12 @@ fn kernel(rig: &mut Rig, hook: Hook, s: &Step) -> anyhow::Result<(Reason, Option
     Ok((got.reason, rule))
 }
 
-fn run_steps(rig: &mut Rig, case: &NaclCase, steps: &[Step]) -> Result<(), TestCaseError> {
+fn run_steps(
+    rig: &mut Rig,
+    case: &NaclCase,
+    steps: &[Step],
+    seen: &mut BTreeMap<Reason, u64>,
+) -> Result<(), TestCaseError> {
     rig.dp
         .flush_fragments()
         .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
@@ -126,6 +133,7 @@ fn run_steps(rig: &mut Rig, case: &NaclCase, steps: &[Step]) -> Result<(), TestC
         let hook = hook_of(s.dir, i);
         let (reason, rule) =
             kernel(rig, hook, s).map_err(|e| TestCaseError::fail(format!("step {i}: {e:#}")))?;
+        *seen.entry(reason).or_default() += 1;
         if reason != want.reason || rule != want.rule {
             return Err(TestCaseError::fail(format!(
                 "step {i} ({hook:?} on {}): kernel {reason:?} rule {rule:?}, model {:?} rule {:?}\n  \
@@ -171,6 +179,7 @@ fn kernel_agrees_with_the_model_on_random_nacls() {
             TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
         );
         let packets = std::cell::Cell::new(0u64);
+        let seen = std::cell::RefCell::new(BTreeMap::new());
         let rig = std::cell::RefCell::new(&mut r);
         let strategy = (arb_nacl_case(), arb_shots(shots..shots + 1));
         let result = runner.run(&strategy, |(case, shots)| {
@@ -178,14 +187,25 @@ fn kernel_agrees_with_the_model_on_random_nacls() {
             let mut rig = rig.borrow_mut();
             apply(&mut rig, &case);
             packets.set(packets.get() + steps.len() as u64);
-            run_steps(&mut rig, &case, &steps)
+            run_steps(&mut rig, &case, &steps, &mut seen.borrow_mut())
                 .map_err(|e| TestCaseError::fail(format!("{e}\ncase:\n{}", describe(&case))))
         });
         if let Err(e) = result {
             panic!("seed {seed}: kernel and model disagree on a NACL: {e}");
         }
         let n = packets.get();
-        eprintln!("dataplane_nacl: {n} packets compared");
+        let seen = seen.into_inner();
+        eprintln!("dataplane_nacl: {n} packets compared, by reason: {seen:?}");
+        // The generator must reach every NACL verdict, or the comparison proves little.
+        for r in [
+            Reason::PassNaclRule,
+            Reason::DropNaclRule,
+            Reason::PassRouterLocal,
+            Reason::PassFragment,
+            Reason::DropFragDenied,
+        ] {
+            assert!(seen.contains_key(&r), "no packet got {r:?}: {seen:?}");
+        }
         assert!(
             n >= u64::from(cases) * shots as u64,
             "only {n} packets were compared"

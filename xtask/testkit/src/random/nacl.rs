@@ -124,7 +124,8 @@ fn arb_entry() -> impl Strategy<Value = NaclEntry> {
     (
         // A small number range: interleaving, and renumbering pressure.
         1u16..200,
-        any::<bool>(),
+        // One deny in three: allows must win often enough to be seen.
+        proptest::bool::weighted(1.0 / 3.0),
         cidr,
     )
         .prop_flat_map(|(number, deny, cidr)| {
