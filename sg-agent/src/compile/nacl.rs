@@ -371,3 +371,135 @@ fn first_match(entries: &[(super::ports::Points, Winner)], star: Winner) -> Port
         protos,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{CompileOptions, compile_indexed, compile_router, membership_delta};
+    use crate::model::build::{PolicyBuilder, cidr, tcp};
+    use crate::policy::{Origin, Subnet};
+
+    fn policy(deny_number: u16) -> Policy {
+        let mut p = PolicyBuilder::new()
+            .ingress("sg-a", tcp(22), cidr("0.0.0.0/0"))
+            .iface("web", &["192.0.2.10"], &["sg-a"])
+            .build();
+        let id = NaclId("acl-1".into());
+        let entry = |number, action| NaclEntry {
+            number,
+            action,
+            protocol: tcp(22),
+            cidr: "198.51.100.0/24".parse().unwrap(),
+            origin: Origin::default(),
+        };
+        p.network_acls.insert(
+            id.clone(),
+            NetworkAcl {
+                id: id.clone(),
+                is_default: false,
+                inbound: vec![entry(deny_number, NaclAction::Deny)],
+                outbound: vec![entry(100, NaclAction::Allow)],
+                origin: Origin::default(),
+            },
+        );
+        for (i, s) in ["192.0.2.64/26", "192.0.2.128/26"].iter().enumerate() {
+            p.subnets.push(Subnet {
+                id: SubnetId(format!("subnet-{i}")),
+                cidrs: vec![s.parse().unwrap()],
+                network_acl: id.clone(),
+                router_device: None,
+                origin: Origin::default(),
+            });
+        }
+        p
+    }
+
+    fn router() -> Router {
+        Router {
+            ports: (0..2)
+                .map(|i| RouterPort {
+                    subnet: SubnetId(format!("subnet-{i}")),
+                    ifindex: 10 + i,
+                })
+                .collect(),
+            addrs: vec!["192.0.2.65".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn subnets_sharing_a_nacl_share_its_scopes_and_ids_are_stable() {
+        let p = policy(50);
+        let bindings = [("web".to_string(), 1)].into();
+        let opts = CompileOptions::default();
+        let compile = || compile_router(&p, &bindings, &SlotTable::default(), &opts, &router());
+        let (a, _) = compile().unwrap();
+        let (b, _) = compile().unwrap();
+        assert_eq!(a, b, "the same input gives the same image");
+        let conf = |ifindex| {
+            a.ifaces[&IfaceKey {
+                generation: 0,
+                ifindex,
+            }]
+        };
+        assert_eq!(conf(10).flags, iface_flags::NACL);
+        assert_eq!(
+            (conf(10).scope_in, conf(10).scope_out),
+            (conf(11).scope_in, conf(11).scope_out)
+        );
+        assert_ne!(conf(1).flags & iface_flags::NACL, iface_flags::NACL);
+        for id in [
+            "acl-1/in/50",
+            "acl-1/in/*v4",
+            "acl-1/in/*v6",
+            "acl-1/out/100",
+            "acl-1/out/*v6",
+        ] {
+            assert!(
+                a.slots.slot(&RuleId(id.into())).is_some(),
+                "no slot for {id}"
+            );
+        }
+        // Without a router the compile is the security groups' alone.
+        let (plain, _) = compile_indexed(&p, &bindings, &SlotTable::default(), &opts).unwrap();
+        assert!(
+            plain
+                .ifaces
+                .values()
+                .all(|c| c.flags & iface_flags::NACL == 0)
+        );
+        assert!(plain.slots.by_rule.keys().all(|r| !r.0.starts_with("acl-")));
+    }
+
+    #[test]
+    fn unknown_subnets_and_taken_ifindexes_are_errors() {
+        let p = policy(50);
+        let opts = CompileOptions::default();
+        let mut r = router();
+        r.ports[0].subnet = SubnetId("subnet-x".into());
+        let e = compile_router(&p, &BTreeMap::new(), &SlotTable::default(), &opts, &r);
+        assert!(matches!(
+            e,
+            Err(CompileError::Unresolved { what: "subnet", .. })
+        ));
+        let bindings = [("web".to_string(), 10)].into();
+        let e = compile_router(&p, &bindings, &SlotTable::default(), &opts, &router());
+        assert!(matches!(
+            e,
+            Err(CompileError::DuplicateIfindex { ifindex: 10, .. })
+        ));
+    }
+
+    #[test]
+    fn a25_a_nacl_change_is_never_a_membership_delta() {
+        let (before, after) = (policy(50), policy(150));
+        let bindings = [("web".to_string(), 1)].into();
+        let opts = CompileOptions::default();
+        let (image, index) =
+            compile_router(&before, &bindings, &SlotTable::default(), &opts, &router()).unwrap();
+        let d = membership_delta(&before, &after, &bindings, &image, &index).unwrap();
+        assert!(
+            d.is_none(),
+            "a renumbered NACL entry must be compiled whole"
+        );
+    }
+}

@@ -13,6 +13,7 @@
 //! numbers 1/6/17/58 only as their named variants, quotas).
 
 pub mod fuzz;
+pub mod nacl;
 pub mod packets;
 
 use std::fmt::Write as _;
