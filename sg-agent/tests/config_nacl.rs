@@ -654,13 +654,8 @@ Resources:
     Properties: {SubnetId: !Ref WebSubnet, NetworkAclId: !Ref WebAcl}
 "#;
 
-/// NACLs without origins, and subnets without origins: what the three formats must agree on.
-fn comparable(
-    p: &Policy,
-) -> (
-    Vec<(String, bool, Vec<NaclEntry>, Vec<NaclEntry>)>,
-    Vec<Subnet>,
-) {
+/// The NACLs and subnets without their origins: what the three formats must agree on.
+fn comparable(p: &Policy) -> (Vec<NetworkAcl>, Vec<Subnet>) {
     let strip = |es: &[NaclEntry]| {
         es.iter()
             .map(|e| NaclEntry {
@@ -672,13 +667,11 @@ fn comparable(
     let acls = p
         .network_acls
         .values()
-        .map(|a| {
-            (
-                a.id.to_string(),
-                a.is_default,
-                strip(&a.inbound),
-                strip(&a.outbound),
-            )
+        .map(|a| NetworkAcl {
+            inbound: strip(&a.inbound),
+            outbound: strip(&a.outbound),
+            origin: Default::default(),
+            ..a.clone()
         })
         .collect();
     let subnets = p
