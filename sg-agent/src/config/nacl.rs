@@ -79,7 +79,9 @@ pub(super) fn validate(
         out.insert(acl.id.clone(), acl);
     }
     let used: HashSet<&NaclId> = subnets.iter().map(|s| &s.network_acl).collect();
-    for n in &given {
+    // A subnet in error may be the one that meant to use the NACL: no guesswork then.
+    let all_subnets = subnets.len() == d.subnets.len();
+    for n in given.iter().filter(|_| all_subnets) {
         if !n.default && !used.contains(&NaclId(n.id.v.clone())) {
             sink.warn_hint(
                 &n.at,
