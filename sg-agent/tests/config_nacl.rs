@@ -654,13 +654,8 @@ Resources:
     Properties: {SubnetId: !Ref WebSubnet, NetworkAclId: !Ref WebAcl}
 "#;
 
-/// NACLs without origins, and subnets without origins: what the three formats must agree on.
-fn comparable(
-    p: &Policy,
-) -> (
-    Vec<(String, bool, Vec<NaclEntry>, Vec<NaclEntry>)>,
-    Vec<Subnet>,
-) {
+/// The NACLs and subnets without their origins: what the three formats must agree on.
+fn comparable(p: &Policy) -> (Vec<NetworkAcl>, Vec<Subnet>) {
     let strip = |es: &[NaclEntry]| {
         es.iter()
             .map(|e| NaclEntry {
@@ -672,13 +667,11 @@ fn comparable(
     let acls = p
         .network_acls
         .values()
-        .map(|a| {
-            (
-                a.id.to_string(),
-                a.is_default,
-                strip(&a.inbound),
-                strip(&a.outbound),
-            )
+        .map(|a| NetworkAcl {
+            inbound: strip(&a.inbound),
+            outbound: strip(&a.outbound),
+            origin: Default::default(),
+            ..a.clone()
         })
         .collect();
     let subnets = p
@@ -764,5 +757,36 @@ fn cloudformation_nacl_errors_are_located_in_the_template() {
             "subnet subnet-web is associated with a second network ACL",
             "(A12)",
         ],
+    );
+}
+
+#[test]
+fn one_describe_document_may_hold_security_groups_network_acls_and_subnets() {
+    let both = DESCRIBE.replacen(
+        "{\n",
+        r#"{
+  "SecurityGroups": [
+    {"GroupId": "sg-web", "GroupName": "web", "Description": "web",
+     "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+     "IpPermissionsEgress": []}
+  ],
+"#,
+        1,
+    );
+    let l = load_str(&both, "t.json").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(l.format, Format::DescribeJson);
+    assert_eq!(l.policy.groups.len(), 1);
+    assert_eq!(
+        comparable(&l.policy),
+        comparable(&load_str(DESCRIBE, "t.json").unwrap().policy)
+    );
+    let summary = l.summary();
+    assert!(
+        summary.contains("network ACLs: 2\n  acl-0a1b2c3d4e5f60718 (default): 2 inbound, 2 outbound entries (and the `*` rules)\n  acl-web: 5 inbound, 2 outbound entries"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("subnets: 2\n  subnet-db [198.51.100.128/25]: acl-0a1b2c3d4e5f60718\n  subnet-web [198.51.100.0/25, 2001:db8:1::/64]: acl-web"),
+        "{summary}"
     );
 }

@@ -220,12 +220,15 @@ pub(crate) struct DNaclEntry {
     /// The port range (from, to), when given.
     pub ports: Option<(L<i64>, L<i64>)>,
     /// The ICMP (type, code), when given; either may be missing as written.
-    pub icmp: Option<(Option<L<i64>>, Option<L<i64>>)>,
+    pub icmp: Option<DIcmp>,
     pub cidr: L<String>,
     /// The field only takes this family; the string is the hint when it does not.
     pub cidr_expect: Option<(Family, String)>,
     pub at: Origin,
 }
+
+/// An ICMP (type, code) as written; either may be missing.
+pub(crate) type DIcmp = (Option<L<i64>>, Option<L<i64>>);
 
 /// A subnet as written (A12).
 #[derive(Debug)]

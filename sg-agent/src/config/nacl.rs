@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use ipnet::IpNet;
 
 use super::diag::{Sink, did_you_mean};
-use super::draft::{DNacl, DNaclEntry, DSubnet, Draft, L};
+use super::draft::{DIcmp, DNacl, DNaclEntry, DSubnet, Draft, L};
 use super::validate::{canonical_cidr, device_name, report, twice};
 use super::values::{self, ProtoName, family_name};
 use crate::policy::{
@@ -79,7 +79,9 @@ pub(super) fn validate(
         out.insert(acl.id.clone(), acl);
     }
     let used: HashSet<&NaclId> = subnets.iter().map(|s| &s.network_acl).collect();
-    for n in &given {
+    // A subnet in error may be the one that meant to use the NACL: no guesswork then.
+    let all_subnets = subnets.len() == d.subnets.len();
+    for n in given.iter().filter(|_| all_subnets) {
         if !n.default && !used.contains(&NaclId(n.id.v.clone())) {
             sink.warn_hint(
                 &n.at,
@@ -371,7 +373,7 @@ fn entry_protocol(sink: &mut Sink, e: &DNaclEntry, fam: Family) -> Option<Protoc
 }
 
 /// Where the first of an ICMP type and code was written.
-fn icmp_at(icmp: &(Option<L<i64>>, Option<L<i64>>)) -> Option<&Origin> {
+fn icmp_at(icmp: &DIcmp) -> Option<&Origin> {
     icmp.0.as_ref().or(icmp.1.as_ref()).map(|v| &v.at)
 }
 
@@ -381,7 +383,7 @@ fn ignored(sink: &mut Sink, e: &DNaclEntry, what: &str) {
     let narrow_ports = e
         .ports
         .as_ref()
-        .filter(|(a, b)| !(a.v == 0 && b.v == 65535) && !(a.v == -1 && b.v == -1))
+        .filter(|(a, b)| !matches!((a.v, b.v), (0, 65535) | (-1, -1)))
         .map(|(a, _)| &a.at);
     let narrow_icmp = e
         .icmp

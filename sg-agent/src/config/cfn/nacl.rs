@@ -249,10 +249,9 @@ impl<'n> Cfn<'n, '_> {
             }
             None => None,
         };
-        let icmp = match p.get("Icmp") {
-            Some(v) => Some(self.int_pair(&v, "Icmp", ("Type", "Code"))),
-            None => None,
-        };
+        let icmp = p
+            .get("Icmp")
+            .map(|v| self.int_pair(&v, "Icmp", ("Type", "Code")));
         let entry = DNaclEntry {
             number: number?,
             action: action?,

@@ -94,8 +94,11 @@ pub(super) fn read(sink: &mut Sink, top: &Fields, d: &mut Draft) {
     d.subnets.extend(subnets.into_values());
 }
 
+/// The subnets a NACL's `Associations` name, each with where.
+type Associations = Vec<(L<String>, Origin)>;
+
 /// One network ACL, and the subnets its `Associations` name (subnet id, where).
-fn network_acl(sink: &mut Sink, at: &At) -> Option<(DNacl, Vec<(L<String>, Origin)>)> {
+fn network_acl(sink: &mut Sink, at: &At) -> Option<(DNacl, Associations)> {
     let f = fields(sink, at, "a network ACL")?;
     f.check_keys(sink, "a network ACL", NACL_KEYS);
     let Some(id) = f.get("NetworkAclId") else {
