@@ -358,12 +358,13 @@ fn unattached_groups(p: &Policy) -> Vec<Finding> {
         .collect()
 }
 
-/// SG008 (info), on the enforced policy: rules whose counters show no packet. `packets` is
+/// SG008 (info), on the enforced policy: rules whose counters show no packet (AWS's implicit
+/// default rules excepted: nobody wrote them, so there is nothing to remove). `packets` is
 /// the counter per rule id; `age_secs` how long ago the policy was applied (a rule kept by
 /// earlier applies has counted for at least that long).
 pub fn matched_nothing(p: &Policy, packets: &BTreeMap<RuleId, u64>, age_secs: u64) -> Vec<Finding> {
     p.all_rules()
-        .filter(|r| packets.get(&r.id) == Some(&0))
+        .filter(|r| packets.get(&r.id) == Some(&0) && !is_implicit_default(r))
         .map(|r| {
             rule_finding(
                 r,

@@ -211,6 +211,13 @@ fn sg008_rules_with_zero_packets_on_the_live_policy_carry_the_age() {
     assert_eq!(f[0].subject, rules[0].id.to_string());
     assert!(f[0].why.contains("3h 2m"), "{}", f[0].why);
 
+    // The default egress (D2) carried nothing either: AWS's implicit rules are not reported.
+    let egress = &l.policy.groups.values().next().unwrap().egress;
+    assert_eq!(egress.len(), 2);
+    let mut idle = counts.clone();
+    idle.extend(egress.iter().map(|r| (r.id.clone(), 0)));
+    assert_eq!(matched_nothing(&l.policy, &idle, 60).len(), 1);
+
     // Traffic on every rule, or no counter known (not enforced): nothing.
     let busy = BTreeMap::from([(rules[0].id.clone(), 1), (rules[1].id.clone(), 5)]);
     assert!(matched_nothing(&l.policy, &busy, 60).is_empty());
