@@ -115,12 +115,24 @@ fn lay_out(root: &Path) -> Result<()> {
         let text = fs::read_to_string(Path::new("docs").join(doc))?;
         write(&root.join(DOC).join(doc), &text, 0o644)?;
     }
+    // The build's date, from the last commit (the same tree packs the same changelog).
+    let date = output(Command::new("git").args(["log", "-1", "--format=%cD"]))?;
+    let year = date.split_whitespace().nth(3).unwrap_or("2026").to_string();
     let copyright = format!(
         "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
-         Upstream-Name: sg\n\nFiles: *\nCopyright: the sg authors\nLicense: {}\n",
-        "MIT or Apache-2.0"
+         Upstream-Name: sg\n\nFiles: *\nCopyright: {year} {MAINTAINER}\n\
+         License: MIT or Apache-2.0\n"
     );
-    write(&root.join(DOC).join("copyright"), &copyright, 0o644)
+    write(&root.join(DOC).join("copyright"), &copyright, 0o644)?;
+    // A native package's changelog, in Debian's format.
+    let changelog = root.join(DOC).join("changelog");
+    let entry = format!(
+        "sg-agent ({VERSION}) unstable; urgency=medium\n\n  \
+         * Built by `cargo xtask dist`.\n\n -- {MAINTAINER}  {}\n",
+        date.trim()
+    );
+    write(&changelog, &entry, 0o644)?;
+    run(Command::new("gzip").args(["-9n"]).arg(&changelog))
 }
 
 /// DEBIAN/: control, conffiles and the maintainer scripts.
@@ -176,8 +188,8 @@ exit 0
 const PRERM: &str = "#!/bin/sh
 set -e
 if [ \"$1\" = remove ]; then
-    if [ -d /run/systemd/system ]; then
-        systemctl stop sg-agent.service 2>/dev/null || true
+    if [ -d /run/systemd/system ] && command -v deb-systemd-invoke >/dev/null; then
+        deb-systemd-invoke stop sg-agent.service >/dev/null 2>&1 || true
     fi
     if [ -d /sys/fs/bpf/sg ] && [ -n \"$(ls -A /sys/fs/bpf/sg 2>/dev/null)\" ]; then
         echo 'sg-agent: enforcement stays in place after removal (programs pinned under' >&2
