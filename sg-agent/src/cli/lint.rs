@@ -26,6 +26,12 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: &Args) -> Result<()> {
+    if a.file.is_none() && a.template != TemplateArgs::default() {
+        // The enforced policy was evaluated with the inputs saved at its apply.
+        return Err(crate::error::usage(
+            "template options need a FILE (the enforced policy keeps the inputs it was applied with)",
+        ));
+    }
     let (source, findings) = match &a.file {
         Some(file) => {
             let loaded = load_policy_with(file, &a.template.inputs()?)?;

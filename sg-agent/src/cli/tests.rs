@@ -234,6 +234,12 @@ fn lint_takes_an_optional_file_and_a_typed_fail_on() {
     assert_eq!(a.fail_on, crate::lint::Severity::Info);
     let bad = usage_error(&["lint", "--fail-on", "fatal", "rules.yaml"]);
     assert_eq!(bad.kind(), ErrorKind::InvalidValue, "{bad}");
+    // Template inputs mean nothing for the enforced policy: exit 2 before anything opens.
+    let e = parse(&["lint", "--parameter", "A=b"])
+        .unwrap()
+        .run()
+        .unwrap_err();
+    assert_eq!(crate::error::kind(&e), crate::error::Kind::Invalid, "{e:#}");
 }
 
 #[test]
