@@ -6,6 +6,7 @@
 //! image     MapImage: the contents of the kernel's policy maps for one generation
 //! bind      which local interface carries which policy interface (by name or by address)
 //! compile   pure: Policy -> MapImage (the contents of the kernel maps)
+//! lint      pure: the best-practice checks of `sg-agent lint` over a Policy
 //! model     the reference model of SEMANTICS.md: slow, plain, shares only `policy` with compile
 //! packet    abstract packets and the Ethernet frames built from them (tests, explain)
 //! dataplane the only code that imports aya: load, pin, attach, swap, counters, conntrack
@@ -30,6 +31,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod error;
 pub mod image;
+pub mod lint;
 pub mod model;
 pub mod packet;
 pub mod policy;

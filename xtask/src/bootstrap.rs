@@ -41,6 +41,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tcpdump",
     "openssl",
 ];
+/// Debian packages `cargo xtask dist` and CI's package check use: strip (binutils),
+/// `man` (man-db) and `systemd-analyze` (systemd, never started here).
+pub const DIST_PACKAGES: &[&str] = &["binutils", "man-db", "systemd"];
 /// Debian packages of the fleet's policy store: etcd 3.4 (the server and etcdctl), which the
 /// tests, the lab and the bench start themselves inside network namespaces
 /// (`sg_testkit::etcd`), and what etcd-client's build script compiles the etcd API with:

@@ -10,12 +10,14 @@
 //! sh.rs         running a command (echoed), root or sudo
 //! bootstrap.rs  the toolchain: checks, installs (apt, bpf-linker), `Toolchain`
 //! cmd.rs        build, lint and test steps: which cargo, compiler and environment
+//! dist.rs       the .deb and the tarball
 //! fuzz.rs, lab.rs, bench.rs   one command each
 //! ```
 
 mod bench;
 mod bootstrap;
 mod cmd;
+mod dist;
 mod fuzz;
 mod lab;
 mod sh;
@@ -50,6 +52,10 @@ enum Cmd {
     /// The lint gate: rustfmt --check, and clippy with -D warnings on every target of every
     /// package (sg-ebpf also for the BPF target).
     Lint,
+    /// Package sg-agent: a .deb and a .tar.gz in target/dist (the stripped release binary
+    /// with the eBPF object embedded, man page, completions, systemd unit, an example
+    /// /etc/sg/policy.yaml). The package never starts the service.
+    Dist,
     /// Run the lint gate, then the whole test suite, privileged tests included (needs root).
     ///
     /// The lint runs first so that the README's one test command (and CI, which runs it)
@@ -116,6 +122,11 @@ fn run(cli: Cli) -> Result<()> {
             let tc = bootstrap::ensure()?;
             cmd::build_ebpf(&tc)?;
             cmd::build_agent(&tc, release)?;
+        }
+        Cmd::Dist => {
+            let tc = bootstrap::ensure()?;
+            bootstrap::apt_install(bootstrap::DIST_PACKAGES)?;
+            dist::run_dist(&tc)?;
         }
         Cmd::Lint => {
             let tc = bootstrap::ensure()?;

@@ -16,6 +16,7 @@ mod daemon;
 mod detach;
 mod docs;
 mod explain;
+mod lint;
 mod status;
 mod store;
 mod template;
@@ -61,6 +62,14 @@ enum Cmd {
     /// Validate a policy file and summarise what was understood (changes nothing).
     #[command(after_help = "Example:\n  sg-agent check examples/ec2-lab.yaml")]
     Check(check::Args),
+    /// Check a policy file (or, without FILE, the enforced policy) against best practices:
+    /// findings SG001.. with a severity and the rule's location.
+    #[command(
+        after_help = "Examples:\n  sg-agent lint examples/seed-web-db.yaml\n  \
+                            sg-agent lint --fail-on warning --json rules.yaml\n  \
+                            sg-agent lint                (the enforced policy, with counters)"
+    )]
+    Lint(lint::Args),
     /// Validate, compile, load and attach if needed, and swap the policy in atomically.
     #[command(after_help = "Examples:\n  sg-agent apply examples/ec2-lab.yaml\n  \
                             sg-agent apply --dry-run examples/ec2-lab.cfn.yaml\n  \
@@ -173,6 +182,7 @@ impl Cli {
         };
         match self.cmd {
             Cmd::Check(a) => check::run(&g, &a),
+            Cmd::Lint(a) => lint::run(&g, &a),
             Cmd::Apply(a) => apply::run(&g, &a),
             Cmd::Confirm(a) => confirm::run(&g, &a),
             Cmd::ConfirmWatchdog(a) => confirm::watchdog(&g, &a),

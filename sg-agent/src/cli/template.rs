@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use crate::config::TemplateInputs;
 
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
 #[command(next_help_heading = "CloudFormation template inputs")]
 pub struct TemplateArgs {
     /// A template parameter's value, over its Default, e.g. SSHLocation=198.51.100.0/24.

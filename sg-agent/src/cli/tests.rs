@@ -218,3 +218,47 @@ fn l1_confirm_durations_are_typed() {
         Cmd::Confirm(_)
     ));
 }
+
+#[test]
+fn lint_takes_an_optional_file_and_a_typed_fail_on() {
+    let lint = |args: &[&str]| match parse(args).unwrap().cmd {
+        Cmd::Lint(a) => a,
+        _ => panic!("not lint"),
+    };
+    let a = lint(&["lint", "rules.yaml"]);
+    assert_eq!(a.file.as_deref(), Some(Path::new("rules.yaml")));
+    assert_eq!(a.fail_on, crate::lint::Severity::Error);
+    // No file: the enforced policy.
+    let a = lint(&["lint", "--fail-on", "info"]);
+    assert_eq!(a.file, None);
+    assert_eq!(a.fail_on, crate::lint::Severity::Info);
+    let bad = usage_error(&["lint", "--fail-on", "fatal", "rules.yaml"]);
+    assert_eq!(bad.kind(), ErrorKind::InvalidValue, "{bad}");
+    // Template inputs mean nothing for the enforced policy: exit 2 before anything opens.
+    let e = parse(&["lint", "--parameter", "A=b"])
+        .unwrap()
+        .run()
+        .unwrap_err();
+    assert_eq!(crate::error::kind(&e), crate::error::Kind::Invalid, "{e:#}");
+}
+
+#[test]
+fn lint_fails_only_when_a_finding_reaches_fail_on() {
+    // The seed's web/db example: rules without SSH from the world, a description on each;
+    // its default egress and unattached groups are below `error`.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed-web-db.yaml");
+    let file = file.to_str().unwrap();
+    let run = |args: &[&str]| parse(args).unwrap().run();
+    run(&["lint", file]).expect("no error finding");
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open.yaml");
+    std::fs::write(
+        &open,
+        "security_groups:\n  - id: sg-a\n    ingress:\n      \
+         - {protocol: tcp, ports: 22, source: 0.0.0.0/0, description: ssh}\n",
+    )
+    .unwrap();
+    let e = run(&["lint", "--json", open.to_str().unwrap()]).expect_err("SSH from the world");
+    assert_eq!(crate::error::kind(&e), crate::error::Kind::Runtime, "{e:#}");
+    assert!(format!("{e}").contains("--fail-on error"), "{e:#}");
+}
