@@ -109,14 +109,7 @@ fn rule_finding(
     why: String,
     hint: &str,
 ) -> Finding {
-    Finding {
-        id,
-        severity,
-        subject: r.id.to_string(),
-        origin: r.origin.clone(),
-        why,
-        hint: hint.into(),
-    }
+    finding(r.id.to_string(), &r.origin, id, severity, why, hint)
 }
 
 fn group_finding(
@@ -126,11 +119,22 @@ fn group_finding(
     why: String,
     hint: &str,
 ) -> Finding {
+    finding(g.id.to_string(), &g.origin, id, severity, why, hint)
+}
+
+fn finding(
+    subject: String,
+    origin: &Origin,
+    id: &'static str,
+    severity: Severity,
+    why: String,
+    hint: &str,
+) -> Finding {
     Finding {
         id,
         severity,
-        subject: g.id.to_string(),
-        origin: g.origin.clone(),
+        subject,
+        origin: origin.clone(),
         why,
         hint: hint.into(),
     }

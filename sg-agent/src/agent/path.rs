@@ -148,20 +148,10 @@ fn instance_of(policy: &Policy, addr: IpAddr) -> Option<&Interface> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::build::{PolicyBuilder, addr, all, cidr, sg, tcp, tcp_range};
+    use crate::model::build::{PolicyBuilder, addr, all, cidr, nacl_entry, sg, tcp, tcp_range};
     use crate::policy::{
         NaclAction, NaclEntry, NaclId, NetworkAcl, Origin, Protocol, Subnet, SubnetId,
     };
-
-    fn entry(number: u16, action: NaclAction, protocol: Protocol, net: &str) -> NaclEntry {
-        NaclEntry {
-            number,
-            action,
-            protocol,
-            cidr: net.parse().unwrap(),
-            origin: Origin::default(),
-        }
-    }
 
     /// The seed article's tiers in two subnets: sg-web (HTTPS from anywhere) in the public
     /// subnet, sg-db (3306 from sg-web) in the private one; the private subnet's NACL admits
@@ -180,18 +170,28 @@ mod tests {
         let open = NetworkAcl {
             id: NaclId("acl-public".into()),
             is_default: false,
-            inbound: vec![entry(100, NaclAction::Allow, Protocol::All, "0.0.0.0/0")],
-            outbound: vec![entry(100, NaclAction::Allow, Protocol::All, "0.0.0.0/0")],
+            inbound: vec![nacl_entry(
+                100,
+                NaclAction::Allow,
+                Protocol::All,
+                "0.0.0.0/0",
+            )],
+            outbound: vec![nacl_entry(
+                100,
+                NaclAction::Allow,
+                Protocol::All,
+                "0.0.0.0/0",
+            )],
             origin: Origin::default(),
         };
         let private = NetworkAcl {
             id: NaclId("acl-private".into()),
             is_default: false,
             inbound: vec![
-                entry(90, NaclAction::Deny, tcp(3306), "198.51.100.11/32"),
-                entry(100, NaclAction::Allow, tcp(3306), "198.51.100.0/25"),
+                nacl_entry(90, NaclAction::Deny, tcp(3306), "198.51.100.11/32"),
+                nacl_entry(100, NaclAction::Allow, tcp(3306), "198.51.100.0/25"),
             ],
-            outbound: vec![entry(
+            outbound: vec![nacl_entry(
                 100,
                 NaclAction::Allow,
                 tcp_range(1024, 65535),

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::policy::{
-    Direction, Group, GroupId, IcmpMatch, Interface, Origin, Peer, Policy, PortRange, PrefixList,
-    PrefixListId, Protocol, Rule, RuleId, Timeouts,
+    Direction, Group, GroupId, IcmpMatch, Interface, NaclAction, NaclEntry, Origin, Peer, Policy,
+    PortRange, PrefixList, PrefixListId, Protocol, Rule, RuleId, Timeouts,
 };
 
 /// The id the builder gives the `n`th rule added (1-based): `sgr-` and 17 hex digits.
@@ -135,6 +135,17 @@ impl PolicyBuilder {
 
     pub fn build(self) -> Policy {
         self.policy
+    }
+}
+
+/// A numbered network ACL entry (A3-A5) of a canonical CIDR.
+pub fn nacl_entry(number: u16, action: NaclAction, protocol: Protocol, cidr: &str) -> NaclEntry {
+    NaclEntry {
+        number,
+        action,
+        protocol,
+        cidr: cidr.parse().expect("a canonical CIDR literal"),
+        origin: Origin::default(),
     }
 }
 

@@ -138,18 +138,8 @@ pub fn judge_path(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::build::{addr, tcp, tcp_range, udp};
+    use crate::model::build::{addr, nacl_entry, tcp, tcp_range, udp};
     use crate::policy::{NaclEntry, Origin, Protocol, SubnetId};
-
-    fn entry(number: u16, action: NaclAction, protocol: Protocol, cidr: &str) -> NaclEntry {
-        NaclEntry {
-            number,
-            action,
-            protocol,
-            cidr: cidr.parse().unwrap(),
-            origin: Origin::default(),
-        }
-    }
 
     fn acl(inbound: Vec<NaclEntry>, outbound: Vec<NaclEntry>) -> NetworkAcl {
         NetworkAcl {
@@ -166,8 +156,8 @@ mod tests {
         use NaclAction::*;
         let a = acl(
             vec![
-                entry(100, Allow, tcp(22), "0.0.0.0/0"),
-                entry(90, Deny, tcp(22), "198.51.100.0/24"),
+                nacl_entry(100, Allow, tcp(22), "0.0.0.0/0"),
+                nacl_entry(90, Deny, tcp(22), "198.51.100.0/24"),
             ],
             vec![],
         );
@@ -178,8 +168,8 @@ mod tests {
         // A4: renumbering the deny above the allow flips the verdict.
         let a = acl(
             vec![
-                entry(100, Allow, tcp(22), "0.0.0.0/0"),
-                entry(110, Deny, tcp(22), "198.51.100.0/24"),
+                nacl_entry(100, Allow, tcp(22), "0.0.0.0/0"),
+                nacl_entry(110, Deny, tcp(22), "198.51.100.0/24"),
             ],
             vec![],
         );
@@ -190,7 +180,7 @@ mod tests {
     #[test]
     fn a6_a8_a11_unmatched_and_other_family_fall_to_the_star_rule() {
         let a = acl(
-            vec![entry(100, NaclAction::Allow, udp(53), "0.0.0.0/0")],
+            vec![nacl_entry(100, NaclAction::Allow, udp(53), "0.0.0.0/0")],
             vec![],
         );
         let d = decide_list(&a, Direction::Ingress, addr("2001:db8::1"), 17, 53);
@@ -209,13 +199,18 @@ mod tests {
             origin: Origin::default(),
         };
         let mut web = acl(
-            vec![entry(100, NaclAction::Allow, tcp(22), "0.0.0.0/0")],
+            vec![nacl_entry(100, NaclAction::Allow, tcp(22), "0.0.0.0/0")],
             vec![],
         );
         web.id = NaclId("acl-web".into());
         let mut db = acl(
-            vec![entry(100, NaclAction::Allow, Protocol::All, "0.0.0.0/0")],
-            vec![entry(
+            vec![nacl_entry(
+                100,
+                NaclAction::Allow,
+                Protocol::All,
+                "0.0.0.0/0",
+            )],
+            vec![nacl_entry(
                 100,
                 NaclAction::Allow,
                 tcp_range(1024, 65535),

@@ -15,7 +15,7 @@ use clap::Parser;
 use sg_lab::probe::{Expect, Row, Svc, V4, render, table};
 use sg_lab::scenario::{Db, Ec2Lab, LAB_PREFIX, LabOptions};
 use sg_lab::topology::Naming;
-use sg_lab::vpc::VpcLab;
+use sg_lab::vpc::{EXPLAIN_SSH_REPLY, VpcLab};
 use sg_testkit::netns::{delete_namespace, require_root};
 
 #[derive(Parser)]
@@ -185,24 +185,10 @@ fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
     println!(
         "==> why can't my IP SSH to web-1? sg-agent explain --from 192.0.2.11 --to 198.51.100.10 --proto tcp --sport 22 --port 40000"
     );
-    let out = vpc.agents.run(
-        &vpc.router,
-        &[
-            "explain",
-            "--policy",
-            &vpc.policy.display().to_string(),
-            "--from",
-            "192.0.2.11",
-            "--to",
-            "198.51.100.10",
-            "--proto",
-            "tcp",
-            "--sport",
-            "22",
-            "--port",
-            "40000",
-        ],
-    )?;
+    let policy_arg = vpc.policy.display().to_string();
+    let mut args = vec!["explain", "--policy", policy_arg.as_str()];
+    args.extend(EXPLAIN_SSH_REPLY);
+    let out = vpc.agents.run(&vpc.router, &args)?;
     for l in String::from_utf8_lossy(&out.stdout).lines() {
         println!("    {l}");
     }

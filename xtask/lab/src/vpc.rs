@@ -34,6 +34,21 @@ const HOSTS: &[(&str, &str, &str, Leg)] = &[
     ("internet", "203.0.113.50", "2001:db8:30::50", Leg::Out),
 ];
 
+/// `sg-agent explain` on the lab's row that surprises people (A1): web-1's reply to my IP's
+/// SSH client (port 22 to an ephemeral port) leaves the public subnet through its NACL.
+pub const EXPLAIN_SSH_REPLY: [&str; 10] = [
+    "--from",
+    "192.0.2.11",
+    "--to",
+    "198.51.100.10",
+    "--proto",
+    "tcp",
+    "--sport",
+    "22",
+    "--port",
+    "40000",
+];
+
 /// The instances (each applies the policy).
 pub const INSTANCES: &[&str] = &["web-1", "web-2", "db-1"];
 

@@ -19,7 +19,7 @@ use sg_agent::compile::{CompileOptions, Router, RouterPort, compile_router};
 use sg_agent::dataplane::{Dataplane, Hook};
 use sg_agent::image::{MapImage, SlotTable};
 use sg_agent::model::Model;
-use sg_agent::model::build::{addr, all, tcp, tcp_range, udp};
+use sg_agent::model::build::{addr, all, nacl_entry, tcp, tcp_range, udp};
 use sg_agent::packet::{Frag, Packet, tcp_flags};
 use sg_agent::policy::{
     Direction, IcmpMatch, NaclAction, NaclEntry, NaclId, NetworkAcl, Origin, Policy, Protocol,
@@ -225,22 +225,12 @@ const FAR: &str = "203.0.113.9";
 const CLIENT6: &str = "2001:db8:1::7";
 const ROUTER: &str = "192.0.2.1";
 
-fn entry(number: u16, action: NaclAction, protocol: Protocol, cidr: &str) -> NaclEntry {
-    NaclEntry {
-        number,
-        action,
-        protocol,
-        cidr: cidr.parse().unwrap(),
-        origin: Origin::default(),
-    }
-}
-
 fn allow(number: u16, protocol: Protocol, cidr: &str) -> NaclEntry {
-    entry(number, NaclAction::Allow, protocol, cidr)
+    nacl_entry(number, NaclAction::Allow, protocol, cidr)
 }
 
 fn deny(number: u16, protocol: Protocol, cidr: &str) -> NaclEntry {
-    entry(number, NaclAction::Deny, protocol, cidr)
+    nacl_entry(number, NaclAction::Deny, protocol, cidr)
 }
 
 /// One subnet (192.0.2.0/26, 2001:db8:a0::/64) behind port p0, with a NACL of these lists.

@@ -44,8 +44,10 @@ fn l3_audit_mode_passes_and_reports_drops_and_its_flows_end_with_it() {
         ("my-ip", "inst", Both, Svc::tcp(7000), Allow, "L3 audit: the drop passes"),
         ("my-ip", "inst", Both, Svc::Https(443), Allow, "E1 the 443 rule"),
     ]));
+    // At least each family's SYN: the server's answer then opens a flow (egress allows it,
+    // C1), which carries the audit mark.
     let c = bed.counters("inst");
-    assert!(c.reason("pass_audit") >= 4, "{:?}", c.reasons);
+    assert!(c.reason("pass_audit") >= 2, "{:?}", c.reasons);
     assert_eq!(
         c.reason("drop_no_rule"),
         before,
