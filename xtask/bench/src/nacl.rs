@@ -515,26 +515,25 @@ fn routed_policy(r: &Routed) -> (Policy, Router) {
 /// ingress, each in alternation with the bare router.
 fn forwarding(opts: &Options, f: &mut NaclFigures) -> Result<()> {
     let rig = Routed::new()?;
-    let mut cands: Vec<Generator> = opts
-        .generator
-        .map(|(g, _)| g)
-        .into_iter()
-        .filter(|g| matches!(g, Generator::LiveFrames | Generator::Sendmmsg))
-        .collect();
-    cands.extend([Generator::LiveFrames, Generator::Sendmmsg]);
+    // The generator that forwards the most through the bare router (or the one asked for).
+    // Seen here: live frames redirected into the sender's veth reach the receiver at ~1k pps
+    // through the router while sendmmsg delivers ~150k, so the choice is measured.
+    let cands: Vec<Generator> = match opts.generator {
+        Some((g, _)) if matches!(g, Generator::LiveFrames | Generator::Sendmmsg) => vec![g],
+        _ => vec![Generator::Sendmmsg, Generator::LiveFrames],
+    };
     let mut failures = Vec::new();
-    let mut chosen = None;
+    let mut chosen: Option<(Generator, f64)> = None;
     for g in cands {
         match rig.flood(g, opts) {
-            Ok(v) if v > 0.0 => {
-                chosen = Some(g);
-                break;
-            }
-            Ok(_) => failures.push(format!("{} delivered nothing", g.name())),
+            Ok(v) if v > chosen.map_or(0.0, |c| c.1) => chosen = Some((g, v)),
+            Ok(v) => failures.push(format!("{} delivered {v:.0} pps", g.name())),
             Err(e) => failures.push(format!("{}: {e:#}", g.name())),
         }
     }
-    let g = chosen.with_context(|| format!("no generator crosses the router: {failures:?}"))?;
+    let (g, _) =
+        chosen.with_context(|| format!("no generator crosses the router: {failures:?}"))?;
+    eprintln!("nacl forwarding: generator {} ({failures:?})", g.name());
     f.generator = Some(g.name().into());
     let (p, router) = routed_policy(&rig);
     let (mut dp, _) = load(&p, &router, 4 * SMALL + 16)?;
