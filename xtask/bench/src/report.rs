@@ -1063,6 +1063,42 @@ mod tests {
     }
 
     #[test]
+    fn nacl_goals_appear_only_when_measured_and_judge_the_worst_decision_and_best_hook() {
+        use crate::nacl::{DecisionCost, ForwardFigure, NaclFigures};
+        let mut r = sample();
+        assert_eq!(r.goals.len(), 7);
+        let dec = |hook: &str, ratio| DecisionCost {
+            hook: hook.into(),
+            ratio_large_vs_small: ratio,
+            ..DecisionCost::default()
+        };
+        let fwd = |config: &str, ratio| ForwardFigure {
+            config: config.into(),
+            pps: 1e5 * ratio,
+            bare_pps: 1e5,
+            ratio_vs_bare: ratio,
+            nacl_passed: 1,
+        };
+        r.nacl = Some(NaclFigures {
+            decision: vec![dec("tc", 1.1), dec("xdp", 1.3)],
+            forwarding: vec![fwd("sg_tc", 0.95), fwd("sg_xdp", 0.7)],
+            ..NaclFigures::default()
+        });
+        r.summary = summarize(&r);
+        let g = goals(&r);
+        assert_eq!(g.len(), 9);
+        assert_eq!(g[7].met, Some(false), "{:?}", g[7]);
+        assert_eq!(g[8].met, Some(true), "{:?}", g[8]);
+        r.goals = g;
+        let md = markdown(&r);
+        assert!(
+            md.contains("| forwarding through a NACL router >= 0.9x of the bare router | TC 0.95x, XDP 0.70x | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("### Network ACLs on a router"), "{md}");
+    }
+
+    #[test]
     fn markdown_and_svg_show_every_size() {
         let r = sample();
         let md = markdown(&r);
