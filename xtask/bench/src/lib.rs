@@ -9,6 +9,8 @@
 //!             nftables (sets, one rule per SG rule) and sg (XDP or TC ingress)
 //! control     compile + apply 10k rules, membership change -> packet allowed, map memory,
 //!             conntrack capacity
+//! nacl        a router enforcing subnets' network ACLs: decision cost at 20 and 1,000
+//!             entries per list (BPF_PROG_TEST_RUN), UDP pps forwarded with and without sg
 //! fleet       100 real agents (one per namespace) following one etcd: commit -> every
 //!             agent's ack, -> the first packet allowed, agent CPU per change
 //! report      results.json, results.md, cost.svg
@@ -24,6 +26,7 @@ pub mod control;
 pub mod fleet;
 pub mod frames;
 pub mod kernel;
+pub mod nacl;
 pub mod nft;
 pub mod rawbpf;
 pub mod report;
@@ -58,7 +61,8 @@ pub struct Options {
     /// BPF_PROG_TEST_RUN repeat per figure, and figures per median.
     pub repeat: u32,
     pub medians_of: usize,
-    /// Sections to run (all when empty): generators, kernel, throughput, control, fleet.
+    /// Sections to run (all when empty): generators, kernel, throughput, control, nacl,
+    /// fleet.
     pub only: Vec<String>,
     /// Agents of the fleet section, and changes of each kind it makes.
     pub fleet_agents: usize,
@@ -193,6 +197,7 @@ pub struct Results {
     pub kernel: Option<kernel::KernelCost>,
     pub control: Option<control::ControlPlane>,
     pub fleet: Option<fleet::FleetFigures>,
+    pub nacl: Option<nacl::NaclFigures>,
     /// Things that could not be measured, and why.
     pub notes: Vec<String>,
 }
@@ -288,6 +293,12 @@ pub fn run(opts: &Options) -> Result<Results> {
                 Ok(c) => r.control = Some(c),
                 Err(e) => r.notes.push(format!("control plane not measured: {e:#}")),
             }
+        }
+    }
+    if opts.runs("nacl") {
+        match nacl::run(opts) {
+            Ok(n) => r.nacl = Some(n),
+            Err(e) => r.notes.push(format!("network ACLs not measured: {e:#}")),
         }
     }
     if opts.runs("fleet") {

@@ -47,6 +47,12 @@ pub struct Summary {
     pub fleet_rule_ack_p99_ms: Option<f64>,
     pub fleet_ack_max_ms: Option<f64>,
     pub fleet_membership_cpu_ms: Option<f64>,
+    /// Network ACLs (issue 17): decision cost at 1,000 entries per list / at 20 (paired),
+    /// per hook, and forwarded pps through the router with sg / bare (paired rounds).
+    pub nacl_tc_decision_ratio_1000_vs_20: Option<f64>,
+    pub nacl_xdp_decision_ratio_1000_vs_20: Option<f64>,
+    pub nacl_tc_forwarding_ratio_vs_bare: Option<f64>,
+    pub nacl_xdp_forwarding_ratio_vs_bare: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -126,6 +132,24 @@ pub fn summarize(r: &Results) -> Summary {
         s.fleet_ack_max_ms = (measured(&f.membership) || measured(&f.rule))
             .then_some(f.membership.ack_ms.max.max(f.rule.ack_ms.max));
         s.fleet_membership_cpu_ms = (f.membership.cpu_ms.n > 0).then_some(f.membership.cpu_ms.mean);
+    }
+    if let Some(n) = &r.nacl {
+        let dec = |h: &str| {
+            n.decision
+                .iter()
+                .find(|d| d.hook == h)
+                .map(|d| d.ratio_large_vs_small)
+        };
+        let fwd = |c: &str| {
+            n.forwarding
+                .iter()
+                .find(|f| f.config == c)
+                .map(|f| f.ratio_vs_bare)
+        };
+        s.nacl_tc_decision_ratio_1000_vs_20 = dec("tc");
+        s.nacl_xdp_decision_ratio_1000_vs_20 = dec("xdp");
+        s.nacl_tc_forwarding_ratio_vs_bare = fwd("sg_tc");
+        s.nacl_xdp_forwarding_ratio_vs_bare = fwd("sg_xdp");
     }
     s
 }
@@ -216,6 +240,9 @@ pub fn goals(r: &Results) -> Vec<Goal> {
     if let Some(f) = &r.fleet {
         g.extend(fleet_goals(s, f));
     }
+    if r.nacl.is_some() {
+        g.extend(nacl_goals(s));
+    }
     if let Some(c) = &r.control
         && c.rules < 10_000
     {
@@ -277,6 +304,96 @@ fn fleet_goals(s: &Summary, f: &super::fleet::FleetFigures) -> Vec<Goal> {
             met: s.fleet_membership_cpu_ms.map(|v| v <= 5.0),
         },
     ]
+}
+
+/// The network ACL goals (issue 17): only when the section ran. TC is the hook a router's
+/// veths get by default; the best hook meets the forwarding goal, like the veth goals.
+fn nacl_goals(s: &Summary) -> Vec<Goal> {
+    let both = |tc: Option<f64>, xdp: Option<f64>| format!("TC {}x, XDP {}x", x(tc, 2), x(xdp, 2));
+    let best = match (
+        s.nacl_tc_forwarding_ratio_vs_bare,
+        s.nacl_xdp_forwarding_ratio_vs_bare,
+    ) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let worst_decision = match (
+        s.nacl_tc_decision_ratio_1000_vs_20,
+        s.nacl_xdp_decision_ratio_1000_vs_20,
+    ) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    vec![
+        Goal {
+            goal: "NACL decision at 1,000 rules per list <= 1.25x at 20".into(),
+            measured: both(
+                s.nacl_tc_decision_ratio_1000_vs_20,
+                s.nacl_xdp_decision_ratio_1000_vs_20,
+            ),
+            met: worst_decision.map(|v| v <= 1.25),
+        },
+        Goal {
+            goal: "forwarding through a NACL router >= 0.9x of the bare router".into(),
+            measured: both(
+                s.nacl_tc_forwarding_ratio_vs_bare,
+                s.nacl_xdp_forwarding_ratio_vs_bare,
+            ),
+            met: best.map(|v| v >= 0.9),
+        },
+    ]
+}
+
+/// The network ACL section's tables.
+fn nacl_markdown(w: &mut String, n: &super::nacl::NaclFigures) {
+    let _ = writeln!(
+        w,
+        "\n### Network ACLs on a router\n\n\
+         Decision cost (BPF_PROG_TEST_RUN, 64-byte UDP frame leaving a subnet, decided by the \
+         last numbered entry of its NACL's outbound list; median of {} measurements of {} runs; \
+         the ratio pairs each 1,000-entry measurement with a 20-entry one taken just before).\n\n\
+         | hook | ns at 20 per list | ns at 1,000 per list | 1,000 / 20 (paired) | peer entries / port pages at 20 | at 1,000 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |",
+        n.medians_of, n.repeat
+    );
+    for d in &n.decision {
+        let _ = writeln!(
+            w,
+            "| {} | {:.1} | {:.1} | {:.2}x | {} / {} | {} / {} |",
+            d.hook,
+            d.small_ns,
+            d.large_ns,
+            d.ratio_large_vs_small,
+            d.small_entries.0,
+            d.small_entries.1,
+            d.large_entries.0,
+            d.large_entries.1
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nForwarding: UDP 64-byte flood sender -> router -> receiver (three namespaces, two \
+         veth pairs), delivered pps at the receiver; sg on both router devices with 20-entry \
+         NACLs that allow the flow by their last entry, in alternation with the bare router \
+         (generator: {}).\n\n\
+         | router | pps | bare router pps | ratio (paired) | packets the NACLs passed |\n\
+         | --- | ---: | ---: | ---: | ---: |",
+        n.generator.as_deref().unwrap_or("-")
+    );
+    for f in &n.forwarding {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.2}x | {} |",
+            f.config,
+            k(f.pps),
+            k(f.bare_pps),
+            f.ratio_vs_bare,
+            f.nacl_passed
+        );
+    }
+    for e in &n.errors {
+        let _ = writeln!(w, "\n- network ACLs: {e}");
+    }
 }
 
 pub fn write(dir: &Path, r: &Results) -> Result<()> {
@@ -557,6 +674,9 @@ pub fn markdown(r: &Results) -> String {
 
     if let Some(f) = &r.fleet {
         fleet_markdown(w, f);
+    }
+    if let Some(n) = &r.nacl {
+        nacl_markdown(w, n);
     }
 
     if !r.generators.is_empty() {
@@ -940,6 +1060,42 @@ mod tests {
         };
         r.kernel.as_mut().unwrap().sizes.insert(0, first);
         assert_eq!(summarize(&r).new_flow_ns_ratio_100k_vs_10, Some(1.1));
+    }
+
+    #[test]
+    fn nacl_goals_appear_only_when_measured_and_judge_the_worst_decision_and_best_hook() {
+        use crate::nacl::{DecisionCost, ForwardFigure, NaclFigures};
+        let mut r = sample();
+        assert_eq!(r.goals.len(), 7);
+        let dec = |hook: &str, ratio| DecisionCost {
+            hook: hook.into(),
+            ratio_large_vs_small: ratio,
+            ..DecisionCost::default()
+        };
+        let fwd = |config: &str, ratio| ForwardFigure {
+            config: config.into(),
+            pps: 1e5 * ratio,
+            bare_pps: 1e5,
+            ratio_vs_bare: ratio,
+            nacl_passed: 1,
+        };
+        r.nacl = Some(NaclFigures {
+            decision: vec![dec("tc", 1.1), dec("xdp", 1.3)],
+            forwarding: vec![fwd("sg_tc", 0.95), fwd("sg_xdp", 0.7)],
+            ..NaclFigures::default()
+        });
+        r.summary = summarize(&r);
+        let g = goals(&r);
+        assert_eq!(g.len(), 9);
+        assert_eq!(g[7].met, Some(false), "{:?}", g[7]);
+        assert_eq!(g[8].met, Some(true), "{:?}", g[8]);
+        r.goals = g;
+        let md = markdown(&r);
+        assert!(
+            md.contains("| forwarding through a NACL router >= 0.9x of the bare router | TC 0.95x, XDP 0.70x | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("### Network ACLs on a router"), "{md}");
     }
 
     #[test]

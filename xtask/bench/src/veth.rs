@@ -231,9 +231,6 @@ impl Pair {
     /// packets per second over the window.
     pub fn flood(&self, g: Generator, warmup: Duration, window: Duration) -> Result<f64> {
         let total = warmup + window + Duration::from_millis(200);
-        // The packet budget: far above what this machine can send in `total`.
-        let budget = (total.as_secs_f64() * 20e6) as u64;
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
         let measure = || -> Result<f64> {
             std::thread::sleep(warmup);
             let (c1, t1) = (self.delivered()?, Instant::now());
@@ -242,40 +239,14 @@ impl Pair {
             Ok((c2 - c1) as f64 / (t2 - t1).as_secs_f64())
         };
         match g {
-            Generator::LiveFrames => {
-                let frame = frames::udp(&self.ends, 40000, UDP_ALLOWED);
-                let ifindex = self.sender_ifindex;
-                std::thread::scope(|s| {
-                    let h = s.spawn(|| {
-                        self.sender.enter(move || -> Result<()> {
-                            pin(0, GENERATOR_CPU)?;
-                            let prog = Prog::xdp_redirect(ifindex)?;
-                            live_frames(&prog, &frame, ifindex, total, budget, rx)
-                        })
-                    });
-                    let r = measure();
-                    let _ = tx.send(());
-                    let g = h.join().map_err(|_| anyhow!("generator thread panicked"))?;
-                    g??;
-                    r
-                })
-            }
-            Generator::Sendmmsg => {
-                let ends = self.ends;
-                std::thread::scope(|s| {
-                    let h = s.spawn(|| {
-                        self.sender.enter(move || -> Result<()> {
-                            pin(0, GENERATOR_CPU)?;
-                            sendmmsg_flood(&ends, total, budget, rx)
-                        })
-                    });
-                    let r = measure();
-                    let _ = tx.send(());
-                    let g = h.join().map_err(|_| anyhow!("generator thread panicked"))?;
-                    g??;
-                    r
-                })
-            }
+            Generator::LiveFrames | Generator::Sendmmsg => flood_from(
+                &self.sender,
+                self.sender_ifindex,
+                &self.ends,
+                g,
+                total,
+                measure,
+            ),
             Generator::Trafgen => {
                 // trafgen's sending worker is a forked child that outlives a killed parent:
                 // its own budget ends it soon after the deadline even if the group kill fails.
@@ -550,8 +521,47 @@ impl Pair {
     }
 }
 
+/// Runs an in-process generator ([`Generator::LiveFrames`] or [`Generator::Sendmmsg`]) in
+/// `sender` for at most `total`, frames `ends` (the first hop's MACs, the final addresses: a
+/// routed destination works too) out of `ifindex`, while `measure` runs on this thread;
+/// returns what `measure` returned. The generator stops when `measure` is done.
+pub fn flood_from(
+    sender: &Netns,
+    ifindex: u32,
+    ends: &Ends,
+    g: Generator,
+    total: Duration,
+    measure: impl FnOnce() -> Result<f64>,
+) -> Result<f64> {
+    // The packet budget: far above what this machine can send in `total`.
+    let budget = (total.as_secs_f64() * 20e6) as u64;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let ends = *ends;
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            sender.enter(move || -> Result<()> {
+                pin(0, GENERATOR_CPU)?;
+                match g {
+                    Generator::LiveFrames => {
+                        let frame = frames::udp(&ends, 40000, UDP_ALLOWED);
+                        let prog = Prog::xdp_redirect(ifindex)?;
+                        live_frames(&prog, &frame, ifindex, total, budget, rx)
+                    }
+                    Generator::Sendmmsg => sendmmsg_flood(&ends, total, budget, rx),
+                    other => bail!("{} is not an in-process generator", other.name()),
+                }
+            })
+        });
+        let r = measure();
+        let _ = tx.send(());
+        let g = h.join().map_err(|_| anyhow!("generator thread panicked"))?;
+        g??;
+        r
+    })
+}
+
 /// `Udp: InDatagrams ... InErrors` from /proc/net/snmp: InDatagrams + InErrors.
-fn udp_delivered(snmp: &str) -> Result<u64> {
+pub fn udp_delivered(snmp: &str) -> Result<u64> {
     let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
         bail!("no Udp lines in /proc/net/snmp");

@@ -200,3 +200,66 @@ fn quick_fleet_bench_measures_acks_first_packets_and_cpu_with_three_agents() {
     let md = std::fs::read_to_string(dir.path().join("results.md")).expect("results.md");
     assert!(md.contains("### Fleet convergence (3 agents"), "{md}");
 }
+
+/// The network ACL part on a tiny budget: the decision cost at 20 and 1,000 entries per list
+/// on both hooks (the packet decided by the last entry, checked before timing), forwarding
+/// through the router namespace with sg's NACLs (which must have judged the flood), and both
+/// goal rows in results.json and results.md (never judged on speed).
+#[test]
+fn quick_nacl_bench_measures_decision_cost_and_forwarding_through_the_router() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = Options {
+        out: dir.path().to_path_buf(),
+        only: vec!["nacl".into()],
+        window: Duration::from_millis(200),
+        warmup: Duration::from_millis(100),
+        rounds: 1,
+        repeat: 10_000,
+        medians_of: 3,
+        command: "bench_smoke nacl".into(),
+        ..Options::quick()
+    };
+    let r = run(&opts).unwrap_or_else(|e| panic!("bench run failed: {e:#}"));
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let n = r.nacl.as_ref().expect("nacl figures");
+    assert!(n.errors.is_empty(), "{:?}", n.errors);
+
+    let text = std::fs::read_to_string(dir.path().join("results.json")).expect("results.json");
+    let v: Value = serde_json::from_str(&text).expect("valid JSON");
+    for key in [
+        "nacl_tc_decision_ratio_1000_vs_20",
+        "nacl_xdp_decision_ratio_1000_vs_20",
+        "nacl_tc_forwarding_ratio_vs_bare",
+        "nacl_xdp_forwarding_ratio_vs_bare",
+    ] {
+        positive(&v, key);
+    }
+    for i in 0..2 {
+        for f in ["small_ns", "large_ns", "ratio_large_vs_small"] {
+            positive(&v, &format!("nacl.decision.{i}.{f}"));
+        }
+        for f in ["pps", "bare_pps", "ratio_vs_bare", "nacl_passed"] {
+            positive(&v, &format!("nacl.forwarding.{i}.{f}"));
+        }
+    }
+    let goals: Vec<&str> = v["goals"]
+        .as_array()
+        .expect("goals")
+        .iter()
+        .map(|g| g["goal"].as_str().expect("goal text"))
+        .collect();
+    assert_eq!(goals.len(), 9, "7 + the network ACLs' 2: {goals:?}");
+    for row in [
+        "NACL decision at 1,000 rules per list <= 1.25x at 20",
+        "forwarding through a NACL router >= 0.9x of the bare router",
+    ] {
+        assert!(goals.contains(&row), "{goals:?}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("results.md")).expect("results.md");
+    assert!(md.contains("### Network ACLs on a router"), "{md}");
+    assert!(
+        md.contains("| NACL decision at 1,000 rules per list"),
+        "{md}"
+    );
+}
