@@ -286,25 +286,78 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Replaces a file readable by root only whole or not at all (a new file renamed over it):
 /// a crash mid-write must not leave a torn state or a torn copy of the applied policy.
+/// A file that already holds `bytes` is left alone (a daemon rewrites the same state often).
+///
+/// An existing file is swapped with the new one (`RENAME_EXCHANGE`) and the old one then
+/// removed, rather than renamed over: ext4 (`/run` on some hosts) starts writing a file back
+/// to disk when it is renamed over another (`auto_da_alloc`), a disk write per state file per
+/// apply, which a fleet of agents on one machine pays for every change. `/run` does not
+/// survive a reboot, so that flush buys nothing here; the swap is as atomic as the rename.
 pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = std::path::PathBuf::from(tmp);
     write_private(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+    match exchange(&tmp, path) {
+        Ok(()) => {
+            // The old content, now under the temporary name. Left behind, it is harmless:
+            // the next replace writes over it.
+            if let Err(e) = std::fs::remove_file(&tmp) {
+                log::warn!("removing {}: {e}", tmp.display());
+            }
+            Ok(())
+        }
+        Err(_) => {
+            std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+        }
+    }
 }
 
-/// Writes a file readable by root only.
+/// Swaps two existing files atomically (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes());
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: plain syscall on two valid C strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Writes a file readable by root only (not atomically: see [`replace_private`]). A file that
+/// already holds `bytes` is left alone. An existing file is written over and then cut to
+/// length, not truncated first: ext4 starts a disk write when a file truncated to nothing is
+/// closed (`auto_da_alloc`). Torn by a crash either way, like before.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
+    use std::io::{Read as _, Seek as _, Write as _};
     let mut f = File::options()
         .create(true)
-        .truncate(true)
+        .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(bytes)
+    let mut old = Vec::new();
+    if f.read_to_end(&mut old).is_ok() && old == bytes {
+        return Ok(());
+    }
+    f.rewind()
+        .and_then(|()| f.write_all(bytes))
+        .and_then(|()| f.set_len(bytes.len() as u64))
         .with_context(|| format!("write {}", path.display()))
 }
 
@@ -551,6 +604,33 @@ mod tests {
         assert_eq!(sd.load().unwrap().unwrap().slot_table().by_rule.len(), 1);
         assert!(!sd.state_file().with_extension("json.tmp").exists());
         let _l = sd.lock().unwrap();
+    }
+
+    /// A replaced file holds the new bytes whole, over an older one or none, longer or
+    /// shorter, and nothing is left beside it.
+    #[test]
+    fn files_are_replaced_whole_and_written_to_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        for text in ["a longer first text", "short", "short", ""] {
+            replace_private(&p, text.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["f"]);
+        let q = dir.path().join("g");
+        for text in ["a longer first text", "short", "short", "", "again"] {
+            write_private(&q, text.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(&q).unwrap(), text);
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&p, &q] {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", f.display());
+        }
     }
 
     #[test]

@@ -153,8 +153,13 @@ impl Daemon {
             log::warn!("enabling flow log events: {e:#}");
         }
         // The links may have changed (interfaces added or released): hold the new set before
-        // letting go of the old. A change written in place changed no link.
+        // letting go of the old. A change written in place changed no link, and a whole apply
+        // that attached and released nothing (a rule change) usually left every pin as it
+        // was: holding them again would open the same objects.
         if out.in_place && self.pins.is_some() {
+            return;
+        }
+        if self.pins.as_ref().is_some_and(|g| g.is_current()) {
             return;
         }
         match self.agent.hold_pins() {

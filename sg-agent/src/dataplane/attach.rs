@@ -14,7 +14,7 @@
 //! back; adopted maps are measured ([`pinned_capacities`]) and their counter slots adopted
 //! ([`Dataplane::adopt_slots`]). A netlink TC filter outlives the process by itself, so
 //! detaching removes what was added.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
@@ -627,25 +627,32 @@ impl Dataplane {
 /// would close the last reference and detach it.
 pub struct PinGuard {
     held: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+    /// The directories read, and each pin's inode then (bpffs gives every new pin a new
+    /// inode): whether the pins are still the ones held, without opening them again.
+    dirs: [PathBuf; 2],
+    inodes: BTreeSet<(PathBuf, u64)>,
 }
 
 impl PinGuard {
     /// Opens every link pinned in `links_dir` and every map pinned under `maps_dir`.
     pub fn hold(links_dir: &Path, maps_dir: &Path) -> Result<PinGuard> {
         let abi = maps_dir.join(format!("{ABI_DIR_PREFIX}{}", sg_common::ABI_VERSION));
+        let dirs = [links_dir.to_path_buf(), abi];
+        let inodes = pin_inodes(&dirs);
         let mut held = Vec::new();
-        for dir in [links_dir, abi.as_path()] {
-            let Ok(rd) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                let fd = bpf_obj_get(&p)
-                    .with_context(|| format!("opening pinned object {}", p.display()))?;
-                held.push((p, fd));
-            }
+        for (p, _) in &inodes {
+            let fd =
+                bpf_obj_get(p).with_context(|| format!("opening pinned object {}", p.display()))?;
+            held.push((p.clone(), fd));
         }
-        Ok(PinGuard { held })
+        Ok(PinGuard { held, dirs, inodes })
+    }
+
+    /// Whether the same pins are there as when held (none added, removed or pinned again):
+    /// then holding them again would hold the same objects. A pin replaced between the
+    /// listing and the opening in [`PinGuard::hold`] reads as changed: held again.
+    pub fn is_current(&self) -> bool {
+        pin_inodes(&self.dirs) == self.inodes
     }
 
     /// How many objects are held.
@@ -680,6 +687,16 @@ impl PinGuard {
         }
         Ok(n)
     }
+}
+
+/// The pins in `dirs` with their inodes.
+fn pin_inodes(dirs: &[PathBuf]) -> BTreeSet<(PathBuf, u64)> {
+    use std::os::unix::fs::DirEntryExt;
+    dirs.iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .map(|e| (e.path(), e.ino()))
+        .collect()
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;
