@@ -149,9 +149,7 @@ fn instance_of(policy: &Policy, addr: IpAddr) -> Option<&Interface> {
 mod tests {
     use super::*;
     use crate::model::build::{PolicyBuilder, addr, all, cidr, nacl_entry, sg, tcp, tcp_range};
-    use crate::policy::{
-        NaclAction, NaclEntry, NaclId, NetworkAcl, Origin, Protocol, Subnet, SubnetId,
-    };
+    use crate::policy::{NaclAction, NaclId, NetworkAcl, Origin, Protocol, Subnet, SubnetId};
 
     /// The seed article's tiers in two subnets: sg-web (HTTPS from anywhere) in the public
     /// subnet, sg-db (3306 from sg-web) in the private one; the private subnet's NACL admits
