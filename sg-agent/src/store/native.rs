@@ -12,8 +12,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::policy::{
-    Direction, Family, Group, IcmpMatch, Interface, Peer, Policy, PrefixList, Protocol, Quotas,
-    Rule, Timeouts,
+    Direction, Family, Group, IcmpMatch, Interface, NaclAction, NaclEntry, NetworkAcl, Peer,
+    Policy, PrefixList, Protocol, Quotas, Rule, Subnet, Timeouts,
 };
 
 /// One group: id, name, description and both rule lists.
@@ -189,15 +189,74 @@ pub fn quotas(q: &Quotas) -> Value {
     })
 }
 
-/// The whole policy as one native document.
-pub fn document(p: &Policy) -> Value {
+/// One network ACL: its numbered entries per list (the `*` rules are implicit, A6).
+fn network_acl(a: &NetworkAcl) -> Value {
+    let entry = |e: &NaclEntry| {
+        let mut m = Map::new();
+        m.insert("number".into(), e.number.into());
+        let action = match e.action {
+            NaclAction::Allow => "allow",
+            NaclAction::Deny => "deny",
+        };
+        m.insert("action".into(), action.into());
+        let (name, detail) = protocol(e.protocol);
+        // A17: -1 is how NACLs spell every protocol.
+        let name = if e.protocol == Protocol::All {
+            (-1).into()
+        } else {
+            name
+        };
+        m.insert("protocol".into(), name);
+        m.extend(detail);
+        m.insert("cidr".into(), e.cidr.to_string().into());
+        Value::Object(m)
+    };
     json!({
+        "id": native_id("acl-", a.id.as_str()),
+        "default": a.is_default,
+        "inbound": a.inbound.iter().map(entry).collect::<Vec<_>>(),
+        "outbound": a.outbound.iter().map(entry).collect::<Vec<_>>(),
+    })
+}
+
+/// One subnet: its CIDRs, its NACL (A12) and the router's device when named.
+fn subnet(s: &Subnet) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), native_id("subnet-", s.id.as_str()).into());
+    for c in &s.cidrs {
+        let key = if c.addr().is_ipv6() {
+            "ipv6_cidr"
+        } else {
+            "cidr"
+        };
+        m.insert(key.into(), c.to_string().into());
+    }
+    m.insert(
+        "network_acl".into(),
+        native_id("acl-", s.network_acl.as_str()).into(),
+    );
+    if let Some(d) = &s.router_device {
+        m.insert("router_device".into(), d.as_str().into());
+    }
+    Value::Object(m)
+}
+
+/// The whole policy as one native document. Network ACLs and subnets only when it has some
+/// (the store itself does not hold them yet: `store import` refuses them).
+pub fn document(p: &Policy) -> Value {
+    let mut doc = json!({
         "version": 1,
         "quotas": quotas(&p.quotas),
         "prefix_lists": p.prefix_lists.values().map(prefix_list).collect::<Vec<_>>(),
         "security_groups": p.groups.values().map(group).collect::<Vec<_>>(),
         "instances": instances(p).iter().map(|(n, i)| instance(n, i)).collect::<Vec<_>>(),
-    })
+    });
+    if !p.network_acls.is_empty() || !p.subnets.is_empty() {
+        doc["network_acls"] = p.network_acls.values().map(network_acl).collect();
+        doc["subnets"] = p.subnets.iter().map(subnet).collect();
+        doc["quotas"]["nacl_rules_per_list"] = p.quotas.nacl_rules_per_list.into();
+    }
+    doc
 }
 
 /// Block-style YAML for a document of the shapes above (objects, arrays, strings, numbers).
@@ -310,6 +369,15 @@ pub(crate) mod tests {
         for i in &mut p.interfaces {
             i.origin = Default::default();
         }
+        for a in p.network_acls.values_mut() {
+            a.origin = Default::default();
+            for e in a.inbound.iter_mut().chain(a.outbound.iter_mut()) {
+                e.origin = Default::default();
+            }
+        }
+        for s in &mut p.subnets {
+            s.origin = Default::default();
+        }
         // The store keeps instances by name; their order means nothing.
         p.interfaces.sort_by(|a, b| a.name.cmp(&b.name));
         p
@@ -334,7 +402,17 @@ pub(crate) mod tests {
                 .policy
                 .prefix_lists
                 .keys()
-                .any(|p| !p.0.starts_with("pl-"));
+                .any(|p| !p.0.starts_with("pl-"))
+            || first
+                .policy
+                .network_acls
+                .keys()
+                .any(|a| !a.0.starts_with("acl-"))
+            || first
+                .policy
+                .subnets
+                .iter()
+                .any(|s| !s.id.0.starts_with("subnet-"));
         if renamed {
             // Logical ids became native ids: the export is where the meaning settles.
             let twice = to_yaml(&document(&again.policy));
