@@ -490,7 +490,7 @@ pub struct Config {
 
 pub mod config_flags {
     /// Audit mode (L3): a packet the policy drops (no rule, a NACL deny, a later fragment of
-    /// such a datagram) passes, counted as [`crate::Reason::PassAudit`] and reported as an
+    /// such a datagram) passes, counted under its `Audit*` reason (`audit_would_drop_*`) and reported as an
     /// [`crate::event_kind::AUDIT`] event; flows created meanwhile carry
     /// [`crate::ct_flags::AUDIT`] so that ending audit mode can end them.
     pub const AUDIT: u32 = 1 << 0;
@@ -561,8 +561,12 @@ pub enum Reason {
     PassNaclRule = 9,
     /// Traffic to or from the router's own addresses on a NACL interface (A21).
     PassRouterLocal = 10,
-    /// A packet the policy drops, passed because audit mode is on (L3).
-    PassAudit = 11,
+    /// Audit mode (L3) passed a packet no rule allows (it would be `DropNoRule`).
+    AuditNoRule = 11,
+    /// Audit mode (L3) passed a packet a NACL rule denies (it would be `DropNaclRule`).
+    AuditNaclRule = 12,
+    /// Audit mode (L3) passed a later fragment of a denied datagram (`DropFragDenied`).
+    AuditFragDenied = 13,
     // --- drop ---
     /// No rule allows the packet (E1).
     DropNoRule = 16,
@@ -592,7 +596,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::PassRuleNew,
         Reason::PassRuleUntracked,
         Reason::PassCtOriginal,
@@ -604,7 +608,9 @@ impl Reason {
         Reason::PassDhcp,
         Reason::PassNaclRule,
         Reason::PassRouterLocal,
-        Reason::PassAudit,
+        Reason::AuditNoRule,
+        Reason::AuditNaclRule,
+        Reason::AuditFragDenied,
         Reason::DropNoRule,
         Reason::DropNoPolicy,
         Reason::DropCtFull,
@@ -651,7 +657,9 @@ impl Reason {
             Reason::PassDhcp => "pass_dhcp",
             Reason::PassNaclRule => "pass_nacl_rule",
             Reason::PassRouterLocal => "pass_router_local",
-            Reason::PassAudit => "pass_audit",
+            Reason::AuditNoRule => "audit_would_drop_no_rule",
+            Reason::AuditNaclRule => "audit_would_drop_nacl_rule",
+            Reason::AuditFragDenied => "audit_would_drop_fragment_denied",
             Reason::DropNoRule => "drop_no_rule",
             Reason::DropNoPolicy => "drop_no_policy",
             Reason::DropCtFull => "drop_conntrack_full",

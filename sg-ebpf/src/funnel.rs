@@ -18,16 +18,21 @@ use crate::{
 /// and its drops are charged to it.
 ///
 /// Audit mode (L3): a drop the policy decided (no rule, a NACL deny, a later fragment of a
-/// denied datagram) passes instead, counted as `PassAudit` and reported with its drop
-/// reason. Malformed packets, interfaces without a policy and a full conntrack table stay
+/// denied datagram) passes instead, counted under its `audit_would_drop_*` reason and
+/// reported with its drop reason. Malformed packets, interfaces without a policy and a full conntrack table stay
 /// dropped: audit mode audits the rules, it does not open the host.
 #[inline(always)]
 pub fn finish<C: Hook>(pkt: &Pkt, v: Verdict) -> u32 {
-    let audited = matches!(
-        v.reason,
-        Reason::DropNoRule | Reason::DropNaclRule | Reason::DropFragDenied
-    ) && audit_on();
-    let counted = if audited { Reason::PassAudit } else { v.reason };
+    let audit_as = match v.reason {
+        Reason::DropNoRule => Some(Reason::AuditNoRule),
+        Reason::DropNaclRule => Some(Reason::AuditNaclRule),
+        Reason::DropFragDenied => Some(Reason::AuditFragDenied),
+        _ => None,
+    };
+    let (counted, audited) = match audit_as {
+        Some(a) if audit_on() => (a, true),
+        _ => (v.reason, false),
+    };
     bump(&SG_REASON_CNT, counted as u32);
     let pass = counted.is_pass();
     if v.slot != NO_RULE_SLOT

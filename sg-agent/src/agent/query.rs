@@ -116,7 +116,7 @@ impl Agent {
         warnings.extend(pin_warnings(st, &pinned));
         if audit {
             warnings.push(
-                "audit mode is ON: packets the policy drops pass (counted as pass_audit); \
+                "audit mode is ON: packets the policy drops pass (counted as audit_would_drop_*); \
                  hint: sg-agent audit off"
                     .into(),
             );

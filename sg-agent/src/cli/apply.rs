@@ -30,6 +30,10 @@ pub struct Args {
     /// connection from this session's client.
     #[arg(long)]
     force: bool,
+    /// Audit mode (L3) from the moment the policy is in: what it drops passes and is reported
+    /// (`audit_would_drop_*`); `sg-agent audit off` enforces it.
+    #[arg(long, conflicts_with = "dry_run")]
+    audit: bool,
 }
 
 /// `90`, `90s`, `5m`, `1m30s`, `1h`, `500ms`: at least one second in total, at most a day.
@@ -85,6 +89,9 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
             confirm: a.confirm,
         },
     )?;
+    if a.audit {
+        agent.dataplane()?.set_audit(true)?;
+    }
     let timer = match (a.confirm, agent.pending()?) {
         (Some(_), Some(p)) => Some(super::confirm::start_timer(g, &agent, &p)?),
         _ => None,
@@ -97,6 +104,11 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_apply(&out);
+        if a.audit {
+            println!(
+                "audit mode ON: what this policy drops passes and is counted (audit_would_drop_*); sg-agent audit off enforces it"
+            );
+        }
         if let Some(t) = timer {
             println!("{t}; confirm with `sg-agent confirm` (from a new SSH session)");
         }

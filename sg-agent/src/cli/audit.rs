@@ -1,5 +1,5 @@
 //! `sg-agent audit on|off|status` (L3): audit mode passes what the policy would drop and
-//! reports it (the `pass_audit` counter, AUDIT events, REJECT lines of the flow log); turning
+//! reports it (the `audit_would_drop_*` counters, AUDIT events, REJECT lines of the flow log); turning
 //! it off ends the flows it admitted at once. Malformed packets, interfaces without a policy
 //! and a full conntrack table stay dropped.
 
@@ -47,7 +47,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
     }
     match (on, ended) {
         (true, _) => println!(
-            "audit mode ON: packets the policy drops pass and are counted as pass_audit \
+            "audit mode ON: packets the policy drops pass and are counted as audit_would_drop_* \
              (sg-agent counters); sg-agent audit off ends it"
         ),
         (false, Some(n)) => println!(

@@ -101,7 +101,7 @@ enum Cmd {
     /// Audit mode (L3): pass what the policy would drop, and report it; `off` ends it and the
     /// flows it admitted.
     #[command(
-        after_help = "Examples:\n  sg-agent audit on\n  sg-agent counters   # pass_audit\n  sg-agent audit off"
+        after_help = "Examples:\n  sg-agent audit on\n  sg-agent counters   # audit_would_drop_*\n  sg-agent audit off"
     )]
     Audit(audit::Args),
     /// Remove programs, links, maps and pins of this namespace (enforcement stops).

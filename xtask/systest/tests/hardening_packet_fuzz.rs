@@ -73,7 +73,7 @@ fn run(cfg: PacketFuzzConfig) -> PacketFuzzReport {
 /// differential, `dataplane_nacl`, reaches those) and audit mode's (off here; `lockout_audit`).
 /// Every other reason must appear, so that a fuzzer that stopped reaching a code path (say,
 /// every frame malformed, or no stateful sequences) fails instead of passing vacuously.
-const NEED_NOT_SEE: [Reason; 8] = [
+const NEED_NOT_SEE: [Reason; 10] = [
     Reason::PassNdp,
     Reason::PassDhcp,
     Reason::DropCtFull,
@@ -81,7 +81,9 @@ const NEED_NOT_SEE: [Reason; 8] = [
     Reason::PassNaclRule,
     Reason::PassRouterLocal,
     Reason::DropNaclRule,
-    Reason::PassAudit,
+    Reason::AuditNoRule,
+    Reason::AuditNaclRule,
+    Reason::AuditFragDenied,
 ];
 
 /// The report must hold no failure; a full run (not a one-episode replay) must also have

@@ -1,5 +1,5 @@
 //! Audit mode (L3) with real clients: `sg-agent audit on` passes what the policy would drop
-//! and reports it (`pass_audit`, the dropping rule's reason unchanged in the policy), a
+//! and reports it (`audit_would_drop_no_rule`; `drop_no_rule` does not move), a
 //! session it admitted ends the moment `audit off` runs, and what audit never opens
 //! (malformed packets, interfaces without a policy) stays closed.
 use std::time::Duration;
@@ -47,7 +47,7 @@ fn l3_audit_mode_passes_and_reports_drops_and_its_flows_end_with_it() {
     // At least each family's SYN: the server's answer then opens a flow (egress allows it,
     // C1), which carries the audit mark.
     let c = bed.counters("inst");
-    assert!(c.reason("pass_audit") >= 2, "{:?}", c.reasons);
+    assert!(c.reason("audit_would_drop_no_rule") >= 2, "{:?}", c.reasons);
     assert_eq!(
         c.reason("drop_no_rule"),
         before,
