@@ -180,6 +180,25 @@ fn a7_a_number_is_unique_per_nacl_and_direction_across_both_families() {
 }
 
 #[test]
+fn a10_ipv6_adds_the_101_rule_only_to_a_default_list_never_modified() {
+    let all = |n: u16, cidr: &str| (n, NaclAction::Allow, Protocol::All, cidr.to_string());
+    // The VPC has IPv6 (a subnet has an IPv6 CIDR); the default NACL's inbound list was
+    // modified (written), its outbound list never was: only the outbound one gets 101 ::/0.
+    let l = load(
+        "network_acls:\n  - id: acl-main\n    default: true\n    inbound: [{number: 100, action: allow, protocol: -1, cidr: 0.0.0.0/0}]\nsubnets:\n  - {id: subnet-a, cidr: 198.51.100.0/25, ipv6_cidr: \"2001:db8:1::/64\"}\n",
+    );
+    let d = acl(&l.policy, "acl-main");
+    assert_eq!(shape(&d.inbound), vec![all(100, ALL_V4)]);
+    assert_eq!(shape(&d.outbound), vec![all(100, ALL_V4), all(101, "::/0")]);
+    // A custom NACL never gets it (A11: it denies all until rules are added).
+    let l = load(
+        "network_acls:\n  - {id: acl-custom}\nsubnets:\n  - {id: subnet-a, cidr: 198.51.100.0/25, ipv6_cidr: \"2001:db8:1::/64\", network_acl: acl-custom}\n",
+    );
+    let c = acl(&l.policy, "acl-custom");
+    assert!(c.inbound.is_empty() && c.outbound.is_empty());
+}
+
+#[test]
 fn a9_the_default_nacl_is_modelled_when_subnets_name_none() {
     let all = |n: u16, cidr: &str| (n, NaclAction::Allow, Protocol::All, cidr.to_string());
     // No NACL at all: acl-default with 100 (IPv4) and, a subnet having IPv6, 101 (IPv6).

@@ -40,7 +40,7 @@ use sg_common::Reason;
 use sg_testkit::netns::{Netns, veth};
 
 use super::frames::{self, Ends};
-use super::veth::{Generator, flood_from, pin, udp_delivered};
+use super::veth::{Generator, flood_from, mac, pin, udp_delivered};
 use super::workload::UDP_ALLOWED;
 use super::{Options, median};
 
@@ -348,14 +348,6 @@ impl Drop for Routed {
         let _ = self.counter_proc.kill();
         let _ = self.counter_proc.wait();
     }
-}
-
-fn mac(ns: &Netns, dev: &str) -> Result<String> {
-    let m = ns.run_ok(
-        &["cat", &format!("/sys/class/net/{dev}/address")],
-        Duration::from_secs(5),
-    )?;
-    Ok(m.trim().to_string())
 }
 
 fn neigh(ns: &Netns, addr: Ipv4Addr, lladdr: &str, dev: &str) -> Result<()> {

@@ -88,6 +88,13 @@ fn read_sys(ns: &Netns, path: &str) -> Result<String> {
     ns.run_ok(&["cat", path], Duration::from_secs(5))
 }
 
+/// A device's MAC address in `ns` (the frames the generators build carry it).
+pub fn mac(ns: &Netns, dev: &str) -> Result<String> {
+    Ok(read_sys(ns, &format!("/sys/class/net/{dev}/address"))?
+        .trim()
+        .to_string())
+}
+
 impl Pair {
     /// Sender 198.51.100.1 and receiver 198.51.100.2 on one veth, static neighbours (no ARP
     /// during a run), GRO on the receiver's veth: it gives the veth a NAPI context, without
@@ -113,14 +120,14 @@ impl Pair {
             "dev",
             &receiver_dev,
         ])?;
-        let sender_mac = read_sys(&sender, &format!("/sys/class/net/{sender_dev}/address"))?;
-        let receiver_mac = read_sys(&receiver, &format!("/sys/class/net/{receiver_dev}/address"))?;
+        let sender_mac = mac(&sender, &sender_dev)?;
+        let receiver_mac = mac(&receiver, &receiver_dev)?;
         sender.ip(&[
             "neigh",
             "replace",
             &RECEIVER_V4.to_string(),
             "lladdr",
-            receiver_mac.trim(),
+            &receiver_mac,
             "dev",
             &sender_dev,
             "nud",
@@ -131,7 +138,7 @@ impl Pair {
             "replace",
             &SENDER_V4.to_string(),
             "lladdr",
-            sender_mac.trim(),
+            &sender_mac,
             "dev",
             &receiver_dev,
             "nud",
