@@ -21,8 +21,8 @@
 //! bounded by a deadline and a packet budget (veth.rs).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::process::{Child, Stdio};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -40,7 +40,7 @@ use sg_common::Reason;
 use sg_testkit::netns::{Netns, veth};
 
 use super::frames::{self, Ends};
-use super::veth::{Generator, flood_from, mac, pin, udp_delivered};
+use super::veth::{Generator, flood_from, mac, pin, receiver_sink, udp_delivered};
 use super::workload::UDP_ALLOWED;
 use super::{Options, median};
 
@@ -402,16 +402,7 @@ impl Routed {
         for (ns, dev) in [(&router, &ra), (&receiver, &rr)] {
             ns.run_ok(&["ethtool", "-K", dev, "gro", "on"], Duration::from_secs(5))?;
         }
-        let counter_proc = receiver
-            .cmd("sleep")
-            .arg("100000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("spawn the receiver's counter process")?;
-        let sink = receiver
-            .enter(|| UdpSocket::bind(SocketAddrV4::new(RECEIVER, UDP_ALLOWED)))?
-            .context("bind the receiver's UDP sink")?;
+        let (counter_proc, sink) = receiver_sink(&receiver, RECEIVER)?;
         let ends = Ends {
             src_mac: frames::parse_mac(&sa_mac).context("sender MAC")?,
             dst_mac: frames::parse_mac(&ra_mac).context("router MAC")?,

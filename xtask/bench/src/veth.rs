@@ -88,6 +88,22 @@ fn read_sys(ns: &Netns, path: &str) -> Result<String> {
     ns.run_ok(&["cat", path], Duration::from_secs(5))
 }
 
+/// The receiver's side of a flood: a process that keeps its namespace's counters readable
+/// (`counter_proc`) and the UDP socket the flood goes to, never read.
+pub fn receiver_sink(receiver: &Netns, addr: Ipv4Addr) -> Result<(Child, UdpSocket)> {
+    let counter_proc = receiver
+        .cmd("sleep")
+        .arg("100000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn the receiver's counter process")?;
+    let sink = receiver
+        .enter(|| UdpSocket::bind(SocketAddrV4::new(addr, UDP_ALLOWED)))?
+        .context("bind the receiver's UDP sink")?;
+    Ok((counter_proc, sink))
+}
+
 /// A device's MAC address in `ns` (the frames the generators build carry it).
 pub fn mac(ns: &Netns, dev: &str) -> Result<String> {
     Ok(read_sys(ns, &format!("/sys/class/net/{dev}/address"))?
@@ -154,16 +170,7 @@ impl Pair {
             src: SENDER_V4,
             dst: RECEIVER_V4,
         };
-        let counter_proc = receiver
-            .cmd("sleep")
-            .arg("100000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("spawn the receiver's counter process")?;
-        let sink = receiver
-            .enter(|| UdpSocket::bind(SocketAddrV4::new(RECEIVER_V4, UDP_ALLOWED)))?
-            .context("bind the receiver's UDP sink")?;
+        let (counter_proc, sink) = receiver_sink(&receiver, RECEIVER_V4)?;
         let sender_ifindex = sender.ifindex(&sender_dev)?;
         let receiver_ifindex = receiver.ifindex(&receiver_dev)?;
         Ok(Pair {
