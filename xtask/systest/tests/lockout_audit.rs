@@ -7,15 +7,8 @@ use std::time::Duration;
 use sg_lab::bed::Bed;
 use sg_lab::bed::Server::*;
 use sg_lab::probe::{Both, Expect::*, Svc, table};
-use sg_lab::scenario::{INST, MY_IP};
+use sg_lab::scenario::{HTTPS_ONLY, INST, MY_IP};
 use sg_lab::services::tcp_session;
-
-const GROUPS: &str = r#"
-security_groups:
-  - id: sg-web
-    ingress:
-      - {protocol: tcp, ports: 443, source: [0.0.0.0/0, "::/0"]}
-"#;
 
 /// L3: dropped by the policy, passed and counted in audit mode; after `audit off` the
 /// admitted session is cut at once and new ones are refused again; an allowed path is
@@ -24,7 +17,7 @@ security_groups:
 fn l3_audit_mode_passes_and_reports_drops_and_its_flows_end_with_it() {
     let mut bed = Bed::new(&[INST, MY_IP]);
     bed.serve("inst", &[Https(443), TcpEcho(7000)]);
-    bed.apply_to_inst(GROUPS, "sg-web");
+    bed.apply_to_inst(HTTPS_ONLY, "sg-web");
     let agent = |args: &[&str]| {
         let out = bed.agents.run(&bed.host("inst").ns, args).unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
