@@ -1,16 +1,19 @@
-//! Fleet convergence (issue 15, item 5): real `sg-agent daemon --store` processes, one per
-//! network namespace, following one etcd. Two kinds of change, each made several times: a
-//! membership change (a new instance joins sg-web: one key written) and a rule change (sg-db
-//! authorizes another UDP port from sg-web: its group key rewritten). For each: the time
-//! from the store's commit to every agent's acknowledgement, to the first real packet
-//! allowed on sampled hosts, and the CPU every agent spent.
+//! Fleet convergence (issue 15, item 5; issue 16, item 4): real `sg-agent daemon --store`
+//! processes, one per network namespace, following one etcd. Three kinds of change, each made
+//! several times: a membership change (a new instance joins sg-web: one key written), a rule
+//! change (sg-db authorizes another UDP port from sg-web: its group key rewritten) and the same
+//! rule change made through the EC2 API (`sg-agent api` on the store, an
+//! AuthorizeSecurityGroupIngress call as the aws CLI sends it). For each: the time from the
+//! store's commit (and from the write or call being sent) to every agent's acknowledgement, to
+//! the first real packet allowed on sampled hosts, and the CPU every agent spent.
 //!
 //! ```text
 //!  etcd 192.0.2.221 ── br0 ─┬─ h0  203.0.113.1   sg-agent daemon --register eth0=sg-web
 //!                           ├─ h1  203.0.113.2   sg-agent daemon --register eth0=sg-db
 //!                           ├─ ...               (sampled sg-db hosts receive the probes)
 //!                           ├─ new1..  192.0.2.201..  the new instances: UDP senders, no agent
-//!                           └─ obs 192.0.2.210   etcdctl watch --prefix /sg/ (the observer)
+//!                           └─ obs 192.0.2.210   etcdctl watch --prefix /sg/ (the observer),
+//!                                                the putter, sg-agent api on :8787
 //! ```
 //!
 //! Clocks: every time is the machine's wall clock in ms. The commit is when the observer's
@@ -49,6 +52,10 @@ use super::Options;
 /// change k authorizes RULE_PORT + k on sg-db.
 const MEMBER_PORT: u16 = 7000;
 const RULE_PORT: u16 = 7100;
+/// API change k authorizes API_PORT + k on sg-db.
+const API_PORT: u16 = 7200;
+/// Where `sg-agent api` listens, in the observer's namespace.
+const API_LISTEN: &str = "192.0.2.210:8787";
 const SAMPLED: usize = 5;
 const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 221);
 const OBSERVER_ADDR: &str = "192.0.2.210";
@@ -109,6 +116,10 @@ pub struct KindFigures {
     pub ack_ms: Dist,
     /// the put returned -> the ack seen.
     pub ack_from_put_return_ms: Dist,
+    /// The put (or API call) sent -> the ack seen: what the caller waits for.
+    pub ack_from_put_start_ms: Dist,
+    /// The put (or API call) sent -> the first probe that reached a sampled host.
+    pub first_packet_from_put_start_ms: Dist,
     /// Commit seen -> the agent's own clock in its ack (before its write).
     pub agent_ack_ms: Dist,
     /// Commit seen -> the first probe that reached a sampled host, over (host, change).
@@ -155,6 +166,8 @@ pub struct FleetFigures {
     pub sampled_hosts: Vec<String>,
     pub membership: KindFigures,
     pub rule: KindFigures,
+    /// The rule change made through the EC2 API (AuthorizeSecurityGroupIngress).
+    pub api: KindFigures,
     pub changes: Vec<ChangeFigure>,
     /// Where each agent's log is (lines prefixed with the wall clock, unix seconds).
     pub logs: String,
@@ -217,8 +230,8 @@ pub fn run(opts: &Options) -> Result<FleetFigures> {
     let idle = agents.idle_rates(Duration::from_secs(4))?;
     f.idle_cpu_ms_per_s = idle.iter().sum::<f64>() / idle.len() as f64;
     f.sampled_hosts = rig.sampled.iter().map(|&i| host_name(i)).collect();
-    let mut samples = [Samples::default(), Samples::default()];
-    for kind in [Kind::Membership, Kind::Rule] {
+    let mut samples = [Samples::default(), Samples::default(), Samples::default()];
+    for kind in [Kind::Membership, Kind::Rule, Kind::Api] {
         for k in 1..=changes {
             match rig.change(kind, k, &agents, &idle, &mut samples[kind as usize]) {
                 Ok(c) => f.changes.push(c),
@@ -228,6 +241,7 @@ pub fn run(opts: &Options) -> Result<FleetFigures> {
     }
     f.membership = samples[0].figures(changes, n);
     f.rule = samples[1].figures(changes, n);
+    f.api = samples[2].figures(changes, n);
     drop(agents);
     Ok(f)
 }
@@ -236,6 +250,7 @@ pub fn run(opts: &Options) -> Result<FleetFigures> {
 enum Kind {
     Membership = 0,
     Rule = 1,
+    Api = 2,
 }
 
 impl Kind {
@@ -243,6 +258,7 @@ impl Kind {
         match self {
             Kind::Membership => "membership",
             Kind::Rule => "rule",
+            Kind::Api => "api",
         }
     }
 }
@@ -252,8 +268,10 @@ impl Kind {
 struct Samples {
     ack: Vec<f64>,
     ack_from_put: Vec<f64>,
+    ack_from_put_start: Vec<f64>,
     agent_ack: Vec<f64>,
     first_packet: Vec<f64>,
+    first_packet_from_put_start: Vec<f64>,
     cpu: Vec<f64>,
     cpu_raw: Vec<f64>,
     put: Vec<f64>,
@@ -267,6 +285,8 @@ impl Samples {
             expected: changes * agents,
             ack_ms: Dist::of(&self.ack),
             ack_from_put_return_ms: Dist::of(&self.ack_from_put),
+            ack_from_put_start_ms: Dist::of(&self.ack_from_put_start),
+            first_packet_from_put_start_ms: Dist::of(&self.first_packet_from_put_start),
             agent_ack_ms: Dist::of(&self.agent_ack),
             first_packet_ms: Dist::of(&self.first_packet),
             cpu_ms: Dist::of(&self.cpu),
@@ -279,6 +299,8 @@ impl Samples {
 /// The etcd member, the hosts, the new instances' namespaces and the observer. Dropped after
 /// the agents (they run in its namespaces).
 struct Rig {
+    /// Held for its drop: the API serves as long as the rig lives.
+    _api: ApiServer,
     observer: Observer,
     putter: Putter,
     cluster: EtcdCluster,
@@ -308,10 +330,12 @@ impl Rig {
         let url = format!("http://{ETCD_ADDR}:2379");
         let observer = Observer::start(&cluster.host("obs").ns, &url)?;
         let putter = Putter::start(&cluster.host("obs").ns, &ETCD_ADDR.to_string())?;
+        let api = ApiServer::start(&cluster.host("obs").ns, bin)?;
         let db: Vec<usize> = (0..n).filter(|i| i % 2 == 1).collect();
         let step = (db.len() / SAMPLED).max(1);
         let sampled = db.iter().copied().step_by(step).take(SAMPLED).collect();
         let rig = Rig {
+            _api: api,
             cluster,
             observer,
             putter,
@@ -429,14 +453,14 @@ impl Rig {
         idle: &[f64],
         s: &mut Samples,
     ) -> Result<ChangeFigure> {
-        let (key, value, sender, port) = match kind {
+        let (key, write, sender, port) = match kind {
             Kind::Membership => {
                 let name = format!("bench-new{k}");
                 let inst = json!({"schema": 1, "instance": {"name": name,
                     "addresses": [new_addr(k).to_string()], "groups": ["sg-web"]}});
                 (
                     format!("/sg/v1/instances/{name}"),
-                    inst.to_string(),
+                    Write::Put(inst.to_string()),
                     k,
                     MEMBER_PORT,
                 )
@@ -454,7 +478,19 @@ impl Rig {
                     .as_array_mut()
                     .context("sg-db's ingress list")?
                     .push(rule);
-                (key, v.to_string(), 1, port)
+                (key, Write::Put(v.to_string()), 1, port)
+            }
+            Kind::Api => {
+                // As `aws ec2 authorize-security-group-ingress --group-id sg-db
+                // --ip-permissions IpProtocol=udp,FromPort=P,ToPort=P,UserIdGroupPairs=
+                // [{GroupId=sg-web}]` sends it.
+                let port = API_PORT + k as u16;
+                let body = format!(
+                    "Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupId=sg-db\
+                     &IpPermissions.1.IpProtocol=udp&IpPermissions.1.FromPort={port}\
+                     &IpPermissions.1.ToPort={port}&IpPermissions.1.Groups.1.GroupId=sg-web"
+                );
+                ("/sg/v1/groups/sg-db".to_string(), Write::Api(body), 1, port)
             }
         };
         let targets: Vec<(&Netns, Ipv4Addr)> = self
@@ -470,15 +506,16 @@ impl Rig {
         let w0 = Instant::now();
         let mut put = (0.0, 0.0, 0i64);
         let firsts = first_packets(sender_ns, new_addr(sender), &targets, port, || {
-            put = self.put(&key, &value)?;
+            put = self.putter.write(&key, &write)?;
             Ok(())
         })?;
         let (put_start, put_end, revision) = put;
+        // An API call's value is the API's to choose: the first write of the key is the call's.
         let commit = self
             .observer
             .wait_for(
                 mark,
-                |s| s.key == key && s.value == value,
+                |s| s.key == key && write.value().is_none_or(|v| s.value == v),
                 Duration::from_secs(10),
             )?
             .at_ms;
@@ -512,6 +549,7 @@ impl Rig {
                     lat.push(seen - commit);
                     s.ack.push(seen - commit);
                     s.ack_from_put.push(seen - put_end);
+                    s.ack_from_put_start.push(seen - put_start);
                     s.agent_ack.push(agent_ms - commit);
                     if seen - commit > slowest.0 {
                         slowest = (seen - commit, h);
@@ -539,6 +577,8 @@ impl Rig {
             .sum();
         c.first_packet_ms = firsts.iter().map(|t| t.map(|t| t - commit)).collect();
         s.first_packet.extend(c.first_packet_ms.iter().flatten());
+        s.first_packet_from_put_start
+            .extend(firsts.iter().flatten().map(|t| t - put_start));
         eprintln!(
             "fleet: {} change {k} (revision {revision}): acks p50 {:.0} ms p99 {:.0} ms max \
              {:.0} ms ({}), first packets {:?} ms, agent CPU {:.2} ms; in {:.1} s: all agents \
@@ -560,11 +600,6 @@ impl Rig {
             c.missing.len()
         );
         Ok(c)
-    }
-
-    /// Puts KEY VALUE from the observer's namespace: (sent, answered, revision).
-    fn put(&self, key: &str, value: &str) -> Result<(f64, f64, i64)> {
-        self.putter.put(key, value)
     }
 
     /// Each host's first ack enforcing `revision` or later: (seen, the agent's unix_ms).
@@ -845,22 +880,53 @@ impl Drop for Observer {
     }
 }
 
-/// Puts through etcd's JSON gateway from one kept-alive connection: one line in
-/// (`[key, value]`), one line out (`[sent_ms, answered_ms, revision]`, the machine's wall
-/// clock). A change costs the machine a request, not a process start (an `etcdctl put` is
-/// ~150 ms of CPU that would compete with the agents it measures).
+/// How a change is written: a put of the value, or an EC2 API call (its form body).
+enum Write {
+    Put(String),
+    Api(String),
+}
+
+impl Write {
+    fn value(&self) -> Option<&str> {
+        match self {
+            Write::Put(v) => Some(v),
+            Write::Api(_) => None,
+        }
+    }
+}
+
+/// Writes from one kept-alive connection each to etcd's JSON gateway and to `sg-agent api`:
+/// one line in (`["put", key, value]` or `["api", key, form body]`), one line out
+/// (`[sent_ms, answered_ms, revision]`, the machine's wall clock; an API call's revision is
+/// the key's mod_revision read after the answer). A change costs the machine a request, not a
+/// process start (an `etcdctl put` or `aws` is ~150 ms of CPU that would compete with the
+/// agents it measures).
 const PUTTER_PY: &str = r#"
 import base64, http.client, json, sys, time
-c = http.client.HTTPConnection(sys.argv[1], 2379, timeout=10)
+etcd, api = sys.argv[1], sys.argv[2]
+c = http.client.HTTPConnection(etcd, 2379, timeout=10)
+a = http.client.HTTPConnection(*api.split(":"), timeout=10)
 b64 = lambda s: base64.b64encode(s.encode()).decode()
+def post(conn, path, body, ctype):
+    conn.request("POST", path, body, {"Content-Type": ctype})
+    r = conn.getresponse()
+    return r.status, r.read()
 for line in sys.stdin:
-    k, v = json.loads(line)
-    body = json.dumps({"key": b64(k), "value": b64(v)})
+    op, k, v = json.loads(line)
     t0 = time.time() * 1e3
-    c.request("POST", "/v3/kv/put", body, {"Content-Type": "application/json"})
-    r = c.getresponse(); d = r.read()
-    t1 = time.time() * 1e3
-    rev = int(json.loads(d)["header"]["revision"]) if r.status == 200 else -r.status
+    if op == "put":
+        st, d = post(c, "/v3/kv/put", json.dumps({"key": b64(k), "value": b64(v)}), "application/json")
+        t1 = time.time() * 1e3
+        rev = int(json.loads(d)["header"]["revision"]) if st == 200 else -st
+    else:
+        st, d = post(a, "/", v, "application/x-www-form-urlencoded; charset=utf-8")
+        t1 = time.time() * 1e3
+        if st == 200:
+            st, d = post(c, "/v3/kv/range", json.dumps({"key": b64(k)}), "application/json")
+            rev = int(json.loads(d)["kvs"][0]["mod_revision"]) if st == 200 else -st
+        else:
+            sys.stderr.write(d.decode(errors="replace") + "\n")
+            rev = -st
     print(json.dumps([t0, t1, rev]), flush=True)
 "#;
 
@@ -876,10 +942,10 @@ impl Putter {
     fn start(ns: &Netns, etcd: &str) -> Result<Putter> {
         let mut child = ns
             .cmd("python3")
-            .args(["-c", PUTTER_PY, etcd])
+            .args(["-c", PUTTER_PY, etcd, API_LISTEN])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .context("spawn the putter")?;
         let stdin = child.stdin.take().context("the putter's stdin")?;
@@ -890,20 +956,71 @@ impl Putter {
         })
     }
 
-    fn put(&self, key: &str, value: &str) -> Result<(f64, f64, i64)> {
+    fn write(&self, key: &str, w: &Write) -> Result<(f64, f64, i64)> {
         let mut io = self.io.lock().map_err(|_| anyhow::anyhow!("putter lock"))?;
-        writeln!(io.0, "{}", json!([key, value])).context("to the putter")?;
+        let line = match w {
+            Write::Put(v) => json!(["put", key, v]),
+            Write::Api(body) => json!(["api", key, body]),
+        };
+        writeln!(io.0, "{line}").context("to the putter")?;
         let line = io.1.next().context("the putter ended")??;
         let (t0, t1, rev): (f64, f64, i64) =
             serde_json::from_str(&line).with_context(|| format!("the putter said {line}"))?;
         if rev < 0 {
-            bail!("put {key}: HTTP {}", -rev);
+            bail!("write {key}: HTTP {} (the answer is on stderr)", -rev);
         }
         Ok((t0, t1, rev))
     }
 }
 
 impl Drop for Putter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sg-agent api --no-auth` on the store, in the observer's namespace; killed on drop.
+struct ApiServer {
+    child: Child,
+}
+
+impl ApiServer {
+    fn start(ns: &Netns, bin: &Path) -> Result<ApiServer> {
+        let store = format!("etcd://{ETCD_ADDR}:2379");
+        let mut child = ns
+            .cmd(&bin.to_string_lossy())
+            .args([
+                "api",
+                "--store",
+                &store,
+                "--listen",
+                API_LISTEN,
+                "--no-auth",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start sg-agent api")?;
+        let out = child.stdout.take().context("the API's stdout")?;
+        let api = ApiServer { child };
+        // Its first line says it listens (printed once the socket is bound); the rest is
+        // drained so that the API never writes into a closed pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(Ok(first))) if first.contains("listening") => Ok(api),
+            other => bail!("sg-agent api did not start: {other:?}"),
+        }
+    }
+}
+
+impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -26,7 +26,7 @@ struct Cli {
     /// Agents of the fleet section (default 100; --quick 20), each in its own namespace.
     #[arg(long)]
     fleet_agents: Option<usize>,
-    /// Changes of each kind (membership, rule) the fleet section makes (default 5; --quick 3).
+    /// Changes of each kind (membership, rule, API rule) the fleet section makes (default 5; --quick 3).
     #[arg(long)]
     fleet_changes: Option<usize>,
     /// Rule counts for the in-kernel cost (comma separated).

@@ -47,6 +47,11 @@ pub struct Summary {
     pub fleet_rule_ack_p99_ms: Option<f64>,
     pub fleet_ack_max_ms: Option<f64>,
     pub fleet_membership_cpu_ms: Option<f64>,
+    /// The EC2 API (issue 16): AuthorizeSecurityGroupIngress sent -> every agent's ack
+    /// (p99), and -> the first packet allowed on the sampled hosts (p50, p99).
+    pub fleet_api_call_to_ack_p99_ms: Option<f64>,
+    pub fleet_api_call_to_first_packet_p50_ms: Option<f64>,
+    pub fleet_api_call_to_first_packet_p99_ms: Option<f64>,
     /// Network ACLs (issue 17): decision cost at 1,000 entries per list / at 20 (paired),
     /// per hook, and forwarded pps through the router with sg / bare (paired rounds).
     pub nacl_tc_decision_ratio_1000_vs_20: Option<f64>,
@@ -132,6 +137,11 @@ pub fn summarize(r: &Results) -> Summary {
         s.fleet_ack_max_ms = (measured(&f.membership) || measured(&f.rule))
             .then_some(f.membership.ack_ms.max.max(f.rule.ack_ms.max));
         s.fleet_membership_cpu_ms = (f.membership.cpu_ms.n > 0).then_some(f.membership.cpu_ms.mean);
+        s.fleet_api_call_to_ack_p99_ms =
+            measured(&f.api).then_some(f.api.ack_from_put_start_ms.p99);
+        let first = &f.api.first_packet_from_put_start_ms;
+        s.fleet_api_call_to_first_packet_p50_ms = (first.n > 0).then_some(first.p50);
+        s.fleet_api_call_to_first_packet_p99_ms = (first.n > 0).then_some(first.p99);
     }
     if let Some(n) = &r.nacl {
         let dec = |h: &str| {
@@ -740,9 +750,11 @@ fn fleet_markdown(w: &mut String, f: &super::fleet::FleetFigures) {
         "\n### Fleet convergence ({} agents, each in its own namespace, one etcd; {} changes \
          of each kind)\n\n\
          Membership change: a new instance joins sg-web (one key). Rule change: sg-db authorizes \
-         one more UDP port from sg-web (its group key rewritten). p50 / p99 / max over every \
-         (agent, change) pair; first packet over {} sampled sg-db hosts per change.\n\n\
-         | figure | membership change | rule change |\n| --- | ---: | ---: |",
+         one more UDP port from sg-web (its group key rewritten). API: the same rule change as \
+         an EC2 AuthorizeSecurityGroupIngress call to `sg-agent api` on the store. p50 / p99 / \
+         max over every (agent, change) pair; first packet over {} sampled sg-db hosts per \
+         change.\n\n\
+         | figure | membership change | rule change | API rule change |\n| --- | ---: | ---: | ---: |",
         f.agents,
         f.changes_per_kind,
         f.sampled_hosts.len()
@@ -754,58 +766,56 @@ fn fleet_markdown(w: &mut String, f: &super::fleet::FleetFigures) {
             format!("{:.0} / {:.0} / {:.0} ms", d.p50, d.p99, d.max)
         }
     };
-    let (m, r) = (&f.membership, &f.rule);
-    let rows = [
-        (
-            "acks received / expected",
-            format!("{} / {}", m.acks, m.expected),
-            format!("{} / {}", r.acks, r.expected),
-        ),
-        (
-            "commit -> ack seen in the store (p50 / p99 / max)",
-            d(&m.ack_ms),
-            d(&r.ack_ms),
-        ),
-        (
-            "put returned -> ack seen",
-            d(&m.ack_from_put_return_ms),
-            d(&r.ack_from_put_return_ms),
-        ),
-        (
-            "commit -> the agent's clock in its ack",
-            d(&m.agent_ack_ms),
-            d(&r.agent_ack_ms),
-        ),
-        (
-            "commit -> first packet allowed (sampled hosts)",
-            d(&m.first_packet_ms),
-            d(&r.first_packet_ms),
-        ),
-        (
-            "agent CPU per change, less idle (mean; p99 / max)",
+    let kinds = [&f.membership, &f.rule, &f.api];
+    let row =
+        |w: &mut String, figure: &str, cell: &dyn Fn(&super::fleet::KindFigures) -> String| {
+            let cells: Vec<String> = kinds.iter().map(|k| cell(k)).collect();
+            let _ = writeln!(w, "| {figure} | {} |", cells.join(" | "));
+        };
+    row(w, "acks received / expected", &|k| {
+        format!("{} / {}", k.acks, k.expected)
+    });
+    row(
+        w,
+        "commit -> ack seen in the store (p50 / p99 / max)",
+        &|k| d(&k.ack_ms),
+    );
+    row(w, "put or call sent -> ack seen", &|k| {
+        d(&k.ack_from_put_start_ms)
+    });
+    row(w, "put or call answered -> ack seen", &|k| {
+        d(&k.ack_from_put_return_ms)
+    });
+    row(w, "commit -> the agent's clock in its ack", &|k| {
+        d(&k.agent_ack_ms)
+    });
+    row(w, "commit -> first packet allowed (sampled hosts)", &|k| {
+        d(&k.first_packet_ms)
+    });
+    row(w, "put or call sent -> first packet allowed", &|k| {
+        d(&k.first_packet_from_put_start_ms)
+    });
+    row(
+        w,
+        "agent CPU per change, less idle (mean; p99 / max)",
+        &|k| {
             format!(
                 "{:.2} ms; {:.1} / {:.1}",
-                m.cpu_ms.mean, m.cpu_ms.p99, m.cpu_ms.max
-            ),
-            format!(
-                "{:.2} ms; {:.1} / {:.1}",
-                r.cpu_ms.mean, r.cpu_ms.p99, r.cpu_ms.max
-            ),
-        ),
-        (
-            "CPU over a change's window, mean: all agents / etcd / machine busy",
-            window(f, "membership"),
-            window(f, "rule"),
-        ),
-        (
-            "put through the JSON gateway (sent to answered, p50)",
-            format!("{:.0} ms", m.put_ms.p50),
-            format!("{:.0} ms", r.put_ms.p50),
-        ),
-    ];
-    for (a, b, c) in rows {
-        let _ = writeln!(w, "| {a} | {b} | {c} |");
-    }
+                k.cpu_ms.mean, k.cpu_ms.p99, k.cpu_ms.max
+            )
+        },
+    );
+    let windows = [window(f, "membership"), window(f, "rule"), window(f, "api")];
+    let _ = writeln!(
+        w,
+        "| CPU over a change's window, mean: all agents / etcd / machine busy | {} |",
+        windows.join(" | ")
+    );
+    row(
+        w,
+        "the put (JSON gateway) or the API call: sent to answered, p50",
+        &|k| format!("{:.0} ms", k.put_ms.p50),
+    );
     let _ = writeln!(
         w,
         "\nStartup: {} agents enforcing the store's policy after {:.1} s (started {} at a time). \

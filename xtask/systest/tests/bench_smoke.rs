@@ -166,7 +166,8 @@ fn quick_fleet_bench_measures_acks_first_packets_and_cpu_with_three_agents() {
     let text = std::fs::read_to_string(dir.path().join("results.json")).expect("results.json");
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(v["fleet_agents"], 3);
-    for kind in ["membership", "rule"] {
+    // "api": the rule change made with an AuthorizeSecurityGroupIngress call (issue 16).
+    for kind in ["membership", "rule", "api"] {
         assert_eq!(
             v["fleet"][kind]["acks"], 3,
             "{kind}: every agent acknowledged"
@@ -189,6 +190,8 @@ fn quick_fleet_bench_measures_acks_first_packets_and_cpu_with_three_agents() {
         "fleet_membership_ack_p99_ms",
         "fleet_rule_ack_p99_ms",
         "fleet_ack_max_ms",
+        "fleet_api_call_to_ack_p99_ms",
+        "fleet_api_call_to_first_packet_p50_ms",
     ] {
         positive(&v, key);
     }
