@@ -173,8 +173,18 @@ fn install_aws_clients() -> Result<Vec<String>> {
             .collect();
         wanted.iter().all(|w| have.contains(w))
     };
-    if present() {
+    // A venv is not relocatable: its scripts name the python of the path it was made at, so a
+    // clone moved (or a target dir made through another path) has an aws that cannot start.
+    let aws_runs = || output(Command::new(venv.join("bin/aws")).arg("--version")).is_ok();
+    if present() && aws_runs() {
         return Ok(vec![]);
+    }
+    if python.exists() && !aws_runs() {
+        eprintln!(
+            "==> {} was made at another path (its aws cannot start): making it again",
+            venv.display()
+        );
+        std::fs::remove_dir_all(&venv).with_context(|| format!("remove {}", venv.display()))?;
     }
     eprintln!(
         "==> installing {} into {}",

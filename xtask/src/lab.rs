@@ -14,7 +14,7 @@ use crate::sh::{as_root, run};
 const MARIADB: &[&str] = &["mariadb-server", "mariadb-client"];
 
 /// Builds what the lab runs and runs it; `keep`, `cfn` and `extra` are sg-lab's arguments.
-pub fn run_lab(tc: &Toolchain, keep: bool, cfn: bool, extra: &[String]) -> Result<()> {
+pub fn run_lab(tc: &Toolchain, file: bool, keep: bool, cfn: bool, extra: &[String]) -> Result<()> {
     // The lab runs its own mariadbd in db-1's namespace; on a systemd host the package also
     // enables Debian's service (bound to 127.0.0.1), which the lab never uses.
     if let Err(e) = apt_install(MARIADB) {
@@ -32,6 +32,9 @@ pub fn run_lab(tc: &Toolchain, keep: bool, cfn: bool, extra: &[String]) -> Resul
     ]);
     run(&mut c)?;
     let mut lab = as_root("target/release/sg-lab");
+    if file {
+        lab.arg("--file");
+    }
     if keep {
         lab.arg("--keep");
     }

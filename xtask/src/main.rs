@@ -75,13 +75,18 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The main job: an EC2 lab in network namespaces (instances running sg-agent on the same
-    /// policy, real servers and clients), a table of every path, counters. Needs root.
+    /// The main job: an EC2 lab in network namespaces (the groups made with the aws CLI through
+    /// sg-agent api on an etcd store, each instance's agent a daemon following it; real servers
+    /// and clients), a table of every path, counters. Needs root.
     Lab {
-        /// Leave the lab up to explore (it prints how); `cargo xtask lab -- --down` removes it.
+        /// The file-driven lab: every instance applies examples/ec2-lab.yaml (no store, no API).
+        #[arg(long)]
+        file: bool,
+        /// Leave the file-driven lab up to explore (it prints how; implies --file);
+        /// `cargo xtask lab -- --down` removes it.
         #[arg(long)]
         keep: bool,
-        /// Use the CloudFormation twin of the policy (examples/ec2-lab.cfn.yaml).
+        /// Use the CloudFormation twin of the policy (examples/ec2-lab.cfn.yaml; implies --file).
         #[arg(long)]
         cfn: bool,
         /// Extra arguments passed to sg-lab (see `cargo xtask lab -- --help`).
@@ -146,9 +151,14 @@ fn run(cli: Cli) -> Result<()> {
             cmd::build_ebpf(&tc)?;
             fuzz::run(&tc, &args)?;
         }
-        Cmd::Lab { keep, cfn, args } => {
+        Cmd::Lab {
+            file,
+            keep,
+            cfn,
+            args,
+        } => {
             let tc = bootstrap::ensure()?;
-            lab::run_lab(&tc, keep, cfn, &args)?;
+            lab::run_lab(&tc, file || keep, keep, cfn, &args)?;
         }
         Cmd::Bench { quick, args } => {
             let tc = bootstrap::ensure()?;

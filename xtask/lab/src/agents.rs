@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use sg_testkit::netns::Netns;
+use sg_testkit::netns::{Netns, Proc};
 
 /// Where the agent of a namespace keeps its pins by default (see `state.rs`).
 const PIN_ROOT: &str = "/sys/fs/bpf/sg";
@@ -149,6 +149,16 @@ impl Agents {
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+
+    /// `ip netns exec NS sg-agent daemon ARGS...` in the background: killed when the returned
+    /// process drops; the namespace is detached with the others when these agents drop.
+    pub fn daemon(&self, ns: &Netns, args: &[&str]) -> Result<Proc> {
+        self.remember(ns)?;
+        let bin = self.bin.display().to_string();
+        let mut all = vec![bin.as_str(), "daemon"];
+        all.extend_from_slice(args);
+        ns.spawn(&all)
     }
 
     fn remember(&self, ns: &Netns) -> Result<()> {

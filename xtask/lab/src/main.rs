@@ -1,7 +1,10 @@
 //! `sg-lab`: the EC2 lab (`cargo xtask lab`). Network namespaces act as EC2 instances on one
-//! subnet plus outside clients; each instance runs the real sg-agent on the same policy file;
-//! real servers and clients probe every path; a table shows what EC2 does and what happened,
-//! then the counters per rule. Exits non-zero when any path is not as expected.
+//! subnet plus outside clients; by default the groups are made with the seed article's aws CLI
+//! commands through `sg-agent api` on an etcd store and every instance's agent is a daemon
+//! following it (`sg_lab::api`); with `--file` (or `--cfn`, `--policy`) each instance applies
+//! the same policy file instead. Real servers and clients probe every path; a table shows what
+//! EC2 does and what happened, then the counters per rule. Exits non-zero when any path is not
+//! as expected.
 //!
 //! The scenario lives in `sg_lab::scenario` (the end-to-end tests run the same one);
 //! this file only sequences it and prints.
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use sg_lab::api::{ApiLab, Live, brief};
 use sg_lab::probe::{Expect, Row, Svc, V4, render, table};
 use sg_lab::scenario::{Db, Ec2Lab, LAB_PREFIX, LabOptions};
 use sg_lab::topology::Naming;
@@ -29,10 +33,14 @@ struct Args {
     /// Leave the lab up afterwards to explore (prints how); remove it with --down.
     #[arg(long)]
     keep: bool,
+    /// The file-driven lab: every instance applies examples/ec2-lab.yaml (no store, no API).
+    #[arg(long)]
+    file: bool,
     /// Use the CloudFormation twin (examples/ec2-lab.cfn.yaml): the table must not change.
+    /// Implies --file.
     #[arg(long, conflicts_with = "policy")]
     cfn: bool,
-    /// The policy every instance applies (default examples/ec2-lab.yaml).
+    /// The policy every instance applies (default examples/ec2-lab.yaml). Implies --file.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// The sg-agent binary (default: the one next to sg-lab).
@@ -215,6 +223,9 @@ fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
 
 fn run(args: Args) -> Result<bool> {
     let agent = agent_path(&args)?;
+    // The test kit's API server starts the agent named by SG_AGENT_BIN.
+    // SAFETY: no other thread runs yet (the lab starts its threads later).
+    unsafe { std::env::set_var("SG_AGENT_BIN", &agent) };
     if args.down {
         down(&agent)?;
         return Ok(true);
@@ -223,12 +234,23 @@ fn run(args: Args) -> Result<bool> {
         println!("==> a previous lab is still up (--keep or a killed run): removing it first");
         down(&agent)?;
     }
+    let t0 = std::time::Instant::now();
+    if !(args.file || args.cfn || args.policy.is_some()) {
+        let (rows, live) = api_lab(&args, &agent)?;
+        check_interrupt()?;
+        let nacl = vpc_section(&agent)?;
+        check_interrupt()?;
+        return Ok(summary(
+            &rows.iter().chain(&nacl).collect::<Vec<_>>(),
+            &live,
+            t0,
+        ));
+    }
     let policy = match (&args.policy, args.cfn) {
         (Some(p), _) => p.clone(),
         (None, true) => PathBuf::from("examples/ec2-lab.cfn.yaml"),
         (None, false) => PathBuf::from("examples/ec2-lab.yaml"),
     };
-    let t0 = std::time::Instant::now();
     println!("==> sg EC2 lab: {}", policy.display());
     println!("    (the seed article: sg-web serves HTTPS to anyone and SSH to my IP only;");
     println!("     sg-db serves MySQL to sg-web only; default egress everywhere)");
@@ -238,6 +260,7 @@ fn run(args: Args) -> Result<bool> {
         naming: Naming::Fixed(LAB_PREFIX.into()),
         want_mariadb: !args.no_mariadb,
         ingress_hook: args.ingress_hook.clone(),
+        apply: true,
     })?;
     println!(
         "    policy format: {}; every instance applies the same file: {}",
@@ -312,14 +335,7 @@ fn run(args: Args) -> Result<bool> {
     check_interrupt()?;
 
     let all: Vec<&Row> = rows.iter().chain(&more).chain(&nacl).collect();
-    let bad = all.iter().filter(|r| !r.ok()).count();
-    println!(
-        "==> {} paths, {} as expected, {} MISMATCH [{:.0} s]",
-        all.len(),
-        all.len() - bad,
-        bad,
-        t0.elapsed().as_secs_f64()
-    );
+    let ok = summary(&all, &[], t0);
 
     if args.keep {
         lab.keep();
@@ -352,5 +368,119 @@ fn run(args: Args) -> Result<bool> {
     } else {
         println!("==> tearing down (sg-agent detach in every instance, namespaces deleted)");
     }
-    Ok(bad == 0)
+    Ok(ok)
+}
+
+/// The last line: how many paths (and live checks) were as EC2 has them; true when all.
+fn summary(rows: &[&Row], live: &[Live], t0: std::time::Instant) -> bool {
+    let bad = rows.iter().filter(|r| !r.ok()).count()
+        + live.iter().filter(|l| l.got != l.expected).count();
+    let n = rows.len() + live.len();
+    println!(
+        "==> {n} paths, {} as expected, {bad} MISMATCH [{:.0} s]",
+        n - bad,
+        t0.elapsed().as_secs_f64()
+    );
+    bad == 0
+}
+
+/// The default lab: the seed article through the EC2 API (`sg_lab::api`).
+fn api_lab(args: &Args, agent: &Path) -> Result<(Vec<Row>, Vec<Live>)> {
+    if args.keep {
+        bail!("--keep is for the file-driven lab: add --file");
+    }
+    println!("==> sg EC2 lab through the EC2 API: etcd on the lab's LAN, sg-agent api on my-ip,");
+    println!("    every instance's agent a daemon following the store");
+    println!("    (the seed article: sg-web serves HTTPS to anyone and SSH to my IP only;");
+    println!("     sg-db serves MySQL to sg-web only; default egress everywhere)");
+    let mut lab = ApiLab::up(
+        agent,
+        Naming::Fixed(LAB_PREFIX.into()),
+        !args.no_mariadb,
+        args.ingress_hook.clone(),
+    )?;
+    println!(
+        "    store {}; API {} (in {LAB_PREFIX}my-ip); database on db-1:3306: {}",
+        lab.store_url(),
+        lab.api.url,
+        lab.lab.db.describe()
+    );
+    println!();
+    println!(
+        "==> the groups, made with the aws CLI (aws --endpoint-url {})",
+        lab.api.url
+    );
+    lab.build_groups()?;
+    for (cmd, out) in &lab.transcript {
+        println!("    $ {cmd}");
+        for l in brief(out) {
+            println!("      {l}");
+        }
+    }
+    check_interrupt()?;
+    println!();
+    println!(
+        "==> launch web-1, web-2 (into sg-web) and db-1 (into sg-db): sg-agent daemon --store"
+    );
+    lab.launch_instances()?;
+    let took = lab.wait_converged(std::time::Duration::from_secs(90))?;
+    println!(
+        "    all three enforcing the store's policy {:.1} s after their agents started",
+        took.as_secs_f64()
+    );
+    println!();
+    let rows = lab.lab.run(&lab.lab.paths())?;
+    check_interrupt()?;
+    println!("==> every path, probed with real clients (curl, ssh, mariadb/nc, ping, ping -6)");
+    print!("{}", render(&rows));
+    println!();
+    println!("==> scale out: launch web-3 into sg-web; it reaches the database at once (R1)");
+    let (more, report) = lab.scale_out()?;
+    check_interrupt()?;
+    print!("{}", render(&more));
+    println!("{report}");
+    println!();
+    println!("==> revoke SSH rules with the aws CLI while SSH sessions are open (X1, X2)");
+    let n = lab.transcript.len();
+    let live = lab.revoke_under_live_sessions()?;
+    for (cmd, out) in &lab.transcript[n..] {
+        println!("    $ {cmd}");
+        for l in brief(out) {
+            println!("      {l}");
+        }
+    }
+    for l in &live {
+        let mark = if l.got == l.expected {
+            "ok"
+        } else {
+            "MISMATCH"
+        };
+        let state = |b: bool| if b { "alive" } else { "cut" };
+        println!(
+            "    {:<76} EC2: {:<5} here: {:<5} {mark}",
+            l.what,
+            state(l.expected),
+            state(l.got)
+        );
+    }
+    #[rustfmt::skip]
+    let after = lab.lab.run(&table(&[
+        ("my-ip", "web-1", V4, Svc::Ssh(22), Expect::Deny, "X1 a new session needs a rule"),
+    ]))?;
+    print!("{}", render(&after));
+    println!();
+    println!("==> describe-security-groups fed back to sg-agent check (round trip)");
+    for l in lab.describe_round_trip()?.lines() {
+        println!("    {l}");
+    }
+    println!();
+    println!("==> counters per rule of every instance (sg-agent counters)");
+    print!(
+        "{}",
+        lab.lab
+            .counters_report(&["web-1", "web-2", "db-1", "web-3"])?
+    );
+    println!("==> tearing down (daemons stopped, sg-agent detach, the store and the API removed)");
+    let all = rows.into_iter().chain(more).chain(after).collect();
+    Ok((all, live))
 }

@@ -90,6 +90,9 @@ pub struct LabOptions {
     pub want_mariadb: bool,
     /// `sg-agent apply --ingress-hook` (auto, xdp, xdp-skb, tc); None: the agent's default (auto).
     pub ingress_hook: Option<String>,
+    /// Every instance applies `policy` at start (the file-driven lab). False: nothing is
+    /// applied; the API lab (`crate::api`) runs daemons on a store instead.
+    pub apply: bool,
 }
 
 /// A running lab. Field order is drop order: agents detach first (while the namespaces
@@ -105,7 +108,7 @@ pub struct Ec2Lab {
     pub db: Db,
     /// Each instance's `sg-agent apply` output, in order.
     pub applied: Vec<(String, String)>,
-    ingress_hook: Option<String>,
+    pub ingress_hook: Option<String>,
 }
 
 impl Ec2Lab {
@@ -144,9 +147,11 @@ impl Ec2Lab {
             ingress_hook: opts.ingress_hook,
         };
         lab.start_servers()?;
-        for (inst, _, _) in INSTANCES {
-            let out = lab.apply_on(inst)?;
-            lab.applied.push((inst.to_string(), out));
+        if opts.apply {
+            for (inst, _, _) in INSTANCES {
+                let out = lab.apply_on(inst)?;
+                lab.applied.push((inst.to_string(), out));
+            }
         }
         Ok(lab)
     }
@@ -184,7 +189,15 @@ impl Ec2Lab {
         }
     }
 
-    fn db_svc(&self) -> Svc {
+    /// A new web server on the LAN (not yet in any group), serving HTTPS like the others.
+    pub fn add_web_host(&mut self, (name, v4, v6): (&str, &str, &str)) -> Result<()> {
+        self.lan.add_host(HostSpec::new(name, v4, v6))?;
+        let h = self.lan.host(name);
+        self.servers.push(svc::https_server(h, &self.files, 443)?);
+        Ok(())
+    }
+
+    pub fn db_svc(&self) -> Svc {
         Svc::Db {
             port: 3306,
             mariadb: self.db == Db::MariaDb,
@@ -231,10 +244,8 @@ impl Ec2Lab {
     /// (R1). Returns the rows and how long db-1's apply took to take effect.
     pub fn scale_out(&mut self) -> Result<(Vec<Row>, String)> {
         use Expect::{Allow, Deny};
-        let (name, v4, v6) = NEW_WEB;
-        self.lan.add_host(HostSpec::new(name, v4, v6))?;
-        let h = self.lan.host(name);
-        self.servers.push(svc::https_server(h, &self.files, 443)?);
+        let name = NEW_WEB.0;
+        self.add_web_host(NEW_WEB)?;
         let db = self.db_svc();
         #[rustfmt::skip]
         let mut rows = self.run(&table(&[

@@ -1,9 +1,13 @@
 //! The EC2 lab of the seed article, end to end, exactly as `cargo xtask lab` runs it: every
 //! path of the table is as EC2 would have it, the CloudFormation twin gives the same table,
 //! the TC ingress hook gives the same table, and a web server launched into sg-web reaches the
-//! database at once (R1). The database is the TCP echo stand-in (the suite never needs
-//! MariaDB).
-use std::path::PathBuf;
+//! database at once (R1); and the default lab, the same told through the EC2 API (groups made
+//! with the aws CLI, daemons following the store). The database is the TCP echo stand-in (the
+//! suite never needs MariaDB).
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sg_lab::api::ApiLab;
 
 use sg_lab::probe::assert_rows;
 use sg_lab::scenario::{Ec2Lab, LabOptions};
@@ -24,6 +28,7 @@ fn lab(policy: &str, hook: Option<&str>) -> Ec2Lab {
         naming: Naming::Unique,
         want_mariadb: false,
         ingress_hook: hook.map(str::to_string),
+        apply: true,
     })
     .unwrap_or_else(|e| panic!("lab with {policy}: {e:#}"))
 }
@@ -51,6 +56,47 @@ fn seed_lab_every_path_as_ec2_and_a_new_web_server_reaches_the_db_at_once_r1() {
     assert!(report.contains("member 192.0.2.13 of sg-web"), "{report}");
     let errors = lab.agents.detach_all();
     assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// The lab through the EC2 API (issue 16, item 6), as `cargo xtask lab` runs it: the groups
+/// made with the real aws CLI through `sg-agent api` on etcd (P1-P4), every instance's agent a
+/// daemon on the store, the same table as the file-driven lab (E1 E2 E5 D2 D4 F5 R1 R2 I1 I3);
+/// web-3 launched into sg-web reaches the database (R1); revoking under live SSH sessions
+/// keeps the tracked one (X1) and cuts the untracked one (X2, C4); describe-security-groups
+/// goes back through `sg-agent check`.
+#[test]
+fn api_lab_groups_made_with_the_aws_cli_are_enforced_by_daemons_on_the_store() {
+    require_root();
+    let mut lab = ApiLab::up(
+        Path::new(sg_testkit::agent_bin()),
+        Naming::Unique,
+        false,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("API lab: {e:#}"));
+    lab.build_groups().expect("the article's aws commands");
+    lab.launch_instances().expect("daemons");
+    lab.wait_converged(Duration::from_secs(90))
+        .expect("every instance enforces the store's policy");
+    let rows = lab.lab.run(&lab.lab.paths()).unwrap();
+    assert_rows(&rows);
+    let c = lab
+        .lab
+        .agents
+        .counters(&lab.lab.lan.host("db-1").ns)
+        .expect("db-1 counters");
+    let mysql = c
+        .find(&lab.db, "ingress", &format!("tcp 3306 from {}", lab.web))
+        .expect("the article's group rule, by the ids the API returned");
+    assert!(mysql.packets >= 8, "MySQL rule counted {}", mysql.packets);
+    let (more, report) = lab.scale_out().unwrap();
+    assert_rows(&more);
+    assert!(report.contains("first connection to db-1:3306"), "{report}");
+    for l in lab.revoke_under_live_sessions().unwrap() {
+        assert_eq!(l.got, l.expected, "{}", l.what);
+    }
+    let check = lab.describe_round_trip().unwrap();
+    assert!(check.contains("security groups: 2"), "{check}");
 }
 
 /// The CloudFormation twin (examples/ec2-lab.cfn.yaml) gives the same table: every path as
