@@ -133,9 +133,12 @@ impl ApiServer {
         // Through the venv's python rather than the script's `#!` line, which names the
         // path the venv was created at (a moved or shared target dir breaks it).
         let mut c = self.client(&venv().join("bin/python3"), secret);
-        c.arg(venv().join("bin/aws"))
-            .args(args)
-            .args(["--endpoint-url", &self.url, "--output", "json"]);
+        c.arg(venv().join("bin/aws")).args(args).args([
+            "--endpoint-url",
+            &self.url,
+            "--output",
+            "json",
+        ]);
         run_bounded(c, CLIENT)
     }
 
