@@ -1,4 +1,5 @@
-//! `sg-agent api`: the EC2 Query API over the fleet's store (docs/api.md; SEMANTICS P1-P10).
+//! `sg-agent api`: the EC2 Query API over the policy store, etcd or this host's policy file
+//! (docs/api.md; SEMANTICS P1-P10).
 //! The aws CLI, boto3 and anything else that speaks EC2 manage sg's security groups through
 //! it; every write goes to the store through the one validator, and every agent following the
 //! store enforces it (P10).
@@ -15,7 +16,7 @@
 //! tags.rs     CreateTags, DeleteTags on groups and rules (kept in the group's metadata)
 //! lookups.rs  DescribeTags, DescribeVpcs, the (empty) reference and stale-group answers
 //! change.rs   a write applied to the native document, validated, turned into store values
-//! backend.rs  the store connection (503 when it cannot be reached)
+//! backend.rs  the store: etcd or the local file (503 when it cannot be reached)
 //! answer.rs   typed answers -> EC2's XML; xml.rs the writer and the error document
 //! fault.rs    EC2's error codes and HTTP statuses
 //! ```
@@ -43,13 +44,12 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 
-use crate::store::StoreOptions;
 pub use view::Account;
 
 /// What `sg-agent api` was started with.
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub store: StoreOptions,
+    pub store: backend::Where,
     pub listen: SocketAddr,
     /// None: no signature check (`--no-auth`).
     pub keys: Option<sigv4::Keys>,

@@ -1,18 +1,28 @@
-//! `sg-agent api`: serve the EC2 Query API on the fleet's store (docs/api.md). Listens on
-//! 127.0.0.1 unless told otherwise; requests must be signed with a key of the credentials
-//! file unless `--no-auth` says explicitly that anyone who reaches the port may write.
+//! `sg-agent api`: serve the EC2 Query API (docs/api.md) on this host's policy file (the
+//! local store: `--config FILE`, /etc/sg/policy.yaml by default, the file `sg-agent daemon
+//! --config` enforces) or on the fleet's etcd (`--store`). Listens on 127.0.0.1 unless told
+//! otherwise; requests must be signed with a key of the credentials file unless `--no-auth`
+//! says explicitly that anyone who reaches the port may write.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 
+use super::Globals;
 use super::store::StoreArgs;
-use crate::api::{self, Account, sigv4::Keys};
-use crate::error;
+use crate::api::{self, Account, backend::Where, sigv4::Keys};
+use crate::store::local::LocalStore;
+
+/// The local store's file when neither --config nor --store is given: the systemd
+/// service's (dist/sg-agent.service).
+const DEFAULT_POLICY: &str = "/etc/sg/policy.yaml";
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The policy file of this host's daemon, written in place (the local store, no etcd).
+    #[arg(long, value_name = "FILE", conflicts_with = "endpoints")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
     /// Where to listen (port 0: any free port, printed at start).
@@ -37,11 +47,16 @@ pub struct Args {
     region: String,
 }
 
-pub fn run(a: &Args) -> Result<()> {
-    let Some(store) = a.store.options() else {
-        return Err(error::usage(
-            "`sg-agent api` needs --store etcd://HOST:PORT",
-        ));
+pub fn run(g: &Globals, a: &Args) -> Result<()> {
+    let store = match a.store.options() {
+        Some(etcd) => Where::Etcd(etcd),
+        None => Where::Local(LocalStore {
+            path: a
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY)),
+            state_dir: g.state_dir.clone(),
+        }),
     };
     let keys = a.credentials.as_deref().map(Keys::from_file).transpose()?;
     let auth = if keys.is_some() {

@@ -117,9 +117,10 @@ enum Cmd {
                             sg-agent store --store etcd://192.0.2.1:2379 status"
     )]
     Store(store::Args),
-    /// Serve the EC2 Query API (aws CLI, boto3) on the fleet's store.
+    /// Serve the EC2 Query API (aws CLI, boto3) on this host's policy file or the fleet's store.
     #[command(
-        after_help = "Example:\n  sg-agent api --store etcd://127.0.0.1:2379 --credentials /etc/sg/api-keys"
+        after_help = "Examples:\n  sg-agent api --credentials /etc/sg/api-keys    # the file of `sg-agent daemon --config /etc/sg/policy.yaml`\n  \
+                      sg-agent api --store etcd://127.0.0.1:2379 --credentials /etc/sg/api-keys"
     )]
     Api(api::Args),
     /// Does this namespace enforce what a policy file (or the store) says? Compares the live
@@ -194,7 +195,7 @@ impl Cli {
             Cmd::Detach => detach::run(&g),
             Cmd::Daemon(a) => daemon::run(&g, a),
             Cmd::Store(a) => store::run(&g, &a),
-            Cmd::Api(a) => api::run(&a),
+            Cmd::Api(a) => api::run(&g, &a),
             Cmd::Verify(a) => verify::run(&g, &a),
             Cmd::Completions(a) => docs::completions(&a),
             Cmd::Man => docs::man(),

@@ -1,7 +1,7 @@
 //! The real EC2 clients of the API tests (api_*.rs): the aws CLI and boto3 from the
 //! project's virtual environment (`cargo xtask bootstrap` installs them under
 //! target/aws-venv), and an `sg-agent api` process they talk to, run in a namespace that
-//! reaches the test's etcd. Every command has a timeout; dropping an [`ApiServer`] kills it.
+//! reaches the test's etcd (or beside a daemon's policy file: the local store). Every command has a timeout; dropping an [`ApiServer`] kills it.
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
@@ -50,13 +50,21 @@ impl ApiServer {
     /// Starts `sg-agent api --store ENDPOINTS` in `ns` on a free port of its loopback, with the
     /// test key in a root-only credentials file (`auth`) or `--no-auth`.
     pub fn start(ns: &Netns, endpoints: &str, dir: &Path, auth: bool) -> ApiServer {
+        ApiServer::start_on(ns, &["--store", endpoints], dir, auth)
+    }
+
+    /// [`ApiServer::start`] on the store `store_args` name: `--store URL`, or `--config FILE`
+    /// for the local store (a policy file, no etcd).
+    pub fn start_on(ns: &Netns, store_args: &[&str], dir: &Path, auth: bool) -> ApiServer {
         std::fs::create_dir_all(dir).unwrap();
         let creds = dir.join("api-keys");
         std::fs::write(&creds, format!("# test key\n{KEY_ID} = {SECRET}\n")).unwrap();
         std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
         let log = dir.join("api.log");
         let mut c = ns.cmd(crate::agent_bin());
-        c.args(["api", "--store", endpoints, "--listen", "127.0.0.1:0"]);
+        c.arg("api")
+            .args(store_args)
+            .args(["--listen", "127.0.0.1:0"]);
         if auth {
             c.arg("--credentials").arg(&creds);
         } else {
@@ -122,9 +130,15 @@ impl ApiServer {
 
     /// `aws ARGS --endpoint-url URL --output json`, signed with `secret`.
     pub fn aws_signed(&self, secret: &str, args: &[&str]) -> Output {
-        let mut c = self.client(&venv().join("bin/aws"), secret);
-        c.args(args)
-            .args(["--endpoint-url", &self.url, "--output", "json"]);
+        // Through the venv's python rather than the script's `#!` line, which names the
+        // path the venv was created at (a moved or shared target dir breaks it).
+        let mut c = self.client(&venv().join("bin/python3"), secret);
+        c.arg(venv().join("bin/aws")).args(args).args([
+            "--endpoint-url",
+            &self.url,
+            "--output",
+            "json",
+        ]);
         run_bounded(c, CLIENT)
     }
 
