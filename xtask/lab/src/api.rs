@@ -25,12 +25,14 @@ use crate::scenario::{Ec2Lab, INSTANCES, LabOptions, NEW_WEB};
 use crate::services as svc;
 use crate::topology::Naming;
 
-/// One command as the administrator types it (`aws` = the project's aws CLI with
-/// `--endpoint-url` of the lab's API), with `{web}` and `{db}` standing for the group ids the
-/// API returned.
+/// One `aws ec2 authorize-security-group-ingress` as the administrator types it (`aws` = the
+/// project's aws CLI with `--endpoint-url` of the lab's API), with `{web}` and `{db}` standing
+/// for the group ids the API returned.
 pub struct AwsStep {
     pub why: &'static str,
-    pub args: &'static [&'static str],
+    pub group: &'static str,
+    /// Each one `--ip-permissions` value.
+    pub permissions: &'static [&'static str],
 }
 
 /// The groups of the seed article, made the way the article makes them: sg-web's HTTPS rule
@@ -39,23 +41,15 @@ pub struct AwsStep {
 pub const BUILD: &[AwsStep] = &[
     AwsStep {
         why: "sg-web: the article's HTTPS rule",
-        args: &[
-            "ec2",
-            "authorize-security-group-ingress",
-            "--group-id",
-            "{web}",
-            "--ip-permissions",
+        group: "{web}",
+        permissions: &[
             r#"IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=0.0.0.0/0,Description="Public HTTPS"}],Ipv6Ranges=[{CidrIpv6=::/0,Description="Public HTTPS"}]"#,
         ],
     },
     AwsStep {
         why: "sg-web: SSH and ping from my IP only",
-        args: &[
-            "ec2",
-            "authorize-security-group-ingress",
-            "--group-id",
-            "{web}",
-            "--ip-permissions",
+        group: "{web}",
+        permissions: &[
             r#"IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=198.51.100.10/32,Description="SSH from my IP only"}],Ipv6Ranges=[{CidrIpv6=2001:db8:20::10/128,Description="SSH from my IP only"}]"#,
             r#"IpProtocol=icmp,FromPort=8,ToPort=-1,IpRanges=[{CidrIp=198.51.100.10/32,Description="Ping from my IP"}]"#,
             r#"IpProtocol=icmpv6,FromPort=128,ToPort=-1,Ipv6Ranges=[{CidrIpv6=2001:db8:20::10/128,Description="Ping from my IP"}]"#,
@@ -63,23 +57,15 @@ pub const BUILD: &[AwsStep] = &[
     },
     AwsStep {
         why: "sg-db: the article's group rule, MySQL from sg-web",
-        args: &[
-            "ec2",
-            "authorize-security-group-ingress",
-            "--group-id",
-            "{db}",
-            "--ip-permissions",
+        group: "{db}",
+        permissions: &[
             r#"IpProtocol=tcp,FromPort=3306,ToPort=3306,UserIdGroupPairs=[{GroupId={web},Description="Allow web tier to DB"}]"#,
         ],
     },
     AwsStep {
         why: "sg-db: ping from sg-web",
-        args: &[
-            "ec2",
-            "authorize-security-group-ingress",
-            "--group-id",
-            "{db}",
-            "--ip-permissions",
+        group: "{db}",
+        permissions: &[
             r#"IpProtocol=icmp,FromPort=8,ToPort=-1,UserIdGroupPairs=[{GroupId={web},Description="Ping from the web tier"}]"#,
             r#"IpProtocol=icmpv6,FromPort=128,ToPort=-1,UserIdGroupPairs=[{GroupId={web},Description="Ping from the web tier"}]"#,
         ],
@@ -210,9 +196,17 @@ impl ApiLab {
             }
         }
         for step in BUILD {
-            self.aws(step.args)?;
+            self.ingress("authorize", step.group, step.permissions)?;
         }
         Ok(())
+    }
+
+    /// `aws ec2 {authorize|revoke}-security-group-ingress --group-id G --ip-permissions P...`.
+    pub fn ingress(&mut self, verb: &str, group: &str, permissions: &[&str]) -> Result<Value> {
+        let action = format!("{verb}-security-group-ingress");
+        let mut args = vec!["ec2", &action, "--group-id", group, "--ip-permissions"];
+        args.extend_from_slice(permissions);
+        self.aws(&args)
     }
 
     /// Launches an instance: its agent becomes a daemon on the store, registering eth0 with
@@ -341,14 +335,13 @@ impl ApiLab {
         let web1 = self.lab.lan.host("web-1").v4();
         let files = &self.lab.files;
         let mut tracked = svc::ssh_session(self.lab.lan.host("my-ip"), files, web1, 22)?;
-        self.aws(&[
-            "ec2",
-            "authorize-security-group-ingress",
-            "--group-id",
+        self.ingress(
+            "authorize",
             "{web}",
-            "--ip-permissions",
-            r#"IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=0.0.0.0/0,Description="SSH from anywhere (for a moment)"}]"#,
-        ])?;
+            &[
+                r#"IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=0.0.0.0/0,Description="SSH from anywhere (for a moment)"}]"#,
+            ],
+        )?;
         self.wait_converged(Duration::from_secs(30))?;
         let files = &self.lab.files;
         let mut untracked = svc::ssh_session(self.lab.lan.host("internet"), files, web1, 22)?;
@@ -358,15 +351,14 @@ impl ApiLab {
             expected: true,
             got: untracked.round_trip("before", Duration::from_secs(5)),
         });
-        self.aws(&[
-            "ec2",
-            "revoke-security-group-ingress",
-            "--group-id",
+        self.ingress(
+            "revoke",
             "{web}",
-            "--ip-permissions",
-            r#"IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=198.51.100.10/32}],Ipv6Ranges=[{CidrIpv6=2001:db8:20::10/128}]"#,
-            r#"IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=0.0.0.0/0}]"#,
-        ])?;
+            &[
+                r#"IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=198.51.100.10/32}],Ipv6Ranges=[{CidrIpv6=2001:db8:20::10/128}]"#,
+                r#"IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=0.0.0.0/0}]"#,
+            ],
+        )?;
         self.wait_converged(Duration::from_secs(30))?;
         live.push(Live {
             what: "my-ip -> web-1 SSH session open across the revoke (X1: tracked, survives)"

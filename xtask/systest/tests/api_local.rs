@@ -98,14 +98,7 @@ fn p10_local_store_authorize_opens_real_tcp_and_revoke_closes_new_connections_wi
     assert_eq!(described["SecurityGroupRules"][0]["FromPort"], 5001);
 
     let t_revoke = monotonic_s();
-    api.aws_ok(&[
-        "ec2",
-        "revoke-security-group-ingress",
-        "--group-id",
-        "sg-srv",
-        "--security-group-rule-ids",
-        &rule_id,
-    ]);
+    revoke_by_id(&api, &rule_id);
     site.wait(
         "new connections to 5001 to be refused",
         Duration::from_secs(20),
@@ -147,14 +140,7 @@ print(json.dumps({{"sent": t0, "answered": t1,
             (at - sent) * 1000.0
         );
         let id = t["id"].as_str().unwrap();
-        api.aws_ok(&[
-            "ec2",
-            "revoke-security-group-ingress",
-            "--group-id",
-            "sg-srv",
-            "--security-group-rule-ids",
-            id,
-        ]);
+        revoke_by_id(&api, id);
         site.wait("5001 refused again", Duration::from_secs(20), || {
             !site.tcp(5001, None)
         });
@@ -297,4 +283,16 @@ fn p4_a_write_the_file_cannot_take_is_refused_and_the_file_and_enforcement_stay(
     assert!(site.tcp(5001, None), "the enforced policy stays");
     let out: Value = api.aws_ok(&["sts", "get-caller-identity"]);
     assert!(out["Account"].is_string());
+}
+
+/// `aws ec2 revoke-security-group-ingress --group-id sg-srv --security-group-rule-ids ID`.
+fn revoke_by_id(api: &ApiServer, id: &str) {
+    api.aws_ok(&[
+        "ec2",
+        "revoke-security-group-ingress",
+        "--group-id",
+        "sg-srv",
+        "--security-group-rule-ids",
+        id,
+    ]);
 }
