@@ -19,6 +19,7 @@
 
 mod conditions;
 mod eval;
+mod host;
 pub mod inputs;
 mod nacl;
 mod params;
@@ -276,6 +277,7 @@ pub(crate) fn read(
     c.groups(&mut d);
     c.interfaces(&mut d);
     c.bind(&mut d, inputs);
+    c.as_host(&mut d, inputs, &st.excluded);
     c.network_acls(&mut d);
     c.finish(&mut d);
     (d, used)
@@ -1708,69 +1710,6 @@ impl<'n> Cfn<'n, '_> {
             groups_at,
             timeouts,
             at: origin,
-        }
-    }
-
-    /// `--bind KEY=DEVICE`: the interface KEY names (an instance or ENI by logical id or
-    /// name, `Instance/ethN` for one of several) is carried by the local DEVICE, as the
-    /// `sg:device` tag says it (the option wins over the tag).
-    fn bind(&mut self, d: &mut Draft, inputs: &TemplateInputs) {
-        let top = Origin {
-            file: self.sink.file.clone(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-        };
-        for (key, device) in &inputs.binds {
-            let (base, suffix) = match key.split_once('/') {
-                Some((b, s)) => (b, Some(s)),
-                None => (key.as_str(), None),
-            };
-            let base = self.aliases.get(base).map_or(base, String::as_str);
-            let name = suffix.map_or_else(|| base.to_string(), |s| format!("{base}/{s}"));
-            let mut hits: Vec<usize> = (0..d.interfaces.len())
-                .filter(|&i| d.interfaces[i].name.v == name)
-                .collect();
-            if hits.is_empty() && suffix.is_none() {
-                hits = (0..d.interfaces.len())
-                    .filter(|&i| d.interfaces[i].instance == base)
-                    .collect();
-            }
-            match hits.as_slice() {
-                [i] => {
-                    let at = d.interfaces[*i].at.clone();
-                    d.interfaces[*i].device = Some(L::new(device.clone(), at));
-                }
-                [] => {
-                    let mut known: Vec<&str> = self.aliases.keys().map(String::as_str).collect();
-                    known.extend(d.interfaces.iter().map(|i| i.name.v.as_str()));
-                    let hint = match did_you_mean(key, &known) {
-                        Some(k) => format!("did you mean {k}?"),
-                        None if known.is_empty() => {
-                            "the template has no instance or network interface".to_string()
-                        }
-                        None => format!("its instances and interfaces: {}", known.join(", ")),
-                    };
-                    self.sink.error_hint(
-                        &top,
-                        format!(
-                            "--bind {key}: no instance or network interface {key} in this template"
-                        ),
-                        hint,
-                    );
-                }
-                many => {
-                    let names: Vec<&str> = many
-                        .iter()
-                        .map(|&i| d.interfaces[i].name.v.as_str())
-                        .collect();
-                    self.sink.error_hint(
-                        &top,
-                        format!("--bind {key}: the instance has {} interfaces", many.len()),
-                        format!("bind each: {}", names.join(", ")),
-                    );
-                }
-            }
         }
     }
 
