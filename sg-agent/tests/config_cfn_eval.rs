@@ -740,3 +740,44 @@ fn text_built_by_functions_is_bounded_like_parsing() {
     assert!(e.message.contains("more than 1 MiB of text"), "{e}");
     assert_eq!(at(&e).0, 12);
 }
+
+#[test]
+fn a_rule_the_template_adds_to_a_group_defined_elsewhere_is_kept_when_the_group_is_known() {
+    // CloudFormation adds the rule to the existing group; a member of it here gets it.
+    let t = r#"
+Parameters:
+  ControlPlane: {Type: "AWS::EC2::SecurityGroup::Id"}
+Resources:
+  Nodes:
+    Type: AWS::EC2::SecurityGroup
+    Properties: {GroupDescription: nodes}
+  ToNodes:
+    Type: AWS::EC2::SecurityGroupEgress
+    Properties:
+      GroupId: !Ref ControlPlane
+      DestinationSecurityGroupId: !Ref Nodes
+      IpProtocol: tcp
+      FromPort: 443
+      ToPort: 443
+"#;
+    let l = load(t, &["ControlPlane=sg-0123456789abcdef0"]);
+    assert_eq!(
+        rules(&l.policy, "sg-0123456789abcdef0", Direction::Egress),
+        ["tcp 443-443 Nodes"]
+    );
+    assert!(
+        warnings(&l).iter().any(|w| w.contains("the rule is kept")),
+        "{:?}",
+        warnings(&l)
+    );
+    // Without a value the group is only a name, which may stand for several: not kept.
+    let l = load(t, &[]);
+    assert!(rules(&l.policy, "ControlPlane", Direction::Egress).is_empty());
+    assert!(
+        warnings(&l)
+            .iter()
+            .any(|w| w.contains("the rule is ignored here")),
+        "{:?}",
+        warnings(&l)
+    );
+}

@@ -197,6 +197,8 @@ struct Cfn<'n, 's> {
     /// Prefix list logical id -> (id, literal PrefixListName).
     pls: BTreeMap<String, (String, Option<String>)>,
     external_groups: BTreeMap<String, Origin>,
+    /// Rules the template's SecurityGroupIngress/Egress add to a group defined elsewhere.
+    external_rules: BTreeMap<String, Vec<DRule>>,
     external_pls: BTreeMap<String, Origin>,
     /// Where an interface without groups was found (the VPC default group is then modelled).
     default_needed: Option<Origin>,
@@ -246,6 +248,7 @@ pub(crate) fn read(
         groups: BTreeMap::new(),
         pls: BTreeMap::new(),
         external_groups: BTreeMap::new(),
+        external_rules: BTreeMap::new(),
         external_pls: BTreeMap::new(),
         default_needed: None,
         aliases: HashMap::new(),
@@ -1256,10 +1259,21 @@ impl<'n> Cfn<'n, '_> {
         };
         match d.groups.iter_mut().find(|g| g.id.v == gid.v) {
             Some(g) => g.extra.push(rule),
+            // CloudFormation adds the rule to the existing group, and a member of that group
+            // here (an instance listing it) gets it: kept, beside rules sg cannot know. A
+            // group sg only names after an unknown value (an import, a list parameter
+            // without value) may stand for several groups: its rules are not kept.
+            None if looks_like_group_id(&gid.v) => {
+                self.sink.warn(
+                    &gid.at,
+                    format!("{logical} adds a rule to {}, which is defined elsewhere: the rule is kept, the group's other rules are not known here", gid.v),
+                );
+                self.external_rules.entry(gid.v).or_default().push(rule);
+            }
             None => {
                 self.sink.warn(
                     &gid.at,
-                    format!("{logical} adds a rule to {}, which is defined elsewhere; the rule is ignored here", gid.v),
+                    format!("{logical} adds a rule to {}, which is defined elsewhere and unknown here; the rule is ignored here", gid.v),
                 );
             }
         }
@@ -1734,8 +1748,10 @@ impl<'n> Cfn<'n, '_> {
         // Ids sg derived (an import's name) need not have the shape of an id.
         for (id, at) in std::mem::take(&mut self.external_groups) {
             let check = looks_like_group_id(&id);
+            let extra = self.external_rules.remove(&id).unwrap_or_default();
             let mut g = DGroup::external(id, at);
             g.check_id = check;
+            g.extra = extra;
             d.groups.push(g);
         }
         for (id, at) in std::mem::take(&mut self.external_pls) {
