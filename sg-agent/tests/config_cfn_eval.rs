@@ -6,7 +6,8 @@
 use sg_agent::config::{Diagnostic, Loaded, TemplateInputs, load_str_with};
 use sg_agent::policy::{Direction, GroupId, IcmpMatch, Peer, Policy, Protocol};
 
-/// Inputs from `Key=Value` (parameters), `import:Name=Value` and `region:R`.
+/// Inputs from `Key=Value` (parameters), `import:Name=Value`, `region:R`, `bind:Id=DEV`,
+/// `as:Id` and `dev:DEV` (a default-route device of the host, as the command line finds it).
 fn inputs(opts: &[&str]) -> TemplateInputs {
     let mut i = TemplateInputs::default();
     for o in opts {
@@ -16,6 +17,10 @@ fn inputs(opts: &[&str]) -> TemplateInputs {
             i.region = Some(r.to_string());
         } else if let Some(b) = o.strip_prefix("bind:") {
             i.add_bind(b).unwrap();
+        } else if let Some(a) = o.strip_prefix("as:") {
+            i.as_instance = Some(a.to_string());
+        } else if let Some(dev) = o.strip_prefix("dev:") {
+            i.host_devices.push(dev.to_string());
         } else {
             i.add_parameter(o).unwrap();
         }
@@ -575,6 +580,148 @@ fn bind_names_the_local_device_of_a_template_interface_and_unread_properties_nee
     );
 }
 
+/// (interface, device) of each interface of the policy, in order.
+fn devices(l: &Loaded) -> Vec<(String, Option<String>)> {
+    l.policy
+        .interfaces
+        .iter()
+        .map(|i| (i.name.clone(), i.device.clone()))
+        .collect()
+}
+
+fn dev(name: &str, device: Option<&str>) -> (String, Option<String>) {
+    (name.to_string(), device.map(str::to_string))
+}
+
+#[test]
+fn as_makes_this_host_the_instance_its_groups_on_the_default_route_device() {
+    // E5: groups attach to interfaces: `--as WebServer` makes this host's uplink (the
+    // default route's device) the instance's interface, by logical id or Name tag.
+    for key in ["WebServer", "web-1"] {
+        let l = load(INSTANCES, &[&format!("as:{key}"), "dev:eth0"]);
+        assert_eq!(
+            devices(&l),
+            [
+                dev("web-1", Some("eth0")),
+                dev("Router/eth0", None),
+                dev("Router/eth1", None)
+            ]
+        );
+        let web = &l.policy.interfaces[0];
+        assert_eq!(web.groups, [GroupId("Web".into())]);
+    }
+    // --bind names another device, and wins.
+    let l = load(
+        INSTANCES,
+        &["as:WebServer", "bind:WebServer=veth-web", "dev:eth0"],
+    );
+    assert_eq!(devices(&l)[0], dev("web-1", Some("veth-web")));
+    // IPv4 and IPv6 default routes through two devices: the interface is each of them.
+    let l = load(INSTANCES, &["as:WebServer", "dev:eth0", "dev:eth1"]);
+    let d = devices(&l);
+    assert_eq!(d[0], dev("web-1", Some("eth0")));
+    assert_eq!(d[3], dev("web-1@eth1", Some("eth1")));
+    assert_eq!(l.policy.interfaces[3].groups, [GroupId("Web".into())]);
+}
+
+#[test]
+fn as_an_instance_with_several_interfaces_needs_a_bind_for_each_but_the_first() {
+    let e = first_error(INSTANCES, &["as:Router", "dev:eth0"]);
+    assert_eq!(at(&e), (1, 1));
+    assert_eq!(
+        e.message,
+        "--as Router: the instance's other interfaces need a device: Router/eth1"
+    );
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("name each: --bind Router/eth1=DEVICE")
+    );
+    let l = load(
+        INSTANCES,
+        &["as:Router", "dev:eth0", "bind:Router/eth1=veth1"],
+    );
+    assert_eq!(
+        devices(&l)[1..],
+        [
+            dev("Router/eth0", Some("eth0")),
+            dev("Router/eth1", Some("veth1"))
+        ]
+    );
+}
+
+#[test]
+fn as_a_network_interface_binds_it() {
+    let t = r#"
+Resources:
+  Db:
+    Type: AWS::EC2::SecurityGroup
+    Properties: {GroupDescription: db}
+  DbEni:
+    Type: AWS::EC2::NetworkInterface
+    Properties: {SubnetId: subnet-1, GroupSet: [!Ref Db]}
+"#;
+    let l = load(t, &["as:DbEni", "dev:ens5"]);
+    assert_eq!(devices(&l), [dev("DbEni", Some("ens5"))]);
+}
+
+#[test]
+fn as_refuses_what_is_not_an_instance_of_the_template_and_names_the_candidates() {
+    let e = first_error(INSTANCES, &["as:WebSrever", "dev:eth0"]);
+    assert_eq!(at(&e), (1, 1));
+    assert_eq!(
+        e.message,
+        "--as WebSrever: no resource WebSrever in this template"
+    );
+    assert_eq!(e.hint.as_deref(), Some("did you mean --as WebServer?"));
+    // A group is not a host: located at the resource, with what --as takes.
+    let e = first_error(INSTANCES, &["as:Web", "dev:eth0"]);
+    assert_eq!(at(&e), (6, 5), "{e}");
+    assert_eq!(
+        e.message,
+        "--as Web: Web is an AWS::EC2::SecurityGroup, not an instance or network interface"
+    );
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("--as takes an AWS::EC2::Instance or AWS::EC2::NetworkInterface: Router, WebServer")
+    );
+    // No default route: which device is the uplink is not known; --bind says it.
+    let e = first_error(INSTANCES, &["as:WebServer"]);
+    assert!(e.message.contains("this host has no default route"), "{e}");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("name the device: --as WebServer --bind WebServer=DEVICE")
+    );
+    let l = load(INSTANCES, &["as:WebServer", "bind:WebServer=eth3"]);
+    assert_eq!(devices(&l)[0], dev("web-1", Some("eth3")));
+    // An instance whose Condition is false is not in the stack.
+    let t = r#"
+Parameters:
+  Env: {Type: String, Default: dev}
+Conditions:
+  Prod: !Equals [!Ref Env, prod]
+Resources:
+  Web:
+    Type: AWS::EC2::SecurityGroup
+    Properties: {GroupDescription: web}
+  ProdServer:
+    Type: AWS::EC2::Instance
+    Condition: Prod
+    Properties: {SecurityGroupIds: [!Ref Web]}
+"#;
+    let e = first_error(t, &["as:ProdServer", "dev:eth0"]);
+    assert_eq!(
+        e.message,
+        "--as ProdServer: ProdServer is left out because its Condition is false"
+    );
+    assert!(
+        load(t, &["as:ProdServer", "dev:eth0", "Env=prod"])
+            .policy
+            .interfaces[0]
+            .device
+            .is_some()
+    );
+}
+
 #[test]
 fn text_built_by_functions_is_bounded_like_parsing() {
     // Each level joins ten copies of the one before (aliases are shared, not copied): a
@@ -592,4 +739,45 @@ fn text_built_by_functions_is_bounded_like_parsing() {
     let e = first_error(&t, &[]);
     assert!(e.message.contains("more than 1 MiB of text"), "{e}");
     assert_eq!(at(&e).0, 12);
+}
+
+#[test]
+fn a_rule_the_template_adds_to_a_group_defined_elsewhere_is_kept_when_the_group_is_known() {
+    // CloudFormation adds the rule to the existing group; a member of it here gets it.
+    let t = r#"
+Parameters:
+  ControlPlane: {Type: "AWS::EC2::SecurityGroup::Id"}
+Resources:
+  Nodes:
+    Type: AWS::EC2::SecurityGroup
+    Properties: {GroupDescription: nodes}
+  ToNodes:
+    Type: AWS::EC2::SecurityGroupEgress
+    Properties:
+      GroupId: !Ref ControlPlane
+      DestinationSecurityGroupId: !Ref Nodes
+      IpProtocol: tcp
+      FromPort: 443
+      ToPort: 443
+"#;
+    let l = load(t, &["ControlPlane=sg-0123456789abcdef0"]);
+    assert_eq!(
+        rules(&l.policy, "sg-0123456789abcdef0", Direction::Egress),
+        ["tcp 443-443 Nodes"]
+    );
+    assert!(
+        warnings(&l).iter().any(|w| w.contains("the rule is kept")),
+        "{:?}",
+        warnings(&l)
+    );
+    // Without a value the group is only a name, which may stand for several: not kept.
+    let l = load(t, &[]);
+    assert!(rules(&l.policy, "ControlPlane", Direction::Egress).is_empty());
+    assert!(
+        warnings(&l)
+            .iter()
+            .any(|w| w.contains("the rule is ignored here")),
+        "{:?}",
+        warnings(&l)
+    );
 }

@@ -705,11 +705,29 @@ pub(super) fn bind_to_host(src: &dyn PolicySource) -> Result<Bound> {
             .filter(|l| l.name != "lo")
             .map(|l| format!("{} {:?}", l.name, l.addresses))
             .collect();
+        let hint = if loaded.format == crate::config::Format::CloudFormation {
+            let mut ids: Vec<&str> = loaded
+                .policy
+                .interfaces
+                .iter()
+                .map(|i| i.instance.as_str())
+                .collect();
+            ids.dedup();
+            format!(
+                "a template carries no addresses: `--as ID` (this host is that instance) or \
+                 `--bind ID=DEVICE`, or the tag `sg:device`; its instances: {}",
+                if ids.is_empty() {
+                    "none".into()
+                } else {
+                    ids.join(", ")
+                }
+            )
+        } else {
+            "give the instance's addresses in the policy, or name the device with `device:`"
+                .to_string()
+        };
         return Err(Error::NotOnThisHost(format!(
-            "{}: no interface of the policy is on this host (local devices: {}); hint: \
-             give the instance's addresses in the policy, or name the device with \
-             `device:` (a CloudFormation template: `--bind LogicalId=DEVICE` or the tag \
-             `sg:device`)",
+            "{}: no interface of the policy is on this host (local devices: {}); hint: {hint}",
             src.describe(),
             if here.is_empty() {
                 "none".into()

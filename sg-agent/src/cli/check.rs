@@ -29,7 +29,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
             })).collect::<Vec<_>>(),
             "prefix_lists": p.prefix_lists.len(),
             "interfaces": p.interfaces.iter().map(|i| serde_json::json!({
-                "name": i.name, "addresses": i.addresses,
+                "name": i.name, "device": i.device, "addresses": i.addresses,
                 "groups": i.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "parameters": loaded.parameters,

@@ -1,7 +1,9 @@
 //! The options that say how a CloudFormation template is deployed (`--parameter`,
-//! `--parameters-file`, `--region`, `--account-id`, `--stack-name`, `--import`), shared by
-//! every command that reads a policy file, and their conversion to
-//! [`config::TemplateInputs`]. They mean nothing for the other formats, which refuse them.
+//! `--parameters-file`, `--region`, `--account-id`, `--stack-name`, `--import`) and where
+//! (`--bind`, `--as`), shared by every command that reads a policy file, and their
+//! conversion to [`config::TemplateInputs`]. They mean nothing for the other formats, which
+//! refuse them. `--as` is where this host's facts come in: its default-route devices, read
+//! here from /proc/net so that the config layer stays pure.
 
 use std::path::PathBuf;
 
@@ -39,6 +41,11 @@ pub struct TemplateArgs {
     /// logical id, e.g. WebServer=eth0 (Instance/eth1 for one of several). Repeatable.
     #[arg(long = "bind", value_name = "LOGICAL_ID=DEVICE")]
     binds: Vec<String>,
+    /// This host is that instance (or network interface) of the template, by logical id or
+    /// Name tag: its groups apply to this host's uplink, the device(s) of the default route
+    /// (--bind names another; an instance's other interfaces need a --bind each).
+    #[arg(long = "as", value_name = "LOGICAL_ID")]
+    as_instance: Option<String>,
 }
 
 impl TemplateArgs {
@@ -64,6 +71,62 @@ impl TemplateArgs {
         for b in &self.binds {
             i.add_bind(b).map_err(bad)?;
         }
+        if let Some(id) = &self.as_instance {
+            i.as_instance = Some(id.clone());
+            i.host_devices = default_route_devices();
+        }
         Ok(i)
+    }
+}
+
+/// The devices of this namespace's default routes (IPv4 from /proc/net/route, IPv6 from
+/// /proc/net/ipv6_route), without repeats, in that order. Unreadable files: none.
+fn default_route_devices() -> Vec<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    default_routes(&v4, &v6)
+}
+
+/// [`default_route_devices`] of the two files' text. An IPv4 line is `Iface Destination
+/// Gateway Flags RefCnt Use Metric Mask ...` (hex); an IPv6 line `dest plen src plen
+/// next-hop metric refcnt use flags iface`. The kernel's unreachable IPv6 default on `lo`
+/// is not a route out.
+fn default_routes(v4: &str, v6: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |dev: &str| {
+        if dev != "lo" && !out.iter().any(|d| d == dev) {
+            out.push(dev.to_string());
+        }
+    };
+    for line in v4.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" {
+            add(f[0]);
+        }
+    }
+    for line in v6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00" {
+            add(f[9]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_routes;
+
+    #[test]
+    fn default_routes_are_read_from_both_route_tables() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                  eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth1\t00000000\t01000A0A\t0003\t0\t0\t200\t00000000\t0\t0\t0\n";
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000000000000000000000001 00000400 00000001 00000000 00000003 eth2\n\
+                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n\
+                  20010db8000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n";
+        assert_eq!(default_routes(v4, v6), ["eth0", "eth1", "eth2"]);
+        assert!(default_routes("", "").is_empty());
     }
 }

@@ -767,7 +767,9 @@ fn group(ctx: &mut Ctx, g: &DGroup, ids: &mut HashMap<RuleId, Origin>) -> Group 
         egress: Vec::new(),
         origin: g.at.clone(),
     };
-    if g.external {
+    // A group defined elsewhere has only the rules the input adds to it (a template's
+    // SecurityGroupIngress/Egress on an imported group).
+    if g.external && g.extra.is_empty() {
         return group;
     }
     let (ingress_default, egress_default) = (default_ingress(g), default_egress(g));

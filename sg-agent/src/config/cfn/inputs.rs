@@ -1,6 +1,7 @@
 //! What a template is deployed with, given on the command line: parameter values
 //! (`--parameter Key=Value`, `--parameters-file`), the region, account and stack name the
-//! pseudo parameters evaluate to, and the exports of other stacks (`--import Name=Value`).
+//! pseudo parameters evaluate to, the exports of other stacks (`--import Name=Value`) and
+//! which local devices carry the template's interfaces (`--bind`, `--as`).
 //!
 //! Owns the parameter file formats `aws cloudformation` accepts: create-stack's
 //! `[{"ParameterKey": .., "ParameterValue": ..}]`, deploy's `["Key=Value"]` and the
@@ -30,6 +31,13 @@ pub struct TemplateInputs {
     /// `--bind LogicalId=DEVICE`: the local device that carries an instance's or ENI's
     /// interface (`Instance/ethN` for one of several).
     pub binds: BTreeMap<String, String>,
+    /// `--as LogicalId`: this host is that instance (or network interface).
+    #[serde(rename = "as")]
+    pub as_instance: Option<String>,
+    /// The devices `--as` binds the instance's interface to when neither `--bind` nor the
+    /// `sg:device` tag names one: this namespace's default-route devices, as the command
+    /// line found them (the config layer reads no host state).
+    pub host_devices: Vec<String>,
 }
 
 /// A parameter value given by the user, and where it was given.

@@ -19,6 +19,7 @@
 
 mod conditions;
 mod eval;
+mod host;
 pub mod inputs;
 mod nacl;
 mod params;
@@ -196,6 +197,8 @@ struct Cfn<'n, 's> {
     /// Prefix list logical id -> (id, literal PrefixListName).
     pls: BTreeMap<String, (String, Option<String>)>,
     external_groups: BTreeMap<String, Origin>,
+    /// Rules the template's SecurityGroupIngress/Egress add to a group defined elsewhere.
+    external_rules: BTreeMap<String, Vec<DRule>>,
     external_pls: BTreeMap<String, Origin>,
     /// Where an interface without groups was found (the VPC default group is then modelled).
     default_needed: Option<Origin>,
@@ -245,6 +248,7 @@ pub(crate) fn read(
         groups: BTreeMap::new(),
         pls: BTreeMap::new(),
         external_groups: BTreeMap::new(),
+        external_rules: BTreeMap::new(),
         external_pls: BTreeMap::new(),
         default_needed: None,
         aliases: HashMap::new(),
@@ -276,6 +280,7 @@ pub(crate) fn read(
     c.groups(&mut d);
     c.interfaces(&mut d);
     c.bind(&mut d, inputs);
+    c.as_host(&mut d, inputs, &st.excluded);
     c.network_acls(&mut d);
     c.finish(&mut d);
     (d, used)
@@ -1254,10 +1259,21 @@ impl<'n> Cfn<'n, '_> {
         };
         match d.groups.iter_mut().find(|g| g.id.v == gid.v) {
             Some(g) => g.extra.push(rule),
+            // CloudFormation adds the rule to the existing group, and a member of that group
+            // here (an instance listing it) gets it: kept, beside rules sg cannot know. A
+            // group sg only names after an unknown value (an import, a list parameter
+            // without value) may stand for several groups: its rules are not kept.
+            None if looks_like_group_id(&gid.v) => {
+                self.sink.warn(
+                    &gid.at,
+                    format!("{logical} adds a rule to {}, which is defined elsewhere: the rule is kept, the group's other rules are not known here", gid.v),
+                );
+                self.external_rules.entry(gid.v).or_default().push(rule);
+            }
             None => {
                 self.sink.warn(
                     &gid.at,
-                    format!("{logical} adds a rule to {}, which is defined elsewhere; the rule is ignored here", gid.v),
+                    format!("{logical} adds a rule to {}, which is defined elsewhere and unknown here; the rule is ignored here", gid.v),
                 );
             }
         }
@@ -1711,69 +1727,6 @@ impl<'n> Cfn<'n, '_> {
         }
     }
 
-    /// `--bind KEY=DEVICE`: the interface KEY names (an instance or ENI by logical id or
-    /// name, `Instance/ethN` for one of several) is carried by the local DEVICE, as the
-    /// `sg:device` tag says it (the option wins over the tag).
-    fn bind(&mut self, d: &mut Draft, inputs: &TemplateInputs) {
-        let top = Origin {
-            file: self.sink.file.clone(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-        };
-        for (key, device) in &inputs.binds {
-            let (base, suffix) = match key.split_once('/') {
-                Some((b, s)) => (b, Some(s)),
-                None => (key.as_str(), None),
-            };
-            let base = self.aliases.get(base).map_or(base, String::as_str);
-            let name = suffix.map_or_else(|| base.to_string(), |s| format!("{base}/{s}"));
-            let mut hits: Vec<usize> = (0..d.interfaces.len())
-                .filter(|&i| d.interfaces[i].name.v == name)
-                .collect();
-            if hits.is_empty() && suffix.is_none() {
-                hits = (0..d.interfaces.len())
-                    .filter(|&i| d.interfaces[i].instance == base)
-                    .collect();
-            }
-            match hits.as_slice() {
-                [i] => {
-                    let at = d.interfaces[*i].at.clone();
-                    d.interfaces[*i].device = Some(L::new(device.clone(), at));
-                }
-                [] => {
-                    let mut known: Vec<&str> = self.aliases.keys().map(String::as_str).collect();
-                    known.extend(d.interfaces.iter().map(|i| i.name.v.as_str()));
-                    let hint = match did_you_mean(key, &known) {
-                        Some(k) => format!("did you mean {k}?"),
-                        None if known.is_empty() => {
-                            "the template has no instance or network interface".to_string()
-                        }
-                        None => format!("its instances and interfaces: {}", known.join(", ")),
-                    };
-                    self.sink.error_hint(
-                        &top,
-                        format!(
-                            "--bind {key}: no instance or network interface {key} in this template"
-                        ),
-                        hint,
-                    );
-                }
-                many => {
-                    let names: Vec<&str> = many
-                        .iter()
-                        .map(|&i| d.interfaces[i].name.v.as_str())
-                        .collect();
-                    self.sink.error_hint(
-                        &top,
-                        format!("--bind {key}: the instance has {} interfaces", many.len()),
-                        format!("bind each: {}", names.join(", ")),
-                    );
-                }
-            }
-        }
-    }
-
     fn warn_unknown(&mut self, f: &Fields<'n>, what: &str, known: &[&str]) {
         for (key, k, _) in f.entries() {
             if known.contains(&key.as_str()) {
@@ -1795,8 +1748,10 @@ impl<'n> Cfn<'n, '_> {
         // Ids sg derived (an import's name) need not have the shape of an id.
         for (id, at) in std::mem::take(&mut self.external_groups) {
             let check = looks_like_group_id(&id);
+            let extra = self.external_rules.remove(&id).unwrap_or_default();
             let mut g = DGroup::external(id, at);
             g.check_id = check;
+            g.extra = extra;
             d.groups.push(g);
         }
         for (id, at) in std::mem::take(&mut self.external_pls) {
