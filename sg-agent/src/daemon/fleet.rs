@@ -125,6 +125,11 @@ impl Fleet {
         }));
     }
 
+    /// Whether this daemon has applied one of the store's revisions yet.
+    pub fn has_applied(&self) -> bool {
+        self.applied.is_some()
+    }
+
     /// Starts the follower task (on the daemon's runtime).
     pub fn follow(&mut self) -> Follower {
         Follower::start(

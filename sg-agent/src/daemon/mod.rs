@@ -441,10 +441,11 @@ impl Daemon {
     }
 
     /// With `--confirm-changes`, a change is applied under a window once there is a policy
-    /// to go back to.
+    /// to go back to: in fleet mode, one of the store's revisions (never the devices held
+    /// closed until the store answers, nor a local copy from before a restart).
     fn apply_options(&self) -> ApplyOptions {
         let mut o = ApplyOptions::new(self.opts.ingress_hook.clone());
-        if self.agent.is_applied() {
+        if self.agent.is_applied() && self.fleet.as_ref().is_none_or(Fleet::has_applied) {
             o.confirm = self.opts.confirm_changes;
             o.confirm_policy_only = true;
         }

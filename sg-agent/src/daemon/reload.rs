@@ -73,7 +73,9 @@ impl Daemon {
             return;
         }
         log::warn!(
-            "{} still holds the policy of {}, which was reverted (not confirmed in time): it              is not applied again (only its memberships are) until it changes; hint: fix it,              or send SIGHUP to apply it anyway",
+            "{} still holds the policy of {}, which was reverted (not confirmed in time): it \
+             is not applied again (only its memberships are) until it changes; hint: fix \
+             it, or send SIGHUP to apply it anyway",
             self.source_name(),
             r.source
         );
@@ -219,7 +221,8 @@ impl Daemon {
             }
             Err(e) if error::is(&e, |k| matches!(k, Error::Pending(_))) => {
                 log::warn!(
-                    "holding the new policy ({why}) until the pending change is confirmed or                      reverted: {e}"
+                    "holding the new policy ({why}) until the pending change is confirmed or \
+                     reverted: {e}"
                 );
                 self.stats.deferred = Some(format!("reload on {why}"));
             }

@@ -28,12 +28,16 @@ fn https_only_with_admins() -> String {
     format!("{HTTPS_ONLY}  - id: sg-admin\n")
 }
 
-/// A change that keeps SSH: HTTPS added.
-fn more(extra_port: u16) -> String {
-    format!(
-        "{SSH_FROM_MY_IP}      - {{protocol: tcp, ports: {extra_port}, source: [0.0.0.0/0, \
-         \"::/0\"]}}\n"
-    )
+/// A change that keeps SSH: a rule from anywhere added for each of `ports` (two rules each:
+/// IPv4 and IPv6).
+fn more(ports: &[u16]) -> String {
+    let mut text = SSH_FROM_MY_IP.to_string();
+    for p in ports {
+        text.push_str(&format!(
+            "      - {{protocol: tcp, ports: {p}, source: [0.0.0.0/0, \"::/0\"]}}\n"
+        ));
+    }
+    text
 }
 
 /// Replaces the daemon's policy file at once (a rename: never read half-written).
@@ -123,7 +127,10 @@ fn l1_a_daemon_reload_under_confirm_changes_reverts_and_keeps_members_added_in_t
         .expect("the good policy applied");
     let ssh = |from: &str| bed.new_ssh_works(from, bed.host("inst").v4());
     assert!(ssh("my-ip"), "R1: my-ip is in sg-admin");
-    assert!(!ssh("internet"), "internet is in no group yet (the control)");
+    assert!(
+        !ssh("internet"),
+        "internet is in no group yet (the control)"
+    );
     let d = daemon(&bed, &file, "8s");
     assert!(
         !d.log().contains("waiting for `sg-agent confirm`"),
@@ -139,7 +146,10 @@ fn l1_a_daemon_reload_under_confirm_changes_reverts_and_keeps_members_added_in_t
         Duration::from_secs(10),
     );
     let applied = Instant::now();
-    assert!(!ssh("my-ip"), "the bad reload locks my-ip out (the control)");
+    assert!(
+        !ssh("my-ip"),
+        "the bad reload locks my-ip out (the control)"
+    );
     assert!(!status(&bed)["confirm"].is_null(), "L1: a window is open");
 
     write_policy(&file, &bad_joined);
@@ -159,7 +169,12 @@ fn l1_a_daemon_reload_under_confirm_changes_reverts_and_keeps_members_added_in_t
         "reverted before the deadline ({:?})",
         applied.elapsed()
     );
-    wait_log(&d, "reverted the unconfirmed apply", 1, Duration::from_secs(5));
+    wait_log(
+        &d,
+        "reverted the unconfirmed apply",
+        1,
+        Duration::from_secs(5),
+    );
     assert!(
         ssh("internet"),
         "L1: the member added during the window survives the revert"
@@ -195,8 +210,8 @@ fn l1_a_daemon_reload_confirmed_in_time_stays_and_a_change_meanwhile_is_held() {
     bed.serve("inst", &[Ssh(22)]);
     let members = [("inst", "sg-web")];
     let good = bed.members_policy(SSH_FROM_MY_IP, &members);
-    let https = bed.members_policy(&more(443), &members);
-    let https_8443 = bed.members_policy(&more(8443), &members);
+    let https = bed.members_policy(&more(&[443]), &members);
+    let https_8443 = bed.members_policy(&more(&[443, 8443]), &members);
     let file = bed.policy(&std::fs::read_to_string(&good).unwrap());
     bed.agents
         .apply(&bed.host("inst").ns, &file)
@@ -237,13 +252,17 @@ fn l1_a_daemon_reload_confirmed_in_time_stays_and_a_change_meanwhile_is_held() {
     std::thread::sleep(Duration::from_secs(10));
     let st = status(&bed);
     assert!(st["confirm"].is_null(), "{st:#}");
-    assert_eq!(st["confirm_reverts"], 0, "L1: confirmed changes stay: {st:#}");
-    assert!(
-        st.to_string().contains("8443"),
-        "the held change is enforced: {st:#}"
+    assert_eq!(
+        st["confirm_reverts"], 0,
+        "L1: confirmed changes stay: {st:#}"
+    );
+    assert_eq!(
+        st["rules"], 8,
+        "the held change is enforced (SSH, 443 and 8443, each for both families, and the \
+         default egress): {st:#}"
     );
     assert!(bed.new_ssh_works("my-ip", bed.host("inst").v4()));
-    assert!(!d.log().contains("reverted"), "{}", d.log());
+    assert!(!d.log().contains("reverted the unconfirmed"), "{}", d.log());
     bed.hold(d);
     bed.detach_all();
 }

@@ -56,22 +56,29 @@ fn l1_a_store_change_under_confirm_changes_reverts_on_the_host_and_is_not_applie
 
     let b = sg_testkit::fleet::policy_b();
     f.import(&f.write("b.yaml", &b));
-    f.wait("db to apply the new revision under a window", CONVERGE, || {
-        d.log().contains("waiting for `sg-agent confirm`")
-    });
+    f.wait(
+        "db to apply the new revision under a window",
+        CONVERGE,
+        || d.log().contains("waiting for `sg-agent confirm`"),
+    );
     let applied = Instant::now();
     assert!(f.connects("web1", DB, 3307), "E7: the store's change is in");
     assert!(!f.connects("web1", DB, 3306));
 
-    f.wait("the revert (nobody confirms)", Duration::from_secs(30), || {
-        f.connects("web1", DB, 3306)
-    });
+    f.wait(
+        "the revert (nobody confirms)",
+        Duration::from_secs(30),
+        || f.connects("web1", DB, 3306),
+    );
     assert!(
         applied.elapsed() >= Duration::from_secs(5),
         "reverted before the deadline ({:?})",
         applied.elapsed()
     );
-    assert!(!f.connects("web1", DB, 3307), "L1: the reverted rule is gone");
+    assert!(
+        !f.connects("web1", DB, 3307),
+        "L1: the reverted rule is gone"
+    );
     let st = f.wait_status("db's ack to name the reverted revision", CONVERGE, |s| {
         ack(s, "db")["error"]
             .as_str()
@@ -83,7 +90,11 @@ fn l1_a_store_change_under_confirm_changes_reverts_on_the_host_and_is_not_applie
         "the ack names the enforced revision, older than the reverted one: {a:#}"
     );
     let m = f.metrics("db");
-    assert_eq!(metric(&m, "sg_confirm_reverted_not_enforced"), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, "sg_confirm_reverted_not_enforced"),
+        Some(1.0),
+        "{m}"
+    );
     assert!(
         metric(&m, "sg_store_revision_reverted").is_some_and(|r| r > 0.0),
         "{m}"
