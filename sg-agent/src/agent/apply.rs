@@ -45,6 +45,10 @@ pub struct ApplyOptions {
     pub force: bool,
     /// `--confirm DURATION` (L1): revert unless confirmed within it.
     pub confirm: Option<Duration>,
+    /// With `confirm`: a change of memberships alone (instances elsewhere joining, leaving,
+    /// readdressed) opens no window. A daemon's `--confirm-changes` sets it; `apply
+    /// --confirm` does not (what the administrator applies, they confirm).
+    pub confirm_policy_only: bool,
 }
 
 impl ApplyOptions {
@@ -230,9 +234,10 @@ impl Rollback<'_> {
 impl Agent {
     /// Validate -> bind -> pre-flight -> compile -> attach -> swap -> save. On error the
     /// enforced policy is the one before (see docs/agent.md "Failure behaviour"). While a
-    /// `--confirm` apply waits for its confirmation every other apply is refused, membership
-    /// changes included ([`Error::Pending`]: a daemon defers its reload until the window
-    /// closes), so a revert never drops what arrived meanwhile: it arrives after.
+    /// `--confirm` apply waits for its confirmation every other apply is refused
+    /// ([`Error::Pending`]: a daemon holds its reload until the window closes), except a
+    /// change of memberships alone: it lands in both generations (the live one, and the
+    /// policy a revert goes back to), so a revert keeps it.
     pub fn apply(&mut self, src: &dyn PolicySource, opts: ApplyOptions) -> Result<ApplyOutcome> {
         let t0 = Instant::now();
         let bound = bind_to_host(src)?;
@@ -248,20 +253,35 @@ impl Agent {
         if self.stop_if_detached && was_applied && !self.is_applied() {
             return Err(Error::DetachedUnderUs.into());
         }
-        if let Some(p) = confirm::read_marker(&self.sd)? {
-            return Err(confirm::pending_error(&p));
-        }
-        let previous = match opts.confirm {
-            Some(_) => Some(self.previous_for_confirm()?),
+        let diff = diff(&self.state.applied, &bound.applied);
+        let window = match confirm::read_marker(&self.sd)? {
+            Some(p) => Some(self.window_memberships(&p, &bound.loaded.policy, &diff)?),
             None => None,
         };
-        let diff = diff(&self.state.applied, &bound.applied);
+        let previous = match opts.confirm {
+            Some(_) if window.is_none() => Some(self.previous_for_confirm()?),
+            _ => None,
+        };
+        let previous = match previous {
+            Some(_) if opts.confirm_policy_only => {
+                let quiet = self.only_memberships(&bound.loaded.policy, &diff);
+                previous.filter(|_| !quiet)
+            }
+            p => p,
+        };
         let text = src.text()?;
         let mut out = match self.apply_membership(src, &bound, &text, &diff, t0)? {
             Some(done) => done,
             None => self.apply_whole(src, bound, &opts.ingress, diff, &text, t0)?,
         };
         out.notes.extend(preflight);
+        if let Some(p) = window {
+            self.update_pending(&p)?;
+            out.notes.push(format!(
+                "memberships changed while {} waits for confirmation: a revert keeps them",
+                p.source
+            ));
+        }
         if let (Some(within), Some(previous)) = (opts.confirm, previous) {
             let ssh = opts.admin.map(|c| c.to_string());
             let p = self.set_pending(src.describe(), within, previous, &opts.ingress, ssh)?;

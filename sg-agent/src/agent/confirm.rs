@@ -10,8 +10,16 @@
 //! an overdue revert happen after a crash of both. Every step runs under the apply lock and
 //! the marker is removed last, so two of them racing revert once.
 //!
-//! Owns the marker and the confirm/rollback/revert transitions; it spawns nothing (the CLI
-//! starts the watchdog) and prints nothing.
+//! While a change waits, memberships keep moving (instances join and leave groups elsewhere):
+//! a change of memberships alone is applied and also written into the policy a revert goes
+//! back to ([`Agent::window_memberships`]), so a revert keeps them. Anything else waits.
+//!
+//! A revert leaves a record ([`REVERTED`]: what was undone, as the hash of its policy without
+//! its memberships), so that a daemon following a file or a store that still holds the undone
+//! policy does not apply it again by itself ([`Agent::reverted_again`]).
+//!
+//! Owns the marker, the record and the confirm/rollback/revert transitions; it spawns
+//! nothing (the CLI starts the watchdog) and prints nothing.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,14 +27,33 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::apply::{ApplyOutcome, bind_to_host};
-use super::summary::diff;
-use super::{Agent, TextSource};
+use super::summary::{Diff, diff};
+use super::{Agent, PolicySource, TextSource};
 use crate::dataplane::HookPlan;
 use crate::error::Error;
+use crate::policy::Policy;
 use crate::state::StateDir;
 
 /// The marker's file name in the state's run directory.
 pub const MARKER: &str = "confirm.json";
+
+/// The record of the last revert, beside the marker.
+pub const REVERTED: &str = "confirm.reverted.json";
+
+/// What the last revert undid. A daemon reads it to leave that policy alone until its source
+/// changes it (a new store revision, an edited file) beyond memberships.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevertRecord {
+    /// The name of the undone change, and the pending change's `set_at_ms`.
+    pub source: String,
+    pub set_at_ms: u64,
+    /// When it was reverted (milliseconds since the epoch).
+    pub at_ms: u64,
+    /// [`policy_hash`] of the undone policy.
+    pub policy_hash: String,
+    /// Its text: the memberships a daemon applies later are those changed since it.
+    pub undone: String,
+}
 
 /// A change waiting for `sg-agent confirm`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +138,100 @@ fn write_marker(sd: &StateDir, p: &Pending) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))
 }
 
+/// The record of the last revert in `sd`, if any.
+pub fn read_revert_record(sd: &StateDir) -> Result<Option<RevertRecord>> {
+    let p = sd.run.join(REVERTED);
+    match std::fs::read(&p) {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+    }
+}
+
+/// A policy without its memberships (instances, their interfaces and addresses), as the
+/// native document: what a confirmation is about. Origins (file lines) are not part of it.
+fn without_memberships(p: &Policy) -> serde_json::Value {
+    let mut doc = crate::store::native::document(p);
+    if let Some(m) = doc.as_object_mut() {
+        m.remove("instances");
+    }
+    doc
+}
+
+/// Whether `new` differs from `enforced` by memberships alone (or not at all).
+pub fn only_memberships(enforced: &Policy, new: &Policy) -> bool {
+    without_memberships(enforced) == without_memberships(new)
+}
+
+/// The hash (sha256, 16 hex digits) of a policy without its memberships.
+pub fn policy_hash(p: &Policy) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(without_memberships(p).to_string().as_bytes());
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `base` with the membership changes from `from` to `to` (a three-way merge by interface
+/// name): an interface `to` added or changed takes `to`'s form, keeping only the groups `base`
+/// has (a group the pending change added is not in the policy a revert goes back to; an
+/// interface left with none is left out); one `to` removed goes; one unchanged keeps `base`'s
+/// form, so this host's interfaces keep what `base` gave them.
+pub fn with_memberships(base: &Policy, from: &Policy, to: &Policy) -> Policy {
+    let named = |p: &Policy, n: &str| p.interfaces.iter().find(|i| i.name == n).cloned();
+    let mut merged = base.clone();
+    merged
+        .interfaces
+        .retain(|i| named(from, &i.name).is_none() || named(to, &i.name).is_some());
+    for i in &to.interfaces {
+        if named(from, &i.name).is_some_and(|f| same_membership(&f, i)) {
+            continue;
+        }
+        let mut i = i.clone();
+        i.groups.retain(|g| base.groups.contains_key(g));
+        merged.interfaces.retain(|m| m.name != i.name);
+        if !i.groups.is_empty() {
+            merged.interfaces.push(i);
+        }
+    }
+    merged
+}
+
+/// Two interfaces alike but for where they were written.
+fn same_membership(a: &crate::policy::Interface, b: &crate::policy::Interface) -> bool {
+    (
+        &a.name,
+        &a.instance,
+        &a.device,
+        &a.addresses,
+        &a.groups,
+        &a.timeouts,
+    ) == (
+        &b.name,
+        &b.instance,
+        &b.device,
+        &b.addresses,
+        &b.groups,
+        &b.timeouts,
+    )
+}
+
+fn same_memberships(a: &Policy, b: &Policy) -> bool {
+    a.interfaces.len() == b.interfaces.len()
+        && a.interfaces
+            .iter()
+            .all(|i| b.interfaces.iter().any(|j| same_membership(i, j)))
+}
+
+/// A policy as native JSON text under `name`, checked to load again.
+fn native_source(name: &str, p: &Policy) -> Result<TextSource> {
+    let src = TextSource {
+        name: name.to_string(),
+        text: serde_json::to_string_pretty(&crate::store::native::document(p))?,
+    };
+    src.load()
+        .context("the policy with the new memberships does not load")?;
+    Ok(src)
+}
+
 fn remove_marker(sd: &StateDir) -> Result<()> {
     let path = sd.run.join(MARKER);
     match std::fs::remove_file(&path) {
@@ -185,6 +306,94 @@ impl Agent {
         Ok(p)
     }
 
+    /// Whether the change from the enforced policy to `new` is of memberships alone, with no
+    /// interface of this host bound, released or given other groups (`diff` says; that would
+    /// change what this host enforces on itself, a change to confirm).
+    /// The enforced policy when it cannot be read counts as a change.
+    pub(super) fn only_memberships(&self, new: &Policy, diff: &Diff) -> bool {
+        if !(diff.interfaces_added.is_empty()
+            && diff.interfaces_removed.is_empty()
+            && diff.interfaces_changed.is_empty())
+        {
+            return false;
+        }
+        match self.applied_policy() {
+            Ok(enforced) => only_memberships(&enforced.policy, new),
+            Err(e) => {
+                log::debug!("comparing with the enforced policy: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// A change arriving while `p` waits (L1): memberships alone land in both generations,
+    /// so this returns `p` with the policy it goes back to given `new`'s memberships (the
+    /// caller applies the change, then writes it). Anything else is refused until the window
+    /// closes.
+    pub(super) fn window_memberships(
+        &self,
+        p: &Pending,
+        new: &Policy,
+        diff: &Diff,
+    ) -> Result<Pending> {
+        if !self.only_memberships(new, diff) {
+            return Err(pending_error(p));
+        }
+        let enforced = self.applied_policy()?.policy;
+        let previous = TextSource {
+            name: p.previous.source.clone(),
+            text: p.previous.text.clone(),
+        }
+        .load()
+        .context("loading the policy a revert goes back to")?
+        .policy;
+        let merged = with_memberships(&previous, &enforced, new);
+        let merged = native_source(&p.previous.source, &merged)
+            .map_err(|e| pending_error(p).context(format!("{e:#}")))?;
+        let mut p = p.clone();
+        p.previous.text = merged.text;
+        Ok(p)
+    }
+
+    /// Writes the marker of the window a membership change went through (under its lock).
+    pub(super) fn update_pending(&self, p: &Pending) -> Result<()> {
+        write_marker(&self.sd, p).context("recording the new memberships for a revert")
+    }
+
+    /// What the last revert undid, if anything was ever reverted here.
+    pub fn last_revert(&self) -> Result<Option<RevertRecord>> {
+        read_revert_record(&self.sd)
+    }
+
+    /// The last revert's record when `new` is the policy it undid, memberships aside: a
+    /// daemon applies it again only when asked (SIGHUP), and meanwhile only its memberships
+    /// ([`Agent::enforced_with_memberships`]).
+    pub fn reverted_again(&self, new: &Policy) -> Result<Option<RevertRecord>> {
+        Ok(read_revert_record(&self.sd)?.filter(|r| r.policy_hash == policy_hash(new)))
+    }
+
+    /// The enforced policy with the membership changes from the policy `r` undid to `new`
+    /// (native JSON, named as the enforced one); None when there are none.
+    pub fn enforced_with_memberships(
+        &self,
+        r: &RevertRecord,
+        new: &Policy,
+    ) -> Result<Option<TextSource>> {
+        let enforced = self.applied_policy()?.policy;
+        let undone = TextSource {
+            name: r.source.clone(),
+            text: r.undone.clone(),
+        }
+        .load()
+        .context("loading the policy the revert undid")?
+        .policy;
+        let merged = with_memberships(&enforced, &undone, new);
+        if same_memberships(&merged, &enforced) {
+            return Ok(None);
+        }
+        native_source(&self.state.source, &merged).map(Some)
+    }
+
     /// Records the watchdog that holds the timer (for `status` and for tests).
     pub fn set_watchdog(&self, pid: u32) -> Result<()> {
         let _lock = self.sd.lock()?;
@@ -242,6 +451,10 @@ impl Agent {
             text: p.previous.text.clone(),
         };
         let bound = bind_to_host(&src).context("reverting: binding the previous policy")?;
+        let undone = self.applied_policy().and_then(|l| {
+            let text = std::fs::read_to_string(self.sd.applied_policy_file())?;
+            Ok((policy_hash(&l.policy), text))
+        });
         let d = diff(&self.state.applied, &bound.applied);
         let ingress: HookPlan = p.ingress.parse().unwrap_or_default();
         let mut outcome = self
@@ -252,6 +465,7 @@ impl Agent {
         st.last_revert_at = outcome_time();
         self.sd.save(&st)?;
         self.state = st;
+        self.record_revert(&p, undone);
         remove_marker(&self.sd)?;
         let reason = match why {
             RevertWhy::Overdue => "its confirmation deadline passed",
@@ -270,6 +484,27 @@ impl Agent {
             outcome.to_effect_ms
         );
         Ok(Some(Reverted { undone: p, outcome }))
+    }
+}
+
+impl Agent {
+    /// Writes the revert's record (before the marker goes). A record that cannot be written
+    /// is logged: the revert stands, a daemon may then try the undone policy again.
+    fn record_revert(&self, p: &Pending, undone: Result<(String, String)>) {
+        let written = undone.and_then(|(policy_hash, undone)| {
+            let r = RevertRecord {
+                source: p.source.clone(),
+                set_at_ms: p.set_at_ms,
+                at_ms: now_ms(),
+                policy_hash,
+                undone,
+            };
+            let path = self.sd.run.join(REVERTED);
+            crate::state::replace_private(&path, &serde_json::to_vec_pretty(&r)?)
+        });
+        if let Err(e) = written {
+            log::warn!("recording the revert of {}: {e:#}", p.source);
+        }
     }
 }
 
@@ -381,6 +616,82 @@ mod tests {
         }
         assert!(!sd.pins.exists(), "nothing was loaded or pinned");
         assert!(read_marker(&sd).unwrap().is_some(), "still pending");
+    }
+
+    fn load(text: &str) -> Policy {
+        TextSource {
+            name: "t.yaml".into(),
+            text: text.into(),
+        }
+        .load()
+        .unwrap()
+        .policy
+    }
+
+    const GROUPS: &str = "security_groups:\n  - id: sg-a\n    ingress:\n      - {protocol: tcp, \
+                          ports: 22, source: 198.51.100.10/32}\n  - id: sg-b\n";
+
+    /// L1: what a confirmation is about is the policy without its memberships: instances
+    /// joining or leaving (or moving lines in the file) are memberships only; a rule is not.
+    /// The policy a revert goes back to takes the new memberships, minus the groups it lacks
+    /// (an interface left with none is left out), and its hash ignores memberships.
+    #[test]
+    fn l1_memberships_alone_are_no_change_to_confirm_and_merge_into_the_previous_policy() {
+        let one = load(&format!(
+            "{GROUPS}instances:\n  - {{name: a, addresses: [192.0.2.1], groups: [sg-a]}}\n"
+        ));
+        let two = load(&format!(
+            "# moved\n{GROUPS}instances:\n  - {{name: a, addresses: [192.0.2.1], groups: \
+             [sg-a]}}\n  - {{name: b, addresses: [192.0.2.2], groups: [sg-a, sg-b]}}\n"
+        ));
+        assert!(only_memberships(&one, &two));
+        assert_eq!(policy_hash(&one), policy_hash(&two));
+        let rule = load(&format!(
+            "{}  - id: sg-c\ninstances:\n  - {{name: c, addresses: [192.0.2.3], groups: \
+             [sg-c]}}\n",
+            GROUPS.replace("22", "443")
+        ));
+        assert!(!only_memberships(&one, &rule));
+        assert_ne!(policy_hash(&one), policy_hash(&rule));
+
+        // b joins during the window of `rule_a` (which moved a to sg-c): the policy a revert
+        // goes back to gets b, and keeps a as `one` had it.
+        let rule_a = load(&format!(
+            "{}  - id: sg-c\ninstances:\n  - {{name: a, addresses: [192.0.2.1], groups: \
+             [sg-c]}}\n",
+            GROUPS.replace("22", "443")
+        ));
+        let rule_b = load(&format!(
+            "{}  - id: sg-c\ninstances:\n  - {{name: a, addresses: [192.0.2.1], groups: \
+             [sg-c]}}\n  - {{name: b, addresses: [192.0.2.2], groups: [sg-a, sg-c]}}\n",
+            GROUPS.replace("22", "443")
+        ));
+        assert!(only_memberships(&rule_a, &rule_b));
+        let merged = with_memberships(&one, &rule_a, &rule_b);
+        assert!(only_memberships(&one, &merged));
+        let got: Vec<(String, Vec<String>)> = merged
+            .interfaces
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    i.groups.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), vec!["sg-a".to_string()]),
+                ("b".to_string(), vec!["sg-a".to_string()])
+            ],
+            "a keeps its groups, b joins without sg-c (not in the previous policy)"
+        );
+        assert!(same_memberships(&with_memberships(&one, &one, &two), &two));
+        let gone = with_memberships(&two, &two, &one);
+        assert!(same_memberships(&gone, &one), "b left during the window");
+        let src = native_source("good.yaml", &merged).unwrap();
+        assert_eq!(src.load().unwrap().policy.interfaces.len(), 2);
     }
 
     /// L1: a deadline in the past is overdue; the refusal names the deadline and both ways out.

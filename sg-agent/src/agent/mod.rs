@@ -43,7 +43,7 @@ use crate::error::Error;
 use crate::state::{AgentState, StateDir};
 
 pub use apply::{ApplyOptions, ApplyOutcome, parse_hook, test_stop_point};
-pub use confirm::{MARKER, Pending, Previous, RevertWhy, Reverted};
+pub use confirm::{MARKER, Pending, Previous, RevertRecord, RevertWhy, Reverted};
 pub use detach::Detached;
 pub use explain::{ExplainProto, ExplainQuery, Explanation, IcmpTypeCode};
 pub use path::{PathExplanation, PathStep, explain_path};

@@ -87,6 +87,7 @@ pub fn run(g: &Globals, a: &Args) -> Result<()> {
             admin: SshConnection::from_env(),
             force: a.force,
             confirm: a.confirm,
+            confirm_policy_only: false,
         },
     )?;
     if a.audit {

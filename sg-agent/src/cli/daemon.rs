@@ -1,6 +1,6 @@
-//! `sg-agent daemon --config FILE ...` or `--store etcd://...` (fleet mode): the glue from the
-//! command line to [`crate::daemon::run`] on a single-threaded runtime, stopped by SIGTERM or
-//! SIGINT.
+//! `sg-agent daemon --config FILE ...` or `--store etcd://...` (fleet mode)
+//! `[--confirm-changes DURATION]`: the glue from the command line to [`crate::daemon::run`]
+//! on a single-threaded runtime, stopped by SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 
@@ -50,6 +50,11 @@ pub struct Args {
     /// Seconds between flow log flushes (ACCEPT lines cover this interval).
     #[arg(long, value_name = "SECONDS", default_value = "10")]
     flow_log_interval: u64,
+    /// Apply every change of the policy (an edited file, SIGHUP, a new store revision) as
+    /// `apply --confirm DURATION` does: reverted unless `sg-agent confirm` arrives within
+    /// DURATION. Memberships alone (instances joining or leaving groups) need no confirmation.
+    #[arg(long, value_name = "DURATION", value_parser = super::apply::parse_duration)]
+    confirm_changes: Option<std::time::Duration>,
 }
 
 pub fn run(g: &Globals, a: Args) -> Result<()> {
@@ -74,6 +79,7 @@ pub fn run(g: &Globals, a: Args) -> Result<()> {
         ingress_hook: a.hooks.plan(),
         poll: a.poll,
         flow_log_interval: a.flow_log_interval,
+        confirm_changes: a.confirm_changes,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,6 +10,12 @@
 //! never had a policy, or a device registered since) is held closed until the store answers:
 //! it carries one group, `sg-awaiting-store`, that admits nothing and lets out only TCP to the
 //! store's endpoints (replies come back through conntrack, C1). No mode fails open.
+//!
+//! With `--confirm-changes` (L1) a revision that changes more than memberships is applied
+//! under a confirmation window. Reverted, it stays in the store: the ack then names the
+//! revision enforced before it and says that the newer one was reverted, and the daemon
+//! applies only the memberships of that revision and of later ones with the same policy
+//! (reload.rs), until a revision changes the policy again.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::{Daemon, Next};
-use crate::agent::{PolicySource, TextSource};
+use crate::agent::{PolicySource, RevertRecord, TextSource};
 use crate::bind::LocalIface;
 use crate::state::StateDir;
 use crate::store::follow::{content_hash, host_instance};
@@ -45,6 +51,13 @@ pub struct Fleet {
     current: Option<Box<dyn PolicySource + Send>>,
     /// What this host enforces (revision, content hash), for the next ack.
     applied: Option<(i64, String)>,
+    /// A revision applied under a confirmation window (L1): what was acknowledged before it,
+    /// for the ack of a revert.
+    window: Option<Window>,
+}
+
+struct Window {
+    before: Option<(i64, String)>,
 }
 
 impl Fleet {
@@ -54,6 +67,7 @@ impl Fleet {
             opts,
             current: None,
             applied: None,
+            window: None,
         }
     }
 
@@ -111,6 +125,11 @@ impl Fleet {
         }));
     }
 
+    /// Whether this daemon has applied one of the store's revisions yet.
+    pub fn has_applied(&self) -> bool {
+        self.applied.is_some()
+    }
+
     /// Starts the follower task (on the daemon's runtime).
     pub fn follow(&mut self) -> Follower {
         Follower::start(
@@ -140,17 +159,33 @@ impl Daemon {
         let source = StoreSource::new(fleet.opts.store.describe(), snapshot);
         fleet.current = Some(Box::new(source));
         let applies = self.stats.applies;
+        let window_before = self.stats.window;
         if let Next::Detached = self.reload(&format!("store revision {revision}")) {
             return Next::Detached;
         }
-        let ok = self.stats.applies > applies;
+        // A revision whose policy a revert undid is not enforced, whatever was applied of it.
+        let held = self.stats.not_enforced.is_some();
+        let ok = self.stats.applies > applies && !held;
+        self.stats.reverted_revision = held.then_some(revision);
+        let pending = self.agent.pending().ok().flatten().map(|p| p.set_at_ms);
         let fleet = self.fleet.as_mut().expect("fleet mode");
+        if ok && pending.is_some() && pending != window_before && fleet.window.is_none() {
+            fleet.window = Some(Window {
+                before: fleet.applied.clone(),
+            });
+        }
         if ok {
             fleet.applied = Some((revision, hash));
         }
         let (rev, hash) = fleet.applied.clone().unwrap_or_default();
         let error = if ok {
             None
+        } else if held {
+            Some(format!(
+                "revision {revision}: its policy was reverted on this host (not confirmed in \
+                 time, L1) and is not enforced, only its memberships; a revision that changes \
+                 the policy, or SIGHUP, applies it"
+            ))
         } else if self.stats.waiting {
             Some("waiting: no interface of the policy is on this host".to_string())
         } else {
@@ -167,6 +202,46 @@ impl Daemon {
             });
         }
         Next::Continue
+    }
+
+    /// A revision applied under a window was confirmed: it is simply what this host enforces.
+    pub(super) fn store_change_confirmed(&mut self) {
+        if let Some(f) = self.fleet.as_mut() {
+            f.window = None;
+        }
+    }
+
+    /// A revision applied under a window was reverted: acknowledge the revision enforced
+    /// before it, naming the reverted one.
+    pub(super) fn store_change_reverted(&mut self, r: &RevertRecord, follower: Option<&Follower>) {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let Some(w) = fleet.window.take() else {
+            return;
+        };
+        let tried = fleet.applied.as_ref().map_or(0, |a| a.0);
+        fleet.applied = w.before;
+        self.stats.reverted_revision = Some(tried);
+        let (rev, hash) = fleet.applied.clone().unwrap_or_default();
+        log::warn!(
+            "store revision {tried} was reverted on this host (not confirmed in time); revision \
+             {rev}'s policy is enforced, with the store's memberships, until a revision \
+             changes the policy"
+        );
+        if let Some(f) = follower {
+            f.ack(Ack {
+                revision: rev,
+                tried,
+                hash,
+                generation: self.agent.state().generation,
+                unix_ms: unix_ms(),
+                error: Some(format!(
+                    "revision {tried} ({}) was reverted: not confirmed in time (L1)",
+                    r.source
+                )),
+            });
+        }
     }
 
     /// Puts this host's registered devices (with their current addresses) in the store.
@@ -298,6 +373,7 @@ mod tests {
             opts,
             current: None,
             applied: None,
+            window: None,
         }
     }
 

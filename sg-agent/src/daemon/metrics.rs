@@ -84,6 +84,7 @@ pub(super) fn render(
         write_conntrack(&mut out, &c.conntrack);
     }
     write_daemon(&mut out, generation, enforcing, stats);
+    write_confirm(&mut out, stats);
     out
 }
 
@@ -222,6 +223,15 @@ fn write_daemon(out: &mut String, generation: u32, enforcing: bool, stats: &Stat
             "1 when a policy is applied in this namespace, 0 while waiting for its interfaces.",
             if enforcing { 1.0 } else { 0.0 },
         ),
+    ];
+    for (name, kind, help, value) in families {
+        scalar(out, name, kind, help, value);
+    }
+}
+
+/// The confirmation window's families (L1).
+fn write_confirm(out: &mut String, stats: &Stats) {
+    let families = [
         (
             "sg_confirm_pending",
             Kind::Gauge,
@@ -243,6 +253,23 @@ fn write_daemon(out: &mut String, generation: u32, enforcing: bool, stats: &Stat
             Kind::Counter,
             "`apply --confirm` changes reverted (deadline passed, or confirm --rollback).",
             stats.confirm_reverts as f64,
+        ),
+        (
+            "sg_confirm_reverted_not_enforced",
+            Kind::Gauge,
+            "1 while the policy file or the store still holds a change that was reverted (L1): \
+             it is not enforced, only its memberships.",
+            if stats.not_enforced.is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "sg_store_revision_reverted",
+            Kind::Gauge,
+            "Fleet mode: the store revision reverted on this host and not enforced (0: none).",
+            stats.reverted_revision.unwrap_or(0) as f64,
         ),
     ];
     for (name, kind, help, value) in families {
@@ -348,6 +375,9 @@ mod tests {
             confirm_deadline_ms: Some(1_700_000_090_500),
             confirm_reverts: 3,
             deferred: None,
+            window: None,
+            not_enforced: Some("bad.yaml".into()),
+            reverted_revision: Some(42),
         }
     }
 
@@ -445,6 +475,12 @@ sg_confirm_deadline_timestamp_seconds 1700000090.5
 # HELP sg_confirm_reverts_total `apply --confirm` changes reverted (deadline passed, or confirm --rollback).
 # TYPE sg_confirm_reverts_total counter
 sg_confirm_reverts_total 3
+# HELP sg_confirm_reverted_not_enforced 1 while the policy file or the store still holds a change that was reverted (L1): it is not enforced, only its memberships.
+# TYPE sg_confirm_reverted_not_enforced gauge
+sg_confirm_reverted_not_enforced 1
+# HELP sg_store_revision_reverted Fleet mode: the store revision reverted on this host and not enforced (0: none).
+# TYPE sg_store_revision_reverted gauge
+sg_store_revision_reverted 42
 "
         )
     }

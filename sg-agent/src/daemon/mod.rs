@@ -1,5 +1,6 @@
 //! `sg-agent daemon`: apply, then stay. Reloads on SIGHUP and when the policy changes (a bad
-//! policy is reported and ignored: the enforced one stays), serves Prometheus metrics, writes
+//! policy is reported and ignored: the enforced one stays; with `--confirm-changes DURATION`
+//! each change is applied as `apply --confirm` would, L1), serves Prometheus metrics, writes
 //! VPC-Flow-Log-style lines, sweeps expired conntrack entries, and tells systemd it is ready.
 //! SIGTERM/SIGINT stop the daemon, not enforcement: links and maps are pinned.
 //!
@@ -60,6 +61,10 @@ pub struct DaemonOptions {
     pub poll: u64,
     /// Seconds between flow log flushes.
     pub flow_log_interval: u64,
+    /// `--confirm-changes DURATION` (L1): every change the daemon picks up (the file, the
+    /// store) reverts unless `sg-agent confirm` arrives within DURATION. Memberships alone
+    /// (instances joining and leaving groups) need no confirmation.
+    pub confirm_changes: Option<Duration>,
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -99,6 +104,14 @@ struct Stats {
     confirm_reverts: u64,
     /// A reload refused while an `apply --confirm` waited (L1): done when the window closes.
     deferred: Option<String>,
+    /// The pending change seen at the last confirm tick (its `set_at_ms`): when it goes, the
+    /// revert record says whether it was reverted or confirmed.
+    window: Option<u64>,
+    /// The change the last revert undid, while the file or store still holds it: it is not
+    /// enforced (only its memberships are) until the source changes or a SIGHUP.
+    not_enforced: Option<String>,
+    /// Fleet mode: the store revision that revert undid.
+    reverted_revision: Option<i64>,
 }
 
 /// What the daemon does after handling an event.
@@ -206,10 +219,16 @@ impl Daemon {
             return Ok(());
         }
         let opts = self.apply_options();
-        match self
-            .agent
-            .apply(policy_source(self.fleet.as_ref(), &self.src), opts)
-        {
+        let merged = match self.after_revert(false) {
+            reload::AfterRevert::Apply => None,
+            reload::AfterRevert::Memberships(m) => Some(m),
+            reload::AfterRevert::Nothing => return Ok(()),
+        };
+        let src = match &merged {
+            Some(m) => m as &dyn PolicySource,
+            None => policy_source(self.fleet.as_ref(), &self.src),
+        };
+        match self.agent.apply(src, opts) {
             Ok(out) => {
                 self.stats.applies += 1;
                 self.stats.last_apply_unix = now_unix();
@@ -305,7 +324,7 @@ impl Daemon {
                 _ = housekeeping.tick() => self.sweep_conntrack(),
                 _ = flush.tick(), if flow_log => self.flush_flow_log(),
                 _ = events.tick(), if flow_log => self.take_events(),
-                _ = confirm.tick() => self.check_confirm(),
+                _ = confirm.tick() => self.check_confirm(follower.as_ref()),
                 Some(reply) = scrapes.recv() => {
                     let _ = reply.send(self.metrics());
                     Next::Continue
@@ -366,8 +385,10 @@ impl Daemon {
     }
 
     /// Reverts a `--confirm` apply whose deadline passed (L1; the log line is the agent's),
-    /// and once the window has closed (confirmed, reverted) does the reload it deferred.
-    fn check_confirm(&mut self) -> Next {
+    /// notices a window that closed (confirmed, or reverted by whoever), and then does the
+    /// reload it deferred.
+    fn check_confirm(&mut self, follower: Option<&Follower>) -> Next {
+        self.window_closed(follower);
         if self.stats.deferred.is_some() && matches!(self.agent.pending(), Ok(None)) {
             let why = self.stats.deferred.take().unwrap_or_default();
             return self.reload(&format!(
@@ -419,8 +440,16 @@ impl Daemon {
         )
     }
 
+    /// With `--confirm-changes`, a change is applied under a window once there is a policy
+    /// to go back to: in fleet mode, one of the store's revisions (never the devices held
+    /// closed until the store answers, nor a local copy from before a restart).
     fn apply_options(&self) -> ApplyOptions {
-        ApplyOptions::new(self.opts.ingress_hook.clone())
+        let mut o = ApplyOptions::new(self.opts.ingress_hook.clone());
+        if self.agent.is_applied() && self.fleet.as_ref().is_none_or(Fleet::has_applied) {
+            o.confirm = self.opts.confirm_changes;
+            o.confirm_policy_only = true;
+        }
+        o
     }
 
     /// Drop events feed the flow log's REJECT lines; without a flow log nobody reads them.
@@ -440,8 +469,12 @@ impl Daemon {
             };
             format!("waiting for the interfaces of {what} (nothing enforced yet)")
         } else {
+            let reverted = match &self.stats.not_enforced {
+                Some(s) => format!("; {s} was reverted (not confirmed) and is not enforced"),
+                None => String::new(),
+            };
             format!(
-                "enforcing {} (generation {})",
+                "enforcing {} (generation {}){reverted}",
                 self.agent.state().source,
                 self.agent.state().generation
             )

@@ -5,19 +5,115 @@
 //! The rules it keeps: an invalid policy is reported and the enforced one stays; a policy
 //! whose interfaces are not here (NotOnThisHost) is waited for quietly; a namespace detached
 //! under us (`sg-agent detach`) stops the daemon and is never re-attached.
+//!
+//! And the confirmation window's (L1): a change that cannot be applied while another waits
+//! for `sg-agent confirm` is held until the window closes; a source that still holds a
+//! policy a revert undid (the store's revision, a file not edited since) is not applied
+//! again by itself, only its memberships are, until it changes or an operator's SIGHUP asks.
 
 use super::systemd::sd_notify;
 use super::{Daemon, Next, host_fingerprint, now_unix, policy_source};
-use crate::agent::{ApplyOutcome, PolicySource};
+use crate::agent::{ApplyOutcome, PolicySource, RevertRecord, TextSource};
 use crate::error::{self, Error};
 use crate::store::Follower;
+
+/// What to do with the source when a revert undid its policy (L1).
+pub(super) enum AfterRevert {
+    /// Not the undone policy (or asked for by SIGHUP): apply it.
+    Apply,
+    /// The undone policy with other memberships: apply those to the enforced policy.
+    Memberships(TextSource),
+    /// The undone policy, nothing new: leave the enforced one as it is.
+    Nothing,
+}
 
 impl Daemon {
     pub(super) fn on_sighup(&mut self) -> Next {
         // This read of the file counts for the poll too: a broken file is reported once,
         // not again at the next tick.
         self.fingerprint = self.src.fingerprint();
-        self.reload("SIGHUP")
+        // An operator's SIGHUP applies the source even when a revert undid it.
+        self.reload_as("SIGHUP", true)
+    }
+
+    /// Whether the source holds the policy the last revert undid (memberships aside), and
+    /// what to apply instead. Errors here are the apply's to report: apply.
+    pub(super) fn after_revert(&mut self, asked: bool) -> AfterRevert {
+        let found = if asked { None } else { self.source_reverted() };
+        let Some((r, new)) = found else {
+            self.stats.not_enforced = None;
+            return AfterRevert::Apply;
+        };
+        self.log_not_enforced(&r);
+        match self.agent.enforced_with_memberships(&r, &new) {
+            Ok(Some(m)) => AfterRevert::Memberships(m),
+            Ok(None) => AfterRevert::Nothing,
+            Err(e) => {
+                log::warn!("applying the new memberships to the enforced policy: {e:#}");
+                AfterRevert::Nothing
+            }
+        }
+    }
+
+    /// The last revert's record and the source's policy, when that policy is the one the
+    /// revert undid (memberships aside). Reading nothing (no revert, a source that does not
+    /// load: the apply reports it) is None.
+    fn source_reverted(&self) -> Option<(RevertRecord, crate::policy::Policy)> {
+        if !matches!(self.agent.last_revert(), Ok(Some(_))) {
+            return None;
+        }
+        let new = policy_source(self.fleet.as_ref(), &self.src).load().ok()?;
+        let r = self.agent.reverted_again(&new.policy).ok()??;
+        Some((r, new.policy))
+    }
+
+    /// Says once per reverted change that its source still holds it.
+    fn log_not_enforced(&mut self, r: &RevertRecord) {
+        if self.stats.not_enforced.as_deref() == Some(r.source.as_str()) {
+            return;
+        }
+        log::warn!(
+            "{} still holds the policy of {}, which was reverted (not confirmed in time): it \
+             is not applied again (only its memberships are) until it changes; hint: fix \
+             it, or send SIGHUP to apply it anyway",
+            self.source_name(),
+            r.source
+        );
+        self.stats.not_enforced = Some(r.source.clone());
+    }
+
+    fn source_name(&self) -> String {
+        match &self.opts.policy {
+            super::PolicyFrom::File(p) => p.display().to_string(),
+            super::PolicyFrom::Store(f) => f.store.describe(),
+        }
+    }
+
+    /// A window seen at the last tick that is gone now: reverted (the record names it) or
+    /// confirmed.
+    pub(super) fn window_closed(&mut self, follower: Option<&Follower>) {
+        let Ok(now) = self.agent.pending().map(|p| p.map(|p| p.set_at_ms)) else {
+            return;
+        };
+        let Some(was) = std::mem::replace(&mut self.stats.window, now) else {
+            return;
+        };
+        if now == Some(was) {
+            return;
+        }
+        match self.agent.last_revert() {
+            Ok(Some(r)) if r.set_at_ms == was => {
+                // The metric is about this daemon's source: does it still hold the change?
+                if let Some((r, _)) = self.source_reverted() {
+                    self.log_not_enforced(&r);
+                }
+                self.store_change_reverted(&r, follower);
+            }
+            _ => {
+                log::info!("the pending change was confirmed");
+                self.store_change_confirmed();
+            }
+        }
     }
 
     pub(super) fn on_poll(&mut self, follower: Option<&Follower>) -> Next {
@@ -90,6 +186,11 @@ impl Daemon {
 
     /// Applies the policy again; `why` names the trigger in the log.
     pub(super) fn reload(&mut self, why: &str) -> Next {
+        self.reload_as(why, false)
+    }
+
+    /// [`Daemon::reload`]; `asked`: an operator's, which applies even a reverted policy.
+    fn reload_as(&mut self, why: &str, asked: bool) -> Next {
         // Removed pins first: an apply must adopt the maps that are enforcing, not create new
         // ones beside them. A detached namespace stays detached.
         if let Next::Detached = self.check_pins() {
@@ -100,10 +201,16 @@ impl Daemon {
             let _ = sd_notify("RELOADING=1");
         }
         let opts = self.apply_options();
-        match self
-            .agent
-            .apply(policy_source(self.fleet.as_ref(), &self.src), opts)
-        {
+        let merged = match self.after_revert(asked) {
+            AfterRevert::Apply => None,
+            AfterRevert::Memberships(m) => Some(m),
+            AfterRevert::Nothing => return Next::Continue,
+        };
+        let src = match &merged {
+            Some(m) => m as &dyn PolicySource,
+            None => policy_source(self.fleet.as_ref(), &self.src),
+        };
+        match self.agent.apply(src, opts) {
             Ok(out) => self.reloaded(&out, why, was_waiting),
             Err(e) if error::is(&e, |k| matches!(k, Error::DetachedUnderUs)) => {
                 self.pins = None;
@@ -113,7 +220,10 @@ impl Daemon {
                 log::debug!("still waiting: {e}");
             }
             Err(e) if error::is(&e, |k| matches!(k, Error::Pending(_))) => {
-                log::warn!("reload on {why} deferred: {e}");
+                log::warn!(
+                    "holding the new policy ({why}) until the pending change is confirmed or \
+                     reverted: {e}"
+                );
                 self.stats.deferred = Some(format!("reload on {why}"));
             }
             Err(e) => {
@@ -143,6 +253,9 @@ impl Daemon {
             out.diff.rules_added.len(),
             out.diff.rules_removed.len()
         );
+        for n in out.notes.iter().filter(|n| n.contains("confirm")) {
+            log::warn!("{n}");
+        }
         let rate = self.events_per_sec();
         if was_waiting
             && let Err(e) = self
