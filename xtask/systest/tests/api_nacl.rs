@@ -4,15 +4,26 @@
 //! DescribeSubnets, success and error paths with EC2's codes, DryRun, and
 //! `describe-network-acls` output read back by `sg-agent check` (one validator). Each test is
 //! one etcd (root: it runs in a namespace) holding examples/vpc-nacl.yaml, and one API server.
+//! The last one is the VPC lab of e2e_nacl.rs with its router following the store: an entry
+//! made with the aws CLI changes real traffic at once (A25, P10).
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sg_testkit::agent_harness::text;
+use sg_lab::services::tcp_session;
+use sg_lab::vpc::VpcLab;
+use sg_testkit::agent_harness::{Bg, run_bounded, text};
 use sg_testkit::aws::ApiServer;
-use sg_testkit::fleet::Fleet;
+use sg_testkit::etcd::{EtcdCluster, EtcdOptions};
+use sg_testkit::fleet::{CONVERGE, Fleet, STARTUP};
+use sg_testkit::netns::require_root;
 
 /// The lab's VPC: two subnets with their NACLs (acl-public, acl-private) and the default NACL
 /// sg models for them (acl-default, A9).
 const VPC: &str = include_str!("../../../examples/vpc-nacl.yaml");
+const VPC_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/vpc-nacl.yaml");
 /// The account's VPC (`sg-agent api --vpc`'s default).
 const VPC_ID: &str = "vpc-0a1b2c3d";
 
@@ -287,7 +298,10 @@ print(json.dumps(out))
     );
     assert_eq!(out["fill"], json!(vec!["ok"; 19]), "{out:#}");
     assert_eq!(out["over"], "NetworkAclEntryLimitExceeded", "{out:#}");
-    assert_eq!(out["count"], 20, "19 IPv4 entries and the IPv4 `*` rule: {out:#}");
+    assert_eq!(
+        out["count"], 20,
+        "19 IPv4 entries and the IPv4 `*` rule: {out:#}"
+    );
     // acl-default, acl-private, acl-public and 5 created.
     assert_eq!(out["pages"], json!([5, 3, false]), "{out:#}");
     assert_eq!(out["vpc"], 8, "{out:#}");
@@ -332,4 +346,145 @@ fn describe_network_acls_output_round_trips_through_sg_agent_check() {
     // changes nothing the API shows.
     f.import(&f.write("export.yaml", &export));
     assert_eq!(api.aws_ok(&["ec2", "describe-network-acls"]), acls);
+}
+
+/// `sg-agent ARGS` in `ns`, which must succeed; its stdout.
+fn sg_in(ns: &sg_testkit::netns::Netns, args: &[&str]) -> String {
+    let mut c = ns.cmd(sg_testkit::agent_bin());
+    c.args(args).env("RUST_LOG", "warn");
+    let o = run_bounded(c, Duration::from_secs(60));
+    assert!(o.status.success(), "sg-agent {args:?}:\n{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Whether `host`'s ack in the store is the store's current policy.
+fn is_current(ns: &sg_testkit::netns::Netns, endpoints: &str, host: &str) -> bool {
+    let status: Value = serde_json::from_str(&sg_in(
+        ns,
+        &["--json", "store", "--store", endpoints, "status"],
+    ))
+    .unwrap();
+    status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["host"] == host && h["current"] == true)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+/// A25, P10, A4 (contrast X1): the VPC lab's router runs `sg-agent daemon --store` on an etcd
+/// beside its outside leg. `aws ec2 create-network-acl-entry` adds a deny numbered below the
+/// private subnet's allow of MySQL: web-1's established session to db-1:3306 stops at once
+/// (a NACL keeps no state); `delete-network-acl-entry` lets it through again.
+#[test]
+fn a25_an_api_nacl_deny_cuts_a_live_session_and_its_delete_restores_it() {
+    require_root();
+    let lab = VpcLab::up(sg_testkit::agent_bin().as_ref(), VPC_FILE.as_ref())
+        .unwrap_or_else(|e| panic!("the VPC lab: {e:#}"));
+    // The etcd member sits on the router's outside bridge (203.0.113.0/24): the router reaches
+    // it on its own address, which no NACL filters (A21).
+    let opts = EtcdOptions {
+        addrs: vec![Ipv4Addr::new(203, 0, 113, 221)],
+        ..EtcdOptions::default()
+    };
+    let etcd = EtcdCluster::start_on(&lab.switch, "br-out", 1, opts).expect("etcd");
+    let endpoints = etcd.endpoints();
+    let store_ns = etcd.member_ns(0);
+    let file = lab.policy.display().to_string();
+    sg_in(store_ns, &["store", "--store", &endpoints, "import", &file]);
+    let dir = lab.files.dir().join("api");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("router.agent.log");
+    let mut c = lab.router.cmd(sg_testkit::agent_bin());
+    c.args(["daemon", "--store", &endpoints, "--host", "router"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let router = Bg {
+        child: c.spawn().expect("spawn the router's daemon"),
+        what: "the router's sg-agent daemon".into(),
+    };
+    let router_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the router to enforce the store", STARTUP, || {
+        is_current(store_ns, &endpoints, "router")
+    });
+    let api = ApiServer::start(store_ns, &endpoints, &dir, true);
+
+    let web = lab.host("web-1");
+    let db = lab.host("db-1").addr(false);
+    let mut s = tcp_session(web, db, 3306).unwrap();
+    s.wait_ready(Duration::from_secs(5)).unwrap();
+    assert!(
+        s.round_trip("before", Duration::from_secs(3)),
+        "{}",
+        router_log()
+    );
+    let deny = [
+        "ec2",
+        "create-network-acl-entry",
+        "--network-acl-id",
+        "acl-private",
+        "--ingress",
+        "--rule-number",
+        "80",
+        "--protocol",
+        "tcp",
+        "--port-range",
+        "From=3306,To=3306",
+        "--cidr-block",
+        "192.0.2.11/32",
+        "--rule-action",
+        "deny",
+    ];
+    let t0 = Instant::now();
+    api.aws_ok(&deny);
+    let called = t0.elapsed();
+    wait_for("the router to apply the deny", CONVERGE, || {
+        is_current(store_ns, &endpoints, "router")
+    });
+    let enforced = t0.elapsed();
+    assert!(
+        !s.round_trip("after the deny", Duration::from_secs(3)),
+        "A25: the established session still works after the API's deny\n{}",
+        router_log()
+    );
+    eprintln!(
+        "measured: create-network-acl-entry call {called:?}; call -> router current {enforced:?}"
+    );
+    // The entry the API wrote is the one that dropped it: its counter exists only in the
+    // store's policy the daemon applied.
+    let c = lab.agents.counters(&lab.router).expect("router counters");
+    assert!(c.rule("acl-private/in/80") >= 1, "{:?}", c.rules);
+    api.aws_ok(&[
+        "ec2",
+        "delete-network-acl-entry",
+        "--network-acl-id",
+        "acl-private",
+        "--ingress",
+        "--rule-number",
+        "80",
+    ]);
+    wait_for("the router to apply the delete", CONVERGE, || {
+        is_current(store_ns, &endpoints, "router")
+    });
+    let mut again = tcp_session(web, db, 3306).unwrap();
+    again.wait_ready(Duration::from_secs(5)).unwrap();
+    assert!(
+        again.round_trip("after the delete", Duration::from_secs(3)),
+        "the delete did not restore MySQL\n{}",
+        router_log()
+    );
+    // The daemon goes first: it would put back what a detach removes.
+    drop(router);
+    let errors = lab.agents.detach_all();
+    assert!(errors.is_empty(), "{errors:?}");
 }
