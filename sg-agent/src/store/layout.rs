@@ -404,7 +404,10 @@ mod tests {
         p.quotas.nacl_rules_per_list = 40;
         let values = policy_values(&p);
         for want in ["v1/network-acls/acl-", "v1/subnets/subnet-"] {
-            assert!(values.iter().any(|(k, _)| k.path().starts_with(want)), "{want}");
+            assert!(
+                values.iter().any(|(k, _)| k.path().starts_with(want)),
+                "{want}"
+            );
         }
         let snap = snapshot_of(values);
         let back = snap.load("etcd").unwrap().policy;
@@ -414,7 +417,9 @@ mod tests {
             "{}",
             snap.yaml().unwrap()
         );
-        let exported = config::load_str(&snap.yaml().unwrap(), "export").unwrap().policy;
+        let exported = config::load_str(&snap.yaml().unwrap(), "export")
+            .unwrap()
+            .policy;
         assert_eq!(native::tests::meaning(exported), native::tests::meaning(p));
     }
 
@@ -423,9 +428,16 @@ mod tests {
     #[test]
     fn a_policy_without_nacls_writes_no_nacl_keys() {
         let values = policy_values(&lab());
-        assert!(values.iter().all(|(k, _)| !matches!(k, Key::NetworkAcl(_) | Key::Subnet(_))));
+        assert!(
+            values
+                .iter()
+                .all(|(k, _)| !matches!(k, Key::NetworkAcl(_) | Key::Subnet(_)))
+        );
         let settings = decode(&Key::Settings, &values[0].1).unwrap();
-        assert!(settings["quotas"].get("nacl_rules_per_list").is_none(), "{settings}");
+        assert!(
+            settings["quotas"].get("nacl_rules_per_list").is_none(),
+            "{settings}"
+        );
     }
 
     /// A3, A7: a bad entry in a NACL's value never loads, and the message names its key.
@@ -438,7 +450,8 @@ mod tests {
             .cloned()
             .unwrap();
         let mut acl = decode(&key, &bytes).unwrap();
-        acl["inbound"] = json!([{"number": 40000, "action": "allow", "protocol": -1, "cidr": "0.0.0.0/0"}]);
+        acl["inbound"] =
+            json!([{"number": 40000, "action": "allow", "protocol": -1, "cidr": "0.0.0.0/0"}]);
         values.retain(|(k, _)| *k != key);
         values.push((key.clone(), encode(&key, acl)));
         let e = snapshot_of(values).load("etcd").unwrap_err().to_string();

@@ -241,10 +241,7 @@ pub fn subnet(s: &Subnet) -> Value {
         };
         m.insert(key.into(), c.to_string().into());
     }
-    m.insert(
-        "network_acl".into(),
-        acl_id(s.network_acl.as_str()).into(),
-    );
+    m.insert("network_acl".into(), acl_id(s.network_acl.as_str()).into());
     if let Some(d) = &s.router_device {
         m.insert("router_device".into(), d.as_str().into());
     }
