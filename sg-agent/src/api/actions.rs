@@ -13,7 +13,7 @@ use super::fault::Fault;
 use super::tags::{self, tag_map};
 use super::view::{Account, IpPermission, Meta, SgRule, State, any_match, group_filter_values};
 use super::wire::{Call, Filter, GroupRef, Page, PeerKind, Permission, Request, Tag};
-use super::{interfaces, lookups, prefix_lists, rule_edits};
+use super::{interfaces, lookups, nacl, prefix_lists, rule_edits};
 use crate::config::validate::derive_rule_id;
 use crate::policy::{Direction, Group, GroupId, Policy, Rule};
 
@@ -93,6 +93,22 @@ pub enum Answer {
         cidrs: Vec<String>,
         next: Option<String>,
     },
+    /// CreateNetworkAcl.
+    NetworkAcl {
+        acl: super::nacl::NaclView,
+    },
+    NetworkAcls {
+        acls: Vec<super::nacl::NaclView>,
+        next: Option<String>,
+    },
+    /// ReplaceNetworkAclAssociation: the new association's id.
+    NaclAssociation {
+        id: String,
+    },
+    Subnets {
+        subnets: Vec<super::nacl::SubnetView>,
+        next: Option<String>,
+    },
 }
 
 pub(super) type Finish = Box<dyn FnOnce(&Policy) -> Answer + Send>;
@@ -129,6 +145,9 @@ impl Api {
             }
             Request::DescribePrefixLists { .. } | Request::GetPrefixListEntries { .. } => {
                 prefix_lists::read(&self.backend.read().await?, acct, &call.request)
+            }
+            Request::DescribeNetworkAcls { .. } | Request::DescribeSubnets { .. } => {
+                nacl::read(&self.backend.read().await?, acct, &call.request)
             }
             write => {
                 self.write(call.dry_run, serial, |s| plan(s, acct, write))
@@ -208,6 +227,11 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
         Request::CreatePrefixList { .. }
         | Request::ModifyPrefixList { .. }
         | Request::DeletePrefixList { .. } => prefix_lists::plan(s, req),
+        Request::CreateNetworkAcl { .. }
+        | Request::PutNetworkAclEntry { .. }
+        | Request::DeleteNetworkAclEntry { .. }
+        | Request::DeleteNetworkAcl { .. }
+        | Request::ReplaceNetworkAclAssociation { .. } => nacl::plan(s, acct, req),
         Request::DescribeSecurityGroups { .. }
         | Request::DescribeSecurityGroupRules { .. }
         | Request::DescribeSecurityGroupReferences { .. }
@@ -217,6 +241,8 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
         | Request::DescribeNetworkInterfaces { .. }
         | Request::DescribePrefixLists { .. }
         | Request::GetPrefixListEntries { .. }
+        | Request::DescribeNetworkAcls { .. }
+        | Request::DescribeSubnets { .. }
         | Request::GetCallerIdentity => Err(Fault::internal(
             "sg-agent api: a read was planned as a write (a bug: please report it)",
         )),

@@ -6,11 +6,16 @@ use std::collections::BTreeMap;
 
 use super::actions::{Answer, GroupView};
 use super::interfaces::InterfaceView;
+use super::nacl::{NaclView, SubnetView};
 use super::prefix_lists::PrefixListView;
 use super::view::{Account, IpPermission, RulePeer, SgRule};
 use super::xml::{STS_NS, Xml};
 
 /// The document for `action`'s answer.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one short arm per answer: the table of EC2's documents reads best whole"
+)]
 pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> String {
     if let Answer::Caller = answer {
         return caller(acct, request_id);
@@ -86,6 +91,10 @@ pub fn xml(action: &str, answer: &Answer, acct: &Account, request_id: &str) -> S
             });
             x.leaf_opt("nextToken", next.as_ref());
         }
+        Answer::NetworkAcl { .. }
+        | Answer::NetworkAcls { .. }
+        | Answer::NaclAssociation { .. }
+        | Answer::Subnets { .. } => nacl_answer(&mut x, answer, acct),
         Answer::EmptySet(name) => {
             x.list(name, &[] as &[()], |_, ()| {});
         }
@@ -254,6 +263,93 @@ fn revoked(x: &mut Xml, r: &SgRule) {
     };
     x.leaf(tag, v)
         .leaf_opt("description", r.description.as_ref());
+}
+
+/// The answers of the network ACL actions and DescribeSubnets.
+fn nacl_answer(x: &mut Xml, answer: &Answer, acct: &Account) {
+    match answer {
+        Answer::NetworkAcl { acl } => {
+            x.open("networkAcl");
+            network_acl(x, acl, acct);
+            x.close("networkAcl");
+        }
+        Answer::NetworkAcls { acls, next } => {
+            x.list("networkAclSet", acls, |x, a| network_acl(x, a, acct));
+            x.leaf_opt("nextToken", next.as_ref());
+        }
+        Answer::NaclAssociation { id } => {
+            x.leaf("newAssociationId", id);
+        }
+        Answer::Subnets { subnets, next } => {
+            x.list("subnetSet", subnets, |x, s| subnet(x, s, acct));
+            x.leaf_opt("nextToken", next.as_ref());
+        }
+        _ => unreachable!("nacl_answer takes the NACL answers only"),
+    }
+}
+
+/// A NetworkAcl: `default` is botocore's `IsDefault`; `icmpTypeCode` and `portRange` only
+/// where the protocol has them.
+fn network_acl(x: &mut Xml, a: &NaclView, acct: &Account) {
+    x.leaf("networkAclId", &a.id)
+        .leaf("vpcId", &a.vpc)
+        .leaf("default", a.default);
+    x.list("entrySet", &a.entries, |x, e| {
+        x.leaf("ruleNumber", e.number)
+            .leaf("protocol", &e.protocol)
+            .leaf("ruleAction", e.action)
+            .leaf("egress", e.egress);
+        let cidr_tag = if e.cidr.addr().is_ipv4() {
+            "cidrBlock"
+        } else {
+            "ipv6CidrBlock"
+        };
+        x.leaf(cidr_tag, e.cidr);
+        if let Some((t, c)) = e.icmp {
+            x.open("icmpTypeCode")
+                .leaf("code", c)
+                .leaf("type", t)
+                .close("icmpTypeCode");
+        }
+        if let Some((from, to)) = e.ports {
+            x.open("portRange")
+                .leaf("from", from)
+                .leaf("to", to)
+                .close("portRange");
+        }
+    });
+    x.list("associationSet", &a.associations, |x, (assoc, subnet)| {
+        x.leaf("networkAclAssociationId", assoc)
+            .leaf("networkAclId", &a.id)
+            .leaf("subnetId", subnet);
+    });
+    tag_set(x, &a.tags);
+    x.leaf("ownerId", &acct.owner);
+}
+
+fn subnet(x: &mut Xml, s: &SubnetView, acct: &Account) {
+    x.leaf("subnetId", &s.id)
+        .leaf("subnetArn", arn(acct, "subnet", &s.id))
+        .leaf("state", "available")
+        .leaf("vpcId", &s.vpc)
+        .leaf("ownerId", &acct.owner)
+        .leaf_opt("cidrBlock", s.cidr.as_ref())
+        .leaf("availableIpAddressCount", s.available)
+        .leaf("defaultForAz", false)
+        .leaf("mapPublicIpOnLaunch", false)
+        .leaf("assignIpv6AddressOnCreation", false);
+    let v6: Vec<&String> = s.ipv6_cidr.iter().collect();
+    x.list("ipv6CidrBlockAssociationSet", &v6, |x, c| {
+        x.leaf(
+            "associationId",
+            format!("subnet-cidr-assoc-{}", s.id.trim_start_matches("subnet-")),
+        )
+        .leaf("ipv6CidrBlock", c)
+        .open("ipv6CidrBlockState")
+        .leaf("state", "associated")
+        .close("ipv6CidrBlockState");
+    });
+    x.list("tagSet", &[] as &[()], |_, ()| {});
 }
 
 /// STS's GetCallerIdentity: the account's root.

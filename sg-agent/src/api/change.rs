@@ -1,4 +1,4 @@
-//! One write of the API: the groups it puts or deletes, applied to the snapshot's native
+//! One write of the API: the groups (prefix lists, network ACLs, subnets) it puts or deletes, applied to the snapshot's native
 //! document and validated as a whole policy by the one validator (`config::load_str`, what
 //! `sg-agent check` runs), then turned into the store values to commit. A validation error
 //! becomes EC2's code for it (P4, P7) and nothing is written.
@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::fault::Fault;
 use super::view::{Meta, State};
 use crate::config::{self, Diagnostics, Severity};
-use crate::policy::{GroupId, Policy};
+use crate::policy::{GroupId, NaclId, Policy, SubnetId};
 use crate::store::layout::{Key, encode};
 use crate::store::native;
 
@@ -27,6 +27,10 @@ pub struct Change {
     pub instances: BTreeMap<String, (Value, Value)>,
     /// Prefix lists to put (their native value) or delete (None).
     pub prefix_lists: BTreeMap<String, Option<Value>>,
+    /// Network ACLs to put (their native value and EC2 metadata) or delete (None).
+    pub network_acls: BTreeMap<String, Option<(Value, Meta)>>,
+    /// Subnets to rewrite (their native value: a new association, A12).
+    pub subnets: BTreeMap<String, Value>,
 }
 
 impl Change {
@@ -81,6 +85,12 @@ pub fn document(state: &State, change: &Change) -> Value {
             }
         }
     }
+    for (id, put) in &change.network_acls {
+        upsert(&mut doc, "network_acls", id, put.as_ref().map(|(v, _)| v));
+    }
+    for (id, v) in &change.subnets {
+        upsert(&mut doc, "subnets", id, Some(v));
+    }
     if let Some(list) = doc.get_mut("instances").and_then(Value::as_array_mut) {
         for (old, new) in change.instances.values() {
             if let Some(item) = list.iter_mut().find(|i| *i == old) {
@@ -89,6 +99,25 @@ pub fn document(state: &State, change: &Change) -> Value {
         }
     }
     doc
+}
+
+/// Puts (Some) or deletes (None) the item `id` of the document's list `list`.
+fn upsert(doc: &mut Value, list: &str, id: &str, put: Option<&Value>) {
+    if doc.get(list).is_none() {
+        doc[list] = Value::Array(vec![]);
+    }
+    let Some(items) = doc[list].as_array_mut() else {
+        return;
+    };
+    let at = items.iter().position(|i| i["id"] == id);
+    match (put, at) {
+        (Some(v), Some(i)) => items[i] = v.clone(),
+        (Some(v), None) => items.push(v.clone()),
+        (None, Some(i)) => {
+            items.remove(i);
+        }
+        (None, None) => {}
+    }
 }
 
 /// Validates a document with the product's validator; errors in EC2's terms.
@@ -123,6 +152,16 @@ pub fn fault(d: &Diagnostics) -> Fault {
             "RulesPerSecurityGroupLimitExceeded",
             format!("The maximum number of rules per security group has been reached. ({m})"),
         )
+    } else if m.contains("per network ACL, direction and family") {
+        Fault::client(
+            "NetworkAclEntryLimitExceeded",
+            format!("The maximum number of network acl entries has been reached. ({m})"),
+        )
+    } else if m.contains("network ACLs; the limit is") {
+        Fault::client(
+            "NetworkAclLimitExceeded",
+            format!("The maximum number of network ACLs has been reached. ({m})"),
+        )
     } else if m.contains("security groups; the limit is") {
         Fault::client(
             "SecurityGroupsPerInterfaceLimitExceeded",
@@ -131,6 +170,15 @@ pub fn fault(d: &Diagnostics) -> Fault {
     } else {
         Fault::invalid(text)
     }
+}
+
+/// A store value with the EC2 metadata beside its payload (when there is any).
+fn with_meta(key: &Key, payload: Value, meta: &Meta) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&encode(key, payload)).expect("encode writes JSON");
+    if *meta != Meta::default() {
+        v["ec2"] = serde_json::to_value(meta).expect("metadata serializes");
+    }
+    serde_json::to_vec(&v).expect("JSON values serialize")
 }
 
 /// The store writes of a validated change: each put group as the validator completed it
@@ -147,13 +195,7 @@ pub fn values(
         match put {
             Some((_, meta)) => {
                 let g = &policy.groups[&GroupId(id.clone())];
-                let mut v: Value = serde_json::from_slice(&encode(&key, native::group(g)))
-                    .expect("encode writes JSON");
-                if *meta != Meta::default() {
-                    v["ec2"] = serde_json::to_value(meta).expect("metadata serializes");
-                }
-                let bytes = serde_json::to_vec(&v).expect("JSON values serialize");
-                puts.push((key.path(), bytes));
+                puts.push((key.path(), with_meta(&key, native::group(g), meta)));
             }
             None => deletes.push(key.path()),
         }
@@ -166,6 +208,22 @@ pub fn values(
                 puts.push((key.path(), encode(&key, native::prefix_list(pl))));
             }
             None => deletes.push(key.path()),
+        }
+    }
+    for (id, put) in &change.network_acls {
+        let key = Key::NetworkAcl(id.clone());
+        match put {
+            Some((_, meta)) => {
+                let acl = &policy.network_acls[&NaclId(id.clone())];
+                puts.push((key.path(), with_meta(&key, native::network_acl(acl), meta)));
+            }
+            None => deletes.push(key.path()),
+        }
+    }
+    for id in change.subnets.keys() {
+        let key = Key::Subnet(id.clone());
+        if let Some(s) = policy.subnet(&SubnetId(id.clone())) {
+            puts.push((key.path(), encode(&key, native::subnet(s))));
         }
     }
     for name in change.instances.keys() {

@@ -13,6 +13,7 @@
 //! rule_edits.rs  ModifySecurityGroupRules, UpdateSecurityGroupRuleDescriptions*
 //! interfaces.rs  DescribeNetworkInterfaces, ModifyNetworkInterfaceAttribute (groups)
 //! prefix_lists.rs  the managed prefix list actions (R4, P9)
+//! nacl.rs     the network ACL actions and DescribeSubnets (A1-A27)
 //! tags.rs     CreateTags, DeleteTags on groups and rules (kept in the group's metadata)
 //! lookups.rs  DescribeTags, DescribeVpcs, the (empty) reference and stale-group answers
 //! change.rs   a write applied to the native document, validated, turned into store values
@@ -30,6 +31,7 @@ pub mod change;
 pub mod fault;
 pub mod interfaces;
 pub mod lookups;
+pub mod nacl;
 pub mod prefix_lists;
 pub mod rule_edits;
 pub mod server;

@@ -49,6 +49,8 @@ pub struct State {
     pub doc: Value,
     pub policy: Policy,
     pub meta: BTreeMap<String, Meta>,
+    /// The EC2 metadata of network ACLs (their VPC and tags), by NACL id.
+    pub nacl_meta: BTreeMap<String, Meta>,
 }
 
 impl State {
@@ -59,14 +61,18 @@ impl State {
         let Loaded { policy, .. } = rendered
             .load("the store")
             .map_err(|e| Fault::internal(format!("the store's policy is not valid: {e:#}")))?;
-        let mut meta = BTreeMap::new();
+        let (mut meta, mut nacl_meta) = (BTreeMap::new(), BTreeMap::new());
         for (key, bytes) in &snapshot.values {
-            if let Key::Group(id) = key
-                && let Ok(v) = serde_json::from_slice::<Value>(bytes)
+            let into = match key {
+                Key::Group(id) => (&mut meta, id),
+                Key::NetworkAcl(id) => (&mut nacl_meta, id),
+                _ => continue,
+            };
+            if let Ok(v) = serde_json::from_slice::<Value>(bytes)
                 && let Some(m) = v.get("ec2")
                 && let Ok(m) = serde_json::from_value::<Meta>(m.clone())
             {
-                meta.insert(id.clone(), m);
+                into.0.insert(into.1.clone(), m);
             }
         }
         Ok(State {
@@ -75,6 +81,7 @@ impl State {
             snapshot,
             policy,
             meta,
+            nacl_meta,
         })
     }
 

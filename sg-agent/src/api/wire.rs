@@ -261,6 +261,53 @@ pub enum Request {
         page: Page,
     },
     GetCallerIdentity,
+    CreateNetworkAcl {
+        vpc_id: String,
+        tags: Vec<Tag>,
+    },
+    /// CreateNetworkAclEntry (`replace` false) or ReplaceNetworkAclEntry (true).
+    PutNetworkAclEntry {
+        replace: bool,
+        entry: NaclEntrySpec,
+    },
+    DeleteNetworkAclEntry {
+        acl_id: String,
+        number: i64,
+        egress: bool,
+    },
+    DeleteNetworkAcl {
+        acl_id: String,
+    },
+    ReplaceNetworkAclAssociation {
+        association_id: String,
+        acl_id: String,
+    },
+    DescribeNetworkAcls {
+        ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: Page,
+    },
+    DescribeSubnets {
+        ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: Page,
+    },
+}
+
+/// A network ACL entry as CreateNetworkAclEntry sends it: `RuleNumber`, `Protocol`,
+/// `RuleAction`, `Egress`, `CidrBlock` or `Ipv6CidrBlock`, `PortRange.From`/`To`,
+/// `Icmp.Type`/`Code` (botocore's `IcmpTypeCode`, serialized under its location name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NaclEntrySpec {
+    pub acl_id: String,
+    pub number: i64,
+    pub protocol: String,
+    pub action: String,
+    pub egress: bool,
+    pub cidr: Option<String>,
+    pub ipv6_cidr: Option<String>,
+    pub ports: (Option<i64>, Option<i64>),
+    pub icmp: (Option<i64>, Option<i64>),
 }
 
 /// One rule of ModifySecurityGroupRules: its id and everything it becomes.
@@ -459,6 +506,43 @@ fn prefix_list_request(action: &str, f: &Form) -> Result<Request, Fault> {
             target_version: f.int("TargetVersion")?,
             page: page(f)?,
         },
+        other => return nacl_request(other, f),
+    })
+}
+
+/// The network ACL actions and DescribeSubnets (A1-A27).
+fn nacl_request(action: &str, f: &Form) -> Result<Request, Fault> {
+    Ok(match action {
+        "CreateNetworkAcl" => Request::CreateNetworkAcl {
+            vpc_id: f.required("VpcId")?,
+            tags: tag_specifications(f),
+        },
+        "CreateNetworkAclEntry" | "ReplaceNetworkAclEntry" => Request::PutNetworkAclEntry {
+            replace: action == "ReplaceNetworkAclEntry",
+            entry: nacl_entry(f)?,
+        },
+        "DeleteNetworkAclEntry" => Request::DeleteNetworkAclEntry {
+            acl_id: f.required("NetworkAclId")?,
+            number: required_int(f, "RuleNumber")?,
+            egress: required_flag(f, "Egress")?,
+        },
+        "DeleteNetworkAcl" => Request::DeleteNetworkAcl {
+            acl_id: f.required("NetworkAclId")?,
+        },
+        "ReplaceNetworkAclAssociation" => Request::ReplaceNetworkAclAssociation {
+            association_id: f.required("AssociationId")?,
+            acl_id: f.required("NetworkAclId")?,
+        },
+        "DescribeNetworkAcls" => Request::DescribeNetworkAcls {
+            ids: f.strings("NetworkAclId"),
+            filters: filters(f),
+            page: page(f)?,
+        },
+        "DescribeSubnets" => Request::DescribeSubnets {
+            ids: f.strings("SubnetId"),
+            filters: filters(f),
+            page: page(f)?,
+        },
         other => {
             return Err(Fault::client(
                 "InvalidAction",
@@ -548,6 +632,36 @@ fn rule_update(f: &Form, base: &str) -> Result<RuleUpdate, Fault> {
                 description: get("Description"),
             }],
         },
+    })
+}
+
+fn required_int(f: &Form, name: &str) -> Result<i64, Fault> {
+    f.int(name)?.ok_or_else(|| Fault::missing(name))
+}
+
+/// A boolean the call must carry (`Egress`: the CLI sends `true` or `false`).
+fn required_flag(f: &Form, name: &str) -> Result<bool, Fault> {
+    match f.get(name) {
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(Fault::invalid(format!(
+            "Invalid value '{v}' for {name}: true or false"
+        ))),
+        None => Err(Fault::missing(name)),
+    }
+}
+
+fn nacl_entry(f: &Form) -> Result<NaclEntrySpec, Fault> {
+    Ok(NaclEntrySpec {
+        acl_id: f.required("NetworkAclId")?,
+        number: required_int(f, "RuleNumber")?,
+        protocol: f.required("Protocol")?,
+        action: f.required("RuleAction")?,
+        egress: required_flag(f, "Egress")?,
+        cidr: f.get("CidrBlock").map(str::to_string),
+        ipv6_cidr: f.get("Ipv6CidrBlock").map(str::to_string),
+        ports: (f.int("PortRange.From")?, f.int("PortRange.To")?),
+        icmp: (f.int("Icmp.Type")?, f.int("Icmp.Code")?),
     })
 }
 
@@ -692,6 +806,39 @@ mod tests {
                 value: "prod".into()
             }]
         );
+    }
+
+    /// The body the aws CLI sends for `create-network-acl-entry --ingress --rule-number 90
+    /// --protocol tcp --port-range From=22,To=22 --cidr-block ... --rule-action deny`.
+    #[test]
+    fn a_nacl_entry_decodes_with_its_port_range_and_icmp_members() {
+        let f = form(
+            "Action=CreateNetworkAclEntry&Version=2016-11-15&NetworkAclId=acl-1&RuleNumber=90\
+             &Protocol=tcp&RuleAction=deny&Egress=false&CidrBlock=198.51.100.0%2F24\
+             &PortRange.From=22&PortRange.To=22&Icmp.Type=3&Icmp.Code=4",
+        );
+        let Request::PutNetworkAclEntry { replace, entry } = call(&f).unwrap().request else {
+            panic!()
+        };
+        assert!(!replace);
+        assert_eq!(
+            entry,
+            NaclEntrySpec {
+                acl_id: "acl-1".into(),
+                number: 90,
+                protocol: "tcp".into(),
+                action: "deny".into(),
+                egress: false,
+                cidr: Some("198.51.100.0/24".into()),
+                ipv6_cidr: None,
+                ports: (Some(22), Some(22)),
+                icmp: (Some(3), Some(4)),
+            }
+        );
+        let missing = form(
+            "Action=DeleteNetworkAclEntry&Version=2016-11-15&NetworkAclId=acl-1&RuleNumber=90",
+        );
+        assert_eq!(call(&missing).unwrap_err().code, "MissingParameter");
     }
 
     #[test]

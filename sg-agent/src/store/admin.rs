@@ -11,7 +11,6 @@ use super::etcd::Store;
 use super::follow::content_hash;
 use super::layout::{Ack, Key, Snapshot, decode, policy_values};
 use crate::config::Loaded;
-use crate::error::Error;
 
 /// What an import wrote.
 #[derive(Clone, Debug, Serialize)]
@@ -22,24 +21,12 @@ pub struct Imported {
     pub unchanged: usize,
 }
 
-/// Replaces the store's groups, prefix lists, imported instances and settings with those of
-/// `loaded` (already validated), in one transaction. Interfaces that hosts registered stay;
-/// the result (import + registrations) is validated as a whole first, so an import that
-/// removes a group a live host still carries is refused and nothing is written.
+/// Replaces the store's groups, prefix lists, imported instances, network ACLs, subnets and
+/// settings with those of `loaded` (already validated), in one transaction. Interfaces that
+/// hosts registered stay; the result (import + registrations) is validated as a whole first,
+/// so an import that removes a group a live host still carries is refused and nothing is
+/// written.
 pub async fn import(store: &mut Store, loaded: &Loaded, name: &str) -> Result<Imported> {
-    // The store's layout has no keys for network ACLs yet: refuse rather than import the
-    // groups and silently leave the subnets' NACLs behind.
-    let p = &loaded.policy;
-    if !p.network_acls.is_empty() || !p.subnets.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "{name}: has {} network ACLs and {} subnets, which the store does not hold yet; \
-             hint: import the groups without them, and apply the file with its NACLs on the \
-             router (`sg-agent apply FILE` there: docs/nacl.md)",
-            p.network_acls.len(),
-            p.subnets.len()
-        ))
-        .into());
-    }
     let listing = store.list().await?;
     let current: BTreeMap<Key, Vec<u8>> = listing
         .kvs
@@ -106,7 +93,7 @@ fn keep_beside(key: &Key, new: Vec<u8>, old: Option<&Vec<u8>>) -> Vec<u8> {
         .into_iter()
         .filter(|(k, _)| k != "schema" && !v.contains_key(k))
         .collect();
-    if extra.is_empty() || !matches!(key, Key::Group(_)) {
+    if extra.is_empty() || !matches!(key, Key::Group(_) | Key::NetworkAcl(_) | Key::Subnet(_)) {
         return new;
     }
     v.extend(extra);
@@ -117,7 +104,12 @@ fn keep_beside(key: &Key, new: Vec<u8>, old: Option<&Vec<u8>>) -> Vec<u8> {
 fn imported_kind(k: &Key) -> bool {
     matches!(
         k,
-        Key::Settings | Key::Group(_) | Key::PrefixList(_) | Key::Instance(_)
+        Key::Settings
+            | Key::Group(_)
+            | Key::PrefixList(_)
+            | Key::Instance(_)
+            | Key::NetworkAcl(_)
+            | Key::Subnet(_)
     )
 }
 
@@ -149,6 +141,8 @@ pub struct StoreStatus {
     pub groups: usize,
     pub prefix_lists: usize,
     pub instances: usize,
+    pub network_acls: usize,
+    pub subnets: usize,
     pub hosts: Vec<HostStatus>,
 }
 
@@ -156,7 +150,7 @@ pub struct StoreStatus {
 pub async fn status(store: &mut Store) -> Result<StoreStatus> {
     let listing = store.list().await?;
     let mut hosts: BTreeMap<String, HostStatus> = BTreeMap::new();
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; 5];
     for (k, v) in &listing.kvs {
         let Some(key) = Key::parse(k) else { continue };
         let entry = |h: &String, hosts: &mut BTreeMap<String, HostStatus>| {
@@ -173,6 +167,8 @@ pub async fn status(store: &mut Store) -> Result<StoreStatus> {
             Key::Group(_) => counts[0] += 1,
             Key::PrefixList(_) => counts[1] += 1,
             Key::Instance(_) => counts[2] += 1,
+            Key::NetworkAcl(_) => counts[3] += 1,
+            Key::Subnet(_) => counts[4] += 1,
             Key::HostAlive(h) => {
                 entry(h, &mut hosts);
                 hosts.get_mut(h).expect("inserted").alive = true;
@@ -213,6 +209,8 @@ pub async fn status(store: &mut Store) -> Result<StoreStatus> {
         groups: counts[0],
         prefix_lists: counts[1],
         instances: counts[2],
+        network_acls: counts[3],
+        subnets: counts[4],
         hosts: hosts.into_values().collect(),
     })
 }

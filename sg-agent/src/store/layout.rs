@@ -10,6 +10,8 @@
 //! v1/groups/<group id>        {"schema":1,"group":{id, name, description, ingress, egress}}
 //! v1/prefix-lists/<id>        {"schema":1,"prefix_list":{...}}
 //! v1/instances/<name>         {"schema":1,"instance":{name, addresses, groups | interfaces}}
+//! v1/network-acls/<acl id>    {"schema":1,"network_acl":{id, default, inbound, outbound}}
+//! v1/subnets/<subnet id>      {"schema":1,"subnet":{id, cidr, ipv6_cidr, network_acl}}
 //! v1/hosts/<host>/instance    the same, registered by the host's agent under its lease
 //! status/<host>/alive         {"schema":1,"alive":{pid, version}}  (lease)
 //! status/<host>/ack           {"schema":1,"ack":{revision, ...}}  what the host enforces
@@ -31,7 +33,7 @@ use serde_json::{Value, json};
 use super::native;
 use crate::config::{self, Diagnostics, Loaded};
 use crate::error::Error;
-use crate::policy::{Origin, Policy};
+use crate::policy::{Origin, Policy, Quotas};
 
 /// The version of this layout, in every value.
 pub const SCHEMA: u64 = 1;
@@ -43,6 +45,10 @@ pub enum Key {
     Group(String),
     PrefixList(String),
     Instance(String),
+    /// A network ACL with both numbered lists (A2; the `*` rules stay implicit, A6).
+    NetworkAcl(String),
+    /// A subnet: its CIDRs and its one NACL (A12).
+    Subnet(String),
     HostInstance(String),
     HostAlive(String),
     HostAck(String),
@@ -55,6 +61,8 @@ impl Key {
             Key::Group(id) => format!("v1/groups/{id}"),
             Key::PrefixList(id) => format!("v1/prefix-lists/{id}"),
             Key::Instance(n) => format!("v1/instances/{n}"),
+            Key::NetworkAcl(id) => format!("v1/network-acls/{id}"),
+            Key::Subnet(id) => format!("v1/subnets/{id}"),
             Key::HostInstance(h) => format!("v1/hosts/{h}/instance"),
             Key::HostAlive(h) => format!("status/{h}/alive"),
             Key::HostAck(h) => format!("status/{h}/ack"),
@@ -81,6 +89,8 @@ impl Key {
             "groups" => Some(Key::Group(name)),
             "prefix-lists" => Some(Key::PrefixList(name)),
             "instances" => Some(Key::Instance(name)),
+            "network-acls" => Some(Key::NetworkAcl(name)),
+            "subnets" => Some(Key::Subnet(name)),
             "hosts" => {
                 let (host, what) = name.split_once('/')?;
                 (what == "instance").then(|| Key::HostInstance(host.to_string()))
@@ -101,6 +111,8 @@ impl Key {
             Key::Group(_) => "group",
             Key::PrefixList(_) => "prefix_list",
             Key::Instance(_) | Key::HostInstance(_) => "instance",
+            Key::NetworkAcl(_) => "network_acl",
+            Key::Subnet(_) => "subnet",
             Key::HostAlive(_) => "alive",
             Key::HostAck(_) => "ack",
         }
@@ -150,12 +162,16 @@ pub struct Ack {
 
 /// The keys and values of one policy (for `store import`).
 pub fn policy_values(p: &Policy) -> Vec<(Key, Vec<u8>)> {
+    let mut quotas = native::quotas(&p.quotas);
+    // Written only when it means something, so that a store without NACLs keeps the
+    // settings value it always had.
+    let nacl_quota = p.quotas.nacl_rules_per_list;
+    if !p.network_acls.is_empty() || nacl_quota != Quotas::default().nacl_rules_per_list {
+        quotas["nacl_rules_per_list"] = nacl_quota.into();
+    }
     let mut out = vec![(
         Key::Settings,
-        encode(
-            &Key::Settings,
-            json!({ "quotas": native::quotas(&p.quotas) }),
-        ),
+        encode(&Key::Settings, json!({ "quotas": quotas })),
     )];
     for g in p.groups.values() {
         let k = Key::Group(g.id.0.clone());
@@ -168,6 +184,14 @@ pub fn policy_values(p: &Policy) -> Vec<(Key, Vec<u8>)> {
     for (name, ifaces) in native::instances(p) {
         let k = Key::Instance(name.clone());
         out.push((k.clone(), encode(&k, native::instance(&name, &ifaces))));
+    }
+    for a in p.network_acls.values() {
+        let k = Key::NetworkAcl(native::acl_id(a.id.as_str()));
+        out.push((k.clone(), encode(&k, native::network_acl(a))));
+    }
+    for s in &p.subnets {
+        let k = Key::Subnet(native::subnet_id(s.id.as_str()));
+        out.push((k.clone(), encode(&k, native::subnet(s))));
     }
     out
 }
@@ -206,6 +230,8 @@ impl Snapshot {
                 Key::Group(_) => "security_groups",
                 Key::PrefixList(_) => "prefix_lists",
                 Key::Instance(_) | Key::HostInstance(_) => "instances",
+                Key::NetworkAcl(_) => "network_acls",
+                Key::Subnet(_) => "subnets",
                 Key::HostAlive(_) | Key::HostAck(_) => continue,
             };
             let items = lists.entry(list).or_default();
@@ -329,6 +355,8 @@ mod tests {
             Key::Group("sg-web".into()),
             Key::PrefixList("pl-1".into()),
             Key::Instance("web-1".into()),
+            Key::NetworkAcl("acl-web".into()),
+            Key::Subnet("subnet-web".into()),
             Key::HostInstance("h1".into()),
             Key::HostAlive("h1".into()),
             Key::HostAck("h1".into()),
@@ -357,6 +385,77 @@ mod tests {
             "{}",
             snap.yaml().unwrap()
         );
+    }
+
+    fn vpc_nacl() -> Policy {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/vpc-nacl.yaml");
+        config::load_file(std::path::Path::new(path))
+            .unwrap()
+            .policy
+    }
+
+    /// A2, A9, A12, A24: network ACLs (both lists, the default one) and subnets (their NACL)
+    /// written as store values load back the same, raised quota included; `store export`
+    /// prints them and its text loads to the same policy again.
+    #[test]
+    fn network_acls_and_subnets_round_trip_through_store_values() {
+        let mut p = vpc_nacl();
+        assert!(!p.network_acls.is_empty() && !p.subnets.is_empty());
+        p.quotas.nacl_rules_per_list = 40;
+        let values = policy_values(&p);
+        for want in ["v1/network-acls/acl-", "v1/subnets/subnet-"] {
+            assert!(
+                values.iter().any(|(k, _)| k.path().starts_with(want)),
+                "{want}"
+            );
+        }
+        let snap = snapshot_of(values);
+        let back = snap.load("etcd").unwrap().policy;
+        assert_eq!(
+            native::tests::meaning(back.clone()),
+            native::tests::meaning(p.clone()),
+            "{}",
+            snap.yaml().unwrap()
+        );
+        let exported = config::load_str(&snap.yaml().unwrap(), "export")
+            .unwrap()
+            .policy;
+        assert_eq!(native::tests::meaning(exported), native::tests::meaning(p));
+    }
+
+    /// A policy without NACLs keeps the settings value it always had (no NACL quota key), so
+    /// an existing store sees no change on import.
+    #[test]
+    fn a_policy_without_nacls_writes_no_nacl_keys() {
+        let values = policy_values(&lab());
+        assert!(
+            values
+                .iter()
+                .all(|(k, _)| !matches!(k, Key::NetworkAcl(_) | Key::Subnet(_)))
+        );
+        let settings = decode(&Key::Settings, &values[0].1).unwrap();
+        assert!(
+            settings["quotas"].get("nacl_rules_per_list").is_none(),
+            "{settings}"
+        );
+    }
+
+    /// A3, A7: a bad entry in a NACL's value never loads, and the message names its key.
+    #[test]
+    fn a_bad_nacl_value_names_its_key() {
+        let mut values = policy_values(&vpc_nacl());
+        let (key, bytes) = values
+            .iter()
+            .find(|(k, _)| matches!(k, Key::NetworkAcl(_)))
+            .cloned()
+            .unwrap();
+        let mut acl = decode(&key, &bytes).unwrap();
+        acl["inbound"] =
+            json!([{"number": 40000, "action": "allow", "protocol": -1, "cidr": "0.0.0.0/0"}]);
+        values.retain(|(k, _)| *k != key);
+        values.push((key.clone(), encode(&key, acl)));
+        let e = snapshot_of(values).load("etcd").unwrap_err().to_string();
+        assert!(e.contains(&key.path()) && e.contains("40000"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A validated [`Policy`] written back in the native format (docs/policy-format.md), piece by
-//! piece: the store keeps one value per group, prefix list and instance, and `store export`
-//! prints them as one native YAML file. Everything is explicit, so that loading the text
+//! piece: the store keeps one value per group, prefix list, instance, network ACL and subnet,
+//! and `store export` prints them as one native YAML file. Everything is explicit, so that loading the text
 //! gives the same policy again whatever the input's format was: rule ids, group names, the
 //! egress list (even when empty: D2 is already applied), quotas and per-interface timeouts.
 //!
@@ -189,8 +189,18 @@ pub fn quotas(q: &Quotas) -> Value {
     })
 }
 
+/// A network ACL id as the native format spells it.
+pub fn acl_id(id: &str) -> String {
+    native_id("acl-", id)
+}
+
+/// A subnet id as the native format spells it.
+pub fn subnet_id(id: &str) -> String {
+    native_id("subnet-", id)
+}
+
 /// One network ACL: its numbered entries per list (the `*` rules are implicit, A6).
-fn network_acl(a: &NetworkAcl) -> Value {
+pub fn network_acl(a: &NetworkAcl) -> Value {
     let entry = |e: &NaclEntry| {
         let mut m = Map::new();
         m.insert("number".into(), e.number.into());
@@ -212,7 +222,7 @@ fn network_acl(a: &NetworkAcl) -> Value {
         Value::Object(m)
     };
     json!({
-        "id": native_id("acl-", a.id.as_str()),
+        "id": acl_id(a.id.as_str()),
         "default": a.is_default,
         "inbound": a.inbound.iter().map(entry).collect::<Vec<_>>(),
         "outbound": a.outbound.iter().map(entry).collect::<Vec<_>>(),
@@ -220,9 +230,9 @@ fn network_acl(a: &NetworkAcl) -> Value {
 }
 
 /// One subnet: its CIDRs, its NACL (A12) and the router's device when named.
-fn subnet(s: &Subnet) -> Value {
+pub fn subnet(s: &Subnet) -> Value {
     let mut m = Map::new();
-    m.insert("id".into(), native_id("subnet-", s.id.as_str()).into());
+    m.insert("id".into(), subnet_id(s.id.as_str()).into());
     for c in &s.cidrs {
         let key = if c.addr().is_ipv6() {
             "ipv6_cidr"
@@ -231,18 +241,15 @@ fn subnet(s: &Subnet) -> Value {
         };
         m.insert(key.into(), c.to_string().into());
     }
-    m.insert(
-        "network_acl".into(),
-        native_id("acl-", s.network_acl.as_str()).into(),
-    );
+    m.insert("network_acl".into(), acl_id(s.network_acl.as_str()).into());
     if let Some(d) = &s.router_device {
         m.insert("router_device".into(), d.as_str().into());
     }
     Value::Object(m)
 }
 
-/// The whole policy as one native document. Network ACLs and subnets only when it has some
-/// (the store itself does not hold them yet: `store import` refuses them).
+/// The whole policy as one native document. Network ACLs and subnets only when it has some,
+/// so that a policy without them exports as it always did.
 pub fn document(p: &Policy) -> Value {
     let mut doc = json!({
         "version": 1,
