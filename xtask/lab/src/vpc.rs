@@ -452,7 +452,10 @@ mod tests {
         let cfn = example("vpc-nacl.cfn.yaml");
         for p in [&native, &cfn] {
             let acls: Vec<&str> = p.network_acls.keys().map(|a| a.as_str()).collect();
-            assert!(acls.contains(&"acl-public") && acls.contains(&"acl-private"), "{acls:?}");
+            assert!(
+                acls.contains(&"acl-public") && acls.contains(&"acl-private"),
+                "{acls:?}"
+            );
             assert_eq!(p.subnets.len(), 2);
         }
         let (a, b) = (images(&native), images(&cfn));
