@@ -212,6 +212,20 @@ fn vpc_section(agent: &Path, cfn: bool) -> Result<Vec<Row>> {
     print!("{}", render(&more));
     rows.extend(more);
     println!();
+    println!(
+        "==> A22: far (behind internet, over a link of MTU {}) downloads {} bytes from web-1",
+        sg_lab::vpc::NARROW_MTU,
+        sg_lab::vpc::A22_BYTES
+    );
+    let limit = std::time::Duration::from_secs(6);
+    let mut a22 =
+        vec![vpc.a22_download(Expect::Deny, "A22 no ICMP 3/4 rule: PMTUD stalls", limit)?];
+    println!("    then acl-public inbound 140: allow ICMP 3/4 from anywhere");
+    vpc.allow_frag_needed_a22()?;
+    a22.push(vpc.a22_download(Expect::Allow, "A22 inbound 140 ICMP 3/4", limit)?);
+    print!("{}", render(&a22));
+    rows.extend(a22);
+    println!();
     println!("==> counters per NACL rule on the router (sg-agent counters)");
     print!("{}", vpc.router_counters()?);
     println!();

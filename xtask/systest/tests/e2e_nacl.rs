@@ -87,11 +87,10 @@ fn vpc_lab_every_path_through_nacls_and_security_groups_as_ec2() {
 /// A22: path MTU discovery across a narrow link needs an explicit ICMP 3/4 rule at the NACL
 /// (no related-ICMP pass there, contrast I2). far's HTTPS download from web-1 (real curl,
 /// bounded) stalls while the error internet sends back is dropped by acl-public's inbound
-/// `*` rule, although web-1's security group would pass it as related; with inbound 140
-/// (ICMP 3/4 from anywhere) the same download completes.
+/// `*` rule; with inbound 140 (ICMP 3/4 from anywhere) the same download completes. (web-1's
+/// HTTPS flows are untracked, C4, so its security group has its own ICMP 3/4 rule: I2's
+/// related pass only exists for tracked flows.)
 #[test]
-#[ignore = "not yet passing: with inbound 140 the download still stalls (0 bytes) in the lab, \
-            while the same topology without sg completes it; undiagnosed (h/naclperf report)"]
 fn a22_pmtud_across_a_narrow_link_needs_an_icmp_3_4_rule() {
     let (_one, lab) = lab();
     let limit = Duration::from_secs(6);
@@ -104,6 +103,11 @@ fn a22_pmtud_across_a_narrow_link_needs_an_icmp_3_4_rule() {
     let works = lab
         .a22_download(Allow, "A22 inbound 140 ICMP 3/4", limit)
         .unwrap();
+    if !works.ok() {
+        eprintln!("{}", lab.router_counters().unwrap_or_default());
+        let web1 = lab.agents.counters_text(&lab.host("web-1").ns);
+        eprintln!("web-1: {}", web1.unwrap_or_default());
+    }
     assert_rows(&[stalled, works]);
     let c = lab.agents.counters(&lab.router).unwrap();
     assert!(c.rule("acl-public/in/140") >= 1, "{:?}", c.rules);
