@@ -48,9 +48,17 @@ pub mod maps {
     pub const RATE: &str = "SG_RATE";
     /// `RingBuf`: [`Event`] records (drops and new flows), rate limited.
     pub const EVENTS: &str = "SG_EVENTS";
+    /// `Array<u64>[capacity::NACL_PORT_SLOTS]`: the router ports ([`crate::iface_flags::NACL`])
+    /// by ifindex, per generation (index [`crate::nacl_port_slot`]): `scope_in << 32 |
+    /// scope_out` of the port in that generation, 0 when the interface is not a router port
+    /// there. Written like the other policy maps (a generation's slots before its flip), it
+    /// lets a router port's packets skip the `SG_IFACES` and conntrack lookups (A1: a router
+    /// port never has state). An ifindex beyond the array takes the general path (conntrack
+    /// misses, then `SG_IFACES`' NACL flag) to the same verdict, only slower.
+    pub const NACL_PORTS: &str = "SG_NACL_PORTS";
 
     /// Every map of the object (pinning, adoption, tests).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         ACTIVE,
         IFACES,
         PEERS,
@@ -64,6 +72,7 @@ pub mod maps {
         CONFIG,
         RATE,
         EVENTS,
+        NACL_PORTS,
     ];
 }
 
@@ -86,6 +95,8 @@ pub mod capacity {
     pub const FRAGS: u32 = 8192;
     pub const RULE_SLOTS: u32 = 1 << 16;
     pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Slots of [`crate::maps::NACL_PORTS`]: two per ifindex, for ifindexes below 4096.
+    pub const NACL_PORT_SLOTS: u32 = 8192;
 }
 
 /// Packet direction as seen from the protected interface.
@@ -181,6 +192,17 @@ pub struct IfaceConf {
     pub timeouts: Timeouts,
 }
 const _: () = assert!(size_of::<IfaceConf>() == 48);
+
+/// The [`maps::NACL_PORTS`] index of `ifindex` in `generation` (0 or 1); None beyond the
+/// array.
+#[inline(always)]
+pub const fn nacl_port_slot(ifindex: u32, generation: u32) -> Option<u32> {
+    if ifindex < capacity::NACL_PORT_SLOTS / 2 {
+        Some(ifindex * 2 + (generation & 1))
+    } else {
+        None
+    }
+}
 
 pub mod iface_flags {
     /// Emit [`crate::Event`]s for dropped packets on this interface.

@@ -20,15 +20,16 @@
 //! 4. otherwise the entry's rule allows it (its slot is the E4 choice the compiler made).
 //!
 //! On a network ACL interface the same two maps answer with the lowest-numbered entry of the
-//! list (see [`nacl_rule`]); the cost stays flat in the number of entries.
+//! list (see [`nacl_rule`]); the cost stays flat in the number of entries. A router port's
+//! scopes come from `SG_NACL_PORTS` ([`nacl_port`]), or from `SG_IFACES` beyond that array.
 use aya_ebpf::maps::lpm_trie::Key;
 use sg_common::{
     CLASS_CHAIN, DIR_INGRESS, IfaceConf, IfaceKey, NO_RULE_SLOT, PAGE_LEVELS, PAGE_SEGS, PeerData,
-    PortKey, PortPage, RuleVal, iface_flags, rule_flags,
+    PortKey, PortPage, RuleVal, iface_flags, nacl_port_slot, rule_flags,
 };
 
 use crate::{
-    maps::{SG_ACTIVE, SG_IFACES, SG_PEERS, SG_PORTS},
+    maps::{SG_ACTIVE, SG_IFACES, SG_NACL_PORTS, SG_PEERS, SG_PORTS},
     parse::{L4_ICMP, L4_TCP, L4_UDP, Pkt, addr},
 };
 
@@ -46,6 +47,40 @@ pub fn iface(ifindex: u32) -> Option<&'static IfaceConf> {
             ifindex,
         })
     }
+}
+
+/// A router port's two lists: the NACL's inbound list (`IfaceConf::scope_in`) and its
+/// outbound list (`IfaceConf::scope_out`).
+#[derive(Clone, Copy)]
+pub struct NaclScopes {
+    pub inbound: u32,
+    pub outbound: u32,
+}
+
+impl NaclScopes {
+    #[inline(always)]
+    pub const fn of(conf: &IfaceConf) -> NaclScopes {
+        NaclScopes {
+            inbound: conf.scope_in,
+            outbound: conf.scope_out,
+        }
+    }
+}
+
+/// The scopes of `ifindex` when `SG_NACL_PORTS` says it is a router port of the active
+/// generation; None otherwise (not a router port, or an ifindex beyond the array: then
+/// `SG_IFACES` decides, after conntrack).
+#[inline(always)]
+pub fn nacl_port(ifindex: u32) -> Option<NaclScopes> {
+    let generation = SG_ACTIVE.get(0).copied().unwrap_or(0);
+    let v = *SG_NACL_PORTS.get(nacl_port_slot(ifindex, generation)?)?;
+    if v == 0 {
+        return None;
+    }
+    Some(NaclScopes {
+        inbound: (v >> 32) as u32,
+        outbound: v as u32,
+    })
 }
 
 /// The rule that allows `pkt` (in its direction) on an interface configured by `conf`.
@@ -76,11 +111,11 @@ fn port_of(pkt: &Pkt) -> u16 {
 /// entry or the family's `*` rule (A4, A6), so one class decides: `rule_flags::DENY` or
 /// `rule_flags::ROUTER_LOCAL` say what the pipeline does with it.
 #[inline(always)]
-pub fn nacl_rule(conf: &IfaceConf, pkt: &Pkt) -> Option<RuleVal> {
+pub fn nacl_rule(lists: NaclScopes, pkt: &Pkt) -> Option<RuleVal> {
     let (scope, remote) = if pkt.dir == DIR_INGRESS {
-        (conf.scope_out, pkt.dst)
+        (lists.outbound, pkt.dst)
     } else {
-        (conf.scope_in, pkt.src)
+        (lists.inbound, pkt.src)
     };
     lookup(scope, &remote, pkt.proto, port_of(pkt))
 }

@@ -71,6 +71,8 @@ pub(crate) struct Mirror {
     pub known_slots: BTreeSet<u32>,
     /// When SG_ACTIVE last changed (None: not by this process).
     pub flipped_at: Option<Instant>,
+    /// SG_NACL_PORTS's non-zero slots (the router ports of both generations), by index.
+    pub nacl_ports: BTreeMap<u32, u64>,
 }
 
 impl Mirror {
@@ -93,6 +95,12 @@ impl Mirror {
             let (k, v) = kv.context("reading SG_PORTS")?;
             mirror.known_slots.extend(rule_slots(&v));
             mirror.gens[port_generation(&k) as usize].ports.insert(k, v);
+        }
+        for (i, v) in m.nacl_ports.iter().enumerate() {
+            let v = v.context("reading SG_NACL_PORTS")?;
+            if v != 0 {
+                mirror.nacl_ports.insert(i as u32, v);
+            }
         }
         Ok(mirror)
     }
@@ -228,6 +236,7 @@ impl Dataplane {
             // writes below are invisible until the flip.
             let other = 1 - g;
             report.stale_removed += self.clear_generation(other)?;
+            self.write_nacl_ports(other, &BTreeMap::new())?;
             self.flip(other)?;
         }
 
@@ -247,7 +256,8 @@ impl Dataplane {
         }
 
         // Interfaces that become network ACL interfaces: stateless from the flip on (A1,
-        // A25), but the datapath looks conntrack up first, so their flows must go.
+        // A25), but the datapath looks conntrack up first on a router port beyond
+        // SG_NACL_PORTS, so their flows must go.
         let live = &self.mirror.gens[(1 - g) as usize].ifaces;
         let was_nacl = |ifindex: u32| {
             live.iter()
@@ -263,7 +273,8 @@ impl Dataplane {
         // 3. Write the new generation, then 4. flip. Roll back on any error.
         let written = self
             .zero_counters(&zero)
-            .and_then(|()| self.write_generation(image));
+            .and_then(|()| self.write_generation(image))
+            .and_then(|n| self.write_nacl_ports(g, &image.ifaces).map(|()| n));
         let flipped = written.and_then(|n| self.flip(g).map(|()| n));
         let n = flipped.map_err(|e| self.roll_back(g, e))?;
         report.written = n;
@@ -276,6 +287,7 @@ impl Dataplane {
         if !became_nacl.is_empty() {
             report.flows_removed = self.delete_flows(|k, _| became_nacl.contains(&k.ifindex))?;
         }
+
         self.mirror.slots = image.slots.clone();
         self.mirror.known_slots.extend(image.slots.by_rule.values());
         self.mirror
@@ -392,6 +404,43 @@ impl Dataplane {
                     kernel.gens[g].len(),
                     self.mirror.gens[g].len()
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes generation `g`'s slots of SG_NACL_PORTS (not live: written before its flip,
+    /// like the other policy maps) hold the router ports of `ifaces`, writing only what
+    /// changes; the mirror follows each accepted write.
+    fn write_nacl_ports(&mut self, g: u32, ifaces: &BTreeMap<IfaceKey, IfaceConf>) -> Result<()> {
+        let want: BTreeMap<u32, u64> = ifaces
+            .iter()
+            .filter(|(_, v)| v.flags & iface_flags::NACL != 0)
+            .filter_map(|(k, v)| {
+                let slot = sg_common::nacl_port_slot(k.ifindex, g)?;
+                Some((slot, u64::from(v.scope_in) << 32 | u64::from(v.scope_out)))
+            })
+            .collect();
+        let stale: Vec<u32> = (self.mirror.nacl_ports.keys())
+            .filter(|&&i| i & 1 == g && !want.contains_key(&i))
+            .copied()
+            .collect();
+        let writes = want
+            .iter()
+            .map(|(&i, &v)| (i, v))
+            .chain(stale.iter().map(|&i| (i, 0)));
+        for (i, v) in writes {
+            if self.mirror.nacl_ports.get(&i).copied().unwrap_or(0) == v {
+                continue;
+            }
+            self.maps
+                .nacl_ports
+                .set(i, v, 0)
+                .with_context(|| format!("writing {} slot {i}", maps::NACL_PORTS))?;
+            if v == 0 {
+                self.mirror.nacl_ports.remove(&i);
+            } else {
+                self.mirror.nacl_ports.insert(i, v);
             }
         }
         Ok(())

@@ -218,6 +218,7 @@ pub(crate) struct Maps {
     pub reason_cnt: PerCpuArray<MapData, u64>,
     pub ct_stats: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, Config>,
+    pub nacl_ports: Array<MapData, u64>,
 }
 
 /// A loaded sg program set with its maps.
@@ -287,6 +288,7 @@ impl Dataplane {
             reason_cnt: typed(&mut ebpf, maps::REASON_COUNTERS)?,
             ct_stats: typed(&mut ebpf, maps::CT_STATS)?,
             config: typed(&mut ebpf, maps::CONFIG)?,
+            nacl_ports: typed(&mut ebpf, maps::NACL_PORTS)?,
         };
         let mut dp = Dataplane {
             ebpf,

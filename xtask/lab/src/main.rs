@@ -36,8 +36,8 @@ struct Args {
     /// The file-driven lab: every instance applies examples/ec2-lab.yaml (no store, no API).
     #[arg(long)]
     file: bool,
-    /// Use the CloudFormation twin (examples/ec2-lab.cfn.yaml): the table must not change.
-    /// Implies --file.
+    /// Use the CloudFormation twins (examples/ec2-lab.cfn.yaml, vpc-nacl.cfn.yaml): the tables
+    /// must not change. Implies --file.
     #[arg(long, conflicts_with = "policy")]
     cfn: bool,
     /// The policy every instance applies (default examples/ec2-lab.yaml). Implies --file.
@@ -168,8 +168,12 @@ fn down(agent: &Path) -> Result<()> {
 /// their NACLs (examples/vpc-nacl.yaml); its table, `explain --from --to` on the row that
 /// surprises people (A1), a renumbered deny (A4) and the router's counters. Torn down at
 /// the end of the section (also with --keep).
-fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
-    let policy = PathBuf::from("examples/vpc-nacl.yaml");
+fn vpc_section(agent: &Path, cfn: bool) -> Result<Vec<Row>> {
+    let policy = PathBuf::from(if cfn {
+        "examples/vpc-nacl.cfn.yaml"
+    } else {
+        "examples/vpc-nacl.yaml"
+    });
     println!(
         "==> network ACLs: {} (web tier in a public subnet, the database in a private",
         policy.display()
@@ -202,7 +206,7 @@ fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
     }
     println!();
     println!("==> A4: renumber acl-private's deny of web-2 from 110 to 90 (before its allow 100)");
-    vpc.edit_and_apply_router("{number: 110, action: deny", "{number: 90, action: deny")?;
+    vpc.renumber_deny_a4()?;
     let db = Svc::Db {
         port: 3306,
         mariadb: false,
@@ -214,6 +218,20 @@ fn vpc_section(agent: &Path) -> Result<Vec<Row>> {
     ]))?;
     print!("{}", render(&more));
     rows.extend(more);
+    println!();
+    println!(
+        "==> A22: far (behind internet, over a link of MTU {}) downloads {} bytes from web-1",
+        sg_lab::vpc::NARROW_MTU,
+        sg_lab::vpc::A22_BYTES
+    );
+    let limit = std::time::Duration::from_secs(6);
+    let mut a22 =
+        vec![vpc.a22_download(Expect::Deny, "A22 no ICMP 3/4 rule: PMTUD stalls", limit)?];
+    println!("    then acl-public inbound 140: allow ICMP 3/4 from anywhere");
+    vpc.allow_frag_needed_a22()?;
+    a22.push(vpc.a22_download(Expect::Allow, "A22 inbound 140 ICMP 3/4", limit)?);
+    print!("{}", render(&a22));
+    rows.extend(a22);
     println!();
     println!("==> counters per NACL rule on the router (sg-agent counters)");
     print!("{}", vpc.router_counters()?);
@@ -238,7 +256,7 @@ fn run(args: Args) -> Result<bool> {
     if !(args.file || args.cfn || args.policy.is_some()) {
         let (rows, live) = api_lab(&args, &agent)?;
         check_interrupt()?;
-        let nacl = vpc_section(&agent)?;
+        let nacl = vpc_section(&agent, false)?;
         check_interrupt()?;
         return Ok(summary(
             &rows.iter().chain(&nacl).collect::<Vec<_>>(),
@@ -331,7 +349,7 @@ fn run(args: Args) -> Result<bool> {
         );
     }
 
-    let nacl = vpc_section(&agent)?;
+    let nacl = vpc_section(&agent, args.cfn)?;
     check_interrupt()?;
 
     let all: Vec<&Row> = rows.iter().chain(&more).chain(&nacl).collect();

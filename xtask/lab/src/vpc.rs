@@ -5,23 +5,33 @@
 //! binds the subnets by their router addresses (NACLs).
 //!
 //! ```text
-//!  my-ip 198.51.100.10  internet 203.0.113.50       (bridge "out")
-//!                 \        /
+//!  my-ip 198.51.100.10  internet 203.0.113.50 ==narrow (MTU 1280)== far 203.0.113.200/26
+//!                 \        /                       (bridge "out")
 //!                  r-out: 198.51.100.1, 203.0.113.1, 2001:db8:20::1, 2001:db8:30::1
 //!  router ---------r-pub:  192.0.2.1/25,   2001:db8:10::1/64 -- web-1 .11, web-2 .12
 //!                  r-priv: 192.0.2.129/25, 2001:db8:11::1/64 -- db-1 .140
 //! ```
 //!
+//! `far` sits behind `internet`, which routes for it over a link whose MTU is 1280 on
+//! internet's side only: far's own MTU (1500) sets its TCP MSS, so web-1's full-size segments
+//! to far need path MTU discovery, and the "fragmentation needed" error comes from internet
+//! (not from the router, whose own traffic a NACL never filters, A21), through the public
+//! subnet's inbound list (A22).
+//!
+//! The policy is examples/vpc-nacl.yaml or its CloudFormation twin vpc-nacl.cfn.yaml: the
+//! lab's edits (A4, A22) know both formats.
+//!
 //! Owns the topology, the servers, the probe tables and the policy edits of the NACL rows;
 //! the mechanics live in netns / services / agents / probe.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::agents::Agents;
 use crate::probe::{self, Both, Expect, Hosts, Probe, Row, Svc, V4, table};
-use crate::services::{self as svc, LabFiles};
+use crate::services::{self as svc, LabFiles, Outcome};
 use crate::topology::{Host, HostSpec};
 use sg_testkit::netns::{Netns, Proc, veth};
 
@@ -51,6 +61,14 @@ pub const EXPLAIN_SSH_REPLY: [&str; 10] = [
 
 /// The instances (each applies the policy).
 pub const INSTANCES: &[&str] = &["web-1", "web-2", "db-1"];
+
+/// The A22 host behind the narrow link: in 203.0.113.0/24 (the public subnet's outbound 110
+/// allows the replies to it), routed by `internet`.
+const FAR: (&str, &str, &str) = ("far", "203.0.113.200", "2001:db8:30::200");
+/// The narrow link's MTU on internet's side.
+pub const NARROW_MTU: u32 = 1280;
+/// The A22 download: far many segments larger than [`NARROW_MTU`].
+pub const A22_BYTES: u64 = 200_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Leg {
@@ -118,6 +136,8 @@ pub struct VpcLab {
     pub policy: PathBuf,
     /// Each `sg-agent apply` output, in order (the router's last).
     pub applied: Vec<(String, String)>,
+    /// The policy is the CloudFormation twin.
+    cfn: bool,
 }
 
 impl Hosts for VpcLab {
@@ -131,7 +151,9 @@ impl VpcLab {
     /// the router.
     pub fn up(agent: &Path, policy: &Path) -> Result<VpcLab> {
         let files = LabFiles::new()?;
-        let copy = files.dir().join("vpc-nacl.yaml");
+        let name = policy.file_name().context("the policy has no file name")?;
+        let cfn = name.to_string_lossy().contains(".cfn.");
+        let copy = files.dir().join(name);
         std::fs::copy(policy, &copy).with_context(|| format!("copy {}", policy.display()))?;
         let switch = Netns::new("vsw")?;
         let router = Netns::new("vrt")?;
@@ -168,6 +190,7 @@ impl VpcLab {
                 nics: Vec::new(),
             });
         }
+        hosts.push(far_behind(&hosts, &router)?);
         let mut lab = VpcLab {
             agents: Agents::new(agent),
             servers: Vec::new(),
@@ -177,6 +200,7 @@ impl VpcLab {
             files,
             policy: copy,
             applied: Vec::new(),
+            cfn,
         };
         lab.start_servers()?;
         for inst in INSTANCES {
@@ -225,6 +249,66 @@ impl VpcLab {
         self.apply_router()
     }
 
+    /// A4: renumbers acl-private's deny of web-2 from 110 to 90, before its allow 100, and
+    /// applies it on the router.
+    pub fn renumber_deny_a4(&self) -> Result<String> {
+        if self.cfn {
+            self.edit_and_apply_router(
+                "RuleNumber: 110, RuleAction: deny",
+                "RuleNumber: 90, RuleAction: deny",
+            )
+        } else {
+            self.edit_and_apply_router("{number: 110, action: deny", "{number: 90, action: deny")
+        }
+    }
+
+    /// A22: adds acl-public's inbound 140, ICMP 3/4 (fragmentation needed) from anywhere,
+    /// and applies it on the router.
+    pub fn allow_frag_needed_a22(&self) -> Result<String> {
+        if self.cfn {
+            self.edit_and_apply_router(
+                "  PublicAssociation:",
+                "  PublicIn140:\n    Type: AWS::EC2::NetworkAclEntry\n    Properties: {NetworkAclId: \
+                 !Ref PublicAcl, Egress: false, RuleNumber: 140, RuleAction: allow, Protocol: 1, \
+                 CidrBlock: 0.0.0.0/0, Icmp: {Type: 3, Code: 4}}\n  PublicAssociation:",
+            )
+        } else {
+            let at = "{number: 131, action: allow, protocol: icmpv6, type: 128, code: -1, cidr: \"::/0\"}";
+            self.edit_and_apply_router(
+                at,
+                &format!(
+                    "{at}\n      - {{number: 140, action: allow, protocol: icmp, type: 3, code: 4, \
+                     cidr: 0.0.0.0/0}}"
+                ),
+            )
+        }
+    }
+
+    /// A22's row: far downloads [`A22_BYTES`] from web-1 over HTTPS (curl, bounded by
+    /// `limit`); reached when every byte arrived. web-1's segments are larger than the narrow
+    /// link, so the transfer needs internet's ICMP 3/4 to pass the router's NACL.
+    pub fn a22_download(&self, expect: Expect, why: &str, limit: Duration) -> Result<Row> {
+        let web = self.host("web-1");
+        let addr = web.addr_on("eth0", false).context("web-1's address")?;
+        let got = svc::download(self.host(FAR.0), addr, 443, A22_BYTES, limit)?;
+        Ok(Row {
+            probe: Probe {
+                from: FAR.0.into(),
+                to: "web-1".into(),
+                v6: false,
+                svc: Svc::Https(443),
+                expect,
+                why: format!("{why}; {got} of {A22_BYTES} bytes in {} s", limit.as_secs()),
+            },
+            addr,
+            observed: if got == A22_BYTES {
+                Outcome::Reached
+            } else {
+                Outcome::NoAnswer
+            },
+        })
+    }
+
     /// The paths of examples/vpc-nacl.yaml with what EC2 does: each crosses the NACLs of
     /// the subnets it leaves and enters (A14), and the security groups of its ends (A15).
     #[rustfmt::skip]
@@ -253,6 +337,31 @@ impl VpcLab {
     }
 }
 
+/// The A22 host: `far` behind `internet` (which forwards for it) over a veth whose MTU is
+/// [`NARROW_MTU`] on internet's side and 1500 on far's; the router reaches it through
+/// internet. IPv4 only.
+fn far_behind(hosts: &[Host], router: &Netns) -> Result<Host> {
+    let internet = &hosts
+        .iter()
+        .find(|h| h.name() == "internet")
+        .context("no internet host")?
+        .ns;
+    let (name, v4, v6) = FAR;
+    let ns = Netns::new(name)?;
+    veth(internet, "narrow", &ns, "eth0")?;
+    internet.sysctl("net.ipv4.ip_forward", "1")?;
+    internet.ip(&["link", "set", "narrow", "mtu", &NARROW_MTU.to_string()])?;
+    add_addr(internet, "narrow", "203.0.113.193/26")?;
+    add_addr(&ns, "eth0", &format!("{v4}/26"))?;
+    ns.ip(&["route", "add", "default", "via", "203.0.113.193"])?;
+    router.ip(&["route", "add", "203.0.113.192/26", "via", "203.0.113.50"])?;
+    Ok(Host {
+        spec: HostSpec::new(name, v4, v6),
+        ns,
+        nics: Vec::new(),
+    })
+}
+
 /// Plugs `ns`'s new device `dev` into `leg`'s bridge through switch port `port`.
 fn plug(switch: &Netns, ns: &Netns, dev: &str, leg: Leg, port: &str) -> Result<()> {
     veth(ns, dev, switch, port)?;
@@ -265,5 +374,95 @@ fn add_addr(ns: &Netns, dev: &str, cidr: &str) -> Result<()> {
         ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"])
     } else {
         ns.ip(&["addr", "add", cidr, "dev", dev])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+    use std::path::PathBuf;
+
+    use sg_agent::compile::nacl::{Router, RouterPort};
+    use sg_agent::compile::{CompileOptions, compile, compile_router};
+    use sg_agent::config::{Format, load_file};
+    use sg_agent::image::{MapImage, SlotTable};
+    use sg_agent::policy::{Policy, SubnetId};
+
+    fn example(name: &str) -> Policy {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name);
+        let loaded = load_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = if name.contains(".cfn.") {
+            Format::CloudFormation
+        } else {
+            Format::Native
+        };
+        assert_eq!(loaded.format, want, "{name}");
+        loaded.policy
+    }
+
+    const OPTS: CompileOptions = CompileOptions {
+        generation: 1,
+        slot_capacity: 1 << 16,
+    };
+
+    /// The maps each host of the lab writes: every instance with its interface bound, and
+    /// the router with the two subnets on its ports (A13, A14) and its own addresses (A21).
+    fn images(p: &Policy) -> Vec<MapImage> {
+        let mut out: Vec<MapImage> = super::INSTANCES
+            .iter()
+            .map(|i| {
+                let bindings = BTreeMap::from([(i.to_string(), 2)]);
+                compile(p, &bindings, &SlotTable::default(), &OPTS)
+                    .unwrap_or_else(|e| panic!("{i}: {e}"))
+            })
+            .collect();
+        let router = Router {
+            ports: [("subnet-public", 2), ("subnet-private", 3)]
+                .into_iter()
+                .map(|(s, ifindex)| RouterPort {
+                    subnet: SubnetId(s.into()),
+                    ifindex,
+                })
+                .collect(),
+            addrs: [
+                "192.0.2.1",
+                "192.0.2.129",
+                "2001:db8:10::1",
+                "2001:db8:11::1",
+            ]
+            .iter()
+            .map(|a| a.parse::<IpAddr>().expect("an address"))
+            .collect(),
+        };
+        let (image, _) = compile_router(p, &BTreeMap::new(), &SlotTable::default(), &OPTS, &router)
+            .unwrap_or_else(|e| panic!("router: {e}"));
+        out.push(image);
+        out
+    }
+
+    /// The CloudFormation twin of the VPC lab is the same lab: every instance's and the
+    /// router's maps (interfaces, peer tries, port pages, counter slots by rule id) compile
+    /// identical from both files, so every verdict is the same (A2-A19 as written twice).
+    #[test]
+    fn the_cloudformation_twin_compiles_to_the_same_maps() {
+        let native = example("vpc-nacl.yaml");
+        let cfn = example("vpc-nacl.cfn.yaml");
+        for p in [&native, &cfn] {
+            let acls: Vec<&str> = p.network_acls.keys().map(|a| a.as_str()).collect();
+            assert!(
+                acls.contains(&"acl-public") && acls.contains(&"acl-private"),
+                "{acls:?}"
+            );
+            assert_eq!(p.subnets.len(), 2);
+        }
+        let (a, b) = (images(&native), images(&cfn));
+        assert_eq!(a.len(), b.len());
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!(!a.ifaces.is_empty(), "image {i} binds nothing");
+            assert_eq!(a, b, "image {i} (instances, then the router) differs");
+        }
     }
 }

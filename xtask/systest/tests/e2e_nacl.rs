@@ -26,7 +26,11 @@ fn lab() -> (std::sync::MutexGuard<'static, ()>, VpcLab) {
 }
 
 fn lab_up() -> VpcLab {
-    VpcLab::up(sg_testkit::agent_bin().as_ref(), &policy())
+    lab_from(&policy())
+}
+
+fn lab_from(policy: &std::path::Path) -> VpcLab {
+    VpcLab::up(sg_testkit::agent_bin().as_ref(), policy)
         .unwrap_or_else(|e| panic!("the VPC lab: {e:#}"))
 }
 
@@ -63,8 +67,7 @@ fn vpc_lab_every_path_through_nacls_and_security_groups_as_ec2() {
     assert_eq!(star.text, "* deny all traffic to 0.0.0.0/0");
 
     // A4: the same deny renumbered from 110 to 90 now comes first for web-2.
-    lab.edit_and_apply_router("{number: 110, action: deny", "{number: 90, action: deny")
-        .unwrap();
+    lab.renumber_deny_a4().unwrap();
     let db = Svc::Db {
         port: 3306,
         mariadb: false,
@@ -77,6 +80,61 @@ fn vpc_lab_every_path_through_nacls_and_security_groups_as_ec2() {
     assert_rows(&rows);
     let c = lab.agents.counters(&lab.router).unwrap();
     assert!(c.rule("acl-private/in/90") >= 1, "{:?}", c.rules);
+    let errors = lab.agents.detach_all();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// A22: path MTU discovery across a narrow link needs an explicit ICMP 3/4 rule at the NACL
+/// (no related-ICMP pass there, contrast I2). far's HTTPS download from web-1 (real curl,
+/// bounded) stalls while the error internet sends back is dropped by acl-public's inbound
+/// `*` rule; with inbound 140 (ICMP 3/4 from anywhere) the same download completes. (web-1's
+/// HTTPS flows are untracked, C4, so its security group has its own ICMP 3/4 rule: I2's
+/// related pass only exists for tracked flows.)
+#[test]
+fn a22_pmtud_across_a_narrow_link_needs_an_icmp_3_4_rule() {
+    let (_one, lab) = lab();
+    let limit = Duration::from_secs(6);
+    let stalled = lab
+        .a22_download(Deny, "A22 no ICMP 3/4 rule: PMTUD stalls", limit)
+        .unwrap();
+    let c = lab.agents.counters(&lab.router).unwrap();
+    assert!(c.rule("acl-public/in/*v4") >= 1, "{:?}", c.rules);
+    lab.allow_frag_needed_a22().unwrap();
+    let works = lab
+        .a22_download(Allow, "A22 inbound 140 ICMP 3/4", limit)
+        .unwrap();
+    if !works.ok() {
+        eprintln!("{}", lab.router_counters().unwrap_or_default());
+        let web1 = lab.agents.counters_text(&lab.host("web-1").ns);
+        eprintln!("web-1: {}", web1.unwrap_or_default());
+    }
+    assert_rows(&[stalled, works]);
+    let c = lab.agents.counters(&lab.router).unwrap();
+    assert!(c.rule("acl-public/in/140") >= 1, "{:?}", c.rules);
+    let errors = lab.agents.detach_all();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// The CloudFormation twin (examples/vpc-nacl.cfn.yaml) is the same VPC: the lab run from it
+/// gives the same table (A1 A4 A6 A13 A14 A15 A16), and its A4 edit flips web-2 alike.
+#[test]
+fn vpc_lab_from_the_cloudformation_twin_gives_the_same_table() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    let lab = lab_from(&policy().with_file_name("vpc-nacl.cfn.yaml"));
+    let rows = lab.run(&lab.paths()).unwrap();
+    assert_rows(&rows);
+    lab.renumber_deny_a4().unwrap();
+    let db = Svc::Db {
+        port: 3306,
+        mariadb: false,
+    };
+    #[rustfmt::skip]
+    let rows = lab.run(&table(&[
+        ("web-2", "db-1", V4, db.clone(), Deny, "A4 renumbered: 90 deny first"),
+        ("web-1", "db-1", V4, db, Allow, "A4 only web-2's /32"),
+    ])).unwrap();
+    assert_rows(&rows);
     let errors = lab.agents.detach_all();
     assert!(errors.is_empty(), "{errors:?}");
 }
