@@ -398,12 +398,15 @@ impl ApiLab {
 }
 
 /// The lines of an aws answer a person reads: the new group's id, or each rule the call
-/// made (id, protocol, ports, peer, description); anything else as printed.
+/// made or revoked (id, protocol, ports, peer, description); anything else as printed.
 pub fn brief(stdout: &str) -> Vec<String> {
     let Ok(v) = serde_json::from_str::<Value>(stdout) else {
         return stdout.lines().map(str::to_string).collect();
     };
-    if let Some(rules) = v["SecurityGroupRules"].as_array() {
+    let rules = ["SecurityGroupRules", "RevokedSecurityGroupRules"]
+        .iter()
+        .find_map(|k| v[*k].as_array());
+    if let Some(rules) = rules {
         return rules
             .iter()
             .map(|r| {
