@@ -295,6 +295,20 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Each interface's name and groups, in order: what tests compare memberships by.
+    #[cfg(test)]
+    pub(crate) fn memberships(&self) -> Vec<(String, Vec<String>)> {
+        self.interfaces
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    i.groups.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect()
+    }
+
     pub fn interface(&self, name: &str) -> Option<&Interface> {
         self.interfaces.iter().find(|i| i.name == name)
     }

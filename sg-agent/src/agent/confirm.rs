@@ -669,16 +669,7 @@ mod tests {
         assert!(only_memberships(&rule_a, &rule_b));
         let merged = with_memberships(&one, &rule_a, &rule_b);
         assert!(only_memberships(&one, &merged));
-        let got: Vec<(String, Vec<String>)> = merged
-            .interfaces
-            .iter()
-            .map(|i| {
-                (
-                    i.name.clone(),
-                    i.groups.iter().map(ToString::to_string).collect(),
-                )
-            })
-            .collect();
+        let got = merged.memberships();
         assert_eq!(
             got,
             [

@@ -687,22 +687,18 @@ fn describe_rules(
     Ok(Answer::Rules { rules, next })
 }
 
+/// What the API's unit tests share: the test account, a store holding a policy, and the store
+/// after a write (what the next call and every agent read).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::wire::PeerSpec;
-    use crate::config;
-    use crate::store::layout::{self, Key, Snapshot};
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
 
-    const GROUPS: &str = "
-security_groups:
-  - {id: sg-web, name: web, description: Web tier}
-  - id: sg-db
-    name: db
-    ingress: [{protocol: tcp, ports: 3306, source: sg-web, description: mysql}]
-";
+    use super::{Answer, Fault, Request, State, change, plan};
+    use crate::api::Account;
+    use crate::policy::Policy;
+    use crate::store::layout::{self, Snapshot};
 
-    fn acct() -> Account {
+    pub fn acct() -> Account {
         Account {
             owner: "123456789012".into(),
             vpc: "vpc-0a1b2c3d".into(),
@@ -710,14 +706,14 @@ security_groups:
         }
     }
 
-    fn snapshot(values: Vec<(String, Vec<u8>)>) -> State {
+    pub fn snapshot(values: Vec<(String, Vec<u8>)>) -> State {
         State::new(Snapshot::new(3, values)).unwrap()
     }
 
-    fn state() -> State {
-        let p = config::load_str(GROUPS, "t").unwrap().policy;
+    /// The store holding `p`, as `store import` writes it.
+    pub fn holding(p: &Policy) -> State {
         snapshot(
-            layout::policy_values(&p)
+            layout::policy_values(p)
                 .into_iter()
                 .map(|(k, v)| (k.path(), v))
                 .collect(),
@@ -725,7 +721,7 @@ security_groups:
     }
 
     /// The store after a request: what an agent (and the next call) would read.
-    fn after(s: &State, req: &Request) -> Result<(State, Answer), Fault> {
+    pub fn after(s: &State, req: &Request) -> Result<(State, Answer), Fault> {
         let (change, finish) = plan(s, &acct(), req)?;
         let policy = change::candidate(s, &change)?;
         let (puts, deletes) = change::values(&policy, &change, "t");
@@ -740,6 +736,27 @@ security_groups:
         }
         values.extend(puts);
         Ok((snapshot(values.into_iter().collect()), finish(&policy)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{after, holding};
+    use super::*;
+    use crate::api::wire::PeerSpec;
+    use crate::config;
+    use crate::store::layout::{self, Key};
+
+    const GROUPS: &str = "
+security_groups:
+  - {id: sg-web, name: web, description: Web tier}
+  - id: sg-db
+    name: db
+    ingress: [{protocol: tcp, ports: 3306, source: sg-web, description: mysql}]
+";
+
+    fn state() -> State {
+        holding(&config::load_str(GROUPS, "t").unwrap().policy)
     }
 
     fn https(cidrs: &[&str], desc: Option<&str>) -> Request {

@@ -522,52 +522,18 @@ fn subnet_filter_values(name: &str, v: &SubnetView, acct: &Account) -> Option<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::change;
+    use crate::api::actions::testing::{acct, after, holding};
     use crate::config;
-    use crate::store::layout::{self, Key, Snapshot};
-
-    fn acct() -> Account {
-        Account {
-            owner: "123456789012".into(),
-            vpc: "vpc-0a1b2c3d".into(),
-            region: "us-east-1".into(),
-        }
-    }
-
-    fn state_of(values: Vec<(String, Vec<u8>)>) -> State {
-        State::new(Snapshot::new(3, values)).unwrap()
-    }
+    use crate::store::layout::{self, Key};
 
     /// The lab's VPC (examples/vpc-nacl.yaml) as the store holds it.
     fn state() -> State {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/vpc-nacl.yaml");
-        let p = config::load_file(std::path::Path::new(path))
-            .unwrap()
-            .policy;
-        state_of(
-            layout::policy_values(&p)
-                .into_iter()
-                .map(|(k, v)| (k.path(), v))
-                .collect(),
+        holding(
+            &config::load_file(std::path::Path::new(path))
+                .unwrap()
+                .policy,
         )
-    }
-
-    /// The store after a write, as the next call and every agent read it.
-    fn after(s: &State, req: &Request) -> Result<(State, Answer), Fault> {
-        let (change, finish) = plan(s, &acct(), req)?;
-        let policy = change::candidate(s, &change)?;
-        let (puts, deletes) = change::values(&policy, &change, "t");
-        let mut values: BTreeMap<String, Vec<u8>> = s
-            .snapshot
-            .values
-            .iter()
-            .map(|(k, v)| (k.path(), v.clone()))
-            .collect();
-        for d in deletes {
-            values.remove(&d);
-        }
-        values.extend(puts);
-        Ok((state_of(values.into_iter().collect()), finish(&policy)))
     }
 
     fn code(s: &State, req: &Request) -> &'static str {

@@ -428,16 +428,7 @@ mod tests {
         let mut f = fleet(dir.path());
         f.hold(&local());
         let p = f.source().unwrap().load().unwrap().policy;
-        let by_name: Vec<(String, Vec<String>)> = p
-            .interfaces
-            .iter()
-            .map(|i| {
-                (
-                    i.name.clone(),
-                    i.groups.iter().map(ToString::to_string).collect(),
-                )
-            })
-            .collect();
+        let by_name = p.memberships();
         assert_eq!(
             by_name,
             [

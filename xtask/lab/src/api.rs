@@ -121,6 +121,10 @@ impl ApiLab {
                 ..EtcdOptions::default()
             },
         )?;
+        // The API runs on my-ip (198.51.100.10), on the same LAN: the member routes that range
+        // on-link too (the test kit's members route only 192.0.2.0/24 and 203.0.113.0/24).
+        etcd.member_ns(0)
+            .ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"])?;
         let api = ApiServer::start(
             &lab.lan.host("my-ip").ns,
             &etcd.endpoints(),

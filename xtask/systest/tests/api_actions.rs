@@ -5,7 +5,7 @@
 //! namespace) and one API server.
 
 use serde_json::{Value, json};
-use sg_testkit::aws::{ApiServer, SECRET};
+use sg_testkit::aws::{ApiServer, SECRET, api_on_store};
 use sg_testkit::fleet::Fleet;
 
 /// sg-web is on an interface (web-1), sg-default is a VPC default group (D3); quotas are low
@@ -43,15 +43,7 @@ fn start(auth: bool) -> (Fleet, ApiServer) {
 }
 
 fn start_with(policy: &str, auth: bool) -> (Fleet, ApiServer) {
-    let f = Fleet::new(1, &[]);
-    f.import(&f.write("groups.yaml", policy));
-    let api = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api"),
-        auth,
-    );
-    (f, api)
+    api_on_store(policy, auth)
 }
 
 fn run(api: &ApiServer, body: &str) -> Value {

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 use sg_testkit::agent_harness::text;
-use sg_testkit::aws::{ARTICLE_DB_PERMISSION, ApiServer};
+use sg_testkit::aws::{ARTICLE_DB_PERMISSION, ApiServer, api_on_store};
 use sg_testkit::fleet::Fleet;
 
 /// The article's groups before its commands: sg-0a1b2c3d (the HTTPS example), sg-web and
@@ -20,15 +20,7 @@ security_groups:
 "#;
 
 fn start() -> (Fleet, ApiServer) {
-    let f = Fleet::new(1, &[]);
-    f.import(&f.write("article.yaml", ARTICLE_GROUPS));
-    let api = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api"),
-        true,
-    );
-    (f, api)
+    api_on_store(ARTICLE_GROUPS, true)
 }
 
 fn is_rule_id(v: &Value) -> bool {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sg_lab::services::tcp_session;
 use sg_lab::vpc::VpcLab;
 use sg_testkit::agent_harness::{Bg, run_bounded, text};
-use sg_testkit::aws::ApiServer;
+use sg_testkit::aws::{ApiServer, api_on_store};
 use sg_testkit::etcd::{EtcdCluster, EtcdOptions};
 use sg_testkit::fleet::{CONVERGE, Fleet, STARTUP};
 use sg_testkit::netns::require_root;
@@ -28,15 +28,7 @@ const VPC_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/vpc-
 const VPC_ID: &str = "vpc-0a1b2c3d";
 
 fn start() -> (Fleet, ApiServer) {
-    let f = Fleet::new(1, &[]);
-    f.import(&f.write("vpc.yaml", VPC));
-    let api = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api"),
-        true,
-    );
-    (f, api)
+    api_on_store(VPC, true)
 }
 
 /// The entries of one NACL as describe-network-acls shows them: (number, egress, action).
@@ -389,10 +381,11 @@ fn a25_an_api_nacl_deny_cuts_a_live_session_and_its_delete_restores_it() {
     require_root();
     let lab = VpcLab::up(sg_testkit::agent_bin().as_ref(), VPC_FILE.as_ref())
         .unwrap_or_else(|e| panic!("the VPC lab: {e:#}"));
-    // The etcd member sits on the router's outside bridge (203.0.113.0/24): the router reaches
+    // The etcd member sits on the router's outside bridge (203.0.113.0/24, below the A22
+    // host's 203.0.113.192/26, which the router reaches through internet): the router reaches
     // it on its own address, which no NACL filters (A21).
     let opts = EtcdOptions {
-        addrs: vec![Ipv4Addr::new(203, 0, 113, 221)],
+        addrs: vec![Ipv4Addr::new(203, 0, 113, 121)],
         ..EtcdOptions::default()
     };
     let etcd = EtcdCluster::start_on(&lab.switch, "br-out", 1, opts).expect("etcd");
@@ -414,9 +407,15 @@ fn a25_an_api_nacl_deny_cuts_a_live_session_and_its_delete_restores_it() {
         what: "the router's sg-agent daemon".into(),
     };
     let router_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("the router to enforce the store", STARTUP, || {
-        is_current(store_ns, &endpoints, "router")
-    });
+    let t0 = Instant::now();
+    while !is_current(store_ns, &endpoints, "router") {
+        assert!(
+            t0.elapsed() < STARTUP,
+            "the router did not enforce the store within {STARTUP:?}; its log:\n{}",
+            router_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let api = ApiServer::start(store_ns, &endpoints, &dir, true);
 
     let web = lab.host("web-1");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent_harness::{Bg, run_bounded, text};
+use crate::fleet::Fleet;
 use crate::netns::Netns;
 
 /// How long one client command may take (the CLI starts Python each time).
@@ -34,6 +35,20 @@ pub fn venv() -> PathBuf {
         v.display()
     );
     v
+}
+
+/// The API tests' starting point: a one-member store holding `policy` (`sg-agent store
+/// import`) and an API server on it, requiring signed requests (`auth`) or not.
+pub fn api_on_store(policy: &str, auth: bool) -> (Fleet, ApiServer) {
+    let f = Fleet::new(1, &[]);
+    f.import(&f.write("policy.yaml", policy));
+    let api = ApiServer::start(
+        f.etcd.member_ns(0),
+        &f.etcd.endpoints(),
+        &f.dir.join("api"),
+        auth,
+    );
+    (f, api)
 }
 
 /// `sg-agent api` running in a namespace, and how to call it.

@@ -33,9 +33,8 @@ pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 
 /// The ranges a cluster's members and hosts may use (documentation ranges: never routed).
-const RANGES: [(Ipv4Addr, u8); 3] = [
+const RANGES: [(Ipv4Addr, u8); 2] = [
     (Ipv4Addr::new(192, 0, 2, 0), 24),
-    (Ipv4Addr::new(198, 51, 100, 0), 24),
     (Ipv4Addr::new(203, 0, 113, 0), 24),
 ];
 
