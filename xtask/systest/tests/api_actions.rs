@@ -20,15 +20,9 @@ instances:
   - {name: web-1, addresses: [192.0.2.11], groups: [sg-web]}
 "#;
 
-/// Python helpers every script gets: `code(f, **kw)` is "ok" or the EC2 error code (and
-/// `status(...)` the HTTP status).
+/// Python helpers every script gets beside the test kit's `code(f, **kw)`: `status(...)`,
+/// the HTTP status.
 const HELPERS: &str = r#"
-def code(f, **kw):
-    try:
-        f(**kw)
-        return "ok"
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
 def status(f, **kw):
     try:
         f(**kw)

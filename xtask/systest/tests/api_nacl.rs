@@ -139,20 +139,19 @@ fn a3_a6_a7_a11_entries_are_created_replaced_and_deleted_with_the_aws_cli() {
     api.aws_ok(&egress_v6);
     let d = api.aws_ok(&["ec2", "describe-network-acls", "--network-acl-ids", &id]);
     let all = d["NetworkAcls"][0]["Entries"].as_array().unwrap();
-    let icmp = all
-        .iter()
-        .find(|e| e["Egress"] == true && e["RuleNumber"] == 100);
+    let entry = |egress: bool, number: u32| {
+        all.iter()
+            .find(|e| e["Egress"] == egress && e["RuleNumber"] == number)
+            .unwrap()
+    };
     assert_eq!(
-        icmp.unwrap(),
+        entry(true, 100),
         &json!({"RuleNumber": 100, "Protocol": "58", "RuleAction": "allow", "Egress": true,
                 "Ipv6CidrBlock": "2001:db8:20::/64", "IcmpTypeCode": {"Code": -1, "Type": 128}}),
         "{d:#}"
     );
-    let tcp = all
-        .iter()
-        .find(|e| e["Egress"] == false && e["RuleNumber"] == 100);
     assert_eq!(
-        tcp.unwrap(),
+        entry(false, 100),
         &json!({"RuleNumber": 100, "Protocol": "6", "RuleAction": "allow", "Egress": false,
                 "CidrBlock": "198.51.100.0/24", "PortRange": {"From": 22, "To": 22}}),
         "{d:#}"
@@ -254,12 +253,6 @@ fn a24_quota_pages_and_filters_through_boto3() {
     let (_f, api) = start();
     let out = api.boto3(
         r#"
-def code(f, **kw):
-    try:
-        f(**kw)
-        return "ok"
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
 out = {}
 acl = ec2.create_network_acl(VpcId="vpc-0a1b2c3d")["NetworkAcl"]["NetworkAclId"]
 entry = dict(NetworkAclId=acl, Protocol="6", RuleAction="allow", Egress=False,

@@ -191,14 +191,21 @@ impl ApiServer {
 
     /// A Python script with boto3 (`ec2 = boto3.client("ec2")` is ready, pointed at the
     /// API, and `ec2_raw`, the same without boto3's own parameter checks, to reach the
-    /// server's); its JSON on stdout.
+    /// server's; `code(f, **kw)` is "ok" or the EC2 error code of the call); its JSON on
+    /// stdout.
     pub fn boto3(&self, script: &str) -> Value {
         let path = self.dir.join("script.py");
         let prelude = "import json, boto3, botocore, botocore.config\n\
                        ec2 = boto3.client('ec2')\n\
                        sts = boto3.client('sts')\n\
                        ec2_raw = boto3.client('ec2', config=botocore.config.Config(\
-                       parameter_validation=False))\n";
+                       parameter_validation=False))\n\
+                       def code(f, **kw):\n\
+                       \x20   try:\n\
+                       \x20       f(**kw)\n\
+                       \x20       return 'ok'\n\
+                       \x20   except botocore.exceptions.ClientError as e:\n\
+                       \x20       return e.response['Error']['Code']\n";
         std::fs::write(&path, format!("{prelude}{script}")).unwrap();
         let mut c = self.client(&venv().join("bin/python3"), SECRET);
         c.arg(&path);
