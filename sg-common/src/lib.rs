@@ -17,7 +17,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below or the meaning of a map changes. The agent refuses to adopt
 /// pinned state whose ABI version differs from its own.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Map names: at most 15 bytes (the kernel truncates object names).
 pub mod maps {
@@ -83,6 +83,9 @@ pub mod progs {
     pub const XDP_INGRESS: &str = "sg_xdp_in";
     pub const TC_INGRESS: &str = "sg_tc_in";
     pub const TC_EGRESS: &str = "sg_tc_out";
+    /// XDP, never attached: writes (jiffies, CLOCK_MONOTONIC_COARSE) into the frame it is
+    /// test-run on, so the agent can calibrate [`crate::Config::now_ns`].
+    pub const CLOCK: &str = "sg_clock";
 }
 
 /// Default capacities (the agent may override `max_entries` at load time).
@@ -522,12 +525,32 @@ const _: () = assert!(size_of::<RuleCounter>() == 16);
 
 /// Value of [`maps::CONFIG`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Config {
     /// Events per second per CPU; 0 disables events.
     pub events_per_sec: u32,
     /// [`config_flags`] bits.
     pub flags: u32,
+    /// The clock's calibration (see [`Config::now_ns`]); 0: not calibrated, the datapath
+    /// asks the kernel for CLOCK_MONOTONIC_COARSE instead.
+    pub tick_ns: u32,
+    pub _pad: u32,
+    pub clock_offset_ns: u64,
+}
+
+impl Config {
+    /// CLOCK_MONOTONIC_COARSE at `jiffies`, to within a tick: the kernel advances jiffies and
+    /// the coarse clock together, one `TICK_NSEC` per tick, so `jiffies * tick_ns + offset`
+    /// is that clock. `bpf_jiffies64` is a load the verifier inlines, where
+    /// `bpf_ktime_get_coarse_ns` is a helper call (~12 ns of an established flow's ~90 ns,
+    /// BPF_PROG_TEST_RUN). The agent measures `tick_ns` and the offset once per boot (the
+    /// `sg_clock` program) and writes them with the other settings.
+    #[inline(always)]
+    pub const fn now_ns(&self, jiffies: u64) -> u64 {
+        jiffies
+            .wrapping_mul(self.tick_ns as u64)
+            .wrapping_add(self.clock_offset_ns)
+    }
 }
 
 pub mod config_flags {
@@ -537,7 +560,7 @@ pub mod config_flags {
     /// [`crate::ct_flags::AUDIT`] so that ending audit mode can end them.
     pub const AUDIT: u32 = 1 << 0;
 }
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 24);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

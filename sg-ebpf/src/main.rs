@@ -2,6 +2,7 @@
 //! generic pipeline (`pipeline.rs`) with its direction.
 //!
 //! ```text
+//! clock.rs      the pipeline's clock (jiffies, calibrated) and the sg_clock program
 //! ctx.rs        the Hook trait over XDP/TC and the one bounds-checked packet accessor
 //! parse.rs      Ethernet/VLAN/IPv4/IPv6/L4 -> Pkt (family-agnostic), malformed reasons
 //! pipeline.rs   the order of the steps; exemptions (N1, N2)
@@ -39,6 +40,7 @@
     )
 )]
 
+mod clock;
 mod conntrack;
 mod ctx;
 mod events;
@@ -59,7 +61,7 @@ mod bpf {
     };
     use sg_common::{DIR_EGRESS, DIR_INGRESS};
 
-    use crate::pipeline;
+    use crate::{clock, pipeline};
 
     /// Ingress at XDP (the default on NIC-like devices).
     #[xdp]
@@ -77,6 +79,12 @@ mod bpf {
     #[classifier]
     pub fn sg_tc_out(ctx: TcContext) -> i32 {
         pipeline::run(&ctx, DIR_EGRESS) as i32
+    }
+
+    /// The clock's calibration sample (never attached; the agent test-runs it).
+    #[xdp]
+    pub fn sg_clock(ctx: XdpContext) -> u32 {
+        clock::sample(&ctx)
     }
 
     #[panic_handler]

@@ -12,11 +12,10 @@
 //!
 //! Owns the order of the steps and the exemptions (N1, N2); each step lives in its own file.
 //! Every path ends in `funnel::finish`: no early return bypasses the counters.
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use sg_common::{DIR_INGRESS, Reason, iface_flags, rule_flags};
 
 use crate::{
-    conntrack,
+    clock, conntrack,
     ctx::Hook,
     frag, funnel,
     parse::{self, FRAG_FIRST, FRAG_LATER, L4_ICMP, L4_UDP, Pkt},
@@ -38,12 +37,7 @@ fn judge<C: Hook>(ctx: &C, pkt: &mut Pkt) -> Verdict {
     if let Some(reason) = parse::parse(ctx, pkt) {
         return Verdict::of(reason);
     }
-    // The coarse clock (CLOCK_MONOTONIC_COARSE: CLOCK_MONOTONIC as of the last timer tick,
-    // 1-10 ms old depending on CONFIG_HZ) is a plain read of the timekeeper's cached value;
-    // bpf_ktime_get_ns reads the clocksource and was the largest single cost of an
-    // established flow's packet (~25 ns of ~85 on a TSC-clocked VM). Every use is measured in
-    // seconds: conntrack idle timeouts (C5, >= 1 s) and the 30 s fragment window (G1).
-    pkt.now = unsafe { bpf_ktime_get_coarse_ns() };
+    pkt.now = clock::now();
     let pkt = &*pkt;
     let v = if let Some(reason) = exemption(pkt) {
         Verdict::of(reason)

@@ -22,6 +22,7 @@
 
 mod apply;
 mod attach;
+mod clock;
 mod hook;
 mod read;
 mod testrun;
@@ -300,6 +301,7 @@ impl Dataplane {
         };
         // Adopted (pinned) maps may hold a live policy: start from what the kernel has.
         dp.mirror = apply::Mirror::read(&dp.maps).context("reading the policy maps")?;
+        dp.calibrate_clock()?;
         Ok(dp)
     }
 
@@ -346,6 +348,32 @@ impl Dataplane {
     /// many.
     pub fn end_audited_flows(&mut self) -> Result<usize> {
         self.delete_flows(|_, v| v.flags & ct_flags::AUDIT != 0)
+    }
+
+    /// Makes the datapath read its clock as calibrated jiffies (`Config::now_ns`), unless
+    /// SG_CONFIG holds a calibration already (pinned maps adopted: the same boot, the same
+    /// clocks). A clock that cannot be calibrated stays on the kernel's helper (tick 0): the
+    /// same time, slower, and logged.
+    fn calibrate_clock(&mut self) -> Result<()> {
+        let c = self.config()?;
+        if c.tick_ns != 0 {
+            return Ok(());
+        }
+        let name = progs::CLOCK;
+        let p: &mut Xdp = program(&mut self.ebpf, name)?;
+        p.load()
+            .with_context(|| format!("loading program {name} (the verifier log follows)"))?;
+        match clock::calibrate(p) {
+            Ok(cal) => self.write_config(Config {
+                tick_ns: cal.tick_ns,
+                clock_offset_ns: cal.offset_ns,
+                ..c
+            }),
+            Err(e) => {
+                log::warn!("the datapath clock stays on the kernel's helper: {e:#}");
+                Ok(())
+            }
+        }
     }
 
     fn config(&self) -> Result<Config> {

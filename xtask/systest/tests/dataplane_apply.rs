@@ -265,6 +265,29 @@ fn a_router_port_beyond_the_port_array_is_refused_and_the_old_policy_stays() {
     });
 }
 
+/// The datapath reads time as calibrated jiffies (sg_common::Config::now_ns): a flow it
+/// creates carries CLOCK_MONOTONIC_COARSE, so its age and idle time read from userspace are
+/// those of a moment ago, not hours or a wrapped counter (C5 idle timeouts depend on it).
+#[test]
+fn c5_the_calibrated_datapath_clock_is_the_coarse_monotonic_clock() {
+    in_netns(|net| {
+        let mut dp = load();
+        apply_ssh(&mut dp, net.lo);
+        assert_eq!(verdict(&mut dp, net.lo, 22, 7), Reason::PassRuleNew);
+        let flows = dp.conntrack().expect("conntrack");
+        let f = flows.first().expect("the flow");
+        let now = sg_agent::dataplane::monotonic_ns();
+        // Within 50 ms either way (a future stamp would read as age 0).
+        let off = now.abs_diff(f.val.created_ns);
+        assert!(
+            off < 50_000_000,
+            "created {} vs now {now}",
+            f.val.created_ns
+        );
+        assert_eq!(f.val.seen_ns, f.val.created_ns);
+    });
+}
+
 #[test]
 fn apply_into_full_maps_fails_cleanly_with_a_hint() {
     in_netns(|net| {

@@ -1501,7 +1501,7 @@ fn events_report_drops_and_new_flows_when_enabled() {
             0,
             Config {
                 events_per_sec: 1000,
-                flags: 0,
+                ..Config::default()
             },
             0,
         )
