@@ -265,8 +265,9 @@ const NO_RULE: RuleVal = RuleVal {
 ///   segment). It cannot carry a flag that differs by protocol, so TCP/UDP get their own
 ///   trees where C4 applies.
 /// - Every other protocol of the map gets a page tree of its segments (adjacent equal values
-///   merged): one page up to `PAGE_SEGS` segments, else a root whose segments point to
-///   child pages of consecutive segments, as deep as needed (at most `PAGE_LEVELS`).
+///   merged): one page up to `PAGE_SEGS` segments, else a root holding the widest segments
+///   itself and pointing to child pages for the runs between them, no deeper than a balanced
+///   tree (at most `PAGE_LEVELS`; see `paginate`).
 /// - Points with no winner hold slot 0: the next class of the chain answers (or the packet
 ///   is denied). Such points only exist when there is no -1 winner.
 pub(super) fn encode(map: &PortMap, untracked: &Untracked, slot_of: &[u32]) -> Vec<PortEntry> {
