@@ -716,6 +716,68 @@ mod tests {
         assert_eq!((walks[0].1, walks[1].1), (1, 1), "pages");
     }
 
+    /// The bench's 1,000-entry list compiled (deep page trees, prefixes left out) and read as
+    /// the kernel does (the test kit's literal lookup) answers like the model (A4, A6):
+    /// remotes at every entry CIDR's edges, every port boundary of the list, both protocols.
+    #[test]
+    fn the_large_list_compiles_to_the_models_answers() {
+        use sg_agent::model::nacl::{NaclRule, decide_list, rule_id};
+        use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
+        let (p, router) = sized_policy(LARGE);
+        let opts = CompileOptions {
+            generation: 1,
+            slot_capacity: 1 << 20,
+        };
+        let (image, _) =
+            compile_router(&p, &BTreeMap::new(), &SlotTable::default(), &opts, &router).unwrap();
+        check_canonical(&image).unwrap();
+        let acl = &p.network_acls[&NaclId("acl-bench".into())];
+        let entries = acl.entries(Direction::Egress);
+        let mut remotes = std::collections::BTreeSet::new();
+        for e in entries.iter().step_by(37).chain(entries.last()) {
+            if let IpNet::V4(n) = e.cidr {
+                let (a, b) = (u32::from(n.network()), u32::from(n.broadcast()));
+                remotes.extend([a.wrapping_sub(1), a, b, b.wrapping_add(1)]);
+            }
+        }
+        let mut ports = std::collections::BTreeSet::from([0u16, 65535]);
+        for e in entries {
+            if let Protocol::Udp(r) | Protocol::Tcp(r) = e.protocol {
+                ports.extend([
+                    r.from.saturating_sub(1),
+                    r.from,
+                    r.to,
+                    r.to.saturating_add(1),
+                ]);
+            }
+        }
+        let mut compared = 0;
+        for &remote in &remotes {
+            let remote = IpAddr::V4(Ipv4Addr::from(remote));
+            for proto in [6u8, 17] {
+                for &port in &ports {
+                    let want = decide_list(acl, Direction::Egress, remote, proto, port);
+                    let rule = match want.rule {
+                        NaclRule::Number(n) => Some(n),
+                        NaclRule::Star(_) => None,
+                    };
+                    let slot = image.slots.by_rule[&rule_id(&acl.id, Direction::Egress, want.rule)];
+                    let got = lookup(&image, LO, Direction::Egress, remote, proto, port);
+                    let LookupResult::Allow(v) = got else {
+                        panic!("{remote} {proto}/{port}: {got:?}, the model says {rule:?}");
+                    };
+                    assert_eq!(
+                        (v.slot, v.flags & rule_flags::DENY != 0),
+                        (slot, !want.allow),
+                        "{remote} {proto}/{port}: the model says {rule:?}"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 10_000, "{compared} points");
+    }
+
     /// The flow (UDP 9000 to the target) matches only the last entry; the others interleave
     /// allow and deny.
     #[test]
