@@ -4,8 +4,11 @@
 //!   sent) bound to a subnet whose NACL has 20 entries per list (the default quota) and one
 //!   with 1,000 (quota raised). The entries interleave allow and deny over nested and disjoint
 //!   CIDRs; the test packet is decided by the LAST numbered entry, the worst case of a list
-//!   walk (sg answers from one class, so it must cost the same). BPF_PROG_TEST_RUN on TC
-//!   ingress and XDP, `repeat` runs per measurement; the ratio is paired like kernel.rs's:
+//!   walk (sg answers from one class, so it must cost the same). Beside it, the 1,000-entry
+//!   list's dearest packet: a port of its 250 single-port entries covering the remote, three
+//!   pages deep in the class where the last entry's port is on the first page.
+//!   BPF_PROG_TEST_RUN on TC ingress and XDP, `repeat` runs per measurement; the ratio is
+//!   paired like kernel.rs's:
 //!   each 1,000-entry measurement right after a 20-entry one, both dataplanes loaded, the
 //!   median of the per-pair ratios.
 //! - **Forwarding.** sender -- router -- receiver namespaces on two veth pairs, forwarding on
