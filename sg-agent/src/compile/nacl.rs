@@ -27,6 +27,8 @@
 //!    ends the list. Every point has an answer: the class never falls through, so no chain.
 //!    A router address's host prefix answers every point with [`ROUTER_LOCAL_SLOT`] and
 //!    [`rule_flags::ROUTER_LOCAL`] (A21: sg's host equivalent of the VPC's own services).
+//!    A prefix whose class is that of its innermost written cover is not written: the LPM
+//!    answers from the cover with the same class (fewer trie nodes on the path).
 //! 4. **Pages.** `ports::encode` (no C4: nothing is tracked), then every segment of a deny
 //!    entry (numbered or `*`) gets [`rule_flags::DENY`]. Classes are interned with the
 //!    security groups' ([`super::Classes`]): equal classes share one id.
@@ -270,6 +272,9 @@ fn list_entries(
         }
     }
     prefixes.extend(hosts.iter().copied());
+    // The prefixes written so far that cover the current one, innermost last (the order
+    // meets a prefix after every prefix covering it).
+    let mut written: Vec<(Prefix, u32)> = Vec::new();
     for p in prefixes {
         let map = if hosts.contains(&p) {
             PortMap {
@@ -300,6 +305,16 @@ fn list_entries(
             }
         }
         let (class, _) = classes.intern(entries)?;
+        while written.last().is_some_and(|(q, _)| !q.covers(&p)) {
+            written.pop();
+        }
+        // The LPM answers a remote under p from the longest written prefix covering it: with
+        // p left out, from p's innermost written cover. When that has p's class the answer
+        // is the same, and the trie is smaller (the family root is always written).
+        if written.last().is_some_and(|&(_, c)| c == class) {
+            continue;
+        }
+        written.push((p, class));
         let mut val = PeerVal::default();
         val.classes[0] = class;
         classes.image.peers.insert(p.key(scope), val);

@@ -265,8 +265,9 @@ const NO_RULE: RuleVal = RuleVal {
 ///   segment). It cannot carry a flag that differs by protocol, so TCP/UDP get their own
 ///   trees where C4 applies.
 /// - Every other protocol of the map gets a page tree of its segments (adjacent equal values
-///   merged): one page up to `PAGE_SEGS` segments, else a root whose segments point to
-///   child pages of consecutive segments, as deep as needed (at most `PAGE_LEVELS`).
+///   merged): one page up to `PAGE_SEGS` segments, else a root holding the widest segments
+///   itself and pointing to child pages for the runs between them, no deeper than a balanced
+///   tree (at most `PAGE_LEVELS`; see `paginate`).
 /// - Points with no winner hold slot 0: the next class of the chain answers (or the packet
 ///   is denied). Such points only exist when there is no -1 winner.
 pub(super) fn encode(map: &PortMap, untracked: &Untracked, slot_of: &[u32]) -> Vec<PortEntry> {
@@ -302,35 +303,85 @@ pub(super) fn encode(map: &PortMap, untracked: &Untracked, slot_of: &[u32]) -> V
     entries
 }
 
-/// Writes the page of `segs` (and its children) into `pages`; returns its number. The first
-/// call's page is number 0, the root.
+/// Writes the page tree of `segs` into `pages`; returns its root's number (the first call's
+/// is 0). The tree is as deep as a balanced one, the fewest levels that hold every segment, and
+/// no segment is deeper; within that, the widest segments sit on the shallowest pages.
 fn paginate(segs: &[Seg<RuleVal>], pages: &mut Vec<PortPage>) -> u16 {
+    let mut levels = 1;
+    while PAGE_SEGS.pow(levels) < segs.len() {
+        levels += 1;
+    }
+    page_tree(segs, levels, pages)
+}
+
+/// The page of `segs` (and its children, at most `levels` pages deep in all).
+fn page_tree(segs: &[Seg<RuleVal>], levels: u32, pages: &mut Vec<PortPage>) -> u16 {
     let n = pages.len();
     pages.push(PortPage::uniform(NO_RULE));
     let items: Vec<(u16, RuleVal)> = if segs.len() <= PAGE_SEGS {
         segs.iter().map(|s| (s.start, s.val)).collect()
     } else {
-        // At most PAGE_SEGS runs of consecutive segments, one child page each; full runs of
-        // a power of PAGE_SEGS segments, so every child but the last is a full tree.
-        let mut per = PAGE_SEGS;
-        while per * PAGE_SEGS < segs.len() {
-            per *= PAGE_SEGS;
-        }
-        segs.chunks(per)
-            .map(|run| {
-                let child = paginate(run, pages);
-                (
-                    run[0].start,
-                    RuleVal {
-                        slot: u32::from(child),
+        // Segments kept on this page, and runs of the others, each a child page of at most
+        // `cap` segments (a run of one is kept here too: a page for it would be a lookup more).
+        let cap = PAGE_SEGS.pow(levels - 1);
+        let kept = shallow(segs, cap);
+        let mut items = Vec::with_capacity(PAGE_SEGS);
+        let mut i = 0;
+        while i < segs.len() {
+            let end = if kept[i] {
+                i + 1
+            } else {
+                (i..segs.len()).find(|&j| kept[j]).unwrap_or(segs.len())
+            };
+            for run in segs[i..end].chunks(cap) {
+                let val = match run {
+                    [one] => one.val,
+                    _ => RuleVal {
+                        slot: u32::from(page_tree(run, levels - 1, pages)),
                         flags: rule_flags::PAGE,
                     },
-                )
-            })
-            .collect()
+                };
+                items.push((run[0].start, val));
+            }
+            i = end;
+        }
+        items
     };
     pages[n] = PortPage::of(&items);
     u16::try_from(n).expect("65536 segments need fewer than 65536 pages")
+}
+
+/// Which of `segs` (more than `PAGE_SEGS`) a page keeps for itself, the rest going to children
+/// of at most `cap` segments: the widest first, while the page's items (kept segments, plus
+/// the children each run between them needs) stay within `PAGE_SEGS`. Wide segments are where
+/// most points fall (a stateless NACL's replies land on the wide ephemeral ranges), so they
+/// cost one hash lookup; narrow ones cost no more than in a balanced tree.
+///
+/// Cost: O(n log n).
+fn shallow(segs: &[Seg<RuleVal>], cap: usize) -> Vec<bool> {
+    let n = segs.len();
+    let width = |i: usize| {
+        let next = segs.get(i + 1).map_or(65536, |s| u32::from(s.start));
+        next - u32::from(segs[i].start)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(width(i)), i));
+    let mut kept = vec![false; n];
+    let mut bounds: BTreeSet<usize> = BTreeSet::new();
+    let mut items = n.div_ceil(cap);
+    for i in order {
+        // The run of children segments around i: [lo, hi).
+        let lo = bounds.range(..i).next_back().map_or(0, |&j| j + 1);
+        let hi = bounds.range(i + 1..).next().copied().unwrap_or(n);
+        let with = items - (hi - lo).div_ceil(cap) + 1 + (i - lo).div_ceil(cap);
+        let with = with + (hi - i - 1).div_ceil(cap);
+        if with <= PAGE_SEGS {
+            kept[i] = true;
+            bounds.insert(i);
+            items = with;
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -370,9 +421,11 @@ mod tests {
         for (n, pages_want, depth_want) in [
             (1, 1, 1),
             (16, 1, 1),
-            (17, 1 + 2, 2),
+            // 15 segments on the root, a page for the last 2 (the widest stay on the root).
+            (17, 1 + 1, 2),
             (256, 1 + 16, 2),
-            (257, 1 + (1 + 16) + 1, 3),
+            // 15 on the root, a page of 16 pages for the other 242.
+            (257, 1 + 1 + 16, 3),
             (65536, 1 + 16 + 256 + 4096, 4),
         ] {
             // Segment i starts at i * (65536 / n) with value i + 1.
@@ -400,6 +453,79 @@ mod tests {
                 ] {
                     assert_eq!(find(&pages, 0, point), v(i as u32 + 1), "{n}: {point}");
                 }
+            }
+        }
+    }
+
+    /// The pages read for `point` from `pages[n]`.
+    fn reads(pages: &[PortPage], n: u16, point: u16) -> usize {
+        let p = &pages[n as usize];
+        let i = (0..PAGE_SEGS).rfind(|&i| p.starts[i] <= point).unwrap();
+        let v = p.vals[i];
+        if v.flags & rule_flags::PAGE != 0 {
+            1 + reads(pages, v.slot as u16, point)
+        } else {
+            1
+        }
+    }
+
+    #[test]
+    fn wide_segments_are_answered_from_the_root_and_none_is_deeper_than_balanced() {
+        let v = |slot| RuleVal { slot, flags: 0 };
+        // Dense single ports between wide gaps (a NACL with hundreds of port entries), and
+        // irregular widths from a fixed pseudo-random sequence.
+        let mut cases: Vec<Vec<u16>> = Vec::new();
+        for dense in [20, 300, 5000] {
+            let mut starts = vec![0, 9000, 9001];
+            starts.extend((0..dense).map(|i| 20_000 + 2 * i));
+            cases.push(starts);
+        }
+        let mut x: u32 = 12345;
+        for n in [40usize, 700, 9000] {
+            let mut starts = std::collections::BTreeSet::from([0u16]);
+            while starts.len() < n {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                // Squared: clustered low, sparse high.
+                let r = f64::from(x >> 8) / f64::from(1u32 << 24);
+                starts.insert((r * r * 65535.0) as u16);
+            }
+            cases.push(starts.into_iter().collect());
+        }
+        for starts in cases {
+            let segs: Vec<Seg<RuleVal>> = starts
+                .iter()
+                .enumerate()
+                .map(|(i, &start)| Seg {
+                    start,
+                    val: v(i as u32 + 1),
+                })
+                .collect();
+            let n = segs.len();
+            let mut pages = Vec::new();
+            paginate(&segs, &mut pages);
+            let mut balanced = 1;
+            while PAGE_SEGS.pow(balanced) < n {
+                balanced += 1;
+            }
+            assert!(depth(&pages, 0) <= balanced as usize, "{n} segments");
+            for point in 0..=u16::MAX {
+                let i = starts.partition_point(|&s| s <= point) - 1;
+                assert_eq!(find(&pages, 0, point), v(i as u32 + 1), "{n}: {point}");
+            }
+            // Each segment kept on the root costs at most 2 of its items (itself and a split
+            // run), so the k widest fit beside the runs a balanced root would need.
+            let k = (PAGE_SEGS - n.div_ceil(PAGE_SEGS.pow(balanced - 1))) / 2;
+            let width = |i: usize| {
+                starts.get(i + 1).map_or(65536, |&s| u32::from(s)) - u32::from(starts[i])
+            };
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by_key(|&i| (std::cmp::Reverse(width(i)), i));
+            for &i in &order[..k] {
+                assert_eq!(
+                    reads(&pages, 0, starts[i]),
+                    1,
+                    "{n}: segment {i} not on the root"
+                );
             }
         }
     }

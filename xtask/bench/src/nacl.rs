@@ -4,8 +4,11 @@
 //!   sent) bound to a subnet whose NACL has 20 entries per list (the default quota) and one
 //!   with 1,000 (quota raised). The entries interleave allow and deny over nested and disjoint
 //!   CIDRs; the test packet is decided by the LAST numbered entry, the worst case of a list
-//!   walk (sg answers from one class, so it must cost the same). BPF_PROG_TEST_RUN on TC
-//!   ingress and XDP, `repeat` runs per measurement; the ratio is paired like kernel.rs's:
+//!   walk (sg answers from one class, so it must cost the same). Beside it, the 1,000-entry
+//!   list's dearest packet: a port of its 250 single-port entries covering the remote, three
+//!   pages deep in the class where the last entry's port is on the first page.
+//!   BPF_PROG_TEST_RUN on TC ingress and XDP, `repeat` runs per measurement; the ratio is
+//!   paired like kernel.rs's:
 //!   each 1,000-entry measurement right after a 20-entry one, both dataplanes loaded, the
 //!   median of the per-pair ratios.
 //! - **Forwarding.** sender -- router -- receiver namespaces on two veth pairs, forwarding on
@@ -57,6 +60,9 @@ const ROUTER_B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const RECEIVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The decision-cost packet: from subnet A to a remote the last entry names.
 const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
+/// A UDP port in the middle of [`list`]'s single-port entries covering the remote (entry
+/// `i` = 501 of 1,000), deep in its class's page tree.
+pub const DENSE_PORT: u16 = 20_501;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct NaclFigures {
@@ -83,6 +89,11 @@ pub struct DecisionCost {
     /// `SG_PEERS` entries and `SG_PORTS` pages of each image.
     pub small_entries: (usize, usize),
     pub large_entries: (usize, usize),
+    /// The 1,000-entry list's dearest point: a packet to [`DENSE_PORT`], one of the 250
+    /// single-port entries covering the remote, whose class reads three pages for it (the
+    /// last entry's port reads one). Median ns, and the paired ratio to the 20-entry figure.
+    pub large_dense_ns: f64,
+    pub ratio_dense_vs_small: f64,
 }
 
 /// Forwarded pps with sg on the router, paired with the bare router.
@@ -245,7 +256,27 @@ struct Sized {
     slot: u32,
 }
 
-fn sized(n: usize) -> Result<Sized> {
+/// The counter slot of the outbound entry numbered `number` of the decision-cost NACL.
+fn entry_slot(image: &MapImage, number: u16) -> Result<u32> {
+    let id = slot_id(
+        &NaclId("acl-bench".into()),
+        Direction::Egress,
+        Some(number),
+        Family::V4,
+    );
+    image
+        .slots
+        .by_rule
+        .get(&id)
+        .copied()
+        .with_context(|| format!("no counter slot for {id:?}"))
+}
+
+/// The entry deciding [`DENSE_PORT`]: `list`'s entry `i` = port - 20000, a deny (odd `i`).
+const DENSE_ENTRY: u16 = 10 * (DENSE_PORT - 20_000 + 1);
+
+/// The decision-cost policy of `n` entries per list and its router (one port, on `lo`).
+fn sized_policy(n: usize) -> (Policy, Router) {
     let p = policy(
         vec![acl("acl-bench", n, REMOTE, REMOTE)],
         vec![subnet("subnet-bench", "192.0.2.0/24", "acl-bench")],
@@ -258,18 +289,13 @@ fn sized(n: usize) -> Result<Sized> {
         }],
         addrs: Vec::new(),
     };
+    (p, router)
+}
+
+fn sized(n: usize) -> Result<Sized> {
+    let (p, router) = sized_policy(n);
     let (dp, image) = load(&p, &router, 2 * n + 8)?;
-    let last = slot_id(
-        &NaclId("acl-bench".into()),
-        Direction::Egress,
-        Some(10 * n as u16),
-        Family::V4,
-    );
-    let slot = *image
-        .slots
-        .by_rule
-        .get(&last)
-        .with_context(|| format!("no counter slot for {last:?}"))?;
+    let slot = entry_slot(&image, 10 * n as u16)?;
     Ok(Sized { dp, image, slot })
 }
 
@@ -287,6 +313,7 @@ fn decision(opts: &Options) -> Result<Vec<DecisionCost>> {
             dst: REMOTE,
         };
         let frame = frames::udp(&ends, 40000, UDP_ALLOWED);
+        let dense = frames::udp(&ends, 40000, DENSE_PORT);
         let (mut small, mut large) = (sized(SMALL)?, sized(LARGE)?);
         let mut out = Vec::new();
         for (name, hook) in [("tc", Hook::TcIn), ("xdp", Hook::XdpIn)] {
@@ -303,14 +330,32 @@ fn decision(opts: &Options) -> Result<Vec<DecisionCost>> {
                     );
                 }
             }
+            let r = large.dp.run_frame(hook, &dense, LO)?;
+            let want = entry_slot(&large.image, DENSE_ENTRY)?;
+            if r.reason != Reason::DropNaclRule || r.slot != Some(want) {
+                bail!(
+                    "{name}: UDP {DENSE_PORT} got {} (slot {:?}), expected drop_nacl_rule by \
+                     entry {DENSE_ENTRY} (slot {want})",
+                    r.reason.name(),
+                    r.slot
+                );
+            }
             let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut c, mut dense_ratios) = (Vec::new(), Vec::new());
             for _ in 0..opts.medians_of.max(1) {
                 let x = small.dp.bench_frame(hook, &frame, LO, opts.repeat)?;
                 let y = large.dp.bench_frame(hook, &frame, LO, opts.repeat)?;
-                let (x, y) = (x.as_nanos() as f64, y.as_nanos() as f64);
+                let z = large.dp.bench_frame(hook, &dense, LO, opts.repeat)?;
+                let (x, y, z) = (
+                    x.as_nanos() as f64,
+                    y.as_nanos() as f64,
+                    z.as_nanos() as f64,
+                );
                 a.push(x);
                 b.push(y);
+                c.push(z);
                 ratios.push(y / x);
+                dense_ratios.push(z / x);
             }
             let d = DecisionCost {
                 hook: name.into(),
@@ -321,6 +366,8 @@ fn decision(opts: &Options) -> Result<Vec<DecisionCost>> {
                 ratio_large_vs_small: median(&ratios),
                 small_entries: (small.image.peers.len(), small.image.ports.len()),
                 large_entries: (large.image.peers.len(), large.image.ports.len()),
+                large_dense_ns: median(&c),
+                ratio_dense_vs_small: median(&dense_ratios),
             };
             eprintln!("nacl decision: {d:?}");
             out.push(d);
@@ -575,6 +622,164 @@ fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sg_common::{PAGE_SEGS, PortKey, PortPage, RuleVal, rule_flags};
+
+    /// What the kernel walks for the decision-cost packet (leaving the subnet: the outbound
+    /// list, by its destination): the peer prefixes of the scope covering the remote (the
+    /// LPM trie's path holds them) and the deciding class.
+    fn peer_walk(image: &MapImage) -> (usize, u32) {
+        let conf = image.ifaces.values().next().expect("one router port");
+        let mut key = [0u8; 20];
+        key[..4].copy_from_slice(&conf.scope_out.to_be_bytes());
+        key[14..16].copy_from_slice(&[0xff, 0xff]);
+        key[16..].copy_from_slice(&REMOTE.octets());
+        let bit = |d: &[u8; 20], i: usize| d[i / 8] >> (7 - i % 8) & 1;
+        let mut covering: Vec<_> = image
+            .peers
+            .iter()
+            .filter(|(k, _)| {
+                let mut data = [0u8; 20];
+                data[..4].copy_from_slice(&k.data.scope);
+                data[4..].copy_from_slice(&k.data.addr);
+                (0..k.prefix_len as usize).all(|i| bit(&key, i) == bit(&data, i))
+            })
+            .collect();
+        covering.sort_by_key(|(k, _)| k.prefix_len);
+        let class = covering.last().expect("the root covers it").1.classes[0];
+        (covering.len(), class)
+    }
+
+    /// The pages `class` reads for (UDP, `port`), and its answer.
+    fn page_walk(image: &MapImage, class: u32, port: u16) -> (usize, RuleVal) {
+        let mut key = PortKey {
+            class,
+            proto: 17,
+            any: 0,
+            page: 0,
+        };
+        let mut pages = 0;
+        loop {
+            let page: &PortPage = &image.ports[&key];
+            pages += 1;
+            let i = (0..PAGE_SEGS).rfind(|&i| page.starts[i] <= port).unwrap();
+            let v = page.vals[i];
+            if v.flags & rule_flags::PAGE == 0 {
+                return (pages, v);
+            }
+            key.page = v.slot as u16;
+        }
+    }
+
+    /// The decision-cost packet's walk at both sizes: the 1,000-entry list answers it from
+    /// the same number of LPM prefixes and from one page, like the 20-entry list.
+    #[test]
+    fn the_last_entry_is_answered_from_one_page_at_both_sizes() {
+        let opts = CompileOptions {
+            generation: 1,
+            slot_capacity: 1 << 20,
+        };
+        let mut walks = Vec::new();
+        for n in [SMALL, LARGE] {
+            let (p, router) = sized_policy(n);
+            let (image, _) =
+                compile_router(&p, &BTreeMap::new(), &SlotTable::default(), &opts, &router)
+                    .unwrap();
+            let (covering, class) = peer_walk(&image);
+            let (pages, val) = page_walk(&image, class, UDP_ALLOWED);
+            let last = entry_slot(&image, 10 * n as u16).unwrap();
+            assert_eq!(val.slot, last, "{n} entries");
+            // Every UDP port's page count: the dense ports (20001, ..) of 1,000 entries need
+            // more than one page.
+            let mut depths = BTreeMap::new();
+            for port in 0..=u16::MAX {
+                *depths
+                    .entry(page_walk(&image, class, port).0)
+                    .or_insert(0u32) += 1;
+            }
+            eprintln!(
+                "{n} entries: {} peers, {} ports pages; the packet: {covering} covering \
+                 prefixes, {pages} pages; UDP ports by pages read: {depths:?}",
+                image.peers.len(),
+                image.ports.len(),
+            );
+            if n == LARGE {
+                let (pages, val) = page_walk(&image, class, DENSE_PORT);
+                let entry = entry_slot(&image, DENSE_ENTRY).unwrap();
+                assert_eq!(val.slot, entry, "{DENSE_PORT}");
+                assert_ne!(
+                    val.flags & rule_flags::DENY,
+                    0,
+                    "entry {DENSE_ENTRY} denies"
+                );
+                assert_eq!(pages, 3, "{DENSE_PORT} is deep in the class");
+            }
+            walks.push((covering, pages));
+        }
+        assert_eq!(walks[0].0, walks[1].0, "covering prefixes");
+        assert_eq!((walks[0].1, walks[1].1), (1, 1), "pages");
+    }
+
+    /// The bench's 1,000-entry list compiled (deep page trees, prefixes left out) and read as
+    /// the kernel does (the test kit's literal lookup) answers like the model (A4, A6):
+    /// remotes at every entry CIDR's edges, every port boundary of the list, both protocols.
+    #[test]
+    fn the_large_list_compiles_to_the_models_answers() {
+        use sg_agent::model::nacl::{NaclRule, decide_list, rule_id};
+        use sg_testkit::lookup::{LookupResult, check_canonical, lookup};
+        let (p, router) = sized_policy(LARGE);
+        let opts = CompileOptions {
+            generation: 1,
+            slot_capacity: 1 << 20,
+        };
+        let (image, _) =
+            compile_router(&p, &BTreeMap::new(), &SlotTable::default(), &opts, &router).unwrap();
+        check_canonical(&image).unwrap();
+        let acl = &p.network_acls[&NaclId("acl-bench".into())];
+        let entries = acl.entries(Direction::Egress);
+        let mut remotes = std::collections::BTreeSet::new();
+        for e in entries.iter().step_by(37).chain(entries.last()) {
+            if let IpNet::V4(n) = e.cidr {
+                let (a, b) = (u32::from(n.network()), u32::from(n.broadcast()));
+                remotes.extend([a.wrapping_sub(1), a, b, b.wrapping_add(1)]);
+            }
+        }
+        let mut ports = std::collections::BTreeSet::from([0u16, 65535]);
+        for e in entries {
+            if let Protocol::Udp(r) | Protocol::Tcp(r) = e.protocol {
+                ports.extend([
+                    r.from.saturating_sub(1),
+                    r.from,
+                    r.to,
+                    r.to.saturating_add(1),
+                ]);
+            }
+        }
+        let mut compared = 0;
+        for &remote in &remotes {
+            let remote = IpAddr::V4(Ipv4Addr::from(remote));
+            for proto in [6u8, 17] {
+                for &port in &ports {
+                    let want = decide_list(acl, Direction::Egress, remote, proto, port);
+                    let rule = match want.rule {
+                        NaclRule::Number(n) => Some(n),
+                        NaclRule::Star(_) => None,
+                    };
+                    let slot = image.slots.by_rule[&rule_id(&acl.id, Direction::Egress, want.rule)];
+                    let got = lookup(&image, LO, Direction::Egress, remote, proto, port);
+                    let LookupResult::Allow(v) = got else {
+                        panic!("{remote} {proto}/{port}: {got:?}, the model says {rule:?}");
+                    };
+                    assert_eq!(
+                        (v.slot, v.flags & rule_flags::DENY != 0),
+                        (slot, !want.allow),
+                        "{remote} {proto}/{port}: the model says {rule:?}"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 10_000, "{compared} points");
+    }
 
     /// The flow (UDP 9000 to the target) matches only the last entry; the others interleave
     /// allow and deny.
