@@ -28,7 +28,7 @@
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -433,15 +433,22 @@ fn measure(opts: &Options, pair: &Pair) -> Result<Sample> {
     let failed = AtomicU64::new(0);
     let made = AtomicU64::new(0);
     let counters = (&done, &failed, &made);
+    // Servers outlive the clients (a connection begun just before the deadline is answered),
+    // and stop soon after the last one.
+    let clients_left = AtomicUsize::new(CLIENTS);
     std::thread::scope(|s| -> Result<Sample> {
         let mut handles = Vec::new();
         for l in &listeners {
-            handles.push(s.spawn(move || serve(l, deadline)));
+            let clients_left = &clients_left;
+            handles.push(s.spawn(move || serve(l, clients_left, deadline + 2 * IO_TIMEOUT)));
         }
         for port in PORTS.from..=PORTS.to {
-            let sender = &pair.sender;
-            handles
-                .push(s.spawn(move || sender.enter(|| client(port, deadline, budget, counters))?));
+            let (sender, clients_left) = (&pair.sender, &clients_left);
+            handles.push(s.spawn(move || {
+                let r = sender.enter(|| client(port, deadline, budget, counters));
+                clients_left.fetch_sub(1, Ordering::Relaxed);
+                r?
+            }));
         }
         std::thread::sleep(opts.warmup);
         let (c1, t1) = (done.load(Ordering::Relaxed), Instant::now());
@@ -483,12 +490,13 @@ fn accept_timeout(l: &TcpListener, t: Duration) -> Result<()> {
     Ok(())
 }
 
-/// One server: accept, read the request, answer, read until the client's close, close.
-fn serve(l: &TcpListener, deadline: Instant) -> Result<()> {
+/// One server: accept, read the request, answer, read until the client's close, close; until
+/// every client is done (or the hard deadline).
+fn serve(l: &TcpListener, clients_left: &AtomicUsize, deadline: Instant) -> Result<()> {
     pin(0, RECEIVER_CPU)?;
     let mut req = [0u8; REQUEST];
     let resp = [b'r'; RESPONSE];
-    while Instant::now() < deadline {
+    while clients_left.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         let mut c = match l.accept() {
             Ok((c, _)) => c,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
@@ -540,4 +548,34 @@ fn exchange(to: &SocketAddr, req: &[u8], resp: &mut [u8]) -> std::io::Result<()>
     c.read_exact(resp)?;
     // Dropped: close(), a FIN first; this side keeps the TIME_WAIT.
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_policies_compile_and_translate_to_one_nftables_rule_per_sg_rule() {
+        for (name, p) in policies() {
+            assert_eq!(p.all_rules().count(), 2, "{name}");
+            kernel::compile_for(&p, 7, 1, &Default::default(), 1 << 20)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let text = nft::ruleset(&p, RECEIVER_IFACE, "veth0", nft::Style::PerRule).unwrap();
+            assert!(
+                text.contains("ct state established,related accept"),
+                "{text}"
+            );
+            assert!(text.contains("8080-8083"), "{name}: {text}");
+        }
+        let [(_, tracked), (_, untracked)] = policies();
+        let peer = |p: &Policy| p.all_rules().next().map(|r| r.peer.clone());
+        assert_eq!(
+            peer(&tracked),
+            Some(Peer::Cidr("198.51.100.0/24".parse().unwrap()))
+        );
+        assert_eq!(
+            peer(&untracked),
+            Some(Peer::Cidr("0.0.0.0/0".parse().unwrap()))
+        );
+    }
 }
