@@ -23,7 +23,8 @@
 //! drops because a table was full (`DropCtFull`) are counted anyway.
 //!
 //! Rounds alternate like the throughput figures: the configuration on, a measurement, off,
-//! the reference (no filter); the ratio is the median of the per-round ratios.
+//! the reference (no filter); the ratio is the median of the per-round ratios. There are
+//! 2n + 1 rounds of half the throughput window ([`section_options`]).
 
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
@@ -168,6 +169,7 @@ pub fn policies() -> [(&'static str, Policy); 2] {
 
 /// Runs the section on the rig. Needs root.
 pub fn run(opts: &Options, pair: &mut Pair) -> Result<ConnRate> {
+    let opts = &section_options(opts);
     // The throughput section may have left the receiver's NAPI on its own thread.
     pair.set_receiver_pinned(false)?;
     pair.sender.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
@@ -207,13 +209,25 @@ pub fn run(opts: &Options, pair: &mut Pair) -> Result<ConnRate> {
     Ok(out)
 }
 
+/// More, shorter rounds than the throughput figures (2n + 1 of half the window): a connection
+/// loop is at its pace within milliseconds, and on a shared machine the load moves on the
+/// scale of seconds, so finer alternation pairs each measurement with a closer reference.
+fn section_options(opts: &Options) -> Options {
+    Options {
+        rounds: 2 * opts.rounds + 1,
+        window: opts.window / 2,
+        warmup: Duration::from_millis(100),
+        ..opts.clone()
+    }
+}
+
 /// Connections a measurement may make in all (see [`MAX_CONN_PER_S`]).
 fn conn_budget(opts: &Options) -> u64 {
     (measure_span(opts).as_secs_f64() * MAX_CONN_PER_S) as u64
 }
 
 fn measure_span(opts: &Options) -> Duration {
-    opts.warmup + opts.window + Duration::from_millis(200)
+    opts.warmup + opts.window + Duration::from_millis(50)
 }
 
 /// nftables (one rule per SG rule after `ct state established,related accept`).
