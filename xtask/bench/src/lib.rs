@@ -7,6 +7,8 @@
 //!             lookup, sg established / new allowed / new dropped at 10..100k rules
 //! throughput  veth between two bench namespaces: UDP pps and TCP Gbit/s with no filter,
 //!             nftables (sets, one rule per SG rule) and sg (XDP or TC ingress)
+//! connrate    TCP connect / request / response / close per second over the same veth: no
+//!             filter, nftables, sg with the default hook (tracked and untracked policies)
 //! control     compile + apply 10k rules, membership change -> packet allowed, map memory,
 //!             conntrack capacity
 //! nacl        a router enforcing subnets' network ACLs: decision cost at 20 and 1,000
@@ -22,6 +24,7 @@
 //! Safety: traffic flows only between the two namespaces the bench creates (documentation
 //! addresses), every generator is bounded by a deadline and a packet budget.
 
+pub mod connrate;
 pub mod control;
 pub mod fleet;
 pub mod frames;
@@ -61,8 +64,8 @@ pub struct Options {
     /// BPF_PROG_TEST_RUN repeat per figure, and figures per median.
     pub repeat: u32,
     pub medians_of: usize,
-    /// Sections to run (all when empty): generators, kernel, throughput, control, nacl,
-    /// fleet.
+    /// Sections to run (all when empty): generators, kernel, throughput, connrate, control,
+    /// nacl, fleet.
     pub only: Vec<String>,
     /// Agents of the fleet section, and changes of each kind it makes.
     pub fleet_agents: usize,
@@ -198,6 +201,10 @@ pub struct Results {
     pub control: Option<control::ControlPlane>,
     pub fleet: Option<fleet::FleetFigures>,
     pub nacl: Option<nacl::NaclFigures>,
+    pub conn_rate: Option<connrate::ConnRate>,
+    /// What `--ingress-hook auto` chose on the rig's receiver veth, and why (in the summary).
+    #[serde(skip)]
+    pub default_hook: Option<(&'static str, String)>,
     /// Things that could not be measured, and why.
     pub notes: Vec<String>,
 }
@@ -214,6 +221,10 @@ pub struct UdpFigure {
     pub ratio_vs_no_filter: f64,
     /// Time to install the filter (nft -f, or compile + apply for sg), ms.
     pub install_ms: f64,
+    /// sg's ingress hook ("xdp", "tc"); None for nftables.
+    pub hook: Option<&'static str>,
+    /// Whether `hook` is what `--ingress-hook auto` chooses on this veth.
+    pub default_hook: bool,
     /// The generator of this figure and its reference (see [`Results::generator`]).
     pub generator: &'static str,
     pub receiver_pinned: bool,
@@ -226,6 +237,17 @@ pub struct TcpFigure {
     pub gbps: f64,
     pub reference_gbps: f64,
     pub ratio_vs_no_filter: f64,
+    pub hook: Option<&'static str>,
+    pub default_hook: bool,
+}
+
+/// The ingress hook of a throughput configuration (`sg_xdp`, `sg_tc`), None for nftables.
+pub fn config_hook(config: &str) -> Option<&'static str> {
+    match config {
+        "sg_xdp" => Some("xdp"),
+        "sg_tc" => Some("tc"),
+        _ => None,
+    }
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -269,9 +291,15 @@ pub fn run(opts: &Options) -> Result<Results> {
             Err(e) => r.notes.push(format!("in-kernel cost not measured: {e:#}")),
         }
     }
-    let needs_rig = opts.runs("generators") || opts.runs("throughput") || opts.runs("control");
+    let needs_rig = ["generators", "throughput", "connrate", "control"]
+        .iter()
+        .any(|s| opts.runs(s));
     if needs_rig {
         let mut pair = Pair::new()?;
+        match connrate::default_hook(&pair) {
+            Ok((h, why)) => r.default_hook = Some((connrate::hook_name(h), why)),
+            Err(e) => r.notes.push(format!("default hook not known: {e:#}")),
+        }
         let measured = if opts.runs("generators") {
             generators(opts, &mut pair, &mut r)
         } else {
@@ -287,6 +315,12 @@ pub fn run(opts: &Options) -> Result<Results> {
         r.receiver_pinned = pinned;
         if opts.runs("throughput") {
             throughput(opts, &mut pair, &cands, &mut r)?;
+        }
+        if opts.runs("connrate") {
+            match connrate::run(opts, &mut pair) {
+                Ok(c) => r.conn_rate = Some(c),
+                Err(e) => r.notes.push(format!("connection rate not measured: {e:#}")),
+            }
         }
         if opts.runs("control") {
             match control::run(opts, &pair, sg_agent::dataplane::IngressHook::Tc) {
@@ -523,6 +557,8 @@ fn paired(
         trefs.push(trf);
     }
     eprintln!("{name} at {n} rules: udp {vals:.0?} vs {refs:.0?}; tcp {tvals:.2?} vs {trefs:.2?}");
+    let hook = config_hook(name);
+    let default_hook = hook.is_some() && hook == r.default_hook.as_ref().map(|d| d.0);
     r.udp.push(UdpFigure {
         config: name.to_string(),
         rules: n,
@@ -532,6 +568,8 @@ fn paired(
         install_ms,
         generator: g.name(),
         receiver_pinned: pinned,
+        hook,
+        default_hook,
     });
     r.tcp.push(TcpFigure {
         config: name.to_string(),
@@ -539,6 +577,8 @@ fn paired(
         gbps: median(&tvals),
         reference_gbps: median(&trefs),
         ratio_vs_no_filter: median(&tratios),
+        hook,
+        default_hook,
     });
     Ok(())
 }

@@ -20,7 +20,8 @@ struct Cli {
     /// Output directory.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Only these sections (repeatable): generators, kernel, throughput, control, nacl, fleet.
+    /// Only these sections (repeatable): generators, kernel, throughput, connrate,
+    /// control, nacl, fleet.
     #[arg(long)]
     only: Vec<String>,
     /// Agents of the fleet section (default 100; --quick 20), each in its own namespace.

@@ -36,6 +36,18 @@ pub struct Summary {
     /// TCP stream Gbit/s with sg / with no filter at the largest rule count.
     pub sg_tc_tcp_ratio_vs_no_filter: Option<f64>,
     pub sg_xdp_tcp_ratio_vs_no_filter: Option<f64>,
+    /// What `--ingress-hook auto` chose on the bench's veth ("tc", "xdp"), and why; the
+    /// `sg_default_*` figures below are those of that hook.
+    pub default_hook: Option<String>,
+    pub default_hook_reason: Option<String>,
+    pub sg_default_tcp_ratio_vs_no_filter: Option<f64>,
+    pub sg_default_udp_ratio_vs_no_filter_10k: Option<f64>,
+    pub sg_default_udp_ratio_vs_nft_sets_10k: Option<f64>,
+    /// Connections per second with sg (default hook) / with no filter: the lower of the
+    /// tracked and the untracked policy.
+    pub sg_default_conn_rate_ratio_vs_no_filter: Option<f64>,
+    /// The same / with nftables (quotient of the paired ratios), the lower of the two.
+    pub sg_default_conn_rate_ratio_vs_nft: Option<f64>,
     pub compile_apply_10k_ms: Option<f64>,
     pub membership_visible_ms: Option<f64>,
     pub maps_total_bytes: Option<u64>,
@@ -121,6 +133,20 @@ pub fn summarize(r: &Results) -> Summary {
     };
     s.sg_tc_tcp_ratio_vs_no_filter = tcp("sg_tc");
     s.sg_xdp_tcp_ratio_vs_no_filter = tcp("sg_xdp");
+    if let Some((hook, why)) = &r.default_hook {
+        let config = format!("sg_{hook}");
+        s.default_hook = Some(hook.to_string());
+        s.default_hook_reason = Some(why.clone());
+        s.sg_default_tcp_ratio_vs_no_filter = tcp(&config);
+        s.sg_default_udp_ratio_vs_no_filter_10k = udp_ratio(r, &config, 10_000);
+        s.sg_default_udp_ratio_vs_nft_sets_10k = q(s.sg_default_udp_ratio_vs_no_filter_10k, sets);
+    }
+    if let Some(c) = &r.conn_rate {
+        (
+            s.sg_default_conn_rate_ratio_vs_no_filter,
+            s.sg_default_conn_rate_ratio_vs_nft,
+        ) = conn_rate_ratios(c);
+    }
     if let Some(c) = &r.control {
         if c.rules >= 10_000 {
             s.compile_apply_10k_ms = Some(c.compile_apply_ms);
@@ -162,6 +188,26 @@ pub fn summarize(r: &Results) -> Summary {
         s.nacl_xdp_forwarding_ratio_vs_bare = fwd("sg_xdp");
     }
     s
+}
+
+/// (sg / no filter, sg / nftables), each the lower over the policies; None when a policy
+/// lacks a figure.
+fn conn_rate_ratios(c: &super::connrate::ConnRate) -> (Option<f64>, Option<f64>) {
+    let ratio = |config: &str, policy: &str| {
+        c.figures
+            .iter()
+            .find(|f| f.config == config && f.policy == policy)
+            .map(|f| f.ratio_vs_no_filter)
+    };
+    let (mut vs_none, mut vs_nft) = (Some(f64::INFINITY), Some(f64::INFINITY));
+    for policy in ["tracked", "untracked"] {
+        let sg = ratio("sg_default", policy);
+        vs_none = vs_none.zip(sg).map(|(a, b)| a.min(b));
+        vs_nft = vs_nft
+            .zip(sg.zip(ratio("nft", policy)).map(|(a, b)| a / b))
+            .map(|(a, b)| a.min(b));
+    }
+    (vs_none, vs_nft)
 }
 
 fn x(v: Option<f64>, digits: usize) -> String {
@@ -252,6 +298,9 @@ pub fn goals(r: &Results) -> Vec<Goal> {
     }
     if r.nacl.is_some() {
         g.extend(nacl_goals(s));
+    }
+    if r.conn_rate.is_some() {
+        g.extend(conn_rate_goals(s));
     }
     if let Some(c) = &r.control
         && c.rules < 10_000
@@ -354,6 +403,104 @@ fn nacl_goals(s: &Summary) -> Vec<Goal> {
     ]
 }
 
+/// The connection-rate goals (issue 19 item 4): only when the section ran; each the lower of
+/// the tracked and the untracked policy.
+fn conn_rate_goals(s: &Summary) -> Vec<Goal> {
+    let hook = s.default_hook.as_deref().unwrap_or("?");
+    vec![
+        Goal {
+            goal: format!(
+                "sg (default hook: {hook}) TCP connections/s >= 0.95x no filter (tracked and \
+                 untracked)"
+            ),
+            measured: format!("{}x", x(s.sg_default_conn_rate_ratio_vs_no_filter, 2)),
+            met: s.sg_default_conn_rate_ratio_vs_no_filter.map(|v| v >= 0.95),
+        },
+        Goal {
+            goal: format!(
+                "sg (default hook: {hook}) TCP connections/s >= nftables (tracked and untracked)"
+            ),
+            measured: format!("{}x", x(s.sg_default_conn_rate_ratio_vs_nft, 2)),
+            met: s.sg_default_conn_rate_ratio_vs_nft.map(|v| v >= 1.0),
+        },
+    ]
+}
+
+/// The connection-rate section's table.
+fn conn_rate_markdown(w: &mut String, c: &super::connrate::ConnRate) {
+    let _ = writeln!(
+        w,
+        "\n### TCP connection rate over veth (connect, {}-byte request, {}-byte response, close; \
+         connections/s; ratio to no filter in the same rounds)\n\n\
+         {} concurrent clients for {:.1} s per measurement, median of {} rounds (each the \
+         configuration, then no filter). Close: {}. sg: default hook `{}` ({}); conntrack \
+         capacity {} confirmed / {} unconfirmed, flushed after each round. nftables: `ct state \
+         established,related accept`, then the rule (one nftables rule per SG rule).\n\n\
+         | policy | no filter | nftables | sg ({}) | sg / nftables | sg flows created per \
+         connection | sg peak entries | sg drops, table full |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        c.request_bytes,
+        c.response_bytes,
+        c.clients,
+        c.window_s,
+        c.rounds,
+        c.close,
+        c.default_hook,
+        c.default_hook_reason,
+        c.ct_capacity.0,
+        c.ct_capacity.1,
+        c.default_hook
+    );
+    for policy in ["tracked", "untracked"] {
+        let find = |config: &str| {
+            c.figures
+                .iter()
+                .find(|f| f.config == config && f.policy == policy)
+        };
+        let (nft, sg) = (find("nft"), find("sg_default"));
+        let cell = |f: Option<&super::connrate::ConnRateFigure>| {
+            f.map_or("-".into(), |f| {
+                format!("{} ({:.2}x)", k(f.conns_per_s), f.ratio_vs_no_filter)
+            })
+        };
+        let refs: Vec<f64> = [nft, sg]
+            .iter()
+            .flatten()
+            .map(|f| f.reference_conns_per_s)
+            .collect();
+        let vs_nft = sg.zip(nft).map_or("-".into(), |(a, b)| {
+            format!("{:.2}x", a.ratio_vs_no_filter / b.ratio_vs_no_filter)
+        });
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            w,
+            "| {policy} | {} | {} | {} | {vs_nft} | {} | {} | {} |",
+            k(super::median(&refs)),
+            cell(nft),
+            cell(sg),
+            opt(sg
+                .and_then(|f| f.sg_flows_created_per_conn)
+                .map(|v| format!("{v:.2}"))),
+            opt(sg.and_then(|f| f.sg_ct_peak_entries).map(|v| v.to_string())),
+            opt(sg.and_then(|f| f.sg_ct_full_drops).map(|v| v.to_string())),
+        );
+    }
+    let failed: Vec<String> = c
+        .figures
+        .iter()
+        .filter(|f| f.failed + f.reference_failed > 0)
+        .map(|f| {
+            format!(
+                "{} {}: {} failed connections ({} in its reference rounds)",
+                f.config, f.policy, f.failed, f.reference_failed
+            )
+        })
+        .collect();
+    for e in failed.iter().chain(&c.errors) {
+        let _ = writeln!(w, "\n- connection rate: {e}");
+    }
+}
+
 /// The network ACL section's tables.
 fn nacl_markdown(w: &mut String, n: &super::nacl::NaclFigures) {
     let _ = writeln!(
@@ -437,6 +584,40 @@ fn rules_label(n: usize) -> String {
     } else {
         n.to_string()
     }
+}
+
+/// The header of the throughput tables: the sg columns name their hook, the default one
+/// marked, XDP on veth marked as the warning it is.
+fn throughput_header(r: &Results) -> String {
+    let default = r.default_hook.as_ref().map(|d| d.0);
+    let col = |hook: &str, label: &str| {
+        if default == Some(hook) {
+            format!("sg {label} (default hook)")
+        } else if hook == "xdp" {
+            format!("sg {label} (warning: not the default here)")
+        } else {
+            format!("sg {label}")
+        }
+    };
+    format!(
+        "| rules | no filter | nftables sets | nftables rule per SG rule | {} | {} |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |",
+        col("xdp", "XDP"),
+        col("tc", "TC")
+    )
+}
+
+/// Why the XDP column is a warning, and what the default hook is.
+fn hook_note(r: &Results) -> String {
+    let default = match &r.default_hook {
+        Some((hook, why)) => format!("The default hook on this veth is `{hook}` ({why})."),
+        None => "The default hook on this veth was not determined.".into(),
+    };
+    format!(
+        "{default} The XDP column is kept as a warning: native XDP on veth (and virtio-net) \
+         makes the driver give up GRO/TSO, which costs a TCP stream most of its throughput; \
+         `--ingress-hook auto` does not choose it on such devices."
+    )
 }
 
 /// The tables (also pasted into docs/performance.md by `cargo xtask bench`).
@@ -537,11 +718,7 @@ pub fn markdown(r: &Results) -> String {
             },
             r.rounds
         );
-        let _ = writeln!(
-            w,
-            "| rules | no filter | nftables sets | nftables rule per SG rule | sg XDP | sg TC |\n\
-             | ---: | ---: | ---: | ---: | ---: | ---: |"
-        );
+        let _ = writeln!(w, "{}", throughput_header(r));
         for n in &rules {
             let figs: Vec<_> = r.udp.iter().filter(|f| f.rules == *n).collect();
             let reference: Vec<f64> = figs.iter().map(|f| f.reference_pps).collect();
@@ -558,9 +735,8 @@ pub fn markdown(r: &Results) -> String {
         }
         let _ = writeln!(
             w,
-            "\n### veth throughput, one iperf3 TCP stream (Gbit/s; ratio to no filter)\n\n\
-             | rules | no filter | nftables sets | nftables rule per SG rule | sg XDP | sg TC |\n\
-             | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "\n### veth throughput, one iperf3 TCP stream (Gbit/s; ratio to no filter)\n\n{}",
+            throughput_header(r)
         );
         for n in &rules {
             let figs: Vec<_> = r.tcp.iter().filter(|f| f.rules == *n).collect();
@@ -576,6 +752,7 @@ pub fn markdown(r: &Results) -> String {
             }
             let _ = writeln!(w, "{row} |");
         }
+        let _ = writeln!(w, "\n{}", hook_note(r));
         let _ = writeln!(w, "\nInstall time (ms: `nft -f`, or sg compile + apply):\n");
         let _ = writeln!(
             w,
@@ -682,6 +859,9 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(w, "\nMaps: {}.", list.join(", "));
     }
 
+    if let Some(c) = &r.conn_rate {
+        conn_rate_markdown(w, c);
+    }
     if let Some(f) = &r.fleet {
         fleet_markdown(w, f);
     }
@@ -998,6 +1178,8 @@ mod tests {
             install_ms: 1.0,
             generator: "sendmmsg",
             receiver_pinned: false,
+            hook: crate::config_hook(config),
+            default_hook: config == "sg_tc",
         };
         let mut r = Results {
             kernel: Some(KernelCost {
@@ -1106,6 +1288,70 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("### Network ACLs on a router"), "{md}");
+    }
+
+    #[test]
+    fn default_hook_figures_follow_the_chosen_hook_and_conn_rate_takes_the_lower_policy() {
+        use crate::connrate::{ConnRate, ConnRateFigure};
+        let mut r = sample();
+        assert_eq!(r.summary.sg_default_udp_ratio_vs_no_filter_10k, None);
+        r.default_hook = Some(("tc", "auto: driver veth".into()));
+        let fig = |config: &str, policy, ratio| ConnRateFigure {
+            config: config.into(),
+            policy,
+            hook: None,
+            conns_per_s: 1e4 * ratio,
+            reference_conns_per_s: 1e4,
+            ratio_vs_no_filter: ratio,
+            ratios: vec![ratio],
+            failed: 0,
+            reference_failed: 0,
+            sg_flows_created_per_conn: None,
+            sg_ct_peak_entries: None,
+            sg_ct_full_drops: None,
+        };
+        r.conn_rate = Some(ConnRate {
+            figures: vec![
+                fig("nft", "tracked", 0.8),
+                fig("sg_default", "tracked", 0.96),
+                fig("nft", "untracked", 0.9),
+                fig("sg_default", "untracked", 0.99),
+            ],
+            ..ConnRate::default()
+        });
+        r.summary = summarize(&r);
+        let s = &r.summary;
+        assert_eq!(s.default_hook.as_deref(), Some("tc"));
+        assert_eq!(s.sg_default_udp_ratio_vs_no_filter_10k, Some(0.95));
+        assert!((s.sg_default_udp_ratio_vs_nft_sets_10k.unwrap() - 1.9).abs() < 1e-9);
+        assert_eq!(s.sg_default_conn_rate_ratio_vs_no_filter, Some(0.96));
+        assert!((s.sg_default_conn_rate_ratio_vs_nft.unwrap() - 1.1).abs() < 1e-9);
+        let g = goals(&r);
+        assert_eq!(g.len(), 9);
+        assert_eq!((g[7].met, g[8].met), (Some(true), Some(true)));
+        let json = serde_json::to_value(&r).unwrap();
+        for key in [
+            "sg_tc_udp_ratio_vs_no_filter_10k",
+            "sg_default_tcp_ratio_vs_no_filter",
+            "sg_default_udp_ratio_vs_no_filter_10k",
+            "sg_default_udp_ratio_vs_nft_sets_10k",
+            "sg_default_conn_rate_ratio_vs_no_filter",
+            "sg_default_conn_rate_ratio_vs_nft",
+            "default_hook",
+        ] {
+            assert!(json.get(key).is_some(), "{key} at the top level");
+        }
+        r.goals = g;
+        let md = markdown(&r);
+        assert!(md.contains("sg TC (default hook)"), "{md}");
+        assert!(
+            md.contains("sg XDP (warning: not the default here)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tracked | 10k | 8k (0.80x) | 10k (0.96x) | 1.20x |"),
+            "{md}"
+        );
     }
 
     #[test]
