@@ -21,7 +21,8 @@ pub const ABI_VERSION: u32 = 3;
 
 /// Map names: at most 15 bytes (the kernel truncates object names).
 pub mod maps {
-    /// `Array<u32>[1]`: the active policy generation (0 or 1). Flipping it is the atomic swap.
+    /// `Array<u32>[1]`: the active policy generation (bit 0) and what that generation holds
+    /// ([`crate::active`]). Flipping it is the atomic swap.
     pub const ACTIVE: &str = "SG_ACTIVE";
     /// `HashMap<IfaceKey, IfaceConf>`: per (generation, ifindex) configuration.
     pub const IFACES: &str = "SG_IFACES";
@@ -52,9 +53,10 @@ pub mod maps {
     /// by ifindex, per generation (index [`crate::nacl_port_slot`]): `scope_in << 32 |
     /// scope_out` of the port in that generation, 0 when the interface is not a router port
     /// there. Written like the other policy maps (a generation's slots before its flip), it
-    /// lets a router port's packets skip the `SG_IFACES` and conntrack lookups (A1: a router
-    /// port never has state). An ifindex beyond the array takes the general path (conntrack
-    /// misses, then `SG_IFACES`' NACL flag) to the same verdict, only slower.
+    /// is the only way a packet reaches a network ACL: a router port's packets skip the
+    /// `SG_IFACES` and conntrack lookups (A1: a router port never has state). The agent
+    /// refuses a router port whose ifindex has no slot; other interfaces read it only when
+    /// the active generation has a router port ([`crate::active::ROUTER_PORTS`]).
     pub const NACL_PORTS: &str = "SG_NACL_PORTS";
 
     /// Every map of the object (pinning, adoption, tests).
@@ -204,6 +206,20 @@ pub const fn nacl_port_slot(ifindex: u32, generation: u32) -> Option<u32> {
     }
 }
 
+/// The value of [`maps::ACTIVE`]: the live generation, and what it holds, written in the same
+/// 4-byte store that makes it live, so a packet never sees one generation's flags with the
+/// other's maps. The flags spare every packet of a host that needs neither the reads they gate.
+pub mod active {
+    /// The live generation (0 or 1).
+    pub const GENERATION: u32 = 1 << 0;
+    /// The generation has a router port ([`crate::maps::NACL_PORTS`]): only then does the
+    /// pipeline read that array before conntrack.
+    pub const ROUTER_PORTS: u32 = 1 << 1;
+    /// An interface of the generation audits ([`crate::iface_flags::AUDIT`]): only then does a
+    /// drop look its interface up to learn whether it audits.
+    pub const AUDIT_IFACES: u32 = 1 << 2;
+}
+
 pub mod iface_flags {
     /// Emit [`crate::Event`]s for dropped packets on this interface.
     pub const LOG_DROPS: u32 = 1 << 0;
@@ -220,6 +236,10 @@ pub mod iface_flags {
     /// entering the subnet) meets its inbound list in `scope_in`, matched on the source
     /// address. No conntrack, no related-ICMP pass (A22).
     pub const NACL: u32 = 1 << 4;
+    /// Audit mode (L3) on this interface only: what [`crate::config_flags::AUDIT`] does for
+    /// every interface. The generation carries [`crate::active::AUDIT_IFACES`] when any of its
+    /// interfaces has it.
+    pub const AUDIT: u32 = 1 << 5;
 }
 
 /// Data part of a [`maps::PEERS`] LPM key.

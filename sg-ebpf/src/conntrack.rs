@@ -21,13 +21,14 @@
 //!   delete finds it in `SG_CT` first.
 use aya_ebpf::bindings::BPF_NOEXIST;
 use sg_common::{
-    DIR_INGRESS, ECHO_OPENED_BY_PEER, FlowKey, FlowVal, Reason, Timeouts, ct_flags, ct_stat,
+    DIR_INGRESS, ECHO_OPENED_BY_PEER, FlowKey, FlowVal, IfaceConf, Reason, ct_flags, ct_stat,
     ct_state,
 };
 
 use crate::{
-    maps::{SG_CT, SG_CT_NEW, audit_on, ct_stat},
+    maps::{SG_CT, SG_CT_NEW, ct_stat},
     parse::{L4_ICMP, L4_TCP, L4_UDP, Pkt, Words, tcp_flags},
+    policy::audits_conf,
     verdict::{Packed, Verdict, pack, unpack},
 };
 
@@ -376,11 +377,11 @@ fn promote(key: &FlowKey, p: *mut FlowVal, pkt: &Pkt) -> Verdict {
     Verdict::rule(ct_reason(from_origin), nv.rule_slot)
 }
 
-/// Creates the flow `pkt` opens, charged to rule `slot`, with the interface's timeouts.
-/// `PassRuleNew`, or `DropCtFull` when `SG_CT_NEW` is full (C6).
+/// Creates the flow `pkt` opens, charged to rule `slot`, with the timeouts of its interface
+/// `conf`. `PassRuleNew`, or `DropCtFull` when `SG_CT_NEW` is full (C6).
 #[inline(always)]
-pub fn create(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
-    match unpack(create_call(key, pkt, t, slot)) {
+pub fn create(key: &FlowKey, pkt: &Pkt, conf: &IfaceConf, slot: u32) -> Verdict {
+    match unpack(create_call(key, pkt, conf, slot)) {
         Some(v) => v,
         // Another CPU created this flow between our lookup and our insert: it is a hit now.
         // (Looked up again from here, not from inside `create_call`, so the two frames are
@@ -397,12 +398,13 @@ pub fn create(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Verdict {
 /// A BPF-to-BPF call of its own. `None`: the insert lost a race (-EEXIST).
 // verifier: LLVM "Looks like the BPF stack limit is exceeded" -- a frame of its own (main.rs).
 #[inline(never)]
-fn create_call(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Packed {
-    pack(create_inline(key, pkt, t, slot))
+fn create_call(key: &FlowKey, pkt: &Pkt, conf: &IfaceConf, slot: u32) -> Packed {
+    pack(create_inline(key, pkt, conf, slot))
 }
 
 #[inline(always)]
-fn create_inline(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Option<Verdict> {
+fn create_inline(key: &FlowKey, pkt: &Pkt, conf: &IfaceConf, slot: u32) -> Option<Verdict> {
+    let t = &conf.timeouts;
     let now = pkt.now;
     let (timeouts, state) = match pkt.l4 {
         L4_TCP => {
@@ -429,8 +431,13 @@ fn create_inline(key: &FlowKey, pkt: &Pkt, t: &Timeouts, slot: u32) -> Option<Ve
         timeouts,
         origin: pkt.dir,
         state,
-        // L3: a flow created while auditing ends when audit mode does.
-        flags: if audit_on() { ct_flags::AUDIT } else { 0 },
+        // L3: a flow created while auditing (everywhere, or on its interface) ends when that
+        // audit mode does.
+        flags: if audits_conf(conf) {
+            ct_flags::AUDIT
+        } else {
+            0
+        },
         _pad: 0,
         _pad2: 0,
     };

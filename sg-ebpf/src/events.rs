@@ -34,7 +34,7 @@ pub fn emit(pkt: &Pkt, v: &Verdict, audited: bool) {
     } else {
         (event_kind::DROP, iface_flags::LOG_DROPS)
     };
-    let Some(conf) = policy::iface(pkt.ifindex) else {
+    let Some(conf) = policy::iface(policy::active(), pkt.ifindex) else {
         return;
     };
     if conf.flags & want == 0 {

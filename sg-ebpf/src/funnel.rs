@@ -8,8 +8,9 @@ use sg_common::{NO_RULE_SLOT, Reason};
 use crate::{
     ctx::Hook,
     events,
-    maps::{SG_REASON_CNT, SG_RULE_CNT, audit_on, bump},
+    maps::{SG_REASON_CNT, SG_RULE_CNT, bump},
     parse::Pkt,
+    policy::audits,
     verdict::Verdict,
 };
 
@@ -17,7 +18,7 @@ use crate::{
 /// rule: a security-group rule only ever allows (E1); a network ACL rule also denies (A5),
 /// and its drops are charged to it.
 ///
-/// Audit mode (L3): a drop the policy decided (no rule, a NACL deny, a later fragment of a
+/// Audit mode (L3), everywhere or on the packet's interface: a drop the policy decided (no rule, a NACL deny, a later fragment of a
 /// denied datagram) passes instead, counted under its `audit_would_drop_*` reason and
 /// reported with its drop reason. Malformed packets, interfaces without a policy and a full conntrack table stay
 /// dropped: audit mode audits the rules, it does not open the host.
@@ -30,7 +31,7 @@ pub fn finish<C: Hook>(pkt: &Pkt, v: Verdict) -> u32 {
         _ => None,
     };
     let (counted, audited) = match audit_as {
-        Some(a) if audit_on() => (a, true),
+        Some(a) if audits(pkt.ifindex) => (a, true),
         _ => (v.reason, false),
     };
     bump(&SG_REASON_CNT, counted as u32);

@@ -6,10 +6,9 @@
 //! ```
 //!
 //! A router's interface facing a subnet (`iface_flags::NACL`) takes the same road up to the
-//! conntrack lookup, which it skips (`SG_NACL_PORTS` gives a router port's lists; a NACL
-//! interface never creates state, A1), then meets the subnet's network ACL instead of
-//! related ICMP and the security groups, and never creates state (A1, A22). Exemptions and
-//! fragments (G1, A27) are shared.
+//! conntrack lookup, which it skips (`SG_NACL_PORTS` gives a router port's lists), then meets
+//! the subnet's network ACL instead of related ICMP and the security groups, and never creates
+//! state (A1, A22). Exemptions and fragments (G1, A27) are shared.
 //!
 //! Owns the order of the steps and the exemptions (N1, N2); each step lives in its own file.
 //! Every path ends in `funnel::finish`: no early return bypasses the counters.
@@ -88,9 +87,10 @@ fn exemption(pkt: &Pkt) -> Option<Reason> {
 fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
     // A router port never has conntrack state (A1: it never creates any), so its packets
     // skip the two conntrack misses and the SG_IFACES lookup: SG_NACL_PORTS, an array the
-    // verifier inlines, gives its lists. Every other interface pays that array read (a few
-    // ns; BPF_PROG_TEST_RUN, NACL decision at 20 entries: ~270 -> ~215 ns).
-    if let Some(lists) = policy::nacl_port(pkt.ifindex) {
+    // verifier inlines, gives its lists (BPF_PROG_TEST_RUN, NACL decision at 20 entries:
+    // ~270 -> ~215 ns). A host without router ports pays one read of SG_ACTIVE and a branch.
+    let active = policy::active();
+    if let Some(lists) = policy::nacl_port(active, pkt.ifindex) {
         return nacl(lists, pkt);
     }
     let key = conntrack::key_of(pkt);
@@ -99,13 +99,14 @@ fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
     {
         return v;
     }
-    // A router port beyond SG_NACL_PORTS gets here after the misses. Read before related ICMP: a NACL interface passes nothing by state (A22). An interface
-    // without a policy still lets related ICMP of its leftover flows through, as before.
-    let conf = policy::iface(pkt.ifindex);
+    let conf = policy::iface(active, pkt.ifindex);
+    // The agent gives every router port a slot of SG_NACL_PORTS; one that reached here
+    // anyway is not judged by security groups: fail closed. Read before related ICMP: a
+    // NACL interface passes nothing by state (A22).
     if let Some(c) = conf
         && c.flags & iface_flags::NACL != 0
     {
-        return nacl(NaclScopes::of(c), pkt);
+        return Verdict::of(Reason::DropNaclRule);
     }
     if let Some(v) = related::lookup(ctx, pkt) {
         return v;
@@ -122,7 +123,7 @@ fn judge_flow<C: Hook>(ctx: &C, pkt: &Pkt) -> Verdict {
                 && conntrack::opens_flow(pkt)
                 && !policy::answers_untracked(conf, pkt) =>
         {
-            conntrack::create(k.key(), pkt, &conf.timeouts, rule.slot)
+            conntrack::create(k.key(), pkt, conf, rule.slot)
         }
         // C4 untracked flows (and answers within them), ICMP errors, echo replies and other
         // ICMP types.

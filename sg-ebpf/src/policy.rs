@@ -21,32 +21,57 @@
 //!
 //! On a network ACL interface the same two maps answer with the lowest-numbered entry of the
 //! list (see [`nacl_rule`]); the cost stays flat in the number of entries. A router port's
-//! scopes come from `SG_NACL_PORTS` ([`nacl_port`]), or from `SG_IFACES` beyond that array.
+//! scopes come from `SG_NACL_PORTS` ([`nacl_port`]).
 use aya_ebpf::maps::lpm_trie::Key;
 use sg_common::{
     CLASS_CHAIN, DIR_INGRESS, IfaceConf, IfaceKey, NO_RULE_SLOT, PAGE_LEVELS, PAGE_SEGS, PeerData,
-    PortKey, PortPage, RuleVal, iface_flags, nacl_port_slot, rule_flags,
+    PortKey, PortPage, RuleVal, active, iface_flags, nacl_port_slot, rule_flags,
 };
 
 use crate::{
-    maps::{SG_ACTIVE, SG_IFACES, SG_NACL_PORTS, SG_PEERS, SG_PORTS},
+    maps::{SG_ACTIVE, SG_IFACES, SG_NACL_PORTS, SG_PEERS, SG_PORTS, audit_on},
     parse::{L4_ICMP, L4_TCP, L4_UDP, Pkt, addr},
 };
 
 /// Full prefix of a `PeerData` key: the scope and all 128 address bits.
 const PEER_FULL_BITS: u32 = 160;
 
-/// The interface's configuration in the active generation. The generation is read once per
-/// call; a swap between two calls is harmless (each answer is one whole generation's).
+/// `SG_ACTIVE`'s value (`sg_common::active`): the live generation and what it holds. Read
+/// once per packet and passed to the reads below, so one packet's answers all come from one
+/// generation; a swap between two packets is harmless (each sees one whole generation).
 #[inline(always)]
-pub fn iface(ifindex: u32) -> Option<&'static IfaceConf> {
-    let generation = SG_ACTIVE.get(0).copied().unwrap_or(0);
+pub fn active() -> u32 {
+    SG_ACTIVE.get(0).copied().unwrap_or(0)
+}
+
+/// The interface's configuration in the generation `active` names.
+#[inline(always)]
+pub fn iface(active: u32, ifindex: u32) -> Option<&'static IfaceConf> {
     unsafe {
         SG_IFACES.get(IfaceKey {
-            generation,
+            generation: active & active::GENERATION,
             ifindex,
         })
     }
+}
+
+/// Audit mode (L3) for a packet of interface `ifindex`: the global switch, or the interface's
+/// own flag. The interface is looked up only when the generation has an auditing interface.
+/// Read on the drop and flow-creation paths only.
+#[inline(always)]
+pub fn audits(ifindex: u32) -> bool {
+    if audit_on() {
+        return true;
+    }
+    let active = active();
+    active & active::AUDIT_IFACES != 0
+        && iface(active, ifindex).is_some_and(|c| c.flags & iface_flags::AUDIT != 0)
+}
+
+/// [`audits`] for an interface whose configuration is at hand.
+#[inline(always)]
+pub fn audits_conf(conf: &IfaceConf) -> bool {
+    conf.flags & iface_flags::AUDIT != 0 || audit_on()
 }
 
 /// A router port's two lists: the NACL's inbound list (`IfaceConf::scope_in`) and its
@@ -57,23 +82,15 @@ pub struct NaclScopes {
     pub outbound: u32,
 }
 
-impl NaclScopes {
-    #[inline(always)]
-    pub const fn of(conf: &IfaceConf) -> NaclScopes {
-        NaclScopes {
-            inbound: conf.scope_in,
-            outbound: conf.scope_out,
-        }
-    }
-}
-
-/// The scopes of `ifindex` when `SG_NACL_PORTS` says it is a router port of the active
-/// generation; None otherwise (not a router port, or an ifindex beyond the array: then
-/// `SG_IFACES` decides, after conntrack).
+/// The scopes of `ifindex` when `SG_NACL_PORTS` says it is a router port of the generation
+/// `active` names; None otherwise. A host without router ports pays the branch on
+/// `active::ROUTER_PORTS` only. The agent refuses a router port beyond the array.
 #[inline(always)]
-pub fn nacl_port(ifindex: u32) -> Option<NaclScopes> {
-    let generation = SG_ACTIVE.get(0).copied().unwrap_or(0);
-    let v = *SG_NACL_PORTS.get(nacl_port_slot(ifindex, generation)?)?;
+pub fn nacl_port(active: u32, ifindex: u32) -> Option<NaclScopes> {
+    if active & active::ROUTER_PORTS == 0 {
+        return None;
+    }
+    let v = *SG_NACL_PORTS.get(nacl_port_slot(ifindex, active & active::GENERATION)?)?;
     if v == 0 {
         return None;
     }

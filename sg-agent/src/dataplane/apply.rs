@@ -211,6 +211,41 @@ fn check_slots(image: &MapImage, cap: u32) -> Result<()> {
     Ok(())
 }
 
+/// Every router port needs a slot of SG_NACL_PORTS: that array is the datapath's only way to
+/// a network ACL (the general path would treat the port as a security-group interface).
+fn check_router_ports(image: &MapImage) -> Result<()> {
+    for k in image
+        .ifaces
+        .iter()
+        .filter(|(_, v)| v.flags & iface_flags::NACL != 0)
+        .map(|(k, _)| k)
+    {
+        if sg_common::nacl_port_slot(k.ifindex, image.generation).is_none() {
+            bail!(
+                "interface ifindex {} faces a subnet, but router ports need an ifindex below {}; \
+                 hint: recreate the interface (or its namespace) so it gets a lower ifindex",
+                k.ifindex,
+                sg_common::capacity::NACL_PORT_SLOTS / 2
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What generation `image` holds, for the datapath (`sg_common::active`): a router port, an
+/// auditing interface.
+fn active_flags(image: &MapImage) -> u32 {
+    let any = |flag: u32| image.ifaces.values().any(|v| v.flags & flag != 0);
+    let mut flags = 0;
+    if any(iface_flags::NACL) {
+        flags |= sg_common::active::ROUTER_PORTS;
+    }
+    if any(iface_flags::AUDIT) {
+        flags |= sg_common::active::AUDIT_IFACES;
+    }
+    flags
+}
+
 impl Dataplane {
     /// Makes `image` the enforced policy, atomically (see the module comment). On error the
     /// previous policy is still enforced and the kernel holds nothing of the new one (unless
@@ -219,6 +254,7 @@ impl Dataplane {
         let start = Instant::now();
         check_generation(image)?;
         check_slots(image, self.caps.rule_slots)?;
+        check_router_ports(image)?;
         let g = image.generation;
 
         let mut report = ApplyReport {
@@ -240,7 +276,7 @@ impl Dataplane {
             let other = 1 - g;
             report.stale_removed += self.clear_generation(other)?;
             self.write_nacl_ports(other, &BTreeMap::new())?;
-            self.flip(other)?;
+            self.flip(other, 0)?;
         }
 
         // 2. The target generation is not live (any more): once packets that read it before
@@ -259,8 +295,8 @@ impl Dataplane {
         }
 
         // Interfaces that become network ACL interfaces: stateless from the flip on (A1,
-        // A25), but the datapath looks conntrack up first on a router port beyond
-        // SG_NACL_PORTS, so their flows must go.
+        // A25). The datapath never looks their flows up again; they go at once rather than
+        // idle out, so the table and `flows` stop showing them.
         let live = &self.mirror.gens[(1 - g) as usize].ifaces;
         let was_nacl = |ifindex: u32| {
             live.iter()
@@ -280,7 +316,7 @@ impl Dataplane {
             .zero_counters(&zero)
             .and_then(|()| self.write_generation(image))
             .and_then(|n| self.write_nacl_ports(g, &image.ifaces).map(|()| n));
-        let flipped = written.and_then(|n| self.flip(g).map(|()| n));
+        let flipped = written.and_then(|n| self.flip(g, active_flags(image)).map(|()| n));
         let n = flipped.map_err(|e| self.roll_back(g, e))?;
         report.written = n;
         report.entries = image.ifaces.len() + image.peers.len() + image.ports.len();
@@ -470,11 +506,13 @@ impl Dataplane {
         Ok(())
     }
 
-    fn flip(&mut self, g: u32) -> Result<()> {
+    /// Makes generation `g` live, with `flags` (`sg_common::active`) saying what it holds.
+    fn flip(&mut self, g: u32, flags: u32) -> Result<()> {
+        let v = g | flags;
         self.maps
             .active
-            .set(0, g, 0)
-            .with_context(|| format!("writing {} = {g}", maps::ACTIVE))?;
+            .set(0, v, 0)
+            .with_context(|| format!("writing {} = {v:#x}", maps::ACTIVE))?;
         self.mirror.active = g;
         self.mirror.flipped_at = Some(Instant::now());
         Ok(())

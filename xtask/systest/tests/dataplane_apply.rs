@@ -228,6 +228,43 @@ fn failed_apply_leaves_the_old_policy_in_force() {
     });
 }
 
+/// A router port needs a slot of SG_NACL_PORTS (the datapath's only way to a network ACL):
+/// an image with one beyond the array is refused before anything is written, with a hint,
+/// and the enforced policy stays (A13).
+#[test]
+fn a_router_port_beyond_the_port_array_is_refused_and_the_old_policy_stays() {
+    in_netns(|net| {
+        let mut dp = load();
+        let a = apply_ssh(&mut dp, net.lo);
+        let mut b = image(&dp, &http_policy(), net.lo, &a.slots);
+        let (&k, &conf) = b.ifaces.iter().next().unwrap();
+        let far = sg_common::capacity::NACL_PORT_SLOTS / 2;
+        b.ifaces.insert(
+            sg_common::IfaceKey { ifindex: far, ..k },
+            sg_common::IfaceConf {
+                flags: sg_common::iface_flags::NACL,
+                ..conf
+            },
+        );
+        let msg = format!("{:#}", dp.apply(&b).expect_err("refused"));
+        assert!(
+            msg.contains(&format!("ifindex {far}")) && msg.contains("hint:"),
+            "{msg}"
+        );
+        assert_eq!(dp.active_generation(), a.generation, "no flip");
+        assert_eq!(
+            dp.generation_entries(b.generation),
+            (0, 0, 0),
+            "nothing written"
+        );
+        assert_eq!(
+            verdict(&mut dp, net.lo, 22, 1),
+            Reason::PassRuleNew,
+            "A enforced"
+        );
+    });
+}
+
 #[test]
 fn apply_into_full_maps_fails_cleanly_with_a_hint() {
     in_netns(|net| {

@@ -942,6 +942,65 @@ fn e7_the_active_generation_selects_the_interface_policy() {
     dp.expect(Prog::XdpIn, &syn, Reason::PassRuleNew);
 }
 
+/// SG_ACTIVE's flags (`sg_common::active`) gate what they name: an interface's audit flag
+/// (L3, per interface) counts only when the generation says an interface audits, and a slot
+/// of SG_NACL_PORTS only when it says it has a router port (A13: otherwise the interface is a
+/// security-group interface).
+#[test]
+fn l3_active_flags_gate_audit_per_interface_and_router_ports() {
+    use sg_common::active;
+    let mut dp = Dp::new();
+    dp.standard();
+    dp.iface(LO, iface_flags::AUDIT);
+    let set_active = |dp: &mut Dp, v: u32| {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(dp.map_mut(maps::ACTIVE)).unwrap();
+        m.set(0, v, 0).unwrap();
+    };
+    let denied = tcp4(REMOTE, 40070, LOCAL, 23, SYN);
+    let denied_egress = udp4(LOCAL, 5353, REMOTE, 54);
+    // Without AUDIT_IFACES the flag is not read: enforced.
+    dp.expect(Prog::XdpIn, &denied, Reason::DropNoRule);
+    set_active(&mut dp, active::AUDIT_IFACES);
+    #[rustfmt::skip]
+    dp.expect_rows(&[
+        (Prog::XdpIn, &denied, Reason::AuditNoRule),
+        (Prog::TcIn, &denied, Reason::AuditNoRule),
+        (Prog::TcOut, &denied_egress, Reason::AuditNoRule),
+        // What the policy allows is unchanged.
+        (Prog::XdpIn, &tcp4(REMOTE, 40071, LOCAL, 22, SYN), Reason::PassRuleNew),
+    ]);
+    // Another interface of the same generation without the flag keeps enforcing.
+    let other = 2;
+    dp.iface(other, 0);
+    let (action, _) = dp.run_on(Prog::XdpIn, other, &denied, 1);
+    assert_eq!(action, XDP_DROP, "L3: only the flagged interface audits");
+    dp.iface(LO, 0);
+    dp.expect(Prog::XdpIn, &denied, Reason::DropNoRule);
+
+    // A slot of SG_NACL_PORTS naming LO's scopes: ignored until ROUTER_PORTS is set.
+    {
+        let mut m: Array<&mut MapData, u64> =
+            Array::try_from(dp.map_mut(maps::NACL_PORTS)).unwrap();
+        let slot = sg_common::nacl_port_slot(LO, 0).unwrap();
+        m.set(slot, u64::from(SCOPE_IN) << 32 | u64::from(SCOPE_OUT), 0)
+            .unwrap();
+    }
+    set_active(&mut dp, 0);
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(REMOTE, 40072, LOCAL, 22, SYN),
+        Reason::PassRuleNew,
+    );
+    set_active(&mut dp, active::ROUTER_PORTS);
+    // Now LO is a router port: its "outbound list" (SCOPE_OUT, by destination) has no class
+    // for LOCAL, so the stateless NACL path drops with no entry (fail closed).
+    dp.expect(
+        Prog::XdpIn,
+        &tcp4(REMOTE, 40073, LOCAL, 22, SYN),
+        Reason::DropNaclRule,
+    );
+}
+
 #[test]
 fn n1_arp_passes_as_non_ip_on_every_hook() {
     let dp = Dp::new();
