@@ -351,7 +351,8 @@ impl Dataplane {
 
     /// Audit mode on or off for one interface of the live generation (L3), written in place:
     /// its other settings, the other interfaces and the generation stay. False when the live
-    /// generation has no such interface.
+    /// generation has no such interface. The caller holds the apply lock (SG_ACTIVE is read
+    /// and written back).
     pub fn set_iface_audit(&mut self, ifindex: u32, on: bool) -> Result<bool> {
         let g = self.mirror.active;
         let key = IfaceKey {
@@ -372,6 +373,20 @@ impl Dataplane {
             .insert(key, conf, 0)
             .context("writing SG_IFACES")?;
         self.mirror.gens[g as usize].ifaces.insert(key, conf);
+        // SG_ACTIVE says whether the live generation has an auditing interface (a drop looks
+        // its interface up only then): set after the interface's flag, cleared after the last
+        // one's, so the datapath never skips an interface that audits. Same generation, other
+        // bits kept: no flip.
+        let v = self.maps.active.get(&0, 0).context("reading SG_ACTIVE")?;
+        let v = if self.audit_ifaces().is_empty() {
+            v & !sg_common::active::AUDIT_IFACES
+        } else {
+            v | sg_common::active::AUDIT_IFACES
+        };
+        self.maps
+            .active
+            .set(0, v, 0)
+            .with_context(|| format!("writing {} = {v:#x}", maps::ACTIVE))?;
         Ok(true)
     }
 
