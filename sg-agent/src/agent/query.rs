@@ -92,6 +92,9 @@ pub struct Counters {
     pub conntrack: CtStats,
     /// `apply --confirm` changes reverted so far (L1).
     pub confirm_reverts: u64,
+    /// Audit mode (L3) on every interface, and the interfaces in audit mode of their own.
+    pub audit: bool,
+    pub audit_interfaces: Vec<super::AuditedDevice>,
 }
 
 fn ser_reasons<S: serde::Serializer>(r: &[(Reason, u64)], s: S) -> Result<S::Ok, S::Error> {
@@ -201,11 +204,15 @@ impl Agent {
             ))
         });
         let reasons = dp.reason_counters()?;
+        let conntrack = dp.ct_stats()?;
+        let audit = dp.audit()?;
         Ok(Counters {
             rules,
             reasons: reasons.into_iter().collect(),
-            conntrack: dp.ct_stats()?,
+            conntrack,
             confirm_reverts: self.state.confirm_reverts,
+            audit,
+            audit_interfaces: self.audited_devices()?,
         })
     }
 
