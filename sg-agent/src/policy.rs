@@ -7,7 +7,7 @@
 //! only. It must not resolve peers into prefixes or decide verdicts: the compiler and the
 //! reference model each do that on their own, so that comparing them proves something.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -292,6 +292,10 @@ pub struct Policy {
     pub network_acls: BTreeMap<NaclId, NetworkAcl>,
     /// Subnets, each with exactly one NACL (A12); empty when the input has none.
     pub subnets: Vec<Subnet>,
+    /// The interfaces (by name) written with `audit: true`: bound to a device, that device
+    /// passes what the policy would drop and reports it (L3). Not a rule: the reference
+    /// model ignores it, the compiler sets the interface's AUDIT flag.
+    pub audit: BTreeSet<String>,
 }
 
 impl Policy {

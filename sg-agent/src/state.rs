@@ -5,7 +5,7 @@
 //!
 //! Owns paths, the state file format and locking; must not know about maps' contents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -519,6 +519,9 @@ pub struct AgentState {
     /// `confirm --rollback` (L1), and when the last one was (seconds since the epoch).
     pub confirm_reverts: u64,
     pub last_revert_at: u64,
+    /// Devices `sg-agent audit on DEV` put in audit mode (L3), kept through applies until
+    /// `sg-agent audit off DEV`; the policy's own `audit: true` interfaces are not here.
+    pub audit_devices: BTreeSet<String>,
 }
 
 /// A summary of an applied policy: enough to print diffs and label counters.

@@ -379,7 +379,7 @@ impl Agent {
             entries: compiled.entries,
             attached: att.attached,
             detached,
-            notes: att.notes,
+            notes: att.notes.into_iter().chain(audit_note(&report)).collect(),
             in_place: false,
             to_effect_ms,
             swap_ms: ms(report.to_flip),
@@ -392,9 +392,10 @@ impl Agent {
     /// keeping the counter slots of rules that stay.
     fn compile_next(&mut self, bound: &Bound) -> Result<Compiled> {
         let prev_slots = self.state.slot_table();
+        let audit = self.state.audit_devices.clone();
         let dp = self.dataplane()?;
         let tc = Instant::now();
-        let (image, index) = compile_image(bound, &prev_slots, dp.next_generation(), dp)?;
+        let (image, index) = compile_image(bound, &prev_slots, dp.next_generation(), dp, &audit)?;
         let compile_ms = ms(tc.elapsed());
         let entries = image.ifaces.len() + image.peers.len() + image.ports.len();
         Ok(Compiled {
@@ -674,13 +675,25 @@ impl Agent {
     }
 }
 
+/// What the swap ended of audit mode (L3), when it ended flows.
+fn audit_note(report: &ApplyReport) -> Option<String> {
+    (report.audit_flows_ended > 0).then(|| {
+        format!(
+            "audit mode ended on interfaces of this policy: {} flows it admitted ended (L3)",
+            report.audit_flows_ended
+        )
+    })
+}
+
 /// The image of a bound policy for `generation` of `dp`'s maps, keeping the counter slots of
-/// `slots`.
+/// `slots`; the devices of `audit_devices` (`sg-agent audit on DEV`) in audit mode (L3) as the
+/// policy's `audit: true` interfaces are.
 pub(super) fn compile_image(
     bound: &Bound,
     slots: &crate::image::SlotTable,
     generation: u32,
     dp: &dataplane::Dataplane,
+    audit_devices: &BTreeSet<String>,
 ) -> Result<(MapImage, compile::Index)> {
     let (mut image, index) = compile::compile_router(
         &bound.loaded.policy,
@@ -698,6 +711,19 @@ pub(super) fn compile_image(
     // flow log runs. So a CLI apply beside such a daemon does not silence it.
     for conf in image.ifaces.values_mut() {
         conf.flags |= sg_common::iface_flags::LOG_DROPS;
+    }
+    let audited: BTreeSet<u32> = bound
+        .devices()
+        .iter()
+        .filter(|b| audit_devices.contains(&b.device))
+        .map(|b| b.ifindex)
+        .collect();
+    for (_, conf) in image
+        .ifaces
+        .iter_mut()
+        .filter(|(k, _)| audited.contains(&k.ifindex))
+    {
+        conf.flags |= sg_common::iface_flags::AUDIT;
     }
     Ok((image, index))
 }

@@ -53,6 +53,13 @@ pub struct RevertRecord {
     pub policy_hash: String,
     /// Its text: the memberships a daemon applies later are those changed since it.
     pub undone: String,
+    /// Why it was reverted ("its confirmation deadline passed", ...); empty in records
+    /// written before it was kept.
+    #[serde(default)]
+    pub why: String,
+    /// The policy that came back (its name).
+    #[serde(default)]
+    pub restored: String,
 }
 
 /// A change waiting for `sg-agent confirm`.
@@ -116,6 +123,16 @@ pub enum RevertWhy {
     Overdue,
     /// `sg-agent confirm --rollback`.
     Asked,
+}
+
+impl RevertWhy {
+    /// Why, for people: the log, the revert's notes and its record.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RevertWhy::Overdue => "its confirmation deadline passed",
+            RevertWhy::Asked => "`sg-agent confirm --rollback` asked for it",
+        }
+    }
 }
 
 /// The pending change recorded in `sd`, if any.
@@ -465,12 +482,9 @@ impl Agent {
         st.last_revert_at = outcome_time();
         self.sd.save(&st)?;
         self.state = st;
-        self.record_revert(&p, undone);
+        let reason = why.describe();
+        self.record_revert(&p, undone, reason);
         remove_marker(&self.sd)?;
-        let reason = match why {
-            RevertWhy::Overdue => "its confirmation deadline passed",
-            RevertWhy::Asked => "`sg-agent confirm --rollback` asked for it",
-        };
         outcome.notes.push(format!(
             "reverted the apply of {} because {reason}",
             p.source
@@ -490,7 +504,7 @@ impl Agent {
 impl Agent {
     /// Writes the revert's record (before the marker goes). A record that cannot be written
     /// is logged: the revert stands, a daemon may then try the undone policy again.
-    fn record_revert(&self, p: &Pending, undone: Result<(String, String)>) {
+    fn record_revert(&self, p: &Pending, undone: Result<(String, String)>, why: &str) {
         let written = undone.and_then(|(policy_hash, undone)| {
             let r = RevertRecord {
                 source: p.source.clone(),
@@ -498,6 +512,8 @@ impl Agent {
                 at_ms: now_ms(),
                 policy_hash,
                 undone,
+                why: why.to_string(),
+                restored: p.previous.source.clone(),
             };
             let path = self.sd.run.join(REVERTED);
             crate::state::replace_private(&path, &serde_json::to_vec_pretty(&r)?)

@@ -8,6 +8,7 @@
 //! apply.rs    the apply transaction (whole, dry run, membership delta) and its test stops
 //! preflight.rs  L2: would the administrator's next SSH connection still get in (the model)
 //! confirm.rs  L1: `--confirm` deadlines, their marker, confirm, rollback and revert
+//! audit.rs    L3 per device: `audit on|off DEV` in place, and which devices audit
 //! summary.rs  what an applied policy amounts to on this host, and the diff of two of them
 //! query.rs    status, counters, conntrack list/flush/sweep and their report types
 //! explain.rs  one packet's verdict from the reference model and from the real program
@@ -22,6 +23,7 @@
 //! fleet's store (`store::StoreSource`).
 
 mod apply;
+mod audit;
 mod confirm;
 mod detach;
 mod explain;
@@ -43,12 +45,13 @@ use crate::error::Error;
 use crate::state::{AgentState, StateDir};
 
 pub use apply::{ApplyOptions, ApplyOutcome, parse_hook, test_stop_point};
+pub use audit::{AuditedDevice, DeviceAudit};
 pub use confirm::{MARKER, Pending, Previous, RevertRecord, RevertWhy, Reverted};
 pub use detach::Detached;
 pub use explain::{ExplainProto, ExplainQuery, Explanation, IcmpTypeCode};
 pub use path::{PathExplanation, PathStep, explain_path};
 pub use preflight::{SshConnection, Verdict};
-pub use query::{Counters, IfaceStatus, RuleCount, Status, proto_name, ser_ct};
+pub use query::{Counters, IfaceStatus, LastRevert, RuleCount, Status, proto_name, ser_ct};
 pub use summary::{Diff, diff, rule_line, summarize};
 pub use verify::Verified;
 

@@ -18,6 +18,21 @@ pub struct IfaceStatus {
     pub groups: Vec<String>,
     pub ingress: String,
     pub egress: String,
+    /// In audit mode of its own (L3): `policy` (`audit: true`) or `command` (`sg-agent audit
+    /// on DEV`); None when it enforces (unless the global `audit` is on).
+    pub audit: Option<&'static str>,
+}
+
+/// The last revert of an unconfirmed apply (L1), from the record the revert left.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LastRevert {
+    /// The change that was undone, and when it had been applied (ms since the epoch).
+    pub source: String,
+    pub set_at_ms: u64,
+    /// When it was reverted (ms since the epoch), why, and what came back.
+    pub at_ms: u64,
+    pub why: String,
+    pub restored: String,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -42,6 +57,8 @@ pub struct Status {
     /// An `apply --confirm` waiting for `sg-agent confirm` (L1), and the reverts so far.
     pub confirm: Option<super::Pending>,
     pub confirm_reverts: u64,
+    /// What the last revert undid, when and why (L1).
+    pub last_revert: Option<LastRevert>,
     /// Audit mode (L3): the policy's drops pass and are reported.
     pub audit: bool,
 }
@@ -75,6 +92,9 @@ pub struct Counters {
     pub conntrack: CtStats,
     /// `apply --confirm` changes reverted so far (L1).
     pub confirm_reverts: u64,
+    /// Audit mode (L3) on every interface, and the interfaces in audit mode of their own.
+    pub audit: bool,
+    pub audit_interfaces: Vec<super::AuditedDevice>,
 }
 
 fn ser_reasons<S: serde::Serializer>(r: &[(Reason, u64)], s: S) -> Result<S::Ok, S::Error> {
@@ -121,7 +141,13 @@ impl Agent {
                     .into(),
             );
         }
-        let interfaces = iface_statuses(st, &pinned, &mut warnings);
+        let mut interfaces = iface_statuses(st, &pinned, &mut warnings);
+        for d in self.audited_devices()? {
+            if let Some(i) = interfaces.iter_mut().find(|i| i.device == d.device) {
+                i.audit = Some(d.by);
+            }
+        }
+        let st = &self.state;
         Ok(Status {
             abi: ABI_VERSION,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -139,6 +165,13 @@ impl Agent {
             warnings,
             confirm: super::confirm::read_marker(&self.sd)?,
             confirm_reverts: st.confirm_reverts,
+            last_revert: super::confirm::read_revert_record(&self.sd)?.map(|r| LastRevert {
+                source: r.source,
+                set_at_ms: r.set_at_ms,
+                at_ms: r.at_ms,
+                why: r.why,
+                restored: r.restored,
+            }),
             audit,
         })
     }
@@ -171,11 +204,15 @@ impl Agent {
             ))
         });
         let reasons = dp.reason_counters()?;
+        let conntrack = dp.ct_stats()?;
+        let audit = dp.audit()?;
         Ok(Counters {
             rules,
             reasons: reasons.into_iter().collect(),
-            conntrack: dp.ct_stats()?,
+            conntrack,
             confirm_reverts: self.state.confirm_reverts,
+            audit,
+            audit_interfaces: self.audited_devices()?,
         })
     }
 
@@ -292,6 +329,7 @@ fn iface_statuses(
                 } else {
                     "not attached".into()
                 },
+                audit: None,
             }
         })
         .collect()

@@ -29,9 +29,10 @@ impl Agent {
             bail!("nothing is applied in this namespace");
         }
         let slots = self.state.slot_table();
+        let audit = self.state.audit_devices.clone();
         let dp = self.dataplane()?;
         let generation = dp.active_generation();
-        let (image, _) = compile_image(&bound, &slots, generation, dp)?;
+        let (image, _) = compile_image(&bound, &slots, generation, dp, &audit)?;
         let want = Meaning::of_image(&image);
         let live = dp.live_meaning()?;
         Ok(Verified {

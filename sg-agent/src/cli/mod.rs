@@ -99,9 +99,9 @@ enum Cmd {
     )]
     Explain(explain::Args),
     /// Audit mode (L3): pass what the policy would drop, and report it; `off` ends it and the
-    /// flows it admitted.
+    /// flows it admitted. Global, or for one device (`audit on DEV`).
     #[command(
-        after_help = "Examples:\n  sg-agent audit on\n  sg-agent counters   # audit_would_drop_*\n  sg-agent audit off"
+        after_help = "Examples:\n  sg-agent audit on\n  sg-agent counters   # audit_would_drop_*\n  sg-agent audit off\n  sg-agent audit on eth1\n  sg-agent audit off eth1   # ends the flows audit admitted on eth1\n  sg-agent audit status"
     )]
     Audit(audit::Args),
     /// Remove programs, links, maps and pins of this namespace (enforcement stops).

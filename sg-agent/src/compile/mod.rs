@@ -258,7 +258,11 @@ pub fn compile_router(
             generation: opts.generation,
             ifindex: *ifindex,
         };
-        let conf = iface_conf(iface, scope_ids[&set], &c4[&set]);
+        let mut conf = iface_conf(iface, scope_ids[&set], &c4[&set]);
+        if policy.audit.contains(&iface.name) {
+            // L3: the program passes and reports what this interface's scopes drop.
+            conf.flags |= iface_flags::AUDIT;
+        }
         image.ifaces.insert(key, conf);
     }
 
@@ -548,6 +552,8 @@ fn same_but_members(a: &Policy, b: &Policy, bindings: &BTreeMap<String, u32>) ->
     // A router's NACL classes are not recomputed by a delta.
     a.network_acls == b.network_acls
         && a.subnets == b.subnets
+        // A delta writes no SG_IFACES entry, so an interface's audit flag changes whole.
+        && a.audit == b.audit
         && a.groups.keys().eq(b.groups.keys())
         && rules(a).eq(rules(b))
         && lists(a) == lists(b)

@@ -190,6 +190,9 @@ pub(crate) struct DInterface {
     pub groups: Vec<L<String>>,
     pub groups_at: Origin,
     pub timeouts: DTimeouts,
+    /// Where `audit: true` was written (native only): this interface's device runs in audit
+    /// mode (L3).
+    pub audit: Option<Origin>,
     pub at: Origin,
 }
 

@@ -615,7 +615,7 @@ fn peer_item(sink: &mut Sink, item: &At, peer_key: &str, own: &str) -> Option<Pe
     Some((L::new(peer, text.at), pid, pdesc))
 }
 
-const IFACE_KEYS: &[&str] = &["device", "addresses", "groups", "timeouts"];
+const IFACE_KEYS: &[&str] = &["device", "addresses", "groups", "timeouts", "audit"];
 
 fn instance(sink: &mut Sink, at: &At, out: &mut Vec<DInterface>) {
     let Some(f) = fields(sink, at, "an instance") else {
@@ -710,6 +710,11 @@ fn interface(sink: &mut Sink, f: &Fields, name: L<String>, instance: &str) -> DI
             .get("timeouts")
             .map(|t| timeouts(sink, &t))
             .unwrap_or_default(),
+        audit: f.get("audit").and_then(|v| {
+            boolean(sink, &v, "audit")
+                .filter(|on| *on)
+                .map(|_| v.origin(sink))
+        }),
         at: f.origin(sink),
     }
 }

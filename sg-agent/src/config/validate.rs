@@ -6,7 +6,7 @@
 //! shows all mistakes. It must not know file formats or field names: messages speak of
 //! groups, rules, ports and peers; the origin's path says where in the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
@@ -1034,6 +1034,7 @@ pub(crate) fn validate(d: &Draft, sink: &mut Sink) -> Policy {
     prefix_lists(&mut ctx, d);
     let groups = groups(&mut ctx, d, &q);
     let interfaces = interfaces(&mut ctx, d, &q, defaults);
+    let audit = audited(ctx.sink, d, &interfaces);
     let (network_acls, subnets) = nacl::validate(ctx.sink, d, &q);
     Policy {
         groups,
@@ -1045,7 +1046,33 @@ pub(crate) fn validate(d: &Draft, sink: &mut Sink) -> Policy {
         },
         network_acls,
         subnets,
+        audit,
     }
+}
+
+/// The valid interfaces written with `audit: true` (L3), each named in a warning: audit mode
+/// is a state to leave, not to forget.
+fn audited(sink: &mut Sink, d: &Draft, valid: &[Interface]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, at) in d
+        .interfaces
+        .iter()
+        .filter_map(|i| Some((i, i.audit.as_ref()?)))
+    {
+        if valid.iter().any(|v| v.name == i.name.v) {
+            sink.warn_hint(
+                at,
+                format!(
+                    "interface {} is in audit mode: what its groups drop passes and is counted \
+                     as audit_would_drop_* (L3)",
+                    i.name.v
+                ),
+                "remove `audit: true` and apply again to enforce",
+            );
+            out.insert(i.name.v.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1065,5 +1092,97 @@ mod tests {
             canonical_rule_text(&g, Direction::Ingress, &p, &peer),
             "sg-web|ingress|tcp:443-443|cidr:0.0.0.0/0"
         );
+    }
+
+    /// Two web hosts on eth0 and eth1 of one machine, web-2 written with `audit` (as given).
+    fn audit_policy(audit: &str) -> String {
+        format!(
+            "security_groups:\n  - id: sg-web\n    ingress:\n      - protocol: tcp\n        \
+             ports: 443\n        source: 0.0.0.0/0\ninstances:\n  - name: web-1\n    \
+             device: eth0\n    addresses: [192.0.2.11]\n    groups: [sg-web]\n  - name: \
+             web-2\n    device: eth1\n    addresses: [192.0.2.12]\n    groups: [sg-web]\n    \
+             audit: {audit}\n"
+        )
+    }
+
+    #[test]
+    fn audit_true_puts_that_interface_alone_in_audit_mode_with_a_located_warning_l3() {
+        let l = crate::config::load_str(&audit_policy("true"), "t.yaml").unwrap();
+        assert_eq!(l.policy.audit, BTreeSet::from(["web-2".to_string()]));
+        let w = l.warnings.iter().find(|d| d.message.contains("audit mode"));
+        let w = w.expect("audit mode is warned about");
+        assert_eq!(
+            (w.origin.line, w.severity),
+            (16, crate::config::Severity::Warning)
+        );
+        assert!(w.message.contains("interface web-2"), "{}", w.message);
+        let off = crate::config::load_str(&audit_policy("false"), "t.yaml").unwrap();
+        assert!(off.policy.audit.is_empty());
+    }
+
+    #[test]
+    fn audit_is_true_or_false_and_belongs_to_an_interface() {
+        let e = crate::config::load_str(&audit_policy("sometimes"), "t.yaml").unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("t.yaml:16:12"), "{e}");
+        assert!(
+            e.contains("audit must be true or false, found `sometimes`"),
+            "{e}"
+        );
+        let listed = "security_groups:\n  - id: sg-web\ninstances:\n  - name: web-1\n    \
+                      audit: true\n    interfaces:\n      - device: eth1\n        \
+                      groups: [sg-web]\n";
+        let e = crate::config::load_str(listed, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.yaml:5:12"), "{e}");
+        assert!(
+            e.contains("`audit` belongs to an interface when the instance lists `interfaces`"),
+            "{e}"
+        );
+        let inner = listed.replace("    audit: true\n", "").replace(
+            "        groups: [sg-web]\n",
+            "        groups: [sg-web]\n        audit: true\n",
+        );
+        let l = crate::config::load_str(&inner, "t.yaml").unwrap();
+        assert_eq!(l.policy.audit, BTreeSet::from(["web-1".to_string()]));
+    }
+
+    #[test]
+    fn audit_compiles_into_the_flag_of_that_interface_only_and_is_no_membership_delta() {
+        use crate::compile::{CompileOptions, compile_indexed, membership_delta};
+        use sg_common::iface_flags::AUDIT;
+        let p = crate::config::load_str(&audit_policy("true"), "t.yaml")
+            .unwrap()
+            .policy;
+        let bind = BTreeMap::from([("web-1".to_string(), 7), ("web-2".to_string(), 8)]);
+        let opts = CompileOptions {
+            generation: 0,
+            slot_capacity: 1024,
+        };
+        let slots = crate::image::SlotTable::default();
+        let (image, index) = compile_indexed(&p, &bind, &slots, &opts).unwrap();
+        let audited: Vec<(u32, bool)> = image
+            .ifaces
+            .iter()
+            .map(|(k, v)| (k.ifindex, v.flags & AUDIT != 0))
+            .collect();
+        assert_eq!(audited, [(7, false), (8, true)]);
+        // Ending audit changes SG_IFACES, which a membership delta never writes.
+        let mut enforcing = p.clone();
+        enforcing.audit.clear();
+        let d = membership_delta(&p, &enforcing, &bind, &image, &index).unwrap();
+        assert!(d.is_none());
+    }
+
+    #[test]
+    fn audit_survives_the_native_document_a_revert_goes_back_to() {
+        let p = crate::config::load_str(&audit_policy("true"), "t.yaml")
+            .unwrap()
+            .policy;
+        let doc = crate::store::native::document(&p);
+        let text = crate::store::native::to_yaml(&doc);
+        let again = crate::config::load_str(&text, "again.yaml").unwrap().policy;
+        assert_eq!(again.audit, p.audit);
     }
 }

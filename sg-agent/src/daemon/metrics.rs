@@ -82,6 +82,7 @@ pub(super) fn render(
         write_rules(&mut out, &c.rules);
         write_reasons(&mut out, c);
         write_conntrack(&mut out, &c.conntrack);
+        write_audit(&mut out, c);
     }
     write_daemon(&mut out, generation, enforcing, stats);
     write_confirm(&mut out, stats);
@@ -175,6 +176,33 @@ fn write_conntrack(out: &mut String, ct: &CtStats) {
         Kind::Counter,
         "Flows dropped because the conntrack table was full (EC2's conntrack_allowance_exceeded).",
         ct.exceeded as f64,
+    );
+}
+
+/// Audit mode (L3): on every interface, and the interfaces in audit mode of their own.
+fn write_audit(out: &mut String, c: &Counters) {
+    scalar(
+        out,
+        "sg_audit",
+        Kind::Gauge,
+        "1 while audit mode (L3) is on for every interface: what the policy drops passes.",
+        if c.audit { 1.0 } else { 0.0 },
+    );
+    let samples: Vec<Sample> = c
+        .audit_interfaces
+        .iter()
+        .map(|d| Sample {
+            labels: vec![("device", d.device.clone()), ("by", d.by.to_string())],
+            value: 1.0,
+        })
+        .collect();
+    family(
+        out,
+        "sg_interface_audit",
+        Kind::Gauge,
+        "1 for each interface in audit mode of its own (L3), by `policy` (audit: true) or \
+         `command` (sg-agent audit on DEV).",
+        &samples,
     );
 }
 
@@ -407,6 +435,12 @@ mod tests {
                 ..CtStats::default()
             },
             confirm_reverts: 3,
+            audit: false,
+            audit_interfaces: vec![crate::agent::AuditedDevice {
+                device: "eth1".into(),
+                ifindex: 3,
+                by: "command",
+            }],
         };
         let counted = r#"# HELP sg_rule_packets_total Packets allowed by each rule (a tracked flow is charged to the rule that opened it).
 # TYPE sg_rule_packets_total counter
@@ -430,6 +464,12 @@ sg_conntrack_allowance_available 1000
 # HELP sg_conntrack_allowance_exceeded_total Flows dropped because the conntrack table was full (EC2's conntrack_allowance_exceeded).
 # TYPE sg_conntrack_allowance_exceeded_total counter
 sg_conntrack_allowance_exceeded_total 3
+# HELP sg_audit 1 while audit mode (L3) is on for every interface: what the policy drops passes.
+# TYPE sg_audit gauge
+sg_audit 0
+# HELP sg_interface_audit 1 for each interface in audit mode of its own (L3), by `policy` (audit: true) or `command` (sg-agent audit on DEV).
+# TYPE sg_interface_audit gauge
+sg_interface_audit{device="eth1",by="command"} 1
 "#;
         let want = format!("{counted}{}", daemon_families(1, 1));
         assert_eq!(render(Some(&c), 1, true, &stats()), want);

@@ -124,6 +124,9 @@ pub struct ApplyReport {
     /// Conntrack entries deleted after the flip because their interface became a network ACL
     /// interface (issue 17).
     pub flows_removed: usize,
+    /// Conntrack entries deleted after the flip because audit mode (L3) admitted them on an
+    /// interface the new image no longer audits.
+    pub audit_flows_ended: usize,
 }
 
 fn lpm<T: aya::Pod>(k: &Key<T>) -> LpmKey<T> {
@@ -306,6 +309,8 @@ impl Dataplane {
             .map(|(k, _)| k.ifindex)
             .collect();
 
+        let audit_ending = self.audit_ending(image)?;
+
         // 3. Write the new generation, then 4. flip. Roll back on any error.
         let written = self
             .zero_counters(&zero)
@@ -323,6 +328,9 @@ impl Dataplane {
         if !became_nacl.is_empty() {
             report.flows_removed = self.delete_flows(|k, _| became_nacl.contains(&k.ifindex))?;
         }
+        if !audit_ending.is_empty() {
+            report.audit_flows_ended = self.end_audited_flows_on(&audit_ending)?;
+        }
 
         self.mirror.slots = image.slots.clone();
         self.mirror.known_slots.extend(image.slots.by_rule.values());
@@ -330,6 +338,22 @@ impl Dataplane {
             .known_slots
             .extend(image.ports.values().flat_map(rule_slots));
         Ok(report)
+    }
+
+    /// The interfaces whose own audit mode (L3) `image` ends: after the flip the flows audit
+    /// admitted there go (flows it admits end when it ends), unless the global audit mode
+    /// keeps admitting them.
+    fn audit_ending(&self, image: &MapImage) -> Result<BTreeSet<u32>> {
+        if self.audit()? {
+            return Ok(BTreeSet::new());
+        }
+        let kept: BTreeSet<u32> = image
+            .ifaces
+            .iter()
+            .filter(|(_, v)| v.flags & iface_flags::AUDIT != 0)
+            .map(|(k, _)| k.ifindex)
+            .collect();
+        Ok(self.audit_ifaces().difference(&kept).copied().collect())
     }
 
     /// Deletes what a failed apply wrote of generation `g` (not live), and says so on `e`.

@@ -28,7 +28,7 @@ mod read;
 mod testrun;
 mod verify;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -37,7 +37,7 @@ use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use sg_common::{
     Config, FlowKey, FlowVal, FragKey, FragVal, IfaceConf, IfaceKey, PeerData, PortKey, PortPage,
-    RuleCounter, capacity, config_flags, ct_flags, maps, progs,
+    RuleCounter, capacity, config_flags, ct_flags, iface_flags, maps, progs,
 };
 
 pub use apply::ApplyReport;
@@ -344,10 +344,68 @@ impl Dataplane {
         Ok(self.config()?.flags & config_flags::AUDIT != 0)
     }
 
-    /// Deletes the flows created while audit mode was on (L3: they end with it). Returns how
-    /// many.
+    /// Deletes the flows created while audit mode was on (L3: they end with it), except on
+    /// interfaces still in audit mode of their own. Returns how many.
     pub fn end_audited_flows(&mut self) -> Result<usize> {
-        self.delete_flows(|_, v| v.flags & ct_flags::AUDIT != 0)
+        let still = self.audit_ifaces();
+        self.delete_flows(|k, v| v.flags & ct_flags::AUDIT != 0 && !still.contains(&k.ifindex))
+    }
+
+    /// Audit mode on or off for one interface of the live generation (L3), written in place:
+    /// its other settings, the other interfaces and the generation stay. False when the live
+    /// generation has no such interface. The caller holds the apply lock (SG_ACTIVE is read
+    /// and written back).
+    pub fn set_iface_audit(&mut self, ifindex: u32, on: bool) -> Result<bool> {
+        let g = self.mirror.active;
+        let key = IfaceKey {
+            generation: g,
+            ifindex,
+        };
+        let Some(conf) = self.mirror.gens[g as usize].ifaces.get(&key).copied() else {
+            return Ok(false);
+        };
+        let flags = if on {
+            conf.flags | iface_flags::AUDIT
+        } else {
+            conf.flags & !iface_flags::AUDIT
+        };
+        let conf = IfaceConf { flags, ..conf };
+        self.maps
+            .ifaces
+            .insert(key, conf, 0)
+            .context("writing SG_IFACES")?;
+        self.mirror.gens[g as usize].ifaces.insert(key, conf);
+        // SG_ACTIVE says whether the live generation has an auditing interface (a drop looks
+        // its interface up only then): set after the interface's flag, cleared after the last
+        // one's, so the datapath never skips an interface that audits. Same generation, other
+        // bits kept: no flip.
+        let v = self.maps.active.get(&0, 0).context("reading SG_ACTIVE")?;
+        let v = if self.audit_ifaces().is_empty() {
+            v & !sg_common::active::AUDIT_IFACES
+        } else {
+            v | sg_common::active::AUDIT_IFACES
+        };
+        self.maps
+            .active
+            .set(0, v, 0)
+            .with_context(|| format!("writing {} = {v:#x}", maps::ACTIVE))?;
+        Ok(true)
+    }
+
+    /// The interfaces (ifindex) the live generation puts in audit mode of their own (L3).
+    pub fn audit_ifaces(&self) -> BTreeSet<u32> {
+        self.mirror.gens[self.mirror.active as usize]
+            .ifaces
+            .iter()
+            .filter(|(_, v)| v.flags & iface_flags::AUDIT != 0)
+            .map(|(k, _)| k.ifindex)
+            .collect()
+    }
+
+    /// Deletes the flows audit admitted on `ifindexes`, whose own audit mode ended (L3).
+    /// Returns how many.
+    pub fn end_audited_flows_on(&mut self, ifindexes: &BTreeSet<u32>) -> Result<usize> {
+        self.delete_flows(|k, v| v.flags & ct_flags::AUDIT != 0 && ifindexes.contains(&k.ifindex))
     }
 
     /// Makes the datapath read its clock as calibrated jiffies (`Config::now_ns`), unless

@@ -9,6 +9,8 @@
 //! (`DbSecurityGroup`), which is not a native id: those become `sg-DbSecurityGroup` and
 //! `pl-...` (rule ids are written out, so they do not change).
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value, json};
 
 use crate::policy::{
@@ -123,6 +125,19 @@ pub fn prefix_list(pl: &PrefixList) -> Value {
 /// One instance (its name) and its interfaces, in the single-interface form when the instance
 /// has one interface named after it, else with `interfaces`.
 pub fn instance(name: &str, ifaces: &[&Interface]) -> Value {
+    instance_audited(name, ifaces, &BTreeSet::new())
+}
+
+/// [`instance`], with `audit: true` on the interfaces named in `audit` (L3). The store's keys
+/// leave it out: audit mode is a host's, set in its file or by `sg-agent audit on DEV`.
+fn instance_audited(name: &str, ifaces: &[&Interface], audit: &BTreeSet<String>) -> Value {
+    let interface_keys = |i: &Interface| {
+        let mut m = interface_keys(i);
+        if audit.contains(&i.name) {
+            m.insert("audit".into(), true.into());
+        }
+        m
+    };
     if let [only] = ifaces
         && only.name == name
     {
@@ -256,7 +271,10 @@ pub fn document(p: &Policy) -> Value {
         "quotas": quotas(&p.quotas),
         "prefix_lists": p.prefix_lists.values().map(prefix_list).collect::<Vec<_>>(),
         "security_groups": p.groups.values().map(group).collect::<Vec<_>>(),
-        "instances": instances(p).iter().map(|(n, i)| instance(n, i)).collect::<Vec<_>>(),
+        "instances": instances(p)
+            .iter()
+            .map(|(n, i)| instance_audited(n, i, &p.audit))
+            .collect::<Vec<_>>(),
     });
     if !p.network_acls.is_empty() || !p.subnets.is_empty() {
         doc["network_acls"] = p.network_acls.values().map(network_acl).collect();

@@ -222,6 +222,7 @@ impl Cfn<'_, '_> {
                 groups: f.groups.clone(),
                 groups_at: f.groups_at.clone(),
                 timeouts: f.timeouts.clone(),
+                audit: f.audit.clone(),
                 at: at.clone(),
             };
             d.interfaces.push(copy);

@@ -1468,6 +1468,7 @@ impl<'n> Cfn<'n, '_> {
                 groups,
                 groups_at: origin.clone(),
                 timeouts: DTimeouts::default(),
+                audit: None,
                 at: origin,
             });
             return;
@@ -1556,6 +1557,7 @@ impl<'n> Cfn<'n, '_> {
             groups,
             groups_at,
             timeouts: DTimeouts::default(),
+            audit: None,
             at: origin,
         }
     }
@@ -1622,6 +1624,7 @@ impl<'n> Cfn<'n, '_> {
             groups,
             groups_at,
             timeouts,
+            audit: None,
             at: nic_origin,
         })
     }
@@ -1723,6 +1726,7 @@ impl<'n> Cfn<'n, '_> {
             groups,
             groups_at,
             timeouts,
+            audit: None,
             at: origin,
         }
     }
