@@ -192,7 +192,7 @@ pub fn run(opts: &Options, pair: &mut Pair) -> Result<ConnRate> {
         ct_capacity: (ct, ct),
         ..ConnRate::default()
     };
-    if !reaches(pair, PORTS.from)? || !reaches(pair, DENIED_PORT)? {
+    if !pair.tcp_reaches(PORTS.from)? || !pair.tcp_reaches(DENIED_PORT)? {
         bail!(
             "without a filter, TCP {} and {DENIED_PORT} must connect",
             PORTS.from
@@ -333,30 +333,14 @@ fn sg_figure(
 /// The allowed ports connect and the denied one does not.
 fn check_filter(pair: &Pair) -> Result<()> {
     for p in [PORTS.from, PORTS.to] {
-        if !reaches(pair, p)? {
+        if !pair.tcp_reaches(p)? {
             bail!("TCP {p} (allowed) did not connect");
         }
     }
-    if reaches(pair, DENIED_PORT)? {
+    if pair.tcp_reaches(DENIED_PORT)? {
         bail!("TCP {DENIED_PORT} (denied) connected");
     }
     Ok(())
-}
-
-/// Does a TCP connection sender -> receiver:`port` complete?
-fn reaches(pair: &Pair, port: u16) -> Result<bool> {
-    let listener = pair
-        .receiver
-        .enter(|| TcpListener::bind(SocketAddrV4::new(RECEIVER_V4, port)))??;
-    let ok = pair.sender.enter(|| {
-        TcpStream::connect_timeout(
-            &SocketAddrV4::new(RECEIVER_V4, port).into(),
-            Duration::from_millis(500),
-        )
-        .is_ok()
-    })?;
-    drop(listener);
-    Ok(ok)
 }
 
 /// The rounds of one configuration, collected.

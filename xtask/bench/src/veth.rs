@@ -407,18 +407,7 @@ impl Pair {
             self.sink = Some(sock);
         }
         let tcp_ok = if tcp {
-            let listener = self
-                .receiver
-                .enter(|| TcpListener::bind(SocketAddrV4::new(RECEIVER_V4, port)))??;
-            let ok = self.sender.enter(|| {
-                TcpStream::connect_timeout(
-                    &SocketAddrV4::new(RECEIVER_V4, port).into(),
-                    Duration::from_millis(500),
-                )
-                .is_ok()
-            })?;
-            drop(listener);
-            Some(ok)
+            Some(self.tcp_reaches(port)?)
         } else {
             None
         };
@@ -426,6 +415,22 @@ impl Pair {
     }
 
     /// Reads and discards everything queued on the sink.
+    /// Does a TCP connection sender -> receiver:`port` complete (within 500 ms)?
+    pub fn tcp_reaches(&self, port: u16) -> Result<bool> {
+        let listener = self
+            .receiver
+            .enter(|| TcpListener::bind(SocketAddrV4::new(RECEIVER_V4, port)))??;
+        let ok = self.sender.enter(|| {
+            TcpStream::connect_timeout(
+                &SocketAddrV4::new(RECEIVER_V4, port).into(),
+                Duration::from_millis(500),
+            )
+            .is_ok()
+        })?;
+        drop(listener);
+        Ok(ok)
+    }
+
     pub fn drain_sink(&self) -> Result<()> {
         let sink = self.sink.as_ref().context("sink in use")?;
         sink.set_nonblocking(true)?;
