@@ -33,7 +33,7 @@ use serde::Serialize;
 use sg_common::Reason;
 
 use super::frames::{self, Ends, tcp_flags};
-use super::rawbpf::Prog;
+use super::rawbpf::{BPF_F_NO_PREALLOC, Prog};
 use super::{Options, median, workload};
 use sg_agent::compile::{CompileOptions, compile};
 use sg_agent::dataplane::{Capacities, Dataplane, Hook, LoadOptions};
@@ -51,6 +51,12 @@ pub struct KernelCost {
     pub pass_lookup_ns: f64,
     /// XDP_PASS timed one run at a time, like `new_allowed`.
     pub pass_once_ns: f64,
+    /// XDP_PASS after one insert of a new conntrack-sized entry into a hash map allocated as
+    /// it fills (BPF_F_NO_PREALLOC, as sg's conntrack tables), timed one run at a time: the
+    /// kernel's own share of `new_allowed`.
+    pub insert_once_ns: f64,
+    /// The same insert into a preallocated hash map.
+    pub insert_prealloc_once_ns: f64,
     pub sizes: Vec<SizeCost>,
 }
 
@@ -160,9 +166,27 @@ pub fn run(opts: &Options) -> Result<KernelCost> {
             }
             Ok(total / per_round as f64)
         })?;
+        let capacity = (per_round as u32 + 1024).next_power_of_two();
+        let insert_once = |map_flags: u32| {
+            median_of(m, || {
+                let insert = Prog::xdp_pass_insert(capacity, map_flags)?;
+                let mut total = 0.0;
+                for _ in 0..per_round {
+                    total += ns(insert.test_run(&frame, LO, 1)?.1);
+                }
+                Ok(total / per_round as f64)
+            })
+        };
+        k.insert_once_ns = insert_once(BPF_F_NO_PREALLOC)?;
+        k.insert_prealloc_once_ns = insert_once(0)?;
         eprintln!(
-            "kernel: pass {:.1} ns, pass+lookup {:.1} ns, pass once {:.1} ns",
-            k.pass_ns, k.pass_lookup_ns, k.pass_once_ns
+            "kernel: pass {:.1} ns, pass+lookup {:.1} ns, pass once {:.1} ns, \
+             pass+insert once {:.1} ns (preallocated: {:.1} ns)",
+            k.pass_ns,
+            k.pass_lookup_ns,
+            k.pass_once_ns,
+            k.insert_once_ns,
+            k.insert_prealloc_once_ns
         );
         let yard = Yardsticks {
             pass: &pass,
