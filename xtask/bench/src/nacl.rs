@@ -16,7 +16,8 @@
 //!   the receiver's UDP layer in a window (veth.rs's method and generators). The bare router
 //!   in alternation with the router running sg on both devices (TC or XDP ingress, TC egress)
 //!   with NACLs that allow the flow by their last entry; the ratio is the median of the
-//!   per-round ratios.
+//!   per-round ratios. The same rounds with programs that only pass at those hooks
+//!   (rawbpf.rs) give the floor: what the hooks cost on this router with nothing in them.
 //!
 //! It owns the NACL policies of the bench and the routed rig. Like the rest of the bench it
 //! goes through `compile` and `dataplane`, never writes maps itself, never asserts on timings.
@@ -43,6 +44,7 @@ use sg_common::Reason;
 use sg_testkit::netns::{Netns, veth};
 
 use super::frames::{self, Ends};
+use super::rawbpf::{PassHook, Prog};
 use super::veth::{Generator, flood_from, mac, pin, receiver_sink, udp_delivered};
 use super::workload::UDP_ALLOWED;
 use super::{Options, median};
@@ -579,10 +581,39 @@ fn forwarding(opts: &Options, f: &mut NaclFigures) -> Result<()> {
             }
         }
     }
+    for (name, xdp) in [("pass_only_tc", false), ("pass_only_xdp", true)] {
+        match forward_pass_only(opts, &rig, g, name, xdp) {
+            Ok(x) => f.forwarding.push(x),
+            Err(e) => f.errors.push(format!("forwarding with {name}: {e:#}")),
+        }
+    }
     Ok(())
 }
 
-/// Alternating rounds (sg on, bare), as lib.rs's `paired`.
+/// Alternating rounds (the configuration on, then the bare router), as lib.rs's `paired`:
+/// `set(true)` puts the configuration on the router, `set(false)` takes it off. Returns the
+/// pps with it, the bare pps, and the per-round ratios.
+fn rounds(
+    opts: &Options,
+    rig: &Routed,
+    g: Generator,
+    mut set: impl FnMut(bool) -> Result<()>,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.rounds.max(1) {
+        set(true)?;
+        let v = rig.flood(g, opts);
+        set(false)?;
+        let v = v?;
+        let b = rig.flood(g, opts)?;
+        on.push(v);
+        off.push(b);
+        ratios.push(v / b);
+    }
+    Ok((on, off, ratios))
+}
+
+/// sg on the router (`hook` ingress, TC egress), in alternation with the bare router.
 fn forward(
     opts: &Options,
     rig: &Routed,
@@ -594,17 +625,7 @@ fn forward(
     let passed =
         |dp: &Dataplane| -> Result<u64> { Ok(dp.reason_counters()?[&Reason::PassNaclRule]) };
     let before = passed(dp)?;
-    let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..opts.rounds.max(1) {
-        rig.set_sg(dp, Some(hook))?;
-        let v = rig.flood(g, opts);
-        rig.set_sg(dp, None)?;
-        let v = v?;
-        let b = rig.flood(g, opts)?;
-        on.push(v);
-        off.push(b);
-        ratios.push(v / b);
-    }
+    let (on, off, ratios) = rounds(opts, rig, g, |on| rig.set_sg(dp, on.then_some(hook)))?;
     let nacl_passed = passed(dp)? - before;
     eprintln!("nacl forwarding {name}: {on:.0?} vs bare {off:.0?}; NACL passed {nacl_passed}");
     if nacl_passed == 0 {
@@ -616,6 +637,45 @@ fn forward(
         bare_pps: median(&off),
         ratio_vs_bare: median(&ratios),
         nacl_passed,
+    })
+}
+
+/// Programs that only pass, at the hooks sg uses (`xdp`: native XDP ingress, else TC
+/// ingress; TC egress in both), on both router devices: what the hooks cost on this router
+/// with nothing in them, the floor under sg's forwarding figure.
+fn forward_pass_only(
+    opts: &Options,
+    rig: &Routed,
+    g: Generator,
+    name: &str,
+    xdp: bool,
+) -> Result<ForwardFigure> {
+    let (xdp_pass, tc_pass) = (Prog::xdp_pass()?, Prog::tc_pass()?);
+    let mut links = Vec::new();
+    let (on, off, ratios) = rounds(opts, rig, g, |on| {
+        if !on {
+            links.clear();
+            return Ok(());
+        }
+        rig.router.enter(|| -> Result<()> {
+            for &ifindex in &rig.router_ifindexes {
+                links.push(if xdp {
+                    xdp_pass.attach(ifindex, PassHook::XdpNative)?
+                } else {
+                    tc_pass.attach(ifindex, PassHook::TcIngress)?
+                });
+                links.push(tc_pass.attach(ifindex, PassHook::TcEgress)?);
+            }
+            Ok(())
+        })?
+    })?;
+    eprintln!("nacl forwarding {name}: {on:.0?} vs bare {off:.0?}");
+    Ok(ForwardFigure {
+        config: name.into(),
+        pps: median(&on),
+        bare_pps: median(&off),
+        ratio_vs_bare: median(&ratios),
+        nacl_passed: 0,
     })
 }
 

@@ -16,9 +16,19 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+/// Link attach types: XDP, and TCX ingress/egress.
+const BPF_XDP: u32 = 37;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+/// XDP link flag: the driver's native hook.
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// TCX: pass the packet on (what sg returns for a packet it lets through).
+const TCX_PASS: i32 = 0;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 /// Frames a test run sends out for real (redirect, XDP_TX) instead of being discarded.
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
@@ -226,6 +236,38 @@ impl Prog {
         )
     }
 
+    /// `return TCX_PASS;`: a TC program that lets everything through, to measure what a TC
+    /// hook costs with nothing in it.
+    pub fn tc_pass() -> Result<Prog> {
+        load_typed(
+            BPF_PROG_TYPE_SCHED_CLS,
+            "sgb_tc_pass",
+            &[Insn::mov_imm(0, TCX_PASS), Insn::exit()],
+            None,
+        )
+    }
+
+    /// Attaches this program to `ifindex` (in the calling thread's namespace) at `hook`;
+    /// detached when the returned link is dropped.
+    pub fn attach(&self, ifindex: u32, hook: PassHook) -> Result<Link> {
+        let (attach_type, flags) = match hook {
+            PassHook::XdpNative => (BPF_XDP, XDP_FLAGS_DRV_MODE),
+            PassHook::TcIngress => (BPF_TCX_INGRESS, 0),
+            PassHook::TcEgress => (BPF_TCX_EGRESS, 0),
+        };
+        let mut a = [0u8; 64];
+        put32(&mut a, 0, self.fd.as_raw_fd() as u32);
+        put32(&mut a, 4, ifindex);
+        put32(&mut a, 8, attach_type);
+        put32(&mut a, 12, flags);
+        let fd = sys_bpf(BPF_LINK_CREATE, &mut a)
+            .with_context(|| format!("attaching {} to ifindex {ifindex} ({hook:?})", self.name))?;
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(Link {
+            _fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
     /// BPF_PROG_TEST_RUN: `repeat` runs of `frame`; returns the program's return value and
     /// the kernel's mean time per run. `ifindex` names the receiving device (must exist in
     /// the calling thread's namespace; 1 = lo).
@@ -267,12 +309,35 @@ impl Prog {
     }
 }
 
+/// Where [`Prog::attach`] puts a pass-only program.
+#[derive(Clone, Copy, Debug)]
+pub enum PassHook {
+    XdpNative,
+    TcIngress,
+    TcEgress,
+}
+
+/// An attached program (a BPF link): detached on drop.
+pub struct Link {
+    /// Held for its drop: closing the link's descriptor detaches the program.
+    _fd: OwnedFd,
+}
+
 fn load(name: &'static str, insns: &[Insn], map: Option<OwnedFd>) -> Result<Prog> {
+    load_typed(BPF_PROG_TYPE_XDP, name, insns, map)
+}
+
+fn load_typed(
+    prog_type: u32,
+    name: &'static str,
+    insns: &[Insn],
+    map: Option<OwnedFd>,
+) -> Result<Prog> {
     let code = Insn::bytes(insns);
     let license = c"GPL";
     let mut log = vec![0u8; 64 * 1024];
     let mut a = [0u8; 128];
-    put32(&mut a, 0, BPF_PROG_TYPE_XDP);
+    put32(&mut a, 0, prog_type);
     put32(&mut a, 4, insns.len() as u32);
     put64(&mut a, 8, code.as_ptr() as u64);
     put64(&mut a, 16, license.as_ptr() as u64);
@@ -290,7 +355,7 @@ fn load(name: &'static str, insns: &[Insn], map: Option<OwnedFd>) -> Result<Prog
         Err(e) => {
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             bail!(
-                "loading XDP program {name}: {e}; verifier log: {}",
+                "loading program {name}: {e}; verifier log: {}",
                 String::from_utf8_lossy(&log[..end])
             )
         }
