@@ -590,15 +590,16 @@ fn forwarding(opts: &Options, f: &mut NaclFigures) -> Result<()> {
     Ok(())
 }
 
-/// Alternating rounds (the configuration on, then the bare router), as lib.rs's `paired`:
-/// `set(true)` puts the configuration on the router, `set(false)` takes it off. Returns the
-/// pps with it, the bare pps, and the per-round ratios.
+/// Alternating rounds (the configuration `name` on, then the bare router), as lib.rs's
+/// `paired`: `set(true)` puts the configuration on the router, `set(false)` takes it off.
+/// The figure's `nacl_passed` is left 0 for the caller.
 fn rounds(
     opts: &Options,
     rig: &Routed,
     g: Generator,
+    name: &str,
     mut set: impl FnMut(bool) -> Result<()>,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+) -> Result<ForwardFigure> {
     let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.rounds.max(1) {
         set(true)?;
@@ -610,7 +611,14 @@ fn rounds(
         off.push(b);
         ratios.push(v / b);
     }
-    Ok((on, off, ratios))
+    eprintln!("nacl forwarding {name}: {on:.0?} vs bare {off:.0?}");
+    Ok(ForwardFigure {
+        config: name.into(),
+        pps: median(&on),
+        bare_pps: median(&off),
+        ratio_vs_bare: median(&ratios),
+        nacl_passed: 0,
+    })
 }
 
 /// sg on the router (`hook` ingress, TC egress), in alternation with the bare router.
@@ -625,19 +633,13 @@ fn forward(
     let passed =
         |dp: &Dataplane| -> Result<u64> { Ok(dp.reason_counters()?[&Reason::PassNaclRule]) };
     let before = passed(dp)?;
-    let (on, off, ratios) = rounds(opts, rig, g, |on| rig.set_sg(dp, on.then_some(hook)))?;
-    let nacl_passed = passed(dp)? - before;
-    eprintln!("nacl forwarding {name}: {on:.0?} vs bare {off:.0?}; NACL passed {nacl_passed}");
-    if nacl_passed == 0 {
+    let mut figure = rounds(opts, rig, g, name, |on| rig.set_sg(dp, on.then_some(hook)))?;
+    figure.nacl_passed = passed(dp)? - before;
+    eprintln!("nacl forwarding {name}: NACL passed {}", figure.nacl_passed);
+    if figure.nacl_passed == 0 {
         bail!("{name}: the NACLs passed nothing: sg did not judge the flood");
     }
-    Ok(ForwardFigure {
-        config: name.into(),
-        pps: median(&on),
-        bare_pps: median(&off),
-        ratio_vs_bare: median(&ratios),
-        nacl_passed,
-    })
+    Ok(figure)
 }
 
 /// Programs that only pass, at the hooks sg uses (`xdp`: native XDP ingress, else TC
@@ -652,7 +654,7 @@ fn forward_pass_only(
 ) -> Result<ForwardFigure> {
     let (xdp_pass, tc_pass) = (Prog::xdp_pass()?, Prog::tc_pass()?);
     let mut links = Vec::new();
-    let (on, off, ratios) = rounds(opts, rig, g, |on| {
+    rounds(opts, rig, g, name, |on| {
         if !on {
             links.clear();
             return Ok(());
@@ -668,14 +670,6 @@ fn forward_pass_only(
             }
             Ok(())
         })?
-    })?;
-    eprintln!("nacl forwarding {name}: {on:.0?} vs bare {off:.0?}");
-    Ok(ForwardFigure {
-        config: name.into(),
-        pps: median(&on),
-        bare_pps: median(&off),
-        ratio_vs_bare: median(&ratios),
-        nacl_passed: 0,
     })
 }
 
