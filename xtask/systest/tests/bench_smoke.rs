@@ -127,7 +127,9 @@ fn quick_bench_writes_every_section_with_positive_figures() {
         "generators measured"
     );
     assert!(v["generator"].is_string(), "a generator was chosen");
-    assert_eq!(v["goals"].as_array().map(Vec::len), Some(7));
+    // 7, and issue 19's for the sections run: the default hook's 3 (throughput), established
+    // <= 1.3x and the new flow (kernel), bytes per conntrack entry (control).
+    assert_eq!(v["goals"].as_array().map(Vec::len), Some(13));
     for kernel_key in ["kernel", "cpu_model"] {
         assert!(
             v["machine"][kernel_key]
