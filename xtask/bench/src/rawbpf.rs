@@ -1,6 +1,8 @@
-//! The benchmark's own tiny XDP programs, hand-assembled and loaded with raw `bpf(2)` calls:
-//! the `XDP_PASS` baseline, `XDP_PASS` after one hash lookup (the yardstick for an
-//! established flow), and the traffic generator (`bpf_redirect` to a veth, run with
+//! The benchmark's own tiny programs, hand-assembled and loaded with raw `bpf(2)` calls: the
+//! `XDP_PASS` baseline, `XDP_PASS` after one hash lookup (the yardstick for an
+//! established flow), `XDP_PASS` after one insert (the kernel's share of a new flow), a TC
+//! program that only passes (with `XDP_PASS`, attached as BPF links: what sg's hooks cost
+//! with nothing in them), and the traffic generator (`bpf_redirect` to a veth, run with
 //! BPF_PROG_TEST_RUN and `BPF_F_TEST_XDP_LIVE_FRAMES`).
 //!
 //! Why not aya: these programs are a few instructions each and must not depend on sg-ebpf
