@@ -137,6 +137,15 @@ fn median_of(n: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
     Ok(median(&v))
 }
 
+/// `prog` run `n` times, one run per test run (timed like a new flow): the mean ns.
+fn once_each(prog: &Prog, frame: &[u8], n: usize) -> Result<f64> {
+    let mut total = 0.0;
+    for _ in 0..n {
+        total += ns(prog.test_run(frame, LO, 1)?.1);
+    }
+    Ok(total / n as f64)
+}
+
 fn ns(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
@@ -159,22 +168,16 @@ pub fn run(opts: &Options) -> Result<KernelCost> {
         k.pass_ns = median_of(m, || Ok(ns(pass.test_run(&frame, LO, opts.repeat)?.1)))?;
         k.pass_lookup_ns = median_of(m, || Ok(ns(lookup.test_run(&frame, LO, opts.repeat)?.1)))?;
         let per_round = (opts.repeat as usize / m).max(1);
-        k.pass_once_ns = median_of(m, || {
-            let mut total = 0.0;
-            for _ in 0..per_round {
-                total += ns(pass.test_run(&frame, LO, 1)?.1);
-            }
-            Ok(total / per_round as f64)
-        })?;
+        k.pass_once_ns = median_of(m, || once_each(&pass, &frame, per_round))?;
         let capacity = (per_round as u32 + 1024).next_power_of_two();
+        // A fresh map for every measurement: each one inserts `per_round` new entries.
         let insert_once = |map_flags: u32| {
             median_of(m, || {
-                let insert = Prog::xdp_pass_insert(capacity, map_flags)?;
-                let mut total = 0.0;
-                for _ in 0..per_round {
-                    total += ns(insert.test_run(&frame, LO, 1)?.1);
-                }
-                Ok(total / per_round as f64)
+                once_each(
+                    &Prog::xdp_pass_insert(capacity, map_flags)?,
+                    &frame,
+                    per_round,
+                )
             })
         };
         k.insert_once_ns = insert_once(BPF_F_NO_PREALLOC)?;

@@ -414,7 +414,6 @@ impl Pair {
         Ok((got, tcp_ok))
     }
 
-    /// Reads and discards everything queued on the sink.
     /// Does a TCP connection sender -> receiver:`port` complete (within 500 ms)?
     pub fn tcp_reaches(&self, port: u16) -> Result<bool> {
         let listener = self
@@ -431,6 +430,7 @@ impl Pair {
         Ok(ok)
     }
 
+    /// Reads and discards everything queued on the sink.
     pub fn drain_sink(&self) -> Result<()> {
         let sink = self.sink.as_ref().context("sink in use")?;
         sink.set_nonblocking(true)?;
