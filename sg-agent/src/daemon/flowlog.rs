@@ -16,8 +16,8 @@ use super::now_unix;
 use crate::agent::Agent;
 use crate::dataplane::{CtEntry, ip_of};
 
-/// (ifindex, src, dst, sport, dport, protocol)
-type RejectKey = (u32, IpAddr, IpAddr, u16, u16, u8);
+/// (ifindex, src, dst, sport, dport, protocol, audit: passed only because of audit mode)
+type RejectKey = (u32, IpAddr, IpAddr, u16, u16, u8, bool);
 /// (packets, bytes, first seen, last seen)
 type RejectAgg = (u64, u64, u64, u64);
 /// (flow key, created) -> packets/bytes already reported [orig, reply]
@@ -93,6 +93,7 @@ impl FlowLog {
                 e.sport,
                 e.dport,
                 e.proto,
+                e.kind == sg_common::event_kind::AUDIT,
             );
             let r = self.rejects.entry(k).or_insert((0, 0, now, now));
             r.0 += 1;
@@ -122,7 +123,7 @@ impl FlowLog {
             writeln!(out, "{}", rec.line())?;
         }
         self.seen = live;
-        for ((ifi, src, dst, sport, dport, proto), (packets, bytes, start, end)) in
+        for ((ifi, src, dst, sport, dport, proto, audit), (packets, bytes, start, end)) in
             std::mem::take(&mut self.rejects)
         {
             let rec = FlowRecord {
@@ -136,7 +137,11 @@ impl FlowLog {
                 bytes,
                 start,
                 end,
-                accept: false,
+                action: if audit {
+                    Action::AuditReject
+                } else {
+                    Action::Reject
+                },
             };
             writeln!(out, "{}", rec.line())?;
         }
@@ -186,12 +191,25 @@ fn accepted(
                 bytes,
                 start,
                 end: now,
-                accept: true,
+                action: Action::Accept,
             });
         }
         live.insert(id, (e.val.packets, e.val.bytes));
     }
     (records, live)
+}
+
+/// What a line says of its packets: the `action` and `log-status` fields.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Action {
+    /// `ACCEPT OK`: a tracked flow's packets.
+    Accept,
+    /// `REJECT OK`: dropped packets.
+    Reject,
+    /// `REJECT AUDIT`: packets the policy rejects, passed because audit mode is on (L3).
+    /// VPC Flow Logs' log-status is OK, NODATA or SKIPDATA; AUDIT is sg's own, so a reader
+    /// that counts rejects by action alone still sees what audit mode would drop.
+    AuditReject,
 }
 
 /// One flow in VPC Flow Logs' default format (version 2 fields, sg's interface name in place
@@ -209,13 +227,13 @@ struct FlowRecord {
     /// Seconds since the epoch.
     start: u64,
     end: u64,
-    accept: bool,
+    action: Action,
 }
 
 impl FlowRecord {
     fn line(&self) -> String {
         format!(
-            "2 - {} {} {} {} {} {} {} {} {} {} {} OK",
+            "2 - {} {} {} {} {} {} {} {} {} {} {}",
             self.interface,
             self.src,
             self.dst,
@@ -226,7 +244,11 @@ impl FlowRecord {
             self.bytes,
             self.start,
             self.end,
-            if self.accept { "ACCEPT" } else { "REJECT" }
+            match self.action {
+                Action::Accept => "ACCEPT OK",
+                Action::Reject => "REJECT OK",
+                Action::AuditReject => "REJECT AUDIT",
+            }
         )
     }
 }
@@ -237,7 +259,7 @@ mod tests {
 
     #[test]
     fn flow_log_line_has_vpc_field_order() {
-        let r = FlowRecord {
+        let mut r = FlowRecord {
             interface: "eth0".into(),
             src: "198.51.100.10".parse().unwrap(),
             dst: "192.0.2.11".parse().unwrap(),
@@ -248,11 +270,17 @@ mod tests {
             bytes: 840,
             start: 1,
             end: 2,
-            accept: true,
+            action: Action::Accept,
         };
         assert_eq!(
             r.line(),
             "2 - eth0 198.51.100.10 192.0.2.11 40000 443 6 10 840 1 2 ACCEPT OK"
         );
+        r.action = Action::Reject;
+        assert!(r.line().ends_with(" 1 2 REJECT OK"), "{}", r.line());
+        // L3: what only audit mode passed keeps the field count and says so.
+        r.action = Action::AuditReject;
+        assert!(r.line().ends_with(" 1 2 REJECT AUDIT"), "{}", r.line());
+        assert_eq!(r.line().split(' ').count(), 14);
     }
 }

@@ -162,6 +162,24 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
     assert!(reject.ends_with("REJECT OK"), "{reject}");
     assert!(reject.contains(&format!(" {CLI} {SRV} ")), "{reject}");
 
+    // L3: in audit mode the same connection passes, and its packets are logged as REJECT
+    // marked AUDIT (what the policy would drop), not as a plain REJECT.
+    assert!(site.agent_ok(&["audit", "on"]).contains("audit mode ON"));
+    assert!(site.tcp(5003, None), "audit mode: tcp 5003 (denied) did not pass");
+    site.wait("the audit REJECT line", Duration::from_secs(15), || {
+        log_text(&flows).contains("REJECT AUDIT")
+    });
+    let t = log_text(&flows);
+    let audited = t
+        .lines()
+        .find(|l| l.ends_with("REJECT AUDIT"))
+        .unwrap_or_else(|| panic!("no REJECT AUDIT line:\n{t}"));
+    assert!(audited.contains(&format!(" {CLI} {SRV} ")), "{audited}");
+    assert!(audited.contains(" 5003 6 "), "{audited}");
+    assert_eq!(audited.split(' ').count(), 14, "{audited}");
+    site.agent_ok(&["audit", "off"]);
+    assert!(!site.tcp(5003, None), "audit off: tcp 5003 passed");
+
     // SIGHUP with a broken file: the enforced policy stays, the error is counted once.
     std::fs::write(
         &cfg,
