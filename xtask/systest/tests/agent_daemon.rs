@@ -165,7 +165,10 @@ fn daemon_reloads_keeps_the_policy_on_a_bad_file_reports_and_stops_without_unenf
     // L3: in audit mode the same connection passes, and its packets are logged as REJECT
     // marked AUDIT (what the policy would drop), not as a plain REJECT.
     assert!(site.agent_ok(&["audit", "on"]).contains("audit mode ON"));
-    assert!(site.tcp(5003, None), "audit mode: tcp 5003 (denied) did not pass");
+    assert!(
+        site.tcp(5003, None),
+        "audit mode: tcp 5003 (denied) did not pass"
+    );
     site.wait("the audit REJECT line", Duration::from_secs(15), || {
         log_text(&flows).contains("REJECT AUDIT")
     });
