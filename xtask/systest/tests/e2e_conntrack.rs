@@ -479,7 +479,8 @@ fn ssh_flows(bed: &Bed) -> usize {
 }
 
 /// X1: removing or narrowing the rule that allowed a TRACKED flow (SSH from my IP /32 and
-/// /128) does not cut live sessions; new sessions are refused.
+/// /128) does not cut live sessions; new sessions are refused. X3: Neutron and Cilium would
+/// cut them; the live sessions that keep working here are AWS's behaviour, which sg follows.
 #[test]
 fn x1_tracked_ssh_sessions_survive_removing_or_narrowing_their_rule() {
     let mut bed = Bed::new(&[INST, MY_IP]);
