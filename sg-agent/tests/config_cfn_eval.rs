@@ -45,6 +45,20 @@ fn at(d: &Diagnostic) -> (u32, u32) {
     (d.origin.line, d.origin.column)
 }
 
+/// The first error, which must stand at `place` (line, column) and say `words`.
+fn error_at(text: &str, opts: &[&str], place: (u32, u32), words: &str) -> Diagnostic {
+    let e = first_error(text, opts);
+    assert_eq!(at(&e), place, "{e}");
+    assert!(e.message.contains(words), "{e}");
+    e
+}
+
+/// `text` with `from` replaced by `to`; `from` must be in it, or the edit tests nothing.
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} is not in the template");
+    text.replace(from, to)
+}
+
 fn warnings(l: &Loaded) -> Vec<String> {
     l.warnings.iter().map(|w| w.message.clone()).collect()
 }
@@ -176,26 +190,25 @@ fn a_parameter_the_template_does_not_declare_or_allow_is_refused() {
         "{e}"
     );
     assert_eq!(e.hint.as_deref(), Some("did you mean SSHLocation?"));
-    let allowed = SSH.replace(
+    let allowed = edit(
+        SSH,
         "    Default: 0.0.0.0/0\n",
         "    Default: 0.0.0.0/0\n    AllowedValues: [0.0.0.0/0, 192.0.2.0/24]\n",
     );
-    let e = first_error(&allowed, &["SSHLocation=198.51.100.0/24"]);
-    assert!(e.message.contains("not one of its AllowedValues"), "{e}");
-    assert_eq!(at(&e), (4, 5));
+    let not_allowed = "not one of its AllowedValues";
+    error_at(
+        &allowed,
+        &["SSHLocation=198.51.100.0/24"],
+        (4, 5),
+        not_allowed,
+    );
 }
 
 #[test]
 fn a_parameter_without_default_or_value_is_an_error_where_it_is_used() {
-    let t = SSH.replace("    Default: 0.0.0.0/0\n", "");
-    let e = first_error(&t, &[]);
-    assert_eq!(at(&e), (14, 63), "{e}");
-    assert!(
-        e.message.contains(
-            "CidrIp is unknown: parameter SSHLocation has no Default and no value was given"
-        ),
-        "{e}"
-    );
+    let t = edit(SSH, "    Default: 0.0.0.0/0\n", "");
+    let unknown = "CidrIp is unknown: parameter SSHLocation has no Default and no value was given";
+    let e = error_at(&t, &[], (14, 63), unknown);
     assert!(e.hint.unwrap().contains("--parameter SSHLocation=VALUE"));
     load(&t, &["SSHLocation=192.0.2.7/32"]);
 }
@@ -263,18 +276,15 @@ fn conditions_choose_values_remove_properties_and_leave_out_resources() {
 
 #[test]
 fn a_condition_that_cannot_be_known_is_an_error_only_where_it_decides_something() {
-    let t = CONDITIONS.replace(
+    let t = edit(
+        CONDITIONS,
         "  Env: {Type: String, Default: prod}",
         "  Env: {Type: String}",
     );
-    let e = first_error(&t, &[]);
-    assert_eq!(at(&e), (17, 11), "{e}");
-    assert!(
-        e.message
-            .contains("condition IsProd: parameter Env has no Default"),
-        "{e}"
-    );
-    let cyclic = CONDITIONS.replace(
+    let no_default = "condition IsProd: parameter Env has no Default";
+    error_at(&t, &[], (17, 11), no_default);
+    let cyclic = edit(
+        CONDITIONS,
         "IsProd: !Equals [!Ref Env, prod]",
         "IsProd: !Condition NotProd",
     );
@@ -375,11 +385,8 @@ fn a_function_that_fails_is_a_located_error_with_its_reason() {
         ),
     ];
     for (from, to, place, msg) in cases {
-        let t = FUNCTIONS.replace(from, to);
-        assert_ne!(t, FUNCTIONS, "{from}");
-        let e = first_error(&t, &[]);
-        assert_eq!(at(&e), *place, "{to}: {e}");
-        assert!(e.message.contains(msg), "{to}: {e}");
+        let t = edit(FUNCTIONS, from, to);
+        let e = error_at(&t, &[], *place, msg);
         assert!(e.hint.is_some(), "{e}");
     }
 }
@@ -440,17 +447,13 @@ fn an_import_or_group_parameter_without_value_is_a_group_defined_elsewhere() {
 
 #[test]
 fn an_unknown_import_where_an_address_is_needed_is_a_located_error() {
-    let t = IMPORTS.replace(
+    let t = edit(
+        IMPORTS,
         "SourceSecurityGroupId: !ImportValue app-ClientSecurityGroup",
         "CidrIp: !ImportValue net-Cidr",
     );
-    let e = first_error(&t, &[]);
-    assert_eq!(at(&e), (12, 67), "{e}");
-    assert!(
-        e.message
-            .contains("CidrIp is unknown: Fn::ImportValue net-Cidr is an export of another stack"),
-        "{e}"
-    );
+    let unknown = "CidrIp is unknown: Fn::ImportValue net-Cidr is an export of another stack";
+    let e = error_at(&t, &[], (12, 67), unknown);
     assert_eq!(
         e.hint.as_deref(),
         Some("give its value: --import 'net-Cidr=VALUE'")
@@ -564,13 +567,8 @@ fn bind_names_the_local_device_of_a_template_interface_and_unread_properties_nee
     );
     // KeyName has no value, but sg does not read it: not an error, not listed as used.
     assert!(l.parameters.is_empty(), "{:?}", l.parameters);
-    let e = first_error(INSTANCES, &["bind:WebSrever=eth0"]);
-    assert_eq!(at(&e), (1, 1));
-    assert!(
-        e.message
-            .contains("--bind WebSrever: no instance or network interface WebSrever"),
-        "{e}"
-    );
+    let no_such = "--bind WebSrever: no instance or network interface WebSrever";
+    let e = error_at(INSTANCES, &["bind:WebSrever=eth0"], (1, 1), no_such);
     assert_eq!(e.hint.as_deref(), Some("did you mean WebServer?"));
     let e = first_error(INSTANCES, &["bind:Router=eth0"]);
     assert!(e.message.contains("the instance has 2 interfaces"), "{e}");
