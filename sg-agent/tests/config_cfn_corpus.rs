@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use sg_agent::config::{TemplateInputs, load_file, load_file_with};
+use sg_agent::config::{load_file, load_file_with};
 use sg_agent::policy::{GroupId, IcmpMatch, Peer, Protocol, Rule};
+use sg_testkit::template_inputs;
 
 /// Templates understood with no option given (124 before templates were evaluated).
 const UNDERSTOOD: usize = 167;
@@ -133,20 +134,6 @@ fn templates() -> Vec<PathBuf> {
     out
 }
 
-fn inputs(opts: &[&str]) -> TemplateInputs {
-    let mut i = TemplateInputs::default();
-    for o in opts {
-        if let Some(imp) = o.strip_prefix("import:") {
-            i.add_import(imp).unwrap();
-        } else if let Some(r) = o.strip_prefix("region:") {
-            i.region = Some(r.to_string());
-        } else {
-            i.add_parameter(o).unwrap();
-        }
-    }
-    i
-}
-
 #[test]
 fn the_corpus_is_understood_unedited_or_rejected_for_its_listed_reason() {
     let files = templates();
@@ -197,7 +184,7 @@ fn each_rejected_template_passes_with_the_options_listed_for_it() {
             .iter()
             .find(|p| p.to_string_lossy().ends_with(part))
             .unwrap_or_else(|| panic!("{part} is not in the corpus"));
-        if let Err(d) = load_file_with(f, &inputs(opts)) {
+        if let Err(d) = load_file_with(f, &template_inputs(opts)) {
             panic!("{part} with {opts:?}:\n{d}");
         }
     }
@@ -241,7 +228,7 @@ fn same_as_cloudformation(part: &str, opts: &[&str], groups: &[WantGroup], iface
         .into_iter()
         .find(|p| p.to_string_lossy().ends_with(part))
         .unwrap_or_else(|| panic!("{part} is not in the corpus"));
-    let l = load_file_with(&f, &inputs(opts)).unwrap_or_else(|d| panic!("{part}:\n{d}"));
+    let l = load_file_with(&f, &template_inputs(opts)).unwrap_or_else(|d| panic!("{part}:\n{d}"));
     let p = &l.policy;
     let got: Vec<&str> = p.groups.keys().map(|g| g.0.as_str()).collect();
     let mut want: Vec<&str> = groups.iter().map(|g| g.0).collect();

@@ -5,37 +5,16 @@
 
 use sg_agent::config::{Diagnostic, Loaded, TemplateInputs, load_str_with};
 use sg_agent::policy::{Direction, GroupId, IcmpMatch, Peer, Policy, Protocol};
-
-/// Inputs from `Key=Value` (parameters), `import:Name=Value`, `region:R`, `bind:Id=DEV`,
-/// `as:Id` and `dev:DEV` (a default-route device of the host, as the command line finds it).
-fn inputs(opts: &[&str]) -> TemplateInputs {
-    let mut i = TemplateInputs::default();
-    for o in opts {
-        if let Some(imp) = o.strip_prefix("import:") {
-            i.add_import(imp).unwrap();
-        } else if let Some(r) = o.strip_prefix("region:") {
-            i.region = Some(r.to_string());
-        } else if let Some(b) = o.strip_prefix("bind:") {
-            i.add_bind(b).unwrap();
-        } else if let Some(a) = o.strip_prefix("as:") {
-            i.as_instance = Some(a.to_string());
-        } else if let Some(dev) = o.strip_prefix("dev:") {
-            i.host_devices.push(dev.to_string());
-        } else {
-            i.add_parameter(o).unwrap();
-        }
-    }
-    i
-}
+use sg_testkit::template_inputs;
 
 fn load(text: &str, opts: &[&str]) -> Loaded {
-    load_str_with(text, "t.yaml", &inputs(opts))
+    load_str_with(text, "t.yaml", &template_inputs(opts))
         .unwrap_or_else(|d| panic!("must load:\n{d}\n--- input ---\n{text}"))
 }
 
 /// The first error, as `LINE:COL: message` with its hint.
 fn first_error(text: &str, opts: &[&str]) -> Diagnostic {
-    let Err(d) = load_str_with(text, "t.yaml", &inputs(opts)) else {
+    let Err(d) = load_str_with(text, "t.yaml", &template_inputs(opts)) else {
         panic!("must fail:\n{text}")
     };
     d.errors().next().unwrap().clone()
@@ -520,7 +499,7 @@ Resources:
 #[test]
 fn template_inputs_for_a_file_that_is_not_a_template_are_refused() {
     let native = "security_groups:\n  - id: sg-web\n    description: web\n";
-    let e = load_str_with(native, "p.yaml", &inputs(&["A=1"])).unwrap_err();
+    let e = load_str_with(native, "p.yaml", &template_inputs(&["A=1"])).unwrap_err();
     assert!(e.to_string().contains("template inputs"), "{e}");
 }
 

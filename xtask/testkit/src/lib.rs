@@ -28,6 +28,31 @@ pub mod random;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use sg_agent::config::TemplateInputs;
+
+/// A template's inputs as the tests write them: `Key=Value` (a parameter), `import:Name=Value`,
+/// `region:R`, `bind:Id=DEV`, `as:Id` and `dev:DEV` (a default-route device of the host, as
+/// the command line finds it). Panics on one the command line would refuse.
+pub fn template_inputs(opts: &[&str]) -> TemplateInputs {
+    let mut i = TemplateInputs::default();
+    for o in opts {
+        if let Some(imp) = o.strip_prefix("import:") {
+            i.add_import(imp).unwrap();
+        } else if let Some(r) = o.strip_prefix("region:") {
+            i.region = Some(r.to_string());
+        } else if let Some(b) = o.strip_prefix("bind:") {
+            i.add_bind(b).unwrap();
+        } else if let Some(a) = o.strip_prefix("as:") {
+            i.as_instance = Some(a.to_string());
+        } else if let Some(dev) = o.strip_prefix("dev:") {
+            i.host_devices.push(dev.to_string());
+        } else {
+            i.add_parameter(o).unwrap();
+        }
+    }
+    i
+}
+
 /// The `sg-agent` binary the privileged tests drive: `SG_AGENT_BIN` when set, else the one
 /// cargo built beside the running test (`target/<profile>/sg-agent`; `cargo xtask test`
 /// builds it first). Panics with the remedy when it is missing: a test never skips.
