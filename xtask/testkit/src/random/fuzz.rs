@@ -471,7 +471,18 @@ pub fn forge(
             ])
         }
     };
+    // An ICMP error from the router about `inner`.
+    let error_about = |inner: &Packet, rng: &mut Rng| {
+        let (ty, code) = err_kind(rng);
+        inner.error_reply(router, ty, code)
+    };
     let reply_dir = s.dir.opposite();
+    // The forgery: `pkt` on `iface`, against the flow's direction.
+    let back = |iface: String, pkt: Packet| Step {
+        iface,
+        dir: reply_dir,
+        pkt,
+    };
     let (step, what) = match rng.below(7) {
         0 => {
             // An error quoting the flow, but with another peer in the quote.
@@ -480,28 +491,12 @@ pub fn forge(
                 Direction::Egress => inner.dst = other_remote(rng),
                 Direction::Ingress => inner.src = other_remote(rng),
             }
-            let (ty, code) = err_kind(rng);
-            let e = inner.error_reply(router, ty, code);
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: e,
-                },
-                "forge:error-other-peer",
-            )
+            let e = error_about(&inner, rng);
+            (back(s.iface.clone(), e), "forge:error-other-peer")
         }
         1 => {
-            let (ty, code) = err_kind(rng);
-            let e = s.pkt.error_reply(router, ty, code);
-            (
-                Step {
-                    iface: other_iface(rng),
-                    dir: reply_dir,
-                    pkt: e,
-                },
-                "forge:error-other-interface",
-            )
+            let e = error_about(&s.pkt, rng);
+            (back(other_iface(rng), e), "forge:error-other-interface")
         }
         2 => {
             let mut r = s.pkt.reply();
@@ -509,21 +504,10 @@ pub fn forge(
                 Direction::Ingress => r.src = other_remote(rng),
                 Direction::Egress => r.dst = other_remote(rng),
             }
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: r,
-                },
-                "forge:reply-other-peer",
-            )
+            (back(s.iface.clone(), r), "forge:reply-other-peer")
         }
         3 => (
-            Step {
-                iface: other_iface(rng),
-                dir: reply_dir,
-                pkt: s.pkt.reply(),
-            },
+            back(other_iface(rng), s.pkt.reply()),
             "forge:reply-other-interface",
         ),
         4 => {
@@ -550,14 +534,7 @@ pub fn forge(
                 },
                 other => other,
             };
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: r,
-                },
-                "forge:reply-other-port",
-            )
+            (back(s.iface.clone(), r), "forge:reply-other-port")
         }
         5 => {
             // A TCP segment of any kind from the peer's side (ACK, RST, FIN, SYN-ACK).
@@ -571,14 +548,7 @@ pub fn forge(
                     flags,
                 };
             }
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: r,
-                },
-                "forge:tcp-reply-flags",
-            )
+            (back(s.iface.clone(), r), "forge:tcp-reply-flags")
         }
         _ => {
             // An error about the flow whose quoted ports do not match it.
@@ -604,16 +574,8 @@ pub fn forge(
                 },
                 other => other,
             };
-            let (ty, code) = err_kind(rng);
-            let e = inner.error_reply(router, ty, code);
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: e,
-                },
-                "forge:error-other-ports",
-            )
+            let e = error_about(&inner, rng);
+            (back(s.iface.clone(), e), "forge:error-other-ports")
         }
     };
     Some((step, what))
