@@ -206,27 +206,19 @@ fn a9_a12_associations_are_replaced_and_nacls_in_use_stay() {
         .unwrap()
         .to_string();
     assert!(assoc.starts_with("aclassoc-"), "{d:#}");
-    let moved = api.aws_ok(&[
+    let replace = [
         "ec2",
         "replace-network-acl-association",
         "--association-id",
         &assoc,
         "--network-acl-id",
         "acl-default",
-    ]);
+    ];
+    let moved = api.aws_ok(&replace);
     let new = moved["NewAssociationId"].as_str().unwrap();
     assert!(new.starts_with("aclassoc-") && new != assoc, "{moved:#}");
-    api.aws_err(
-        &[
-            "ec2",
-            "replace-network-acl-association",
-            "--association-id",
-            &assoc,
-            "--network-acl-id",
-            "acl-default",
-        ],
-        "InvalidAssociationID.NotFound",
-    );
+    // The old association id is gone with the move: the same call again is refused.
+    api.aws_err(&replace, "InvalidAssociationID.NotFound");
     let d = api.aws_ok(&[
         "ec2",
         "describe-network-acls",
