@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use sg_agent::config::{load_file, load_file_with};
-use sg_agent::policy::{GroupId, IcmpMatch, Peer, Protocol, Rule};
-use sg_testkit::template_inputs;
+use sg_agent::policy::GroupId;
+use sg_testkit::{rule_text, template_inputs};
 
 /// Templates understood with no option given (124 before templates were evaluated).
 const UNDERSTOOD: usize = 167;
@@ -188,29 +188,6 @@ fn each_rejected_template_passes_with_the_options_listed_for_it() {
             panic!("{part} with {opts:?}:\n{d}");
         }
     }
-}
-
-/// A rule as `PROTO PORTS PEER`, written independently of sg's own formatting.
-fn rule_text(r: &Rule) -> String {
-    let icmp = |m: &IcmpMatch| match m {
-        IcmpMatch::All => "all".to_string(),
-        IcmpMatch::Type(t) => t.to_string(),
-        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
-    };
-    let p = match &r.protocol {
-        Protocol::All => "all".to_string(),
-        Protocol::Tcp(x) => format!("tcp {}-{}", x.from, x.to),
-        Protocol::Udp(x) => format!("udp {}-{}", x.from, x.to),
-        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
-        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
-        Protocol::Number(n) => format!("proto {n}"),
-    };
-    let peer = match &r.peer {
-        Peer::Cidr(c) => c.to_string(),
-        Peer::PrefixList(p) => p.0.clone(),
-        Peer::Group(g) => g.0.clone(),
-    };
-    format!("{p} {peer}")
 }
 
 /// A group CloudFormation would create: its id here, its ingress and egress rules.

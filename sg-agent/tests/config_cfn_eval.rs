@@ -4,8 +4,8 @@
 //! the located error (line:col, hint) it reports.
 
 use sg_agent::config::{Diagnostic, Loaded, TemplateInputs, load_str_with};
-use sg_agent::policy::{Direction, GroupId, IcmpMatch, Peer, Policy, Protocol};
-use sg_testkit::template_inputs;
+use sg_agent::policy::{Direction, GroupId, Policy};
+use sg_testkit::{rule_text, template_inputs};
 
 fn load(text: &str, opts: &[&str]) -> Loaded {
     load_str_with(text, "t.yaml", &template_inputs(opts))
@@ -42,30 +42,7 @@ fn warnings(l: &Loaded) -> Vec<String> {
     l.warnings.iter().map(|w| w.message.clone()).collect()
 }
 
-/// A rule as `PROTO PORTS PEER`, written independently of sg's own formatting.
-pub fn rule_text(proto: &Protocol, peer: &Peer) -> String {
-    let icmp = |m: &IcmpMatch| match m {
-        IcmpMatch::All => "all".to_string(),
-        IcmpMatch::Type(t) => t.to_string(),
-        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
-    };
-    let p = match proto {
-        Protocol::All => "all".to_string(),
-        Protocol::Tcp(r) => format!("tcp {}-{}", r.from, r.to),
-        Protocol::Udp(r) => format!("udp {}-{}", r.from, r.to),
-        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
-        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
-        Protocol::Number(n) => format!("proto {n}"),
-    };
-    let peer = match peer {
-        Peer::Cidr(c) => c.to_string(),
-        Peer::PrefixList(p) => p.0.clone(),
-        Peer::Group(g) => g.0.clone(),
-    };
-    format!("{p} {peer}")
-}
-
-/// The rules of group `g` in `dir`, as [`rule_text`].
+/// The rules of group `g` in `dir`, as `rule_text` writes them.
 fn rules(p: &Policy, g: &str, dir: Direction) -> Vec<String> {
     let grp = p
         .groups
@@ -75,9 +52,7 @@ fn rules(p: &Policy, g: &str, dir: Direction) -> Vec<String> {
         Direction::Ingress => &grp.ingress,
         Direction::Egress => &grp.egress,
     };
-    list.iter()
-        .map(|r| rule_text(&r.protocol, &r.peer))
-        .collect()
+    list.iter().map(rule_text).collect()
 }
 
 fn ingress(p: &Policy, g: &str) -> Vec<String> {

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use sg_agent::config::TemplateInputs;
+use sg_agent::policy::{IcmpMatch, Peer, Protocol, Rule};
 
 /// A template's inputs as the tests write them: `Key=Value` (a parameter), `import:Name=Value`,
 /// `region:R`, `bind:Id=DEV`, `as:Id` and `dev:DEV` (a default-route device of the host, as
@@ -79,4 +80,28 @@ pub fn agent_bin() -> &'static str {
         );
         path.to_string_lossy().into_owned()
     })
+}
+
+/// A rule as `PROTO PORTS PEER` (`tcp 22-22 192.0.2.0/24`, `icmp 8 sg-web`), written
+/// independently of sg's own formatting: what the template tests compare rules by.
+pub fn rule_text(r: &Rule) -> String {
+    let icmp = |m: &IcmpMatch| match m {
+        IcmpMatch::All => "all".to_string(),
+        IcmpMatch::Type(t) => t.to_string(),
+        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
+    };
+    let p = match &r.protocol {
+        Protocol::All => "all".to_string(),
+        Protocol::Tcp(x) => format!("tcp {}-{}", x.from, x.to),
+        Protocol::Udp(x) => format!("udp {}-{}", x.from, x.to),
+        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
+        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
+        Protocol::Number(n) => format!("proto {n}"),
+    };
+    let peer = match &r.peer {
+        Peer::Cidr(c) => c.to_string(),
+        Peer::PrefixList(p) => p.0.clone(),
+        Peer::Group(g) => g.0.clone(),
+    };
+    format!("{p} {peer}")
 }
