@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use sg_agent::config::TemplateInputs;
-use sg_agent::policy::{IcmpMatch, Peer, Protocol, Rule};
+use sg_agent::policy::{IcmpMatch, Rule};
 
 /// A template's inputs as the tests write them: `Key=Value` (a parameter), `import:Name=Value`,
 /// `region:R`, `bind:Id=DEV`, `as:Id` and `dev:DEV` (a default-route device of the host, as
@@ -90,18 +90,6 @@ pub fn rule_text(r: &Rule) -> String {
         IcmpMatch::Type(t) => t.to_string(),
         IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
     };
-    let p = match &r.protocol {
-        Protocol::All => "all".to_string(),
-        Protocol::Tcp(x) => format!("tcp {}-{}", x.from, x.to),
-        Protocol::Udp(x) => format!("udp {}-{}", x.from, x.to),
-        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
-        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
-        Protocol::Number(n) => format!("proto {n}"),
-    };
-    let peer = match &r.peer {
-        Peer::Cidr(c) => c.to_string(),
-        Peer::PrefixList(p) => p.0.clone(),
-        Peer::Group(g) => g.0.clone(),
-    };
-    format!("{p} {peer}")
+    let proto = random::protocol_text(&r.protocol, icmp);
+    format!("{proto} {}", random::describe_peer(&r.peer))
 }
