@@ -403,10 +403,19 @@ fn a25_an_api_nacl_deny_cuts_a_live_session_and_its_delete_restores_it() {
     }
     let api = ApiServer::start(store_ns, &endpoints, &dir, true);
 
-    let web = lab.host("web-1");
-    let db = lab.host("db-1").addr(false);
-    let mut s = tcp_session(web, db, 3306).unwrap();
-    s.wait_ready(Duration::from_secs(5)).unwrap();
+    // A new MySQL session from web-1 to db-1, connected.
+    let session = || {
+        let db = lab.host("db-1").addr(false);
+        let mut s = tcp_session(lab.host("web-1"), db, 3306).unwrap();
+        s.wait_ready(Duration::from_secs(5)).unwrap();
+        s
+    };
+    let router_applies = |what: &str| {
+        wait_for(what, CONVERGE, || {
+            is_current(store_ns, &endpoints, "router")
+        });
+    };
+    let mut s = session();
     assert!(
         s.round_trip("before", Duration::from_secs(3)),
         "{}",
@@ -432,9 +441,7 @@ fn a25_an_api_nacl_deny_cuts_a_live_session_and_its_delete_restores_it() {
     let t0 = Instant::now();
     api.aws_ok(&deny);
     let called = t0.elapsed();
-    wait_for("the router to apply the deny", CONVERGE, || {
-        is_current(store_ns, &endpoints, "router")
-    });
+    router_applies("the router to apply the deny");
     let enforced = t0.elapsed();
     assert!(
         !s.round_trip("after the deny", Duration::from_secs(3)),
@@ -457,11 +464,8 @@ fn a25_an_api_nacl_deny_cuts_a_live_session_and_its_delete_restores_it() {
         "--rule-number",
         "80",
     ]);
-    wait_for("the router to apply the delete", CONVERGE, || {
-        is_current(store_ns, &endpoints, "router")
-    });
-    let mut again = tcp_session(web, db, 3306).unwrap();
-    again.wait_ready(Duration::from_secs(5)).unwrap();
+    router_applies("the router to apply the delete");
+    let mut again = session();
     assert!(
         again.round_trip("after the delete", Duration::from_secs(3)),
         "the delete did not restore MySQL\n{}",
