@@ -168,14 +168,7 @@ impl StateDir {
     pub fn claim_daemon(&self) -> Result<Lock> {
         create_private_dir(&self.run)?;
         let path = self.run.join("daemon.pid");
-        let mut f = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
+        let mut f = open_private(&path).with_context(|| format!("open {}", path.display()))?;
         // SAFETY: plain syscall on a valid fd.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let pid = std::fs::read_to_string(&path).unwrap_or_default();
@@ -337,20 +330,25 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Writes a file readable by root only (not atomically: see [`replace_private`]). A file that
-/// already holds `bytes` is left alone. An existing file is written over and then cut to
-/// length, not truncated first: ext4 starts a disk write when a file truncated to nothing is
-/// closed (`auto_da_alloc`). Torn by a crash either way, like before.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::{Read as _, Seek as _, Write as _};
-    let mut f = File::options()
+/// Opens a file readable by root only, created if missing, for reading and writing; what it
+/// holds is kept: cutting it is the caller's choice.
+fn open_private(path: &Path) -> std::io::Result<File> {
+    File::options()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("write {}", path.display()))?;
+}
+
+/// Writes a file readable by root only (not atomically: see [`replace_private`]). A file that
+/// already holds `bytes` is left alone. An existing file is written over and then cut to
+/// length, not truncated first: ext4 starts a disk write when a file truncated to nothing is
+/// closed (`auto_da_alloc`). Torn by a crash either way, like before.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mut f = open_private(path).with_context(|| format!("write {}", path.display()))?;
     let mut old = Vec::new();
     if f.read_to_end(&mut old).is_ok() && old == bytes {
         return Ok(());

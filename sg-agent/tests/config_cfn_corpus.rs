@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use sg_agent::config::{TemplateInputs, load_file, load_file_with};
-use sg_agent::policy::{GroupId, IcmpMatch, Peer, Protocol, Rule};
+use sg_agent::config::{load_file, load_file_with};
+use sg_agent::policy::GroupId;
+use sg_testkit::{rule_text, template_inputs};
 
 /// Templates understood with no option given (124 before templates were evaluated).
 const UNDERSTOOD: usize = 167;
@@ -133,20 +134,6 @@ fn templates() -> Vec<PathBuf> {
     out
 }
 
-fn inputs(opts: &[&str]) -> TemplateInputs {
-    let mut i = TemplateInputs::default();
-    for o in opts {
-        if let Some(imp) = o.strip_prefix("import:") {
-            i.add_import(imp).unwrap();
-        } else if let Some(r) = o.strip_prefix("region:") {
-            i.region = Some(r.to_string());
-        } else {
-            i.add_parameter(o).unwrap();
-        }
-    }
-    i
-}
-
 #[test]
 fn the_corpus_is_understood_unedited_or_rejected_for_its_listed_reason() {
     let files = templates();
@@ -197,33 +184,10 @@ fn each_rejected_template_passes_with_the_options_listed_for_it() {
             .iter()
             .find(|p| p.to_string_lossy().ends_with(part))
             .unwrap_or_else(|| panic!("{part} is not in the corpus"));
-        if let Err(d) = load_file_with(f, &inputs(opts)) {
+        if let Err(d) = load_file_with(f, &template_inputs(opts)) {
             panic!("{part} with {opts:?}:\n{d}");
         }
     }
-}
-
-/// A rule as `PROTO PORTS PEER`, written independently of sg's own formatting.
-fn rule_text(r: &Rule) -> String {
-    let icmp = |m: &IcmpMatch| match m {
-        IcmpMatch::All => "all".to_string(),
-        IcmpMatch::Type(t) => t.to_string(),
-        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
-    };
-    let p = match &r.protocol {
-        Protocol::All => "all".to_string(),
-        Protocol::Tcp(x) => format!("tcp {}-{}", x.from, x.to),
-        Protocol::Udp(x) => format!("udp {}-{}", x.from, x.to),
-        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
-        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
-        Protocol::Number(n) => format!("proto {n}"),
-    };
-    let peer = match &r.peer {
-        Peer::Cidr(c) => c.to_string(),
-        Peer::PrefixList(p) => p.0.clone(),
-        Peer::Group(g) => g.0.clone(),
-    };
-    format!("{p} {peer}")
 }
 
 /// A group CloudFormation would create: its id here, its ingress and egress rules.
@@ -241,7 +205,7 @@ fn same_as_cloudformation(part: &str, opts: &[&str], groups: &[WantGroup], iface
         .into_iter()
         .find(|p| p.to_string_lossy().ends_with(part))
         .unwrap_or_else(|| panic!("{part} is not in the corpus"));
-    let l = load_file_with(&f, &inputs(opts)).unwrap_or_else(|d| panic!("{part}:\n{d}"));
+    let l = load_file_with(&f, &template_inputs(opts)).unwrap_or_else(|d| panic!("{part}:\n{d}"));
     let p = &l.policy;
     let got: Vec<&str> = p.groups.keys().map(|g| g.0.as_str()).collect();
     let mut want: Vec<&str> = groups.iter().map(|g| g.0).collect();

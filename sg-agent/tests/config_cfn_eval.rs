@@ -4,38 +4,17 @@
 //! the located error (line:col, hint) it reports.
 
 use sg_agent::config::{Diagnostic, Loaded, TemplateInputs, load_str_with};
-use sg_agent::policy::{Direction, GroupId, IcmpMatch, Peer, Policy, Protocol};
-
-/// Inputs from `Key=Value` (parameters), `import:Name=Value`, `region:R`, `bind:Id=DEV`,
-/// `as:Id` and `dev:DEV` (a default-route device of the host, as the command line finds it).
-fn inputs(opts: &[&str]) -> TemplateInputs {
-    let mut i = TemplateInputs::default();
-    for o in opts {
-        if let Some(imp) = o.strip_prefix("import:") {
-            i.add_import(imp).unwrap();
-        } else if let Some(r) = o.strip_prefix("region:") {
-            i.region = Some(r.to_string());
-        } else if let Some(b) = o.strip_prefix("bind:") {
-            i.add_bind(b).unwrap();
-        } else if let Some(a) = o.strip_prefix("as:") {
-            i.as_instance = Some(a.to_string());
-        } else if let Some(dev) = o.strip_prefix("dev:") {
-            i.host_devices.push(dev.to_string());
-        } else {
-            i.add_parameter(o).unwrap();
-        }
-    }
-    i
-}
+use sg_agent::policy::{Direction, GroupId, Policy};
+use sg_testkit::{rule_text, template_inputs};
 
 fn load(text: &str, opts: &[&str]) -> Loaded {
-    load_str_with(text, "t.yaml", &inputs(opts))
+    load_str_with(text, "t.yaml", &template_inputs(opts))
         .unwrap_or_else(|d| panic!("must load:\n{d}\n--- input ---\n{text}"))
 }
 
 /// The first error, as `LINE:COL: message` with its hint.
 fn first_error(text: &str, opts: &[&str]) -> Diagnostic {
-    let Err(d) = load_str_with(text, "t.yaml", &inputs(opts)) else {
+    let Err(d) = load_str_with(text, "t.yaml", &template_inputs(opts)) else {
         panic!("must fail:\n{text}")
     };
     d.errors().next().unwrap().clone()
@@ -45,34 +24,25 @@ fn at(d: &Diagnostic) -> (u32, u32) {
     (d.origin.line, d.origin.column)
 }
 
+/// The first error, which must stand at `place` (line, column) and say `words`.
+fn error_at(text: &str, opts: &[&str], place: (u32, u32), words: &str) -> Diagnostic {
+    let e = first_error(text, opts);
+    assert_eq!(at(&e), place, "{e}");
+    assert!(e.message.contains(words), "{e}");
+    e
+}
+
+/// `text` with `from` replaced by `to`; `from` must be in it, or the edit tests nothing.
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} is not in the template");
+    text.replace(from, to)
+}
+
 fn warnings(l: &Loaded) -> Vec<String> {
     l.warnings.iter().map(|w| w.message.clone()).collect()
 }
 
-/// A rule as `PROTO PORTS PEER`, written independently of sg's own formatting.
-pub fn rule_text(proto: &Protocol, peer: &Peer) -> String {
-    let icmp = |m: &IcmpMatch| match m {
-        IcmpMatch::All => "all".to_string(),
-        IcmpMatch::Type(t) => t.to_string(),
-        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
-    };
-    let p = match proto {
-        Protocol::All => "all".to_string(),
-        Protocol::Tcp(r) => format!("tcp {}-{}", r.from, r.to),
-        Protocol::Udp(r) => format!("udp {}-{}", r.from, r.to),
-        Protocol::Icmp(m) => format!("icmp {}", icmp(m)),
-        Protocol::Icmpv6(m) => format!("icmpv6 {}", icmp(m)),
-        Protocol::Number(n) => format!("proto {n}"),
-    };
-    let peer = match peer {
-        Peer::Cidr(c) => c.to_string(),
-        Peer::PrefixList(p) => p.0.clone(),
-        Peer::Group(g) => g.0.clone(),
-    };
-    format!("{p} {peer}")
-}
-
-/// The rules of group `g` in `dir`, as [`rule_text`].
+/// The rules of group `g` in `dir`, as `rule_text` writes them.
 fn rules(p: &Policy, g: &str, dir: Direction) -> Vec<String> {
     let grp = p
         .groups
@@ -82,9 +52,7 @@ fn rules(p: &Policy, g: &str, dir: Direction) -> Vec<String> {
         Direction::Ingress => &grp.ingress,
         Direction::Egress => &grp.egress,
     };
-    list.iter()
-        .map(|r| rule_text(&r.protocol, &r.peer))
-        .collect()
+    list.iter().map(rule_text).collect()
 }
 
 fn ingress(p: &Policy, g: &str) -> Vec<String> {
@@ -176,26 +144,25 @@ fn a_parameter_the_template_does_not_declare_or_allow_is_refused() {
         "{e}"
     );
     assert_eq!(e.hint.as_deref(), Some("did you mean SSHLocation?"));
-    let allowed = SSH.replace(
+    let allowed = edit(
+        SSH,
         "    Default: 0.0.0.0/0\n",
         "    Default: 0.0.0.0/0\n    AllowedValues: [0.0.0.0/0, 192.0.2.0/24]\n",
     );
-    let e = first_error(&allowed, &["SSHLocation=198.51.100.0/24"]);
-    assert!(e.message.contains("not one of its AllowedValues"), "{e}");
-    assert_eq!(at(&e), (4, 5));
+    let not_allowed = "not one of its AllowedValues";
+    error_at(
+        &allowed,
+        &["SSHLocation=198.51.100.0/24"],
+        (4, 5),
+        not_allowed,
+    );
 }
 
 #[test]
 fn a_parameter_without_default_or_value_is_an_error_where_it_is_used() {
-    let t = SSH.replace("    Default: 0.0.0.0/0\n", "");
-    let e = first_error(&t, &[]);
-    assert_eq!(at(&e), (14, 63), "{e}");
-    assert!(
-        e.message.contains(
-            "CidrIp is unknown: parameter SSHLocation has no Default and no value was given"
-        ),
-        "{e}"
-    );
+    let t = edit(SSH, "    Default: 0.0.0.0/0\n", "");
+    let unknown = "CidrIp is unknown: parameter SSHLocation has no Default and no value was given";
+    let e = error_at(&t, &[], (14, 63), unknown);
     assert!(e.hint.unwrap().contains("--parameter SSHLocation=VALUE"));
     load(&t, &["SSHLocation=192.0.2.7/32"]);
 }
@@ -263,18 +230,15 @@ fn conditions_choose_values_remove_properties_and_leave_out_resources() {
 
 #[test]
 fn a_condition_that_cannot_be_known_is_an_error_only_where_it_decides_something() {
-    let t = CONDITIONS.replace(
+    let t = edit(
+        CONDITIONS,
         "  Env: {Type: String, Default: prod}",
         "  Env: {Type: String}",
     );
-    let e = first_error(&t, &[]);
-    assert_eq!(at(&e), (17, 11), "{e}");
-    assert!(
-        e.message
-            .contains("condition IsProd: parameter Env has no Default"),
-        "{e}"
-    );
-    let cyclic = CONDITIONS.replace(
+    let no_default = "condition IsProd: parameter Env has no Default";
+    error_at(&t, &[], (17, 11), no_default);
+    let cyclic = edit(
+        CONDITIONS,
         "IsProd: !Equals [!Ref Env, prod]",
         "IsProd: !Condition NotProd",
     );
@@ -375,11 +339,8 @@ fn a_function_that_fails_is_a_located_error_with_its_reason() {
         ),
     ];
     for (from, to, place, msg) in cases {
-        let t = FUNCTIONS.replace(from, to);
-        assert_ne!(t, FUNCTIONS, "{from}");
-        let e = first_error(&t, &[]);
-        assert_eq!(at(&e), *place, "{to}: {e}");
-        assert!(e.message.contains(msg), "{to}: {e}");
+        let t = edit(FUNCTIONS, from, to);
+        let e = error_at(&t, &[], *place, msg);
         assert!(e.hint.is_some(), "{e}");
     }
 }
@@ -440,17 +401,13 @@ fn an_import_or_group_parameter_without_value_is_a_group_defined_elsewhere() {
 
 #[test]
 fn an_unknown_import_where_an_address_is_needed_is_a_located_error() {
-    let t = IMPORTS.replace(
+    let t = edit(
+        IMPORTS,
         "SourceSecurityGroupId: !ImportValue app-ClientSecurityGroup",
         "CidrIp: !ImportValue net-Cidr",
     );
-    let e = first_error(&t, &[]);
-    assert_eq!(at(&e), (12, 67), "{e}");
-    assert!(
-        e.message
-            .contains("CidrIp is unknown: Fn::ImportValue net-Cidr is an export of another stack"),
-        "{e}"
-    );
+    let unknown = "CidrIp is unknown: Fn::ImportValue net-Cidr is an export of another stack";
+    let e = error_at(&t, &[], (12, 67), unknown);
     assert_eq!(
         e.hint.as_deref(),
         Some("give its value: --import 'net-Cidr=VALUE'")
@@ -517,7 +474,7 @@ Resources:
 #[test]
 fn template_inputs_for_a_file_that_is_not_a_template_are_refused() {
     let native = "security_groups:\n  - id: sg-web\n    description: web\n";
-    let e = load_str_with(native, "p.yaml", &inputs(&["A=1"])).unwrap_err();
+    let e = load_str_with(native, "p.yaml", &template_inputs(&["A=1"])).unwrap_err();
     assert!(e.to_string().contains("template inputs"), "{e}");
 }
 
@@ -564,13 +521,8 @@ fn bind_names_the_local_device_of_a_template_interface_and_unread_properties_nee
     );
     // KeyName has no value, but sg does not read it: not an error, not listed as used.
     assert!(l.parameters.is_empty(), "{:?}", l.parameters);
-    let e = first_error(INSTANCES, &["bind:WebSrever=eth0"]);
-    assert_eq!(at(&e), (1, 1));
-    assert!(
-        e.message
-            .contains("--bind WebSrever: no instance or network interface WebSrever"),
-        "{e}"
-    );
+    let no_such = "--bind WebSrever: no instance or network interface WebSrever";
+    let e = error_at(INSTANCES, &["bind:WebSrever=eth0"], (1, 1), no_such);
     assert_eq!(e.hint.as_deref(), Some("did you mean WebServer?"));
     let e = first_error(INSTANCES, &["bind:Router=eth0"]);
     assert!(e.message.contains("the instance has 2 interfaces"), "{e}");

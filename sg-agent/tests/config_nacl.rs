@@ -52,6 +52,11 @@ fn shape(es: &[NaclEntry]) -> Vec<(u16, NaclAction, Protocol, String)> {
         .collect()
 }
 
+/// A default list's entry in [`shape`]'s terms: rule `n` allows all traffic from `cidr`.
+fn all(n: u16, cidr: &str) -> (u16, NaclAction, Protocol, String) {
+    (n, NaclAction::Allow, Protocol::All, cidr.to_string())
+}
+
 /// A native policy with one NACL `acl-a` whose inbound entries follow (from line 4), and a
 /// subnet using it.
 fn inbound(entries: &str) -> String {
@@ -181,7 +186,6 @@ fn a7_a_number_is_unique_per_nacl_and_direction_across_both_families() {
 
 #[test]
 fn a10_ipv6_adds_the_101_rule_only_to_a_default_list_never_modified() {
-    let all = |n: u16, cidr: &str| (n, NaclAction::Allow, Protocol::All, cidr.to_string());
     // The VPC has IPv6 (a subnet has an IPv6 CIDR); the default NACL's inbound list was
     // modified (written), its outbound list never was: only the outbound one gets 101 ::/0.
     let l = load(
@@ -200,7 +204,6 @@ fn a10_ipv6_adds_the_101_rule_only_to_a_default_list_never_modified() {
 
 #[test]
 fn a9_the_default_nacl_is_modelled_when_subnets_name_none() {
-    let all = |n: u16, cidr: &str| (n, NaclAction::Allow, Protocol::All, cidr.to_string());
     // No NACL at all: acl-default with 100 (IPv4) and, a subnet having IPv6, 101 (IPv6).
     let l = load(
         "subnets:\n  - {id: subnet-a, cidr: 198.51.100.0/25, ipv6_cidr: \"2001:db8:1::/64\"}\n  - {id: subnet-b, cidr: 198.51.100.128/25}\n",

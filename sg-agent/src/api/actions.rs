@@ -12,7 +12,7 @@ use super::change::{self, Change};
 use super::fault::Fault;
 use super::tags::{self, tag_map};
 use super::view::{Account, IpPermission, Meta, SgRule, State, any_match, group_filter_values};
-use super::wire::{Call, Filter, GroupRef, Page, PeerKind, Permission, Request, Tag};
+use super::wire::{Call, Filter, GroupRef, Listing, Page, PeerKind, Permission, Request, Tag};
 use super::{interfaces, lookups, nacl, prefix_lists, rule_edits};
 use crate::config::validate::derive_rule_id;
 use crate::policy::{Direction, Group, GroupId, Policy, Rule};
@@ -140,13 +140,13 @@ impl Api {
             | Request::DescribeVpcs { .. } => {
                 lookups::read(&self.backend.read().await?, acct, &call.request)
             }
-            Request::DescribeNetworkInterfaces { ids, filters, page } => {
+            Request::DescribeNetworkInterfaces(Listing { ids, filters, page }) => {
                 interfaces::describe(&self.backend.read().await?, acct, ids, filters, page)
             }
-            Request::DescribePrefixLists { .. } | Request::GetPrefixListEntries { .. } => {
+            Request::DescribePrefixLists(_) | Request::GetPrefixListEntries { .. } => {
                 prefix_lists::read(&self.backend.read().await?, acct, &call.request)
             }
-            Request::DescribeNetworkAcls { .. } | Request::DescribeSubnets { .. } => {
+            Request::DescribeNetworkAcls(_) | Request::DescribeSubnets(_) => {
                 nacl::read(&self.backend.read().await?, acct, &call.request)
             }
             write => {
@@ -238,11 +238,11 @@ fn plan(s: &State, acct: &Account, req: &Request) -> Result<(Change, Finish), Fa
         | Request::DescribeStaleSecurityGroups
         | Request::DescribeTags { .. }
         | Request::DescribeVpcs { .. }
-        | Request::DescribeNetworkInterfaces { .. }
-        | Request::DescribePrefixLists { .. }
+        | Request::DescribeNetworkInterfaces(_)
+        | Request::DescribePrefixLists(_)
         | Request::GetPrefixListEntries { .. }
-        | Request::DescribeNetworkAcls { .. }
-        | Request::DescribeSubnets { .. }
+        | Request::DescribeNetworkAcls(_)
+        | Request::DescribeSubnets(_)
         | Request::GetCallerIdentity => Err(Fault::internal(
             "sg-agent api: a read was planned as a write (a bug: please report it)",
         )),

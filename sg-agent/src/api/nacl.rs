@@ -22,7 +22,7 @@ use super::change::Change;
 use super::fault::Fault;
 use super::tags::tag_map;
 use super::view::{Meta, State, any_match};
-use super::wire::{Filter, NaclEntrySpec, Request};
+use super::wire::{Filter, Listing, NaclEntrySpec, Request};
 use crate::policy::{
     Direction, IcmpMatch, NaclAction, NaclEntry, NaclId, NetworkAcl, Policy, Protocol, Subnet,
 };
@@ -406,7 +406,7 @@ fn reassociate(s: &State, assoc: &str, acl_id: &str) -> Result<(Change, Finish),
 /// The reads: DescribeNetworkAcls, DescribeSubnets.
 pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
     match req {
-        Request::DescribeNetworkAcls { ids, filters, page } => {
+        Request::DescribeNetworkAcls(Listing { ids, filters, page }) => {
             for id in ids {
                 find(s, id)?;
             }
@@ -423,7 +423,7 @@ pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
             let (acls, next) = paginate(out, page)?;
             Ok(Answer::NetworkAcls { acls, next })
         }
-        Request::DescribeSubnets { ids, filters, page } => {
+        Request::DescribeSubnets(Listing { ids, filters, page }) => {
             for id in ids {
                 if !s.policy.subnets.iter().any(|sub| sub.id.0 == *id) {
                     return Err(Fault::client(
@@ -758,11 +758,11 @@ mod tests {
             values: vec![v.into()],
         };
         let ids = |filters: Vec<Filter>| {
-            let req = Request::DescribeNetworkAcls {
+            let req = Request::DescribeNetworkAcls(Listing {
                 ids: vec![],
                 filters,
                 page: Default::default(),
-            };
+            });
             let Answer::NetworkAcls { acls, .. } = read(&s, &acct(), &req).unwrap() else {
                 panic!()
             };
@@ -782,20 +782,20 @@ mod tests {
             ["acl-private"]
         );
         assert_eq!(ids(vec![f("vpc-id", "vpc-0a1b2c3d")]).len(), 3);
-        let bad = Request::DescribeNetworkAcls {
+        let bad = Request::DescribeNetworkAcls(Listing {
             ids: vec![],
             filters: vec![f("colour", "red")],
             page: Default::default(),
-        };
+        });
         assert_eq!(
             read(&s, &acct(), &bad).unwrap_err().code,
             "InvalidParameterValue"
         );
-        let subnets = Request::DescribeSubnets {
+        let subnets = Request::DescribeSubnets(Listing {
             ids: vec!["subnet-public".into()],
             filters: vec![],
             page: Default::default(),
-        };
+        });
         let Answer::Subnets { subnets, .. } = read(&s, &acct(), &subnets).unwrap() else {
             panic!()
         };

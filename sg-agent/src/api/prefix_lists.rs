@@ -12,7 +12,7 @@ use super::actions::{Answer, Finish, new_id, paginate};
 use super::change::Change;
 use super::fault::Fault;
 use super::view::{State, any_match};
-use super::wire::{Filter, Request};
+use super::wire::{Filter, Listing, Request};
 use crate::policy::{Family, Peer, PrefixList, PrefixListId};
 
 /// One list as EC2 shows it.
@@ -186,7 +186,7 @@ fn delete(s: &State, id: &str) -> Result<(Change, Finish), Fault> {
 /// The reads: DescribeManagedPrefixLists, GetManagedPrefixListEntries.
 pub fn read(s: &State, acct: &Account, req: &Request) -> Result<Answer, Fault> {
     match req {
-        Request::DescribePrefixLists { ids, filters, page } => {
+        Request::DescribePrefixLists(Listing { ids, filters, page }) => {
             for id in ids {
                 defined(s, id)?;
             }

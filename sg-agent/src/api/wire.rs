@@ -151,6 +151,15 @@ pub struct Page {
     pub next_token: Option<String>,
 }
 
+/// What a Describe call of one kind of resource asks for: these ids (none: every one), kept
+/// by the filters, one page of them.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Listing {
+    pub ids: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub page: Page,
+}
+
 /// One typed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -223,11 +232,7 @@ pub enum Request {
     CreateVpc {
         cidr: String,
     },
-    DescribeNetworkInterfaces {
-        ids: Vec<String>,
-        filters: Vec<Filter>,
-        page: Page,
-    },
+    DescribeNetworkInterfaces(Listing),
     /// The groups of one interface (the only attribute sg models).
     ModifyNetworkInterfaceAttribute {
         id: String,
@@ -250,11 +255,7 @@ pub enum Request {
     DeletePrefixList {
         id: String,
     },
-    DescribePrefixLists {
-        ids: Vec<String>,
-        filters: Vec<Filter>,
-        page: Page,
-    },
+    DescribePrefixLists(Listing),
     GetPrefixListEntries {
         id: String,
         target_version: Option<i64>,
@@ -282,16 +283,8 @@ pub enum Request {
         association_id: String,
         acl_id: String,
     },
-    DescribeNetworkAcls {
-        ids: Vec<String>,
-        filters: Vec<Filter>,
-        page: Page,
-    },
-    DescribeSubnets {
-        ids: Vec<String>,
-        filters: Vec<Filter>,
-        page: Page,
-    },
+    DescribeNetworkAcls(Listing),
+    DescribeSubnets(Listing),
 }
 
 /// A network ACL entry as CreateNetworkAclEntry sends it: `RuleNumber`, `Protocol`,
@@ -454,11 +447,9 @@ fn more_request(action: &str, f: &Form) -> Result<Request, Fault> {
         "CreateVpc" => Request::CreateVpc {
             cidr: f.required("CidrBlock")?,
         },
-        "DescribeNetworkInterfaces" => Request::DescribeNetworkInterfaces {
-            ids: f.strings("NetworkInterfaceId"),
-            filters: filters(f),
-            page: page(f)?,
-        },
+        "DescribeNetworkInterfaces" => {
+            Request::DescribeNetworkInterfaces(listing(f, "NetworkInterfaceId")?)
+        }
         "ModifyNetworkInterfaceAttribute" => {
             let groups = f.strings("SecurityGroupId");
             if groups.is_empty() {
@@ -496,11 +487,7 @@ fn prefix_list_request(action: &str, f: &Form) -> Result<Request, Fault> {
         "DeleteManagedPrefixList" => Request::DeletePrefixList {
             id: f.required("PrefixListId")?,
         },
-        "DescribeManagedPrefixLists" => Request::DescribePrefixLists {
-            ids: f.strings("PrefixListId"),
-            filters: filters(f),
-            page: page(f)?,
-        },
+        "DescribeManagedPrefixLists" => Request::DescribePrefixLists(listing(f, "PrefixListId")?),
         "GetManagedPrefixListEntries" => Request::GetPrefixListEntries {
             id: f.required("PrefixListId")?,
             target_version: f.int("TargetVersion")?,
@@ -533,16 +520,8 @@ fn nacl_request(action: &str, f: &Form) -> Result<Request, Fault> {
             association_id: f.required("AssociationId")?,
             acl_id: f.required("NetworkAclId")?,
         },
-        "DescribeNetworkAcls" => Request::DescribeNetworkAcls {
-            ids: f.strings("NetworkAclId"),
-            filters: filters(f),
-            page: page(f)?,
-        },
-        "DescribeSubnets" => Request::DescribeSubnets {
-            ids: f.strings("SubnetId"),
-            filters: filters(f),
-            page: page(f)?,
-        },
+        "DescribeNetworkAcls" => Request::DescribeNetworkAcls(listing(f, "NetworkAclId")?),
+        "DescribeSubnets" => Request::DescribeSubnets(listing(f, "SubnetId")?),
         other => {
             return Err(Fault::client(
                 "InvalidAction",
@@ -594,6 +573,15 @@ fn filters(f: &Form) -> Vec<Filter> {
             })
         })
         .collect()
+}
+
+/// `ID_KEY.N`, the filters and the page of a Describe call.
+fn listing(f: &Form, id_key: &str) -> Result<Listing, Fault> {
+    Ok(Listing {
+        ids: f.strings(id_key),
+        filters: filters(f),
+        page: page(f)?,
+    })
 }
 
 fn page(f: &Form) -> Result<Page, Fault> {

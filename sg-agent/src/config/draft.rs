@@ -97,7 +97,36 @@ pub(crate) struct DGroup {
     pub at: Origin,
 }
 
+/// A rule list as a file gives it: None when omitted, and where it stands (or would).
+pub(crate) type DRules = (Option<Vec<DRule>>, Origin);
+
 impl DGroup {
+    /// A group as a file defines it, from its ingress and egress lists: nothing added from
+    /// outside yet, not the VPC default group.
+    pub fn defined(
+        id: L<String>,
+        check_id: bool,
+        name: Option<L<String>>,
+        description: Option<L<String>>,
+        [(ingress, ingress_at), (egress, egress_at)]: [DRules; 2],
+        at: Origin,
+    ) -> DGroup {
+        DGroup {
+            id,
+            check_id,
+            name,
+            description,
+            ingress,
+            ingress_at,
+            egress,
+            egress_at,
+            extra: Vec::new(),
+            default_group: false,
+            external: false,
+            at,
+        }
+    }
+
     /// A group referenced but defined elsewhere: no rules, no members here.
     pub fn external(id: String, at: Origin) -> DGroup {
         DGroup {

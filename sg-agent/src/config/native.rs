@@ -287,24 +287,16 @@ fn group(sink: &mut Sink, at: &At) -> Option<DGroup> {
             }
         }
     };
-    let (ingress, ingress_at) = rules(Direction::Ingress);
-    let (egress, egress_at) = rules(Direction::Egress);
-    Some(DGroup {
-        id,
-        check_id: true,
-        name: f.get("name").and_then(|v| string(sink, &v, "name")),
-        description: f
-            .get("description")
-            .and_then(|v| string(sink, &v, "description")),
-        ingress,
-        ingress_at,
-        egress,
-        egress_at,
-        extra: Vec::new(),
-        default_group,
-        external: false,
-        at: f.origin(sink),
-    })
+    let ingress = rules(Direction::Ingress);
+    let egress = rules(Direction::Egress);
+    let name = f.get("name").and_then(|v| string(sink, &v, "name"));
+    let description = f
+        .get("description")
+        .and_then(|v| string(sink, &v, "description"));
+    let at = f.origin(sink);
+    let mut group = DGroup::defined(id, true, name, description, [ingress, egress], at);
+    group.default_group = default_group;
+    Some(group)
 }
 
 /// `ports`: `443`, `"1024-65535"`, `all`, or `{from: 1024, to: 65535}`.

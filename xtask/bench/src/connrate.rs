@@ -270,13 +270,7 @@ fn sg_figure(
     ct: u32,
     out: &mut ConnRate,
 ) -> Result<()> {
-    let image = kernel::compile_for(
-        policy,
-        pair.receiver_ifindex,
-        1,
-        &Default::default(),
-        1 << 30,
-    )?;
+    let image = kernel::compile_first(policy, pair.receiver_ifindex)?;
     let mut caps = kernel::capacities_for(&image, policy.all_rules().count(), ct);
     caps.ct = ct;
     let mut dp = Dataplane::load(LoadOptions {

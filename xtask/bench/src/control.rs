@@ -16,11 +16,10 @@ use serde::Serialize;
 use sg_common::Reason;
 
 use super::frames::{self, Ends, tcp_flags};
-use super::kernel::{capacities_for, compile_for};
+use super::kernel::{capacities_for, compile_first, compile_for};
 use super::veth::Pair;
 use super::{Options, workload};
 use sg_agent::dataplane::{Capacities, Dataplane, Hook, IngressHook, LoadOptions};
-use sg_agent::image::SlotTable;
 use sg_testkit::netns::Netns;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -101,7 +100,7 @@ pub fn run(opts: &Options, pair: &Pair, hook: IngressHook) -> Result<ControlPlan
     let ifindex = pair.receiver_ifindex;
     let policy = workload::policy(n, opts.seed);
     let t0 = Instant::now();
-    let image = compile_for(&policy, ifindex, 1, &SlotTable::default(), 1 << 30)?;
+    let image = compile_first(&policy, ifindex)?;
     c.compile_ms = ms(t0.elapsed());
     let caps = capacities_for(&image, n, 0);
     let mut dp = Dataplane::load(LoadOptions {
@@ -325,7 +324,7 @@ fn ct_capacity(opts: &Options) -> Result<CtCapacity> {
     ns.enter(move || -> Result<CtCapacity> {
         let lo = 1;
         let policy = workload::policy(100, seed);
-        let image = compile_for(&policy, lo, 1, &SlotTable::default(), 1 << 30)?;
+        let image = compile_first(&policy, lo)?;
         let caps = Capacities::default();
         let mut dp = Dataplane::load(LoadOptions {
             capacities: caps,

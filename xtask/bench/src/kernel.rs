@@ -107,6 +107,12 @@ pub fn capacities_for(image: &MapImage, rules: usize, new_flows: u32) -> Capacit
     }
 }
 
+/// The first image of a freshly loaded dataplane: [`compile_for`] generation 1, fresh slots,
+/// a slot for every rule.
+pub fn compile_first(policy: &sg_agent::policy::Policy, ifindex: u32) -> Result<MapImage> {
+    compile_for(policy, ifindex, 1, &SlotTable::default(), 1 << 30)
+}
+
 /// Compiles `policy` for one binding (the receiver on `ifindex`) and the given generation.
 pub fn compile_for(
     policy: &sg_agent::policy::Policy,
@@ -258,7 +264,7 @@ fn size(
     let t0 = Instant::now();
     // The dataplane starts with generation 0 active and empty, so the first image is
     // generation 1 (Dataplane::next_generation).
-    let image = compile_for(&policy, LO, 1, &SlotTable::default(), 1 << 30)?;
+    let image = compile_first(&policy, LO)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let caps = capacities_for(&image, n, (per_round as u32 + 1024).next_power_of_two());
     let mut s = SizeCost {

@@ -456,13 +456,7 @@ fn sg_figures(
 ) -> Result<()> {
     use sg_agent::dataplane::{Dataplane, IngressHook, LoadOptions, XdpMode};
     let t0 = Instant::now();
-    let image = kernel::compile_for(
-        policy,
-        pair.receiver_ifindex,
-        1,
-        &Default::default(),
-        1 << 30,
-    )?;
+    let image = kernel::compile_first(policy, pair.receiver_ifindex)?;
     let compile = t0.elapsed();
     let mut dp = Dataplane::load(LoadOptions {
         capacities: kernel::capacities_for(&image, n, 0),

@@ -204,6 +204,12 @@ impl Agents {
         Ok(())
     }
 
+    /// [`Agents::detach_all`], which must leave nothing behind: panics with what it left.
+    pub fn detach_all_cleanly(&self) {
+        let errors = self.detach_all();
+        assert!(errors.is_empty(), "cleanup: {errors:#?}");
+    }
+
     /// Detaches every namespace applied in (that still exists); the errors, if any.
     pub fn detach_all(&self) -> Vec<String> {
         let all = std::mem::take(&mut *self.applied.lock().expect("not poisoned"));

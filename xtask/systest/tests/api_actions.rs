@@ -296,12 +296,7 @@ fn p2_signature_v4_rejects_a_bad_secret_and_accepts_the_right_one() {
     assert_eq!(api.aws_signed(SECRET, &create).status.code(), Some(0));
     drop(api);
 
-    let open = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api-open"),
-        false,
-    );
+    let open = ApiServer::on_fleet(&f, "api-open", false);
     let d = open.aws_ok(&[
         "ec2",
         "describe-security-groups",
@@ -468,12 +463,7 @@ out["rule_tag_missing"] = code(ec2.create_tags, Resources=["sgr-0000000000000000
 fn p4_concurrent_writers_on_one_store_lose_no_rule() {
     // AWS's default quota (60): room for the 20 rules.
     let (f, api) = start_with(&GROUPS.replace("quotas: {rules_per_group: 4}", ""), true);
-    let other = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api-2"),
-        true,
-    );
+    let other = ApiServer::on_fleet(&f, "api-2", true);
     let out = run(
         &api,
         &format!(

@@ -50,14 +50,8 @@ fn assert_article_fields(got: &Value, article: &Value) {
 #[test]
 fn p1_p3_the_articles_commands_print_what_the_article_shows() {
     let (_f, api) = start();
-    let out = api.aws_ok(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
-        "sg-0a1b2c3d",
-        "--ip-permissions",
-        r#"IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=0.0.0.0/0,Description="Public HTTPS"}]"#,
-    ]);
+    let https = r#"IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=0.0.0.0/0,Description="Public HTTPS"}]"#;
+    let out = api.authorize_ingress("sg-0a1b2c3d", &[https]);
     assert_eq!(out["Return"], true, "{out:#}");
     let rules = out["SecurityGroupRules"].as_array().unwrap();
     assert_eq!(rules.len(), 1, "{out:#}");
@@ -79,14 +73,7 @@ fn p1_p3_the_articles_commands_print_what_the_article_shows() {
         .unwrap()
         .to_string();
 
-    let out = api.aws_ok(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
-        "sg-db",
-        "--ip-permissions",
-        ARTICLE_DB_PERMISSION,
-    ]);
+    let out = api.authorize_ingress("sg-db", &[ARTICLE_DB_PERMISSION]);
     let rule = &out["SecurityGroupRules"][0];
     assert_article_fields(
         rule,
@@ -148,15 +135,13 @@ fn p1_p3_the_articles_commands_print_what_the_article_shows() {
 #[test]
 fn describe_output_round_trips_through_sg_agent_check() {
     let (f, api) = start();
-    api.aws_ok(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
+    api.authorize_ingress(
         "sg-db",
-        "--ip-permissions",
-        ARTICLE_DB_PERMISSION,
-        r#"IpProtocol=icmp,FromPort=8,ToPort=-1,IpRanges=[{CidrIp=198.51.100.0/24}]"#,
-    ]);
+        &[
+            ARTICLE_DB_PERMISSION,
+            r#"IpProtocol=icmp,FromPort=8,ToPort=-1,IpRanges=[{CidrIp=198.51.100.0/24}]"#,
+        ],
+    );
     let d = api.aws_ok(&["ec2", "describe-security-groups"]);
     let file = f.write("describe.json", &d.to_string());
     let o = f.sg(None, &["--json", "check", file.to_str().unwrap()]);

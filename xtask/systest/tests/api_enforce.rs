@@ -29,22 +29,10 @@ fn p10_an_api_authorize_opens_real_tcp_and_a_revoke_closes_new_connections() {
     f.start_agent("web1", "eth0=sg-web", 10);
     f.wait_current(&["db", "web1"], STARTUP);
     assert!(!f.connects("web1", DB, 3306), "E1: nothing allows 3306 yet");
-    let api = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api"),
-        true,
-    );
+    let api = ApiServer::on_fleet(&f, "api", true);
 
     let t0 = Instant::now();
-    let out = api.aws_ok(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
-        "sg-db",
-        "--ip-permissions",
-        ARTICLE_DB_PERMISSION,
-    ]);
+    let out = api.authorize_ingress("sg-db", &[ARTICLE_DB_PERMISSION]);
     let called = t0.elapsed();
     let rule_id = out["SecurityGroupRules"][0]["SecurityGroupRuleId"]
         .as_str()
@@ -100,12 +88,7 @@ fn r1_an_interface_moved_into_sg_web_by_the_api_reaches_the_db() {
     f.start_agent("db", "eth0=sg-db", 10);
     f.wait_current(&["db"], STARTUP);
     assert!(!f.connects("web3", DB, 3306), "web-3 is not in sg-web yet");
-    let api = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api"),
-        true,
-    );
+    let api = ApiServer::on_fleet(&f, "api", true);
     let modify = |groups: &[&str]| {
         let mut args = vec![
             "ec2",

@@ -35,6 +35,8 @@ struct Rig {
     dp: Dataplane,
     image: MapImage,
     ifindex: BTreeMap<String, u32>,
+    /// The case `apply` applied last: what `check_rows` holds the model to.
+    applied: Option<NaclCase>,
 }
 
 /// The router of `case` on `devices` (its ports in name order).
@@ -54,27 +56,34 @@ fn router_of(case: &NaclCase, ifindex: &BTreeMap<String, u32>) -> Router {
 
 /// Compiles `case` for the next generation and applies it (a swap when one is live).
 fn apply(rig: &mut Rig, case: &NaclCase) -> sg_agent::dataplane::ApplyReport {
+    let router = router_of(case, &rig.ifindex);
+    let report = apply_policy(rig, &case.policy, &BTreeMap::new(), &router)
+        .unwrap_or_else(|e| panic!("compiling {}: {e}", describe(case)));
+    rig.applied = Some(case.clone());
+    report
+}
+
+/// Compiles `policy` (security groups on `bindings`, NACLs on `router`) for the next
+/// generation and applies it: a compile error is returned, an apply error panics.
+fn apply_policy(
+    rig: &mut Rig,
+    policy: &Policy,
+    bindings: &BTreeMap<String, u32>,
+    router: &Router,
+) -> Result<sg_agent::dataplane::ApplyReport, sg_agent::compile::CompileError> {
     let opts = CompileOptions {
         generation: rig.dp.next_generation(),
         slot_capacity: rig.dp.capacities().rule_slots,
     };
-    let router = router_of(case, &rig.ifindex);
-    let (image, _) = compile_router(
-        &case.policy,
-        &BTreeMap::new(),
-        // Fresh slots: a case's rules get 1..n. Carried over, the cursor would walk through
-        // the whole slot table and every test run would read all of its counters.
-        &SlotTable::default(),
-        &opts,
-        &router,
-    )
-    .unwrap_or_else(|e| panic!("compiling {}: {e}", describe(case)));
+    // Fresh slots: a case's rules get 1..n. Carried over, the cursor would walk through
+    // the whole slot table and every test run would read all of its counters.
+    let (image, _) = compile_router(policy, bindings, &SlotTable::default(), &opts, router)?;
     let report = rig
         .dp
         .apply(&image)
         .unwrap_or_else(|e| panic!("apply: {e:#}"));
     rig.image = image;
-    report
+    Ok(report)
 }
 
 fn rig(devices: [u32; 3]) -> Rig {
@@ -87,6 +96,7 @@ fn rig(devices: [u32; 3]) -> Rig {
         dp: load(),
         image: MapImage::default(),
         ifindex,
+        applied: None,
     }
 }
 
@@ -288,10 +298,11 @@ fn rule(r: &str) -> Option<RuleId> {
 }
 
 /// Fixture table: (intent, packet, expected reason, expected rule). Each row is checked on
-/// the kernel (XDP and TC for ingress) and on the model, in order, on one applied `case`.
+/// the kernel (XDP and TC for ingress) and on the model, in order, on the case last applied.
 type Row = (&'static str, Step, Reason, Option<RuleId>);
 
-fn check_rows(rig: &mut Rig, case: &NaclCase, rows: &[Row]) {
+fn check_rows(rig: &mut Rig, rows: &[Row]) {
+    let case = rig.applied.clone().expect("check_rows after apply");
     let mut model =
         Model::new(case.policy.clone()).with_router(case.ports.clone(), case.addrs.clone());
     for (i, (intent, step, reason, rule)) in rows.iter().enumerate() {
@@ -336,30 +347,12 @@ fn a1_stateless_an_allowed_ssh_syn_creates_nothing_and_its_reply_meets_the_outbo
         apply(rig, &c);
         let in_syn = syn(CLIENT, WEB, 40000, 22);
         let reply = in_syn.reply();
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A1: SSH in allowed by 100",
-                    into(in_syn.clone()),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-                (
-                    "A1: no outbound rule for the client's port: its reply is dropped",
-                    out_of(reply.clone()),
-                    Reason::DropNaclRule,
-                    rule("out/*v4"),
-                ),
-                (
-                    "A1: the next SYN is judged again, no flow",
-                    into(in_syn),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A1: SSH in allowed by 100", into(in_syn.clone()), Reason::PassNaclRule, rule("in/100")),
+            ("A1: no outbound rule for the client's port: its reply is dropped", out_of(reply.clone()), Reason::DropNaclRule, rule("out/*v4")),
+            ("A1: the next SYN is judged again, no flow", into(in_syn), Reason::PassNaclRule, rule("in/100")),
+        ]);
         assert!(
             rig.dp.conntrack().unwrap().is_empty(),
             "A1: a NACL interface created conntrack state"
@@ -380,24 +373,11 @@ fn a4_lowest_number_decides_whatever_the_prefix_length_and_renumbering_flips_it(
         );
         // Entries are sorted by validation; the compiler and the model must not rely on it.
         apply(rig, &first);
-        check_rows(
-            rig,
-            &first,
-            &[
-                (
-                    "A4: 90 denies the /24 first",
-                    into(syn(CLIENT, WEB, 40000, 22)),
-                    Reason::DropNaclRule,
-                    rule("in/90"),
-                ),
-                (
-                    "A4: elsewhere 100 allows",
-                    into(syn(FAR, WEB, 40000, 22)),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A4: 90 denies the /24 first", into(syn(CLIENT, WEB, 40000, 22)), Reason::DropNaclRule, rule("in/90")),
+            ("A4: elsewhere 100 allows", into(syn(FAR, WEB, 40000, 22)), Reason::PassNaclRule, rule("in/100")),
+        ]);
         let renumbered = case(
             vec![
                 allow(100, tcp(22), "0.0.0.0/0"),
@@ -407,16 +387,10 @@ fn a4_lowest_number_decides_whatever_the_prefix_length_and_renumbering_flips_it(
             &[],
         );
         apply(rig, &renumbered);
-        check_rows(
-            rig,
-            &renumbered,
-            &[(
-                "A4: the deny renumbered below the allow no longer decides (/24 or not)",
-                into(syn(CLIENT, WEB, 40000, 22)),
-                Reason::PassNaclRule,
-                rule("in/100"),
-            )],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A4: the deny renumbered below the allow no longer decides (/24 or not)", into(syn(CLIENT, WEB, 40000, 22)), Reason::PassNaclRule, rule("in/100")),
+        ]);
     });
 }
 
@@ -433,36 +407,13 @@ fn a5_a6_allow_and_deny_rules_and_the_star_rules_are_charged() {
             &[],
         );
         apply(rig, &c);
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A5: deny 10",
-                    into(Packet::udp(addr(FAR), addr(WEB), 5000, 53)),
-                    Reason::DropNaclRule,
-                    rule("in/10"),
-                ),
-                (
-                    "A5: allow 20",
-                    into(Packet::udp(addr(CLIENT), addr(WEB), 5000, 53)),
-                    Reason::PassNaclRule,
-                    rule("in/20"),
-                ),
-                (
-                    "A6: nothing matched (IPv4): *",
-                    into(Packet::udp(addr(CLIENT), addr(WEB), 5000, 54)),
-                    Reason::DropNaclRule,
-                    rule("in/*v4"),
-                ),
-                (
-                    "A6: nothing matched (IPv6): *",
-                    into(Packet::udp(addr(CLIENT6), addr(WEB6), 5000, 54)),
-                    Reason::DropNaclRule,
-                    rule("in/*v6"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A5: deny 10", into(Packet::udp(addr(FAR), addr(WEB), 5000, 53)), Reason::DropNaclRule, rule("in/10")),
+            ("A5: allow 20", into(Packet::udp(addr(CLIENT), addr(WEB), 5000, 53)), Reason::PassNaclRule, rule("in/20")),
+            ("A6: nothing matched (IPv4): *", into(Packet::udp(addr(CLIENT), addr(WEB), 5000, 54)), Reason::DropNaclRule, rule("in/*v4")),
+            ("A6: nothing matched (IPv6): *", into(Packet::udp(addr(CLIENT6), addr(WEB6), 5000, 54)), Reason::DropNaclRule, rule("in/*v6")),
+        ]);
         let counters = rig.dp.rule_counters().unwrap();
         let moved = |r: &str| {
             counters
@@ -492,30 +443,12 @@ fn a8_an_entry_of_one_family_never_matches_the_other() {
             &[],
         );
         apply(rig, &c);
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A8: IPv4 skips the IPv6 entries, 120 allows",
-                    into(syn(CLIENT, WEB, 1, 80)),
-                    Reason::PassNaclRule,
-                    rule("in/120"),
-                ),
-                (
-                    "A8: IPv6 meets 100",
-                    into(syn(CLIENT6, WEB6, 1, 80)),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-                (
-                    "A8: outbound IPv6 has only an IPv4 entry: *",
-                    out_of(syn(WEB6, CLIENT6, 1, 80)),
-                    Reason::DropNaclRule,
-                    rule("out/*v6"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A8: IPv4 skips the IPv6 entries, 120 allows", into(syn(CLIENT, WEB, 1, 80)), Reason::PassNaclRule, rule("in/120")),
+            ("A8: IPv6 meets 100", into(syn(CLIENT6, WEB6, 1, 80)), Reason::PassNaclRule, rule("in/100")),
+            ("A8: outbound IPv6 has only an IPv4 entry: *", out_of(syn(WEB6, CLIENT6, 1, 80)), Reason::DropNaclRule, rule("out/*v6")),
+        ]);
     });
 }
 
@@ -533,36 +466,13 @@ fn a17_minus_one_and_other_protocol_numbers_match_every_port() {
             &[],
         );
         apply(rig, &c);
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A17: 132 (SCTP), any port",
-                    into(Packet::other(addr(CLIENT), addr(WEB), 132)),
-                    Reason::PassNaclRule,
-                    rule("in/10"),
-                ),
-                (
-                    "A17: -1 denies every port of every protocol",
-                    into(syn(FAR, WEB, 1, 80)),
-                    Reason::DropNaclRule,
-                    rule("in/30"),
-                ),
-                (
-                    "A17: tcp 80 elsewhere",
-                    into(syn(CLIENT, WEB, 1, 80)),
-                    Reason::PassNaclRule,
-                    rule("in/40"),
-                ),
-                (
-                    "A17: 132 not from the /24: *",
-                    into(Packet::other(addr(FAR), addr(WEB), 132)),
-                    Reason::DropNaclRule,
-                    rule("in/30"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A17: 132 (SCTP), any port", into(Packet::other(addr(CLIENT), addr(WEB), 132)), Reason::PassNaclRule, rule("in/10")),
+            ("A17: -1 denies every port of every protocol", into(syn(FAR, WEB, 1, 80)), Reason::DropNaclRule, rule("in/30")),
+            ("A17: tcp 80 elsewhere", into(syn(CLIENT, WEB, 1, 80)), Reason::PassNaclRule, rule("in/40")),
+            ("A17: 132 not from the /24: *", into(Packet::other(addr(FAR), addr(WEB), 132)), Reason::DropNaclRule, rule("in/30")),
+        ]);
     });
 }
 
@@ -577,30 +487,12 @@ fn a18_tcp_udp_match_the_destination_port_in_both_directions() {
         apply(rig, &c);
         let request = syn(CLIENT, WEB, 40000, 80);
         let mut reply = request.reply();
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A18: the request's destination port 80",
-                    into(request.clone()),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-                (
-                    "A18: the reply's destination port is the client's ephemeral port",
-                    out_of(reply.clone()),
-                    Reason::PassNaclRule,
-                    rule("out/100"),
-                ),
-                (
-                    "A18: a source port 80 does not match tcp 80",
-                    into(syn(CLIENT, WEB, 80, 1000)),
-                    Reason::DropNaclRule,
-                    rule("in/*v4"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A18: the request's destination port 80", into(request.clone()), Reason::PassNaclRule, rule("in/100")),
+            ("A18: the reply's destination port is the client's ephemeral port", out_of(reply.clone()), Reason::PassNaclRule, rule("out/100")),
+            ("A18: a source port 80 does not match tcp 80", into(syn(CLIENT, WEB, 80, 1000)), Reason::DropNaclRule, rule("in/*v4")),
+        ]);
         reply = Packet::tcp(
             addr(WEB),
             addr(CLIENT),
@@ -608,16 +500,10 @@ fn a18_tcp_udp_match_the_destination_port_in_both_directions() {
             1023,
             tcp_flags::ACK | tcp_flags::SYN,
         );
-        check_rows(
-            rig,
-            &c,
-            &[(
-                "A18: a client port outside the range: *",
-                out_of(reply),
-                Reason::DropNaclRule,
-                rule("out/*v4"),
-            )],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A18: a client port outside the range: *", out_of(reply), Reason::DropNaclRule, rule("out/*v4")),
+        ]);
     });
 }
 
@@ -635,42 +521,14 @@ fn a19_icmp_type_and_code_with_wildcards() {
             &[],
         );
         apply(rig, &c);
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A19: echo request, type 8 any code",
-                    into(Packet::echo_request(addr(CLIENT), addr(WEB), 7, 1)),
-                    Reason::PassNaclRule,
-                    rule("in/10"),
-                ),
-                (
-                    "A19: 3/4 exactly",
-                    into(Packet::icmp(addr(CLIENT), addr(WEB), 3, 4)),
-                    Reason::PassNaclRule,
-                    rule("in/20"),
-                ),
-                (
-                    "A19: 3/3 falls to the ICMP -1 deny",
-                    into(Packet::icmp(addr(CLIENT), addr(WEB), 3, 3)),
-                    Reason::DropNaclRule,
-                    rule("in/30"),
-                ),
-                (
-                    "A19: ICMPv6 128/0",
-                    into(Packet::echo_request(addr(CLIENT6), addr(WEB6), 7, 1)),
-                    Reason::PassNaclRule,
-                    rule("in/40"),
-                ),
-                (
-                    "A19: ICMPv6 129: *",
-                    into(Packet::icmp(addr(CLIENT6), addr(WEB6), 129, 0)),
-                    Reason::DropNaclRule,
-                    rule("in/*v6"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A19: echo request, type 8 any code", into(Packet::echo_request(addr(CLIENT), addr(WEB), 7, 1)), Reason::PassNaclRule, rule("in/10")),
+            ("A19: 3/4 exactly", into(Packet::icmp(addr(CLIENT), addr(WEB), 3, 4)), Reason::PassNaclRule, rule("in/20")),
+            ("A19: 3/3 falls to the ICMP -1 deny", into(Packet::icmp(addr(CLIENT), addr(WEB), 3, 3)), Reason::DropNaclRule, rule("in/30")),
+            ("A19: ICMPv6 128/0", into(Packet::echo_request(addr(CLIENT6), addr(WEB6), 7, 1)), Reason::PassNaclRule, rule("in/40")),
+            ("A19: ICMPv6 129: *", into(Packet::icmp(addr(CLIENT6), addr(WEB6), 129, 0)), Reason::DropNaclRule, rule("in/*v6")),
+        ]);
     });
 }
 
@@ -683,30 +541,12 @@ fn a21_the_routers_own_addresses_are_not_filtered() {
             &[ROUTER],
         );
         apply(rig, &c);
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A21: to the router from the subnet",
-                    out_of(syn(WEB, ROUTER, 40000, 53)),
-                    Reason::PassRouterLocal,
-                    None,
-                ),
-                (
-                    "A21: from the router into the subnet",
-                    into(Packet::udp(addr(ROUTER), addr(WEB), 67, 5000)),
-                    Reason::PassRouterLocal,
-                    None,
-                ),
-                (
-                    "A21: anyone else meets the list",
-                    out_of(syn(WEB, CLIENT, 40000, 53)),
-                    Reason::DropNaclRule,
-                    rule("out/1"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A21: to the router from the subnet", out_of(syn(WEB, ROUTER, 40000, 53)), Reason::PassRouterLocal, None),
+            ("A21: from the router into the subnet", into(Packet::udp(addr(ROUTER), addr(WEB), 67, 5000)), Reason::PassRouterLocal, None),
+            ("A21: anyone else meets the list", out_of(syn(WEB, CLIENT, 40000, 53)), Reason::DropNaclRule, rule("out/1")),
+        ]);
     });
 }
 
@@ -723,30 +563,12 @@ fn a22_a_frag_needed_error_is_passed_by_no_state_only_by_an_icmp_rule() {
         let reply = request.reply();
         // A router on the client's side says the reply was too big.
         let error = reply.error_reply(addr(FAR), 3, 4);
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A22: the request",
-                    into(request),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-                (
-                    "A22: its reply",
-                    out_of(reply.clone()),
-                    Reason::PassNaclRule,
-                    rule("out/100"),
-                ),
-                (
-                    "A22: frag needed about the reply: no related pass, *",
-                    into(error.clone()),
-                    Reason::DropNaclRule,
-                    rule("in/*v4"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A22: the request", into(request), Reason::PassNaclRule, rule("in/100")),
+            ("A22: its reply", out_of(reply.clone()), Reason::PassNaclRule, rule("out/100")),
+            ("A22: frag needed about the reply: no related pass, *", into(error.clone()), Reason::DropNaclRule, rule("in/*v4")),
+        ]);
         let c = case(
             vec![
                 allow(100, tcp(80), "0.0.0.0/0"),
@@ -756,16 +578,10 @@ fn a22_a_frag_needed_error_is_passed_by_no_state_only_by_an_icmp_rule() {
             &[],
         );
         apply(rig, &c);
-        check_rows(
-            rig,
-            &c,
-            &[(
-                "A22: an explicit ICMP 3/4 rule passes it",
-                into(error),
-                Reason::PassNaclRule,
-                rule("in/110"),
-            )],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A22: an explicit ICMP 3/4 rule passes it", into(error), Reason::PassNaclRule, rule("in/110")),
+        ]);
     });
 }
 
@@ -797,36 +613,13 @@ fn a27_later_fragments_follow_the_first_fragments_nacl_verdict() {
             }
             into(p)
         };
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "A27: allowed first fragment",
-                    frag(5000, 7, false),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-                (
-                    "A27: its later fragment passes, charging 100",
-                    frag(5000, 7, true),
-                    Reason::PassFragment,
-                    rule("in/100"),
-                ),
-                (
-                    "A27: denied first fragment",
-                    frag(5001, 8, false),
-                    Reason::DropNaclRule,
-                    rule("in/*v4"),
-                ),
-                (
-                    "A27: its later fragment is dropped",
-                    frag(5001, 8, true),
-                    Reason::DropFragDenied,
-                    None,
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A27: allowed first fragment", frag(5000, 7, false), Reason::PassNaclRule, rule("in/100")),
+            ("A27: its later fragment passes, charging 100", frag(5000, 7, true), Reason::PassFragment, rule("in/100")),
+            ("A27: denied first fragment", frag(5001, 8, false), Reason::DropNaclRule, rule("in/*v4")),
+            ("A27: its later fragment is dropped", frag(5001, 8, true), Reason::DropFragDenied, None),
+        ]);
     });
 }
 
@@ -840,24 +633,11 @@ fn a25_a26_a_new_generation_with_a_deny_cuts_the_very_next_packet_and_swaps_whol
         );
         apply(rig, &before);
         let ssh = Packet::tcp(addr(CLIENT), addr(WEB), 40000, 22, tcp_flags::ACK);
-        check_rows(
-            rig,
-            &before,
-            &[
-                (
-                    "live session, in",
-                    into(ssh.clone()),
-                    Reason::PassNaclRule,
-                    rule("in/100"),
-                ),
-                (
-                    "live session, out",
-                    out_of(ssh.reply()),
-                    Reason::PassNaclRule,
-                    rule("out/100"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("live session, in", into(ssh.clone()), Reason::PassNaclRule, rule("in/100")),
+            ("live session, out", out_of(ssh.reply()), Reason::PassNaclRule, rule("out/100")),
+        ]);
         // Both lists change in one generation.
         let after = case(
             vec![
@@ -871,24 +651,11 @@ fn a25_a26_a_new_generation_with_a_deny_cuts_the_very_next_packet_and_swaps_whol
             &[],
         );
         apply(rig, &after);
-        check_rows(
-            rig,
-            &after,
-            &[
-                (
-                    "A25: the very next packet of the session meets the deny",
-                    into(ssh.clone()),
-                    Reason::DropNaclRule,
-                    rule("in/50"),
-                ),
-                (
-                    "A26: the other list changed in the same swap",
-                    out_of(ssh.reply()),
-                    Reason::DropNaclRule,
-                    rule("out/50"),
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("A25: the very next packet of the session meets the deny", into(ssh.clone()), Reason::DropNaclRule, rule("in/50")),
+            ("A26: the other list changed in the same swap", out_of(ssh.reply()), Reason::DropNaclRule, rule("out/50")),
+        ]);
     });
 }
 
@@ -903,20 +670,7 @@ fn a25_an_interface_that_becomes_a_nacl_interface_loses_its_flows() {
             .iface("p0", &[WEB], &["sg-a"])
             .build();
         let bindings: BTreeMap<String, u32> = [("p0".to_string(), net.a)].into();
-        let opts = CompileOptions {
-            generation: r.dp.next_generation(),
-            slot_capacity: r.dp.capacities().rule_slots,
-        };
-        let (image, _) = compile_router(
-            &sg,
-            &bindings,
-            &SlotTable::default(),
-            &opts,
-            &Router::default(),
-        )
-        .unwrap();
-        r.dp.apply(&image).unwrap();
-        r.image = image;
+        apply_policy(&mut r, &sg, &bindings, &Router::default()).unwrap();
         let syn_in = syn(CLIENT, WEB, 40000, 22);
         let (reason, _) = kernel(
             &mut r,
@@ -939,16 +693,10 @@ fn a25_an_interface_that_becomes_a_nacl_interface_loses_its_flows() {
         );
         assert!(r.dp.conntrack().unwrap().is_empty());
         // The same packet on the same hook (the flow's key): now the outbound list judges it.
-        check_rows(
-            &mut r,
-            &c,
-            &[(
-                "A25: no leftover flow passes",
-                out_of(syn_in),
-                Reason::DropNaclRule,
-                rule("out/*v4"),
-            )],
-        );
+        #[rustfmt::skip]
+        check_rows(&mut r, &[
+            ("A25: no leftover flow passes", out_of(syn_in), Reason::DropNaclRule, rule("out/*v4")),
+        ]);
     });
 }
 
@@ -957,23 +705,10 @@ fn n1_n2_exemptions_stay_on_a_nacl_interface() {
     with_rig(|rig| {
         let c = case(vec![], vec![], &[]);
         apply(rig, &c);
-        check_rows(
-            rig,
-            &c,
-            &[
-                (
-                    "N2: a DHCP client's request (68 -> 67) at hook egress, as on any interface",
-                    into(Packet::udp(addr(CLIENT), addr(WEB), 68, 67)),
-                    Reason::PassDhcp,
-                    None,
-                ),
-                (
-                    "N1: neighbour solicitation",
-                    into(Packet::icmp(addr("2001:db8:a0::1"), addr(WEB6), 135, 0)),
-                    Reason::PassNdp,
-                    None,
-                ),
-            ],
-        );
+        #[rustfmt::skip]
+        check_rows(rig, &[
+            ("N2: a DHCP client's request (68 -> 67) at hook egress, as on any interface", into(Packet::udp(addr(CLIENT), addr(WEB), 68, 67)), Reason::PassDhcp, None),
+            ("N1: neighbour solicitation", into(Packet::icmp(addr("2001:db8:a0::1"), addr(WEB6), 135, 0)), Reason::PassNdp, None),
+        ]);
     });
 }

@@ -34,6 +34,28 @@ fn lab_from(policy: &std::path::Path) -> VpcLab {
         .unwrap_or_else(|e| panic!("the VPC lab: {e:#}"))
 }
 
+/// Asserts that the router charged NACL rule `rule` (`acl-public/in/140`) at least once.
+fn assert_charged(lab: &VpcLab, rule: &str) {
+    let c = lab.agents.counters(&lab.router).expect("router counters");
+    assert!(c.rule(rule) >= 1, "{rule} was never charged: {:?}", c.rules);
+}
+
+/// A4: the private subnet's deny renumbered from 110 to 90 now comes first for web-2, and
+/// for web-2 only.
+fn renumber_the_deny_a4(lab: &VpcLab) {
+    lab.renumber_deny_a4().unwrap();
+    let db = Svc::Db {
+        port: 3306,
+        mariadb: false,
+    };
+    #[rustfmt::skip]
+    let rows = lab.run(&table(&[
+        ("web-2", "db-1", V4, db.clone(), Deny, "A4 renumbered: 90 deny first"),
+        ("web-1", "db-1", V4, db, Allow, "A4 only web-2's /32"),
+    ])).unwrap();
+    assert_rows(&rows);
+}
+
 /// A1 A4 A6 A13 A14 A15 A16, IPv4 and IPv6: every path of the VPC as EC2 would have it; the
 /// router's counters charge the NACL rules that decided (the `*` rules included); renumbering
 /// the private subnet's deny below its allow flips web-2's verdict (A4) and nobody else's.
@@ -66,22 +88,9 @@ fn vpc_lab_every_path_through_nacls_and_security_groups_as_ec2() {
     assert_eq!(star.direction, "outbound");
     assert_eq!(star.text, "* deny all traffic to 0.0.0.0/0");
 
-    // A4: the same deny renumbered from 110 to 90 now comes first for web-2.
-    lab.renumber_deny_a4().unwrap();
-    let db = Svc::Db {
-        port: 3306,
-        mariadb: false,
-    };
-    #[rustfmt::skip]
-    let rows = lab.run(&table(&[
-        ("web-2", "db-1", V4, db.clone(), Deny, "A4 renumbered: 90 deny first"),
-        ("web-1", "db-1", V4, db, Allow, "A4 only web-2's /32"),
-    ])).unwrap();
-    assert_rows(&rows);
-    let c = lab.agents.counters(&lab.router).unwrap();
-    assert!(c.rule("acl-private/in/90") >= 1, "{:?}", c.rules);
-    let errors = lab.agents.detach_all();
-    assert!(errors.is_empty(), "{errors:?}");
+    renumber_the_deny_a4(&lab);
+    assert_charged(&lab, "acl-private/in/90");
+    lab.agents.detach_all_cleanly();
 }
 
 /// A22: path MTU discovery across a narrow link needs an explicit ICMP 3/4 rule at the NACL
@@ -97,8 +106,7 @@ fn a22_pmtud_across_a_narrow_link_needs_an_icmp_3_4_rule() {
     let stalled = lab
         .a22_download(Deny, "A22 no ICMP 3/4 rule: PMTUD stalls", limit)
         .unwrap();
-    let c = lab.agents.counters(&lab.router).unwrap();
-    assert!(c.rule("acl-public/in/*v4") >= 1, "{:?}", c.rules);
+    assert_charged(&lab, "acl-public/in/*v4");
     lab.allow_frag_needed_a22().unwrap();
     let works = lab
         .a22_download(Allow, "A22 inbound 140 ICMP 3/4", limit)
@@ -109,10 +117,8 @@ fn a22_pmtud_across_a_narrow_link_needs_an_icmp_3_4_rule() {
         eprintln!("web-1: {}", web1.unwrap_or_default());
     }
     assert_rows(&[stalled, works]);
-    let c = lab.agents.counters(&lab.router).unwrap();
-    assert!(c.rule("acl-public/in/140") >= 1, "{:?}", c.rules);
-    let errors = lab.agents.detach_all();
-    assert!(errors.is_empty(), "{errors:?}");
+    assert_charged(&lab, "acl-public/in/140");
+    lab.agents.detach_all_cleanly();
 }
 
 /// The CloudFormation twin (examples/vpc-nacl.cfn.yaml) is the same VPC: the lab run from it
@@ -124,19 +130,8 @@ fn vpc_lab_from_the_cloudformation_twin_gives_the_same_table() {
     let lab = lab_from(&policy().with_file_name("vpc-nacl.cfn.yaml"));
     let rows = lab.run(&lab.paths()).unwrap();
     assert_rows(&rows);
-    lab.renumber_deny_a4().unwrap();
-    let db = Svc::Db {
-        port: 3306,
-        mariadb: false,
-    };
-    #[rustfmt::skip]
-    let rows = lab.run(&table(&[
-        ("web-2", "db-1", V4, db.clone(), Deny, "A4 renumbered: 90 deny first"),
-        ("web-1", "db-1", V4, db, Allow, "A4 only web-2's /32"),
-    ])).unwrap();
-    assert_rows(&rows);
-    let errors = lab.agents.detach_all();
-    assert!(errors.is_empty(), "{errors:?}");
+    renumber_the_deny_a4(&lab);
+    lab.agents.detach_all_cleanly();
 }
 
 /// A25 (contrast X1): a new deny cuts an established session at once. Security groups keep
@@ -158,10 +153,8 @@ fn a25_a_new_nacl_deny_cuts_an_established_session_at_once() {
         !s.round_trip("after", Duration::from_secs(3)),
         "A25: the established session still works after the deny"
     );
-    let c = lab.agents.counters(&lab.router).unwrap();
-    assert!(c.rule("acl-private/in/80") >= 1, "{:?}", c.rules);
-    let errors = lab.agents.detach_all();
-    assert!(errors.is_empty(), "{errors:?}");
+    assert_charged(&lab, "acl-private/in/80");
+    lab.agents.detach_all_cleanly();
 }
 
 /// Item 4: `sg-agent explain --from --to` walks a packet through every layer and names the

@@ -1563,49 +1563,15 @@ fn test_run_speed_per_packet() {
         (Prog::XdpIn, &tcp4(REMOTE, 10, LOCAL, 22, SYN), Reason::PassRuleNew),
     ]);
     const N: u32 = 200_000;
+    #[rustfmt::skip]
     let cases = [
-        (
-            "sg_xdp_in conntrack hit (SG_CT)",
-            Prog::XdpIn,
-            tcp4(REMOTE, 9, LOCAL, 22, ACK),
-            Reason::PassCtOriginal,
-        ),
-        (
-            "sg_tc_in  conntrack hit (SG_CT)",
-            Prog::TcIn,
-            tcp4(REMOTE, 9, LOCAL, 22, ACK),
-            Reason::PassCtOriginal,
-        ),
-        (
-            "sg_tc_out conntrack reply (SG_CT)",
-            Prog::TcOut,
-            tcp4(LOCAL, 22, REMOTE, 9, ACK),
-            Reason::PassCtReply,
-        ),
-        (
-            "sg_xdp_in conntrack hit (SG_CT_NEW)",
-            Prog::XdpIn,
-            tcp4(REMOTE, 10, LOCAL, 22, SYN),
-            Reason::PassCtOriginal,
-        ),
-        (
-            "sg_xdp_in policy drop, no rule",
-            Prog::XdpIn,
-            tcp4(STRANGER, 9, LOCAL, 22, SYN),
-            Reason::DropNoRule,
-        ),
-        (
-            "sg_xdp_in policy pass, untracked",
-            Prog::XdpIn,
-            tcp4(REMOTE, 9, LOCAL, 80, SYN),
-            Reason::PassRuleUntracked,
-        ),
-        (
-            "sg_xdp_in non-IP (ARP)",
-            Prog::XdpIn,
-            arp_request(REMOTE, LOCAL),
-            Reason::PassNonIp,
-        ),
+        ("sg_xdp_in conntrack hit (SG_CT)", Prog::XdpIn, tcp4(REMOTE, 9, LOCAL, 22, ACK), Reason::PassCtOriginal),
+        ("sg_tc_in  conntrack hit (SG_CT)", Prog::TcIn, tcp4(REMOTE, 9, LOCAL, 22, ACK), Reason::PassCtOriginal),
+        ("sg_tc_out conntrack reply (SG_CT)", Prog::TcOut, tcp4(LOCAL, 22, REMOTE, 9, ACK), Reason::PassCtReply),
+        ("sg_xdp_in conntrack hit (SG_CT_NEW)", Prog::XdpIn, tcp4(REMOTE, 10, LOCAL, 22, SYN), Reason::PassCtOriginal),
+        ("sg_xdp_in policy drop, no rule", Prog::XdpIn, tcp4(STRANGER, 9, LOCAL, 22, SYN), Reason::DropNoRule),
+        ("sg_xdp_in policy pass, untracked", Prog::XdpIn, tcp4(REMOTE, 9, LOCAL, 80, SYN), Reason::PassRuleUntracked),
+        ("sg_xdp_in non-IP (ARP)", Prog::XdpIn, arp_request(REMOTE, LOCAL), Reason::PassNonIp),
     ];
     for (what, prog, frame, reason) in cases {
         let before = dp.reasons();

@@ -61,6 +61,19 @@ fn assert_gone(t: &Traces) {
     );
 }
 
+/// Waits (10 s) until member `m` (`who`) serves `key` = `value`: it caught up.
+fn catch_up(c: &EtcdCluster, who: &str, m: usize, (key, value): (&str, &str)) {
+    wait_until(
+        &format!("{who} to catch up"),
+        Duration::from_secs(10),
+        || {
+            c.etcdctl_at(m, &["get", key, "--print-value-only"])
+                .is_ok_and(|v| v.trim() == value)
+        },
+    )
+    .unwrap();
+}
+
 /// Nothing listens on etcd's ports in this (the default) namespace.
 fn assert_nothing_listens_here() {
     let ss = Command::new("ss").args(["-Hltn"]).output().unwrap();
@@ -192,15 +205,7 @@ fn three_members_keep_answering_with_one_killed_and_the_killed_member_rejoins() 
 
         c.start_member(1).unwrap();
         // The restarted member serves, with what was written while it was down.
-        wait_until(
-            "the restarted member to catch up",
-            Duration::from_secs(10),
-            || {
-                c.etcdctl_at(1, &["get", "during", "--print-value-only"])
-                    .is_ok_and(|v| v.trim() == "2")
-            },
-        )
-        .unwrap();
+        catch_up(&c, "the restarted member", 1, ("during", "2"));
         assert_eq!(
             c.etcdctl_at(1, &["get", "before", "--print-value-only"])
                 .unwrap()
@@ -215,15 +220,7 @@ fn three_members_keep_answering_with_one_killed_and_the_killed_member_rejoins() 
         assert_ne!(c.wait_leader(Duration::from_secs(15)).unwrap(), 2);
         c.etcdctl(&["put", "paused", "3"]).unwrap();
         c.resume(2).unwrap();
-        wait_until(
-            "the resumed member to catch up",
-            Duration::from_secs(10),
-            || {
-                c.etcdctl_at(2, &["get", "paused", "--print-value-only"])
-                    .is_ok_and(|v| v.trim() == "3")
-            },
-        )
-        .unwrap();
+        catch_up(&c, "the resumed member", 2, ("paused", "3"));
         assert_nothing_listens_here();
     }
     assert_gone(&t);

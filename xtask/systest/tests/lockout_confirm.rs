@@ -248,28 +248,7 @@ fn l1_the_watchdog_killed_in_the_window_leaves_the_revert_to_the_next_agent_star
 fn l1_with_a_daemon_the_daemon_reverts_and_says_so_in_log_and_metrics() {
     let mut bed = bed();
     let good = policy(&bed, GOOD);
-    let bin = bed.agents.bin().display().to_string();
-    let daemon = bed
-        .host("inst")
-        .ns
-        .spawn(&[
-            &bin,
-            "daemon",
-            "--config",
-            &good,
-            "--metrics",
-            "127.0.0.1:9617",
-        ])
-        .expect("daemon started");
-    let t0 = Instant::now();
-    while !daemon.log().contains("metrics on") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "daemon not ready: {}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let daemon = bed.daemon("inst", &["--config", &good]);
     let bad = policy(&bed, BAD);
     let o = over_ssh(&bed, &format!("apply --confirm 4s --force {bad}"));
     let applied = Instant::now();

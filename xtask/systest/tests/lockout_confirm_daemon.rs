@@ -49,24 +49,16 @@ fn write_policy(file: &Path, from: &Path) {
 
 /// `sg-agent daemon --config FILE --confirm-changes WITHIN` on inst, ready (metrics served).
 fn daemon(bed: &Bed, file: &Path, within: &str) -> Proc {
-    let bin = bed.agents.bin().display().to_string();
     let file = file.display().to_string();
-    let d = bed
-        .host("inst")
-        .ns
-        .spawn(&[
-            &bin,
-            "daemon",
-            "--config",
-            &file,
-            "--confirm-changes",
-            within,
-            "--metrics",
-            "127.0.0.1:9617",
-        ])
-        .expect("daemon started");
-    wait_log(&d, "metrics on", 1, Duration::from_secs(30));
-    d
+    bed.daemon("inst", &["--config", &file, "--confirm-changes", within])
+}
+
+/// What the daemon logs when it applies a change under a confirmation window.
+const WINDOW_OPENED: &str = "waiting for `sg-agent confirm`";
+
+/// Waits (10 s at most) until the daemon has opened `n` confirmation windows in all.
+fn wait_windows(d: &Proc, n: usize) {
+    wait_log(d, WINDOW_OPENED, n, Duration::from_secs(10));
 }
 
 /// Waits until the daemon's log holds `want` at least `n` times.
@@ -133,18 +125,13 @@ fn l1_a_daemon_reload_under_confirm_changes_reverts_and_keeps_members_added_in_t
     );
     let d = daemon(&bed, &file, "8s");
     assert!(
-        !d.log().contains("waiting for `sg-agent confirm`"),
+        !d.log().contains(WINDOW_OPENED),
         "the start changed nothing: no window:\n{}",
         d.log()
     );
 
     write_policy(&file, &bad);
-    wait_log(
-        &d,
-        "waiting for `sg-agent confirm`",
-        1,
-        Duration::from_secs(10),
-    );
+    wait_windows(&d, 1);
     let applied = Instant::now();
     assert!(
         !ssh("my-ip"),
@@ -183,12 +170,7 @@ fn l1_a_daemon_reload_under_confirm_changes_reverts_and_keeps_members_added_in_t
     // No loop: the file still holds the reverted rules; they stay out.
     std::thread::sleep(Duration::from_secs(3));
     assert!(ssh("my-ip"), "the reverted policy came back");
-    assert_eq!(
-        d.log().matches("waiting for `sg-agent confirm`").count(),
-        1,
-        "{}",
-        d.log()
-    );
+    assert_eq!(d.log().matches(WINDOW_OPENED).count(), 1, "{}", d.log());
     assert!(d.log().contains("is not applied again"), "{}", d.log());
     let st = status(&bed);
     assert!(st["confirm"].is_null(), "{st:#}");
@@ -228,24 +210,14 @@ fn l1_a_daemon_reload_confirmed_in_time_stays_and_a_change_meanwhile_is_held() {
     };
 
     write_policy(&file, &https);
-    wait_log(
-        &d,
-        "waiting for `sg-agent confirm`",
-        1,
-        Duration::from_secs(10),
-    );
+    wait_windows(&d, 1);
     let applied = Instant::now();
     write_policy(&file, &https_8443);
     wait_log(&d, "holding the new policy", 1, Duration::from_secs(10));
     confirm();
     assert!(applied.elapsed() < Duration::from_secs(8), "in time");
     // The held change goes in when the window closes, with a window of its own.
-    wait_log(
-        &d,
-        "waiting for `sg-agent confirm`",
-        2,
-        Duration::from_secs(10),
-    );
+    wait_windows(&d, 2);
     let second = Instant::now();
     confirm();
     assert!(second.elapsed() < Duration::from_secs(8), "in time");

@@ -42,12 +42,7 @@ pub fn venv() -> PathBuf {
 pub fn api_on_store(policy: &str, auth: bool) -> (Fleet, ApiServer) {
     let f = Fleet::new(1, &[]);
     f.import(&f.write("policy.yaml", policy));
-    let api = ApiServer::start(
-        f.etcd.member_ns(0),
-        &f.etcd.endpoints(),
-        &f.dir.join("api"),
-        auth,
-    );
+    let api = ApiServer::on_fleet(&f, "api", auth);
     (f, api)
 }
 
@@ -66,6 +61,17 @@ impl ApiServer {
     /// test key in a root-only credentials file (`auth`) or `--no-auth`.
     pub fn start(ns: &Netns, endpoints: &str, dir: &Path, auth: bool) -> ApiServer {
         ApiServer::start_on(ns, &["--store", endpoints], dir, auth)
+    }
+
+    /// [`ApiServer::start`] on the fleet's store, in its first member's namespace, with its
+    /// files in the fleet's directory `name`.
+    pub fn on_fleet(f: &Fleet, name: &str, auth: bool) -> ApiServer {
+        ApiServer::start(
+            f.etcd.member_ns(0),
+            &f.etcd.endpoints(),
+            &f.dir.join(name),
+            auth,
+        )
     }
 
     /// [`ApiServer::start`] on the store `store_args` name: `--store URL`, or `--config FILE`
@@ -175,6 +181,20 @@ impl ApiServer {
         }
         serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|e| panic!("aws {args:?}: not JSON ({e}):\n{}", text(&o)))
+    }
+
+    /// `aws ec2 authorize-security-group-ingress --group-id GROUP --ip-permissions
+    /// PERMISSIONS...` (the shorthand syntax), which must succeed: its JSON output.
+    pub fn authorize_ingress(&self, group: &str, permissions: &[&str]) -> Value {
+        let mut args = vec![
+            "ec2",
+            "authorize-security-group-ingress",
+            "--group-id",
+            group,
+            "--ip-permissions",
+        ];
+        args.extend(permissions);
+        self.aws_ok(&args)
     }
 
     /// `aws ARGS`, which must fail with EC2 error `code`; the error message.

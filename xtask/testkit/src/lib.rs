@@ -28,6 +28,32 @@ pub mod random;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use sg_agent::config::TemplateInputs;
+use sg_agent::policy::{IcmpMatch, Rule};
+
+/// A template's inputs as the tests write them: `Key=Value` (a parameter), `import:Name=Value`,
+/// `region:R`, `bind:Id=DEV`, `as:Id` and `dev:DEV` (a default-route device of the host, as
+/// the command line finds it). Panics on one the command line would refuse.
+pub fn template_inputs(opts: &[&str]) -> TemplateInputs {
+    let mut i = TemplateInputs::default();
+    for o in opts {
+        if let Some(imp) = o.strip_prefix("import:") {
+            i.add_import(imp).unwrap();
+        } else if let Some(r) = o.strip_prefix("region:") {
+            i.region = Some(r.to_string());
+        } else if let Some(b) = o.strip_prefix("bind:") {
+            i.add_bind(b).unwrap();
+        } else if let Some(a) = o.strip_prefix("as:") {
+            i.as_instance = Some(a.to_string());
+        } else if let Some(dev) = o.strip_prefix("dev:") {
+            i.host_devices.push(dev.to_string());
+        } else {
+            i.add_parameter(o).unwrap();
+        }
+    }
+    i
+}
+
 /// The `sg-agent` binary the privileged tests drive: `SG_AGENT_BIN` when set, else the one
 /// cargo built beside the running test (`target/<profile>/sg-agent`; `cargo xtask test`
 /// builds it first). Panics with the remedy when it is missing: a test never skips.
@@ -54,4 +80,16 @@ pub fn agent_bin() -> &'static str {
         );
         path.to_string_lossy().into_owned()
     })
+}
+
+/// A rule as `PROTO PORTS PEER` (`tcp 22-22 192.0.2.0/24`, `icmp 8 sg-web`), written
+/// independently of sg's own formatting: what the template tests compare rules by.
+pub fn rule_text(r: &Rule) -> String {
+    let icmp = |m: &IcmpMatch| match m {
+        IcmpMatch::All => "all".to_string(),
+        IcmpMatch::Type(t) => t.to_string(),
+        IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
+    };
+    let proto = random::protocol_text(&r.protocol, icmp);
+    format!("{proto} {}", random::describe_peer(&r.peer))
 }

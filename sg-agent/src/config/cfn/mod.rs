@@ -1198,22 +1198,18 @@ impl<'n> Cfn<'n, '_> {
                 None
             }
         };
-        let (ingress, ingress_at) = self.rule_list(&p, "SecurityGroupIngress", Direction::Ingress);
-        let (egress, egress_at) = self.rule_list(&p, "SecurityGroupEgress", Direction::Egress);
-        Some(DGroup {
-            id: L::new(id, origin.clone()),
-            check_id: false,
+        let ingress = self.rule_list(&p, "SecurityGroupIngress", Direction::Ingress);
+        let egress = self.rule_list(&p, "SecurityGroupEgress", Direction::Egress);
+        let id = L::new(id, origin.clone());
+        // Logical ids are ids by the template's own rules, not `sg-...`.
+        Some(DGroup::defined(
+            id,
+            false,
             name,
             description,
-            ingress,
-            ingress_at,
-            egress,
-            egress_at,
-            extra: Vec::new(),
-            default_group: false,
-            external: false,
-            at: origin,
-        })
+            [ingress, egress],
+            origin,
+        ))
     }
 
     /// A group's inline rule list `key` (None when absent: the group keeps EC2's default),

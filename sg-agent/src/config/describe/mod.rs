@@ -211,26 +211,23 @@ fn group(sink: &mut Sink, at: &At, refs: &mut Refs) -> Option<DGroup> {
         }
         (Some(out), v.origin(sink))
     };
-    let (ingress, ingress_at) = perms("IpPermissions", Direction::Ingress, sink);
-    let (egress, egress_at) = perms("IpPermissionsEgress", Direction::Egress, sink);
-    Some(DGroup {
+    let ingress = perms("IpPermissions", Direction::Ingress, sink);
+    let egress = perms("IpPermissionsEgress", Direction::Egress, sink);
+    let name = f
+        .get("GroupName")
+        .and_then(|v| string(sink, &v, "GroupName"));
+    let description = f
+        .get("Description")
+        .and_then(|v| string(sink, &v, "Description"));
+    let at = f.origin(sink);
+    Some(DGroup::defined(
         id,
-        check_id: true,
-        name: f
-            .get("GroupName")
-            .and_then(|v| string(sink, &v, "GroupName")),
-        description: f
-            .get("Description")
-            .and_then(|v| string(sink, &v, "Description")),
-        ingress,
-        ingress_at,
-        egress,
-        egress_at,
-        extra: Vec::new(),
-        default_group: false,
-        external: false,
-        at: f.origin(sink),
-    })
+        true,
+        name,
+        description,
+        [ingress, egress],
+        at,
+    ))
 }
 
 /// The peer lists of a permission: (list, the entry's value key, the entry's known keys).

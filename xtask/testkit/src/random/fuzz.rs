@@ -471,7 +471,18 @@ pub fn forge(
             ])
         }
     };
+    // An ICMP error from the router about `inner`.
+    let error_about = |inner: &Packet, rng: &mut Rng| {
+        let (ty, code) = err_kind(rng);
+        inner.error_reply(router, ty, code)
+    };
     let reply_dir = s.dir.opposite();
+    // The forgery: `pkt` on `iface`, against the flow's direction.
+    let back = |iface: String, pkt: Packet| Step {
+        iface,
+        dir: reply_dir,
+        pkt,
+    };
     let (step, what) = match rng.below(7) {
         0 => {
             // An error quoting the flow, but with another peer in the quote.
@@ -480,28 +491,12 @@ pub fn forge(
                 Direction::Egress => inner.dst = other_remote(rng),
                 Direction::Ingress => inner.src = other_remote(rng),
             }
-            let (ty, code) = err_kind(rng);
-            let e = inner.error_reply(router, ty, code);
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: e,
-                },
-                "forge:error-other-peer",
-            )
+            let e = error_about(&inner, rng);
+            (back(s.iface.clone(), e), "forge:error-other-peer")
         }
         1 => {
-            let (ty, code) = err_kind(rng);
-            let e = s.pkt.error_reply(router, ty, code);
-            (
-                Step {
-                    iface: other_iface(rng),
-                    dir: reply_dir,
-                    pkt: e,
-                },
-                "forge:error-other-interface",
-            )
+            let e = error_about(&s.pkt, rng);
+            (back(other_iface(rng), e), "forge:error-other-interface")
         }
         2 => {
             let mut r = s.pkt.reply();
@@ -509,21 +504,10 @@ pub fn forge(
                 Direction::Ingress => r.src = other_remote(rng),
                 Direction::Egress => r.dst = other_remote(rng),
             }
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: r,
-                },
-                "forge:reply-other-peer",
-            )
+            (back(s.iface.clone(), r), "forge:reply-other-peer")
         }
         3 => (
-            Step {
-                iface: other_iface(rng),
-                dir: reply_dir,
-                pkt: s.pkt.reply(),
-            },
+            back(other_iface(rng), s.pkt.reply()),
             "forge:reply-other-interface",
         ),
         4 => {
@@ -550,14 +534,7 @@ pub fn forge(
                 },
                 other => other,
             };
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: r,
-                },
-                "forge:reply-other-port",
-            )
+            (back(s.iface.clone(), r), "forge:reply-other-port")
         }
         5 => {
             // A TCP segment of any kind from the peer's side (ACK, RST, FIN, SYN-ACK).
@@ -571,14 +548,7 @@ pub fn forge(
                     flags,
                 };
             }
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: r,
-                },
-                "forge:tcp-reply-flags",
-            )
+            (back(s.iface.clone(), r), "forge:tcp-reply-flags")
         }
         _ => {
             // An error about the flow whose quoted ports do not match it.
@@ -604,16 +574,8 @@ pub fn forge(
                 },
                 other => other,
             };
-            let (ty, code) = err_kind(rng);
-            let e = inner.error_reply(router, ty, code);
-            (
-                Step {
-                    iface: s.iface.clone(),
-                    dir: reply_dir,
-                    pkt: e,
-                },
-                "forge:error-other-ports",
-            )
+            let e = error_about(&inner, rng);
+            (back(s.iface.clone(), e), "forge:error-other-ports")
         }
     };
     Some((step, what))
@@ -766,19 +728,22 @@ fn read_v4(b: &Bytes, l3: usize) -> Reading {
     if ihl > 20 {
         ext.push(Ext::V4Option(b.0[l3 + 20..l4].to_vec()));
     }
-    let t = Transport {
-        proto,
-        at: l4,
-        end: ip_end,
+    let ip = IpHeader {
+        addrs: (src, dst),
+        ttl: b.u8(l3 + 8),
+        id: Some(id),
+        ext,
+        frag,
     };
-    let mut p = match with_transport(b, (src, dst), t, frag, false) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    p.ext = ext;
-    p.ttl = b.u8(l3 + 8);
-    p.ip_id = id;
-    Reading::Packet(p)
+    read_packet(
+        b,
+        ip,
+        Transport {
+            proto,
+            at: l4,
+            end: ip_end,
+        },
+    )
 }
 
 fn read_v6(b: &Bytes, l3: usize) -> Reading {
@@ -856,18 +821,22 @@ fn read_v6(b: &Bytes, l3: usize) -> Reading {
     if after_frag && frag.is_some_and(|f| f.more) && !later {
         return Reading::Unmodelled("extension header after a first fragment's fragment header");
     }
-    let t = Transport {
-        proto: nh,
-        at: off,
-        end: ip_end,
+    let ip = IpHeader {
+        addrs: (src, dst),
+        ttl: b.u8(l3 + 7),
+        id: None,
+        ext,
+        frag,
     };
-    let mut p = match with_transport(b, (src, dst), t, frag, true) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    p.ext = ext;
-    p.ttl = b.u8(l3 + 7);
-    Reading::Packet(p)
+    read_packet(
+        b,
+        ip,
+        Transport {
+            proto: nh,
+            at: off,
+            end: ip_end,
+        },
+    )
 }
 
 /// Where an IP header says the transport is: its protocol, its offset and the datagram's end.
@@ -877,24 +846,39 @@ struct Transport {
     end: usize,
 }
 
+/// What a read IP header (IPv6: with its extension chain) says besides where the transport is.
+struct IpHeader {
+    addrs: (IpAddr, IpAddr),
+    ttl: u8,
+    /// IPv4's identification; IPv6 has none outside a fragment header.
+    id: Option<u16>,
+    ext: Vec<Ext>,
+    frag: Option<Frag>,
+}
+
 /// The packet of a read IP header: its transport read from the bytes, unless the datagram is
 /// a later fragment, which holds no transport header (G1).
-fn with_transport(
-    b: &Bytes,
-    (src, dst): (IpAddr, IpAddr),
-    t: Transport,
-    frag: Option<Frag>,
-    v6: bool,
-) -> Result<Packet, Reading> {
+fn read_packet(b: &Bytes, ip: IpHeader, t: Transport) -> Reading {
+    let (src, dst) = ip.addrs;
+    let v6 = src.is_ipv6();
+    let frag = ip.frag;
     let l4 = if frag.is_some_and(|f| f.is_later()) {
         later_l4(t.proto, v6)
     } else {
-        read_l4(b, t.proto, t.at, t.end, frag.is_some_and(|f| f.more), v6)?
+        match read_l4(b, t.proto, t.at, t.end, frag.is_some_and(|f| f.more), v6) {
+            Ok(l4) => l4,
+            Err(r) => return r,
+        }
     };
     let mut p = Packet::new(src, dst, l4);
     p.frag = frag;
     p.payload_len = t.end.saturating_sub(t.at).min(usize::from(u16::MAX)) as u16;
-    Ok(p)
+    p.ext = ip.ext;
+    p.ttl = ip.ttl;
+    if let Some(id) = ip.id {
+        p.ip_id = id;
+    }
+    Reading::Packet(p)
 }
 
 fn is_v4_mapped(a: IpAddr) -> bool {

@@ -800,12 +800,17 @@ pub fn describe(policy: &Policy) -> String {
     s
 }
 
+/// A protocol as `tcp 22-22`, `icmp 8/-1` (EC2's -1 for any type or code), `proto 132`.
 pub fn describe_protocol(p: &Protocol) -> String {
-    let icmp = |m: &IcmpMatch| match m {
+    protocol_text(p, |m| match m {
         IcmpMatch::All => "-1/-1".to_string(),
         IcmpMatch::Type(t) => format!("{t}/-1"),
         IcmpMatch::TypeCode(t, c) => format!("{t}/{c}"),
-    };
+    })
+}
+
+/// A protocol as `PROTO PORTS`, its ICMP type and code as `icmp` writes them.
+pub fn protocol_text(p: &Protocol, icmp: impl Fn(&IcmpMatch) -> String) -> String {
     match p {
         Protocol::All => "all".to_string(),
         Protocol::Tcp(r) => format!("tcp {}-{}", r.from, r.to),
@@ -816,7 +821,7 @@ pub fn describe_protocol(p: &Protocol) -> String {
     }
 }
 
-fn describe_peer(p: &Peer) -> String {
+pub fn describe_peer(p: &Peer) -> String {
     match p {
         Peer::Cidr(n) => n.to_string(),
         Peer::PrefixList(id) => id.to_string(),
