@@ -9,7 +9,8 @@
 //! keepalive pings end its stream when the connection dies, and the caller reconnects and relists.
 //! A watch whose connection lives but which has stopped delivering (etcd-io/etcd#17529) is
 //! caught by the watch's own checks ([`Watch`]): it is reported [`WatchBatch::Silent`] within
-//! [`Timeouts::watch_progress`] + [`Timeouts::watch_silence`], and the caller relists.
+//! [`Timeouts::watch_progress`] + [`Timeouts::watch_silence`] (+ a last call of a second), and
+//! the caller relists.
 //! Within that limit a call is repeated only when etcd cannot have received it (the endpoint
 //! refused the connection, or the member has no leader), which makes it safe for transactions:
 //! with several endpoints, one dead member fails no call.
@@ -69,6 +70,9 @@ const WATCH_PROGRESS: Duration = Duration::from_secs(3);
 /// a change the store has and the watch has not delivered. Then it is reported
 /// [`WatchBatch::Silent`] and the caller relists, as after a compaction.
 const WATCH_SILENCE: Duration = Duration::from_secs(5);
+/// Before a watch is given up as silent, how long it is still read: what arrived while this
+/// process was stopped or starved of CPU is read first.
+const WATCH_LAST_CALL: Duration = Duration::from_secs(1);
 /// Keys per list page: bounds one response's size; later pages read the first page's revision.
 const LIST_PAGE: i64 = 1000;
 /// gRPC's default 4 MiB message limit is below what one page or one watch batch may carry
@@ -1090,8 +1094,13 @@ impl Watch {
                 return Ok(None);
             };
             let now = Instant::now();
-            let wake = match check(&self.live, now, &self.timeouts) {
-                Check::WaitUntil(at) => at,
+            let message = match check(&self.live, now, &self.timeouts) {
+                // Biased: a message already here is read before a deadline is acted on.
+                Check::WaitUntil(wake) => tokio::select! {
+                    biased;
+                    message = stream.message() => message,
+                    () = tokio::time::sleep_until(wake) => continue,
+                },
                 Check::Ask => {
                     if let Err(e) = stream.request_progress().await {
                         self.stream = None;
@@ -1101,20 +1110,19 @@ impl Watch {
                     self.live.asked = Some(now);
                     continue;
                 }
-                Check::Silent { owed } => {
-                    self.stream = None;
-                    return Ok(Some(WatchBatch::Silent {
-                        delivered: self.delivered,
-                        store: self.store.max(self.delivered),
-                        owed,
-                    }));
-                }
-            };
-            // Biased: a message already here is read before a deadline is acted on.
-            let message = tokio::select! {
-                biased;
-                message = stream.message() => message,
-                () = tokio::time::sleep_until(wake) => continue,
+                // The answer may be here, unread: this process may not have run for a while
+                // (stopped, starved of CPU) or the caller did not poll. A last call first.
+                Check::Silent { owed } => match timeout(WATCH_LAST_CALL, stream.message()).await {
+                    Ok(message) => message,
+                    Err(_) => {
+                        self.stream = None;
+                        return Ok(Some(WatchBatch::Silent {
+                            delivered: self.delivered,
+                            store: self.store.max(self.delivered),
+                            owed,
+                        }));
+                    }
+                },
             };
             let resp = match message {
                 Ok(Some(resp)) => resp,
@@ -2055,6 +2063,38 @@ mod tests {
         assert_eq!(next_within(&mut watch, quiet).await, None);
     }
 
+    /// S2: an agent that did not run for longer than the silence limit (SIGSTOP, a starved
+    /// CPU), or did not read its watch, finds the answer waiting and keeps the watch.
+    #[tokio::test]
+    async fn s2_an_answer_left_unread_while_the_agent_was_paused_keeps_the_watch() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let listing = store.list_under("v1/").await.unwrap();
+        let mut watch = store
+            .watch_under("v1/", listing.revision + 1)
+            .await
+            .unwrap();
+        // As `next` asks, and then the process stops before it reads the answer.
+        let stream = watch.stream.as_mut().unwrap();
+        stream.request_progress().await.unwrap();
+        watch.live.asked = Some(Instant::now());
+        let outside = store
+            .put("status/h1/ack", b"x".to_vec(), None)
+            .await
+            .unwrap();
+        sleep(SHORT.watch_silence * 2).await;
+
+        let quiet = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL;
+        assert_eq!(next_within(&mut watch, quiet).await, None);
+        assert!(watch.delivered >= listing.revision, "the answer was read");
+        store.put("v1/a", b"1".to_vec(), None).await.unwrap();
+        assert!(matches!(
+            next_within(&mut watch, SHORT.watch_silence).await,
+            Some(WatchBatch::Changes { .. })
+        ));
+        assert!(watch.delivered > outside);
+    }
+
     /// S2: a watch whose server does not answer (etcd stopped with SIGSTOP: the connection
     /// stays up, nothing comes back) is given up as silent after the progress interval and the
     /// silence limit, long before the HTTP/2 keepalive would end it.
@@ -2072,7 +2112,7 @@ mod tests {
         assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
 
         let start = Instant::now();
-        let limit = SHORT.watch_progress + SHORT.watch_silence + Duration::from_secs(1);
+        let limit = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL * 2;
         let next = timeout(limit, watch.next()).await;
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGCONT) };
@@ -2085,7 +2125,8 @@ mod tests {
                 owed: "a progress answer"
             })
         );
-        assert!(start.elapsed() >= SHORT.watch_progress + SHORT.watch_silence);
+        let given_up = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL;
+        assert!(start.elapsed() >= given_up, "{:?}", start.elapsed());
         assert_eq!(
             watch.next().await.unwrap(),
             None,
@@ -2117,7 +2158,7 @@ mod tests {
                 };
             }
             let start = Instant::now();
-            let limit = SHORT.watch_progress + SHORT.watch_silence + Duration::from_secs(2);
+            let limit = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL * 3;
             let next = timeout(limit, watch.next()).await.expect(kind).unwrap();
             assert_eq!(
                 next,
@@ -2128,7 +2169,8 @@ mod tests {
                 }),
                 "{kind}"
             );
-            assert!(start.elapsed() >= SHORT.watch_silence, "{kind}");
+            let given_up = SHORT.watch_silence + WATCH_LAST_CALL;
+            assert!(start.elapsed() >= given_up, "{kind}");
         }
     }
 
