@@ -547,10 +547,11 @@ impl Store {
     }
 
     /// How many keys `[start, end)` held at `revision` (an index read, no values), or None when
-    /// that revision is compacted (a watch from it is cancelled as compacted anyway) or is 0.
+    /// that revision is compacted (a watch from it is cancelled as compacted anyway).
     async fn count_at(&self, start: &[u8], end: &[u8], revision: i64) -> Result<Option<i64>> {
         if revision < 1 {
-            return Ok(None);
+            // Before the first write (etcd would read revision 0 as "now").
+            return Ok(Some(0));
         }
         let op = format!("count the keys watched at revision {revision}");
         let options = GetOptions::new()
@@ -1011,8 +1012,9 @@ fn plan_txn(
 /// watch costs one small message each way every few seconds. Something changed: the watch owes
 /// it, and a healthy one delivers it within milliseconds.
 ///
-/// The claim itself is not trusted: etcd before 3.4.25/3.5.8 answers a progress request with
-/// the store's revision even while the watch is behind (etcd-io/etcd#15220), and a watch that
+/// The claim itself is not trusted: older etcd releases (Debian's 3.4.23 among them) answer a
+/// progress request with the store's revision even while the watch is behind
+/// (etcd-io/etcd#15220; later ones answer only a synced watch), and a watch that
 /// lost its compaction notice (etcd-io/etcd#17529) is synced again past the events it
 /// skipped, so it answers every progress request and delivers nothing. Hence the read.
 pub struct Watch {
@@ -1159,8 +1161,11 @@ impl Watch {
             // No events: a progress answer, claiming the watch is at the header's revision.
             let claimed = header_revision(resp.header());
             self.store = self.store.max(claimed);
-            if claimed > self.delivered {
-                self.verify().await?;
+            if claimed > self.delivered
+                && let Err(e) = self.verify().await
+            {
+                self.stream = None;
+                return Err(e);
             }
         }
     }
