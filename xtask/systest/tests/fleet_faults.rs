@@ -490,6 +490,9 @@ fn s2_a_watch_cancelled_by_compaction_relists_and_loses_no_update() {
     for h in ["db", "web1"] {
         f.verify_store(h);
     }
+    // web1 read the flood as it came: its watch answered every progress request.
+    let silent = metric(&f.metrics("web1"), "sg_store_watch_silent_total");
+    assert_eq!(silent, Some(0.0), "{}", f.log("web1"));
     assert!(f.connects("web1", DB, 3307), "the rule change");
     assert!(f.connects("web2", DB, 3307), "the membership change");
     assert!(!f.connects("web1", DB, 3306));
