@@ -86,6 +86,16 @@ pub(super) fn render(
     }
     write_daemon(&mut out, generation, enforcing, stats);
     write_confirm(&mut out, stats);
+    if let Some(silent) = stats.silent_watches {
+        scalar(
+            &mut out,
+            "sg_store_watch_silent_total",
+            Kind::Counter,
+            "Fleet mode: store watches that went silent (a progress request unanswered, or a \
+             change not delivered) and were relisted (S2).",
+            silent as f64,
+        );
+    }
     out
 }
 
@@ -406,6 +416,7 @@ mod tests {
             window: None,
             not_enforced: Some("bad.yaml".into()),
             reverted_revision: Some(42),
+            silent_watches: Some(1),
         }
     }
 
@@ -521,6 +532,9 @@ sg_confirm_reverted_not_enforced 1
 # HELP sg_store_revision_reverted Fleet mode: the store revision reverted on this host and not enforced (0: none).
 # TYPE sg_store_revision_reverted gauge
 sg_store_revision_reverted 42
+# HELP sg_store_watch_silent_total Fleet mode: store watches that went silent (a progress request unanswered, or a change not delivered) and were relisted (S2).
+# TYPE sg_store_watch_silent_total counter
+sg_store_watch_silent_total 1
 "
         )
     }

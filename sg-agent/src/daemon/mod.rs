@@ -112,6 +112,8 @@ struct Stats {
     not_enforced: Option<String>,
     /// Fleet mode: the store revision that revert undid.
     reverted_revision: Option<i64>,
+    /// Fleet mode: the store watches that went silent and were relisted.
+    silent_watches: Option<u64>,
 }
 
 /// What the daemon does after handling an event.
@@ -326,6 +328,7 @@ impl Daemon {
                 _ = events.tick(), if flow_log => self.take_events(),
                 _ = confirm.tick() => self.check_confirm(follower.as_ref()),
                 Some(reply) = scrapes.recv() => {
+                    self.stats.silent_watches = follower.as_ref().map(Follower::silent_watches);
                     let _ = reply.send(self.metrics());
                     Next::Continue
                 }

@@ -7,6 +7,10 @@
 //! yields an error instead of a hang: the daemon keeps enforcing what it has and retries. The
 //! one exception is [`Watch::next`], which waits for changes as long as there are none; HTTP/2
 //! keepalive pings end its stream when the connection dies, and the caller reconnects and relists.
+//! A watch whose connection lives but which has stopped delivering (etcd-io/etcd#17529) is
+//! caught by the watch's own checks ([`Watch`]): it is reported [`WatchBatch::Silent`] within
+//! [`Timeouts::watch_progress`] + [`Timeouts::watch_silence`] (+ a last call of a second), and
+//! the caller relists.
 //! Within that limit a call is repeated only when etcd cannot have received it (the endpoint
 //! refused the connection, or the member has no leader), which makes it safe for transactions:
 //! with several endpoints, one dead member fails no call.
@@ -44,7 +48,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
     Identity, KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions,
-    Txn, TxnOp, WatchOptions, WatchStream,
+    Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream,
 };
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
@@ -59,6 +63,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// default) with GOAWAY, so stay above it.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A watch that has delivered nothing for this long is asked for its progress (one small
+/// message on its stream; a synced watch answers at once with the store's revision).
+const WATCH_PROGRESS: Duration = Duration::from_secs(3);
+/// How long a watch may stay silent once it owes something: a progress request unanswered, or
+/// a change the store has and the watch has not delivered. Then it is reported
+/// [`WatchBatch::Silent`] and the caller relists, as after a compaction.
+const WATCH_SILENCE: Duration = Duration::from_secs(5);
+/// Before a watch is given up as silent, how long it is still read: what arrived while this
+/// process was stopped or starved of CPU is read first.
+const WATCH_LAST_CALL: Duration = Duration::from_secs(1);
 /// Keys per list page: bounds one response's size; later pages read the first page's revision.
 const LIST_PAGE: i64 = 1000;
 /// gRPC's default 4 MiB message limit is below what one page or one watch batch may carry
@@ -266,6 +280,10 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Each request (one list page, a transaction, a lease call, a watch's creation).
     pub request: Duration,
+    /// A quiet watch is asked for its progress after this long ([`WATCH_PROGRESS`]).
+    pub watch_progress: Duration,
+    /// A watch that owes an answer or a change is given up after this long ([`WATCH_SILENCE`]).
+    pub watch_silence: Duration,
 }
 
 impl Default for Timeouts {
@@ -273,6 +291,8 @@ impl Default for Timeouts {
         Timeouts {
             connect: CONNECT_TIMEOUT,
             request: REQUEST_TIMEOUT,
+            watch_progress: WATCH_PROGRESS,
+            watch_silence: WATCH_SILENCE,
         }
     }
 }
@@ -316,6 +336,19 @@ pub enum WatchBatch {
     },
     /// The requested revision was compacted away: the watch has ended and the caller relists.
     Compacted { compact_revision: i64 },
+    /// The watch went silent: it left a progress request unanswered, or the store holds a
+    /// change it has not delivered, for [`Timeouts::watch_silence`]. etcd can lose a watch's
+    /// compaction notice and the events it skipped (etcd-io/etcd#17529: a slow watcher whose
+    /// history is compacted while its channel is full). The watch has ended (it is dropped,
+    /// which cancels it) and the caller relists, as after [`WatchBatch::Compacted`].
+    Silent {
+        /// Everything up to this revision was delivered.
+        delivered: i64,
+        /// The newest store revision the watch's checks saw.
+        store: i64,
+        /// What it owed: "a progress answer" or "changes".
+        owed: &'static str,
+    },
 }
 
 /// A condition of [`Store::commit_if`]: the key's last modification is at `mod_revision`
@@ -448,11 +481,23 @@ impl Store {
     /// A watch of every key under the prefix followed by `sub`; keys are still relative to
     /// the prefix.
     pub async fn watch_under(&mut self, sub: &str, from_revision: i64) -> Result<Watch> {
+        self.watch_filtered(sub, from_revision, &[]).await
+    }
+
+    /// [`Store::watch_under`] with etcd's server-side event filters; the tests use them for a
+    /// watch that really does not deliver some changes.
+    async fn watch_filtered(
+        &mut self,
+        sub: &str,
+        from_revision: i64,
+        filters: &[WatchFilterType],
+    ) -> Result<Watch> {
         let base = format!("{}{sub}", self.prefix);
         let op = format!("watch {base} from revision {from_revision}");
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(from_revision);
+            .with_start_revision(from_revision)
+            .with_filters(filters.to_vec());
         let client = self
             .client
             .watch_client()
@@ -478,12 +523,52 @@ impl Store {
                 self.label
             ),
         }
+        let (start, end) = (base.clone().into_bytes(), prefix_end(base.as_bytes()));
+        let delivered = from_revision - 1;
+        let keys = self.count_at(&start, &end, delivered).await?;
+        let now = Instant::now();
         Ok(Watch {
             stream: Some(stream),
             prefix: self.prefix.clone(),
             label: self.label.clone(),
             op,
+            kv: self.kv.clone(),
+            range: (start, end),
+            timeouts: self.timeouts,
+            delivered,
+            keys,
+            store: delivered,
+            live: Liveness {
+                heard: now,
+                asked: None,
+                owed_since: None,
+            },
         })
+    }
+
+    /// How many keys `[start, end)` held at `revision` (an index read, no values), or None when
+    /// that revision is compacted (a watch from it is cancelled as compacted anyway).
+    async fn count_at(&self, start: &[u8], end: &[u8], revision: i64) -> Result<Option<i64>> {
+        if revision < 1 {
+            // Before the first write (etcd would read revision 0 as "now").
+            return Ok(Some(0));
+        }
+        let op = format!("count the keys watched at revision {revision}");
+        let options = GetOptions::new()
+            .with_range(end.to_vec())
+            .with_count_only()
+            .with_revision(revision);
+        let counted = self
+            .kv_call(&op, |mut kv| {
+                let (start, options) = (start.to_vec(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await;
+        match counted {
+            Ok(resp) => Ok(Some(resp.count())),
+            Err(e) if is_compacted(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes `puts` and removes `deletes` (keys) and everything under `delete_prefixes`, in one
@@ -914,24 +999,133 @@ fn plan_txn(
     Ok(ops)
 }
 
-/// A watch of the prefix; ends (None or an error) when etcd goes away or cancels it.
+/// A watch of the prefix; ends (None or an error) when etcd goes away or cancels it, or when
+/// it goes silent ([`WatchBatch::Silent`]).
+///
+/// A watch is trusted only as far as it proves itself: every revision up to `delivered` was
+/// delivered (events arrive in revision order and a batch never splits a revision). When it
+/// has been quiet for [`Timeouts::watch_progress`] it is asked for its progress; the answer
+/// claims a revision, and a claim beyond `delivered` is checked against the store with one
+/// read of the watched range: the keys modified after `delivered` (keys only) and how many
+/// keys there are (a delete shows only as one key fewer). Nothing changed: `delivered` moves
+/// to the read's revision, and on a quiet store the next answers claim nothing new, so an idle
+/// watch costs one small message each way every few seconds. Something changed: the watch owes
+/// it, and a healthy one delivers it within milliseconds.
+///
+/// The claim itself is not trusted: older etcd releases (Debian's 3.4.23 among them) answer a
+/// progress request with the store's revision even while the watch is behind
+/// (etcd-io/etcd#15220; later ones answer only a synced watch), and a watch that
+/// lost its compaction notice (etcd-io/etcd#17529) is synced again past the events it
+/// skipped, so it answers every progress request and delivers nothing. Hence the read.
 pub struct Watch {
     /// None once the watch has ended.
     stream: Option<WatchStream>,
     prefix: String,
     label: String,
     op: String,
+    /// For the checks: the store's KV client, the watched range's full keys, the limits.
+    kv: KvClient,
+    range: (Vec<u8>, Vec<u8>),
+    timeouts: Timeouts,
+    /// Every revision up to this one was delivered (or is known to hold no watched change).
+    delivered: i64,
+    /// How many keys the watched range held at `delivered`; None when unknown (the start
+    /// revision was compacted), then only modified keys are checked.
+    keys: Option<i64>,
+    /// The newest store revision seen (answers, reads), for [`WatchBatch::Silent`].
+    store: i64,
+    live: Liveness,
+}
+
+/// When a watch was last heard from and what it owes, for [`check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Liveness {
+    /// The watch's last message: changes or a progress answer (or its start).
+    heard: Instant,
+    /// When the pending progress request was sent; None when none is pending.
+    asked: Option<Instant>,
+    /// Since when the store has held changes the watch has not delivered; None when it owes
+    /// none. Reset by any delivery: a watch that delivers is alive, and a later check sees
+    /// whether it still owes something.
+    owed_since: Option<Instant>,
+}
+
+/// What a watch's checks decide, from its [`Liveness`] and the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Nothing to do until then (or until a message arrives).
+    WaitUntil(Instant),
+    /// Ask the watch for its progress.
+    Ask,
+    /// The watch owed something for [`Timeouts::watch_silence`]: give it up.
+    Silent { owed: &'static str },
+}
+
+/// The staleness decision: a watch is given up when it has owed changes or a progress answer
+/// for `watch_silence`, and asked for its progress when quiet for `watch_progress`. A healthy
+/// watch on a quiet store answers every request at once and owes nothing, so it is never
+/// given up; one on a busy store delivers, which resets both.
+fn check(l: &Liveness, now: Instant, t: &Timeouts) -> Check {
+    if let Some(since) = l.owed_since
+        && now >= since + t.watch_silence
+    {
+        return Check::Silent { owed: "changes" };
+    }
+    let deadline = match l.asked {
+        Some(asked) if now >= asked + t.watch_silence => {
+            return Check::Silent {
+                owed: "a progress answer",
+            };
+        }
+        Some(asked) => asked + t.watch_silence,
+        None if now >= l.heard + t.watch_progress => return Check::Ask,
+        None => l.heard + t.watch_progress,
+    };
+    let owed = l.owed_since.map(|since| since + t.watch_silence);
+    Check::WaitUntil(owed.map_or(deadline, |o| o.min(deadline)))
 }
 
 impl Watch {
     /// The next batch of changes. `Ok(None)` or `Err` when the stream has ended: the caller
-    /// reconnects, relists and watches again. After [`WatchBatch::Compacted`] it is `None`.
+    /// reconnects, relists and watches again. After [`WatchBatch::Compacted`] or
+    /// [`WatchBatch::Silent`] it is `None`. Cancel-safe: a message is consumed only when it
+    /// is handled, and a check cut short is made again later.
     pub async fn next(&mut self) -> Result<Option<WatchBatch>> {
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 return Ok(None);
             };
-            let message = stream.message().await;
+            let now = Instant::now();
+            let message = match check(&self.live, now, &self.timeouts) {
+                // Biased: a message already here is read before a deadline is acted on.
+                Check::WaitUntil(wake) => tokio::select! {
+                    biased;
+                    message = stream.message() => message,
+                    () = tokio::time::sleep_until(wake) => continue,
+                },
+                Check::Ask => {
+                    if let Err(e) = stream.request_progress().await {
+                        self.stream = None;
+                        let e = anyhow::Error::new(e);
+                        return Err(e.context(format!("etcd {}: {}", self.label, self.op)));
+                    }
+                    self.live.asked = Some(now);
+                    continue;
+                }
+                // The answer may be here, unread: this process may not have run for a while
+                // (stopped, starved of CPU) or the caller did not poll. A last call first.
+                Check::Silent { owed } => match timeout(WATCH_LAST_CALL, stream.message()).await {
+                    Ok(message) => message,
+                    Err(_) => {
+                        self.stream = None;
+                        return Ok(Some(WatchBatch::Silent {
+                            delivered: self.delivered,
+                            store: self.store.max(self.delivered),
+                            owed,
+                        }));
+                    }
+                },
+            };
             let resp = match message {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
@@ -958,14 +1152,56 @@ impl Watch {
                     self.op
                 );
             }
-            // Progress notifications carry no events: nothing to apply.
+            self.live.heard = Instant::now();
+            self.live.asked = None;
             if let Some(batch) = self.batch(resp.events())? {
+                self.live.owed_since = None;
                 return Ok(Some(batch));
+            }
+            // No events: a progress answer, claiming the watch is at the header's revision.
+            let claimed = header_revision(resp.header());
+            self.store = self.store.max(claimed);
+            if claimed > self.delivered
+                && let Err(e) = self.verify().await
+            {
+                self.stream = None;
+                return Err(e);
             }
         }
     }
 
-    fn batch(&self, events: &[etcd_client::Event]) -> Result<Option<WatchBatch>> {
+    /// Reads the watched range (keys only) for what changed after `delivered`: nothing moves
+    /// `delivered` to the read's revision; something means the watch owes it.
+    async fn verify(&mut self) -> Result<()> {
+        let op = format!("{}: check against the store", self.op);
+        let options = GetOptions::new()
+            .with_range(self.range.1.clone())
+            .with_keys_only()
+            .with_min_mod_revision(self.delivered + 1);
+        let start = &self.range.0;
+        let resp = bounded(&self.label, self.timeouts.request, &op, || {
+            let (mut kv, start, options) = (self.kv.clone(), start.clone(), options.clone());
+            async move { kv.get(start, Some(options)).await }
+        })
+        .await?;
+        let revision = header_revision(resp.header());
+        self.store = self.store.max(revision);
+        // etcd counts the whole range; the revision filter applies to the keys it returns.
+        let deleted = self.keys.is_some_and(|n| n != resp.count());
+        if resp.kvs().is_empty() && !deleted {
+            self.delivered = self.delivered.max(revision);
+        } else if self.live.owed_since.is_none() {
+            log::debug!(
+                "etcd {}: {op}: the store at revision {revision} holds changes after {}",
+                self.label,
+                self.delivered
+            );
+            self.live.owed_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn batch(&mut self, events: &[etcd_client::Event]) -> Result<Option<WatchBatch>> {
         let mut revision = 0;
         let mut out = Vec::with_capacity(events.len());
         for event in events {
@@ -974,14 +1210,28 @@ impl Watch {
             let key = relative_key(&self.prefix, kv.key().to_vec())
                 .with_context(|| format!("etcd {}: {}", self.label, self.op))?;
             out.push(match event.event_type() {
-                EventType::Put => WatchEvent::Put {
-                    key,
-                    value: kv.value().to_vec(),
-                },
-                EventType::Delete => WatchEvent::Delete { key },
+                EventType::Put => {
+                    // Version 1: the key was created.
+                    if kv.version() == 1 {
+                        self.keys = self.keys.map(|n| n + 1);
+                    }
+                    WatchEvent::Put {
+                        key,
+                        value: kv.value().to_vec(),
+                    }
+                }
+                EventType::Delete => {
+                    self.keys = self.keys.map(|n| n - 1);
+                    WatchEvent::Delete { key }
+                }
             });
         }
-        Ok((!out.is_empty()).then_some(WatchBatch::Changes {
+        if out.is_empty() {
+            return Ok(None);
+        }
+        self.delivered = self.delivered.max(revision);
+        self.store = self.store.max(revision);
+        Ok(Some(WatchBatch::Changes {
             revision,
             events: out,
         }))
@@ -1347,12 +1597,107 @@ mod tests {
         }
     }
 
+    // ---- A watch's checks (S2) ----
+
+    /// The check of a watch heard from at `t0`, at `t0 + ms`.
+    fn check_at(l: Liveness, t0: Instant, ms: u64) -> Check {
+        check(&l, t0 + Duration::from_millis(ms), &Timeouts::default())
+    }
+
+    /// Quiet for the progress interval: asked; an answer in time (heard again, nothing owed)
+    /// starts the next interval. A healthy idle watch is asked forever and never given up.
+    #[test]
+    fn a_quiet_watch_is_asked_for_its_progress_and_kept_when_it_answers() {
+        let t0 = Instant::now();
+        let quiet = Liveness {
+            heard: t0,
+            asked: None,
+            owed_since: None,
+        };
+        assert_eq!(
+            check_at(quiet, t0, 0),
+            Check::WaitUntil(t0 + WATCH_PROGRESS)
+        );
+        assert_eq!(
+            check_at(quiet, t0, 2_999),
+            Check::WaitUntil(t0 + WATCH_PROGRESS)
+        );
+        assert_eq!(check_at(quiet, t0, 3_000), Check::Ask);
+        let asked = Liveness {
+            asked: Some(t0 + WATCH_PROGRESS),
+            ..quiet
+        };
+        let limit = t0 + WATCH_PROGRESS + WATCH_SILENCE;
+        assert_eq!(check_at(asked, t0, 7_999), Check::WaitUntil(limit));
+        let answered = Liveness {
+            heard: t0 + Duration::from_millis(3_010),
+            ..quiet
+        };
+        assert_eq!(
+            check_at(answered, t0, 6_009),
+            Check::WaitUntil(answered.heard + WATCH_PROGRESS)
+        );
+        assert_eq!(check_at(answered, t0, 6_010), Check::Ask);
+    }
+
+    /// Unanswered for the silence limit: given up, however long ago it last delivered.
+    #[test]
+    fn a_watch_that_leaves_a_progress_request_unanswered_is_given_up() {
+        let t0 = Instant::now();
+        let asked = Liveness {
+            heard: t0,
+            asked: Some(t0 + WATCH_PROGRESS),
+            owed_since: None,
+        };
+        let silent = Check::Silent {
+            owed: "a progress answer",
+        };
+        assert_eq!(check_at(asked, t0, 8_000), silent);
+        assert_eq!(check_at(asked, t0, 60_000), silent);
+    }
+
+    /// Owing changes (the store has them, the watch has not delivered them) for the silence
+    /// limit: given up, even though it answers its progress requests (as a watch that skipped
+    /// events does); owing them is checked first and shortens the wait.
+    #[test]
+    fn a_watch_that_owes_changes_past_the_limit_is_given_up() {
+        let t0 = Instant::now();
+        let owing = Liveness {
+            heard: t0 + Duration::from_millis(4_000),
+            asked: None,
+            owed_since: Some(t0 + Duration::from_millis(3_000)),
+        };
+        let ask = t0 + Duration::from_millis(7_000);
+        assert_eq!(
+            check_at(owing, t0, 4_000),
+            Check::WaitUntil(ask),
+            "the earlier"
+        );
+        assert_eq!(check_at(owing, t0, 7_000), Check::Ask, "asked meanwhile");
+        let asked = Liveness {
+            asked: Some(t0 + Duration::from_millis(7_000)),
+            ..owing
+        };
+        let by = t0 + Duration::from_millis(8_000);
+        assert_eq!(
+            check_at(asked, t0, 7_500),
+            Check::WaitUntil(by),
+            "the earlier"
+        );
+        assert_eq!(
+            check_at(asked, t0, 8_000),
+            Check::Silent { owed: "changes" }
+        );
+    }
+
     // ---- A real etcd ----
 
     const PREFIX: &str = "/sg/";
     const SHORT: Timeouts = Timeouts {
         connect: Duration::from_secs(2),
         request: Duration::from_secs(2),
+        watch_progress: Duration::from_millis(500),
+        watch_silence: Duration::from_secs(1),
     };
 
     fn random_port() -> u16 {
@@ -1653,10 +1998,185 @@ mod tests {
                 .expect("a batch");
             match next.unwrap().expect("the watch goes on") {
                 WatchBatch::Changes { revision, events } => batches.push((revision, events)),
-                other @ WatchBatch::Compacted { .. } => panic!("{other:?}"),
+                other => panic!("{other:?}"),
             }
         }
         batches
+    }
+
+    /// The watch's next batch, or None when it delivered nothing for `quiet`.
+    async fn next_within(watch: &mut Watch, quiet: Duration) -> Option<WatchBatch> {
+        timeout(quiet, watch.next())
+            .await
+            .ok()
+            .map(|next| next.unwrap().expect("the watch goes on"))
+    }
+
+    /// S2: an idle watch on a store that moves outside it answers every progress request,
+    /// proves it missed nothing (deletes included), and is never given up as silent; it
+    /// still delivers.
+    #[tokio::test]
+    async fn s2_a_healthy_idle_watch_answers_progress_and_is_not_given_up() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        store.put("v1/a", b"1".to_vec(), None).await.unwrap();
+        store.put("v1/b", b"1".to_vec(), None).await.unwrap();
+        let listing = store.list_under("v1/").await.unwrap();
+        let mut watch = store
+            .watch_under("v1/", listing.revision + 1)
+            .await
+            .unwrap();
+        assert_eq!(watch.keys, Some(2));
+
+        // Several rounds of progress requests (SHORT: every 0.5 s, given up after 1 s), the
+        // store's revision moving under other keys meanwhile (as the hosts' acks do).
+        let mut outside = 0;
+        for _ in 0..3 {
+            outside = store
+                .put("status/h1/ack", b"x".to_vec(), None)
+                .await
+                .unwrap();
+            let quiet = SHORT.watch_progress * 2 + SHORT.watch_silence;
+            assert_eq!(next_within(&mut watch, quiet).await, None);
+        }
+        assert_eq!(
+            watch.delivered, outside,
+            "the answers and checks moved it on"
+        );
+        assert_eq!(watch.live.owed_since, None);
+
+        let deleted = store
+            .commit(vec![], strings(&["v1/a"]), vec![])
+            .await
+            .unwrap();
+        let batch = next_within(&mut watch, SHORT.watch_silence).await;
+        assert_eq!(
+            batch,
+            Some(WatchBatch::Changes {
+                revision: deleted,
+                events: vec![WatchEvent::Delete { key: "v1/a".into() }]
+            })
+        );
+        assert_eq!(watch.keys, Some(1), "the delete is counted");
+        store.put("v1/c", b"1".to_vec(), None).await.unwrap();
+        assert!(matches!(
+            next_within(&mut watch, SHORT.watch_silence).await,
+            Some(WatchBatch::Changes { .. })
+        ));
+        assert_eq!(watch.keys, Some(2), "the create is counted");
+        let quiet = SHORT.watch_progress * 2 + SHORT.watch_silence * 2;
+        assert_eq!(next_within(&mut watch, quiet).await, None);
+    }
+
+    /// S2: an agent that did not run for longer than the silence limit (SIGSTOP, a starved
+    /// CPU), or did not read its watch, finds the answer waiting and keeps the watch.
+    #[tokio::test]
+    async fn s2_an_answer_left_unread_while_the_agent_was_paused_keeps_the_watch() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let listing = store.list_under("v1/").await.unwrap();
+        let mut watch = store
+            .watch_under("v1/", listing.revision + 1)
+            .await
+            .unwrap();
+        // As `next` asks, and then the process stops before it reads the answer.
+        let stream = watch.stream.as_mut().unwrap();
+        stream.request_progress().await.unwrap();
+        watch.live.asked = Some(Instant::now());
+        let outside = store
+            .put("status/h1/ack", b"x".to_vec(), None)
+            .await
+            .unwrap();
+        sleep(SHORT.watch_silence * 2).await;
+
+        let quiet = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL;
+        assert_eq!(next_within(&mut watch, quiet).await, None);
+        assert!(watch.delivered >= listing.revision, "the answer was read");
+        store.put("v1/a", b"1".to_vec(), None).await.unwrap();
+        assert!(matches!(
+            next_within(&mut watch, SHORT.watch_silence).await,
+            Some(WatchBatch::Changes { .. })
+        ));
+        assert!(watch.delivered > outside);
+    }
+
+    /// S2: a watch whose server does not answer (etcd stopped with SIGSTOP: the connection
+    /// stays up, nothing comes back) is given up as silent after the progress interval and the
+    /// silence limit, long before the HTTP/2 keepalive would end it.
+    #[tokio::test]
+    async fn s2_a_watch_whose_server_does_not_answer_is_given_up_as_silent() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        let listing = store.list_under("v1/").await.unwrap();
+        let mut watch = store
+            .watch_under("v1/", listing.revision + 1)
+            .await
+            .unwrap();
+        let pid = libc::pid_t::try_from(etcd.child.as_ref().unwrap().id()).unwrap();
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+
+        let start = Instant::now();
+        let limit = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL * 2;
+        let next = timeout(limit, watch.next()).await;
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let next = next.expect("given up in time").unwrap();
+        assert_eq!(
+            next,
+            Some(WatchBatch::Silent {
+                delivered: listing.revision,
+                store: listing.revision,
+                owed: "a progress answer"
+            })
+        );
+        let given_up = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL;
+        assert!(start.elapsed() >= given_up, "{:?}", start.elapsed());
+        assert_eq!(
+            watch.next().await.unwrap(),
+            None,
+            "a silent watch has ended"
+        );
+    }
+
+    /// S2: a watch that does not deliver a change the store holds (as when etcd skips a
+    /// slow watcher's events, etcd-io/etcd#17529) is given up as silent, whether the change
+    /// is a put (a key modified after what it delivered) or a delete (one key fewer). The
+    /// watch that misses them is a real one with etcd's server-side event filters.
+    #[tokio::test]
+    async fn s2_a_watch_that_misses_a_change_is_given_up_as_silent() {
+        let etcd = Etcd::start().await;
+        let mut store = etcd.store().await;
+        store.put("v1/a", b"1".to_vec(), None).await.unwrap();
+        for (filter, change, kind) in [
+            (WatchFilterType::NoPut, vec![("v1/b", Some("2"))], "put"),
+            (WatchFilterType::NoDelete, vec![("v1/a", None)], "delete"),
+        ] {
+            let listing = store.list_under("v1/").await.unwrap();
+            let from = listing.revision + 1;
+            let mut watch = store.watch_filtered("v1/", from, &[filter]).await.unwrap();
+            let mut changed = 0;
+            for (key, value) in change {
+                changed = match value {
+                    Some(v) => store.put(key, v.as_bytes().to_vec(), None).await.unwrap(),
+                    None => store.commit(vec![], strings(&[key]), vec![]).await.unwrap(),
+                };
+            }
+            let start = Instant::now();
+            let limit = SHORT.watch_progress + SHORT.watch_silence + WATCH_LAST_CALL * 3;
+            let next = timeout(limit, watch.next()).await.expect(kind).unwrap();
+            assert_eq!(
+                next,
+                Some(WatchBatch::Silent {
+                    delivered: listing.revision,
+                    store: changed,
+                    owed: "changes"
+                }),
+                "{kind}"
+            );
+            let given_up = SHORT.watch_silence + WATCH_LAST_CALL;
+            assert!(start.elapsed() >= given_up, "{kind}");
+        }
     }
 
     #[tokio::test]

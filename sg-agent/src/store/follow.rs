@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -189,6 +191,8 @@ struct Report {
 pub struct Follower {
     snapshots: watch::Receiver<Option<Snapshot>>,
     reports: watch::Sender<Report>,
+    /// Watches given up as silent and relisted ([`super::etcd::WatchBatch::Silent`]).
+    silent_watches: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -203,12 +207,26 @@ impl Follower {
     pub fn start(opts: StoreOptions, host: String, lease_ttl: i64) -> Follower {
         let (snap_tx, snapshots) = watch::channel(None);
         let (reports, report_rx) = watch::channel(Report::default());
-        let task = tokio::spawn(follow(opts, host, lease_ttl, snap_tx, report_rx));
+        let silent_watches = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(follow(
+            opts,
+            host,
+            lease_ttl,
+            snap_tx,
+            report_rx,
+            silent_watches.clone(),
+        ));
         Follower {
             snapshots,
             reports,
+            silent_watches,
             task,
         }
+    }
+
+    /// How many watches went silent and were relisted so far.
+    pub fn silent_watches(&self) -> u64 {
+        self.silent_watches.load(Ordering::Relaxed)
     }
 
     /// The newest snapshot once it differs from the last one taken. Never completes when the
@@ -245,11 +263,12 @@ async fn follow(
     ttl: i64,
     snap_tx: watch::Sender<Option<Snapshot>>,
     mut reports: watch::Receiver<Report>,
+    silent_watches: Arc<AtomicU64>,
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut last_error = String::new();
     loop {
-        let err = match session(&opts, &host, ttl, &snap_tx, &mut reports).await {
+        let err = match session(&opts, &host, ttl, &snap_tx, &mut reports, &silent_watches).await {
             Ok(()) => return,
             Err(e) => format!("{e:#}"),
         };
@@ -276,6 +295,7 @@ async fn session(
     ttl: i64,
     snap_tx: &watch::Sender<Option<Snapshot>>,
     reports: &mut watch::Receiver<Report>,
+    silent_watches: &AtomicU64,
 ) -> Result<()> {
     let mut store = opts.connect().await?;
     let mut lease = store.grant_lease(ttl).await?;
@@ -313,6 +333,16 @@ async fn session(
                     None => bail!("the watch ended"),
                     Some(WatchBatch::Compacted { compact_revision }) => {
                         log::warn!("store: history compacted at revision {compact_revision}; listing again");
+                        break;
+                    }
+                    Some(WatchBatch::Silent { delivered, store, owed }) => {
+                        log::warn!(
+                            "store: the watch went silent {} revisions behind (delivered up to \
+                             revision {delivered}, the store is at {store}; it owed {owed}); \
+                             listing again",
+                            store - delivered
+                        );
+                        silent_watches.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     Some(WatchBatch::Changes { revision, events }) => {

@@ -413,8 +413,9 @@ fn slow_watchers(f: &Fleet) -> f64 {
 /// S2: a watch cancelled by compaction relists and loses no update. The db agent is stopped
 /// (SIGSTOP) and its watch made slow (a flood of writes it cannot read); meanwhile the rules
 /// change and web2 is imported into sg-web, and the store is compacted past what the watch
-/// still needed. Continued, the agent is told its history is gone, lists again (its log says
-/// so), and enforces the final store contents.
+/// still needed. Continued, the agent is told its history is gone (or, when etcd lost that
+/// notice, finds its watch silent), lists again (its log says so), and enforces the final
+/// store contents.
 #[test]
 fn s2_a_watch_cancelled_by_compaction_relists_and_loses_no_update() {
     // A long lease: the stopped agent must not lose its registration (not what is tested).
@@ -461,9 +462,15 @@ fn s2_a_watch_cancelled_by_compaction_relists_and_loses_no_update() {
 
     let st = f.wait_current(&["db", "web1"], CONVERGE);
     let log = f.log("db");
+    // etcd may lose the compaction notice of a watcher that was slow when it compacted,
+    // and the events it skipped (etcd-io/etcd#17529, in Debian's 3.4.23): then the watch
+    // answers progress requests and delivers nothing, and the agent gives it up as silent.
+    // Either way it lists again.
+    let told = log.contains("history compacted") && log.contains("listing again");
+    let silent = log.contains("the watch went silent") && log.contains("listing again");
     assert!(
-        log.contains("compacted") && log.contains("listing again"),
-        "db's agent did not say its watch was compacted:\n{log}"
+        told || silent,
+        "db's agent did not say its watch was compacted or silent:\n{log}"
     );
     assert!(
         listings(&f, "db") > listed,
@@ -471,7 +478,9 @@ fn s2_a_watch_cancelled_by_compaction_relists_and_loses_no_update() {
     );
     let relist: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("compacted") || l.contains("following from"))
+        .filter(|l| {
+            l.contains("compacted") || l.contains("went silent") || l.contains("following from")
+        })
         .collect();
     eprintln!("measured: db's agent after SIGCONT: {relist:#?}");
     assert!(
@@ -481,6 +490,9 @@ fn s2_a_watch_cancelled_by_compaction_relists_and_loses_no_update() {
     for h in ["db", "web1"] {
         f.verify_store(h);
     }
+    // web1 read the flood as it came: its watch answered every progress request.
+    let silent = metric(&f.metrics("web1"), "sg_store_watch_silent_total");
+    assert_eq!(silent, Some(0.0), "{}", f.log("web1"));
     assert!(f.connects("web1", DB, 3307), "the rule change");
     assert!(f.connects("web2", DB, 3307), "the membership change");
     assert!(!f.connects("web1", DB, 3306));
