@@ -1599,6 +1599,16 @@ mod tests {
 
     // ---- A watch's checks (S2) ----
 
+    /// A watch of `v1/` from just after what it holds now, and that listing.
+    async fn watch_v1(store: &mut Store) -> (Listing, Watch) {
+        let listing = store.list_under("v1/").await.unwrap();
+        let watch = store
+            .watch_under("v1/", listing.revision + 1)
+            .await
+            .unwrap();
+        (listing, watch)
+    }
+
     /// The check of a watch heard from at `t0`, at `t0 + ms`.
     fn check_at(l: Liveness, t0: Instant, ms: u64) -> Check {
         check(&l, t0 + Duration::from_millis(ms), &Timeouts::default())
@@ -2021,11 +2031,7 @@ mod tests {
         let mut store = etcd.store().await;
         store.put("v1/a", b"1".to_vec(), None).await.unwrap();
         store.put("v1/b", b"1".to_vec(), None).await.unwrap();
-        let listing = store.list_under("v1/").await.unwrap();
-        let mut watch = store
-            .watch_under("v1/", listing.revision + 1)
-            .await
-            .unwrap();
+        let (_, mut watch) = watch_v1(&mut store).await;
         assert_eq!(watch.keys, Some(2));
 
         // Several rounds of progress requests (SHORT: every 0.5 s, given up after 1 s), the
@@ -2074,11 +2080,7 @@ mod tests {
     async fn s2_an_answer_left_unread_while_the_agent_was_paused_keeps_the_watch() {
         let etcd = Etcd::start().await;
         let mut store = etcd.store().await;
-        let listing = store.list_under("v1/").await.unwrap();
-        let mut watch = store
-            .watch_under("v1/", listing.revision + 1)
-            .await
-            .unwrap();
+        let (listing, mut watch) = watch_v1(&mut store).await;
         // As `next` asks, and then the process stops before it reads the answer.
         let stream = watch.stream.as_mut().unwrap();
         stream.request_progress().await.unwrap();
@@ -2107,11 +2109,7 @@ mod tests {
     async fn s2_a_watch_whose_server_does_not_answer_is_given_up_as_silent() {
         let etcd = Etcd::start().await;
         let mut store = etcd.store().await;
-        let listing = store.list_under("v1/").await.unwrap();
-        let mut watch = store
-            .watch_under("v1/", listing.revision + 1)
-            .await
-            .unwrap();
+        let (listing, mut watch) = watch_v1(&mut store).await;
         let pid = libc::pid_t::try_from(etcd.child.as_ref().unwrap().id()).unwrap();
         // SAFETY: kill has no memory preconditions; the pid is our own child's.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
